@@ -1,0 +1,317 @@
+"""Typed, validated, frozen run configuration loaded from a YAML parameter file.
+
+A parameter file is validated once, at the boundary: unknown keys, wrong types and
+missing files fail here with the file, the key path and what was expected. Every later
+step receives a frozen :class:`Config`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mlfolio.errors import ConfigError
+
+SQL_PREFIXES = ("sqlite:", "postgresql:", "postgresql+", "mysql:", "mysql+", "mssql", "oracle")
+
+
+def project_dir() -> Path:
+    """The project root: ``$MLFOLIO_PROJECT_DIR``, else the checkout mlfolio is installed from."""
+    env = os.environ.get("MLFOLIO_PROJECT_DIR")
+    if env:
+        return Path(env).resolve()
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "pyproject.toml").exists():
+        return checkout
+    return Path.cwd().resolve()
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    """Where the raw data comes from."""
+
+    uri: str = Field(description="CSV/Parquet path, s3://bucket/key, or a SQLAlchemy URL")
+    query: str | None = Field(None, description="SQL query; required when uri is a database URL")
+    endpoint_url: str | None = Field(None, description="S3 endpoint (moto, MinIO); None = AWS")
+    sample_rows: int | None = Field(None, gt=0, description="seeded sample of rows, for quick runs")
+
+    @property
+    def kind(self) -> Literal["sql", "s3", "file"]:
+        if self.uri.startswith(SQL_PREFIXES):
+            return "sql"
+        if self.uri.startswith("s3://"):
+            return "s3"
+        return "file"
+
+    @model_validator(mode="after")
+    def _query_matches_kind(self) -> DataConfig:
+        if self.kind == "sql" and not self.query:
+            raise ValueError("a database uri needs 'query' (the SQL that selects the rows)")
+        if self.kind != "sql" and self.query:
+            raise ValueError("'query' is only used with a database uri (sqlite:///, postgresql://)")
+        if self.kind in ("file", "s3") and not self.uri.lower().endswith(
+            (".csv", ".parquet", ".pq")
+        ):
+            raise ValueError(f"uri {self.uri!r} must end in .csv or .parquet")
+        return self
+
+
+class SchemaConfig(_Section):
+    """What the data must look like: the contract the ingest stage enforces."""
+
+    target: str
+    positive_label: str | int | bool
+    negative_label: str | int | bool
+    id_column: str | None = None
+    numeric: list[str] = Field(default_factory=list)
+    categorical: list[str] = Field(default_factory=list)
+
+    @property
+    def features(self) -> list[str]:
+        return [*self.numeric, *self.categorical]
+
+    @model_validator(mode="after")
+    def _columns_disjoint(self) -> SchemaConfig:
+        if not self.features:
+            raise ValueError("list at least one column under 'numeric' or 'categorical'")
+        seen: set[str] = set()
+        for col in self.features:
+            if col in seen:
+                raise ValueError(f"column {col!r} is listed twice in numeric/categorical")
+            seen.add(col)
+        for role in ("target", "id_column"):
+            col = getattr(self, role)
+            if col is not None and col in seen:
+                raise ValueError(f"{role} {col!r} must not also be a feature column")
+        if self.positive_label == self.negative_label:
+            raise ValueError("positive_label and negative_label must differ")
+        return self
+
+
+class SplitConfig(_Section):
+    test_size: float = Field(0.2, gt=0, lt=0.5)
+    valid_size: float = Field(0.2, gt=0, lt=0.5)
+
+
+class TrainingConfig(_Section):
+    """Baseline models fitted by the train stage."""
+
+    models: list[Literal["logreg", "xgboost"]] = Field(
+        default_factory=lambda: ["logreg", "xgboost"]
+    )
+    logreg: dict[str, Any] = Field(default_factory=lambda: {"C": 1.0, "max_iter": 2000})
+    xgboost: dict[str, Any] = Field(
+        default_factory=lambda: {"n_estimators": 300, "learning_rate": 0.05, "max_depth": 4}
+    )
+
+
+class TuningConfig(_Section):
+    """The Optuna study of the tune stage."""
+
+    enabled: bool = True
+    model: Literal["xgboost", "logreg"] = "xgboost"
+    n_trials: int = Field(30, ge=1)
+    timeout: float | None = Field(None, gt=0, description="seconds; None = no limit")
+    cv_folds: int = Field(3, ge=2, le=20)
+    pruner: Literal["median", "none"] = "median"
+    n_workers: int = Field(1, ge=1, description="parallel worker processes on one study")
+    storage: str | None = Field(
+        None, description="None = journal file in the run folder; or an RDB URL shared by workers"
+    )
+    study_name: str | None = None
+
+
+class EvaluationConfig(_Section):
+    threshold: float | Literal["max_f1"] = Field(
+        0.5, description="decision threshold, or max_f1 to choose it on the validation split"
+    )
+    calibration_bins: int = Field(10, ge=2, le=50)
+
+    @field_validator("threshold")
+    @classmethod
+    def _threshold_range(cls, value: float | str) -> float | str:
+        if isinstance(value, float) and not 0.0 < value < 1.0:
+            raise ValueError("threshold must be between 0 and 1 (exclusive), or 'max_f1'")
+        return value
+
+
+class GateConfig(_Section):
+    """When a candidate may become champion."""
+
+    min_roc_auc: float = Field(0.75, ge=0, le=1)
+    min_pr_auc: float | None = Field(None, ge=0, le=1)
+    max_log_loss: float | None = Field(None, gt=0)
+    min_improvement: float = Field(
+        0.0, description="required ROC AUC gain over the champion (lower CI bound)"
+    )
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    bootstrap_samples: int = Field(1000, ge=100)
+
+
+class RegistryConfig(_Section):
+    model_name: str | None = Field(None, description="None = '<experiment>-classifier'")
+    promote: bool = Field(True, description="move 'champion' when the gate passes")
+
+
+class TrackingConfig(_Section):
+    tracking_uri: str | None = Field(
+        None, description="None = $MLFLOW_TRACKING_URI, else sqlite:///<project>/mlflow.db"
+    )
+    artifact_location: str | None = Field(None, description="None = <project>/mlartifacts")
+    experiment_name: str | None = Field(None, description="None = the experiment key")
+    ui_url: str = Field("http://127.0.0.1:5000", description="base URL of `mlflow ui` for links")
+
+
+class Config(_Section):
+    """One run's parameters, validated and frozen."""
+
+    experiment: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    description: str = ""
+    seed: int = 42
+    data: DataConfig
+    schema_: SchemaConfig = Field(alias="schema")
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    tuning: TuningConfig = Field(default_factory=TuningConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @property
+    def schema(self) -> SchemaConfig:  # type: ignore[override]
+        return self.schema_
+
+    @property
+    def model_name(self) -> str:
+        return self.registry.model_name or f"{self.experiment}-classifier"
+
+    @property
+    def experiment_name(self) -> str:
+        return self.tracking.experiment_name or self.experiment
+
+    def tracking_uri(self) -> str:
+        """The MLflow tracking URI this run uses."""
+        return (
+            self.tracking.tracking_uri
+            or os.environ.get("MLFLOW_TRACKING_URI")
+            or f"sqlite:///{project_dir() / 'mlflow.db'}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data, as in a parameter file (round-trips through :func:`from_mapping`)."""
+        return self.model_dump(mode="json", by_alias=True)
+
+
+def _format_errors(exc: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid parameters"]
+    for err in exc.errors():
+        path = ".".join("schema" if p == "schema_" else str(p) for p in err["loc"]) or "<top>"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see parameters/churn.yaml for the keys)"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        got = err.get("input")
+        detail = f" (got {got!r})" if err["type"] not in ("missing", "extra_forbidden") else ""
+        if isinstance(got, dict | list):
+            detail = ""
+        lines.append(f"  {path}: {msg}{detail}")
+    return "\n".join(lines)
+
+
+def _resolve_path(uri: str, base: Path) -> str:
+    if uri.startswith(("s3://", *SQL_PREFIXES)) or Path(uri).is_absolute():
+        if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+            rel = uri.removeprefix("sqlite:///")
+            if rel and rel != ":memory:":
+                return f"sqlite:///{(base / rel).resolve()}"
+        return uri
+    return str((base / uri).resolve())
+
+
+def from_mapping(raw: Any, source: str = "<parameters>", base: Path | None = None) -> Config:
+    """Validate a parameter mapping; relative paths resolve against ``base`` (the project)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of parameters, got {type(raw).__name__}")
+    base = base or project_dir()
+    try:
+        cfg = Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, source)) from None
+    data = cfg.data.model_copy(update={"uri": _resolve_path(cfg.data.uri, base)})
+    if data.kind == "file" and not Path(data.uri).is_file():
+        raise ConfigError(f"{source}: data.uri: file not found: {data.uri}")
+    if data.kind == "sql" and data.uri.startswith("sqlite:///"):
+        db = data.uri.removeprefix("sqlite:///")
+        if db != ":memory:" and not Path(db).is_file():
+            raise ConfigError(f"{source}: data.uri: SQLite database not found: {db}")
+    return cfg.model_copy(update={"data": data})
+
+
+def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``["tuning.n_trials=5"]`` → ``{"tuning.n_trials": 5}`` (values parsed as YAML)."""
+    parsed: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", key.strip()):
+            raise ConfigError(f"override {item!r}: expected key.path=value, e.g. tuning.n_trials=5")
+        parsed[key.strip()] = yaml.safe_load(value) if value.strip() else None
+    return parsed
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any], source: str) -> dict[str, Any]:
+    """A copy of ``raw`` with dotted-key overrides set (unknown keys fail validation later)."""
+    out = yaml.safe_load(yaml.safe_dump(raw))  # deep copy of plain data
+    for dotted, value in overrides.items():
+        node = out
+        *parents, leaf = dotted.split(".")
+        for i, part in enumerate(parents):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                where = ".".join(parents[: i + 1])
+                raise ConfigError(f"{source}: override {dotted}: {where} is not a mapping")
+            node = child
+        node[leaf] = value
+    return out
+
+
+def read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"parameter file not found: {path}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+
+
+def load(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    """Load, override and validate a parameter file."""
+    path = Path(path)
+    if not path.is_absolute():
+        path = (project_dir() / path) if not path.exists() else path.resolve()
+    raw = read_yaml(path)
+    if raw is None:
+        raise ConfigError(f"{path}: the parameter file is empty")
+    if overrides:
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping of parameters")
+        raw = apply_overrides(raw, overrides, str(path))
+    return from_mapping(raw, source=str(path))
+
+
+def dump(cfg: Config, path: Path) -> None:
+    """Write the resolved parameters (absolute paths) so the run can be replayed."""
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

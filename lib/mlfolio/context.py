@@ -1,0 +1,115 @@
+"""What a stage notebook works with: the frozen config, its run folder, its MLflow run.
+
+Stages hand over files in the run folder, never kernel state: each stage reads its
+upstream products by name and writes its own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from mlfolio import config as config_mod
+from mlfolio.config import Config, project_dir
+from mlfolio.errors import StageError
+
+log = logging.getLogger(__name__)
+
+
+def _to_jsonable(value: Any) -> Any:
+    if hasattr(value, "item") and callable(value.item):  # numpy scalars
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Write JSON atomically (a crash leaves the old file, never half a new one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=_to_jsonable) + "\n")
+    tmp.replace(path)
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+@dataclass
+class StageContext:
+    """One stage's view of the run: ``cfg``, ``run_dir`` and the MLflow parent run."""
+
+    stage: str
+    cfg: Config
+    run_dir: Path
+    parent_run_id: str = ""
+    mlflow_run_id: str = ""
+    _active: Any = field(default=None, repr=False)
+
+    def path(self, name: str) -> Path:
+        """A file in the run folder."""
+        return self.run_dir / name
+
+    def read_json(self, name: str) -> Any:
+        """An upstream stage's JSON product (fails naming the stage that must run first)."""
+        path = self.path(name)
+        if not path.exists():
+            raise StageError(self.stage, f"{path} is missing: run the stage that writes "
+                             f"{name} first (mlfolio run --from ...)")
+        return read_json(path)
+
+    def write_json(self, name: str, payload: dict[str, Any]) -> Path:
+        path = self.path(name)
+        write_json(path, {"stage": self.stage, "mlflow_run_id": self.mlflow_run_id, **payload})
+        return path
+
+    def read_parquet(self, name: str) -> pd.DataFrame:
+        path = self.path(name)
+        if not path.exists():
+            raise StageError(self.stage, f"{path} is missing: run the upstream stage first")
+        return pd.read_parquet(path)
+
+    def write_parquet(self, name: str, df: pd.DataFrame) -> Path:
+        path = self.path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        df.to_parquet(path, index=False)
+        return path
+
+    def start_mlflow(self) -> str:
+        """Open this stage's MLflow run (a child of the pipeline run when there is one)."""
+        from mlfolio import tracking
+
+        self._active = tracking.stage_run(self.cfg, self.stage, self.parent_run_id, self.run_dir)
+        run = self._active.__enter__()
+        self.mlflow_run_id = run.info.run_id
+        return self.mlflow_run_id
+
+    def finish(self) -> None:
+        """Close the stage's MLflow run as FINISHED (the last cell of every notebook)."""
+        if self._active is not None:
+            self._active.__exit__(None, None, None)
+            self._active = None
+
+
+def open_stage(stage: str, params_file: str, run_dir: str = "", parent_run_id: str = "",
+               overrides: dict[str, Any] | None = None, tracking: bool = True) -> StageContext:
+    """The setup cell of every stage notebook: load and validate the parameters, find the
+    run folder (``runs/interactive-<experiment>`` when none is given) and open the MLflow
+    run. Relative paths resolve against the project root, not the working directory."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    cfg = config_mod.load(params_file, overrides or None)
+    folder = Path(run_dir) if run_dir else project_dir() / "runs" / f"interactive-{cfg.experiment}"
+    if not folder.is_absolute():
+        folder = project_dir() / folder
+    folder.mkdir(parents=True, exist_ok=True)
+    ctx = StageContext(stage=stage, cfg=cfg, run_dir=folder.resolve(),
+                       parent_run_id=parent_run_id)
+    if tracking:
+        ctx.start_mlflow()
+    return ctx

@@ -1,0 +1,29 @@
+"""The exceptions mlfolio raises: one base, one subclass per kind of failure."""
+
+from __future__ import annotations
+
+
+class MlfolioError(Exception):
+    """Base of every error mlfolio raises on purpose."""
+
+
+class ConfigError(MlfolioError):
+    """A parameter file or override is invalid (names the file and key path)."""
+
+
+class DataValidationError(MlfolioError):
+    """Input data does not match the expected schema (names the column)."""
+
+
+class StageError(MlfolioError):
+    """A pipeline stage failed; carries the stage name and failing cell."""
+
+    def __init__(self, stage: str, message: str, cell_index: int | None = None):
+        self.stage = stage
+        self.cell_index = cell_index
+        where = f" (cell {cell_index})" if cell_index is not None else ""
+        super().__init__(f"stage '{stage}' failed{where}: {message}")
+
+
+class RegistryError(MlfolioError):
+    """The model registry refused an operation or a model could not be found."""

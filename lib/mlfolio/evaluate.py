@@ -1,0 +1,174 @@
+"""Metrics, threshold choice, bootstrap comparison and the promotion gate (pure functions)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from sklearn import metrics as skm
+from sklearn.calibration import calibration_curve
+
+from mlfolio.config import GateConfig
+
+
+def classification_metrics(y: np.ndarray, score: np.ndarray, threshold: float = 0.5
+                           ) -> dict[str, float]:
+    """Ranking, probability and thresholded metrics of positive-class scores."""
+    y = np.asarray(y)
+    score = np.clip(np.asarray(score, dtype=float), 1e-15, 1 - 1e-15)
+    pred = (score >= threshold).astype(int)
+    return {
+        "roc_auc": float(skm.roc_auc_score(y, score)),
+        "pr_auc": float(skm.average_precision_score(y, score)),
+        "log_loss": float(skm.log_loss(y, score, labels=[0, 1])),
+        "brier": float(skm.brier_score_loss(y, score)),
+        "accuracy": float(skm.accuracy_score(y, pred)),
+        "precision": float(skm.precision_score(y, pred, zero_division=0)),
+        "recall": float(skm.recall_score(y, pred, zero_division=0)),
+        "f1": float(skm.f1_score(y, pred, zero_division=0)),
+        "threshold": float(threshold),
+    }
+
+
+def max_f1_threshold(y: np.ndarray, score: np.ndarray) -> float:
+    """The threshold that maximises F1 (chosen on validation rows, applied to test)."""
+    precision, recall, thresholds = skm.precision_recall_curve(y, score)
+    f1 = 2 * precision * recall / np.clip(precision + recall, 1e-12, None)
+    return float(thresholds[int(np.argmax(f1[:-1]))])
+
+
+def confusion(y: np.ndarray, score: np.ndarray, threshold: float) -> dict[str, int]:
+    tn, fp, fn, tp = skm.confusion_matrix(y, (np.asarray(score) >= threshold).astype(int),
+                                          labels=[0, 1]).ravel()
+    return {"tn": int(tn), "fp": int(fp), "fn": int(fn), "tp": int(tp)}
+
+
+def calibration(y: np.ndarray, score: np.ndarray, bins: int = 10) -> dict[str, list[float]]:
+    frac_pos, mean_pred = calibration_curve(y, score, n_bins=bins, strategy="quantile")
+    return {"mean_predicted": mean_pred.tolist(), "fraction_positive": frac_pos.tolist()}
+
+
+def bootstrap_auc_difference(y: np.ndarray, score_new: np.ndarray, score_old: np.ndarray,
+                             samples: int = 1000, confidence: float = 0.95, seed: int = 0
+                             ) -> dict[str, float]:
+    """Paired bootstrap of ROC AUC(new) - ROC AUC(old) on the same rows."""
+    y, score_new, score_old = map(np.asarray, (y, score_new, score_old))
+    rng = np.random.default_rng(seed)
+    n = len(y)
+    diffs = []
+    for _ in range(samples):
+        idx = rng.integers(0, n, n)
+        if y[idx].min() == y[idx].max():
+            continue  # a resample with one class has no AUC
+        diffs.append(skm.roc_auc_score(y[idx], score_new[idx])
+                     - skm.roc_auc_score(y[idx], score_old[idx]))
+    alpha = (1 - confidence) / 2
+    return {
+        "difference": float(skm.roc_auc_score(y, score_new) - skm.roc_auc_score(y, score_old)),
+        "ci_low": float(np.quantile(diffs, alpha)),
+        "ci_high": float(np.quantile(diffs, 1 - alpha)),
+        "confidence": confidence,
+        "samples": len(diffs),
+    }
+
+
+@dataclass(frozen=True)
+class GateVerdict:
+    passed: bool
+    reasons: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def gate(cfg: GateConfig, candidate: dict[str, float],
+         comparison: dict[str, float] | None = None,
+         champion_version: str | None = None) -> GateVerdict:
+    """Decide promotion: absolute thresholds, then a significant gain over the champion.
+
+    Every check adds a reason, passed or failed, so the verdict explains itself.
+    """
+    reasons: list[str] = []
+    ok = True
+
+    def check(passed: bool, text: str) -> None:
+        nonlocal ok
+        ok &= passed
+        reasons.append(("PASS " if passed else "FAIL ") + text)
+
+    check(candidate["roc_auc"] >= cfg.min_roc_auc,
+          f"test ROC AUC {candidate['roc_auc']:.4f} >= {cfg.min_roc_auc}")
+    if cfg.min_pr_auc is not None:
+        check(candidate["pr_auc"] >= cfg.min_pr_auc,
+              f"test PR AUC {candidate['pr_auc']:.4f} >= {cfg.min_pr_auc}")
+    if cfg.max_log_loss is not None:
+        check(candidate["log_loss"] <= cfg.max_log_loss,
+              f"test log loss {candidate['log_loss']:.4f} <= {cfg.max_log_loss}")
+    if comparison is None:
+        reasons.append("PASS no champion yet: nothing to beat")
+    else:
+        check(comparison["ci_low"] > cfg.min_improvement,
+              f"ROC AUC gain over champion v{champion_version} "
+              f"{comparison['difference']:+.4f} "
+              f"({comparison['confidence']:.0%} CI {comparison['ci_low']:+.4f} .. "
+              f"{comparison['ci_high']:+.4f}) has its lower bound above {cfg.min_improvement:+}")
+    return GateVerdict(passed=ok, reasons=reasons)
+
+
+def plot_curves(y: np.ndarray, scores: dict[str, np.ndarray], threshold: float,
+                bins: int = 10) -> Any:
+    """ROC, precision-recall, calibration and confusion matrix (a matplotlib Figure)."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4.2))
+    roc_ax, pr_ax, cal_ax, cm_ax = axes
+    for name, score in scores.items():
+        fpr, tpr, _ = skm.roc_curve(y, score)
+        roc_ax.plot(fpr, tpr, label=f"{name} (AUC {skm.roc_auc_score(y, score):.3f})")
+        prec, rec, _ = skm.precision_recall_curve(y, score)
+        pr_ax.plot(rec, prec, label=f"{name} (AP {skm.average_precision_score(y, score):.3f})")
+        cal = calibration(y, score, bins)
+        cal_ax.plot(cal["mean_predicted"], cal["fraction_positive"], marker="o", label=name)
+    roc_ax.plot([0, 1], [0, 1], ls="--", color="grey")
+    cal_ax.plot([0, 1], [0, 1], ls="--", color="grey")
+    for ax, title, xl, yl in ((roc_ax, "ROC", "false positive rate", "true positive rate"),
+                              (pr_ax, "Precision-recall", "recall", "precision"),
+                              (cal_ax, "Calibration", "mean predicted", "fraction positive")):
+        ax.set_title(title)
+        ax.set_xlabel(xl)
+        ax.set_ylabel(yl)
+        ax.legend(fontsize=8)
+    first = next(iter(scores.values()))
+    cm = skm.confusion_matrix(y, (first >= threshold).astype(int), labels=[0, 1])
+    cm_ax.imshow(cm, cmap="Blues")
+    for (i, j), value in np.ndenumerate(cm):
+        cm_ax.text(j, i, str(value), ha="center", va="center",
+                   color="white" if value > cm.max() / 2 else "black")
+    cm_ax.set_xticks([0, 1], ["pred 0", "pred 1"])
+    cm_ax.set_yticks([0, 1], ["true 0", "true 1"])
+    cm_ax.set_title(f"Confusion at threshold {threshold:.2f} ({next(iter(scores))})")
+    fig.tight_layout()
+    return fig
+
+
+def metrics_frame(result: dict[str, Any]) -> Any:
+    """Candidate (valid and test) and champion (test) metrics as one table."""
+    import pandas as pd
+
+    rows = {f"{result['candidate']['name']} · valid": result["candidate"]["valid"],
+            f"{result['candidate']['name']} · test": result["candidate"]["test"]}
+    if result.get("champion"):
+        rows[f"champion v{result['champion']['version']} · test"] = result["champion"]["test"]
+    return pd.DataFrame(rows).T.round(4)
+
+
+def verdict_markdown(result: dict[str, Any]) -> Any:
+    """The gate's verdict and reasons, rendered as Markdown in the notebook."""
+    from IPython.display import Markdown
+
+    gate_result = result["gate"]
+    head = "**PASSED** — eligible for champion" if gate_result["passed"] else \
+        "**NOT PASSED** — stays challenger"
+    lines = [f"Gate: {head}", ""] + [f"- {r}" for r in gate_result["reasons"]]
+    return Markdown("\n".join(lines))

@@ -1,0 +1,162 @@
+"""Cleaning, splitting and the feature transformer kept inside every model pipeline.
+
+The transformer lives inside the fitted pipeline, so a served model takes raw rows
+(blank ``totalcharges``, 0/1 flags and all) exactly as the source delivers them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.compose import ColumnTransformer
+from sklearn.impute import SimpleImputer
+from sklearn.model_selection import train_test_split
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+from mlfolio.config import SchemaConfig, SplitConfig
+from mlfolio.data import target_vector
+
+MISSING_CATEGORY = "__missing__"
+
+
+class RawColumnCoercer(TransformerMixin, BaseEstimator):
+    """Numeric columns to floats (blank text → NaN); categorical columns to strings.
+
+    Sources disagree on types (a 0/1 flag is an int in CSV, a bool in Parquet, text in
+    SQL); coercing here makes the fitted pipeline accept any of them.
+    """
+
+    def __init__(self, numeric: list[str] | None = None, categorical: list[str] | None = None):
+        self.numeric = numeric
+        self.categorical = categorical
+
+    def fit(self, X: pd.DataFrame, y: Any = None) -> RawColumnCoercer:
+        self.feature_names_in_ = np.asarray([*(self.numeric or []), *(self.categorical or [])])
+        return self
+
+    def transform(self, X: pd.DataFrame) -> pd.DataFrame:
+        out = {}
+        for col in self.numeric or []:
+            values = X[col]
+            if not pd.api.types.is_numeric_dtype(values):
+                values = pd.to_numeric(values.astype("string").str.strip(), errors="coerce")
+            out[col] = values.astype("float64")
+        for col in self.categorical or []:
+            values = X[col]
+            out[col] = values.astype(object).where(values.notna(), MISSING_CATEGORY).astype(str)
+        return pd.DataFrame(out, index=X.index)
+
+    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
+        return self.feature_names_in_
+
+
+def build_preprocessor(schema: SchemaConfig) -> Pipeline:
+    """Coercion, imputation, scaling and one-hot encoding for the schema's columns."""
+    numeric = Pipeline(
+        [("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())]
+    )
+    categorical = OneHotEncoder(handle_unknown="ignore", sparse_output=False)
+    columns = ColumnTransformer(
+        [("num", numeric, list(schema.numeric)), ("cat", categorical, list(schema.categorical))],
+        verbose_feature_names_out=False,
+    )
+    return Pipeline(
+        [
+            ("coerce", RawColumnCoercer(list(schema.numeric), list(schema.categorical))),
+            ("columns", columns),
+        ]
+    )
+
+
+def build_model_pipeline(schema: SchemaConfig, estimator: BaseEstimator) -> Pipeline:
+    """The servable model: raw rows in, class probabilities out."""
+    return Pipeline([("features", build_preprocessor(schema)), ("model", estimator)])
+
+
+def split(
+    df: pd.DataFrame, schema: SchemaConfig, cfg: SplitConfig, seed: int
+) -> dict[str, pd.DataFrame]:
+    """Seeded stratified train/valid/test split (sizes are fractions of all rows)."""
+    y = target_vector(df, schema)
+    rest, test = train_test_split(df, test_size=cfg.test_size, stratify=y, random_state=seed)
+    valid_share = cfg.valid_size / (1 - cfg.test_size)
+    train, valid = train_test_split(
+        rest, test_size=valid_share, stratify=y.loc[rest.index], random_state=seed
+    )
+    return {
+        name: part.reset_index(drop=True)
+        for name, part in (("train", train), ("valid", valid), ("test", test))
+    }
+
+
+def xy(df: pd.DataFrame, schema: SchemaConfig) -> tuple[pd.DataFrame, pd.Series]:
+    """Raw feature columns and the 0/1 target."""
+    return df[schema.features], target_vector(df, schema)
+
+
+def profile(df: pd.DataFrame, schema: SchemaConfig) -> pd.DataFrame:
+    """One row per feature: kind, missing values, distinct values and a short summary."""
+    coerced = RawColumnCoercer(list(schema.numeric), list(schema.categorical)).fit(df)
+    clean = coerced.transform(df)
+    y = target_vector(df, schema)
+    rows = []
+    for col in schema.features:
+        values = clean[col]
+        is_num = col in schema.numeric
+        missing = values.isna() if is_num else values.eq(MISSING_CATEGORY)
+        row: dict[str, Any] = {
+            "column": col,
+            "kind": "numeric" if is_num else "categorical",
+            "missing": int(missing.sum()),
+            "distinct": int(values.nunique()),
+        }
+        if is_num:
+            row["summary"] = f"mean {values.mean():.3g}, std {values.std():.3g}"
+        else:
+            rates = y.groupby(values).mean().sort_values(ascending=False)
+            row["summary"] = f"highest positive rate: {rates.index[0]} ({rates.iloc[0]:.0%})"
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("column")
+
+
+def split_summary(parts: dict[str, pd.DataFrame], schema: SchemaConfig) -> pd.DataFrame:
+    """Rows and positive rate per split, to show stratification held."""
+    return pd.DataFrame(
+        {
+            name: {"rows": len(part), "positive_rate": round(target_vector(part, schema).mean(), 4)}
+            for name, part in parts.items()
+        }
+    ).T
+
+
+def plot_features(df: pd.DataFrame, schema: SchemaConfig, max_categorical: int = 8) -> Any:
+    """Numeric histograms by class and positive rate per category (a matplotlib Figure)."""
+    import matplotlib.pyplot as plt
+
+    clean = RawColumnCoercer(list(schema.numeric), list(schema.categorical)).fit(df).transform(df)
+    y = target_vector(df, schema)
+    cats = list(schema.categorical)[:max_categorical]
+    panels = [*schema.numeric, *cats]
+    ncols = 4
+    nrows = max(1, -(-len(panels) // ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 3 * nrows), squeeze=False)
+    for ax, col in zip(axes.flat, panels, strict=False):
+        if col in schema.numeric:
+            for label, color in ((0, "tab:blue"), (1, "tab:red")):
+                ax.hist(clean.loc[y == label, col].dropna(), bins=30, alpha=0.5, color=color,
+                        label=str(schema.positive_label if label else schema.negative_label))
+            ax.legend(fontsize=7)
+        else:
+            rate = y.groupby(clean[col]).mean().sort_values()
+            ax.barh([str(i)[:18] for i in rate.index], rate.values, color="tab:red")
+            ax.set_xlabel("positive rate")
+        ax.set_title(col, fontsize=9)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,364 @@
+"""The runner: chains the stage notebooks with papermill into one audited run folder.
+
+``runs/<UTC time>-<experiment>-<short id>/`` receives, per stage, the executed notebook,
+its HTML and its products; ``manifest.json`` records parameters, data hash, git commit,
+package versions, per-stage status, timings, input hashes and MLflow ids; ``index.html``
+is what a reviewer opens first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import secrets
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mlfolio import config as config_mod
+from mlfolio.config import Config, project_dir
+from mlfolio.context import read_json, write_json
+from mlfolio.errors import ConfigError, StageError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    notebook: str
+    products: tuple[str, ...]
+    sections: tuple[str, ...]  # parameter sections the stage reads
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("ingest", "01_ingest.ipynb", ("data/snapshot.parquet", "ingest.json"),
+          ("experiment", "seed", "data", "schema", "tracking")),
+    Stage("preprocess", "02_preprocess.ipynb",
+          ("data/train.parquet", "data/valid.parquet", "data/test.parquet", "preprocess.json"),
+          ("seed", "schema", "split")),
+    Stage("train", "03_train.ipynb", ("train.json",), ("seed", "schema", "training")),
+    Stage("tune", "04_tune.ipynb", ("tune.json",), ("seed", "schema", "tuning")),
+    Stage("evaluate", "05_evaluate.ipynb", ("evaluate.json", "data/test_scores.parquet"),
+          ("seed", "schema", "evaluation", "gate", "registry")),
+    Stage("register", "06_register.ipynb", ("register.json",), ("registry", "tracking")),
+)
+STAGE_NAMES = tuple(s.name for s in STAGES)
+KEY_PACKAGES = ("mlfolio", "mlflow", "optuna", "scikit-learn", "xgboost", "pandas", "numpy",
+                "papermill", "nbconvert", "pyarrow")
+
+
+def notebooks_dir() -> Path:
+    return project_dir() / "notebooks"
+
+
+def select_stages(stages: Sequence[str] | None = None, from_stage: str | None = None
+                  ) -> list[Stage]:
+    """The stages to run: an explicit list, or ``from_stage`` to the end, or all."""
+    if stages and from_stage:
+        raise ConfigError("give either --stages or --from, not both")
+    for name in [*(stages or []), *([from_stage] if from_stage else [])]:
+        if name not in STAGE_NAMES:
+            raise ConfigError(f"unknown stage {name!r}; expected one of {', '.join(STAGE_NAMES)}")
+    if stages:
+        return [s for s in STAGES if s.name in stages]
+    if from_stage:
+        return list(STAGES[STAGE_NAMES.index(from_stage):])
+    return list(STAGES)
+
+
+def new_run_dir(cfg: Config, runs_root: Path | None = None) -> Path:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    root = runs_root or project_dir() / "runs"
+    return root / f"{stamp}-{cfg.experiment}-{secrets.token_hex(3)}"
+
+
+# -- hashes and provenance -------------------------------------------------------------
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def notebook_source_hash(path: Path) -> str:
+    """Hash of a notebook's cell sources only (outputs and metadata do not count)."""
+    nb = json.loads(path.read_text())
+    cells = [[c["cell_type"], "".join(c["source"])] for c in nb["cells"]]
+    return _sha256(json.dumps(cells).encode())
+
+
+def package_source_hash() -> str:
+    h = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.rglob("*.py")):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def file_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def stage_inputs(stage: Stage, cfg: Config, run_dir: Path, mlfolio_hash: str) -> dict[str, Any]:
+    """What a stage's result depends on: the basis for skipping unchanged stages."""
+    params = cfg.to_dict()
+    upstream = {}
+    for earlier in STAGES[:STAGE_NAMES.index(stage.name)]:
+        for product in earlier.products:
+            path = run_dir / product
+            if path.exists() and path.suffix == ".parquet":
+                upstream[product] = file_hash(path)
+            elif path.exists():  # JSON: leave out volatile MLflow ids
+                payload = read_json(path)
+                payload.pop("mlflow_run_id", None)
+                upstream[product] = _sha256(json.dumps(payload, sort_keys=True).encode())
+    parts = {
+        "notebook": notebook_source_hash(notebooks_dir() / stage.notebook),
+        "mlfolio": mlfolio_hash,
+        "parameters": _sha256(json.dumps({k: params.get(k) for k in stage.sections},
+                                         sort_keys=True).encode()),
+        "upstream": upstream,
+    }
+    parts["hash"] = _sha256(json.dumps(parts, sort_keys=True).encode())
+    return parts
+
+
+def git_info() -> dict[str, Any]:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=project_dir(), capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit or None, "dirty": dirty if commit else None}
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in KEY_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+# -- executing one stage ---------------------------------------------------------------
+def _cell_seconds(nb_path: Path) -> tuple[float, float]:
+    """(all cells, the setup cell) durations recorded by papermill in the executed notebook."""
+    nb = json.loads(nb_path.read_text())
+    total = setup = 0.0
+    for cell in nb["cells"]:
+        dur = cell.get("metadata", {}).get("papermill", {}).get("duration") or 0.0
+        total += dur
+        if "setup" in cell.get("metadata", {}).get("tags", []):
+            setup += dur
+    return total, setup
+
+
+def execute_stage(stage: Stage, run_dir: Path, parameters: dict[str, Any]) -> dict[str, Any]:
+    """Run one notebook into the run folder; return its manifest entry (never raises for a
+    failing cell: the entry says which cell failed)."""
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    from mlfolio import report
+
+    out_nb = run_dir / stage.notebook
+    started = datetime.now(UTC)
+    t0 = time.perf_counter()
+    entry: dict[str, Any] = {"status": "running", "notebook": stage.notebook,
+                             "html": stage.notebook.replace(".ipynb", ".html"),
+                             "started": started.isoformat(timespec="seconds")}
+    try:
+        pm.execute_notebook(
+            str(notebooks_dir() / stage.notebook), str(out_nb), parameters=parameters,
+            kernel_name="python3", progress_bar=False, cwd=str(run_dir),
+        )
+        entry["status"] = "succeeded"
+    except PapermillExecutionError as exc:
+        entry["status"] = "failed"
+        entry["error"] = {"cell_index": exc.cell_index, "execution_count": exc.exec_count,
+                          "ename": exc.ename, "evalue": exc.evalue,
+                          "source": exc.source[:2000]}
+    except Exception as exc:  # kernel died, notebook missing, ... : still record it
+        entry["status"] = "failed"
+        entry["error"] = {"cell_index": None, "ename": type(exc).__name__, "evalue": str(exc)}
+    entry["duration_s"] = round(time.perf_counter() - t0, 3)
+    if out_nb.exists():
+        cells, setup = _cell_seconds(out_nb)
+        entry["cells_s"] = round(cells, 3)
+        entry["setup_cell_s"] = round(setup, 3)
+        t_html = time.perf_counter()
+        report.notebook_to_html(out_nb, run_dir / entry["html"])
+        entry["html_s"] = round(time.perf_counter() - t_html, 3)
+        entry["duration_s"] = round(time.perf_counter() - t0, 3)
+    product = run_dir / f"{stage.name}.json"
+    if entry["status"] == "succeeded" and product.exists():
+        entry["mlflow_run_id"] = read_json(product).get("mlflow_run_id")
+    return entry
+
+
+# -- the run ---------------------------------------------------------------------------
+class Manifest:
+    """manifest.json, rewritten atomically after every change."""
+
+    def __init__(self, path: Path, data: dict[str, Any]):
+        self.path = path
+        self.data = data
+
+    @classmethod
+    def load(cls, run_dir: Path) -> Manifest:
+        path = run_dir / "manifest.json"
+        if not path.exists():
+            raise ConfigError(f"{run_dir}: no manifest.json; is this a run folder?")
+        try:
+            return cls(path, read_json(path))
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+
+    def save(self) -> None:
+        self.data["updated"] = datetime.now(UTC).isoformat(timespec="seconds")
+        write_json(self.path, self.data)
+
+
+def _parent_run(cfg: Config, run_dir: Path, manifest: Manifest) -> tuple[str, str]:
+    from mlfolio import tracking
+
+    mlf = manifest.data.setdefault("mlflow", {})
+    exp_id = tracking.configure(cfg)
+    if not mlf.get("parent_run_id"):
+        mlf["parent_run_id"] = tracking.start_parent_run(
+            cfg, run_dir, {"mlfolio.git_commit": str(manifest.data["git"]["commit"])})
+    mlf.update({"tracking_uri": cfg.tracking_uri(), "experiment_id": exp_id,
+                "experiment_name": cfg.experiment_name,
+                "parent_run_url": tracking.run_url(cfg, exp_id, mlf["parent_run_id"])})
+    return mlf["parent_run_id"], exp_id
+
+
+def _fail_stage_run(parent_run_id: str, stage: str) -> None:
+    """Mark the failed stage's MLflow run FAILED (the kernel died before closing it)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    exp = client.get_run(parent_run_id).info.experiment_id
+    # MLflow's atexit hook closed it as FINISHED when the kernel shut down: correct that.
+    runs = client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent_run_id}' "
+                                     f"and tags.`mlfolio.stage` = '{stage}'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    for stage_run in runs:
+        client.set_terminated(stage_run.info.run_id, status="FAILED")
+
+
+def run(params_file: str | Path, overrides: dict[str, Any] | None = None,
+        stages: Sequence[str] | None = None, from_stage: str | None = None,
+        run_dir: str | Path | None = None, runs_root: Path | None = None,
+        echo: Callable[[str], None] = print) -> Manifest:
+    """Validate the parameters, then execute the selected stages into a run folder.
+
+    Raises StageError (after writing the manifest, HTML and index) when a stage fails.
+    """
+    from mlfolio import report, tracking
+
+    selected = select_stages(stages, from_stage)
+    cfg = config_mod.load(params_file, overrides)  # all validation before any notebook
+    if run_dir is not None:
+        folder = Path(run_dir).resolve()
+        manifest = Manifest.load(folder)
+        if manifest.data.get("experiment") != cfg.experiment:
+            raise ConfigError(f"{folder} belongs to experiment "
+                              f"{manifest.data.get('experiment')!r}, not {cfg.experiment!r}")
+    else:
+        folder = new_run_dir(cfg, runs_root)
+        folder.mkdir(parents=True)
+        manifest = Manifest(folder / "manifest.json", {
+            "experiment": cfg.experiment, "run_dir": str(folder),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "stages": {}})
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # kernels inherit it (xgboost)
+    os.environ["MLFOLIO_PROJECT_DIR"] = str(project_dir())
+    frozen = folder / "parameters.yaml"
+    config_mod.dump(cfg, frozen)
+    manifest.data.update({
+        "status": "running", "parameters_file": str(params_file),
+        "overrides": overrides or {}, "parameters": cfg.to_dict(), "seed": cfg.seed,
+        "git": git_info(), "packages": package_versions(),
+    })
+    parent_run_id, _ = _parent_run(cfg, folder, manifest)
+    nb_params = {"params_file": str(frozen), "run_dir": str(folder),
+                 "parent_run_id": parent_run_id}
+    (folder / "stage_parameters.yaml").write_text(
+        "# papermill notebooks/NN_stage.ipynb out.ipynb -f this file: replays a stage\n"
+        + yaml.safe_dump(nb_params, sort_keys=False))
+    manifest.save()
+
+    mlfolio_hash = package_source_hash()
+    failed: StageError | None = None
+    for i, stage in enumerate(selected, 1):
+        inputs = stage_inputs(stage, cfg, folder, mlfolio_hash)
+        echo(f"[{i}/{len(selected)}] {stage.name:<10} running ...")
+        entry = execute_stage(stage, folder, nb_params)
+        entry["inputs"] = inputs
+        entry["inputs_hash"] = inputs["hash"]
+        manifest.data["stages"][stage.name] = entry
+        if entry["status"] != "succeeded":
+            err = entry["error"]
+            failed = StageError(stage.name, f"{err['ename']}: {err['evalue']}", err["cell_index"])
+            manifest.data.update({"status": "failed", "failed_stage": stage.name,
+                                  "failed_cell": err["cell_index"]})
+            for later in selected[i:]:
+                manifest.data["stages"][later.name] = {"status": "not run",
+                                                       "notebook": later.notebook}
+            echo(f"[{i}/{len(selected)}] {stage.name:<10} FAILED after "
+                 f"{entry['duration_s']:.1f}s in cell {err['cell_index']}: {err['ename']}: "
+                 f"{str(err['evalue']).splitlines()[0] if err['evalue'] else ''}")
+            manifest.save()
+            _fail_stage_run(parent_run_id, stage.name)
+            break
+        echo(f"[{i}/{len(selected)}] {stage.name:<10} ok in {entry['duration_s']:.1f}s")
+        manifest.save()
+
+    _collect_results(manifest, folder)
+    if failed is None:
+        manifest.data.update({"status": "succeeded", "failed_stage": None, "failed_cell": None})
+    manifest.save()
+    report.write_index(folder, manifest.data)
+    tracking.log_artifacts(parent_run_id, sorted(folder.glob("*.ipynb")) +
+                           sorted(folder.glob("*.html")) + [folder / "manifest.json",
+                                                             frozen], "run")
+    tracking.end_run(parent_run_id, "FAILED" if failed else "FINISHED")
+    echo(f"run folder: {folder}\nreport:     {folder / 'index.html'}")
+    if failed is not None:
+        raise failed
+    return manifest
+
+
+def _collect_results(manifest: Manifest, folder: Path) -> None:
+    """Copy the headline facts of the stage products into the manifest."""
+    def product(name: str) -> dict[str, Any] | None:
+        path = folder / name
+        return read_json(path) if path.exists() else None
+
+    if ingest := product("ingest.json"):
+        manifest.data["data_hash"] = ingest["data_hash"]
+        manifest.data["data"] = {k: ingest[k] for k in ("source", "rows", "positive_rate")}
+    if ev := product("evaluate.json"):
+        manifest.data["gate"] = ev["gate"]
+        manifest.data["candidate"] = {"name": ev["candidate"]["name"],
+                                      "test": ev["candidate"]["test"]}
+    if reg := product("register.json"):
+        manifest.data["model"] = {k: reg[k] for k in ("model_name", "version", "model_uri",
+                                                       "promoted", "champion")}

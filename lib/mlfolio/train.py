@@ -1,0 +1,41 @@
+"""Estimators, fitting and scoring of model pipelines (no I/O, no tracking)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+
+from mlfolio.config import SchemaConfig
+from mlfolio.features import build_model_pipeline, xy
+
+MODEL_KINDS = ("logreg", "xgboost")
+
+
+def make_estimator(kind: str, params: dict[str, Any], seed: int) -> BaseEstimator:
+    """A fresh, seeded estimator of ``kind`` with ``params`` (invalid names raise)."""
+    if kind == "logreg":
+        return LogisticRegression(random_state=seed, **params)
+    if kind == "xgboost":
+        from xgboost import XGBClassifier
+
+        # n_jobs=1: with 2 cores OpenMP's busy-wait stalls xgboost for seconds at a time.
+        base = {"n_jobs": 1, "tree_method": "hist", "eval_metric": "logloss"}
+        return XGBClassifier(random_state=seed, **{**base, **params})
+    raise ValueError(f"unknown model kind {kind!r}; expected one of {MODEL_KINDS}")
+
+
+def fit(schema: SchemaConfig, kind: str, params: dict[str, Any], train: pd.DataFrame,
+        seed: int) -> Pipeline:
+    """Fit the servable pipeline (features + estimator) on raw training rows."""
+    X, y = xy(train, schema)
+    return build_model_pipeline(schema, make_estimator(kind, params, seed)).fit(X, y)
+
+
+def predict_scores(model: Any, df: pd.DataFrame, schema: SchemaConfig) -> np.ndarray:
+    """Positive-class probability for each raw row."""
+    return np.asarray(model.predict_proba(df[schema.features])[:, 1])

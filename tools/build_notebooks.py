@@ -1,0 +1,121 @@
+"""Write the stage notebooks in notebooks/ from the outlines below (no outputs).
+
+The committed notebooks are the source users open in JupyterLab; this script keeps their
+shared cells (parameters, setup, finish) identical. Run: python tools/build_notebooks.py
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+PARAMETERS = '''\
+# Parameters (papermill injects values after this cell; the runner passes all three).
+params_file: str = "parameters/churn.yaml"  # YAML parameter file, relative to the project root
+run_dir: str = ""  # run folder; empty: runs/interactive-<experiment>
+parent_run_id: str = ""  # MLflow pipeline run this stage's run belongs under; empty: none
+overrides: dict = {}  # dotted-key overrides of the parameter file, e.g. {"tuning.n_trials": 5}'''
+
+SETUP = '''\
+from mlfolio import evaluate, features, stages, tune
+from mlfolio.context import open_stage
+
+ctx = open_stage("{stage}", params_file, run_dir, parent_run_id, overrides)
+print(f"run folder: {{ctx.run_dir}}\\nMLflow run: {{ctx.mlflow_run_id}}")'''
+
+FINISH = "ctx.finish()  # closes this stage's MLflow run"
+
+OUTLINES = {
+    "01_ingest": ("ingest", "Ingest", """\
+Loads the rows named by `data.uri` — a CSV or Parquet file, an `s3://` object (with
+`data.endpoint_url` for MinIO or moto) or a SQL query through SQLAlchemy — and checks them
+against `schema`: every listed column present, numeric columns numeric (blanks allowed as
+missing), target values only the two labels, ids unique. The rows are written as a
+Parquet snapshot with a content hash that every later stage, MLflow and the registry
+refer to.""", [
+        ("code", "df, info = stages.ingest(ctx)\ninfo"),
+        ("md", "The first rows of the snapshot, as the source delivered them:"),
+        ("code", "df.head()"),
+    ]),
+    "02_preprocess": ("preprocess", "Preprocess", """\
+Splits the snapshot into train, validation and test rows (seeded and stratified on the
+target) and profiles the features. Cleaning (blank numbers to missing, 0/1 flags to
+categories), imputation, scaling and one-hot encoding are a scikit-learn transformer
+that lives inside every model pipeline, so a served model takes raw rows.""", [
+        ("code", "parts = stages.preprocess(ctx)\nfeatures.split_summary(parts, ctx.cfg.schema)"),
+        ("md", "### Feature profile (training rows)"),
+        ("code", 'features.profile(parts["train"], ctx.cfg.schema)'),
+        ("md", "Numeric features by class, and the positive rate per category:"),
+        ("code", 'features.plot_features(parts["train"], ctx.cfg.schema);'),
+    ]),
+    "03_train": ("train", "Train baselines", """\
+Fits the baseline models of `training.models` on the training rows, each in its own
+MLflow child run with parameters, validation metrics, signature and input example.""", [
+        ("code", "stages.train_baselines(ctx)"),
+    ]),
+    "04_tune": ("tune", "Tune", """\
+An Optuna study (seeded TPE, a median pruner over cross-validation folds) searches the
+hyperparameters of `tuning.model` on the training rows. The study is stored on disk, so a
+killed tuning resumes with its finished trials; each trial is logged as a nested MLflow
+run. The best parameters are refitted on all training rows and scored on validation.""", [
+        ("code", "study, info = stages.tune_model(ctx)\n"
+                 "{k: v for k, v in info.items() if k != \"models\"}"),
+        ("md", "### Best trials"),
+        ("code", 'tune.trials_table(study).sort_values("value", ascending=False).head(10)'),
+        ("md", "### Optimization history and parameter importance"),
+        ("code", "tune.plot_study(study);"),
+    ]),
+    "05_evaluate": ("evaluate", "Evaluate", """\
+Picks the best model on validation ROC AUC, then scores it — and the current `champion`
+from the registry, on the same rows — on the untouched test split. The gate applies the
+thresholds of `gate` and asks for a gain over the champion whose bootstrap confidence
+interval clears `gate.min_improvement`.""", [
+        ("code", "result = stages.evaluate_candidate(ctx)\nevaluate.metrics_frame(result)"),
+        ("md", "### Gate verdict"),
+        ("code", "evaluate.verdict_markdown(result)"),
+        ("md", "### Curves, calibration and confusion matrix (test rows)"),
+        ("code", 'y, scores = stages.test_scores(ctx)\n'
+                 'evaluate.plot_curves(y, scores, result["threshold"]);'),
+    ]),
+    "06_register": ("register", "Register", """\
+Registers the candidate as a new version in the MLflow model registry, tagged with the
+run folder and data hash, and points the `challenger` alias at it. `champion` moves only
+when the gate passed; every move is recorded (who, why, when), since MLflow keeps no
+alias history of its own.""", [
+        ("code", "stages.register_model(ctx)"),
+        ("md", "### Alias history"),
+        ("code", "stages.alias_history_table(ctx)"),
+    ]),
+}
+
+
+def build(name: str) -> nbformat.NotebookNode:
+    stage, title, intro, body = OUTLINES[name]
+    cells = [new_markdown_cell(f"# {title}\n\n{intro}")]
+    params = new_code_cell(PARAMETERS)
+    params.metadata["tags"] = ["parameters"]
+    setup = new_code_cell(SETUP.format(stage=stage))
+    setup.metadata["tags"] = ["setup"]
+    cells += [params, setup]
+    for kind, source in body:
+        cells.append(new_markdown_cell(source) if kind == "md" else new_code_cell(source))
+    cells.append(new_code_cell(FINISH))
+    nb = new_notebook(cells=cells)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    for i, cell in enumerate(nb.cells):
+        cell["id"] = f"{stage}-{i:02d}"
+    return nb
+
+
+def main() -> None:
+    out = Path(__file__).resolve().parents[1] / "notebooks"
+    for name in OUTLINES:
+        nbformat.write(build(name), out / f"{name}.ipynb")
+
+
+if __name__ == "__main__":
+    main()
