@@ -180,14 +180,21 @@ class WarmKernel:
     """
 
     def __init__(self, run_dir: Path, tracking_uri: str):
-        from jupyter_client.manager import KernelManager
+        from jupyter_client.manager import AsyncKernelManager
+        from jupyter_core.utils import run_sync
 
         # IPC sockets in a private folder: no TCP ports, and two kernels starting at once
         # cannot pick the same socket names (paths must stay short: 107 bytes at most).
         self._sockets = tempfile.mkdtemp(prefix="mlfolio-k")
-        self.km = KernelManager(kernel_name="python3", transport="ipc",
-                                ip=f"{self._sockets}/k")
-        self.km.start_kernel(cwd=str(run_dir))
+        # Async, like the kernel managers nbclient creates itself: papermill's client then
+        # drives it exactly as it drives its own.
+        self.km = AsyncKernelManager(kernel_name="python3", transport="ipc",
+                                     ip=f"{self._sockets}/k")
+        # The kernel's own stdout/stderr (not the notebook's outputs) go to a log file:
+        # inheriting the runner's descriptors stalls kernel start when they are captured.
+        (run_dir / "logs").mkdir(exist_ok=True)
+        self._log = (run_dir / "logs" / "kernels.log").open("ab")
+        run_sync(self.km.start_kernel)(cwd=str(run_dir), stdout=self._log, stderr=self._log)
         client = self.km.client()
         client.start_channels()
         # Queued on the kernel's shell channel: the notebook's first cell runs after it.
@@ -196,10 +203,36 @@ class WarmKernel:
         self._client = client
 
     def shutdown(self) -> None:
+        from jupyter_core.utils import run_sync
+
         self._client.stop_channels()
         if self.km.has_kernel:
-            self.km.shutdown_kernel(now=True)
+            run_sync(self.km.shutdown_kernel)(now=True)
         shutil.rmtree(self._sockets, ignore_errors=True)
+        self._log.close()
+
+
+def _register_engine() -> str:
+    """A papermill engine that runs a notebook on a given (warm) kernel and, like papermill
+    with its own kernels, shuts that kernel and its client down when the notebook ends."""
+    from papermill.clientwrap import PapermillNotebookClient
+    from papermill.engines import NBClientEngine, papermill_engines
+
+    class WarmKernelEngine(NBClientEngine):
+        @classmethod
+        def execute_managed_notebook(cls, nb_man, kernel_name, log_output=False,
+                                     stdout_file=None, stderr_file=None, start_timeout=60,
+                                     execution_timeout=None, km=None, **kwargs):
+            client = PapermillNotebookClient(
+                nb_man, km=km, kernel_name=kernel_name, log=logging.getLogger("papermill"),
+                startup_timeout=start_timeout, timeout=execution_timeout,
+                log_output=log_output, stdout_file=stdout_file, stderr_file=stderr_file)
+            # nbclient leaves a kernel it did not start running, with its client's channels
+            # open; cleanup_kc closes both in the event loop that owns them.
+            return client.execute(cleanup_kc=True)
+
+    papermill_engines.register("mlfolio-warm", WarmKernelEngine)
+    return "mlfolio-warm"
 
 
 def execute_stage(stage: Stage, run_dir: Path, parameters: dict[str, Any],
@@ -221,7 +254,7 @@ def execute_stage(stage: Stage, run_dir: Path, parameters: dict[str, Any],
         pm.execute_notebook(
             str(notebooks_dir() / stage.notebook), str(out_nb), parameters=parameters,
             kernel_name="python3", progress_bar=False, cwd=str(run_dir),
-            **({"km": kernel.km} if kernel else {}),
+            **({"km": kernel.km, "engine_name": _register_engine()} if kernel else {}),
         )
         entry["status"] = "succeeded"
     except PapermillExecutionError as exc:

@@ -23,7 +23,8 @@ def notebook_to_html(notebook: Path, target: Path) -> Path:
     nb = nbformat.read(notebook, as_version=4)
     exporter = HTMLExporter(template_name="lab")
     exporter.log.setLevel(logging.ERROR)  # not "alternative text is missing" per plot
-    body, _ = exporter.from_notebook_node(nb)
+    # resources name the page: without them every stage's <title> is "Notebook"
+    body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": notebook.stem}})
     target.write_text(body)
     return target
 

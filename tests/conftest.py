@@ -1,0 +1,86 @@
+"""Shared fixtures: real data from data/, an isolated MLflow store per test, small runs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CHURN_CSV = ROOT / "data" / "telco_churn.csv"
+CHURN_PARAMS = ROOT / "parameters" / "churn.yaml"
+
+# Small but real: the whole Telco file, few trials, few bootstrap resamples.
+SMALL = {
+    "tuning": {"n_trials": 4, "cv_folds": 2, "timeout": None},
+    "gate": {"bootstrap_samples": 200},
+}
+
+
+def deep_update(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_update(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_tracking(monkeypatch):
+    """Tests never write to the developer's mlflow.db."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFOLIO_USER", "pytest")
+
+
+@pytest.fixture
+def churn_raw() -> dict[str, Any]:
+    return yaml.safe_load(CHURN_PARAMS.read_text())
+
+
+@pytest.fixture
+def tracking_dir(tmp_path) -> Path:
+    folder = tmp_path / "tracking"
+    folder.mkdir()
+    return folder
+
+
+def tracking_section(folder: Path) -> dict[str, Any]:
+    return {"tracking_uri": f"sqlite:///{folder / 'mlflow.db'}",
+            "artifact_location": (folder / "artifacts").as_uri()}
+
+
+@pytest.fixture
+def write_params(tmp_path, tracking_dir, churn_raw):
+    """write_params(name, **sections) → a parameter file: churn defaults, SMALL settings,
+    an isolated tracking store, then the given sections merged over them."""
+
+    def write(name: str = "params.yaml", base: dict[str, Any] | None = None,
+              **sections: Any) -> Path:
+        raw = deep_update(base if base is not None else churn_raw, SMALL)
+        raw = deep_update(raw, {"tracking": tracking_section(tracking_dir)})
+        raw = deep_update(raw, sections)
+        raw["data"]["uri"] = str(ROOT / raw["data"]["uri"]) if not os.path.isabs(
+            raw["data"]["uri"]) and "://" not in raw["data"]["uri"] else raw["data"]["uri"]
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(raw, sort_keys=False))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def runs_root(tmp_path) -> Path:
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    return folder
+
+
+def chromium_path() -> str | None:
+    return shutil.which("chromium") or (
+        "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)

@@ -1,0 +1,113 @@
+"""Parameter files are validated once, with errors naming the file, key path and expectation."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from mlfolio import config
+from mlfolio.errors import ConfigError
+
+from .conftest import CHURN_PARAMS, ROOT
+
+
+def test_default_parameter_file_loads_with_absolute_paths():
+    cfg = config.load(CHURN_PARAMS)
+    assert cfg.experiment == "churn"
+    assert cfg.schema.target == "churn" and cfg.schema.id_column == "customerid"
+    assert cfg.data.kind == "file" and cfg.data.uri == str(ROOT / "data" / "telco_churn.csv")
+    assert cfg.model_name == "churn-classifier"
+    assert len(cfg.schema.features) == 19
+
+
+def test_config_is_frozen(churn_raw):
+    cfg = config.from_mapping(churn_raw)
+    with pytest.raises(Exception):
+        cfg.seed = 1  # type: ignore[misc]
+
+
+def test_round_trip_through_dump(tmp_path):
+    cfg = config.load(CHURN_PARAMS)
+    config.dump(cfg, tmp_path / "p.yaml")
+    assert config.load(tmp_path / "p.yaml") == cfg
+
+
+def _error(tmp_path, raw) -> str:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    return str(info.value)
+
+
+def test_unknown_key_names_file_and_key_path(tmp_path, churn_raw):
+    churn_raw["tuning"]["n_trails"] = 5
+    msg = _error(tmp_path, churn_raw)
+    assert str(tmp_path / "bad.yaml") in msg
+    assert "tuning.n_trails: unknown key" in msg
+
+
+def test_unknown_top_level_key(tmp_path, churn_raw):
+    churn_raw["modles"] = {}
+    assert "modles: unknown key" in _error(tmp_path, churn_raw)
+
+
+def test_wrong_type_says_what_was_expected(tmp_path, churn_raw):
+    churn_raw["tuning"]["n_trials"] = "ten"
+    msg = _error(tmp_path, churn_raw)
+    assert "tuning.n_trials" in msg and "integer" in msg and "'ten'" in msg
+
+
+def test_missing_required_key(tmp_path, churn_raw):
+    del churn_raw["schema"]["target"]
+    assert "schema.target: required key is missing" in _error(tmp_path, churn_raw)
+
+
+def test_missing_data_file(tmp_path, churn_raw):
+    churn_raw["data"]["uri"] = "data/nope.csv"
+    msg = _error(tmp_path, churn_raw)
+    assert "data.uri: file not found" in msg and "nope.csv" in msg
+
+
+def test_feature_listed_twice_and_target_as_feature(tmp_path, churn_raw):
+    churn_raw["schema"]["numeric"].append("gender")
+    assert "'gender' is listed twice" in _error(tmp_path, churn_raw)
+    churn_raw["schema"]["numeric"] = ["tenure", "churn"]
+    assert "target 'churn' must not also be a feature" in _error(tmp_path, churn_raw)
+
+
+def test_threshold_out_of_range(tmp_path, churn_raw):
+    churn_raw["evaluation"]["threshold"] = 1.5
+    assert "evaluation.threshold" in _error(tmp_path, churn_raw)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="parameter file not found"):
+        config.load(tmp_path / "absent.yaml")
+    (tmp_path / "broken.yaml").write_text("a: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        config.load(tmp_path / "broken.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        config.load(tmp_path / "list.yaml")
+
+
+def test_overrides_are_parsed_as_yaml_and_validated():
+    parsed = config.parse_overrides(["tuning.n_trials=5", "evaluation.threshold=0.4",
+                                     "training.models=[logreg]"])
+    assert parsed == {"tuning.n_trials": 5, "evaluation.threshold": 0.4,
+                      "training.models": ["logreg"]}
+    cfg = config.load(CHURN_PARAMS, parsed)
+    assert cfg.tuning.n_trials == 5 and cfg.training.models == ["logreg"]
+    with pytest.raises(ConfigError, match="tuning.n_trails: unknown key"):
+        config.load(CHURN_PARAMS, {"tuning.n_trails": 5})
+    with pytest.raises(ConfigError, match="expected key.path=value"):
+        config.parse_overrides(["tuning.n_trials"])
+    with pytest.raises(ConfigError, match="seed is not a mapping"):
+        config.load(CHURN_PARAMS, {"seed.x": 1})
+
+
+def test_sqlite_uri_resolves_relative_to_project(tmp_path, churn_raw):
+    churn_raw["data"] = {"uri": "sqlite:///data/missing.db", "query": "select 1"}
+    msg = _error(tmp_path, churn_raw)
+    assert "SQLite database not found" in msg and str(ROOT / "data" / "missing.db") in msg

@@ -1,0 +1,89 @@
+"""Metrics, bootstrap comparison and the promotion gate."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from mlfolio import evaluate
+from mlfolio.config import GateConfig
+
+
+@pytest.fixture
+def scores():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 600)
+    good = np.clip(0.35 * y + rng.normal(0.4, 0.2, 600), 0, 1)
+    weak = np.clip(0.10 * y + rng.normal(0.45, 0.2, 600), 0, 1)
+    return y, good, weak
+
+
+def test_metrics_match_sklearn(scores):
+    y, good, _ = scores
+    m = evaluate.classification_metrics(y, good, threshold=0.5)
+    assert m["roc_auc"] == pytest.approx(roc_auc_score(y, good))
+    assert set(m) >= {"roc_auc", "pr_auc", "log_loss", "brier", "precision", "recall", "f1"}
+    cm = evaluate.confusion(y, good, 0.5)
+    assert sum(cm.values()) == len(y)
+    assert m["recall"] == pytest.approx(cm["tp"] / (cm["tp"] + cm["fn"]))
+
+
+def test_max_f1_threshold_beats_neighbours(scores):
+    y, good, _ = scores
+    t = evaluate.max_f1_threshold(y, good)
+    best = evaluate.classification_metrics(y, good, t)["f1"]
+    for other in (t - 0.1, t + 0.1):
+        assert evaluate.classification_metrics(y, good, other)["f1"] <= best
+
+
+def test_weighted_auc_equals_auc_of_resampled_rows(scores):
+    y, good, _ = scores
+    rng = np.random.default_rng(0)
+    weights = rng.multinomial(len(y), np.full(len(y), 1 / len(y)), size=20)
+    fast = evaluate.weighted_roc_auc(y.astype(float), np.round(good, 2), weights)
+    for w, value in zip(weights, fast, strict=True):
+        idx = np.repeat(np.arange(len(y)), w)
+        assert value == pytest.approx(roc_auc_score(y[idx], np.round(good, 2)[idx]), abs=1e-12)
+
+
+def test_bootstrap_detects_a_real_gain_and_not_a_null_one(scores):
+    y, good, weak = scores
+    gain = evaluate.bootstrap_auc_difference(y, good, weak, samples=500, seed=1)
+    assert gain["ci_low"] > 0 and gain["difference"] > 0
+    same = evaluate.bootstrap_auc_difference(y, good, good, samples=200, seed=1)
+    assert same["difference"] == 0 and same["ci_low"] == 0 and same["ci_high"] == 0
+
+
+def test_gate_passes_first_model_and_explains_itself(scores):
+    y, good, weak = scores
+    cand = evaluate.classification_metrics(y, good)
+    verdict = evaluate.gate(GateConfig(min_roc_auc=0.7), cand)
+    assert verdict.passed
+    assert verdict.reasons[0].startswith("PASS test ROC AUC")
+    assert "no champion yet" in verdict.reasons[-1]
+
+
+def test_gate_refuses_a_worse_or_equal_model(scores):
+    y, good, weak = scores
+    worse = evaluate.classification_metrics(y, weak)
+    comparison = evaluate.bootstrap_auc_difference(y, weak, good, samples=300)
+    verdict = evaluate.gate(GateConfig(min_roc_auc=0.5), worse, comparison, "3")
+    assert not verdict.passed
+    assert any(r.startswith("FAIL ROC AUC gain over champion v3") for r in verdict.reasons)
+    tie = evaluate.bootstrap_auc_difference(y, good, good, samples=100)
+    assert not evaluate.gate(GateConfig(min_roc_auc=0.5), worse, tie, "3").passed
+
+
+def test_gate_absolute_thresholds(scores):
+    y, _, weak = scores
+    m = evaluate.classification_metrics(y, weak)
+    verdict = evaluate.gate(GateConfig(min_roc_auc=0.99, max_log_loss=0.01, min_pr_auc=0.99), m)
+    assert not verdict.passed
+    assert sum(r.startswith("FAIL") for r in verdict.reasons) == 3
+
+
+def test_plot_curves_draws_four_panels(scores):
+    y, good, weak = scores
+    fig = evaluate.plot_curves(y, {"candidate": good, "champion": weak}, 0.5)
+    assert len(fig.axes) == 4

@@ -1,0 +1,68 @@
+"""Splitting and the feature transformer that travels inside the model pipeline."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.linear_model import LogisticRegression
+
+from mlfolio import config, data, features
+
+from .conftest import CHURN_PARAMS
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return config.load(CHURN_PARAMS)
+
+
+@pytest.fixture(scope="module")
+def churn(cfg):
+    return data.validate(data.load_source(cfg.data), cfg.schema)
+
+
+def test_split_is_stratified_disjoint_and_seeded(cfg, churn):
+    parts = features.split(churn, cfg.schema, cfg.split, seed=1)
+    sizes = {k: len(v) for k, v in parts.items()}
+    assert sizes == {"train": 2400, "valid": 800, "test": 800}
+    ids = [set(p["customerid"]) for p in parts.values()]
+    assert not (ids[0] & ids[1]) and not (ids[0] & ids[2]) and not (ids[1] & ids[2])
+    rates = features.split_summary(parts, cfg.schema)["positive_rate"]
+    assert rates.max() - rates.min() < 0.01
+    again = features.split(churn, cfg.schema, cfg.split, seed=1)
+    pd.testing.assert_frame_equal(parts["test"], again["test"])
+    other = features.split(churn, cfg.schema, cfg.split, seed=2)
+    assert set(other["test"]["customerid"]) != set(parts["test"]["customerid"])
+
+
+def test_pipeline_takes_raw_rows_with_blanks_and_mixed_types(cfg, churn):
+    X, y = features.xy(churn, cfg.schema)
+    model = features.build_model_pipeline(cfg.schema, LogisticRegression(max_iter=2000))
+    model.fit(X, y)
+    raw = X.head(3).copy()
+    raw["totalcharges"] = [" ", "", "123.4"]  # blanks, as new customers have
+    raw["seniorcitizen"] = ["1", "0", "1"]  # text instead of int
+    p = model.predict_proba(raw)[:, 1]
+    assert p.shape == (3,) and np.all((p > 0) & (p < 1))
+    unseen = X.head(1).copy()
+    unseen["contract"] = "Ten year"  # an unseen category is ignored, not an error
+    assert model.predict_proba(unseen).shape == (1, 2)
+
+
+def test_coercer_types(cfg):
+    df = pd.DataFrame({"tenure": [1, 2], "monthlycharges": [1.0, None],
+                       "totalcharges": [" ", "5.5"], **{c: ["a", None]
+                                                          for c in cfg.schema.categorical}})
+    out = features.RawColumnCoercer(list(cfg.schema.numeric),
+                                    list(cfg.schema.categorical)).fit(df).transform(df)
+    assert out["totalcharges"].isna().tolist() == [True, False]
+    assert out["gender"].tolist() == ["a", features.MISSING_CATEGORY]
+
+
+def test_profile_and_plot(cfg, churn):
+    prof = features.profile(churn, cfg.schema)
+    assert prof.loc["totalcharges", "missing"] > 0  # the blanks are reported
+    assert prof.loc["contract", "kind"] == "categorical"
+    fig = features.plot_features(churn, cfg.schema)
+    assert len([a for a in fig.axes if a.has_data()]) == 3 + 8
