@@ -1,0 +1,273 @@
+"""The reviewer's view: a real run's index.html and stage pages in headless Chromium.
+
+Two real pipeline runs on small parameters (one succeeding, one failing in the train
+stage), each once per module; then Playwright opens the HTML over file:// URLs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import pytest
+import yaml
+
+from mlfolio import pipeline
+from mlfolio.errors import StageError
+
+from .conftest import CHURN_CSV, CHURN_PARAMS, SMALL, chromium_path, deep_update, tracking_section
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = chromium_path()
+if CHROMIUM is None:
+    pytest.skip("no Chromium installed (looked for `chromium` on PATH and /usr/bin/chromium)",
+                allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api",
+                               reason="the playwright Python package is not installed")
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run", "--disable-sync"]
+# stage -> what its notebook's first heading starts with; stages whose pages carry plots
+STAGE_HEADINGS = {"ingest": "Ingest", "preprocess": "Preprocess", "train": "Train",
+                  "tune": "Tune", "evaluate": "Evaluate", "register": "Register"}
+STAGES_WITH_PLOTS = {"preprocess", "tune", "evaluate"}
+
+
+# -- two real runs, once per module --------------------------------------------------------
+def write_module_params(folder: Path, **sections: Any) -> Path:
+    """What conftest's write_params does, for module-scoped fixtures."""
+    raw = deep_update(yaml.safe_load(CHURN_PARAMS.read_text()), SMALL)
+    tracking = folder / "tracking"
+    tracking.mkdir()
+    raw = deep_update(raw, {"tracking": tracking_section(tracking)})
+    raw = deep_update(raw, sections)
+    raw["data"]["uri"] = str(CHURN_CSV)
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def run_pipeline(folder: Path, **sections: Any) -> tuple[Path, StageError | None]:
+    """Run the real pipeline into folder/runs; return the run folder and any StageError."""
+    params = write_module_params(folder, **sections)
+    runs_root = folder / "runs"
+    runs_root.mkdir()
+    error: StageError | None = None
+    with pytest.MonkeyPatch.context() as mp:  # as conftest's autouse fixture, module-wide
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        mp.setenv("MLFOLIO_USER", "pytest")
+        try:
+            pipeline.run(params, runs_root=runs_root, echo=lambda s: None)
+        except StageError as exc:
+            error = exc
+    (run_dir,) = runs_root.iterdir()
+    assert (run_dir / "index.html").is_file()
+    return run_dir, error
+
+
+@pytest.fixture(scope="module")
+def good_run(tmp_path_factory) -> Path:
+    run_dir, error = run_pipeline(tmp_path_factory.mktemp("good"))
+    assert error is None, f"the small run should succeed: {error}"
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def failed_run(tmp_path_factory) -> tuple[Path, StageError]:
+    # LogisticRegression(C=-1): scikit-learn rejects the parameter when train fits it
+    run_dir, error = run_pipeline(tmp_path_factory.mktemp("failed"),
+                                  training={"logreg": {"C": -1}})
+    assert error is not None, "C=-1 should make the train stage fail"
+    return run_dir, error
+
+
+# -- the browser ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def browser(good_run, failed_run) -> Iterator[Any]:
+    # both runs first: Chromium does not compete with the kernels for the two cores
+    pw = sync_api.sync_playwright().start()
+    try:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+    except Exception as exc:
+        pw.stop()
+        pytest.skip(f"Chromium at {CHROMIUM} does not start under Playwright: {exc}")
+    try:
+        yield browser
+    finally:
+        browser.close()
+        pw.stop()
+
+
+@pytest.fixture
+def page(browser) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        yield page
+    finally:
+        context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def open_file(page: Any, path: Path) -> None:
+    page.goto(path.as_uri(), wait_until="load")
+
+
+def relative_links(page: Any) -> list[str]:
+    hrefs = page.eval_on_selector_all("a[href]", "els => els.map(e => e.getAttribute('href'))")
+    return [h for h in hrefs if not urlsplit(h).scheme and not h.startswith(("#", "//"))]
+
+
+def assert_local_links_exist(page: Any, run_dir: Path) -> list[str]:
+    links = relative_links(page)
+    missing = [h for h in links if not (run_dir / unquote(urlsplit(h).path)).is_file()]
+    assert not missing, f"index.html links to missing files: {missing}"
+    return links
+
+
+def stage_rows(page: Any) -> dict[str, dict[str, Any]]:
+    """The stages table: name -> status text and the report link's href (or None)."""
+    return page.eval_on_selector_all("#stages tr:not(:first-child)", """rows => Object.fromEntries(
+        rows.map(r => [r.cells[1].innerText.trim(), {
+            status: r.cells[2].innerText.trim(),
+            html: (r.querySelector('a.stage-html') || {getAttribute: () => null})
+                  .getAttribute('href')}]))""")
+
+
+def image_sizes(page: Any) -> list[list[Any]]:
+    page.wait_for_function("[...document.images].every(i => i.complete)")
+    return page.eval_on_selector_all(
+        "img", "els => els.map(e => [e.naturalWidth, e.naturalHeight])")
+
+
+# -- the succeeded run ---------------------------------------------------------------------
+def test_index_status_and_verdict(good_run, page):
+    open_file(page, good_run / "index.html")
+    assert good_run.name in page.title()
+    assert page.inner_text("#run-status") == "succeeded"
+    assert page.eval_on_selector("#run-status", "e => getComputedStyle(e).backgroundColor") \
+        == "rgb(26, 127, 55)"  # the green badge
+    verdict = page.inner_text("#gate-verdict")
+    assert re.search(r"\b(passed|not passed)\b", verdict)
+    assert "churn-classifier" in verdict and re.search(r"version \d+", verdict)
+    reasons = page.locator("#gate-reasons li")
+    assert reasons.count() >= 1
+    assert re.search(r"\d\.\d+", reasons.first.inner_text())
+    assert page.locator("#failure").count() == 0
+    assert page.inner_text("#data").count("4000") == 1
+
+
+def test_index_metrics_table(good_run, page):
+    open_file(page, good_run / "index.html")
+    header = page.eval_on_selector_all("#metrics tr:first-child th", "els => els.map(e => "
+                                       "e.innerText.trim())")
+    assert header == ["model", "split", "roc_auc", "pr_auc", "log_loss", "brier", "f1"]
+    rows = page.eval_on_selector_all("#metrics tr:not(:first-child)", "rows => rows.map(r => "
+                                     "[...r.cells].map(c => c.innerText.trim()))")
+    models = [r[0] for r in rows]
+    assert {"logreg", "xgboost"} <= set(models)
+    assert any(m.endswith("(candidate)") for m in models)
+    for row in rows:
+        values = [float(v) for v in row[2:]]  # every metric is filled in, as a number
+        assert 0.5 < values[0] <= 1.0, row  # roc_auc better than chance
+        assert all(0.0 <= v <= 1.0 for v in (values[1], values[3], values[4])), row
+    candidate = next(r for r in rows if r[0].endswith("(candidate)"))
+    assert candidate[1] == "test"
+
+
+def test_index_stage_rows_link_existing_pages(good_run, page):
+    open_file(page, good_run / "index.html")
+    rows = stage_rows(page)
+    assert list(rows) == list(STAGE_HEADINGS)
+    for name, row in rows.items():
+        assert row["status"] == "succeeded", name
+        assert row["html"], f"stage {name} has no report link"
+        assert (good_run / row["html"]).is_file(), row["html"]
+
+
+def test_index_has_no_broken_local_links(good_run, page):
+    open_file(page, good_run / "index.html")
+    links = assert_local_links_exist(page, good_run)
+    assert {"manifest.json", "parameters.yaml", "stage_parameters.yaml"} <= set(links)
+    assert sum(link.endswith(".html") for link in links) == len(STAGE_HEADINGS)
+    assert sum(link.endswith(".ipynb") for link in links) == len(STAGE_HEADINGS)
+
+
+def test_following_stage_links(good_run, page):
+    index = good_run / "index.html"
+    open_file(page, index)
+    hrefs = {name: row["html"] for name, row in stage_rows(page).items()}
+    for name, href in hrefs.items():
+        open_file(page, index)
+        with page.expect_navigation(wait_until="load"):
+            page.click(f"a.stage-html[href='{href}']")
+        assert page.url == (good_run / href).as_uri()
+        assert name in page.title().lower(), (name, page.title())
+        heading = page.inner_text("h1")
+        assert heading.startswith(STAGE_HEADINGS[name]), (name, heading)
+        text = page.inner_text("body")
+        assert "Traceback" not in text, f"{name}: an error output on a succeeded stage"
+        sizes = image_sizes(page)
+        if name in STAGES_WITH_PLOTS:
+            assert sizes, f"{name}: expected plots"
+        for width, height in sizes:
+            assert width > 0 and height > 0, f"{name}: an image did not load"
+
+
+def test_screenshot(good_run, page, tmp_path):
+    open_file(page, good_run / "index.html")
+    shot = tmp_path / "index.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    target = os.environ.get("MLFOLIO_SCREENSHOT")  # keep it, to look at by hand
+    if target:
+        Path(target).write_bytes(shot.read_bytes())
+
+
+# -- the failed run ------------------------------------------------------------------------
+def test_failed_run_error(failed_run):
+    run_dir, error = failed_run
+    assert error.stage == "train"
+    assert error.cell_index is not None
+    assert "'C' parameter" in str(error)
+
+
+def test_failed_run_index_names_stage(failed_run, page):
+    run_dir, _ = failed_run
+    open_file(page, run_dir / "index.html")
+    assert page.inner_text("#run-status") == "failed"
+    failure = page.inner_text("#failure")
+    assert re.search(r"stage train, cell \d+", failure), failure
+    assert page.get_attribute("#failure a", "href") == "03_train.html"
+    error_text = page.inner_text("#failure-error")  # the exception, on the index itself
+    assert error_text.startswith("InvalidParameterError: The 'C' parameter of LogisticRegr")
+    rows = stage_rows(page)
+    assert {n: r["status"] for n, r in rows.items()} == {
+        "ingest": "succeeded", "preprocess": "succeeded", "train": "failed",
+        "tune": "not run", "evaluate": "not run", "register": "not run"}
+    assert rows["train"]["html"] == "03_train.html"
+    assert all(rows[n]["html"] is None for n in ("tune", "evaluate", "register"))
+    assert "No verdict" in page.inner_text("body")
+    assert_local_links_exist(page, run_dir)
+
+
+def test_failed_stage_page_shows_error(failed_run, page):
+    run_dir, error = failed_run
+    open_file(page, run_dir / "index.html")
+    with page.expect_navigation(wait_until="load"):
+        page.click("#failure a")
+    assert page.url == (run_dir / "03_train.html").as_uri()
+    assert page.inner_text("h1").startswith("Train")
+    text = page.inner_text("body")
+    assert "InvalidParameterError" in text
+    assert "The 'C' parameter of LogisticRegression must be" in text
+    assert "Got -1 instead" in text
+    # the error output is rendered as an error, not only as source code
+    assert page.locator("[data-mime-type='application/vnd.jupyter.stderr']").count() >= 1
