@@ -174,9 +174,10 @@ def _cell_seconds(nb_path: Path) -> tuple[float, float]:
 class WarmKernel:
     """A kernel started, and warmed up, while the previous stage still runs.
 
-    Kernel start plus the imports of pandas, scikit-learn and MLflow cost ~12 s per stage
+    Kernel start plus the imports of pandas, scikit-learn and MLflow cost ~6 s per stage
     on a 2-core machine; stage code mostly uses one core, so the other prepares the next
-    kernel. papermill runs the notebook on it exactly as on a fresh kernel.
+    kernel. The warm-up runs as the kernel's own start-up code (IPython's ``exec_lines``),
+    before it answers anyone, so papermill simply finds a kernel that became ready late.
     """
 
     def __init__(self, run_dir: Path, tracking_uri: str):
@@ -190,22 +191,18 @@ class WarmKernel:
         # drives it exactly as it drives its own.
         self.km = AsyncKernelManager(kernel_name="python3", transport="ipc",
                                      ip=f"{self._sockets}/k")
+        warm = f"import mlfolio.context as _w; _w.warm_up({tracking_uri!r}); del _w"
         # The kernel's own stdout/stderr (not the notebook's outputs) go to a log file:
         # inheriting the runner's descriptors stalls kernel start when they are captured.
         (run_dir / "logs").mkdir(exist_ok=True)
         self._log = (run_dir / "logs" / "kernels.log").open("ab")
-        run_sync(self.km.start_kernel)(cwd=str(run_dir), stdout=self._log, stderr=self._log)
-        client = self.km.client()
-        client.start_channels()
-        # Queued on the kernel's shell channel: the notebook's first cell runs after it.
-        client.execute(f"import mlfolio.context as _w; _w.warm_up({tracking_uri!r}); del _w",
-                       silent=True, store_history=False)
-        self._client = client
+        run_sync(self.km.start_kernel)(
+            cwd=str(run_dir), stdout=self._log, stderr=self._log,
+            extra_arguments=[f"--IPKernelApp.exec_lines={[warm]!r}"])
 
     def shutdown(self) -> None:
         from jupyter_core.utils import run_sync
 
-        self._client.stop_channels()
         if self.km.has_kernel:
             run_sync(self.km.shutdown_kernel)(now=True)
         shutil.rmtree(self._sockets, ignore_errors=True)
@@ -253,7 +250,7 @@ def execute_stage(stage: Stage, run_dir: Path, parameters: dict[str, Any],
     try:
         pm.execute_notebook(
             str(notebooks_dir() / stage.notebook), str(out_nb), parameters=parameters,
-            kernel_name="python3", progress_bar=False, cwd=str(run_dir),
+            kernel_name="python3", progress_bar=False, cwd=str(run_dir), start_timeout=180,
             **({"km": kernel.km, "engine_name": _register_engine()} if kernel else {}),
         )
         entry["status"] = "succeeded"
