@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from mlfolio import config
 from mlfolio.errors import ConfigError
@@ -22,7 +23,7 @@ def test_default_parameter_file_loads_with_absolute_paths():
 
 def test_config_is_frozen(churn_raw):
     cfg = config.from_mapping(churn_raw)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         cfg.seed = 1  # type: ignore[misc]
 
 

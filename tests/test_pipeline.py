@@ -102,7 +102,8 @@ def test_default_run_end_to_end_then_identical_rerun_is_not_promoted(
     # a stage replays with plain papermill from the run's own parameter file
     out = runs_root / "replayed.ipynb"
     proc = subprocess.run(
-        [str(Path(sys.executable).parent / "papermill"), str(ROOT / "notebooks/02_preprocess.ipynb"),
+        [str(Path(sys.executable).parent / "papermill"),
+         str(ROOT / "notebooks/02_preprocess.ipynb"),
          str(out), "-f", str(run_dir / "stage_parameters.yaml"), "--no-progress-bar"],
         capture_output=True, text=True, timeout=300, cwd="/")
     assert proc.returncode == 0, proc.stderr[-2000:]
