@@ -1,0 +1,219 @@
+"""The tune module on the real Telco data: search spaces, resumable journal storage,
+parallel workers, reproducibility, the cached-matrix xgboost path, tables and plots."""
+
+from __future__ import annotations
+
+import pickle
+import threading
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import optuna
+import pytest
+from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+from mlfolio import config, data, features, train, tune
+from mlfolio.config import TuningConfig
+
+matplotlib.use("Agg")
+
+ROOT = Path(__file__).resolve().parents[1]
+SEED = 42
+DONE = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
+
+
+@pytest.fixture(scope="module")
+def churn():
+    cfg = config.load(ROOT / "parameters" / "churn.yaml")
+    df = data.validate(data.load_source(cfg.data), cfg.schema)
+    return cfg.schema, features.split(df, cfg.schema, cfg.split, cfg.seed)["train"]
+
+
+@pytest.fixture(scope="module")
+def folds(churn):
+    schema, train_df = churn
+    return tune.Folds.build(train_df, schema, 2, SEED)
+
+
+def tuning(**overrides) -> TuningConfig:
+    base = {"model": "xgboost", "n_trials": 4, "cv_folds": 2, "timeout": None,
+            "pruner": "median", "n_workers": 1}
+    return TuningConfig(**{**base, **overrides})
+
+
+def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return study.get_trials(deepcopy=False, states=DONE)
+
+
+# -- search spaces ----------------------------------------------------------------------
+def test_xgboost_space_within_bounds():
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(30):
+        p = tune.suggest_params(study.ask(), "xgboost")
+        assert set(p) == {"n_estimators", "learning_rate", "max_depth", "min_child_weight",
+                          "subsample", "colsample_bytree", "reg_lambda"}
+        assert 50 <= p["n_estimators"] <= 500 and p["n_estimators"] % 25 == 0
+        assert 0.01 <= p["learning_rate"] <= 0.3
+        assert p["max_depth"] in range(2, 8)
+        assert 1.0 <= p["min_child_weight"] <= 20.0
+        assert 0.5 <= p["subsample"] <= 1.0
+        assert 0.4 <= p["colsample_bytree"] <= 1.0
+        assert 1e-3 <= p["reg_lambda"] <= 10.0
+
+
+def test_logreg_space_and_unknown_kind():
+    p = tune.suggest_params(optuna.trial.FixedTrial({"C": 0.5}), "logreg")
+    assert p == {"C": 0.5, "max_iter": 2000}
+    with pytest.raises(ValueError, match="no search space"):
+        tune.suggest_params(optuna.trial.FixedTrial({}), "forest")
+
+
+def test_best_params_rebuild_the_full_parameters():
+    # stages.tune_model refits with suggest_params(FixedTrial(study.best_params)).
+    values = {"n_estimators": 125, "learning_rate": 0.05, "max_depth": 3,
+              "min_child_weight": 2.0, "subsample": 0.8, "colsample_bytree": 0.7,
+              "reg_lambda": 1.0}
+    assert tune.suggest_params(optuna.trial.FixedTrial(values), "xgboost") == values
+
+
+# -- the objective ----------------------------------------------------------------------
+@pytest.mark.parametrize("params", [
+    {"n_estimators": 50, "learning_rate": 0.1, "max_depth": 3, "min_child_weight": 1.0,
+     "subsample": 1.0, "colsample_bytree": 1.0, "reg_lambda": 1.0},
+    {"n_estimators": 75, "learning_rate": 0.2, "max_depth": 6, "min_child_weight": 5.0,
+     "subsample": 0.6, "colsample_bytree": 0.5, "reg_lambda": 0.01},
+])
+def test_fold_scores_equal_the_estimators_own_fit(folds, params):
+    """The cached-matrix xgboost path grows the same trees as XGBClassifier.fit."""
+    for step, (X_fit, y_fit, X_val, _) in enumerate(folds.parts):
+        model = train.make_estimator("xgboost", params, SEED).fit(X_fit, y_fit)
+        np.testing.assert_array_equal(tune.fold_scores(folds, step, "xgboost", params, SEED),
+                                      model.predict_proba(X_val)[:, 1])
+
+
+def test_objective_is_the_pipelines_cross_validated_auc(churn, folds):
+    """Same folds, same preprocessing: the CV AUC of the servable pipeline."""
+    schema, train_df = churn
+    params = {"n_estimators": 50, "learning_rate": 0.1, "max_depth": 3,
+              "min_child_weight": 1.0, "subsample": 0.9, "colsample_bytree": 0.8,
+              "reg_lambda": 1.0}
+    X, y = features.xy(train_df, schema)
+    pipe = features.build_model_pipeline(schema, train.make_estimator("xgboost", params, SEED))
+    expected = cross_val_score(pipe, X, y, scoring="roc_auc",
+                               cv=StratifiedKFold(2, shuffle=True, random_state=SEED)).mean()
+    objective = tune.make_objective(folds, "xgboost", SEED, prune=False)
+    assert objective(optuna.trial.FixedTrial(params)) == pytest.approx(expected, abs=1e-12)
+
+
+def test_folds_pickle_without_their_xgboost_matrices(folds):
+    params = {"n_estimators": 50}
+    tune.fold_scores(folds, 0, "xgboost", params, SEED)  # builds a cached matrix
+    copy = pickle.loads(pickle.dumps(folds))
+    assert copy._matrices == {}
+    np.testing.assert_array_equal(copy.parts[0][0], folds.parts[0][0])
+    np.testing.assert_array_equal(tune.fold_scores(copy, 0, "xgboost", params, SEED),
+                                  tune.fold_scores(folds, 0, "xgboost", params, SEED))
+
+
+# -- storage, resume, failures ------------------------------------------------------------
+def test_journal_study_resumes_with_its_finished_trials(churn, tmp_path):
+    schema, train_df = churn
+    first = tune.run_study(tuning(n_trials=3), train_df, schema, SEED, tmp_path, "resume")
+    assert (tmp_path / "tune" / "study.journal").is_file()
+    kept = [(t.number, t.params, t.value) for t in finished(first)]
+    assert len(kept) == 3
+
+    again = tune.run_study(tuning(n_trials=5), train_df, schema, SEED, tmp_path, "resume")
+    done = finished(again)
+    assert len(done) == 5
+    assert [(t.number, t.params, t.value) for t in done[:3]] == kept
+    # Already complete: nothing more runs.
+    same = tune.run_study(tuning(n_trials=5), train_df, schema, SEED, tmp_path, "resume")
+    assert len(same.trials) == 5
+
+
+def test_trial_left_running_is_marked_failed_on_reopen(churn, tmp_path):
+    schema, train_df = churn
+    cfg = tuning(n_trials=2)
+    storage = tune.storage_for(cfg, tmp_path)
+    study = tune.open_study(cfg, storage, "crash", SEED)
+    orphan = study.ask()  # a killed process leaves its trial RUNNING
+    assert study.trials[0].state == optuna.trial.TrialState.RUNNING
+
+    reopened = tune.open_study(cfg, tune.storage_for(cfg, tmp_path), "crash", SEED)
+    assert reopened.trials[orphan.number].state == optuna.trial.TrialState.FAIL
+    assert tune.remaining_trials(reopened, 2) == 2
+
+    resumed = tune.run_study(cfg, train_df, schema, SEED, tmp_path, "crash")
+    states = [t.state for t in resumed.trials]
+    assert states[0] == optuna.trial.TrialState.FAIL
+    assert len(finished(resumed)) == 2
+
+
+# -- workers -------------------------------------------------------------------------------
+def test_two_worker_processes_finish_exactly_n_trials(churn, tmp_path):
+    schema, train_df = churn
+    cfg = tuning(n_trials=7, n_workers=2)
+    study = tune.run_study(cfg, train_df, schema, SEED, tmp_path, "parallel")
+    assert len(study.trials) == 7
+    assert len(finished(study)) == 7
+    assert sorted(t.number for t in study.trials) == list(range(7))
+    # Resuming a finished parallel study runs nothing.
+    again = tune.run_study(cfg, train_df, schema, SEED, tmp_path, "parallel")
+    assert len(again.trials) == 7
+
+
+def test_two_workers_share_one_study(churn, folds, tmp_path):
+    """Two workers (here threads, so both surely start at once) on one journal: each runs
+    trials, the other sees them, and the shared slots stop them at exactly n_trials."""
+    import multiprocessing as mp
+
+    cfg = tuning(n_trials=8, pruner="none")
+    storage = tune.storage_for(cfg, tmp_path)
+    tune.open_study(cfg, storage, "shared", SEED)
+    slots = mp.get_context("spawn").Value("i", cfg.n_trials)
+    # Each worker its own storage handle and its own copy of the folds, as a process has.
+    workers = [
+        threading.Thread(target=tune._worker, args=(
+            cfg, tune.storage_for(cfg, tmp_path), "shared", SEED + 1 + i,
+            pickle.loads(pickle.dumps(folds)), "xgboost", cfg.n_trials, slots))
+        for i in range(2)
+    ]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    study = optuna.load_study(study_name="shared", storage=tune.storage_for(cfg, tmp_path))
+    assert len(finished(study)) == 8 == len(study.trials)
+    assert {t.user_attrs["worker_seed"] for t in study.trials} == {SEED + 1, SEED + 2}
+    assert len({tuple(sorted(t.params.items())) for t in study.trials}) == 8
+
+
+# -- reproducibility -------------------------------------------------------------------------
+def test_same_seed_gives_the_same_study(churn, tmp_path):
+    schema, train_df = churn
+    cfg = tuning(n_trials=10)  # past TPE's 8 random start-up trials, pruner active
+    runs = [tune.run_study(cfg, train_df, schema, SEED, tmp_path / name, "repro")
+            for name in ("a", "b")]
+    assert runs[0].best_params == runs[1].best_params
+    assert runs[0].best_value == runs[1].best_value
+    assert [(t.params, t.state, t.value) for t in runs[0].trials] == \
+           [(t.params, t.state, t.value) for t in runs[1].trials]
+
+
+# -- reporting ----------------------------------------------------------------------------
+def test_trials_table_and_plot(churn, tmp_path):
+    schema, train_df = churn
+    study = tune.run_study(tuning(n_trials=4, pruner="none"), train_df, schema, SEED,
+                           tmp_path, "report")
+    table = tune.trials_table(study)
+    assert list(table.columns[:4]) == ["number", "state", "value", "duration"]
+    assert set(table.columns[4:]) == set(study.best_params)
+    assert len(table) == 4 and (table["state"] == "COMPLETE").all()
+    assert table["duration"].dtype == float
+
+    fig = tune.plot_study(study)
+    assert isinstance(fig, matplotlib.figure.Figure)
+    assert len(fig.axes) == 2
+    matplotlib.pyplot.close(fig)
