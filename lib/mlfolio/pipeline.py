@@ -55,6 +55,9 @@ STAGES: tuple[Stage, ...] = (
     Stage("register", "06_register.ipynb", ("register.json",), ("registry", "tracking")),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
+# Kernels warming ahead of the running stage: short stages (2-4 s) end before one
+# kernel's warm-up (~5 s on two busy cores) does.
+KERNEL_LOOKAHEAD = 2
 KEY_PACKAGES = ("mlfolio", "mlflow", "optuna", "scikit-learn", "xgboost", "pandas", "numpy",
                 "papermill", "nbconvert", "pyarrow")
 
@@ -225,7 +228,10 @@ def _register_engine() -> str:
                 startup_timeout=start_timeout, timeout=execution_timeout,
                 log_output=log_output, stdout_file=stdout_file, stderr_file=stderr_file)
             # nbclient leaves a kernel it did not start running, with its client's channels
-            # open; cleanup_kc closes both in the event loop that owns them.
+            # open; cleanup_kc closes both in the event loop that owns them. "immediate":
+            # every cell has returned, so nothing is left to flush, and a graceful shutdown
+            # spends 2-3 s in the kernel's exit handlers.
+            client.shutdown_kernel = "immediate"
             return client.execute(cleanup_kc=True)
 
     papermill_engines.register("mlfolio-warm", WarmKernelEngine)
@@ -336,7 +342,6 @@ def run(params_file: str | Path, overrides: dict[str, Any] | None = None,
 
     Raises StageError (after writing the manifest, HTML and index) when a stage fails.
     """
-    from mlfolio import report, tracking
 
     selected = select_stages(stages, from_stage)
     cfg = config_mod.load(params_file, overrides)  # all validation before any notebook
@@ -357,6 +362,22 @@ def run(params_file: str | Path, overrides: dict[str, Any] | None = None,
     os.environ["MLFOLIO_PROJECT_DIR"] = str(project_dir())
     frozen = folder / "parameters.yaml"
     config_mod.dump(cfg, frozen)
+    # Kernels start now, so their imports overlap the tracking store's start-up below.
+    kernels = [WarmKernel(folder, cfg.tracking_uri())
+               for _ in range(min(1 + KERNEL_LOOKAHEAD, len(selected)))] if warm_kernels else []
+    try:
+        return _run(cfg, selected, folder, frozen, manifest, params_file, overrides, kernels,
+                    echo)
+    finally:
+        for kernel in kernels:
+            kernel.shutdown()
+
+
+def _run(cfg: Config, selected: list[Stage], folder: Path, frozen: Path, manifest: Manifest,
+         params_file: str | Path, overrides: dict[str, Any] | None, kernels: list[WarmKernel],
+         echo: Callable[[str], None]) -> Manifest:
+    from mlfolio import report, tracking
+
     manifest.data.update({
         "status": "running", "parameters_file": str(params_file),
         "overrides": overrides or {}, "parameters": cfg.to_dict(), "seed": cfg.seed,
@@ -370,15 +391,8 @@ def run(params_file: str | Path, overrides: dict[str, Any] | None = None,
         + yaml.safe_dump(nb_params, sort_keys=False))
     manifest.save()
 
-    mlfolio_hash = package_source_hash()
-    failed: StageError | None = None
-    kernels = [WarmKernel(folder, cfg.tracking_uri())] if warm_kernels else []
-    try:
-        failed = _run_stages(selected, cfg, folder, nb_params, manifest, mlfolio_hash,
-                             kernels, warm_kernels, echo)
-    finally:
-        for kernel in kernels:
-            kernel.shutdown()
+    failed = _run_stages(selected, cfg, folder, nb_params, manifest, package_source_hash(),
+                         kernels, echo)
 
     _collect_results(manifest, folder)
     if failed is None:
@@ -397,15 +411,18 @@ def run(params_file: str | Path, overrides: dict[str, Any] | None = None,
 
 def _run_stages(selected: list[Stage], cfg: Config, folder: Path, nb_params: dict[str, Any],
                 manifest: Manifest, mlfolio_hash: str, kernels: list[WarmKernel],
-                warm_kernels: bool, echo: Callable[[str], None]) -> StageError | None:
-    """Execute stages in order, each on the kernel warmed during the previous one."""
+                echo: Callable[[str], None]) -> StageError | None:
+    """Execute stages in order, each on a kernel warmed during the stages before it
+    (none given: papermill starts a cold kernel per stage)."""
     parent_run_id = nb_params["parent_run_id"]
+    started = len(kernels)
     for i, stage in enumerate(selected, 1):
         inputs = stage_inputs(stage, cfg, folder, mlfolio_hash)
         echo(f"[{i}/{len(selected)}] {stage.name:<10} running ...")
         kernel = kernels.pop(0) if kernels else None
-        if warm_kernels and i < len(selected):
+        if kernel is not None and started < len(selected):
             kernels.append(WarmKernel(folder, cfg.tracking_uri()))
+            started += 1
         try:
             entry = execute_stage(stage, folder, nb_params, kernel)
         finally:
