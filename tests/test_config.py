@@ -112,3 +112,14 @@ def test_sqlite_uri_resolves_relative_to_project(tmp_path, churn_raw):
     churn_raw["data"] = {"uri": "sqlite:///data/missing.db", "query": "select 1"}
     msg = _error(tmp_path, churn_raw)
     assert "SQLite database not found" in msg and str(ROOT / "data" / "missing.db") in msg
+
+
+def test_deploy_targets_are_checked_at_load(tmp_path, churn_raw):
+    churn_raw["deploy"] = {"targets": ["heroku"]}
+    assert "deploy.targets.0: Input should be 'local', 'kubernetes'" in _error(tmp_path, churn_raw)
+    churn_raw["deploy"] = {"targets": ["sagemaker"], "aws": {"role_arn": "arn:aws:iam::1:role/r"}}
+    assert "target sagemaker needs aws.bucket" in _error(tmp_path, churn_raw)
+    churn_raw["deploy"] = {"targets": ["lambda"]}
+    assert "need aws.role_arn" in _error(tmp_path, churn_raw)
+    churn_raw["deploy"] = {"lambda": {"memory_mb": 64}}
+    assert "deploy.lambda.memory_mb" in _error(tmp_path, churn_raw)

@@ -122,7 +122,7 @@ def test_failing_stage_keeps_partial_notebook_then_rerun_from_it(
     assert m["failed_cell"] == info.value.cell_index
     assert m["stages"]["train"]["error"]["ename"] == "InvalidParameterError"
     assert [m["stages"][s]["status"] for s in pipeline.STAGE_NAMES] == [
-        "succeeded", "succeeded", "failed", "not run", "not run", "not run"]
+        "succeeded", "succeeded", "failed", "not run", "not run", "not run", "not run"]
     partial = json.loads((run_dir / "03_train.ipynb").read_text())
     assert any(o.get("output_type") == "error" for c in partial["cells"]
                for o in c.get("outputs", []))

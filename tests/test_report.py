@@ -34,7 +34,8 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-component-update", "--no-first-run", "--disable-sync"]
 # stage -> what its notebook's first heading starts with; stages whose pages carry plots
 STAGE_HEADINGS = {"ingest": "Ingest", "preprocess": "Preprocess", "train": "Train",
-                  "tune": "Tune", "evaluate": "Evaluate", "register": "Register"}
+                  "tune": "Tune", "evaluate": "Evaluate", "register": "Register",
+                  "deploy": "Deploy"}
 STAGES_WITH_PLOTS = {"preprocess", "tune", "evaluate"}
 
 
@@ -251,7 +252,7 @@ def test_failed_run_index_names_stage(failed_run, page):
     rows = stage_rows(page)
     assert {n: r["status"] for n, r in rows.items()} == {
         "ingest": "succeeded", "preprocess": "succeeded", "train": "failed",
-        "tune": "not run", "evaluate": "not run", "register": "not run"}
+        "tune": "not run", "evaluate": "not run", "register": "not run", "deploy": "not run"}
     assert rows["train"]["html"] == "03_train.html"
     assert all(rows[n]["html"] is None for n in ("tune", "evaluate", "register"))
     assert "No verdict" in page.inner_text("body")
@@ -271,3 +272,10 @@ def test_failed_stage_page_shows_error(failed_run, page):
     assert "Got -1 instead" in text
     # the error output is rendered as an error, not only as source code
     assert page.locator("[data-mime-type='application/vnd.jupyter.stderr']").count() >= 1
+
+
+def test_index_lists_the_deployments(good_run, page):
+    open_file(page, good_run / "index.html")
+    rows = page.locator("#deployments tr").all_inner_texts()
+    assert any(r.startswith("local") and "deployed" in r and "rows_checked" in r for r in rows)
+    assert any(r.startswith("kubernetes") and "deployed" in r for r in rows)

@@ -88,6 +88,16 @@ alias history of its own.""", [
         ("md", "### Alias history"),
         ("code", "stages.alias_history_table(ctx)"),
     ]),
+    "07_deploy": ("deploy", "Deploy", """\
+Deploys the model version behind `deploy.alias` (default `champion`) to each target of
+`deploy.targets`: **local** starts `mlfolio serve` and checks its answers on test rows
+against the pipeline's own; **kubernetes** renders a Dockerfile, Deployment, Service,
+HorizontalPodAutoscaler, PodDisruptionBudget and a KServe InferenceService, validated
+against the Kubernetes schemas; **lambda** and **sagemaker** build the package or
+`model.tar.gz` and create or update the function or endpoint through boto3. What each
+target deployed is written to `deploy.json`.""", [
+        ("code", "result = stages.deploy_model(ctx)\nstages.deploy_table(result)"),
+    ]),
 }
 
 

@@ -170,6 +170,70 @@ class TrackingConfig(_Section):
     ui_url: str = Field("http://127.0.0.1:5000", description="base URL of `mlflow ui` for links")
 
 
+class LocalTargetConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(0, ge=0, le=65535, description="0 = a free port")
+    sample_rows: int = Field(20, ge=1, description="test rows sent to check the answers")
+
+
+class KubernetesTargetConfig(_Section):
+    image: str = "mlfolio-serve:latest"
+    namespace: str = "default"
+    replicas: int = Field(2, ge=1)
+    min_replicas: int = Field(2, ge=1)
+    max_replicas: int = Field(6, ge=1)
+    tracking_uri: str | None = Field(None, description="what pods use; None = the run's")
+
+
+class AwsConfig(_Section):
+    """Left empty, boto3's standard configuration (env, profile, instance role) applies."""
+
+    region: str | None = None
+    endpoint_url: str | None = Field(None, description="e.g. a moto server or LocalStack")
+    role_arn: str | None = None
+    bucket: str | None = None
+
+
+class LambdaTargetConfig(_Section):
+    function_name: str | None = Field(None, description="None = '<model name>'")
+    memory_mb: int = Field(1024, ge=128, le=10240)
+    timeout_s: int = Field(30, ge=1, le=900)
+
+
+class SagemakerTargetConfig(_Section):
+    endpoint_name: str | None = Field(None, description="None = '<model name>'")
+    image_uri: str | None = Field(None, description="the serving image (mlfolio serve)")
+    instance_type: str = "ml.m5.large"
+    instance_count: int = Field(1, ge=1)
+
+
+class DeployConfig(_Section):
+    """Where the deploy stage puts the model version behind ``alias``."""
+
+    targets: list[Literal["local", "kubernetes", "lambda", "sagemaker"]] = Field(
+        default_factory=lambda: ["local", "kubernetes"])
+    alias: str = "champion"
+    local: LocalTargetConfig = Field(default_factory=LocalTargetConfig)
+    kubernetes: KubernetesTargetConfig = Field(default_factory=KubernetesTargetConfig)
+    aws: AwsConfig = Field(default_factory=AwsConfig)
+    lambda_: LambdaTargetConfig = Field(default_factory=LambdaTargetConfig, alias="lambda")
+    sagemaker: SagemakerTargetConfig = Field(default_factory=SagemakerTargetConfig)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _aws_settings_present(self) -> DeployConfig:
+        if {"lambda", "sagemaker"} & set(self.targets) and not self.aws.role_arn:
+            raise ValueError("targets lambda/sagemaker need aws.role_arn (an IAM role ARN)")
+        if "sagemaker" in self.targets:
+            if not self.aws.bucket:
+                raise ValueError("target sagemaker needs aws.bucket (for model.tar.gz)")
+            if not self.sagemaker.image_uri:
+                raise ValueError("target sagemaker needs sagemaker.image_uri (the serving "
+                                 "image built from the kubernetes target's Dockerfile)")
+        return self
+
+
 class Config(_Section):
     """One run's parameters, validated and frozen."""
 
@@ -185,6 +249,7 @@ class Config(_Section):
     gate: GateConfig = Field(default_factory=GateConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    deploy: DeployConfig = Field(default_factory=DeployConfig)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -216,7 +281,8 @@ class Config(_Section):
 def _format_errors(exc: ValidationError, source: str) -> str:
     lines = [f"{source}: invalid parameters"]
     for err in exc.errors():
-        path = ".".join("schema" if p == "schema_" else str(p) for p in err["loc"]) or "<top>"
+        path = ".".join({"schema_": "schema", "lambda_": "lambda"}.get(str(p), str(p))
+                        for p in err["loc"]) or "<top>"
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see parameters/churn.yaml for the keys)"

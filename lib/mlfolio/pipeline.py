@@ -53,6 +53,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("evaluate", "05_evaluate.ipynb", ("evaluate.json", "data/test_scores.parquet"),
           ("seed", "schema", "evaluation", "gate", "registry")),
     Stage("register", "06_register.ipynb", ("register.json",), ("registry", "tracking")),
+    Stage("deploy", "07_deploy.ipynb", ("deploy.json",), ("registry", "tracking", "deploy")),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 # Kernels warming ahead of the running stage: short stages (2-4 s) end before one
@@ -463,6 +464,9 @@ def _collect_results(manifest: Manifest, folder: Path) -> None:
         manifest.data["gate"] = ev["gate"]
         manifest.data["candidate"] = {"name": ev["candidate"]["name"],
                                       "test": ev["candidate"]["test"]}
+    if deployed := product("deploy.json"):
+        manifest.data["deploy"] = {k: deployed[k] for k in ("model_name", "version", "alias",
+                                                             "model_uri", "targets")}
     if reg := product("register.json"):
         manifest.data["model"] = {k: reg[k] for k in ("model_name", "version", "model_uri",
                                                        "promoted", "champion")}

@@ -266,3 +266,89 @@ def register_model(ctx: StageContext) -> dict[str, Any]:
 
 def alias_history_table(ctx: StageContext) -> pd.DataFrame:
     return pd.DataFrame(registry.alias_history(ctx.cfg.model_name))
+
+
+# -- deploy ---------------------------------------------------------------------------
+def _deploy_target(ctx: StageContext, target: str, ref: registry.ModelRef,
+                   alias_uri: str) -> dict[str, Any]:
+    """Build and ship one target; returns what it deployed (raises DeployError)."""
+    cfg, dc = ctx.cfg, ctx.cfg.deploy
+    out = ctx.path(f"deploy/{target}")
+    out.mkdir(parents=True, exist_ok=True)
+    if target == "local":
+        from mlfolio.deploy.local import deploy_local
+
+        test = ctx.read_parquet(SPLITS["test"]).head(dc.local.sample_rows)
+        rows = test[cfg.schema.features]
+        expected = train.predict_scores(tracking.load_model(ref.uri), test, cfg.schema)
+        return deploy_local(alias_uri, cfg.tracking_uri(), rows, expected,
+                            host=dc.local.host, port=dc.local.port,
+                            log_path=ctx.path("logs/serve-local.log"))
+    if target == "kubernetes":
+        from mlfolio.deploy import kubernetes
+
+        k = dc.kubernetes
+        summary = kubernetes.render(
+            out, model_name=ref.name, model_version=ref.version, model_uri=alias_uri,
+            image=k.image, namespace=k.namespace, replicas=k.replicas,
+            min_replicas=k.min_replicas, max_replicas=k.max_replicas,
+            tracking_uri=k.tracking_uri or cfg.tracking_uri())
+        summary["validated"] = kubernetes.validate_manifests(out / "kubernetes.yaml")
+        return summary
+    aws = dc.aws
+    if target == "lambda":
+        from mlfolio.deploy import aws_lambda
+
+        package = aws_lambda.build_package(ref.uri, out)
+        return aws_lambda.deploy_lambda(
+            package, function_name=dc.lambda_.function_name or ref.name,
+            role_arn=aws.role_arn, model_version=ref.version, region=aws.region,
+            endpoint_url=aws.endpoint_url, memory_mb=dc.lambda_.memory_mb,
+            timeout_s=dc.lambda_.timeout_s)
+    from mlfolio.deploy import sagemaker
+
+    archive = sagemaker.build_model_archive(ref.uri, out / "model.tar.gz")
+    sm = dc.sagemaker
+    return sagemaker.deploy_sagemaker(
+        archive, endpoint_name=sm.endpoint_name or ref.name, image_uri=sm.image_uri,
+        role_arn=aws.role_arn, bucket=aws.bucket, model_version=ref.version,
+        region=aws.region, endpoint_url=aws.endpoint_url, instance_type=sm.instance_type,
+        instance_count=sm.instance_count)
+
+
+def deploy_model(ctx: StageContext) -> dict[str, Any]:
+    """Deploy the version behind ``deploy.alias`` to every target; each target's outcome is
+    recorded, and the stage fails (after writing deploy.json) if any target failed."""
+    from mlfolio.deploy import DeployError
+
+    cfg = ctx.cfg
+    alias = cfg.deploy.alias
+    ref = registry.get_alias(cfg.model_name, alias)
+    if ref is None:
+        raise DeployError(f"registry has no {cfg.model_name}@{alias}: nothing to deploy "
+                          "(did the gate ever pass?)")
+    alias_uri = f"models:/{ref.name}@{alias}"
+    results: dict[str, Any] = {}
+    for target in cfg.deploy.targets:
+        try:
+            results[target] = {**_deploy_target(ctx, target, ref, alias_uri),
+                               "status": "deployed"}
+        except DeployError as exc:
+            results[target] = {"status": "failed", "error": str(exc)}
+    failed = {t: r["error"] for t, r in results.items() if r["status"] == "failed"}
+    mlflow.set_tags({f"mlfolio.deploy.{t}": r["status"] for t, r in results.items()})
+    ctx.write_json("deploy.json", {"model_name": ref.name, "version": ref.version,
+                                   "alias": alias, "model_uri": alias_uri, "targets": results})
+    if failed:
+        raise DeployError("; ".join(f"{t}: {e}" for t, e in failed.items()))
+    return {"model": f"{ref.name} v{ref.version} (@{alias})", "targets": results}
+
+
+def deploy_table(result: dict[str, Any]) -> pd.DataFrame:
+    """One row per target: status and the main facts it recorded."""
+    rows = {}
+    for target, r in result["targets"].items():
+        facts = {k: v for k, v in r.items() if isinstance(v, str | int | float) and k != "status"}
+        rows[target] = {"status": r["status"], "details": "; ".join(
+            f"{k}={v}" for k, v in list(facts.items())[:4])}
+    return pd.DataFrame(rows).T

@@ -1,0 +1,94 @@
+"""The local target: serve the model with ``mlfolio serve``, check its answers, stop it.
+
+The check is the point: the real server, started from the registry exactly as a user
+would start it, must answer the test rows with the probabilities the pipeline computes
+in process. To keep a server running afterwards, run the command recorded in
+``deploy.json`` (``mlfolio serve --model models:/<name>@champion``).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mlfolio.deploy import DeployError
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _request(url: str, body: bytes | None = None, timeout: float = 10.0) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def serve_command(model_uri: str, host: str, port: int, tracking_uri: str) -> list[str]:
+    exe = Path(sys.executable).parent / "mlfolio"
+    return [str(exe), "serve", "--model", model_uri, "--host", host, "--port", str(port),
+            "--tracking-uri", tracking_uri]
+
+
+def deploy_local(model_uri: str, tracking_uri: str, rows: pd.DataFrame, expected: np.ndarray,
+                 *, host: str = "127.0.0.1", port: int = 0, log_path: Path | None = None,
+                 ready_timeout: float = 120.0) -> dict[str, Any]:
+    """Start the server, wait for /ping, compare its answers on ``rows`` with ``expected``
+    (positive-class probabilities), stop it, and return what was checked."""
+    port = port or _free_port(host)
+    url = f"http://{host}:{port}"
+    cmd = serve_command(model_uri, host, port, tracking_uri)
+    log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    proc = subprocess.Popen(cmd, stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + ready_timeout
+        while True:
+            if proc.poll() is not None:
+                raise DeployError(f"local: `{shlex.join(cmd)}` exited with code "
+                                  f"{proc.returncode} before it was ready (see {log_path})")
+            try:
+                if _request(f"{url}/ping", timeout=2)[0] == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise DeployError(f"local: {url}/ping not ready after {ready_timeout:.0f} s")
+            time.sleep(0.25)
+        payload = {"dataframe_split": json.loads(rows.to_json(orient="split", index=False))}
+        status, body = _request(f"{url}/invocations", json.dumps(payload).encode())
+        if status != 200:
+            raise DeployError(f"local: POST {url}/invocations answered {status}: "
+                              f"{body[:500].decode(errors='replace')}")
+        answer = json.loads(body)
+        served = np.asarray(answer["predictions"], dtype=float)[:, 1]
+        diff = float(np.max(np.abs(served - np.asarray(expected, dtype=float))))
+        if not diff <= 1e-9:
+            raise DeployError(f"local: the server's probabilities differ from the pipeline's "
+                              f"by up to {diff:.3g} on {len(rows)} test rows")
+        return {"url": url, "model_uri": model_uri, "rows_checked": int(len(rows)),
+                "max_abs_difference": diff, "answers_match_pipeline": True,
+                "serve_command": shlex.join(serve_command(model_uri, host, 8080, tracking_uri))}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        if log_path:
+            log.close()

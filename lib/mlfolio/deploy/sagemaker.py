@@ -1,0 +1,172 @@
+"""The sagemaker target: a ``model.tar.gz`` for the SageMaker contract, and its rollout.
+
+SageMaker unpacks ``ModelDataUrl`` into ``/opt/ml/model`` and starts the image with
+``serve``; the container answers ``GET /ping`` and ``POST /invocations`` on port 8080. The
+archive therefore holds the MLflow model directory at its root (``/opt/ml/model/MLmodel``),
+and ``image_uri`` must be an image that serves an MLflow model from there and has mlfolio
+installed, since the pickled pipeline imports ``mlfolio.features`` (the serving image of
+the kubernetes target, running ``mlfolio serve --model /opt/ml/model --host 0.0.0.0``).
+
+:func:`deploy_sagemaker` uploads the archive (key ``<endpoint>/model-v<version>-<time>/``),
+creates a model and a new endpoint configuration named after the version, then creates the
+endpoint or updates it to the new configuration. An update is blue/green: SageMaker brings
+up the new fleet, shifts traffic, then retires the old one, and rolls back by itself if the
+new fleet fails; the old configuration and model are left in place (the result names them),
+so ``update_endpoint(EndpointName=..., EndpointConfigName=<previous>)`` is a rollback.
+
+Plain boto3, not the sagemaker SDK: sagemaker 3.x moved everything used here into
+``sagemaker.core.resources`` (4-7 s to import, a region needed at import time, and its
+models reject the empty ``VpcConfig``/``DataCaptureConfig`` moto returns), while the whole
+rollout is five boto3 calls whose API has been stable for years.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import re
+import tarfile
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from mlfolio.deploy import DeployError
+from mlfolio.deploy.aws_lambda import (
+    aws_call,
+    aws_client,
+    fetch_model_dir,
+    s3_upload,
+)
+
+log = logging.getLogger(__name__)
+
+VARIANT = "AllTraffic"
+DONE = {"InService", "Failed", "OutOfService", "UpdateRollbackFailed"}
+_NAME_MAX = 63  # SageMaker names: ^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}
+
+
+def build_model_archive(model_uri_or_dir: str | Path, out_path: str | Path) -> Path:
+    """Write ``model.tar.gz`` with the MLflow model directory's files at the archive root.
+
+    ``model_uri_or_dir`` is a local MLflow model directory or a URI MLflow can download
+    (``models:/name/3``, ``models:/name@champion``, ``runs:/<id>/model``). The archive is
+    reproducible: sorted members, fixed times and owners.
+    """
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="mlfolio-sagemaker-") as tmp:
+        model_dir = fetch_model_dir(model_uri_or_dir, Path(tmp) / "model")
+
+        def clean(info: tarfile.TarInfo) -> tarfile.TarInfo:
+            info.mtime = 0
+            info.uid = info.gid = 0
+            info.uname = info.gname = "root"
+            info.mode = 0o755 if info.isdir() else 0o644
+            return info
+
+        with open(out, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz, \
+                tarfile.open(fileobj=gz, mode="w") as tar:
+            for path in sorted(model_dir.rglob("*")):
+                if path.is_file():
+                    tar.add(path, arcname=path.relative_to(model_dir).as_posix(),
+                            recursive=False, filter=clean)
+    log.info("sagemaker archive %s (%.1f MB)", out, out.stat().st_size / 1e6)
+    return out
+
+
+def resource_name(endpoint_name: str, model_version: str, stamp: str) -> str:
+    """``<endpoint>-v<version>-<time>``, fitted to SageMaker's naming rule (63 characters,
+    letters, digits and hyphens); the time keeps re-deploys of one version apart."""
+    suffix = re.sub(r"[^A-Za-z0-9]+", "-", f"v{model_version}-{stamp}").strip("-")
+    base = re.sub(r"[^A-Za-z0-9]+", "-", endpoint_name).strip("-")
+    return f"{base[:_NAME_MAX - len(suffix) - 1].rstrip('-')}-{suffix}"
+
+
+def wait_for_endpoint(sm: Any, endpoint_name: str, config_name: str, *, timeout_s: float,
+                      poll_s: float) -> dict[str, Any]:
+    """Poll until the endpoint settles; it must be InService on ``config_name``."""
+    resource = f"endpoint {endpoint_name!r}"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        desc = aws_call(sm, "describe_endpoint", resource, EndpointName=endpoint_name)
+        status = desc.get("EndpointStatus")
+        if status in DONE:
+            break
+        if time.monotonic() > deadline:
+            raise DeployError(f"sagemaker {resource} still {status} after {timeout_s:.0f} s "
+                              f"(rolling out {config_name}); it may yet finish: check "
+                              "describe_endpoint")
+        time.sleep(poll_s)
+    reason = desc.get("FailureReason") or "no reason given"
+    if status != "InService":
+        raise DeployError(f"sagemaker {resource} is {status} rolling out {config_name}: "
+                          f"{reason}")
+    if desc.get("EndpointConfigName") != config_name:
+        raise DeployError(f"sagemaker {resource} rolled back to "
+                          f"{desc.get('EndpointConfigName')} instead of {config_name}: "
+                          f"{reason}")
+    return desc
+
+
+def deploy_sagemaker(archive: str | Path, *, endpoint_name: str, image_uri: str,
+                     role_arn: str, bucket: str, model_version: str | int,
+                     region: str | None = None, endpoint_url: str | None = None,
+                     instance_type: str = "ml.m5.large", instance_count: int = 1,
+                     wait_timeout_s: float = 3600, poll_s: float = 15) -> dict[str, Any]:
+    """Upload ``archive`` to ``bucket``, create a model and an endpoint configuration for
+    ``model_version``, create or update ``endpoint_name`` to it and wait until it serves.
+
+    Returns the endpoint, its new configuration, the model, the archive's S3 URI and the
+    configuration it replaced. Raises DeployError naming the AWS call and resource; until
+    the update succeeds, the endpoint keeps serving its previous configuration.
+    """
+    path = Path(archive)
+    if not path.is_file():
+        raise DeployError(f"sagemaker archive {path} not found (expected the file written "
+                          "by build_model_archive)")
+    model_version = str(model_version)
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    name = resource_name(endpoint_name, model_version, stamp)
+    key = f"{endpoint_name}/model-v{model_version}-{stamp}/model.tar.gz"
+    s3_uri = s3_upload(aws_client("s3", region, endpoint_url), path, bucket, key)
+
+    sm = aws_client("sagemaker", region, endpoint_url)
+    tags = [{"Key": "mlfolio:model-version", "Value": model_version}]
+    aws_call(sm, "create_model", f"model {name!r}", ModelName=name,
+             ExecutionRoleArn=role_arn, Tags=tags,
+             PrimaryContainer={"Image": image_uri, "ModelDataUrl": s3_uri,
+                               "Environment": {"MLFOLIO_MODEL_VERSION": model_version}})
+    aws_call(sm, "create_endpoint_config", f"endpoint config {name!r}",
+             EndpointConfigName=name, Tags=tags,
+             ProductionVariants=[{"VariantName": VARIANT, "ModelName": name,
+                                  "InstanceType": instance_type,
+                                  "InitialInstanceCount": instance_count,
+                                  "InitialVariantWeight": 1.0}])
+    resource = f"endpoint {endpoint_name!r}"
+    existing = aws_call(sm, "describe_endpoint", resource, EndpointName=endpoint_name,
+                        absent=r"ValidationException: Could not find endpoint")
+    if existing is None:
+        aws_call(sm, "create_endpoint", resource, EndpointName=endpoint_name,
+                 EndpointConfigName=name, Tags=tags)
+    else:
+        aws_call(sm, "update_endpoint", resource, EndpointName=endpoint_name,
+                 EndpointConfigName=name)
+    desc = wait_for_endpoint(sm, endpoint_name, name, timeout_s=wait_timeout_s, poll_s=poll_s)
+    log.info("sagemaker endpoint %s serves %s (model v%s)", endpoint_name, name,
+             model_version)
+    return {
+        "target": "sagemaker",
+        "endpoint_name": endpoint_name,
+        "endpoint_arn": desc.get("EndpointArn"),
+        "endpoint_config_name": name,
+        "model_name": name,
+        "model_data_url": s3_uri,
+        "model_version": model_version,
+        "image_uri": image_uri,
+        "status": desc.get("EndpointStatus"),
+        "previous_endpoint_config_name": existing.get("EndpointConfigName") if existing
+        else None,
+        "created": existing is None,
+    }

@@ -1,0 +1,560 @@
+"""mlfolio serve: a real uvicorn server on 127.0.0.1, started through the CLI, serving a
+model registered in a temporary SQLite store, spoken to over HTTP (httpx, tritonclient)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+
+from mlfolio import cli, config, data, features, registry, serve, tracking
+
+from .conftest import CHURN_PARAMS
+
+MODEL = "churn-serve-test"
+TOKEN = "s3cret-test-token"
+THRESHOLD = 0.35
+BODY_LIMIT = 64 * 1024
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def auth() -> dict[str, str]:
+    """A fresh header dict: tritonclient adds its own headers to the dict it is given."""
+    return dict(AUTH)
+
+
+@dataclass
+class Registered:
+    tracking_uri: str
+    model: Any  # the fitted pipeline, in process
+    X: pd.DataFrame  # raw feature rows of the whole Telco file
+    run_id: str
+
+
+@dataclass
+class Server:
+    url: str
+    port: int
+    log: list[str]
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory) -> Registered:
+    """A logistic regression on 1,000 Telco rows, logged, registered, aliased champion."""
+    folder = tmp_path_factory.mktemp("serve")
+    cfg = config.load(CHURN_PARAMS)
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={
+        "tracking_uri": uri, "artifact_location": (folder / "artifacts").as_uri()})})
+    df = data.validate(data.load_source(cfg.data), cfg.schema)
+    X, y = features.xy(df, cfg.schema)
+    model = features.build_model_pipeline(cfg.schema, LogisticRegression(max_iter=1000))
+    model.fit(X.head(1000), y.head(1000))
+    tracking.configure(cfg)
+    try:
+        with mlflow.start_run() as run:
+            model_uri = tracking.log_model(model, X.head(1000))
+        ref = registry.register(MODEL, model_uri, run.info.run_id, {
+            "mlfolio.threshold": f"{THRESHOLD:.6f}", "mlfolio.data_hash": "abc123",
+            "mlfolio.run_dir": "/runs/test"})
+        registry.set_alias(ref, registry.CHAMPION, "serve test")
+    finally:
+        mlflow.set_tracking_uri(None)
+    return Registered(uri, model, X.reset_index(drop=True), run.info.run_id)
+
+
+@pytest.fixture(scope="module")
+def server(registered) -> Server:
+    """``mlfolio serve`` in a subprocess on a free port, with a token and a 64 KiB limit."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlfolio.cli", "serve", "--model", f"models:/{MODEL}@champion",
+         "--tracking-uri", registered.tracking_uri, "--port", "0", "--token", TOKEN,
+         "--max-body-bytes", str(BODY_LIMIT)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    log: list[str] = []
+    listening = threading.Event()
+
+    def drain() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            log.append(line)
+            if "listening on" in line:
+                listening.set()
+
+    threading.Thread(target=drain, daemon=True).start()
+    try:
+        deadline = time.monotonic() + 60
+        while not listening.wait(0.2):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"mlfolio serve did not start:\n{''.join(log)}")
+        port = int(re.search(r"http://127\.0\.0\.1:(\d+)", "".join(log)).group(1))
+        url = f"http://127.0.0.1:{port}"
+        assert httpx.get(f"{url}/ping", timeout=10).status_code == 200
+        yield Server(url, port, log)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture
+def client(server):
+    with httpx.Client(base_url=server.url, headers=AUTH, timeout=30) as c:
+        yield c
+
+
+def rows(registered: Registered, n: int = 20) -> pd.DataFrame:
+    """``n`` raw rows, the first ones including blank totalcharges (new customers)."""
+    X = registered.X
+    blank = list(X.index[X["totalcharges"].astype(str).str.strip() == ""][: min(3, n)])
+    others = [i for i in range(n + len(blank)) if i not in blank][: n - len(blank)]
+    return X.loc[[*blank, *others]].reset_index(drop=True)
+
+
+def records(df: pd.DataFrame) -> list[dict[str, Any]]:
+    return df.to_dict(orient="records")  # native Python scalars
+
+
+def expected(registered: Registered, df: pd.DataFrame) -> np.ndarray:
+    return registered.model.predict_proba(df)
+
+
+def assert_answers(registered: Registered, df: pd.DataFrame, answer: dict[str, Any]) -> None:
+    want = expected(registered, df)
+    got = np.asarray(answer["predictions"])
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+    assert answer["labels"] == (want[:, 1] >= THRESHOLD).astype(int).tolist()
+    assert answer["threshold"] == THRESHOLD
+
+
+# -- health, probes, token ------------------------------------------------------------
+def test_health_names_model_version_alias_run_and_data_hash(server, client, registered):
+    health = client.get("/health").json()
+    assert health["model"] == MODEL and health["version"] == "1"
+    assert health["alias"] == "champion" and health["model_uri"] == f"models:/{MODEL}/1"
+    assert health["run_id"] == registered.run_id
+    assert health["data_hash"] == "abc123" and health["run_dir"] == "/runs/test"
+    assert health["threshold"] == THRESHOLD
+    assert health["scorer"] == "compiled", health["scorer_note"]
+    assert health["columns"]["tenure"] == "long" and health["columns"]["gender"] == "string"
+
+
+def test_probes_are_open_everything_else_needs_the_token(server):
+    for path in ("/ping", "/v2/health/live", "/v2/health/ready"):
+        assert httpx.get(server.url + path).status_code == 200, path
+    for method, path in (("GET", "/health"), ("GET", "/metrics"), ("POST", "/invocations"),
+                         ("GET", f"/v2/models/{MODEL}"), ("POST", f"/v2/models/{MODEL}/infer")):
+        missing = httpx.request(method, server.url + path)
+        assert missing.status_code == 401, path
+        assert missing.headers["www-authenticate"].startswith("Bearer")
+        wrong = httpx.request(method, server.url + path,
+                              headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401, path
+    assert "Authorization" in httpx.get(server.url + "/health").json()["message"]
+    assert "invalid bearer token" in httpx.post(
+        server.url + "/invocations", headers={"Authorization": "Bearer x"}).json()["message"]
+    assert "error" in httpx.get(f"{server.url}/v2/models/{MODEL}").json()
+
+
+def test_cli_defaults_bind_loopback_on_sagemakers_port():
+    args = cli._parser().parse_args(["serve", "--model", "models:/m@champion"])
+    assert (args.host, args.port, args.token) == ("127.0.0.1", 8080, None)
+
+
+def test_cli_reports_an_unknown_model_and_exits_1(registered, capsys):
+    code = cli.main(["serve", "--model", "models:/no-such-model@champion",
+                     "--tracking-uri", registered.tracking_uri, "--port", "0"])
+    assert code == 1
+    assert "no-such-model" in capsys.readouterr().err
+    assert cli.main(["serve", "--model", "churn@champion"]) == 1
+    assert "models:/<name>@<alias>" in capsys.readouterr().err
+
+
+# -- MLflow scoring protocol and SageMaker ---------------------------------------------
+@pytest.mark.parametrize("fmt", ["dataframe_split", "dataframe_records", "instances",
+                                 "inputs"])
+def test_mlflow_json_formats_match_the_pipeline(client, registered, fmt):
+    df = rows(registered)
+    split = df.to_dict(orient="split")
+    payload = {
+        "dataframe_split": {"columns": split["columns"], "data": split["data"]},
+        "dataframe_records": records(df),
+        "instances": records(df),
+        "inputs": {c: df[c].tolist() for c in df.columns},
+    }[fmt]
+    resp = client.post("/invocations", json={fmt: payload})
+    assert resp.status_code == 200, resp.text
+    assert_answers(registered, df, resp.json())
+
+
+def test_single_request_is_bit_identical_to_the_pipeline(client, registered):
+    for i in (0, 1, 7):  # row 0 has a blank totalcharges
+        df = rows(registered).iloc[[i]]
+        answer = client.post("/invocations", json={"dataframe_records": records(df)}).json()
+        assert answer["predictions"] == expected(registered, df).tolist()
+
+
+@pytest.mark.parametrize("header", [True, False], ids=["header", "sagemaker-no-header"])
+def test_csv_bodies_match_the_pipeline(client, registered, header):
+    df = rows(registered)
+    body = df.to_csv(index=False, header=header)
+    if header:  # columns in another order are fine when named
+        body = df[list(reversed(df.columns))].to_csv(index=False)
+    resp = client.post("/invocations", content=body,
+                       headers={"Content-Type": "text/csv; charset=utf-8"})
+    assert resp.status_code == 200, resp.text
+    assert_answers(registered, df, resp.json())
+
+
+def test_sagemaker_csv_answer(client, registered):
+    df = rows(registered, 5)
+    resp = client.post("/invocations", content=df.to_csv(index=False, header=False),
+                       headers={"Content-Type": "text/csv", "Accept": "text/csv"})
+    assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/csv")
+    lines = [line.split(",") for line in resp.text.strip().splitlines()]
+    want = expected(registered, df)[:, 1]
+    np.testing.assert_allclose([float(p) for p, _ in lines], want, rtol=0, atol=1e-12)
+    assert [int(k) for _, k in lines] == (want >= THRESHOLD).astype(int).tolist()
+
+
+# -- Open Inference Protocol through the real tritonclient ----------------------------
+def triton_inputs(df: pd.DataFrame, binary: bool, columns: list[serve.Column]):
+    from tritonclient.http import InferInput
+
+    inputs = []
+    for col in columns:
+        values = df[col.name].to_numpy()
+        if col.kind == "long":
+            array, datatype = values.astype(np.int64), "INT64"
+        elif col.kind == "double":
+            array, datatype = values.astype(np.float64), "FP64"
+        else:
+            array, datatype = np.array([str(v).encode() for v in values], dtype=object), "BYTES"
+        tensor = InferInput(col.name, [len(df)], datatype)
+        tensor.set_data_from_numpy(array, binary_data=binary)
+        inputs.append(tensor)
+    return inputs
+
+
+@pytest.fixture(scope="module")
+def triton(server):
+    tritonclient_http = pytest.importorskip("tritonclient.http")
+    client = tritonclient_http.InferenceServerClient(url=f"127.0.0.1:{server.port}")
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def columns(registered):
+    return serve.load(f"models:/{MODEL}@champion", registered.tracking_uri).columns
+
+
+def test_v2_health_metadata_and_readiness(triton):
+    assert triton.is_server_live() and triton.is_server_ready()
+    assert triton.is_model_ready(MODEL, headers=auth())
+    assert triton.is_model_ready(MODEL, "1", headers=auth())
+    assert not triton.is_model_ready("other-model", headers=auth())
+    assert not triton.is_model_ready(MODEL, "2", headers=auth())
+    meta = triton.get_model_metadata(MODEL, headers=auth())
+    assert meta["name"] == MODEL and meta["versions"] == ["1"]
+    types = {i["name"]: i["datatype"] for i in meta["inputs"]}
+    assert types["tenure"] == "INT64" and types["monthlycharges"] == "FP64"
+    assert types["totalcharges"] == "BYTES"
+    assert [o["name"] for o in meta["outputs"]] == ["probability", "label"]
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+def test_v2_infer_with_tritonclient(triton, registered, columns, binary):
+    from tritonclient.http import InferRequestedOutput
+
+    df = rows(registered)
+    outputs = [InferRequestedOutput("probability", binary_data=binary),
+               InferRequestedOutput("label", binary_data=binary)]
+    result = triton.infer(MODEL, triton_inputs(df, binary, columns), outputs=outputs,
+                          headers=auth(), request_id="r-1")
+    want = expected(registered, df)[:, 1]
+    np.testing.assert_allclose(result.as_numpy("probability"), want, rtol=0, atol=1e-12)
+    assert result.as_numpy("label").tolist() == (want >= THRESHOLD).astype(int).tolist()
+    response = result.get_response()
+    assert response["model_name"] == MODEL and response["id"] == "r-1"
+
+
+def test_v2_infer_default_outputs_and_versioned_route(triton, registered, columns):
+    df = rows(registered, 4)
+    result = triton.infer(MODEL, triton_inputs(df, True, columns), model_version="1",
+                          headers=auth())  # no outputs named: all, binary
+    np.testing.assert_allclose(result.as_numpy("probability"),
+                               expected(registered, df)[:, 1], rtol=0, atol=1e-12)
+
+
+def test_v2_errors_name_the_field(triton, registered, columns):
+    from tritonclient.http import InferInput
+    from tritonclient.utils import InferenceServerException
+
+    df = rows(registered, 3)
+    inputs = triton_inputs(df, True, columns)
+    with pytest.raises(InferenceServerException) as exc:
+        triton.infer(MODEL, inputs[1:], headers=auth())
+    assert exc.value.status() == "400" and "tenure" in exc.value.message()
+
+    wrong = InferInput("tenure", [3], "FP64")
+    wrong.set_data_from_numpy(np.array([1.5, 2.0, 3.0]), binary_data=False)
+    with pytest.raises(InferenceServerException) as exc:
+        triton.infer(MODEL, [wrong, *inputs[1:]], headers=auth())
+    assert "tenure" in exc.value.message() and "FP64" in exc.value.message()
+
+    extra = InferInput("shoe_size", [3], "INT64")
+    extra.set_data_from_numpy(np.array([40, 41, 42]), binary_data=True)
+    with pytest.raises(InferenceServerException) as exc:
+        triton.infer(MODEL, [*inputs, extra], headers=auth())
+    assert "shoe_size" in exc.value.message()
+
+    with pytest.raises(InferenceServerException) as exc:
+        triton.infer("other-model", inputs, headers=auth())
+    assert exc.value.status() == "404" and "other-model" in exc.value.message()
+
+
+# -- bad requests ---------------------------------------------------------------------
+def _one(registered: Registered, **changes: Any) -> dict[str, Any]:
+    rec = records(rows(registered, 1))[0]
+    rec.update(changes)
+    return rec
+
+
+@pytest.mark.parametrize("case", [
+    "malformed-json", "not-an-object", "no-format-key", "missing-column", "unknown-column",
+    "wrong-type-long", "wrong-type-string", "text-in-number", "infinite", "ragged-split",
+    "csv-bad-integer", "csv-unknown-column", "unsupported-content-type"])
+def test_bad_requests_get_a_message_naming_the_field(client, registered, case):
+    rec = _one(registered)
+    without = {k: v for k, v in rec.items() if k != "contract"}
+    json_cases = {
+        "missing-column": ({"dataframe_records": [rec, without]}, ["contract", "[1]"]),
+        "unknown-column": ({"dataframe_records": [{**rec, "shoe_size": 42}]}, ["shoe_size"]),
+        "wrong-type-long": ({"dataframe_records": [_one(registered, tenure="41")]},
+                            ["tenure", "integer", "'41'"]),
+        "wrong-type-string": ({"dataframe_records": [_one(registered, gender=1)]},
+                              ["gender", "string"]),
+        "text-in-number": ({"dataframe_records": [_one(registered, totalcharges="N/A")]},
+                           ["totalcharges", "N/A"]),
+        "ragged-split": ({"dataframe_split": {"columns": list(rec),
+                                              "data": [list(rec.values())[:-1]]}},
+                         ["dataframe_split.data[0]", "19 values"]),
+        "no-format-key": ({"records": [rec]}, ["dataframe_split", "records"]),
+        "not-an-object": ([rec], ["JSON object"]),
+    }
+    headers: dict[str, str] = {"Content-Type": "application/json"}
+    status = 400
+    if case in json_cases:
+        payload, words = json_cases[case]
+        body = json.dumps(payload)
+    elif case == "malformed-json":
+        body, words = '{"dataframe_records": [{"tenure": 1,}', ["malformed JSON"]
+    elif case == "infinite":
+        body = json.dumps({"dataframe_records": [_one(registered, monthlycharges=123.456)]})
+        body, words = body.replace("123.456", "Infinity"), ["monthlycharges", "finite"]
+    elif case.startswith("csv"):
+        df = rows(registered, 2)
+        if case == "csv-bad-integer":
+            df["tenure"] = ["12", "twelve"]
+            words = ["tenure", "twelve", "row 1"]
+        else:
+            df = df.rename(columns={"gender": "sex"})
+            words = ["sex"]
+        body, headers = df.to_csv(index=False), {"Content-Type": "text/csv"}
+    else:
+        body, words, status = "{}", ["Content-Type", "text/plain"], 415
+        headers = {"Content-Type": "text/plain"}
+    resp = client.post("/invocations", content=body, headers=headers)
+    assert resp.status_code == status, resp.text
+    message = resp.json()["message"]
+    for word in words:
+        assert word in message, (word, message)
+    assert resp.json()["error_code"]
+    assert client.get("/ping").status_code == 200
+
+
+def test_oversize_bodies_get_413_with_or_without_content_length(client, registered):
+    big = json.dumps({"dataframe_records": [_one(registered)] * 400})
+    assert len(big) > BODY_LIMIT
+    resp = client.post("/invocations", content=big,
+                       headers={"Content-Type": "application/json"})
+    assert resp.status_code == 413 and str(BODY_LIMIT) in resp.json()["message"]
+
+    def chunks():
+        for i in range(0, len(big), 4096):
+            yield big[i:i + 4096].encode()
+
+    resp = client.post("/invocations", content=chunks(),
+                       headers={"Content-Type": "application/json"})
+    assert resp.status_code == 413 and str(BODY_LIMIT) in resp.json()["message"]
+    v2 = client.post(f"/v2/models/{MODEL}/infer", content=big)
+    assert v2.status_code == 413 and str(BODY_LIMIT) in v2.json()["error"]
+
+
+def test_server_is_healthy_after_bad_input(client, registered):
+    for body in (b"\xff\xfe", b"[", b'{"inputs": {"tenure": [[1]]}}', b'{"dataframe_split": 3}'):
+        assert client.post("/invocations", content=body,
+                           headers={"Content-Type": "application/json"}).status_code == 400
+    assert client.post(f"/v2/models/{MODEL}/infer", content=b'{"inputs": 3}').status_code == 400
+    assert client.post(f"/v2/models/{MODEL}/infer", content=b"{}",
+                       headers={"Inference-Header-Content-Length": "999"}).status_code == 400
+    df = rows(registered, 3)
+    ok = client.post("/invocations", json={"dataframe_records": records(df)})
+    assert ok.status_code == 200
+    assert_answers(registered, df, ok.json())
+    assert client.get("/health").json()["status"] == "ok"
+
+
+# -- metrics and micro-batching ------------------------------------------------------
+def _metric(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            if all(f'{k}="{v}"' in line for k, v in labels.items()):
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_metrics_count_requests_batches_and_scores(client, registered):
+    client.post("/invocations", json={"dataframe_records": records(rows(registered, 2))})
+    client.post("/invocations", content=b"{", headers={"Content-Type": "application/json"})
+    text = client.get("/metrics").text
+    base = {"model": MODEL, "version": "1"}
+    assert _metric(text, "mlfolio_requests_total", route="/invocations", status="200",
+                   **base) >= 1
+    assert _metric(text, "mlfolio_requests_total", route="/invocations", status="400",
+                   **base) >= 1
+    assert _metric(text, "mlfolio_request_duration_seconds_count", route="/invocations") >= 2
+    assert _metric(text, "mlfolio_batch_rows_count", **base) >= 1
+    assert _metric(text, "mlfolio_prediction_score_count", **base) >= 2
+    assert _metric(text, "mlfolio_prediction_score_bucket", le="+Inf", **base) >= 2
+    assert _metric(text, "mlfolio_predictions_total", **base) >= 2
+    assert _metric(text, "mlfolio_model_info", alias="champion", scorer="compiled", **base) == 1
+    assert _metric(text, "mlfolio_model_threshold", **base) == THRESHOLD
+
+
+def test_concurrent_requests_are_batched_and_each_caller_gets_its_row(server, registered):
+    df = registered.X.iloc[:64].reset_index(drop=True)
+    want = expected(registered, df)
+
+    async def burst() -> list[list[float]]:
+        limits = httpx.Limits(max_connections=64)
+        async with httpx.AsyncClient(base_url=server.url, headers=AUTH, limits=limits,
+                                     timeout=30) as ac:
+            async def one(i: int) -> list[float]:
+                resp = await ac.post("/invocations",
+                                     json={"dataframe_records": records(df.iloc[[i]])})
+                assert resp.status_code == 200, resp.text
+                return resp.json()["predictions"][0]
+
+            return await asyncio.gather(*(one(i) for i in range(len(df))))
+
+    def batched() -> float:
+        text = httpx.get(server.url + "/metrics", headers=AUTH).text
+        return _metric(text, "mlfolio_batch_requests_count") - _metric(
+            text, "mlfolio_batch_requests_bucket", le="1.0")
+
+    before = batched()
+    for _ in range(5):  # batching needs requests to overlap; a loaded machine may serialise
+        got = asyncio.run(burst())
+        np.testing.assert_allclose(np.asarray(got), want, rtol=0, atol=1e-12)
+        if batched() > before:
+            break
+    assert batched() > before, "no batch held more than one request"
+
+
+# -- the compiled path and the batcher, in process ------------------------------------
+def test_compiled_scorer_equals_the_pipeline_on_every_row(registered):
+    served = serve.load(f"models:/{MODEL}@champion", registered.tracking_uri)
+    assert isinstance(served.scorer, serve.CompiledScorer)
+    X = registered.X
+    cols = {c.name: serve.check_values(c, X[c.name].tolist()) for c in served.columns}
+    reference = serve.PipelineScorer(registered.model, served.columns)
+    features_ = registered.model[:-1].transform(X)
+    assert np.array_equal(served.scorer.transform(cols, len(X)), features_)
+    assert np.array_equal(served.scorer.predict_proba(cols, len(X)),
+                          registered.model.predict_proba(X))
+    assert np.array_equal(reference.predict_proba(cols, len(X)),
+                          registered.model.predict_proba(X))
+    pipeline_only = serve.load(f"models:/{MODEL}/1", registered.tracking_uri, "pipeline")
+    assert isinstance(pipeline_only.scorer, serve.PipelineScorer)
+
+
+def test_text_numbers_parse_like_pandas():
+    rng = random.Random(0)
+    values = [" ", "", " 12.5 ", "-0", "+3", ".5", "7.", "1e3", "nan", "0x1", "1_000", None]
+    for _ in range(20000):
+        digits = "".join(rng.choice("0123456789") for _ in range(rng.randint(1, 17)))
+        point = rng.randint(0, len(digits))
+        values.append(("-" if rng.random() < 0.2 else "") + digits[:point] + "." + digits[point:])
+    ours = serve._text_to_float(values)
+    text = pd.Series(values, dtype=object).astype("string").str.strip()
+    theirs = pd.to_numeric(text, errors="coerce").astype("float64").to_numpy()
+    assert np.array_equal(ours, theirs, equal_nan=True)
+
+
+def test_other_pipelines_are_not_compiled(registered):
+    plain = Pipeline([("m", LogisticRegression())]).fit(np.eye(2), [0, 1])
+    with pytest.raises(serve.NotCompilable):
+        serve.CompiledScorer(plain, [serve.Column("a", "double")])
+
+
+def test_a_failing_request_fails_alone_in_its_batch():
+    class Scorer:
+        name = "fake"
+
+        def predict_proba(self, cols, n):
+            if -1 in cols["x"]:
+                raise ValueError("x must not be negative")
+            p = np.asarray(cols["x"], dtype=float) / 10
+            return np.column_stack([1 - p, p])
+
+    column = serve.Column("x", "long")
+    model = serve.ServedModel(name="m", version="1", alias=None, uri="models:/m/1",
+                              requested_uri="models:/m/1", run_id=None, tags={},
+                              threshold=0.5, columns=[column], scorer=Scorer(),
+                              tracking_uri="")
+
+    async def main():
+        batcher = serve.MicroBatcher(model, None)
+        await batcher.start()
+        try:
+            blocks = [serve.Block(1, {"x": [v]}) for v in (1, -1, 3, 5)]
+            return await asyncio.gather(*(batcher.score(b) for b in blocks),
+                                        return_exceptions=True)
+        finally:
+            await batcher.stop()
+
+    good1, bad, good3, good5 = asyncio.run(main())
+    assert isinstance(bad, serve.RequestError) and bad.status == 400
+    assert "negative" in str(bad)
+    assert [r[0, 1] for r in (good1, good3, good5)] == [0.1, 0.3, 0.5]
+
+
+def test_server_log_has_no_tracebacks(server):
+    text = "".join(server.log)
+    assert "Traceback" not in text, text
