@@ -203,3 +203,15 @@ def test_a_second_data_set_needs_only_a_parameter_file(tmp_path, write_params, r
     assert m["model"]["model_name"] == "breast-cancer-classifier"
     assert yaml.safe_load((Path(m["run_dir"]) / "parameters.yaml").read_text())[
         "schema"]["positive_label"] == "malignant"
+
+
+def test_no_champion_means_a_clear_deploy_failure(write_params, runs_root, use_store):
+    params = write_params(gate={"min_roc_auc": 0.99}, deploy={"targets": ["kubernetes"]})
+    with pytest.raises(StageError, match="stage 'deploy' failed") as info:
+        pipeline.run(params, runs_root=runs_root, **QUIET)
+    assert "registry has no churn-classifier@champion" in str(info.value)
+    (run_dir,) = runs_root.iterdir()
+    m = json.loads((run_dir / "manifest.json").read_text())
+    assert m["failed_stage"] == "deploy" and m["gate"]["passed"] is False
+    assert m["model"]["promoted"] is False and not (run_dir / "deploy.json").exists()
+    assert registry.get_alias("churn-classifier", registry.CHALLENGER).version == "1"
