@@ -31,6 +31,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 from sklearn.linear_model import LogisticRegression
 
@@ -650,3 +651,35 @@ def test_wait_for_endpoint_detects_a_rollback(aws, archive):
     assert (f"sagemaker endpoint 'churn-ep3' rolled back to {first['endpoint_config_name']} "
             "instead of churn-ep3-v2-new") in str(info.value)
 
+
+
+def test_deploy_stage_ships_lambda_and_sagemaker(aws, store, tmp_path):
+    """The deploy stage's own dispatch, with both AWS targets, against the moto server."""
+    from mlfolio import stages
+    from mlfolio.context import StageContext
+
+    registry.set_alias(store.ref, registry.CHAMPION, "deploy stage test")
+    raw = yaml.safe_load(CHURN_PARAMS.read_text())
+    raw["registry"] = {"model_name": MODEL_NAME}
+    raw["deploy"] = {
+        "targets": ["lambda", "sagemaker"],
+        "aws": {"region": REGION, "endpoint_url": aws.endpoint, "role_arn": aws.role_arn,
+                "bucket": new_bucket(aws)},
+        "lambda": {"function_name": "stage-fn"},
+        "sagemaker": {"endpoint_name": "stage-ep",
+                      "image_uri": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/serve:1"},
+    }
+    cfg = config.from_mapping(raw)
+    ctx = StageContext(stage="deploy", cfg=cfg, run_dir=tmp_path)
+    with mlflow.start_run():
+        result = stages.deploy_model(ctx)
+    targets = result["targets"]
+    assert {t: r["status"] for t, r in targets.items()} == {"lambda": "deployed",
+                                                            "sagemaker": "deployed"}
+    recorded = json.loads((tmp_path / "deploy.json").read_text())
+    assert recorded["version"] == store.ref.version and recorded["targets"] == targets
+    lam = aws.client("lambda")
+    assert alias_version(lam, "stage-fn", "live") is not None
+    sm = aws.client("sagemaker")
+    assert sm.describe_endpoint(EndpointName="stage-ep")["EndpointStatus"] == "InService"
+    assert (tmp_path / "deploy/sagemaker/model.tar.gz").exists()
