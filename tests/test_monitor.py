@@ -1,0 +1,153 @@
+"""Drift verdicts on the real Telco data: ours, and whether Evidently 0.7 agrees."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mlfolio import config, data, features, monitor
+from mlfolio.errors import DataValidationError
+
+from .conftest import CHURN_PARAMS
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return config.load(CHURN_PARAMS)
+
+
+@pytest.fixture(scope="module")
+def parts(cfg):
+    churn = data.validate(data.load_source(cfg.data), cfg.schema)
+    return features.split(churn, cfg.schema, cfg.split, cfg.seed)
+
+
+def shifted(df: pd.DataFrame) -> pd.DataFrame:
+    out = df.copy()
+    out["monthlycharges"] = out["monthlycharges"] * 1.5 + 20
+    return out
+
+
+def month_to_month(df: pd.DataFrame, share: float = 0.8, seed: int = 0) -> pd.DataFrame:
+    out = df.copy()
+    pick = np.random.default_rng(seed).random(len(out)) < share
+    out.loc[pick, "contract"] = "Month-to-month"
+    return out
+
+
+def test_iid_split_is_not_flagged(cfg, parts):
+    verdict = monitor.drift_verdict(parts["train"], parts["test"], cfg.schema)
+    assert verdict["drifted_columns"] == []
+    assert verdict["dataset_drift"] is False
+    assert verdict["n_columns"] == len(cfg.schema.features)
+    # 2400 reference rows: Evidently's large-data tests
+    assert verdict["columns"]["tenure"]["method"] == "wasserstein"
+    assert verdict["columns"]["contract"]["method"] == "jensenshannon"
+    assert {r["threshold"] for r in verdict["columns"].values()} == {0.1}
+
+
+def test_shifted_numeric_column_is_flagged(cfg, parts):
+    verdict = monitor.drift_verdict(parts["train"], shifted(parts["test"]), cfg.schema)
+    assert verdict["drifted_columns"] == ["monthlycharges"]
+    assert verdict["columns"]["monthlycharges"]["score"] > 0.5
+
+
+def test_changed_category_mix_is_flagged(cfg, parts):
+    verdict = monitor.drift_verdict(parts["train"], month_to_month(parts["test"]), cfg.schema)
+    assert verdict["drifted_columns"] == ["contract"]
+    assert verdict["dataset_drift"] is False  # 1 of 19 columns
+
+
+def test_small_data_uses_p_value_tests(cfg, parts):
+    ref, cur = parts["train"].iloc[:800], shifted(parts["test"]).iloc[:500]
+    verdict = monitor.drift_verdict(ref, cur, cfg.schema)
+    methods = {c: r["method"] for c, r in verdict["columns"].items()}
+    assert methods["tenure"] == "ks"
+    assert methods["gender"] == "z" and methods["contract"] == "chisquare"
+    assert verdict["drifted_columns"] == ["monthlycharges"]
+
+
+def test_thresholds_and_drift_share_settings(cfg, parts):
+    cur = month_to_month(shifted(parts["test"]))
+    verdict = monitor.drift_verdict(parts["train"], cur, cfg.schema, drift_share=0.1)
+    assert verdict["n_drifted"] == 2 and verdict["dataset_drift"] is True
+    loose = monitor.drift_verdict(parts["train"], cur, cfg.schema,
+                                  per_column_threshold={"monthlycharges": 10.0})
+    assert loose["drifted_columns"] == ["contract"]
+
+
+def test_wasserstein_matches_scipy_for_unequal_sizes():
+    from scipy.stats import wasserstein_distance
+
+    rng = np.random.default_rng(1)
+    ref, cur = rng.normal(size=3001), np.round(rng.normal(0.2, 1.3, size=1999), 1)
+    expected = wasserstein_distance(ref, cur) / np.std(ref)
+    assert monitor._wasserstein_normed(ref, cur) == pytest.approx(expected, rel=1e-12)
+    assert monitor._wasserstein_normed(ref, ref[::-1]) == pytest.approx(0.0, abs=1e-15)
+
+
+@pytest.mark.parametrize(
+    "case", ["large: 2400 vs 800 rows", "small: 800 vs 500 rows"],
+)
+def test_verdicts_agree_with_evidently(cfg, parts, case):
+    if case.startswith("large"):
+        ref, cur = parts["train"], month_to_month(shifted(parts["test"]))
+    else:
+        ref, cur = parts["train"].iloc[:800], month_to_month(shifted(parts["test"])).iloc[:500]
+    ours = monitor.drift_verdict(ref, cur, cfg.schema, drift_share=0.1)
+    theirs = monitor.evidently_verdict(ref, cur, cfg.schema, drift_share=0.1)
+    assert ours["drifted_columns"] == theirs["drifted_columns"] == ["monthlycharges", "contract"]
+    assert ours["share_drifted"] == pytest.approx(theirs["share_drifted"])
+    assert ours["dataset_drift"] is theirs["dataset_drift"] is True
+    for col in cfg.schema.features:
+        mine, evid = ours["columns"][col], theirs["columns"][col]
+        assert mine["drifted"] == evid["drifted"], col
+        assert mine["score"] == pytest.approx(evid["score"], rel=1e-9, abs=1e-12), col
+        assert mine["method_name"] == evid["method"], col
+
+
+def test_evidently_report_writes_html(cfg, parts, tmp_path):
+    out = monitor.evidently_report(parts["train"], parts["test"], cfg.schema,
+                                   tmp_path / "drift.html", sample_rows=1500)
+    html = (tmp_path / "drift.html").read_text()
+    assert len(html) > 10_000 and "<html" in html.lower()
+    assert out["reference_rows"] == 1500 and out["current_rows"] == 800
+    assert out["drifted_columns"] == []
+
+
+def test_missing_column_is_named(cfg, parts):
+    with pytest.raises(DataValidationError, match=r"current: missing column\(s\) \['contract'\]"):
+        monitor.drift_verdict(parts["train"], parts["test"].drop(columns="contract"), cfg.schema)
+
+
+def test_text_in_numeric_column_is_named(cfg, parts):
+    cur = parts["test"].copy()
+    cur["tenure"] = cur["tenure"].astype(object)
+    cur.loc[:2, "tenure"] = "twelve"
+    cur.loc[3, "tenure"] = " "  # blanks are fine
+    with pytest.raises(DataValidationError, match=r"current: column 'tenure': expected numbers"):
+        monitor.drift_verdict(parts["train"], cur, cfg.schema)
+    blanks = parts["test"].assign(totalcharges=parts["test"]["totalcharges"].astype(str))
+    blanks.loc[:5, "totalcharges"] = " "
+    assert monitor.drift_verdict(parts["train"], blanks, cfg.schema)["n_columns"] == 19
+
+
+def test_boolean_numeric_and_empty_frames_are_rejected(cfg, parts):
+    cur = parts["test"].assign(tenure=parts["test"]["tenure"] > 12)
+    with pytest.raises(DataValidationError, match=r"column 'tenure': expected numbers"):
+        monitor.drift_verdict(parts["train"], cur, cfg.schema)
+    with pytest.raises(DataValidationError, match="reference: no rows"):
+        monitor.drift_verdict(parts["train"].iloc[:0], parts["test"], cfg.schema)
+    with pytest.raises(DataValidationError, match="current: no rows"):
+        monitor.drift_verdict(parts["train"], parts["test"].iloc[:0], cfg.schema)
+    all_blank = parts["test"].assign(totalcharges="")
+    with pytest.raises(DataValidationError, match=r"column 'totalcharges'.*all missing"):
+        monitor.drift_verdict(parts["train"], all_blank, cfg.schema)
+
+
+def test_categories_compare_as_text(cfg, parts):
+    cur = parts["test"].assign(seniorcitizen=parts["test"]["seniorcitizen"].astype(str))
+    as_text = monitor.drift_verdict(parts["train"], cur, cfg.schema)
+    as_int = monitor.drift_verdict(parts["train"], parts["test"], cfg.schema)
+    assert as_text["columns"]["seniorcitizen"] == as_int["columns"]["seniorcitizen"]
