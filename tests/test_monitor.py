@@ -151,3 +151,39 @@ def test_categories_compare_as_text(cfg, parts):
     as_text = monitor.drift_verdict(parts["train"], cur, cfg.schema)
     as_int = monitor.drift_verdict(parts["train"], parts["test"], cfg.schema)
     assert as_text["columns"]["seniorcitizen"] == as_int["columns"]["seniorcitizen"]
+
+
+def _verdict(share: float, dataset: bool, drifted: tuple[str, ...] = ()) -> dict:
+    return {"share_drifted": share, "dataset_drift": dataset, "drifted_columns": list(drifted)}
+
+
+def test_retrain_policy_fires_on_drift_share_and_quality_drop():
+    from datetime import UTC, datetime, timedelta
+
+    from mlfolio.config import RetrainPolicyConfig
+    from mlfolio.monitor import retrain_decision
+
+    policy = RetrainPolicyConfig()
+    calm = retrain_decision(policy, _verdict(0.05, False, ("tenure",)), 2000)
+    assert not calm.retrain
+    assert any(r.startswith("n/a  quality drop") for r in calm.reasons)
+    drift = retrain_decision(policy, _verdict(0.4, False, ("contract", "tenure")), 2000)
+    assert drift.retrain and "contract, tenure" in drift.reasons[0]
+    worse = retrain_decision(policy, _verdict(0.0, False), 2000, roc_auc_drop=0.05)
+    assert worse.retrain and worse.reasons[-1].startswith("FIRE ROC AUC drop +0.0500")
+    # guards: too few rows, or inside the cool-down, hold whatever the triggers say
+    assert not retrain_decision(policy, _verdict(0.9, True), 100).retrain
+    now = datetime(2026, 11, 27, tzinfo=UTC)
+    held = retrain_decision(policy, _verdict(0.9, True), 2000,
+                            last_retrain_at=now - timedelta(hours=3), now=now)
+    assert not held.retrain and "cool-down" in held.reasons[0]
+    assert retrain_decision(policy, _verdict(0.9, True), 2000,
+                            last_retrain_at=now - timedelta(hours=30), now=now).retrain
+
+
+def test_retrain_policy_from_a_real_drift_verdict(cfg, parts):
+    from mlfolio.config import RetrainPolicyConfig
+    from mlfolio.monitor import drift_verdict, retrain_decision
+
+    iid = drift_verdict(parts["train"], parts["test"], cfg.schema)
+    assert not retrain_decision(RetrainPolicyConfig(min_rows=100), iid, 800).retrain

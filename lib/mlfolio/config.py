@@ -234,6 +234,23 @@ class DeployConfig(_Section):
         return self
 
 
+class RetrainPolicyConfig(_Section):
+    """When monitoring fires retraining (any trigger, once the guards allow it)."""
+
+    min_drift_share: float | None = Field(0.3, gt=0, le=1,
+                                          description="share of drifted columns that fires")
+    on_dataset_drift: bool = True
+    max_roc_auc_drop: float | None = Field(0.03, gt=0, le=1,
+                                           description="quality drop that fires (with labels)")
+    min_rows: int = Field(500, ge=1, description="fewer current rows: no decision")
+    cooldown_hours: float = Field(24.0, ge=0, description="since the last retraining")
+
+
+class MonitoringConfig(_Section):
+    drift_share: float = Field(0.5, gt=0, le=1, description="dataset drift at this share")
+    retrain: RetrainPolicyConfig = Field(default_factory=RetrainPolicyConfig)
+
+
 class Config(_Section):
     """One run's parameters, validated and frozen."""
 
@@ -250,6 +267,7 @@ class Config(_Section):
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     deploy: DeployConfig = Field(default_factory=DeployConfig)
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -30,13 +30,15 @@ only inside those two functions.
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from mlfolio.config import SchemaConfig
+from mlfolio.config import RetrainPolicyConfig, SchemaConfig
 from mlfolio.errors import DataValidationError
 
 log = logging.getLogger(__name__)
@@ -431,3 +433,54 @@ def evidently_report(
     verdict.update(html_path=str(html_path), reference_rows=len(ref), current_rows=len(cur),
                    sample_rows=sample_rows, seed=seed)
     return verdict
+
+
+@dataclass(frozen=True)
+class RetrainDecision:
+    """Whether to retrain, and every check that led there (like the promotion gate)."""
+
+    retrain: bool
+    reasons: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def retrain_decision(policy: RetrainPolicyConfig, verdict: dict[str, Any], current_rows: int,
+                     roc_auc_drop: float | None = None,
+                     last_retrain_at: datetime | None = None,
+                     now: datetime | None = None) -> RetrainDecision:
+    """Apply the retraining policy to a drift verdict (and a quality drop, when labels
+    exist). Guards first (enough rows, cool-down), then any trigger fires."""
+    now = now or datetime.now(UTC)
+    reasons: list[str] = []
+    if current_rows < policy.min_rows:
+        return RetrainDecision(False, [f"HOLD only {current_rows} current rows "
+                                       f"(< min_rows {policy.min_rows})"])
+    if last_retrain_at is not None:
+        hours = (now - last_retrain_at).total_seconds() / 3600
+        if hours < policy.cooldown_hours:
+            return RetrainDecision(False, [f"HOLD last retraining {hours:.1f} h ago "
+                                           f"(cool-down {policy.cooldown_hours} h)"])
+    fired = False
+
+    def check(hit: bool, text: str) -> None:
+        nonlocal fired
+        fired |= hit
+        reasons.append(("FIRE " if hit else "ok   ") + text)
+
+    share = float(verdict["share_drifted"])
+    if policy.min_drift_share is not None:
+        check(share >= policy.min_drift_share,
+              f"share of drifted columns {share:.2f} vs {policy.min_drift_share} "
+              f"({', '.join(verdict['drifted_columns']) or 'none'})")
+    if policy.on_dataset_drift:
+        check(bool(verdict["dataset_drift"]),
+              f"dataset drift {'detected' if verdict['dataset_drift'] else 'not detected'}")
+    if policy.max_roc_auc_drop is not None:
+        if roc_auc_drop is None:
+            reasons.append("n/a  quality drop: no ground-truth labels yet")
+        else:
+            check(roc_auc_drop >= policy.max_roc_auc_drop,
+                  f"ROC AUC drop {roc_auc_drop:+.4f} vs {policy.max_roc_auc_drop}")
+    return RetrainDecision(fired, reasons)
