@@ -89,3 +89,67 @@ def alias_history(name: str) -> list[dict[str, Any]]:
     except MlflowException:
         return []
     return [json.loads(tags[k]) for k in sorted(tags) if k.startswith(EVENT_PREFIX)]
+
+
+def act_on_ab(name: str, report: dict[str, Any], run_dir: str = "") -> dict[str, Any]:
+    """Carry out an A/B report's recommendation (:func:`mlfolio.abtest.ab_report`).
+
+    "promote" moves ``champion`` to the challenger's version and removes ``challenger``;
+    "roll back" removes ``challenger`` (the experiment stops, the champion stays);
+    "keep" changes nothing. Refuses when the aliases no longer point at the versions the
+    report compared. Every move is recorded in the alias history.
+    """
+    rec = report["recommendation"]
+    action = rec["action"]
+    if action not in ("promote", "keep", "roll back"):
+        raise RegistryError(
+            f"A/B report: unknown action {action!r} (expected promote, keep or roll back)"
+        )
+    if report.get("model_name") and report["model_name"] != name:
+        raise RegistryError(f"A/B report is about {report['model_name']!r}, not {name!r}")
+    result: dict[str, Any] = {
+        "model_name": name,
+        "action": action,
+        "events": [],
+        "champion": rec.get("champion_version"),
+        "challenger": rec.get("challenger_version"),
+        "summary": rec.get("summary", ""),
+    }
+    if action == "keep":
+        return result
+    champion, challenger = get_alias(name, CHAMPION), get_alias(name, CHALLENGER)
+    now_champion = champion.version if champion else None
+    now_challenger = challenger.version if challenger else None
+    if (now_champion, now_challenger) != (rec["champion_version"], rec["challenger_version"]):
+        raise RegistryError(
+            f"A/B report is stale: it compared champion v{rec['champion_version']} with "
+            f"challenger v{rec['challenger_version']}, but {name} now has champion "
+            f"v{now_champion} and challenger v{now_challenger}; re-run the A/B report"
+        )
+    reason = f"A/B {action}: {rec['summary']}"
+    if action == "promote":
+        result["events"].append(set_alias(challenger, CHAMPION, reason, run_dir))
+    client = MlflowClient()
+    now = datetime.now(UTC)
+    event = {
+        "alias": CHALLENGER,
+        "version": None,
+        "previous_version": challenger.version,
+        "at": now.isoformat(timespec="seconds"),
+        "by": os.environ.get("MLFOLIO_USER") or getpass.getuser(),
+        "reason": reason,
+        "run_dir": run_dir,
+        "removed": True,
+    }
+    client.delete_registered_model_alias(name, CHALLENGER)
+    key = f"{EVENT_PREFIX}{now.strftime('%Y%m%dT%H%M%S%f')}.{CHALLENGER}"
+    client.set_registered_model_tag(name, key, json.dumps(event))
+    if action == "roll back":
+        client.set_model_version_tag(
+            name, challenger.version, "mlfolio.rolled_back_at", event["at"]
+        )
+        client.set_model_version_tag(name, challenger.version, "mlfolio.rolled_back_reason", reason)
+    result["events"].append(event)
+    result["champion"] = c.version if (c := get_alias(name, CHAMPION)) else None
+    result["challenger"] = None
+    return result
