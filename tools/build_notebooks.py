@@ -19,7 +19,7 @@ parent_run_id: str = ""  # MLflow pipeline run this stage's run belongs under; e
 overrides: dict = {}  # dotted-key overrides of the parameter file, e.g. {"tuning.n_trials": 5}'''
 
 SETUP = '''\
-from mlfolio import evaluate, features, stages, tune
+from mlfolio import abtest, evaluate, features, monitor, stages, tune
 from mlfolio.context import open_stage
 
 ctx = open_stage("{stage}", params_file, run_dir, parent_run_id, overrides)
@@ -97,6 +97,46 @@ against the Kubernetes schemas; **lambda** and **sagemaker** build the package o
 `model.tar.gz` and create or update the function or endpoint through boto3. What each
 target deployed is written to `deploy.json`.""", [
         ("code", "result = stages.deploy_model(ctx)\nstages.deploy_table(result)"),
+    ]),
+    "08_monitor": ("monitor", "Monitor", """\
+Compares current data with the rows the `champion` was trained on (its run folder's
+training split): the prediction log of the model server over `monitoring.window_hours`
+(`monitoring.prediction_log`), or a CSV/Parquet file (`mlfolio monitor --current FILE`).
+Every feature gets the test Evidently 0.7's DataDriftPreset would pick, computed over all
+rows; the model's scores are compared the same way (prediction drift). When ground truth
+has arrived (`monitoring.labels`, or the target column in the file), the champion's
+quality on the labelled rows is compared with its quality on its own test rows. The
+retraining policy (`monitoring.retrain`) turns this into a decision; `mlfolio monitor`
+acts on it after this notebook. Evidently's HTML reports use a seeded sample of
+`monitoring.report_sample_rows` rows.""", [
+        ("code", "result = stages.monitor_model(ctx)\nstages.monitor_summary(result)"),
+        ("md", "### Drift per column (all rows)"),
+        ("code", 'monitor.verdict_table(result["verdict"])'),
+        ("code", 'monitor.plot_drift(result["verdict"]);'),
+        ("md", "### Quality on labelled current rows"),
+        ("code", "stages.quality_table(result)"),
+        ("md", "### Retraining decision"),
+        ("code", "stages.decision_markdown(result)"),
+    ]),
+    "09_ab_report": ("ab_report", "A/B and shadow report", """\
+Compares the `challenger` with the `champion` on the predictions the model server logged
+over the window, joined with the outcomes that have arrived since. In **A/B** mode each
+entity was routed to one variant (sticky by entity id hash), so the arms are independent
+samples: ROC AUC is compared with DeLong's test for two independent ROC curves, accuracy
+with a two-proportion z-test. In **shadow** mode the challenger scored every request
+without answering it, so both variants are compared on the same rows: DeLong's paired
+test and McNemar's test. A bootstrap interval of the ROC AUC difference is shown beside
+DeLong's as a cross-check. The recommendation — **promote** (the gain's CI lower bound
+clears `min_improvement`), **roll back** (the challenger is significantly worse: stop the
+experiment) or **keep** (inconclusive, or too few labelled rows) — is written to
+`ab.json` for the registry to act on.""", [
+        ("code", "log, report = stages.ab_report(ctx)\nabtest.variant_table(report)"),
+        ("md", "### Challenger − champion"),
+        ("code", "abtest.comparison_table(report)"),
+        ("md", "### Recommendation"),
+        ("code", "abtest.recommendation_markdown(report)"),
+        ("md", "### ROC curves and score distributions per variant"),
+        ("code", "abtest.plot_variants(log);"),
     ]),
 }
 

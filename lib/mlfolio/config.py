@@ -246,9 +246,32 @@ class RetrainPolicyConfig(_Section):
     cooldown_hours: float = Field(24.0, ge=0, description="since the last retraining")
 
 
+class ABConfig(_Section):
+    """How the A/B report judges champion against challenger on logged outcomes."""
+
+    min_labelled: int = Field(200, ge=10, description="labelled rows needed in each variant")
+    min_improvement: float = Field(0.0, ge=0, le=1, description="ROC AUC gain to promote")
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    bootstrap_samples: int = Field(1000, ge=100)
+    act: bool = Field(False, description="move the registry aliases as recommended")
+
+
 class MonitoringConfig(_Section):
+    """The monitor run: where current data comes from and what fires retraining."""
+
+    prediction_log: str | None = Field(
+        None, description="the model server's --prediction-log folder (current data)")
+    current: str | None = Field(None, description="CSV/Parquet of current rows; wins over "
+                                                  "the prediction log")
+    labels: str | None = Field(None, description="CSV/Parquet of ground truth: an id column "
+                                                 "(request_id or the schema's id) + target")
+    window_hours: float | None = Field(24.0, gt=0, description="prediction log window; "
+                                                               "None = all of it")
     drift_share: float = Field(0.5, gt=0, le=1, description="dataset drift at this share")
+    report_sample_rows: int | None = Field(5000, ge=100, description="rows per frame in the "
+                                                                     "Evidently HTML")
     retrain: RetrainPolicyConfig = Field(default_factory=RetrainPolicyConfig)
+    ab: ABConfig = Field(default_factory=ABConfig)
 
 
 class Config(_Section):
@@ -340,6 +363,14 @@ def from_mapping(raw: Any, source: str = "<parameters>", base: Path | None = Non
         db = data.uri.removeprefix("sqlite:///")
         if db != ":memory:" and not Path(db).is_file():
             raise ConfigError(f"{source}: data.uri: SQLite database not found: {db}")
+    mon = cfg.monitoring
+    updates = {key: _resolve_path(getattr(mon, key), base)
+               for key in ("prediction_log", "current", "labels") if getattr(mon, key)}
+    for key in ("current", "labels"):
+        if key in updates and not Path(updates[key]).is_file():
+            raise ConfigError(f"{source}: monitoring.{key}: file not found: {updates[key]}")
+    if updates:
+        cfg = cfg.model_copy(update={"monitoring": mon.model_copy(update=updates)})
     return cfg.model_copy(update={"data": data})
 
 

@@ -47,6 +47,7 @@ LARGE_REFERENCE_ROWS = 1000  # Evidently: more reference rows than this → dist
 FEW_VALUES = 5  # numeric columns with at most this many distinct values count as discrete
 DEFAULT_DRIFT_SHARE = 0.5
 REPORT_SAMPLE_ROWS = 5000
+PREDICTION_COLUMN = "prediction"  # the model's positive-class score, in reports
 METHODS = {
     # name: (Evidently's display name, default threshold, drift when score >= threshold?)
     "wasserstein": ("Wasserstein distance (normed)", 0.1, True),
@@ -314,15 +315,20 @@ def verdict_table(verdict: dict[str, Any]) -> pd.DataFrame:
 # --- Evidently --------------------------------------------------------------------------
 
 def _evidently_snapshot(reference: pd.DataFrame, current: pd.DataFrame, schema: SchemaConfig,
-                        drift_share: float, **thresholds: Any) -> Any:
+                        drift_share: float, prediction: tuple[np.ndarray, np.ndarray] | None
+                        = None, **thresholds: Any) -> Any:
     from evidently import DataDefinition, Dataset, Report  # ~5 s import: only here
     from evidently.presets import DataDriftPreset
 
-    definition = DataDefinition(numerical_columns=list(schema.numeric),
+    extra = [PREDICTION_COLUMN] if prediction is not None else []
+    definition = DataDefinition(numerical_columns=list(schema.numeric) + extra,
                                 categorical_columns=list(schema.categorical))
     ref = coerce_frame(reference, schema, "reference")
     cur = coerce_frame(current, schema, "current")
-    preset = DataDriftPreset(columns=list(schema.features), drift_share=drift_share,
+    if prediction is not None:
+        ref[PREDICTION_COLUMN] = np.asarray(prediction[0], dtype=float)
+        cur[PREDICTION_COLUMN] = np.asarray(prediction[1], dtype=float)
+    preset = DataDriftPreset(columns=list(schema.features) + extra, drift_share=drift_share,
                              **{k: v for k, v in thresholds.items() if v is not None})
     report = Report([preset], include_tests=True)
     return report.run(current_data=Dataset.from_pandas(cur, data_definition=definition),
@@ -357,6 +363,10 @@ def _parse_snapshot(snapshot: Any, schema: SchemaConfig, drift_share: float) -> 
             columns[name[len(prefix):]]["drifted"] = test["status"] == "FAIL"
     if n_drifted is None or share is None:
         raise RuntimeError("Evidently's snapshot has no DriftedColumnsCount metric")
+    prediction = columns.pop(PREDICTION_COLUMN, None)
+    if prediction is not None:  # DriftedColumnsCount counted it: recount on features only
+        n_drifted = sum(bool(c.get("drifted")) for c in columns.values())
+        share = n_drifted / len(columns)
     drifted = [c for c in schema.features if columns.get(c, {}).get("drifted")]
     return {
         "columns": columns,
@@ -406,8 +416,13 @@ def evidently_report(
     num_threshold: float | None = None,
     cat_threshold: float | None = None,
     per_column_threshold: dict[str, float] | None = None,
+    prediction: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Write Evidently's DataDriftPreset report (with tests) to ``html_path``.
+
+    ``prediction`` (reference scores, current scores) adds the model's score as a
+    ``prediction`` column: prediction drift next to the feature columns (it does not count
+    toward the feature verdict).
 
     Frames longer than ``sample_rows`` are replaced by a seeded random sample
     (``DataFrame.sample(n=sample_rows, random_state=seed)``, each frame separately) so the
@@ -419,9 +434,14 @@ def evidently_report(
     _coerce(current, schema, "current")
     from mlfolio.data import sample
 
+    if prediction is not None:  # keep each score with its row through the sample
+        reference = reference.assign(**{PREDICTION_COLUMN: np.asarray(prediction[0])})
+        current = current.assign(**{PREDICTION_COLUMN: np.asarray(prediction[1])})
     ref = sample(reference, sample_rows, seed)
     cur = sample(current, sample_rows, seed)
-    snapshot = _evidently_snapshot(ref, cur, schema, drift_share,
+    scores = ((ref[PREDICTION_COLUMN].to_numpy(), cur[PREDICTION_COLUMN].to_numpy())
+              if prediction is not None else None)
+    snapshot = _evidently_snapshot(ref, cur, schema, drift_share, scores,
                                    **_thresholds(threshold, num_threshold, cat_threshold,
                                                  per_column_threshold))
     html_path = Path(html_path)
@@ -433,6 +453,42 @@ def evidently_report(
     verdict.update(html_path=str(html_path), reference_rows=len(ref), current_rows=len(cur),
                    sample_rows=sample_rows, seed=seed)
     return verdict
+
+
+def evidently_quality_report(reference: pd.DataFrame, current: pd.DataFrame,
+                             html_path: str | Path, threshold: float) -> Path:
+    """Evidently's ClassificationPreset, current labelled rows against the reference.
+
+    Both frames have ``target`` (0/1) and ``prediction`` (positive-class score) columns.
+    """
+    from evidently import BinaryClassification, DataDefinition, Dataset, Report
+    from evidently.presets import ClassificationPreset
+
+    for name, frame in (("reference", reference), ("current", current)):
+        missing = {"target", PREDICTION_COLUMN} - set(frame.columns)
+        if missing:
+            raise DataValidationError(f"{name}: quality report needs column(s) "
+                                      f"{sorted(missing)}")
+        if len(frame) == 0:
+            raise DataValidationError(f"{name}: no labelled rows for the quality report")
+    definition = DataDefinition(
+        numerical_columns=[PREDICTION_COLUMN],
+        classification=[BinaryClassification(target="target",
+                                             prediction_probas=PREDICTION_COLUMN,
+                                             pos_label=1)])
+
+    def dataset(frame: pd.DataFrame) -> Any:
+        out = pd.DataFrame({"target": frame["target"].astype(int).to_numpy(),
+                            PREDICTION_COLUMN: frame[PREDICTION_COLUMN].astype(float)
+                            .to_numpy()})
+        return Dataset.from_pandas(out, data_definition=definition)
+
+    report = Report([ClassificationPreset(probas_threshold=threshold)])
+    snapshot = report.run(current_data=dataset(current), reference_data=dataset(reference))
+    html_path = Path(html_path)
+    html_path.parent.mkdir(parents=True, exist_ok=True)
+    snapshot.save_html(str(html_path))
+    return html_path
 
 
 @dataclass(frozen=True)
@@ -449,9 +505,22 @@ class RetrainDecision:
 def retrain_decision(policy: RetrainPolicyConfig, verdict: dict[str, Any], current_rows: int,
                      roc_auc_drop: float | None = None,
                      last_retrain_at: datetime | None = None,
-                     now: datetime | None = None) -> RetrainDecision:
+                     now: datetime | None = None,
+                     labelled_rows: int | None = None) -> RetrainDecision:
     """Apply the retraining policy to a drift verdict (and a quality drop, when labels
-    exist). Guards first (enough rows, cool-down), then any trigger fires."""
+    exist). Guards first (enough rows, cool-down), then any trigger fires. With
+    ``labelled_rows=0`` a firing trigger holds: retraining needs newly labelled rows."""
+    decision = _retrain_decision(policy, verdict, current_rows, roc_auc_drop,
+                                 last_retrain_at, now)
+    if decision.retrain and labelled_rows == 0:
+        return RetrainDecision(False, [*decision.reasons, "HOLD no labelled current rows to "
+                                       "retrain on (give monitoring.labels or --labels)"])
+    return decision
+
+
+def _retrain_decision(policy: RetrainPolicyConfig, verdict: dict[str, Any], current_rows: int,
+                      roc_auc_drop: float | None, last_retrain_at: datetime | None,
+                      now: datetime | None) -> RetrainDecision:
     now = now or datetime.now(UTC)
     reasons: list[str] = []
     if current_rows < policy.min_rows:
@@ -484,3 +553,141 @@ def retrain_decision(policy: RetrainPolicyConfig, verdict: dict[str, Any], curre
             check(roc_auc_drop >= policy.max_roc_auc_drop,
                   f"ROC AUC drop {roc_auc_drop:+.4f} vs {policy.max_roc_auc_drop}")
     return RetrainDecision(fired, reasons)
+
+
+# --- Prometheus -------------------------------------------------------------------------
+def drift_gauge_families(doc: dict[str, Any]) -> list[Any]:
+    """Gauges for the latest monitor verdict (a ``drift.json`` document), so alerts can fire.
+
+    Used by the model server's ``/metrics`` (from ``<prediction log>/drift.json``) and by
+    :func:`write_prometheus_textfile` (node_exporter's textfile collector). Labels name the
+    model version that was monitored; quality gauges appear only when labels existed.
+    """
+    from prometheus_client.core import GaugeMetricFamily
+
+    model = doc.get("model") or {}
+    labels = {"model": str(model.get("name", "")), "version": str(model.get("version", ""))}
+    names, values = list(labels), list(labels.values())
+
+    def gauge(name: str, doc_text: str, value: Any) -> GaugeMetricFamily | None:
+        if value is None:
+            return None
+        family = GaugeMetricFamily(name, doc_text, labels=names)
+        family.add_metric(values, float(value))
+        return family
+
+    quality = doc.get("quality") or {}
+    current_q = quality.get("current") or {}
+    delta_q = quality.get("delta") or {}
+    prediction = doc.get("prediction_drift") or {}
+    created = doc.get("created_at")
+    families = [
+        gauge("mlfolio_drift_share", "Share of feature columns that drifted (latest monitor "
+              "run)", doc.get("share_drifted")),
+        gauge("mlfolio_drift_columns", "Feature columns that drifted (latest monitor run)",
+              doc.get("n_drifted")),
+        gauge("mlfolio_dataset_drift", "1 when the latest monitor run found dataset drift",
+              None if doc.get("dataset_drift") is None else int(bool(doc["dataset_drift"]))),
+        gauge("mlfolio_prediction_drift_score", "Drift score of the model's scores "
+              "(latest monitor run)", prediction.get("score")),
+        gauge("mlfolio_quality_roc_auc", "ROC AUC on labelled current rows (latest monitor "
+              "run)", current_q.get("roc_auc")),
+        gauge("mlfolio_quality_roc_auc_delta", "Current minus reference ROC AUC (negative: "
+              "the model got worse)", delta_q.get("roc_auc")),
+        gauge("mlfolio_monitor_current_rows", "Rows in the latest monitor run's current data",
+              (doc.get("current") or {}).get("rows")),
+        gauge("mlfolio_monitor_last_run_timestamp_seconds", "When the latest monitor run "
+              "finished (unix time)",
+              datetime.fromisoformat(created).timestamp() if created else None),
+    ]
+    return [f for f in families if f is not None]
+
+
+def write_prometheus_textfile(doc: dict[str, Any], path: str | Path) -> Path:
+    """Write the drift gauges in Prometheus' text format (node_exporter textfile collector),
+    atomically: a scrape never sees half a file."""
+    from prometheus_client import CollectorRegistry, write_to_textfile
+
+    class _Collector:
+        def collect(self) -> list[Any]:
+            return drift_gauge_families(doc)
+
+    registry = CollectorRegistry()
+    registry.register(_Collector())
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_to_textfile(str(path), registry)
+    return path
+
+
+# --- the monitor stage's pieces ---------------------------------------------------------
+def prediction_drift(reference_scores: np.ndarray, current_scores: np.ndarray) -> dict[str, Any]:
+    """Drift of the model's positive-class scores, by the same rules as a numeric column."""
+    ref = np.asarray(reference_scores, dtype=float)
+    cur = np.asarray(current_scores, dtype=float)
+    if len(ref) == 0 or len(cur) == 0:
+        raise DataValidationError("prediction drift needs scores in both frames")
+    out = _column_drift(ref, cur, "numeric")
+    out.update(reference_mean=float(np.mean(ref)), current_mean=float(np.mean(cur)))
+    return out
+
+
+def quality_comparison(reference: dict[str, float], y: np.ndarray | None,
+                       scores: np.ndarray | None, threshold: float) -> dict[str, Any] | None:
+    """Current metrics on labelled rows next to the reference's, with deltas (current −
+    reference). None when no labels, or only one class, among the current rows."""
+    from mlfolio.evaluate import classification_metrics
+
+    if y is None or scores is None or len(y) == 0 or len(np.unique(y)) < 2:
+        return None
+    current = classification_metrics(np.asarray(y, dtype=int), np.asarray(scores), threshold)
+    keys = [k for k in current if k != "threshold" and k in reference]
+    return {"reference": {k: reference[k] for k in keys},
+            "current": {k: current[k] for k in keys},
+            "delta": {k: current[k] - reference[k] for k in keys},
+            "labelled_rows": int(len(y)), "threshold": threshold}
+
+
+def retraining_rows(snapshot: pd.DataFrame, labelled: pd.DataFrame, schema: SchemaConfig
+                    ) -> pd.DataFrame:
+    """The champion's data plus the newly labelled rows, in the snapshot's columns.
+
+    A new row whose id is already in the snapshot replaces it (a newer observation of the
+    same entity); rows without an id get one from their position.
+    """
+    missing = [c for c in [*schema.features, schema.target] if c not in labelled.columns]
+    if missing:
+        raise DataValidationError(f"newly labelled rows: missing column(s) {missing}")
+    new = labelled.reindex(columns=snapshot.columns)
+    id_col = schema.id_column
+    if id_col:
+        ids = new[id_col].astype("string")
+        blank = ids.isna() | (ids.str.len() == 0)
+        new.loc[blank, id_col] = [f"new-{i}" for i in range(int(blank.sum()))]
+        new = new.drop_duplicates(subset=[id_col], keep="last")
+        snapshot = snapshot[~snapshot[id_col].astype(str).isin(new[id_col].astype(str))]
+    out = pd.concat([snapshot, new], ignore_index=True)
+    for col in snapshot.columns:  # keep the snapshot's dtypes where the values allow it
+        try:
+            out[col] = out[col].astype(snapshot[col].dtype)
+        except (TypeError, ValueError):
+            pass
+    return out
+
+
+def plot_drift(verdict: dict[str, Any]) -> Any:
+    """Bar chart of each column's drift score against its threshold (drifted in red)."""
+    import matplotlib.pyplot as plt
+
+    table = verdict_table(verdict)
+    # Distances drift above the threshold, p-values below: plot "how far past" uniformly.
+    ratio = [row.score / row.threshold if METHODS[row.method][2]
+             else row.threshold / max(row.score, 1e-12) for row in table.itertuples()]
+    fig, ax = plt.subplots(figsize=(8, 0.3 * len(table) + 1))
+    colors = ["tab:red" if d else "tab:blue" for d in table["drifted"]]
+    ax.barh(table.index, np.minimum(ratio, 10), color=colors)
+    ax.axvline(1.0, color="black", lw=1, ls="--")
+    ax.set_xlabel("score relative to its threshold (≥ 1: drifted; capped at 10)")
+    ax.invert_yaxis()
+    fig.tight_layout()
+    return fig

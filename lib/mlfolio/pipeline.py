@@ -56,6 +56,15 @@ STAGES: tuple[Stage, ...] = (
     Stage("deploy", "07_deploy.ipynb", ("deploy.json",), ("registry", "tracking", "deploy")),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
+# `mlfolio monitor`: its own run folder, linked to the retraining run it may fire.
+MONITOR_STAGES: tuple[Stage, ...] = (
+    Stage("monitor", "08_monitor.ipynb",
+          ("drift.json", "monitor.json", "drift_report.html", "data/current.parquet"),
+          ("seed", "schema", "registry", "tracking", "monitoring")),
+    Stage("ab_report", "09_ab_report.ipynb", ("ab.json",),
+          ("seed", "schema", "registry", "tracking", "monitoring")),
+)
+PIPELINES = {"training": STAGES, "monitor": MONITOR_STAGES}
 # Kernels warming ahead of the running stage: short stages (2-4 s) end before one
 # kernel's warm-up (~5 s on two busy cores) does.
 KERNEL_LOOKAHEAD = 2
@@ -67,25 +76,30 @@ def notebooks_dir() -> Path:
     return project_dir() / "notebooks"
 
 
-def select_stages(stages: Sequence[str] | None = None, from_stage: str | None = None
-                  ) -> list[Stage]:
+def select_stages(stages: Sequence[str] | None = None, from_stage: str | None = None,
+                  kind: str = "training") -> list[Stage]:
     """The stages to run: an explicit list, or ``from_stage`` to the end, or all."""
     if stages and from_stage:
         raise ConfigError("give either --stages or --from, not both")
+    if kind not in PIPELINES:
+        raise ConfigError(f"unknown pipeline {kind!r}; expected one of {', '.join(PIPELINES)}")
+    pipeline = PIPELINES[kind]
+    names = [s.name for s in pipeline]
     for name in [*(stages or []), *([from_stage] if from_stage else [])]:
-        if name not in STAGE_NAMES:
-            raise ConfigError(f"unknown stage {name!r}; expected one of {', '.join(STAGE_NAMES)}")
+        if name not in names:
+            raise ConfigError(f"unknown stage {name!r}; expected one of {', '.join(names)}")
     if stages:
-        return [s for s in STAGES if s.name in stages]
+        return [s for s in pipeline if s.name in stages]
     if from_stage:
-        return list(STAGES[STAGE_NAMES.index(from_stage):])
-    return list(STAGES)
+        return list(pipeline[names.index(from_stage):])
+    return list(pipeline)
 
 
-def new_run_dir(cfg: Config, runs_root: Path | None = None) -> Path:
+def new_run_dir(cfg: Config, runs_root: Path | None = None, kind: str = "training") -> Path:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     root = runs_root or project_dir() / "runs"
-    return root / f"{stamp}-{cfg.experiment}-{secrets.token_hex(3)}"
+    suffix = "-monitor" if kind == "monitor" else ""
+    return root / f"{stamp}-{cfg.experiment}{suffix}-{secrets.token_hex(3)}"
 
 
 # -- hashes and provenance -------------------------------------------------------------
@@ -120,15 +134,18 @@ def stage_inputs(stage: Stage, cfg: Config, run_dir: Path, mlfolio_hash: str) ->
     """What a stage's result depends on: the basis for skipping unchanged stages."""
     params = cfg.to_dict()
     upstream = {}
-    for earlier in STAGES[:STAGE_NAMES.index(stage.name)]:
+    pipeline = next(p for p in PIPELINES.values() if stage in p)
+    for earlier in pipeline[:pipeline.index(stage)]:
         for product in earlier.products:
             path = run_dir / product
             if path.exists() and path.suffix == ".parquet":
                 upstream[product] = file_hash(path)
-            elif path.exists():  # JSON: leave out volatile MLflow ids
+            elif path.exists() and path.suffix == ".json":  # leave out volatile MLflow ids
                 payload = read_json(path)
                 payload.pop("mlflow_run_id", None)
                 upstream[product] = _sha256(json.dumps(payload, sort_keys=True).encode())
+            elif path.exists():
+                upstream[product] = file_hash(path)
     parts = {
         "notebook": notebook_source_hash(notebooks_dir() / stage.notebook),
         "mlfolio": mlfolio_hash,
@@ -313,8 +330,12 @@ def _parent_run(cfg: Config, run_dir: Path, manifest: Manifest) -> tuple[str, st
     mlf = manifest.data.setdefault("mlflow", {})
     exp_id = tracking.configure(cfg)
     if not mlf.get("parent_run_id"):
-        mlf["parent_run_id"] = tracking.start_parent_run(
-            cfg, run_dir, {"mlfolio.git_commit": str(manifest.data["git"]["commit"])})
+        tags = {"mlfolio.git_commit": str(manifest.data["git"]["commit"]),
+                "mlfolio.pipeline": manifest.data.get("kind", "training")}
+        if trigger := manifest.data.get("trigger"):
+            tags.update({"mlfolio.trigger": str(trigger.get("by", "monitor")),
+                         "mlfolio.trigger_run_dir": str(trigger.get("monitor_run_dir", ""))})
+        mlf["parent_run_id"] = tracking.start_parent_run(cfg, run_dir, tags)
     mlf.update({"tracking_uri": cfg.tracking_uri(), "experiment_id": exp_id,
                 "experiment_name": cfg.experiment_name,
                 "parent_run_url": tracking.run_url(cfg, exp_id, mlf["parent_run_id"])})
@@ -338,13 +359,16 @@ def _fail_stage_run(parent_run_id: str, stage: str) -> None:
 def run(params_file: str | Path, overrides: dict[str, Any] | None = None,
         stages: Sequence[str] | None = None, from_stage: str | None = None,
         run_dir: str | Path | None = None, runs_root: Path | None = None,
-        echo: Callable[[str], None] = print, warm_kernels: bool = True) -> Manifest:
+        echo: Callable[[str], None] = print, warm_kernels: bool = True,
+        kind: str = "training", trigger: dict[str, Any] | None = None) -> Manifest:
     """Validate the parameters, then execute the selected stages into a run folder.
 
-    Raises StageError (after writing the manifest, HTML and index) when a stage fails.
+    ``kind`` picks the stage list (``training`` or ``monitor``); ``trigger`` records why
+    a monitor run fired this one (manifest and MLflow tags). Raises StageError (after
+    writing the manifest, HTML and index) when a stage fails.
     """
 
-    selected = select_stages(stages, from_stage)
+    selected = select_stages(stages, from_stage, kind)
     cfg = config_mod.load(params_file, overrides)  # all validation before any notebook
     if run_dir is not None:
         folder = Path(run_dir).resolve()
@@ -353,16 +377,19 @@ def run(params_file: str | Path, overrides: dict[str, Any] | None = None,
             raise ConfigError(f"{folder} belongs to experiment "
                               f"{manifest.data.get('experiment')!r}, not {cfg.experiment!r}")
     else:
-        folder = new_run_dir(cfg, runs_root)
+        folder = new_run_dir(cfg, runs_root, kind)
         folder.mkdir(parents=True)
         manifest = Manifest(folder / "manifest.json", {
-            "experiment": cfg.experiment, "run_dir": str(folder),
+            "experiment": cfg.experiment, "kind": kind, "run_dir": str(folder),
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "stages": {}})
+    if trigger:
+        manifest.data["trigger"] = trigger
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # kernels inherit it (xgboost)
     os.environ["MLFOLIO_PROJECT_DIR"] = str(project_dir())
     frozen = folder / "parameters.yaml"
     config_mod.dump(cfg, frozen)
+    _create_sqlite_store(cfg.tracking_uri())
     # Kernels start now, so their imports overlap the tracking store's start-up below.
     kernels = [WarmKernel(folder, cfg.tracking_uri())
                for _ in range(min(1 + KERNEL_LOOKAHEAD, len(selected)))] if warm_kernels else []
@@ -372,6 +399,19 @@ def run(params_file: str | Path, overrides: dict[str, Any] | None = None,
     finally:
         for kernel in kernels:
             kernel.shutdown()
+
+
+def _create_sqlite_store(uri: str) -> None:
+    """Create a new SQLite tracking store before any kernel opens it: MLflow's schema
+    migration is not safe against a second process migrating the same new file."""
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri.removeprefix("sqlite:///"))
+    if path.exists() and path.stat().st_size > 0:
+        return
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
 
 
 def _run(cfg: Config, selected: list[Stage], folder: Path, frozen: Path, manifest: Manifest,
@@ -467,6 +507,118 @@ def _collect_results(manifest: Manifest, folder: Path) -> None:
     if deployed := product("deploy.json"):
         manifest.data["deploy"] = {k: deployed[k] for k in ("model_name", "version", "alias",
                                                              "model_uri", "targets")}
+    if mon := product("monitor.json"):
+        manifest.data["monitor"] = {k: mon[k] for k in (
+            "model", "current", "share_drifted", "drifted_columns", "dataset_drift",
+            "prediction_drift", "quality", "decision", "reports", "retrain_data")}
+    if ab := product("ab.json"):
+        manifest.data["ab"] = {k: ab.get(k) for k in ("design", "recommendation")}
     if reg := product("register.json"):
         manifest.data["model"] = {k: reg[k] for k in ("model_name", "version", "model_uri",
                                                        "promoted", "champion")}
+
+
+# -- the monitor run -------------------------------------------------------------------
+def _link(target: Path, start: Path) -> str:
+    """A relative link from one run folder's index page to another's."""
+    return os.path.relpath(target / "index.html", start)
+
+
+def _log_has_rows(cfg: Config) -> bool:
+    from datetime import timedelta
+
+    from mlfolio import predlog
+
+    mon = cfg.monitoring
+    if not mon.prediction_log or not predlog.db_path(mon.prediction_log).exists():
+        return False
+    since = datetime.now(UTC) - timedelta(hours=mon.window_hours) if mon.window_hours else None
+    return not predlog.read(mon.prediction_log, since=since).empty
+
+
+def monitor(params_file: str | Path, overrides: dict[str, Any] | None = None,
+            dry_run: bool = False, runs_root: Path | None = None,
+            echo: Callable[[str], None] = print, warm_kernels: bool = True
+            ) -> tuple[Manifest, Manifest | None]:
+    """``mlfolio monitor``: the monitor notebooks into their own run folder, then what they
+    recommend — act on the A/B report (when ``monitoring.ab.act``) and run the training
+    pipeline on the champion's data plus the newly labelled rows when the retraining policy
+    fires. The new model is promoted only through the usual gate. ``dry_run`` decides and
+    reports without acting. Returns the monitor manifest and the retraining one (or None).
+    """
+    from mlfolio import registry, report, tracking
+
+    cfg = config_mod.load(params_file, overrides)
+    # The A/B report reads the prediction log: without rows there is nothing to compare.
+    stages = ["monitor", "ab_report"] if _log_has_rows(cfg) else ["monitor"]
+    manifest = run(params_file, overrides, stages=stages, runs_root=runs_root, echo=echo,
+                   warm_kernels=warm_kernels, kind="monitor")
+    folder = Path(manifest.data["run_dir"])
+    decision = manifest.data["monitor"]["decision"]
+    actions: dict[str, Any] = {"dry_run": dry_run}
+    manifest.data["actions"] = actions
+    echo(f"monitor: {'retraining fires' if decision['retrain'] else 'no retraining'}")
+    for reason in decision["reasons"]:
+        echo(f"  {reason}")
+
+    ab = read_json(folder / "ab.json") if (folder / "ab.json").exists() else None
+    action = (ab or {}).get("recommendation", {}).get("action", "keep")
+    if ab and action != "keep":
+        if not cfg.monitoring.ab.act:
+            actions["ab"] = {"action": action, "done": False,
+                             "why": "monitoring.ab.act is false: recommendation only"}
+        elif dry_run:
+            actions["ab"] = {"action": action, "done": False, "why": "--dry-run"}
+        else:
+            tracking.configure(cfg)
+            actions["ab"] = {"action": action, "done": True,
+                             **registry.act_on_ab(cfg.model_name, ab, str(folder))}
+        echo(f"A/B: {action} ({'done' if actions['ab']['done'] else actions['ab']['why']})")
+
+    retrain_manifest: Manifest | None = None
+    failure: StageError | None = None
+    if decision["retrain"] and dry_run:
+        actions["retrain"] = {"fired": True, "run": False, "why": "--dry-run"}
+        echo("retraining not started (--dry-run)")
+    elif decision["retrain"]:
+        retrain_dir = new_run_dir(cfg, runs_root)
+        retrain_dir.mkdir(parents=True)
+        trigger = {"by": "monitor", "monitor_run_dir": str(folder),
+                   "monitor_index": _link(folder, retrain_dir),
+                   "reasons": decision["reasons"],
+                   "champion_version": manifest.data["monitor"]["model"]["version"],
+                   "data": manifest.data["monitor"]["retrain_data"]}
+        Manifest(retrain_dir / "manifest.json", {
+            "experiment": cfg.experiment, "kind": "training", "run_dir": str(retrain_dir),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"), "stages": {},
+            "trigger": trigger}).save()
+        actions["retrain"] = {"fired": True, "run": True, "run_dir": str(retrain_dir),
+                              "index": _link(retrain_dir, folder), "status": "running"}
+        manifest.save()
+        echo(f"retraining into {retrain_dir} on {trigger['data']}")
+        retrain_overrides = {**(overrides or {}), "data.uri": trigger["data"]}
+        retrain_overrides.pop("data.sample_rows", None)
+        try:
+            retrain_manifest = run(params_file, retrain_overrides, run_dir=retrain_dir,
+                                   echo=echo, warm_kernels=warm_kernels)
+            actions["retrain"]["status"] = "succeeded"
+        except StageError as exc:
+            failure = exc
+            actions["retrain"].update(status="failed", error=str(exc))
+            retrain_manifest = Manifest.load(retrain_dir)
+        model = retrain_manifest.data.get("model") or {}
+        actions["retrain"].update(
+            gate_passed=(retrain_manifest.data.get("gate") or {}).get("passed"),
+            version=model.get("version"), promoted=model.get("promoted"))
+        tracking.configure(cfg)
+        from mlflow import MlflowClient
+
+        MlflowClient().set_tag(manifest.data["mlflow"]["parent_run_id"],
+                               "mlfolio.retrain_run_dir", str(retrain_dir))
+    else:
+        actions["retrain"] = {"fired": False}
+    manifest.save()
+    report.write_index(folder, manifest.data)
+    if failure is not None:
+        raise failure
+    return manifest, retrain_manifest
