@@ -123,3 +123,18 @@ def test_deploy_targets_are_checked_at_load(tmp_path, churn_raw):
     assert "need aws.role_arn" in _error(tmp_path, churn_raw)
     churn_raw["deploy"] = {"lambda": {"memory_mb": 64}}
     assert "deploy.lambda.memory_mb" in _error(tmp_path, churn_raw)
+
+
+def test_monitoring_files_resolve_and_must_exist(tmp_path, churn_raw):
+    churn_raw["monitoring"].update(current="data/telco_churn.csv", prediction_log="runs/log")
+    cfg = config.from_mapping(churn_raw, "p.yaml", base=ROOT)
+    assert cfg.monitoring.current == str(ROOT / "data" / "telco_churn.csv")
+    assert cfg.monitoring.prediction_log == str(ROOT / "runs" / "log")  # may not exist yet
+    churn_raw["monitoring"]["labels"] = "no/such/labels.csv"
+    with pytest.raises(ConfigError, match=r"p.yaml: monitoring.labels: file not found: .*"
+                                          r"no/such/labels.csv"):
+        config.from_mapping(churn_raw, "p.yaml", base=ROOT)
+    churn_raw["monitoring"].pop("labels")
+    churn_raw["monitoring"]["ab"] = {"confidence": 1.5}
+    with pytest.raises(ConfigError, match=r"monitoring.ab.confidence"):
+        config.from_mapping(churn_raw, "p.yaml", base=ROOT)

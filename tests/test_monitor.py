@@ -187,3 +187,101 @@ def test_retrain_policy_from_a_real_drift_verdict(cfg, parts):
 
     iid = drift_verdict(parts["train"], parts["test"], cfg.schema)
     assert not retrain_decision(RetrainPolicyConfig(min_rows=100), iid, 800).retrain
+
+
+def test_no_labelled_rows_holds_a_firing_policy():
+    from mlfolio.config import RetrainPolicyConfig
+
+    held = monitor.retrain_decision(RetrainPolicyConfig(), _verdict(0.9, True), 2000,
+                                    labelled_rows=0)
+    assert not held.retrain and "no labelled current rows" in held.reasons[-1]
+    assert monitor.retrain_decision(RetrainPolicyConfig(), _verdict(0.9, True), 2000,
+                                    labelled_rows=10).retrain
+
+
+def test_prediction_drift_flags_shifted_scores_only(parts):
+    rng = np.random.default_rng(0)
+    ref = rng.beta(2, 5, 3000)
+    same = monitor.prediction_drift(ref, rng.beta(2, 5, 1000))
+    moved = monitor.prediction_drift(ref, rng.beta(4, 3, 1000))
+    assert not same["drifted"] and moved["drifted"]
+    assert moved["method"] == "wasserstein" and moved["current_mean"] > moved["reference_mean"]
+    with pytest.raises(DataValidationError, match="both frames"):
+        monitor.prediction_drift(ref, np.array([]))
+
+
+def test_quality_comparison_deltas_and_no_labels():
+    from mlfolio.evaluate import classification_metrics
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 500)
+    good = np.clip(y * 0.6 + rng.random(500) * 0.4, 0, 1)
+    noisy = rng.random(500)
+    reference = classification_metrics(y, good, 0.5)
+    q = monitor.quality_comparison(reference, y, noisy, 0.5)
+    assert q["labelled_rows"] == 500
+    assert q["delta"]["roc_auc"] == pytest.approx(q["current"]["roc_auc"] - reference["roc_auc"])
+    assert q["delta"]["roc_auc"] < -0.3
+    assert monitor.quality_comparison(reference, None, None, 0.5) is None
+    assert monitor.quality_comparison(reference, np.ones(10), noisy[:10], 0.5) is None
+
+
+def test_retraining_rows_replace_known_ids_and_keep_dtypes(cfg, parts):
+    snapshot = pd.concat([parts["train"], parts["valid"]], ignore_index=True)
+    new = parts["test"].head(50).copy()
+    new.loc[new.index[:20], "customerid"] = snapshot["customerid"].iloc[:20].to_numpy()
+    new.loc[new.index[20:25], "customerid"] = None
+    out = monitor.retraining_rows(snapshot, new, cfg.schema)
+    assert list(out.columns) == list(snapshot.columns)
+    assert len(out) == len(snapshot) + 50 - 20  # 20 known customers replaced, not duplicated
+    assert out["customerid"].is_unique
+    assert out.dtypes.equals(snapshot.dtypes)
+    replaced = out.set_index("customerid").loc[new["customerid"].iloc[0]]
+    assert replaced["monthlycharges"] == new["monthlycharges"].iloc[0]
+    with pytest.raises(DataValidationError, match="churn"):
+        monitor.retraining_rows(snapshot, new.drop(columns=["churn"]), cfg.schema)
+
+
+def test_drift_gauges_in_prometheus_text_format(tmp_path):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    doc = {"model": {"name": "churn-classifier", "version": "3"}, "share_drifted": 0.25,
+           "n_drifted": 5, "dataset_drift": False, "created_at": "2026-11-27T12:00:00+00:00",
+           "current": {"rows": 1600}, "prediction_drift": {"score": 0.12},
+           "quality": {"current": {"roc_auc": 0.81}, "delta": {"roc_auc": -0.03}}}
+    path = monitor.write_prometheus_textfile(doc, tmp_path / "drift.prom")
+    samples = {s.name: s for f in text_string_to_metric_families(path.read_text())
+               for s in f.samples}
+    assert samples["mlfolio_drift_share"].value == 0.25
+    assert samples["mlfolio_drift_share"].labels == {"model": "churn-classifier", "version": "3"}
+    assert samples["mlfolio_dataset_drift"].value == 0
+    assert samples["mlfolio_quality_roc_auc_delta"].value == pytest.approx(-0.03)
+    assert samples["mlfolio_monitor_last_run_timestamp_seconds"].value == 1795780800
+    # without labels there is no quality gauge (absent, not zero: alerts must not fire)
+    names = {f.name for f in monitor.drift_gauge_families({**doc, "quality": None})}
+    assert "mlfolio_quality_roc_auc" not in names and "mlfolio_drift_share" in names
+
+
+def test_evidently_reports_with_prediction_and_quality(cfg, parts, tmp_path):
+    rng = np.random.default_rng(2)
+    ref, cur = parts["train"].head(600), shifted(parts["test"].head(400))
+    ref_scores, cur_scores = rng.beta(2, 5, len(ref)), rng.beta(4, 3, len(cur))
+    verdict = monitor.evidently_report(ref, cur, cfg.schema, tmp_path / "drift.html",
+                                       prediction=(ref_scores, cur_scores))
+    ours = monitor.drift_verdict(ref, cur, cfg.schema)
+    assert "prediction" not in verdict["columns"]  # not counted as a feature
+    assert verdict["drifted_columns"] == ours["drifted_columns"]
+    assert verdict["share_drifted"] == pytest.approx(ours["share_drifted"])
+    html = (tmp_path / "drift.html").read_text()
+    assert "prediction" in html
+    y_ref, y_cur = rng.integers(0, 2, len(ref)), rng.integers(0, 2, len(cur))
+    monitor.evidently_quality_report(
+        pd.DataFrame({"target": y_ref, "prediction": ref_scores}),
+        pd.DataFrame({"target": y_cur, "prediction": cur_scores}),
+        tmp_path / "quality.html", 0.5)
+    assert (tmp_path / "quality.html").stat().st_size > 10_000
+    with pytest.raises(DataValidationError, match="target"):
+        monitor.evidently_quality_report(pd.DataFrame({"prediction": ref_scores}),
+                                         pd.DataFrame({"target": y_cur,
+                                                       "prediction": cur_scores}),
+                                         tmp_path / "q.html", 0.5)

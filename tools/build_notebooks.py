@@ -63,7 +63,7 @@ run. The best parameters are refitted on all training rows and scored on validat
         ("code", "study, info = stages.tune_model(ctx)\n"
                  "{k: v for k, v in info.items() if k != \"models\"}"),
         ("md", "### Best trials"),
-        ("code", 'tune.trials_table(study).sort_values("value", ascending=False).head(10)'),
+        ("code", "tune.trials_table(study, top=10)"),
         ("md", "### Optimization history and parameter importance"),
         ("code", "tune.plot_study(study);"),
     ]),

@@ -549,6 +549,10 @@ def monitor(params_file: str | Path, overrides: dict[str, Any] | None = None,
     from mlfolio import registry, report, tracking
 
     cfg = config_mod.load(params_file, overrides)
+    if not (cfg.monitoring.current or cfg.monitoring.prediction_log):
+        raise ConfigError(f"{params_file}: nothing to monitor: give --current FILE (CSV/"
+                          "Parquet) or set monitoring.prediction_log to the model server's "
+                          "--prediction-log folder")
     # The A/B report reads the prediction log: without rows there is nothing to compare.
     stages = ["monitor", "ab_report"] if _log_has_rows(cfg) else ["monitor"]
     manifest = run(params_file, overrides, stages=stages, runs_root=runs_root, echo=echo,

@@ -444,7 +444,8 @@ def _current_data(ctx: StageContext, model: Any) -> tuple[pd.DataFrame, dict[str
 
         raise ConfigError("nothing to monitor: give --current FILE (CSV/Parquet) or set "
                           "monitoring.prediction_log to the server's --prediction-log folder")
-    current = monitor.coerce_frame(raw, schema, "current")  # clear errors on bad columns
+    # Clear errors naming the file (or log) and the column, before anything is scored.
+    current = monitor.coerce_frame(raw, schema, f"current data {source['uri']}")
     frame = raw[list(schema.features)].copy()
     frame["score"] = model.predict_proba(raw[list(schema.features)])[:, 1]
     frame["actual"] = actual.to_numpy(dtype=float)

@@ -355,17 +355,25 @@ def run_study(cfg: TuningConfig, train: pd.DataFrame, schema: SchemaConfig, seed
                              pruner=_pruner(cfg))
 
 
-def trials_table(study: optuna.Study) -> pd.DataFrame:
-    """One row per trial: state, value, duration and parameters."""
+def trials_table(study: optuna.Study | None, top: int | None = None) -> pd.DataFrame:
+    """One row per trial: state, value, duration and parameters; ``top``: the best ``top``
+    trials by value. A note when tuning is off (no study)."""
+    if study is None:
+        return pd.DataFrame({"note": ["tuning.enabled is false: no study was run"]})
     df = study.trials_dataframe(attrs=("number", "state", "value", "duration", "params"))
     if "duration" in df:
         df["duration"] = df["duration"].dt.total_seconds().round(2)
-    return df.rename(columns=lambda c: c.removeprefix("params_"))
+    df = df.rename(columns=lambda c: c.removeprefix("params_"))
+    return df.sort_values("value", ascending=False).head(top) if top else df
 
 
-def plot_study(study: optuna.Study) -> Any:
-    """Optimization history and parameter importances side by side (a matplotlib Figure)."""
+def plot_study(study: optuna.Study | None) -> Any:
+    """Optimization history and parameter importances side by side (a matplotlib Figure);
+    None when tuning is off."""
     import matplotlib.pyplot as plt
+
+    if study is None:
+        return None
 
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     fig, (hist_ax, imp_ax) = plt.subplots(1, 2, figsize=(14, 4.5))

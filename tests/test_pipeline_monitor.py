@@ -1,0 +1,193 @@
+"""End to end: `mlfolio monitor` against a registered champion, on the real Telco data.
+
+One weak champion is trained once (a 3-stump xgboost); current data are held-out rows of
+its run, as they are (i.i.d.) or with drift injected (shifted charges, a changed contract
+mix, shorter tenures), with their real outcomes as labels.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from mlfolio import cli, pipeline
+from mlfolio.errors import ConfigError
+
+from .conftest import CHURN_CSV, CHURN_PARAMS, SMALL, deep_update, tracking_section
+
+pytestmark = pytest.mark.slow
+QUIET = {"echo": lambda line: None}
+WEAK = {"training": {"models": ["xgboost"],
+                     "xgboost": {"n_estimators": 3, "max_depth": 1, "learning_rate": 0.1}},
+        "tuning": {"enabled": False}}
+STRONG = {"training.models": ["logreg"], "tuning.enabled": False}
+
+
+class Env:
+    def __init__(self, root: Path):
+        self.root = root
+        self.tracking = root / "tracking"
+        self.tracking.mkdir()
+        self.runs = root / "runs"
+        self.runs.mkdir()
+        self.uri = tracking_section(self.tracking)["tracking_uri"]
+        raw = yaml.safe_load(CHURN_PARAMS.read_text())
+        raw = deep_update(deep_update(raw, SMALL), WEAK)
+        raw = deep_update(raw, {
+            "data": {"uri": str(CHURN_CSV)},
+            "tracking": tracking_section(self.tracking),
+            "gate": {"min_roc_auc": 0.6},
+            "deploy": {"targets": ["kubernetes"]},
+            "monitoring": {"retrain": {"min_drift_share": 0.1, "cooldown_hours": 0,
+                                       "min_rows": 300}},
+        })
+        self.params = root / "params.yaml"
+        self.params.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+    def client(self) -> MlflowClient:
+        return MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+
+    def champion(self) -> str:
+        return str(self.client().get_model_version_by_alias("churn-classifier", "champion").version)
+
+    def monitor(self, current: Path, dry_run: bool = False, **overrides: Any
+                ) -> tuple[pipeline.Manifest, pipeline.Manifest | None]:
+        return pipeline.monitor(self.params, {"monitoring.current": str(current),
+                                              **overrides},
+                                dry_run=dry_run, runs_root=self.runs, **QUIET)
+
+    def run_folders(self) -> set[Path]:
+        return set(self.runs.iterdir())
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> Env:
+    env = Env(tmp_path_factory.mktemp("monitor"))
+    first = pipeline.run(env.params, runs_root=env.runs, **QUIET)
+    env.source = Path(first.data["run_dir"])
+    held_out = pd.concat([pd.read_parquet(env.source / "data" / f"{s}.parquet")
+                          for s in ("valid", "test")], ignore_index=True)
+    env.iid = env.root / "iid.csv"
+    held_out.to_csv(env.iid, index=False)
+    drifted = held_out.copy()
+    drifted["monthlycharges"] = drifted["monthlycharges"] * 1.4 + 10
+    drifted.loc[drifted["contract"] == "Two year", "contract"] = "Month-to-month"
+    drifted.loc[drifted.index % 3 == 0, "tenure"] //= 3
+    env.drifted = env.root / "drifted.csv"
+    drifted.to_csv(env.drifted, index=False)
+    return env
+
+
+def test_iid_current_data_is_not_flagged_and_nothing_retrains(env):
+    before = env.run_folders()
+    manifest, retrained = env.monitor(env.iid)
+    folder = Path(manifest.data["run_dir"])
+    assert retrained is None and env.run_folders() - before == {folder}
+    assert folder.name.split("-")[-2] == "monitor"
+    drift = json.loads((folder / "drift.json").read_text())
+    assert drift["n_drifted"] == 0 and not drift["dataset_drift"]
+    assert not drift["prediction_drift"]["drifted"]
+    assert drift["model"]["version"] == env.champion()
+    assert drift["reference"]["uri"] == str(env.source / "data" / "train.parquet")
+    assert drift["current"] == {"kind": "file", "uri": str(env.iid), "rows": 1600,
+                                "labelled_rows": 1600}
+    assert abs(drift["quality"]["delta"]["roc_auc"]) < 0.03
+    assert drift["decision"]["retrain"] is False
+    assert manifest.data["actions"]["retrain"] == {"fired": False}
+    for name in ("08_monitor.ipynb", "08_monitor.html", "drift_report.html",
+                 "quality_report.html", "drift.prom", "index.html", "monitor.json"):
+        assert (folder / name).exists(), name
+    assert "mlfolio_drift_share" in (folder / "drift.prom").read_text()
+    index = (folder / "index.html").read_text()
+    assert 'href="drift_report.html"' in index and "no dataset drift" in index
+
+
+def test_dry_run_decides_but_does_not_retrain(env):
+    before, champion = env.run_folders(), env.champion()
+    manifest, retrained = env.monitor(env.drifted, dry_run=True)
+    assert retrained is None and len(env.run_folders() - before) == 1
+    mon = manifest.data["monitor"]
+    assert mon["decision"]["retrain"] is True
+    assert {"tenure", "monthlycharges", "contract"} <= set(mon["drifted_columns"])
+    assert mon["decision"]["reasons"][0].startswith("FIRE share of drifted columns")
+    assert manifest.data["actions"]["retrain"] == {"fired": True, "run": False,
+                                                   "why": "--dry-run"}
+    assert env.champion() == champion
+    assert "Retraining not started: --dry-run" in (
+        Path(manifest.data["run_dir"]) / "index.html").read_text()
+
+
+def test_drift_retrains_and_only_a_better_model_is_promoted(env):
+    # 1. Drift fires retraining; a logistic regression beats the 3-stump champion.
+    old = env.champion()
+    monitor_m, retrain_m = env.monitor(env.drifted, **STRONG)
+    mon_dir, re_dir = Path(monitor_m.data["run_dir"]), Path(retrain_m.data["run_dir"])
+    act = monitor_m.data["actions"]["retrain"]
+    assert act["run"] and act["status"] == "succeeded" and act["run_dir"] == str(re_dir)
+    assert act["gate_passed"] is True and act["promoted"] is True
+    assert env.champion() == act["version"] != old
+    # the retraining run knows why it ran, and the two index pages link to each other
+    trigger = retrain_m.data["trigger"]
+    assert trigger["monitor_run_dir"] == str(mon_dir) and trigger["champion_version"] == old
+    assert any(r.startswith("FIRE") for r in trigger["reasons"])
+    assert (re_dir / trigger["monitor_index"]).resolve() == mon_dir / "index.html"
+    assert (mon_dir / act["index"]).resolve() == re_dir / "index.html"
+    assert f'href="{act["index"]}"' in (mon_dir / "index.html").read_text()
+    assert f'href="{trigger["monitor_index"]}"' in (re_dir / "index.html").read_text()
+    # trained on the champion's rows plus the newly labelled ones (ids replaced, not doubled)
+    retrain_rows = pd.read_parquet(trigger["data"])
+    assert retrain_m.data["data"]["rows"] == len(retrain_rows) == 4000
+    assert retrain_rows["monthlycharges"].max() > pd.read_csv(CHURN_CSV)["monthlycharges"].max()
+    parent = env.client().get_run(retrain_m.data["mlflow"]["parent_run_id"])
+    assert parent.data.tags["mlfolio.trigger"] == "monitor"
+    assert parent.data.tags["mlfolio.trigger_run_dir"] == str(mon_dir)
+
+    # 2. Drift fires again; this time the candidate is the weak model: the gate refuses it.
+    promoted = env.champion()
+    monitor_m, retrain_m = env.monitor(env.drifted)
+    act = monitor_m.data["actions"]["retrain"]
+    assert act["status"] == "succeeded" and act["gate_passed"] is False
+    assert act["promoted"] is False and env.champion() == promoted
+    assert retrain_m.data["gate"]["passed"] is False
+    assert any(r.startswith("FAIL") for r in retrain_m.data["gate"]["reasons"])
+
+
+@pytest.mark.parametrize("case", ["missing column", "wrong type", "empty"])
+def test_bad_current_data_fails_the_monitor_stage_naming_the_problem(env, case, capsys):
+    df = pd.read_csv(env.iid)
+    if case == "missing column":
+        df = df.drop(columns=["contract"])
+        expected = "contract"
+    elif case == "wrong type":
+        df["tenure"] = "twelve"
+        expected = "tenure"
+    else:
+        df = df.head(0)
+        expected = "no rows"
+    bad = env.root / f"bad-{case.replace(' ', '-')}.csv"
+    df.to_csv(bad, index=False)
+    before = env.run_folders()
+    code = cli.main(["monitor", str(env.params), "--current", str(bad),
+                     "--runs-root", str(env.runs)])
+    err = capsys.readouterr().err
+    assert code == 1 and "stage 'monitor' failed" in err and expected in err
+    assert f"current data {bad}" in err
+    (folder,) = env.run_folders() - before
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and manifest["failed_stage"] == "monitor"
+    assert (folder / "08_monitor.ipynb").exists() and (folder / "08_monitor.html").exists()
+
+
+def test_monitor_without_current_data_is_a_parameter_error(env, capsys):
+    before = env.run_folders()
+    with pytest.raises(ConfigError, match="nothing to monitor: give --current FILE"):
+        pipeline.monitor(env.params, runs_root=env.runs, **QUIET)
+    assert cli.main(["monitor", str(env.params), "--runs-root", str(env.runs)]) == 2
+    assert "monitoring.prediction_log" in capsys.readouterr().err
+    assert env.run_folders() == before
