@@ -191,3 +191,56 @@ def test_monitor_without_current_data_is_a_parameter_error(env, capsys):
     assert cli.main(["monitor", str(env.params), "--runs-root", str(env.runs)]) == 2
     assert "monitoring.prediction_log" in capsys.readouterr().err
     assert env.run_folders() == before
+
+
+def _retrained_monitor_run(env) -> Path:
+    """A monitor run folder whose retraining ran (made by the test above, or here)."""
+    for folder in sorted(env.runs.iterdir()):
+        m = json.loads((folder / "manifest.json").read_text())
+        if (m.get("actions") or {}).get("retrain", {}).get("run"):
+            return folder
+    return Path(env.monitor(env.drifted, **STRONG)[0].data["run_dir"])
+
+
+def test_monitor_pages_in_a_browser(env):
+    from .conftest import chromium_path
+
+    chromium = chromium_path()
+    if chromium is None:
+        pytest.skip("no Chromium installed (looked for `chromium` on PATH and /usr/bin/chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    folder = _retrained_monitor_run(env)
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, headless=True,
+                                     args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto((folder / "index.html").as_uri(), wait_until="load")
+            assert "dataset drift" in page.inner_text("#monitor-verdict")
+            assert page.inner_text("#retrain-decision") == "retraining fires"
+            assert page.locator("#quality tr").count() > 5
+            for href in page.eval_on_selector_all(
+                    "a[href]", "els => els.map(e => e.getAttribute('href'))"):
+                if "://" not in href:
+                    assert (folder / href).resolve().exists(), href
+            # follow the link to the retraining run, and its link back
+            with page.expect_navigation(wait_until="load"):
+                page.click("#retrain-link")
+            assert "Retraining fired by the monitor run" in page.inner_text("#trigger")
+            with page.expect_navigation(wait_until="load"):
+                page.click("#trigger-link")
+            assert page.url == (folder / "index.html").as_uri()
+            # Evidently's report renders its drift table (JS, no network)
+            page.goto((folder / "drift_report.html").as_uri(), wait_until="load")
+            page.wait_for_function("document.body.innerText.includes('monthlycharges')",
+                                   timeout=30_000)
+            assert "prediction" in page.inner_text("body")
+            page.goto((folder / "08_monitor.html").as_uri(), wait_until="load")
+            page.wait_for_function("[...document.images].every(i => i.complete)")
+            assert page.eval_on_selector_all(
+                "img", "els => els.filter(i => i.naturalWidth > 100).length") >= 1
+            assert errors == []
+        finally:
+            browser.close()
