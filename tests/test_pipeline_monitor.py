@@ -8,6 +8,7 @@ mix, shorter tenures), with their real outcomes as labels.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -244,3 +245,57 @@ def test_monitor_pages_in_a_browser(env):
             assert errors == []
         finally:
             browser.close()
+
+
+def test_the_loop_through_a_served_prediction_log(env, tmp_path):
+    """Serve champion and challenger (A/B, prediction log), send drifted traffic, let the
+    outcomes arrive as a labels file, monitor the log: drift fires retraining (dry run),
+    the A/B report compares the variants, and the server's /metrics shows the verdict."""
+    from types import SimpleNamespace
+
+    import httpx
+
+    from .test_serve_ab import start_server, stop_server, wait_for_rows
+
+    log_dir = tmp_path / "log"
+    server = start_server(SimpleNamespace(tracking_uri=env.uri),
+                          "--challenger", "models:/churn-classifier@challenger",
+                          "--challenger-weight", "0.5", "--prediction-log", str(log_dir),
+                          "--entity-column", "customerid", name="churn-classifier")
+    try:
+        traffic = pd.read_csv(env.drifted)
+        features = traffic.drop(columns=["churn"])
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            for start in range(0, len(features), 40):
+                chunk = features.iloc[start:start + 40]
+                body = {"dataframe_split": {"columns": list(chunk.columns),
+                                            "data": chunk.astype(object).values.tolist()}}
+                assert client.post("/invocations", json=body).status_code == 200
+            wait_for_rows(log_dir, len(features), include_shadow=False, timeout=30)
+            labels = tmp_path / "outcomes.csv"
+            traffic[["customerid", "churn"]].to_csv(labels, index=False)
+
+            manifest, retrained = pipeline.monitor(
+                env.params, {"monitoring.prediction_log": str(log_dir),
+                             "monitoring.labels": str(labels), "monitoring.window_hours": 1},
+                dry_run=True, runs_root=env.runs, **QUIET)
+            folder = Path(manifest.data["run_dir"])
+            drift = json.loads((folder / "drift.json").read_text())
+            assert drift["current"]["kind"] == "prediction_log"
+            assert drift["current"]["rows"] == drift["current"]["labelled_rows"] == len(traffic)
+            assert set(drift["current"]["variants"]) == {"champion", "challenger"}
+            assert {"monthlycharges", "contract"} <= set(drift["drifted_columns"])
+            assert drift["decision"]["retrain"] and retrained is None
+            assert manifest.data["stages"]["ab_report"]["status"] == "succeeded"
+            ab = json.loads((folder / "ab.json").read_text())
+            assert ab["design"] == "ab" and ab["window"]["labelled_rows"] == len(traffic)
+            assert {v["variant"] for v in ab["variants"]} == {"champion", "challenger"}
+            assert ab["recommendation"]["action"] in ("promote", "keep", "roll back")
+            # the server now exposes the verdict for alerting
+            assert json.loads((log_dir / "drift.json").read_text())["share_drifted"] == \
+                drift["share_drifted"]
+            metrics = client.get("/metrics").text
+            share = re.search(r'^mlfolio_drift_share\{[^}]*\} (\S+)$', metrics, re.M)
+            assert share and float(share.group(1)) == pytest.approx(drift["share_drifted"])
+    finally:
+        stop_server(server.proc)
