@@ -15,7 +15,11 @@ checks that both servers give the same predictions for the same rows.
 Variants: ``mlflow`` (``mlflow models serve --env-manager local``, 1 worker, its default),
 ``mlfolio`` (default: compiled features + micro-batching), ``mlfolio-pipeline``
 (``--scorer pipeline``: the sklearn pipeline + micro-batching) and
-``mlfolio-pipeline-unbatched`` (``--scorer pipeline --max-batch-rows 1``).
+``mlfolio-pipeline-unbatched`` (``--scorer pipeline --max-batch-rows 1``),
+``mlfolio-log`` (``--prediction-log`` in a temporary folder: every row written to SQLite)
+and ``mlfolio-ab-log`` (a challenger — a second version of the model — with
+``--challenger-weight 0.5``, plus the prediction log). Each log variant reports the rows
+its log holds at the end next to the requests answered.
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ VARIANTS = {
     "mlfolio": [],
     "mlfolio-pipeline": ["--scorer", "pipeline"],
     "mlfolio-pipeline-unbatched": ["--scorer", "pipeline", "--max-batch-rows", "1"],
+    "mlfolio-log": ["--prediction-log", "{log}"],
+    "mlfolio-ab-log": ["--challenger", "{challenger}", "--challenger-weight", "0.5",
+                       "--prediction-log", "{log}"],
 }
 
 
@@ -117,6 +124,15 @@ def register_model(tracking_uri: str, artifacts: Path) -> str:
     ref = registry.register("serve-bench", uri, run.info.run_id,
                             {"mlfolio.threshold": "0.350000", "mlfolio.data_hash": "bench"})
     registry.set_alias(ref, registry.CHAMPION, "serve benchmark")
+    # A second version (other regularisation) as the challenger of the A/B variant.
+    challenger = features.build_model_pipeline(cfg.schema,
+                                               LogisticRegression(C=0.1, max_iter=2000))
+    challenger.fit(X, y)
+    with mlflow.start_run(run_name="serve-bench-challenger") as run:
+        uri = tracking.log_model(challenger, X)
+    ref = registry.register("serve-bench", uri, run.info.run_id,
+                            {"mlfolio.threshold": "0.400000", "mlfolio.data_hash": "bench"})
+    registry.set_alias(ref, registry.CHALLENGER, "serve benchmark")
     return "models:/serve-bench@champion"
 
 
@@ -146,6 +162,7 @@ def _free_port() -> int:
 
 def start_server(variant: str, model_uri: str, tracking_uri: str, logs: Path
                  ) -> tuple[subprocess.Popen, str]:
+    """Start one variant; ``{log}`` in its arguments becomes ``logs/<variant>-predlog``."""
     port = _free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri,
            "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
@@ -153,8 +170,11 @@ def start_server(variant: str, model_uri: str, tracking_uri: str, logs: Path
         cmd = [str(VENV_BIN / "mlflow"), "models", "serve", "-m", model_uri,
                "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
     else:
+        challenger = model_uri.rpartition("@")[0] + "@challenger"
+        extra = [a.format(log=logs / f"{variant}-predlog", challenger=challenger)
+                 for a in VARIANTS[variant]]
         cmd = [sys.executable, "-m", "mlfolio.cli", "serve", "--model", model_uri,
-               "--port", str(port), "--tracking-uri", tracking_uri, *VARIANTS[variant]]
+               "--port", str(port), "--tracking-uri", tracking_uri, *extra]
     log_file = open(logs / f"{variant}.log", "wb")  # noqa: SIM115 - closed with the process
     proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT,
                             start_new_session=True)
@@ -198,6 +218,15 @@ def predictions(url: str, bodies: list[str]) -> list[list[float]]:
             resp.raise_for_status()
             out.extend(resp.json()["predictions"])
     return out
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process (Linux /proc), else None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run_load(url: str, bodies_file: Path, clients: int, duration: float, warmup: float) -> dict:
@@ -263,7 +292,15 @@ def main() -> None:
                           f"50 rows: {diff:.1e}", file=sys.stderr, flush=True)
                 results[variant] = {}
                 for clients in levels:
+                    cpu_before = cpu_seconds(proc.pid)
                     res = run_load(url, bodies_file, clients, args.duration, args.warmup)
+                    cpu_after = cpu_seconds(proc.pid)
+                    # Server CPU per request (warm-up included on both sides of the ratio):
+                    # steadier than req/s when other processes share the cores.
+                    served = res["requests"] * (args.duration + args.warmup) / args.duration
+                    res["cpu_us"] = (None if cpu_before is None or cpu_after is None
+                                     or not served else
+                                     (cpu_after - cpu_before) / served * 1e6)
                     results[variant][clients] = res
                     print(f"  {variant:28s} {clients:3d} clients: {res['rps']:8.1f} req/s  "
                           f"p50 {res['p50_ms']:7.2f} ms  p99 {res['p99_ms']:7.2f} ms  "
@@ -273,6 +310,16 @@ def main() -> None:
                 if proc.returncode not in (0, -signal.SIGTERM):
                     tail = (tmp_path / f"{variant}.log").read_text()[-2000:]
                     print(f"{variant} exited with {proc.returncode}:\n{tail}", file=sys.stderr)
+            log_dir = tmp_path / f"{variant}-predlog"
+            if log_dir.is_dir():
+                from mlfolio import predlog
+
+                logged = predlog.read(log_dir)
+                answered = sum(r["requests"] for r in results[variant].values())
+                print(f"  {variant}: the prediction log holds {len(logged)} rows "
+                      f"({logged['variant'].value_counts().to_dict()}); {answered} requests "
+                      "were measured (warm-up and checks come on top)", file=sys.stderr,
+                      flush=True)
         print_table(results, levels, args.duration)
 
 
@@ -281,15 +328,17 @@ def print_table(results: dict[str, dict[int, dict]], levels: list[int], duration
     print(f"\nsingle-row requests, closed loop, {duration:g} s per level, "
           f"{os.cpu_count()} cores, server and client on 127.0.0.1\n")
     base = "mlflow" if "mlflow" in results else next(iter(results))
-    print(f"| server | clients | req/s | p50 ms | p99 ms | errors | x {base} |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print(f"| server | clients | req/s | p50 ms | p99 ms | errors | x {base} "
+          "| server CPU µs/req |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for variant, by_level in results.items():
         for clients in levels:
             r = by_level[clients]
             ratio = r["rps"] / results[base][clients]["rps"] if results[base][clients]["rps"] \
                 else float("nan")
+            cpu = "n/a" if r.get("cpu_us") is None else f"{r['cpu_us']:.0f}"
             print(f"| {variant} | {clients} | {r['rps']:.0f} | {r['p50_ms']:.2f} | "
-                  f"{r['p99_ms']:.2f} | {r['errors']} | {ratio:.1f} |")
+                  f"{r['p99_ms']:.2f} | {r['errors']} | {ratio:.2f} | {cpu} |")
     bad = {v: {c: r["statuses"] for c, r in lv.items() if r["errors"]}
            for v, lv in results.items()}
     bad = {v: s for v, s in bad.items() if s}

@@ -285,6 +285,7 @@ def test_the_loop_through_a_served_prediction_log(env, tmp_path):
             assert drift["current"]["rows"] == drift["current"]["labelled_rows"] == len(traffic)
             assert set(drift["current"]["variants"]) == {"champion", "challenger"}
             assert {"monthlycharges", "contract"} <= set(drift["drifted_columns"])
+            assert "seniorcitizen" not in drift["drifted_columns"]  # 0/1 read back as ints
             assert drift["decision"]["retrain"] and retrained is None
             assert manifest.data["stages"]["ab_report"]["status"] == "succeeded"
             ab = json.loads((folder / "ab.json").read_text())

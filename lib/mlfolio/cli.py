@@ -23,6 +23,34 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--run-dir", help="an existing run folder to re-run stages into")
     run.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
 
+    mon = sub.add_parser(
+        "monitor", help="drift and quality of the champion on current data; retrain if needed",
+        description="Run the monitor notebooks (08_monitor, 09_ab_report) into a new run "
+                    "folder: drift per column and of the predictions against the champion's "
+                    "training rows, quality on labelled rows, the A/B report; then, when the "
+                    "retraining policy (monitoring.retrain) fires, run the training pipeline "
+                    "on the champion's data plus the newly labelled rows (promoted only "
+                    "through the gate). Exit 0: done (whatever the verdict); 1: a stage or "
+                    "the retraining failed; 2: bad parameters.")
+    mon.add_argument("params_file", help="YAML parameter file, e.g. parameters/churn.yaml")
+    mon.add_argument("--current", metavar="FILE",
+                     help="current rows (CSV/Parquet; with the target column = labelled); "
+                          "default: monitoring.prediction_log over monitoring.window_hours")
+    mon.add_argument("--labels", metavar="FILE",
+                     help="ground truth arrived later: an id column (request_id or the "
+                          "schema's id) and the target column")
+    mon.add_argument("--prediction-log", metavar="DIR",
+                     help="the model server's --prediction-log folder")
+    mon.add_argument("--window-hours", type=float, metavar="H",
+                     help="prediction log rows of the last H hours (default from parameters)")
+    mon.add_argument("--runs-root", metavar="DIR",
+                     help="where the run folders go (default: <project>/runs)")
+    mon.add_argument("--dry-run", action="store_true",
+                     help="decide and report, but do not retrain or move registry aliases")
+    mon.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a parameter (repeatable)")
+    mon.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+
     serve = sub.add_parser(
         "serve", help="serve a registered model over HTTP (MLflow, SageMaker, KServe V2)",
         description="Serve a registered model: MLflow scoring protocol and SageMaker on "
@@ -47,6 +75,23 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--scorer", choices=["auto", "pipeline"], default="auto",
                        help="auto: compiled feature path when verified equal to the pipeline; "
                             "pipeline: always the sklearn pipeline")
+    serve.add_argument("--prediction-log", default=None, metavar="DIR",
+                       help="log every scored row to DIR/predictions.sqlite (batched, off the "
+                            "request path); DIR/drift.json, if any, feeds /metrics")
+    serve.add_argument("--entity-column", default=None, metavar="NAME",
+                       help="input column with entity ids (e.g. customerid): logged, used for "
+                            "sticky A/B routing, never passed to the model")
+    serve.add_argument("--challenger", default=None, metavar="URI",
+                       help="a second model, e.g. models:/<name>@challenger; needs "
+                            "--challenger-weight or --shadow")
+    serve.add_argument("--challenger-weight", type=float, default=None, metavar="W",
+                       help="A/B: share of entities (0 < W < 1) routed to the challenger")
+    serve.add_argument("--shadow", action="store_true",
+                       help="score every row on the challenger too, log it (shadow=1), "
+                            "answer with the champion")
+    serve.add_argument("--ab-salt", default=None,
+                       help="salt of the A/B hash (default: the model name); change it to "
+                            "reshuffle entities")
     serve.add_argument("-v", "--verbose", action="store_true",
                        help="log at INFO level, with an access log")
     return parser
@@ -64,10 +109,40 @@ def _serve(args: argparse.Namespace) -> int:
             tracking_uri=args.tracking_uri, max_body_bytes=args.max_body_bytes,
             max_batch_rows=args.max_batch_rows, scorer=args.scorer, access_log=args.verbose,
             echo=lambda line: print(line, file=sys.stderr, flush=True),
+            challenger=args.challenger, challenger_weight=args.challenger_weight,
+            shadow=args.shadow, ab_salt=args.ab_salt, entity_column=args.entity_column,
+            prediction_log=args.prediction_log,
         )
     except MlfolioError as exc:
         print(f"mlfolio: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _exit_code(exc: MlfolioError) -> int:
+    print(f"mlfolio: {exc}", file=sys.stderr)
+    return 2 if isinstance(exc, ConfigError) else 1
+
+
+def _monitor(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mlfolio import config, pipeline
+
+    try:
+        overrides = config.parse_overrides(args.param)
+        # Paths given on the command line are relative to where the user typed them.
+        for flag, key in (("current", "current"), ("labels", "labels"),
+                          ("prediction_log", "prediction_log")):
+            if getattr(args, flag):
+                overrides[f"monitoring.{key}"] = str(Path(getattr(args, flag)).resolve())
+        if args.window_hours is not None:
+            overrides["monitoring.window_hours"] = args.window_hours
+        pipeline.monitor(args.params_file, overrides, dry_run=args.dry_run,
+                         runs_root=Path(args.runs_root).resolve() if args.runs_root else None,
+                         echo=lambda line: print(line, file=sys.stderr, flush=True))
+    except MlfolioError as exc:
+        return _exit_code(exc)
     return 0
 
 
@@ -77,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     if args.command == "serve":
         return _serve(args)
+    if args.command == "monitor":
+        return _monitor(args)
     from mlfolio import config, pipeline  # after argparse: `--help` stays instant
 
     try:

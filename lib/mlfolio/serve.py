@@ -40,6 +40,18 @@ on the result. At load the compiled features are checked against the pipeline's,
 value, on the model's input example and on a row for every known category; any difference,
 or a pipeline of another shape, and the server scores through the pipeline itself
 (``/health`` says which: ``"scorer": "compiled"`` or ``"pipeline"``).
+
+Prediction log, A/B and shadow: ``--prediction-log DIR`` records every scored row
+(:mod:`mlfolio.predlog`), handed over by the scoring thread, written by the log's own thread.
+Every scoring answer carries an ``X-Request-ID`` header (the client's, else a new one; also
+``"request_id"`` in the /invocations body). ``--entity-column`` names an input column of
+entity ids: accepted by every protocol, logged, used for routing, never scored.
+``--challenger URI`` loads a second model with its own scorer and batcher:
+``--challenger-weight W`` routes a row to it when ``route_share(salt, entity) < W`` (sticky
+per entity; a split request is scored as two blocks and put back in order; ``"variants"``
+per row in the answer), ``--shadow`` scores every row on it too, logs that with shadow=1 and
+answers with the champion, without waiting for it. ``/metrics`` adds rows per variant, the
+log's written/dropped rows and, from ``DIR/drift.json``, the monitor's drift gauges.
 """
 
 from __future__ import annotations
@@ -47,6 +59,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import gc
+import hashlib
 import hmac
 import io
 import itertools
@@ -57,15 +70,18 @@ import os
 import queue
 import re
 import socket
+import sqlite3
 import struct
 import sys
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -76,6 +92,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mlfolio.errors import MlfolioError
 from mlfolio.features import MISSING_CATEGORY, RawColumnCoercer
+from mlfolio.predlog import PredictionLog
 
 log = logging.getLogger(__name__)
 
@@ -129,12 +146,15 @@ class Column:
     """One input column of the model signature.
 
     ``kind`` is long, double, string or boolean; ``numeric_text`` marks a string column the
-    model reads as a number (blank = missing), such as ``totalcharges``.
+    model reads as a number (blank = missing), such as ``totalcharges``. The server's
+    ``--entity-column`` is an ``optional`` column of kind ``entity`` (text or integer ids),
+    taken out of the rows before they are scored.
     """
 
     name: str
     kind: str
     numeric_text: bool = False
+    optional: bool = False
 
 
 def columns_from_signature(signature: Any, numeric: Iterable[str] = ()) -> list[Column]:
@@ -238,6 +258,11 @@ def check_values(col: Column, values: list[Any], where: str = "") -> list[Any]:
             if v is not None and type(v) is not bool:
                 raise RequestError(f"column {col.name!r}: expected true or false (signature "
                                    f"type boolean), got {_describe(v)} in row {i}{at}")
+    elif kind == "entity":
+        for i, v in enumerate(values):
+            if v is not None and type(v) is not str and type(v) is not int:
+                raise RequestError(f"column {col.name!r} (the entity id): expected a string "
+                                   f"or an integer, got {_describe(v)} in row {i}{at}")
     return out
 
 
@@ -248,7 +273,7 @@ def _from_text(col: Column, values: list[str], where: str) -> list[Any]:
         if text == "":
             out.append(None)
             continue
-        if col.kind == "string":
+        if col.kind in ("string", "entity"):
             out.append(text)
             continue
         stripped = text.strip()
@@ -290,7 +315,7 @@ def validate_columns(data: dict[str, list[Any]], columns: list[Column], where: s
     if unknown:
         raise RequestError(f"unknown column(s) {unknown} in {where}; the model expects "
                            f"{[c.name for c in columns]}")
-    missing = [c.name for c in columns if c.name not in data]
+    missing = [c.name for c in columns if c.name not in data and not c.optional]
     if missing:
         raise RequestError(f"missing column(s) {missing} in {where}")
     lengths = {len(v) for v in data.values()}
@@ -300,12 +325,14 @@ def validate_columns(data: dict[str, list[Any]], columns: list[Column], where: s
     n = lengths.pop()
     if n == 0:
         raise RequestError(f"no rows in {where}")
-    return Block(n, {c.name: check_values(c, data[c.name], where) for c in columns})
+    return Block(n, {c.name: check_values(c, data[c.name], where) for c in columns
+                     if c.name in data})
 
 
 def _records_to_columns(records: list[Any], columns: list[Column], where: str
                         ) -> dict[str, list[Any]]:
-    names = [c.name for c in columns]
+    names = [c.name for c in columns if not c.optional]
+    optional = [c.name for c in columns if c.optional]
     for i, rec in enumerate(records):
         if not isinstance(rec, dict):
             raise RequestError(f"{where}[{i}]: expected an object of column: value, got "
@@ -316,8 +343,14 @@ def _records_to_columns(records: list[Any], columns: list[Column], where: str
         name = exc.args[0]
         row = next(i for i, rec in enumerate(records) if name not in rec)
         raise RequestError(f"missing column {name!r} in {where}[{row}]") from None
+    extra = 0
+    for name in optional:  # an entity id may be given for some records only
+        values = [rec.get(name) for rec in records]
+        if any(name in rec for rec in records):
+            data[name] = values
+            extra += 1
     for i, rec in enumerate(records):
-        if len(rec) != len(names):
+        if len(rec) != len(names) and (not extra or any(k not in data for k in rec)):
             unknown = [k for k in rec if k not in data]
             raise RequestError(f"unknown column(s) {unknown} in {where}[{i}]; the model "
                                f"expects {names}")
@@ -384,13 +417,14 @@ def parse_csv(body: bytes, columns: list[Column]) -> Block:
     if not rows:
         raise RequestError("empty CSV body: expected a header row and data rows")
     names = [c.name for c in columns]
+    required = [c.name for c in columns if not c.optional]
     first = [h.strip() for h in rows[0]]
     if any(h in names for h in first):
         header, data_rows = first, rows[1:]
         if len(set(header)) != len(header):
             raise RequestError(f"CSV header: duplicate column names in {header}")
-    elif len(first) == len(names):
-        header, data_rows = names, rows
+    elif len(first) in (len(names), len(required)):  # the entity id, if any, comes last
+        header, data_rows = (names if len(first) == len(names) else required), rows
     else:
         raise RequestError(f"CSV: the first row names none of the model's columns {names} and "
                            f"is not a row of {len(names)} values either ({len(first)} values)")
@@ -414,7 +448,7 @@ _V2_NUMPY = {"BOOL": "?", "INT8": "<i1", "INT16": "<i2", "INT32": "<i4", "INT64"
              "FP16": "<f2", "FP32": "<f4", "FP64": "<f8"}
 _V2_INTS = ("INT64", "INT32", "INT16", "INT8", "UINT64", "UINT32", "UINT16", "UINT8")
 _V2_KIND_TYPES = {"long": _V2_INTS, "double": ("FP64", "FP32", "FP16", *_V2_INTS),
-                  "string": ("BYTES",), "boolean": ("BOOL",)}
+                  "string": ("BYTES",), "boolean": ("BOOL",), "entity": ("BYTES", *_V2_INTS)}
 _V2_OUTPUTS = ("probability", "label")
 
 
@@ -551,11 +585,16 @@ def parse_v2(body: bytes, header_length: str | None, columns: list[Column]) -> V
                      str(request_id) if request_id is not None else None, outputs)
 
 
-def v2_response(model: ServedModel, request: V2Request, proba: np.ndarray
-                ) -> tuple[bytes, dict[str, str]]:
-    """The inference response, with binary outputs appended after the JSON header."""
+def v2_response(model: ServedModel, request: V2Request, proba: np.ndarray, *,
+                labels: np.ndarray | None = None, model_version: str | None = None,
+                parameters: dict[str, Any] | None = None) -> tuple[bytes, dict[str, str]]:
+    """The inference response, with binary outputs appended after the JSON header.
+
+    ``labels`` (default: ``model``'s threshold) and ``model_version`` let an A/B-routed
+    request answer with the labels and version of the variants that scored it.
+    """
     score = np.ascontiguousarray(proba[:, 1], dtype="<f8")
-    label = (score >= model.threshold).astype("<i8")
+    label = (score >= model.threshold if labels is None else labels).astype("<i8")
     arrays = {"probability": ("FP64", score), "label": ("INT64", label)}
     outputs, blobs = [], []
     for name, binary in request.outputs:
@@ -568,10 +607,12 @@ def v2_response(model: ServedModel, request: V2Request, proba: np.ndarray
         else:
             out["data"] = values.tolist()
         outputs.append(out)
-    doc: dict[str, Any] = {"model_name": model.name, "model_version": model.version,
-                           "outputs": outputs}
+    doc: dict[str, Any] = {"model_name": model.name,
+                           "model_version": model_version or model.version, "outputs": outputs}
     if request.id is not None:
         doc["id"] = request.id
+    if parameters:
+        doc["parameters"] = parameters
     head = json.dumps(doc).encode()
     if not blobs:
         return head, {"content-type": "application/json"}
@@ -1099,6 +1140,14 @@ class ServerMetrics:
         self.threshold = Gauge("mlfolio_model_threshold", "Label threshold of the model",
                                base, registry=reg)
         self.threshold.labels(*self.base).set(model.threshold)
+        self.variant_rows = Counter("mlfolio_variant_rows",
+                                    "Rows scored by each variant (shadow=1: scored alongside "
+                                    "the champion, not answered)",
+                                    [*base, "variant", "shadow"], registry=reg)
+        self.shadow_failures = Counter("mlfolio_shadow_failures",
+                                       "Shadow scorings that failed or were skipped (never "
+                                       "seen by clients)", base, registry=reg
+                                       ).labels(*self.base)
         self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
 
     def request(self, route: str, status: int, seconds: float) -> None:
@@ -1131,9 +1180,21 @@ class ServerMetrics:
 
 # -- micro-batching -------------------------------------------------------------------
 @dataclass(eq=False)
+class RowMeta:
+    """Where a block's rows come from, for the prediction log: the request's id, the rows'
+    positions in the request (None: 0..n-1) and the entity id (one for all rows, one per
+    row, or None)."""
+
+    request_id: str
+    rows: np.ndarray | None = None
+    entity: str | list[Any] | None = None
+
+
+@dataclass(eq=False)
 class _Job:
     block: Block
     future: asyncio.Future
+    meta: RowMeta | None = None
 
 
 class MicroBatcher:
@@ -1144,14 +1205,23 @@ class MicroBatcher:
     each caller's slice delivered back to the event loop in one callback. Batches grow with
     the load and shrink to one request when the server is idle, so nothing waits for a
     timer. A batch that raises is re-scored request by request, so one bad request fails
-    alone.
+    alone. With a prediction log, the scoring thread hands each scored request to it (an
+    O(1) enqueue; the log's own thread writes).
     """
 
     def __init__(self, model: ServedModel, metrics: ServerMetrics | None,
-                 max_batch_rows: int = MAX_BATCH_ROWS, max_pending_rows: int | None = None):
+                 max_batch_rows: int = MAX_BATCH_ROWS, max_pending_rows: int | None = None,
+                 *, variant: str = "champion", shadow: bool = False,
+                 predlog: PredictionLog | None = None):
         self.model = model
         self.scorer = model.scorer
         self.metrics = metrics
+        self.variant = variant
+        self.shadow = shadow
+        self.predlog = predlog
+        self.primary = variant == "champion" and not shadow
+        self._rows_counter = None if metrics is None else metrics.variant_rows.labels(
+            model.name, model.version, variant, str(int(shadow)))
         self.max_batch_rows = max(1, max_batch_rows)
         self.max_pending_rows = max_pending_rows or 64 * self.max_batch_rows
         self._queue: deque[_Job] = deque()
@@ -1187,18 +1257,22 @@ class MicroBatcher:
             await asyncio.to_thread(self._thread.join, 30)
             self._thread = None
 
-    async def score(self, block: Block) -> np.ndarray:
+    async def score(self, block: Block, meta: RowMeta | None = None) -> np.ndarray:
         """Class probabilities of ``block``'s rows, shape (n, 2)."""
+        return await self.submit(block, meta)
+
+    def submit(self, block: Block, meta: RowMeta | None = None) -> asyncio.Future:
+        """Queue ``block``; the future gets its probabilities. Call on the event loop."""
         if self._task is None or self._wakeup is None:
             raise RequestError("the server is not ready", 503)
         if self._pending_rows + block.n > self.max_pending_rows and self._pending_rows:
             raise RequestError(f"the server is overloaded ({self._pending_rows} rows waiting)"
                                "; retry later", 503)
-        future = asyncio.get_running_loop().create_future()
-        self._queue.append(_Job(block, future))
+        future = self._loop.create_future()
+        self._queue.append(_Job(block, future, meta))
         self._pending_rows += block.n
         self._wakeup.set()
-        return await future
+        return future
 
     async def _run(self) -> None:
         assert self._wakeup is not None and self._loop is not None
@@ -1251,14 +1325,32 @@ class MicroBatcher:
                 return [self._score_jobs([job])[0] for job in jobs]
             return [_scoring_error(exc)]
         if self.metrics is not None:
-            self.metrics.batch(n, len(jobs), time.perf_counter() - started, proba[:, 1],
-                               self.model.threshold)
+            if self.primary:
+                self.metrics.batch(n, len(jobs), time.perf_counter() - started, proba[:, 1],
+                                   self.model.threshold)
+            self._rows_counter.inc(n)
         out: list[np.ndarray | BaseException] = []
         start = 0
         for job in jobs:
             out.append(proba[start:start + job.block.n])
             start += job.block.n
+        if self.predlog is not None:
+            self._log(jobs, out)
         return out
+
+    def _log(self, jobs: list[_Job], results: list[np.ndarray | BaseException]) -> None:
+        """Hand each scored request to the prediction log: one enqueue per request."""
+        model, log_ = self.model, self.predlog
+        assert log_ is not None
+        ts = time.time()
+        for job, proba in zip(jobs, results, strict=True):
+            meta = job.meta
+            if meta is None or isinstance(proba, BaseException):
+                continue
+            log_.append(job.block.columns, proba[:, 1], request_id=meta.request_id,
+                        rows=meta.rows, entity_id=meta.entity, model_name=model.name,
+                        model_version=model.version, variant=self.variant,
+                        threshold=model.threshold, shadow=self.shadow, ts=ts)
 
 
 def _deliver(jobs: list[_Job], results: list[np.ndarray | BaseException],
@@ -1282,6 +1374,264 @@ def _scoring_error(exc: Exception) -> BaseException:
         return RequestError(f"the model could not score these rows: {exc}")
     log.error("predict_proba failed", exc_info=exc)
     return RequestError(f"predict_proba failed: {type(exc).__name__}: {exc}", 500)
+
+
+# -- A/B routing, shadow scoring, request ids -----------------------------------------
+MAX_ID_LENGTH = 128
+
+
+def route_share(salt: str, key: str) -> float:
+    """A stable number in [0, 1) for ``key``: the first 8 bytes of BLAKE2b(salt:key).
+
+    A row goes to the challenger when this is below the challenger's weight, so an entity
+    keeps its variant across requests, batch sizes and server restarts (same salt)."""
+    digest = hashlib.blake2b(f"{salt}:{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def routing_mode(challenger: str | None, challenger_weight: float | None, shadow: bool
+                 ) -> str | None:
+    """``"ab"``, ``"shadow"`` or None (one model); a ServeError names the offending flag."""
+    if challenger is None:
+        if challenger_weight is not None:
+            raise ServeError("--challenger-weight needs --challenger URI")
+        if shadow:
+            raise ServeError("--shadow needs --challenger URI")
+        return None
+    if challenger_weight is not None and shadow:
+        raise ServeError("--challenger-weight and --shadow exclude each other: A/B routing "
+                         "or shadow scoring, not both")
+    if shadow:
+        return "shadow"
+    if challenger_weight is None:
+        raise ServeError("--challenger needs --challenger-weight W (0 < W < 1, A/B routing) "
+                         "or --shadow (scored and logged, not answered)")
+    if not 0.0 < challenger_weight < 1.0 or math.isnan(challenger_weight):
+        raise ServeError(f"--challenger-weight {challenger_weight:g}: expected a share "
+                         "strictly between 0 and 1")
+    return "ab"
+
+
+def _id_header(request: Request, name: str) -> str | None:
+    value = request.headers.get(name)
+    if value is not None and (not 0 < len(value) <= MAX_ID_LENGTH or not value.isprintable()):
+        raise RequestError(f"{name} header: expected 1 to {MAX_ID_LENGTH} printable "
+                           f"characters, got {len(value)}")
+    return value
+
+
+def _request_id(request: Request) -> str:
+    """The client's X-Request-ID, else a new one; kept for the error handler's header."""
+    request_id = _id_header(request, "X-Request-ID") or uuid.uuid4().hex
+    request.state.request_id = request_id
+    return request_id
+
+
+@dataclass(eq=False)
+class _Part:
+    batcher: MicroBatcher
+    block: Block
+    meta: RowMeta | None
+    index: np.ndarray | None = None  # the part's rows in the request; None: all of them
+
+
+@dataclass(eq=False)
+class _Plan:
+    n: int
+    parts: list[_Part]
+    mask: np.ndarray | None = None  # A/B: True where the row goes to the challenger
+
+
+@dataclass(eq=False)
+class _Scored:
+    proba: np.ndarray
+    labels: np.ndarray
+    threshold: float
+    variants: list[str] | None  # per row, in A/B mode
+    variant: str  # champion, challenger or mixed
+    model: ServedModel  # of the answer (the champion's when mixed)
+
+
+class Router:
+    """Sends each request's rows to the champion, the challenger or both.
+
+    A/B: a row goes to the challenger when ``route_share(salt, key) < weight``; the key is
+    the row's entity id (``--entity-column``), else the request's X-Entity-ID header, else
+    its request id (not sticky). A request split between variants is scored as two blocks
+    at once and put back in row order. Shadow: the champion answers; the challenger scores
+    the same rows in the background, logged with shadow=1, its failures only counted.
+    """
+
+    def __init__(self, champion: MicroBatcher, challenger: MicroBatcher | None,
+                 mode: str | None, weight: float | None, salt: str,
+                 entity_column: str | None, logging_on: bool, metrics: ServerMetrics):
+        self.champion, self.challenger = champion, challenger
+        self.mode, self.weight, self.salt = mode, weight, salt
+        self.entity_column = entity_column
+        self.logging_on = logging_on
+        self.metrics = metrics
+        self._shadow_warned = 0.0
+
+    def describe(self) -> dict[str, Any]:
+        return {"mode": self.mode or "single", "weight": self.weight,
+                "salt": self.salt if self.mode == "ab" else None,
+                "entity_column": self.entity_column}
+
+    def prepare(self, block: Block, request_id: str, header_entity: str | None) -> _Plan:
+        """Take the entity ids out of the rows and decide where each row goes. Pure CPU,
+        run off the event loop with the parsing for big bodies."""
+        entity = None
+        if self.entity_column is not None:
+            entity = block.columns.pop(self.entity_column, None)
+        meta = None
+        if self.logging_on:
+            meta = RowMeta(request_id, None, entity if entity is not None else header_entity)
+        if self.mode != "ab":
+            return _Plan(block.n, [_Part(self.champion, block, meta)])
+        assert self.challenger is not None and self.weight is not None
+        fallback = header_entity or request_id
+        if entity is None:
+            to_challenger = route_share(self.salt, fallback) < self.weight
+            return _Plan(block.n, [_Part(self.challenger if to_challenger else self.champion,
+                                         block, meta)])
+        salt, weight = self.salt, self.weight
+        mask = np.fromiter((route_share(salt, fallback if v is None else str(v)) < weight
+                            for v in entity), dtype=bool, count=block.n)
+        if mask.all() or not mask.any():
+            return _Plan(block.n, [_Part(self.challenger if mask[0] else self.champion,
+                                         block, meta)], mask)
+        parts = []
+        for flag, batcher in ((False, self.champion), (True, self.challenger)):
+            index = np.flatnonzero(mask == flag)
+            rows = index.tolist()
+            cols = {name: [values[i] for i in rows] for name, values in block.columns.items()}
+            sub_meta = None if meta is None else RowMeta(request_id, index,
+                                                         [entity[i] for i in rows])
+            parts.append(_Part(batcher, Block(len(rows), cols), sub_meta, index))
+        return _Plan(block.n, parts, mask)
+
+    async def score(self, plan: _Plan) -> _Scored:
+        ab = self.mode == "ab"
+        if len(plan.parts) == 1:
+            part = plan.parts[0]
+            future = part.batcher.submit(part.block, part.meta)
+            if self.mode == "shadow":
+                self._shadow(part.block, part.meta)
+            proba = await future
+            model = part.batcher.model
+            labels = (proba[:, 1] >= model.threshold).astype(int)
+            variant = part.batcher.variant
+            return _Scored(proba, labels, model.threshold, [variant] * plan.n if ab else None,
+                           variant, model)
+        futures: list[asyncio.Future] = []
+        try:
+            for part in plan.parts:
+                futures.append(part.batcher.submit(part.block, part.meta))
+        except RequestError:
+            for future in futures:
+                future.cancel()
+            raise
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        proba = np.empty((plan.n, 2), dtype=np.float64)
+        labels = np.empty(plan.n, dtype=int)
+        for part, result in zip(plan.parts, results, strict=True):
+            proba[part.index] = result
+            labels[part.index] = result[:, 1] >= part.batcher.model.threshold
+        assert plan.mask is not None
+        variants = np.where(plan.mask, "challenger", "champion").tolist()
+        return _Scored(proba, labels, self.champion.model.threshold, variants, "mixed",
+                       self.champion.model)
+
+    def _shadow(self, block: Block, meta: RowMeta | None) -> None:
+        """Score on the challenger without waiting: nothing here reaches the response."""
+        assert self.challenger is not None
+        try:
+            future = self.challenger.submit(block, meta)
+        except RequestError as exc:  # challenger overloaded: skip it, never the request
+            self._shadow_failed(exc)
+            return
+        future.add_done_callback(self._shadow_done)
+
+    def _shadow_done(self, future: asyncio.Future) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            self._shadow_failed(future.exception())
+
+    def _shadow_failed(self, exc: BaseException | None) -> None:
+        self.metrics.shadow_failures.inc()
+        now = time.monotonic()
+        if now - self._shadow_warned > 60:  # at most a line a minute under a failure storm
+            self._shadow_warned = now
+            log.warning("shadow scoring on the challenger failed: %s", exc)
+
+
+class _PredlogCollector:
+    """Prometheus counters read from the prediction log's own counts at scrape time."""
+
+    def __init__(self, predlog: PredictionLog, labels: dict[str, str]):
+        self.predlog, self.labels = predlog, labels
+
+    def collect(self) -> Iterable[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        stats = self.predlog.stats()
+        names, values = list(self.labels), list(self.labels.values())
+        for key, doc in (("rows_written", "Rows committed to the prediction log"),
+                         ("rows_dropped", "Rows the prediction log dropped (queue full or "
+                                          "write error)")):
+            family = CounterMetricFamily(f"mlfolio_prediction_log_{key}", doc, labels=names)
+            family.add_metric(values, stats[key])
+            yield family
+        queued = GaugeMetricFamily("mlfolio_prediction_log_rows_queued",
+                                   "Rows waiting to be written to the prediction log",
+                                   labels=names)
+        queued.add_metric(values, stats["rows_queued"])
+        yield queued
+
+
+class _DriftCollector:
+    """The latest monitor verdict (``drift.json`` next to the prediction log) as gauges,
+    via :func:`mlfolio.monitor.drift_gauge_families`; re-read only when the file changes."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._key: tuple[int, int, int] | None = None
+        self._families: list[Any] = []
+        self._logged: set[str] = set()
+        self._lock = threading.Lock()
+
+    def _once(self, what: str, level: int, message: str, *args: Any) -> None:
+        if what not in self._logged:
+            self._logged.add(what)
+            log.log(level, message, *args)
+
+    def collect(self) -> Iterable[Any]:
+        with self._lock:
+            try:
+                st = self.path.stat()
+            except OSError:
+                self._key, self._families = None, []
+                self._once("missing", logging.INFO, "no %s yet: no drift gauges on /metrics",
+                           self.path)
+                return []
+            key = (st.st_mtime_ns, st.st_size, st.st_ino)
+            if key != self._key:
+                self._key = key
+                try:
+                    from mlfolio.monitor import drift_gauge_families
+
+                    doc = json.loads(self.path.read_text())
+                    if not isinstance(doc, dict):
+                        raise ValueError("not a JSON object")
+                    self._families = list(drift_gauge_families(doc))
+                except (OSError, ValueError, TypeError, KeyError, AttributeError,
+                        ImportError) as exc:
+                    self._families = []
+                    self._once(f"bad {key}", logging.WARNING, "%s unreadable, no drift gauges: "
+                               "%s", self.path, exc)
+            return list(self._families)
 
 
 # -- the app --------------------------------------------------------------------------
@@ -1388,34 +1738,99 @@ def _json(doc: Any, status: int = 200) -> Response:
     return Response(json.dumps(doc).encode(), status_code=status, media_type="application/json")
 
 
+def _union_columns(model: ServedModel, challenger: ServedModel | None) -> list[Column]:
+    """The columns a request must carry: the champion's, then any the challenger adds."""
+    columns = list(model.columns)
+    if challenger is None:
+        return columns
+    by_name = {c.name: c for c in columns}
+    for col in challenger.columns:
+        mine = by_name.get(col.name)
+        if mine is None:
+            columns.append(col)
+        elif (mine.kind, mine.numeric_text) != (col.kind, col.numeric_text):
+            raise ServeError(f"--challenger {challenger.requested_uri}: column {col.name!r} is "
+                             f"{col.kind} there and {mine.kind} in the champion")
+    return columns
+
+
 def create_app(model: ServedModel, *, token: str | None = None,
                max_body_bytes: int = MAX_BODY_BYTES, max_batch_rows: int = MAX_BATCH_ROWS,
-               on_ready: Callable[[], None] | None = None) -> FastAPI:
-    """The FastAPI app serving ``model`` (see the module docstring for its routes)."""
+               on_ready: Callable[[], None] | None = None,
+               challenger: ServedModel | None = None, challenger_weight: float | None = None,
+               shadow: bool = False, ab_salt: str | None = None,
+               entity_column: str | None = None, prediction_log: str | Path | None = None,
+               log_flush_seconds: float = 0.5, log_flush_rows: int = 1000) -> FastAPI:
+    """The FastAPI app serving ``model`` (see the module docstring for its routes).
+
+    With ``challenger``: A/B routing (``challenger_weight``) or shadow scoring (``shadow``);
+    ``prediction_log``: a folder for :class:`mlfolio.predlog.PredictionLog`;
+    ``entity_column``: an input column holding entity ids, logged and used for routing, never
+    scored.
+    """
+    mode = routing_mode(challenger.requested_uri if challenger else None, challenger_weight,
+                        shadow)
+    model_columns = _union_columns(model, challenger)
+    if entity_column is not None and any(c.name == entity_column for c in model_columns):
+        raise ServeError(f"--entity-column {entity_column!r} is an input of the model; the "
+                         "entity column is taken out of the rows before scoring")
+    columns = model_columns + ([Column(entity_column, "entity", optional=True)]
+                               if entity_column else [])
     metrics = ServerMetrics(model)
-    batcher = MicroBatcher(model, metrics, max_batch_rows=max_batch_rows)
-    columns = model.columns
+    predlog = None
+    if prediction_log is not None:
+        predlog = PredictionLog(prediction_log, model_columns, flush_seconds=log_flush_seconds,
+                                flush_rows=log_flush_rows)
+        try:
+            predlog.start()
+        except (OSError, sqlite3.Error) as exc:
+            raise ServeError(f"--prediction-log {prediction_log}: {exc}") from exc
+        metrics.registry.register(_PredlogCollector(predlog, {"model": model.name,
+                                                              "version": model.version}))
+        metrics.registry.register(_DriftCollector(Path(prediction_log) / "drift.json"))
+    batcher = MicroBatcher(model, metrics, max_batch_rows=max_batch_rows, predlog=predlog)
+    batchers = [batcher]
+    if challenger is not None:
+        batchers.append(MicroBatcher(challenger, metrics, max_batch_rows=max_batch_rows,
+                                     variant="challenger", shadow=mode == "shadow",
+                                     predlog=predlog))
+    router = Router(batcher, batchers[1] if challenger else None, mode, challenger_weight,
+                    model.name if ab_salt is None else ab_salt, entity_column,
+                    predlog is not None, metrics)
+    variant_header = challenger is not None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # noqa: ANN202 - FastAPI's lifespan protocol
-        await batcher.start()
+        for b in batchers:
+            await b.start()
         if on_ready is not None:
             on_ready()
         try:
             yield
         finally:
-            await batcher.stop()
+            for b in batchers:
+                await b.stop()
+            if predlog is not None:  # after the batchers: what they scored is logged
+                await asyncio.to_thread(predlog.close)
 
     app = FastAPI(title="mlfolio model server", lifespan=lifespan, docs_url=None,
                   redoc_url=None, openapi_url=None)
     app.state.model = model
+    app.state.challenger = challenger
     app.state.metrics = metrics
     app.state.batcher = batcher
+    app.state.router = router
+    app.state.predlog = predlog
+
+    def id_headers(request: Request) -> dict[str, str] | None:
+        request_id = getattr(request.state, "request_id", None)
+        return None if request_id is None else {"x-request-id": request_id}
 
     @app.exception_handler(RequestError)
     async def _request_error(request: Request, exc: RequestError) -> Response:
         return Response(error_body(request.url.path, exc.status, str(exc)),
-                        status_code=exc.status, media_type="application/json")
+                        status_code=exc.status, media_type="application/json",
+                        headers=id_headers(request))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -1432,6 +1847,18 @@ def create_app(model: ServedModel, *, token: str | None = None,
             raise RequestError(f"model {name!r} version {version!r} is not loaded; this "
                                f"server serves version {model.version}", 404)
 
+    def prepared(parser: Callable[..., Block], request_id: str, header_entity: str | None
+                 ) -> Callable[..., _Plan]:
+        def parse_and_route(body: bytes, *args: Any) -> _Plan:
+            return router.prepare(parser(body, *args), request_id, header_entity)
+        return parse_and_route
+
+    def answer_headers(request_id: str, scored: _Scored) -> dict[str, str]:
+        headers = {"x-request-id": request_id}
+        if variant_header:
+            headers["x-mlfolio-variant"] = scored.variant
+        return headers
+
     # -- MLflow scoring protocol and SageMaker ---------------------------------------
     @app.get("/ping")
     async def ping() -> Response:
@@ -1439,7 +1866,14 @@ def create_app(model: ServedModel, *, token: str | None = None,
 
     @app.get("/health")
     async def health() -> Response:
-        return _json(model.health())
+        doc = model.health()
+        doc["variant"] = "champion"
+        if challenger is not None:
+            doc["challenger"] = {**challenger.health(), "variant": "challenger"}
+        doc["routing"] = router.describe()
+        if predlog is not None:
+            doc["prediction_log"] = {"folder": str(predlog.folder), **predlog.stats()}
+        return _json(doc)
 
     @app.get("/version")
     async def version() -> Response:
@@ -1449,6 +1883,7 @@ def create_app(model: ServedModel, *, token: str | None = None,
 
     @app.post("/invocations")
     async def invocations(request: Request) -> Response:
+        request_id = _request_id(request)
         content_type = request.headers.get("content-type", "")
         mime, _, params = content_type.partition(";")
         mime = mime.strip().lower()
@@ -1462,15 +1897,23 @@ def create_app(model: ServedModel, *, token: str | None = None,
                                "supported", 415)
         body = await _read_body(request, max_body_bytes)
         parser = parse_csv if mime == "text/csv" else parse_mlflow_json
-        block = await _parse(body, parser, columns)
-        proba = await batcher.score(block)
-        labels = (proba[:, 1] >= model.threshold).astype(int)
+        plan = await _parse(body, prepared(parser, request_id, _id_header(request,
+                                                                          "X-Entity-ID")),
+                            columns)
+        scored = await router.score(plan)
+        proba, labels = scored.proba, scored.labels
+        headers = answer_headers(request_id, scored)
         if "text/csv" in request.headers.get("accept", ""):
             lines = [f"{p!r},{k}" for p, k in zip(proba[:, 1].tolist(), labels.tolist(),
                                                     strict=True)]
-            return Response(("\n".join(lines) + "\n").encode(), media_type="text/csv")
-        return _json({"predictions": proba.tolist(), "labels": labels.tolist(),
-                      "threshold": model.threshold})
+            return Response(("\n".join(lines) + "\n").encode(), media_type="text/csv",
+                            headers=headers)
+        doc: dict[str, Any] = {"predictions": proba.tolist(), "labels": labels.tolist(),
+                               "threshold": scored.threshold, "request_id": request_id}
+        if scored.variants is not None:
+            doc["variants"] = scored.variants
+        return Response(json.dumps(doc).encode(), media_type="application/json",
+                        headers=headers)
 
     # -- Open Inference Protocol -----------------------------------------------------
     @app.get("/v2")
@@ -1490,7 +1933,7 @@ def create_app(model: ServedModel, *, token: str | None = None,
         return {
             "name": model.name, "versions": [model.version], "platform": "mlflow_sklearn",
             "inputs": [{"name": c.name, "datatype": datatypes[c.kind], "shape": [-1]}
-                       for c in columns],
+                       for c in model_columns],
             "outputs": [{"name": "probability", "datatype": "FP64", "shape": [-1]},
                         {"name": "label", "datatype": "INT64", "shape": [-1]}],
             "parameters": {"threshold": model.threshold, "alias": model.alias},
@@ -1517,15 +1960,27 @@ def create_app(model: ServedModel, *, token: str | None = None,
         return _json({"name": model.name, "ready": True})
 
     async def infer(request: Request) -> Response:
+        request_id = _request_id(request)
         encoding = request.headers.get("content-encoding", "identity").lower()
         if encoding != "identity":
             raise RequestError(f"Content-Encoding {encoding!r} is not supported; send the "
                                "request uncompressed", 415)
         body = await _read_body(request, max_body_bytes)
-        parsed = await _parse(body, parse_v2,
-                              request.headers.get("inference-header-content-length"), columns)
-        proba = await batcher.score(parsed.block)
-        content, headers = v2_response(model, parsed, proba)
+        header_entity = _id_header(request, "X-Entity-ID")
+
+        def parse_and_route(raw: bytes, length: str | None) -> tuple[V2Request, _Plan]:
+            parsed = parse_v2(raw, length, columns)
+            return parsed, router.prepare(parsed.block, request_id, header_entity)
+
+        parsed, plan = await _parse(body, parse_and_route,
+                                    request.headers.get("inference-header-content-length"))
+        scored = await router.score(plan)
+        parameters = None
+        if scored.variants is not None:
+            parameters = {"variant": scored.variant, "variants": scored.variants}
+        content, headers = v2_response(scored.model, parsed, scored.proba,
+                                       labels=scored.labels, parameters=parameters)
+        headers.update(answer_headers(request_id, scored))
         return Response(content, headers=headers)
 
     @app.post("/v2/models/{name}/infer")
@@ -1594,27 +2049,44 @@ def serve(model_uri: str, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
           token: str | None = None, tracking_uri: str | None = None,
           max_body_bytes: int = MAX_BODY_BYTES, max_batch_rows: int = MAX_BATCH_ROWS,
           scorer: str = "auto", access_log: bool = False,
-          echo: Callable[[str], None] | None = None) -> None:
-    """Load the model, then serve it with uvicorn until SIGINT/SIGTERM.
+          echo: Callable[[str], None] | None = None, challenger: str | None = None,
+          challenger_weight: float | None = None, shadow: bool = False,
+          ab_salt: str | None = None, entity_column: str | None = None,
+          prediction_log: str | Path | None = None) -> None:
+    """Load the model (and the challenger), then serve with uvicorn until SIGINT/SIGTERM.
 
     ``port=0`` picks a free port; the ``listening on`` line (through ``echo``) names it.
+    The prediction log is flushed and closed on shutdown (SIGTERM included).
     """
     import uvicorn
 
     started = time.perf_counter()
+    mode = routing_mode(challenger, challenger_weight, shadow)  # bad flags fail before loading
     model = load(model_uri, tracking_uri, scorer)
+    second = load(challenger, tracking_uri, scorer) if challenger else None
+    app = create_app(model, token=token, max_body_bytes=max_body_bytes,
+                     max_batch_rows=max_batch_rows, on_ready=lambda: ready(),
+                     challenger=second, challenger_weight=challenger_weight, shadow=shadow,
+                     ab_salt=ab_salt, entity_column=entity_column,
+                     prediction_log=prediction_log)
     sock = _bind(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
     where = f"[{bound_host}]" if ":" in bound_host else bound_host
 
     def ready() -> None:
-        if echo is not None:
-            echo(f"serving {model.uri} ({model_uri}, scorer {model.scorer.name}, threshold "
-                 f"{model.threshold:g}) — listening on http://{where}:{bound_port} "
-                 f"(loaded in {time.perf_counter() - started:.1f}s)")
+        if echo is None:
+            return
+        if second is not None:
+            how = (f"weight {challenger_weight:g}, salt {app.state.router.salt!r}"
+                   if mode == "ab" else "shadow")
+            echo(f"challenger {second.uri} ({challenger}, scorer {second.scorer.name}, "
+                 f"threshold {second.threshold:g}): {how}")
+        if prediction_log is not None:
+            echo(f"prediction log: {Path(prediction_log) / 'predictions.sqlite'}")
+        echo(f"serving {model.uri} ({model_uri}, scorer {model.scorer.name}, threshold "
+             f"{model.threshold:g}) — listening on http://{where}:{bound_port} "
+             f"(loaded in {time.perf_counter() - started:.1f}s)")
 
-    app = create_app(model, token=token, max_body_bytes=max_body_bytes,
-                     max_batch_rows=max_batch_rows, on_ready=ready)
     # mlflow, pandas and sklearn leave ~330k objects behind; a full garbage collection walks
     # them all (~0.2 s here), stalling every request in flight. Freeze what exists now so the
     # collector only looks at objects made while serving.
@@ -1625,4 +2097,8 @@ def serve(model_uri: str, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
     sys.setswitchinterval(0.001)
     config = uvicorn.Config(app, log_level="info" if access_log else "warning",
                             access_log=access_log, lifespan="on", timeout_graceful_shutdown=10)
-    uvicorn.Server(config).run(sockets=[sock])
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        if app.state.predlog is not None:  # idempotent; covers a lifespan that never ended
+            app.state.predlog.close()
