@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 UV_VERSION := 0.13.9
 
-.PHONY: setup run test test-fast lint format lab notebooks clean-runs
+.PHONY: setup run monitor-demo test test-fast lint format lab notebooks clean-runs
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,12 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)  ## create .venv with the pinned dependencies
 
-run: setup  ## the default churn experiment, end to end
+run: setup  ## the default churn experiment, end to end: pipeline, then the monitoring loop
 	$(BIN)/mlfolio run parameters/churn.yaml
+	$(BIN)/python tools/monitor_demo.py parameters/churn.yaml
+
+monitor-demo: setup  ## serve the champion with a prediction log, send drifted traffic, monitor
+	$(BIN)/python tools/monitor_demo.py parameters/churn.yaml
 
 test: setup  ## the whole test suite
 	$(BIN)/python -m pytest

@@ -298,5 +298,33 @@ def test_the_loop_through_a_served_prediction_log(env, tmp_path):
             metrics = client.get("/metrics").text
             share = re.search(r'^mlfolio_drift_share\{[^}]*\} (\S+)$', metrics, re.M)
             assert share and float(share.group(1)) == pytest.approx(drift["share_drifted"])
+
+            # The registry acts on the A/B recommendation when asked to (no retraining here).
+            before = {a: _alias(env, a) for a in ("champion", "challenger")}
+            manifest, _ = pipeline.monitor(
+                env.params, {"monitoring.prediction_log": str(log_dir),
+                             "monitoring.labels": str(labels), "monitoring.window_hours": 1,
+                             "monitoring.ab.act": True,
+                             "monitoring.retrain": {"min_drift_share": None,
+                                                    "on_dataset_drift": False,
+                                                    "max_roc_auc_drop": None}},
+                runs_root=env.runs, **QUIET)
+            action = manifest.data["ab"]["recommendation"]["action"]
+            after = {a: _alias(env, a) for a in ("champion", "challenger")}
+            assert manifest.data["actions"]["retrain"] == {"fired": False}
+            if action == "keep":
+                assert "ab" not in manifest.data["actions"] and after == before
+            else:
+                assert manifest.data["actions"]["ab"]["done"] is True
+                assert after["challenger"] is None
+                expected = before["challenger"] if action == "promote" else before["champion"]
+                assert after["champion"] == expected
     finally:
         stop_server(server.proc)
+
+
+def _alias(env, alias: str) -> str | None:
+    try:
+        return str(env.client().get_model_version_by_alias("churn-classifier", alias).version)
+    except Exception:
+        return None
