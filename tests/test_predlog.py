@@ -86,7 +86,7 @@ def test_batches_are_written_in_few_transactions(tmp_path):
     con = sqlite3.connect(tmp_path / predlog.DB_NAME)
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     indexes = {r[1] for r in con.execute("PRAGMA index_list(predictions)")}
-    assert {"predictions_ts", "predictions_request_id", "predictions_entity_id"} <= indexes
+    assert indexes == {"predictions_ts"}  # windows are read by time; ids join in pandas
     con.close()
 
 

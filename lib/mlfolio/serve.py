@@ -1335,8 +1335,31 @@ class MicroBatcher:
             out.append(proba[start:start + job.block.n])
             start += job.block.n
         if self.predlog is not None:
-            self._log(jobs, out)
+            self._log_batch(jobs, cols, proba, out)
         return out
+
+    def _log_batch(self, jobs: list[_Job], cols: dict[str, list[Any]], proba: np.ndarray,
+                   out: list[np.ndarray | BaseException]) -> None:
+        """Hand the whole scored batch to the prediction log as one append (the columns
+        are already concatenated): per-request work stays off the log's path."""
+        if len(jobs) == 1 or any(job.meta is None for job in jobs):
+            self._log(jobs, out)
+            return
+        request_ids: list[str] = []
+        rows: list[int] = []
+        entities: list[Any] = []
+        for job in jobs:
+            meta, n = job.meta, job.block.n
+            assert meta is not None
+            request_ids += [meta.request_id] * n
+            rows += range(n) if meta.rows is None else meta.rows.tolist()
+            entities += (meta.entity if isinstance(meta.entity, list)
+                         else [meta.entity] * n)
+        model = self.model
+        self.predlog.append(cols, proba[:, 1], request_id=request_ids, rows=rows,
+                            entity_id=entities, model_name=model.name,
+                            model_version=model.version, variant=self.variant,
+                            threshold=model.threshold, shadow=self.shadow, ts=time.time())
 
     def _log(self, jobs: list[_Job], results: list[np.ndarray | BaseException]) -> None:
         """Hand each scored request to the prediction log: one enqueue per request."""
