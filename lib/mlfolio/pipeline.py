@@ -614,6 +614,10 @@ def monitor(params_file: str | Path, overrides: dict[str, Any] | None = None,
         actions["retrain"].update(
             gate_passed=(retrain_manifest.data.get("gate") or {}).get("passed"),
             version=model.get("version"), promoted=model.get("promoted"))
+        if model:
+            gate = "passed" if actions["retrain"]["gate_passed"] else "not passed"
+            echo(f"retraining: gate {gate}; version {model.get('version')} "
+                 f"{'promoted to champion' if model.get('promoted') else 'not promoted'}")
         tracking.configure(cfg)
         from mlflow import MlflowClient
 
