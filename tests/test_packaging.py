@@ -37,7 +37,8 @@ def test_every_dependency_is_pinned_in_constraints():
     assert wanted - pins == set()
 
 
-@pytest.mark.parametrize("stage", pipeline.STAGES, ids=lambda s: s.name)
+@pytest.mark.parametrize("stage", pipeline.STAGES + pipeline.MONITOR_STAGES,
+                         ids=lambda s: s.name)
 def test_notebooks_are_thin_clean_and_parameterized(stage):
     path = ROOT / "notebooks" / stage.notebook
     nb = json.loads(path.read_text())
