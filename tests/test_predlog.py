@@ -146,6 +146,12 @@ def test_window_variant_and_shadow_filters(tmp_path):
     assert ids(naive) == ["d1"]  # naive datetimes are UTC
     assert ids(predlog.read(tmp_path, variant="challenger")) == ["d4"]
     assert predlog.read(tmp_path, since=t0 + timedelta(days=30)).empty
+    # count() agrees with read() without reading the rows
+    for kwargs in ({}, {"include_shadow": True}, {"variant": "challenger"},
+                   {"since": t0 + timedelta(days=1), "until": t0 + timedelta(days=3),
+                    "include_shadow": True}, {"since": t0 + timedelta(days=30)}):
+        assert predlog.count(tmp_path, **kwargs) == len(predlog.read(tmp_path, **kwargs))
+    assert predlog.count(tmp_path / "nowhere") == 0
 
 
 def test_missing_log_names_the_path(tmp_path):

@@ -530,10 +530,10 @@ def _log_has_rows(cfg: Config) -> bool:
     from mlfolio import predlog
 
     mon = cfg.monitoring
-    if not mon.prediction_log or not predlog.db_path(mon.prediction_log).exists():
+    if not mon.prediction_log:
         return False
     since = datetime.now(UTC) - timedelta(hours=mon.window_hours) if mon.window_hours else None
-    return not predlog.read(mon.prediction_log, since=since).empty
+    return predlog.count(mon.prediction_log, since=since) > 0
 
 
 def monitor(params_file: str | Path, overrides: dict[str, Any] | None = None,

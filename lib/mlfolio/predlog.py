@@ -386,19 +386,16 @@ def _utc_seconds(when: datetime | None, name: str) -> float | None:
     return when.timestamp()
 
 
-def read(folder: str | Path, since: datetime | None = None, until: datetime | None = None,
-         include_shadow: bool = False, variant: str | None = None) -> pd.DataFrame:
-    """Logged rows with ``since <= ts < until`` (naive datetimes are UTC), oldest first.
-
-    Shadow rows (a challenger scored alongside, not answered) only with
-    ``include_shadow``. Columns: the log's own (``ts`` tz-aware UTC, ``shadow`` bool), then
-    the model inputs under their names: integers as Int64 (nullable), other numbers as
-    float, text as object — as the model's signature types them.
-    """
+def _existing(folder: str | Path) -> Path:
     path = db_path(folder)
     if not path.is_file():
         raise DataValidationError(f"prediction log {path}: no such file (start the server "
                                   "with --prediction-log pointing at this folder)")
+    return path
+
+
+def _window(since: datetime | None, until: datetime | None, include_shadow: bool,
+            variant: str | None) -> tuple[str, list[Any]]:
     where, params = [], []
     for op, value in ((">=", _utc_seconds(since, "since")), ("<", _utc_seconds(until, "until"))):
         if value is not None:
@@ -409,10 +406,39 @@ def read(folder: str | Path, since: datetime | None = None, until: datetime | No
     if variant is not None:
         where.append("variant = ?")
         params.append(variant)
-    sql = "SELECT * FROM predictions"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY ts, request_id, row"
+    return (" WHERE " + " AND ".join(where) if where else ""), params
+
+
+def count(folder: str | Path, since: datetime | None = None, until: datetime | None = None,
+          include_shadow: bool = False, variant: str | None = None) -> int:
+    """How many rows :func:`read` would return, without reading them (0 without a log)."""
+    path = db_path(folder)
+    if not path.is_file():
+        return 0
+    where, params = _window(since, until, include_shadow, variant)
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=_BUSY_MS / 1000)
+    try:
+        con.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
+        return int(con.execute(f"SELECT COUNT(*) FROM predictions{where}", params)
+                   .fetchone()[0])
+    except sqlite3.Error as exc:
+        raise DataValidationError(f"prediction log {path}: cannot read it: {exc}") from exc
+    finally:
+        con.close()
+
+
+def read(folder: str | Path, since: datetime | None = None, until: datetime | None = None,
+         include_shadow: bool = False, variant: str | None = None) -> pd.DataFrame:
+    """Logged rows with ``since <= ts < until`` (naive datetimes are UTC), oldest first.
+
+    Shadow rows (a challenger scored alongside, not answered) only with
+    ``include_shadow``. Columns: the log's own (``ts`` tz-aware UTC, ``shadow`` bool), then
+    the model inputs under their names: integers as Int64 (nullable), other numbers as
+    float, text as object — as the model's signature types them.
+    """
+    path = _existing(folder)
+    where, params = _window(since, until, include_shadow, variant)
+    sql = f"SELECT * FROM predictions{where} ORDER BY ts, request_id, row"
     con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=_BUSY_MS / 1000)
     try:
         con.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
