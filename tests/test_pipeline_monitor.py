@@ -328,3 +328,24 @@ def _alias(env, alias: str) -> str | None:
         return str(env.client().get_model_version_by_alias("churn-classifier", alias).version)
     except Exception:
         return None
+
+
+def test_reference_data_comes_from_mlflow_when_the_run_folder_is_elsewhere(env):
+    """A monitor on another machine (shared tracking server) cannot read the champion's
+    run folder; the pipeline run's data/ artifacts carry the same rows."""
+    tags = env.client().get_model_version("churn-classifier", env.champion()).tags
+    source = Path(tags["mlfolio.run_dir"])
+    moved = source.with_name(source.name + "-elsewhere")
+    local, _ = env.monitor(env.iid, dry_run=True)
+    source.rename(moved)
+    try:
+        remote, _ = env.monitor(env.iid, dry_run=True)
+    finally:
+        moved.rename(source)
+    ours = json.loads((Path(local.data["run_dir"]) / "drift.json").read_text())
+    theirs = json.loads((Path(remote.data["run_dir"]) / "drift.json").read_text())
+    assert theirs["reference"]["uri"] == \
+        f"runs:/{tags['mlfolio.pipeline_run_id']}/data/train.parquet"
+    assert theirs["reference"]["rows"] == ours["reference"]["rows"]
+    assert theirs["columns"] == ours["columns"]
+    assert theirs["quality"] == ours["quality"]

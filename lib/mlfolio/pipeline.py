@@ -65,6 +65,8 @@ MONITOR_STAGES: tuple[Stage, ...] = (
           ("seed", "schema", "registry", "tracking", "monitoring")),
 )
 PIPELINES = {"training": STAGES, "monitor": MONITOR_STAGES}
+# Logged to the pipeline run's artifacts under data/ (log_artifacts skips missing files).
+REFERENCE_DATA = ("data/snapshot.parquet", "data/train.parquet", "data/test.parquet")
 # Kernels warming ahead of the running stage: short stages (2-4 s) end before one
 # kernel's warm-up (~5 s on two busy cores) does.
 KERNEL_LOOKAHEAD = 2
@@ -440,6 +442,9 @@ def _run(cfg: Config, selected: list[Stage], folder: Path, frozen: Path, manifes
         manifest.data.update({"status": "succeeded", "failed_stage": None, "failed_cell": None})
     manifest.save()
     report.write_index(folder, manifest.data)
+    # The data a model was trained on travels with its run: a monitor on another machine
+    # (shared tracking server, S3 artifacts) finds its reference rows there.
+    tracking.log_artifacts(parent_run_id, [folder / name for name in REFERENCE_DATA], "data")
     tracking.log_artifacts(parent_run_id, sorted(folder.glob("*.ipynb")) +
                            sorted(folder.glob("*.html")) + [folder / "manifest.json",
                                                              frozen], "run")

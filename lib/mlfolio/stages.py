@@ -379,11 +379,30 @@ def _champion_source(ctx: StageContext) -> tuple[registry.ModelRef, dict[str, st
         raise StageError(ctx.stage, f"{champion.uri} has no mlfolio.run_dir tag: the reference "
                          "data (its training rows) cannot be found")
     folder = Path(run_dir)
-    for name_ in (SPLITS["train"], SPLITS["test"]):
-        if not (folder / name_).is_file():
-            raise StageError(ctx.stage, f"{champion.uri}: reference data {folder / name_} is "
-                             "missing (the champion's run folder must be readable here)")
-    return champion, tags, folder
+    needed = (SNAPSHOT, SPLITS["train"], SPLITS["test"])
+    if all((folder / name_).is_file() for name_ in needed):
+        return champion, tags, folder
+    # Not on this machine: the pipeline run's artifacts carry the same files.
+    pipeline_run = tags.get("mlfolio.pipeline_run_id")
+    if pipeline_run:
+        import mlflow.artifacts
+        from mlflow.exceptions import MlflowException
+
+        copy = ctx.path("reference")
+        try:
+            mlflow.artifacts.download_artifacts(run_id=pipeline_run, artifact_path="data",
+                                                dst_path=str(copy))
+        except (MlflowException, OSError) as exc:
+            log.warning("reference data of %s not in run %s's artifacts: %s", champion.uri,
+                        pipeline_run, exc)
+        if all((copy / name_).is_file() for name_ in needed):
+            log.info("%s: reference data from runs:/%s/data (%s is not readable here)",
+                     champion.uri, pipeline_run, folder)
+            return champion, {**tags, "mlfolio.reference_uri": f"runs:/{pipeline_run}/data"}, copy
+    missing = next(folder / n for n in needed if not (folder / n).is_file())
+    raise StageError(ctx.stage, f"{champion.uri}: reference data {missing} is missing, and "
+                     f"the pipeline run {pipeline_run or '(no mlfolio.pipeline_run_id tag)'} "
+                     "has no data/ artifacts to fall back on")
 
 
 def _labels_for(ctx: StageContext, frame: pd.DataFrame, ids: pd.Series | None) -> pd.Series:
@@ -522,8 +541,11 @@ def monitor_model(ctx: StageContext) -> dict[str, Any]:
         "model": {"name": champion.name, "version": champion.version,
                   "alias": registry.CHAMPION, "run_dir": str(source_run),
                   "threshold": threshold},
-        "reference": {"kind": "champion training rows", "uri": str(source_run /
-                      SPLITS["train"]), "rows": int(len(reference))},
+        "reference": {"kind": "champion training rows",
+                      "uri": (f"{tags['mlfolio.reference_uri']}/train.parquet"
+                              if "mlfolio.reference_uri" in tags
+                              else str(source_run / SPLITS["train"])),
+                      "rows": int(len(reference))},
         "current": source,
         **verdict,
         "prediction_drift": pred_drift,
