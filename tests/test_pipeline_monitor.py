@@ -255,7 +255,7 @@ def test_the_loop_through_a_served_prediction_log(env, tmp_path):
 
     import httpx
 
-    from .test_serve_ab import start_server, stop_server, wait_for_rows
+    from .servers import start_server, stop_server, wait_for_rows
 
     log_dir = tmp_path / "log"
     server = start_server(SimpleNamespace(tracking_uri=env.uri),

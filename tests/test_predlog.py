@@ -19,7 +19,7 @@ from mlfolio import predlog
 from mlfolio.errors import DataValidationError
 from mlfolio.serve import Column
 
-from .test_serve_ab import register_models, split_body, start_server, stop_server, wait_for_rows
+from .servers import register_models, split_body, start_server, stop_server, wait_for_rows
 
 COLUMNS = [Column("tenure", "long"), Column("monthlycharges", "double"),
            Column("gender", "string"), Column("totalcharges", "string", numeric_text=True),
