@@ -27,3 +27,7 @@ class StageError(MlfolioError):
 
 class RegistryError(MlfolioError):
     """The model registry refused an operation or a model could not be found."""
+
+
+class LockTimeoutError(RegistryError):
+    """A registry lock (promotion, retraining claim) stayed held past its timeout."""

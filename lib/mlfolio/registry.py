@@ -17,11 +17,13 @@ from typing import Any
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from mlfolio import locks
 from mlfolio.errors import RegistryError
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 EVENT_PREFIX = "mlfolio.alias_event."
+RETRAIN_CLAIM_TAG = "mlfolio.retrain_claim"
 
 
 @dataclass(frozen=True)
@@ -58,8 +60,17 @@ def register(name: str, model_uri: str, run_id: str, tags: dict[str, str]) -> Mo
     return ModelRef(name, str(mv.version), run_id, mv.source)
 
 
-def set_alias(ref: ModelRef, alias: str, reason: str, run_dir: str = "") -> dict[str, Any]:
-    """Point ``alias`` at ``ref`` and record who moved it, when, why and from where."""
+def _user() -> str:
+    return os.environ.get("MLFOLIO_USER") or getpass.getuser()
+
+
+def set_alias(ref: ModelRef, alias: str, reason: str, run_dir: str = "",
+              **extra: Any) -> dict[str, Any]:
+    """Point ``alias`` at ``ref`` and record who moved it, when, why and from where.
+
+    This is a plain move: to move ``champion`` only if it still is the version a gate
+    compared against, use :func:`promote`.
+    """
     client = MlflowClient()
     previous = get_alias(ref.name, alias)
     now = datetime.now(UTC)
@@ -68,9 +79,10 @@ def set_alias(ref: ModelRef, alias: str, reason: str, run_dir: str = "") -> dict
         "version": ref.version,
         "previous_version": previous.version if previous else None,
         "at": now.isoformat(timespec="seconds"),
-        "by": os.environ.get("MLFOLIO_USER") or getpass.getuser(),
+        "by": _user(),
         "reason": reason,
         "run_dir": run_dir,
+        **extra,
     }
     client.set_registered_model_alias(ref.name, alias, ref.version)
     key = f"{EVENT_PREFIX}{now.strftime('%Y%m%dT%H%M%S%f')}.{alias}"
@@ -82,6 +94,77 @@ def set_alias(ref: ModelRef, alias: str, reason: str, run_dir: str = "") -> dict
     return event
 
 
+def registry_lock(name: str, purpose: str, lock_uri: str | None = None,
+                  timeout_s: float = 60.0):
+    """The lock guarding ``purpose`` on model ``name`` in the current registry (or on
+    ``lock_uri``); see :mod:`mlfolio.locks` for which lock each store gets."""
+    import mlflow
+
+    return locks.registry_lock(lock_uri or mlflow.get_registry_uri(), name, purpose, timeout_s)
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """What :func:`promote` did: ``promoted``, or why not and who is champion now."""
+
+    promoted: bool
+    expected_champion: str | None
+    champion: str | None
+    event: dict[str, Any] | None = None
+    why_not: str | None = None
+    lock: str = ""
+
+
+def promote(ref: ModelRef, expected_champion: str | None, reason: str, run_dir: str = "",
+            lock_uri: str | None = None, timeout_s: float = 60.0) -> Promotion:
+    """Move ``champion`` to ``ref`` only if it still points at ``expected_champion``
+    (the version the gate compared against; None: there was no champion).
+
+    MLflow has no compare-and-set on aliases, so the re-check and the move happen under
+    :func:`registry_lock`. When the champion moved in between, nothing changes and the
+    result says which version is champion now and which move put it there.
+    """
+    with registry_lock(ref.name, "promote", lock_uri, timeout_s) as kind:
+        current = get_alias(ref.name, CHAMPION)
+        now = current.version if current else None
+        if now != expected_champion:
+            moved = next((e for e in reversed(alias_history(ref.name))
+                          if e.get("alias") == CHAMPION and e.get("version") == now), None)
+            by = (f" (moved by {moved['by']} at {moved['at']}"
+                  f"{', run ' + moved['run_dir'] if moved.get('run_dir') else ''})"
+                  if moved else "")
+            was = f"v{expected_champion}" if expected_champion else "no champion"
+            why = (f"champion moved: the gate compared against {was}, but "
+                   f"{ref.name}@{CHAMPION} is now {'v' + now if now else 'unset'}{by}; "
+                   f"v{ref.version} stays {CHALLENGER} (re-run evaluate and register to "
+                   "compare it with the new champion)")
+            return Promotion(False, expected_champion, now, why_not=why, lock=kind)
+        event = set_alias(ref, CHAMPION, reason, run_dir, compared_against=expected_champion)
+        return Promotion(True, expected_champion, ref.version, event=event, lock=kind)
+
+
+def claim_retraining(name: str, monitor_run_dir: str, monitor_started: datetime,
+                     cooldown_hours: float, lock_uri: str | None = None,
+                     timeout_s: float = 60.0) -> tuple[bool, dict[str, Any] | None]:
+    """Claim the retraining a monitor run decided on: ``(True, claim)``, or ``(False,
+    holder)`` when another monitor claimed one after this run started or within the
+    cool-down. The check and the claim happen under one lock, so one trigger starts one
+    retraining however many monitors saw it."""
+    with registry_lock(name, "retrain", lock_uri, timeout_s):
+        client = MlflowClient()
+        tags = client.get_registered_model(name).tags or {}
+        held = json.loads(tags[RETRAIN_CLAIM_TAG]) if RETRAIN_CLAIM_TAG in tags else None
+        if held is not None:
+            at = datetime.fromisoformat(held["at"])
+            age_h = (datetime.now(UTC) - at).total_seconds() / 3600
+            if at >= monitor_started or age_h < cooldown_hours:
+                return False, held
+        claim = {"monitor_run_dir": monitor_run_dir, "by": _user(),
+                 "at": datetime.now(UTC).isoformat(timespec="microseconds")}
+        client.set_registered_model_tag(name, RETRAIN_CLAIM_TAG, json.dumps(claim))
+        return True, claim
+
+
 def alias_history(name: str) -> list[dict[str, Any]]:
     """Every recorded alias move of ``name``, oldest first."""
     try:
@@ -91,7 +174,8 @@ def alias_history(name: str) -> list[dict[str, Any]]:
     return [json.loads(tags[k]) for k in sorted(tags) if k.startswith(EVENT_PREFIX)]
 
 
-def act_on_ab(name: str, report: dict[str, Any], run_dir: str = "") -> dict[str, Any]:
+def act_on_ab(name: str, report: dict[str, Any], run_dir: str = "",
+              lock_uri: str | None = None, timeout_s: float = 60.0) -> dict[str, Any]:
     """Carry out an A/B report's recommendation (:func:`mlfolio.abtest.ab_report`).
 
     "promote" moves ``champion`` to the challenger's version and removes ``challenger``;
@@ -117,39 +201,42 @@ def act_on_ab(name: str, report: dict[str, Any], run_dir: str = "") -> dict[str,
     }
     if action == "keep":
         return result
-    champion, challenger = get_alias(name, CHAMPION), get_alias(name, CHALLENGER)
-    now_champion = champion.version if champion else None
-    now_challenger = challenger.version if challenger else None
-    if (now_champion, now_challenger) != (rec["champion_version"], rec["challenger_version"]):
-        raise RegistryError(
-            f"A/B report is stale: it compared champion v{rec['champion_version']} with "
-            f"challenger v{rec['challenger_version']}, but {name} now has champion "
-            f"v{now_champion} and challenger v{now_challenger}; re-run the A/B report"
-        )
-    reason = f"A/B {action}: {rec['summary']}"
-    if action == "promote":
-        result["events"].append(set_alias(challenger, CHAMPION, reason, run_dir))
-    client = MlflowClient()
-    now = datetime.now(UTC)
-    event = {
-        "alias": CHALLENGER,
-        "version": None,
-        "previous_version": challenger.version,
-        "at": now.isoformat(timespec="seconds"),
-        "by": os.environ.get("MLFOLIO_USER") or getpass.getuser(),
-        "reason": reason,
-        "run_dir": run_dir,
-        "removed": True,
-    }
-    client.delete_registered_model_alias(name, CHALLENGER)
-    key = f"{EVENT_PREFIX}{now.strftime('%Y%m%dT%H%M%S%f')}.{CHALLENGER}"
-    client.set_registered_model_tag(name, key, json.dumps(event))
-    if action == "roll back":
-        client.set_model_version_tag(
-            name, challenger.version, "mlfolio.rolled_back_at", event["at"]
-        )
-        client.set_model_version_tag(name, challenger.version, "mlfolio.rolled_back_reason", reason)
-    result["events"].append(event)
+    # The staleness check and the moves under one lock: no promotion slips in between.
+    with registry_lock(name, "promote", lock_uri, timeout_s):
+        champion, challenger = get_alias(name, CHAMPION), get_alias(name, CHALLENGER)
+        now_champion = champion.version if champion else None
+        now_challenger = challenger.version if challenger else None
+        if (now_champion, now_challenger) != (rec["champion_version"], rec["challenger_version"]):
+            raise RegistryError(
+                f"A/B report is stale: it compared champion v{rec['champion_version']} with "
+                f"challenger v{rec['challenger_version']}, but {name} now has champion "
+                f"v{now_champion} and challenger v{now_challenger}; re-run the A/B report"
+            )
+        reason = f"A/B {action}: {rec['summary']}"
+        if action == "promote":
+            result["events"].append(set_alias(challenger, CHAMPION, reason, run_dir,
+                                              compared_against=now_champion))
+        client = MlflowClient()
+        now = datetime.now(UTC)
+        event = {
+            "alias": CHALLENGER,
+            "version": None,
+            "previous_version": challenger.version,
+            "at": now.isoformat(timespec="seconds"),
+            "by": _user(),
+            "reason": reason,
+            "run_dir": run_dir,
+            "removed": True,
+        }
+        client.delete_registered_model_alias(name, CHALLENGER)
+        key = f"{EVENT_PREFIX}{now.strftime('%Y%m%dT%H%M%S%f')}.{CHALLENGER}"
+        client.set_registered_model_tag(name, key, json.dumps(event))
+        if action == "roll back":
+            client.set_model_version_tag(name, challenger.version, "mlfolio.rolled_back_at",
+                                         event["at"])
+            client.set_model_version_tag(name, challenger.version,
+                                         "mlfolio.rolled_back_reason", reason)
+        result["events"].append(event)
     result["champion"] = c.version if (c := get_alias(name, CHAMPION)) else None
     result["challenger"] = None
     return result
