@@ -18,7 +18,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 
 from mlfolio import abtest, config, data, features, registry, tracking
-from mlfolio.errors import DataValidationError, RegistryError
+from mlfolio.errors import DataValidationError, LockTimeoutError, RegistryError
 
 from .conftest import CHURN_PARAMS
 
@@ -330,3 +330,32 @@ def test_act_on_ab(scored, versions):
     # acting twice on the same report is refused: it is stale now
     with pytest.raises(RegistryError, match="stale.*champion v1.*champion v3"):
         registry.act_on_ab(MODEL, better)
+
+
+def test_act_on_ab_checks_and_promotes_under_the_promotion_lock(scored, versions, monkeypatch):
+    """A pipeline promotion cannot slip between the A/B staleness check and the move:
+    while act_on_ab moves champion, the promotion lock is held (a promoter waits), and a
+    promoter that compared against the old champion is refused afterwards."""
+    v1, v2, v3 = versions
+    registry.set_alias(v1, registry.CHAMPION, "first")
+    registry.set_alias(v3, registry.CHALLENGER, "candidate")
+    better = abtest.ab_report(shadow_log(scored, scored.weak, scored.strong, ("1", "3")),
+                              bootstrap_samples=50)
+    seen = {}
+    real_set_alias = registry.set_alias
+
+    def set_alias_watching_the_lock(ref, alias, *args, **kwargs):
+        if alias == registry.CHAMPION:
+            with pytest.raises(LockTimeoutError):
+                with registry.registry_lock(MODEL, "promote", timeout_s=0.2):
+                    pass
+            seen["locked"] = True
+        return real_set_alias(ref, alias, *args, **kwargs)
+
+    monkeypatch.setattr(registry, "set_alias", set_alias_watching_the_lock)
+    registry.act_on_ab(MODEL, better, "/runs/ab")
+    assert seen == {"locked": True}
+    late = registry.promote(v2, "1", "gain over champion v1", "/runs/pipeline")
+    assert not late.promoted and late.champion == "3"
+    move = [e for e in registry.alias_history(MODEL) if e["alias"] == "champion"][-1]
+    assert (move["previous_version"], move["compared_against"]) == ("1", "1")
