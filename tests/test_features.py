@@ -66,3 +66,32 @@ def test_profile_and_plot(cfg, churn):
     assert prof.loc["contract", "kind"] == "categorical"
     fig = features.plot_features(churn, cfg.schema)
     assert len([a for a in fig.axes if a.has_data()]) == 3 + 8
+
+
+def test_blank_numbers_are_missing_and_flags_read_alike_in_training_and_serving(cfg, churn):
+    X, y = features.xy(churn, cfg.schema)
+    train = X.head(1500).astype({"seniorcitizen": float})  # as pandas holds a flag with a gap
+    train.loc[0, "seniorcitizen"] = np.nan
+    model = features.build_model_pipeline(cfg.schema, LogisticRegression(max_iter=2000))
+    model.fit(train, y.head(1500))
+    enc = model.named_steps["features"].named_steps["columns"].named_transformers_["cat"]
+    flags = enc.categories_[cfg.schema.categorical.index("seniorcitizen")].tolist()
+    assert flags == ["0", "1", features.MISSING_CATEGORY]
+    # serving: the same flag as an int, a float, text; a blank number in any whitespace
+    row = X.iloc[[5] * 7].reset_index(drop=True).astype({"seniorcitizen": object,
+                                                          "totalcharges": object})
+    row["seniorcitizen"] = [1, 1.0, "1", 1, 1, 1, 1]
+    row.loc[3:, "totalcharges"] = [" ", "\t", "", np.nan]
+    p = model.predict_proba(row)[:, 1]
+    assert p[0] == p[1] == p[2]
+    assert p[3] == p[4] == p[5] == p[6] != p[0]
+
+
+def test_pipelines_fitted_before_flags_were_read_as_ints_keep_their_reading(cfg):
+    df = pd.DataFrame({"tenure": [1.0], "monthlycharges": [1.0], "totalcharges": [1.0],
+                       **{c: [0.0] for c in cfg.schema.categorical}})
+    coercer = features.RawColumnCoercer(list(cfg.schema.numeric),
+                                        list(cfg.schema.categorical)).fit(df)
+    assert coercer.transform(df)["seniorcitizen"].tolist() == ["0"]
+    del coercer.whole_floats_as_ints_  # as unpickled from an older mlfolio
+    assert coercer.transform(df)["seniorcitizen"].tolist() == ["0.0"]

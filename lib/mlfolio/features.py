@@ -24,10 +24,12 @@ MISSING_CATEGORY = "__missing__"
 
 
 class RawColumnCoercer(TransformerMixin, BaseEstimator):
-    """Numeric columns to floats (blank text → NaN); categorical columns to strings.
+    """Numeric columns to floats (blank or whitespace text → NaN); categorical columns to
+    strings (a whole float → its integer's text: ``0.0`` → ``"0"``).
 
-    Sources disagree on types (a 0/1 flag is an int in CSV, a bool in Parquet, text in
-    SQL); coercing here makes the fitted pipeline accept any of them.
+    Sources disagree on types (a 0/1 flag is an int in CSV, a float in pandas once a value
+    is missing, a bool in Parquet, text in SQL); coercing here makes the fitted pipeline,
+    in training and in serving alike, read any of them the same way.
     """
 
     def __init__(self, numeric: list[str] | None = None, categorical: list[str] | None = None):
@@ -36,6 +38,8 @@ class RawColumnCoercer(TransformerMixin, BaseEstimator):
 
     def fit(self, X: pd.DataFrame, y: Any = None) -> RawColumnCoercer:
         self.feature_names_in_ = np.asarray([*(self.numeric or []), *(self.categorical or [])])
+        # Pipelines pickled before this attribute learnt "0.0" from float flags: keep theirs.
+        self.whole_floats_as_ints_ = True
         return self
 
     def transform(self, X: pd.DataFrame) -> pd.DataFrame:
@@ -45,13 +49,26 @@ class RawColumnCoercer(TransformerMixin, BaseEstimator):
             if not pd.api.types.is_numeric_dtype(values):
                 values = pd.to_numeric(values.astype("string").str.strip(), errors="coerce")
             out[col] = values.astype("float64")
+        whole_as_int = getattr(self, "whole_floats_as_ints_", False)
         for col in self.categorical or []:
             values = X[col]
-            out[col] = values.astype(object).where(values.notna(), MISSING_CATEGORY).astype(str)
+            present = values.notna()
+            floats = values.dtype.kind == "f" or values.dtype == object
+            values = values.astype(object)
+            if whole_as_int and floats:  # not Series.map: it infers float64 back
+                values = pd.Series([_whole_float_as_int(v) for v in values],
+                                   index=values.index, dtype=object)
+            out[col] = values.where(present, MISSING_CATEGORY).astype(str)
         return pd.DataFrame(out, index=X.index)
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         return self.feature_names_in_
+
+
+def _whole_float_as_int(value: Any) -> Any:
+    if isinstance(value, float | np.floating) and float(value).is_integer():
+        return int(value)
+    return value
 
 
 def build_preprocessor(schema: SchemaConfig) -> Pipeline:
