@@ -349,3 +349,35 @@ def test_reference_data_comes_from_mlflow_when_the_run_folder_is_elsewhere(env):
     assert theirs["reference"]["rows"] == ours["reference"]["rows"]
     assert theirs["columns"] == ours["columns"]
     assert theirs["quality"] == ours["quality"]
+
+
+def test_two_monitors_on_one_trigger_start_one_retraining(env):
+    """Two monitors saw the same drift at once: the one that claims second is held and
+    says which monitor run already started the retraining. The race is driven, not slept:
+    the other monitor's claim lands right after this one decided to retrain."""
+    from datetime import UTC, datetime
+
+    from mlfolio import registry
+
+    lines: list[str] = []
+
+    def echo(line: str) -> None:
+        lines.append(line)
+        if line == "monitor: retraining fires":  # the other monitor claims first
+            ok, _ = registry.claim_retraining(
+                "churn-classifier", "/runs/other-monitor", datetime.now(UTC),
+                cooldown_hours=0, retrain_run_dir="/runs/other-retraining")
+            assert ok
+
+    before, champion = env.run_folders(), env.champion()
+    manifest, retrained = pipeline.monitor(env.params, {"monitoring.current": str(env.drifted)},
+                                           runs_root=env.runs, echo=echo)
+    assert retrained is None and len(env.run_folders() - before) == 1
+    act = manifest.data["actions"]["retrain"]
+    assert act["fired"] is True and act["run"] is False
+    assert act["why"].startswith("held: retraining already started by /runs/other-monitor")
+    assert "/runs/other-retraining" in act["why"]
+    assert any(line.startswith("retraining held: ") for line in lines)
+    assert env.champion() == champion
+    index = (Path(manifest.data["run_dir"]) / "index.html").read_text()
+    assert "Retraining not started: held: retraining already started by" in index

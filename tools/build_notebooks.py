@@ -84,7 +84,7 @@ Registers the candidate as a new version in the MLflow model registry, tagged wi
 run folder and data hash, and points the `challenger` alias at it. `champion` moves only
 when the gate passed; every move is recorded (who, why, when), since MLflow keeps no
 alias history of its own.""", [
-        ("code", "stages.register_model(ctx)"),
+        ("code", "result = stages.register_model(ctx)\nstages.registration_markdown(result)"),
         ("md", "### Alias history"),
         ("code", "stages.alias_history_table(ctx)"),
     ]),

@@ -159,6 +159,14 @@ class GateConfig(_Section):
 class RegistryConfig(_Section):
     model_name: str | None = Field(None, description="None = '<experiment>-classifier'")
     promote: bool = Field(True, description="move 'champion' when the gate passes")
+    lock_uri: str | None = Field(
+        None, description="where promotions lock (None: beside a SQLite store, an advisory "
+                          "lock in a PostgreSQL one, a lease tag on a tracking server); "
+                          "a postgresql:// URL gives a strict lock to a tracking server")
+    lock_timeout_s: float = Field(60.0, gt=0, description="wait for the promotion lock")
+    interactive_writes: bool = Field(
+        False, description="let a notebook run without a run folder (JupyterLab) register a "
+                           "version and move aliases")
 
 
 class TrackingConfig(_Section):

@@ -50,18 +50,32 @@ class StageContext:
     run_dir: Path
     parent_run_id: str = ""
     mlflow_run_id: str = ""
+    interactive: bool = False  # no run folder given: a person running the notebook by hand
     _active: Any = field(default=None, repr=False)
 
     def path(self, name: str) -> Path:
         """A file in the run folder."""
         return self.run_dir / name
 
+    def _missing(self, name: str) -> StageError:
+        """The error for a missing upstream product, naming the stage that writes it; the
+        stage's MLflow run ends FAILED (an interactive kernel would leave it RUNNING)."""
+        from mlfolio import pipeline
+
+        writer = next((s for kind in pipeline.PIPELINES.values() for s in kind
+                       if name in s.products), None)
+        how = (f"run the {writer.name} stage ({writer.notebook}) first" if writer
+               else "run the upstream stages first")
+        where = ("in JupyterLab, run the earlier notebooks top to bottom with the same "
+                 "run_dir" if self.interactive else "mlfolio run --from ... --run-dir ...")
+        self.fail()
+        return StageError(self.stage, f"{self.path(name)} is missing: {how} ({where})")
+
     def read_json(self, name: str) -> Any:
         """An upstream stage's JSON product (fails naming the stage that must run first)."""
         path = self.path(name)
         if not path.exists():
-            raise StageError(self.stage, f"{path} is missing: run the stage that writes "
-                             f"{name} first (mlfolio run --from ...)")
+            raise self._missing(name)
         return read_json(path)
 
     def write_json(self, name: str, payload: dict[str, Any]) -> Path:
@@ -72,7 +86,7 @@ class StageContext:
     def read_parquet(self, name: str) -> pd.DataFrame:
         path = self.path(name)
         if not path.exists():
-            raise StageError(self.stage, f"{path} is missing: run the upstream stage first")
+            raise self._missing(name)
         return pd.read_parquet(path)
 
     def write_parquet(self, name: str, df: pd.DataFrame) -> Path:
@@ -85,7 +99,8 @@ class StageContext:
         """Open this stage's MLflow run (a child of the pipeline run when there is one)."""
         from mlfolio import tracking
 
-        self._active = tracking.stage_run(self.cfg, self.stage, self.parent_run_id, self.run_dir)
+        self._active = tracking.stage_run(self.cfg, self.stage, self.parent_run_id, self.run_dir,
+                                          interactive=self.interactive)
         run = self._active.__enter__()
         self.mlflow_run_id = run.info.run_id
         return self.mlflow_run_id
@@ -95,6 +110,19 @@ class StageContext:
         if self._active is not None:
             self._active.__exit__(None, None, None)
             self._active = None
+
+    def fail(self) -> None:
+        """Close the stage's MLflow run as FAILED (a cell raised)."""
+        if self._active is not None:
+            active, self._active = self._active, None
+            failure = RuntimeError(f"stage {self.stage} failed")
+            active.__exit__(RuntimeError, failure, None)  # the run's `with` ends FAILED
+
+    def _on_error(self, shell: Any, etype: type, value: BaseException, tb: Any,
+                  tb_offset: int | None = None) -> Any:
+        """IPython hook (interactive only): a failing cell ends the stage's run FAILED."""
+        self.fail()
+        return shell.showtraceback((etype, value, tb), tb_offset=tb_offset)
 
 
 def open_stage(stage: str, params_file: str, run_dir: str = "", parent_run_id: str = "",
@@ -109,10 +137,24 @@ def open_stage(stage: str, params_file: str, run_dir: str = "", parent_run_id: s
         folder = project_dir() / folder
     folder.mkdir(parents=True, exist_ok=True)
     ctx = StageContext(stage=stage, cfg=cfg, run_dir=folder.resolve(),
-                       parent_run_id=parent_run_id)
+                       parent_run_id=parent_run_id, interactive=not run_dir)
     if tracking:
         ctx.start_mlflow()
+    if ctx.interactive:
+        _end_failed_on_error(ctx)
     return ctx
+
+
+def _end_failed_on_error(ctx: StageContext) -> None:
+    """In an interactive IPython kernel, a cell that raises ends the stage's MLflow run
+    FAILED instead of leaving it RUNNING (the runner does this itself for pipeline runs)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is not None:
+        shell.set_custom_exc((Exception,), ctx._on_error)
 
 
 def warm_up(tracking_uri: str) -> None:

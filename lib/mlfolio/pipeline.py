@@ -519,8 +519,9 @@ def _collect_results(manifest: Manifest, folder: Path) -> None:
     if ab := product("ab.json"):
         manifest.data["ab"] = {k: ab.get(k) for k in ("design", "recommendation")}
     if reg := product("register.json"):
-        manifest.data["model"] = {k: reg[k] for k in ("model_name", "version", "model_uri",
-                                                       "promoted", "champion")}
+        manifest.data["model"] = {k: reg.get(k) for k in (
+            "model_name", "version", "model_uri", "registered", "promoted", "why_not_promoted",
+            "compared_against", "champion")}
 
 
 # -- the monitor run -------------------------------------------------------------------
@@ -539,6 +540,27 @@ def _log_has_rows(cfg: Config) -> bool:
         return False
     since = datetime.now(UTC) - timedelta(hours=mon.window_hours) if mon.window_hours else None
     return predlog.count(mon.prediction_log, since=since) > 0
+
+
+def _claim_retraining(cfg: Config, manifest: Manifest, runs_root: Path | None) -> str | None:
+    """Claim the retraining this monitor run decided on, under the registry's retraining
+    lock: None when claimed (the new run folder goes to ``actions.claimed_run_dir``), else
+    why it is held. Two monitors that saw one trigger start one retraining."""
+    from mlfolio import registry, tracking
+
+    tracking.configure(cfg)
+    retrain_dir = new_run_dir(cfg, runs_root)
+    granted, claim = registry.claim_retraining(
+        cfg.model_name, manifest.data["run_dir"],
+        datetime.fromisoformat(manifest.data["created"]),
+        cfg.monitoring.retrain.cooldown_hours, cfg.registry.lock_uri,
+        cfg.registry.lock_timeout_s, retrain_run_dir=str(retrain_dir))
+    if granted:
+        manifest.data["actions"]["claimed_run_dir"] = str(retrain_dir)
+        return None
+    return (f"held: retraining already started by {claim['monitor_run_dir']} at "
+            f"{claim['at']}" + (f" (run {claim['retrain_run_dir']})"
+                                if claim.get("retrain_run_dir") else ""))
 
 
 def monitor(params_file: str | Path, overrides: dict[str, Any] | None = None,
@@ -581,7 +603,9 @@ def monitor(params_file: str | Path, overrides: dict[str, Any] | None = None,
         else:
             tracking.configure(cfg)
             actions["ab"] = {"action": action, "done": True,
-                             **registry.act_on_ab(cfg.model_name, ab, str(folder))}
+                             **registry.act_on_ab(cfg.model_name, ab, str(folder),
+                                                  cfg.registry.lock_uri,
+                                                  cfg.registry.lock_timeout_s)}
         echo(f"A/B: {action} ({'done' if actions['ab']['done'] else actions['ab']['why']})")
 
     retrain_manifest: Manifest | None = None
@@ -589,8 +613,11 @@ def monitor(params_file: str | Path, overrides: dict[str, Any] | None = None,
     if decision["retrain"] and dry_run:
         actions["retrain"] = {"fired": True, "run": False, "why": "--dry-run"}
         echo("retraining not started (--dry-run)")
+    elif decision["retrain"] and (held := _claim_retraining(cfg, manifest, runs_root)):
+        actions["retrain"] = {"fired": True, "run": False, "why": held}
+        echo(f"retraining {held}")
     elif decision["retrain"]:
-        retrain_dir = new_run_dir(cfg, runs_root)
+        retrain_dir = Path(actions.pop("claimed_run_dir"))
         retrain_dir.mkdir(parents=True)
         trigger = {"by": "monitor", "monitor_run_dir": str(folder),
                    "monitor_index": _link(folder, retrain_dir),

@@ -145,7 +145,8 @@ def promote(ref: ModelRef, expected_champion: str | None, reason: str, run_dir: 
 
 def claim_retraining(name: str, monitor_run_dir: str, monitor_started: datetime,
                      cooldown_hours: float, lock_uri: str | None = None,
-                     timeout_s: float = 60.0) -> tuple[bool, dict[str, Any] | None]:
+                     timeout_s: float = 60.0, retrain_run_dir: str = ""
+                     ) -> tuple[bool, dict[str, Any] | None]:
     """Claim the retraining a monitor run decided on: ``(True, claim)``, or ``(False,
     holder)`` when another monitor claimed one after this run started or within the
     cool-down. The check and the claim happen under one lock, so one trigger starts one
@@ -159,7 +160,8 @@ def claim_retraining(name: str, monitor_run_dir: str, monitor_started: datetime,
             age_h = (datetime.now(UTC) - at).total_seconds() / 3600
             if at >= monitor_started or age_h < cooldown_hours:
                 return False, held
-        claim = {"monitor_run_dir": monitor_run_dir, "by": _user(),
+        claim = {"monitor_run_dir": monitor_run_dir, "retrain_run_dir": retrain_run_dir,
+                 "by": _user(),
                  "at": datetime.now(UTC).isoformat(timespec="microseconds")}
         client.set_registered_model_tag(name, RETRAIN_CLAIM_TAG, json.dumps(claim))
         return True, claim

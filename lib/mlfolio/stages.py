@@ -232,6 +232,19 @@ def register_model(ctx: StageContext) -> dict[str, Any]:
     ingest_info = ctx.read_json("ingest.json")
     candidate = ev["candidate"]
     passed = bool(ev["gate"]["passed"])
+    if ctx.interactive and not cfg.registry.interactive_writes:
+        # Exploring in JupyterLab must not change what production serves.
+        why = ("interactive run (no run folder): nothing registered and no alias moved; "
+               "run `mlfolio run`, or pass overrides={'registry.interactive_writes': True}")
+        mlflow.set_tags({"mlfolio.registered": False, "mlfolio.why_not_registered": why})
+        result = {"model_name": cfg.model_name, "version": None, "model_uri": None,
+                  "source": candidate["model_uri"], "registered": False, "promoted": False,
+                  "why_not_promoted": why, "compared_against": None, "alias_events": [],
+                  "champion": (c.version if (c := registry.get_alias(cfg.model_name,
+                                                                      registry.CHAMPION))
+                               else None)}
+        ctx.write_json("register.json", result)
+        return result
     tags = {
         "mlfolio.run_dir": str(ctx.run_dir),
         "mlfolio.data_hash": ingest_info["data_hash"],
@@ -248,22 +261,54 @@ def register_model(ctx: StageContext) -> dict[str, Any]:
                             f"{exc}") from exc
     events = [registry.set_alias(ref, registry.CHALLENGER, "new candidate from pipeline run",
                                  str(ctx.run_dir))]
-    promoted = passed and cfg.registry.promote
-    if promoted:
+    # The gate judged the candidate against the champion of evaluate's moment: champion
+    # moves only if it still is that version (compare-and-set under the registry lock).
+    compared_against = (ev.get("champion") or {}).get("version")
+    why_not = None
+    if not passed:
+        why_not = "gate failed"
+    elif not cfg.registry.promote:
+        why_not = "registry.promote is false"
+    else:
         reason = "gate passed: " + "; ".join(ev["gate"]["reasons"])
-        events.append(registry.set_alias(ref, registry.CHAMPION, reason, str(ctx.run_dir)))
+        promotion = registry.promote(ref, compared_against, reason, str(ctx.run_dir),
+                                     cfg.registry.lock_uri, cfg.registry.lock_timeout_s)
+        if promotion.event:
+            events.append(promotion.event)
+        why_not = promotion.why_not
+    promoted = why_not is None
     mlflow.set_tags({"mlfolio.model_version": ref.version, "mlfolio.promoted": promoted})
+    if why_not:
+        mlflow.set_tag("mlfolio.why_not_promoted", why_not[:5000])
     result = {
         "model_name": ref.name, "version": ref.version, "model_uri": ref.uri,
-        "source": candidate["model_uri"], "promoted": promoted,
-        "why_not_promoted": None if promoted else (
-            "registry.promote is false" if passed else "gate failed"),
+        "source": candidate["model_uri"], "registered": True, "promoted": promoted,
+        "why_not_promoted": why_not,
+        "compared_against": compared_against,
         "alias_events": events,
         "champion": (c.version if (c := registry.get_alias(ref.name, registry.CHAMPION))
                      else None),
     }
     ctx.write_json("register.json", result)
     return result
+
+
+def registration_markdown(result: dict[str, Any]) -> Any:
+    """What the register stage did, in a sentence or two (for the notebook)."""
+    from IPython.display import Markdown
+
+    name = result["model_name"]
+    if not result.get("registered", True):
+        return Markdown(f"**Not registered.** {result['why_not_promoted']}")
+    head = f"Registered **{name} v{result['version']}** as `{registry.CHALLENGER}`."
+    if result["promoted"]:
+        was = result.get("compared_against")
+        return Markdown(f"{head} Promoted to `{registry.CHAMPION}` (replacing "
+                        f"{'v' + was if was else 'no champion'}, the version the gate "
+                        "compared against).")
+    champion = f"v{result['champion']}" if result.get("champion") else "none"
+    return Markdown(f"{head} **Not promoted**: {result['why_not_promoted']}.\n\n"
+                    f"Champion now: {champion}.")
 
 
 def alias_history_table(ctx: StageContext) -> pd.DataFrame:

@@ -60,11 +60,12 @@ def end_run(run_id: str, status: str) -> None:
 
 
 @contextlib.contextmanager
-def stage_run(cfg: Config, stage: str, parent_run_id: str = "", run_dir: Path | None = None
-              ) -> Iterator[mlflow.ActiveRun]:
-    """A child run of the pipeline's parent run (a top-level run when there is no parent)."""
+def stage_run(cfg: Config, stage: str, parent_run_id: str = "", run_dir: Path | None = None,
+              interactive: bool = False) -> Iterator[mlflow.ActiveRun]:
+    """A child run of the pipeline's parent run (a top-level run when there is no parent);
+    tagged ``mlfolio.interactive`` when a person runs the notebook without a run folder."""
     configure(cfg)
-    tags = {"mlfolio.stage": stage}
+    tags = {"mlfolio.stage": stage, "mlfolio.interactive": str(interactive).lower()}
     if run_dir is not None:
         tags["mlfolio.run_dir"] = str(run_dir)
     with mlflow.start_run(
