@@ -76,7 +76,7 @@ def _fit_and_log(ctx: StageContext, kind: str, params: dict[str, Any],
         y_valid, train.predict_scores(model, parts["valid"], schema))
     mlflow.log_params({"model": kind, **params})
     mlflow.log_metrics({f"valid_{k}": v for k, v in metrics.items() if k != "threshold"})
-    uri = tracking.log_model(model, parts["train"][schema.features])
+    uri = tracking.log_model(model, parts["train"][schema.features], schema=schema)
     return {"name": run_name, "kind": kind, "params": params, "model_uri": uri,
             "run_id": mlflow.active_run().info.run_id, "valid": metrics}
 

@@ -17,7 +17,8 @@ import mlflow
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from mlfolio.config import Config, project_dir
+from mlfolio.config import Config, SchemaConfig, project_dir
+from mlfolio.errors import MlfolioError
 
 log = logging.getLogger(__name__)
 
@@ -79,25 +80,81 @@ def child_run(name: str, tags: dict[str, str] | None = None) -> contextlib.Abstr
     return mlflow.start_run(run_name=name, nested=True, tags=tags)
 
 
-def log_model(pipeline: Any, input_example: pd.DataFrame, name: str = "model") -> str:
+MODEL_METADATA_KEY = "mlfolio"  # MLmodel metadata: the schema the model was trained on
+
+
+def _schema_columns(pipeline: Any, schema: SchemaConfig | None
+                    ) -> tuple[list[str], list[str], str | None]:
+    """(numeric, categorical, id column): the declared schema's, else the pipeline's own
+    RawColumnCoercer's (no id column then)."""
+    if schema is not None:
+        return list(schema.numeric), list(schema.categorical), schema.id_column
+    from mlfolio.features import RawColumnCoercer
+
+    stack = [pipeline]
+    while stack:
+        step = stack.pop()
+        if isinstance(step, RawColumnCoercer):
+            return list(step.numeric or []), list(step.categorical or []), None
+        stack.extend(s for _, s in getattr(step, "steps", None) or [])
+    raise MlfolioError(f"log_model: {type(pipeline).__name__} has no RawColumnCoercer step; "
+                       "pass schema= (the parameter file's schema section) so the signature "
+                       "can say which columns are numeric and which categorical")
+
+
+def model_signature(numeric: list[str], categorical: list[str]) -> Any:
+    """The served contract: numeric columns double (integers accepted), categorical string."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema([*(ColSpec("double", c) for c in numeric),
+                       *(ColSpec("string", c) for c in categorical)]),
+        outputs=Schema([ColSpec("double")]))
+
+
+def signature_example(rows: pd.DataFrame, numeric: list[str], categorical: list[str]
+                      ) -> pd.DataFrame:
+    """Rows typed as the signature says: numbers as float64 (blank text → NaN), categories
+    as text (missing → None), read the way the pipeline's coercer reads them."""
+    from mlfolio.features import MISSING_CATEGORY, RawColumnCoercer
+
+    missing = [c for c in [*numeric, *categorical] if c not in rows.columns]
+    if missing:
+        raise MlfolioError(f"log_model: the input example lacks column(s) {missing}")
+    coerced = RawColumnCoercer(numeric, categorical).fit(rows).transform(rows)
+    for col in categorical:
+        coerced[col] = coerced[col].astype(object).where(coerced[col] != MISSING_CATEGORY, None)
+    return coerced.reset_index(drop=True)
+
+
+def log_model(pipeline: Any, input_example: pd.DataFrame, name: str = "model",
+              schema: SchemaConfig | None = None) -> str:
     """Log a fitted sklearn pipeline with signature and input example; return its model URI.
+
+    The signature comes from ``schema`` (else the pipeline's RawColumnCoercer), not from
+    the example's dtypes: raw rows hold ``totalcharges`` as text and flags as ints, which
+    would make the served contract refuse numbers and warn about integer columns. The
+    schema's id column goes into the MLmodel metadata, where ``mlfolio serve`` and the
+    Lambda handler read it (accepted in requests, never given to the model).
 
     cloudpickle, not MLflow's skops default: the pipeline holds mlfolio's own transformer
     and an XGBClassifier, which skops would refuse without a trusted-types list.
     """
     import mlflow.sklearn
-    from mlflow.models import infer_signature
 
-    example = input_example.head(5)
-    signature = infer_signature(example, pipeline.predict_proba(example)[:, 1])
+    numeric, categorical, id_column = _schema_columns(pipeline, schema)
+    example = signature_example(input_example.head(5), numeric, categorical)
     info = mlflow.sklearn.log_model(
         pipeline,
         name=name,
-        signature=signature,
+        signature=model_signature(numeric, categorical),
         input_example=example,
         serialization_format="cloudpickle",
         pip_requirements=MODEL_REQUIREMENTS,
         pyfunc_predict_fn="predict_proba",
+        metadata={MODEL_METADATA_KEY: {"id_column": id_column, "numeric": numeric,
+                                       "categorical": categorical}},
     )
     return info.model_uri
 
