@@ -88,11 +88,12 @@ def test_register_does_not_promote_past_a_champion_its_gate_never_saw(env):
     (other_dir / "evaluate.json").write_text(json.dumps({"champion": None}))
     other = registry.register(MODEL, ev["candidate"]["model_uri"], ev["candidate"]["run_id"],
                               {})
-    assert registry.promote(other, None, "gate passed (other run)", str(other_dir)).promoted
+    registry.set_alias(other, registry.CHAMPION, "gate passed (other run)", str(other_dir))
 
     manifest = pipeline.run(env.params, stages=["register"], run_dir=env.run_dir, **QUIET)
     reg = json.loads((env.run_dir / "register.json").read_text())
-    assert reg["registered"] and reg["version"] == "2" and reg["promoted"] is False
+    assert env.alias(registry.CHAMPION) == "1" and reg["promoted"] is False
+    assert reg["registered"] and reg["version"] == "2"
     assert reg["compared_against"] is None and reg["champion"] == other.version == "1"
     assert "champion moved: the gate compared against no champion" in reg["why_not_promoted"]
     assert "is now v1" in reg["why_not_promoted"] and str(other_dir) in reg["why_not_promoted"]
