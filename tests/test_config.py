@@ -138,3 +138,17 @@ def test_monitoring_files_resolve_and_must_exist(tmp_path, churn_raw):
     churn_raw["monitoring"]["ab"] = {"confidence": 1.5}
     with pytest.raises(ConfigError, match=r"monitoring.ab.confidence"):
         config.from_mapping(churn_raw, "p.yaml", base=ROOT)
+
+
+def test_schema_missing_target_and_non_finite_defaults_and_choices(tmp_path, churn_raw):
+    cfg = config.from_mapping(churn_raw)
+    assert cfg.schema.missing_target == "drop" and cfg.schema.non_finite == "fail"
+    churn_raw["schema"].update(missing_target="fail", non_finite="missing")
+    cfg = config.from_mapping(churn_raw)
+    assert cfg.schema.missing_target == "fail" and cfg.schema.non_finite == "missing"
+    churn_raw["schema"]["missing_target"] = "skip"
+    msg = _error(tmp_path, churn_raw)
+    assert "schema.missing_target: Input should be 'drop' or 'fail' (got 'skip')" in msg
+    churn_raw["schema"].update(missing_target="drop", non_finite="zero")
+    msg = _error(tmp_path, churn_raw)
+    assert "schema.non_finite: Input should be 'fail' or 'missing' (got 'zero')" in msg

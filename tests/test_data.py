@@ -7,18 +7,21 @@ server at 127.0.0.1:5432 (skipped when it does not answer).
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
 from mlfolio import config as config_mod
-from mlfolio.config import DataConfig, SchemaConfig
+from mlfolio import data as data_mod
+from mlfolio.config import DataConfig, SchemaConfig, SplitConfig
 from mlfolio.data import content_hash, load_source, sample, validate, write_snapshot
 from mlfolio.errors import ConfigError, DataValidationError
 
@@ -417,3 +420,224 @@ def test_sample_is_seeded(expected):
     assert content_hash(sample(expected, 500, seed=8)) != content_hash(a)
     assert sample(expected, None, seed=7) is expected
     assert sample(expected, 10_000, seed=7) is expected
+
+
+# -- messy real data: missing targets, non-finite numbers, empty and tiny files ------------------
+UNLABELLED = list(range(0, 4000, 365))  # 11 rows
+
+
+def with_schema(churn_params: dict[str, Any], **keys: Any) -> SchemaConfig:
+    params = {**churn_params, "schema": {**churn_params["schema"], **keys}}
+    return config_mod.from_mapping(params).schema
+
+
+def blank_targets(raw: pd.DataFrame) -> pd.DataFrame:
+    """The real rows with 11 churn values gone: 10 empty cells and one blank string."""
+    raw["churn"] = raw["churn"].astype(object)
+    raw.loc[UNLABELLED, "churn"] = None
+    raw.loc[UNLABELLED[-1], "churn"] = "  "
+    return raw
+
+
+def test_rows_without_a_target_are_dropped_and_counted(tmp_path, raw, schema):
+    path = tmp_path / "unlabelled.csv"
+    blank_targets(raw).to_csv(path, index=False)
+    loaded = load_source(DataConfig(uri=str(path)))
+    checked = data_mod.check(loaded, schema, source=str(path))
+    assert checked.dropped_missing_target == 11
+    assert len(checked.frame) == 3989
+    gone = set(raw.loc[UNLABELLED, "customerid"])
+    assert not gone & set(checked.frame["customerid"])
+    assert set(checked.frame["churn"]) == {"Yes", "No"}
+    assert list(checked.frame.index) == list(range(3989))
+    pd.testing.assert_frame_equal(validate(loaded, schema), checked.frame)
+    # the clean file drops nothing
+    assert data_mod.check(pd.read_csv(CHURN_CSV), schema).dropped_missing_target == 0
+
+
+def test_missing_target_fail_names_column_count_and_key(raw, churn_params):
+    strict = with_schema(churn_params, missing_target="fail")
+    with pytest.raises(DataValidationError) as info:
+        validate(blank_targets(raw), strict, source="telco.csv")
+    msg = str(info.value)
+    assert msg.startswith("telco.csv: ")
+    assert "column 'churn' (target): 11 row(s) have no value" in msg
+    assert "schema.missing_target is 'fail'" in msg
+    assert raw.loc[UNLABELLED[0], "customerid"] in msg  # names the rows by id
+
+
+def test_every_target_missing_says_so(raw, schema):
+    raw["churn"] = None
+    with pytest.raises(DataValidationError,
+                       match=r"telco\.csv: no rows left: all 4000 row\(s\) have no value in "
+                             r"column 'churn' \(target\)"):
+        validate(raw, schema, source="telco.csv")
+
+
+def write_non_finite(raw: pd.DataFrame, path: Path) -> None:
+    """``inf``/``-inf`` in monthlycharges and an overflowing ``1e400`` in totalcharges."""
+    raw["monthlycharges"] = raw["monthlycharges"].astype(object)
+    raw.loc[[5, 6], "monthlycharges"] = "inf"
+    raw.loc[7, "monthlycharges"] = "-inf"
+    raw.loc[9, "totalcharges"] = "1e400"
+    raw.to_csv(path, index=False)
+
+
+def test_non_finite_numbers_fail_naming_column_and_rows(tmp_path, raw, schema):
+    path = tmp_path / "inf.csv"
+    write_non_finite(raw, path)
+    loaded = load_source(DataConfig(uri=str(path)))
+    assert loaded["monthlycharges"].dtype == "float64"  # pandas reads inf as a float
+    with pytest.raises(DataValidationError) as info:
+        validate(loaded, schema, source=str(path))
+    msg = str(info.value)
+    assert msg.startswith(f"{path}: ")
+    assert "column 'monthlycharges': 3 non-finite value(s)" in msg
+    assert "column 'totalcharges': 1 non-finite value(s)" in msg
+    assert "expected finite numbers" in msg and "schema.non_finite" in msg
+    assert raw.loc[5, "customerid"] in msg and raw.loc[9, "customerid"] in msg
+    assert "found text" not in msg  # 1e400 is a number too large, not text
+
+
+def test_non_finite_numbers_as_missing_when_the_schema_says_so(tmp_path, raw, churn_params):
+    from mlfolio.features import build_preprocessor, xy
+
+    lenient = with_schema(churn_params, non_finite="missing")
+    path = tmp_path / "inf.csv"
+    write_non_finite(raw, path)
+    checked = data_mod.check(load_source(DataConfig(uri=str(path))), lenient)
+    assert checked.non_finite_as_missing == {"monthlycharges": 3, "totalcharges": 1}
+    assert len(checked.frame) == 4000
+    assert checked.frame.loc[[5, 6, 7], "monthlycharges"].isna().all()
+    assert pd.isna(checked.frame.loc[9, "totalcharges"])
+    # downstream, the blanked cells are ordinary missing values: imputed, all finite
+    X, _ = xy(checked.frame, lenient)
+    assert np.isfinite(build_preprocessor(lenient).fit_transform(X)).all()
+
+
+def test_non_finite_in_a_parquet_source(tmp_path, raw, schema):
+    raw["tenure"] = raw["tenure"].astype("float64")
+    raw.loc[11, "tenure"] = np.inf
+    raw.to_parquet(tmp_path / "inf.parquet", index=False)
+    with pytest.raises(DataValidationError, match=r"column 'tenure': 1 non-finite value"):
+        validate(load_source(DataConfig(uri=str(tmp_path / "inf.parquet"))), schema)
+
+
+@pytest.mark.parametrize("name, content", [("empty.csv", b""), ("blank.csv", b"\n\n"),
+                                           ("empty.parquet", b"")])
+def test_an_empty_file_fails_saying_so(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(DataValidationError, match=rf"data\.uri {re.escape(str(path))}: "
+                                                  r"the file is empty"):
+        load_source(DataConfig(uri=str(path)))
+
+
+def test_a_header_only_file_has_no_rows(tmp_path, raw, schema):
+    path = tmp_path / "header.csv"
+    raw.iloc[0:0].to_csv(path, index=False)
+    with pytest.raises(DataValidationError, match=rf"^{re.escape(str(path))}: no rows$"):
+        validate(load_source(DataConfig(uri=str(path))), schema, source=str(path))
+
+
+def test_split_minimum_follows_the_parameters():
+    assert data_mod.min_rows_per_class(SplitConfig()) == 10  # 20% test/valid: 2 of each class
+    assert data_mod.min_rows_per_class(SplitConfig(test_size=0.1, valid_size=0.1)) == 20
+    # training rows are split again into tuning.cv_folds folds; they are what two rounded
+    # splits leave, so one row of slack: 5 / 0.2 + 1
+    split = SplitConfig(test_size=0.4, valid_size=0.4)
+    assert data_mod.min_rows_per_class(split, cv_folds=5) == 26
+    assert data_mod.min_rows_per_class(split) == 11
+
+
+@pytest.mark.parametrize("test_size, valid_size, cv_folds", [
+    (0.2, 0.2, 3), (0.1, 0.1, 3), (0.3, 0.3, 5), (0.4, 0.4, 5), (0.05, 0.45, 2), (0.45, 0.1, 10)])
+def test_split_minimum_is_enough_for_the_real_split(raw, schema, test_size, valid_size,
+                                                    cv_folds):
+    from mlfolio.features import split, target_vector
+
+    cfg = SplitConfig(test_size=test_size, valid_size=valid_size)
+    need = data_mod.min_rows_per_class(cfg, cv_folds)
+    yes, no = raw[raw["churn"] == "Yes"], raw[raw["churn"] == "No"]
+    for majority in (need, need + 1, need + 7, 3 * need + 1, 2000):
+        df = pd.concat([yes.head(need), no.head(majority)], ignore_index=True)
+        for seed in (0, 42):
+            parts = split(df, schema, cfg, seed)
+            least = {name: target_vector(part, schema).value_counts().reindex([0, 1]).min()
+                     for name, part in parts.items()}
+            assert least["test"] >= 2 and least["valid"] >= 2, (majority, seed, least)
+            assert least["train"] >= cv_folds, (majority, seed, least)
+
+
+# -- the ingest stage on those files -----------------------------------------------------------
+@pytest.fixture(scope="module")
+def tracking_dir(tmp_path_factory) -> Path:
+    """One MLflow store for this module's ingest runs (a new store costs seconds)."""
+    return tmp_path_factory.mktemp("tracking")
+
+
+@pytest.fixture
+def run_ingest(tmp_path, write_params):
+    from mlfolio import stages
+    from mlfolio.context import open_stage
+
+    def run(frame: pd.DataFrame, name: str = "rows.csv", **sections: Any):
+        path = tmp_path / name
+        frame.to_csv(path, index=False)
+        sections["data"] = {**sections.get("data", {}), "uri": str(path)}
+        params = write_params(f"{path.stem}.yaml", **sections)
+        ctx = open_stage("ingest", str(params), str(tmp_path / "run" / path.stem))
+        try:
+            df, info = stages.ingest(ctx)
+        finally:
+            ctx.finish()
+        written = json.loads((ctx.run_dir / "ingest.json").read_text())
+        assert written["rows"] == info["rows"]
+        return df, written
+
+    return run
+
+
+def test_ingest_counts_the_rows_it_dropped(run_ingest, raw):
+    df, info = run_ingest(blank_targets(raw))
+    assert info["source_rows"] == 4000 and info["rows"] == 3989 == len(df)
+    assert info["dropped_missing_target"] == 11
+    df, info = run_ingest(pd.read_csv(CHURN_CSV), name="clean.csv")
+    assert info["dropped_missing_target"] == 0 and info["rows"] == 4000
+
+
+def test_ingest_reports_non_finite_values_treated_as_missing(run_ingest, raw, churn_params,
+                                                             tmp_path):
+    write_non_finite(raw, tmp_path / "inf.csv")
+    df, info = run_ingest(pd.read_csv(tmp_path / "inf.csv"), name="inf_rows.csv",
+                          schema={**churn_params["schema"], "non_finite": "missing"})
+    assert info["non_finite_as_missing"] == {"monthlycharges": 3, "totalcharges": 1}
+
+
+def few_rows(raw: pd.DataFrame, yes: int, no: int) -> pd.DataFrame:
+    return pd.concat([raw[raw["churn"] == "Yes"].head(yes), raw[raw["churn"] == "No"].head(no)])
+
+
+def test_ingest_refuses_too_few_rows_for_the_split(run_ingest, raw):
+    with pytest.raises(DataValidationError) as info:
+        run_ingest(few_rows(raw, 3, 2), name="five.csv")
+    msg = str(info.value)
+    assert "five.csv: too few rows for the split: 5 row(s), 3 'Yes' and 2 'No'" in msg
+    assert "split.test_size 0.2, split.valid_size 0.2" in msg
+    assert "need at least 10 rows of each class (20 rows)" in msg
+
+
+def test_split_minimum_is_enough_and_one_less_is_refused(run_ingest, raw, schema):
+    from mlfolio.features import split, target_vector
+
+    df, _ = run_ingest(few_rows(raw, 10, 300), name="ten.csv")  # exactly the minimum
+    for part in split(df, schema, SplitConfig(), seed=42).values():
+        assert target_vector(part, schema).value_counts().min() >= 2
+    with pytest.raises(DataValidationError, match=r"9 'Yes' and 300 'No'.* at least 10 rows"):
+        run_ingest(few_rows(raw, 9, 300), name="nine.csv")
+
+
+def test_a_small_sample_is_checked_against_the_split(run_ingest, raw):
+    with pytest.raises(DataValidationError,
+                       match=r"data\.sample_rows 12 leaves 12 row\(s\).* at least 10 rows"):
+        run_ingest(raw, name="sampled.csv", data={"sample_rows": 12})

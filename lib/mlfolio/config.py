@@ -73,6 +73,11 @@ class SchemaConfig(_Section):
     id_column: str | None = None
     numeric: list[str] = Field(default_factory=list)
     categorical: list[str] = Field(default_factory=list)
+    missing_target: Literal["drop", "fail"] = Field(
+        "drop", description="rows with no target value: dropped and counted, or an error")
+    non_finite: Literal["fail", "missing"] = Field(
+        "fail", description="inf, -inf or numbers too large for a float in numeric columns: "
+                            "an error, or treated as missing values")
 
     @property
     def features(self) -> list[str]:

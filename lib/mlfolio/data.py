@@ -5,21 +5,29 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from mlfolio.config import DataConfig, SchemaConfig
+from mlfolio.config import DataConfig, SchemaConfig, SplitConfig
 from mlfolio.errors import DataValidationError
 
 log = logging.getLogger(__name__)
 
 
-def _read_bytes(raw: bytes, name: str) -> pd.DataFrame:
-    if name.lower().endswith(".csv"):
-        return pd.read_csv(io.BytesIO(raw))
-    return pd.read_parquet(io.BytesIO(raw))
+def _read_bytes(raw: bytes, name: str, where: str) -> pd.DataFrame:
+    if not raw:
+        raise DataValidationError(f"{where}: the file is empty (0 bytes)")
+    try:
+        if name.lower().endswith(".csv"):
+            return pd.read_csv(io.BytesIO(raw))
+        return pd.read_parquet(io.BytesIO(raw))
+    except pd.errors.EmptyDataError:
+        raise DataValidationError(f"{where}: the file is empty (no header, no rows)") from None
 
 
 def _load_s3(uri: str, endpoint_url: str | None) -> pd.DataFrame:
@@ -34,7 +42,7 @@ def _load_s3(uri: str, endpoint_url: str | None) -> pd.DataFrame:
         raw = body["Body"].read()
     except (BotoCoreError, ClientError) as exc:
         raise DataValidationError(f"data.uri {uri!r}: could not read from S3: {exc}") from exc
-    return _read_bytes(raw, key)
+    return _read_bytes(raw, key, f"data.uri {uri}")
 
 
 def _load_sql(uri: str, query: str) -> pd.DataFrame:
@@ -62,9 +70,7 @@ def load_source(source: DataConfig) -> pd.DataFrame:
     path = Path(source.uri)
     if not path.is_file():
         raise DataValidationError(f"data.uri: file not found: {path}")
-    if path.suffix.lower() == ".csv":
-        return pd.read_csv(path)
-    return pd.read_parquet(path)
+    return _read_bytes(path.read_bytes(), path.name, f"data.uri {path}")
 
 
 def _label_matches(values: pd.Series, label: Any) -> pd.Series:
@@ -73,11 +79,67 @@ def _label_matches(values: pd.Series, label: Any) -> pd.Series:
     return (values == label) | (values.astype(str) == str(label))
 
 
-def validate(df: pd.DataFrame, schema: SchemaConfig, source: str = "data") -> pd.DataFrame:
-    """Check ``df`` against ``schema``; return it restricted to the schema's columns.
+@dataclass(frozen=True)
+class Validated:
+    """Validated rows, and what validation dropped or blanked on the way."""
+
+    frame: pd.DataFrame
+    dropped_missing_target: int = 0
+    non_finite_as_missing: dict[str, int] = field(default_factory=dict)
+
+
+def _which(df: pd.DataFrame, mask: Any, schema: SchemaConfig, n: int = 3) -> str:
+    """A few of the rows under ``mask``, by id when the schema has one."""
+    rows = df[np.asarray(mask, dtype=bool)]
+    if schema.id_column and schema.id_column in rows.columns:
+        return f"e.g. {schema.id_column} {list(map(str, rows[schema.id_column].head(n)))}"
+    return f"e.g. row(s) {list(map(int, rows.index[:n]))} (0-based)"
+
+
+def _overflows(text: Any) -> bool:
+    # pandas reads "1e400" as text; Python's float() says what it is: a number too large.
+    try:
+        return math.isinf(float(text))
+    except (TypeError, ValueError):
+        return False
+
+
+def _numeric_problems(values: pd.Series) -> tuple[str | None, np.ndarray]:
+    """(what is wrong with a numeric column other than non-finite values, non-finite mask)."""
+    if pd.api.types.is_bool_dtype(values) or not (
+        pd.api.types.is_numeric_dtype(values) or values.dtype == object
+        or pd.api.types.is_string_dtype(values)
+    ):
+        return f"expected numbers, got dtype {values.dtype}", np.zeros(len(values), bool)
+    if pd.api.types.is_numeric_dtype(values):
+        numbers = pd.to_numeric(values).to_numpy(dtype="float64", na_value=np.nan)
+        return None, np.isinf(numbers)
+    text = values.astype("string").str.strip()
+    coerced = pd.to_numeric(text, errors="coerce")
+    unparsed = (coerced.isna() & text.notna() & (text != "")).to_numpy(dtype=bool)
+    too_large = unparsed & text.map(_overflows, na_action="ignore").fillna(False).to_numpy(
+        dtype=bool)
+    non_finite = np.isinf(coerced.to_numpy(dtype="float64", na_value=np.nan)) | too_large
+    bad = text[unparsed & ~too_large]
+    if len(bad):
+        examples = sorted(set(bad.head(3)))
+        return (f"expected numbers (blank allowed as missing), found text such as {examples} "
+                f"in {len(bad)} row(s)"), non_finite
+    return None, non_finite
+
+
+def _missing_target(target: pd.Series) -> np.ndarray:
+    blank = target.astype("string").str.strip().eq("").fillna(False)
+    return (target.isna() | blank).to_numpy(dtype=bool)
+
+
+def check(df: pd.DataFrame, schema: SchemaConfig, source: str = "data") -> Validated:
+    """Check ``df`` against ``schema``; the rows restricted to the schema's columns.
 
     Numeric columns may hold blanks (missing values, e.g. ``totalcharges`` of new
-    customers) but no other text. Raises DataValidationError naming the column.
+    customers) but no other text; non-finite numbers fail unless ``schema.non_finite`` is
+    ``missing``. Rows with no target are dropped (``schema.missing_target: drop``) and
+    counted. Raises DataValidationError naming the column.
     """
     if df.empty:
         raise DataValidationError(f"{source}: no rows")
@@ -88,24 +150,38 @@ def validate(df: pd.DataFrame, schema: SchemaConfig, source: str = "data") -> pd
             f"{source}: missing column(s) {missing}; found {list(df.columns)}"
         )
     problems: list[str] = []
+    no_target = _missing_target(df[schema.target])
+    dropped = 0
+    if no_target.all():
+        raise DataValidationError(f"{source}: no rows left: all {len(df)} row(s) have no value "
+                                  f"in column {schema.target!r} (target)")
+    if no_target.any():
+        if schema.missing_target == "fail":
+            problems.append(
+                f"column {schema.target!r} (target): {int(no_target.sum())} row(s) have no "
+                f"value, {_which(df, no_target, schema)} (schema.missing_target is 'fail'; "
+                f"'drop' drops and counts them)")
+        else:
+            dropped = int(no_target.sum())
+            log.warning("%s: dropped %d row(s) with no value in column %r (target)", source,
+                        dropped, schema.target)
+        # Either way the unlabelled rows take no further part: nothing else to report on them.
+        df = df[~no_target]
+    non_finite_as_missing: dict[str, int] = {}
     for col in schema.numeric:
-        values = df[col]
-        if pd.api.types.is_bool_dtype(values) or not (
-            pd.api.types.is_numeric_dtype(values) or values.dtype == object
-            or pd.api.types.is_string_dtype(values)
-        ):
-            problems.append(f"column {col!r}: expected numbers, got dtype {values.dtype}")
+        problem, non_finite = _numeric_problems(df[col])
+        if problem:
+            problems.append(f"column {col!r}: {problem}")
+        if not non_finite.any():
             continue
-        if not pd.api.types.is_numeric_dtype(values):
-            text = values.astype("string").str.strip()
-            coerced = pd.to_numeric(text, errors="coerce")
-            bad = text[coerced.isna() & text.notna() & (text != "")]
-            if len(bad):
-                examples = sorted(set(bad.head(3)))
-                problems.append(
-                    f"column {col!r}: expected numbers (blank allowed as missing), "
-                    f"found text such as {examples} in {len(bad)} row(s)"
-                )
+        if schema.non_finite == "missing":
+            non_finite_as_missing[col] = int(non_finite.sum())
+            df = df.assign(**{col: df[col].mask(non_finite)})
+        else:
+            problems.append(
+                f"column {col!r}: {int(non_finite.sum())} non-finite value(s) (inf, -inf or "
+                f"too large for a float), {_which(df, non_finite, schema)}; expected finite "
+                f"numbers (schema.non_finite: missing treats them as missing values)")
     target = df[schema.target]
     known = _label_matches(target, schema.positive_label) | _label_matches(
         target, schema.negative_label
@@ -130,7 +206,52 @@ def validate(df: pd.DataFrame, schema: SchemaConfig, source: str = "data") -> pd
             )
     if problems:
         raise DataValidationError(f"{source}: " + "; ".join(problems))
-    return df[expected].reset_index(drop=True)
+    if non_finite_as_missing:
+        log.warning("%s: non-finite values treated as missing: %s", source, non_finite_as_missing)
+    return Validated(df[expected].reset_index(drop=True), dropped, non_finite_as_missing)
+
+
+def validate(df: pd.DataFrame, schema: SchemaConfig, source: str = "data") -> pd.DataFrame:
+    """The rows of :func:`check` (without its counts)."""
+    return check(df, schema, source).frame
+
+
+MIN_PER_CLASS = 2  # rows of each class in each of train, validation and test
+
+
+def min_rows_per_class(split: SplitConfig, cv_folds: int | None = None) -> int:
+    """Rows of each class needed so every part of the split gets ``MIN_PER_CLASS`` of it
+    (and each of ``cv_folds`` cross-validation folds of the training rows one)."""
+    train = 1 - split.test_size - split.valid_size
+    # round() first: 2 / 0.1 is 20.000000000000004 in floating point. The training rows
+    # are what two rounded splits leave: one row of slack (checked against sklearn's split
+    # over a grid of sizes, folds and class balances).
+    return max(math.ceil(round(MIN_PER_CLASS / split.test_size, 6)),
+               math.ceil(round(MIN_PER_CLASS / split.valid_size, 6)),
+               math.ceil(round(max(MIN_PER_CLASS, cv_folds or 0) / train, 6)) + 1)
+
+
+def check_split_size(df: pd.DataFrame, schema: SchemaConfig, split: SplitConfig,
+                     cv_folds: int | None = None, source: str = "data",
+                     sample_rows: int | None = None) -> None:
+    """Fail when ``df`` has too few rows of a class for the stratified split (and the
+    tuning folds); the message says the minimum these parameters need."""
+    need = min_rows_per_class(split, cv_folds)
+    positives = int(_label_matches(df[schema.target], schema.positive_label).sum())
+    counts = {schema.positive_label: positives, schema.negative_label: len(df) - positives}
+    if min(counts.values()) >= need:
+        return
+    have = " and ".join(f"{n} {label!r}" for label, n in counts.items())
+    rows = (f"data.sample_rows {sample_rows} leaves {len(df)} row(s)" if sample_rows
+            else f"{len(df)} row(s)")
+    params = f"split.test_size {split.test_size}, split.valid_size {split.valid_size}"
+    if cv_folds:
+        params += f" and tuning.cv_folds {cv_folds}"
+    train_need = max(MIN_PER_CLASS, cv_folds or 0)
+    raise DataValidationError(
+        f"{source}: too few rows for the split: {rows}, {have}; {params} need at least "
+        f"{need} rows of each class ({2 * need} rows): {MIN_PER_CLASS} of each class in the "
+        f"test and validation rows, {train_need} in the training rows")
 
 
 def sample(df: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from mlfolio import data, evaluate, features, registry, tracking, train, tune
+from mlfolio.config import SchemaConfig
 from mlfolio.context import StageContext
 from mlfolio.errors import DataValidationError, RegistryError, StageError
 
@@ -28,21 +29,52 @@ SPLITS = {name: f"data/{name}.parquet" for name in ("train", "valid", "test")}
 
 # -- ingest ---------------------------------------------------------------------------
 def ingest(ctx: StageContext) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Load the source, validate it, write the Parquet snapshot and its content hash."""
+    """Load the source, validate it, write the Parquet snapshot and its content hash.
+
+    Rows without a target are dropped and counted (``schema.missing_target``); the rows
+    kept (after ``data.sample_rows``) must be enough for the stratified split.
+    """
     cfg = ctx.cfg
     raw = data.load_source(cfg.data)
-    valid = data.validate(raw, cfg.schema, source=cfg.data.uri)
-    df = data.sample(valid, cfg.data.sample_rows, cfg.seed)
+    checked = data.check(raw, cfg.schema, source=cfg.data.uri)
+    df = data.sample(checked.frame, cfg.data.sample_rows, cfg.seed)
+    data.check_split_size(df, cfg.schema, cfg.split,
+                          cfg.tuning.cv_folds if cfg.tuning.enabled else None,
+                          source=cfg.data.uri,
+                          sample_rows=cfg.data.sample_rows if len(df) < len(checked.frame)
+                          else None)
     digest = data.write_snapshot(df, ctx.path(SNAPSHOT))
     info = {"source": cfg.data.uri, "data_hash": digest, "snapshot": SNAPSHOT,
-            "source_rows": int(len(raw)), **data.summary(df, cfg.schema)}
+            "source_rows": int(len(raw)),
+            "dropped_missing_target": checked.dropped_missing_target,
+            "non_finite_as_missing": checked.non_finite_as_missing,
+            **data.summary(df, cfg.schema)}
     dataset = mlflow.data.from_pandas(df, source=cfg.data.uri, targets=cfg.schema.target,
                                       name=cfg.experiment, digest=digest[:16])
     mlflow.log_input(dataset, context="raw")
-    mlflow.log_params({"data.uri": cfg.data.uri, "data.rows": len(df)})
+    mlflow.log_params({"data.uri": cfg.data.uri, "data.rows": len(df),
+                       "data.dropped_missing_target": checked.dropped_missing_target})
     mlflow.set_tag("mlfolio.data_hash", digest)
     ctx.write_json("ingest.json", info)
     return df, info
+
+
+def ingest_markdown(info: dict[str, Any], schema: SchemaConfig) -> Any:
+    """What ingest kept and dropped, in a sentence (for the notebook)."""
+    from IPython.display import Markdown
+
+    kept = info["source_rows"] - info["dropped_missing_target"]
+    lines = [f"**{info['source_rows']:,} rows read**, "
+             f"**{info['dropped_missing_target']:,} dropped** with no value in the target "
+             f"`{schema.target}` (`schema.missing_target: {schema.missing_target}`), "
+             f"{kept:,} kept."]
+    if info["rows"] < kept:
+        lines.append(f"A seeded sample of {info['rows']:,} of them (`data.sample_rows`) "
+                     "is the snapshot.")
+    for col, n in info.get("non_finite_as_missing", {}).items():
+        lines.append(f"Column `{col}`: {n:,} non-finite value(s) treated as missing "
+                     "(`schema.non_finite: missing`).")
+    return Markdown("\n\n".join(lines))
 
 
 # -- preprocess -----------------------------------------------------------------------
