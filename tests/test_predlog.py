@@ -19,6 +19,7 @@ from mlfolio import predlog
 from mlfolio.errors import DataValidationError
 from mlfolio.serve import Column
 
+from .conftest import CHURN_CSV
 from .servers import register_models, split_body, start_server, stop_server, wait_for_rows
 
 COLUMNS = [Column("tenure", "long"), Column("monthlycharges", "double"),
@@ -213,6 +214,46 @@ def test_labels_join_by_entity_latest_label_wins(tmp_path, logged):
     joined = predlog.join_labels(logged, predlog.read_labels(path, "churn", "Yes", "No"),
                                  on="entity_id")
     assert joined["actual"].fillna(-1).tolist() == [0.0, -1, -1, 0.0, -1]
+
+
+def test_an_id_labelled_twice_with_different_outcomes_warns_with_the_count(tmp_path, caplog):
+    real = pd.read_csv(CHURN_CSV).head(50)[["customerid", "churn"]]
+    flipped = real.head(3).assign(churn=real.head(3)["churn"].map({"Yes": "No", "No": "Yes"}))
+    again = real.iloc[10:14]  # listed twice with the same outcome: nothing to warn about
+    path = tmp_path / "outcomes.csv"
+    pd.concat([real, flipped, again]).to_csv(path, index=False)
+    with caplog.at_level("WARNING", logger="mlfolio.predlog"):
+        labels = predlog.read_labels(path, "churn", "Yes", "No", id_column="customerid")
+    assert len(labels) == 57
+    (record,) = [r for r in caplog.records if r.name == "mlfolio.predlog"]
+    msg = record.getMessage()
+    assert str(path) in msg
+    assert "3 id(s) listed more than once with different outcomes" in msg
+    assert "customerid" in msg and real.loc[0, "customerid"] in msg
+    assert "the last in the file is used" in msg
+    caplog.clear()
+    # with a time column, the entity's latest label is the one join_labels uses
+    pd.concat([real.assign(ts="2026-11-02"), flipped.assign(ts="2026-11-01")]).to_csv(
+        path, index=False)
+    with caplog.at_level("WARNING", logger="mlfolio.predlog"):
+        predlog.read_labels(path, "churn", "Yes", "No", id_column="customerid")
+    (record,) = [r for r in caplog.records if r.name == "mlfolio.predlog"]
+    assert "3 id(s) listed more than once" in record.getMessage()
+    assert "the latest by 'ts' is used" in record.getMessage()
+    caplog.clear()
+    # by request id and row: r1 row 0 twice, differently; r1 row 1 is another id
+    pd.DataFrame({"request_id": ["r1", "r1", "r1", "r2"], "row": [0, 0, 1, 0],
+                  "churn": ["Yes", "No", "No", "No"]}).to_csv(path, index=False)
+    with caplog.at_level("WARNING", logger="mlfolio.predlog"):
+        predlog.read_labels(path, "churn", "Yes", "No")
+    (record,) = [r for r in caplog.records if r.name == "mlfolio.predlog"]
+    assert "1 id(s) listed more than once with different outcomes" in record.getMessage()
+    assert "request_id ['r1']" in record.getMessage()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mlfolio.predlog"):  # same outcome twice: silent
+        pd.concat([real, again]).to_csv(path, index=False)
+        predlog.read_labels(path, "churn", "Yes", "No", id_column="customerid")
+    assert not [r for r in caplog.records if r.name == "mlfolio.predlog"]
 
 
 @pytest.mark.parametrize("frame, match", [

@@ -482,7 +482,8 @@ def read_labels(path: str | Path, target: str, positive_label: Any, negative_lab
     least one id column: ``request_id`` (with ``row`` for multi-row requests), ``entity_id``
     or ``id_column`` (the schema's id column, e.g. ``customerid``; renamed ``entity_id``).
     Returns the id columns, an optional time column (``ts``, ``timestamp``, ...) and
-    ``actual`` (1.0 / 0.0).
+    ``actual`` (1.0 / 0.0). Ids labelled twice with different outcomes are logged as a
+    warning with their count.
     """
     path = Path(path)
     if not path.is_file():
@@ -499,6 +500,7 @@ def read_labels(path: str | Path, target: str, positive_label: Any, negative_lab
         raise DataValidationError(f"labels file {path}: cannot read it: {exc}") from exc
     if df.empty:
         raise DataValidationError(f"labels file {path}: no rows")
+    entity_name = id_column if id_column and id_column in df.columns else "entity_id"
     if id_column and id_column in df.columns and id_column not in _ID_COLUMNS:
         if "entity_id" in df.columns:
             raise DataValidationError(f"labels file {path}: both 'entity_id' and "
@@ -526,7 +528,28 @@ def read_labels(path: str | Path, target: str, positive_label: Any, negative_lab
     if when is not None:
         out["labelled_at"] = pd.to_datetime(df[when], utc=True)
     out["actual"] = actual
+    _warn_conflicting_labels(out, f"labels file {path}", entity_name, when)
     return out.reset_index(drop=True)
+
+
+def _warn_conflicting_labels(labels: pd.DataFrame, where: str, entity_name: str,
+                             time_column: str | None) -> None:
+    """Warn, with the count, about ids labelled more than once with different outcomes
+    (keyed as :func:`join_labels` keys them by default)."""
+    if "request_id" in labels.columns:
+        keys = ["request_id", *(["row"] if "row" in labels.columns else [])]
+        name, used = "request_id", "the last in the file is used"
+    else:
+        keys, name = ["entity_id"], entity_name
+        used = (f"the latest by {time_column!r} is used" if time_column
+                else "the last in the file is used")
+    outcomes = labels.dropna(subset=[keys[0]]).groupby(keys, dropna=False)["actual"].nunique()
+    conflicting = outcomes[outcomes > 1]
+    if conflicting.empty:
+        return
+    ids = list(conflicting.index.get_level_values(0).unique()[:3])
+    log.warning("%s: %d id(s) listed more than once with different outcomes, e.g. %s %s; %s",
+                where, len(conflicting), name, ids, used)
 
 
 def _to_binary(values: pd.Series, positive: Any, negative: Any, where: str, column: str
