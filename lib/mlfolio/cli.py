@@ -57,7 +57,10 @@ def _parser() -> argparse.ArgumentParser:
                     "/invocations and /ping, Open Inference Protocol under /v2, Prometheus "
                     "on /metrics, model facts on /health.")
     serve.add_argument("--model", required=True, metavar="URI",
-                       help="models:/<name>@<alias> or models:/<name>/<version>")
+                       help="models:/<name>@<alias>, models:/<name>/<version>, or an MLflow "
+                            "model directory such as /opt/ml/model (no registry needed: name, "
+                            "version and threshold from $MLFOLIO_MODEL_NAME, "
+                            "$MLFOLIO_MODEL_VERSION, $MLFOLIO_THRESHOLD)")
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to bind (default 127.0.0.1; 0.0.0.0 exposes it)")
     serve.add_argument("--port", type=int, default=8080,
@@ -70,6 +73,9 @@ def _parser() -> argparse.ArgumentParser:
                             "else sqlite:///<project>/mlflow.db)")
     serve.add_argument("--max-body-bytes", type=int, default=10 * 1024 * 1024,
                        help="larger request bodies get 413 (default 10 MiB)")
+    serve.add_argument("--max-inflight-bytes", type=int, default=16 * 1024 * 1024,
+                       help="request bodies received or being scored at once, in bytes; a "
+                            "body past it gets 503 with Retry-After, unread (default 16 MiB)")
     serve.add_argument("--max-batch-rows", type=int, default=4096,
                        help="rows scored together at most (1 turns micro-batching off)")
     serve.add_argument("--scorer", choices=["auto", "pipeline"], default="auto",
@@ -94,6 +100,10 @@ def _parser() -> argparse.ArgumentParser:
                             "reshuffle entities")
     serve.add_argument("-v", "--verbose", action="store_true",
                        help="log at INFO level, with an access log")
+    # SageMaker starts a serving container as `docker run IMAGE serve`: the image's
+    # ENTRYPOINT (`mlfolio serve --model ... "$@"`) then ends with that word.
+    serve.add_argument("sagemaker_command", nargs="?", choices=["serve"],
+                       help=argparse.SUPPRESS)
     return parser
 
 
@@ -111,7 +121,7 @@ def _serve(args: argparse.Namespace) -> int:
             echo=lambda line: print(line, file=sys.stderr, flush=True),
             challenger=args.challenger, challenger_weight=args.challenger_weight,
             shadow=args.shadow, ab_salt=args.ab_salt, entity_column=args.entity_column,
-            prediction_log=args.prediction_log,
+            prediction_log=args.prediction_log, max_inflight_bytes=args.max_inflight_bytes,
         )
     except MlfolioError as exc:
         print(f"mlfolio: {exc}", file=sys.stderr)

@@ -105,6 +105,11 @@ TOKEN_ENV = "MLFOLIO_SERVE_TOKEN"
 OPEN_ROUTES = frozenset({"/ping", "/v2/health/live", "/v2/health/ready"})
 MLFLOW_FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 _PARSE_IN_THREAD_BYTES = 256 * 1024  # bigger bodies are parsed off the event loop
+# Request bodies being received or processed at once, in bytes: a parsed JSON body takes
+# ~15x its size in Python objects (16 parallel 10 MB bodies reached 1.6 GB), so this is
+# the server's memory bound for request data.
+MAX_INFLIGHT_BYTES = 16 * 1024 * 1024
+MAX_JSON_DEPTH = 32  # every protocol here needs 5 levels at most
 _INT64 = (-(2**63), 2**63 - 1)
 
 
@@ -117,9 +122,10 @@ class RequestError(MlfolioError):
     """A request the server refuses; ``status`` is the HTTP status, the message names the
     field."""
 
-    def __init__(self, message: str, status: int = 400):
+    def __init__(self, message: str, status: int = 400, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status = status
+        self.headers = headers or {}
 
 
 _MLFLOW_ERROR_CODES = {400: "BAD_REQUEST", 401: "UNAUTHENTICATED", 404: "RESOURCE_DOES_NOT_EXIST",
@@ -357,12 +363,46 @@ def _records_to_columns(records: list[Any], columns: list[Column], where: str
     return data
 
 
+_JSON_STEP = np.zeros(256, dtype=np.int8)
+_JSON_STEP[[ord("["), ord("{")]] = 1
+_JSON_STEP[[ord("]"), ord("}")]] = -1
+_JSON_ESCAPE = re.compile(rb"\\.", re.DOTALL)
+_JSON_NOT_MARK = bytes(c for c in range(256) if c not in b'"[]{}')
+
+
+def json_depth(body: bytes) -> int:
+    """How deep ``body``'s arrays and objects nest, without parsing it (C-speed passes).
+
+    Escapes are dropped, then everything but quotes and brackets; adjacent quotes go too
+    (an empty string, or the boundary of two strings): that keeps every bracket's side of
+    the quotes, and leaves no quotes at all unless a string holds a bracket.
+    """
+    if b"\\" in body:
+        body = _JSON_ESCAPE.sub(b"", body)
+    marks = np.frombuffer(body.translate(None, _JSON_NOT_MARK).replace(b'""', b""),
+                          dtype=np.uint8)
+    step = _JSON_STEP[marks].astype(np.int32)
+    if (marks == 34).any():
+        step[(np.cumsum(marks == 34) & 1) == 1] = 0  # inside a string
+    return int(np.cumsum(step).max(initial=0))
+
+
+def load_json(body: bytes, what: str) -> Any:
+    """``json.loads`` for request bodies: malformed or nested deeper than MAX_JSON_DEPTH
+    (which would exhaust the parser's recursion and fail as a server error) is a 400."""
+    if body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH \
+            and json_depth(body) > MAX_JSON_DEPTH:
+        raise RequestError(f"{what}: nested deeper than {MAX_JSON_DEPTH} levels (arrays and "
+                           "objects); the scoring protocols need 5 at most")
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestError(f"malformed {what}: {exc}") from None
+
+
 def parse_mlflow_json(body: bytes, columns: list[Column]) -> Block:
     """An MLflow scoring-protocol JSON body (any of the four formats) → checked rows."""
-    try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise RequestError(f"malformed JSON body: {exc}") from None
+    doc = load_json(body, "JSON body")
     if not isinstance(doc, dict):
         raise RequestError(f"the body must be a JSON object with one of the keys "
                            f"{list(MLFLOW_FORMATS)}, got {_describe(doc)}")
@@ -478,6 +518,35 @@ def _deserialize_bytes(raw: bytes, name: str) -> list[str]:
     return out
 
 
+# Parameters the protocol defines for itself, and the JSON type each must have.
+_V2_RESERVED_PARAMETERS = {"binary_data_output": bool, "binary_data": bool,
+                           "binary_data_size": int}
+
+
+def v2_parameters(holder: dict[str, Any], where: str) -> dict[str, Any]:
+    """The ``parameters`` object of a request, input or output: absent or null is empty;
+    otherwise an object whose values are booleans, numbers or strings (the protocol's
+    ``$parameter``), with binary_data_output/binary_data booleans and binary_data_size a
+    count of bytes."""
+    params = holder.get("parameters")
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise RequestError(f"{where}: expected an object of name: value, got "
+                           f"{_describe(params)}")
+    for key, value in params.items():
+        kind = _V2_RESERVED_PARAMETERS.get(key)
+        if kind is bool and type(value) is not bool:
+            raise RequestError(f"{where}.{key}: expected true or false, got {_describe(value)}")
+        if kind is int and (type(value) is not int or value < 0):
+            raise RequestError(f"{where}.{key}: expected a number of bytes (an integer >= 0), "
+                               f"got {_describe(value)}")
+        if type(value) not in (bool, int, float, str):
+            raise RequestError(f"{where}.{key}: expected a boolean, number or string, got "
+                               f"{_describe(value)}")
+    return params
+
+
 def _flatten(data: Any) -> list[Any]:
     if isinstance(data, list) and any(isinstance(v, list) for v in data):
         return list(itertools.chain.from_iterable(
@@ -499,10 +568,7 @@ def parse_v2(body: bytes, header_length: str | None, columns: list[Column]) -> V
             raise RequestError(f"Inference-Header-Content-Length {size} does not fit the "
                                f"{len(body)}-byte body")
         head, binary = body[:size], body[size:]
-    try:
-        doc = json.loads(head)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise RequestError(f"malformed JSON inference request: {exc}") from None
+    doc = load_json(head, "JSON inference request")
     if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) \
             or not doc["inputs"]:
         raise RequestError("the inference request must be a JSON object with a non-empty "
@@ -531,8 +597,8 @@ def parse_v2(body: bytes, header_length: str | None, columns: list[Column]) -> V
                 or len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
             raise RequestError(f"input {name!r}: shape must be [rows] or [rows, 1], got "
                                f"{shape!r}")
-        params = tensor.get("parameters") or {}
-        size = params.get("binary_data_size") if isinstance(params, dict) else None
+        params = v2_parameters(tensor, f"inputs[{i}].parameters")
+        size = params.get("binary_data_size")
         if size is not None:
             if type(size) is not int or size < 0 or offset + size > len(binary):
                 raise RequestError(f"input {name!r}: binary_data_size {size!r} runs past the "
@@ -563,9 +629,7 @@ def parse_v2(body: bytes, header_length: str | None, columns: list[Column]) -> V
         data[name] = values
     if offset != len(binary):
         raise RequestError(f"{len(binary) - offset} bytes of binary data belong to no input")
-    parameters = doc.get("parameters") or {}
-    binary_default = bool(isinstance(parameters, dict)
-                          and parameters.get("binary_data_output", False))
+    binary_default = v2_parameters(doc, "parameters").get("binary_data_output", False)
     wanted = doc.get("outputs")
     if wanted is None:
         outputs = [(name, binary_default) for name in _V2_OUTPUTS]
@@ -573,13 +637,13 @@ def parse_v2(body: bytes, header_length: str | None, columns: list[Column]) -> V
         if not isinstance(wanted, list):
             raise RequestError("'outputs' must be a list of {\"name\": ...} objects")
         outputs = []
-        for out in wanted:
+        for k, out in enumerate(wanted):
             name = out.get("name") if isinstance(out, dict) else None
             if name not in _V2_OUTPUTS:
                 raise RequestError(f"unknown output {name!r}; the model has outputs "
                                    f"{list(_V2_OUTPUTS)}")
-            params = out.get("parameters") or {}
-            outputs.append((name, bool(params.get("binary_data", binary_default))))
+            params = v2_parameters(out, f"outputs[{k}].parameters")
+            outputs.append((name, params.get("binary_data", binary_default)))
     request_id = doc.get("id")
     return V2Request(validate_columns(data, columns, "inputs"),
                      str(request_id) if request_id is not None else None, outputs)
@@ -1665,16 +1729,61 @@ def _header(scope: dict[str, Any], name: bytes) -> bytes | None:
     return None
 
 
+@dataclass(eq=False)
+class _Admission:
+    """Bytes of request bodies in flight: announced or received, until the answer is sent."""
+
+    limit: int
+    inflight: int = 0
+
+
+@dataclass(eq=False)
+class _Ticket:
+    """One request's share of the in-flight bytes (event loop only: no lock)."""
+
+    admission: _Admission
+    declared: bool  # a Content-Length was held up front
+    held: int = 0
+
+    def take(self, n: int) -> bool:
+        """Hold ``n`` more bytes; False, holding nothing, when that passes the limit while
+        other requests hold bytes (a request alone always gets in)."""
+        adm = self.admission
+        if adm.inflight > self.held and adm.inflight + n > adm.limit:
+            return False
+        adm.inflight += n
+        self.held += n
+        return True
+
+    def release(self) -> None:
+        self.admission.inflight -= self.held
+        self.held = 0
+
+    def refusal(self) -> str:
+        return (f"{self.admission.inflight - self.held} bytes of request bodies are in flight "
+                f"(limit {self.admission.limit}); retry later")
+
+
+_RETRY_AFTER = [(b"retry-after", b"1")]
+
+
 class _Gate:
-    """Pure ASGI middleware: bearer token, body-size precheck, per-route metrics, and a
-    500 instead of a dropped connection when a handler raises."""
+    """Pure ASGI middleware: bearer token, body-size precheck and admission, per-route
+    metrics, and a 500 instead of a dropped connection when a handler raises.
+
+    Admission bounds memory: a body is refused (413) from its Content-Length when over
+    ``max_body_bytes``, and (503, Retry-After) when it would bring the bodies in flight past
+    ``max_inflight_bytes`` — both before any of it is read. A body without a length is
+    counted as it arrives (:func:`_read_body`)."""
 
     def __init__(self, app: Any, *, route_of: Callable[[str], str], token: str | None,
-                 max_body_bytes: int, metrics: ServerMetrics):
+                 max_body_bytes: int, metrics: ServerMetrics,
+                 max_inflight_bytes: int = MAX_INFLIGHT_BYTES):
         self.app = app
         self.route_of = route_of
-        self.token = f"Bearer {token}".encode() if token else None
+        self.token = token.encode() if token else None
         self.max_body_bytes = max_body_bytes
+        self.admission = _Admission(max_inflight_bytes)
         self.metrics = metrics
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -1694,9 +1803,11 @@ class _Gate:
                 response_started = True
             await send(message)
 
+        ticket = None
         try:
             problem = self._refuse(scope, route)
             if problem is None:
+                ticket = scope["mlfolio.ticket"]
                 await self.app(scope, receive, send_and_record)
             else:
                 code, message, headers = problem
@@ -1707,6 +1818,8 @@ class _Gate:
                 await _send(send_and_record, 500, error_body(path, 500, "internal server "
                                                              "error; see the server log"))
         finally:
+            if ticket is not None:
+                ticket.release()
             self.metrics.request(route, status, time.perf_counter() - started)
 
     def _refuse(self, scope: dict[str, Any], route: str
@@ -1716,10 +1829,14 @@ class _Gate:
             if given is None:
                 return 401, "missing Authorization header: send 'Authorization: Bearer " \
                             "<token>'", [(b"www-authenticate", b"Bearer")]
-            if not hmac.compare_digest(given, self.token):
+            # The scheme is case-insensitive (RFC 9110 11.1), the token is not.
+            scheme, _, credentials = given.partition(b" ")
+            if scheme.lower() != b"bearer" \
+                    or not hmac.compare_digest(credentials.lstrip(b" "), self.token):
                 return 401, "invalid bearer token in the Authorization header", \
                     [(b"www-authenticate", b'Bearer error="invalid_token"')]
         length = _header(scope, b"content-length")
+        size = 0
         if length is not None:
             try:
                 size = int(length)
@@ -1729,6 +1846,10 @@ class _Gate:
             if size > self.max_body_bytes:
                 return 413, f"request body of {size} bytes exceeds the limit of " \
                             f"{self.max_body_bytes} bytes", []
+        ticket = _Ticket(self.admission, declared=length is not None)
+        if not ticket.take(size):
+            return 503, ticket.refusal(), _RETRY_AFTER
+        scope["mlfolio.ticket"] = ticket
         return None
 
 
@@ -1741,12 +1862,17 @@ async def _send(send: Any, status: int, body: bytes,
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refusing more than ``limit`` bytes even without a Content-Length."""
+    """The body, refusing more than ``limit`` bytes even without a Content-Length (413), and
+    a body without one that would pass the admission limit as it arrives (503)."""
+    ticket: _Ticket | None = request.scope.get("mlfolio.ticket")
+    counted = ticket is not None and not ticket.declared
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
             raise RequestError(f"request body exceeds the limit of {limit} bytes", 413)
+        if counted and not ticket.take(len(chunk)):
+            raise RequestError(ticket.refusal(), 503, headers={"retry-after": "1"})
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -1783,7 +1909,8 @@ def create_app(model: ServedModel, *, token: str | None = None,
                challenger: ServedModel | None = None, challenger_weight: float | None = None,
                shadow: bool = False, ab_salt: str | None = None,
                entity_column: str | None = None, prediction_log: str | Path | None = None,
-               log_flush_seconds: float = 0.5, log_flush_rows: int = 1000) -> FastAPI:
+               log_flush_seconds: float = 0.5, log_flush_rows: int = 1000,
+               max_inflight_bytes: int = MAX_INFLIGHT_BYTES) -> FastAPI:
     """The FastAPI app serving ``model`` (see the module docstring for its routes).
 
     With ``challenger``: A/B routing (``challenger_weight``) or shadow scoring (``shadow``);
@@ -1853,7 +1980,7 @@ def create_app(model: ServedModel, *, token: str | None = None,
     async def _request_error(request: Request, exc: RequestError) -> Response:
         return Response(error_body(request.url.path, exc.status, str(exc)),
                         status_code=exc.status, media_type="application/json",
-                        headers=id_headers(request))
+                        headers={**(id_headers(request) or {}), **exc.headers})
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -2036,7 +2163,7 @@ def create_app(model: ServedModel, *, token: str | None = None,
         return route
 
     app.add_middleware(_Gate, route_of=route_of, token=token, max_body_bytes=max_body_bytes,
-                       metrics=metrics)
+                       metrics=metrics, max_inflight_bytes=max_inflight_bytes)
     return app
 
 
@@ -2075,7 +2202,8 @@ def serve(model_uri: str, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
           echo: Callable[[str], None] | None = None, challenger: str | None = None,
           challenger_weight: float | None = None, shadow: bool = False,
           ab_salt: str | None = None, entity_column: str | None = None,
-          prediction_log: str | Path | None = None) -> None:
+          prediction_log: str | Path | None = None,
+          max_inflight_bytes: int = MAX_INFLIGHT_BYTES) -> None:
     """Load the model (and the challenger), then serve with uvicorn until SIGINT/SIGTERM.
 
     ``port=0`` picks a free port; the ``listening on`` line (through ``echo``) names it.
@@ -2091,7 +2219,7 @@ def serve(model_uri: str, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
                      max_batch_rows=max_batch_rows, on_ready=lambda: ready(),
                      challenger=second, challenger_weight=challenger_weight, shadow=shadow,
                      ab_salt=ab_salt, entity_column=entity_column,
-                     prediction_log=prediction_log)
+                     prediction_log=prediction_log, max_inflight_bytes=max_inflight_bytes)
     sock = _bind(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
     where = f"[{bound_host}]" if ":" in bound_host else bound_host
