@@ -31,3 +31,17 @@ class RegistryError(MlfolioError):
 
 class LockTimeoutError(RegistryError):
     """A registry lock (promotion, retraining claim) stayed held past its timeout."""
+
+
+class DeployError(MlfolioError):
+    """A deployment target failed; the message names the target, call and resource."""
+
+
+class ManifestError(DeployError):
+    """Kubernetes manifests failed validation; ``problems`` holds one line per field at fault."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+        super().__init__(f"{source}: {count}\n" + "\n".join(f"  - {p}" for p in problems))

@@ -1,7 +1,5 @@
 """Deployment targets of the deploy stage: local, kubernetes, aws_lambda, sagemaker."""
 
-from mlfolio.errors import MlfolioError
+from mlfolio.errors import DeployError
 
-
-class DeployError(MlfolioError):
-    """A deployment target failed; the message names the target, call and resource."""
+__all__ = ["DeployError"]  # defined in mlfolio.errors; imported from here by every target

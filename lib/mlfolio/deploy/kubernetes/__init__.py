@@ -82,11 +82,8 @@ from mlfolio.deploy.kubernetes.names import (
     parse_quantity,
 )
 from mlfolio.deploy.kubernetes.settings import KubernetesSettings, settings_from
-from mlfolio.deploy.kubernetes.validate import (
-    ManifestError,
-    validate_documents,
-    validate_manifests,
-)
+from mlfolio.deploy.kubernetes.validate import validate_documents, validate_manifests
+from mlfolio.errors import ManifestError
 
 __all__ = [
     "BASE_IMAGE", "BUILD_CONTEXT_DIRS", "BUILD_CONTEXT_FILES", "CONTAINER_NAME", "DOCKERFILE",

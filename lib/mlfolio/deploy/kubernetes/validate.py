@@ -26,16 +26,7 @@ from mlfolio.deploy.kubernetes.names import (
     parse_quantity,
 )
 from mlfolio.deploy.kubernetes.schema import _dotted, _kubernetes_validate, _schema_check
-
-
-class ManifestError(DeployError):
-    """Manifests failed validation; ``problems`` holds one line per field at fault."""
-
-    def __init__(self, source: str, problems: list[str]):
-        self.source = source
-        self.problems = problems
-        count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
-        super().__init__(f"{source}: {count}\n" + "\n".join(f"  - {p}" for p in problems))
+from mlfolio.errors import ManifestError
 
 
 def _ref(doc: dict[str, Any]) -> str:
