@@ -641,3 +641,23 @@ def test_a_small_sample_is_checked_against_the_split(run_ingest, raw):
     with pytest.raises(DataValidationError,
                        match=r"data\.sample_rows 12 leaves 12 row\(s\).* at least 10 rows"):
         run_ingest(raw, name="sampled.csv", data={"sample_rows": 12})
+
+
+@pytest.mark.slow
+def test_ingest_notebook_and_index_say_how_many_rows_were_dropped(tmp_path, raw, write_params,
+                                                                  runs_root):
+    from mlfolio import pipeline
+
+    path = tmp_path / "unlabelled.csv"
+    blank_targets(raw).to_csv(path, index=False)
+    params = write_params("unlabelled.yaml", data={"uri": str(path)})
+    manifest = pipeline.run(params, stages=["ingest"], runs_root=runs_root,
+                            echo=lambda line: None).data
+    run_dir = Path(manifest["run_dir"])
+    info = json.loads((run_dir / "ingest.json").read_text())
+    assert info["dropped_missing_target"] == 11 and info["rows"] == 3989
+    assert manifest["data"]["dropped_missing_target"] == 11
+    html = (run_dir / "01_ingest.html").read_text()
+    assert "4,000 rows read" in html and "11 dropped" in html and "3,989 kept" in html
+    index = (run_dir / "index.html").read_text()
+    assert re.search(r'id="dropped-missing-target">11 row\(s\) without a target', index)

@@ -32,10 +32,13 @@ OUTLINES = {
 Loads the rows named by `data.uri` — a CSV or Parquet file, an `s3://` object (with
 `data.endpoint_url` for MinIO or moto) or a SQL query through SQLAlchemy — and checks them
 against `schema`: every listed column present, numeric columns numeric (blanks allowed as
-missing), target values only the two labels, ids unique. The rows are written as a
-Parquet snapshot with a content hash that every later stage, MLflow and the registry
-refer to.""", [
+missing; `inf` and numbers too large for a float fail, or count as missing with
+`schema.non_finite: missing`), target values only the two labels, ids unique. Rows with
+no target are dropped and counted (`schema.missing_target: drop`, or `fail`), and enough
+rows of each class must be left for the split. The rows are written as a Parquet
+snapshot with a content hash that every later stage, MLflow and the registry refer to.""", [
         ("code", "df, info = stages.ingest(ctx)\ninfo"),
+        ("code", "stages.ingest_markdown(info, ctx.cfg.schema)"),
         ("md", "The first rows of the snapshot, as the source delivered them:"),
         ("code", "df.head()"),
     ]),

@@ -504,7 +504,8 @@ def _collect_results(manifest: Manifest, folder: Path) -> None:
 
     if ingest := product("ingest.json"):
         manifest.data["data_hash"] = ingest["data_hash"]
-        manifest.data["data"] = {k: ingest[k] for k in ("source", "rows", "positive_rate")}
+        manifest.data["data"] = {k: ingest[k] for k in ("source", "rows", "positive_rate",
+                                                        "dropped_missing_target") if k in ingest}
     if ev := product("evaluate.json"):
         manifest.data["gate"] = ev["gate"]
         manifest.data["candidate"] = {"name": ev["candidate"]["name"],
