@@ -60,7 +60,7 @@ def register_models(folder: Path, name: str = MODEL) -> Registered:
                                                   LogisticRegression(C=c, max_iter=1000))
             model.fit(X.iloc[rows], y.iloc[rows])
             with mlflow.start_run() as run:
-                model_uri = tracking.log_model(model, X.iloc[rows])
+                model_uri = tracking.log_model(model, X.iloc[rows], schema=cfg.schema)
             ref = registry.register(name, model_uri, run.info.run_id, {
                 "mlfolio.threshold": f"{THRESHOLDS[variant]:.6f}"})
             registry.set_alias(ref, variant, "A/B test")

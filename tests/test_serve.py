@@ -26,7 +26,7 @@ from sklearn.pipeline import Pipeline
 
 from mlfolio import cli, config, data, features, registry, serve, tracking
 
-from .conftest import CHURN_PARAMS
+from .conftest import CHURN_CSV, CHURN_PARAMS
 
 MODEL = "churn-serve-test"
 TOKEN = "s3cret-test-token"
@@ -70,7 +70,7 @@ def registered(tmp_path_factory) -> Registered:
     tracking.configure(cfg)
     try:
         with mlflow.start_run() as run:
-            model_uri = tracking.log_model(model, X.head(1000))
+            model_uri = tracking.log_model(model, X.head(1000), schema=cfg.schema)
         ref = registry.register(MODEL, model_uri, run.info.run_id, {
             "mlfolio.threshold": f"{THRESHOLD:.6f}", "mlfolio.data_hash": "abc123",
             "mlfolio.run_dir": "/runs/test"})
@@ -159,7 +159,8 @@ def test_health_names_model_version_alias_run_and_data_hash(server, client, regi
     assert health["data_hash"] == "abc123" and health["run_dir"] == "/runs/test"
     assert health["threshold"] == THRESHOLD
     assert health["scorer"] == "compiled", health["scorer_note"]
-    assert health["columns"]["tenure"] == "long" and health["columns"]["gender"] == "string"
+    assert health["columns"]["tenure"] == "double" and health["columns"]["gender"] == "string"
+    assert health["id_column"] == "customerid"
 
 
 def test_probes_are_open_everything_else_needs_the_token(server):
@@ -249,8 +250,9 @@ def triton_inputs(df: pd.DataFrame, binary: bool, columns: list[serve.Column]):
         values = df[col.name].to_numpy()
         if col.kind == "long":
             array, datatype = values.astype(np.int64), "INT64"
-        elif col.kind == "double":
-            array, datatype = values.astype(np.float64), "FP64"
+        elif col.kind == "double":  # blank totalcharges: NaN, a missing value
+            text = df[col.name].astype("string").str.strip()
+            array, datatype = pd.to_numeric(text, errors="coerce").to_numpy(np.float64), "FP64"
         else:
             array, datatype = np.array([str(v).encode() for v in values], dtype=object), "BYTES"
         tensor = InferInput(col.name, [len(df)], datatype)
@@ -281,8 +283,8 @@ def test_v2_health_metadata_and_readiness(triton):
     meta = triton.get_model_metadata(MODEL, headers=auth())
     assert meta["name"] == MODEL and meta["versions"] == ["1"]
     types = {i["name"]: i["datatype"] for i in meta["inputs"]}
-    assert types["tenure"] == "INT64" and types["monthlycharges"] == "FP64"
-    assert types["totalcharges"] == "BYTES"
+    assert types["tenure"] == types["monthlycharges"] == types["totalcharges"] == "FP64"
+    assert types["gender"] == types["seniorcitizen"] == "BYTES"
     assert [o["name"] for o in meta["outputs"]] == ["probability", "label"]
 
 
@@ -320,11 +322,12 @@ def test_v2_errors_name_the_field(triton, registered, columns):
         triton.infer(MODEL, inputs[1:], headers=auth())
     assert exc.value.status() == "400" and "tenure" in exc.value.message()
 
-    wrong = InferInput("tenure", [3], "FP64")
+    wrong = InferInput("gender", [3], "FP64")
     wrong.set_data_from_numpy(np.array([1.5, 2.0, 3.0]), binary_data=False)
     with pytest.raises(InferenceServerException) as exc:
-        triton.infer(MODEL, [wrong, *inputs[1:]], headers=auth())
-    assert "tenure" in exc.value.message() and "FP64" in exc.value.message()
+        triton.infer(MODEL, [wrong, *(i for i in inputs if i.name() != "gender")],
+                     headers=auth())
+    assert "gender" in exc.value.message() and "FP64" in exc.value.message()
 
     extra = InferInput("shoe_size", [3], "INT64")
     extra.set_data_from_numpy(np.array([40, 41, 42]), binary_data=True)
@@ -346,7 +349,7 @@ def _one(registered: Registered, **changes: Any) -> dict[str, Any]:
 
 @pytest.mark.parametrize("case", [
     "malformed-json", "not-an-object", "no-format-key", "missing-column", "unknown-column",
-    "wrong-type-long", "wrong-type-string", "text-in-number", "infinite", "ragged-split",
+    "wrong-type-number", "wrong-type-string", "text-in-number", "infinite", "ragged-split",
     "csv-bad-integer", "csv-unknown-column", "unsupported-content-type"])
 def test_bad_requests_get_a_message_naming_the_field(client, registered, case):
     rec = _one(registered)
@@ -354,10 +357,10 @@ def test_bad_requests_get_a_message_naming_the_field(client, registered, case):
     json_cases = {
         "missing-column": ({"dataframe_records": [rec, without]}, ["contract", "[1]"]),
         "unknown-column": ({"dataframe_records": [{**rec, "shoe_size": 42}]}, ["shoe_size"]),
-        "wrong-type-long": ({"dataframe_records": [_one(registered, tenure="41")]},
-                            ["tenure", "integer", "'41'"]),
-        "wrong-type-string": ({"dataframe_records": [_one(registered, gender=1)]},
-                              ["gender", "string"]),
+        "wrong-type-number": ({"dataframe_records": [_one(registered, tenure="forty")]},
+                              ["tenure", "a number", "'forty'"]),
+        "wrong-type-string": ({"dataframe_records": [_one(registered, gender=[1])]},
+                              ["gender", "string", "an array"]),
         "text-in-number": ({"dataframe_records": [_one(registered, totalcharges="N/A")]},
                            ["totalcharges", "N/A"]),
         "ragged-split": ({"dataframe_split": {"columns": list(rec),
@@ -558,3 +561,92 @@ def test_a_failing_request_fails_alone_in_its_batch():
 def test_server_log_has_no_tracebacks(server):
     text = "".join(server.log)
     assert "Traceback" not in text, text
+
+
+# -- rows as a client holds them --------------------------------------------------------
+def client_rows(n: int = 12) -> pd.DataFrame:
+    """Rows of data/telco_churn.csv as a client holds them: pandas.read_csv, the id column
+    included, the label dropped, totalcharges a number, seniorcitizen an int."""
+    raw = pd.read_csv(CHURN_CSV).drop(columns=["churn"])
+    df = raw[raw["totalcharges"].str.strip() != ""].head(n).copy()
+    df["totalcharges"] = df["totalcharges"].astype(float)
+    assert df["seniorcitizen"].dtype == np.int64
+    return df.reset_index(drop=True)
+
+
+def v2_inputs(df: pd.DataFrame) -> list[dict[str, Any]]:
+    kinds = {"int64": "INT64", "float64": "FP64"}
+    return [{"name": c, "shape": [len(df)], "datatype": kinds.get(str(df[c].dtype), "BYTES"),
+             "data": df[c].tolist()} for c in df.columns]
+
+
+def post_client_rows(client: httpx.Client, protocol: str, df: pd.DataFrame) -> httpx.Response:
+    """``df`` sent as it is, in one of the server's input protocols."""
+    if protocol == "csv":
+        return client.post("/invocations", content=df.to_csv(index=False),
+                           headers={"Content-Type": "text/csv"})
+    if protocol == "v2":
+        return client.post(f"/v2/models/{MODEL}/infer", json={"inputs": v2_inputs(df)})
+    split = df.to_dict(orient="split")
+    payload = {"dataframe_split": {"columns": split["columns"], "data": split["data"]},
+               "dataframe_records": records(df), "instances": records(df),
+               "inputs": {c: df[c].tolist() for c in df.columns}}[protocol]
+    return client.post("/invocations", json={protocol: payload})
+
+
+def scores(protocol: str, resp: httpx.Response) -> np.ndarray:
+    doc = resp.json()
+    if protocol == "v2":
+        return np.asarray(next(o["data"] for o in doc["outputs"] if o["name"] == "probability"))
+    return np.asarray(doc["predictions"])[:, 1]
+
+
+PROTOCOLS = ["dataframe_records", "dataframe_split", "instances", "inputs", "csv", "v2"]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_rows_as_a_client_holds_them_are_scored(client, registered, protocol):
+    df = client_rows()
+    resp = post_client_rows(client, protocol, df)
+    assert resp.status_code == 200, resp.text
+    want = registered.model.predict_proba(df.drop(columns=["customerid"]))[:, 1]
+    np.testing.assert_allclose(scores(protocol, resp), want, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("protocol", ["dataframe_records", "dataframe_split", "inputs", "csv"])
+def test_a_blank_number_is_a_missing_value(client, registered, protocol):
+    df = client_rows(3).astype({"totalcharges": object})
+    df.loc[1, "totalcharges"] = " "
+    resp = post_client_rows(client, protocol, df)
+    assert resp.status_code == 200, resp.text
+    missing = df.drop(columns=["customerid"]).astype({"totalcharges": float}, errors="ignore")
+    missing.loc[1, "totalcharges"] = np.nan
+    want = registered.model.predict_proba(missing)[:, 1]
+    np.testing.assert_allclose(scores(protocol, resp), want, rtol=0, atol=1e-12)
+    # as the pipeline reads the raw text, in training and in serving alike
+    np.testing.assert_allclose(want, registered.model.predict_proba(
+        df.drop(columns=["customerid"]))[:, 1], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_an_unknown_column_is_still_refused_by_name(client, protocol):
+    resp = post_client_rows(client, protocol, client_rows(2).assign(foo=1))
+    assert resp.status_code == 400, resp.text
+    doc = resp.json()
+    assert "foo" in (doc["error"] if protocol == "v2" else doc["message"])
+
+
+def test_the_id_column_comes_from_the_models_schema(client):
+    health = client.get("/health").json()
+    assert health["routing"]["entity_column"] == "customerid"
+    assert "customerid" not in health["columns"]
+    assert health["columns"]["totalcharges"] == "double"
+    assert health["columns"]["seniorcitizen"] == "string"
+
+
+def test_numbers_as_numbers_without_the_id_column(client, registered):
+    df = client_rows(4).drop(columns=["customerid"])
+    resp = client.post("/invocations", json={"dataframe_records": records(df)})
+    assert resp.status_code == 200, resp.text
+    np.testing.assert_allclose(np.asarray(resp.json()["predictions"]),
+                               registered.model.predict_proba(df), rtol=0, atol=1e-12)

@@ -19,6 +19,7 @@ import pytest
 
 from mlfolio import cli, predlog, serve
 
+from .conftest import CHURN_CSV
 from .servers import (
     MODEL,
     THRESHOLDS,
@@ -284,3 +285,34 @@ def test_entity_column_that_the_model_reads_is_refused(registered, capsys):
 
 def test_ab_server_log_has_no_tracebacks(ab_server):
     assert "Traceback" not in "".join(ab_server.log)
+
+
+# -- the schema's id column ---------------------------------------------------------------
+def test_the_schemas_id_column_routes_and_is_logged_without_a_flag(registered, tmp_path):
+    """No --entity-column: the id column recorded with the model is the entity key."""
+    folder = tmp_path / "id-log"
+    server = start_server(registered, "--challenger", f"models:/{MODEL}@challenger",
+                          "--challenger-weight", str(WEIGHT), "--prediction-log", str(folder))
+    try:
+        raw = pd.read_csv(CHURN_CSV).drop(columns=["churn"]).head(40)
+        raw = raw[raw["totalcharges"].str.strip() != ""].reset_index(drop=True)
+        raw["totalcharges"] = raw["totalcharges"].astype(float)  # as a client holds them
+        entities = raw["customerid"].tolist()
+        want = [expected_variant(e) for e in entities]
+        assert 0 < want.count("challenger") < len(want)
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            resp = c.post("/invocations", headers={"X-Request-ID": "by-id-column"},
+                          json={"dataframe_records": raw.to_dict(orient="records")})
+            assert resp.status_code == 200, resp.text
+            answer = resp.json()
+            assert answer["variants"] == want
+            assert_rows_scored_by_their_variant(registered, raw.drop(columns=["customerid"]),
+                                                answer)
+            assert c.get("/health").json()["routing"]["entity_column"] == "customerid"
+        logged = wait_for_rows(folder, len(raw)).set_index("row").sort_index()
+        assert logged["entity_id"].tolist() == entities
+        assert logged["variant"].tolist() == want
+        assert "customerid" not in logged.columns
+    finally:
+        stop_server(server.proc)
+    assert "Traceback" not in "".join(server.log)

@@ -151,10 +151,13 @@ _SIGNATURE_KINDS = {"integer": "long", "long": "long", "float": "double", "doubl
 class Column:
     """One input column of the model signature.
 
-    ``kind`` is long, double, string or boolean; ``numeric_text`` marks a string column the
-    model reads as a number (blank = missing), such as ``totalcharges``. The server's
-    ``--entity-column`` is an ``optional`` column of kind ``entity`` (text or integer ids),
-    taken out of the rows before they are scored.
+    ``kind`` is long, double, string or boolean. A double column takes numbers, numeric
+    text and blank text (a missing value), read as the pipeline's coercer reads them; a
+    string column takes text, and integers and booleans as their text (a 0/1 flag). The
+    entity column (the schema's id column, or ``--entity-column``) is an ``optional``
+    column of kind ``entity`` (text or integer ids), taken out of the rows before they are
+    scored. ``numeric_text`` marks a string column the model reads as a number (blank =
+    missing): ``totalcharges`` in models logged before signatures followed the schema.
     """
 
     name: str
@@ -180,6 +183,13 @@ def columns_from_signature(signature: Any, numeric: Iterable[str] = ()) -> list[
                              f"supported (expected one of {sorted(_SIGNATURE_KINDS)})")
         out.append(Column(spec.name, kind, kind == "string" and spec.name in numeric))
     return out
+
+
+def model_id_column(meta: Any) -> str | None:
+    """The schema's id column recorded at log time (MLmodel metadata), if any."""
+    recorded = (getattr(meta, "metadata", None) or {}).get("mlfolio") or {}
+    name = recorded.get("id_column") if isinstance(recorded, dict) else None
+    return name if isinstance(name, str) and name else None
 
 
 # -- request values -------------------------------------------------------------------
@@ -213,22 +223,58 @@ def _is_number_text(text: str) -> bool:
         return False
 
 
+def _number_from_text(text: str) -> float | None:
+    """Numeric text as the coercer reads it (strip, pandas.to_numeric); blank → None."""
+    stripped = text.strip()
+    if not stripped:
+        return None
+    return float(_text_to_float([stripped])[0])
+
+
+def _category_text(v: Any) -> Any:
+    """An int, bool or finite float in a string column as the coercer's text (``0.0`` →
+    ``"0"``); anything else is returned as is, for the caller to refuse."""
+    t = type(v)
+    if t is int or t is bool:
+        return str(v)
+    if t is float and math.isfinite(v):
+        return str(int(v)) if v.is_integer() else repr(v)
+    return v
+
+
 def check_values(col: Column, values: list[Any], where: str = "") -> list[Any]:
     """Values of one column checked against its signature type; null means missing.
 
     Returns the values with lossless normalisations (``1.0`` in a long column becomes
-    ``1``); raises RequestError naming the column, the row and what was expected.
+    ``1``, numeric text in a double column its number, blank text None, a 0/1 flag in a
+    string column its text); raises RequestError naming the column, the row and what was
+    expected.
     """
     at = f" ({where})" if where else ""
     kind = col.kind
     out = values
     if kind == "string":
         for i, v in enumerate(values):
-            if v is not None and type(v) is not str:
-                raise RequestError(f"column {col.name!r}: expected a string (signature type "
-                                   f"string), got {_describe(v)} in row {i}{at}")
+            if v is None or type(v) is str:
+                continue
+            t = type(v)
+            if t is float and v != v:
+                text = None  # NaN: missing
+            elif col.numeric_text:
+                text = (str(v) if t is int else repr(v)) if t in (int, float) and \
+                    math.isfinite(v) else v
+            else:
+                text = _category_text(v)
+            if text is not None and type(text) is not str:
+                expected = "a number or numeric text" if col.numeric_text else \
+                    "a string (or an integer or boolean, read as its text)"
+                raise RequestError(f"column {col.name!r}: expected {expected} (signature "
+                                   f"type string), got {_describe(v)} in row {i}{at}")
+            if out is values:
+                out = list(values)
+            out[i] = text
         if col.numeric_text:
-            for i, v in enumerate(values):
+            for i, v in enumerate(out):
                 if v is not None and not _is_number_text(v):
                     raise RequestError(f"column {col.name!r}: expected a number written as "
                                        f"text, or blank for missing, got {_describe(v)} in "
@@ -256,9 +302,14 @@ def check_values(col: Column, values: list[Any], where: str = "") -> list[Any]:
                 if math.isinf(v):
                     raise RequestError(f"column {col.name!r}: expected a finite number, got "
                                        f"{v} in row {i}{at}")
+            elif t is str and _is_number_text(v):  # blank is missing, as in training
+                if out is values:
+                    out = list(values)
+                out[i] = _number_from_text(v)
             elif t is not int and v is not None:
                 raise RequestError(f"column {col.name!r}: expected a number (signature type "
-                                   f"double), got {_describe(v)} in row {i}{at}")
+                                   f"double; numeric text is read as a number, blank text "
+                                   f"as missing), got {_describe(v)} in row {i}{at}")
     elif kind == "boolean":
         for i, v in enumerate(values):
             if v is not None and type(v) is not bool:
@@ -279,7 +330,7 @@ def _from_text(col: Column, values: list[str], where: str) -> list[Any]:
         if text == "":
             out.append(None)
             continue
-        if col.kind in ("string", "entity"):
+        if col.kind in ("string", "entity", "double"):  # double: check_values reads it
             out.append(text)
             continue
         stripped = text.strip()
@@ -292,8 +343,6 @@ def _from_text(col: Column, values: list[str], where: str) -> list[Any]:
                     if not number.is_integer():
                         raise
                     out.append(int(number))
-            elif col.kind == "double":
-                out.append(float(stripped))
             else:
                 flag = {"true": True, "1": True, "false": False, "0": False}[stripped.lower()]
                 out.append(flag)
@@ -487,8 +536,11 @@ _V2_NUMPY = {"BOOL": "?", "INT8": "<i1", "INT16": "<i2", "INT32": "<i4", "INT64"
              "UINT8": "<u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8",
              "FP16": "<f2", "FP32": "<f4", "FP64": "<f8"}
 _V2_INTS = ("INT64", "INT32", "INT16", "INT8", "UINT64", "UINT32", "UINT16", "UINT8")
-_V2_KIND_TYPES = {"long": _V2_INTS, "double": ("FP64", "FP32", "FP16", *_V2_INTS),
-                  "string": ("BYTES",), "boolean": ("BOOL",), "entity": ("BYTES", *_V2_INTS)}
+# Text in a double column is read as a number (blank: missing), integers and booleans in
+# a string column as their text, as the JSON protocols do.
+_V2_KIND_TYPES = {"long": _V2_INTS, "double": ("FP64", "FP32", "FP16", *_V2_INTS, "BYTES"),
+                  "string": ("BYTES", *_V2_INTS, "BOOL"), "boolean": ("BOOL",),
+                  "entity": ("BYTES", *_V2_INTS)}
 _V2_OUTPUTS = ("probability", "label")
 
 
@@ -1012,6 +1064,7 @@ class ServedModel:
     tracking_uri: str
     scorer_note: str = ""
     loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    id_column: str | None = None  # the schema's id column, recorded when it was logged
 
     @property
     def data_hash(self) -> str | None:
@@ -1024,7 +1077,7 @@ class ServedModel:
             "data_hash": self.data_hash, "threshold": self.threshold,
             "run_dir": self.tags.get("mlfolio.run_dir"), "scorer": self.scorer.name,
             "scorer_note": self.scorer_note or None, "loaded_at": self.loaded_at,
-            "columns": {c.name: c.kind for c in self.columns},
+            "columns": {c.name: c.kind for c in self.columns}, "id_column": self.id_column,
         }
 
 
@@ -1121,7 +1174,8 @@ def load(model_uri: str, tracking_uri: str | None = None, scorer: str = "auto"
     return ServedModel(name=name, version=str(mv.version), alias=alias,
                        uri=f"models:/{name}/{mv.version}", requested_uri=model_uri,
                        run_id=mv.run_id, tags=tags, threshold=threshold, columns=columns,
-                       scorer=chosen, tracking_uri=tracking_uri, scorer_note=note)
+                       scorer=chosen, tracking_uri=tracking_uri, scorer_note=note,
+                       id_column=model_id_column(meta))
 
 
 # -- metrics --------------------------------------------------------------------------
@@ -1916,11 +1970,13 @@ def create_app(model: ServedModel, *, token: str | None = None,
     With ``challenger``: A/B routing (``challenger_weight``) or shadow scoring (``shadow``);
     ``prediction_log``: a folder for :class:`mlfolio.predlog.PredictionLog`;
     ``entity_column``: an input column holding entity ids, logged and used for routing, never
-    scored.
+    scored; by default the id column of the schema the model was trained on.
     """
     mode = routing_mode(challenger.requested_uri if challenger else None, challenger_weight,
                         shadow)
     model_columns = _union_columns(model, challenger)
+    if entity_column is None:
+        entity_column = model.id_column or (challenger.id_column if challenger else None)
     if entity_column is not None and any(c.name == entity_column for c in model_columns):
         raise ServeError(f"--entity-column {entity_column!r} is an input of the model; the "
                          "entity column is taken out of the rows before scoring")
