@@ -598,20 +598,31 @@ def run_ingest(tmp_path, write_params):
     return run
 
 
-def test_ingest_counts_the_rows_it_dropped(run_ingest, raw):
+def test_ingest_counts_the_rows_it_dropped(run_ingest, raw, schema):
+    from mlfolio.stages import ingest_markdown
+
     df, info = run_ingest(blank_targets(raw))
     assert info["source_rows"] == 4000 and info["rows"] == 3989 == len(df)
     assert info["dropped_missing_target"] == 11
+    assert ingest_markdown(info, schema).data.startswith(
+        "**4,000 rows read**, **11 dropped** with no value in the target `churn` "
+        "(`schema.missing_target: drop`), 3,989 kept.")
     df, info = run_ingest(pd.read_csv(CHURN_CSV), name="clean.csv")
     assert info["dropped_missing_target"] == 0 and info["rows"] == 4000
+    assert ingest_markdown(info, schema).data == (
+        "**4,000 rows read**, all with a value in the target `churn`.")
 
 
 def test_ingest_reports_non_finite_values_treated_as_missing(run_ingest, raw, churn_params,
-                                                             tmp_path):
+                                                             tmp_path, schema):
     write_non_finite(raw, tmp_path / "inf.csv")
     df, info = run_ingest(pd.read_csv(tmp_path / "inf.csv"), name="inf_rows.csv",
                           schema={**churn_params["schema"], "non_finite": "missing"})
     assert info["non_finite_as_missing"] == {"monthlycharges": 3, "totalcharges": 1}
+    from mlfolio.stages import ingest_markdown
+
+    assert ("Column `monthlycharges`: 3 non-finite value(s) treated as missing"
+            in ingest_markdown(info, schema).data)
 
 
 def few_rows(raw: pd.DataFrame, yes: int, no: int) -> pd.DataFrame:

@@ -63,11 +63,12 @@ def ingest_markdown(info: dict[str, Any], schema: SchemaConfig) -> Any:
     """What ingest kept and dropped, in a sentence (for the notebook)."""
     from IPython.display import Markdown
 
-    kept = info["source_rows"] - info["dropped_missing_target"]
+    dropped = info["dropped_missing_target"]
+    kept = info["source_rows"] - dropped
     lines = [f"**{info['source_rows']:,} rows read**, "
-             f"**{info['dropped_missing_target']:,} dropped** with no value in the target "
-             f"`{schema.target}` (`schema.missing_target: {schema.missing_target}`), "
-             f"{kept:,} kept."]
+             + (f"**{dropped:,} dropped** with no value in the target `{schema.target}` "
+                f"(`schema.missing_target: {schema.missing_target}`), {kept:,} kept."
+                if dropped else f"all with a value in the target `{schema.target}`.")]
     if info["rows"] < kept:
         lines.append(f"A seeded sample of {info['rows']:,} of them (`data.sample_rows`) "
                      "is the snapshot.")
