@@ -1081,11 +1081,21 @@ class ServedModel:
         }
 
 
+_MODEL_URI_FORMS = ("models:/<name>@<alias>, models:/<name>/<version> or an MLflow model "
+                    "directory")
+# A model directory (SageMaker's /opt/ml/model) has no registry around it: the container's
+# environment says what the registry would (the sagemaker target sets these).
+MODEL_NAME_ENV = "MLFOLIO_MODEL_NAME"
+MODEL_VERSION_ENV = "MLFOLIO_MODEL_VERSION"
+THRESHOLD_ENV = "MLFOLIO_THRESHOLD"
+
+
 def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
-    """``models:/name@alias`` → (name, alias, None); ``models:/name/3`` → (name, None, "3")."""
+    """``models:/name@alias`` → (name, alias, None); ``models:/name/3`` → (name, None, "3").
+
+    A model directory is not a registry URI: see :func:`model_directory`."""
     if not uri.startswith("models:/"):
-        raise ServeError(f"--model {uri!r}: expected models:/<name>@<alias> or "
-                         "models:/<name>/<version>")
+        raise ServeError(f"--model {uri!r}: expected {_MODEL_URI_FORMS}")
     rest = uri.removeprefix("models:/").strip("/")
     if "@" in rest:
         name, _, alias = rest.rpartition("@")
@@ -1095,8 +1105,45 @@ def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
         name, _, version = rest.rpartition("/")
         if name and version.isdigit():
             return name, None, version
-    raise ServeError(f"--model {uri!r}: expected models:/<name>@<alias> or "
-                     "models:/<name>/<version>")
+    raise ServeError(f"--model {uri!r}: expected {_MODEL_URI_FORMS}")
+
+
+def model_directory(uri: str) -> Path | None:
+    """The local MLflow model directory ``uri`` names (a path or a ``file://`` URI), None
+    for a registry URI; a ServeError when the path is no model directory."""
+    if uri.startswith("models:/"):
+        return None
+    if uri.startswith("file://"):
+        path = Path(uri.removeprefix("file://"))
+    elif "://" in uri or uri.startswith(("models:", "runs:")):
+        raise ServeError(f"--model {uri!r}: expected {_MODEL_URI_FORMS}")
+    else:
+        path = Path(uri)
+    if not path.is_dir():
+        raise ServeError(f"--model {uri!r}: no such directory (expected {_MODEL_URI_FORMS})")
+    if not (path / "MLmodel").is_file():
+        raise ServeError(f"--model {uri!r}: not an MLflow model directory (no MLmodel file "
+                         "in it)")
+    return path.resolve()
+
+
+@dataclass
+class _DirectoryVersion:
+    """What the registry would say about a model directory, from the environment."""
+
+    name: str
+    version: str
+    run_id: str | None
+    tags: dict[str, str]
+
+
+def _directory_version(path: Path, run_id: str | None) -> _DirectoryVersion:
+    tags = {}
+    threshold = os.environ.get(THRESHOLD_ENV)
+    if threshold:
+        tags["mlfolio.threshold"] = threshold  # checked like the registry's tag
+    return _DirectoryVersion(os.environ.get(MODEL_NAME_ENV) or path.name,
+                             os.environ.get(MODEL_VERSION_ENV) or "0", run_id, tags)
 
 
 def default_tracking_uri() -> str:
@@ -1108,7 +1155,11 @@ def default_tracking_uri() -> str:
 
 def load(model_uri: str, tracking_uri: str | None = None, scorer: str = "auto"
          ) -> ServedModel:
-    """Resolve ``model_uri`` in the registry once, load that version, pick the scorer."""
+    """Resolve ``model_uri`` in the registry once, load that version, pick the scorer.
+
+    ``model_uri`` may also be a model directory (:func:`model_directory`), loaded without a
+    registry: name, version and threshold from $MLFOLIO_MODEL_NAME (else the folder's
+    name), $MLFOLIO_MODEL_VERSION (else 0) and $MLFOLIO_THRESHOLD (else 0.5)."""
     import mlflow.artifacts
     import mlflow.sklearn
     from mlflow import MlflowClient
@@ -1118,17 +1169,25 @@ def load(model_uri: str, tracking_uri: str | None = None, scorer: str = "auto"
     if scorer not in ("auto", "pipeline"):
         raise ServeError(f"scorer {scorer!r}: expected 'auto' or 'pipeline'")
     tracking_uri = tracking_uri or default_tracking_uri()
-    name, alias, version = parse_model_uri(model_uri)
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    try:
-        mv = (client.get_model_version_by_alias(name, alias) if alias
-              else client.get_model_version(name, version))
-        download_uri = client.get_model_version_download_uri(name, mv.version)
-        local = mlflow.artifacts.download_artifacts(artifact_uri=download_uri,
-                                                    tracking_uri=tracking_uri)
-    except MlflowException as exc:
-        raise ServeError(f"{model_uri} in {tracking_uri}: {exc.message}") from exc
-    meta = Model.load(local)
+    directory = model_directory(model_uri)
+    if directory is not None:
+        local = str(directory)
+        meta = Model.load(local)
+        mv: Any = _directory_version(directory, meta.run_id)
+        name, alias, served_uri = mv.name, None, local
+    else:
+        name, alias, version = parse_model_uri(model_uri)
+        client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        try:
+            mv = (client.get_model_version_by_alias(name, alias) if alias
+                  else client.get_model_version(name, version))
+            download_uri = client.get_model_version_download_uri(name, mv.version)
+            local = mlflow.artifacts.download_artifacts(artifact_uri=download_uri,
+                                                        tracking_uri=tracking_uri)
+        except MlflowException as exc:
+            raise ServeError(f"{model_uri} in {tracking_uri}: {exc.message}") from exc
+        meta = Model.load(local)
+        served_uri = f"models:/{name}/{mv.version}"
     if "sklearn" not in meta.flavors:
         raise ServeError(f"{model_uri}: not a scikit-learn model (flavors "
                          f"{sorted(meta.flavors)})")
@@ -1172,7 +1231,7 @@ def load(model_uri: str, tracking_uri: str | None = None, scorer: str = "auto"
             note = problem
             log.warning("%s: scoring through the pipeline (%s)", model_uri, problem)
     return ServedModel(name=name, version=str(mv.version), alias=alias,
-                       uri=f"models:/{name}/{mv.version}", requested_uri=model_uri,
+                       uri=served_uri, requested_uri=model_uri,
                        run_id=mv.run_id, tags=tags, threshold=threshold, columns=columns,
                        scorer=chosen, tracking_uri=tracking_uri, scorer_note=note,
                        id_column=model_id_column(meta))

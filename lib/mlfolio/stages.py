@@ -386,6 +386,7 @@ def _deploy_target(ctx: StageContext, target: str, ref: registry.ModelRef,
             endpoint_url=aws.endpoint_url, memory_mb=dc.lambda_.memory_mb,
             timeout_s=dc.lambda_.timeout_s)
     from mlfolio.deploy import sagemaker
+    from mlfolio.deploy.aws_lambda import registry_info
 
     archive = sagemaker.build_model_archive(ref.uri, out / "model.tar.gz")
     sm = dc.sagemaker
@@ -393,7 +394,8 @@ def _deploy_target(ctx: StageContext, target: str, ref: registry.ModelRef,
         archive, endpoint_name=sm.endpoint_name or ref.name, image_uri=sm.image_uri,
         role_arn=aws.role_arn, bucket=aws.bucket, model_version=ref.version,
         region=aws.region, endpoint_url=aws.endpoint_url, instance_type=sm.instance_type,
-        instance_count=sm.instance_count)
+        instance_count=sm.instance_count, model_name=ref.name,
+        threshold=registry_info(ref.uri).get("threshold"))  # the container has no registry
 
 
 def deploy_model(ctx: StageContext) -> dict[str, Any]:

@@ -9,6 +9,7 @@ in process. To keep a server running afterwards, run the command recorded in
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import socket
 import subprocess
@@ -24,6 +25,8 @@ import pandas as pd
 
 from mlfolio.deploy import DeployError
 
+TOKEN_ENV = "MLFOLIO_SERVE_TOKEN"  # = mlfolio.serve.TOKEN_ENV (not imported: pulls in FastAPI)
+
 
 def _free_port(host: str) -> int:
     with socket.socket() as sock:
@@ -31,8 +34,12 @@ def _free_port(host: str) -> int:
         return int(sock.getsockname()[1])
 
 
-def _request(url: str, body: bytes | None = None, timeout: float = 10.0) -> tuple[int, bytes]:
-    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+def _request(url: str, body: bytes | None = None, timeout: float = 10.0,
+             token: str | None = None) -> tuple[int, bytes]:
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, data=body, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.status, resp.read()
@@ -50,7 +57,10 @@ def deploy_local(model_uri: str, tracking_uri: str, rows: pd.DataFrame, expected
                  *, host: str = "127.0.0.1", port: int = 0, log_path: Path | None = None,
                  ready_timeout: float = 120.0) -> dict[str, Any]:
     """Start the server, wait for /ping, compare its answers on ``rows`` with ``expected``
-    (positive-class probabilities), stop it, and return what was checked."""
+    (positive-class probabilities), stop it, and return what was checked.
+
+    The server inherits the environment: with ``$MLFOLIO_SERVE_TOKEN`` set it requires that
+    token, and the check sends it."""
     port = port or _free_port(host)
     url = f"http://{host}:{port}"
     cmd = serve_command(model_uri, host, port, tracking_uri)
@@ -71,7 +81,8 @@ def deploy_local(model_uri: str, tracking_uri: str, rows: pd.DataFrame, expected
                 raise DeployError(f"local: {url}/ping not ready after {ready_timeout:.0f} s")
             time.sleep(0.25)
         payload = {"dataframe_split": json.loads(rows.to_json(orient="split", index=False))}
-        status, body = _request(f"{url}/invocations", json.dumps(payload).encode())
+        status, body = _request(f"{url}/invocations", json.dumps(payload).encode(),
+                                token=os.environ.get(TOKEN_ENV))
         if status != 200:
             raise DeployError(f"local: POST {url}/invocations answered {status}: "
                               f"{body[:500].decode(errors='replace')}")

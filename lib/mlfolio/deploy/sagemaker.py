@@ -1,11 +1,14 @@
 """The sagemaker target: a ``model.tar.gz`` for the SageMaker contract, and its rollout.
 
 SageMaker unpacks ``ModelDataUrl`` into ``/opt/ml/model`` and starts the image with
-``serve``; the container answers ``GET /ping`` and ``POST /invocations`` on port 8080. The
-archive therefore holds the MLflow model directory at its root (``/opt/ml/model/MLmodel``),
-and ``image_uri`` must be an image that serves an MLflow model from there and has mlfolio
-installed, since the pickled pipeline imports ``mlfolio.features`` (the serving image of
-the kubernetes target, running ``mlfolio serve --model /opt/ml/model --host 0.0.0.0``).
+``serve`` (``docker run IMAGE serve``), with the model's ``Environment``; the container
+answers ``GET /ping`` and ``POST /invocations`` on port 8080. The archive therefore holds the
+MLflow model directory at its root (``/opt/ml/model/MLmodel``), and ``image_uri`` is the
+serving image of the kubernetes target (mlfolio installed: the pickled pipeline imports
+``mlfolio.features``). Its ENTRYPOINT runs ``mlfolio serve --model "$MODEL_URI" --host
+0.0.0.0 --port "$PORT" "$@"``, so :func:`container_environment` sets ``MODEL_URI`` to the
+model directory and ``PORT`` to 8080, plus what the registry would tell a server (model
+name, version, threshold), and ``mlfolio serve`` takes SageMaker's trailing ``serve``.
 
 :func:`deploy_sagemaker` uploads the archive (key ``<endpoint>/model-v<version>-<time>/``),
 creates a model and a new endpoint configuration named after the version, then creates the
@@ -43,6 +46,8 @@ from mlfolio.deploy.aws_lambda import (
 log = logging.getLogger(__name__)
 
 VARIANT = "AllTraffic"
+MODEL_DIR = "/opt/ml/model"  # where SageMaker unpacks ModelDataUrl
+PORT = 8080  # where SageMaker sends /ping and /invocations
 DONE = {"InService", "Failed", "OutOfService", "UpdateRollbackFailed"}
 _NAME_MAX = 63  # SageMaker names: ^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}
 
@@ -74,6 +79,23 @@ def build_model_archive(model_uri_or_dir: str | Path, out_path: str | Path) -> P
                             recursive=False, filter=clean)
     log.info("sagemaker archive %s (%.1f MB)", out, out.stat().st_size / 1e6)
     return out
+
+
+def container_environment(model_version: str | int, model_name: str | None = None,
+                          threshold: float | None = None) -> dict[str, str]:
+    """The SageMaker model's ``Environment``: what the serving image needs to serve the
+    unpacked archive (``MODEL_URI``, ``PORT``) and the registry facts it cannot look up
+    there (``MLFOLIO_MODEL_VERSION``, ``MLFOLIO_MODEL_NAME``, ``MLFOLIO_THRESHOLD``)."""
+    env = {"MODEL_URI": MODEL_DIR, "PORT": str(PORT),
+           "MLFOLIO_MODEL_VERSION": str(model_version)}
+    if model_name:
+        env["MLFOLIO_MODEL_NAME"] = model_name
+    if threshold is not None:
+        if not 0.0 <= float(threshold) <= 1.0:
+            raise DeployError(f"sagemaker threshold: expected a number in [0, 1], got "
+                              f"{threshold}")
+        env["MLFOLIO_THRESHOLD"] = repr(float(threshold))
+    return env
 
 
 def resource_name(endpoint_name: str, model_version: str, stamp: str) -> str:
@@ -114,15 +136,21 @@ def deploy_sagemaker(archive: str | Path, *, endpoint_name: str, image_uri: str,
                      role_arn: str, bucket: str, model_version: str | int,
                      region: str | None = None, endpoint_url: str | None = None,
                      instance_type: str = "ml.m5.large", instance_count: int = 1,
-                     wait_timeout_s: float = 3600, poll_s: float = 15) -> dict[str, Any]:
+                     wait_timeout_s: float = 3600, poll_s: float = 15,
+                     model_name: str | None = None, threshold: float | None = None
+                     ) -> dict[str, Any]:
     """Upload ``archive`` to ``bucket``, create a model and an endpoint configuration for
     ``model_version``, create or update ``endpoint_name`` to it and wait until it serves.
 
     Returns the endpoint, its new configuration, the model, the archive's S3 URI and the
     configuration it replaced. Raises DeployError naming the AWS call and resource; until
     the update succeeds, the endpoint keeps serving its previous configuration.
+    ``model_name`` and ``threshold`` (the version's ``mlfolio.threshold`` tag) go into the
+    container's environment (:func:`container_environment`): without a threshold the
+    endpoint labels at 0.5.
     """
     path = Path(archive)
+    environment = container_environment(model_version, model_name, threshold)
     if not path.is_file():
         raise DeployError(f"sagemaker archive {path} not found (expected the file written "
                           "by build_model_archive)")
@@ -137,7 +165,7 @@ def deploy_sagemaker(archive: str | Path, *, endpoint_name: str, image_uri: str,
     aws_call(sm, "create_model", f"model {name!r}", ModelName=name,
              ExecutionRoleArn=role_arn, Tags=tags,
              PrimaryContainer={"Image": image_uri, "ModelDataUrl": s3_uri,
-                               "Environment": {"MLFOLIO_MODEL_VERSION": model_version}})
+                               "Environment": environment})
     aws_call(sm, "create_endpoint_config", f"endpoint config {name!r}",
              EndpointConfigName=name, Tags=tags,
              ProductionVariants=[{"VariantName": VARIANT, "ModelName": name,
