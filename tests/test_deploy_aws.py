@@ -40,7 +40,7 @@ from mlfolio.deploy import DeployError
 from mlfolio.deploy.aws_lambda import build_package, deploy_lambda
 from mlfolio.deploy.sagemaker import build_model_archive, deploy_sagemaker, wait_for_endpoint
 
-from .conftest import CHURN_PARAMS
+from .conftest import CHURN_CSV, CHURN_PARAMS
 
 MODEL_NAME = "churn-aws"
 REGION = "us-east-1"
@@ -65,7 +65,7 @@ def store(tmp_path_factory) -> Iterator[SimpleNamespace]:
     exp = MlflowClient().create_experiment("deploy-aws",
                                            artifact_location=(folder / "artifacts").as_uri())
     with mlflow.start_run(experiment_id=exp) as run:
-        model_uri = tracking.log_model(model, X)
+        model_uri = tracking.log_model(model, X, schema=cfg.schema)
     ref = registry.register(MODEL_NAME, model_uri, run.info.run_id,
                             {"mlfolio.threshold": "0.300000"})
     model_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref.uri,
@@ -74,7 +74,7 @@ def store(tmp_path_factory) -> Iterator[SimpleNamespace]:
     assert (rows["totalcharges"].str.strip() == "").any()
     try:
         yield SimpleNamespace(model=model, X=X, rows=rows, ref=ref, model_dir=model_dir,
-                              expected=model.predict_proba(rows)[:, 1])
+                              expected=model.predict_proba(rows)[:, 1], tracking_uri=uri)
     finally:
         mlflow.set_tracking_uri(None)
         mlflow.set_registry_uri(None)
@@ -158,11 +158,14 @@ def post(version: str, doc: Any, **kw: Any) -> tuple[int, dict[str, Any], dict[s
 
 
 def assert_predictions(answer: dict[str, Any], expected: np.ndarray, threshold: float) -> None:
-    preds = answer["predictions"]
-    assert [set(p) for p in preds] == [{"probability", "label"}] * len(expected)
-    got = np.array([p["probability"] for p in preds])
-    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
-    assert [p["label"] for p in preds] == [int(p >= threshold) for p in expected]
+    """The server's /invocations answer: both class probabilities, labels, threshold."""
+    assert set(answer) == {"predictions", "labels", "threshold", "request_id"}
+    got = np.asarray(answer["predictions"])
+    assert got.shape == (len(expected), 2)
+    np.testing.assert_allclose(got[:, 1], expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(got.sum(axis=1), 1.0, rtol=0, atol=1e-12)
+    assert answer["labels"] == [int(p >= threshold) for p in expected]
+    assert answer["threshold"] == threshold
 
 
 # -- the handler ----------------------------------------------------------------------------
@@ -240,56 +243,54 @@ def _set(rows, col, value, at=0):
 
 BAD_JSON = [
     ("missing-column", lambda r: {"dataframe_records": _drop(r, "tenure")},
-     "tenure", "missing column(s) ['tenure'] in dataframe_records[0]"),
+     "missing column 'tenure' in dataframe_records[0]"),
     ("unknown-column", lambda r: {"instances": [{**x, "shoe_size": 44} for x in records(r)]},
-     "shoe_size", "unknown column(s) ['shoe_size'] in instances[0]"),
+     "unknown column(s) ['shoe_size'] in instances[0]"),
     ("malformed-json", lambda r: '{"dataframe_records": [{"tenure": 1,',
-     "body", "body: malformed JSON"),
-    ("not-an-object", lambda r: [1, 2], "body", "expected a JSON object"),
-    ("unknown-format", lambda r: {"rows": records(r)}, "rows", "unknown field(s) ['rows']"),
-    ("no-format", lambda r: {}, "body", "expected exactly one of"),
+     "malformed JSON body"),
+    ("not-an-object", lambda r: [1, 2], "must be a JSON object"),
+    ("unknown-format", lambda r: {"rows": records(r)}, "got keys ['rows']"),
+    ("no-format", lambda r: {}, "exactly one of the keys"),
     ("two-formats", lambda r: {**payload("instances", r), **payload("inputs", r)},
-     "body", "got ['instances', 'inputs']"),
-    ("int-column-text", lambda r: {"dataframe_records": _set(r, "tenure", "twelve", 2)},
-     "tenure", "column 'tenure': expected an integer, got string 'twelve' in row 2"),
+     "got keys ['inputs', 'instances']"),
+    ("number-column-text", lambda r: {"dataframe_records": _set(r, "tenure", "twelve", 2)},
+     "column 'tenure': expected a number"),
     ("double-column-bool", lambda r: {"dataframe_records": _set(r, "monthlycharges", True)},
-     "monthlycharges", "expected a number, got boolean true in row 0"),
-    ("string-column-number", lambda r: {"dataframe_records": _set(r, "contract", 2)},
-     "contract", "column 'contract': expected a string, got number 2"),
+     "got boolean true in row 0"),
+    ("string-column-array", lambda r: {"dataframe_records": _set(r, "contract", [2])},
+     "column 'contract': expected a string"),
     ("numeric-text", lambda r: {"dataframe_records": _set(r, "totalcharges", "lots")},
-     "totalcharges", "expected a number or numeric text, got string 'lots'"),
+     "column 'totalcharges': expected a number"),
     ("split-short-row", lambda r: {"dataframe_split": {
         "columns": list(r.columns), "data": [list(records(r)[0].values())[:-1]]}},
-     "dataframe_split.data[0]", "expected an array of 19 values"),
+     "dataframe_split.data[0]: expected a list of 19 values"),
     ("split-no-columns", lambda r: {"dataframe_split": {"data": r.values.tolist()}},
-     "dataframe_split.columns", "expected an array of column names"),
+     "dataframe_split: expected an object with 'columns'"),
     ("inputs-ragged", lambda r: {"inputs": {**payload("inputs", r)["inputs"], "tenure": [1]}},
-     "inputs", "the same, non-zero number of values"),
-    ("empty-records", lambda r: {"dataframe_records": []}, "dataframe_records",
-     "expected a non-empty array"),
+     "columns of different lengths in inputs"),
+    ("empty-records", lambda r: {"dataframe_records": []}, "no rows in dataframe_records"),
 ]
 
 
 @pytest.mark.parametrize("version", ["v1", "v2"])
-@pytest.mark.parametrize("make, field, message", [c[1:] for c in BAD_JSON],
+@pytest.mark.parametrize("make, message", [c[1:] for c in BAD_JSON],
                          ids=[c[0] for c in BAD_JSON])
-def test_bad_json_is_400_naming_the_field(served, version, make, field, message):
+def test_bad_json_is_400_naming_the_field(served, version, make, message):
     status, body, _ = post(version, make(served.rows))
     assert status == 400, body
     assert body["error_code"] == "BAD_REQUEST"
-    assert body["field"] == field
-    assert message in body["message"]
+    assert message in body["message"], body["message"]
 
 
-@pytest.mark.parametrize("text, field, message", [
-    ("tenure,shoe_size\n1,44\n", "shoe_size", "unknown column(s) ['shoe_size']"),
-    ("x,y\n", "row 0", "expected 19 fields"),
-    ("", "body", "empty CSV"),
+@pytest.mark.parametrize("text, message", [
+    ("tenure,shoe_size\n1,44\n", "unknown column(s) ['shoe_size']"),
+    ("x,y\n", "is not a row of 20 values"),
+    ("", "empty CSV"),
 ], ids=["unknown-header", "headerless-wrong-width", "empty"])
-def test_bad_csv_is_400(served, text, field, message):
+def test_bad_csv_is_400(served, text, message):
     status, body, _ = call(v1_event("POST", "/invocations", text, {"Content-Type": "text/csv"}))
     assert status == 400, body
-    assert body["field"] == field and message in body["message"]
+    assert message in body["message"], body["message"]
 
 
 def test_csv_wrong_type_names_column_and_row(served):
@@ -298,17 +299,19 @@ def test_csv_wrong_type_names_column_and_row(served):
     rows.loc[1, "tenure"] = "soon"
     status, body, _ = call(v1_event("POST", "/invocations", rows.to_csv(index=False),
                                     {"Content-Type": "text/csv"}))
-    assert (status, body["field"]) == (400, "tenure")
-    assert "expected an integer, got 'soon' in row 1" in body["message"]
+    assert status == 400
+    assert "column 'tenure'" in body["message"]
+    assert "got string 'soon' in row 1" in body["message"]
 
 
 def test_bad_base64_and_media_type(served):
     status, body, _ = call(v1_event("POST", "/invocations", "%%% not base64 %%%",
                                     {"Content-Type": "application/json"}, b64=True))
-    assert (status, body["field"]) == (400, "body") and "not valid base64" in body["message"]
+    assert status == 400 and "body: isBase64Encoded" in body["message"]
+    assert "not valid base64" in body["message"]
     status, body, _ = call(v2_event("POST", "/invocations", "<rows/>",
                                     {"content-type": "application/xml"}))
-    assert (status, body["field"]) == (415, "Content-Type")
+    assert status == 415 and "Content-Type 'application/xml'" in body["message"]
 
 
 @pytest.mark.parametrize("version", ["v1", "v2"])
@@ -328,7 +331,70 @@ def test_model_missing_is_503_naming_the_directory(tmp_path, monkeypatch):
 def test_direct_invoke(served):
     answer = lambda_handler.handler(payload("dataframe_records", served.rows), None)
     assert_predictions(answer, served.expected, 0.5)
-    assert lambda_handler.handler({"nope": 1}, None)["field"] == "nope"
+    assert "'nope'" in lambda_handler.handler({"nope": 1}, None)["message"]
+
+
+# -- the same contract as mlfolio serve -------------------------------------------------------
+@pytest.fixture(scope="module")
+def server(store) -> Iterator[Any]:
+    """``mlfolio serve`` on the same registered version, threshold tag 0.3."""
+    from .servers import Registered, start_server, stop_server
+
+    registry.set_alias(store.ref, registry.CHAMPION, "lambda parity test")
+    running = start_server(Registered(store.tracking_uri, {}, store.X, pd.Series()),
+                           name=MODEL_NAME)
+    try:
+        yield running
+    finally:
+        stop_server(running.proc)
+
+
+def client_rows() -> pd.DataFrame:
+    """Rows of the raw CSV as a client holds them (pandas.read_csv: the id column, ints,
+    totalcharges a number), and a new customer's blank totalcharges."""
+    raw = pd.read_csv(CHURN_CSV).drop(columns=["churn"])
+    rows = raw[raw["totalcharges"].str.strip() != ""].head(5).copy()
+    rows["totalcharges"] = rows["totalcharges"].astype(float)
+    blank = raw[raw["totalcharges"].str.strip() == ""].head(1)
+    return pd.concat([rows.astype({"totalcharges": object}), blank], ignore_index=True)
+
+
+def parity_body(protocol: str, rows: pd.DataFrame) -> tuple[str, str]:
+    if protocol == "csv":
+        return rows.to_csv(index=False), "text/csv"
+    if protocol == "unknown-column":
+        return json.dumps({"dataframe_records": records(rows.assign(foo=1))}), \
+            "application/json"
+    split = rows.to_dict(orient="split")
+    return json.dumps({protocol: {
+        "dataframe_split": {"columns": split["columns"], "data": split["data"]},
+        "dataframe_records": records(rows), "instances": records(rows),
+        "inputs": {c: rows[c].tolist() for c in rows.columns}}[protocol]}), "application/json"
+
+
+@pytest.mark.parametrize("accept", ["application/json", "text/csv"])
+@pytest.mark.parametrize("protocol", [*FORMATS, "csv", "unknown-column"])
+def test_the_handler_answers_like_the_server(server, served, monkeypatch, protocol, accept):
+    import httpx
+
+    monkeypatch.setenv("MODEL_THRESHOLD", "0.3")  # the version's tag, which the server uses
+    body, media = parity_body(protocol, client_rows())
+    headers = {"Content-Type": media, "Accept": accept, "X-Request-ID": f"parity-{protocol}"}
+    expected = httpx.post(f"{server.url}/invocations", content=body, headers=headers,
+                          timeout=30)
+    for version in ("v1", "v2"):
+        resp = lambda_handler.handler(EVENTS[version]("POST", "/invocations", body, headers))
+        assert resp["statusCode"] == expected.status_code, resp["body"]
+        assert resp["headers"]["X-Request-ID"] == expected.headers["x-request-id"]
+        if expected.headers["content-type"].startswith("text/csv"):
+            assert resp["headers"]["Content-Type"] == "text/csv"
+            assert resp["body"] == expected.text
+        else:
+            assert json.loads(resp["body"]) == expected.json()
+    if protocol == "unknown-column":
+        assert expected.status_code == 400 and "foo" in expected.json()["message"]
+    else:
+        assert expected.status_code == 200, expected.text
 
 
 # -- the deployment package -------------------------------------------------------------------

@@ -10,39 +10,38 @@ Routes:
 
 - ``GET /ping`` — health: ``{"status": "ok", "model_version": ..., "threshold": ...}``; it
   loads the model, so a 200 means the function can score.
-- ``POST /invocations`` — the MLflow scoring JSON formats (``dataframe_split``,
+- ``POST /invocations`` — ``mlfolio serve``'s contract, parsed, checked and scored by the same
+  code (:mod:`mlfolio.serve`): the MLflow scoring JSON formats (``dataframe_split``,
   ``dataframe_records``, ``instances``, ``inputs``) or ``text/csv`` (with or without a header
-  row). The answer is ``{"predictions": [{"probability": p, "label": 0|1}, ...]}``, where
-  ``probability`` is the positive-class probability and ``label`` is 1 when it reaches the
-  threshold. Bad input is refused with a 400 ``{"error_code": "BAD_REQUEST", "message":
-  ..., "field": ...}`` naming the field: a missing or unknown column, malformed JSON, a value
-  of the wrong type (checked against the model signature before the model sees it; a
-  string column the pipeline reads as a number, such as ``totalcharges``, takes numbers or
-  numeric text). ``null`` (an empty CSV field) is a missing value.
+  row); the schema's id column (recorded with the model) is accepted and never scored. The
+  answer is the server's: ``{"predictions": [[p_negative, p_positive], ...], "labels": [...],
+  "threshold": t, "request_id": ...}`` (``Accept: text/csv``: one ``probability,label`` line
+  per row). Bad input is refused with the server's 400 ``{"error_code": "BAD_REQUEST",
+  "message": ...}``, the message naming the column, row or field.
 
 Every answer is ``{"statusCode", "headers", "body", "isBase64Encoded": false}``, the shape
-both payload versions accept. Invoked directly (``aws lambda invoke``) with a scoring JSON
-document as the event, the handler returns the predictions document itself.
+both payload versions accept, with ``X-Request-ID`` (the client's, else API Gateway's request
+id). Invoked directly (``aws lambda invoke``) with a scoring JSON document as the event, the
+handler returns the predictions document itself.
 
 The model: a local MLflow model directory, ``$MODEL_DIR`` or ``model/`` next to this module
 (where :func:`mlfolio.deploy.aws_lambda.build_package` puts it), loaded with
-``mlflow.sklearn.load_model`` on the first request and kept for the life of the container.
-The threshold is ``$MODEL_THRESHOLD``, else ``threshold`` in ``model.json`` next to the model
-directory (written by ``build_package`` from the version's ``mlfolio.threshold`` tag), else
-0.5. Nothing happens on import.
+``mlflow.sklearn.load_model`` on the first request and kept for the life of the container;
+mlfolio's pipelines are compiled to NumPy operations as in the server, after the same check
+against the pipeline. The threshold is ``$MODEL_THRESHOLD``, else ``threshold`` in
+``model.json`` next to the model directory (written by ``build_package`` from the version's
+``mlfolio.threshold`` tag), else 0.5. Nothing happens on import.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import csv
-import io
 import json
 import logging
-import math
 import os
 import threading
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,17 +55,16 @@ THRESHOLD_ENV = "MODEL_THRESHOLD"
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "model"
 META_FILE = "model.json"  # next to the model directory
 DEFAULT_THRESHOLD = 0.5
-FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 ROUTES = {"/ping": "GET", "/invocations": "POST"}
 JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 class RequestError(MlfolioError):
-    """A request the handler refuses: HTTP ``status`` and the request ``field`` at fault."""
+    """A request the handler refuses outside the scoring contract (route, method, media
+    type, base64): HTTP ``status`` and a message naming what is wrong."""
 
-    def __init__(self, message: str, field: str | None = None, status: int = 400):
+    def __init__(self, message: str, status: int = 400):
         super().__init__(message)
-        self.field = field
         self.status = status
 
 
@@ -76,42 +74,31 @@ class ModelLoadError(MlfolioError):
 
 # -- the model ------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Column:
-    name: str
-    kind: str  # long, double, string, boolean, or "any" when the model has no signature
-    numeric_text: bool = False  # a string column the model reads as a number
-
-
-@dataclass(frozen=True)
 class LoadedModel:
     pipeline: Any
-    columns: tuple[Column, ...]
+    columns: tuple[Any, ...]  # mlfolio.serve.Column: the model's inputs
     threshold: float
     model_version: str | None
     model_dir: Path
+    scorer: Any = None  # mlfolio.serve.CompiledScorer or PipelineScorer
+    id_column: str | None = None  # accepted in requests, taken out before scoring
 
     @property
     def names(self) -> list[str]:
         return [c.name for c in self.columns]
 
+    @property
+    def request_columns(self) -> list[Any]:
+        """What a request may carry: the model's columns, then the optional id column."""
+        from mlfolio import serve
+
+        extra = [serve.Column(self.id_column, "entity", optional=True)] \
+            if self.id_column and self.id_column not in self.names else []
+        return [*self.columns, *extra]
+
 
 _lock = threading.Lock()
 _loaded: dict[tuple[str, str | None], LoadedModel] = {}
-
-_KINDS = {"integer": "long", "long": "long", "float": "double", "double": "double",
-          "string": "string", "boolean": "boolean"}
-
-
-def _numeric_columns(pipeline: Any) -> set[str]:
-    """Columns mlfolio's RawColumnCoercer reads as numbers (searched through the pipeline)."""
-    found: set[str] = set()
-    stack = [pipeline]
-    while stack:
-        step = stack.pop()
-        if type(step).__name__ == "RawColumnCoercer":
-            found.update(getattr(step, "numeric", None) or [])
-        stack.extend(s for _, s in getattr(step, "steps", []) or [])
-    return found
 
 
 def _threshold(model_dir: Path, meta: dict[str, Any]) -> float:
@@ -130,6 +117,31 @@ def _threshold(model_dir: Path, meta: dict[str, Any]) -> float:
     return value
 
 
+def _scorer(pipeline: Any, columns: list[Any], mlmodel: Any, model_dir: Path) -> Any:
+    """The server's choice: the compiled pipeline when it reproduces the pipeline exactly."""
+    import pandas as pd
+
+    from mlfolio import serve
+
+    reference = serve.PipelineScorer(pipeline, columns)
+    try:
+        compiled = serve.CompiledScorer(pipeline, columns)
+    except serve.NotCompilable as exc:
+        log.info("%s: scoring through the pipeline (%s)", model_dir, exc)
+        return reference
+    try:
+        example = mlmodel.load_input_example(str(model_dir))
+    except Exception as exc:  # an unreadable example only costs us probe rows
+        log.info("no input example in %s: %s", model_dir, exc)
+        example = None
+    problem = serve.verify(compiled, reference, serve.probe_rows(
+        columns, compiled, example if isinstance(example, pd.DataFrame) else None))
+    if problem is not None:
+        log.warning("%s: scoring through the pipeline (%s)", model_dir, problem)
+        return reference
+    return compiled
+
+
 def _load(model_dir: Path) -> LoadedModel:
     if not (model_dir / "MLmodel").is_file():
         raise ModelLoadError(f"no MLflow model at {model_dir} (set ${MODEL_DIR_ENV} to the "
@@ -146,26 +158,20 @@ def _load(model_dir: Path) -> LoadedModel:
     import mlflow.sklearn
     from mlflow.models import Model
 
+    from mlfolio import serve
+
     pipeline = mlflow.sklearn.load_model(str(model_dir))
-    signature = Model.load(str(model_dir / "MLmodel")).signature
-    numeric = _numeric_columns(pipeline)
-    if signature is not None and signature.inputs is not None and \
-            signature.inputs.has_input_names():
-        columns = []
-        for spec in signature.inputs.inputs:
-            type_name = getattr(spec.type, "name", str(spec.type))
-            kind = _KINDS.get(type_name, "any")
-            columns.append(Column(spec.name, kind, kind == "string" and spec.name in numeric))
-    else:
-        names = getattr(pipeline, "feature_names_in_", None)
-        if names is None:
-            raise ModelLoadError(f"{model_dir}: the model has no input signature and no "
-                                 "feature_names_in_; cannot tell which columns it takes")
-        columns = [Column(str(n), "any") for n in names]
-    log.info("loaded model from %s (version %s, threshold %s)", model_dir,
-             meta.get("model_version"), threshold)
+    mlmodel = Model.load(str(model_dir / "MLmodel"))
+    numeric = getattr(serve._steps(pipeline)[0], "numeric", None) or ()
+    try:
+        columns = serve.columns_from_signature(mlmodel.signature, numeric)
+    except serve.ServeError as exc:
+        raise ModelLoadError(f"{model_dir}: {exc}") from None
+    scorer = _scorer(pipeline, columns, mlmodel, model_dir)
+    log.info("loaded model from %s (version %s, threshold %s, scorer %s)", model_dir,
+             meta.get("model_version"), threshold, scorer.name)
     return LoadedModel(pipeline, tuple(columns), threshold, meta.get("model_version"),
-                       model_dir)
+                       model_dir, scorer, serve.model_id_column(mlmodel))
 
 
 def get_model() -> LoadedModel:
@@ -180,212 +186,28 @@ def get_model() -> LoadedModel:
         return _loaded[key]
 
 
-# -- request rows ---------------------------------------------------------------------
-def _describe(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return f"boolean {str(value).lower()}"
-    if isinstance(value, int | float):
-        return f"number {value!r}"
-    if isinstance(value, str):
-        return f"string {value if len(value) <= 40 else value[:37] + '...'!r}"
-    return "an array" if isinstance(value, list) else "an object"
+# -- scoring: mlfolio serve's contract ---------------------------------------------------
+def score(body: bytes, csv: bool, model: LoadedModel) -> tuple[Any, Any]:
+    """Parse and check a request body as the server does; (probabilities, labels)."""
+    import numpy as np
 
+    from mlfolio import serve
 
-def _is_number_text(text: str) -> bool:
-    stripped = text.strip()
-    if not stripped:
-        return True  # blank = missing
+    parser = serve.parse_csv if csv else serve.parse_mlflow_json
+    block = parser(body, model.request_columns)
+    if model.id_column:
+        block.columns.pop(model.id_column, None)
     try:
-        return not math.isinf(float(stripped))
-    except ValueError:
-        return False
+        proba = np.asarray(model.scorer.predict_proba(block.columns, block.n))
+    except Exception as exc:  # the server's rule: bad rows are a 400, the rest a 500
+        raise serve._scoring_error(exc) from exc
+    return proba, (proba[:, 1] >= model.threshold).astype(int)
 
 
-def _check(col: Column, value: Any, row: int) -> Any:
-    """One value checked against its column's signature type (None = missing)."""
-    if value is None or col.kind == "any":
-        return value
-    kind = col.kind
-    ok = False
-    if kind == "long":
-        if type(value) is float and value.is_integer():
-            value = int(value)
-        ok = type(value) is int
-    elif kind == "double":
-        ok = type(value) in (int, float) and not (type(value) is float and math.isinf(value))
-    elif kind == "boolean":
-        ok = type(value) is bool
-    elif kind == "string":
-        if col.numeric_text:
-            ok = (type(value) is str and _is_number_text(value)) or (
-                type(value) in (int, float) and math.isfinite(value))
-        else:
-            ok = type(value) is str
-    if not ok:
-        expected = {"long": "an integer", "double": "a number", "boolean": "true or false",
-                    "string": "a number or numeric text" if col.numeric_text else "a string"}
-        raise RequestError(f"column {col.name!r}: expected {expected[kind]}, got "
-                           f"{_describe(value)} in row {row}", field=col.name)
-    return value
-
-
-def _check_names(names: list[str], model: LoadedModel, where: str) -> None:
-    expected = set(model.names)
-    unknown = [n for n in names if n not in expected]
-    if unknown:
-        raise RequestError(f"unknown column(s) {unknown} in {where}; the model takes "
-                           f"{model.names}", field=unknown[0])
-    present = set(names)
-    missing = [n for n in model.names if n not in present]
-    if missing:
-        raise RequestError(f"missing column(s) {missing} in {where}", field=missing[0])
-
-
-def _records(records: Any, model: LoadedModel, where: str) -> list[dict[str, Any]]:
-    if not isinstance(records, list) or not records:
-        raise RequestError(f"{where}: expected a non-empty array of objects, got "
-                           f"{_describe(records)}", field=where)
-    for i, rec in enumerate(records):
-        if not isinstance(rec, dict):
-            raise RequestError(f"{where}[{i}]: expected an object naming the columns, got "
-                               f"{_describe(rec)}", field=f"{where}[{i}]")
-        _check_names(list(rec), model, f"{where}[{i}]")
-    return records
-
-
-def _columnar(columns: dict[str, Any], model: LoadedModel, where: str) -> list[dict[str, Any]]:
-    _check_names(list(columns), model, where)
-    lengths = {}
-    for name, values in columns.items():
-        if not isinstance(values, list):
-            raise RequestError(f"{where}.{name}: expected an array of values, got "
-                               f"{_describe(values)}", field=name)
-        lengths[name] = len(values)
-    if len(set(lengths.values())) != 1 or not next(iter(lengths.values())):
-        raise RequestError(f"{where}: every column needs the same, non-zero number of "
-                           f"values, got {lengths}", field=where)
-    n = next(iter(lengths.values()))
-    return [{name: columns[name][i] for name in columns} for i in range(n)]
-
-
-def rows_from_json(doc: Any, model: LoadedModel) -> list[dict[str, Any]]:
-    """The rows of an MLflow scoring JSON document, as one dict per row."""
-    if not isinstance(doc, dict):
-        raise RequestError(f"body: expected a JSON object with one of {list(FORMATS)}, got "
-                           f"{_describe(doc)}", field="body")
-    keys = [k for k in doc if k in FORMATS]
-    others = [k for k in doc if k not in FORMATS]
-    if others:
-        raise RequestError(f"unknown field(s) {others}; expected exactly one of "
-                           f"{list(FORMATS)}", field=others[0])
-    if len(keys) != 1:
-        raise RequestError(f"body: expected exactly one of {list(FORMATS)}, got "
-                           f"{keys or 'none'}", field="body")
-    key = keys[0]
-    payload = doc[key]
-    if key == "dataframe_split":
-        if not isinstance(payload, dict):
-            raise RequestError(f"dataframe_split: expected an object with 'columns' and "
-                               f"'data', got {_describe(payload)}", field=key)
-        extra = sorted(set(payload) - {"columns", "data", "index"})
-        if extra:
-            raise RequestError(f"dataframe_split: unknown field(s) {extra}; expected "
-                               "'columns', 'data' and optionally 'index'",
-                               field=f"dataframe_split.{extra[0]}")
-        columns, data = payload.get("columns"), payload.get("data")
-        if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
-            raise RequestError("dataframe_split.columns: expected an array of column names",
-                               field="dataframe_split.columns")
-        if len(set(columns)) != len(columns):
-            raise RequestError(f"dataframe_split.columns: duplicated names in {columns}",
-                               field="dataframe_split.columns")
-        _check_names(columns, model, "dataframe_split.columns")
-        if not isinstance(data, list) or not data:
-            raise RequestError("dataframe_split.data: expected a non-empty array of rows",
-                               field="dataframe_split.data")
-        rows = []
-        for i, row in enumerate(data):
-            if not isinstance(row, list) or len(row) != len(columns):
-                raise RequestError(f"dataframe_split.data[{i}]: expected an array of "
-                                   f"{len(columns)} values, got {_describe(row)}"
-                                   + (f" of {len(row)}" if isinstance(row, list) else ""),
-                                   field=f"dataframe_split.data[{i}]")
-            rows.append(dict(zip(columns, row, strict=True)))
-        return rows
-    if key == "dataframe_records":
-        return _records(payload, model, key)
-    # instances / inputs (TF-serving style): records, or one array per column
-    if isinstance(payload, dict):
-        return _columnar(payload, model, key)
-    return _records(payload, model, key)
-
-
-def _from_text(col: Column, text: str, row: int) -> Any:
-    if text == "":
-        return None
-    kind = col.kind
-    try:
-        if kind == "long":
-            value = float(text) if any(c in text for c in ".eE") else int(text)
-            return _check(col, value, row)
-        if kind == "double":
-            return float(text)
-        if kind == "boolean":
-            lowered = text.strip().lower()
-            if lowered in ("true", "false", "1", "0"):
-                return lowered in ("true", "1")
-            raise ValueError(text)
-    except ValueError:
-        expected = {"long": "an integer", "double": "a number", "boolean": "true or false"}
-        raise RequestError(f"column {col.name!r}: expected {expected[kind]}, got "
-                           f"{text!r} in row {row}", field=col.name) from None
-    return _check(col, text, row)
-
-
-def rows_from_csv(text: str, model: LoadedModel) -> list[dict[str, Any]]:
-    """CSV rows: a header naming the model's columns (any order), or none (signature order)."""
-    lines = list(csv.reader(io.StringIO(text)))
-    lines = [ln for ln in lines if ln]
-    if not lines:
-        raise RequestError("body: empty CSV", field="body")
-    first = lines[0]
-    names = model.names
-    expected = set(names)
-    if any(f in expected for f in first):  # a header row
-        _check_names(first, model, "the CSV header")
-        header, data = first, lines[1:]
-    else:
-        header, data = names, lines
-    if not data:
-        raise RequestError("body: the CSV has a header but no rows", field="body")
-    by_name = {c.name: c for c in model.columns}
-    rows = []
-    for i, fields in enumerate(data):
-        if len(fields) != len(header):
-            raise RequestError(f"CSV row {i}: expected {len(header)} fields "
-                               f"({', '.join(header)}), got {len(fields)}", field=f"row {i}")
-        rows.append({name: _from_text(by_name[name], value, i)
-                     for name, value in zip(header, fields, strict=True)})
-    return rows
-
-
-def predict(rows: list[dict[str, Any]], model: LoadedModel) -> list[dict[str, Any]]:
-    """Check the rows against the signature, score them, apply the threshold."""
-    import pandas as pd
-
-    data: dict[str, Any] = {}
-    for col in model.columns:
-        values = [_check(col, row.get(col.name), i) for i, row in enumerate(rows)]
-        if col.kind == "long" and any(v is None for v in values):
-            # nullable integers: a missing value must not turn 0/1 flags into 0.0/1.0
-            data[col.name] = pd.array(values, dtype="Int64")
-        else:
-            data[col.name] = values
-    frame = pd.DataFrame(data, columns=model.names)
-    proba = model.pipeline.predict_proba(frame)[:, 1]
-    return [{"probability": float(p), "label": int(p >= model.threshold)} for p in proba]
+def answer(proba: Any, labels: Any, model: LoadedModel, request_id: str) -> dict[str, Any]:
+    """The server's /invocations document."""
+    return {"predictions": proba.tolist(), "labels": labels.tolist(),
+            "threshold": model.threshold, "request_id": request_id}
 
 
 # -- events ---------------------------------------------------------------------------
@@ -396,6 +218,7 @@ class HttpRequest:
     path: str
     headers: dict[str, str]
     body: bytes
+    gateway_request_id: str | None = None  # API Gateway's requestContext.requestId
 
 
 def parse_event(event: dict[str, Any]) -> HttpRequest | None:
@@ -421,10 +244,12 @@ def parse_event(event: dict[str, Any]) -> HttpRequest | None:
             body = base64.b64decode(raw, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise RequestError(f"body: isBase64Encoded is true but the body is not valid "
-                               f"base64 ({exc})", field="body") from None
+                               f"base64 ({exc})") from None
     else:
         body = raw.encode() if isinstance(raw, str) else bytes(raw)
-    return HttpRequest(version, method.upper(), path, headers, body)
+    gateway_id = ctx.get("requestId")
+    return HttpRequest(version, method.upper(), path, headers, body,
+                       str(gateway_id) if gateway_id else None)
 
 
 def _response(status: int, doc: Any, headers: dict[str, str] | None = None) -> dict[str, Any]:
@@ -432,43 +257,50 @@ def _response(status: int, doc: Any, headers: dict[str, str] | None = None) -> d
             "body": json.dumps(doc), "isBase64Encoded": False}
 
 
-_ERROR_CODES = {400: "BAD_REQUEST", 404: "RESOURCE_DOES_NOT_EXIST", 405: "METHOD_NOT_ALLOWED",
-                415: "UNSUPPORTED_MEDIA_TYPE", 500: "INTERNAL_ERROR",
-                503: "TEMPORARILY_UNAVAILABLE"}
+def _error(status: int, message: str, headers: dict[str, str] | None = None
+           ) -> dict[str, Any]:
+    """The server's MLflow-style error document."""
+    from mlfolio import serve
 
-
-def _error(status: int, message: str, field: str | None = None,
-           headers: dict[str, str] | None = None) -> dict[str, Any]:
-    doc: dict[str, Any] = {"error_code": _ERROR_CODES.get(status, "BAD_REQUEST"),
-                           "message": message}
-    if field is not None:
-        doc["field"] = field
-    return _response(status, doc, headers)
+    return {"statusCode": status, "headers": {**JSON_HEADERS, **(headers or {})},
+            "body": serve.error_body("/invocations", status, message).decode(),
+            "isBase64Encoded": False}
 
 
 def _version_header(model: LoadedModel) -> dict[str, str]:
     return {"X-Model-Version": model.model_version} if model.model_version else {}
 
 
-def _invocations(req: HttpRequest, model: LoadedModel) -> dict[str, Any]:
+def _request_id(req: HttpRequest) -> str:
+    """The client's X-Request-ID (as the server checks it), else API Gateway's id."""
+    from mlfolio import serve
+
+    given = req.headers.get("x-request-id")
+    if given is not None and (not 0 < len(given) <= serve.MAX_ID_LENGTH
+                              or not given.isprintable()):
+        raise RequestError(f"X-Request-ID header: expected 1 to {serve.MAX_ID_LENGTH} "
+                           f"printable characters, got {len(given)}")
+    return given or req.gateway_request_id or uuid.uuid4().hex
+
+
+def _invocations(req: HttpRequest, model: LoadedModel, request_id: str) -> dict[str, Any]:
     content_type = req.headers.get("content-type", "application/json")
     media = content_type.split(";")[0].strip().lower()
-    try:
-        text = req.body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise RequestError("body: not UTF-8 text", field="body") from None
     if media == "text/csv":
-        rows = rows_from_csv(text, model)
+        csv = True
     elif media in ("application/json", "") or media.endswith("+json"):
-        try:
-            doc = json.loads(text)
-        except ValueError as exc:
-            raise RequestError(f"body: malformed JSON: {exc}", field="body") from None
-        rows = rows_from_json(doc, model)
+        csv = False
     else:
-        raise RequestError(f"Content-Type {content_type!r} is not supported; send "
-                           "application/json or text/csv", field="Content-Type", status=415)
-    return _response(200, {"predictions": predict(rows, model)}, _version_header(model))
+        raise RequestError(f"Content-Type {content_type!r} is not supported: send "
+                           "application/json or text/csv", status=415)
+    proba, labels = score(req.body, csv, model)
+    headers = {**_version_header(model), "X-Request-ID": request_id}
+    if "text/csv" in req.headers.get("accept", ""):
+        lines = [f"{p!r},{k}" for p, k in zip(proba[:, 1].tolist(), labels.tolist(),
+                                                strict=True)]
+        return {"statusCode": 200, "headers": {"Content-Type": "text/csv", **headers},
+                "body": "\n".join(lines) + "\n", "isBase64Encoded": False}
+    return _response(200, answer(proba, labels, model, request_id), headers)
 
 
 def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
@@ -476,9 +308,9 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     try:
         req = parse_event(event if isinstance(event, dict) else {})
     except RequestError as exc:
-        return _error(exc.status, str(exc), exc.field)
+        return _error(exc.status, str(exc))
     if req is None:
-        return _direct(event)
+        return _direct(event, context)
     allowed = ROUTES.get(req.path)
     if allowed is None:
         return _error(404, f"no route {req.method} {req.path}; routes: GET /ping, "
@@ -494,21 +326,33 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     if req.path == "/ping":
         return _response(200, {"status": "ok", "model_version": model.model_version,
                                "threshold": model.threshold}, _version_header(model))
+    from mlfolio import serve
+
     try:
-        return _invocations(req, model)
+        request_id = _request_id(req)
     except RequestError as exc:
-        return _error(exc.status, str(exc), exc.field)
+        return _error(exc.status, str(exc))
+    try:
+        return _invocations(req, model, request_id)
+    except (RequestError, serve.RequestError) as exc:
+        return _error(exc.status, str(exc), {"X-Request-ID": request_id})
     except Exception:  # one bad request must not look like a platform failure
         log.exception("scoring failed")
-        return _error(500, "scoring failed; see the function's logs")
+        return _error(500, "scoring failed; see the function's logs",
+                      {"X-Request-ID": request_id})
 
 
-def _direct(event: Any) -> dict[str, Any]:
-    """``aws lambda invoke`` with a scoring document as the payload."""
+def _direct(event: Any, context: Any = None) -> dict[str, Any]:
+    """``aws lambda invoke`` with a scoring document as the payload: the answer document,
+    or the error document."""
+    from mlfolio import serve
+
+    request_id = getattr(context, "aws_request_id", None) or uuid.uuid4().hex
     try:
         model = get_model()
-        return {"predictions": predict(rows_from_json(event, model), model)}
-    except RequestError as exc:
-        return {"error_code": "BAD_REQUEST", "message": str(exc), "field": exc.field}
+        proba, labels = score(json.dumps(event).encode(), False, model)
+        return answer(proba, labels, model, request_id)
+    except serve.RequestError as exc:
+        return json.loads(serve.error_body("/invocations", exc.status, str(exc)))
     except ModelLoadError as exc:
         return {"error_code": "TEMPORARILY_UNAVAILABLE", "message": f"model not loaded: {exc}"}
