@@ -228,6 +228,9 @@ def _number_from_text(text: str) -> float | None:
     stripped = text.strip()
     if not stripped:
         return None
+    if len(stripped) <= 17 and _PLAIN_DECIMAL.fullmatch(stripped) \
+            and sum(c.isdigit() for c in stripped) <= 15:  # _text_to_float's fast path
+        return float(stripped)
     return float(_text_to_float([stripped])[0])
 
 
