@@ -650,3 +650,30 @@ def test_numbers_as_numbers_without_the_id_column(client, registered):
     assert resp.status_code == 200, resp.text
     np.testing.assert_allclose(np.asarray(resp.json()["predictions"]),
                                registered.model.predict_proba(df), rtol=0, atol=1e-12)
+
+
+def test_values_are_read_as_the_pipelines_coercer_reads_them():
+    flag = serve.Column("seniorcitizen", "string")
+    assert serve.check_values(flag, [0, 1.0, True, "1", None, float("nan"), 2.5]) == \
+        ["0", "1", "True", "1", None, None, "2.5"]
+    with pytest.raises(serve.RequestError, match="'seniorcitizen'.*number inf"):
+        serve.check_values(flag, [float("inf")])
+    number = serve.Column("totalcharges", "double")
+    assert serve.check_values(number, [3320.75, 12, " 7.25 ", " ", "\t", "", None]) == \
+        [3320.75, 12, 7.25, None, None, None, None]
+    with pytest.raises(serve.RequestError, match="'totalcharges'.*'N/A' in row 1"):
+        serve.check_values(number, [1.0, "N/A"])
+
+
+def test_versions_logged_with_an_inferred_signature_take_numbers_too(registered):
+    """Models logged before the signature followed the schema have totalcharges as a string
+    column read as a number: a client's number is taken as its text."""
+    from mlflow.models import infer_signature
+
+    columns = serve.columns_from_signature(infer_signature(registered.X.head(5)),
+                                           ["tenure", "monthlycharges", "totalcharges"])
+    col = next(c for c in columns if c.name == "totalcharges")
+    assert col.kind == "string" and col.numeric_text
+    assert serve.check_values(col, [3320.75, 12, " ", None]) == ["3320.75", "12", " ", None]
+    with pytest.raises(serve.RequestError, match="'totalcharges'.*boolean true"):
+        serve.check_values(col, [True])
