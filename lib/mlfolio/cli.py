@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 
-from mlfolio.errors import ConfigError, MlfolioError, StageError
+from mlfolio.errors import ConfigError, MlfolioError, RunInterrupted, StageError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -21,6 +22,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--from", dest="from_stage", metavar="STAGE",
                      help="run from STAGE to the end (into --run-dir)")
     run.add_argument("--run-dir", help="an existing run folder to re-run stages into")
+    run.add_argument("--runs-root", metavar="DIR",
+                     help="where a new run folder goes (default: <project>/runs)")
+    run.add_argument("--force", action="store_true",
+                     help="re-run stages of --run-dir with parameters that differ from the "
+                          "ones its other stages ran with; those are then marked stale")
     run.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
 
     mon = sub.add_parser(
@@ -164,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args)
     if args.command == "monitor":
         return _monitor(args)
+    from pathlib import Path
+
     from mlfolio import config, pipeline  # after argparse: `--help` stays instant
 
     try:
@@ -175,8 +183,16 @@ def main(argv: list[str] | None = None) -> int:
             stages=args.stages.split(",") if args.stages else None,
             from_stage=args.from_stage,
             run_dir=args.run_dir,
+            runs_root=Path(args.runs_root).resolve() if args.runs_root else None,
             echo=lambda line: print(line, file=sys.stderr, flush=True),
+            force=args.force,
         )
+    except RunInterrupted as exc:  # recorded in the run folder; 130 / 143 like the shell's
+        print(f"mlfolio: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:  # Ctrl-C before the run started (or a third one)
+        print("mlfolio: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
     except StageError as exc:
         print(f"mlfolio: {exc}", file=sys.stderr)
         return 1

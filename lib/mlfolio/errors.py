@@ -33,6 +33,15 @@ class LockTimeoutError(RegistryError):
     """A registry lock (promotion, retraining claim) stayed held past its timeout."""
 
 
+class RunInterrupted(MlfolioError):
+    """SIGINT or SIGTERM stopped a run; ``exit_code`` is 128 + the signal's number."""
+
+    def __init__(self, signum: int, message: str):
+        self.signum = signum
+        self.exit_code = 128 + signum
+        super().__init__(message)
+
+
 class DeployError(MlfolioError):
     """A deployment target failed; the message names the target, call and resource."""
 

@@ -14,8 +14,10 @@ import logging
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,7 +31,7 @@ import yaml
 from mlfolio import config as config_mod
 from mlfolio.config import Config, project_dir
 from mlfolio.context import read_json, write_json
-from mlfolio.errors import ConfigError, StageError
+from mlfolio.errors import ConfigError, RunInterrupted, StageError
 
 log = logging.getLogger(__name__)
 
@@ -132,9 +134,8 @@ def file_hash(path: Path) -> str:
     return h.hexdigest()
 
 
-def stage_inputs(stage: Stage, cfg: Config, run_dir: Path, mlfolio_hash: str) -> dict[str, Any]:
-    """What a stage's result depends on: the basis for skipping unchanged stages."""
-    params = cfg.to_dict()
+def _upstream_hashes(stage: Stage, run_dir: Path) -> dict[str, str]:
+    """Hashes of the earlier stages' products, as a stage reads them now."""
     upstream = {}
     pipeline = next(p for p in PIPELINES.values() if stage in p)
     for earlier in pipeline[:pipeline.index(stage)]:
@@ -148,12 +149,18 @@ def stage_inputs(stage: Stage, cfg: Config, run_dir: Path, mlfolio_hash: str) ->
                 upstream[product] = _sha256(json.dumps(payload, sort_keys=True).encode())
             elif path.exists():
                 upstream[product] = file_hash(path)
+    return upstream
+
+
+def stage_inputs(stage: Stage, cfg: Config, run_dir: Path, mlfolio_hash: str) -> dict[str, Any]:
+    """What a stage's result depends on: the basis for skipping unchanged stages."""
+    params = cfg.to_dict()
     parts = {
         "notebook": notebook_source_hash(notebooks_dir() / stage.notebook),
         "mlfolio": mlfolio_hash,
         "parameters": _sha256(json.dumps({k: params.get(k) for k in stage.sections},
                                          sort_keys=True).encode()),
-        "upstream": upstream,
+        "upstream": _upstream_hashes(stage, run_dir),
     }
     parts["hash"] = _sha256(json.dumps(parts, sort_keys=True).encode())
     return parts
@@ -203,7 +210,7 @@ class WarmKernel:
     before it answers anyone, so papermill simply finds a kernel that became ready late.
     """
 
-    def __init__(self, run_dir: Path, tracking_uri: str):
+    def __init__(self, run_dir: Path, tracking_uri: str, warm_up: bool = True):
         from jupyter_client.manager import AsyncKernelManager
         from jupyter_core.utils import run_sync
 
@@ -221,7 +228,20 @@ class WarmKernel:
         self._log = (run_dir / "logs" / "kernels.log").open("ab")
         run_sync(self.km.start_kernel)(
             cwd=str(run_dir), stdout=self._log, stderr=self._log,
-            extra_arguments=[f"--IPKernelApp.exec_lines={[warm]!r}"])
+            extra_arguments=[f"--IPKernelApp.exec_lines={[warm]!r}"] if warm_up else [])
+
+    def kill(self) -> None:
+        """SIGKILL the kernel's process group at once (safe inside a signal handler): the
+        notebook client then sees a dead kernel and returns; shutdown() still cleans up."""
+        provisioner = getattr(self.km, "provisioner", None)
+        pgid, pid = getattr(provisioner, "pgid", None), getattr(provisioner, "pid", None)
+        try:
+            if pgid:
+                os.killpg(pgid, signal.SIGKILL)
+            elif pid:
+                os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
     def shutdown(self) -> None:
         from jupyter_core.utils import run_sync
@@ -358,49 +378,357 @@ def _fail_stage_run(parent_run_id: str, stage: str) -> None:
         client.set_terminated(stage_run.info.run_id, status="FAILED")
 
 
+# -- interruptions, resumes and re-runs --------------------------------------------------
+class _Signals:
+    """SIGINT and SIGTERM while a run executes.
+
+    The first one SIGKILLs every kernel of the run at once (papermill then returns the
+    partial notebook) and is only recorded; the runner checks ``signum`` between its steps
+    and ends the run as ``interrupted``. A second one raises KeyboardInterrupt at once.
+    Handlers exist only in the main thread (Python runs them nowhere else) and are restored
+    when the run returns.
+    """
+
+    HANDLED = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.kernels: list[WarmKernel] = []
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in self.HANDLED:
+            self._previous[signum] = signal.signal(signum, self._handle)
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            # None: a handler set outside Python; the default is the closest we can restore
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        self._previous = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            self.restore()
+            raise KeyboardInterrupt
+        self.signum = signum
+        for kernel in self.kernels:
+            kernel.kill()
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum else ""
+
+    def track(self, kernel: WarmKernel) -> WarmKernel:
+        self.kernels.append(kernel)
+        return kernel
+
+    def release(self, kernel: WarmKernel) -> None:
+        kernel.shutdown()
+        self.kernels.remove(kernel)
+
+    def release_all(self) -> None:
+        while self.kernels:
+            self.release(self.kernels[0])
+
+
+def _lock_run_dir(folder: Path) -> Any:
+    """Hold the run folder's lock for the whole run: a second runner on the same folder is
+    refused, and a runner that holds it knows no other one is alive."""
+    import fcntl
+
+    handle = (folder / ".mlfolio.lock").open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise ConfigError(f"{folder}: another mlfolio run is using this run folder (pid "
+                          f"{holder}); wait for it to end, or stop it first") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def _end_open_runs(client: Any, parent_run_id: str, status: str) -> list[str]:
+    """End every RUNNING MLflow run under ``parent_run_id`` (stage runs, their trials) and
+    the parent itself when it still runs; return their ids."""
+    from mlflow.exceptions import MlflowException
+
+    exp = client.get_run(parent_run_id).info.experiment_id
+    running = client.search_runs([exp], "attributes.status = 'RUNNING'", max_results=50000)
+    parent_of = {r.info.run_id: r.data.tags.get("mlflow.parentRunId") for r in running}
+
+    def under(run_id: str | None) -> bool:
+        seen: set[str] = set()
+        while run_id and run_id not in seen:
+            if run_id == parent_run_id:
+                return True
+            seen.add(run_id)
+            if run_id not in parent_of:  # an ancestor that has ended already
+                try:
+                    parent_of[run_id] = client.get_run(run_id).data.tags.get(
+                        "mlflow.parentRunId")
+                except MlflowException:
+                    return False
+            run_id = parent_of[run_id]
+        return False
+
+    ended = [r.info.run_id for r in running if under(r.info.run_id)]
+    for run_id in ended:
+        client.set_terminated(run_id, status=status)
+    return ended
+
+
+def _close_abandoned(folder: Path, manifest: Manifest) -> None:
+    """A runner killed outright (kill -9, power loss) leaves its record at ``running`` and
+    its MLflow runs RUNNING. With the folder's lock held no runner is alive: end them."""
+    data = manifest.data
+    if data.get("status") == "running":
+        stages = [name for name, s in data.get("stages", {}).items()
+                  if s.get("status") == "running"]
+        for name in stages:
+            data["stages"][name].update(status="interrupted", interrupted={
+                "signal": None, "cell_index": None,
+                "why": "the runner ended without recording this stage (killed)"})
+        data.update(status="interrupted", interrupted={
+            "signal": None, "stage": stages[0] if stages else None, "cell_index": None,
+            "at": data.get("updated"), "why": "the runner ended without recording the run"})
+        manifest.save()
+    mlf = data.get("mlflow") or {}
+    if mlf.get("parent_run_id") and mlf.get("tracking_uri"):
+        from mlflow.exceptions import MlflowException
+        from mlflow.tracking import MlflowClient
+
+        try:
+            ended = _end_open_runs(MlflowClient(tracking_uri=mlf["tracking_uri"]),
+                                   mlf["parent_run_id"], "KILLED")
+        except MlflowException as exc:  # the store moved or was reset: nothing to end there
+            log.warning("%s: could not end its abandoned MLflow runs: %s", folder, exc)
+            return
+        if ended:
+            log.info("%s: ended %d MLflow run(s) left RUNNING as KILLED", folder, len(ended))
+
+
+def _stage_parameters(stage: Stage, params: dict[str, Any]) -> dict[str, Any]:
+    """The parameter sections a stage reads (what its result depends on)."""
+    return {key: params.get(key) for key in stage.sections}
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, old, new) for every value that differs; mappings compared per key."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [diff for key in sorted(set(old) | set(new), key=str)
+                for diff in _differences(old.get(key), new.get(key), f"{prefix}{key}.")]
+    return [] if old == new else [(prefix.rstrip("."), old, new)]
+
+
+def _backfill_parameters(manifest: Manifest, kind: str) -> None:
+    """Folders recorded before stages kept their own parameters: a stage that ran did so
+    with the run's parameters of that time."""
+    recorded = manifest.data.get("parameters")
+    if recorded is None:
+        return
+    for stage in PIPELINES[kind]:
+        entry = manifest.data.get("stages", {}).get(stage.name)
+        if entry and entry.get("status") != "not run" and "parameters" not in entry:
+            entry["parameters"] = _stage_parameters(stage, recorded)
+
+
+def _check_parameters(folder: Path, manifest: Manifest, cfg: Config, selected: list[Stage],
+                      kind: str, force: bool) -> list[str]:
+    """Refuse a re-run whose parameters differ from the ones the folder's stages ran with
+    when stages that keep their results would then disagree with the record: a stage that
+    is not re-run but reads a changed key, or one downstream of a re-run stage whose keys
+    changed. ``force`` runs anyway (they are marked stale). Returns the changed keys."""
+    params = cfg.to_dict()
+    names = {s.name for s in selected}
+    recorded_stages = manifest.data.get("stages", {})
+    upstream: list[tuple[str, Any, Any]] = []  # changes of re-run stages, seen downstream
+    kept: dict[str, list[tuple[str, Any, Any]]] = {}
+    changed: dict[str, tuple[str, Any, Any]] = {}
+    for stage in PIPELINES[kind]:
+        entry = recorded_stages.get(stage.name) or {}
+        ran_with = entry.get("parameters")
+        diff = ([] if ran_with is None else
+                _differences(ran_with, _stage_parameters(stage, params)))
+        if stage.name in names:
+            upstream += diff
+            changed.update({d[0]: d for d in diff})
+        elif entry.get("status") == "succeeded" and (diff or upstream):
+            kept[stage.name] = diff or upstream
+            changed.update({d[0]: d for d in diff or upstream})
+    if kept and not force:
+        diffs = {d[0]: d for stage_diffs in kept.values() for d in stage_diffs}
+        what = "; ".join(f"{key} (ran with {old!r}, now {new!r})"
+                         for key, old, new in (diffs[k] for k in sorted(diffs)))
+        raise ConfigError(
+            f"{folder}: parameters differ from the ones its stages ran with: {what}. "
+            f"Stage(s) {', '.join(kept)} would keep results made with the old values. "
+            f"Re-run them too (e.g. --from {selected[0].name}), or give --force to run "
+            f"anyway and mark them stale")
+    return sorted(changed) if kept else []
+
+
+def _mark_stale(manifest: Manifest, cfg: Config, folder: Path, selected: list[Stage],
+                kind: str) -> None:
+    """A stage not re-run now is stale when its parameters or the upstream products it read
+    changed since it ran; ``stale`` lists why (the index shows it)."""
+    params = cfg.to_dict()
+    names = {s.name for s in selected}
+    for stage in PIPELINES[kind]:
+        entry = manifest.data["stages"].get(stage.name)
+        if not entry or stage.name in names or entry.get("status") != "succeeded":
+            continue
+        reasons = []
+        if entry.get("parameters") is not None:
+            keys = [d[0] for d in _differences(entry["parameters"],
+                                               _stage_parameters(stage, params))]
+            if keys:
+                reasons.append(f"it ran with other parameters: {', '.join(keys)}")
+        before = (entry.get("inputs") or {}).get("upstream")
+        if before is not None:
+            now = _upstream_hashes(stage, folder)
+            changed = sorted(p for p in set(before) | set(now) if before.get(p) != now.get(p))
+            if changed:
+                reasons.append(f"its inputs changed since it ran: {', '.join(changed)}")
+        if reasons:
+            entry["stale"] = reasons
+        else:
+            entry.pop("stale", None)
+
+
+def _running_cell(notebook: Path) -> int | None:
+    """The cell that was executing when the kernel stopped: the last one papermill started
+    (it marks even that one "completed" once the kernel is gone)."""
+    if not notebook.exists():
+        return None
+    started = [index for index, cell in enumerate(json.loads(notebook.read_text())["cells"])
+               if cell.get("metadata", {}).get("papermill", {}).get("start_time")]
+    return started[-1] if started else None
+
+
+def _interrupted(manifest: Manifest, folder: Path, rest: list[Stage],
+                 entry: dict[str, Any] | None, sigs: _Signals) -> RunInterrupted:
+    """Record the interruption: the stage that was executing (``entry``, None between
+    stages) ``interrupted``, the stages after it ``not run``."""
+    stage = rest[0] if entry is not None else None
+    cell = None
+    if entry is not None:
+        cell = _running_cell(folder / entry["notebook"])
+        entry.pop("error", None)  # the dead kernel is our doing, not the stage's error
+        entry.update(status="interrupted",
+                     interrupted={"signal": sigs.name, "cell_index": cell})
+    for later in rest[1:] if stage else rest:
+        manifest.data["stages"][later.name] = {"status": "not run", "notebook": later.notebook}
+    manifest.data.update(status="interrupted", failed_stage=None, failed_cell=None,
+                         interrupted={"signal": sigs.name,
+                                      "stage": stage.name if stage else None,
+                                      "cell_index": cell,
+                                      "at": datetime.now(UTC).isoformat(timespec="seconds")})
+    manifest.save()
+    where = (f"during stage '{stage.name}'" + (f" (cell {cell})" if cell is not None else "")
+             if stage else "between stages")
+    return RunInterrupted(sigs.signum or signal.SIGINT,
+                          f"run interrupted by {sigs.name} {where}; resume with "
+                          f"--from {rest[0].name} --run-dir {folder}")
+
+
+def _record_forced_stop(manifest: Manifest, folder: Path, sigs: _Signals) -> None:
+    """The second signal: mark what still says ``running`` interrupted (the next resume
+    ends the MLflow runs); no MLflow calls, it must be quick."""
+    from mlfolio import report
+
+    data = manifest.data
+    if data.get("status") != "running":
+        return
+    for entry in data.get("stages", {}).values():
+        if entry.get("status") == "running":
+            entry.update(status="interrupted",
+                         interrupted={"signal": sigs.name, "cell_index": None})
+    data.update(status="interrupted", interrupted={
+        "signal": sigs.name, "stage": None, "cell_index": None, "forced": True,
+        "at": datetime.now(UTC).isoformat(timespec="seconds")})
+    manifest.save()
+    report.write_index(folder, data)
+
+
 def run(params_file: str | Path, overrides: dict[str, Any] | None = None,
         stages: Sequence[str] | None = None, from_stage: str | None = None,
         run_dir: str | Path | None = None, runs_root: Path | None = None,
         echo: Callable[[str], None] = print, warm_kernels: bool = True,
-        kind: str = "training", trigger: dict[str, Any] | None = None) -> Manifest:
+        kind: str = "training", trigger: dict[str, Any] | None = None,
+        force: bool = False) -> Manifest:
     """Validate the parameters, then execute the selected stages into a run folder.
 
     ``kind`` picks the stage list (``training`` or ``monitor``); ``trigger`` records why
     a monitor run fired this one (manifest and MLflow tags). Raises StageError (after
-    writing the manifest, HTML and index) when a stage fails.
+    writing the manifest, HTML and index) when a stage fails. Into an existing
+    ``run_dir``: MLflow runs a killed runner left RUNNING are ended KILLED first, and
+    parameters that differ from the ones its kept stages ran with are refused unless
+    ``force`` (those stages are then marked stale). SIGINT/SIGTERM stop the stage's
+    kernel; the run is recorded ``interrupted`` and RunInterrupted raised.
     """
 
     selected = select_stages(stages, from_stage, kind)
     cfg = config_mod.load(params_file, overrides)  # all validation before any notebook
+    changed: list[str] = []
     if run_dir is not None:
         folder = Path(run_dir).resolve()
         manifest = Manifest.load(folder)
         if manifest.data.get("experiment") != cfg.experiment:
             raise ConfigError(f"{folder} belongs to experiment "
                               f"{manifest.data.get('experiment')!r}, not {cfg.experiment!r}")
+        lock = _lock_run_dir(folder)
+        try:
+            _backfill_parameters(manifest, kind)
+            _close_abandoned(folder, manifest)
+            changed = _check_parameters(folder, manifest, cfg, selected, kind, force)
+        except BaseException:
+            lock.close()
+            raise
     else:
         folder = new_run_dir(cfg, runs_root, kind)
         folder.mkdir(parents=True)
+        lock = _lock_run_dir(folder)
         manifest = Manifest(folder / "manifest.json", {
             "experiment": cfg.experiment, "kind": kind, "run_dir": str(folder),
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "stages": {}})
     if trigger:
         manifest.data["trigger"] = trigger
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # kernels inherit it (xgboost)
-    os.environ["MLFOLIO_PROJECT_DIR"] = str(project_dir())
-    frozen = folder / "parameters.yaml"
-    config_mod.dump(cfg, frozen)
-    _create_sqlite_store(cfg.tracking_uri())
-    # Kernels start now, so their imports overlap the tracking store's start-up below.
-    kernels = [WarmKernel(folder, cfg.tracking_uri())
-               for _ in range(min(1 + KERNEL_LOOKAHEAD, len(selected)))] if warm_kernels else []
+    sigs = _Signals()
+    sigs.install()
     try:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # kernels inherit it (xgboost)
+        os.environ["MLFOLIO_PROJECT_DIR"] = str(project_dir())
+        frozen = folder / "parameters.yaml"
+        config_mod.dump(cfg, frozen)
+        _create_sqlite_store(cfg.tracking_uri())
+        # Kernels start now, so their imports overlap the tracking store's start-up below.
+        kernels = [sigs.track(WarmKernel(folder, cfg.tracking_uri()))
+                   for _ in range(min(1 + KERNEL_LOOKAHEAD, len(selected)))
+                   ] if warm_kernels else []
+        run_info = {"stages": [s.name for s in selected], "overrides": overrides or {},
+                    "force": force, "changed": changed}
         return _run(cfg, selected, folder, frozen, manifest, params_file, overrides, kernels,
-                    echo)
+                    warm_kernels, sigs, run_info, echo)
+    except KeyboardInterrupt:
+        if sigs.signum is None:  # not a signal of ours (e.g. raised before the install)
+            raise
+        _record_forced_stop(manifest, folder, sigs)
+        raise RunInterrupted(sigs.signum, f"run stopped at once by a second signal; resume "
+                                          f"with --from STAGE --run-dir {folder}") from None
     finally:
-        for kernel in kernels:
-            kernel.shutdown()
+        try:
+            sigs.release_all()
+        finally:
+            sigs.restore()
+            lock.close()
 
 
 def _create_sqlite_store(uri: str) -> None:
@@ -418,14 +746,20 @@ def _create_sqlite_store(uri: str) -> None:
 
 def _run(cfg: Config, selected: list[Stage], folder: Path, frozen: Path, manifest: Manifest,
          params_file: str | Path, overrides: dict[str, Any] | None, kernels: list[WarmKernel],
+         warm: bool, sigs: _Signals, run_info: dict[str, Any],
          echo: Callable[[str], None]) -> Manifest:
+    from mlflow.tracking import MlflowClient
+
     from mlfolio import report, tracking
 
+    kind = manifest.data.get("kind", "training")
     manifest.data.update({
-        "status": "running", "parameters_file": str(params_file),
+        "status": "running", "interrupted": None, "parameters_file": str(params_file),
         "overrides": overrides or {}, "parameters": cfg.to_dict(), "seed": cfg.seed,
         "git": git_info(), "packages": package_versions(),
     })
+    manifest.data.setdefault("history", []).append(
+        {"at": datetime.now(UTC).isoformat(timespec="seconds"), **run_info})
     parent_run_id, _ = _parent_run(cfg, folder, manifest)
     nb_params = {"params_file": str(frozen), "run_dir": str(folder),
                  "parent_run_id": parent_run_id}
@@ -434,11 +768,12 @@ def _run(cfg: Config, selected: list[Stage], folder: Path, frozen: Path, manifes
         + yaml.safe_dump(nb_params, sort_keys=False))
     manifest.save()
 
-    failed = _run_stages(selected, cfg, folder, nb_params, manifest, package_source_hash(),
-                         kernels, echo)
+    outcome = _run_stages(selected, cfg, folder, nb_params, manifest, package_source_hash(),
+                          kernels, warm, sigs, echo)
 
     _collect_results(manifest, folder)
-    if failed is None:
+    _mark_stale(manifest, cfg, folder, selected, kind)
+    if outcome is None:
         manifest.data.update({"status": "succeeded", "failed_stage": None, "failed_cell": None})
     manifest.save()
     report.write_index(folder, manifest.data)
@@ -448,35 +783,63 @@ def _run(cfg: Config, selected: list[Stage], folder: Path, frozen: Path, manifes
     tracking.log_artifacts(parent_run_id, sorted(folder.glob("*.ipynb")) +
                            sorted(folder.glob("*.html")) + [folder / "manifest.json",
                                                              frozen], "run")
-    tracking.end_run(parent_run_id, "FAILED" if failed else "FINISHED")
+    interrupted = isinstance(outcome, RunInterrupted)
+    tracking.end_run(parent_run_id, "KILLED" if interrupted else
+                     "FAILED" if outcome else "FINISHED")
+    if interrupted:  # the stopped stage's run (and a trial's) never got to close itself
+        _end_open_runs(MlflowClient(), parent_run_id, "KILLED")
     echo(f"run folder: {folder}\nreport:     {folder / 'index.html'}")
-    if failed is not None:
-        raise failed
+    if outcome is not None:
+        raise outcome
     return manifest
 
 
 def _run_stages(selected: list[Stage], cfg: Config, folder: Path, nb_params: dict[str, Any],
-                manifest: Manifest, mlfolio_hash: str, kernels: list[WarmKernel],
-                echo: Callable[[str], None]) -> StageError | None:
-    """Execute stages in order, each on a kernel warmed during the stages before it
-    (none given: papermill starts a cold kernel per stage)."""
+                manifest: Manifest, mlfolio_hash: str, kernels: list[WarmKernel], warm: bool,
+                sigs: _Signals, echo: Callable[[str], None]
+                ) -> StageError | RunInterrupted | None:
+    """Execute stages in order, each on a kernel warmed during the stages before it (or,
+    not ``warm``, on one started for it). Stops at the first failure or signal."""
     parent_run_id = nb_params["parent_run_id"]
     started = len(kernels)
+    params = cfg.to_dict()
+    overrides = manifest.data.get("overrides") or {}
     for i, stage in enumerate(selected, 1):
+        if sigs.signum is not None:
+            echo(f"[{i}/{len(selected)}] {stage.name:<10} not started: {sigs.name}")
+            return _interrupted(manifest, folder, selected[i - 1:], None, sigs)
         inputs = stage_inputs(stage, cfg, folder, mlfolio_hash)
         echo(f"[{i}/{len(selected)}] {stage.name:<10} running ...")
-        kernel = kernels.pop(0) if kernels else None
-        if kernel is not None and started < len(selected):
-            kernels.append(WarmKernel(folder, cfg.tracking_uri()))
-            started += 1
+        ran_with = {"parameters": _stage_parameters(stage, params), "overrides": overrides}
+        manifest.data["stages"][stage.name] = {
+            "status": "running", "notebook": stage.notebook,
+            "started": datetime.now(UTC).isoformat(timespec="seconds"), **ran_with}
+        manifest.save()
+        if warm:
+            kernel = kernels.pop(0)
+            if started < len(selected):
+                kernels.append(sigs.track(WarmKernel(folder, cfg.tracking_uri())))
+                started += 1
+        else:
+            kernel = sigs.track(WarmKernel(folder, cfg.tracking_uri(), warm_up=False))
         try:
-            entry = execute_stage(stage, folder, nb_params, kernel)
+            entry = (execute_stage(stage, folder, nb_params, kernel)
+                     if sigs.signum is None else None)
         finally:
-            if kernel is not None:
-                kernel.shutdown()
+            sigs.release(kernel)
+        if entry is None:  # the signal came while kernels were starting
+            echo(f"[{i}/{len(selected)}] {stage.name:<10} not started: {sigs.name}")
+            return _interrupted(manifest, folder, selected[i - 1:], None, sigs)
+        entry.update(ran_with)
         entry["inputs"] = inputs
         entry["inputs_hash"] = inputs["hash"]
         manifest.data["stages"][stage.name] = entry
+        if entry["status"] != "succeeded" and sigs.signum is not None:
+            stopped = _interrupted(manifest, folder, selected[i - 1:], entry, sigs)
+            cell = entry["interrupted"]["cell_index"]
+            echo(f"[{i}/{len(selected)}] {stage.name:<10} INTERRUPTED by {sigs.name} after "
+                 f"{entry['duration_s']:.1f}s" + (f" in cell {cell}" if cell is not None else ""))
+            return stopped
         if entry["status"] != "succeeded":
             err = entry["error"]
             failed = StageError(stage.name, f"{err['ename']}: {err['evalue']}", err["cell_index"])
