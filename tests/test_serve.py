@@ -633,7 +633,8 @@ def test_an_unknown_column_is_still_refused_by_name(client, protocol):
     resp = post_client_rows(client, protocol, client_rows(2).assign(foo=1))
     assert resp.status_code == 400, resp.text
     doc = resp.json()
-    assert "foo" in (doc["error"] if protocol == "v2" else doc["message"])
+    message = doc["error"] if protocol == "v2" else doc["message"]
+    assert "'foo'" in message and "optionally the entity id 'customerid'" in message
 
 
 def test_the_id_column_comes_from_the_models_schema(client):

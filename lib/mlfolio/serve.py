@@ -366,13 +366,21 @@ class Block:
     columns: dict[str, list[Any]]
 
 
+def _expected(columns: list[Column]) -> str:
+    """The columns a request may carry, for error messages."""
+    required = [c.name for c in columns if not c.optional]
+    optional = [c.name for c in columns if c.optional]
+    return f"{required}" + (f" and optionally the entity id {optional[0]!r}" if optional
+                            else "")
+
+
 def validate_columns(data: dict[str, list[Any]], columns: list[Column], where: str) -> Block:
     """Exactly the signature's columns, of equal length, each value of the column's type."""
     expected = {c.name for c in columns}
     unknown = [name for name in data if name not in expected]
     if unknown:
         raise RequestError(f"unknown column(s) {unknown} in {where}; the model expects "
-                           f"{[c.name for c in columns]}")
+                           f"{_expected(columns)}")
     missing = [c.name for c in columns if c.name not in data and not c.optional]
     if missing:
         raise RequestError(f"missing column(s) {missing} in {where}")
@@ -411,7 +419,7 @@ def _records_to_columns(records: list[Any], columns: list[Column], where: str
         if len(rec) != len(names) and (not extra or any(k not in data for k in rec)):
             unknown = [k for k in rec if k not in data]
             raise RequestError(f"unknown column(s) {unknown} in {where}[{i}]; the model "
-                               f"expects {names}")
+                               f"expects {_expected(columns)}")
     return data
 
 
@@ -528,7 +536,7 @@ def parse_csv(body: bytes, columns: list[Column]) -> Block:
     unknown = [h for h in header if h not in by_name]
     if unknown:
         raise RequestError(f"unknown column(s) {unknown} in the CSV header; the model expects "
-                           f"{names}")
+                           f"{_expected(columns)}")
     data = {h: _from_text(by_name[h], [row[j] for row in data_rows], "CSV")
             for j, h in enumerate(header)}
     return validate_columns(data, columns, "CSV")
@@ -640,7 +648,7 @@ def parse_v2(body: bytes, header_length: str | None, columns: list[Column]) -> V
         col = by_name.get(name)
         if col is None:
             raise RequestError(f"unknown input {name!r}; the model expects one tensor per "
-                               f"column: {list(by_name)}")
+                               f"column: {_expected(columns)}")
         if name in data:
             raise RequestError(f"input {name!r} appears twice")
         datatype, shape = tensor.get("datatype"), tensor.get("shape")
