@@ -91,8 +91,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="log every scored row to DIR/predictions.sqlite (batched, off the "
                             "request path); DIR/drift.json, if any, feeds /metrics")
     serve.add_argument("--entity-column", default=None, metavar="NAME",
-                       help="input column with entity ids (e.g. customerid): logged, used for "
-                            "sticky A/B routing, never passed to the model")
+                       help="input column with entity ids: logged, used for sticky A/B "
+                            "routing, never passed to the model (default: the schema's id "
+                            "column recorded with the model, e.g. customerid)")
     serve.add_argument("--challenger", default=None, metavar="URI",
                        help="a second model, e.g. models:/<name>@challenger; needs "
                             "--challenger-weight or --shadow")
