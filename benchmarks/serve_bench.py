@@ -140,10 +140,17 @@ def request_bodies(n: int) -> list[str]:
     """Single-row dataframe_split bodies, one per Telco row (JSON lines)."""
     import pandas as pd
 
+    from mlfolio import config
+
+    schema = config.load(ROOT / "parameters" / "churn.yaml").schema
     df = pd.read_csv(ROOT / "data" / "telco_churn.csv").drop(columns=["customerid", "churn"])
+    # Numbers as a client holds them: a blank total is a missing value (JSON null), which
+    # both servers take in a double column (MLflow refuses the text " " there).
+    df[schema.numeric] = df[schema.numeric].apply(pd.to_numeric, errors="coerce")
     bodies = []
     for _, row in df.head(n).iterrows():
-        split = {"columns": list(df.columns), "data": [row.tolist()]}
+        values = [None if isinstance(v, float) and v != v else v for v in row.tolist()]
+        split = {"columns": list(df.columns), "data": [values]}
         bodies.append(json.dumps({"dataframe_split": split}, default=_plain))
     return bodies
 
