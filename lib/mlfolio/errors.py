@@ -1,4 +1,10 @@
-"""The exceptions mlfolio raises: one base, one subclass per kind of failure."""
+"""The exceptions mlfolio raises: one base, one subclass per kind of failure.
+
+Each class says how it ends a command (``exit_code``: 2 for bad input the user can fix
+before anything runs, 1 for a failure on the way, 128 + N for signal N) and how a server
+answers it (``http_status``). The CLI turns any of them into its exit code in one place
+(:func:`mlfolio.cli.main`); the model server and the Lambda handler into their status.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +12,21 @@ from __future__ import annotations
 class MlfolioError(Exception):
     """Base of every error mlfolio raises on purpose."""
 
+    exit_code: int = 1
+    http_status: int = 500
+
 
 class ConfigError(MlfolioError):
     """A parameter file or override is invalid (names the file and key path)."""
 
+    exit_code = 2
+    http_status = 400
+
 
 class DataValidationError(MlfolioError):
     """Input data does not match the expected schema (names the column)."""
+
+    http_status = 400
 
 
 class StageError(MlfolioError):
@@ -31,6 +45,8 @@ class RegistryError(MlfolioError):
 
 class LockTimeoutError(RegistryError):
     """A registry lock (promotion, retraining claim) stayed held past its timeout."""
+
+    http_status = 409
 
 
 class RunInterrupted(MlfolioError):
@@ -54,3 +70,30 @@ class ManifestError(DeployError):
         self.problems = problems
         count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
         super().__init__(f"{source}: {count}\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+class ServeError(MlfolioError):
+    """The model cannot be served: unknown URI, no signature, unsupported model."""
+
+
+class ModelLoadError(ServeError):
+    """A bundled model (Lambda package, SageMaker folder) could not be loaded (names the
+    directory or variable)."""
+
+
+class NotCompilable(ServeError):
+    """The fitted pipeline has a step the compiled scorer cannot reproduce; the server
+    falls back to the sklearn pipeline (never reaches a user)."""
+
+
+class RequestError(MlfolioError):
+    """A request the server or the Lambda handler refuses; ``status`` is the HTTP status
+    (400 unless given), the message names the field, ``headers`` go with the answer."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, status: int = 400, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.http_status = status
+        self.headers = headers or {}

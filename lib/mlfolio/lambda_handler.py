@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlfolio.errors import MlfolioError
+from mlfolio.errors import ModelLoadError, RequestError
 
 log = logging.getLogger(__name__)
 
@@ -57,19 +57,6 @@ META_FILE = "model.json"  # next to the model directory
 DEFAULT_THRESHOLD = 0.5
 ROUTES = {"/ping": "GET", "/invocations": "POST"}
 JSON_HEADERS = {"Content-Type": "application/json"}
-
-
-class RequestError(MlfolioError):
-    """A request the handler refuses outside the scoring contract (route, method, media
-    type, base64): HTTP ``status`` and a message naming what is wrong."""
-
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
-        self.status = status
-
-
-class ModelLoadError(MlfolioError):
-    """The bundled model could not be loaded (names the directory or variable)."""
 
 
 # -- the model ------------------------------------------------------------------------

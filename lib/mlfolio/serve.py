@@ -90,7 +90,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from mlfolio.errors import MlfolioError
+from mlfolio.errors import NotCompilable, RequestError, ServeError
 from mlfolio.features import MISSING_CATEGORY, RawColumnCoercer
 from mlfolio.predlog import PredictionLog
 
@@ -111,21 +111,6 @@ _PARSE_IN_THREAD_BYTES = 256 * 1024  # bigger bodies are parsed off the event lo
 MAX_INFLIGHT_BYTES = 16 * 1024 * 1024
 MAX_JSON_DEPTH = 32  # every protocol here needs 5 levels at most
 _INT64 = (-(2**63), 2**63 - 1)
-
-
-# -- errors ---------------------------------------------------------------------------
-class ServeError(MlfolioError):
-    """The model cannot be served: unknown URI, no signature, unsupported model."""
-
-
-class RequestError(MlfolioError):
-    """A request the server refuses; ``status`` is the HTTP status, the message names the
-    field."""
-
-    def __init__(self, message: str, status: int = 400, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status = status
-        self.headers = headers or {}
 
 
 _MLFLOW_ERROR_CODES = {400: "BAD_REQUEST", 401: "UNAUTHENTICATED", 404: "RESOURCE_DOES_NOT_EXIST",
@@ -815,10 +800,6 @@ class PipelineScorer:
 
     def predict_proba(self, cols: dict[str, list[Any]], n: int) -> np.ndarray:
         return np.asarray(self.model.predict_proba(self.frame(cols)))
-
-
-class NotCompilable(Exception):
-    """The pipeline is not of a shape :class:`CompiledScorer` knows (the reason says why)."""
 
 
 def _steps(obj: Any) -> list[Any]:
