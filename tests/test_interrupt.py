@@ -399,6 +399,31 @@ def test_sigint_while_html_is_rendered(write_params, runs_root, tracking_dir, pr
     assert client.get_run(m["stages"]["ingest"]["mlflow_run_id"]).info.status == "FINISHED"
 
 
+def test_a_second_signal_stops_at_once(write_params, runs_root, private_tmp, monkeypatch):
+    """The second Ctrl-C does not wait for the stage to be wrapped up."""
+    real_render = report.notebook_to_html
+
+    def two_signals_then_render(notebook: Path, target: Path) -> Path:
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+        return real_render(notebook, target)  # not reached: the second one raises
+
+    monkeypatch.setattr(report, "notebook_to_html", two_signals_then_render)
+    previous = signal.getsignal(signal.SIGINT)
+    exc = _run_catching(params_file=write_params(), stages=["ingest", "preprocess"],
+                        runs_root=runs_root)
+    assert isinstance(exc, RunInterrupted), repr(exc)
+    assert exc.exit_code == 130 and "second signal" in str(exc)
+    assert signal.getsignal(signal.SIGINT) is previous
+    (run_dir,) = runs_root.iterdir()
+    m = json.loads((run_dir / "manifest.json").read_text())
+    assert m["status"] == "interrupted" and m["interrupted"]["forced"] is True
+    assert m["stages"]["ingest"]["status"] == "interrupted"
+    assert not (run_dir / "01_ingest.html").exists()
+    assert 'id="run-status">interrupted' in (run_dir / "index.html").read_text()
+    assert list(private_tmp.glob("mlfolio-k*")) == []
+
+
 def test_no_handlers_outside_the_main_thread(write_params, runs_root, private_tmp):
     """A library user's worker thread: run() works and leaves signal handling alone."""
     previous = signal.getsignal(signal.SIGINT)

@@ -14,7 +14,12 @@ from mlfolio.errors import ConfigError, MlfolioError, RunInterrupted, StageError
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlfolio", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the pipeline's stage notebooks into a run folder")
+    run = sub.add_parser(
+        "run", help="run the pipeline's stage notebooks into a run folder",
+        description="Run the stage notebooks into a new run folder, or re-run some into "
+                    "--run-dir. Exit 0: done; 1: a stage failed; 2: bad parameters, or a "
+                    "re-run refused; 130/143: stopped by SIGINT/SIGTERM (recorded as "
+                    "interrupted in the run folder; a second signal stops at once).")
     run.add_argument("params_file", help="YAML parameter file, e.g. parameters/churn.yaml")
     run.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                      help="override a parameter, e.g. -p tuning.n_trials=5 (repeatable)")

@@ -560,8 +560,8 @@ def _check_parameters(folder: Path, manifest: Manifest, cfg: Config, selected: l
             upstream += diff
             changed.update({d[0]: d for d in diff})
         elif entry.get("status") == "succeeded" and (diff or upstream):
-            kept[stage.name] = diff or upstream
-            changed.update({d[0]: d for d in diff or upstream})
+            kept[stage.name] = diff + upstream
+            changed.update({d[0]: d for d in diff + upstream})
     if kept and not force:
         diffs = {d[0]: d for stage_diffs in kept.values() for d in stage_diffs}
         what = "; ".join(f"{key} (ran with {old!r}, now {new!r})"
@@ -571,7 +571,7 @@ def _check_parameters(folder: Path, manifest: Manifest, cfg: Config, selected: l
             f"Stage(s) {', '.join(kept)} would keep results made with the old values. "
             f"Re-run them too (e.g. --from {selected[0].name}), or give --force to run "
             f"anyway and mark them stale")
-    return sorted(changed) if kept else []
+    return sorted(changed)
 
 
 def _mark_stale(manifest: Manifest, cfg: Config, folder: Path, selected: list[Stage],
