@@ -17,7 +17,7 @@ from sklearn import metrics as skm
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 
-from mlfolio import abtest, config, data, features, registry, tracking
+from mlfolio import abtest, config, data, features, registry, tracking, views
 from mlfolio.errors import DataValidationError, LockTimeoutError, RegistryError
 
 from .conftest import CHURN_PARAMS
@@ -242,18 +242,18 @@ def test_no_outcomes_and_single_variant(scored):
     assert report["recommendation"]["action"] == "keep"
     assert "nothing to compare" in report["recommendation"]["reasons"][0]
     assert len(report["variants"]) == 1
-    assert "nothing to compare" in abtest.comparison_table(report)["note"].iloc[0]
+    assert "nothing to compare" in views.comparison_table(report)["note"].iloc[0]
 
 
 def test_notebook_views(scored):
     log = shadow_log(scored, scored.weak, scored.strong)
     report = abtest.ab_report(log, bootstrap_samples=50)
-    table = abtest.variant_table(report)
+    table = views.variant_table(report)
     assert list(table.index) == ["champion v1", "challenger v2 (shadow)"]
-    comparison = abtest.comparison_table(report)
+    comparison = views.comparison_table(report)
     assert list(comparison.index) == ["ROC AUC", "ROC AUC (bootstrap)", "accuracy"]
-    assert "**PROMOTE**" in abtest.recommendation_markdown(report).data
-    fig = abtest.plot_variants(log)
+    assert "**PROMOTE**" in views.recommendation_markdown(report).data
+    fig = views.plot_variants(log)
     assert len(fig.axes) == 2 and len(fig.axes[0].lines) == 3  # two ROC curves + diagonal
     matplotlib.pyplot.close(fig)
 

@@ -599,7 +599,7 @@ def run_ingest(tmp_path, write_params):
 
 
 def test_ingest_counts_the_rows_it_dropped(run_ingest, raw, schema):
-    from mlfolio.stages import ingest_markdown
+    from mlfolio.views import ingest_markdown
 
     df, info = run_ingest(blank_targets(raw))
     assert info["source_rows"] == 4000 and info["rows"] == 3989 == len(df)
@@ -619,7 +619,7 @@ def test_ingest_reports_non_finite_values_treated_as_missing(run_ingest, raw, ch
     df, info = run_ingest(pd.read_csv(tmp_path / "inf.csv"), name="inf_rows.csv",
                           schema={**churn_params["schema"], "non_finite": "missing"})
     assert info["non_finite_as_missing"] == {"monthlycharges": 3, "totalcharges": 1}
-    from mlfolio.stages import ingest_markdown
+    from mlfolio.views import ingest_markdown
 
     assert ("Column `monthlycharges`: 3 non-finite value(s) treated as missing"
             in ingest_markdown(info, schema).data)

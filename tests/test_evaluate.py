@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from mlfolio import evaluate
+from mlfolio import evaluate, views
 from mlfolio.config import GateConfig
 
 
@@ -85,5 +85,5 @@ def test_gate_absolute_thresholds(scores):
 
 def test_plot_curves_draws_four_panels(scores):
     y, good, weak = scores
-    fig = evaluate.plot_curves(y, {"candidate": good, "champion": weak}, 0.5)
+    fig = views.plot_curves(y, {"candidate": good, "champion": weak}, 0.5)
     assert len(fig.axes) == 4

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from mlfolio import config, data, features
+from mlfolio import config, data, features, views
 
 from .conftest import CHURN_PARAMS
 
@@ -61,10 +61,10 @@ def test_coercer_types(cfg):
 
 
 def test_profile_and_plot(cfg, churn):
-    prof = features.profile(churn, cfg.schema)
+    prof = views.profile(churn, cfg.schema)
     assert prof.loc["totalcharges", "missing"] > 0  # the blanks are reported
     assert prof.loc["contract", "kind"] == "categorical"
-    fig = features.plot_features(churn, cfg.schema)
+    fig = views.plot_features(churn, cfg.schema)
     assert len([a for a in fig.axes if a.has_data()]) == 3 + 8
 
 

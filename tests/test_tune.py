@@ -13,7 +13,7 @@ import optuna
 import pytest
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 
-from mlfolio import config, data, features, train, tune
+from mlfolio import config, data, features, train, tune, views
 from mlfolio.config import TuningConfig
 
 matplotlib.use("Agg")
@@ -207,13 +207,13 @@ def test_trials_table_and_plot(churn, tmp_path):
     schema, train_df = churn
     study = tune.run_study(tuning(n_trials=4, pruner="none"), train_df, schema, SEED,
                            tmp_path, "report")
-    table = tune.trials_table(study)
+    table = views.trials_table(study)
     assert list(table.columns[:4]) == ["number", "state", "value", "duration"]
     assert set(table.columns[4:]) == set(study.best_params)
     assert len(table) == 4 and (table["state"] == "COMPLETE").all()
     assert table["duration"].dtype == float
 
-    fig = tune.plot_study(study)
+    fig = views.plot_study(study)
     assert isinstance(fig, matplotlib.figure.Figure)
     assert len(fig.axes) == 2
     matplotlib.pyplot.close(fig)

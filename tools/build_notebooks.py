@@ -6,6 +6,7 @@ shared cells (parameters, setup, finish) identical. Run: python tools/build_note
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import nbformat
@@ -19,11 +20,14 @@ parent_run_id: str = ""  # MLflow pipeline run this stage's run belongs under; e
 overrides: dict = {}  # dotted-key overrides of the parameter file, e.g. {"tuning.n_trials": 5}'''
 
 SETUP = '''\
-from mlfolio import abtest, evaluate, features, monitor, stages, tune
+from mlfolio import {modules}
 from mlfolio.context import open_stage
 
 ctx = open_stage("{stage}", params_file, run_dir, parent_run_id, overrides)
 print(f"run folder: {{ctx.run_dir}}\\nMLflow run: {{ctx.mlflow_run_id}}")'''
+
+# Modules a notebook's cells may call; its setup cell imports the ones it uses.
+MODULES = {"abtest", "evaluate", "features", "monitor", "stages", "tune", "views"}
 
 FINISH = "ctx.finish()  # closes this stage's MLflow run"
 
@@ -38,7 +42,7 @@ no target are dropped and counted (`schema.missing_target: drop`, or `fail`), an
 rows of each class must be left for the split. The rows are written as a Parquet
 snapshot with a content hash that every later stage, MLflow and the registry refer to.""", [
         ("code", "df, info = stages.ingest(ctx)\ninfo"),
-        ("code", "stages.ingest_markdown(info, ctx.cfg.schema)"),
+        ("code", "views.ingest_markdown(info, ctx.cfg.schema)"),
         ("md", "The first rows of the snapshot, as the source delivered them:"),
         ("code", "df.head()"),
     ]),
@@ -49,9 +53,9 @@ categories), imputation, scaling and one-hot encoding are a scikit-learn transfo
 that lives inside every model pipeline, so a served model takes raw rows.""", [
         ("code", "parts = stages.preprocess(ctx)\nfeatures.split_summary(parts, ctx.cfg.schema)"),
         ("md", "### Feature profile (training rows)"),
-        ("code", 'features.profile(parts["train"], ctx.cfg.schema)'),
+        ("code", 'views.profile(parts["train"], ctx.cfg.schema)'),
         ("md", "Numeric features by class, and the positive rate per category:"),
-        ("code", 'features.plot_features(parts["train"], ctx.cfg.schema);'),
+        ("code", 'views.plot_features(parts["train"], ctx.cfg.schema);'),
     ]),
     "03_train": ("train", "Train baselines", """\
 Fits the baseline models of `training.models` on the training rows, each in its own
@@ -66,30 +70,30 @@ run. The best parameters are refitted on all training rows and scored on validat
         ("code", "study, info = stages.tune_model(ctx)\n"
                  "{k: v for k, v in info.items() if k != \"models\"}"),
         ("md", "### Best trials"),
-        ("code", "tune.trials_table(study, top=10)"),
+        ("code", "views.trials_table(study, top=10)"),
         ("md", "### Optimization history and parameter importance"),
-        ("code", "tune.plot_study(study);"),
+        ("code", "views.plot_study(study);"),
     ]),
     "05_evaluate": ("evaluate", "Evaluate", """\
 Picks the best model on validation ROC AUC, then scores it — and the current `champion`
 from the registry, on the same rows — on the untouched test split. The gate applies the
 thresholds of `gate` and asks for a gain over the champion whose bootstrap confidence
 interval clears `gate.min_improvement`.""", [
-        ("code", "result = stages.evaluate_candidate(ctx)\nevaluate.metrics_frame(result)"),
+        ("code", "result = stages.evaluate_candidate(ctx)\nviews.metrics_frame(result)"),
         ("md", "### Gate verdict"),
-        ("code", "evaluate.verdict_markdown(result)"),
+        ("code", "views.verdict_markdown(result)"),
         ("md", "### Curves, calibration and confusion matrix (test rows)"),
         ("code", 'y, scores = stages.test_scores(ctx)\n'
-                 'evaluate.plot_curves(y, scores, result["threshold"]);'),
+                 'views.plot_curves(y, scores, result["threshold"]);'),
     ]),
     "06_register": ("register", "Register", """\
 Registers the candidate as a new version in the MLflow model registry, tagged with the
 run folder and data hash, and points the `challenger` alias at it. `champion` moves only
 when the gate passed; every move is recorded (who, why, when), since MLflow keeps no
 alias history of its own.""", [
-        ("code", "result = stages.register_model(ctx)\nstages.registration_markdown(result)"),
+        ("code", "result = stages.register_model(ctx)\nviews.registration_markdown(result)"),
         ("md", "### Alias history"),
-        ("code", "stages.alias_history_table(ctx)"),
+        ("code", "views.alias_history_table(ctx)"),
     ]),
     "07_deploy": ("deploy", "Deploy", """\
 Deploys the model version behind `deploy.alias` (default `champion`) to each target of
@@ -99,7 +103,7 @@ HorizontalPodAutoscaler, PodDisruptionBudget and a KServe InferenceService, vali
 against the Kubernetes schemas; **lambda** and **sagemaker** build the package or
 `model.tar.gz` and create or update the function or endpoint through boto3. What each
 target deployed is written to `deploy.json`.""", [
-        ("code", "result = stages.deploy_model(ctx)\nstages.deploy_table(result)"),
+        ("code", "result = stages.deploy_model(ctx)\nviews.deploy_table(result)"),
     ]),
     "08_monitor": ("monitor", "Monitor", """\
 Compares current data with the rows the `champion` was trained on (its run folder's
@@ -112,14 +116,14 @@ quality on the labelled rows is compared with its quality on its own test rows. 
 retraining policy (`monitoring.retrain`) turns this into a decision; `mlfolio monitor`
 acts on it after this notebook. Evidently's HTML reports use a seeded sample of
 `monitoring.report_sample_rows` rows.""", [
-        ("code", "result = stages.monitor_model(ctx)\nstages.monitor_summary(result)"),
+        ("code", "result = stages.monitor_model(ctx)\nviews.monitor_summary(result)"),
         ("md", "### Drift per column (all rows)"),
-        ("code", 'monitor.verdict_table(result["verdict"])'),
-        ("code", 'monitor.plot_drift(result["verdict"]);'),
+        ("code", 'views.verdict_table(result["verdict"])'),
+        ("code", 'views.plot_drift(result["verdict"]);'),
         ("md", "### Quality on labelled current rows"),
-        ("code", "stages.quality_table(result)"),
+        ("code", "views.quality_table(result)"),
         ("md", "### Retraining decision"),
-        ("code", "stages.decision_markdown(result)"),
+        ("code", "views.decision_markdown(result)"),
     ]),
     "09_ab_report": ("ab_report", "A/B and shadow report", """\
 Compares the `challenger` with the `champion` on the predictions the model server logged
@@ -133,15 +137,25 @@ DeLong's as a cross-check. The recommendation — **promote** (the gain's CI low
 clears `min_improvement`), **roll back** (the challenger is significantly worse: stop the
 experiment) or **keep** (inconclusive, or too few labelled rows) — is written to
 `ab.json` for the registry to act on.""", [
-        ("code", "log, report = stages.ab_report(ctx)\nabtest.variant_table(report)"),
+        ("code", "log, report = stages.ab_report(ctx)\nviews.variant_table(report)"),
         ("md", "### Challenger − champion"),
-        ("code", "abtest.comparison_table(report)"),
+        ("code", "views.comparison_table(report)"),
         ("md", "### Recommendation"),
-        ("code", "abtest.recommendation_markdown(report)"),
+        ("code", "views.recommendation_markdown(report)"),
         ("md", "### ROC curves and score distributions per variant"),
-        ("code", "abtest.plot_variants(log);"),
+        ("code", "views.plot_variants(log);"),
     ]),
 }
+
+
+def used_modules(body: list[tuple[str, str]]) -> list[str]:
+    """The mlfolio modules the notebook's code cells call (``stages.x(...)``), sorted: the
+    setup cell imports only those."""
+    code = "\n".join(source for kind, source in body if kind == "code")
+    found = sorted(set(re.findall(r"\b([a-z_]+)\.[a-z_]+\(", code)) & MODULES)
+    if not found:
+        raise ValueError(f"no mlfolio module called in {code!r}")
+    return found
 
 
 def build(name: str) -> nbformat.NotebookNode:
@@ -149,7 +163,7 @@ def build(name: str) -> nbformat.NotebookNode:
     cells = [new_markdown_cell(f"# {title}\n\n{intro}")]
     params = new_code_cell(PARAMETERS)
     params.metadata["tags"] = ["parameters"]
-    setup = new_code_cell(SETUP.format(stage=stage))
+    setup = new_code_cell(SETUP.format(stage=stage, modules=", ".join(used_modules(body))))
     setup.metadata["tags"] = ["setup"]
     cells += [params, setup]
     for kind, source in body:

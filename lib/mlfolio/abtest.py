@@ -41,7 +41,7 @@ _CHUNK_CELLS = 4_000_000
 
 
 # -- validation and design ------------------------------------------------------------
-def _validate(log: pd.DataFrame) -> None:
+def validate_log(log: pd.DataFrame) -> None:
     missing = [c for c in REQUIRED_COLUMNS if c not in log.columns]
     if missing:
         raise DataValidationError(f"prediction log: missing column(s) {', '.join(missing)} "
@@ -68,7 +68,7 @@ def _validate(log: pd.DataFrame) -> None:
 def design(log: pd.DataFrame) -> str:
     """The window's design: "shadow" (challenger scored in shadow), "ab" (traffic split
     between the variants) or "single" (one variant only). Raises on a malformed log."""
-    _validate(log)
+    validate_log(log)
     shadow = log["shadow"].astype(bool)
     present = set(log["variant"])
     if shadow.any():
@@ -230,7 +230,7 @@ def variant_metrics(log: pd.DataFrame, confidence: float = 0.95, bootstrap_sampl
                     seed: int = 42) -> pd.DataFrame:
     """One row per variant (and shadow flag, model version): volume, rates and quality on
     the labelled rows, with bootstrap confidence intervals for ROC AUC and accuracy."""
-    _validate(log)
+    validate_log(log)
     rows = []
     groups = log.groupby(["variant", "shadow", "model_version"], sort=False)
     for (variant, shadow, version), g in groups:
@@ -475,72 +475,3 @@ def ab_report(log: pd.DataFrame, confidence: float = 0.95, min_labelled: int = 2
         "comparison": comparison,
         "recommendation": recommend(comparison, min_labelled, min_improvement),
     })
-
-
-# -- for the notebook -----------------------------------------------------------------
-def variant_table(report: dict[str, Any]) -> pd.DataFrame:
-    """The report's per-variant metrics, one row per variant."""
-    table = pd.DataFrame(report["variants"])
-    table.index = [f"{r.variant} v{r.model_version}" + (" (shadow)" if r.shadow else "")
-                   for r in table.itertuples()]
-    return table.drop(columns=["variant", "model_version", "shadow"]).round(4)
-
-
-def comparison_table(report: dict[str, Any]) -> pd.DataFrame:
-    """Challenger − champion for ROC AUC (and its bootstrap cross-check) and accuracy."""
-    c = report["comparison"]
-    if c["difference"] is None:
-        return pd.DataFrame({"note": [c["note"]]}, index=["comparison"])
-    rows = {"ROC AUC": {**{k: c[k] for k in ("difference", "ci_low", "ci_high", "p_value")},
-                        "test": c["test"]}}
-    if c["bootstrap"]:
-        rows["ROC AUC (bootstrap)"] = {"difference": c["difference"],
-                                       "ci_low": c["bootstrap"]["ci_low"],
-                                       "ci_high": c["bootstrap"]["ci_high"],
-                                       "p_value": None, "test": c["bootstrap"]["test"]}
-    rows["accuracy"] = {k: c["accuracy"][k] for k in ("difference", "ci_low", "ci_high",
-                                                       "p_value", "test")}
-    table = pd.DataFrame(rows).T
-    numeric = ["difference", "ci_low", "ci_high", "p_value"]
-    table[numeric] = table[numeric].astype(float).round(4)
-    return table
-
-
-def recommendation_markdown(report: dict[str, Any]) -> Any:
-    """The recommendation and its reasons, rendered as Markdown in the notebook."""
-    from IPython.display import Markdown
-
-    rec = report["recommendation"]
-    lines = [f"Recommendation: **{rec['action'].upper()}** ({report['design']} design)", ""]
-    lines += [f"- {r}" for r in rec["reasons"]]
-    return Markdown("\n".join(lines))
-
-
-def plot_variants(log: pd.DataFrame) -> Any:
-    """ROC curves (labelled rows) and score distributions (all rows) per variant."""
-    import matplotlib.pyplot as plt
-    from sklearn import metrics as skm
-
-    _validate(log)
-    fig, (roc_ax, dist_ax) = plt.subplots(1, 2, figsize=(12, 4.2))
-    for (variant, shadow, version), g in log.groupby(["variant", "shadow", "model_version"],
-                                                       sort=False):
-        name = f"{variant} v{version}" + (" (shadow)" if shadow else "")
-        labelled = g[g["actual"].notna()]
-        y = labelled["actual"].to_numpy().astype(int)
-        if len(np.unique(y)) == 2:
-            fpr, tpr, _ = skm.roc_curve(y, labelled["score"])
-            auc = skm.roc_auc_score(y, labelled["score"])
-            roc_ax.plot(fpr, tpr, label=f"{name}: AUC {auc:.3f} ({len(y)} labelled)")
-        dist_ax.hist(g["score"], bins=30, range=(0, 1), histtype="step", density=True,
-                     label=f"{name} ({len(g)} rows)")
-    roc_ax.plot([0, 1], [0, 1], ls="--", color="grey")
-    for ax, title, xl, yl in ((roc_ax, "ROC per variant", "false positive rate",
-                               "true positive rate"),
-                              (dist_ax, "Score distribution", "score", "density")):
-        ax.set_title(title)
-        ax.set_xlabel(xl)
-        ax.set_ylabel(yl)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig

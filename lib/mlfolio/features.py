@@ -115,31 +115,6 @@ def xy(df: pd.DataFrame, schema: SchemaConfig) -> tuple[pd.DataFrame, pd.Series]
     return df[schema.features], target_vector(df, schema)
 
 
-def profile(df: pd.DataFrame, schema: SchemaConfig) -> pd.DataFrame:
-    """One row per feature: kind, missing values, distinct values and a short summary."""
-    coerced = RawColumnCoercer(list(schema.numeric), list(schema.categorical)).fit(df)
-    clean = coerced.transform(df)
-    y = target_vector(df, schema)
-    rows = []
-    for col in schema.features:
-        values = clean[col]
-        is_num = col in schema.numeric
-        missing = values.isna() if is_num else values.eq(MISSING_CATEGORY)
-        row: dict[str, Any] = {
-            "column": col,
-            "kind": "numeric" if is_num else "categorical",
-            "missing": int(missing.sum()),
-            "distinct": int(values.nunique()),
-        }
-        if is_num:
-            row["summary"] = f"mean {values.mean():.3g}, std {values.std():.3g}"
-        else:
-            rates = y.groupby(values).mean().sort_values(ascending=False)
-            row["summary"] = f"highest positive rate: {rates.index[0]} ({rates.iloc[0]:.0%})"
-        rows.append(row)
-    return pd.DataFrame(rows).set_index("column")
-
-
 def split_summary(parts: dict[str, pd.DataFrame], schema: SchemaConfig) -> pd.DataFrame:
     """Rows and positive rate per split, to show stratification held."""
     return pd.DataFrame(
@@ -148,32 +123,3 @@ def split_summary(parts: dict[str, pd.DataFrame], schema: SchemaConfig) -> pd.Da
             for name, part in parts.items()
         }
     ).T
-
-
-def plot_features(df: pd.DataFrame, schema: SchemaConfig, max_categorical: int = 8) -> Any:
-    """Numeric histograms by class and positive rate per category (a matplotlib Figure)."""
-    import matplotlib.pyplot as plt
-
-    clean = RawColumnCoercer(list(schema.numeric), list(schema.categorical)).fit(df).transform(df)
-    y = target_vector(df, schema)
-    cats = list(schema.categorical)[:max_categorical]
-    panels = [*schema.numeric, *cats]
-    ncols = 4
-    nrows = max(1, -(-len(panels) // ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 3 * nrows), squeeze=False)
-    for ax, col in zip(axes.flat, panels, strict=False):
-        if col in schema.numeric:
-            for label, color in ((0, "tab:blue"), (1, "tab:red")):
-                ax.hist(clean.loc[y == label, col].dropna(), bins=30, alpha=0.5, color=color,
-                        label=str(schema.positive_label if label else schema.negative_label))
-            ax.legend(fontsize=7)
-        else:
-            rate = y.groupby(clean[col]).mean().sort_values()
-            ax.barh([str(i)[:18] for i in rate.index], rate.values, color="tab:red")
-            ax.set_xlabel("positive rate")
-        ax.set_title(col, fontsize=9)
-        ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[len(panels):]:
-        ax.axis("off")
-    fig.tight_layout()
-    return fig

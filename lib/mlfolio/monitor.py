@@ -305,13 +305,6 @@ def drift_verdict(
     }
 
 
-def verdict_table(verdict: dict[str, Any]) -> pd.DataFrame:
-    """One row per column (method, score, threshold, drifted), for display."""
-    return pd.DataFrame.from_dict(verdict["columns"], orient="index")[
-        ["kind", "method", "score", "threshold", "drifted"]
-    ]
-
-
 # --- Evidently --------------------------------------------------------------------------
 
 def _evidently_snapshot(reference: pd.DataFrame, current: pd.DataFrame, schema: SchemaConfig,
@@ -673,21 +666,3 @@ def retraining_rows(snapshot: pd.DataFrame, labelled: pd.DataFrame, schema: Sche
         except (TypeError, ValueError):
             pass
     return out
-
-
-def plot_drift(verdict: dict[str, Any]) -> Any:
-    """Bar chart of each column's drift score against its threshold (drifted in red)."""
-    import matplotlib.pyplot as plt
-
-    table = verdict_table(verdict)
-    # Distances drift above the threshold, p-values below: plot "how far past" uniformly.
-    ratio = [row.score / row.threshold if METHODS[row.method][2]
-             else row.threshold / max(row.score, 1e-12) for row in table.itertuples()]
-    fig, ax = plt.subplots(figsize=(8, 0.3 * len(table) + 1))
-    colors = ["tab:red" if d else "tab:blue" for d in table["drifted"]]
-    ax.barh(table.index, np.minimum(ratio, 10), color=colors)
-    ax.axvline(1.0, color="black", lw=1, ls="--")
-    ax.set_xlabel("score relative to its threshold (≥ 1: drifted; capped at 10)")
-    ax.invert_yaxis()
-    fig.tight_layout()
-    return fig

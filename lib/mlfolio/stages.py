@@ -2,7 +2,7 @@
 
 Each reads its upstream products from the run folder, does its work through the pure
 modules (data, features, train, tune, evaluate), logs to MLflow and writes its products.
-The notebooks call these and show what they return.
+The notebooks call these and show what they return through :mod:`mlfolio.views`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 
 from mlfolio import data, evaluate, features, registry, tracking, train, tune
-from mlfolio.config import SchemaConfig
 from mlfolio.context import StageContext
 from mlfolio.errors import DataValidationError, RegistryError, StageError
 
@@ -57,25 +56,6 @@ def ingest(ctx: StageContext) -> tuple[pd.DataFrame, dict[str, Any]]:
     mlflow.set_tag("mlfolio.data_hash", digest)
     ctx.write_json("ingest.json", info)
     return df, info
-
-
-def ingest_markdown(info: dict[str, Any], schema: SchemaConfig) -> Any:
-    """What ingest kept and dropped, in a sentence (for the notebook)."""
-    from IPython.display import Markdown
-
-    dropped = info["dropped_missing_target"]
-    kept = info["source_rows"] - dropped
-    lines = [f"**{info['source_rows']:,} rows read**, "
-             + (f"**{dropped:,} dropped** with no value in the target `{schema.target}` "
-                f"(`schema.missing_target: {schema.missing_target}`), {kept:,} kept."
-                if dropped else f"all with a value in the target `{schema.target}`.")]
-    if info["rows"] < kept:
-        lines.append(f"A seeded sample of {info['rows']:,} of them (`data.sample_rows`) "
-                     "is the snapshot.")
-    for col, n in info.get("non_finite_as_missing", {}).items():
-        lines.append(f"Column `{col}`: {n:,} non-finite value(s) treated as missing "
-                     "(`schema.non_finite: missing`).")
-    return Markdown("\n\n".join(lines))
 
 
 # -- preprocess -----------------------------------------------------------------------
@@ -326,28 +306,6 @@ def register_model(ctx: StageContext) -> dict[str, Any]:
     return result
 
 
-def registration_markdown(result: dict[str, Any]) -> Any:
-    """What the register stage did, in a sentence or two (for the notebook)."""
-    from IPython.display import Markdown
-
-    name = result["model_name"]
-    if not result.get("registered", True):
-        return Markdown(f"**Not registered.** {result['why_not_promoted']}")
-    head = f"Registered **{name} v{result['version']}** as `{registry.CHALLENGER}`."
-    if result["promoted"]:
-        was = result.get("compared_against")
-        return Markdown(f"{head} Promoted to `{registry.CHAMPION}` (replacing "
-                        f"{'v' + was if was else 'no champion'}, the version the gate "
-                        "compared against).")
-    champion = f"v{result['champion']}" if result.get("champion") else "none"
-    return Markdown(f"{head} **Not promoted**: {result['why_not_promoted']}.\n\n"
-                    f"Champion now: {champion}.")
-
-
-def alias_history_table(ctx: StageContext) -> pd.DataFrame:
-    return pd.DataFrame(registry.alias_history(ctx.cfg.model_name))
-
-
 # -- deploy ---------------------------------------------------------------------------
 def _deploy_target(ctx: StageContext, target: str, ref: registry.ModelRef,
                    alias_uri: str) -> dict[str, Any]:
@@ -424,16 +382,6 @@ def deploy_model(ctx: StageContext) -> dict[str, Any]:
     if failed:
         raise DeployError("; ".join(f"{t}: {e}" for t, e in failed.items()))
     return {"model": f"{ref.name} v{ref.version} (@{alias})", "targets": results}
-
-
-def deploy_table(result: dict[str, Any]) -> pd.DataFrame:
-    """One row per target: status and the main facts it recorded."""
-    rows = {}
-    for target, r in result["targets"].items():
-        facts = {k: v for k, v in r.items() if isinstance(v, str | int | float) and k != "status"}
-        rows[target] = {"status": r["status"], "details": "; ".join(
-            f"{k}={v}" for k, v in list(facts.items())[:4])}
-    return pd.DataFrame(rows).T
 
 
 # -- monitor --------------------------------------------------------------------------
@@ -657,48 +605,6 @@ def monitor_model(ctx: StageContext) -> dict[str, Any]:
               "retrain_data": retrain_data}
     ctx.write_json("monitor.json", result)
     return {**result, "verdict": verdict}
-
-
-def monitor_summary(result: dict[str, Any]) -> pd.DataFrame:
-    """The headline facts of a monitor run, as a one-column table."""
-    q = result.get("quality") or {}
-    rows = {
-        "champion": f"{result['model']['name']} v{result['model']['version']}",
-        "reference rows": result["reference"]["rows"],
-        "current rows": result["current"]["rows"],
-        "current source": result["current"]["uri"],
-        "labelled current rows": result["current"]["labelled_rows"],
-        "drifted columns": ", ".join(result["drifted_columns"]) or "none",
-        "share drifted": round(result["share_drifted"], 3),
-        "dataset drift": result["dataset_drift"],
-        "prediction drift": result["prediction_drift"],
-        "ROC AUC (reference → current)": (
-            f"{q['reference']['roc_auc']:.4f} → {q['current']['roc_auc']:.4f}" if q else "n/a"),
-        "retrain": result["decision"]["retrain"],
-    }
-    return pd.DataFrame({"value": rows})
-
-
-def quality_table(result: dict[str, Any]) -> pd.DataFrame | str:
-    """Reference (champion's test rows) against current labelled rows, with deltas."""
-    q = result.get("quality")
-    if not q:
-        return "No ground-truth labels for the current rows yet: quality not compared."
-    return pd.DataFrame({"reference": q["reference"], "current": q["current"],
-                         "delta": q["delta"]}).round(4)
-
-
-def decision_markdown(result: dict[str, Any]) -> Any:
-    from IPython.display import Markdown
-
-    d = result["decision"]
-    head = ("**Retraining fires**" if d["retrain"] else "**No retraining**")
-    lines = [head, ""] + [f"- `{r}`" for r in d["reasons"]]
-    if result.get("retrain_data"):
-        lines += ["", f"Training data for the retraining run: `{result['retrain_data']}`"]
-    for kind, name in result["reports"].items():
-        lines.append(f"\n[Evidently {kind} report]({name})")
-    return Markdown("\n".join(lines))
 
 
 def ab_report(ctx: StageContext) -> tuple[pd.DataFrame, dict[str, Any]]:

@@ -1,0 +1,399 @@
+"""What the stage notebooks show: Markdown, display tables and matplotlib figures.
+
+Every function takes what a stage returned (or wrote) and renders it for a reader; none
+computes a result a later stage or the registry relies on. matplotlib, IPython, sklearn,
+optuna and MLflow are imported inside the functions that need them, so importing this
+module stays cheap.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from mlfolio.config import SchemaConfig
+
+if TYPE_CHECKING:
+    import optuna
+
+    from mlfolio.context import StageContext
+
+
+# -- ingest ------------------------------------------------------------------------------
+def ingest_markdown(info: dict[str, Any], schema: SchemaConfig) -> Any:
+    """What ingest kept and dropped, in a sentence (for the notebook)."""
+    from IPython.display import Markdown
+
+    dropped = info["dropped_missing_target"]
+    kept = info["source_rows"] - dropped
+    lines = [f"**{info['source_rows']:,} rows read**, "
+             + (f"**{dropped:,} dropped** with no value in the target `{schema.target}` "
+                f"(`schema.missing_target: {schema.missing_target}`), {kept:,} kept."
+                if dropped else f"all with a value in the target `{schema.target}`.")]
+    if info["rows"] < kept:
+        lines.append(f"A seeded sample of {info['rows']:,} of them (`data.sample_rows`) "
+                     "is the snapshot.")
+    for col, n in info.get("non_finite_as_missing", {}).items():
+        lines.append(f"Column `{col}`: {n:,} non-finite value(s) treated as missing "
+                     "(`schema.non_finite: missing`).")
+    return Markdown("\n\n".join(lines))
+
+
+
+# -- preprocess --------------------------------------------------------------------------
+def profile(df: pd.DataFrame, schema: SchemaConfig) -> pd.DataFrame:
+    """One row per feature: kind, missing values, distinct values and a short summary."""
+    from mlfolio.data import target_vector
+    from mlfolio.features import MISSING_CATEGORY, RawColumnCoercer
+
+    coerced = RawColumnCoercer(list(schema.numeric), list(schema.categorical)).fit(df)
+    clean = coerced.transform(df)
+    y = target_vector(df, schema)
+    rows = []
+    for col in schema.features:
+        values = clean[col]
+        is_num = col in schema.numeric
+        missing = values.isna() if is_num else values.eq(MISSING_CATEGORY)
+        row: dict[str, Any] = {
+            "column": col,
+            "kind": "numeric" if is_num else "categorical",
+            "missing": int(missing.sum()),
+            "distinct": int(values.nunique()),
+        }
+        if is_num:
+            row["summary"] = f"mean {values.mean():.3g}, std {values.std():.3g}"
+        else:
+            rates = y.groupby(values).mean().sort_values(ascending=False)
+            row["summary"] = f"highest positive rate: {rates.index[0]} ({rates.iloc[0]:.0%})"
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("column")
+
+
+def plot_features(df: pd.DataFrame, schema: SchemaConfig, max_categorical: int = 8) -> Any:
+    """Numeric histograms by class and positive rate per category (a matplotlib Figure)."""
+    import matplotlib.pyplot as plt
+
+    from mlfolio.data import target_vector
+    from mlfolio.features import RawColumnCoercer
+
+    clean = RawColumnCoercer(list(schema.numeric), list(schema.categorical)).fit(df).transform(df)
+    y = target_vector(df, schema)
+    cats = list(schema.categorical)[:max_categorical]
+    panels = [*schema.numeric, *cats]
+    ncols = 4
+    nrows = max(1, -(-len(panels) // ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 3 * nrows), squeeze=False)
+    for ax, col in zip(axes.flat, panels, strict=False):
+        if col in schema.numeric:
+            for label, color in ((0, "tab:blue"), (1, "tab:red")):
+                ax.hist(clean.loc[y == label, col].dropna(), bins=30, alpha=0.5, color=color,
+                        label=str(schema.positive_label if label else schema.negative_label))
+            ax.legend(fontsize=7)
+        else:
+            rate = y.groupby(clean[col]).mean().sort_values()
+            ax.barh([str(i)[:18] for i in rate.index], rate.values, color="tab:red")
+            ax.set_xlabel("positive rate")
+        ax.set_title(col, fontsize=9)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+
+# -- tune --------------------------------------------------------------------------------
+def trials_table(study: optuna.Study | None, top: int | None = None) -> pd.DataFrame:
+    """One row per trial: state, value, duration and parameters; ``top``: the best ``top``
+    trials by value. A note when tuning is off (no study)."""
+    if study is None:
+        return pd.DataFrame({"note": ["tuning.enabled is false: no study was run"]})
+    df = study.trials_dataframe(attrs=("number", "state", "value", "duration", "params"))
+    if "duration" in df:
+        df["duration"] = df["duration"].dt.total_seconds().round(2)
+    df = df.rename(columns=lambda c: c.removeprefix("params_"))
+    return df.sort_values("value", ascending=False).head(top) if top else df
+
+
+def plot_study(study: optuna.Study | None) -> Any:
+    """Optimization history and parameter importances side by side (a matplotlib Figure);
+    None when tuning is off."""
+    import matplotlib.pyplot as plt
+    import optuna
+
+    if study is None:
+        return None
+
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    fig, (hist_ax, imp_ax) = plt.subplots(1, 2, figsize=(14, 4.5))
+    values = [t.value for t in complete]
+    numbers = [t.number for t in complete]
+    hist_ax.scatter(numbers, values, s=14, label="trial (complete)")
+    hist_ax.plot(numbers, np.maximum.accumulate(values) if values else [], color="tab:red",
+                 label="best so far")
+    hist_ax.set_xlabel("trial")
+    hist_ax.set_ylabel("CV ROC AUC")
+    hist_ax.set_title(f"Optimization history ({len(study.trials)} trials, "
+                      f"{len(study.trials) - len(complete)} pruned or failed)")
+    hist_ax.legend()
+    if len(complete) >= 2:
+        importances = optuna.importance.get_param_importances(
+            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+        names = list(importances)[::-1]
+        imp_ax.barh(names, [importances[n] for n in names])
+        imp_ax.set_title("Parameter importance (fANOVA)")
+    else:
+        imp_ax.text(0.5, 0.5, "needs two complete trials", ha="center")
+        imp_ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+
+# -- evaluate ----------------------------------------------------------------------------
+def metrics_frame(result: dict[str, Any]) -> Any:
+    """Candidate (valid and test) and champion (test) metrics as one table."""
+    import pandas as pd
+
+    rows = {f"{result['candidate']['name']} · valid": result["candidate"]["valid"],
+            f"{result['candidate']['name']} · test": result["candidate"]["test"]}
+    if result.get("champion"):
+        rows[f"champion v{result['champion']['version']} · test"] = result["champion"]["test"]
+    return pd.DataFrame(rows).T.round(4)
+
+
+def verdict_markdown(result: dict[str, Any]) -> Any:
+    """The gate's verdict and reasons, rendered as Markdown in the notebook."""
+    from IPython.display import Markdown
+
+    gate_result = result["gate"]
+    head = "**PASSED** — eligible for champion" if gate_result["passed"] else \
+        "**NOT PASSED** — stays challenger"
+    lines = [f"Gate: {head}", ""] + [f"- {r}" for r in gate_result["reasons"]]
+    return Markdown("\n".join(lines))
+
+
+def plot_curves(y: np.ndarray, scores: dict[str, np.ndarray], threshold: float,
+                bins: int = 10) -> Any:
+    """ROC, precision-recall, calibration and confusion matrix (a matplotlib Figure)."""
+    import matplotlib.pyplot as plt
+    from sklearn import metrics as skm
+
+    from mlfolio.evaluate import calibration
+
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4.2))
+    roc_ax, pr_ax, cal_ax, cm_ax = axes
+    for name, score in scores.items():
+        fpr, tpr, _ = skm.roc_curve(y, score)
+        roc_ax.plot(fpr, tpr, label=f"{name} (AUC {skm.roc_auc_score(y, score):.3f})")
+        prec, rec, _ = skm.precision_recall_curve(y, score)
+        pr_ax.plot(rec, prec, label=f"{name} (AP {skm.average_precision_score(y, score):.3f})")
+        cal = calibration(y, score, bins)
+        cal_ax.plot(cal["mean_predicted"], cal["fraction_positive"], marker="o", label=name)
+    roc_ax.plot([0, 1], [0, 1], ls="--", color="grey")
+    cal_ax.plot([0, 1], [0, 1], ls="--", color="grey")
+    for ax, title, xl, yl in ((roc_ax, "ROC", "false positive rate", "true positive rate"),
+                              (pr_ax, "Precision-recall", "recall", "precision"),
+                              (cal_ax, "Calibration", "mean predicted", "fraction positive")):
+        ax.set_title(title)
+        ax.set_xlabel(xl)
+        ax.set_ylabel(yl)
+        ax.legend(fontsize=8)
+    first = next(iter(scores.values()))
+    cm = skm.confusion_matrix(y, (first >= threshold).astype(int), labels=[0, 1])
+    cm_ax.imshow(cm, cmap="Blues")
+    for (i, j), value in np.ndenumerate(cm):
+        cm_ax.text(j, i, str(value), ha="center", va="center",
+                   color="white" if value > cm.max() / 2 else "black")
+    cm_ax.set_xticks([0, 1], ["pred 0", "pred 1"])
+    cm_ax.set_yticks([0, 1], ["true 0", "true 1"])
+    cm_ax.set_title(f"Confusion at threshold {threshold:.2f} ({next(iter(scores))})")
+    fig.tight_layout()
+    return fig
+
+
+
+# -- register ----------------------------------------------------------------------------
+def registration_markdown(result: dict[str, Any]) -> Any:
+    """What the register stage did, in a sentence or two (for the notebook)."""
+    from IPython.display import Markdown
+
+    from mlfolio import registry
+
+    name = result["model_name"]
+    if not result.get("registered", True):
+        return Markdown(f"**Not registered.** {result['why_not_promoted']}")
+    head = f"Registered **{name} v{result['version']}** as `{registry.CHALLENGER}`."
+    if result["promoted"]:
+        was = result.get("compared_against")
+        return Markdown(f"{head} Promoted to `{registry.CHAMPION}` (replacing "
+                        f"{'v' + was if was else 'no champion'}, the version the gate "
+                        "compared against).")
+    champion = f"v{result['champion']}" if result.get("champion") else "none"
+    return Markdown(f"{head} **Not promoted**: {result['why_not_promoted']}.\n\n"
+                    f"Champion now: {champion}.")
+
+
+def alias_history_table(ctx: StageContext) -> pd.DataFrame:
+    """Every recorded alias move of the experiment's registered model."""
+    from mlfolio import registry
+
+    return pd.DataFrame(registry.alias_history(ctx.cfg.model_name))
+
+
+
+# -- deploy ------------------------------------------------------------------------------
+def deploy_table(result: dict[str, Any]) -> pd.DataFrame:
+    """One row per target: status and the main facts it recorded."""
+    rows = {}
+    for target, r in result["targets"].items():
+        facts = {k: v for k, v in r.items() if isinstance(v, str | int | float) and k != "status"}
+        rows[target] = {"status": r["status"], "details": "; ".join(
+            f"{k}={v}" for k, v in list(facts.items())[:4])}
+    return pd.DataFrame(rows).T
+
+
+
+# -- monitor -----------------------------------------------------------------------------
+def monitor_summary(result: dict[str, Any]) -> pd.DataFrame:
+    """The headline facts of a monitor run, as a one-column table."""
+    q = result.get("quality") or {}
+    rows = {
+        "champion": f"{result['model']['name']} v{result['model']['version']}",
+        "reference rows": result["reference"]["rows"],
+        "current rows": result["current"]["rows"],
+        "current source": result["current"]["uri"],
+        "labelled current rows": result["current"]["labelled_rows"],
+        "drifted columns": ", ".join(result["drifted_columns"]) or "none",
+        "share drifted": round(result["share_drifted"], 3),
+        "dataset drift": result["dataset_drift"],
+        "prediction drift": result["prediction_drift"],
+        "ROC AUC (reference → current)": (
+            f"{q['reference']['roc_auc']:.4f} → {q['current']['roc_auc']:.4f}" if q else "n/a"),
+        "retrain": result["decision"]["retrain"],
+    }
+    return pd.DataFrame({"value": rows})
+
+
+def verdict_table(verdict: dict[str, Any]) -> pd.DataFrame:
+    """One row per column (method, score, threshold, drifted), for display."""
+    return pd.DataFrame.from_dict(verdict["columns"], orient="index")[
+        ["kind", "method", "score", "threshold", "drifted"]
+    ]
+
+
+def plot_drift(verdict: dict[str, Any]) -> Any:
+    """Bar chart of each column's drift score against its threshold (drifted in red)."""
+    import matplotlib.pyplot as plt
+
+    from mlfolio.monitor import METHODS
+
+    table = verdict_table(verdict)
+    # Distances drift above the threshold, p-values below: plot "how far past" uniformly.
+    ratio = [row.score / row.threshold if METHODS[row.method][2]
+             else row.threshold / max(row.score, 1e-12) for row in table.itertuples()]
+    fig, ax = plt.subplots(figsize=(8, 0.3 * len(table) + 1))
+    colors = ["tab:red" if d else "tab:blue" for d in table["drifted"]]
+    ax.barh(table.index, np.minimum(ratio, 10), color=colors)
+    ax.axvline(1.0, color="black", lw=1, ls="--")
+    ax.set_xlabel("score relative to its threshold (≥ 1: drifted; capped at 10)")
+    ax.invert_yaxis()
+    fig.tight_layout()
+    return fig
+
+
+def quality_table(result: dict[str, Any]) -> pd.DataFrame | str:
+    """Reference (champion's test rows) against current labelled rows, with deltas."""
+    q = result.get("quality")
+    if not q:
+        return "No ground-truth labels for the current rows yet: quality not compared."
+    return pd.DataFrame({"reference": q["reference"], "current": q["current"],
+                         "delta": q["delta"]}).round(4)
+
+
+def decision_markdown(result: dict[str, Any]) -> Any:
+    from IPython.display import Markdown
+
+    d = result["decision"]
+    head = ("**Retraining fires**" if d["retrain"] else "**No retraining**")
+    lines = [head, ""] + [f"- `{r}`" for r in d["reasons"]]
+    if result.get("retrain_data"):
+        lines += ["", f"Training data for the retraining run: `{result['retrain_data']}`"]
+    for kind, name in result["reports"].items():
+        lines.append(f"\n[Evidently {kind} report]({name})")
+    return Markdown("\n".join(lines))
+
+
+
+# -- A/B report --------------------------------------------------------------------------
+def variant_table(report: dict[str, Any]) -> pd.DataFrame:
+    """The report's per-variant metrics, one row per variant."""
+    table = pd.DataFrame(report["variants"])
+    table.index = [f"{r.variant} v{r.model_version}" + (" (shadow)" if r.shadow else "")
+                   for r in table.itertuples()]
+    return table.drop(columns=["variant", "model_version", "shadow"]).round(4)
+
+
+def comparison_table(report: dict[str, Any]) -> pd.DataFrame:
+    """Challenger − champion for ROC AUC (and its bootstrap cross-check) and accuracy."""
+    c = report["comparison"]
+    if c["difference"] is None:
+        return pd.DataFrame({"note": [c["note"]]}, index=["comparison"])
+    rows = {"ROC AUC": {**{k: c[k] for k in ("difference", "ci_low", "ci_high", "p_value")},
+                        "test": c["test"]}}
+    if c["bootstrap"]:
+        rows["ROC AUC (bootstrap)"] = {"difference": c["difference"],
+                                       "ci_low": c["bootstrap"]["ci_low"],
+                                       "ci_high": c["bootstrap"]["ci_high"],
+                                       "p_value": None, "test": c["bootstrap"]["test"]}
+    rows["accuracy"] = {k: c["accuracy"][k] for k in ("difference", "ci_low", "ci_high",
+                                                       "p_value", "test")}
+    table = pd.DataFrame(rows).T
+    numeric = ["difference", "ci_low", "ci_high", "p_value"]
+    table[numeric] = table[numeric].astype(float).round(4)
+    return table
+
+
+def recommendation_markdown(report: dict[str, Any]) -> Any:
+    """The recommendation and its reasons, rendered as Markdown in the notebook."""
+    from IPython.display import Markdown
+
+    rec = report["recommendation"]
+    lines = [f"Recommendation: **{rec['action'].upper()}** ({report['design']} design)", ""]
+    lines += [f"- {r}" for r in rec["reasons"]]
+    return Markdown("\n".join(lines))
+
+
+def plot_variants(log: pd.DataFrame) -> Any:
+    """ROC curves (labelled rows) and score distributions (all rows) per variant."""
+    import matplotlib.pyplot as plt
+    from sklearn import metrics as skm
+
+    from mlfolio.abtest import validate_log
+
+    validate_log(log)
+    fig, (roc_ax, dist_ax) = plt.subplots(1, 2, figsize=(12, 4.2))
+    for (variant, shadow, version), g in log.groupby(["variant", "shadow", "model_version"],
+                                                       sort=False):
+        name = f"{variant} v{version}" + (" (shadow)" if shadow else "")
+        labelled = g[g["actual"].notna()]
+        y = labelled["actual"].to_numpy().astype(int)
+        if len(np.unique(y)) == 2:
+            fpr, tpr, _ = skm.roc_curve(y, labelled["score"])
+            auc = skm.roc_auc_score(y, labelled["score"])
+            roc_ax.plot(fpr, tpr, label=f"{name}: AUC {auc:.3f} ({len(y)} labelled)")
+        dist_ax.hist(g["score"], bins=30, range=(0, 1), histtype="step", density=True,
+                     label=f"{name} ({len(g)} rows)")
+    roc_ax.plot([0, 1], [0, 1], ls="--", color="grey")
+    for ax, title, xl, yl in ((roc_ax, "ROC per variant", "false positive rate",
+                               "true positive rate"),
+                              (dist_ax, "Score distribution", "score", "density")):
+        ax.set_title(title)
+        ax.set_xlabel(xl)
+        ax.set_ylabel(yl)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
