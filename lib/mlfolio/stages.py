@@ -307,59 +307,10 @@ def register_model(ctx: StageContext) -> dict[str, Any]:
 
 
 # -- deploy ---------------------------------------------------------------------------
-def _deploy_target(ctx: StageContext, target: str, ref: registry.ModelRef,
-                   alias_uri: str) -> dict[str, Any]:
-    """Build and ship one target; returns what it deployed (raises DeployError)."""
-    cfg, dc = ctx.cfg, ctx.cfg.deploy
-    out = ctx.path(f"deploy/{target}")
-    out.mkdir(parents=True, exist_ok=True)
-    if target == "local":
-        from mlfolio.deploy.local import deploy_local
-
-        test = ctx.read_parquet(SPLITS["test"]).head(dc.local.sample_rows)
-        rows = test[cfg.schema.features]
-        expected = train.predict_scores(tracking.load_model(ref.uri), test, cfg.schema)
-        return deploy_local(alias_uri, cfg.tracking_uri(), rows, expected,
-                            host=dc.local.host, port=dc.local.port,
-                            log_path=ctx.path("logs/serve-local.log"))
-    if target == "kubernetes":
-        from mlfolio.deploy import kubernetes
-
-        k = dc.kubernetes
-        summary = kubernetes.render(
-            out, model_name=ref.name, model_version=ref.version, model_uri=alias_uri,
-            image=k.image, namespace=k.namespace, replicas=k.replicas,
-            min_replicas=k.min_replicas, max_replicas=k.max_replicas,
-            tracking_uri=k.tracking_uri or cfg.tracking_uri())
-        summary["validated"] = kubernetes.validate_manifests(out / "kubernetes.yaml")
-        return summary
-    aws = dc.aws
-    if target == "lambda":
-        from mlfolio.deploy import aws_lambda
-
-        package = aws_lambda.build_package(ref.uri, out)
-        return aws_lambda.deploy_lambda(
-            package, function_name=dc.lambda_.function_name or ref.name,
-            role_arn=aws.role_arn, model_version=ref.version, region=aws.region,
-            endpoint_url=aws.endpoint_url, memory_mb=dc.lambda_.memory_mb,
-            timeout_s=dc.lambda_.timeout_s)
-    from mlfolio.deploy import sagemaker
-    from mlfolio.deploy.aws_lambda import registry_info
-
-    archive = sagemaker.build_model_archive(ref.uri, out / "model.tar.gz")
-    sm = dc.sagemaker
-    return sagemaker.deploy_sagemaker(
-        archive, endpoint_name=sm.endpoint_name or ref.name, image_uri=sm.image_uri,
-        role_arn=aws.role_arn, bucket=aws.bucket, model_version=ref.version,
-        region=aws.region, endpoint_url=aws.endpoint_url, instance_type=sm.instance_type,
-        instance_count=sm.instance_count, model_name=ref.name,
-        threshold=registry_info(ref.uri).get("threshold"))  # the container has no registry
-
-
 def deploy_model(ctx: StageContext) -> dict[str, Any]:
     """Deploy the version behind ``deploy.alias`` to every target; each target's outcome is
     recorded, and the stage fails (after writing deploy.json) if any target failed."""
-    from mlfolio.deploy import DeployError
+    from mlfolio.deploy import TARGETS, DeployError
 
     cfg = ctx.cfg
     alias = cfg.deploy.alias
@@ -371,7 +322,12 @@ def deploy_model(ctx: StageContext) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for target in cfg.deploy.targets:
         try:
-            results[target] = {**_deploy_target(ctx, target, ref, alias_uri),
+            if target not in TARGETS:
+                raise DeployError(f"deploy.targets: unknown target {target!r}; expected one "
+                                  f"of {', '.join(TARGETS)}")
+            out_dir = ctx.path(f"deploy/{target}")
+            out_dir.mkdir(parents=True, exist_ok=True)
+            results[target] = {**TARGETS[target](ctx, ref, alias_uri, out_dir),
                                "status": "deployed"}
         except DeployError as exc:
             results[target] = {"status": "failed", "error": str(exc)}

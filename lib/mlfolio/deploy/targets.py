@@ -1,0 +1,92 @@
+"""The deploy stage's targets, by name: ``TARGETS[name](ctx, ref, alias_uri, out_dir)``.
+
+Each target builds and ships the model version ``ref`` (served as ``alias_uri``, e.g.
+``models:/churn-classifier@champion``), writes what it builds under ``out_dir``
+(``<run>/deploy/<name>/``) and returns what it deployed; it raises DeployError when it
+cannot. A new target is a function here and its name in ``TARGETS`` (and in
+``DeployConfig.targets``). boto3, sagemaker and the Kubernetes validators are imported
+inside the target that needs them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mlfolio.context import StageContext
+    from mlfolio.registry import ModelRef
+
+
+def deploy_local(ctx: StageContext, ref: ModelRef, alias_uri: str, out_dir: Path
+                 ) -> dict[str, Any]:
+    """Start ``mlfolio serve`` on the alias and check its answers on test rows against the
+    pipeline's own scores."""
+    from mlfolio import tracking, train
+    from mlfolio.deploy.local import deploy_local as serve_and_check
+    from mlfolio.stages import SPLITS
+
+    cfg, local = ctx.cfg, ctx.cfg.deploy.local
+    test = ctx.read_parquet(SPLITS["test"]).head(local.sample_rows)
+    rows = test[cfg.schema.features]
+    expected = train.predict_scores(tracking.load_model(ref.uri), test, cfg.schema)
+    return serve_and_check(alias_uri, cfg.tracking_uri(), rows, expected,
+                           host=local.host, port=local.port,
+                           log_path=ctx.path("logs/serve-local.log"))
+
+
+def deploy_kubernetes(ctx: StageContext, ref: ModelRef, alias_uri: str, out_dir: Path
+                      ) -> dict[str, Any]:
+    """Render the Dockerfile and manifests into ``out_dir`` and validate them."""
+    from mlfolio.deploy import kubernetes
+
+    k = ctx.cfg.deploy.kubernetes
+    summary = kubernetes.render(
+        out_dir, model_name=ref.name, model_version=ref.version, model_uri=alias_uri,
+        image=k.image, namespace=k.namespace, replicas=k.replicas,
+        min_replicas=k.min_replicas, max_replicas=k.max_replicas,
+        tracking_uri=k.tracking_uri or ctx.cfg.tracking_uri())
+    summary["validated"] = kubernetes.validate_manifests(out_dir / "kubernetes.yaml")
+    return summary
+
+
+def deploy_lambda(ctx: StageContext, ref: ModelRef, alias_uri: str, out_dir: Path
+                  ) -> dict[str, Any]:
+    """Build the function package in ``out_dir`` and create or update the function."""
+    from mlfolio.deploy import aws_lambda
+
+    dc = ctx.cfg.deploy
+    package = aws_lambda.build_package(ref.uri, out_dir)
+    return aws_lambda.deploy_lambda(
+        package, function_name=dc.lambda_.function_name or ref.name,
+        role_arn=dc.aws.role_arn, model_version=ref.version, region=dc.aws.region,
+        endpoint_url=dc.aws.endpoint_url, memory_mb=dc.lambda_.memory_mb,
+        timeout_s=dc.lambda_.timeout_s)
+
+
+def deploy_sagemaker(ctx: StageContext, ref: ModelRef, alias_uri: str, out_dir: Path
+                     ) -> dict[str, Any]:
+    """Build ``model.tar.gz`` in ``out_dir`` and create or update the endpoint."""
+    from mlfolio.deploy import sagemaker
+    from mlfolio.deploy.aws_lambda import registry_info
+
+    dc = ctx.cfg.deploy
+    archive = sagemaker.build_model_archive(ref.uri, out_dir / "model.tar.gz")
+    sm, aws = dc.sagemaker, dc.aws
+    return sagemaker.deploy_sagemaker(
+        archive, endpoint_name=sm.endpoint_name or ref.name, image_uri=sm.image_uri,
+        role_arn=aws.role_arn, bucket=aws.bucket, model_version=ref.version,
+        region=aws.region, endpoint_url=aws.endpoint_url, instance_type=sm.instance_type,
+        instance_count=sm.instance_count, model_name=ref.name,
+        threshold=registry_info(ref.uri).get("threshold"))  # the container has no registry
+
+
+Target = Callable[["StageContext", "ModelRef", str, Path], dict[str, Any]]
+
+TARGETS: dict[str, Target] = {
+    "local": deploy_local,
+    "kubernetes": deploy_kubernetes,
+    "lambda": deploy_lambda,
+    "sagemaker": deploy_sagemaker,
+}
