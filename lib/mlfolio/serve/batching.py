@@ -1,0 +1,239 @@
+"""Micro-batching: requests that arrive while a batch is scored become the next batch, one
+``predict_proba`` call in a worker thread."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mlfolio.errors import RequestError
+from mlfolio.predlog import PredictionLog
+from mlfolio.serve.columns import Block
+from mlfolio.serve.contract import scoring_error
+from mlfolio.serve.metrics import ServerMetrics
+from mlfolio.serve.model import ServedModel
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH_ROWS = 4096
+# -- micro-batching -------------------------------------------------------------------
+@dataclass(eq=False)
+class RowMeta:
+    """Where a block's rows come from, for the prediction log: the request's id, the rows'
+    positions in the request (None: 0..n-1) and the entity id (one for all rows, one per
+    row, or None)."""
+
+    request_id: str
+    rows: np.ndarray | None = None
+    entity: str | list[Any] | None = None
+
+
+@dataclass(eq=False)
+class _Job:
+    block: Block
+    future: asyncio.Future
+    meta: RowMeta | None = None
+
+
+class MicroBatcher:
+    """Scores the requests that arrive while a batch is being scored as one next batch.
+
+    Requests wait in a deque; a single task takes everything waiting (up to
+    ``max_batch_rows`` rows) and hands it to the scoring thread: one ``predict_proba`` call,
+    each caller's slice delivered back to the event loop in one callback. Batches grow with
+    the load and shrink to one request when the server is idle, so nothing waits for a
+    timer. A batch that raises is re-scored request by request, so one bad request fails
+    alone. With a prediction log, the scoring thread hands each scored request to it (an
+    O(1) enqueue; the log's own thread writes).
+    """
+
+    def __init__(self, model: ServedModel, metrics: ServerMetrics | None,
+                 max_batch_rows: int = MAX_BATCH_ROWS, max_pending_rows: int | None = None,
+                 *, variant: str = "champion", shadow: bool = False,
+                 predlog: PredictionLog | None = None):
+        self.model = model
+        self.scorer = model.scorer
+        self.metrics = metrics
+        self.variant = variant
+        self.shadow = shadow
+        self.predlog = predlog
+        self.primary = variant == "champion" and not shadow
+        self._rows_counter = None if metrics is None else metrics.variant_rows.labels(
+            model.name, model.version, variant, str(int(shadow)))
+        self.max_batch_rows = max(1, max_batch_rows)
+        self.max_pending_rows = max_pending_rows or 64 * self.max_batch_rows
+        self._queue: deque[_Job] = deque()
+        self._pending_rows = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._inbox: queue.SimpleQueue[tuple[list[_Job], asyncio.Future] | None] = \
+            queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wakeup = asyncio.Event()
+        self._thread = threading.Thread(target=self._worker, name="mlfolio-score", daemon=True)
+        self._thread.start()
+        self._task = self._loop.create_task(self._run(), name="mlfolio-batcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        while self._queue:
+            job = self._queue.popleft()
+            if not job.future.done():
+                job.future.set_exception(RequestError("the server is shutting down", 503))
+        if self._thread is not None:
+            self._inbox.put(None)
+            await asyncio.to_thread(self._thread.join, 30)
+            self._thread = None
+
+    async def score(self, block: Block, meta: RowMeta | None = None) -> np.ndarray:
+        """Class probabilities of ``block``'s rows, shape (n, 2)."""
+        return await self.submit(block, meta)
+
+    def submit(self, block: Block, meta: RowMeta | None = None) -> asyncio.Future:
+        """Queue ``block``; the future gets its probabilities. Call on the event loop."""
+        if self._task is None or self._wakeup is None:
+            raise RequestError("the server is not ready", 503)
+        if self._pending_rows + block.n > self.max_pending_rows and self._pending_rows:
+            raise RequestError(f"the server is overloaded ({self._pending_rows} rows waiting)"
+                               "; retry later", 503)
+        future = self._loop.create_future()
+        self._queue.append(_Job(block, future, meta))
+        self._pending_rows += block.n
+        self._wakeup.set()
+        return future
+
+    async def _run(self) -> None:
+        assert self._wakeup is not None and self._loop is not None
+        while True:
+            if not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            jobs = [self._queue.popleft()]
+            rows = jobs[0].block.n
+            while self._queue and rows + self._queue[0].block.n <= self.max_batch_rows:
+                job = self._queue.popleft()
+                jobs.append(job)
+                rows += job.block.n
+            self._pending_rows -= rows
+            jobs = [job for job in jobs if not job.future.done()]  # callers gone away
+            if jobs:
+                done = self._loop.create_future()
+                self._inbox.put((jobs, done))
+                await done  # while the thread scores, new requests queue up
+
+    def _worker(self) -> None:
+        """The scoring thread: batches in, results handed to the loop in one callback."""
+        assert self._loop is not None
+        while (item := self._inbox.get()) is not None:
+            jobs, done = item
+            try:
+                results = self._score_jobs(jobs)
+            except Exception as exc:  # _score_jobs catches; this is a last resort
+                log.exception("batch scoring failed")
+                results = [exc] * len(jobs)
+            try:
+                self._loop.call_soon_threadsafe(_deliver, jobs, results, done)
+            except RuntimeError:  # the loop closed while we scored
+                return
+
+    def _score_jobs(self, jobs: list[_Job]) -> list[np.ndarray | BaseException]:
+        """Runs on the worker thread: one predict_proba for all jobs, sliced back."""
+        started = time.perf_counter()
+        if len(jobs) == 1:
+            cols, n = jobs[0].block.columns, jobs[0].block.n
+        else:
+            n = sum(job.block.n for job in jobs)
+            cols = {c.name: list(itertools.chain.from_iterable(
+                job.block.columns[c.name] for job in jobs)) for c in self.model.columns}
+        try:
+            proba = self.scorer.predict_proba(cols, n)
+        except Exception as exc:
+            if len(jobs) > 1:
+                return [self._score_jobs([job])[0] for job in jobs]
+            return [scoring_error(exc)]
+        if self.metrics is not None:
+            if self.primary:
+                self.metrics.batch(n, len(jobs), time.perf_counter() - started, proba[:, 1],
+                                   self.model.threshold)
+            self._rows_counter.inc(n)
+        out: list[np.ndarray | BaseException] = []
+        start = 0
+        for job in jobs:
+            out.append(proba[start:start + job.block.n])
+            start += job.block.n
+        if self.predlog is not None:
+            self._log_batch(jobs, cols, proba, out)
+        return out
+
+    def _log_batch(self, jobs: list[_Job], cols: dict[str, list[Any]], proba: np.ndarray,
+                   out: list[np.ndarray | BaseException]) -> None:
+        """Hand the whole scored batch to the prediction log as one append (the columns
+        are already concatenated): per-request work stays off the log's path."""
+        if len(jobs) == 1 or any(job.meta is None for job in jobs):
+            self._log(jobs, out)
+            return
+        request_ids: list[str] = []
+        rows: list[int] = []
+        entities: list[Any] = []
+        for job in jobs:
+            meta, n = job.meta, job.block.n
+            assert meta is not None
+            request_ids += [meta.request_id] * n
+            rows += range(n) if meta.rows is None else meta.rows.tolist()
+            entities += (meta.entity if isinstance(meta.entity, list)
+                         else [meta.entity] * n)
+        model = self.model
+        self.predlog.append(cols, proba[:, 1], request_id=request_ids, rows=rows,
+                            entity_id=entities, model_name=model.name,
+                            model_version=model.version, variant=self.variant,
+                            threshold=model.threshold, shadow=self.shadow, ts=time.time())
+
+    def _log(self, jobs: list[_Job], results: list[np.ndarray | BaseException]) -> None:
+        """Hand each scored request to the prediction log: one enqueue per request."""
+        model, log_ = self.model, self.predlog
+        assert log_ is not None
+        ts = time.time()
+        for job, proba in zip(jobs, results, strict=True):
+            meta = job.meta
+            if meta is None or isinstance(proba, BaseException):
+                continue
+            log_.append(job.block.columns, proba[:, 1], request_id=meta.request_id,
+                        rows=meta.rows, entity_id=meta.entity, model_name=model.name,
+                        model_version=model.version, variant=self.variant,
+                        threshold=model.threshold, shadow=self.shadow, ts=ts)
+
+
+def _deliver(jobs: list[_Job], results: list[np.ndarray | BaseException],
+             done: asyncio.Future) -> None:
+    """On the event loop: each caller gets its slice (or its error), then the next batch."""
+    for job, result in zip(jobs, results, strict=True):
+        if job.future.done():
+            continue
+        if isinstance(result, BaseException):
+            job.future.set_exception(result)
+        else:
+            job.future.set_result(result)
+    if not done.done():
+        done.set_result(None)
+
+

@@ -1,0 +1,263 @@
+"""The model's input columns (from its MLflow signature) and the checks every protocol's
+values go through: a wrong value is a 400 naming the column, the row and what was expected."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mlfolio.errors import RequestError, ServeError
+
+_INT64 = (-(2**63), 2**63 - 1)
+# -- the model's columns --------------------------------------------------------------
+_SIGNATURE_KINDS = {"integer": "long", "long": "long", "float": "double", "double": "double",
+                    "string": "string", "boolean": "boolean"}
+
+
+@dataclass(frozen=True)
+class Column:
+    """One input column of the model signature.
+
+    ``kind`` is long, double, string or boolean. A double column takes numbers, numeric
+    text and blank text (a missing value), read as the pipeline's coercer reads them; a
+    string column takes text, and integers and booleans as their text (a 0/1 flag). The
+    entity column (the schema's id column, or ``--entity-column``) is an ``optional``
+    column of kind ``entity`` (text or integer ids), taken out of the rows before they are
+    scored. ``numeric_text`` marks a string column the model reads as a number (blank =
+    missing): ``totalcharges`` in models logged before signatures followed the schema.
+    """
+
+    name: str
+    kind: str
+    numeric_text: bool = False
+    optional: bool = False
+
+
+def columns_from_signature(signature: Any, numeric: Iterable[str] = ()) -> list[Column]:
+    """The model's input columns from its MLflow signature (a column-based schema)."""
+    if signature is None or signature.inputs is None:
+        raise ServeError("the model has no input signature; log it with mlfolio.tracking."
+                         "log_model, which records one")
+    if not signature.inputs.has_input_names() or signature.inputs.is_tensor_spec():
+        raise ServeError("the model's input signature is not a list of named columns")
+    numeric = set(numeric)
+    out = []
+    for spec in signature.inputs.inputs:
+        type_name = getattr(spec.type, "name", str(spec.type))
+        kind = _SIGNATURE_KINDS.get(type_name)
+        if kind is None:
+            raise ServeError(f"column {spec.name!r}: signature type {type_name!r} is not "
+                             f"supported (expected one of {sorted(_SIGNATURE_KINDS)})")
+        out.append(Column(spec.name, kind, kind == "string" and spec.name in numeric))
+    return out
+
+
+def model_id_column(meta: Any) -> str | None:
+    """The schema's id column recorded at log time (MLmodel metadata), if any."""
+    recorded = (getattr(meta, "metadata", None) or {}).get("mlfolio") or {}
+    name = recorded.get("id_column") if isinstance(recorded, dict) else None
+    return name if isinstance(name, str) and name else None
+
+
+# -- request values -------------------------------------------------------------------
+def describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"boolean {str(value).lower()}"
+    if isinstance(value, int | float):
+        return f"number {value!r}"
+    if isinstance(value, str):
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        return f"string {shown!r}"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _is_number_text(text: str) -> bool:
+    """Text the model's coercion reads as a number, or blank (a missing value)."""
+    stripped = text.strip()
+    if not stripped:
+        return True
+    if "_" in stripped or not stripped.isascii():
+        return False
+    try:
+        return math.isfinite(float(stripped)) or stripped.lower() in ("nan", "-nan", "+nan")
+    except ValueError:
+        return False
+
+
+def _number_from_text(text: str) -> float | None:
+    """Numeric text as the coercer reads it (strip, pandas.to_numeric); blank → None."""
+    stripped = text.strip()
+    if not stripped:
+        return None
+    if len(stripped) <= 17 and _PLAIN_DECIMAL.fullmatch(stripped) \
+            and sum(c.isdigit() for c in stripped) <= 15:  # text_to_float's fast path
+        return float(stripped)
+    return float(text_to_float([stripped])[0])
+
+
+def _category_text(v: Any) -> Any:
+    """An int, bool or finite float in a string column as the coercer's text (``0.0`` →
+    ``"0"``); anything else is returned as is, for the caller to refuse."""
+    t = type(v)
+    if t is int or t is bool:
+        return str(v)
+    if t is float and math.isfinite(v):
+        return str(int(v)) if v.is_integer() else repr(v)
+    return v
+
+
+def check_values(col: Column, values: list[Any], where: str = "") -> list[Any]:
+    """Values of one column checked against its signature type; null means missing.
+
+    Returns the values with lossless normalisations (``1.0`` in a long column becomes
+    ``1``, numeric text in a double column its number, blank text None, a 0/1 flag in a
+    string column its text); raises RequestError naming the column, the row and what was
+    expected.
+    """
+    at = f" ({where})" if where else ""
+    kind = col.kind
+    out = values
+    if kind == "string":
+        for i, v in enumerate(values):
+            if v is None or type(v) is str:
+                continue
+            t = type(v)
+            if t is float and v != v:
+                text = None  # NaN: missing
+            elif col.numeric_text:
+                text = (str(v) if t is int else repr(v)) if t in (int, float) and \
+                    math.isfinite(v) else v
+            else:
+                text = _category_text(v)
+            if text is not None and type(text) is not str:
+                expected = "a number or numeric text" if col.numeric_text else \
+                    "a string (or an integer or boolean, read as its text)"
+                raise RequestError(f"column {col.name!r}: expected {expected} (signature "
+                                   f"type string), got {describe(v)} in row {i}{at}")
+            if out is values:
+                out = list(values)
+            out[i] = text
+        if col.numeric_text:
+            for i, v in enumerate(out):
+                if v is not None and not _is_number_text(v):
+                    raise RequestError(f"column {col.name!r}: expected a number written as "
+                                       f"text, or blank for missing, got {describe(v)} in "
+                                       f"row {i}{at}")
+    elif kind == "long":
+        for i, v in enumerate(values):
+            t = type(v)
+            if t is int:
+                if not _INT64[0] <= v <= _INT64[1]:
+                    raise RequestError(f"column {col.name!r}: {v} in row {i}{at} does not "
+                                       "fit a 64-bit integer")
+            elif v is None:
+                continue
+            elif t is float and v.is_integer():
+                if out is values:
+                    out = list(values)
+                out[i] = int(v)
+            else:
+                raise RequestError(f"column {col.name!r}: expected an integer (signature "
+                                   f"type long), got {describe(v)} in row {i}{at}")
+    elif kind == "double":
+        for i, v in enumerate(values):
+            t = type(v)
+            if t is float:
+                if math.isinf(v):
+                    raise RequestError(f"column {col.name!r}: expected a finite number, got "
+                                       f"{v} in row {i}{at}")
+            elif t is str and _is_number_text(v):  # blank is missing, as in training
+                if out is values:
+                    out = list(values)
+                out[i] = _number_from_text(v)
+            elif t is not int and v is not None:
+                raise RequestError(f"column {col.name!r}: expected a number (signature type "
+                                   f"double; numeric text is read as a number, blank text "
+                                   f"as missing), got {describe(v)} in row {i}{at}")
+    elif kind == "boolean":
+        for i, v in enumerate(values):
+            if v is not None and type(v) is not bool:
+                raise RequestError(f"column {col.name!r}: expected true or false (signature "
+                                   f"type boolean), got {describe(v)} in row {i}{at}")
+    elif kind == "entity":
+        for i, v in enumerate(values):
+            if v is not None and type(v) is not str and type(v) is not int:
+                raise RequestError(f"column {col.name!r} (the entity id): expected a string "
+                                   f"or an integer, got {describe(v)} in row {i}{at}")
+    return out
+
+
+@dataclass
+class Block:
+    """Rows of one request, column by column, checked against the signature."""
+
+    n: int
+    columns: dict[str, list[Any]]
+
+
+def expected_columns(columns: list[Column]) -> str:
+    """The columns a request may carry, for error messages."""
+    required = [c.name for c in columns if not c.optional]
+    optional = [c.name for c in columns if c.optional]
+    return f"{required}" + (f" and optionally the entity id {optional[0]!r}" if optional
+                            else "")
+
+
+def validate_columns(data: dict[str, list[Any]], columns: list[Column], where: str) -> Block:
+    """Exactly the signature's columns, of equal length, each value of the column's type."""
+    expected = {c.name for c in columns}
+    unknown = [name for name in data if name not in expected]
+    if unknown:
+        raise RequestError(f"unknown column(s) {unknown} in {where}; the model expects "
+                           f"{expected_columns(columns)}")
+    missing = [c.name for c in columns if c.name not in data and not c.optional]
+    if missing:
+        raise RequestError(f"missing column(s) {missing} in {where}")
+    lengths = {len(v) for v in data.values()}
+    if len(lengths) != 1:
+        sizes = {name: len(v) for name, v in data.items()}
+        raise RequestError(f"columns of different lengths in {where}: {sizes}")
+    n = lengths.pop()
+    if n == 0:
+        raise RequestError(f"no rows in {where}")
+    return Block(n, {c.name: check_values(c, data[c.name], where) for c in columns
+                     if c.name in data})
+
+
+# Plain decimals of at most 15 digits: float() and pandas.to_numeric agree on these (an
+# exact integer mantissa below 2**53 scaled by an exact power of ten, rounded once), while
+# to_numeric is not correctly rounded for longer ones. Anything else goes through pandas.
+_PLAIN_DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)")
+
+
+def text_to_float(values: list[Any]) -> np.ndarray:
+    """RawColumnCoercer's numbers from text (strip, to_numeric, errors → NaN), exactly."""
+    out = np.empty(len(values), dtype=np.float64)
+    for i, value in enumerate(values):
+        if value is None:
+            out[i] = math.nan
+            continue
+        text = value.strip()
+        if not text:
+            out[i] = math.nan
+        elif len(text) <= 17 and _PLAIN_DECIMAL.fullmatch(text) \
+                and sum(c.isdigit() for c in text) <= 15:
+            out[i] = float(text)
+        else:
+            series = pd.Series(values, dtype=object).astype("string").str.strip()
+            return pd.to_numeric(series, errors="coerce").astype("float64").to_numpy()
+    return out
+
+

@@ -1,0 +1,180 @@
+"""The ASGI middleware in front of every route: bearer token, body-size limit and admission
+of in-flight bytes, per-route metrics, and a 500 instead of a dropped connection."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Request
+
+from mlfolio.errors import RequestError
+from mlfolio.serve.contract import OPEN_ROUTES, error_body
+from mlfolio.serve.metrics import ServerMetrics
+
+log = logging.getLogger(__name__)
+
+# Request bodies being received or processed at once, in bytes: a parsed JSON body takes
+# ~15x its size in Python objects (16 parallel 10 MB bodies reached 1.6 GB), so this is
+# the server's memory bound for request data.
+MAX_INFLIGHT_BYTES = 16 * 1024 * 1024
+# -- the app --------------------------------------------------------------------------
+def _header(scope: dict[str, Any], name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value
+    return None
+
+
+@dataclass(eq=False)
+class _Admission:
+    """Bytes of request bodies in flight: announced or received, until the answer is sent."""
+
+    limit: int
+    inflight: int = 0
+
+
+@dataclass(eq=False)
+class _Ticket:
+    """One request's share of the in-flight bytes (event loop only: no lock)."""
+
+    admission: _Admission
+    declared: bool  # a Content-Length was held up front
+    held: int = 0
+
+    def take(self, n: int) -> bool:
+        """Hold ``n`` more bytes; False, holding nothing, when that passes the limit while
+        other requests hold bytes (a request alone always gets in)."""
+        adm = self.admission
+        if adm.inflight > self.held and adm.inflight + n > adm.limit:
+            return False
+        adm.inflight += n
+        self.held += n
+        return True
+
+    def release(self) -> None:
+        self.admission.inflight -= self.held
+        self.held = 0
+
+    def refusal(self) -> str:
+        return (f"{self.admission.inflight - self.held} bytes of request bodies are in flight "
+                f"(limit {self.admission.limit}); retry later")
+
+
+_RETRY_AFTER = [(b"retry-after", b"1")]
+
+
+class Gate:
+    """Pure ASGI middleware: bearer token, body-size precheck and admission, per-route
+    metrics, and a 500 instead of a dropped connection when a handler raises.
+
+    Admission bounds memory: a body is refused (413) from its Content-Length when over
+    ``max_body_bytes``, and (503, Retry-After) when it would bring the bodies in flight past
+    ``max_inflight_bytes`` — both before any of it is read. A body without a length is
+    counted as it arrives (:func:`read_body`)."""
+
+    def __init__(self, app: Any, *, route_of: Callable[[str], str], token: str | None,
+                 max_body_bytes: int, metrics: ServerMetrics,
+                 max_inflight_bytes: int = MAX_INFLIGHT_BYTES):
+        self.app = app
+        self.route_of = route_of
+        self.token = token.encode() if token else None
+        self.max_body_bytes = max_body_bytes
+        self.admission = _Admission(max_inflight_bytes)
+        self.metrics = metrics
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        path = scope["path"]
+        route = self.route_of(path)
+        status = 500
+        response_started = False
+
+        async def send_and_record(message: dict[str, Any]) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                response_started = True
+            await send(message)
+
+        ticket = None
+        try:
+            problem = self._refuse(scope, route)
+            if problem is None:
+                ticket = scope["mlfolio.ticket"]
+                await self.app(scope, receive, send_and_record)
+            else:
+                code, message, headers = problem
+                await _send(send_and_record, code, error_body(path, code, message), headers)
+        except Exception:
+            log.exception("unhandled error on %s %s", scope.get("method"), path)
+            if not response_started:
+                await _send(send_and_record, 500, error_body(path, 500, "internal server "
+                                                             "error; see the server log"))
+        finally:
+            if ticket is not None:
+                ticket.release()
+            self.metrics.request(route, status, time.perf_counter() - started)
+
+    def _refuse(self, scope: dict[str, Any], route: str
+                ) -> tuple[int, str, list[tuple[bytes, bytes]]] | None:
+        if self.token is not None and route not in OPEN_ROUTES:
+            given = _header(scope, b"authorization")
+            if given is None:
+                return 401, "missing Authorization header: send 'Authorization: Bearer " \
+                            "<token>'", [(b"www-authenticate", b"Bearer")]
+            # The scheme is case-insensitive (RFC 9110 11.1), the token is not.
+            scheme, _, credentials = given.partition(b" ")
+            if scheme.lower() != b"bearer" \
+                    or not hmac.compare_digest(credentials.lstrip(b" "), self.token):
+                return 401, "invalid bearer token in the Authorization header", \
+                    [(b"www-authenticate", b'Bearer error="invalid_token"')]
+        length = _header(scope, b"content-length")
+        size = 0
+        if length is not None:
+            try:
+                size = int(length)
+            except ValueError:
+                return 400, f"Content-Length {length.decode(errors='replace')!r} is not an " \
+                            "integer", []
+            if size > self.max_body_bytes:
+                return 413, f"request body of {size} bytes exceeds the limit of " \
+                            f"{self.max_body_bytes} bytes", []
+        ticket = _Ticket(self.admission, declared=length is not None)
+        if not ticket.take(size):
+            return 503, ticket.refusal(), _RETRY_AFTER
+        scope["mlfolio.ticket"] = ticket
+        return None
+
+
+async def _send(send: Any, status: int, body: bytes,
+                headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()), *(headers or [])]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refusing more than ``limit`` bytes even without a Content-Length (413), and
+    a body without one that would pass the admission limit as it arrives (503)."""
+    ticket: _Ticket | None = request.scope.get("mlfolio.ticket")
+    counted = ticket is not None and not ticket.declared
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(f"request body exceeds the limit of {limit} bytes", 413)
+        if counted and not ticket.take(len(chunk)):
+            raise RequestError(ticket.refusal(), 503, headers={"retry-after": "1"})
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+

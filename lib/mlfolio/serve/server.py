@@ -1,0 +1,98 @@
+"""The process: one :class:`ServeOptions`, the model (and challenger) loaded, uvicorn on a
+socket bound before it starts."""
+
+from __future__ import annotations
+
+import gc
+import socket
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from mlfolio.errors import ServeError
+from mlfolio.serve.app import create_app
+from mlfolio.serve.batching import MAX_BATCH_ROWS
+from mlfolio.serve.contract import DEFAULT_HOST, DEFAULT_PORT, MAX_BODY_BYTES
+from mlfolio.serve.gate import MAX_INFLIGHT_BYTES
+from mlfolio.serve.model import load
+from mlfolio.serve.routing import routing_mode
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # proto=IPPROTO_TCP, not the default 0: asyncio sets TCP_NODELAY only on accepted sockets
+    # whose proto says TCP. Without it every keep-alive response stalls ~40 ms (Nagle's
+    # algorithm waiting for the client's delayed ACK).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+    # Listening before uvicorn starts serving: connections made once the "listening on"
+    # line is printed wait in the backlog instead of being refused.
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(model_uri: str, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+          token: str | None = None, tracking_uri: str | None = None,
+          max_body_bytes: int = MAX_BODY_BYTES, max_batch_rows: int = MAX_BATCH_ROWS,
+          scorer: str = "auto", access_log: bool = False,
+          echo: Callable[[str], None] | None = None, challenger: str | None = None,
+          challenger_weight: float | None = None, shadow: bool = False,
+          ab_salt: str | None = None, entity_column: str | None = None,
+          prediction_log: str | Path | None = None,
+          max_inflight_bytes: int = MAX_INFLIGHT_BYTES) -> None:
+    """Load the model (and the challenger), then serve with uvicorn until SIGINT/SIGTERM.
+
+    ``port=0`` picks a free port; the ``listening on`` line (through ``echo``) names it.
+    The prediction log is flushed and closed on shutdown (SIGTERM included).
+    """
+    import uvicorn
+
+    started = time.perf_counter()
+    mode = routing_mode(challenger, challenger_weight, shadow)  # bad flags fail before loading
+    model = load(model_uri, tracking_uri, scorer)
+    second = load(challenger, tracking_uri, scorer) if challenger else None
+    app = create_app(model, token=token, max_body_bytes=max_body_bytes,
+                     max_batch_rows=max_batch_rows, on_ready=lambda: ready(),
+                     challenger=second, challenger_weight=challenger_weight, shadow=shadow,
+                     ab_salt=ab_salt, entity_column=entity_column,
+                     prediction_log=prediction_log, max_inflight_bytes=max_inflight_bytes)
+    sock = _bind(host, port)
+    bound_host, bound_port = sock.getsockname()[:2]
+    where = f"[{bound_host}]" if ":" in bound_host else bound_host
+
+    def ready() -> None:
+        if echo is None:
+            return
+        if second is not None:
+            how = (f"weight {challenger_weight:g}, salt {app.state.router.salt!r}"
+                   if mode == "ab" else "shadow")
+            echo(f"challenger {second.uri} ({challenger}, scorer {second.scorer.name}, "
+                 f"threshold {second.threshold:g}): {how}")
+        if prediction_log is not None:
+            echo(f"prediction log: {Path(prediction_log) / 'predictions.sqlite'}")
+        echo(f"serving {model.uri} ({model_uri}, scorer {model.scorer.name}, threshold "
+             f"{model.threshold:g}) — listening on http://{where}:{bound_port} "
+             f"(loaded in {time.perf_counter() - started:.1f}s)")
+
+    # mlflow, pandas and sklearn leave ~330k objects behind; a full garbage collection walks
+    # them all (~0.2 s here), stalling every request in flight. Freeze what exists now so the
+    # collector only looks at objects made while serving.
+    gc.collect()
+    gc.freeze()
+    # The scoring thread holds the GIL through NumPy/sklearn bookkeeping; a shorter switch
+    # interval than the default 5 ms lets the event loop answer in between.
+    sys.setswitchinterval(0.001)
+    config = uvicorn.Config(app, log_level="info" if access_log else "warning",
+                            access_log=access_log, lifespan="on", timeout_graceful_shutdown=10)
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        if app.state.predlog is not None:  # idempotent; covers a lifespan that never ended
+            app.state.predlog.close()
