@@ -472,7 +472,9 @@ def _last_retraining(experiment_id: str) -> datetime | None:
 
 def monitor_model(ctx: StageContext) -> dict[str, Any]:
     """Drift (features and prediction) and quality of the champion on current data, the
-    Evidently reports, the retraining decision; ``drift.json`` and ``monitor.json``."""
+    Evidently reports, the retraining decision; ``drift.json`` and ``monitor.json``. When
+    the current rows come from a prediction log, ``drift.json`` is also published to that
+    folder for the model server's ``/metrics`` (:func:`mlfolio.monitor.publish_for_server`)."""
     from mlfolio import monitor
 
     cfg, mon, schema = ctx.cfg, ctx.cfg.monitoring, ctx.cfg.schema
@@ -539,10 +541,8 @@ def monitor_model(ctx: StageContext) -> dict[str, Any]:
     }
     ctx.write_json("drift.json", doc)
     monitor.write_prometheus_textfile(doc, ctx.path("drift.prom"))
-    if source["kind"] == "prediction_log":  # the model server's /metrics reads it
-        from mlfolio.context import write_json
-
-        write_json(Path(mon.prediction_log) / "drift.json", doc)
+    if source["kind"] == "prediction_log":  # the server logging it shows the verdict
+        monitor.publish_for_server(doc, mon.prediction_log)
     mlflow.log_metrics({"share_drifted": verdict["share_drifted"],
                         "n_drifted": verdict["n_drifted"],
                         "dataset_drift": int(verdict["dataset_drift"]),

@@ -1,0 +1,91 @@
+"""The latest monitor verdict as Prometheus gauges, for alerts.
+
+Two readers: node_exporter's textfile collector (:func:`write_prometheus_textfile`) and
+the model server's ``/metrics``, which reads the ``drift.json`` that
+:func:`publish_for_server` puts in its prediction-log folder.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+# The file the model server's /metrics reads, in its --prediction-log folder.
+SERVER_DRIFT_FILE = "drift.json"
+
+
+def drift_gauge_families(doc: dict[str, Any]) -> list[Any]:
+    """Gauges for the latest monitor verdict (a ``drift.json`` document), so alerts can fire.
+
+    Used by the model server's ``/metrics`` (from ``<prediction log>/drift.json``) and by
+    :func:`write_prometheus_textfile` (node_exporter's textfile collector). Labels name the
+    model version that was monitored; quality gauges appear only when labels existed.
+    """
+    from prometheus_client.core import GaugeMetricFamily
+
+    model = doc.get("model") or {}
+    labels = {"model": str(model.get("name", "")), "version": str(model.get("version", ""))}
+    names, values = list(labels), list(labels.values())
+
+    def gauge(name: str, doc_text: str, value: Any) -> GaugeMetricFamily | None:
+        if value is None:
+            return None
+        family = GaugeMetricFamily(name, doc_text, labels=names)
+        family.add_metric(values, float(value))
+        return family
+
+    quality = doc.get("quality") or {}
+    current_q = quality.get("current") or {}
+    delta_q = quality.get("delta") or {}
+    prediction = doc.get("prediction_drift") or {}
+    created = doc.get("created_at")
+    families = [
+        gauge("mlfolio_drift_share", "Share of feature columns that drifted (latest monitor "
+              "run)", doc.get("share_drifted")),
+        gauge("mlfolio_drift_columns", "Feature columns that drifted (latest monitor run)",
+              doc.get("n_drifted")),
+        gauge("mlfolio_dataset_drift", "1 when the latest monitor run found dataset drift",
+              None if doc.get("dataset_drift") is None else int(bool(doc["dataset_drift"]))),
+        gauge("mlfolio_prediction_drift_score", "Drift score of the model's scores "
+              "(latest monitor run)", prediction.get("score")),
+        gauge("mlfolio_quality_roc_auc", "ROC AUC on labelled current rows (latest monitor "
+              "run)", current_q.get("roc_auc")),
+        gauge("mlfolio_quality_roc_auc_delta", "Current minus reference ROC AUC (negative: "
+              "the model got worse)", delta_q.get("roc_auc")),
+        gauge("mlfolio_monitor_current_rows", "Rows in the latest monitor run's current data",
+              (doc.get("current") or {}).get("rows")),
+        gauge("mlfolio_monitor_last_run_timestamp_seconds", "When the latest monitor run "
+              "finished (unix time)",
+              datetime.fromisoformat(created).timestamp() if created else None),
+    ]
+    return [f for f in families if f is not None]
+
+
+def write_prometheus_textfile(doc: dict[str, Any], path: str | Path) -> Path:
+    """Write the drift gauges in Prometheus' text format (node_exporter textfile collector),
+    atomically: a scrape never sees half a file."""
+    from prometheus_client import CollectorRegistry, write_to_textfile
+
+    class _Collector:
+        def collect(self) -> list[Any]:
+            return drift_gauge_families(doc)
+
+    registry = CollectorRegistry()
+    registry.register(_Collector())
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_to_textfile(str(path), registry)
+    return path
+
+
+def publish_for_server(doc: dict[str, Any], folder: str | Path) -> Path:
+    """Write the monitor verdict ``doc`` (the stage's ``drift.json``) into the model server's
+    prediction-log ``folder``, where its ``/metrics`` reads it (``mlfolio serve
+    --prediction-log``: the drift gauges of :func:`drift_gauge_families`). Written
+    atomically, so the server never reads half a file; returns the path written."""
+    from mlfolio.context import write_json
+
+    path = Path(folder) / SERVER_DRIFT_FILE
+    write_json(path, doc)
+    return path
