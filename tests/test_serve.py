@@ -678,3 +678,28 @@ def test_versions_logged_with_an_inferred_signature_take_numbers_too(registered)
     assert serve.check_values(col, [3320.75, 12, " ", None]) == ["3320.75", "12", " ", None]
     with pytest.raises(serve.RequestError, match="'totalcharges'.*boolean true"):
         serve.check_values(col, [True])
+
+
+@pytest.mark.parametrize("module", ["mlfolio.serve.contract", "mlfolio.lambda_handler",
+                                    "mlfolio.deploy.kubernetes"])
+def test_the_contract_imports_without_pandas_numpy_or_fastapi(module):
+    """The deploy targets and the Lambda handler import the serving contract, not the server:
+    in a fresh interpreter, importing them loads none of the server's heavy libraries."""
+    code = (f"import sys, {module}; print(sorted(m for m in ('pandas', 'numpy', 'fastapi', "
+            "'starlette', 'sklearn', 'mlflow') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60).stdout
+    assert out.strip() == "[]"
+
+
+def test_serve_options_refuse_bad_ab_flags_before_anything_is_loaded():
+    """One place checks the A/B flags: ServeOptions, named after the flag at fault."""
+    assert serve.ServeOptions("models:/m@champion").mode is None
+    assert serve.ServeOptions("models:/m@champion", challenger="models:/m@challenger",
+                              challenger_weight=0.2).mode == "ab"
+    assert serve.ServeOptions("models:/m@champion", challenger="models:/m@challenger",
+                              shadow=True).mode == "shadow"
+    with pytest.raises(serve.ServeError, match="--challenger-weight needs --challenger"):
+        serve.ServeOptions("models:/m@champion", challenger_weight=0.2)
+    with pytest.raises(serve.ServeError, match="--challenger-weight 1.5: expected a share"):
+        serve.ServeOptions("models:/m@champion", challenger="models:/m@c", challenger_weight=1.5)

@@ -125,16 +125,16 @@ def _serve(args: argparse.Namespace) -> int:
     from mlfolio import serve
 
     try:
-        serve.serve(
+        options = serve.ServeOptions(
             args.model, host=args.host, port=args.port,
             token=args.token or os.environ.get(serve.TOKEN_ENV) or None,
             tracking_uri=args.tracking_uri, max_body_bytes=args.max_body_bytes,
             max_batch_rows=args.max_batch_rows, scorer=args.scorer, access_log=args.verbose,
-            echo=lambda line: print(line, file=sys.stderr, flush=True),
             challenger=args.challenger, challenger_weight=args.challenger_weight,
             shadow=args.shadow, ab_salt=args.ab_salt, entity_column=args.entity_column,
             prediction_log=args.prediction_log, max_inflight_bytes=args.max_inflight_bytes,
         )
+        serve.serve(options, echo=lambda line: print(line, file=sys.stderr, flush=True))
     except MlfolioError as exc:
         print(f"mlfolio: {exc}", file=sys.stderr)
         return 1

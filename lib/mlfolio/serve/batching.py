@@ -21,11 +21,11 @@ from mlfolio.serve.columns import Block
 from mlfolio.serve.contract import scoring_error
 from mlfolio.serve.metrics import ServerMetrics
 from mlfolio.serve.model import ServedModel
+from mlfolio.serve.options import MAX_BATCH_ROWS
 
 log = logging.getLogger(__name__)
 
-MAX_BATCH_ROWS = 4096
-# -- micro-batching -------------------------------------------------------------------
+
 @dataclass(eq=False)
 class RowMeta:
     """Where a block's rows come from, for the prediction log: the request's id, the rows'

@@ -15,14 +15,11 @@ from fastapi import Request
 from mlfolio.errors import RequestError
 from mlfolio.serve.contract import OPEN_ROUTES, error_body
 from mlfolio.serve.metrics import ServerMetrics
+from mlfolio.serve.options import MAX_INFLIGHT_BYTES
 
 log = logging.getLogger(__name__)
 
-# Request bodies being received or processed at once, in bytes: a parsed JSON body takes
-# ~15x its size in Python objects (16 parallel 10 MB bodies reached 1.6 GB), so this is
-# the server's memory bound for request data.
-MAX_INFLIGHT_BYTES = 16 * 1024 * 1024
-# -- the app --------------------------------------------------------------------------
+
 def _header(scope: dict[str, Any], name: bytes) -> bytes | None:
     for key, value in scope["headers"]:
         if key == name:
@@ -152,6 +149,23 @@ class Gate:
             return 503, ticket.refusal(), _RETRY_AFTER
         scope["mlfolio.ticket"] = ticket
         return None
+
+
+def route_namer(app: Any) -> Callable[[str], str]:
+    """Path → the route template it matches (``/v2/models/{name}/infer``), or "unmatched":
+    the per-route label of the metrics, cached per path."""
+    routes = [(r.path_regex, r.path) for r in app.router.routes if hasattr(r, "path_regex")]
+    cache: dict[str, str] = {}
+
+    def route_of(path: str) -> str:
+        route = cache.get(path)
+        if route is None:
+            route = next((template for regex, template in routes if regex.match(path)),
+                         "unmatched")
+            if route != "unmatched" and len(cache) < 10_000:
+                cache[path] = route
+        return route
+    return route_of
 
 
 async def _send(send: Any, status: int, body: bytes,

@@ -26,7 +26,6 @@ from mlfolio.serve.scorer import CompiledScorer, PipelineScorer, pipeline_steps,
 
 log = logging.getLogger(__name__)
 
-# -- the loaded model -----------------------------------------------------------------
 @dataclass
 class ServedModel:
     """The model being served and what the registry says about it."""

@@ -5,22 +5,19 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import math
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from mlfolio.errors import RequestError, ServeError
+from mlfolio.errors import RequestError
 from mlfolio.serve.batching import MicroBatcher, RowMeta
 from mlfolio.serve.columns import Block
 from mlfolio.serve.metrics import ServerMetrics
 from mlfolio.serve.model import ServedModel
 
 log = logging.getLogger(__name__)
-
-
 
 
 def route_share(salt: str, key: str) -> float:
@@ -30,29 +27,6 @@ def route_share(salt: str, key: str) -> float:
     keeps its variant across requests, batch sizes and server restarts (same salt)."""
     digest = hashlib.blake2b(f"{salt}:{key}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64
-
-
-def routing_mode(challenger: str | None, challenger_weight: float | None, shadow: bool
-                 ) -> str | None:
-    """``"ab"``, ``"shadow"`` or None (one model); a ServeError names the offending flag."""
-    if challenger is None:
-        if challenger_weight is not None:
-            raise ServeError("--challenger-weight needs --challenger URI")
-        if shadow:
-            raise ServeError("--shadow needs --challenger URI")
-        return None
-    if challenger_weight is not None and shadow:
-        raise ServeError("--challenger-weight and --shadow exclude each other: A/B routing "
-                         "or shadow scoring, not both")
-    if shadow:
-        return "shadow"
-    if challenger_weight is None:
-        raise ServeError("--challenger needs --challenger-weight W (0 < W < 1, A/B routing) "
-                         "or --shadow (scored and logged, not answered)")
-    if not 0.0 < challenger_weight < 1.0 or math.isnan(challenger_weight):
-        raise ServeError(f"--challenger-weight {challenger_weight:g}: expected a share "
-                         "strictly between 0 and 1")
-    return "ab"
 
 
 @dataclass(eq=False)

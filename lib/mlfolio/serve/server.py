@@ -12,11 +12,8 @@ from pathlib import Path
 
 from mlfolio.errors import ServeError
 from mlfolio.serve.app import create_app
-from mlfolio.serve.batching import MAX_BATCH_ROWS
-from mlfolio.serve.contract import DEFAULT_HOST, DEFAULT_PORT, MAX_BODY_BYTES
-from mlfolio.serve.gate import MAX_INFLIGHT_BYTES
 from mlfolio.serve.model import load
-from mlfolio.serve.routing import routing_mode
+from mlfolio.serve.options import ServeOptions
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -38,32 +35,22 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(model_uri: str, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-          token: str | None = None, tracking_uri: str | None = None,
-          max_body_bytes: int = MAX_BODY_BYTES, max_batch_rows: int = MAX_BATCH_ROWS,
-          scorer: str = "auto", access_log: bool = False,
-          echo: Callable[[str], None] | None = None, challenger: str | None = None,
-          challenger_weight: float | None = None, shadow: bool = False,
-          ab_salt: str | None = None, entity_column: str | None = None,
-          prediction_log: str | Path | None = None,
-          max_inflight_bytes: int = MAX_INFLIGHT_BYTES) -> None:
+def serve(options: ServeOptions, echo: Callable[[str], None] | None = None) -> None:
     """Load the model (and the challenger), then serve with uvicorn until SIGINT/SIGTERM.
 
     ``port=0`` picks a free port; the ``listening on`` line (through ``echo``) names it.
-    The prediction log is flushed and closed on shutdown (SIGTERM included).
+    The prediction log is flushed and closed on shutdown (SIGTERM included). Bad flags
+    failed when ``options`` was made, before anything is loaded.
     """
     import uvicorn
 
     started = time.perf_counter()
-    mode = routing_mode(challenger, challenger_weight, shadow)  # bad flags fail before loading
-    model = load(model_uri, tracking_uri, scorer)
-    second = load(challenger, tracking_uri, scorer) if challenger else None
-    app = create_app(model, token=token, max_body_bytes=max_body_bytes,
-                     max_batch_rows=max_batch_rows, on_ready=lambda: ready(),
-                     challenger=second, challenger_weight=challenger_weight, shadow=shadow,
-                     ab_salt=ab_salt, entity_column=entity_column,
-                     prediction_log=prediction_log, max_inflight_bytes=max_inflight_bytes)
-    sock = _bind(host, port)
+    o = options
+    model = load(o.model, o.tracking_uri, o.scorer)
+    second = load(o.challenger, o.tracking_uri, o.scorer) if o.challenger else None
+    app = create_app(model, o, challenger=second, on_ready=lambda: ready())
+    state = app.state.serving
+    sock = _bind(o.host, o.port)
     bound_host, bound_port = sock.getsockname()[:2]
     where = f"[{bound_host}]" if ":" in bound_host else bound_host
 
@@ -71,13 +58,13 @@ def serve(model_uri: str, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
         if echo is None:
             return
         if second is not None:
-            how = (f"weight {challenger_weight:g}, salt {app.state.router.salt!r}"
-                   if mode == "ab" else "shadow")
-            echo(f"challenger {second.uri} ({challenger}, scorer {second.scorer.name}, "
+            how = (f"weight {o.challenger_weight:g}, salt {state.router.salt!r}"
+                   if o.mode == "ab" else "shadow")
+            echo(f"challenger {second.uri} ({o.challenger}, scorer {second.scorer.name}, "
                  f"threshold {second.threshold:g}): {how}")
-        if prediction_log is not None:
-            echo(f"prediction log: {Path(prediction_log) / 'predictions.sqlite'}")
-        echo(f"serving {model.uri} ({model_uri}, scorer {model.scorer.name}, threshold "
+        if o.prediction_log is not None:
+            echo(f"prediction log: {Path(o.prediction_log) / 'predictions.sqlite'}")
+        echo(f"serving {model.uri} ({o.model}, scorer {model.scorer.name}, threshold "
              f"{model.threshold:g}) — listening on http://{where}:{bound_port} "
              f"(loaded in {time.perf_counter() - started:.1f}s)")
 
@@ -89,10 +76,10 @@ def serve(model_uri: str, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
     # The scoring thread holds the GIL through NumPy/sklearn bookkeeping; a shorter switch
     # interval than the default 5 ms lets the event loop answer in between.
     sys.setswitchinterval(0.001)
-    config = uvicorn.Config(app, log_level="info" if access_log else "warning",
-                            access_log=access_log, lifespan="on", timeout_graceful_shutdown=10)
+    config = uvicorn.Config(app, log_level="info" if o.access_log else "warning",
+                            access_log=o.access_log, lifespan="on", timeout_graceful_shutdown=10)
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:
-        if app.state.predlog is not None:  # idempotent; covers a lifespan that never ended
-            app.state.predlog.close()
+        if state.predlog is not None:  # idempotent; covers a lifespan that never ended
+            state.predlog.close()

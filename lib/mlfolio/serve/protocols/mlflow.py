@@ -44,6 +44,17 @@ def _records_to_columns(records: list[Any], columns: list[Column], where: str
     return data
 
 
+def predictions_doc(proba: Any, labels: Any, threshold: float, request_id: str,
+                    variants: list[str] | None = None) -> dict[str, Any]:
+    """The /invocations answer: ``mlflow models serve``'s ``predictions`` (``[[p_negative,
+    p_positive], ...]``) plus labels, threshold, request id and, A/B, each row's variant."""
+    doc: dict[str, Any] = {"predictions": proba.tolist(), "labels": labels.tolist(),
+                           "threshold": threshold, "request_id": request_id}
+    if variants is not None:
+        doc["variants"] = variants
+    return doc
+
+
 def parse_mlflow_json(body: bytes, columns: list[Column]) -> Block:
     """An MLflow scoring-protocol JSON body (any of the four formats) → checked rows."""
     doc = load_json(body, "JSON body")

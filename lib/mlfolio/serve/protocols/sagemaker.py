@@ -89,3 +89,9 @@ def parse_csv(body: bytes, columns: list[Column]) -> Block:
     return validate_columns(data, columns, "CSV")
 
 
+
+
+def csv_answer(proba: Any, labels: Any) -> str:
+    """The ``Accept: text/csv`` answer: one ``probability,label`` line per row."""
+    lines = [f"{p!r},{k}" for p, k in zip(proba[:, 1].tolist(), labels.tolist(), strict=True)]
+    return "\n".join(lines) + "\n"

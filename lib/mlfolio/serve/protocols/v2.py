@@ -23,7 +23,6 @@ from mlfolio.serve.protocols import load_json
 
 if TYPE_CHECKING:
     from mlfolio.serve.model import ServedModel
-# -- Open Inference Protocol (KServe V2) ----------------------------------------------
 _V2_NUMPY = {"BOOL": "?", "INT8": "<i1", "INT16": "<i2", "INT32": "<i4", "INT64": "<i8",
              "UINT8": "<u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8",
              "FP16": "<f2", "FP32": "<f4", "FP64": "<f8"}
