@@ -24,9 +24,9 @@ from mlfolio.deploy import kubernetes as k8s
 
 from .conftest import ROOT
 
-# Routes of `mlfolio serve` (lib/mlfolio/serve.py, its module docstring and create_app).
+# Routes of `mlfolio serve` (lib/mlfolio/serve/, its docstring and the endpoints in app.py).
 # Hard-coded on purpose: the probes must name routes the server has; the test below also
-# compares this list with the decorators in serve.py, so a renamed route fails here.
+# compares this list with the routes the package registers, so a renamed route fails here.
 SERVER_ROUTES = {
     "/ping", "/health", "/version", "/invocations", "/metrics",
     "/v2", "/v2/health/live", "/v2/health/ready",
@@ -34,7 +34,7 @@ SERVER_ROUTES = {
     "/v2/models/{name}/ready", "/v2/models/{name}/versions/{version}/ready",
     "/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer",
 }
-SERVE_PY = ROOT / "lib" / "mlfolio" / "serve.py"
+SERVE_DIR = ROOT / "lib" / "mlfolio" / "serve"
 
 BASE = {
     "model_name": "churn-classifier",
@@ -484,24 +484,32 @@ def test_probes_and_metrics_use_routes_the_server_has():
 
 
 def _serve_source() -> ast.Module:
-    if not SERVE_PY.exists():
-        pytest.skip("lib/mlfolio/serve.py is not there")
-    return ast.parse(SERVE_PY.read_text())
+    if not SERVE_DIR.is_dir():
+        pytest.skip("lib/mlfolio/serve/ is not there")
+    return ast.Module([node for path in sorted(SERVE_DIR.rglob("*.py"))
+                       for node in ast.parse(path.read_text()).body], [])
+
+
+def _constants(source: ast.Module) -> dict[str, object]:
+    return {t.id: node.value.value for node in ast.walk(source)
+            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
+            for t in node.targets if isinstance(t, ast.Name)}
 
 
 def test_hard_coded_routes_match_the_server_source():
-    routes = {node.args[0].value for node in ast.walk(_serve_source())
+    source = _serve_source()
+    constants = _constants(source)  # a route may be a contract constant (LIVENESS_PATH)
+    routes = {constants[arg.id] if isinstance(arg, ast.Name) else arg.value
+              for node in ast.walk(source)
               if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
               and isinstance(node.func.value, ast.Name) and node.func.value.id == "app"
               and node.func.attr in ("get", "post", "put", "delete", "api_route")
-              and node.args and isinstance(node.args[0], ast.Constant)}
+              and node.args and isinstance(arg := node.args[0], ast.Constant | ast.Name)}
     assert routes == SERVER_ROUTES
 
 
 def test_token_comes_from_a_secret_under_the_servers_variable(tmp_path, kv):
-    constants = {t.id: node.value.value for node in ast.walk(_serve_source())
-                 if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
-                 for t in node.targets if isinstance(t, ast.Name)}
+    constants = _constants(_serve_source())
     assert constants["TOKEN_ENV"] == k8s.TOKEN_ENV == "MLFOLIO_SERVE_TOKEN"
     summary = k8s.render(tmp_path, token_secret="churn-serve-token", **BASE)
     dep = by_kind(load_docs(tmp_path / "kubernetes.yaml"))["Deployment"]

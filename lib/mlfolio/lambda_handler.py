@@ -11,7 +11,8 @@ Routes:
 - ``GET /ping`` — health: ``{"status": "ok", "model_version": ..., "threshold": ...}``; it
   loads the model, so a 200 means the function can score.
 - ``POST /invocations`` — ``mlfolio serve``'s contract, parsed, checked and scored by the same
-  code (:mod:`mlfolio.serve`): the MLflow scoring JSON formats (``dataframe_split``,
+  code (:mod:`mlfolio.serve.contract`, ``columns``, ``protocols``, ``scorer``; not its app,
+  so FastAPI is never imported): the MLflow scoring JSON formats (``dataframe_split``,
   ``dataframe_records``, ``instances``, ``inputs``) or ``text/csv`` (with or without a header
   row); the schema's id column (recorded with the model) is accepted and never scored. The
   answer is the server's: ``{"predictions": [[p_negative, p_positive], ...], "labels": [...],
@@ -47,6 +48,14 @@ from pathlib import Path
 from typing import Any
 
 from mlfolio.errors import ModelLoadError, RequestError
+from mlfolio.serve.contract import (
+    DEFAULT_THRESHOLD,
+    INVOCATIONS_PATH,
+    LIVENESS_PATH,
+    check_id,
+    error_body,
+    scoring_error,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +63,7 @@ MODEL_DIR_ENV = "MODEL_DIR"
 THRESHOLD_ENV = "MODEL_THRESHOLD"
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "model"
 META_FILE = "model.json"  # next to the model directory
-DEFAULT_THRESHOLD = 0.5
-ROUTES = {"/ping": "GET", "/invocations": "POST"}
+ROUTES = {LIVENESS_PATH: "GET", INVOCATIONS_PATH: "POST"}
 JSON_HEADERS = {"Content-Type": "application/json"}
 
 
@@ -63,11 +71,11 @@ JSON_HEADERS = {"Content-Type": "application/json"}
 @dataclass(frozen=True)
 class LoadedModel:
     pipeline: Any
-    columns: tuple[Any, ...]  # mlfolio.serve.Column: the model's inputs
+    columns: tuple[Any, ...]  # mlfolio.serve.columns.Column: the model's inputs
     threshold: float
     model_version: str | None
     model_dir: Path
-    scorer: Any = None  # mlfolio.serve.CompiledScorer or PipelineScorer
+    scorer: Any = None  # mlfolio.serve.scorer.CompiledScorer or PipelineScorer
     id_column: str | None = None  # accepted in requests, taken out before scoring
 
     @property
@@ -77,9 +85,9 @@ class LoadedModel:
     @property
     def request_columns(self) -> list[Any]:
         """What a request may carry: the model's columns, then the optional id column."""
-        from mlfolio import serve
+        from mlfolio.serve.columns import Column
 
-        extra = [serve.Column(self.id_column, "entity", optional=True)] \
+        extra = [Column(self.id_column, "entity", optional=True)] \
             if self.id_column and self.id_column not in self.names else []
         return [*self.columns, *extra]
 
@@ -108,12 +116,13 @@ def _scorer(pipeline: Any, columns: list[Any], mlmodel: Any, model_dir: Path) ->
     """The server's choice: the compiled pipeline when it reproduces the pipeline exactly."""
     import pandas as pd
 
-    from mlfolio import serve
+    from mlfolio.errors import NotCompilable
+    from mlfolio.serve.scorer import CompiledScorer, PipelineScorer, probe_rows, verify
 
-    reference = serve.PipelineScorer(pipeline, columns)
+    reference = PipelineScorer(pipeline, columns)
     try:
-        compiled = serve.CompiledScorer(pipeline, columns)
-    except serve.NotCompilable as exc:
+        compiled = CompiledScorer(pipeline, columns)
+    except NotCompilable as exc:
         log.info("%s: scoring through the pipeline (%s)", model_dir, exc)
         return reference
     try:
@@ -121,7 +130,7 @@ def _scorer(pipeline: Any, columns: list[Any], mlmodel: Any, model_dir: Path) ->
     except Exception as exc:  # an unreadable example only costs us probe rows
         log.info("no input example in %s: %s", model_dir, exc)
         example = None
-    problem = serve.verify(compiled, reference, serve.probe_rows(
+    problem = verify(compiled, reference, probe_rows(
         columns, compiled, example if isinstance(example, pd.DataFrame) else None))
     if problem is not None:
         log.warning("%s: scoring through the pipeline (%s)", model_dir, problem)
@@ -145,20 +154,22 @@ def _load(model_dir: Path) -> LoadedModel:
     import mlflow.sklearn
     from mlflow.models import Model
 
-    from mlfolio import serve
+    from mlfolio.errors import ServeError
+    from mlfolio.serve.columns import columns_from_signature, model_id_column
+    from mlfolio.serve.scorer import pipeline_steps
 
     pipeline = mlflow.sklearn.load_model(str(model_dir))
     mlmodel = Model.load(str(model_dir / "MLmodel"))
-    numeric = getattr(serve._steps(pipeline)[0], "numeric", None) or ()
+    numeric = getattr(pipeline_steps(pipeline)[0], "numeric", None) or ()
     try:
-        columns = serve.columns_from_signature(mlmodel.signature, numeric)
-    except serve.ServeError as exc:
+        columns = columns_from_signature(mlmodel.signature, numeric)
+    except ServeError as exc:
         raise ModelLoadError(f"{model_dir}: {exc}") from None
     scorer = _scorer(pipeline, columns, mlmodel, model_dir)
     log.info("loaded model from %s (version %s, threshold %s, scorer %s)", model_dir,
              meta.get("model_version"), threshold, scorer.name)
     return LoadedModel(pipeline, tuple(columns), threshold, meta.get("model_version"),
-                       model_dir, scorer, serve.model_id_column(mlmodel))
+                       model_dir, scorer, model_id_column(mlmodel))
 
 
 def get_model() -> LoadedModel:
@@ -178,23 +189,25 @@ def score(body: bytes, csv: bool, model: LoadedModel) -> tuple[Any, Any]:
     """Parse and check a request body as the server does; (probabilities, labels)."""
     import numpy as np
 
-    from mlfolio import serve
+    from mlfolio.serve.protocols.mlflow import parse_mlflow_json
+    from mlfolio.serve.protocols.sagemaker import parse_csv
 
-    parser = serve.parse_csv if csv else serve.parse_mlflow_json
+    parser = parse_csv if csv else parse_mlflow_json
     block = parser(body, model.request_columns)
     if model.id_column:
         block.columns.pop(model.id_column, None)
     try:
         proba = np.asarray(model.scorer.predict_proba(block.columns, block.n))
     except Exception as exc:  # the server's rule: bad rows are a 400, the rest a 500
-        raise serve._scoring_error(exc) from exc
+        raise scoring_error(exc) from exc
     return proba, (proba[:, 1] >= model.threshold).astype(int)
 
 
 def answer(proba: Any, labels: Any, model: LoadedModel, request_id: str) -> dict[str, Any]:
     """The server's /invocations document."""
-    return {"predictions": proba.tolist(), "labels": labels.tolist(),
-            "threshold": model.threshold, "request_id": request_id}
+    from mlfolio.serve.protocols.mlflow import predictions_doc
+
+    return predictions_doc(proba, labels, model.threshold, request_id)
 
 
 # -- events ---------------------------------------------------------------------------
@@ -247,10 +260,8 @@ def _response(status: int, doc: Any, headers: dict[str, str] | None = None) -> d
 def _error(status: int, message: str, headers: dict[str, str] | None = None
            ) -> dict[str, Any]:
     """The server's MLflow-style error document."""
-    from mlfolio import serve
-
     return {"statusCode": status, "headers": {**JSON_HEADERS, **(headers or {})},
-            "body": serve.error_body("/invocations", status, message).decode(),
+            "body": error_body(INVOCATIONS_PATH, status, message).decode(),
             "isBase64Encoded": False}
 
 
@@ -260,13 +271,7 @@ def _version_header(model: LoadedModel) -> dict[str, str]:
 
 def _request_id(req: HttpRequest) -> str:
     """The client's X-Request-ID (as the server checks it), else API Gateway's id."""
-    from mlfolio import serve
-
-    given = req.headers.get("x-request-id")
-    if given is not None and (not 0 < len(given) <= serve.MAX_ID_LENGTH
-                              or not given.isprintable()):
-        raise RequestError(f"X-Request-ID header: expected 1 to {serve.MAX_ID_LENGTH} "
-                           f"printable characters, got {len(given)}")
+    given = check_id(req.headers.get("x-request-id"), "X-Request-ID")
     return given or req.gateway_request_id or uuid.uuid4().hex
 
 
@@ -283,10 +288,10 @@ def _invocations(req: HttpRequest, model: LoadedModel, request_id: str) -> dict[
     proba, labels = score(req.body, csv, model)
     headers = {**_version_header(model), "X-Request-ID": request_id}
     if "text/csv" in req.headers.get("accept", ""):
-        lines = [f"{p!r},{k}" for p, k in zip(proba[:, 1].tolist(), labels.tolist(),
-                                                strict=True)]
+        from mlfolio.serve.protocols.sagemaker import csv_answer
+
         return {"statusCode": 200, "headers": {"Content-Type": "text/csv", **headers},
-                "body": "\n".join(lines) + "\n", "isBase64Encoded": False}
+                "body": csv_answer(proba, labels), "isBase64Encoded": False}
     return _response(200, answer(proba, labels, model, request_id), headers)
 
 
@@ -313,15 +318,13 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     if req.path == "/ping":
         return _response(200, {"status": "ok", "model_version": model.model_version,
                                "threshold": model.threshold}, _version_header(model))
-    from mlfolio import serve
-
     try:
         request_id = _request_id(req)
     except RequestError as exc:
         return _error(exc.status, str(exc))
     try:
         return _invocations(req, model, request_id)
-    except (RequestError, serve.RequestError) as exc:
+    except RequestError as exc:
         return _error(exc.status, str(exc), {"X-Request-ID": request_id})
     except Exception:  # one bad request must not look like a platform failure
         log.exception("scoring failed")
@@ -332,14 +335,12 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
 def _direct(event: Any, context: Any = None) -> dict[str, Any]:
     """``aws lambda invoke`` with a scoring document as the payload: the answer document,
     or the error document."""
-    from mlfolio import serve
-
     request_id = getattr(context, "aws_request_id", None) or uuid.uuid4().hex
     try:
         model = get_model()
         proba, labels = score(json.dumps(event).encode(), False, model)
         return answer(proba, labels, model, request_id)
-    except serve.RequestError as exc:
-        return json.loads(serve.error_body("/invocations", exc.status, str(exc)))
+    except RequestError as exc:
+        return json.loads(error_body(INVOCATIONS_PATH, exc.status, str(exc)))
     except ModelLoadError as exc:
         return {"error_code": "TEMPORARILY_UNAVAILABLE", "message": f"model not loaded: {exc}"}

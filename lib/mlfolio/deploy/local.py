@@ -24,8 +24,7 @@ import numpy as np
 import pandas as pd
 
 from mlfolio.deploy import DeployError
-
-TOKEN_ENV = "MLFOLIO_SERVE_TOKEN"  # = mlfolio.serve.TOKEN_ENV (not imported: pulls in FastAPI)
+from mlfolio.serve.contract import INVOCATIONS_PATH, LIVENESS_PATH, TOKEN_ENV
 
 
 def _free_port(host: str) -> int:
@@ -73,18 +72,19 @@ def deploy_local(model_uri: str, tracking_uri: str, rows: pd.DataFrame, expected
                 raise DeployError(f"local: `{shlex.join(cmd)}` exited with code "
                                   f"{proc.returncode} before it was ready (see {log_path})")
             try:
-                if _request(f"{url}/ping", timeout=2)[0] == 200:
+                if _request(f"{url}{LIVENESS_PATH}", timeout=2)[0] == 200:
                     break
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise DeployError(f"local: {url}/ping not ready after {ready_timeout:.0f} s")
+                raise DeployError(f"local: {url}{LIVENESS_PATH} not ready after "
+                                  f"{ready_timeout:.0f} s")
             time.sleep(0.25)
         payload = {"dataframe_split": json.loads(rows.to_json(orient="split", index=False))}
-        status, body = _request(f"{url}/invocations", json.dumps(payload).encode(),
+        status, body = _request(f"{url}{INVOCATIONS_PATH}", json.dumps(payload).encode(),
                                 token=os.environ.get(TOKEN_ENV))
         if status != 200:
-            raise DeployError(f"local: POST {url}/invocations answered {status}: "
+            raise DeployError(f"local: POST {url}{INVOCATIONS_PATH} answered {status}: "
                               f"{body[:500].decode(errors='replace')}")
         answer = json.loads(body)
         served = np.asarray(answer["predictions"], dtype=float)[:, 1]

@@ -13,6 +13,12 @@ from decimal import Decimal
 
 from mlfolio.deploy import DeployError
 
+# The routes and token variable of `mlfolio serve`, from its contract (no pandas there).
+from mlfolio.serve.contract import LIVENESS_PATH as LIVENESS_PATH
+from mlfolio.serve.contract import METRICS_PATH as METRICS_PATH
+from mlfolio.serve.contract import READINESS_PATH as READINESS_PATH
+from mlfolio.serve.contract import TOKEN_ENV as TOKEN_ENV
+
 KUBERNETES_VERSION = "1.30.0"
 BASE_IMAGE = "python:3.11-slim"
 USER_ID = 10001  # numeric, so runAsNonRoot can verify the image's USER
@@ -20,11 +26,6 @@ CONTAINER_NAME = "model-server"
 KSERVE_CONTAINER_NAME = "kserve-container"  # the container KServe treats as the predictor
 KSERVE_DEPLOYMENT_MODE = "RawDeployment"  # "Standard" since KServe 0.15, which still takes this
 PORT_NAME = "http"
-# Routes of `mlfolio serve` used here (see mlfolio/serve.py).
-LIVENESS_PATH = "/ping"
-READINESS_PATH = "/v2/health/ready"
-METRICS_PATH = "/metrics"
-TOKEN_ENV = "MLFOLIO_SERVE_TOKEN"  # = mlfolio.serve.TOKEN_ENV (not imported: pulls in pandas)
 TOKEN_SECRET_KEY = "token"
 LABEL_PREFIX = "mlfolio/"
 # Names are DNS-1035 labels (what Services and KServe need). KServe appends "-predictor"
