@@ -285,3 +285,47 @@ def test_evidently_reports_with_prediction_and_quality(cfg, parts, tmp_path):
                                          pd.DataFrame({"target": y_cur,
                                                        "prediction": cur_scores}),
                                          tmp_path / "q.html", 0.5)
+
+
+# -- publishing to the model server ---------------------------------------------------------
+def test_publish_for_server_puts_the_verdict_on_the_servers_metrics(cfg, parts, tmp_path):
+    import json
+    import re
+
+    import httpx
+
+    from .servers import register_models, start_server, stop_server
+
+    verdict = monitor.drift_verdict(parts["train"], shifted(parts["test"]), cfg.schema)
+    doc = {"created_at": "2026-11-30T12:00:00+00:00", "model": {"name": "churn-ab-test",
+                                                                "version": "1"},
+           "current": {"rows": len(parts["test"])}, **verdict}
+    folder = tmp_path / "prediction-log"
+    server = start_server(register_models(tmp_path / "registry"), "--prediction-log",
+                          str(folder))
+    try:
+        assert "mlfolio_drift_share" not in httpx.get(f"{server.url}/metrics").text
+        path = monitor.publish_for_server(doc, folder)
+        assert path == folder / monitor.SERVER_DRIFT_FILE == folder / "drift.json"
+        assert json.loads(path.read_text())["drifted_columns"] == ["monthlycharges"]
+        assert list(folder.glob("*.tmp")) == []  # written atomically
+        text = httpx.get(f"{server.url}/metrics").text
+        share = re.search(r'mlfolio_drift_share\{model="churn-ab-test",version="1"\} (\S+)',
+                          text)
+        assert share and float(share.group(1)) == pytest.approx(verdict["share_drifted"])
+        assert re.search(r"mlfolio_drift_columns\{[^}]*\} 1\.0", text)
+    finally:
+        stop_server(server.proc)
+
+
+def test_importing_monitor_leaves_evidently_and_prometheus_unimported():
+    import json
+    import subprocess
+    import sys
+
+    code = ("import json, sys; from mlfolio import monitor; monitor.drift_verdict; "
+            "print(json.dumps([m for m in ('evidently', 'prometheus_client') "
+            "if m in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert json.loads(out.stdout) == []

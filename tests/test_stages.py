@@ -1,5 +1,6 @@
 """The register stage under a promotion race, and stage notebooks run by hand (no run
-folder): on the real Telco data, one small pipeline run shared by the module."""
+folder): on the real Telco data, one small pipeline run shared by those (slow) tests.
+At the end, the stage functions called directly, without papermill (default suite)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ from mlfolio import pipeline, registry
 
 from .conftest import CHURN_CSV, CHURN_PARAMS, SMALL, deep_update, tracking_section
 
-pytestmark = pytest.mark.slow
 QUIET = {"echo": lambda line: None}
 MODEL = "churn-race"
 FAST = {"training": {"models": ["logreg"]}, "tuning": {"enabled": False},
@@ -75,6 +75,7 @@ def _champion_moves_match_their_gates(env: Env) -> None:
     assert checked >= 1
 
 
+@pytest.mark.slow
 def test_register_does_not_promote_past_a_champion_its_gate_never_saw(env):
     ev = json.loads((env.run_dir / "evaluate.json").read_text())
     assert ev["gate"]["passed"] and ev["champion"] is None
@@ -129,6 +130,7 @@ def _stage_runs(env: Env, experiment: str, stage: str):
     return env.client().search_runs([exp.experiment_id], f"tags.`mlfolio.stage` = '{stage}'")
 
 
+@pytest.mark.slow
 def test_interactive_register_changes_nothing_unless_asked(env, tmp_path, monkeypatch):
     params = _interactive(env, tmp_path, monkeypatch, "churn-lab")
     folder = tmp_path / "runs" / "interactive-churn-lab"
@@ -156,6 +158,7 @@ def test_interactive_register_changes_nothing_unless_asked(env, tmp_path, monkey
     assert reg["registered"] is True and env.alias(registry.CHALLENGER) == reg["version"]
 
 
+@pytest.mark.slow
 def test_failed_interactive_stage_names_the_missing_stage_and_ends_failed(
         env, tmp_path, monkeypatch):
     from papermill.exceptions import PapermillExecutionError
@@ -169,3 +172,167 @@ def test_failed_interactive_stage_names_the_missing_stage_and_ends_failed(
            "first" in failed.value.evalue
     (run,) = _stage_runs(env, "churn-lab-empty", "evaluate")
     assert run.info.status == "FAILED" and run.data.tags["mlfolio.interactive"] == "true"
+
+
+# -- the stage functions called directly, without papermill (default suite) -------------------
+UNIT_MODEL = "churn-stage-units"
+
+
+class Stages:
+    """One run folder and MLflow store; ``run(stage, fn)`` does what a stage notebook does
+    (open the stage, call, finish) without papermill."""
+
+    def __init__(self, root: Path):
+        raw = deep_update(deep_update(yaml.safe_load(CHURN_PARAMS.read_text()), SMALL), FAST)
+        raw = deep_update(raw, {"data": {"uri": str(CHURN_CSV)},
+                                "registry": {"model_name": UNIT_MODEL},
+                                "tracking": tracking_section(root)})
+        self.root = root
+        self.params = root / "params.yaml"
+        self.params.write_text(yaml.safe_dump(raw, sort_keys=False))
+        self.run_dir = root / "run"
+
+    def run(self, stage: str, fn, run_dir: Path | None = None, **overrides):
+        from mlfolio.context import open_stage
+
+        ctx = open_stage(stage, str(self.params), str(run_dir or self.run_dir),
+                         overrides=overrides or None)
+        try:
+            return ctx, fn(ctx)
+        finally:
+            ctx.finish()
+
+
+@pytest.fixture(scope="module")
+def split_run(tmp_path_factory) -> tuple[Stages, dict]:
+    """ingest and preprocess, run once for the module."""
+    from mlfolio import stages
+
+    units = Stages(tmp_path_factory.mktemp("stage-units"))
+    _, (df, info) = units.run("ingest", stages.ingest)
+    ctx, parts = units.run("preprocess", stages.preprocess)
+    return units, {"df": df, "info": info, "parts": parts, "ctx": ctx}
+
+
+@pytest.fixture(scope="module")
+def registered_run(split_run) -> tuple[Stages, dict]:
+    """train (logreg), tune (disabled), evaluate and register on top of ``split_run``."""
+    from mlfolio import stages
+
+    units, out = split_run
+    _, out["baselines"] = units.run("train", stages.train_baselines)
+    _, out["tuned"] = units.run("tune", stages.tune_model)
+    out["evaluate_ctx"], out["evaluated"] = units.run("evaluate", stages.evaluate_candidate)
+    out["register_ctx"], out["registered"] = units.run("register", stages.register_model)
+    return units, out
+
+
+def test_ingest_and_preprocess_write_the_snapshot_and_stratified_splits(split_run):
+    import mlflow
+    import pandas as pd
+
+    from mlfolio import data, features, stages
+
+    units, out = split_run
+    df, info, parts, ctx = out["df"], out["info"], out["parts"], out["ctx"]
+    assert info["source_rows"] == len(df) == 4000 and info["dropped_missing_target"] == 0
+    snapshot = pd.read_parquet(units.run_dir / stages.SNAPSHOT)
+    assert data.content_hash(snapshot) == info["data_hash"]
+    assert json.loads((units.run_dir / "ingest.json").read_text())["data_hash"] == \
+        info["data_hash"]
+    sizes = {name: len(part) for name, part in parts.items()}
+    assert sizes == {"train": 2400, "valid": 800, "test": 800}
+    rate = data.target_vector(df, ctx.cfg.schema).mean()
+    for part in parts.values():
+        assert data.target_vector(part, ctx.cfg.schema).mean() == pytest.approx(rate, abs=0.01)
+    reread = stages.load_splits(ctx)
+    for name, part in parts.items():
+        pd.testing.assert_frame_equal(reread[name], part)
+    written = json.loads((units.run_dir / "preprocess.json").read_text())
+    assert written["splits"] == features.split_summary(parts, ctx.cfg.schema).to_dict(
+        orient="index")
+    run = mlflow.get_run(ctx.mlflow_run_id)
+    assert run.data.metrics["train_rows"] == 2400 and run.info.status == "FINISHED"
+    assert run.data.params["split.test_size"] == str(ctx.cfg.split.test_size)
+
+
+def test_train_evaluate_and_register_without_papermill(registered_run):
+    from mlfolio import registry, stages, views
+
+    units, out = registered_run
+    assert list(out["baselines"].index) == ["logreg"]
+    assert out["baselines"].loc["logreg", "roc_auc"] > 0.8
+    assert out["tuned"] == (None, {"enabled": False})
+    ev = out["evaluated"]
+    assert ev["candidate"]["name"] == "logreg" and ev["champion"] is None
+    assert ev["gate"]["passed"] and ev["candidate"]["test"]["roc_auc"] > 0.8
+    y, scores = stages.test_scores(out["evaluate_ctx"])
+    assert len(y) == 800 and list(scores) == ["candidate"]
+    reg = out["registered"]
+    assert reg["registered"] and reg["version"] == "1" and reg["promoted"]
+    assert registry.get_alias(UNIT_MODEL, registry.CHAMPION).version == "1"
+    history = views.alias_history_table(out["register_ctx"])
+    assert history["alias"].tolist() == [registry.CHALLENGER, registry.CHAMPION]
+
+
+def test_deploy_stage_ships_each_target_through_deploy_targets(registered_run):
+    from mlfolio import stages, views
+
+    units, _ = registered_run
+    _, result = units.run("deploy", stages.deploy_model)
+    k8s = result["targets"]["kubernetes"]
+    assert result["model"] == f"{UNIT_MODEL} v1 (@champion)" and k8s["status"] == "deployed"
+    assert (units.run_dir / "deploy" / "kubernetes" / "kubernetes.yaml").is_file()
+    written = json.loads((units.run_dir / "deploy.json").read_text())
+    assert written["targets"]["kubernetes"]["status"] == "deployed"
+    assert views.deploy_table(result).loc["kubernetes", "status"] == "deployed"
+
+
+def test_deploy_stage_names_a_target_missing_from_deploy_targets(registered_run, monkeypatch):
+    from mlfolio import deploy, stages
+
+    units, _ = registered_run
+    monkeypatch.delitem(deploy.TARGETS, "kubernetes")
+    with pytest.raises(deploy.DeployError,
+                       match="kubernetes: deploy.targets: unknown target 'kubernetes'; "
+                             "expected one of local, lambda, sagemaker"):
+        units.run("deploy", stages.deploy_model)
+    written = json.loads((units.run_dir / "deploy.json").read_text())
+    assert written["targets"]["kubernetes"]["status"] == "failed"
+
+
+def test_monitor_stage_publishes_drift_json_for_the_server_of_the_log(registered_run):
+    import dataclasses
+
+    import numpy as np
+    import pandas as pd
+
+    from mlfolio import predlog, stages
+
+    units, out = registered_run
+    schema = out["ctx"].cfg.schema
+    rows = out["parts"]["test"].copy()
+    rows["monthlycharges"] = rows["monthlycharges"] * 1.5 + 20  # a price rise
+    Column = dataclasses.make_dataclass("Column", ["name", "kind"])
+    columns = [Column(c, "double") for c in schema.numeric] + \
+        [Column(c, "string") for c in schema.categorical]
+    values = {c: [None if pd.isna(v) else float(v)
+                  for v in pd.to_numeric(rows[c], errors="coerce")] for c in schema.numeric}
+    values.update({c: rows[c].astype(str).tolist() for c in schema.categorical})
+    log_dir = units.root / "prediction-log"
+    with predlog.PredictionLog(log_dir, columns) as log:
+        log.append(values, np.full(len(rows), 0.5), request_id="unit", model_name=UNIT_MODEL,
+                   model_version="1", variant="champion", threshold=0.5,
+                   entity_id=rows[schema.id_column].tolist())
+    monitor_dir = units.root / "monitor-run"
+    _, result = units.run("monitor", stages.monitor_model, run_dir=monitor_dir,
+                            **{"monitoring.prediction_log": str(log_dir)})
+    assert result["current"]["kind"] == "prediction_log" and result["current"]["rows"] == 800
+    assert "monthlycharges" in result["drifted_columns"]
+    ours = json.loads((monitor_dir / "drift.json").read_text())
+    published = json.loads((log_dir / "drift.json").read_text())
+    # The run folder's copy also names the stage and its MLflow run; the rest is the same.
+    assert published == {k: v for k, v in ours.items() if k not in ("stage", "mlflow_run_id")}
+    assert published["model"]["version"] == "1" and ours["stage"] == "monitor"
+    assert (monitor_dir / "drift.prom").is_file()
+    assert (monitor_dir / stages.DRIFT_REPORT).stat().st_size > 10_000
