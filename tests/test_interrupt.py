@@ -385,7 +385,7 @@ def test_sigint_while_html_is_rendered(write_params, runs_root, tracking_dir, pr
     exc = _run_catching(params_file=write_params(), stages=["ingest", "preprocess"],
                         runs_root=runs_root)
     assert isinstance(exc, RunInterrupted), repr(exc)
-    assert exc.exit_code == 130 and "--from preprocess" in str(exc)
+    assert (exc.exit_code, "--from preprocess" in str(exc)) == (130, True), str(exc)
     assert signal.getsignal(signal.SIGINT) is previous
     (run_dir,) = runs_root.iterdir()
     m = json.loads((run_dir / "manifest.json").read_text())
@@ -393,6 +393,7 @@ def test_sigint_while_html_is_rendered(write_params, runs_root, tracking_dir, pr
     assert m["stages"]["ingest"]["status"] == "succeeded"
     assert (run_dir / "01_ingest.html").exists()
     assert m["stages"]["preprocess"]["status"] == "not run"
+    assert "--from preprocess" in (run_dir / "index.html").read_text()
     assert list(private_tmp.glob("mlfolio-k*")) == []
     client = MlflowClient(tracking_uri=tracking_section(tracking_dir)["tracking_uri"])
     assert client.get_run(m["mlflow"]["parent_run_id"]).info.status == "KILLED"

@@ -628,7 +628,7 @@ def _interrupted(manifest: Manifest, folder: Path, rest: list[Stage],
     manifest.data.update(status="interrupted", failed_stage=None, failed_cell=None,
                          interrupted={"signal": sigs.name,
                                       "stage": stage.name if stage else None,
-                                      "cell_index": cell,
+                                      "cell_index": cell, "resume_from": rest[0].name,
                                       "at": datetime.now(UTC).isoformat(timespec="seconds")})
     manifest.save()
     where = (f"during stage '{stage.name}'" + (f" (cell {cell})" if cell is not None else "")
