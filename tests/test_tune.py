@@ -128,6 +128,9 @@ def test_journal_study_resumes_with_its_finished_trials(churn, tmp_path):
     done = finished(again)
     assert len(done) == 5
     assert [(t.number, t.params, t.value) for t in done[:3]] == kept
+    # A resumed study samples new points, not the first trials again (same seed twice).
+    params = [t.params for t in done]
+    assert all(p not in params[:3] for p in params[3:]), params
     # Already complete: nothing more runs.
     same = tune.run_study(tuning(n_trials=5), train_df, schema, SEED, tmp_path, "resume")
     assert len(same.trials) == 5

@@ -205,3 +205,18 @@ def test_notebooks_call_views_and_import_only_what_they_use():
                 if name in line:
                     assert "views." in line, (path.name, line)
 
+
+
+def test_plot_study_when_every_trial_scored_the_same():
+    """fANOVA has no variance to split when all complete trials tie (a resumed study that
+    repeated its first trials did): the figure says so instead of failing the stage."""
+    import matplotlib.pyplot as plt
+    import optuna
+
+    study = optuna.create_study(direction="maximize",
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda t: 0.8 + 0 * t.suggest_float("x", 0, 1), n_trials=3)
+    fig = views.plot_study(study)
+    texts = [t.get_text() for t in fig.axes[1].texts]
+    assert texts and texts[0].startswith("no importance")
+    plt.close(fig)

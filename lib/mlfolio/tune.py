@@ -181,6 +181,13 @@ def _sampler(seed: int) -> optuna.samplers.BaseSampler:
                                       constant_liar=True)
 
 
+def _resume_sampler(study: optuna.Study, seed: int) -> None:
+    """A study reopened with trials in it gets a sampler seeded past them: the same seed
+    would draw the same first points again (a resumed run repeating its own trials)."""
+    if study.trials:
+        study.sampler = _sampler(seed + 1000 * len(study.trials))
+
+
 def _pruner(cfg: TuningConfig) -> optuna.pruners.BasePruner:
     if cfg.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
@@ -193,6 +200,7 @@ def open_study(cfg: TuningConfig, storage: Any, name: str, seed: int) -> optuna.
         study_name=name, storage=storage, direction="maximize", load_if_exists=True,
         sampler=_sampler(seed), pruner=_pruner(cfg),
     )
+    _resume_sampler(study, seed)
     # In the run folder's own journal, trials left RUNNING belong to a killed process and
     # will never finish: mark them failed. A shared storage (cfg.storage) may hold trials
     # that other machines are running right now, so those are left alone.
@@ -226,6 +234,7 @@ def _worker(cfg: TuningConfig, storage: Any, name: str, seed: int, folds: Folds,
         return
     study = optuna.load_study(study_name=name, storage=storage, sampler=_sampler(seed),
                               pruner=_pruner(cfg))
+    _resume_sampler(study, seed)
     if remaining_trials(study, n_trials) == 0 or not _take_slot(slots):
         return
 

@@ -138,14 +138,19 @@ def plot_study(study: optuna.Study | None) -> Any:
     hist_ax.set_title(f"Optimization history ({len(study.trials)} trials, "
                       f"{len(study.trials) - len(complete)} pruned or failed)")
     hist_ax.legend()
+    importances, why_not = None, "needs two complete trials"
     if len(complete) >= 2:
-        importances = optuna.importance.get_param_importances(
-            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+        try:
+            importances = optuna.importance.get_param_importances(
+                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+        except RuntimeError as exc:  # every complete trial scored the same: no variance
+            why_not = f"no importance: {exc}"
+    if importances:
         names = list(importances)[::-1]
         imp_ax.barh(names, [importances[n] for n in names])
         imp_ax.set_title("Parameter importance (fANOVA)")
     else:
-        imp_ax.text(0.5, 0.5, "needs two complete trials", ha="center")
+        imp_ax.text(0.5, 0.5, why_not, ha="center", wrap=True)
         imp_ax.axis("off")
     fig.tight_layout()
     return fig
