@@ -8,7 +8,7 @@ import logging
 import signal
 import sys
 
-from mlfolio.errors import ConfigError, MlfolioError, RunInterrupted, StageError
+from mlfolio.errors import ConfigError, MlfolioError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -119,95 +119,81 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _echo(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _serve(args: argparse.Namespace) -> None:
     import os
 
     from mlfolio import serve
 
-    try:
-        options = serve.ServeOptions(
-            args.model, host=args.host, port=args.port,
-            token=args.token or os.environ.get(serve.TOKEN_ENV) or None,
-            tracking_uri=args.tracking_uri, max_body_bytes=args.max_body_bytes,
-            max_batch_rows=args.max_batch_rows, scorer=args.scorer, access_log=args.verbose,
-            challenger=args.challenger, challenger_weight=args.challenger_weight,
-            shadow=args.shadow, ab_salt=args.ab_salt, entity_column=args.entity_column,
-            prediction_log=args.prediction_log, max_inflight_bytes=args.max_inflight_bytes,
-        )
-        serve.serve(options, echo=lambda line: print(line, file=sys.stderr, flush=True))
-    except MlfolioError as exc:
-        print(f"mlfolio: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    options = serve.ServeOptions(
+        args.model, host=args.host, port=args.port,
+        token=args.token or os.environ.get(serve.TOKEN_ENV) or None,
+        tracking_uri=args.tracking_uri, max_body_bytes=args.max_body_bytes,
+        max_batch_rows=args.max_batch_rows, scorer=args.scorer, access_log=args.verbose,
+        challenger=args.challenger, challenger_weight=args.challenger_weight,
+        shadow=args.shadow, ab_salt=args.ab_salt, entity_column=args.entity_column,
+        prediction_log=args.prediction_log, max_inflight_bytes=args.max_inflight_bytes,
+    )
+    serve.serve(options, echo=_echo)
 
 
-def _exit_code(exc: MlfolioError) -> int:
-    print(f"mlfolio: {exc}", file=sys.stderr)
-    return 2 if isinstance(exc, ConfigError) else 1
-
-
-def _monitor(args: argparse.Namespace) -> int:
+def _monitor(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from mlfolio import config, pipeline
 
-    try:
-        overrides = config.parse_overrides(args.param)
-        # Paths given on the command line are relative to where the user typed them.
-        for flag, key in (("current", "current"), ("labels", "labels"),
-                          ("prediction_log", "prediction_log")):
-            if getattr(args, flag):
-                overrides[f"monitoring.{key}"] = str(Path(getattr(args, flag)).resolve())
-        if args.window_hours is not None:
-            overrides["monitoring.window_hours"] = args.window_hours
-        pipeline.monitor(args.params_file, overrides, dry_run=args.dry_run,
-                         runs_root=Path(args.runs_root).resolve() if args.runs_root else None,
-                         echo=lambda line: print(line, file=sys.stderr, flush=True))
-    except MlfolioError as exc:
-        return _exit_code(exc)
-    return 0
+    overrides = config.parse_overrides(args.param)
+    # Paths given on the command line are relative to where the user typed them.
+    for flag, key in (("current", "current"), ("labels", "labels"),
+                      ("prediction_log", "prediction_log")):
+        if getattr(args, flag):
+            overrides[f"monitoring.{key}"] = str(Path(getattr(args, flag)).resolve())
+    if args.window_hours is not None:
+        overrides["monitoring.window_hours"] = args.window_hours
+    pipeline.monitor(args.params_file, overrides, dry_run=args.dry_run,
+                     runs_root=Path(args.runs_root).resolve() if args.runs_root else None,
+                     echo=_echo)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    if args.command == "serve":
-        return _serve(args)
-    if args.command == "monitor":
-        return _monitor(args)
+def _run(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from mlfolio import config, pipeline  # after argparse: `--help` stays instant
 
+    if (args.stages or args.from_stage) and not args.run_dir:
+        raise ConfigError("--stages/--from re-run part of a run: give its --run-dir too")
+    pipeline.run(
+        args.params_file,
+        overrides=config.parse_overrides(args.param),
+        stages=args.stages.split(",") if args.stages else None,
+        from_stage=args.from_stage,
+        run_dir=args.run_dir,
+        runs_root=Path(args.runs_root).resolve() if args.runs_root else None,
+        echo=_echo,
+        force=args.force,
+    )
+
+
+COMMANDS = {"run": _run, "monitor": _monitor, "serve": _serve}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; every mlfolio error becomes its class's exit code here, and only
+    here (2: bad parameters or input, 1: a failure on the way, 130/143: interrupted)."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
     try:
-        if (args.stages or args.from_stage) and not args.run_dir:
-            raise ConfigError("--stages/--from re-run part of a run: give its --run-dir too")
-        pipeline.run(
-            args.params_file,
-            overrides=config.parse_overrides(args.param),
-            stages=args.stages.split(",") if args.stages else None,
-            from_stage=args.from_stage,
-            run_dir=args.run_dir,
-            runs_root=Path(args.runs_root).resolve() if args.runs_root else None,
-            echo=lambda line: print(line, file=sys.stderr, flush=True),
-            force=args.force,
-        )
-    except RunInterrupted as exc:  # recorded in the run folder; 130 / 143 like the shell's
+        COMMANDS[args.command](args)
+    except MlfolioError as exc:  # a RunInterrupted run is recorded in its folder already
         print(f"mlfolio: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:  # Ctrl-C before the run started (or a third one)
+    except KeyboardInterrupt:  # Ctrl-C before a run started (or a third one)
         print("mlfolio: interrupted", file=sys.stderr)
         return 128 + signal.SIGINT
-    except StageError as exc:
-        print(f"mlfolio: {exc}", file=sys.stderr)
-        return 1
-    except ConfigError as exc:
-        print(f"mlfolio: {exc}", file=sys.stderr)
-        return 2
-    except MlfolioError as exc:
-        print(f"mlfolio: {exc}", file=sys.stderr)
-        return 1
     return 0
 
 
