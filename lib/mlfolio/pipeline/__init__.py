@@ -1,0 +1,46 @@
+"""Running the stage notebooks: the stage graph, the runner, one stage's execution on a
+(warm) kernel, provenance and the manifest, interrupts and re-runs, the monitoring loop.
+
+``mlfolio.pipeline.run`` and ``mlfolio.pipeline.monitor`` are what the CLI calls; the
+modules behind them:
+
+- ``graph``: the stages of each pipeline, their notebooks, products and parameter sections
+- ``runner``: ``run`` — validate, execute the selected stages, record, write the index
+- ``engine``: one notebook on a kernel started and warmed ahead of its stage (papermill)
+- ``provenance``: input hashes, git and package versions, ``manifest.json``
+- ``interrupts``: SIGINT/SIGTERM, the run folder's lock, abandoned runs, forced re-runs
+- ``loop``: ``monitor`` — the monitor notebooks, then the A/B action and retraining
+"""
+
+from mlfolio.pipeline.engine import KERNEL_LOOKAHEAD, WarmKernel, execute_stage
+from mlfolio.pipeline.graph import (
+                                    MONITOR_STAGES,
+                                    PIPELINES,
+                                    REFERENCE_DATA,
+                                    STAGE_NAMES,
+                                    STAGES,
+                                    Stage,
+                                    new_run_dir,
+                                    notebooks_dir,
+                                    select_stages,
+)
+from mlfolio.pipeline.loop import monitor
+from mlfolio.pipeline.provenance import (
+                                    KEY_PACKAGES,
+                                    Manifest,
+                                    file_hash,
+                                    git_info,
+                                    notebook_source_hash,
+                                    package_source_hash,
+                                    package_versions,
+                                    stage_inputs,
+)
+from mlfolio.pipeline.runner import run
+
+__all__ = [
+    "KERNEL_LOOKAHEAD", "KEY_PACKAGES", "MONITOR_STAGES", "PIPELINES", "REFERENCE_DATA",
+    "STAGES", "STAGE_NAMES", "Manifest", "Stage", "WarmKernel", "execute_stage",
+    "file_hash", "git_info", "monitor", "new_run_dir", "notebook_source_hash",
+    "notebooks_dir", "package_source_hash", "package_versions", "run", "select_stages",
+    "stage_inputs",
+]
