@@ -329,3 +329,20 @@ def test_importing_monitor_leaves_evidently_and_prometheus_unimported():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert json.loads(out.stdout) == []
+
+
+def test_retraining_rows_from_a_prediction_log_write_to_parquet(cfg, parts, tmp_path):
+    """Logged rows carry numbers as numbers (totalcharges double, blank = missing), while
+    the snapshot keeps the source's text: the union must still be one column type."""
+    snapshot = pd.concat([parts["train"], parts["valid"]], ignore_index=True)
+    assert snapshot["totalcharges"].dtype == object  # text, as the CSV had it
+    new = parts["test"].head(30).copy()
+    new["totalcharges"] = pd.to_numeric(new["totalcharges"], errors="coerce")
+    new.loc[new.index[:3], "totalcharges"] = np.nan
+    new["tenure"] = new["tenure"].astype("Int64")
+    out = monitor.retraining_rows(snapshot, new, cfg.schema)
+    out.to_parquet(tmp_path / "retrain.parquet", index=False)
+    back = pd.read_parquet(tmp_path / "retrain.parquet")
+    tail = back.tail(30)["totalcharges"]
+    assert tail.isna().sum() == 3
+    assert float(tail.iloc[5]) == pytest.approx(float(new["totalcharges"].iloc[5]))

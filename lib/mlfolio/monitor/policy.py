@@ -116,6 +116,11 @@ def retraining_rows(snapshot: pd.DataFrame, labelled: pd.DataFrame, schema: Sche
         new.loc[blank, id_col] = [f"new-{i}" for i in range(int(blank.sum()))]
         new = new.drop_duplicates(subset=[id_col], keep="last")
         snapshot = snapshot[~snapshot[id_col].astype(str).isin(new[id_col].astype(str))]
+    for col in snapshot.columns:
+        # A text column of the source (totalcharges: blanks in the CSV) arrives from the
+        # prediction log as numbers: write them as text too, or the column mixes types.
+        if snapshot[col].dtype == object and new[col].dtype != object:
+            new[col] = new[col].astype(object).map(lambda v: None if pd.isna(v) else str(v))
     out = pd.concat([snapshot, new], ignore_index=True)
     for col in snapshot.columns:  # keep the snapshot's dtypes where the values allow it
         try:
