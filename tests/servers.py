@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
@@ -128,3 +129,16 @@ def wait_for_rows(folder: Path, n: int, include_shadow: bool = True, timeout: fl
             pytest.fail(f"the prediction log holds {0 if df is None else len(df)} rows, "
                         f"expected {n}")
         time.sleep(0.1)
+
+
+def typed_value(value: Any, datatype: str) -> Any:
+    """A raw Telco value as the signature's type says (blank text is a missing number)."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    if datatype == "BYTES":
+        return str(value)
+    if isinstance(value, str):
+        value = value.strip()
+        if not value:
+            return None
+    return float(value) if datatype == "FP64" else int(value)

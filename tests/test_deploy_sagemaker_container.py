@@ -27,7 +27,7 @@ import pytest
 from mlfolio.deploy import kubernetes as k8s
 from mlfolio.deploy.sagemaker import MODEL_DIR, build_model_archive, deploy_sagemaker
 
-from .servers import MODEL, THRESHOLDS, Registered, register_models
+from .servers import MODEL, THRESHOLDS, Registered, register_models, typed_value
 
 dockerfile = pytest.importorskip("dockerfile", reason="the `dockerfile` parser (BuildKit's, "
                                  "from PyPI) is not installed")
@@ -110,19 +110,6 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _typed(value: Any, datatype: str) -> Any:
-    """A raw Telco value as the signature's type says (blank text is a missing number)."""
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return None
-    if datatype == "BYTES":
-        return str(value)
-    if isinstance(value, str):
-        value = value.strip()
-        if not value:
-            return None
-    return float(value) if datatype == "FP64" else int(value)
-
-
 def test_container_serves_the_archive_as_sagemaker_runs_it(registered, archive,
                                                              sagemaker_model, tmp_path):
     container = sagemaker_model["PrimaryContainer"]
@@ -183,7 +170,7 @@ def test_container_serves_the_archive_as_sagemaker_runs_it(registered, archive,
         assert answer["threshold"] == THRESHOLDS["champion"]
 
         # one JSON row
-        row = {c: _typed(v, types[c]) for c, v in X.iloc[5][names].items()}
+        row = {c: typed_value(v, types[c]) for c, v in X.iloc[5][names].items()}
         resp = httpx.post(f"{url}/invocations", json={"dataframe_records": [row]}, timeout=30)
         assert resp.status_code == 200, resp.text
         np.testing.assert_allclose(np.asarray(resp.json()["predictions"])[:, 1],

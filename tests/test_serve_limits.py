@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from .servers import MODEL, Registered, register_models, start_server, stop_server
+from .servers import MODEL, Registered, register_models, start_server, stop_server, typed_value
 
 TOKEN = "limits-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -41,25 +41,12 @@ def client(server):
         yield c
 
 
-def _typed(value: Any, datatype: str) -> Any:
-    """A raw Telco value as the signature's type says (blank text is a missing number)."""
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return None
-    if datatype == "BYTES":
-        return str(value)
-    if isinstance(value, str):
-        value = value.strip()
-        if not value:
-            return None
-    return float(value) if datatype == "FP64" else int(value)
-
-
 def split_doc(registered: Registered, n: int, url: str) -> dict[str, Any]:
     """``n`` Telco rows (cycled) as a dataframe_split body, typed by the served signature."""
     meta = httpx.get(f"{url.rstrip('/')}/v2/models/{MODEL}", headers=AUTH, timeout=10).json()
     types = {spec["name"]: spec["datatype"] for spec in meta["inputs"]}
     X = registered.X[list(types)]
-    rows = [[_typed(v, types[c]) for c, v in zip(X.columns, row, strict=True)]
+    rows = [[typed_value(v, types[c]) for c, v in zip(X.columns, row, strict=True)]
             for row in X.astype(object).values.tolist()]
     return {"dataframe_split": {"columns": list(X.columns),
                                 "data": [rows[i % len(rows)] for i in range(n)]}}
@@ -82,7 +69,7 @@ def v2_doc(client: httpx.Client, registered: Registered, n: int = 2) -> dict[str
     X = registered.X.head(n)
     inputs = []
     for spec in meta["inputs"]:
-        values = [_typed(v, spec["datatype"]) for v in X[spec["name"]].tolist()]
+        values = [typed_value(v, spec["datatype"]) for v in X[spec["name"]].tolist()]
         inputs.append({"name": spec["name"], "datatype": spec["datatype"], "shape": [n],
                        "data": values})
     return {"inputs": inputs}
