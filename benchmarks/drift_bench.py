@@ -26,8 +26,9 @@ from mlfolio.config import SchemaConfig
 
 NUMERIC = [f"num_{i}" for i in range(8)]
 CATEGORICAL = [f"cat_{i}" for i in range(12)]
-SCHEMA = SchemaConfig(target="y", positive_label=1, negative_label=0,
-                      numeric=NUMERIC, categorical=CATEGORICAL)
+SCHEMA = SchemaConfig(
+    target="y", positive_label=1, negative_label=0, numeric=NUMERIC, categorical=CATEGORICAL
+)
 EXPECTED_DRIFT = ["num_0", "num_3", "num_6", "cat_2", "cat_7"]
 
 
@@ -36,13 +37,13 @@ def make_frame(rows: int, seed: int, drifted: bool) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     d = drifted
     cols: dict[str, object] = {
-        "num_0": rng.normal(50 + (15 if d else 0), 10, rows),            # mean shift
+        "num_0": rng.normal(50 + (15 if d else 0), 10, rows),  # mean shift
         "num_1": rng.lognormal(3, 0.8, rows),
-        "num_2": rng.integers(0, 73, rows).astype(float),                 # tenure-like ints
-        "num_3": rng.gamma(2.0, 30 * (1.4 if d else 1.0), rows),        # scale change
-        "num_4": rng.uniform(0, 1 + (0.03 if d else 0), rows),           # too small to count
-        "num_5": rng.integers(0, 4, rows).astype(float),                 # 4 values: JS test
-        "num_6": rng.normal(0, 1 * (2.0 if d else 1.0), rows),          # variance change
+        "num_2": rng.integers(0, 73, rows).astype(float),  # tenure-like ints
+        "num_3": rng.gamma(2.0, 30 * (1.4 if d else 1.0), rows),  # scale change
+        "num_4": rng.uniform(0, 1 + (0.03 if d else 0), rows),  # too small to count
+        "num_5": rng.integers(0, 4, rows).astype(float),  # 4 values: JS test
+        "num_6": rng.normal(0, 1 * (2.0 if d else 1.0), rows),  # variance change
         "num_7": np.round(rng.exponential(20, rows), 2),
     }
     cols["num_1"][rng.random(rows) < 0.01] = np.nan  # some missing values
@@ -73,10 +74,14 @@ def run_child(method: str, rows: int, seed: int) -> dict[str, object]:
     verdict = func(reference, current, SCHEMA)
     seconds = time.perf_counter() - start
     return {
-        "method": method, "seconds": seconds, "rss_before_mb": base, "peak_rss_mb": _maxrss_mb(),
+        "method": method,
+        "seconds": seconds,
+        "rss_before_mb": base,
+        "peak_rss_mb": _maxrss_mb(),
         "drifted": {c: bool(r["drifted"]) for c, r in verdict["columns"].items()},
         "scores": {c: float(r["score"]) for c, r in verdict["columns"].items()},
-        "share": verdict["share_drifted"], "dataset_drift": verdict["dataset_drift"],
+        "share": verdict["share_drifted"],
+        "dataset_drift": verdict["dataset_drift"],
     }
 
 
@@ -93,28 +98,46 @@ def main() -> None:
     results = {}
     for method in ["ours"] + ([] if args.skip_evidently else ["evidently"]):
         out = subprocess.run(
-            [sys.executable, __file__, "--child", method, "--rows", str(args.rows),
-             "--seed", str(args.seed)],
-            check=True, capture_output=True, text=True,
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                method,
+                "--rows",
+                str(args.rows),
+                "--seed",
+                str(args.seed),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
         )
         results[method] = json.loads(out.stdout.strip().splitlines()[-1])
     ours = results["ours"]
-    print(f"{args.rows:,} x 20 reference vs {args.rows:,} x 20 current "
-          f"(8 numeric, 12 categorical; drifted by construction: {EXPECTED_DRIFT})\n")
-    print(f"{'method':<22}{'seconds':>9}{'peak RSS MB':>13}{'+MB':>8}  "
-          f"{'dataset':>8}  drifted columns  agree?")
+    print(
+        f"{args.rows:,} x 20 reference vs {args.rows:,} x 20 current "
+        f"(8 numeric, 12 categorical; drifted by construction: {EXPECTED_DRIFT})\n"
+    )
+    print(
+        f"{'method':<22}{'seconds':>9}{'peak RSS MB':>13}{'+MB':>8}  "
+        f"{'dataset':>8}  drifted columns  agree?"
+    )
     for method, r in results.items():
         drifted = [c for c, v in r["drifted"].items() if v]
         agree = r["drifted"] == ours["drifted"] and r["dataset_drift"] == ours["dataset_drift"]
         name = {"ours": "mlfolio drift_verdict", "evidently": "Evidently Report"}[method]
-        print(f"{name:<22}{r['seconds']:>9.2f}{r['peak_rss_mb']:>13.0f}"
-              f"{r['peak_rss_mb'] - r['rss_before_mb']:>8.0f}  "
-              f"{str(r['dataset_drift']):>8}  {','.join(drifted)}  {'yes' if agree else 'NO'}")
+        print(
+            f"{name:<22}{r['seconds']:>9.2f}{r['peak_rss_mb']:>13.0f}"
+            f"{r['peak_rss_mb'] - r['rss_before_mb']:>8.0f}  "
+            f"{str(r['dataset_drift']):>8}  {','.join(drifted)}  {'yes' if agree else 'NO'}"
+        )
     if "evidently" in results:
         ev = results["evidently"]
         worst = max(abs(ours["scores"][c] - ev["scores"][c]) for c in ours["scores"])
-        print(f"\nours / Evidently time: {ours['seconds'] / ev['seconds']:.1%}; "
-              f"largest score difference: {worst:.2e}")
+        print(
+            f"\nours / Evidently time: {ours['seconds'] / ev['seconds']:.1%}; "
+            f"largest score difference: {worst:.2e}"
+        )
     found = sorted(c for c, v in ours["drifted"].items() if v)
     print(f"expected drift found by ours: {found == sorted(EXPECTED_DRIFT)}")
 

@@ -26,11 +26,15 @@ ROOT = Path(__file__).resolve().parents[1]
 def measure(params: Path, overrides: dict, warm: bool, workdir: Path) -> tuple[float, dict]:
     store = workdir / ("warm" if warm else "cold")
     store.mkdir()
-    overrides = {**overrides, "tracking.tracking_uri": f"sqlite:///{store / 'mlflow.db'}",
-                 "tracking.artifact_location": (store / "artifacts").as_uri()}
+    overrides = {
+        **overrides,
+        "tracking.tracking_uri": f"sqlite:///{store / 'mlflow.db'}",
+        "tracking.artifact_location": (store / "artifacts").as_uri(),
+    }
     t0 = time.perf_counter()
-    manifest = pipeline.run(params, overrides, runs_root=store / "runs", warm_kernels=warm,
-                            echo=lambda line: None)
+    manifest = pipeline.run(
+        params, overrides, runs_root=store / "runs", warm_kernels=warm, echo=lambda line: None
+    )
     return time.perf_counter() - t0, manifest.data
 
 
@@ -43,22 +47,28 @@ def main() -> None:
     overrides = config.parse_overrides(args.param)
     print(f"machine: {os.cpu_count()} cores; parameters: {args.params} {overrides or ''}")
     with tempfile.TemporaryDirectory(prefix="mlfolio-bench-") as tmp:
-        results = {"warm kernels (mlfolio run)": measure(Path(args.params), overrides, True,
-                                                         Path(tmp))}
+        results = {
+            "warm kernels (mlfolio run)": measure(Path(args.params), overrides, True, Path(tmp))
+        }
         if not args.no_cold:
             results["cold kernels (plain papermill)"] = measure(
-                Path(args.params), overrides, False, Path(tmp))
+                Path(args.params), overrides, False, Path(tmp)
+            )
     for label, (total, m) in results.items():
-        print(f"\n{label}: whole run {total:.1f} s, candidate test ROC AUC "
-              f"{m['candidate']['test']['roc_auc']:.4f}")
+        print(
+            f"\n{label}: whole run {total:.1f} s, candidate test ROC AUC "
+            f"{m['candidate']['test']['roc_auc']:.4f}"
+        )
         print(f"{'stage':<11}{'wall s':>8}{'setup s':>9}{'stage code s':>14}{'overhead s':>12}")
         overheads = []
         for name, s in m["stages"].items():
             code = s["cells_s"] - s["setup_cell_s"]
             overhead = s["duration_s"] - code
             overheads.append(overhead)
-            print(f"{name:<11}{s['duration_s']:>8.2f}{s['setup_cell_s']:>9.2f}{code:>14.2f}"
-                  f"{overhead:>12.2f}")
+            print(
+                f"{name:<11}{s['duration_s']:>8.2f}{s['setup_cell_s']:>9.2f}{code:>14.2f}"
+                f"{overhead:>12.2f}"
+            )
         print(f"{'mean':<11}{'':>8}{'':>9}{'':>14}{sum(overheads) / len(overheads):>12.2f}")
 
 

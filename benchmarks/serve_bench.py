@@ -43,14 +43,21 @@ VARIANTS = {
     "mlfolio-pipeline": ["--scorer", "pipeline"],
     "mlfolio-pipeline-unbatched": ["--scorer", "pipeline", "--max-batch-rows", "1"],
     "mlfolio-log": ["--prediction-log", "{log}"],
-    "mlfolio-ab-log": ["--challenger", "{challenger}", "--challenger-weight", "0.5",
-                       "--prediction-log", "{log}"],
+    "mlfolio-ab-log": [
+        "--challenger",
+        "{challenger}",
+        "--challenger-weight",
+        "0.5",
+        "--prediction-log",
+        "{log}",
+    ],
 }
 
 
 # -- the load generator (runs in its own process) -----------------------------------
-async def _load(url: str, bodies: list[bytes], concurrency: int, duration: float,
-                warmup: float) -> dict:
+async def _load(
+    url: str, bodies: list[bytes], concurrency: int, duration: float, warmup: float
+) -> dict:
     import aiohttp
 
     latencies: list[float] = []
@@ -92,9 +99,14 @@ async def _load(url: str, bodies: list[bytes], concurrency: int, duration: float
     def pct(q: float) -> float:
         return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000
 
-    return {"requests": len(latencies), "errors": errors, "statuses": statuses,
-            "rps": len(latencies) / duration, "p50_ms": pct(0.50) if latencies else None,
-            "p99_ms": pct(0.99) if latencies else None}
+    return {
+        "requests": len(latencies),
+        "errors": errors,
+        "statuses": statuses,
+        "rps": len(latencies) / duration,
+        "p50_ms": pct(0.50) if latencies else None,
+        "p99_ms": pct(0.99) if latencies else None,
+    }
 
 
 def _load_main(args: argparse.Namespace) -> None:
@@ -112,8 +124,13 @@ def register_model(tracking_uri: str, artifacts: Path) -> str:
     from mlfolio import config, data, features, registry, tracking
 
     cfg = config.load(ROOT / "parameters" / "churn.yaml")
-    cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={
-        "tracking_uri": tracking_uri, "artifact_location": artifacts.as_uri()})})
+    cfg = cfg.model_copy(
+        update={
+            "tracking": cfg.tracking.model_copy(
+                update={"tracking_uri": tracking_uri, "artifact_location": artifacts.as_uri()}
+            )
+        }
+    )
     df = data.validate(data.load_source(cfg.data), cfg.schema)
     X, y = features.xy(df, cfg.schema)
     model = features.build_model_pipeline(cfg.schema, LogisticRegression(C=1.0, max_iter=2000))
@@ -121,17 +138,24 @@ def register_model(tracking_uri: str, artifacts: Path) -> str:
     tracking.configure(cfg)
     with mlflow.start_run(run_name="serve-bench") as run:
         uri = tracking.log_model(model, X)
-    ref = registry.register("serve-bench", uri, run.info.run_id,
-                            {"mlfolio.threshold": "0.350000", "mlfolio.data_hash": "bench"})
+    ref = registry.register(
+        "serve-bench",
+        uri,
+        run.info.run_id,
+        {"mlfolio.threshold": "0.350000", "mlfolio.data_hash": "bench"},
+    )
     registry.set_alias(ref, registry.CHAMPION, "serve benchmark")
     # A second version (other regularisation) as the challenger of the A/B variant.
-    challenger = features.build_model_pipeline(cfg.schema,
-                                               LogisticRegression(C=0.1, max_iter=2000))
+    challenger = features.build_model_pipeline(cfg.schema, LogisticRegression(C=0.1, max_iter=2000))
     challenger.fit(X, y)
     with mlflow.start_run(run_name="serve-bench-challenger") as run:
         uri = tracking.log_model(challenger, X)
-    ref = registry.register("serve-bench", uri, run.info.run_id,
-                            {"mlfolio.threshold": "0.400000", "mlfolio.data_hash": "bench"})
+    ref = registry.register(
+        "serve-bench",
+        uri,
+        run.info.run_id,
+        {"mlfolio.threshold": "0.400000", "mlfolio.data_hash": "bench"},
+    )
     registry.set_alias(ref, registry.CHALLENGER, "serve benchmark")
     return "models:/serve-bench@champion"
 
@@ -167,24 +191,53 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(variant: str, model_uri: str, tracking_uri: str, logs: Path
-                 ) -> tuple[subprocess.Popen, str]:
+def start_server(
+    variant: str, model_uri: str, tracking_uri: str, logs: Path
+) -> tuple[subprocess.Popen, str]:
     """Start one variant; ``{log}`` in its arguments becomes ``logs/<variant>-predlog``."""
     port = _free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri,
-           "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     if VARIANTS[variant] is None:
-        cmd = [str(VENV_BIN / "mlflow"), "models", "serve", "-m", model_uri,
-               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
+        cmd = [
+            str(VENV_BIN / "mlflow"),
+            "models",
+            "serve",
+            "-m",
+            model_uri,
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ]
     else:
         challenger = model_uri.rpartition("@")[0] + "@challenger"
-        extra = [a.format(log=logs / f"{variant}-predlog", challenger=challenger)
-                 for a in VARIANTS[variant]]
-        cmd = [sys.executable, "-m", "mlfolio.cli", "serve", "--model", model_uri,
-               "--port", str(port), "--tracking-uri", tracking_uri, *extra]
+        extra = [
+            a.format(log=logs / f"{variant}-predlog", challenger=challenger)
+            for a in VARIANTS[variant]
+        ]
+        cmd = [
+            sys.executable,
+            "-m",
+            "mlfolio.cli",
+            "serve",
+            "--model",
+            model_uri,
+            "--port",
+            str(port),
+            "--tracking-uri",
+            tracking_uri,
+            *extra,
+        ]
     log_file = open(logs / f"{variant}.log", "wb")  # noqa: SIM115 - closed with the process
-    proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+    )
     return proc, f"http://127.0.0.1:{port}"
 
 
@@ -220,8 +273,9 @@ def predictions(url: str, bodies: list[str]) -> list[list[float]]:
     out = []
     with httpx.Client(timeout=30) as client:
         for body in bodies:
-            resp = client.post(f"{url}/invocations", content=body,
-                               headers={"Content-Type": "application/json"})
+            resp = client.post(
+                f"{url}/invocations", content=body, headers={"Content-Type": "application/json"}
+            )
             resp.raise_for_status()
             out.extend(resp.json()["predictions"])
     return out
@@ -237,16 +291,29 @@ def cpu_seconds(pid: int) -> float | None:
 
 
 def run_load(url: str, bodies_file: Path, clients: int, duration: float, warmup: float) -> dict:
-    cmd = [sys.executable, __file__, "_load", "--url", f"{url}/invocations",
-           "--bodies", str(bodies_file), "--clients", str(clients),
-           "--duration", str(duration), "--warmup", str(warmup)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "_load",
+        "--url",
+        f"{url}/invocations",
+        "--bodies",
+        str(bodies_file),
+        "--clients",
+        str(clients),
+        "--duration",
+        str(duration),
+        "--warmup",
+        str(warmup),
+    ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command")
     load = sub.add_parser("_load", help=argparse.SUPPRESS)
     load.add_argument("--url", required=True)
@@ -293,10 +360,17 @@ def main() -> None:
                 if reference is None:
                     reference = preds
                 else:
-                    diff = max(abs(a - b) for pa, pb in zip(reference, preds, strict=True)
-                               for a, b in zip(pa, pb, strict=True))
-                    print(f"{variant}: max |difference| from {variants[0]}'s predictions on "
-                          f"50 rows: {diff:.1e}", file=sys.stderr, flush=True)
+                    diff = max(
+                        abs(a - b)
+                        for pa, pb in zip(reference, preds, strict=True)
+                        for a, b in zip(pa, pb, strict=True)
+                    )
+                    print(
+                        f"{variant}: max |difference| from {variants[0]}'s predictions on "
+                        f"50 rows: {diff:.1e}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                 results[variant] = {}
                 for clients in levels:
                     cpu_before = cpu_seconds(proc.pid)
@@ -305,13 +379,19 @@ def main() -> None:
                     # Server CPU per request (warm-up included on both sides of the ratio):
                     # steadier than req/s when other processes share the cores.
                     served = res["requests"] * (args.duration + args.warmup) / args.duration
-                    res["cpu_us"] = (None if cpu_before is None or cpu_after is None
-                                     or not served else
-                                     (cpu_after - cpu_before) / served * 1e6)
+                    res["cpu_us"] = (
+                        None
+                        if cpu_before is None or cpu_after is None or not served
+                        else (cpu_after - cpu_before) / served * 1e6
+                    )
                     results[variant][clients] = res
-                    print(f"  {variant:28s} {clients:3d} clients: {res['rps']:8.1f} req/s  "
-                          f"p50 {res['p50_ms']:7.2f} ms  p99 {res['p99_ms']:7.2f} ms  "
-                          f"errors {res['errors']}", file=sys.stderr, flush=True)
+                    print(
+                        f"  {variant:28s} {clients:3d} clients: {res['rps']:8.1f} req/s  "
+                        f"p50 {res['p50_ms']:7.2f} ms  p99 {res['p99_ms']:7.2f} ms  "
+                        f"errors {res['errors']}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
             finally:
                 stop_server(proc)
                 if proc.returncode not in (0, -signal.SIGTERM):
@@ -323,31 +403,38 @@ def main() -> None:
 
                 logged = predlog.read(log_dir)
                 answered = sum(r["requests"] for r in results[variant].values())
-                print(f"  {variant}: the prediction log holds {len(logged)} rows "
-                      f"({logged['variant'].value_counts().to_dict()}); {answered} requests "
-                      "were measured (warm-up and checks come on top)", file=sys.stderr,
-                      flush=True)
+                print(
+                    f"  {variant}: the prediction log holds {len(logged)} rows "
+                    f"({logged['variant'].value_counts().to_dict()}); {answered} requests "
+                    "were measured (warm-up and checks come on top)",
+                    file=sys.stderr,
+                    flush=True,
+                )
         print_table(results, levels, args.duration)
 
 
-def print_table(results: dict[str, dict[int, dict]], levels: list[int], duration: float
-                ) -> None:
-    print(f"\nsingle-row requests, closed loop, {duration:g} s per level, "
-          f"{os.cpu_count()} cores, server and client on 127.0.0.1\n")
+def print_table(results: dict[str, dict[int, dict]], levels: list[int], duration: float) -> None:
+    print(
+        f"\nsingle-row requests, closed loop, {duration:g} s per level, "
+        f"{os.cpu_count()} cores, server and client on 127.0.0.1\n"
+    )
     base = "mlflow" if "mlflow" in results else next(iter(results))
-    print(f"| server | clients | req/s | p50 ms | p99 ms | errors | x {base} "
-          "| server CPU µs/req |")
+    print(f"| server | clients | req/s | p50 ms | p99 ms | errors | x {base} | server CPU µs/req |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for variant, by_level in results.items():
         for clients in levels:
             r = by_level[clients]
-            ratio = r["rps"] / results[base][clients]["rps"] if results[base][clients]["rps"] \
+            ratio = (
+                r["rps"] / results[base][clients]["rps"]
+                if results[base][clients]["rps"]
                 else float("nan")
+            )
             cpu = "n/a" if r.get("cpu_us") is None else f"{r['cpu_us']:.0f}"
-            print(f"| {variant} | {clients} | {r['rps']:.0f} | {r['p50_ms']:.2f} | "
-                  f"{r['p99_ms']:.2f} | {r['errors']} | {ratio:.2f} | {cpu} |")
-    bad = {v: {c: r["statuses"] for c, r in lv.items() if r["errors"]}
-           for v, lv in results.items()}
+            print(
+                f"| {variant} | {clients} | {r['rps']:.0f} | {r['p50_ms']:.2f} | "
+                f"{r['p99_ms']:.2f} | {r['errors']} | {ratio:.2f} | {cpu} |"
+            )
+    bad = {v: {c: r["statuses"] for c, r in lv.items() if r["errors"]} for v, lv in results.items()}
     bad = {v: s for v, s in bad.items() if s}
     if bad:
         print(f"\nnon-200 answers: {bad}")

@@ -84,14 +84,21 @@ def xgboost_distributions() -> dict[str, object]:
     }
 
 
-def run_random_search(cfg: config.Config, train_df, n_trials: int, n_folds: int, seed: int
-                      ) -> tuple[Result, dict[str, object]]:
+def run_random_search(
+    cfg: config.Config, train_df, n_trials: int, n_folds: int, seed: int
+) -> tuple[Result, dict[str, object]]:
     X, y = features.xy(train_df, cfg.schema)
     pipe = features.build_model_pipeline(cfg.schema, train.make_estimator("xgboost", {}, seed))
     search = RandomizedSearchCV(
-        pipe, xgboost_distributions(), n_iter=n_trials, scoring="roc_auc",
+        pipe,
+        xgboost_distributions(),
+        n_iter=n_trials,
+        scoring="roc_auc",
         cv=StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed),
-        n_jobs=1, refit=False, random_state=seed, error_score="raise",
+        n_jobs=1,
+        refit=False,
+        random_state=seed,
+        error_score="raise",
     )
     start = time.perf_counter()
     search.fit(X, y)
@@ -102,12 +109,19 @@ def run_random_search(cfg: config.Config, train_df, n_trials: int, n_folds: int,
     curve = [(float(t), float(v)) for t, v in zip(clock, res["mean_test_score"], strict=True)]
     best = int(np.argmax(res["mean_test_score"]))
     params = {k.removeprefix("model__"): v for k, v in res["params"][best].items()}
-    return Result("RandomizedSearchCV n_jobs=1", 1, str(n_trials), wall,
-                  float(res["mean_test_score"][best]), curve), params
+    return Result(
+        "RandomizedSearchCV n_jobs=1",
+        1,
+        str(n_trials),
+        wall,
+        float(res["mean_test_score"][best]),
+        curve,
+    ), params
 
 
-def run_tune(label: str, cfg: config.Config, train_df, tuning: TuningConfig, seed: int,
-             workdir: Path) -> Result:
+def run_tune(
+    label: str, cfg: config.Config, train_df, tuning: TuningConfig, seed: int, workdir: Path
+) -> Result:
     run_dir = workdir / label.replace(" ", "_").replace("+", "")
     start_dt = datetime.now()
     start = time.perf_counter()
@@ -115,8 +129,7 @@ def run_tune(label: str, cfg: config.Config, train_df, tuning: TuningConfig, see
     wall = time.perf_counter() - start
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
-    curve = [((t.datetime_complete - start_dt).total_seconds(), float(t.value))
-             for t in complete]
+    curve = [((t.datetime_complete - start_dt).total_seconds(), float(t.value)) for t in complete]
     trials = f"{len(complete) + pruned}" + (f" ({pruned} pruned)" if pruned else "")
     return Result(label, tuning.n_workers, trials, wall, study.best_value, curve)
 
@@ -129,23 +142,37 @@ def load_average() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
 
 
-def run_once(cfg: config.Config, train_df, args: argparse.Namespace, seed: int, tmp: Path
-             ) -> tuple[list[Result], float]:
+def run_once(
+    cfg: config.Config, train_df, args: argparse.Namespace, seed: int, tmp: Path
+) -> tuple[list[Result], float]:
     """All methods with one seed; returns the results and the target AUC."""
     results: list[Result] = []
     rs, rs_params = run_random_search(cfg, train_df, args.trials, args.folds, seed)
     results.append(rs)
-    print(f"  RandomizedSearchCV: {rs.wall:.1f} s wall, "
-          f"{rs.curve[-1][0]:.1f} s fit+score, best {rs.best:.4f}", flush=True)
-    results.append(Result("RandomizedSearchCV, ideal 2 cores (derived)", 2, rs.trials,
-                          rs.curve[-1][0] / 2, rs.best, [(t / 2, v) for t, v in rs.curve]))
+    print(
+        f"  RandomizedSearchCV: {rs.wall:.1f} s wall, "
+        f"{rs.curve[-1][0]:.1f} s fit+score, best {rs.best:.4f}",
+        flush=True,
+    )
+    results.append(
+        Result(
+            "RandomizedSearchCV, ideal 2 cores (derived)",
+            2,
+            rs.trials,
+            rs.curve[-1][0] / 2,
+            rs.best,
+            [(t / 2, v) for t, v in rs.curve],
+        )
+    )
 
     base = dict(model="xgboost", n_trials=args.trials, timeout=None, cv_folds=args.folds)
     configs = [
         ("tune TPE", TuningConfig(**base, pruner="none", n_workers=1)),
         ("tune TPE + median pruner", TuningConfig(**base, pruner="median", n_workers=1)),
-        (f"tune TPE + pruner, {args.workers} workers",
-         TuningConfig(**base, pruner="median", n_workers=args.workers)),
+        (
+            f"tune TPE + pruner, {args.workers} workers",
+            TuningConfig(**base, pruner="median", n_workers=args.workers),
+        ),
     ]
     for label, tuning in configs:
         result = run_tune(label, cfg, train_df, tuning, seed, tmp / f"seed{seed}")
@@ -156,12 +183,17 @@ def run_once(cfg: config.Config, train_df, args: argparse.Namespace, seed: int, 
     # candidate scored by mlfolio's objective must give the same CV AUC.
     folds = tune.Folds.build(train_df, cfg.schema, args.folds, seed)
     rescored = tune.make_objective(folds, "xgboost", seed, prune=False)(
-        optuna.trial.FixedTrial(rs_params))
+        optuna.trial.FixedTrial(rs_params)
+    )
     target = rs.best - TOLERANCE
-    print(f"  check: RandomizedSearchCV's best params under mlfolio's objective: "
-          f"{rescored:.6f} (RandomizedSearchCV: {rs.best:.6f})")
-    print(f"  target CV ROC AUC = RandomizedSearchCV best {rs.best:.4f} - {TOLERANCE} "
-          f"= {target:.4f}\n")
+    print(
+        f"  check: RandomizedSearchCV's best params under mlfolio's objective: "
+        f"{rescored:.6f} (RandomizedSearchCV: {rs.best:.6f})"
+    )
+    print(
+        f"  target CV ROC AUC = RandomizedSearchCV best {rs.best:.4f} - {TOLERANCE} "
+        f"= {target:.4f}\n"
+    )
     return results, target
 
 
@@ -169,8 +201,10 @@ def print_table(results: list[Result], target: float) -> list[float | None]:
     """The table of one seed; returns each method's speed-up to target (None: not
     reached)."""
     rs_time = results[0].time_to(target)
-    header = (f"{'method':<44} {'cores':>5} {'trials':>15} {'total s':>8} {'best AUC':>9} "
-              f"{'to target s':>12} {'speed-up':>9}")
+    header = (
+        f"{'method':<44} {'cores':>5} {'trials':>15} {'total s':>8} {'best AUC':>9} "
+        f"{'to target s':>12} {'speed-up':>9}"
+    )
     print(header)
     print("-" * len(header))
     speedups: list[float | None] = []
@@ -178,8 +212,10 @@ def print_table(results: list[Result], target: float) -> list[float | None]:
         reached = r.time_to(target)
         speedup = rs_time / reached if reached and rs_time else None
         speedups.append(speedup)
-        print(f"{r.method:<44} {r.cores:>5} {r.trials:>15} {r.wall:>8.1f} {r.best:>9.4f} "
-              f"{fmt_time(reached):>12} {f'{speedup:.1f}x' if speedup else '-':>9}")
+        print(
+            f"{r.method:<44} {r.cores:>5} {r.trials:>15} {r.wall:>8.1f} {r.best:>9.4f} "
+            f"{fmt_time(reached):>12} {f'{speedup:.1f}x' if speedup else '-':>9}"
+        )
     return speedups
 
 
@@ -187,13 +223,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=50)
     parser.add_argument("--folds", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=None,
-                        help="seed of the folds, samplers and models (default: the "
-                             "parameter file's); the train split always uses the file's")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed of the folds, samplers and models (default: the "
+        "parameter file's); the train split always uses the file's",
+    )
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=1,
-                        help="repeat everything with seeds seed, seed+1, ... (time to "
-                             "target depends on the luck of the first trials)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="repeat everything with seeds seed, seed+1, ... (time to "
+        "target depends on the luck of the first trials)",
+    )
     parser.add_argument("--params", default=str(ROOT / "parameters" / "churn.yaml"))
     parser.add_argument("--quick", action="store_true", help="smoke run: 6 trials, 2 folds")
     args = parser.parse_args(argv)
@@ -209,16 +253,24 @@ def main(argv: list[str] | None = None) -> int:
     train_df = features.split(df, cfg.schema, cfg.split, cfg.seed)["train"]
 
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    print(f"machine: {platform.machine()}, os.cpu_count()={os.cpu_count()}, "
-          f"usable cores={affinity}, load average {load_average()}, "
-          f"Python {platform.python_version()}")
-    print(f"optuna {optuna.__version__}, xgboost {xgboost.__version__}, "
-          f"scikit-learn {sklearn.__version__}, scipy {scipy.__version__}")
-    print(f"data: {cfg.data.uri} ({len(df)} rows), train split {len(train_df)} rows; "
-          f"{args.trials} trials, {args.folds}-fold stratified CV")
-    print(f"RandomizedSearchCV runs with n_jobs=1 on this {os.cpu_count()}-core machine "
-          f"(xgboost n_jobs=1 everywhere); the tune worker row uses {args.workers} "
-          "processes, so compare it with the 'ideal 2 cores' row too.")
+    print(
+        f"machine: {platform.machine()}, os.cpu_count()={os.cpu_count()}, "
+        f"usable cores={affinity}, load average {load_average()}, "
+        f"Python {platform.python_version()}"
+    )
+    print(
+        f"optuna {optuna.__version__}, xgboost {xgboost.__version__}, "
+        f"scikit-learn {sklearn.__version__}, scipy {scipy.__version__}"
+    )
+    print(
+        f"data: {cfg.data.uri} ({len(df)} rows), train split {len(train_df)} rows; "
+        f"{args.trials} trials, {args.folds}-fold stratified CV"
+    )
+    print(
+        f"RandomizedSearchCV runs with n_jobs=1 on this {os.cpu_count()}-core machine "
+        f"(xgboost n_jobs=1 everywhere); the tune worker row uses {args.workers} "
+        "processes, so compare it with the 'ideal 2 cores' row too."
+    )
 
     t0 = time.perf_counter()
     all_speedups: list[list[float | None]] = []
@@ -234,23 +286,32 @@ def main(argv: list[str] | None = None) -> int:
     total = time.perf_counter() - t0
 
     if args.repeats > 1:
-        print(f"\nover {args.repeats} seeds: median speed-up to target (reached in k of n: "
-              "each seed's speed-up), and median total wall time for all trials")
+        print(
+            f"\nover {args.repeats} seeds: median speed-up to target (reached in k of n: "
+            "each seed's speed-up), and median total wall time for all trials"
+        )
         for i, method in enumerate(methods):
             got = [s[i] for s in all_speedups if s[i] is not None]
             median = f"{float(np.median(got)):.1f}x" if got else "-"
             walls = [w[i] for w in all_walls]
             rs_walls = [w[0] for w in all_walls]
-            print(f"  {method:<44} {median:>6} ({len(got)}/{args.repeats}: "
-                  + " ".join(f"{x:.1f}" for x in got) + ")"
-                  + f"   total {float(np.median(walls)):5.1f} s "
-                  f"({float(np.median(rs_walls)) / float(np.median(walls)):.1f}x)")
-    print("\nspeed-up = RandomizedSearchCV n_jobs=1 time to target / the method's. "
-          "RandomizedSearchCV times are its summed fit+score times (a lower bound).\n"
-          "Time to target hangs on when a lucky trial comes (the AUC surface is flat near "
-          "the top): one seed says little, use --repeats.")
-    print(f"benchmark wall time: {total:.0f} s; load average now {load_average()} "
-          "(above ~0.2 at the start, other processes shared the cores)")
+            print(
+                f"  {method:<44} {median:>6} ({len(got)}/{args.repeats}: "
+                + " ".join(f"{x:.1f}" for x in got)
+                + ")"
+                + f"   total {float(np.median(walls)):5.1f} s "
+                f"({float(np.median(rs_walls)) / float(np.median(walls)):.1f}x)"
+            )
+    print(
+        "\nspeed-up = RandomizedSearchCV n_jobs=1 time to target / the method's. "
+        "RandomizedSearchCV times are its summed fit+score times (a lower bound).\n"
+        "Time to target hangs on when a lucky trial comes (the AUC surface is flat near "
+        "the top): one seed says little, use --repeats."
+    )
+    print(
+        f"benchmark wall time: {total:.0f} s; load average now {load_average()} "
+        "(above ~0.2 at the start, other processes shared the cores)"
+    )
     return 0
 
 

@@ -51,8 +51,10 @@ def tracking_dir(tmp_path) -> Path:
 
 
 def tracking_section(folder: Path) -> dict[str, Any]:
-    return {"tracking_uri": f"sqlite:///{folder / 'mlflow.db'}",
-            "artifact_location": (folder / "artifacts").as_uri()}
+    return {
+        "tracking_uri": f"sqlite:///{folder / 'mlflow.db'}",
+        "artifact_location": (folder / "artifacts").as_uri(),
+    }
 
 
 @pytest.fixture
@@ -60,13 +62,17 @@ def write_params(tmp_path, tracking_dir, churn_raw):
     """write_params(name, **sections) → a parameter file: churn defaults, SMALL settings,
     an isolated tracking store, then the given sections merged over them."""
 
-    def write(name: str = "params.yaml", base: dict[str, Any] | None = None,
-              **sections: Any) -> Path:
+    def write(
+        name: str = "params.yaml", base: dict[str, Any] | None = None, **sections: Any
+    ) -> Path:
         raw = deep_update(base if base is not None else churn_raw, SMALL)
         raw = deep_update(raw, {"tracking": tracking_section(tracking_dir)})
         raw = deep_update(raw, sections)
-        raw["data"]["uri"] = str(ROOT / raw["data"]["uri"]) if not os.path.isabs(
-            raw["data"]["uri"]) and "://" not in raw["data"]["uri"] else raw["data"]["uri"]
+        raw["data"]["uri"] = (
+            str(ROOT / raw["data"]["uri"])
+            if not os.path.isabs(raw["data"]["uri"]) and "://" not in raw["data"]["uri"]
+            else raw["data"]["uri"]
+        )
         path = tmp_path / name
         path.write_text(yaml.safe_dump(raw, sort_keys=False))
         return path
@@ -83,4 +89,5 @@ def runs_root(tmp_path) -> Path:
 
 def chromium_path() -> str | None:
     return shutil.which("chromium") or (
-        "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+        "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
+    )

@@ -48,8 +48,13 @@ def register_models(folder: Path, name: str = MODEL) -> Registered:
     """Two logistic regressions on different Telco rows: version 1 champion, 2 challenger."""
     cfg = config.load(CHURN_PARAMS)
     uri = f"sqlite:///{folder / 'mlflow.db'}"
-    cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={
-        "tracking_uri": uri, "artifact_location": (folder / "artifacts").as_uri()})})
+    cfg = cfg.model_copy(
+        update={
+            "tracking": cfg.tracking.model_copy(
+                update={"tracking_uri": uri, "artifact_location": (folder / "artifacts").as_uri()}
+            )
+        }
+    )
     df = data.validate(data.load_source(cfg.data), cfg.schema).reset_index(drop=True)
     X, y = features.xy(df, cfg.schema)
     fits = {"champion": (slice(0, 1000), 1.0), "challenger": (slice(1000, 2000), 0.02)}
@@ -57,28 +62,47 @@ def register_models(folder: Path, name: str = MODEL) -> Registered:
     tracking.configure(cfg)
     try:
         for variant, (rows, c) in fits.items():
-            model = features.build_model_pipeline(cfg.schema,
-                                                  LogisticRegression(C=c, max_iter=1000))
+            model = features.build_model_pipeline(
+                cfg.schema, LogisticRegression(C=c, max_iter=1000)
+            )
             model.fit(X.iloc[rows], y.iloc[rows])
             with mlflow.start_run() as run:
                 model_uri = tracking.log_model(model, X.iloc[rows], schema=cfg.schema)
-            ref = registry.register(name, model_uri, run.info.run_id, {
-                "mlfolio.threshold": f"{THRESHOLDS[variant]:.6f}"})
+            ref = registry.register(
+                name,
+                model_uri,
+                run.info.run_id,
+                {"mlfolio.threshold": f"{THRESHOLDS[variant]:.6f}"},
+            )
             registry.set_alias(ref, variant, "A/B test")
             models[variant] = model
     finally:
         mlflow.set_tracking_uri(None)
-    return Registered(uri, models, X.reset_index(drop=True),
-                      df[cfg.schema.id_column].astype(str))
+    return Registered(uri, models, X.reset_index(drop=True), df[cfg.schema.id_column].astype(str))
 
 
 def start_server(registered: Registered, *args: str, name: str = MODEL) -> Server:
     """``mlfolio serve`` in a subprocess on a free port; returns once it listens."""
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlfolio.cli", "serve", "--model", f"models:/{name}@champion",
-         "--tracking-uri", registered.tracking_uri, "--port", "0", *args],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+        [
+            sys.executable,
+            "-m",
+            "mlfolio.cli",
+            "serve",
+            "--model",
+            f"models:/{name}@champion",
+            "--tracking-uri",
+            registered.tracking_uri,
+            "--port",
+            "0",
+            *args,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     log: list[str] = []
     listening = threading.Event()
 
@@ -111,12 +135,17 @@ def stop_server(proc: subprocess.Popen) -> None:
 
 def split_body(df: pd.DataFrame, entity: list[str] | None = None) -> dict[str, Any]:
     frame = df if entity is None else df.assign(customerid=entity)
-    return {"dataframe_split": {"columns": list(frame.columns),
-                                "data": frame.astype(object).values.tolist()}}
+    return {
+        "dataframe_split": {
+            "columns": list(frame.columns),
+            "data": frame.astype(object).values.tolist(),
+        }
+    }
 
 
-def wait_for_rows(folder: Path, n: int, include_shadow: bool = True, timeout: float = 10
-                  ) -> pd.DataFrame:
+def wait_for_rows(
+    folder: Path, n: int, include_shadow: bool = True, timeout: float = 10
+) -> pd.DataFrame:
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -126,8 +155,9 @@ def wait_for_rows(folder: Path, n: int, include_shadow: bool = True, timeout: fl
         if df is not None and len(df) >= n:
             return df
         if time.monotonic() > deadline:
-            pytest.fail(f"the prediction log holds {0 if df is None else len(df)} rows, "
-                        f"expected {n}")
+            pytest.fail(
+                f"the prediction log holds {0 if df is None else len(df)} rows, expected {n}"
+            )
         time.sleep(0.1)
 
 

@@ -42,52 +42,88 @@ def scored() -> Scored:
     df = data.validate(data.load_source(cfg.data), cfg.schema)
     X, y = features.xy(df, cfg.schema)
     X_tr, X_te, y_tr, y_te, _, ids = train_test_split(
-        X, y, df[cfg.schema.id_column], test_size=0.4, stratify=y, random_state=0)
+        X, y, df[cfg.schema.id_column], test_size=0.4, stratify=y, random_state=0
+    )
     strong = features.build_model_pipeline(cfg.schema, LogisticRegression(max_iter=2000))
     strong.fit(X_tr, y_tr)
-    weak_schema = cfg.schema.model_copy(update={"numeric": ["monthlycharges"],
-                                                "categorical": ["gender"]})
+    weak_schema = cfg.schema.model_copy(
+        update={"numeric": ["monthlycharges"], "categorical": ["gender"]}
+    )
     weak = features.build_model_pipeline(weak_schema, LogisticRegression(max_iter=2000))
     weak.fit(X_tr[weak_schema.features], y_tr)
-    return Scored(ids=ids.to_numpy().astype(str), actual=y_te.to_numpy().astype(int),
-                  strong=strong.predict_proba(X_te)[:, 1],
-                  weak=weak.predict_proba(X_te[weak_schema.features])[:, 1],
-                  model=strong, X=X_tr)
+    return Scored(
+        ids=ids.to_numpy().astype(str),
+        actual=y_te.to_numpy().astype(int),
+        strong=strong.predict_proba(X_te)[:, 1],
+        weak=weak.predict_proba(X_te[weak_schema.features])[:, 1],
+        model=strong,
+        X=X_tr,
+    )
 
 
-def _rows(s: Scored, variant: str, version: str, score: np.ndarray, shadow: bool,
-          threshold: float, mask: np.ndarray | None = None) -> pd.DataFrame:
+def _rows(
+    s: Scored,
+    variant: str,
+    version: str,
+    score: np.ndarray,
+    shadow: bool,
+    threshold: float,
+    mask: np.ndarray | None = None,
+) -> pd.DataFrame:
     mask = np.ones(len(score), bool) if mask is None else mask
     n = int(mask.sum())
-    return pd.DataFrame({
-        "request_id": [f"req-{i}" for i in np.flatnonzero(mask)],
-        "entity_id": s.ids[mask],
-        "ts": pd.date_range("2026-11-01", periods=n, freq="min", tz="UTC"),
-        "model_name": MODEL, "model_version": version, "variant": variant, "shadow": shadow,
-        "score": score[mask], "label": (score[mask] >= threshold).astype(int),
-        "threshold": threshold, "actual": s.actual[mask].astype(float)})
+    return pd.DataFrame(
+        {
+            "request_id": [f"req-{i}" for i in np.flatnonzero(mask)],
+            "entity_id": s.ids[mask],
+            "ts": pd.date_range("2026-11-01", periods=n, freq="min", tz="UTC"),
+            "model_name": MODEL,
+            "model_version": version,
+            "variant": variant,
+            "shadow": shadow,
+            "score": score[mask],
+            "label": (score[mask] >= threshold).astype(int),
+            "threshold": threshold,
+            "actual": s.actual[mask].astype(float),
+        }
+    )
 
 
-def shadow_log(s: Scored, champion: np.ndarray, challenger: np.ndarray,
-               versions: tuple[str, str] = ("1", "2")) -> pd.DataFrame:
+def shadow_log(
+    s: Scored, champion: np.ndarray, challenger: np.ndarray, versions: tuple[str, str] = ("1", "2")
+) -> pd.DataFrame:
     """Every request answered by the champion and scored in shadow by the challenger."""
-    return pd.concat([_rows(s, "challenger", versions[1], challenger, True, 0.3),
-                      _rows(s, "champion", versions[0], champion, False, 0.35)],
-                     ignore_index=True)  # challenger rows first: pairing must not need order
+    return pd.concat(
+        [
+            _rows(s, "challenger", versions[1], challenger, True, 0.3),
+            _rows(s, "champion", versions[0], champion, False, 0.35),
+        ],
+        ignore_index=True,
+    )  # challenger rows first: pairing must not need order
 
 
 def in_challenger(ids: np.ndarray, salt: str = "") -> np.ndarray:
     """Sticky 50/50 routing by entity id hash, as the server does it."""
-    return np.array([int(hashlib.sha256(f"{salt}{i}".encode()).hexdigest()[:8], 16) % 2 == 1
-                     for i in ids])
+    return np.array(
+        [int(hashlib.sha256(f"{salt}{i}".encode()).hexdigest()[:8], 16) % 2 == 1 for i in ids]
+    )
 
 
-def ab_log(s: Scored, champion: np.ndarray, challenger: np.ndarray, salt: str = "",
-           versions: tuple[str, str] = ("1", "2")) -> pd.DataFrame:
+def ab_log(
+    s: Scored,
+    champion: np.ndarray,
+    challenger: np.ndarray,
+    salt: str = "",
+    versions: tuple[str, str] = ("1", "2"),
+) -> pd.DataFrame:
     arm = in_challenger(s.ids, salt)
-    return pd.concat([_rows(s, "champion", versions[0], champion, False, 0.35, ~arm),
-                      _rows(s, "challenger", versions[1], challenger, False, 0.3, arm)],
-                     ignore_index=True)
+    return pd.concat(
+        [
+            _rows(s, "champion", versions[0], champion, False, 0.35, ~arm),
+            _rows(s, "challenger", versions[1], challenger, False, 0.3, arm),
+        ],
+        ignore_index=True,
+    )
 
 
 LOGS = {"ab": ab_log, "shadow": shadow_log}
@@ -154,14 +190,14 @@ def test_variant_metrics_match_sklearn(scored):
 
 @pytest.mark.parametrize("kind", ["ab", "shadow"])
 def test_strong_challenger_is_promoted(scored, kind):
-    report = abtest.ab_report(LOGS[kind](scored, scored.weak, scored.strong),
-                              bootstrap_samples=300)
+    report = abtest.ab_report(LOGS[kind](scored, scored.weak, scored.strong), bootstrap_samples=300)
     json.dumps(report, allow_nan=False)  # strict JSON: NaN became null
     c, rec = report["comparison"], report["recommendation"]
     assert report["design"] == kind and report["model_name"] == MODEL
     assert ("paired DeLong" if kind == "shadow" else "independent ROC") in c["test"]
-    assert c["accuracy"]["test"] == ("McNemar test" if kind == "shadow"
-                                     else "two-proportion z-test")
+    assert c["accuracy"]["test"] == (
+        "McNemar test" if kind == "shadow" else "two-proportion z-test"
+    )
     _check_sane(c)
     assert c["difference"] > 0.15 and c["p_value"] < 1e-6
     assert rec["action"] == "promote", rec["reasons"]
@@ -174,8 +210,7 @@ def test_strong_challenger_is_promoted(scored, kind):
 
 @pytest.mark.parametrize("kind", ["ab", "shadow"])
 def test_weak_challenger_is_rolled_back(scored, kind):
-    report = abtest.ab_report(LOGS[kind](scored, scored.strong, scored.weak),
-                              bootstrap_samples=300)
+    report = abtest.ab_report(LOGS[kind](scored, scored.strong, scored.weak), bootstrap_samples=300)
     c, rec = report["comparison"], report["recommendation"]
     _check_sane(c)
     assert c["ci_high"] < 0
@@ -184,8 +219,9 @@ def test_weak_challenger_is_rolled_back(scored, kind):
 
 
 def test_identical_models_in_shadow_keep(scored):
-    report = abtest.ab_report(shadow_log(scored, scored.strong, scored.strong),
-                              bootstrap_samples=200)
+    report = abtest.ab_report(
+        shadow_log(scored, scored.strong, scored.strong), bootstrap_samples=200
+    )
     c = report["comparison"]
     assert c["difference"] == 0 and c["p_value"] == 1.0
     assert report["recommendation"]["action"] == "keep"
@@ -196,8 +232,11 @@ def test_null_ab_comparison_is_rarely_significant(scored):
     """Same model on both arms, 20 different hash splits: p > alpha in most, never promote."""
     p_values, actions = [], set()
     for seed in range(20):
-        comparison = abtest.compare(ab_log(scored, scored.strong, scored.strong, f"s{seed}"),
-                                    bootstrap_samples=50, seed=seed)
+        comparison = abtest.compare(
+            ab_log(scored, scored.strong, scored.strong, f"s{seed}"),
+            bootstrap_samples=50,
+            seed=seed,
+        )
         _check_sane(comparison)
         p_values.append(comparison["p_value"])
         actions.add(abtest.recommend(comparison)["action"])
@@ -220,8 +259,9 @@ def test_too_few_labels_keep_and_say_how_many(scored):
 
 
 def test_min_improvement_holds_back_a_small_gain(scored):
-    comparison = abtest.compare(shadow_log(scored, scored.weak, scored.strong),
-                                bootstrap_samples=50)
+    comparison = abtest.compare(
+        shadow_log(scored, scored.weak, scored.strong), bootstrap_samples=50
+    )
     rec = abtest.recommend(comparison, min_improvement=0.5)
     assert rec["action"] == "keep" and "min_improvement" in rec["reasons"][0]
 
@@ -263,9 +303,16 @@ def test_notebook_views(scored):
 def versions(tmp_path, scored):
     """Three versions of one model in a throwaway SQLite registry."""
     cfg = config.load(CHURN_PARAMS)
-    cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={
-        "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
-        "artifact_location": (tmp_path / "art").as_uri()})})
+    cfg = cfg.model_copy(
+        update={
+            "tracking": cfg.tracking.model_copy(
+                update={
+                    "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+                    "artifact_location": (tmp_path / "art").as_uri(),
+                }
+            )
+        }
+    )
     tracking.configure(cfg)
     try:
         with mlflow.start_run() as run:
@@ -281,51 +328,64 @@ def test_act_on_ab(scored, versions):
     registry.set_alias(v2, registry.CHALLENGER, "candidate")
 
     # a report about another challenger is stale: refused, naming both versions
-    stale = abtest.ab_report(shadow_log(scored, scored.weak, scored.strong, ("1", "3")),
-                             bootstrap_samples=50)
+    stale = abtest.ab_report(
+        shadow_log(scored, scored.weak, scored.strong, ("1", "3")), bootstrap_samples=50
+    )
     with pytest.raises(RegistryError, match="challenger v3.*challenger v2"):
         registry.act_on_ab(MODEL, stale)
     with pytest.raises(RegistryError, match="not 'other-model'"):
         registry.act_on_ab("other-model", stale)
 
     # roll back: challenger v2 is worse; the alias goes, champion stays, history records it
-    worse = abtest.ab_report(ab_log(scored, scored.strong, scored.weak, versions=("1", "2")),
-                             bootstrap_samples=50)
+    worse = abtest.ab_report(
+        ab_log(scored, scored.strong, scored.weak, versions=("1", "2")), bootstrap_samples=50
+    )
     done = registry.act_on_ab(MODEL, worse, "/runs/ab-1")
     assert done["action"] == "roll back" and done["challenger"] is None
     assert registry.get_alias(MODEL, registry.CHALLENGER) is None
     assert registry.get_alias(MODEL, registry.CHAMPION).version == "1"
     last = registry.alias_history(MODEL)[-1]
-    assert (last["alias"], last["version"], last["previous_version"], last["removed"]) == \
-        ("challenger", None, "2", True)
+    assert (last["alias"], last["version"], last["previous_version"], last["removed"]) == (
+        "challenger",
+        None,
+        "2",
+        True,
+    )
     assert last["reason"].startswith("A/B roll back: ab test of challenger v2")
     assert last["run_dir"] == "/runs/ab-1" and last["by"] == "pytest"
     client = mlflow.MlflowClient()
-    assert "A/B roll back" in client.get_model_version(MODEL, "2").tags[
-        "mlfolio.rolled_back_reason"]
+    assert (
+        "A/B roll back" in client.get_model_version(MODEL, "2").tags["mlfolio.rolled_back_reason"]
+    )
 
     # keep: nothing moves
     registry.set_alias(v3, registry.CHALLENGER, "next candidate")
-    same = abtest.ab_report(shadow_log(scored, scored.strong, scored.strong, ("1", "3")),
-                            bootstrap_samples=50)
+    same = abtest.ab_report(
+        shadow_log(scored, scored.strong, scored.strong, ("1", "3")), bootstrap_samples=50
+    )
     before = registry.alias_history(MODEL)
     assert registry.act_on_ab(MODEL, same)["events"] == []
     assert registry.alias_history(MODEL) == before
 
     # promote: champion moves to v3 with the A/B result as reason, challenger alias removed
-    better = abtest.ab_report(shadow_log(scored, scored.weak, scored.strong, ("1", "3")),
-                              bootstrap_samples=50)
+    better = abtest.ab_report(
+        shadow_log(scored, scored.weak, scored.strong, ("1", "3")), bootstrap_samples=50
+    )
     done = registry.act_on_ab(MODEL, better, "/runs/ab-2")
     assert done["action"] == "promote" and done["champion"] == "3"
     assert registry.get_alias(MODEL, registry.CHAMPION).version == "3"
     assert registry.get_alias(MODEL, registry.CHALLENGER) is None
     promoted, removed = registry.alias_history(MODEL)[-2:]
-    assert (promoted["alias"], promoted["version"], promoted["previous_version"]) == \
-        ("champion", "3", "1")
+    assert (promoted["alias"], promoted["version"], promoted["previous_version"]) == (
+        "champion",
+        "3",
+        "1",
+    )
     assert "paired DeLong" in promoted["reason"] and "+0." in promoted["reason"]
     assert (removed["alias"], removed["previous_version"]) == ("challenger", "3")
-    assert client.get_model_version(MODEL, "3").tags["mlfolio.promotion_reason"] == \
-        promoted["reason"]
+    assert (
+        client.get_model_version(MODEL, "3").tags["mlfolio.promotion_reason"] == promoted["reason"]
+    )
 
     # acting twice on the same report is refused: it is stale now
     with pytest.raises(RegistryError, match="stale.*champion v1.*champion v3"):
@@ -339,8 +399,9 @@ def test_act_on_ab_checks_and_promotes_under_the_promotion_lock(scored, versions
     v1, v2, v3 = versions
     registry.set_alias(v1, registry.CHAMPION, "first")
     registry.set_alias(v3, registry.CHALLENGER, "candidate")
-    better = abtest.ab_report(shadow_log(scored, scored.weak, scored.strong, ("1", "3")),
-                              bootstrap_samples=50)
+    better = abtest.ab_report(
+        shadow_log(scored, scored.weak, scored.strong, ("1", "3")), bootstrap_samples=50
+    )
     seen = {}
     real_set_alias = registry.set_alias
 

@@ -37,16 +37,19 @@ CASES = [
 
 
 @pytest.mark.parametrize("command", ["run", "monitor", "serve"])
-@pytest.mark.parametrize(("error", "code"), CASES, ids=[type(e).__name__ + str(c)
-                                                        for e, c in CASES])
-def test_every_command_maps_errors_to_their_exit_code(command, error, code, monkeypatch,
-                                                      capsys):
+@pytest.mark.parametrize(
+    ("error", "code"), CASES, ids=[type(e).__name__ + str(c) for e, c in CASES]
+)
+def test_every_command_maps_errors_to_their_exit_code(command, error, code, monkeypatch, capsys):
     def fail(args):
         raise error
 
     monkeypatch.setitem(cli.COMMANDS, command, fail)
-    argv = {"run": ["run", str(CHURN_PARAMS)], "monitor": ["monitor", str(CHURN_PARAMS)],
-            "serve": ["serve", "--model", "models:/m@champion"]}[command]
+    argv = {
+        "run": ["run", str(CHURN_PARAMS)],
+        "monitor": ["monitor", str(CHURN_PARAMS)],
+        "serve": ["serve", "--model", "models:/m@champion"],
+    }[command]
     assert cli.main(argv) == code
     assert capsys.readouterr().err == f"mlfolio: {error}\n"
 
@@ -71,8 +74,11 @@ def test_partial_rerun_without_its_run_folder_is_exit_2(capsys):
 
 
 def test_every_exception_derives_from_the_one_base_with_codes():
-    classes = [c for _, c in inspect.getmembers(errors, inspect.isclass)
-               if issubclass(c, BaseException) and c.__module__ == errors.__name__]
+    classes = [
+        c
+        for _, c in inspect.getmembers(errors, inspect.isclass)
+        if issubclass(c, BaseException) and c.__module__ == errors.__name__
+    ]
     assert len(classes) >= 12
     for cls in classes:
         assert issubclass(cls, MlfolioError), cls
@@ -82,10 +88,13 @@ def test_every_exception_derives_from_the_one_base_with_codes():
 
 
 def test_help_is_instant_it_imports_no_heavy_library():
-    code = ("import sys\nfrom mlfolio import cli\ntry:\n    cli.main(['--help'])\n"
-            "except SystemExit:\n    pass\n"
-            "print(sorted(m for m in ('pandas', 'mlflow', 'sklearn', 'papermill') "
-            "if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout
+    code = (
+        "import sys\nfrom mlfolio import cli\ntry:\n    cli.main(['--help'])\n"
+        "except SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('pandas', 'mlflow', 'sklearn', 'papermill') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert out.strip().endswith("[]")

@@ -94,10 +94,14 @@ def test_missing_and_malformed_files(tmp_path):
 
 
 def test_overrides_are_parsed_as_yaml_and_validated():
-    parsed = config.parse_overrides(["tuning.n_trials=5", "evaluation.threshold=0.4",
-                                     "training.models=[logreg]"])
-    assert parsed == {"tuning.n_trials": 5, "evaluation.threshold": 0.4,
-                      "training.models": ["logreg"]}
+    parsed = config.parse_overrides(
+        ["tuning.n_trials=5", "evaluation.threshold=0.4", "training.models=[logreg]"]
+    )
+    assert parsed == {
+        "tuning.n_trials": 5,
+        "evaluation.threshold": 0.4,
+        "training.models": ["logreg"],
+    }
     cfg = config.load(CHURN_PARAMS, parsed)
     assert cfg.tuning.n_trials == 5 and cfg.training.models == ["logreg"]
     with pytest.raises(ConfigError, match="tuning.n_trails: unknown key"):
@@ -131,8 +135,11 @@ def test_monitoring_files_resolve_and_must_exist(tmp_path, churn_raw):
     assert cfg.monitoring.current == str(ROOT / "data" / "telco_churn.csv")
     assert cfg.monitoring.prediction_log == str(ROOT / "runs" / "log")  # may not exist yet
     churn_raw["monitoring"]["labels"] = "no/such/labels.csv"
-    with pytest.raises(ConfigError, match=r"p.yaml: monitoring.labels: file not found: .*"
-                                          r"no/such/labels.csv"):
+    with pytest.raises(
+        ConfigError,
+        match=r"p.yaml: monitoring.labels: file not found: .*"
+        r"no/such/labels.csv",
+    ):
         config.from_mapping(churn_raw, "p.yaml", base=ROOT)
     churn_raw["monitoring"].pop("labels")
     churn_raw["monitoring"]["ab"] = {"confidence": 1.5}

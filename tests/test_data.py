@@ -239,8 +239,10 @@ def test_config_accepts_every_source_kind(churn_params, tmp_path, sqlite_db, csv
         "parquet": {"uri": str(pq), "sample_rows": 500},
         "sqlite": {"uri": f"sqlite:///{sqlite_db}", "query": "SELECT * FROM customers"},
         "postgres": {"uri": PG_URL, "query": "SELECT * FROM customers"},
-        "s3": {"uri": "s3://bucket/raw/telco_churn.parquet",
-               "endpoint_url": "http://127.0.0.1:5000"},
+        "s3": {
+            "uri": "s3://bucket/raw/telco_churn.parquet",
+            "endpoint_url": "http://127.0.0.1:5000",
+        },
     }
     kinds = {}
     for name, data in cases.items():
@@ -248,8 +250,13 @@ def test_config_accepts_every_source_kind(churn_params, tmp_path, sqlite_db, csv
         kinds[name] = cfg.data.kind
         assert cfg.data.query == data.get("query")
         assert cfg.data.endpoint_url == data.get("endpoint_url")
-    assert kinds == {"file": "file", "parquet": "file", "sqlite": "sql", "postgres": "sql",
-                     "s3": "s3"}
+    assert kinds == {
+        "file": "file",
+        "parquet": "file",
+        "sqlite": "sql",
+        "postgres": "sql",
+        "s3": "s3",
+    }
 
 
 def test_config_resolves_relative_paths(churn_params, tmp_path, sqlite_db, schema, expected):
@@ -257,26 +264,43 @@ def test_config_resolves_relative_paths(churn_params, tmp_path, sqlite_db, schem
     assert cfg.data.uri == str(CHURN_CSV)
     query = select_in_order("customers", list(pd.read_csv(CHURN_CSV, nrows=1).columns))
     cfg = config_mod.from_mapping(
-        with_data(churn_params, {"uri": "sqlite:///churn.db", "query": query}), base=tmp_path)
+        with_data(churn_params, {"uri": "sqlite:///churn.db", "query": query}), base=tmp_path
+    )
     assert cfg.data.uri == f"sqlite:///{sqlite_db}"
     assert_same_rows(load_source(cfg.data), expected, schema)
 
 
-@pytest.mark.parametrize("data, key, text", [
-    ({"uri": "sqlite:///data/whatever.db"}, "query",
-     "a database uri needs 'query'"),
-    ({"uri": PG_URL}, "query", "a database uri needs 'query'"),
-    ({"uri": "data/telco_churn.csv", "query": "SELECT 1"}, "query",
-     "'query' is only used with a database uri"),
-    ({"uri": "s3://bucket/raw/churn.csv", "query": "SELECT 1"}, "query",
-     "'query' is only used with a database uri"),
-    ({"uri": "data/README.md"}, "uri", "must end in .csv or .parquet"),
-    ({"uri": "s3://bucket/raw/churn.json"}, "uri", "must end in .csv or .parquet"),
-    ({"uri": "data/no_such_file.csv"}, "uri", "file not found"),
-    ({"uri": "sqlite:///no_such.db", "query": "SELECT 1"}, "uri",
-     "SQLite database not found"),
-], ids=["sqlite-no-query", "postgres-no-query", "file-with-query", "s3-with-query",
-        "not-csv-or-parquet", "s3-not-csv-or-parquet", "missing-file", "missing-sqlite"])
+@pytest.mark.parametrize(
+    "data, key, text",
+    [
+        ({"uri": "sqlite:///data/whatever.db"}, "query", "a database uri needs 'query'"),
+        ({"uri": PG_URL}, "query", "a database uri needs 'query'"),
+        (
+            {"uri": "data/telco_churn.csv", "query": "SELECT 1"},
+            "query",
+            "'query' is only used with a database uri",
+        ),
+        (
+            {"uri": "s3://bucket/raw/churn.csv", "query": "SELECT 1"},
+            "query",
+            "'query' is only used with a database uri",
+        ),
+        ({"uri": "data/README.md"}, "uri", "must end in .csv or .parquet"),
+        ({"uri": "s3://bucket/raw/churn.json"}, "uri", "must end in .csv or .parquet"),
+        ({"uri": "data/no_such_file.csv"}, "uri", "file not found"),
+        ({"uri": "sqlite:///no_such.db", "query": "SELECT 1"}, "uri", "SQLite database not found"),
+    ],
+    ids=[
+        "sqlite-no-query",
+        "postgres-no-query",
+        "file-with-query",
+        "s3-with-query",
+        "not-csv-or-parquet",
+        "s3-not-csv-or-parquet",
+        "missing-file",
+        "missing-sqlite",
+    ],
+)
 def test_config_rejects_bad_data_section(churn_params, data, key, text):
     with pytest.raises(ConfigError) as info:
         config_mod.from_mapping(with_data(churn_params, data), source="bad.yaml")
@@ -361,8 +385,9 @@ def test_validate_empty_frame(raw, schema):
 
 def test_validate_single_class_target(raw, schema):
     raw["churn"] = "No"
-    with pytest.raises(DataValidationError,
-                       match=r"column 'churn' \(target\): needs both classes present"):
+    with pytest.raises(
+        DataValidationError, match=r"column 'churn' \(target\): needs both classes present"
+    ):
         validate(raw, schema)
 
 
@@ -379,8 +404,10 @@ def test_validate_reports_every_problem(raw, schema):
 
 
 def test_validate_integer_labels(raw, churn_params):
-    params = {**churn_params, "schema": {**churn_params["schema"],
-                                         "positive_label": 1, "negative_label": 0}}
+    params = {
+        **churn_params,
+        "schema": {**churn_params["schema"], "positive_label": 1, "negative_label": 0},
+    }
     schema01 = config_mod.from_mapping(params).schema
     raw["churn"] = (raw["churn"] == "Yes").astype(int)
     assert validate(raw, schema01)["churn"].sum() == 1060
@@ -468,9 +495,11 @@ def test_missing_target_fail_names_column_count_and_key(raw, churn_params):
 
 def test_every_target_missing_says_so(raw, schema):
     raw["churn"] = None
-    with pytest.raises(DataValidationError,
-                       match=r"telco\.csv: no rows left: all 4000 row\(s\) have no value in "
-                             r"column 'churn' \(target\)"):
+    with pytest.raises(
+        DataValidationError,
+        match=r"telco\.csv: no rows left: all 4000 row\(s\) have no value in "
+        r"column 'churn' \(target\)",
+    ):
         validate(raw, schema, source="telco.csv")
 
 
@@ -523,13 +552,17 @@ def test_non_finite_in_a_parquet_source(tmp_path, raw, schema):
         validate(load_source(DataConfig(uri=str(tmp_path / "inf.parquet"))), schema)
 
 
-@pytest.mark.parametrize("name, content", [("empty.csv", b""), ("blank.csv", b"\n\n"),
-                                           ("empty.parquet", b"")])
+@pytest.mark.parametrize(
+    "name, content", [("empty.csv", b""), ("blank.csv", b"\n\n"), ("empty.parquet", b"")]
+)
 def test_an_empty_file_fails_saying_so(tmp_path, name, content):
     path = tmp_path / name
     path.write_bytes(content)
-    with pytest.raises(DataValidationError, match=rf"data\.uri {re.escape(str(path))}: "
-                                                  r"the file is empty"):
+    with pytest.raises(
+        DataValidationError,
+        match=rf"data\.uri {re.escape(str(path))}: "
+        r"the file is empty",
+    ):
         load_source(DataConfig(uri=str(path)))
 
 
@@ -550,10 +583,11 @@ def test_split_minimum_follows_the_parameters():
     assert data_mod.min_rows_per_class(split) == 11
 
 
-@pytest.mark.parametrize("test_size, valid_size, cv_folds", [
-    (0.2, 0.2, 3), (0.1, 0.1, 3), (0.3, 0.3, 5), (0.4, 0.4, 5), (0.05, 0.45, 2), (0.45, 0.1, 10)])
-def test_split_minimum_is_enough_for_the_real_split(raw, schema, test_size, valid_size,
-                                                    cv_folds):
+@pytest.mark.parametrize(
+    "test_size, valid_size, cv_folds",
+    [(0.2, 0.2, 3), (0.1, 0.1, 3), (0.3, 0.3, 5), (0.4, 0.4, 5), (0.05, 0.45, 2), (0.45, 0.1, 10)],
+)
+def test_split_minimum_is_enough_for_the_real_split(raw, schema, test_size, valid_size, cv_folds):
     from mlfolio.features import split, target_vector
 
     cfg = SplitConfig(test_size=test_size, valid_size=valid_size)
@@ -563,8 +597,10 @@ def test_split_minimum_is_enough_for_the_real_split(raw, schema, test_size, vali
         df = pd.concat([yes.head(need), no.head(majority)], ignore_index=True)
         for seed in (0, 42):
             parts = split(df, schema, cfg, seed)
-            least = {name: target_vector(part, schema).value_counts().reindex([0, 1]).min()
-                     for name, part in parts.items()}
+            least = {
+                name: target_vector(part, schema).value_counts().reindex([0, 1]).min()
+                for name, part in parts.items()
+            }
             assert least["test"] >= 2 and least["valid"] >= 2, (majority, seed, least)
             assert least["train"] >= cv_folds, (majority, seed, least)
 
@@ -606,23 +642,31 @@ def test_ingest_counts_the_rows_it_dropped(run_ingest, raw, schema):
     assert info["dropped_missing_target"] == 11
     assert ingest_markdown(info, schema).data.startswith(
         "**4,000 rows read**, **11 dropped** with no value in the target `churn` "
-        "(`schema.missing_target: drop`), 3,989 kept.")
+        "(`schema.missing_target: drop`), 3,989 kept."
+    )
     df, info = run_ingest(pd.read_csv(CHURN_CSV), name="clean.csv")
     assert info["dropped_missing_target"] == 0 and info["rows"] == 4000
     assert ingest_markdown(info, schema).data == (
-        "**4,000 rows read**, all with a value in the target `churn`.")
+        "**4,000 rows read**, all with a value in the target `churn`."
+    )
 
 
-def test_ingest_reports_non_finite_values_treated_as_missing(run_ingest, raw, churn_params,
-                                                             tmp_path, schema):
+def test_ingest_reports_non_finite_values_treated_as_missing(
+    run_ingest, raw, churn_params, tmp_path, schema
+):
     write_non_finite(raw, tmp_path / "inf.csv")
-    df, info = run_ingest(pd.read_csv(tmp_path / "inf.csv"), name="inf_rows.csv",
-                          schema={**churn_params["schema"], "non_finite": "missing"})
+    df, info = run_ingest(
+        pd.read_csv(tmp_path / "inf.csv"),
+        name="inf_rows.csv",
+        schema={**churn_params["schema"], "non_finite": "missing"},
+    )
     assert info["non_finite_as_missing"] == {"monthlycharges": 3, "totalcharges": 1}
     from mlfolio.views import ingest_markdown
 
-    assert ("Column `monthlycharges`: 3 non-finite value(s) treated as missing"
-            in ingest_markdown(info, schema).data)
+    assert (
+        "Column `monthlycharges`: 3 non-finite value(s) treated as missing"
+        in ingest_markdown(info, schema).data
+    )
 
 
 def few_rows(raw: pd.DataFrame, yes: int, no: int) -> pd.DataFrame:
@@ -649,21 +693,24 @@ def test_split_minimum_is_enough_and_one_less_is_refused(run_ingest, raw, schema
 
 
 def test_a_small_sample_is_checked_against_the_split(run_ingest, raw):
-    with pytest.raises(DataValidationError,
-                       match=r"data\.sample_rows 12 leaves 12 row\(s\).* at least 10 rows"):
+    with pytest.raises(
+        DataValidationError, match=r"data\.sample_rows 12 leaves 12 row\(s\).* at least 10 rows"
+    ):
         run_ingest(raw, name="sampled.csv", data={"sample_rows": 12})
 
 
 @pytest.mark.slow
-def test_ingest_notebook_and_index_say_how_many_rows_were_dropped(tmp_path, raw, write_params,
-                                                                  runs_root):
+def test_ingest_notebook_and_index_say_how_many_rows_were_dropped(
+    tmp_path, raw, write_params, runs_root
+):
     from mlfolio import pipeline
 
     path = tmp_path / "unlabelled.csv"
     blank_targets(raw).to_csv(path, index=False)
     params = write_params("unlabelled.yaml", data={"uri": str(path)})
-    manifest = pipeline.run(params, stages=["ingest"], runs_root=runs_root,
-                            echo=lambda line: None).data
+    manifest = pipeline.run(
+        params, stages=["ingest"], runs_root=runs_root, echo=lambda line: None
+    ).data
     run_dir = Path(manifest["run_dir"])
     info = json.loads((run_dir / "ingest.json").read_text())
     assert info["dropped_missing_target"] == 11 and info["rows"] == 3989

@@ -62,19 +62,29 @@ def store(tmp_path_factory) -> Iterator[SimpleNamespace]:
     X, y = features.xy(df, cfg.schema)
     model = features.build_model_pipeline(cfg.schema, LogisticRegression(max_iter=500))
     model.fit(X, y)
-    exp = MlflowClient().create_experiment("deploy-aws",
-                                           artifact_location=(folder / "artifacts").as_uri())
+    exp = MlflowClient().create_experiment(
+        "deploy-aws", artifact_location=(folder / "artifacts").as_uri()
+    )
     with mlflow.start_run(experiment_id=exp) as run:
         model_uri = tracking.log_model(model, X, schema=cfg.schema)
-    ref = registry.register(MODEL_NAME, model_uri, run.info.run_id,
-                            {"mlfolio.threshold": "0.300000"})
-    model_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref.uri,
-                                                         dst_path=str(folder / "model")))
+    ref = registry.register(
+        MODEL_NAME, model_uri, run.info.run_id, {"mlfolio.threshold": "0.300000"}
+    )
+    model_dir = Path(
+        mlflow.artifacts.download_artifacts(artifact_uri=ref.uri, dst_path=str(folder / "model"))
+    )
     rows = X.iloc[78:90].reset_index(drop=True)  # row 83 has a blank totalcharges
     assert (rows["totalcharges"].str.strip() == "").any()
     try:
-        yield SimpleNamespace(model=model, X=X, rows=rows, ref=ref, model_dir=model_dir,
-                              expected=model.predict_proba(rows)[:, 1], tracking_uri=uri)
+        yield SimpleNamespace(
+            model=model,
+            X=X,
+            rows=rows,
+            ref=ref,
+            model_dir=model_dir,
+            expected=model.predict_proba(rows)[:, 1],
+            tracking_uri=uri,
+        )
     finally:
         mlflow.set_tracking_uri(None)
         mlflow.set_registry_uri(None)
@@ -89,42 +99,87 @@ def served(store, monkeypatch) -> SimpleNamespace:
 
 
 # -- API Gateway events -----------------------------------------------------------------------
-def v1_event(method: str, path: str, body: str | None = None,
-             headers: dict[str, str] | None = None, b64: bool = False) -> dict[str, Any]:
+def v1_event(
+    method: str,
+    path: str,
+    body: str | None = None,
+    headers: dict[str, str] | None = None,
+    b64: bool = False,
+) -> dict[str, Any]:
     """A REST API (payload 1.0) Lambda proxy event, as API Gateway sends it."""
-    headers = {"Accept": "*/*", "Host": "abc123.execute-api.us-east-1.amazonaws.com",
-               **(headers or {})}
+    headers = {
+        "Accept": "*/*",
+        "Host": "abc123.execute-api.us-east-1.amazonaws.com",
+        **(headers or {}),
+    }
     return {
-        "resource": "/{proxy+}", "path": path, "httpMethod": method,
-        "headers": headers, "multiValueHeaders": {k: [v] for k, v in headers.items()},
-        "queryStringParameters": None, "multiValueQueryStringParameters": None,
-        "pathParameters": {"proxy": path.lstrip("/")}, "stageVariables": None,
+        "resource": "/{proxy+}",
+        "path": path,
+        "httpMethod": method,
+        "headers": headers,
+        "multiValueHeaders": {k: [v] for k, v in headers.items()},
+        "queryStringParameters": None,
+        "multiValueQueryStringParameters": None,
+        "pathParameters": {"proxy": path.lstrip("/")},
+        "stageVariables": None,
         "requestContext": {
-            "resourceId": "x1y2z3", "resourcePath": "/{proxy+}", "httpMethod": method,
-            "path": f"/prod{path}", "stage": "prod", "accountId": ACCOUNT,
-            "apiId": "abc123", "protocol": "HTTP/1.1", "requestId": str(uuid.uuid4()),
-            "requestTimeEpoch": 1764248400000, "identity": {"sourceIp": "203.0.113.7"}},
-        "body": body, "isBase64Encoded": b64,
+            "resourceId": "x1y2z3",
+            "resourcePath": "/{proxy+}",
+            "httpMethod": method,
+            "path": f"/prod{path}",
+            "stage": "prod",
+            "accountId": ACCOUNT,
+            "apiId": "abc123",
+            "protocol": "HTTP/1.1",
+            "requestId": str(uuid.uuid4()),
+            "requestTimeEpoch": 1764248400000,
+            "identity": {"sourceIp": "203.0.113.7"},
+        },
+        "body": body,
+        "isBase64Encoded": b64,
     }
 
 
-def v2_event(method: str, path: str, body: str | None = None,
-             headers: dict[str, str] | None = None, b64: bool = False,
-             stage: str = "$default") -> dict[str, Any]:
+def v2_event(
+    method: str,
+    path: str,
+    body: str | None = None,
+    headers: dict[str, str] | None = None,
+    b64: bool = False,
+    stage: str = "$default",
+) -> dict[str, Any]:
     """An HTTP API (payload 2.0) event; a named stage prefixes rawPath."""
     raw_path = path if stage == "$default" else f"/{stage}{path}"
     return {
-        "version": "2.0", "routeKey": "$default", "rawPath": raw_path, "rawQueryString": "",
-        "headers": {"accept": "*/*", "host": "abc123.execute-api.us-east-1.amazonaws.com",
-                    **{k.lower(): v for k, v in (headers or {}).items()}},
+        "version": "2.0",
+        "routeKey": "$default",
+        "rawPath": raw_path,
+        "rawQueryString": "",
+        "headers": {
+            "accept": "*/*",
+            "host": "abc123.execute-api.us-east-1.amazonaws.com",
+            **{k.lower(): v for k, v in (headers or {}).items()},
+        },
         "requestContext": {
-            "accountId": ACCOUNT, "apiId": "abc123", "domainName": "abc123.execute-api."
-            "us-east-1.amazonaws.com", "domainPrefix": "abc123",
-            "http": {"method": method, "path": raw_path, "protocol": "HTTP/1.1",
-                     "sourceIp": "203.0.113.7", "userAgent": "pytest"},
-            "requestId": str(uuid.uuid4()), "routeKey": "$default", "stage": stage,
-            "time": "27/Nov/2026:12:00:00 +0000", "timeEpoch": 1764244800000},
-        "body": body, "isBase64Encoded": b64,
+            "accountId": ACCOUNT,
+            "apiId": "abc123",
+            "domainName": "abc123.execute-api.us-east-1.amazonaws.com",
+            "domainPrefix": "abc123",
+            "http": {
+                "method": method,
+                "path": raw_path,
+                "protocol": "HTTP/1.1",
+                "sourceIp": "203.0.113.7",
+                "userAgent": "pytest",
+            },
+            "requestId": str(uuid.uuid4()),
+            "routeKey": "$default",
+            "stage": stage,
+            "time": "27/Nov/2026:12:00:00 +0000",
+            "timeEpoch": 1764244800000,
+        },
+        "body": body,
+        "isBase64Encoded": b64,
     }
 
 
@@ -153,8 +208,9 @@ def payload(fmt: str, rows: pd.DataFrame) -> dict[str, Any]:
 
 def post(version: str, doc: Any, **kw: Any) -> tuple[int, dict[str, Any], dict[str, str]]:
     body = doc if isinstance(doc, str) else json.dumps(doc)
-    return call(EVENTS[version]("POST", "/invocations", body,
-                                {"Content-Type": "application/json"}, **kw))
+    return call(
+        EVENTS[version]("POST", "/invocations", body, {"Content-Type": "application/json"}, **kw)
+    )
 
 
 def assert_predictions(answer: dict[str, Any], expected: np.ndarray, threshold: float) -> None:
@@ -188,8 +244,13 @@ def test_invocations_json_formats(served, version, fmt):
 @pytest.mark.parametrize("header", [True, False], ids=["header", "no-header"])
 def test_invocations_csv_base64(served, version, header):
     text = served.rows.to_csv(index=False, header=header)
-    event = EVENTS[version]("POST", "/invocations", base64.b64encode(text.encode()).decode(),
-                            {"Content-Type": "text/csv; charset=utf-8"}, b64=True)
+    event = EVENTS[version](
+        "POST",
+        "/invocations",
+        base64.b64encode(text.encode()).decode(),
+        {"Content-Type": "text/csv; charset=utf-8"},
+        b64=True,
+    )
     status, body, _ = call(event)
     assert status == 200, body
     assert_predictions(body, served.expected, 0.5)
@@ -197,16 +258,23 @@ def test_invocations_csv_base64(served, version, header):
 
 def test_csv_columns_in_any_order(served):
     rows = served.rows[list(reversed(served.rows.columns))]
-    status, body, _ = call(v2_event("POST", "/invocations", rows.to_csv(index=False),
-                                    {"content-type": "text/csv"}))
+    status, body, _ = call(
+        v2_event("POST", "/invocations", rows.to_csv(index=False), {"content-type": "text/csv"})
+    )
     assert status == 200, body
     assert_predictions(body, served.expected, 0.5)
 
 
 def test_base64_json_and_named_stage(served):
     doc = json.dumps(payload("dataframe_split", served.rows)).encode()
-    event = v2_event("POST", "/invocations", base64.b64encode(doc).decode(),
-                     {"content-type": "application/json"}, b64=True, stage="prod")
+    event = v2_event(
+        "POST",
+        "/invocations",
+        base64.b64encode(doc).decode(),
+        {"content-type": "application/json"},
+        b64=True,
+        stage="prod",
+    )
     assert event["rawPath"] == "/prod/invocations"
     status, body, _ = call(event)
     assert status == 200, body
@@ -224,7 +292,8 @@ def test_missing_values_and_threshold_from_env(served, monkeypatch):
     expected_rows.loc[1, "monthlycharges"] = np.nan
     expected_rows.loc[2, "contract"] = None
     expected = served.model.predict_proba(
-        expected_rows.astype({"tenure": "int64", "monthlycharges": "float64"}))[:, 1]
+        expected_rows.astype({"tenure": "int64", "monthlycharges": "float64"})
+    )[:, 1]
     status, body, _ = post("v1", {"dataframe_records": rows})
     assert status == 200, body
     assert_predictions(body, expected, 0.2)
@@ -242,39 +311,71 @@ def _set(rows, col, value, at=0):
 
 
 BAD_JSON = [
-    ("missing-column", lambda r: {"dataframe_records": _drop(r, "tenure")},
-     "missing column 'tenure' in dataframe_records[0]"),
-    ("unknown-column", lambda r: {"instances": [{**x, "shoe_size": 44} for x in records(r)]},
-     "unknown column(s) ['shoe_size'] in instances[0]"),
-    ("malformed-json", lambda r: '{"dataframe_records": [{"tenure": 1,',
-     "malformed JSON body"),
+    (
+        "missing-column",
+        lambda r: {"dataframe_records": _drop(r, "tenure")},
+        "missing column 'tenure' in dataframe_records[0]",
+    ),
+    (
+        "unknown-column",
+        lambda r: {"instances": [{**x, "shoe_size": 44} for x in records(r)]},
+        "unknown column(s) ['shoe_size'] in instances[0]",
+    ),
+    ("malformed-json", lambda r: '{"dataframe_records": [{"tenure": 1,', "malformed JSON body"),
     ("not-an-object", lambda r: [1, 2], "must be a JSON object"),
     ("unknown-format", lambda r: {"rows": records(r)}, "got keys ['rows']"),
     ("no-format", lambda r: {}, "exactly one of the keys"),
-    ("two-formats", lambda r: {**payload("instances", r), **payload("inputs", r)},
-     "got keys ['inputs', 'instances']"),
-    ("number-column-text", lambda r: {"dataframe_records": _set(r, "tenure", "twelve", 2)},
-     "column 'tenure': expected a number"),
-    ("double-column-bool", lambda r: {"dataframe_records": _set(r, "monthlycharges", True)},
-     "got boolean true in row 0"),
-    ("string-column-array", lambda r: {"dataframe_records": _set(r, "contract", [2])},
-     "column 'contract': expected a string"),
-    ("numeric-text", lambda r: {"dataframe_records": _set(r, "totalcharges", "lots")},
-     "column 'totalcharges': expected a number"),
-    ("split-short-row", lambda r: {"dataframe_split": {
-        "columns": list(r.columns), "data": [list(records(r)[0].values())[:-1]]}},
-     "dataframe_split.data[0]: expected a list of 19 values"),
-    ("split-no-columns", lambda r: {"dataframe_split": {"data": r.values.tolist()}},
-     "dataframe_split: expected an object with 'columns'"),
-    ("inputs-ragged", lambda r: {"inputs": {**payload("inputs", r)["inputs"], "tenure": [1]}},
-     "columns of different lengths in inputs"),
+    (
+        "two-formats",
+        lambda r: {**payload("instances", r), **payload("inputs", r)},
+        "got keys ['inputs', 'instances']",
+    ),
+    (
+        "number-column-text",
+        lambda r: {"dataframe_records": _set(r, "tenure", "twelve", 2)},
+        "column 'tenure': expected a number",
+    ),
+    (
+        "double-column-bool",
+        lambda r: {"dataframe_records": _set(r, "monthlycharges", True)},
+        "got boolean true in row 0",
+    ),
+    (
+        "string-column-array",
+        lambda r: {"dataframe_records": _set(r, "contract", [2])},
+        "column 'contract': expected a string",
+    ),
+    (
+        "numeric-text",
+        lambda r: {"dataframe_records": _set(r, "totalcharges", "lots")},
+        "column 'totalcharges': expected a number",
+    ),
+    (
+        "split-short-row",
+        lambda r: {
+            "dataframe_split": {
+                "columns": list(r.columns),
+                "data": [list(records(r)[0].values())[:-1]],
+            }
+        },
+        "dataframe_split.data[0]: expected a list of 19 values",
+    ),
+    (
+        "split-no-columns",
+        lambda r: {"dataframe_split": {"data": r.values.tolist()}},
+        "dataframe_split: expected an object with 'columns'",
+    ),
+    (
+        "inputs-ragged",
+        lambda r: {"inputs": {**payload("inputs", r)["inputs"], "tenure": [1]}},
+        "columns of different lengths in inputs",
+    ),
     ("empty-records", lambda r: {"dataframe_records": []}, "no rows in dataframe_records"),
 ]
 
 
 @pytest.mark.parametrize("version", ["v1", "v2"])
-@pytest.mark.parametrize("make, message", [c[1:] for c in BAD_JSON],
-                         ids=[c[0] for c in BAD_JSON])
+@pytest.mark.parametrize("make, message", [c[1:] for c in BAD_JSON], ids=[c[0] for c in BAD_JSON])
 def test_bad_json_is_400_naming_the_field(served, version, make, message):
     status, body, _ = post(version, make(served.rows))
     assert status == 400, body
@@ -282,11 +383,15 @@ def test_bad_json_is_400_naming_the_field(served, version, make, message):
     assert message in body["message"], body["message"]
 
 
-@pytest.mark.parametrize("text, message", [
-    ("tenure,shoe_size\n1,44\n", "unknown column(s) ['shoe_size']"),
-    ("x,y\n", "is not a row of 20 values"),
-    ("", "empty CSV"),
-], ids=["unknown-header", "headerless-wrong-width", "empty"])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("tenure,shoe_size\n1,44\n", "unknown column(s) ['shoe_size']"),
+        ("x,y\n", "is not a row of 20 values"),
+        ("", "empty CSV"),
+    ],
+    ids=["unknown-header", "headerless-wrong-width", "empty"],
+)
 def test_bad_csv_is_400(served, text, message):
     status, body, _ = call(v1_event("POST", "/invocations", text, {"Content-Type": "text/csv"}))
     assert status == 400, body
@@ -297,20 +402,29 @@ def test_csv_wrong_type_names_column_and_row(served):
     rows = served.rows.head(3).copy()
     rows["tenure"] = rows["tenure"].astype(object)
     rows.loc[1, "tenure"] = "soon"
-    status, body, _ = call(v1_event("POST", "/invocations", rows.to_csv(index=False),
-                                    {"Content-Type": "text/csv"}))
+    status, body, _ = call(
+        v1_event("POST", "/invocations", rows.to_csv(index=False), {"Content-Type": "text/csv"})
+    )
     assert status == 400
     assert "column 'tenure'" in body["message"]
     assert "got string 'soon' in row 1" in body["message"]
 
 
 def test_bad_base64_and_media_type(served):
-    status, body, _ = call(v1_event("POST", "/invocations", "%%% not base64 %%%",
-                                    {"Content-Type": "application/json"}, b64=True))
+    status, body, _ = call(
+        v1_event(
+            "POST",
+            "/invocations",
+            "%%% not base64 %%%",
+            {"Content-Type": "application/json"},
+            b64=True,
+        )
+    )
     assert status == 400 and "body: isBase64Encoded" in body["message"]
     assert "not valid base64" in body["message"]
-    status, body, _ = call(v2_event("POST", "/invocations", "<rows/>",
-                                    {"content-type": "application/xml"}))
+    status, body, _ = call(
+        v2_event("POST", "/invocations", "<rows/>", {"content-type": "application/xml"})
+    )
     assert status == 415 and "Content-Type 'application/xml'" in body["message"]
 
 
@@ -341,8 +455,9 @@ def server(store) -> Iterator[Any]:
     from .servers import Registered, start_server, stop_server
 
     registry.set_alias(store.ref, registry.CHAMPION, "lambda parity test")
-    running = start_server(Registered(store.tracking_uri, {}, store.X, pd.Series()),
-                           name=MODEL_NAME)
+    running = start_server(
+        Registered(store.tracking_uri, {}, store.X, pd.Series()), name=MODEL_NAME
+    )
     try:
         yield running
     finally:
@@ -363,13 +478,18 @@ def parity_body(protocol: str, rows: pd.DataFrame) -> tuple[str, str]:
     if protocol == "csv":
         return rows.to_csv(index=False), "text/csv"
     if protocol == "unknown-column":
-        return json.dumps({"dataframe_records": records(rows.assign(foo=1))}), \
-            "application/json"
+        return json.dumps({"dataframe_records": records(rows.assign(foo=1))}), "application/json"
     split = rows.to_dict(orient="split")
-    return json.dumps({protocol: {
-        "dataframe_split": {"columns": split["columns"], "data": split["data"]},
-        "dataframe_records": records(rows), "instances": records(rows),
-        "inputs": {c: rows[c].tolist() for c in rows.columns}}[protocol]}), "application/json"
+    return json.dumps(
+        {
+            protocol: {
+                "dataframe_split": {"columns": split["columns"], "data": split["data"]},
+                "dataframe_records": records(rows),
+                "instances": records(rows),
+                "inputs": {c: rows[c].tolist() for c in rows.columns},
+            }[protocol]
+        }
+    ), "application/json"
 
 
 @pytest.mark.parametrize("accept", ["application/json", "text/csv"])
@@ -380,8 +500,7 @@ def test_the_handler_answers_like_the_server(server, served, monkeypatch, protoc
     monkeypatch.setenv("MODEL_THRESHOLD", "0.3")  # the version's tag, which the server uses
     body, media = parity_body(protocol, client_rows())
     headers = {"Content-Type": media, "Accept": accept, "X-Request-ID": f"parity-{protocol}"}
-    expected = httpx.post(f"{server.url}/invocations", content=body, headers=headers,
-                          timeout=30)
+    expected = httpx.post(f"{server.url}/invocations", content=body, headers=headers, timeout=30)
     for version in ("v1", "v2"):
         resp = lambda_handler.handler(EVENTS[version]("POST", "/invocations", body, headers))
         assert resp["statusCode"] == expected.status_code, resp["body"]
@@ -410,16 +529,23 @@ def test_package_contents(package, store, tmp_path):
         meta = json.loads(zf.read("mlfolio/model.json"))
         reqs = zf.read("requirements.txt").decode().split()
         modes = {i.external_attr >> 16 for i in zf.infolist()}
-    assert {"mlfolio/__init__.py", "mlfolio/lambda_handler.py", "mlfolio/features.py",
-            "mlfolio/model/MLmodel", "mlfolio/model/model.pkl", "requirements.txt"} <= names
-    model_files = {p.relative_to(store.model_dir).as_posix()
-                   for p in store.model_dir.rglob("*") if p.is_file()}
-    assert {n.removeprefix("mlfolio/model/") for n in names
-            if n.startswith("mlfolio/model/")} == model_files
+    assert {
+        "mlfolio/__init__.py",
+        "mlfolio/lambda_handler.py",
+        "mlfolio/features.py",
+        "mlfolio/model/MLmodel",
+        "mlfolio/model/model.pkl",
+        "requirements.txt",
+    } <= names
+    model_files = {
+        p.relative_to(store.model_dir).as_posix() for p in store.model_dir.rglob("*") if p.is_file()
+    }
+    assert {
+        n.removeprefix("mlfolio/model/") for n in names if n.startswith("mlfolio/model/")
+    } == model_files
     assert not any("__pycache__" in n for n in names)
     assert modes == {0o644}
-    assert meta == {"model_uri": f"models:/{MODEL_NAME}/1", "model_version": "1",
-                    "threshold": 0.3}
+    assert meta == {"model_uri": f"models:/{MODEL_NAME}/1", "model_version": "1", "threshold": 0.3}
     sklearn = importlib.metadata.version("scikit-learn")
     assert f"scikit-learn=={sklearn}" in reqs and any(r.startswith("pydantic==") for r in reqs)
     assert (package.parent / "requirements.txt").read_text().split() == reqs
@@ -442,16 +568,33 @@ print(json.dumps({"file": h.__file__, "answers": [h.handler(e, None) for e in ev
 
 def test_handler_runs_from_the_extracted_package(package, store, tmp_path):
     task_root = tmp_path / "var-task"
-    subprocess.run([sys.executable, "-m", "zipfile", "-e", str(package), str(task_root)],
-                   check=True)  # as the Dockerfile unpacks it
-    events = [v1_event("GET", "/ping"),
-              v2_event("POST", "/invocations", json.dumps(payload("instances", store.rows)),
-                       {"content-type": "application/json"})]
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("MODEL_DIR", "MODEL_THRESHOLD", "MLFLOW_TRACKING_URI")}
+    subprocess.run(
+        [sys.executable, "-m", "zipfile", "-e", str(package), str(task_root)], check=True
+    )  # as the Dockerfile unpacks it
+    events = [
+        v1_event("GET", "/ping"),
+        v2_event(
+            "POST",
+            "/invocations",
+            json.dumps(payload("instances", store.rows)),
+            {"content-type": "application/json"},
+        ),
+    ]
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("MODEL_DIR", "MODEL_THRESHOLD", "MLFLOW_TRACKING_URI")
+    }
     env["PYTHONPATH"] = str(task_root)
-    proc = subprocess.run([sys.executable, "-c", RUN_EXTRACTED], input=json.dumps(events),
-                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", RUN_EXTRACTED],
+        input=json.dumps(events),
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert Path(out["file"]).resolve() == (task_root / "mlfolio/lambda_handler.py").resolve()
@@ -483,7 +626,8 @@ def moto_update_endpoint() -> Iterator[None]:
         endpoint = backend.endpoints[name]
         endpoint.endpoint_config_name = config["EndpointConfigName"]
         endpoint.production_variants = endpoint._process_production_variants(
-            config["ProductionVariants"])
+            config["ProductionVariants"]
+        )
         return ActionResult({"EndpointArn": endpoint.arn})
 
     with pytest.MonkeyPatch.context() as mp:
@@ -513,8 +657,14 @@ def aws(moto_endpoint, monkeypatch) -> SimpleNamespace:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
-                "AWS_ENDPOINT_URL_LAMBDA", "AWS_ENDPOINT_URL_SAGEMAKER"):
+    for var in (
+        "AWS_PROFILE",
+        "AWS_SESSION_TOKEN",
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_S3",
+        "AWS_ENDPOINT_URL_LAMBDA",
+        "AWS_ENDPOINT_URL_SAGEMAKER",
+    ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     monkeypatch.setenv("no_proxy", "127.0.0.1")
@@ -523,14 +673,22 @@ def aws(moto_endpoint, monkeypatch) -> SimpleNamespace:
         return boto3.client(service, endpoint_url=moto_endpoint)
 
     iam = client("iam")
-    trust = {"Version": "2012-10-17", "Statement": [{
-        "Effect": "Allow", "Action": "sts:AssumeRole",
-        "Principal": {"Service": ["lambda.amazonaws.com", "sagemaker.amazonaws.com"]}}]}
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Action": "sts:AssumeRole",
+                "Principal": {"Service": ["lambda.amazonaws.com", "sagemaker.amazonaws.com"]},
+            }
+        ],
+    }
     try:
         role_arn = iam.get_role(RoleName="mlfolio-deploy")["Role"]["Arn"]
     except iam.exceptions.NoSuchEntityException:
-        role_arn = iam.create_role(RoleName="mlfolio-deploy",
-                                   AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
+        role_arn = iam.create_role(
+            RoleName="mlfolio-deploy", AssumeRolePolicyDocument=json.dumps(trust)
+        )["Role"]["Arn"]
     return SimpleNamespace(endpoint=moto_endpoint, role_arn=role_arn, client=client)
 
 
@@ -555,29 +713,48 @@ def published(lam: Any, function_name: str) -> list[str]:
 # -- Lambda rollout -----------------------------------------------------------------------------
 def test_deploy_lambda_creates_then_updates(aws, package):
     lam = aws.client("lambda")
-    kw = {"function_name": "churn-a", "role_arn": aws.role_arn, "region": REGION,
-          "endpoint_url": aws.endpoint, "memory_mb": 512, "timeout_s": 20}
+    kw = {
+        "function_name": "churn-a",
+        "role_arn": aws.role_arn,
+        "region": REGION,
+        "endpoint_url": aws.endpoint,
+        "memory_mb": 512,
+        "timeout_s": 20,
+    }
     first = deploy_lambda(package, model_version=1, **kw)
     assert first["created"] and first["version"] == "1"
     assert first["previous_live_version"] is None and first["package_type"] == "Zip"
     assert first["function_arn"] == f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:churn-a"
-    assert first["aliases"] == {"model-v1": f"{first['function_arn']}:model-v1",
-                                "live": f"{first['function_arn']}:live"}
+    assert first["aliases"] == {
+        "model-v1": f"{first['function_arn']}:model-v1",
+        "live": f"{first['function_arn']}:live",
+    }
     conf = lam.get_function_configuration(FunctionName="churn-a")
     assert (conf["Handler"], conf["Runtime"], conf["MemorySize"], conf["Timeout"]) == (
-        "mlfolio.lambda_handler.handler", "python3.11", 512, 20)
-    assert conf["CodeSha256"] == base64.b64encode(
-        hashlib.sha256(package.read_bytes()).digest()).decode()
+        "mlfolio.lambda_handler.handler",
+        "python3.11",
+        512,
+        20,
+    )
+    assert (
+        conf["CodeSha256"]
+        == base64.b64encode(hashlib.sha256(package.read_bytes()).digest()).decode()
+    )
     assert alias_version(lam, "churn-a", "live") == "1"
 
     # an operator's setting survives the next deploy
-    lam.update_function_configuration(FunctionName="churn-a", Environment={"Variables": {
-        **conf["Environment"]["Variables"], "MODEL_THRESHOLD": "0.4"}})
+    lam.update_function_configuration(
+        FunctionName="churn-a",
+        Environment={"Variables": {**conf["Environment"]["Variables"], "MODEL_THRESHOLD": "0.4"}},
+    )
     second = deploy_lambda(package, model_version=2, **kw)
     assert not second["created"] and second["version"] == "2"
     assert second["previous_live_version"] == "1"
     assert {a: alias_version(lam, "churn-a", a) for a in ("live", "model-v2", "model-v1")} == {
-        "live": "2", "model-v2": "2", "model-v1": "1"}  # model-v1 stays: the rollback target
+        "live": "2",
+        "model-v2": "2",
+        "model-v1": "1",
+    }  # model-v1 stays: the rollback target
     assert published(lam, "churn-a") == ["1", "2"]
     env = lam.get_function_configuration(FunctionName="churn-a")["Environment"]["Variables"]
     assert env == {"MLFOLIO_MODEL_VERSION": "2", "MODEL_THRESHOLD": "0.4"}
@@ -590,8 +767,10 @@ def test_deploy_lambda_missing_code_bucket_keeps_live(aws, package):
     first = deploy_lambda(package, model_version=1, code_bucket=bucket, **kw)
     key = f"churn-b/v1/{package.name}"
     assert first["code"] == f"s3://{bucket}/{key}"
-    assert aws.client("s3").head_object(Bucket=bucket, Key=key)["ContentLength"] == \
-        package.stat().st_size
+    assert (
+        aws.client("s3").head_object(Bucket=bucket, Key=key)["ContentLength"]
+        == package.stat().st_size
+    )
 
     with pytest.raises(DeployError) as info:
         deploy_lambda(package, model_version=2, code_bucket=f"{bucket}-gone", **kw)
@@ -606,9 +785,13 @@ def test_deploy_lambda_missing_code_bucket_keeps_live(aws, package):
 def test_deploy_lambda_bad_role_names_the_call(aws, package):
     lam = aws.client("lambda")
     with pytest.raises(DeployError) as info:
-        deploy_lambda(package, function_name="churn-c", model_version=1,
-                      role_arn=f"arn:aws:iam::{ACCOUNT}:role/no-such-role",
-                      endpoint_url=aws.endpoint)
+        deploy_lambda(
+            package,
+            function_name="churn-c",
+            model_version=1,
+            role_arn=f"arn:aws:iam::{ACCOUNT}:role/no-such-role",
+            endpoint_url=aws.endpoint,
+        )
     msg = str(info.value)
     assert "lambda create_function on function 'churn-c' failed" in msg
     assert "cannot be assumed" in msg
@@ -618,8 +801,13 @@ def test_deploy_lambda_bad_role_names_the_call(aws, package):
 
 def test_deploy_lambda_image(aws):
     image = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/churn-lambda:v1"
-    result = deploy_lambda(image, function_name="churn-img", role_arn=aws.role_arn,
-                           model_version=1, endpoint_url=aws.endpoint)
+    result = deploy_lambda(
+        image,
+        function_name="churn-img",
+        role_arn=aws.role_arn,
+        model_version=1,
+        endpoint_url=aws.endpoint,
+    )
     assert result["package_type"] == "Image" and result["code"] == image
     fn = aws.client("lambda").get_function(FunctionName="churn-img")
     assert fn["Configuration"]["PackageType"] == "Image"
@@ -628,15 +816,21 @@ def test_deploy_lambda_image(aws):
 
 def test_deploy_lambda_package_not_found(aws, tmp_path):
     with pytest.raises(DeployError, match=r"lambda package .*nope\.zip not found"):
-        deploy_lambda(tmp_path / "nope.zip", function_name="x", role_arn=aws.role_arn,
-                      model_version=1, endpoint_url=aws.endpoint)
+        deploy_lambda(
+            tmp_path / "nope.zip",
+            function_name="x",
+            role_arn=aws.role_arn,
+            model_version=1,
+            endpoint_url=aws.endpoint,
+        )
 
 
 # -- SageMaker ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def archive(store, tmp_path_factory) -> Path:
-    return build_model_archive(store.model_dir,
-                               tmp_path_factory.mktemp("sagemaker") / "model.tar.gz")
+    return build_model_archive(
+        store.model_dir, tmp_path_factory.mktemp("sagemaker") / "model.tar.gz"
+    )
 
 
 def test_model_archive_layout(archive, store, tmp_path):
@@ -656,9 +850,16 @@ def test_model_archive_layout(archive, store, tmp_path):
 def test_deploy_sagemaker_creates_then_updates(aws, archive):
     sm, s3 = aws.client("sagemaker"), aws.client("s3")
     bucket = new_bucket(aws)
-    kw = {"endpoint_name": "churn-ep", "image_uri": IMAGE, "role_arn": aws.role_arn,
-          "bucket": bucket, "endpoint_url": aws.endpoint, "instance_type": "ml.m5.large",
-          "poll_s": 0.1, "wait_timeout_s": 30}
+    kw = {
+        "endpoint_name": "churn-ep",
+        "image_uri": IMAGE,
+        "role_arn": aws.role_arn,
+        "bucket": bucket,
+        "endpoint_url": aws.endpoint,
+        "instance_type": "ml.m5.large",
+        "poll_s": 0.1,
+        "wait_timeout_s": 30,
+    }
     first = deploy_sagemaker(archive, model_version=1, **kw)
     assert first["created"] and first["status"] == "InService"
     assert first["previous_endpoint_config_name"] is None
@@ -670,20 +871,28 @@ def test_deploy_sagemaker_creates_then_updates(aws, archive):
     assert model["PrimaryContainer"]["Image"] == IMAGE
     assert model["PrimaryContainer"]["ModelDataUrl"] == first["model_data_url"]
     assert model["ExecutionRoleArn"] == aws.role_arn
-    variant = sm.describe_endpoint_config(
-        EndpointConfigName=first["endpoint_config_name"])["ProductionVariants"][0]
+    variant = sm.describe_endpoint_config(EndpointConfigName=first["endpoint_config_name"])[
+        "ProductionVariants"
+    ][0]
     assert (variant["ModelName"], variant["InstanceType"], variant["InitialInstanceCount"]) == (
-        first["model_name"], "ml.m5.large", 1)
-    assert sm.describe_endpoint(EndpointName="churn-ep")["EndpointConfigName"] == \
-        first["endpoint_config_name"]
+        first["model_name"],
+        "ml.m5.large",
+        1,
+    )
+    assert (
+        sm.describe_endpoint(EndpointName="churn-ep")["EndpointConfigName"]
+        == first["endpoint_config_name"]
+    )
 
     second = deploy_sagemaker(archive, model_version=2, **kw)
     assert not second["created"]
     assert second["previous_endpoint_config_name"] == first["endpoint_config_name"]
     assert second["endpoint_config_name"].startswith("churn-ep-v2-")
     assert "/model-v2-" in second["model_data_url"]
-    assert sm.describe_endpoint(EndpointName="churn-ep")["EndpointConfigName"] == \
-        second["endpoint_config_name"]
+    assert (
+        sm.describe_endpoint(EndpointName="churn-ep")["EndpointConfigName"]
+        == second["endpoint_config_name"]
+    )
     # blue/green: the old configuration and model stay, for a rollback
     sm.describe_endpoint_config(EndpointConfigName=first["endpoint_config_name"])
     sm.describe_model(ModelName=first["model_name"])
@@ -692,16 +901,24 @@ def test_deploy_sagemaker_creates_then_updates(aws, archive):
 def test_deploy_sagemaker_missing_bucket_keeps_endpoint(aws, archive):
     sm = aws.client("sagemaker")
     bucket = new_bucket(aws)
-    kw = {"endpoint_name": "churn-ep2", "image_uri": IMAGE, "role_arn": aws.role_arn,
-          "endpoint_url": aws.endpoint, "poll_s": 0.1, "wait_timeout_s": 30}
+    kw = {
+        "endpoint_name": "churn-ep2",
+        "image_uri": IMAGE,
+        "role_arn": aws.role_arn,
+        "endpoint_url": aws.endpoint,
+        "poll_s": 0.1,
+        "wait_timeout_s": 30,
+    }
     first = deploy_sagemaker(archive, model_version=1, bucket=bucket, **kw)
     with pytest.raises(DeployError) as info:
         deploy_sagemaker(archive, model_version=2, bucket=f"{bucket}-gone", **kw)
     msg = str(info.value)
     assert f"s3 upload_file of model.tar.gz to s3://{bucket}-gone/churn-ep2/model-v2-" in msg
     assert "NoSuchBucket" in msg
-    assert sm.describe_endpoint(EndpointName="churn-ep2")["EndpointConfigName"] == \
-        first["endpoint_config_name"]
+    assert (
+        sm.describe_endpoint(EndpointName="churn-ep2")["EndpointConfigName"]
+        == first["endpoint_config_name"]
+    )
     configs = sm.list_endpoint_configs(NameContains="churn-ep2")["EndpointConfigs"]
     assert [c["EndpointConfigName"] for c in configs] == [first["endpoint_config_name"]]
 
@@ -709,14 +926,22 @@ def test_deploy_sagemaker_missing_bucket_keeps_endpoint(aws, archive):
 def test_wait_for_endpoint_detects_a_rollback(aws, archive):
     """SageMaker rolls a failed update back: InService, but on the old configuration."""
     sm = aws.client("sagemaker")
-    first = deploy_sagemaker(archive, model_version=1, bucket=new_bucket(aws),
-                             endpoint_name="churn-ep3", image_uri=IMAGE,
-                             role_arn=aws.role_arn, endpoint_url=aws.endpoint, poll_s=0.1)
+    first = deploy_sagemaker(
+        archive,
+        model_version=1,
+        bucket=new_bucket(aws),
+        endpoint_name="churn-ep3",
+        image_uri=IMAGE,
+        role_arn=aws.role_arn,
+        endpoint_url=aws.endpoint,
+        poll_s=0.1,
+    )
     with pytest.raises(DeployError) as info:
         wait_for_endpoint(sm, "churn-ep3", "churn-ep3-v2-new", timeout_s=5, poll_s=0.1)
-    assert (f"sagemaker endpoint 'churn-ep3' rolled back to {first['endpoint_config_name']} "
-            "instead of churn-ep3-v2-new") in str(info.value)
-
+    assert (
+        f"sagemaker endpoint 'churn-ep3' rolled back to {first['endpoint_config_name']} "
+        "instead of churn-ep3-v2-new"
+    ) in str(info.value)
 
 
 def test_deploy_stage_ships_lambda_and_sagemaker(aws, store, tmp_path):
@@ -729,19 +954,27 @@ def test_deploy_stage_ships_lambda_and_sagemaker(aws, store, tmp_path):
     raw["registry"] = {"model_name": MODEL_NAME}
     raw["deploy"] = {
         "targets": ["lambda", "sagemaker"],
-        "aws": {"region": REGION, "endpoint_url": aws.endpoint, "role_arn": aws.role_arn,
-                "bucket": new_bucket(aws)},
+        "aws": {
+            "region": REGION,
+            "endpoint_url": aws.endpoint,
+            "role_arn": aws.role_arn,
+            "bucket": new_bucket(aws),
+        },
         "lambda": {"function_name": "stage-fn"},
-        "sagemaker": {"endpoint_name": "stage-ep",
-                      "image_uri": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/serve:1"},
+        "sagemaker": {
+            "endpoint_name": "stage-ep",
+            "image_uri": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/serve:1",
+        },
     }
     cfg = config.from_mapping(raw)
     ctx = StageContext(stage="deploy", cfg=cfg, run_dir=tmp_path)
     with mlflow.start_run():
         result = stages.deploy_model(ctx)
     targets = result["targets"]
-    assert {t: r["status"] for t, r in targets.items()} == {"lambda": "deployed",
-                                                            "sagemaker": "deployed"}
+    assert {t: r["status"] for t, r in targets.items()} == {
+        "lambda": "deployed",
+        "sagemaker": "deployed",
+    }
     recorded = json.loads((tmp_path / "deploy.json").read_text())
     assert recorded["version"] == store.ref.version and recorded["targets"] == targets
     lam = aws.client("lambda")

@@ -28,11 +28,20 @@ from .conftest import ROOT
 # Hard-coded on purpose: the probes must name routes the server has; the test below also
 # compares this list with the routes the package registers, so a renamed route fails here.
 SERVER_ROUTES = {
-    "/ping", "/health", "/version", "/invocations", "/metrics",
-    "/v2", "/v2/health/live", "/v2/health/ready",
-    "/v2/models/{name}", "/v2/models/{name}/versions/{version}",
-    "/v2/models/{name}/ready", "/v2/models/{name}/versions/{version}/ready",
-    "/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer",
+    "/ping",
+    "/health",
+    "/version",
+    "/invocations",
+    "/metrics",
+    "/v2",
+    "/v2/health/live",
+    "/v2/health/ready",
+    "/v2/models/{name}",
+    "/v2/models/{name}/versions/{version}",
+    "/v2/models/{name}/ready",
+    "/v2/models/{name}/versions/{version}/ready",
+    "/v2/models/{name}/infer",
+    "/v2/models/{name}/versions/{version}/infer",
 }
 SERVE_DIR = ROOT / "lib" / "mlfolio" / "serve"
 
@@ -50,8 +59,7 @@ def settings(**changes: Any) -> k8s.KubernetesSettings:
 
 @pytest.fixture
 def kv():
-    return pytest.importorskip("kubernetes_validate",
-                               reason="kubernetes-validate is not installed")
+    return pytest.importorskip("kubernetes_validate", reason="kubernetes-validate is not installed")
 
 
 @pytest.fixture
@@ -71,8 +79,13 @@ def by_kind(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 # -- render and validate ----------------------------------------------------------------
 def test_render_writes_every_file_and_a_json_summary(rendered):
     summary, out = rendered
-    names = ["Dockerfile", ".dockerignore", "Dockerfile.dockerignore", "kubernetes.yaml",
-             "inferenceservice.yaml"]
+    names = [
+        "Dockerfile",
+        ".dockerignore",
+        "Dockerfile.dockerignore",
+        "kubernetes.yaml",
+        "inferenceservice.yaml",
+    ]
     assert summary["files"] == names
     assert all((out / name).is_file() for name in names)
     assert json.loads(json.dumps(summary)) == summary  # goes into deploy.json as is
@@ -80,14 +93,18 @@ def test_render_writes_every_file_and_a_json_summary(rendered):
     assert summary["image"] == BASE["image"]
     assert summary["model_uri"] == "models:/churn-classifier/3"  # pinned by default
     assert summary["resources"] == {
-        "Deployment": "churn-classifier", "Service": "churn-classifier",
-        "HorizontalPodAutoscaler": "churn-classifier", "PodDisruptionBudget": "churn-classifier",
-        "InferenceService": "churn-classifier"}
+        "Deployment": "churn-classifier",
+        "Service": "churn-classifier",
+        "HorizontalPodAutoscaler": "churn-classifier",
+        "PodDisruptionBudget": "churn-classifier",
+        "InferenceService": "churn-classifier",
+    }
     assert summary["validated"] == [f"{kind}/churn-classifier" for kind in summary["resources"]]
     assert summary["warnings"] == [] and summary["notes"] == []
     assert summary["commands"]["apply"] == f"kubectl apply -f {out.resolve()}/kubernetes.yaml"
     assert summary["commands"]["build"].startswith(
-        f"docker build -f {out.resolve()}/Dockerfile -t {BASE['image']} ")
+        f"docker build -f {out.resolve()}/Dockerfile -t {BASE['image']} "
+    )
 
 
 def test_kubernetes_yaml_is_one_multi_document_file_for_kubectl(rendered):
@@ -98,8 +115,11 @@ def test_kubernetes_yaml_is_one_multi_document_file_for_kubectl(rendered):
     assert "&id0" not in text and "*id0" not in text  # no YAML anchors or aliases
     docs = load_docs(out / "kubernetes.yaml")
     assert [(d["apiVersion"], d["kind"]) for d in docs] == [
-        ("apps/v1", "Deployment"), ("v1", "Service"),
-        ("autoscaling/v2", "HorizontalPodAutoscaler"), ("policy/v1", "PodDisruptionBudget")]
+        ("apps/v1", "Deployment"),
+        ("v1", "Service"),
+        ("autoscaling/v2", "HorizontalPodAutoscaler"),
+        ("policy/v1", "PodDisruptionBudget"),
+    ]
     assert {d["metadata"]["namespace"] for d in docs} == {"default"}
 
 
@@ -108,8 +128,11 @@ def test_every_core_document_passes_strict_schema_validation(rendered, kv):
     for doc in load_docs(out / "kubernetes.yaml"):
         assert kv.validate(doc, "1.30.0", strict=True) == "1.30"
     assert k8s.validate_manifests(out / "kubernetes.yaml") == [
-        "Deployment/churn-classifier", "Service/churn-classifier",
-        "HorizontalPodAutoscaler/churn-classifier", "PodDisruptionBudget/churn-classifier"]
+        "Deployment/churn-classifier",
+        "Service/churn-classifier",
+        "HorizontalPodAutoscaler/churn-classifier",
+        "PodDisruptionBudget/churn-classifier",
+    ]
     # a folder: every manifest in it, the InferenceService too
     assert "InferenceService/churn-classifier" in k8s.validate_manifests(out)
 
@@ -131,12 +154,17 @@ def test_deployment_spec(rendered):
     assert container["image"] == BASE["image"]
     assert container["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
     env = {e["name"]: e.get("value") for e in container["env"]}
-    assert env == {"MODEL_URI": "models:/churn-classifier/3",
-                   "MLFLOW_TRACKING_URI": BASE["tracking_uri"], "PORT": "8080"}
+    assert env == {
+        "MODEL_URI": "models:/churn-classifier/3",
+        "MLFLOW_TRACKING_URI": BASE["tracking_uri"],
+        "PORT": "8080",
+    }
     assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/ping", "port": "http"}
-    assert container["resources"] == {"requests": {"cpu": "250m", "memory": "512Mi"},
-                                      "limits": {"cpu": "1", "memory": "1Gi"}}
+    assert container["resources"] == {
+        "requests": {"cpu": "250m", "memory": "512Mi"},
+        "limits": {"cpu": "1", "memory": "1Gi"},
+    }
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     annotations = dep["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
@@ -145,14 +173,20 @@ def test_deployment_spec(rendered):
 
     svc, hpa, pdb = docs["Service"], docs["HorizontalPodAutoscaler"], docs["PodDisruptionBudget"]
     assert svc["spec"]["type"] == "ClusterIP"
-    assert svc["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http",
-                                     "protocol": "TCP"}]
+    assert svc["spec"]["ports"] == [
+        {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}
+    ]
     assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
-                                             "name": "churn-classifier"}
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "churn-classifier",
+    }
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 6)
     assert hpa["spec"]["metrics"][0]["resource"] == {
-        "name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}
+        "name": "cpu",
+        "target": {"type": "Utilization", "averageUtilization": 70},
+    }
     assert pdb["spec"] == {"minAvailable": 1, "selector": dep["spec"]["selector"]}
 
 
@@ -178,7 +212,8 @@ def test_inference_service_runs_the_same_container_over_protocol_v2(rendered):
     assert env["MLFLOW_TRACKING_URI"] == BASE["tracking_uri"]
     assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": 8080}
     assert k8s.validate_manifests(out / "inferenceservice.yaml") == [
-        "InferenceService/churn-classifier"]
+        "InferenceService/churn-classifier"
+    ]
 
 
 def test_render_is_deterministic(tmp_path, kv):
@@ -206,51 +241,116 @@ def _set(doc: dict[str, Any], path: str, value: Any) -> None:
 
 
 BROKEN = [
-    pytest.param("Deployment", "spec.template.spec.containers.0.resourcez", {},
-                 "document 1 (Deployment/churn-classifier): "
-                 "spec.template.spec.containers[0].resourcez: unknown field 'resourcez'",
-                 id="unknown-field"),
-    pytest.param("HorizontalPodAutoscaler", "spec.minReplicas", "two",
-                 "document 3 (HorizontalPodAutoscaler/churn-classifier): spec.minReplicas: "
-                 "expected integer, got str 'two'", id="wrong-type"),
-    pytest.param("Service", "spec.ports.0.port", "80",
-                 "(Service/churn-classifier): spec.ports[0].port: expected integer",
-                 id="quoted-number"),
-    pytest.param("Deployment", "spec.template.spec.containers.0.image", None,
-                 "spec.template.spec.containers[0].image: required field is missing",
-                 id="null-image"),
-    pytest.param("Deployment", "spec.template.spec.containers.0.name", None,
-                 "spec.template.spec.containers[0].name: required field is missing",
-                 id="null-required"),
-    pytest.param("HorizontalPodAutoscaler", "apiVersion", "autoscaling/v2beta2",
-                 "(HorizontalPodAutoscaler/churn-classifier): no Kubernetes 1.30 schema for "
-                 "apiVersion 'autoscaling/v2beta2'", id="removed-api-version"),
-    pytest.param("PodDisruptionBudget", "spec.minAvailable", [1],
-                 "(PodDisruptionBudget/churn-classifier): spec.minAvailable", id="wrong-shape"),
-    pytest.param("Deployment", "spec.selector.matchLabels", {"app.kubernetes.io/name": "other"},
-                 "(Deployment/churn-classifier): spec.selector.matchLabels: {'app.kubernetes.io/"
-                 "name': 'other'} does not match spec.template.metadata.labels",
-                 id="selector-mismatch"),
-    pytest.param("Deployment", "spec.template.spec.containers.0.readinessProbe.httpGet.port",
-                 "web", "containers[0].readinessProbe.httpGet.port: no container port is named "
-                 "'web'", id="probe-port-name"),
-    pytest.param("Deployment", "spec.template.spec.containers.0.resources.requests.memory",
-                 "2Gi", "resources.requests.memory: '2Gi' is above the limit '1Gi'",
-                 id="request-above-limit"),
-    pytest.param("Deployment", "spec.template.spec.containers.0.resources.limits.cpu", "1 core",
-                 "resources.limits.cpu: '1 core' is not a Kubernetes quantity", id="quantity"),
-    pytest.param("Service", "metadata.name", "Churn_Classifier",
-                 "(Service/Churn_Classifier): metadata.name: 'Churn_Classifier' is not a "
-                 "DNS-1035 label", id="bad-name"),
-    pytest.param("Deployment", "metadata.labels.mlfolio/model-name", "Breast Cancer",
-                 "metadata.labels[\"mlfolio/model-name\"]: 'Breast Cancer' is not a valid label "
-                 "value", id="bad-label-value"),
-    pytest.param("Service", "spec.selector", {"app.kubernetes.io/name": "nobody"},
-                 "(Service/churn-classifier): spec.selector: {'app.kubernetes.io/name': "
-                 "'nobody'} selects no Deployment's pods", id="service-selects-nothing"),
-    pytest.param("HorizontalPodAutoscaler", "spec.scaleTargetRef.name", "churn",
-                 "spec.scaleTargetRef: Deployment/churn is not a Deployment in this file",
-                 id="hpa-target-missing"),
+    pytest.param(
+        "Deployment",
+        "spec.template.spec.containers.0.resourcez",
+        {},
+        "document 1 (Deployment/churn-classifier): "
+        "spec.template.spec.containers[0].resourcez: unknown field 'resourcez'",
+        id="unknown-field",
+    ),
+    pytest.param(
+        "HorizontalPodAutoscaler",
+        "spec.minReplicas",
+        "two",
+        "document 3 (HorizontalPodAutoscaler/churn-classifier): spec.minReplicas: "
+        "expected integer, got str 'two'",
+        id="wrong-type",
+    ),
+    pytest.param(
+        "Service",
+        "spec.ports.0.port",
+        "80",
+        "(Service/churn-classifier): spec.ports[0].port: expected integer",
+        id="quoted-number",
+    ),
+    pytest.param(
+        "Deployment",
+        "spec.template.spec.containers.0.image",
+        None,
+        "spec.template.spec.containers[0].image: required field is missing",
+        id="null-image",
+    ),
+    pytest.param(
+        "Deployment",
+        "spec.template.spec.containers.0.name",
+        None,
+        "spec.template.spec.containers[0].name: required field is missing",
+        id="null-required",
+    ),
+    pytest.param(
+        "HorizontalPodAutoscaler",
+        "apiVersion",
+        "autoscaling/v2beta2",
+        "(HorizontalPodAutoscaler/churn-classifier): no Kubernetes 1.30 schema for "
+        "apiVersion 'autoscaling/v2beta2'",
+        id="removed-api-version",
+    ),
+    pytest.param(
+        "PodDisruptionBudget",
+        "spec.minAvailable",
+        [1],
+        "(PodDisruptionBudget/churn-classifier): spec.minAvailable",
+        id="wrong-shape",
+    ),
+    pytest.param(
+        "Deployment",
+        "spec.selector.matchLabels",
+        {"app.kubernetes.io/name": "other"},
+        "(Deployment/churn-classifier): spec.selector.matchLabels: {'app.kubernetes.io/"
+        "name': 'other'} does not match spec.template.metadata.labels",
+        id="selector-mismatch",
+    ),
+    pytest.param(
+        "Deployment",
+        "spec.template.spec.containers.0.readinessProbe.httpGet.port",
+        "web",
+        "containers[0].readinessProbe.httpGet.port: no container port is named 'web'",
+        id="probe-port-name",
+    ),
+    pytest.param(
+        "Deployment",
+        "spec.template.spec.containers.0.resources.requests.memory",
+        "2Gi",
+        "resources.requests.memory: '2Gi' is above the limit '1Gi'",
+        id="request-above-limit",
+    ),
+    pytest.param(
+        "Deployment",
+        "spec.template.spec.containers.0.resources.limits.cpu",
+        "1 core",
+        "resources.limits.cpu: '1 core' is not a Kubernetes quantity",
+        id="quantity",
+    ),
+    pytest.param(
+        "Service",
+        "metadata.name",
+        "Churn_Classifier",
+        "(Service/Churn_Classifier): metadata.name: 'Churn_Classifier' is not a DNS-1035 label",
+        id="bad-name",
+    ),
+    pytest.param(
+        "Deployment",
+        "metadata.labels.mlfolio/model-name",
+        "Breast Cancer",
+        "metadata.labels[\"mlfolio/model-name\"]: 'Breast Cancer' is not a valid label value",
+        id="bad-label-value",
+    ),
+    pytest.param(
+        "Service",
+        "spec.selector",
+        {"app.kubernetes.io/name": "nobody"},
+        "(Service/churn-classifier): spec.selector: {'app.kubernetes.io/name': "
+        "'nobody'} selects no Deployment's pods",
+        id="service-selects-nothing",
+    ),
+    pytest.param(
+        "HorizontalPodAutoscaler",
+        "spec.scaleTargetRef.name",
+        "churn",
+        "spec.scaleTargetRef: Deployment/churn is not a Deployment in this file",
+        id="hpa-target-missing",
+    ),
 ]
 
 
@@ -286,30 +386,65 @@ def test_pdb_that_blocks_every_drain_is_refused(rendered):
     _, out = rendered
     docs = load_docs(out / "kubernetes.yaml")
     by_kind(docs)["HorizontalPodAutoscaler"]["spec"]["minReplicas"] = 1
-    with pytest.raises(k8s.ManifestError, match=r"spec.minAvailable: 1 with as few as 1 "
-                                                r"replica\(s\) of Deployment/churn-classifier"):
+    with pytest.raises(
+        k8s.ManifestError,
+        match=r"spec.minAvailable: 1 with as few as 1 "
+        r"replica\(s\) of Deployment/churn-classifier",
+    ):
         k8s.validate_documents(docs)
 
 
 ISVC_BROKEN = [
-    pytest.param("spec.predictor.containers.0.portz", [], "(InferenceService/churn-classifier): "
-                 "spec.predictor.containers[0].portz: unknown field 'portz'", id="unknown-field"),
-    pytest.param("spec.predictor.containers.0.env", [{"name": "MODEL_URI", "value": "m"}],
-                 "spec.predictor.containers[0].env: PROTOCOL must be v1 or v2", id="no-protocol"),
-    pytest.param("spec.predictor.containers.0.name", "server",
-                 "spec.predictor.containers[0].name: KServe serves from the container named "
-                 "'kserve-container'", id="container-name"),
-    pytest.param("spec.predictor.minReplicas", "2",
-                 "spec.predictor.minReplicas: expected int, got str '2'", id="wrong-type"),
-    pytest.param("spec.predictor.model", {"modelFormat": {"name": "sklearn"}},
-                 "spec.predictor.model: a custom predictor (containers) cannot also set 'model'",
-                 id="framework-and-containers"),
-    pytest.param("spec.predictor.volumes.0.emptyDir", "yes",
-                 "spec.predictor.volumes[0].emptyDir", id="pod-spec-type"),
-    pytest.param("apiVersion", "serving.kserve.io/v1alpha1",
-                 "apiVersion: expected 'serving.kserve.io/v1beta1'", id="api-version"),
-    pytest.param("metadata.name", "2-churn", "(InferenceService/2-churn): metadata.name: "
-                 "'2-churn' is not a DNS-1035 label", id="name-starts-with-digit"),
+    pytest.param(
+        "spec.predictor.containers.0.portz",
+        [],
+        "(InferenceService/churn-classifier): "
+        "spec.predictor.containers[0].portz: unknown field 'portz'",
+        id="unknown-field",
+    ),
+    pytest.param(
+        "spec.predictor.containers.0.env",
+        [{"name": "MODEL_URI", "value": "m"}],
+        "spec.predictor.containers[0].env: PROTOCOL must be v1 or v2",
+        id="no-protocol",
+    ),
+    pytest.param(
+        "spec.predictor.containers.0.name",
+        "server",
+        "spec.predictor.containers[0].name: KServe serves from the container named "
+        "'kserve-container'",
+        id="container-name",
+    ),
+    pytest.param(
+        "spec.predictor.minReplicas",
+        "2",
+        "spec.predictor.minReplicas: expected int, got str '2'",
+        id="wrong-type",
+    ),
+    pytest.param(
+        "spec.predictor.model",
+        {"modelFormat": {"name": "sklearn"}},
+        "spec.predictor.model: a custom predictor (containers) cannot also set 'model'",
+        id="framework-and-containers",
+    ),
+    pytest.param(
+        "spec.predictor.volumes.0.emptyDir",
+        "yes",
+        "spec.predictor.volumes[0].emptyDir",
+        id="pod-spec-type",
+    ),
+    pytest.param(
+        "apiVersion",
+        "serving.kserve.io/v1alpha1",
+        "apiVersion: expected 'serving.kserve.io/v1beta1'",
+        id="api-version",
+    ),
+    pytest.param(
+        "metadata.name",
+        "2-churn",
+        "(InferenceService/2-churn): metadata.name: '2-churn' is not a DNS-1035 label",
+        id="name-starts-with-digit",
+    ),
 ]
 
 
@@ -355,22 +490,26 @@ def test_dockerfile_content():
     assert "HEALTHCHECK --interval=30s" in text and "/ping" in _healthcheck_argv(text)[2]
     entrypoint = json.loads(_instruction_args(text, "ENTRYPOINT"))
     assert entrypoint[:2] == ["/bin/sh", "-c"]
-    assert entrypoint[2].startswith("exec mlfolio serve --model \"${MODEL_URI:?")
+    assert entrypoint[2].startswith('exec mlfolio serve --model "${MODEL_URI:?')
     assert "--host 0.0.0.0" in entrypoint[2]
     assert "EXPOSE 9000" in k8s.dockerfile(settings(port=9000)).splitlines()
 
 
 def test_dockerfile_parses_in_order_with_the_buildkit_parser():
-    dockerfile = pytest.importorskip("dockerfile", reason="the `dockerfile` parser (PyPI "
-                                     "package wrapping BuildKit's Go parser) is not installed")
+    dockerfile = pytest.importorskip(
+        "dockerfile",
+        reason="the `dockerfile` parser (PyPI "
+        "package wrapping BuildKit's Go parser) is not installed",
+    )
     commands = dockerfile.parse_string(k8s.dockerfile(settings()))
     order = [c.cmd for c in commands]
     assert order[0] == "FROM" and order.count("FROM") == 1
     assert commands[0].value == ("python:3.11-slim",)
 
     def index(cmd: str, contains: str = "") -> int:
-        return next(i for i, c in enumerate(commands)
-                    if c.cmd == cmd and contains in " ".join(c.value))
+        return next(
+            i for i, c in enumerate(commands) if c.cmd == cmd and contains in " ".join(c.value)
+        )
 
     copy_constraints = index("COPY", "constraints.txt")
     pip = index("RUN", "pip install")
@@ -391,8 +530,12 @@ def test_dockerfile_parses_in_order_with_the_buildkit_parser():
 
 def test_build_context_files_exist_and_pass_the_dockerignore():
     text = k8s.dockerfile(settings())
-    sources = [part for line in text.splitlines() if line.startswith("COPY ")
-               for part in line.split()[1:-1]]
+    sources = [
+        part
+        for line in text.splitlines()
+        if line.startswith("COPY ")
+        for part in line.split()[1:-1]
+    ]
     assert sources == ["pyproject.toml", "constraints.txt", "README.md", "lib"]
     patterns = k8s.dockerignore().splitlines()
     assert "*" in patterns  # an allow-list
@@ -418,8 +561,11 @@ def test_entrypoint_runs_mlfolio_serve_with_the_model_uri(tmp_path):
     from mlfolio.cli import _parser
 
     entrypoint = json.loads(_instruction_args(k8s.dockerfile(settings()), "ENTRYPOINT"))
-    env = {**_fake_mlfolio(tmp_path), "MODEL_URI": "models:/Breast_Cancer v2@champion",
-           "PORT": "8080"}
+    env = {
+        **_fake_mlfolio(tmp_path),
+        "MODEL_URI": "models:/Breast_Cancer v2@champion",
+        "PORT": "8080",
+    }
     done = subprocess.run([*entrypoint, "--verbose"], env=env, capture_output=True, timeout=10)
     assert done.returncode == 0, done.stderr
     argv = done.stdout.decode().split("\0")[:-1]
@@ -435,7 +581,7 @@ def test_entrypoint_runs_mlfolio_serve_with_the_model_uri(tmp_path):
 
 
 def _healthcheck_argv(text: str) -> list[str]:
-    (line,) = [ln.strip() for ln in text.splitlines() if ln.strip().startswith("CMD [\"python")]
+    (line,) = [ln.strip() for ln in text.splitlines() if ln.strip().startswith('CMD ["python')]
     return json.loads(line.removeprefix("CMD "))
 
 
@@ -461,8 +607,7 @@ def test_healthcheck_command_passes_on_ping_and_fails_otherwise():
         ok = subprocess.run([sys.executable, *argv[1:]], env=env, capture_output=True, timeout=10)
         assert ok.returncode == 0, ok.stderr
         _PingHandler.status = 503
-        sick = subprocess.run([sys.executable, *argv[1:]], env=env, capture_output=True,
-                              timeout=10)
+        sick = subprocess.run([sys.executable, *argv[1:]], env=env, capture_output=True, timeout=10)
         assert sick.returncode == 1
     finally:
         _PingHandler.status = 200
@@ -474,8 +619,9 @@ def test_healthcheck_command_passes_on_ping_and_fails_otherwise():
 def test_probes_and_metrics_use_routes_the_server_has():
     s = settings()
     (container,) = k8s.deployment(s)["spec"]["template"]["spec"]["containers"]
-    paths = {container[p]["httpGet"]["path"]
-             for p in ("startupProbe", "readinessProbe", "livenessProbe")}
+    paths = {
+        container[p]["httpGet"]["path"] for p in ("startupProbe", "readinessProbe", "livenessProbe")
+    }
     annotations = k8s.deployment(s)["spec"]["template"]["metadata"]["annotations"]
     paths.add(annotations["prometheus.io/path"])
     assert paths == {"/ping", "/v2/health/ready", "/metrics"}
@@ -486,25 +632,40 @@ def test_probes_and_metrics_use_routes_the_server_has():
 def _serve_source() -> ast.Module:
     if not SERVE_DIR.is_dir():
         pytest.skip("lib/mlfolio/serve/ is not there")
-    return ast.Module([node for path in sorted(SERVE_DIR.rglob("*.py"))
-                       for node in ast.parse(path.read_text()).body], [])
+    return ast.Module(
+        [
+            node
+            for path in sorted(SERVE_DIR.rglob("*.py"))
+            for node in ast.parse(path.read_text()).body
+        ],
+        [],
+    )
 
 
 def _constants(source: ast.Module) -> dict[str, object]:
-    return {t.id: node.value.value for node in ast.walk(source)
-            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
-            for t in node.targets if isinstance(t, ast.Name)}
+    return {
+        t.id: node.value.value
+        for node in ast.walk(source)
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
+        for t in node.targets
+        if isinstance(t, ast.Name)
+    }
 
 
 def test_hard_coded_routes_match_the_server_source():
     source = _serve_source()
     constants = _constants(source)  # a route may be a contract constant (LIVENESS_PATH)
-    routes = {constants[arg.id] if isinstance(arg, ast.Name) else arg.value
-              for node in ast.walk(source)
-              if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-              and isinstance(node.func.value, ast.Name) and node.func.value.id == "app"
-              and node.func.attr in ("get", "post", "put", "delete", "api_route")
-              and node.args and isinstance(arg := node.args[0], ast.Constant | ast.Name)}
+    routes = {
+        constants[arg.id] if isinstance(arg, ast.Name) else arg.value
+        for node in ast.walk(source)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id == "app"
+        and node.func.attr in ("get", "post", "put", "delete", "api_route")
+        and node.args
+        and isinstance(arg := node.args[0], ast.Constant | ast.Name)
+    }
     assert routes == SERVER_ROUTES
 
 
@@ -515,20 +676,25 @@ def test_token_comes_from_a_secret_under_the_servers_variable(tmp_path, kv):
     dep = by_kind(load_docs(tmp_path / "kubernetes.yaml"))["Deployment"]
     (container,) = dep["spec"]["template"]["spec"]["containers"]
     token = next(e for e in container["env"] if e["name"] == "MLFOLIO_SERVE_TOKEN")
-    assert token == {"name": "MLFOLIO_SERVE_TOKEN", "valueFrom": {"secretKeyRef": {
-        "name": "churn-serve-token", "key": "token"}}}
+    assert token == {
+        "name": "MLFOLIO_SERVE_TOKEN",
+        "valueFrom": {"secretKeyRef": {"name": "churn-serve-token", "key": "token"}},
+    }
     assert "churn-serve-token" not in (tmp_path / "Dockerfile").read_text()
     assert any("/metrics needs the bearer token" in note for note in summary["notes"])
 
 
 # -- names and settings ----------------------------------------------------------------------
-@pytest.mark.parametrize(("model_name", "expected"), [
-    ("churn-classifier", "churn-classifier"),
-    ("Breast_Cancer v2", "breast-cancer-v2"),
-    ("  Überweisung  Modell ", "uberweisung-modell"),
-    ("2024 churn", "model-2024-churn"),
-    ("churn..classifier--", "churn-classifier"),
-])
+@pytest.mark.parametrize(
+    ("model_name", "expected"),
+    [
+        ("churn-classifier", "churn-classifier"),
+        ("Breast_Cancer v2", "breast-cancer-v2"),
+        ("  Überweisung  Modell ", "uberweisung-modell"),
+        ("2024 churn", "model-2024-churn"),
+        ("churn..classifier--", "churn-classifier"),
+    ],
+)
 def test_dns_name(model_name, expected):
     assert k8s.dns_name(model_name) == expected
 
@@ -562,11 +728,19 @@ def test_label_value():
     assert len(long) <= 63 and long[-1].isalnum()
 
 
-@pytest.mark.parametrize(("text", "value"), [
-    ("250m", Decimal("0.25")), ("1", Decimal(1)), ("0.5", Decimal("0.5")),
-    ("512Mi", Decimal(512 * 2**20)), ("1Gi", Decimal(2**30)), ("1e3", Decimal(1000)),
-    ("1E", Decimal(10**18)), (2, Decimal(2)),
-])
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("250m", Decimal("0.25")),
+        ("1", Decimal(1)),
+        ("0.5", Decimal("0.5")),
+        ("512Mi", Decimal(512 * 2**20)),
+        ("1Gi", Decimal(2**30)),
+        ("1e3", Decimal(1000)),
+        ("1E", Decimal(10**18)),
+        (2, Decimal(2)),
+    ],
+)
 def test_parse_quantity(text, value):
     assert k8s.parse_quantity(text) == value
 
@@ -587,23 +761,30 @@ BAD_SETTINGS = [
     ({"target_cpu_utilization": 0}, "target_cpu_utilization: must be between 1 and 100"),
     ({"cpu_request": "1 GB"}, "cpu_request: '1 GB' is not a Kubernetes quantity"),
     ({"cpu_request": "2"}, "cpu_request: '2' is above cpu_limit '1'"),
-    ({"memory_request": "512m"}, "memory_request: '512m' is only 0.512 bytes; did you mean "
-                                 "512Mi?"),
+    ({"memory_request": "512m"}, "memory_request: '512m' is only 0.512 bytes; did you mean 512Mi?"),
     ({"memory_limit": "0"}, "memory_limit: must be above zero"),
     ({"namespace": "ML_Serving"}, "namespace: 'ML_Serving' is not a valid namespace"),
     ({"name": "Churn"}, "name: 'Churn' must be a DNS-1035 label"),
-    ({"image": "Registry/Team/Model:1"}, "image: 'Registry/Team/Model:1' is not an image "
-                                         "reference"),
+    (
+        {"image": "Registry/Team/Model:1"},
+        "image: 'Registry/Team/Model:1' is not an image reference",
+    ),
     ({"image": "mlfolio serve:1"}, "image: 'mlfolio serve:1' is not an image reference"),
     ({"model_version": "v2"}, "model_version: expected a registry version number"),
     ({"model_version": None}, "model_version: expected a non-empty string, got None"),
-    ({"model_uri": "runs:/abc/model"}, "model_uri: 'runs:/abc/model' must be "
-                                       "models:/<name>@<alias>"),
-    ({"model_uri": "models:/other@champion"}, "names model 'other', not model_name "
-                                              "'churn-classifier'"),
+    (
+        {"model_uri": "runs:/abc/model"},
+        "model_uri: 'runs:/abc/model' must be models:/<name>@<alias>",
+    ),
+    (
+        {"model_uri": "models:/other@champion"},
+        "names model 'other', not model_name 'churn-classifier'",
+    ),
     ({"model_uri": "models:/churn-classifier/2"}, "pins version 2, not model_version '3'"),
-    ({"tracking_uri": "postgresql://mlflow:s3cret@db:5432/mlflow"},
-     "tracking_uri: has a password in it"),
+    (
+        {"tracking_uri": "postgresql://mlflow:s3cret@db:5432/mlflow"},
+        "tracking_uri: has a password in it",
+    ),
     ({"token_secret": "Serve Token"}, "token_secret: 'Serve Token' is not a valid Secret name"),
     ({"kubernetes_version": "latest"}, "kubernetes_version: expected e.g. '1.30.0'"),
 ]
@@ -641,10 +822,17 @@ def test_pipeline_defaults_render_with_warnings(tmp_path, kv):
     """What the deploy stage passes by default (an alias URI, `mlfolio-serve:latest`, the
     project's SQLite store) renders valid manifests, and says what will not work in a pod."""
     summary = k8s.render(
-        tmp_path, model_name="churn-classifier", model_version="3",
-        model_uri="models:/churn-classifier@champion", image="mlfolio-serve:latest",
-        namespace="default", replicas=2, min_replicas=2, max_replicas=6,
-        tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+        tmp_path,
+        model_name="churn-classifier",
+        model_version="3",
+        model_uri="models:/churn-classifier@champion",
+        image="mlfolio-serve:latest",
+        namespace="default",
+        replicas=2,
+        min_replicas=2,
+        max_replicas=6,
+        tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
+    )
     assert summary["model_uri"] == "models:/churn-classifier@champion"
     assert len(summary["validated"]) == 5
     warnings = " | ".join(summary["warnings"])
@@ -659,14 +847,14 @@ def test_localhost_tracking_uri_is_a_warning():
     assert settings().warnings == ()
 
 
-@pytest.mark.parametrize(("changes", "kinds"), [
-    ({"autoscale": False, "replicas": 1},
-     ["Deployment", "Service"]),
-    ({"autoscale": False, "replicas": 3},
-     ["Deployment", "Service", "PodDisruptionBudget"]),
-    ({"min_replicas": 1, "replicas": 1},
-     ["Deployment", "Service", "HorizontalPodAutoscaler"]),
-])
+@pytest.mark.parametrize(
+    ("changes", "kinds"),
+    [
+        ({"autoscale": False, "replicas": 1}, ["Deployment", "Service"]),
+        ({"autoscale": False, "replicas": 3}, ["Deployment", "Service", "PodDisruptionBudget"]),
+        ({"min_replicas": 1, "replicas": 1}, ["Deployment", "Service", "HorizontalPodAutoscaler"]),
+    ],
+)
 def test_replica_settings_choose_the_documents(tmp_path, kv, changes, kinds):
     summary = k8s.render(tmp_path, **{**BASE, **changes})
     docs = load_docs(tmp_path / "kubernetes.yaml")

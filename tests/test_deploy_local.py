@@ -14,7 +14,12 @@ def test_local_check_sends_the_serve_token(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFOLIO_SERVE_TOKEN", "deploy-check-token")
     rows = registered.X.head(20)
     expected = registered.models["champion"].predict_proba(rows)[:, 1]
-    result = deploy_local(f"models:/{MODEL}@champion", registered.tracking_uri, rows, expected,
-                          log_path=tmp_path / "serve.log")
+    result = deploy_local(
+        f"models:/{MODEL}@champion",
+        registered.tracking_uri,
+        rows,
+        expected,
+        log_path=tmp_path / "serve.log",
+    )
     assert result["answers_match_pipeline"] and result["rows_checked"] == 20
     assert "deploy-check-token" not in result["serve_command"]  # never recorded

@@ -29,8 +29,9 @@ from mlfolio.deploy.sagemaker import MODEL_DIR, build_model_archive, deploy_sage
 
 from .servers import MODEL, THRESHOLDS, Registered, register_models, typed_value
 
-dockerfile = pytest.importorskip("dockerfile", reason="the `dockerfile` parser (BuildKit's, "
-                                 "from PyPI) is not installed")
+dockerfile = pytest.importorskip(
+    "dockerfile", reason="the `dockerfile` parser (BuildKit's, from PyPI) is not installed"
+)
 
 REGION = "us-east-1"
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/mlfolio-serve:1"
@@ -46,8 +47,9 @@ def archive(registered, tmp_path_factory) -> Path:
     """model.tar.gz of the champion (version 1), built from its registry URI."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", registered.tracking_uri)
-        return build_model_archive(f"models:/{MODEL}/1",
-                                   tmp_path_factory.mktemp("archive") / "model.tar.gz")
+        return build_model_archive(
+            f"models:/{MODEL}/1", tmp_path_factory.mktemp("archive") / "model.tar.gz"
+        )
 
 
 @pytest.fixture(scope="module")
@@ -76,24 +78,49 @@ def sagemaker_model(moto_endpoint, archive) -> Iterator[dict[str, Any]]:
         for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
             mp.delenv(var, raising=False)
         iam = boto3.client("iam", endpoint_url=moto_endpoint)
-        role = iam.create_role(RoleName="sm-container", AssumeRolePolicyDocument=json.dumps({
-            "Version": "2012-10-17", "Statement": [{
-                "Effect": "Allow", "Action": "sts:AssumeRole",
-                "Principal": {"Service": "sagemaker.amazonaws.com"}}]}))["Role"]["Arn"]
+        role = iam.create_role(
+            RoleName="sm-container",
+            AssumeRolePolicyDocument=json.dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            "Effect": "Allow",
+                            "Action": "sts:AssumeRole",
+                            "Principal": {"Service": "sagemaker.amazonaws.com"},
+                        }
+                    ],
+                }
+            ),
+        )["Role"]["Arn"]
         boto3.client("s3", endpoint_url=moto_endpoint).create_bucket(Bucket="sm-container")
-        result = deploy_sagemaker(archive, endpoint_name="churn-container", image_uri=IMAGE,
-                                  role_arn=role, bucket="sm-container", model_version=1,
-                                  endpoint_url=moto_endpoint, poll_s=0.1, wait_timeout_s=30,
-                                  model_name=MODEL, threshold=THRESHOLDS["champion"])
+        result = deploy_sagemaker(
+            archive,
+            endpoint_name="churn-container",
+            image_uri=IMAGE,
+            role_arn=role,
+            bucket="sm-container",
+            model_version=1,
+            endpoint_url=moto_endpoint,
+            poll_s=0.1,
+            wait_timeout_s=30,
+            model_name=MODEL,
+            threshold=THRESHOLDS["champion"],
+        )
         sm = boto3.client("sagemaker", endpoint_url=moto_endpoint)
         yield sm.describe_model(ModelName=result["model_name"])
 
 
 def image_command() -> tuple[list[str], dict[str, str]]:
     """The serving image's ENTRYPOINT and ENV, from the generated Dockerfile."""
-    settings = k8s.KubernetesSettings.from_mapping({
-        "model_name": MODEL, "model_version": "1", "image": IMAGE,
-        "tracking_uri": "http://mlflow.example:5000"})
+    settings = k8s.KubernetesSettings.from_mapping(
+        {
+            "model_name": MODEL,
+            "model_version": "1",
+            "image": IMAGE,
+            "tracking_uri": "http://mlflow.example:5000",
+        }
+    )
     commands = dockerfile.parse_string(k8s.dockerfile(settings))
     env: dict[str, str] = {}
     for c in commands:
@@ -110,8 +137,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_container_serves_the_archive_as_sagemaker_runs_it(registered, archive,
-                                                             sagemaker_model, tmp_path):
+def test_container_serves_the_archive_as_sagemaker_runs_it(
+    registered, archive, sagemaker_model, tmp_path
+):
     container = sagemaker_model["PrimaryContainer"]
     assert container["Image"] == IMAGE
     entrypoint, image_env = image_command()
@@ -124,10 +152,12 @@ def test_container_serves_the_archive_as_sagemaker_runs_it(registered, archive,
     env = {**image_env, **container.get("Environment", {})}
     assert env.get("PORT") == "8080"  # SageMaker's port; this test needs a free one
     env = {k: str(model_dir) if v == MODEL_DIR else v for k, v in env.items()}
-    env.update(PORT=str(port), HOME=str(tmp_path),
-               PATH=f"{Path(sys.executable).parent}:/usr/bin:/bin")
-    proc = subprocess.Popen(argv, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    env.update(
+        PORT=str(port), HOME=str(tmp_path), PATH=f"{Path(sys.executable).parent}:/usr/bin:/bin"
+    )
+    proc = subprocess.Popen(
+        argv, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     log: list[str] = []
     threading.Thread(target=lambda: log.extend(proc.stderr), daemon=True).start()
     url = f"http://127.0.0.1:{port}"
@@ -160,12 +190,17 @@ def test_container_serves_the_archive_as_sagemaker_runs_it(registered, archive,
         # CSV without a header row, values in signature order, as SageMaker clients send it
         text = io.StringIO()
         csv.writer(text).writerows(X[names].astype(str).values.tolist())
-        resp = httpx.post(f"{url}/invocations", content=text.getvalue(),
-                          headers={"Content-Type": "text/csv"}, timeout=30)
+        resp = httpx.post(
+            f"{url}/invocations",
+            content=text.getvalue(),
+            headers={"Content-Type": "text/csv"},
+            timeout=30,
+        )
         assert resp.status_code == 200, resp.text
         answer = resp.json()
-        np.testing.assert_allclose(np.asarray(answer["predictions"])[:, 1], expected,
-                                   rtol=0, atol=1e-12)
+        np.testing.assert_allclose(
+            np.asarray(answer["predictions"])[:, 1], expected, rtol=0, atol=1e-12
+        )
         assert answer["labels"] == (expected >= THRESHOLDS["champion"]).astype(int).tolist()
         assert answer["threshold"] == THRESHOLDS["champion"]
 
@@ -173,8 +208,9 @@ def test_container_serves_the_archive_as_sagemaker_runs_it(registered, archive,
         row = {c: typed_value(v, types[c]) for c, v in X.iloc[5][names].items()}
         resp = httpx.post(f"{url}/invocations", json={"dataframe_records": [row]}, timeout=30)
         assert resp.status_code == 200, resp.text
-        np.testing.assert_allclose(np.asarray(resp.json()["predictions"])[:, 1],
-                                   expected[5:6], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(
+            np.asarray(resp.json()["predictions"])[:, 1], expected[5:6], rtol=0, atol=1e-12
+        )
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)  # the shell exec'd mlfolio: this is the server
@@ -199,8 +235,9 @@ def test_model_directory_errors_name_the_path(tmp_path):
         serve.load("s3://bucket/model")
 
 
-def test_deploy_stage_gives_the_container_its_threshold(registered, moto_endpoint,
-                                                        sagemaker_model, tmp_path, monkeypatch):
+def test_deploy_stage_gives_the_container_its_threshold(
+    registered, moto_endpoint, sagemaker_model, tmp_path, monkeypatch
+):
     """The deploy stage's sagemaker dispatch puts the version's threshold and name in the
     SageMaker model's environment (the container cannot ask the registry)."""
     import boto3
@@ -216,10 +253,16 @@ def test_deploy_stage_gives_the_container_its_threshold(registered, moto_endpoin
     raw = yaml.safe_load(CHURN_PARAMS.read_text())
     raw["registry"] = {"model_name": MODEL}
     role = sagemaker_model["ExecutionRoleArn"]
-    raw["deploy"] = {"targets": ["sagemaker"],
-                     "aws": {"region": REGION, "endpoint_url": moto_endpoint,
-                             "role_arn": role, "bucket": "sm-container"},
-                     "sagemaker": {"endpoint_name": "stage-container", "image_uri": IMAGE}}
+    raw["deploy"] = {
+        "targets": ["sagemaker"],
+        "aws": {
+            "region": REGION,
+            "endpoint_url": moto_endpoint,
+            "role_arn": role,
+            "bucket": "sm-container",
+        },
+        "sagemaker": {"endpoint_name": "stage-container", "image_uri": IMAGE},
+    }
     ctx = StageContext(stage="deploy", cfg=config.from_mapping(raw), run_dir=tmp_path)
     try:
         with mlflow.start_run():
@@ -230,6 +273,10 @@ def test_deploy_stage_gives_the_container_its_threshold(registered, moto_endpoin
     assert target["status"] == "deployed", target
     sm = boto3.client("sagemaker", endpoint_url=moto_endpoint)
     env = sm.describe_model(ModelName=target["model_name"])["PrimaryContainer"]["Environment"]
-    assert env == {"MODEL_URI": MODEL_DIR, "PORT": "8080", "MLFOLIO_MODEL_VERSION": "1",
-                   "MLFOLIO_MODEL_NAME": MODEL,
-                   "MLFOLIO_THRESHOLD": repr(THRESHOLDS["champion"])}
+    assert env == {
+        "MODEL_URI": MODEL_DIR,
+        "PORT": "8080",
+        "MLFOLIO_MODEL_VERSION": "1",
+        "MLFOLIO_MODEL_NAME": MODEL,
+        "MLFOLIO_THRESHOLD": repr(THRESHOLDS["champion"]),
+    }

@@ -18,14 +18,16 @@ def test_every_configurable_target_has_a_function_and_no_other():
 
 def test_targets_share_one_signature():
     for name, fn in deploy.TARGETS.items():
-        assert list(inspect.signature(fn).parameters) == ["ctx", "ref", "alias_uri",
-                                                          "out_dir"], name
+        assert list(inspect.signature(fn).parameters) == ["ctx", "ref", "alias_uri", "out_dir"], (
+            name
+        )
 
 
 def test_importing_the_targets_leaves_the_cloud_sdks_unimported():
-    code = ("import json, sys; from mlfolio.deploy import TARGETS; "
-            "print(json.dumps([m for m in ('boto3', 'sagemaker', 'kubernetes_validate') "
-            "if m in sys.modules]))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
+    code = (
+        "import json, sys; from mlfolio.deploy import TARGETS; "
+        "print(json.dumps([m for m in ('boto3', 'sagemaker', 'kubernetes_validate') "
+        "if m in sys.modules]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

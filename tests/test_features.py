@@ -51,11 +51,19 @@ def test_pipeline_takes_raw_rows_with_blanks_and_mixed_types(cfg, churn):
 
 
 def test_coercer_types(cfg):
-    df = pd.DataFrame({"tenure": [1, 2], "monthlycharges": [1.0, None],
-                       "totalcharges": [" ", "5.5"], **{c: ["a", None]
-                                                          for c in cfg.schema.categorical}})
-    out = features.RawColumnCoercer(list(cfg.schema.numeric),
-                                    list(cfg.schema.categorical)).fit(df).transform(df)
+    df = pd.DataFrame(
+        {
+            "tenure": [1, 2],
+            "monthlycharges": [1.0, None],
+            "totalcharges": [" ", "5.5"],
+            **{c: ["a", None] for c in cfg.schema.categorical},
+        }
+    )
+    out = (
+        features.RawColumnCoercer(list(cfg.schema.numeric), list(cfg.schema.categorical))
+        .fit(df)
+        .transform(df)
+    )
     assert out["totalcharges"].isna().tolist() == [True, False]
     assert out["gender"].tolist() == ["a", features.MISSING_CATEGORY]
 
@@ -78,8 +86,11 @@ def test_blank_numbers_are_missing_and_flags_read_alike_in_training_and_serving(
     flags = enc.categories_[cfg.schema.categorical.index("seniorcitizen")].tolist()
     assert flags == ["0", "1", features.MISSING_CATEGORY]
     # serving: the same flag as an int, a float, text; a blank number in any whitespace
-    row = X.iloc[[5] * 7].reset_index(drop=True).astype({"seniorcitizen": object,
-                                                          "totalcharges": object})
+    row = (
+        X.iloc[[5] * 7]
+        .reset_index(drop=True)
+        .astype({"seniorcitizen": object, "totalcharges": object})
+    )
     row["seniorcitizen"] = [1, 1.0, "1", 1, 1, 1, 1]
     row.loc[3:, "totalcharges"] = [" ", "\t", "", np.nan]
     p = model.predict_proba(row)[:, 1]
@@ -88,10 +99,17 @@ def test_blank_numbers_are_missing_and_flags_read_alike_in_training_and_serving(
 
 
 def test_pipelines_fitted_before_flags_were_read_as_ints_keep_their_reading(cfg):
-    df = pd.DataFrame({"tenure": [1.0], "monthlycharges": [1.0], "totalcharges": [1.0],
-                       **{c: [0.0] for c in cfg.schema.categorical}})
-    coercer = features.RawColumnCoercer(list(cfg.schema.numeric),
-                                        list(cfg.schema.categorical)).fit(df)
+    df = pd.DataFrame(
+        {
+            "tenure": [1.0],
+            "monthlycharges": [1.0],
+            "totalcharges": [1.0],
+            **{c: [0.0] for c in cfg.schema.categorical},
+        }
+    )
+    coercer = features.RawColumnCoercer(list(cfg.schema.numeric), list(cfg.schema.categorical)).fit(
+        df
+    )
     assert coercer.transform(df)["seniorcitizen"].tolist() == ["0"]
     del coercer.whole_floats_as_ints_  # as unpickled from an older mlfolio
     assert coercer.transform(df)["seniorcitizen"].tolist() == ["0.0"]

@@ -39,8 +39,7 @@ pytestmark = pytest.mark.slow
 
 EXE = Path(sys.executable).parent / "mlfolio"
 # A tune stage that only ends when it is stopped.
-ENDLESS = {"tuning": {"n_trials": 100_000, "timeout": None},
-           "deploy": {"targets": ["kubernetes"]}}
+ENDLESS = {"tuning": {"n_trials": 100_000, "timeout": None}, "deploy": {"targets": ["kubernetes"]}}
 DEADLINE_S = 300  # a stage's start on two busy cores; the wait ends as soon as it happened
 
 
@@ -86,10 +85,13 @@ class Runner:
         self.runtime = base / "rt"
         for folder in (self.runs_root, self.tmp, self.runtime):
             folder.mkdir()
-        self.env = {**os.environ, "TMPDIR": str(self.tmp),
-                    "JUPYTER_RUNTIME_DIR": str(self.runtime),
-                    "MLFOLIO_PROJECT_DIR": str(Path(__file__).resolve().parents[1]),
-                    "MLFOLIO_USER": "pytest"}
+        self.env = {
+            **os.environ,
+            "TMPDIR": str(self.tmp),
+            "JUPYTER_RUNTIME_DIR": str(self.runtime),
+            "MLFOLIO_PROJECT_DIR": str(Path(__file__).resolve().parents[1]),
+            "MLFOLIO_USER": "pytest",
+        }
         self.env.pop("MLFLOW_TRACKING_URI", None)
         self.count = 0
 
@@ -97,28 +99,37 @@ class Runner:
         self.count += 1
         log = self.base / f"stderr-{self.count}.txt"
         with log.open("w") as err:
-            proc = subprocess.Popen([str(EXE), "run", str(self.params), *args], env=self.env,
-                                    stdout=subprocess.DEVNULL, stderr=err, cwd=self.base,
-                                    start_new_session=True)  # its own process group
+            proc = subprocess.Popen(
+                [str(EXE), "run", str(self.params), *args],
+                env=self.env,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                cwd=self.base,
+                start_new_session=True,
+            )  # its own process group
         return proc, log
 
     def finish(self, *args: str, timeout: float = 600) -> tuple[int, str]:
         proc, log = self.start(*args)
         return proc.wait(timeout=timeout), log.read_text()
 
-    def wait_for_stage_run(self, stage: str, proc: subprocess.Popen, log: Path,
-                           seen: set[str]) -> str:
+    def wait_for_stage_run(
+        self, stage: str, proc: subprocess.Popen, log: Path, seen: set[str]
+    ) -> str:
         """The id of a new RUNNING MLflow run of ``stage``, once its setup cell opened it."""
         end = time.monotonic() + DEADLINE_S
         while time.monotonic() < end:
             if proc.poll() is not None:
-                pytest.fail(f"the runner ended (exit {proc.returncode}) before {stage} "
-                            f"started:\n{log.read_text()[-3000:]}")
+                pytest.fail(
+                    f"the runner ended (exit {proc.returncode}) before {stage} "
+                    f"started:\n{log.read_text()[-3000:]}"
+                )
             exp = self.client.get_experiment_by_name("churn")
             if exp is not None:
                 runs = self.client.search_runs(
                     [exp.experiment_id],
-                    f"attributes.run_name = '{stage}' and attributes.status = 'RUNNING'")
+                    f"attributes.run_name = '{stage}' and attributes.status = 'RUNNING'",
+                )
                 new = [r.info.run_id for r in runs if r.info.run_id not in seen]
                 if new:
                     return new[0]
@@ -132,8 +143,10 @@ class Runner:
         end = time.monotonic() + DEADLINE_S
         while time.monotonic() < end:
             if proc.poll() is not None:
-                pytest.fail(f"the runner ended (exit {proc.returncode}) before the study "
-                            f"started:\n{log.read_text()[-3000:]}")
+                pytest.fail(
+                    f"the runner ended (exit {proc.returncode}) before the study "
+                    f"started:\n{log.read_text()[-3000:]}"
+                )
             if journal.exists() and journal.stat().st_size > size:
                 return
             time.sleep(0.2)
@@ -152,15 +165,20 @@ class Runner:
         """What an ended runner left behind."""
         manifest = json.loads((folder / "manifest.json").read_text())
         index = folder / "index.html"
-        return {"rc": rc, "stderr": log.read_text(), "manifest": manifest,
-                "index": index.read_text() if index.exists() else None,
-                "kernel_dirs": sorted(p.name for p in self.tmp.glob("mlfolio-k*")),
-                "connection_files": sorted(p.name for p in self.runtime.glob("kernel-*")),
-                "kernels": kernel_pids(str(self.runtime))}
+        return {
+            "rc": rc,
+            "stderr": log.read_text(),
+            "manifest": manifest,
+            "index": index.read_text() if index.exists() else None,
+            "kernel_dirs": sorted(p.name for p in self.tmp.glob("mlfolio-k*")),
+            "connection_files": sorted(p.name for p in self.runtime.glob("kernel-*")),
+            "kernels": kernel_pids(str(self.runtime)),
+        }
 
 
-def interrupt(runner: Runner, folder_args: list[str], seen: set[str], send: Any
-              ) -> tuple[dict[str, Any], str]:
+def interrupt(
+    runner: Runner, folder_args: list[str], seen: set[str], send: Any
+) -> tuple[dict[str, Any], str]:
     """Start a run, wait for its tune stage's MLflow run, signal it, wait for the end."""
     proc, log = runner.start(*folder_args)
     try:
@@ -175,8 +193,10 @@ def interrupt(runner: Runner, folder_args: list[str], seen: set[str], send: Any
     (folder,) = runner.runs_root.iterdir()
     snap = runner.snapshot(rc, log, folder)
     # MLflow as this phase left it (later phases end the shared pipeline run again)
-    snap["mlflow"] = {"parent": runner.status(snap["manifest"]["mlflow"]["parent_run_id"]),
-                      "tune": runner.status(tune_run)}
+    snap["mlflow"] = {
+        "parent": runner.status(snap["manifest"]["mlflow"]["parent_run_id"]),
+        "tune": runner.status(tune_run),
+    }
     return snap, tune_run
 
 
@@ -187,8 +207,12 @@ def phases(tmp_path_factory) -> dict[str, Any]:
     seen: set[str] = set()
 
     # 1. Ctrl-C: SIGINT to the whole process group, mid-tune
-    snap, tune_run = interrupt(runner, ["--runs-root", str(runner.runs_root)], seen,
-                               lambda pid: os.killpg(pid, signal.SIGINT))
+    snap, tune_run = interrupt(
+        runner,
+        ["--runs-root", str(runner.runs_root)],
+        seen,
+        lambda pid: os.killpg(pid, signal.SIGINT),
+    )
     seen.add(tune_run)
     folder = Path(snap["manifest"]["run_dir"])
     out.update(folder=folder, sigint=snap, sigint_tune_run=tune_run)
@@ -207,26 +231,47 @@ def phases(tmp_path_factory) -> dict[str, Any]:
     proc.wait()
     seen.add(tune_run)
     # its kernels notice their parent is gone (ipykernel's parent poller) and exit
-    out.update(kill9_tune_run=tune_run, kill9_kernels_left=runner.wait_for_no_kernels(),
-               kill9_status=runner.status(tune_run),
-               kill9_manifest=json.loads((folder / "manifest.json").read_text()))
+    out.update(
+        kill9_tune_run=tune_run,
+        kill9_kernels_left=runner.wait_for_no_kernels(),
+        kill9_status=runner.status(tune_run),
+        kill9_manifest=json.loads((folder / "manifest.json").read_text()),
+    )
 
     # 4. the resume that succeeds (tuning off: the stage itself is not under test here)
     rc, stderr = runner.finish(*resume, "-p", "tuning.enabled=false")
-    out.update(resumed={"rc": rc, "stderr": stderr,
-                        "manifest": json.loads((folder / "manifest.json").read_text())})
+    out.update(
+        resumed={
+            "rc": rc,
+            "stderr": stderr,
+            "manifest": json.loads((folder / "manifest.json").read_text()),
+        }
+    )
 
     # 5. train again with other models: refused, then forced
     before = (folder / "manifest.json").read_bytes(), (folder / "train.json").read_bytes()
-    train_again = ["--stages", "train", "--run-dir", str(folder), "-p", "tuning.enabled=false",
-                   "-p", "training.models=[logreg]"]
+    train_again = [
+        "--stages",
+        "train",
+        "--run-dir",
+        str(folder),
+        "-p",
+        "tuning.enabled=false",
+        "-p",
+        "training.models=[logreg]",
+    ]
     rc, stderr = runner.finish(*train_again)
     after = (folder / "manifest.json").read_bytes(), (folder / "train.json").read_bytes()
     out.update(refused={"rc": rc, "stderr": stderr, "unchanged": before == after})
     rc, stderr = runner.finish(*train_again, "--force")
-    out.update(forced={"rc": rc, "stderr": stderr,
-                       "manifest": json.loads((folder / "manifest.json").read_text()),
-                       "index": (folder / "index.html").read_text()})
+    out.update(
+        forced={
+            "rc": rc,
+            "stderr": stderr,
+            "manifest": json.loads((folder / "manifest.json").read_text()),
+            "index": (folder / "index.html").read_text(),
+        }
+    )
     return out
 
 
@@ -241,8 +286,7 @@ def assert_interrupted(snap: dict[str, Any], signame: str, code: int) -> None:
     # the cell that was running when the kernel stopped: the study's
     nb = json.loads((Path(m["run_dir"]) / tune["notebook"]).read_text())
     assert "tune_model" in "".join(nb["cells"][tune["interrupted"]["cell_index"]]["source"])
-    assert [m["stages"][s]["status"] for s in ("evaluate", "register", "deploy")] == [
-        "not run"] * 3
+    assert [m["stages"][s]["status"] for s in ("evaluate", "register", "deploy")] == ["not run"] * 3
     assert snap["index"] is not None and 'id="run-status">interrupted' in snap["index"]
     assert f"interrupted by {signame}" in snap["index"]
     assert snap["kernel_dirs"] == [], "kernel socket folders left in TMPDIR"
@@ -255,7 +299,8 @@ def test_ctrl_c_ends_the_run_interrupted(phases):
     assert_interrupted(snap, "SIGINT", 130)
     m = snap["manifest"]
     assert [m["stages"][s]["status"] for s in ("ingest", "preprocess", "train")] == [
-        "succeeded"] * 3
+        "succeeded"
+    ] * 3
     # MLflow: the pipeline run and the stage's run were ended KILLED, not left RUNNING
     assert snap["mlflow"] == {"parent": "KILLED", "tune": "KILLED"}
     assert phases["runner"].status(m["stages"]["train"]["mlflow_run_id"]) == "FINISHED"
@@ -336,8 +381,9 @@ def private_tmp(tmp_path, monkeypatch):
     return folder
 
 
-def test_sigterm_while_a_kernel_starts(write_params, runs_root, tracking_dir, private_tmp,
-                                       monkeypatch):
+def test_sigterm_while_a_kernel_starts(
+    write_params, runs_root, tracking_dir, private_tmp, monkeypatch
+):
     """Cold kernels (one started per stage): the signal arrives during the first start."""
     real_init = pipeline.WarmKernel.__init__
 
@@ -346,13 +392,18 @@ def test_sigterm_while_a_kernel_starts(write_params, runs_root, tracking_dir, pr
         os.kill(os.getpid(), signal.SIGTERM)  # handled before __init__ returns to the runner
 
     monkeypatch.setattr(pipeline.WarmKernel, "__init__", init_then_signal)
+
     def old_handler(signum: int, frame: Any) -> None:
         pytest.fail("SIGTERM reached the handler installed before the run")
 
     previous = signal.getsignal(signal.SIGINT), signal.signal(signal.SIGTERM, old_handler)
     try:
-        exc = _run_catching(params_file=write_params(), stages=["ingest", "preprocess"],
-                            runs_root=runs_root, warm_kernels=False)
+        exc = _run_catching(
+            params_file=write_params(),
+            stages=["ingest", "preprocess"],
+            runs_root=runs_root,
+            warm_kernels=False,
+        )
         after = signal.getsignal(signal.SIGTERM)
     finally:
         signal.signal(signal.SIGTERM, previous[1])
@@ -371,8 +422,9 @@ def test_sigterm_while_a_kernel_starts(write_params, runs_root, tracking_dir, pr
     assert client.get_run(m["mlflow"]["parent_run_id"]).info.status == "KILLED"
 
 
-def test_sigint_while_html_is_rendered(write_params, runs_root, tracking_dir, private_tmp,
-                                       monkeypatch):
+def test_sigint_while_html_is_rendered(
+    write_params, runs_root, tracking_dir, private_tmp, monkeypatch
+):
     """The stage's cells all ran: it stays succeeded; the next stage does not start."""
     real_render = report.notebook_to_html
 
@@ -382,8 +434,9 @@ def test_sigint_while_html_is_rendered(write_params, runs_root, tracking_dir, pr
 
     monkeypatch.setattr(report, "notebook_to_html", signal_then_render)
     previous = signal.getsignal(signal.SIGINT)
-    exc = _run_catching(params_file=write_params(), stages=["ingest", "preprocess"],
-                        runs_root=runs_root)
+    exc = _run_catching(
+        params_file=write_params(), stages=["ingest", "preprocess"], runs_root=runs_root
+    )
     assert isinstance(exc, RunInterrupted), repr(exc)
     assert (exc.exit_code, "--from preprocess" in str(exc)) == (130, True), str(exc)
     assert signal.getsignal(signal.SIGINT) is previous
@@ -411,8 +464,9 @@ def test_a_second_signal_stops_at_once(write_params, runs_root, private_tmp, mon
 
     monkeypatch.setattr(report, "notebook_to_html", two_signals_then_render)
     previous = signal.getsignal(signal.SIGINT)
-    exc = _run_catching(params_file=write_params(), stages=["ingest", "preprocess"],
-                        runs_root=runs_root)
+    exc = _run_catching(
+        params_file=write_params(), stages=["ingest", "preprocess"], runs_root=runs_root
+    )
     assert isinstance(exc, RunInterrupted), repr(exc)
     assert exc.exit_code == 130 and "second signal" in str(exc)
     assert signal.getsignal(signal.SIGINT) is previous
@@ -429,8 +483,11 @@ def test_no_handlers_outside_the_main_thread(write_params, runs_root, private_tm
     """A library user's worker thread: run() works and leaves signal handling alone."""
     previous = signal.getsignal(signal.SIGINT)
     result: list[BaseException | None] = []
-    worker = threading.Thread(target=lambda: result.append(_run_catching(
-        params_file=write_params(), stages=["ingest"], runs_root=runs_root)))
+    worker = threading.Thread(
+        target=lambda: result.append(
+            _run_catching(params_file=write_params(), stages=["ingest"], runs_root=runs_root)
+        )
+    )
     worker.start()
     worker.join(timeout=300)
     assert result == [None]
@@ -448,5 +505,4 @@ def test_a_run_folder_in_use_is_refused(write_params, tmp_path):
     with (folder / ".mlfolio.lock").open("a") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         with pytest.raises(ConfigError, match="another mlfolio run"):
-            pipeline.run(write_params(), stages=["train"], run_dir=folder,
-                         echo=lambda line: None)
+            pipeline.run(write_params(), stages=["train"], run_dir=folder, echo=lambda line: None)

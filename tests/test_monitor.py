@@ -72,8 +72,9 @@ def test_thresholds_and_drift_share_settings(cfg, parts):
     cur = month_to_month(shifted(parts["test"]))
     verdict = monitor.drift_verdict(parts["train"], cur, cfg.schema, drift_share=0.1)
     assert verdict["n_drifted"] == 2 and verdict["dataset_drift"] is True
-    loose = monitor.drift_verdict(parts["train"], cur, cfg.schema,
-                                  per_column_threshold={"monthlycharges": 10.0})
+    loose = monitor.drift_verdict(
+        parts["train"], cur, cfg.schema, per_column_threshold={"monthlycharges": 10.0}
+    )
     assert loose["drifted_columns"] == ["contract"]
 
 
@@ -88,7 +89,8 @@ def test_wasserstein_matches_scipy_for_unequal_sizes():
 
 
 @pytest.mark.parametrize(
-    "case", ["large: 2400 vs 800 rows", "small: 800 vs 500 rows"],
+    "case",
+    ["large: 2400 vs 800 rows", "small: 800 vs 500 rows"],
 )
 def test_verdicts_agree_with_evidently(cfg, parts, case):
     if case.startswith("large"):
@@ -108,8 +110,9 @@ def test_verdicts_agree_with_evidently(cfg, parts, case):
 
 
 def test_evidently_report_writes_html(cfg, parts, tmp_path):
-    out = monitor.evidently_report(parts["train"], parts["test"], cfg.schema,
-                                   tmp_path / "drift.html", sample_rows=1500)
+    out = monitor.evidently_report(
+        parts["train"], parts["test"], cfg.schema, tmp_path / "drift.html", sample_rows=1500
+    )
     html = (tmp_path / "drift.html").read_text()
     assert len(html) > 10_000 and "<html" in html.lower()
     assert out["reference_rows"] == 1500 and out["current_rows"] == 800
@@ -174,11 +177,13 @@ def test_retrain_policy_fires_on_drift_share_and_quality_drop():
     # guards: too few rows, or inside the cool-down, hold whatever the triggers say
     assert not retrain_decision(policy, _verdict(0.9, True), 100).retrain
     now = datetime(2026, 11, 27, tzinfo=UTC)
-    held = retrain_decision(policy, _verdict(0.9, True), 2000,
-                            last_retrain_at=now - timedelta(hours=3), now=now)
+    held = retrain_decision(
+        policy, _verdict(0.9, True), 2000, last_retrain_at=now - timedelta(hours=3), now=now
+    )
     assert not held.retrain and "cool-down" in held.reasons[0]
-    assert retrain_decision(policy, _verdict(0.9, True), 2000,
-                            last_retrain_at=now - timedelta(hours=30), now=now).retrain
+    assert retrain_decision(
+        policy, _verdict(0.9, True), 2000, last_retrain_at=now - timedelta(hours=30), now=now
+    ).retrain
 
 
 def test_retrain_policy_from_a_real_drift_verdict(cfg, parts):
@@ -192,11 +197,13 @@ def test_retrain_policy_from_a_real_drift_verdict(cfg, parts):
 def test_no_labelled_rows_holds_a_firing_policy():
     from mlfolio.config import RetrainPolicyConfig
 
-    held = monitor.retrain_decision(RetrainPolicyConfig(), _verdict(0.9, True), 2000,
-                                    labelled_rows=0)
+    held = monitor.retrain_decision(
+        RetrainPolicyConfig(), _verdict(0.9, True), 2000, labelled_rows=0
+    )
     assert not held.retrain and "no labelled current rows" in held.reasons[-1]
-    assert monitor.retrain_decision(RetrainPolicyConfig(), _verdict(0.9, True), 2000,
-                                    labelled_rows=10).retrain
+    assert monitor.retrain_decision(
+        RetrainPolicyConfig(), _verdict(0.9, True), 2000, labelled_rows=10
+    ).retrain
 
 
 def test_prediction_drift_flags_shifted_scores_only(parts):
@@ -245,13 +252,20 @@ def test_retraining_rows_replace_known_ids_and_keep_dtypes(cfg, parts):
 def test_drift_gauges_in_prometheus_text_format(tmp_path):
     from prometheus_client.parser import text_string_to_metric_families
 
-    doc = {"model": {"name": "churn-classifier", "version": "3"}, "share_drifted": 0.25,
-           "n_drifted": 5, "dataset_drift": False, "created_at": "2026-11-27T12:00:00+00:00",
-           "current": {"rows": 1600}, "prediction_drift": {"score": 0.12},
-           "quality": {"current": {"roc_auc": 0.81}, "delta": {"roc_auc": -0.03}}}
+    doc = {
+        "model": {"name": "churn-classifier", "version": "3"},
+        "share_drifted": 0.25,
+        "n_drifted": 5,
+        "dataset_drift": False,
+        "created_at": "2026-11-27T12:00:00+00:00",
+        "current": {"rows": 1600},
+        "prediction_drift": {"score": 0.12},
+        "quality": {"current": {"roc_auc": 0.81}, "delta": {"roc_auc": -0.03}},
+    }
     path = monitor.write_prometheus_textfile(doc, tmp_path / "drift.prom")
-    samples = {s.name: s for f in text_string_to_metric_families(path.read_text())
-               for s in f.samples}
+    samples = {
+        s.name: s for f in text_string_to_metric_families(path.read_text()) for s in f.samples
+    }
     assert samples["mlfolio_drift_share"].value == 0.25
     assert samples["mlfolio_drift_share"].labels == {"model": "churn-classifier", "version": "3"}
     assert samples["mlfolio_dataset_drift"].value == 0
@@ -266,8 +280,9 @@ def test_evidently_reports_with_prediction_and_quality(cfg, parts, tmp_path):
     rng = np.random.default_rng(2)
     ref, cur = parts["train"].head(600), shifted(parts["test"].head(400))
     ref_scores, cur_scores = rng.beta(2, 5, len(ref)), rng.beta(4, 3, len(cur))
-    verdict = monitor.evidently_report(ref, cur, cfg.schema, tmp_path / "drift.html",
-                                       prediction=(ref_scores, cur_scores))
+    verdict = monitor.evidently_report(
+        ref, cur, cfg.schema, tmp_path / "drift.html", prediction=(ref_scores, cur_scores)
+    )
     ours = monitor.drift_verdict(ref, cur, cfg.schema)
     assert "prediction" not in verdict["columns"]  # not counted as a feature
     assert verdict["drifted_columns"] == ours["drifted_columns"]
@@ -278,13 +293,17 @@ def test_evidently_reports_with_prediction_and_quality(cfg, parts, tmp_path):
     monitor.evidently_quality_report(
         pd.DataFrame({"target": y_ref, "prediction": ref_scores}),
         pd.DataFrame({"target": y_cur, "prediction": cur_scores}),
-        tmp_path / "quality.html", 0.5)
+        tmp_path / "quality.html",
+        0.5,
+    )
     assert (tmp_path / "quality.html").stat().st_size > 10_000
     with pytest.raises(DataValidationError, match="target"):
-        monitor.evidently_quality_report(pd.DataFrame({"prediction": ref_scores}),
-                                         pd.DataFrame({"target": y_cur,
-                                                       "prediction": cur_scores}),
-                                         tmp_path / "q.html", 0.5)
+        monitor.evidently_quality_report(
+            pd.DataFrame({"prediction": ref_scores}),
+            pd.DataFrame({"target": y_cur, "prediction": cur_scores}),
+            tmp_path / "q.html",
+            0.5,
+        )
 
 
 # -- publishing to the model server ---------------------------------------------------------
@@ -297,12 +316,14 @@ def test_publish_for_server_puts_the_verdict_on_the_servers_metrics(cfg, parts, 
     from .servers import register_models, start_server, stop_server
 
     verdict = monitor.drift_verdict(parts["train"], shifted(parts["test"]), cfg.schema)
-    doc = {"created_at": "2026-11-30T12:00:00+00:00", "model": {"name": "churn-ab-test",
-                                                                "version": "1"},
-           "current": {"rows": len(parts["test"])}, **verdict}
+    doc = {
+        "created_at": "2026-11-30T12:00:00+00:00",
+        "model": {"name": "churn-ab-test", "version": "1"},
+        "current": {"rows": len(parts["test"])},
+        **verdict,
+    }
     folder = tmp_path / "prediction-log"
-    server = start_server(register_models(tmp_path / "registry"), "--prediction-log",
-                          str(folder))
+    server = start_server(register_models(tmp_path / "registry"), "--prediction-log", str(folder))
     try:
         assert "mlfolio_drift_share" not in httpx.get(f"{server.url}/metrics").text
         path = monitor.publish_for_server(doc, folder)
@@ -310,8 +331,7 @@ def test_publish_for_server_puts_the_verdict_on_the_servers_metrics(cfg, parts, 
         assert json.loads(path.read_text())["drifted_columns"] == ["monthlycharges"]
         assert list(folder.glob("*.tmp")) == []  # written atomically
         text = httpx.get(f"{server.url}/metrics").text
-        share = re.search(r'mlfolio_drift_share\{model="churn-ab-test",version="1"\} (\S+)',
-                          text)
+        share = re.search(r'mlfolio_drift_share\{model="churn-ab-test",version="1"\} (\S+)', text)
         assert share and float(share.group(1)) == pytest.approx(verdict["share_drifted"])
         assert re.search(r"mlfolio_drift_columns\{[^}]*\} 1\.0", text)
     finally:
@@ -323,11 +343,12 @@ def test_importing_monitor_leaves_evidently_and_prometheus_unimported():
     import subprocess
     import sys
 
-    code = ("import json, sys; from mlfolio import monitor; monitor.drift_verdict; "
-            "print(json.dumps([m for m in ('evidently', 'prometheus_client') "
-            "if m in sys.modules]))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
+    code = (
+        "import json, sys; from mlfolio import monitor; monitor.drift_verdict; "
+        "print(json.dumps([m for m in ('evidently', 'prometheus_client') "
+        "if m in sys.modules]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == []
 
 

@@ -30,15 +30,16 @@ def test_environment_yml_lists_the_pyproject_dependencies():
 
 def test_every_dependency_is_pinned_in_constraints():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    pins = {line.split("==")[0].lower().replace("_", "-")
-            for line in (ROOT / "constraints.txt").read_text().splitlines()
-            if "==" in line}
+    pins = {
+        line.split("==")[0].lower().replace("_", "-")
+        for line in (ROOT / "constraints.txt").read_text().splitlines()
+        if "==" in line
+    }
     wanted = _names(project["dependencies"] + project["optional-dependencies"]["test"])
     assert wanted - pins == set()
 
 
-@pytest.mark.parametrize("stage", pipeline.STAGES + pipeline.MONITOR_STAGES,
-                         ids=lambda s: s.name)
+@pytest.mark.parametrize("stage", pipeline.STAGES + pipeline.MONITOR_STAGES, ids=lambda s: s.name)
 def test_notebooks_are_thin_clean_and_parameterized(stage):
     path = ROOT / "notebooks" / stage.notebook
     nb = json.loads(path.read_text())

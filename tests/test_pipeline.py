@@ -39,7 +39,8 @@ def use_store(tracking_dir, monkeypatch):
 
 
 def test_default_run_end_to_end_then_identical_rerun_is_not_promoted(
-        write_params, runs_root, tracking_dir, use_store):
+    write_params, runs_root, tracking_dir, use_store
+):
     params = write_params()
     first = pipeline.run(params, runs_root=runs_root, **QUIET)
     run_dir = Path(first.data["run_dir"])
@@ -82,8 +83,7 @@ def test_default_run_end_to_end_then_identical_rerun_is_not_promoted(
     assert mv.tags["mlfolio.run_dir"] == str(run_dir)
     assert mv.tags["mlfolio.data_hash"] == m["data_hash"]
     history = registry.alias_history(name)
-    assert [(e["alias"], e["version"]) for e in history] == [("challenger", "1"),
-                                                             ("champion", "1")]
+    assert [(e["alias"], e["version"]) for e in history] == [("challenger", "1"), ("champion", "1")]
     assert history[1]["by"] == "pytest" and history[1]["reason"].startswith("gate passed")
 
     # same parameters and data again: identical metrics, and no promotion without a gain
@@ -91,8 +91,12 @@ def test_default_run_end_to_end_then_identical_rerun_is_not_promoted(
     assert second.data["candidate"] == m["candidate"]
     assert second.data["data_hash"] == m["data_hash"]
     assert second.data["gate"]["passed"] is False
-    assert second.data["model"] == {**second.data["model"], "version": "2", "promoted": False,
-                                    "champion": "1"}
+    assert second.data["model"] == {
+        **second.data["model"],
+        "version": "2",
+        "promoted": False,
+        "champion": "1",
+    }
     assert registry.get_alias(name, registry.CHALLENGER).version == "2"
     assert registry.get_alias(name, registry.CHAMPION).version == "1"
     ev = json.loads((Path(second.data["run_dir"]) / "evaluate.json").read_text())
@@ -102,16 +106,26 @@ def test_default_run_end_to_end_then_identical_rerun_is_not_promoted(
     # a stage replays with plain papermill from the run's own parameter file
     out = runs_root / "replayed.ipynb"
     proc = subprocess.run(
-        [str(Path(sys.executable).parent / "papermill"),
-         str(ROOT / "notebooks/02_preprocess.ipynb"),
-         str(out), "-f", str(run_dir / "stage_parameters.yaml"), "--no-progress-bar"],
-        capture_output=True, text=True, timeout=300, cwd="/")
+        [
+            str(Path(sys.executable).parent / "papermill"),
+            str(ROOT / "notebooks/02_preprocess.ipynb"),
+            str(out),
+            "-f",
+            str(run_dir / "stage_parameters.yaml"),
+            "--no-progress-bar",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd="/",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert pd.read_parquet(run_dir / "data/train.parquet").shape[0] == 2400
 
 
 def test_failing_stage_keeps_partial_notebook_then_rerun_from_it(
-        write_params, runs_root, tracking_dir, use_store):
+    write_params, runs_root, tracking_dir, use_store
+):
     params = write_params(training={"logreg": {"C": -1.0}})
     with pytest.raises(StageError, match="stage 'train' failed") as info:
         pipeline.run(params, runs_root=runs_root, **QUIET)
@@ -122,10 +136,18 @@ def test_failing_stage_keeps_partial_notebook_then_rerun_from_it(
     assert m["failed_cell"] == info.value.cell_index
     assert m["stages"]["train"]["error"]["ename"] == "InvalidParameterError"
     assert [m["stages"][s]["status"] for s in pipeline.STAGE_NAMES] == [
-        "succeeded", "succeeded", "failed", "not run", "not run", "not run", "not run"]
+        "succeeded",
+        "succeeded",
+        "failed",
+        "not run",
+        "not run",
+        "not run",
+        "not run",
+    ]
     partial = json.loads((run_dir / "03_train.ipynb").read_text())
-    assert any(o.get("output_type") == "error" for c in partial["cells"]
-               for o in c.get("outputs", []))
+    assert any(
+        o.get("output_type") == "error" for c in partial["cells"] for o in c.get("outputs", [])
+    )
     assert "InvalidParameterError" in (run_dir / "03_train.html").read_text()
     assert "train" in (run_dir / "index.html").read_text()
     assert not (run_dir / "register.json").exists()
@@ -133,8 +155,8 @@ def test_failing_stage_keeps_partial_notebook_then_rerun_from_it(
     assert client.search_registered_models() == []
     assert client.get_run(m["mlflow"]["parent_run_id"]).info.status == "FAILED"
     train_run = client.search_runs(
-        [client.get_experiment_by_name("churn").experiment_id],
-        "tags.`mlfolio.stage` = 'train'")[0]
+        [client.get_experiment_by_name("churn").experiment_id], "tags.`mlfolio.stage` = 'train'"
+    )[0]
     assert train_run.info.status == "FAILED"
 
     # fix the parameter and re-run from the failed stage into the same folder
@@ -168,16 +190,22 @@ def test_cli_exit_codes_and_messages(write_params, tmp_path):
     proc = subprocess.run([exe, "run", str(bad)], capture_output=True, text=True, env=env)
     assert proc.returncode == 2
     assert "gate.min_roc_auc" in proc.stderr and str(bad) in proc.stderr
-    proc = subprocess.run([exe, "run", str(bad), "--from", "train"], capture_output=True,
-                          text=True, env=env)
+    proc = subprocess.run(
+        [exe, "run", str(bad), "--from", "train"], capture_output=True, text=True, env=env
+    )
     assert proc.returncode == 2 and "--run-dir" in proc.stderr
-    proc = subprocess.run([exe, "run", str(write_params()), "-p", "tuning.n_trails=3"],
-                          capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [exe, "run", str(write_params()), "-p", "tuning.n_trails=3"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert proc.returncode == 2 and "tuning.n_trails: unknown key" in proc.stderr
 
 
-def test_a_second_data_set_needs_only_a_parameter_file(tmp_path, write_params, runs_root,
-                                                       use_store):
+def test_a_second_data_set_needs_only_a_parameter_file(
+    tmp_path, write_params, runs_root, use_store
+):
     from sklearn.datasets import load_breast_cancer
 
     bunch = load_breast_cancer(as_frame=True)
@@ -188,11 +216,17 @@ def test_a_second_data_set_needs_only_a_parameter_file(tmp_path, write_params, r
     df.to_csv(csv, index=False)
     numeric = [c for c in df.columns if c not in ("patient", "diagnosis")]
     raw = {
-        "experiment": "breast-cancer", "seed": 7,
+        "experiment": "breast-cancer",
+        "seed": 7,
         "data": {"uri": str(csv)},
-        "schema": {"target": "diagnosis", "positive_label": "malignant",
-                   "negative_label": "benign", "id_column": "patient",
-                   "numeric": numeric, "categorical": []},
+        "schema": {
+            "target": "diagnosis",
+            "positive_label": "malignant",
+            "negative_label": "benign",
+            "id_column": "patient",
+            "numeric": numeric,
+            "categorical": [],
+        },
         "training": {"models": ["logreg"]},
         "evaluation": {"threshold": 0.5},
     }
@@ -201,8 +235,12 @@ def test_a_second_data_set_needs_only_a_parameter_file(tmp_path, write_params, r
     assert m["status"] == "succeeded" and m["data"]["rows"] == 569
     assert m["candidate"]["test"]["roc_auc"] > 0.95
     assert m["model"]["model_name"] == "breast-cancer-classifier"
-    assert yaml.safe_load((Path(m["run_dir"]) / "parameters.yaml").read_text())[
-        "schema"]["positive_label"] == "malignant"
+    assert (
+        yaml.safe_load((Path(m["run_dir"]) / "parameters.yaml").read_text())["schema"][
+            "positive_label"
+        ]
+        == "malignant"
+    )
 
 
 def test_no_champion_means_a_clear_deploy_failure(write_params, runs_root, use_store):

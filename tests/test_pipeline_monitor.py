@@ -24,9 +24,13 @@ from .conftest import CHURN_CSV, CHURN_PARAMS, SMALL, deep_update, tracking_sect
 
 pytestmark = pytest.mark.slow
 QUIET = {"echo": lambda line: None}
-WEAK = {"training": {"models": ["xgboost"],
-                     "xgboost": {"n_estimators": 3, "max_depth": 1, "learning_rate": 0.1}},
-        "tuning": {"enabled": False}}
+WEAK = {
+    "training": {
+        "models": ["xgboost"],
+        "xgboost": {"n_estimators": 3, "max_depth": 1, "learning_rate": 0.1},
+    },
+    "tuning": {"enabled": False},
+}
 STRONG = {"training.models": ["logreg"], "tuning.enabled": False}
 
 
@@ -40,14 +44,18 @@ class Env:
         self.uri = tracking_section(self.tracking)["tracking_uri"]
         raw = yaml.safe_load(CHURN_PARAMS.read_text())
         raw = deep_update(deep_update(raw, SMALL), WEAK)
-        raw = deep_update(raw, {
-            "data": {"uri": str(CHURN_CSV)},
-            "tracking": tracking_section(self.tracking),
-            "gate": {"min_roc_auc": 0.6},
-            "deploy": {"targets": ["kubernetes"]},
-            "monitoring": {"retrain": {"min_drift_share": 0.1, "cooldown_hours": 0,
-                                       "min_rows": 300}},
-        })
+        raw = deep_update(
+            raw,
+            {
+                "data": {"uri": str(CHURN_CSV)},
+                "tracking": tracking_section(self.tracking),
+                "gate": {"min_roc_auc": 0.6},
+                "deploy": {"targets": ["kubernetes"]},
+                "monitoring": {
+                    "retrain": {"min_drift_share": 0.1, "cooldown_hours": 0, "min_rows": 300}
+                },
+            },
+        )
         self.params = root / "params.yaml"
         self.params.write_text(yaml.safe_dump(raw, sort_keys=False))
 
@@ -57,11 +65,16 @@ class Env:
     def champion(self) -> str:
         return str(self.client().get_model_version_by_alias("churn-classifier", "champion").version)
 
-    def monitor(self, current: Path, dry_run: bool = False, **overrides: Any
-                ) -> tuple[pipeline.Manifest, pipeline.Manifest | None]:
-        return pipeline.monitor(self.params, {"monitoring.current": str(current),
-                                              **overrides},
-                                dry_run=dry_run, runs_root=self.runs, **QUIET)
+    def monitor(
+        self, current: Path, dry_run: bool = False, **overrides: Any
+    ) -> tuple[pipeline.Manifest, pipeline.Manifest | None]:
+        return pipeline.monitor(
+            self.params,
+            {"monitoring.current": str(current), **overrides},
+            dry_run=dry_run,
+            runs_root=self.runs,
+            **QUIET,
+        )
 
     def run_folders(self) -> set[Path]:
         return set(self.runs.iterdir())
@@ -72,8 +85,10 @@ def env(tmp_path_factory) -> Env:
     env = Env(tmp_path_factory.mktemp("monitor"))
     first = pipeline.run(env.params, runs_root=env.runs, **QUIET)
     env.source = Path(first.data["run_dir"])
-    held_out = pd.concat([pd.read_parquet(env.source / "data" / f"{s}.parquet")
-                          for s in ("valid", "test")], ignore_index=True)
+    held_out = pd.concat(
+        [pd.read_parquet(env.source / "data" / f"{s}.parquet") for s in ("valid", "test")],
+        ignore_index=True,
+    )
     env.iid = env.root / "iid.csv"
     held_out.to_csv(env.iid, index=False)
     drifted = held_out.copy()
@@ -96,13 +111,24 @@ def test_iid_current_data_is_not_flagged_and_nothing_retrains(env):
     assert not drift["prediction_drift"]["drifted"]
     assert drift["model"]["version"] == env.champion()
     assert drift["reference"]["uri"] == str(env.source / "data" / "train.parquet")
-    assert drift["current"] == {"kind": "file", "uri": str(env.iid), "rows": 1600,
-                                "labelled_rows": 1600}
+    assert drift["current"] == {
+        "kind": "file",
+        "uri": str(env.iid),
+        "rows": 1600,
+        "labelled_rows": 1600,
+    }
     assert abs(drift["quality"]["delta"]["roc_auc"]) < 0.03
     assert drift["decision"]["retrain"] is False
     assert manifest.data["actions"]["retrain"] == {"fired": False}
-    for name in ("08_monitor.ipynb", "08_monitor.html", "drift_report.html",
-                 "quality_report.html", "drift.prom", "index.html", "monitor.json"):
+    for name in (
+        "08_monitor.ipynb",
+        "08_monitor.html",
+        "drift_report.html",
+        "quality_report.html",
+        "drift.prom",
+        "index.html",
+        "monitor.json",
+    ):
         assert (folder / name).exists(), name
     assert "mlfolio_drift_share" in (folder / "drift.prom").read_text()
     index = (folder / "index.html").read_text()
@@ -117,11 +143,12 @@ def test_dry_run_decides_but_does_not_retrain(env):
     assert mon["decision"]["retrain"] is True
     assert {"tenure", "monthlycharges", "contract"} <= set(mon["drifted_columns"])
     assert mon["decision"]["reasons"][0].startswith("FIRE share of drifted columns")
-    assert manifest.data["actions"]["retrain"] == {"fired": True, "run": False,
-                                                   "why": "--dry-run"}
+    assert manifest.data["actions"]["retrain"] == {"fired": True, "run": False, "why": "--dry-run"}
     assert env.champion() == champion
-    assert "Retraining not started: --dry-run" in (
-        Path(manifest.data["run_dir"]) / "index.html").read_text()
+    assert (
+        "Retraining not started: --dry-run"
+        in (Path(manifest.data["run_dir"]) / "index.html").read_text()
+    )
 
 
 def test_drift_retrains_and_only_a_better_model_is_promoted(env):
@@ -174,8 +201,9 @@ def test_bad_current_data_fails_the_monitor_stage_naming_the_problem(env, case, 
     bad = env.root / f"bad-{case.replace(' ', '-')}.csv"
     df.to_csv(bad, index=False)
     before = env.run_folders()
-    code = cli.main(["monitor", str(env.params), "--current", str(bad),
-                     "--runs-root", str(env.runs)])
+    code = cli.main(
+        ["monitor", str(env.params), "--current", str(bad), "--runs-root", str(env.runs)]
+    )
     err = capsys.readouterr().err
     assert code == 1 and "stage 'monitor' failed" in err and expected in err
     assert f"current data {bad}" in err
@@ -212,8 +240,9 @@ def test_monitor_pages_in_a_browser(env):
     sync_api = pytest.importorskip("playwright.sync_api")
     folder = _retrained_monitor_run(env)
     with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium, headless=True,
-                                     args=["--no-sandbox", "--disable-gpu"])
+        browser = pw.chromium.launch(
+            executable_path=chromium, headless=True, args=["--no-sandbox", "--disable-gpu"]
+        )
         try:
             page = browser.new_page()
             errors: list[str] = []
@@ -223,7 +252,8 @@ def test_monitor_pages_in_a_browser(env):
             assert page.inner_text("#retrain-decision") == "retraining fires"
             assert page.locator("#quality tr").count() > 5
             for href in page.eval_on_selector_all(
-                    "a[href]", "els => els.map(e => e.getAttribute('href'))"):
+                "a[href]", "els => els.map(e => e.getAttribute('href'))"
+            ):
                 if "://" not in href:
                     assert (folder / href).resolve().exists(), href
             # follow the link to the retraining run, and its link back
@@ -235,13 +265,18 @@ def test_monitor_pages_in_a_browser(env):
             assert page.url == (folder / "index.html").as_uri()
             # Evidently's report renders its drift table (JS, no network)
             page.goto((folder / "drift_report.html").as_uri(), wait_until="load")
-            page.wait_for_function("document.body.innerText.includes('monthlycharges')",
-                                   timeout=30_000)
+            page.wait_for_function(
+                "document.body.innerText.includes('monthlycharges')", timeout=30_000
+            )
             assert "prediction" in page.inner_text("body")
             page.goto((folder / "08_monitor.html").as_uri(), wait_until="load")
             page.wait_for_function("[...document.images].every(i => i.complete)")
-            assert page.eval_on_selector_all(
-                "img", "els => els.filter(i => i.naturalWidth > 100).length") >= 1
+            assert (
+                page.eval_on_selector_all(
+                    "img", "els => els.filter(i => i.naturalWidth > 100).length"
+                )
+                >= 1
+            )
             assert errors == []
         finally:
             browser.close()
@@ -258,27 +293,46 @@ def test_the_loop_through_a_served_prediction_log(env, tmp_path):
     from .servers import start_server, stop_server, wait_for_rows
 
     log_dir = tmp_path / "log"
-    server = start_server(SimpleNamespace(tracking_uri=env.uri),
-                          "--challenger", "models:/churn-classifier@challenger",
-                          "--challenger-weight", "0.5", "--prediction-log", str(log_dir),
-                          "--entity-column", "customerid", name="churn-classifier")
+    server = start_server(
+        SimpleNamespace(tracking_uri=env.uri),
+        "--challenger",
+        "models:/churn-classifier@challenger",
+        "--challenger-weight",
+        "0.5",
+        "--prediction-log",
+        str(log_dir),
+        "--entity-column",
+        "customerid",
+        name="churn-classifier",
+    )
     try:
         traffic = pd.read_csv(env.drifted)
         features = traffic.drop(columns=["churn"])
         with httpx.Client(base_url=server.url, timeout=30) as client:
             for start in range(0, len(features), 40):
-                chunk = features.iloc[start:start + 40]
-                body = {"dataframe_split": {"columns": list(chunk.columns),
-                                            "data": chunk.astype(object).values.tolist()}}
+                chunk = features.iloc[start : start + 40]
+                body = {
+                    "dataframe_split": {
+                        "columns": list(chunk.columns),
+                        "data": chunk.astype(object).values.tolist(),
+                    }
+                }
                 assert client.post("/invocations", json=body).status_code == 200
             wait_for_rows(log_dir, len(features), include_shadow=False, timeout=30)
             labels = tmp_path / "outcomes.csv"
             traffic[["customerid", "churn"]].to_csv(labels, index=False)
 
             manifest, retrained = pipeline.monitor(
-                env.params, {"monitoring.prediction_log": str(log_dir),
-                             "monitoring.labels": str(labels), "monitoring.window_hours": 1},
-                dry_run=True, runs_root=env.runs, **QUIET)
+                env.params,
+                {
+                    "monitoring.prediction_log": str(log_dir),
+                    "monitoring.labels": str(labels),
+                    "monitoring.window_hours": 1,
+                },
+                dry_run=True,
+                runs_root=env.runs,
+                **QUIET,
+            )
             folder = Path(manifest.data["run_dir"])
             drift = json.loads((folder / "drift.json").read_text())
             assert drift["current"]["kind"] == "prediction_log"
@@ -293,22 +347,32 @@ def test_the_loop_through_a_served_prediction_log(env, tmp_path):
             assert {v["variant"] for v in ab["variants"]} == {"champion", "challenger"}
             assert ab["recommendation"]["action"] in ("promote", "keep", "roll back")
             # the server now exposes the verdict for alerting
-            assert json.loads((log_dir / "drift.json").read_text())["share_drifted"] == \
-                drift["share_drifted"]
+            assert (
+                json.loads((log_dir / "drift.json").read_text())["share_drifted"]
+                == drift["share_drifted"]
+            )
             metrics = client.get("/metrics").text
-            share = re.search(r'^mlfolio_drift_share\{[^}]*\} (\S+)$', metrics, re.M)
+            share = re.search(r"^mlfolio_drift_share\{[^}]*\} (\S+)$", metrics, re.M)
             assert share and float(share.group(1)) == pytest.approx(drift["share_drifted"])
 
             # The registry acts on the A/B recommendation when asked to (no retraining here).
             before = {a: _alias(env, a) for a in ("champion", "challenger")}
             manifest, _ = pipeline.monitor(
-                env.params, {"monitoring.prediction_log": str(log_dir),
-                             "monitoring.labels": str(labels), "monitoring.window_hours": 1,
-                             "monitoring.ab.act": True,
-                             "monitoring.retrain": {"min_drift_share": None,
-                                                    "on_dataset_drift": False,
-                                                    "max_roc_auc_drop": None}},
-                runs_root=env.runs, **QUIET)
+                env.params,
+                {
+                    "monitoring.prediction_log": str(log_dir),
+                    "monitoring.labels": str(labels),
+                    "monitoring.window_hours": 1,
+                    "monitoring.ab.act": True,
+                    "monitoring.retrain": {
+                        "min_drift_share": None,
+                        "on_dataset_drift": False,
+                        "max_roc_auc_drop": None,
+                    },
+                },
+                runs_root=env.runs,
+                **QUIET,
+            )
             action = manifest.data["ab"]["recommendation"]["action"]
             after = {a: _alias(env, a) for a in ("champion", "challenger")}
             assert manifest.data["actions"]["retrain"] == {"fired": False}
@@ -344,8 +408,9 @@ def test_reference_data_comes_from_mlflow_when_the_run_folder_is_elsewhere(env):
         moved.rename(source)
     ours = json.loads((Path(local.data["run_dir"]) / "drift.json").read_text())
     theirs = json.loads((Path(remote.data["run_dir"]) / "drift.json").read_text())
-    assert theirs["reference"]["uri"] == \
-        f"runs:/{tags['mlfolio.pipeline_run_id']}/data/train.parquet"
+    assert (
+        theirs["reference"]["uri"] == f"runs:/{tags['mlfolio.pipeline_run_id']}/data/train.parquet"
+    )
     assert theirs["reference"]["rows"] == ours["reference"]["rows"]
     assert theirs["columns"] == ours["columns"]
     assert theirs["quality"] == ours["quality"]
@@ -365,13 +430,18 @@ def test_two_monitors_on_one_trigger_start_one_retraining(env):
         lines.append(line)
         if line == "monitor: retraining fires":  # the other monitor claims first
             ok, _ = registry.claim_retraining(
-                "churn-classifier", "/runs/other-monitor", datetime.now(UTC),
-                cooldown_hours=0, retrain_run_dir="/runs/other-retraining")
+                "churn-classifier",
+                "/runs/other-monitor",
+                datetime.now(UTC),
+                cooldown_hours=0,
+                retrain_run_dir="/runs/other-retraining",
+            )
             assert ok
 
     before, champion = env.run_folders(), env.champion()
-    manifest, retrained = pipeline.monitor(env.params, {"monitoring.current": str(env.drifted)},
-                                           runs_root=env.runs, echo=echo)
+    manifest, retrained = pipeline.monitor(
+        env.params, {"monitoring.current": str(env.drifted)}, runs_root=env.runs, echo=echo
+    )
     assert retrained is None and len(env.run_folders() - before) == 1
     act = manifest.data["actions"]["retrain"]
     assert act["fired"] is True and act["run"] is False

@@ -22,24 +22,39 @@ from mlfolio.serve import Column
 from .conftest import CHURN_CSV
 from .servers import register_models, split_body, start_server, stop_server, wait_for_rows
 
-COLUMNS = [Column("tenure", "long"), Column("monthlycharges", "double"),
-           Column("gender", "string"), Column("totalcharges", "string", numeric_text=True),
-           Column("paperless", "boolean"), Column('odd "name"', "string")]
+COLUMNS = [
+    Column("tenure", "long"),
+    Column("monthlycharges", "double"),
+    Column("gender", "string"),
+    Column("totalcharges", "string", numeric_text=True),
+    Column("paperless", "boolean"),
+    Column('odd "name"', "string"),
+]
 
 
 def batch(n: int, start: int = 0) -> dict[str, list]:
-    return {"tenure": [start + i for i in range(n)],
-            "monthlycharges": [None if i % 5 == 0 else 20.5 + i for i in range(n)],
-            "gender": ["Female" if i % 2 else "Male" for i in range(n)],
-            "totalcharges": [" " if i % 4 == 0 else f"{i * 10.25}" for i in range(n)],
-            "paperless": [None if i % 3 == 0 else bool(i % 2) for i in range(n)],
-            'odd "name"': [None] * n}
+    return {
+        "tenure": [start + i for i in range(n)],
+        "monthlycharges": [None if i % 5 == 0 else 20.5 + i for i in range(n)],
+        "gender": ["Female" if i % 2 else "Male" for i in range(n)],
+        "totalcharges": [" " if i % 4 == 0 else f"{i * 10.25}" for i in range(n)],
+        "paperless": [None if i % 3 == 0 else bool(i % 2) for i in range(n)],
+        'odd "name"': [None] * n,
+    }
 
 
 def append(log: predlog.PredictionLog, n: int, request_id: str = "r", **kw) -> np.ndarray:
     scores = np.linspace(0.0, 1.0, n)
-    log.append(batch(n), scores, request_id=request_id, model_name="m", model_version="3",
-               variant=kw.pop("variant", "champion"), threshold=0.4, **kw)
+    log.append(
+        batch(n),
+        scores,
+        request_id=request_id,
+        model_name="m",
+        model_version="3",
+        variant=kw.pop("variant", "champion"),
+        threshold=0.4,
+        **kw,
+    )
     return scores
 
 
@@ -93,10 +108,24 @@ def test_batches_are_written_in_few_transactions(tmp_path):
 
 def test_full_queue_drops_and_counts_instead_of_growing(tmp_path, caplog):
     log = predlog.PredictionLog(tmp_path, COLUMNS, max_queued_rows=10)
-    assert log.append(batch(8), np.zeros(8), request_id="a", model_name="m", model_version="1",
-                      variant="champion", threshold=0.5)
-    assert not log.append(batch(5), np.zeros(5), request_id="b", model_name="m",
-                          model_version="1", variant="champion", threshold=0.5)
+    assert log.append(
+        batch(8),
+        np.zeros(8),
+        request_id="a",
+        model_name="m",
+        model_version="1",
+        variant="champion",
+        threshold=0.5,
+    )
+    assert not log.append(
+        batch(5),
+        np.zeros(5),
+        request_id="b",
+        model_name="m",
+        model_version="1",
+        variant="champion",
+        threshold=0.5,
+    )
     assert log.stats()["rows_dropped"] == 5 and "dropping" in caplog.text
     log.start()
     log.close()
@@ -135,22 +164,33 @@ def test_window_variant_and_shadow_filters(tmp_path):
     t0 = datetime(2026, 11, 1, tzinfo=UTC)
     with predlog.PredictionLog(tmp_path, COLUMNS) as log:
         for day in range(5):
-            append(log, 2, f"d{day}", ts=(t0 + timedelta(days=day)).timestamp(),
-                   variant="challenger" if day == 4 else "champion", shadow=day == 3)
+            append(
+                log,
+                2,
+                f"d{day}",
+                ts=(t0 + timedelta(days=day)).timestamp(),
+                variant="challenger" if day == 4 else "champion",
+                shadow=day == 3,
+            )
     ids = lambda df: sorted(set(df["request_id"]))  # noqa: E731
     assert ids(predlog.read(tmp_path)) == ["d0", "d1", "d2", "d4"]
     assert ids(predlog.read(tmp_path, include_shadow=True)) == ["d0", "d1", "d2", "d3", "d4"]
-    window = predlog.read(tmp_path, since=t0 + timedelta(days=1), until=t0 + timedelta(days=3),
-                          include_shadow=True)
+    window = predlog.read(
+        tmp_path, since=t0 + timedelta(days=1), until=t0 + timedelta(days=3), include_shadow=True
+    )
     assert ids(window) == ["d1", "d2"]
     naive = predlog.read(tmp_path, since=datetime(2026, 11, 2), until=datetime(2026, 11, 3))
     assert ids(naive) == ["d1"]  # naive datetimes are UTC
     assert ids(predlog.read(tmp_path, variant="challenger")) == ["d4"]
     assert predlog.read(tmp_path, since=t0 + timedelta(days=30)).empty
     # count() agrees with read() without reading the rows
-    for kwargs in ({}, {"include_shadow": True}, {"variant": "challenger"},
-                   {"since": t0 + timedelta(days=1), "until": t0 + timedelta(days=3),
-                    "include_shadow": True}, {"since": t0 + timedelta(days=30)}):
+    for kwargs in (
+        {},
+        {"include_shadow": True},
+        {"variant": "challenger"},
+        {"since": t0 + timedelta(days=1), "until": t0 + timedelta(days=3), "include_shadow": True},
+        {"since": t0 + timedelta(days=30)},
+    ):
         assert predlog.count(tmp_path, **kwargs) == len(predlog.read(tmp_path, **kwargs))
     assert predlog.count(tmp_path / "nowhere") == 0
 
@@ -186,24 +226,30 @@ def logged(tmp_path) -> pd.DataFrame:
 
 def test_labels_join_by_request_id_and_row(tmp_path, logged):
     path = tmp_path / "labels.csv"
-    pd.DataFrame({"request_id": ["r1", "r1", "r2"], "row": [0, 2, 1],
-                  "churn": ["Yes", "No", "1"]}).to_csv(path, index=False)
+    pd.DataFrame(
+        {"request_id": ["r1", "r1", "r2"], "row": [0, 2, 1], "churn": ["Yes", "No", "1"]}
+    ).to_csv(path, index=False)
     labels = predlog.read_labels(path, "churn", "Yes", "No")
     joined = predlog.join_labels(logged, labels)
     assert joined["actual"].fillna(-1).tolist() == [1.0, -1, 0.0, -1, 1.0]
     assert list(joined.columns[:-1]) == list(logged.columns)
     # one label per request covers all its rows
     pd.DataFrame({"request_id": ["r2"], "churn": [0]}).to_parquet(tmp_path / "l.parquet")
-    whole = predlog.join_labels(logged, predlog.read_labels(tmp_path / "l.parquet", "churn",
-                                                            "Yes", "No"))
+    whole = predlog.join_labels(
+        logged, predlog.read_labels(tmp_path / "l.parquet", "churn", "Yes", "No")
+    )
     assert whole["actual"].fillna(-1).tolist() == [-1, -1, -1, 0.0, 0.0]
 
 
 def test_labels_join_by_entity_latest_label_wins(tmp_path, logged):
     path = tmp_path / "outcomes.csv"
-    pd.DataFrame({"customerid": ["a", "b", "a", "zz"],
-                  "labelled_at": ["2026-11-03", "2026-11-01", "2026-11-02", "2026-11-01"],
-                  "churn": ["Yes", "No", "No", "Yes"]}).to_csv(path, index=False)
+    pd.DataFrame(
+        {
+            "customerid": ["a", "b", "a", "zz"],
+            "labelled_at": ["2026-11-03", "2026-11-01", "2026-11-02", "2026-11-01"],
+            "churn": ["Yes", "No", "No", "Yes"],
+        }
+    ).to_csv(path, index=False)
     labels = predlog.read_labels(path, "churn", "Yes", "No", id_column="customerid")
     assert "entity_id" in labels.columns
     joined = predlog.join_labels(logged, labels)
@@ -211,8 +257,9 @@ def test_labels_join_by_entity_latest_label_wins(tmp_path, logged):
     assert joined["actual"].fillna(-1).tolist() == [1.0, 0.0, -1, 1.0, -1]
     # without a time column the last label in the file wins
     pd.DataFrame({"entity_id": ["a", "a"], "churn": [1, 0]}).to_csv(path, index=False)
-    joined = predlog.join_labels(logged, predlog.read_labels(path, "churn", "Yes", "No"),
-                                 on="entity_id")
+    joined = predlog.join_labels(
+        logged, predlog.read_labels(path, "churn", "Yes", "No"), on="entity_id"
+    )
     assert joined["actual"].fillna(-1).tolist() == [0.0, -1, -1, 0.0, -1]
 
 
@@ -234,7 +281,8 @@ def test_an_id_labelled_twice_with_different_outcomes_warns_with_the_count(tmp_p
     caplog.clear()
     # with a time column, the entity's latest label is the one join_labels uses
     pd.concat([real.assign(ts="2026-11-02"), flipped.assign(ts="2026-11-01")]).to_csv(
-        path, index=False)
+        path, index=False
+    )
     with caplog.at_level("WARNING", logger="mlfolio.predlog"):
         predlog.read_labels(path, "churn", "Yes", "No", id_column="customerid")
     (record,) = [r for r in caplog.records if r.name == "mlfolio.predlog"]
@@ -242,8 +290,13 @@ def test_an_id_labelled_twice_with_different_outcomes_warns_with_the_count(tmp_p
     assert "the latest by 'ts' is used" in record.getMessage()
     caplog.clear()
     # by request id and row: r1 row 0 twice, differently; r1 row 1 is another id
-    pd.DataFrame({"request_id": ["r1", "r1", "r1", "r2"], "row": [0, 0, 1, 0],
-                  "churn": ["Yes", "No", "No", "No"]}).to_csv(path, index=False)
+    pd.DataFrame(
+        {
+            "request_id": ["r1", "r1", "r1", "r2"],
+            "row": [0, 0, 1, 0],
+            "churn": ["Yes", "No", "No", "No"],
+        }
+    ).to_csv(path, index=False)
     with caplog.at_level("WARNING", logger="mlfolio.predlog"):
         predlog.read_labels(path, "churn", "Yes", "No")
     (record,) = [r for r in caplog.records if r.name == "mlfolio.predlog"]
@@ -256,13 +309,18 @@ def test_an_id_labelled_twice_with_different_outcomes_warns_with_the_count(tmp_p
     assert not [r for r in caplog.records if r.name == "mlfolio.predlog"]
 
 
-@pytest.mark.parametrize("frame, match", [
-    (pd.DataFrame({"customer": ["a"], "churn": ["Yes"]}), "no id column.*request_id"),
-    (pd.DataFrame({"request_id": ["r1"], "outcome": ["Yes"]}), "no column 'churn'"),
-    (pd.DataFrame({"request_id": ["r1", "r2"], "churn": ["Yes", "maybe"]}),
-     r"column 'churn' has value\(s\) \['maybe'\]; expected 'Yes'/'No' or 1/0"),
-    (pd.DataFrame({"request_id": [], "churn": []}), "no rows"),
-])
+@pytest.mark.parametrize(
+    "frame, match",
+    [
+        (pd.DataFrame({"customer": ["a"], "churn": ["Yes"]}), "no id column.*request_id"),
+        (pd.DataFrame({"request_id": ["r1"], "outcome": ["Yes"]}), "no column 'churn'"),
+        (
+            pd.DataFrame({"request_id": ["r1", "r2"], "churn": ["Yes", "maybe"]}),
+            r"column 'churn' has value\(s\) \['maybe'\]; expected 'Yes'/'No' or 1/0",
+        ),
+        (pd.DataFrame({"request_id": [], "churn": []}), "no rows"),
+    ],
+)
 def test_bad_label_files_name_the_file_and_column(tmp_path, frame, match):
     path = tmp_path / "bad.csv"
     frame.to_csv(path, index=False)
@@ -289,20 +347,27 @@ def registered(tmp_path_factory):
 
 
 def _score(client: httpx.Client, df: pd.DataFrame, request_id: str, entity: str) -> float:
-    resp = client.post("/invocations", json=split_body(df, [entity]),
-                       headers={"X-Request-ID": request_id})
+    resp = client.post(
+        "/invocations", json=split_body(df, [entity]), headers={"X-Request-ID": request_id}
+    )
     assert resp.status_code == 200, resp.text
     return resp.json()["predictions"][0][1]
 
 
 def test_sigterm_flushes_the_log(registered, tmp_path):
     folder = tmp_path / "log"
-    server = start_server(registered, "--prediction-log", str(folder), "--entity-column",
-                          "customerid", name="churn-predlog-test")
+    server = start_server(
+        registered,
+        "--prediction-log",
+        str(folder),
+        "--entity-column",
+        "customerid",
+        name="churn-predlog-test",
+    )
     try:
         with httpx.Client(base_url=server.url, timeout=30) as c:
             for i in range(40):
-                _score(c, registered.X.iloc[i:i + 1], f"t{i}", registered.ids[i])
+                _score(c, registered.X.iloc[i : i + 1], f"t{i}", registered.ids[i])
     finally:
         stop_server(server.proc)  # SIGTERM right after the last answer
     assert len(predlog.read(folder)) == 40
@@ -310,8 +375,14 @@ def test_sigterm_flushes_the_log(registered, tmp_path):
 
 def test_log_survives_kill_9_with_earlier_rows_intact(registered, tmp_path):
     folder = tmp_path / "log"
-    server = start_server(registered, "--prediction-log", str(folder), "--entity-column",
-                          "customerid", name="churn-predlog-test")
+    server = start_server(
+        registered,
+        "--prediction-log",
+        str(folder),
+        "--entity-column",
+        "customerid",
+        name="churn-predlog-test",
+    )
     X, ids = registered.X, registered.ids
     answered: dict[str, float] = {}
     try:
@@ -319,14 +390,14 @@ def test_log_survives_kill_9_with_earlier_rows_intact(registered, tmp_path):
             for rnd in range(3):
                 for i in range(100):
                     k = rnd * 100 + i
-                    answered[f"k{k:04d}"] = _score(c, X.iloc[k:k + 1], f"k{k:04d}", ids[k])
+                    answered[f"k{k:04d}"] = _score(c, X.iloc[k : k + 1], f"k{k:04d}", ids[k])
                 time.sleep(0.7)  # longer than flush_seconds
                 wait_for_rows(folder, len(answered))
             flushed = predlog.read(folder)
             burst = []
             for k in range(300, 400):
                 burst.append(f"k{k:04d}")
-                answered[burst[-1]] = _score(c, X.iloc[k:k + 1], burst[-1], ids[k])
+                answered[burst[-1]] = _score(c, X.iloc[k : k + 1], burst[-1], ids[k])
                 if k == 349:  # half the burst committed, the other half still queued
                     wait_for_rows(folder, 350)
         os.kill(server.proc.pid, signal.SIGKILL)
@@ -346,6 +417,6 @@ def test_log_survives_kill_9_with_earlier_rows_intact(registered, tmp_path):
         assert score == answered[request_id]
     assert (after["entity_id"] == ids[after["request_id"].str[1:].astype(int)].values).all()
     kept = [r for r in burst if r in set(after["request_id"])]
-    assert kept == burst[:len(kept)]  # only a tail (the unflushed batch) is missing
+    assert kept == burst[: len(kept)]  # only a tail (the unflushed batch) is missing
     assert len(kept) >= 50
     print(f"kill -9: {len(burst) - len(kept)} of {len(burst)} burst rows were not yet flushed")

@@ -55,8 +55,13 @@ def fitted():
 
 def test_register_alias_and_history(store, tmp_path, fitted):
     cfg, model, X = fitted
-    cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={
-        "tracking_uri": store, "artifact_location": (tmp_path / "art").as_uri()})})
+    cfg = cfg.model_copy(
+        update={
+            "tracking": cfg.tracking.model_copy(
+                update={"tracking_uri": store, "artifact_location": (tmp_path / "art").as_uri()}
+            )
+        }
+    )
     tracking.configure(cfg)
     refs = []
     for _ in range(2):
@@ -72,8 +77,10 @@ def test_register_alias_and_history(store, tmp_path, fitted):
     assert first["previous_version"] is None and second["previous_version"] == "1"
     assert registry.get_alias("m", registry.CHAMPION).version == "2"
     history = registry.alias_history("m")
-    assert [(e["version"], e["reason"]) for e in history] == [("1", "first model"),
-                                                               ("2", "beats v1")]
+    assert [(e["version"], e["reason"]) for e in history] == [
+        ("1", "first model"),
+        ("2", "beats v1"),
+    ]
     assert all(e["by"] == "pytest" for e in history)
 
     loaded = tracking.load_model("models:/m@champion")
@@ -86,8 +93,13 @@ def test_register_alias_and_history(store, tmp_path, fitted):
 # -- compare-and-set promotion and the locks behind it ----------------------------------
 def _versions(store, tmp_path, fitted, n: int) -> list[registry.ModelRef]:
     cfg, model, X = fitted
-    cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={
-        "tracking_uri": store, "artifact_location": (tmp_path / "art").as_uri()})})
+    cfg = cfg.model_copy(
+        update={
+            "tracking": cfg.tracking.model_copy(
+                update={"tracking_uri": store, "artifact_location": (tmp_path / "art").as_uri()}
+            )
+        }
+    )
     tracking.configure(cfg)
     with mlflow.start_run() as run:
         uri = tracking.log_model(model, X)
@@ -107,7 +119,9 @@ def test_promote_refuses_when_champion_moved_since_the_gate(store, tmp_path, fit
     assert registry.get_alias("m", registry.CHAMPION).version == "2"
     champion_moves = [e for e in registry.alias_history("m") if e["alias"] == "champion"]
     assert [(e["previous_version"], e["version"]) for e in champion_moves] == [
-        (None, "1"), ("1", "2")]
+        (None, "1"),
+        ("1", "2"),
+    ]
     assert all(e["previous_version"] == e["compared_against"] for e in champion_moves)
     # A gate that saw no champion cannot promote over one.
     assert not registry.promote(v3, None, "first model", "/runs/d").promoted
@@ -178,8 +192,9 @@ def test_lease_lock_on_a_tracking_server(store, tmp_path, fitted):
             with locks.lease_lock("m", "k", timeout_s=0.3, settle_s=0.05):
                 pass
     assert "mlfolio.lock.k" not in client.get_registered_model("m").tags
-    client.set_registered_model_tag("m", "mlfolio.lock.k",
-                                    '{"owner": "dead-host:1:x", "expires": 0}')
+    client.set_registered_model_tag(
+        "m", "mlfolio.lock.k", '{"owner": "dead-host:1:x", "expires": 0}'
+    )
     with locks.lease_lock("m", "k", timeout_s=2, settle_s=0.05):
         pass
 
@@ -199,6 +214,5 @@ def test_one_trigger_claims_one_retraining(store, tmp_path, fitted):
     assert registry.claim_retraining("m", "/runs/monitor-c", later, cooldown_hours=0)[0]
     # Within the cool-down, even a later monitor is held.
     much_later = datetime.now(UTC) + timedelta(seconds=2)
-    ok, holder = registry.claim_retraining("m", "/runs/monitor-d", much_later,
-                                           cooldown_hours=1)
+    ok, holder = registry.claim_retraining("m", "/runs/monitor-d", much_later, cooldown_hours=1)
     assert not ok and holder["monitor_run_dir"] == "/runs/monitor-c"

@@ -25,17 +25,32 @@ pytestmark = pytest.mark.slow
 
 CHROMIUM = chromium_path()
 if CHROMIUM is None:
-    pytest.skip("no Chromium installed (looked for `chromium` on PATH and /usr/bin/chromium)",
-                allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api",
-                               reason="the playwright Python package is not installed")
+    pytest.skip(
+        "no Chromium installed (looked for `chromium` on PATH and /usr/bin/chromium)",
+        allow_module_level=True,
+    )
+sync_api = pytest.importorskip(
+    "playwright.sync_api", reason="the playwright Python package is not installed"
+)
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
 # stage -> what its notebook's first heading starts with; stages whose pages carry plots
-STAGE_HEADINGS = {"ingest": "Ingest", "preprocess": "Preprocess", "train": "Train",
-                  "tune": "Tune", "evaluate": "Evaluate", "register": "Register",
-                  "deploy": "Deploy"}
+STAGE_HEADINGS = {
+    "ingest": "Ingest",
+    "preprocess": "Preprocess",
+    "train": "Train",
+    "tune": "Tune",
+    "evaluate": "Evaluate",
+    "register": "Register",
+    "deploy": "Deploy",
+}
 STAGES_WITH_PLOTS = {"preprocess", "tune", "evaluate"}
 
 
@@ -81,8 +96,7 @@ def good_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def failed_run(tmp_path_factory) -> tuple[Path, StageError]:
     # LogisticRegression(C=-1): scikit-learn rejects the parameter when train fits it
-    run_dir, error = run_pipeline(tmp_path_factory.mktemp("failed"),
-                                  training={"logreg": {"C": -1}})
+    run_dir, error = run_pipeline(tmp_path_factory.mktemp("failed"), training={"logreg": {"C": -1}})
     assert error is not None, "C=-1 should make the train stage fail"
     return run_dir, error
 
@@ -135,17 +149,21 @@ def assert_local_links_exist(page: Any, run_dir: Path) -> list[str]:
 
 def stage_rows(page: Any) -> dict[str, dict[str, Any]]:
     """The stages table: name -> status text and the report link's href (or None)."""
-    return page.eval_on_selector_all("#stages tr:not(:first-child)", """rows => Object.fromEntries(
+    return page.eval_on_selector_all(
+        "#stages tr:not(:first-child)",
+        """rows => Object.fromEntries(
         rows.map(r => [r.cells[1].innerText.trim(), {
             status: r.cells[2].innerText.trim(),
             html: (r.querySelector('a.stage-html') || {getAttribute: () => null})
-                  .getAttribute('href')}]))""")
+                  .getAttribute('href')}]))""",
+    )
 
 
 def image_sizes(page: Any) -> list[list[Any]]:
     page.wait_for_function("[...document.images].every(i => i.complete)")
     return page.eval_on_selector_all(
-        "img", "els => els.map(e => [e.naturalWidth, e.naturalHeight])")
+        "img", "els => els.map(e => [e.naturalWidth, e.naturalHeight])"
+    )
 
 
 # -- the succeeded run ---------------------------------------------------------------------
@@ -153,8 +171,10 @@ def test_index_status_and_verdict(good_run, page):
     open_file(page, good_run / "index.html")
     assert good_run.name in page.title()
     assert page.inner_text("#run-status") == "succeeded"
-    assert page.eval_on_selector("#run-status", "e => getComputedStyle(e).backgroundColor") \
-        == "rgb(26, 127, 55)"  # the green badge
+    assert (
+        page.eval_on_selector("#run-status", "e => getComputedStyle(e).backgroundColor")
+        == "rgb(26, 127, 55)"
+    )  # the green badge
     verdict = page.inner_text("#gate-verdict")
     assert re.search(r"\b(passed|not passed)\b", verdict)
     assert "churn-classifier" in verdict and re.search(r"version \d+", verdict)
@@ -167,11 +187,14 @@ def test_index_status_and_verdict(good_run, page):
 
 def test_index_metrics_table(good_run, page):
     open_file(page, good_run / "index.html")
-    header = page.eval_on_selector_all("#metrics tr:first-child th", "els => els.map(e => "
-                                       "e.innerText.trim())")
+    header = page.eval_on_selector_all(
+        "#metrics tr:first-child th", "els => els.map(e => e.innerText.trim())"
+    )
     assert header == ["model", "split", "roc_auc", "pr_auc", "log_loss", "brier", "f1"]
-    rows = page.eval_on_selector_all("#metrics tr:not(:first-child)", "rows => rows.map(r => "
-                                     "[...r.cells].map(c => c.innerText.trim()))")
+    rows = page.eval_on_selector_all(
+        "#metrics tr:not(:first-child)",
+        "rows => rows.map(r => [...r.cells].map(c => c.innerText.trim()))",
+    )
     models = [r[0] for r in rows]
     assert {"logreg", "xgboost"} <= set(models)
     assert any(m.endswith("(candidate)") for m in models)
@@ -251,8 +274,14 @@ def test_failed_run_index_names_stage(failed_run, page):
     assert error_text.startswith("InvalidParameterError: The 'C' parameter of LogisticRegr")
     rows = stage_rows(page)
     assert {n: r["status"] for n, r in rows.items()} == {
-        "ingest": "succeeded", "preprocess": "succeeded", "train": "failed",
-        "tune": "not run", "evaluate": "not run", "register": "not run", "deploy": "not run"}
+        "ingest": "succeeded",
+        "preprocess": "succeeded",
+        "train": "failed",
+        "tune": "not run",
+        "evaluate": "not run",
+        "register": "not run",
+        "deploy": "not run",
+    }
     assert rows["train"]["html"] == "03_train.html"
     assert all(rows[n]["html"] is None for n in ("tune", "evaluate", "register"))
     assert "No verdict" in page.inner_text("body")

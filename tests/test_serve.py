@@ -61,8 +61,13 @@ def registered(tmp_path_factory) -> Registered:
     folder = tmp_path_factory.mktemp("serve")
     cfg = config.load(CHURN_PARAMS)
     uri = f"sqlite:///{folder / 'mlflow.db'}"
-    cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={
-        "tracking_uri": uri, "artifact_location": (folder / "artifacts").as_uri()})})
+    cfg = cfg.model_copy(
+        update={
+            "tracking": cfg.tracking.model_copy(
+                update={"tracking_uri": uri, "artifact_location": (folder / "artifacts").as_uri()}
+            )
+        }
+    )
     df = data.validate(data.load_source(cfg.data), cfg.schema)
     X, y = features.xy(df, cfg.schema)
     model = features.build_model_pipeline(cfg.schema, LogisticRegression(max_iter=1000))
@@ -71,9 +76,16 @@ def registered(tmp_path_factory) -> Registered:
     try:
         with mlflow.start_run() as run:
             model_uri = tracking.log_model(model, X.head(1000), schema=cfg.schema)
-        ref = registry.register(MODEL, model_uri, run.info.run_id, {
-            "mlfolio.threshold": f"{THRESHOLD:.6f}", "mlfolio.data_hash": "abc123",
-            "mlfolio.run_dir": "/runs/test"})
+        ref = registry.register(
+            MODEL,
+            model_uri,
+            run.info.run_id,
+            {
+                "mlfolio.threshold": f"{THRESHOLD:.6f}",
+                "mlfolio.data_hash": "abc123",
+                "mlfolio.run_dir": "/runs/test",
+            },
+        )
         registry.set_alias(ref, registry.CHAMPION, "serve test")
     finally:
         mlflow.set_tracking_uri(None)
@@ -85,10 +97,27 @@ def server(registered) -> Server:
     """``mlfolio serve`` in a subprocess on a free port, with a token and a 64 KiB limit."""
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlfolio.cli", "serve", "--model", f"models:/{MODEL}@champion",
-         "--tracking-uri", registered.tracking_uri, "--port", "0", "--token", TOKEN,
-         "--max-body-bytes", str(BODY_LIMIT)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+        [
+            sys.executable,
+            "-m",
+            "mlfolio.cli",
+            "serve",
+            "--model",
+            f"models:/{MODEL}@champion",
+            "--tracking-uri",
+            registered.tracking_uri,
+            "--port",
+            "0",
+            "--token",
+            TOKEN,
+            "--max-body-bytes",
+            str(BODY_LIMIT),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     log: list[str] = []
     listening = threading.Event()
 
@@ -166,17 +195,25 @@ def test_health_names_model_version_alias_run_and_data_hash(server, client, regi
 def test_probes_are_open_everything_else_needs_the_token(server):
     for path in ("/ping", "/v2/health/live", "/v2/health/ready"):
         assert httpx.get(server.url + path).status_code == 200, path
-    for method, path in (("GET", "/health"), ("GET", "/metrics"), ("POST", "/invocations"),
-                         ("GET", f"/v2/models/{MODEL}"), ("POST", f"/v2/models/{MODEL}/infer")):
+    for method, path in (
+        ("GET", "/health"),
+        ("GET", "/metrics"),
+        ("POST", "/invocations"),
+        ("GET", f"/v2/models/{MODEL}"),
+        ("POST", f"/v2/models/{MODEL}/infer"),
+    ):
         missing = httpx.request(method, server.url + path)
         assert missing.status_code == 401, path
         assert missing.headers["www-authenticate"].startswith("Bearer")
-        wrong = httpx.request(method, server.url + path,
-                              headers={"Authorization": "Bearer nope"})
+        wrong = httpx.request(method, server.url + path, headers={"Authorization": "Bearer nope"})
         assert wrong.status_code == 401, path
     assert "Authorization" in httpx.get(server.url + "/health").json()["message"]
-    assert "invalid bearer token" in httpx.post(
-        server.url + "/invocations", headers={"Authorization": "Bearer x"}).json()["message"]
+    assert (
+        "invalid bearer token"
+        in httpx.post(server.url + "/invocations", headers={"Authorization": "Bearer x"}).json()[
+            "message"
+        ]
+    )
     assert "error" in httpx.get(f"{server.url}/v2/models/{MODEL}").json()
 
 
@@ -186,8 +223,17 @@ def test_cli_defaults_bind_loopback_on_sagemakers_port():
 
 
 def test_cli_reports_an_unknown_model_and_exits_1(registered, capsys):
-    code = cli.main(["serve", "--model", "models:/no-such-model@champion",
-                     "--tracking-uri", registered.tracking_uri, "--port", "0"])
+    code = cli.main(
+        [
+            "serve",
+            "--model",
+            "models:/no-such-model@champion",
+            "--tracking-uri",
+            registered.tracking_uri,
+            "--port",
+            "0",
+        ]
+    )
     assert code == 1
     assert "no-such-model" in capsys.readouterr().err
     assert cli.main(["serve", "--model", "churn@champion"]) == 1
@@ -195,8 +241,7 @@ def test_cli_reports_an_unknown_model_and_exits_1(registered, capsys):
 
 
 # -- MLflow scoring protocol and SageMaker ---------------------------------------------
-@pytest.mark.parametrize("fmt", ["dataframe_split", "dataframe_records", "instances",
-                                 "inputs"])
+@pytest.mark.parametrize("fmt", ["dataframe_split", "dataframe_records", "instances", "inputs"])
 def test_mlflow_json_formats_match_the_pipeline(client, registered, fmt):
     df = rows(registered)
     split = df.to_dict(orient="split")
@@ -224,16 +269,20 @@ def test_csv_bodies_match_the_pipeline(client, registered, header):
     body = df.to_csv(index=False, header=header)
     if header:  # columns in another order are fine when named
         body = df[list(reversed(df.columns))].to_csv(index=False)
-    resp = client.post("/invocations", content=body,
-                       headers={"Content-Type": "text/csv; charset=utf-8"})
+    resp = client.post(
+        "/invocations", content=body, headers={"Content-Type": "text/csv; charset=utf-8"}
+    )
     assert resp.status_code == 200, resp.text
     assert_answers(registered, df, resp.json())
 
 
 def test_sagemaker_csv_answer(client, registered):
     df = rows(registered, 5)
-    resp = client.post("/invocations", content=df.to_csv(index=False, header=False),
-                       headers={"Content-Type": "text/csv", "Accept": "text/csv"})
+    resp = client.post(
+        "/invocations",
+        content=df.to_csv(index=False, header=False),
+        headers={"Content-Type": "text/csv", "Accept": "text/csv"},
+    )
     assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/csv")
     lines = [line.split(",") for line in resp.text.strip().splitlines()]
     want = expected(registered, df)[:, 1]
@@ -293,10 +342,13 @@ def test_v2_infer_with_tritonclient(triton, registered, columns, binary):
     from tritonclient.http import InferRequestedOutput
 
     df = rows(registered)
-    outputs = [InferRequestedOutput("probability", binary_data=binary),
-               InferRequestedOutput("label", binary_data=binary)]
-    result = triton.infer(MODEL, triton_inputs(df, binary, columns), outputs=outputs,
-                          headers=auth(), request_id="r-1")
+    outputs = [
+        InferRequestedOutput("probability", binary_data=binary),
+        InferRequestedOutput("label", binary_data=binary),
+    ]
+    result = triton.infer(
+        MODEL, triton_inputs(df, binary, columns), outputs=outputs, headers=auth(), request_id="r-1"
+    )
     want = expected(registered, df)[:, 1]
     np.testing.assert_allclose(result.as_numpy("probability"), want, rtol=0, atol=1e-12)
     assert result.as_numpy("label").tolist() == (want >= THRESHOLD).astype(int).tolist()
@@ -306,10 +358,12 @@ def test_v2_infer_with_tritonclient(triton, registered, columns, binary):
 
 def test_v2_infer_default_outputs_and_versioned_route(triton, registered, columns):
     df = rows(registered, 4)
-    result = triton.infer(MODEL, triton_inputs(df, True, columns), model_version="1",
-                          headers=auth())  # no outputs named: all, binary
-    np.testing.assert_allclose(result.as_numpy("probability"),
-                               expected(registered, df)[:, 1], rtol=0, atol=1e-12)
+    result = triton.infer(
+        MODEL, triton_inputs(df, True, columns), model_version="1", headers=auth()
+    )  # no outputs named: all, binary
+    np.testing.assert_allclose(
+        result.as_numpy("probability"), expected(registered, df)[:, 1], rtol=0, atol=1e-12
+    )
 
 
 def test_v2_errors_name_the_field(triton, registered, columns):
@@ -325,8 +379,7 @@ def test_v2_errors_name_the_field(triton, registered, columns):
     wrong = InferInput("gender", [3], "FP64")
     wrong.set_data_from_numpy(np.array([1.5, 2.0, 3.0]), binary_data=False)
     with pytest.raises(InferenceServerException) as exc:
-        triton.infer(MODEL, [wrong, *(i for i in inputs if i.name() != "gender")],
-                     headers=auth())
+        triton.infer(MODEL, [wrong, *(i for i in inputs if i.name() != "gender")], headers=auth())
     assert "gender" in exc.value.message() and "FP64" in exc.value.message()
 
     extra = InferInput("shoe_size", [3], "INT64")
@@ -347,25 +400,46 @@ def _one(registered: Registered, **changes: Any) -> dict[str, Any]:
     return rec
 
 
-@pytest.mark.parametrize("case", [
-    "malformed-json", "not-an-object", "no-format-key", "missing-column", "unknown-column",
-    "wrong-type-number", "wrong-type-string", "text-in-number", "infinite", "ragged-split",
-    "csv-bad-integer", "csv-unknown-column", "unsupported-content-type"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "malformed-json",
+        "not-an-object",
+        "no-format-key",
+        "missing-column",
+        "unknown-column",
+        "wrong-type-number",
+        "wrong-type-string",
+        "text-in-number",
+        "infinite",
+        "ragged-split",
+        "csv-bad-integer",
+        "csv-unknown-column",
+        "unsupported-content-type",
+    ],
+)
 def test_bad_requests_get_a_message_naming_the_field(client, registered, case):
     rec = _one(registered)
     without = {k: v for k, v in rec.items() if k != "contract"}
     json_cases = {
         "missing-column": ({"dataframe_records": [rec, without]}, ["contract", "[1]"]),
         "unknown-column": ({"dataframe_records": [{**rec, "shoe_size": 42}]}, ["shoe_size"]),
-        "wrong-type-number": ({"dataframe_records": [_one(registered, tenure="forty")]},
-                              ["tenure", "a number", "'forty'"]),
-        "wrong-type-string": ({"dataframe_records": [_one(registered, gender=[1])]},
-                              ["gender", "string", "an array"]),
-        "text-in-number": ({"dataframe_records": [_one(registered, totalcharges="N/A")]},
-                           ["totalcharges", "N/A"]),
-        "ragged-split": ({"dataframe_split": {"columns": list(rec),
-                                              "data": [list(rec.values())[:-1]]}},
-                         ["dataframe_split.data[0]", "19 values"]),
+        "wrong-type-number": (
+            {"dataframe_records": [_one(registered, tenure="forty")]},
+            ["tenure", "a number", "'forty'"],
+        ),
+        "wrong-type-string": (
+            {"dataframe_records": [_one(registered, gender=[1])]},
+            ["gender", "string", "an array"],
+        ),
+        "text-in-number": (
+            {"dataframe_records": [_one(registered, totalcharges="N/A")]},
+            ["totalcharges", "N/A"],
+        ),
+        "ragged-split": (
+            {"dataframe_split": {"columns": list(rec), "data": [list(rec.values())[:-1]]}},
+            ["dataframe_split.data[0]", "19 values"],
+        ),
         "no-format-key": ({"records": [rec]}, ["dataframe_split", "records"]),
         "not-an-object": ([rec], ["JSON object"]),
     }
@@ -403,16 +477,16 @@ def test_bad_requests_get_a_message_naming_the_field(client, registered, case):
 def test_oversize_bodies_get_413_with_or_without_content_length(client, registered):
     big = json.dumps({"dataframe_records": [_one(registered)] * 400})
     assert len(big) > BODY_LIMIT
-    resp = client.post("/invocations", content=big,
-                       headers={"Content-Type": "application/json"})
+    resp = client.post("/invocations", content=big, headers={"Content-Type": "application/json"})
     assert resp.status_code == 413 and str(BODY_LIMIT) in resp.json()["message"]
 
     def chunks():
         for i in range(0, len(big), 4096):
-            yield big[i:i + 4096].encode()
+            yield big[i : i + 4096].encode()
 
-    resp = client.post("/invocations", content=chunks(),
-                       headers={"Content-Type": "application/json"})
+    resp = client.post(
+        "/invocations", content=chunks(), headers={"Content-Type": "application/json"}
+    )
     assert resp.status_code == 413 and str(BODY_LIMIT) in resp.json()["message"]
     v2 = client.post(f"/v2/models/{MODEL}/infer", content=big)
     assert v2.status_code == 413 and str(BODY_LIMIT) in v2.json()["error"]
@@ -420,11 +494,21 @@ def test_oversize_bodies_get_413_with_or_without_content_length(client, register
 
 def test_server_is_healthy_after_bad_input(client, registered):
     for body in (b"\xff\xfe", b"[", b'{"inputs": {"tenure": [[1]]}}', b'{"dataframe_split": 3}'):
-        assert client.post("/invocations", content=body,
-                           headers={"Content-Type": "application/json"}).status_code == 400
+        assert (
+            client.post(
+                "/invocations", content=body, headers={"Content-Type": "application/json"}
+            ).status_code
+            == 400
+        )
     assert client.post(f"/v2/models/{MODEL}/infer", content=b'{"inputs": 3}').status_code == 400
-    assert client.post(f"/v2/models/{MODEL}/infer", content=b"{}",
-                       headers={"Inference-Header-Content-Length": "999"}).status_code == 400
+    assert (
+        client.post(
+            f"/v2/models/{MODEL}/infer",
+            content=b"{}",
+            headers={"Inference-Header-Content-Length": "999"},
+        ).status_code
+        == 400
+    )
     df = rows(registered, 3)
     ok = client.post("/invocations", json={"dataframe_records": records(df)})
     assert ok.status_code == 200
@@ -447,10 +531,8 @@ def test_metrics_count_requests_batches_and_scores(client, registered):
     client.post("/invocations", content=b"{", headers={"Content-Type": "application/json"})
     text = client.get("/metrics").text
     base = {"model": MODEL, "version": "1"}
-    assert _metric(text, "mlfolio_requests_total", route="/invocations", status="200",
-                   **base) >= 1
-    assert _metric(text, "mlfolio_requests_total", route="/invocations", status="400",
-                   **base) >= 1
+    assert _metric(text, "mlfolio_requests_total", route="/invocations", status="200", **base) >= 1
+    assert _metric(text, "mlfolio_requests_total", route="/invocations", status="400", **base) >= 1
     assert _metric(text, "mlfolio_request_duration_seconds_count", route="/invocations") >= 2
     assert _metric(text, "mlfolio_batch_rows_count", **base) >= 1
     assert _metric(text, "mlfolio_prediction_score_count", **base) >= 2
@@ -466,11 +548,14 @@ def test_concurrent_requests_are_batched_and_each_caller_gets_its_row(server, re
 
     async def burst() -> list[list[float]]:
         limits = httpx.Limits(max_connections=64)
-        async with httpx.AsyncClient(base_url=server.url, headers=AUTH, limits=limits,
-                                     timeout=30) as ac:
+        async with httpx.AsyncClient(
+            base_url=server.url, headers=AUTH, limits=limits, timeout=30
+        ) as ac:
+
             async def one(i: int) -> list[float]:
-                resp = await ac.post("/invocations",
-                                     json={"dataframe_records": records(df.iloc[[i]])})
+                resp = await ac.post(
+                    "/invocations", json={"dataframe_records": records(df.iloc[[i]])}
+                )
                 assert resp.status_code == 200, resp.text
                 return resp.json()["predictions"][0]
 
@@ -479,7 +564,8 @@ def test_concurrent_requests_are_batched_and_each_caller_gets_its_row(server, re
     def batched() -> float:
         text = httpx.get(server.url + "/metrics", headers=AUTH).text
         return _metric(text, "mlfolio_batch_requests_count") - _metric(
-            text, "mlfolio_batch_requests_bucket", le="1.0")
+            text, "mlfolio_batch_requests_bucket", le="1.0"
+        )
 
     before = batched()
     for _ in range(5):  # batching needs requests to overlap; a loaded machine may serialise
@@ -499,10 +585,10 @@ def test_compiled_scorer_equals_the_pipeline_on_every_row(registered):
     reference = serve.PipelineScorer(registered.model, served.columns)
     features_ = registered.model[:-1].transform(X)
     assert np.array_equal(served.scorer.transform(cols, len(X)), features_)
-    assert np.array_equal(served.scorer.predict_proba(cols, len(X)),
-                          registered.model.predict_proba(X))
-    assert np.array_equal(reference.predict_proba(cols, len(X)),
-                          registered.model.predict_proba(X))
+    assert np.array_equal(
+        served.scorer.predict_proba(cols, len(X)), registered.model.predict_proba(X)
+    )
+    assert np.array_equal(reference.predict_proba(cols, len(X)), registered.model.predict_proba(X))
     pipeline_only = serve.load(f"models:/{MODEL}/1", registered.tracking_uri, "pipeline")
     assert isinstance(pipeline_only.scorer, serve.PipelineScorer)
 
@@ -537,18 +623,26 @@ def test_a_failing_request_fails_alone_in_its_batch():
             return np.column_stack([1 - p, p])
 
     column = serve.Column("x", "long")
-    model = serve.ServedModel(name="m", version="1", alias=None, uri="models:/m/1",
-                              requested_uri="models:/m/1", run_id=None, tags={},
-                              threshold=0.5, columns=[column], scorer=Scorer(),
-                              tracking_uri="")
+    model = serve.ServedModel(
+        name="m",
+        version="1",
+        alias=None,
+        uri="models:/m/1",
+        requested_uri="models:/m/1",
+        run_id=None,
+        tags={},
+        threshold=0.5,
+        columns=[column],
+        scorer=Scorer(),
+        tracking_uri="",
+    )
 
     async def main():
         batcher = serve.MicroBatcher(model, None)
         await batcher.start()
         try:
             blocks = [serve.Block(1, {"x": [v]}) for v in (1, -1, 3, 5)]
-            return await asyncio.gather(*(batcher.score(b) for b in blocks),
-                                        return_exceptions=True)
+            return await asyncio.gather(*(batcher.score(b) for b in blocks), return_exceptions=True)
         finally:
             await batcher.stop()
 
@@ -576,21 +670,32 @@ def client_rows(n: int = 12) -> pd.DataFrame:
 
 def v2_inputs(df: pd.DataFrame) -> list[dict[str, Any]]:
     kinds = {"int64": "INT64", "float64": "FP64"}
-    return [{"name": c, "shape": [len(df)], "datatype": kinds.get(str(df[c].dtype), "BYTES"),
-             "data": df[c].tolist()} for c in df.columns]
+    return [
+        {
+            "name": c,
+            "shape": [len(df)],
+            "datatype": kinds.get(str(df[c].dtype), "BYTES"),
+            "data": df[c].tolist(),
+        }
+        for c in df.columns
+    ]
 
 
 def post_client_rows(client: httpx.Client, protocol: str, df: pd.DataFrame) -> httpx.Response:
     """``df`` sent as it is, in one of the server's input protocols."""
     if protocol == "csv":
-        return client.post("/invocations", content=df.to_csv(index=False),
-                           headers={"Content-Type": "text/csv"})
+        return client.post(
+            "/invocations", content=df.to_csv(index=False), headers={"Content-Type": "text/csv"}
+        )
     if protocol == "v2":
         return client.post(f"/v2/models/{MODEL}/infer", json={"inputs": v2_inputs(df)})
     split = df.to_dict(orient="split")
-    payload = {"dataframe_split": {"columns": split["columns"], "data": split["data"]},
-               "dataframe_records": records(df), "instances": records(df),
-               "inputs": {c: df[c].tolist() for c in df.columns}}[protocol]
+    payload = {
+        "dataframe_split": {"columns": split["columns"], "data": split["data"]},
+        "dataframe_records": records(df),
+        "instances": records(df),
+        "inputs": {c: df[c].tolist() for c in df.columns},
+    }[protocol]
     return client.post("/invocations", json={protocol: payload})
 
 
@@ -624,8 +729,9 @@ def test_a_blank_number_is_a_missing_value(client, registered, protocol):
     want = registered.model.predict_proba(missing)[:, 1]
     np.testing.assert_allclose(scores(protocol, resp), want, rtol=0, atol=1e-12)
     # as the pipeline reads the raw text, in training and in serving alike
-    np.testing.assert_allclose(want, registered.model.predict_proba(
-        df.drop(columns=["customerid"]))[:, 1], rtol=0, atol=0)
+    np.testing.assert_allclose(
+        want, registered.model.predict_proba(df.drop(columns=["customerid"]))[:, 1], rtol=0, atol=0
+    )
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
@@ -649,19 +755,37 @@ def test_numbers_as_numbers_without_the_id_column(client, registered):
     df = client_rows(4).drop(columns=["customerid"])
     resp = client.post("/invocations", json={"dataframe_records": records(df)})
     assert resp.status_code == 200, resp.text
-    np.testing.assert_allclose(np.asarray(resp.json()["predictions"]),
-                               registered.model.predict_proba(df), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(
+        np.asarray(resp.json()["predictions"]),
+        registered.model.predict_proba(df),
+        rtol=0,
+        atol=1e-12,
+    )
 
 
 def test_values_are_read_as_the_pipelines_coercer_reads_them():
     flag = serve.Column("seniorcitizen", "string")
-    assert serve.check_values(flag, [0, 1.0, True, "1", None, float("nan"), 2.5]) == \
-        ["0", "1", "True", "1", None, None, "2.5"]
+    assert serve.check_values(flag, [0, 1.0, True, "1", None, float("nan"), 2.5]) == [
+        "0",
+        "1",
+        "True",
+        "1",
+        None,
+        None,
+        "2.5",
+    ]
     with pytest.raises(serve.RequestError, match="'seniorcitizen'.*number inf"):
         serve.check_values(flag, [float("inf")])
     number = serve.Column("totalcharges", "double")
-    assert serve.check_values(number, [3320.75, 12, " 7.25 ", " ", "\t", "", None]) == \
-        [3320.75, 12, 7.25, None, None, None, None]
+    assert serve.check_values(number, [3320.75, 12, " 7.25 ", " ", "\t", "", None]) == [
+        3320.75,
+        12,
+        7.25,
+        None,
+        None,
+        None,
+        None,
+    ]
     with pytest.raises(serve.RequestError, match="'totalcharges'.*'N/A' in row 1"):
         serve.check_values(number, [1.0, "N/A"])
 
@@ -671,8 +795,9 @@ def test_versions_logged_with_an_inferred_signature_take_numbers_too(registered)
     column read as a number: a client's number is taken as its text."""
     from mlflow.models import infer_signature
 
-    columns = serve.columns_from_signature(infer_signature(registered.X.head(5)),
-                                           ["tenure", "monthlycharges", "totalcharges"])
+    columns = serve.columns_from_signature(
+        infer_signature(registered.X.head(5)), ["tenure", "monthlycharges", "totalcharges"]
+    )
     col = next(c for c in columns if c.name == "totalcharges")
     assert col.kind == "string" and col.numeric_text
     assert serve.check_values(col, [3320.75, 12, " ", None]) == ["3320.75", "12", " ", None]
@@ -680,25 +805,37 @@ def test_versions_logged_with_an_inferred_signature_take_numbers_too(registered)
         serve.check_values(col, [True])
 
 
-@pytest.mark.parametrize("module", ["mlfolio.serve.contract", "mlfolio.lambda_handler",
-                                    "mlfolio.deploy.kubernetes"])
+@pytest.mark.parametrize(
+    "module", ["mlfolio.serve.contract", "mlfolio.lambda_handler", "mlfolio.deploy.kubernetes"]
+)
 def test_the_contract_imports_without_pandas_numpy_or_fastapi(module):
     """The deploy targets and the Lambda handler import the serving contract, not the server:
     in a fresh interpreter, importing them loads none of the server's heavy libraries."""
-    code = (f"import sys, {module}; print(sorted(m for m in ('pandas', 'numpy', 'fastapi', "
-            "'starlette', 'sklearn', 'mlflow') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, timeout=60).stdout
+    code = (
+        f"import sys, {module}; print(sorted(m for m in ('pandas', 'numpy', 'fastapi', "
+        "'starlette', 'sklearn', 'mlflow') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
     assert out.strip() == "[]"
 
 
 def test_serve_options_refuse_bad_ab_flags_before_anything_is_loaded():
     """One place checks the A/B flags: ServeOptions, named after the flag at fault."""
     assert serve.ServeOptions("models:/m@champion").mode is None
-    assert serve.ServeOptions("models:/m@champion", challenger="models:/m@challenger",
-                              challenger_weight=0.2).mode == "ab"
-    assert serve.ServeOptions("models:/m@champion", challenger="models:/m@challenger",
-                              shadow=True).mode == "shadow"
+    assert (
+        serve.ServeOptions(
+            "models:/m@champion", challenger="models:/m@challenger", challenger_weight=0.2
+        ).mode
+        == "ab"
+    )
+    assert (
+        serve.ServeOptions(
+            "models:/m@champion", challenger="models:/m@challenger", shadow=True
+        ).mode
+        == "shadow"
+    )
     with pytest.raises(serve.ServeError, match="--challenger-weight needs --challenger"):
         serve.ServeOptions("models:/m@champion", challenger_weight=0.2)
     with pytest.raises(serve.ServeError, match="--challenger-weight 1.5: expected a share"):

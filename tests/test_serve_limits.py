@@ -46,10 +46,16 @@ def split_doc(registered: Registered, n: int, url: str) -> dict[str, Any]:
     meta = httpx.get(f"{url.rstrip('/')}/v2/models/{MODEL}", headers=AUTH, timeout=10).json()
     types = {spec["name"]: spec["datatype"] for spec in meta["inputs"]}
     X = registered.X[list(types)]
-    rows = [[typed_value(v, types[c]) for c, v in zip(X.columns, row, strict=True)]
-            for row in X.astype(object).values.tolist()]
-    return {"dataframe_split": {"columns": list(X.columns),
-                                "data": [rows[i % len(rows)] for i in range(n)]}}
+    rows = [
+        [typed_value(v, types[c]) for c, v in zip(X.columns, row, strict=True)]
+        for row in X.astype(object).values.tolist()
+    ]
+    return {
+        "dataframe_split": {
+            "columns": list(X.columns),
+            "data": [rows[i % len(rows)] for i in range(n)],
+        }
+    }
 
 
 def expected(registered: Registered, n: int) -> np.ndarray:
@@ -70,23 +76,31 @@ def v2_doc(client: httpx.Client, registered: Registered, n: int = 2) -> dict[str
     inputs = []
     for spec in meta["inputs"]:
         values = [typed_value(v, spec["datatype"]) for v in X[spec["name"]].tolist()]
-        inputs.append({"name": spec["name"], "datatype": spec["datatype"], "shape": [n],
-                       "data": values})
+        inputs.append(
+            {"name": spec["name"], "datatype": spec["datatype"], "shape": [n], "data": values}
+        )
     return {"inputs": inputs}
 
 
 # -- bearer token ------------------------------------------------------------------------
 @pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER", "bEaReR"])
 def test_bearer_scheme_is_case_insensitive(server, scheme):
-    resp = httpx.get(f"{server.url}/health",
-                     headers={"Authorization": f"{scheme} {TOKEN}"}, timeout=10)
+    resp = httpx.get(
+        f"{server.url}/health", headers={"Authorization": f"{scheme} {TOKEN}"}, timeout=10
+    )
     assert resp.status_code == 200, resp.text
     assert resp.json()["model"] == MODEL
 
 
 def test_token_itself_stays_case_sensitive(server):
-    for value in (f"Bearer {TOKEN.upper()}", f"Basic {TOKEN}", TOKEN, "Bearer", f"Bearer{TOKEN}",
-                  f"Bearer {TOKEN} x"):
+    for value in (
+        f"Bearer {TOKEN.upper()}",
+        f"Basic {TOKEN}",
+        TOKEN,
+        "Bearer",
+        f"Bearer{TOKEN}",
+        f"Bearer {TOKEN} x",
+    ):
         resp = httpx.get(f"{server.url}/health", headers={"Authorization": value}, timeout=10)
         assert resp.status_code == 401, value
         assert resp.headers["www-authenticate"].startswith("Bearer")
@@ -101,7 +115,8 @@ def deep(levels: int, inner: bytes = b"1") -> bytes:
 def test_deeply_nested_json_is_400_naming_the_limit(client, registered, levels):
     bodies = {
         "/invocations": b'{"inputs": ' + deep(levels) + b"}",
-        f"/v2/models/{MODEL}/infer": json.dumps(v2_doc(client, registered, 1)).encode()
+        f"/v2/models/{MODEL}/infer": json.dumps(v2_doc(client, registered, 1))
+        .encode()
         .replace(b'"data": [', b'"data": [' + deep(levels) + b", ", 1),
     }
     for path, body in bodies.items():
@@ -136,26 +151,28 @@ def _with(doc: dict[str, Any], where: str, value: Any) -> dict[str, Any]:
     return doc
 
 
-@pytest.mark.parametrize("where, value, field", [
-    ("request", [], "parameters"),
-    ("request", ["binary_data_output"], "parameters"),
-    ("request", "binary_data_output", "parameters"),
-    ("request", 7, "parameters"),
-    ("request", {"binary_data_output": "yes"}, "parameters.binary_data_output"),
-    ("request", {"binary_data_output": 1}, "parameters.binary_data_output"),
-    ("request", {"priority": {"nested": 1}}, "parameters.priority"),
-    ("request", {"tags": [1, 2]}, "parameters.tags"),
-    ("input", "binary", "inputs[0].parameters"),
-    ("input", [1], "inputs[0].parameters"),
-    ("input", {"binary_data_size": "12"}, "inputs[0].parameters.binary_data_size"),
-    ("input", {"binary_data_size": 1.5}, "inputs[0].parameters.binary_data_size"),
-    ("input", {"note": None}, "inputs[0].parameters.note"),
-    ("output", [1], "outputs[0].parameters"),
-    ("output", "binary", "outputs[0].parameters"),
-    ("output", {"binary_data": "false"}, "outputs[0].parameters.binary_data"),
-])
-def test_malformed_v2_parameters_are_400_naming_the_field(client, registered, where, value,
-                                                          field):
+@pytest.mark.parametrize(
+    "where, value, field",
+    [
+        ("request", [], "parameters"),
+        ("request", ["binary_data_output"], "parameters"),
+        ("request", "binary_data_output", "parameters"),
+        ("request", 7, "parameters"),
+        ("request", {"binary_data_output": "yes"}, "parameters.binary_data_output"),
+        ("request", {"binary_data_output": 1}, "parameters.binary_data_output"),
+        ("request", {"priority": {"nested": 1}}, "parameters.priority"),
+        ("request", {"tags": [1, 2]}, "parameters.tags"),
+        ("input", "binary", "inputs[0].parameters"),
+        ("input", [1], "inputs[0].parameters"),
+        ("input", {"binary_data_size": "12"}, "inputs[0].parameters.binary_data_size"),
+        ("input", {"binary_data_size": 1.5}, "inputs[0].parameters.binary_data_size"),
+        ("input", {"note": None}, "inputs[0].parameters.note"),
+        ("output", [1], "outputs[0].parameters"),
+        ("output", "binary", "outputs[0].parameters"),
+        ("output", {"binary_data": "false"}, "outputs[0].parameters.binary_data"),
+    ],
+)
+def test_malformed_v2_parameters_are_400_naming_the_field(client, registered, where, value, field):
     doc = _with(v2_doc(client, registered), where, value)
     resp = client.post(f"/v2/models/{MODEL}/infer", json=doc)
     assert resp.status_code == 400, (resp.status_code, resp.text[:300])
@@ -217,8 +234,7 @@ def test_many_large_bodies_at_once_stay_within_memory(registered):
             t.join(600)
         grown = vm_hwm_mb(server.proc.pid) - before
 
-        assert len(results) == 16 and all(isinstance(r, httpx.Response) for r in results), \
-            results
+        assert len(results) == 16 and all(isinstance(r, httpx.Response) for r in results), results
         statuses = sorted(r.status_code for r in results)
         assert grown < 250, f"peak RSS grew by {grown:.0f} MB ({statuses})"
         assert set(statuses) <= {200, 503}, statuses
@@ -261,10 +277,11 @@ def test_content_length_over_the_limit_is_refused_unread(server):
 
     host, port = server.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(f"POST /invocations HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}"
-                     "\r\nContent-Type: application/json\r\nContent-Length: 50000000\r\n"
-                     "Expect: 100-continue\r\n\r\n".encode())
+        sock.sendall(
+            f"POST /invocations HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}"
+            "\r\nContent-Type: application/json\r\nContent-Length: 50000000\r\n"
+            "Expect: 100-continue\r\n\r\n".encode()
+        )
         head = sock.recv(65536).decode()
     assert head.startswith("HTTP/1.1 413"), head
     assert "100 Continue" not in head
-

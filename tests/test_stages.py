@@ -19,8 +19,12 @@ from .conftest import CHURN_CSV, CHURN_PARAMS, SMALL, deep_update, tracking_sect
 
 QUIET = {"echo": lambda line: None}
 MODEL = "churn-race"
-FAST = {"training": {"models": ["logreg"]}, "tuning": {"enabled": False},
-        "deploy": {"targets": ["kubernetes"]}, "registry": {"model_name": MODEL}}
+FAST = {
+    "training": {"models": ["logreg"]},
+    "tuning": {"enabled": False},
+    "deploy": {"targets": ["kubernetes"]},
+    "registry": {"model_name": MODEL},
+}
 UP_TO_EVALUATE = ["ingest", "preprocess", "train", "tune", "evaluate"]
 
 
@@ -33,8 +37,9 @@ class Env:
         self.uri = tracking_section(root / "tracking")["tracking_uri"]
         raw = yaml.safe_load(CHURN_PARAMS.read_text())
         raw = deep_update(deep_update(raw, SMALL), FAST)
-        raw = deep_update(raw, {"data": {"uri": str(CHURN_CSV)},
-                                "tracking": tracking_section(root / "tracking")})
+        raw = deep_update(
+            raw, {"data": {"uri": str(CHURN_CSV)}, "tracking": tracking_section(root / "tracking")}
+        )
         self.params = root / "params.yaml"
         self.params.write_text(yaml.safe_dump(raw, sort_keys=False))
 
@@ -87,8 +92,7 @@ def test_register_does_not_promote_past_a_champion_its_gate_never_saw(env):
     other_dir = env.root / "other-run"
     other_dir.mkdir()
     (other_dir / "evaluate.json").write_text(json.dumps({"champion": None}))
-    other = registry.register(MODEL, ev["candidate"]["model_uri"], ev["candidate"]["run_id"],
-                              {})
+    other = registry.register(MODEL, ev["candidate"]["model_uri"], ev["candidate"]["run_id"], {})
     registry.set_alias(other, registry.CHAMPION, "gate passed (other run)", str(other_dir))
 
     manifest = pipeline.run(env.params, stages=["register"], run_dir=env.run_dir, **QUIET)
@@ -141,8 +145,12 @@ def test_interactive_register_changes_nothing_unless_asked(env, tmp_path, monkey
     aliases = (env.alias(registry.CHAMPION), env.alias(registry.CHALLENGER))
     notebook = Path(__file__).resolve().parents[1] / "notebooks" / "06_register.ipynb"
 
-    pm.execute_notebook(str(notebook), str(tmp_path / "out.ipynb"),
-                        parameters={"params_file": str(params)}, progress_bar=False)
+    pm.execute_notebook(
+        str(notebook),
+        str(tmp_path / "out.ipynb"),
+        parameters={"params_file": str(params)},
+        progress_bar=False,
+    )
     reg = json.loads((folder / "register.json").read_text())
     assert reg["registered"] is False and "interactive run" in reg["why_not_promoted"]
     assert len(env.client().search_model_versions(f"name = '{MODEL}'")) == versions
@@ -151,25 +159,35 @@ def test_interactive_register_changes_nothing_unless_asked(env, tmp_path, monkey
     assert run.data.tags["mlfolio.interactive"] == "true" and run.info.status == "FINISHED"
 
     # The user says so: then an interactive run registers (champion only through the gate).
-    pm.execute_notebook(str(notebook), str(tmp_path / "out2.ipynb"), progress_bar=False,
-                        parameters={"params_file": str(params),
-                                    "overrides": {"registry.interactive_writes": True}})
+    pm.execute_notebook(
+        str(notebook),
+        str(tmp_path / "out2.ipynb"),
+        progress_bar=False,
+        parameters={"params_file": str(params), "overrides": {"registry.interactive_writes": True}},
+    )
     reg = json.loads((folder / "register.json").read_text())
     assert reg["registered"] is True and env.alias(registry.CHALLENGER) == reg["version"]
 
 
 @pytest.mark.slow
 def test_failed_interactive_stage_names_the_missing_stage_and_ends_failed(
-        env, tmp_path, monkeypatch):
+    env, tmp_path, monkeypatch
+):
     from papermill.exceptions import PapermillExecutionError
 
     params = _interactive(env, tmp_path, monkeypatch, "churn-lab-empty")
     notebook = Path(__file__).resolve().parents[1] / "notebooks" / "05_evaluate.ipynb"
     with pytest.raises(PapermillExecutionError) as failed:
-        pm.execute_notebook(str(notebook), str(tmp_path / "out.ipynb"),
-                            parameters={"params_file": str(params)}, progress_bar=False)
-    assert "data/train.parquet is missing: run the preprocess stage (02_preprocess.ipynb) " \
-           "first" in failed.value.evalue
+        pm.execute_notebook(
+            str(notebook),
+            str(tmp_path / "out.ipynb"),
+            parameters={"params_file": str(params)},
+            progress_bar=False,
+        )
+    assert (
+        "data/train.parquet is missing: run the preprocess stage (02_preprocess.ipynb) "
+        "first" in failed.value.evalue
+    )
     (run,) = _stage_runs(env, "churn-lab-empty", "evaluate")
     assert run.info.status == "FAILED" and run.data.tags["mlfolio.interactive"] == "true"
 
@@ -184,9 +202,14 @@ class Stages:
 
     def __init__(self, root: Path):
         raw = deep_update(deep_update(yaml.safe_load(CHURN_PARAMS.read_text()), SMALL), FAST)
-        raw = deep_update(raw, {"data": {"uri": str(CHURN_CSV)},
-                                "registry": {"model_name": UNIT_MODEL},
-                                "tracking": tracking_section(root)})
+        raw = deep_update(
+            raw,
+            {
+                "data": {"uri": str(CHURN_CSV)},
+                "registry": {"model_name": UNIT_MODEL},
+                "tracking": tracking_section(root),
+            },
+        )
         self.root = root
         self.params = root / "params.yaml"
         self.params.write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -195,8 +218,9 @@ class Stages:
     def run(self, stage: str, fn, run_dir: Path | None = None, **overrides):
         from mlfolio.context import open_stage
 
-        ctx = open_stage(stage, str(self.params), str(run_dir or self.run_dir),
-                         overrides=overrides or None)
+        ctx = open_stage(
+            stage, str(self.params), str(run_dir or self.run_dir), overrides=overrides or None
+        )
         try:
             return ctx, fn(ctx)
         finally:
@@ -238,8 +262,7 @@ def test_ingest_and_preprocess_write_the_snapshot_and_stratified_splits(split_ru
     assert info["source_rows"] == len(df) == 4000 and info["dropped_missing_target"] == 0
     snapshot = pd.read_parquet(units.run_dir / stages.SNAPSHOT)
     assert data.content_hash(snapshot) == info["data_hash"]
-    assert json.loads((units.run_dir / "ingest.json").read_text())["data_hash"] == \
-        info["data_hash"]
+    assert json.loads((units.run_dir / "ingest.json").read_text())["data_hash"] == info["data_hash"]
     sizes = {name: len(part) for name, part in parts.items()}
     assert sizes == {"train": 2400, "valid": 800, "test": 800}
     rate = data.target_vector(df, ctx.cfg.schema).mean()
@@ -250,7 +273,8 @@ def test_ingest_and_preprocess_write_the_snapshot_and_stratified_splits(split_ru
         pd.testing.assert_frame_equal(reread[name], part)
     written = json.loads((units.run_dir / "preprocess.json").read_text())
     assert written["splits"] == features.split_summary(parts, ctx.cfg.schema).to_dict(
-        orient="index")
+        orient="index"
+    )
     run = mlflow.get_run(ctx.mlflow_run_id)
     assert run.data.metrics["train_rows"] == 2400 and run.info.status == "FINISHED"
     assert run.data.params["split.test_size"] == str(ctx.cfg.split.test_size)
@@ -293,9 +317,11 @@ def test_deploy_stage_names_a_target_missing_from_deploy_targets(registered_run,
 
     units, _ = registered_run
     monkeypatch.delitem(deploy.TARGETS, "kubernetes")
-    with pytest.raises(deploy.DeployError,
-                       match="kubernetes: deploy.targets: unknown target 'kubernetes'; "
-                             "expected one of local, lambda, sagemaker"):
+    with pytest.raises(
+        deploy.DeployError,
+        match="kubernetes: deploy.targets: unknown target 'kubernetes'; "
+        "expected one of local, lambda, sagemaker",
+    ):
         units.run("deploy", stages.deploy_model)
     written = json.loads((units.run_dir / "deploy.json").read_text())
     assert written["targets"]["kubernetes"]["status"] == "failed"
@@ -314,19 +340,33 @@ def test_monitor_stage_publishes_drift_json_for_the_server_of_the_log(registered
     rows = out["parts"]["test"].copy()
     rows["monthlycharges"] = rows["monthlycharges"] * 1.5 + 20  # a price rise
     Column = dataclasses.make_dataclass("Column", ["name", "kind"])
-    columns = [Column(c, "double") for c in schema.numeric] + \
-        [Column(c, "string") for c in schema.categorical]
-    values = {c: [None if pd.isna(v) else float(v)
-                  for v in pd.to_numeric(rows[c], errors="coerce")] for c in schema.numeric}
+    columns = [Column(c, "double") for c in schema.numeric] + [
+        Column(c, "string") for c in schema.categorical
+    ]
+    values = {
+        c: [None if pd.isna(v) else float(v) for v in pd.to_numeric(rows[c], errors="coerce")]
+        for c in schema.numeric
+    }
     values.update({c: rows[c].astype(str).tolist() for c in schema.categorical})
     log_dir = units.root / "prediction-log"
     with predlog.PredictionLog(log_dir, columns) as log:
-        log.append(values, np.full(len(rows), 0.5), request_id="unit", model_name=UNIT_MODEL,
-                   model_version="1", variant="champion", threshold=0.5,
-                   entity_id=rows[schema.id_column].tolist())
+        log.append(
+            values,
+            np.full(len(rows), 0.5),
+            request_id="unit",
+            model_name=UNIT_MODEL,
+            model_version="1",
+            variant="champion",
+            threshold=0.5,
+            entity_id=rows[schema.id_column].tolist(),
+        )
     monitor_dir = units.root / "monitor-run"
-    _, result = units.run("monitor", stages.monitor_model, run_dir=monitor_dir,
-                            **{"monitoring.prediction_log": str(log_dir)})
+    _, result = units.run(
+        "monitor",
+        stages.monitor_model,
+        run_dir=monitor_dir,
+        **{"monitoring.prediction_log": str(log_dir)},
+    )
     assert result["current"]["kind"] == "prediction_log" and result["current"]["rows"] == 800
     assert "monthlycharges" in result["drifted_columns"]
     ours = json.loads((monitor_dir / "drift.json").read_text())

@@ -69,8 +69,10 @@ def test_signature_follows_the_pipelines_schema(fitted, store):
     cfg, model, example = fitted
     uri, messages = _log(store, model, example)
     meta = Model.load(uri)
-    want = {**{c: "double" for c in cfg.schema.numeric},
-            **{c: "string" for c in cfg.schema.categorical}}
+    want = {
+        **{c: "double" for c in cfg.schema.numeric},
+        **{c: "string" for c in cfg.schema.categorical},
+    }
     assert _types(meta) == want
     assert [c.name for c in meta.signature.inputs.inputs] == cfg.schema.features
     assert not [m for m in messages if "integer column" in m], messages
@@ -105,8 +107,7 @@ def test_mlflow_scoring_accepts_rows_as_a_client_holds_them(fitted, store):
     rows = client_rows()
     pyfunc = mlflow.pyfunc.load_model(uri)
     body = json.loads(json.dumps({"dataframe_records": rows.to_dict(orient="records")}))
-    got = np.asarray(pyfunc.predict(infer_and_parse_data(
-        body, pyfunc.metadata.get_input_schema())))
+    got = np.asarray(pyfunc.predict(infer_and_parse_data(body, pyfunc.metadata.get_input_schema())))
     want = model.predict_proba(rows.drop(columns=["customerid"]))
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
 
@@ -117,4 +118,3 @@ def test_log_model_without_a_coercer_or_schema_is_refused(store):
     plain = Pipeline([("m", LogisticRegression())]).fit(pd.DataFrame({"a": [0.0, 1.0]}), [0, 1])
     with pytest.raises(MlfolioError, match="schema"):
         _log(store, plain, pd.DataFrame({"a": [0.0, 1.0]}))
-

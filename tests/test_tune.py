@@ -37,8 +37,14 @@ def folds(churn):
 
 
 def tuning(**overrides) -> TuningConfig:
-    base = {"model": "xgboost", "n_trials": 4, "cv_folds": 2, "timeout": None,
-            "pruner": "median", "n_workers": 1}
+    base = {
+        "model": "xgboost",
+        "n_trials": 4,
+        "cv_folds": 2,
+        "timeout": None,
+        "pruner": "median",
+        "n_workers": 1,
+    }
     return TuningConfig(**{**base, **overrides})
 
 
@@ -51,8 +57,15 @@ def test_xgboost_space_within_bounds():
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(30):
         p = tune.suggest_params(study.ask(), "xgboost")
-        assert set(p) == {"n_estimators", "learning_rate", "max_depth", "min_child_weight",
-                          "subsample", "colsample_bytree", "reg_lambda"}
+        assert set(p) == {
+            "n_estimators",
+            "learning_rate",
+            "max_depth",
+            "min_child_weight",
+            "subsample",
+            "colsample_bytree",
+            "reg_lambda",
+        }
         assert 50 <= p["n_estimators"] <= 500 and p["n_estimators"] % 25 == 0
         assert 0.01 <= p["learning_rate"] <= 0.3
         assert p["max_depth"] in range(2, 8)
@@ -71,37 +84,68 @@ def test_logreg_space_and_unknown_kind():
 
 def test_best_params_rebuild_the_full_parameters():
     # stages.tune_model refits with suggest_params(FixedTrial(study.best_params)).
-    values = {"n_estimators": 125, "learning_rate": 0.05, "max_depth": 3,
-              "min_child_weight": 2.0, "subsample": 0.8, "colsample_bytree": 0.7,
-              "reg_lambda": 1.0}
+    values = {
+        "n_estimators": 125,
+        "learning_rate": 0.05,
+        "max_depth": 3,
+        "min_child_weight": 2.0,
+        "subsample": 0.8,
+        "colsample_bytree": 0.7,
+        "reg_lambda": 1.0,
+    }
     assert tune.suggest_params(optuna.trial.FixedTrial(values), "xgboost") == values
 
 
 # -- the objective ----------------------------------------------------------------------
-@pytest.mark.parametrize("params", [
-    {"n_estimators": 50, "learning_rate": 0.1, "max_depth": 3, "min_child_weight": 1.0,
-     "subsample": 1.0, "colsample_bytree": 1.0, "reg_lambda": 1.0},
-    {"n_estimators": 75, "learning_rate": 0.2, "max_depth": 6, "min_child_weight": 5.0,
-     "subsample": 0.6, "colsample_bytree": 0.5, "reg_lambda": 0.01},
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {
+            "n_estimators": 50,
+            "learning_rate": 0.1,
+            "max_depth": 3,
+            "min_child_weight": 1.0,
+            "subsample": 1.0,
+            "colsample_bytree": 1.0,
+            "reg_lambda": 1.0,
+        },
+        {
+            "n_estimators": 75,
+            "learning_rate": 0.2,
+            "max_depth": 6,
+            "min_child_weight": 5.0,
+            "subsample": 0.6,
+            "colsample_bytree": 0.5,
+            "reg_lambda": 0.01,
+        },
+    ],
+)
 def test_fold_scores_equal_the_estimators_own_fit(folds, params):
     """The cached-matrix xgboost path grows the same trees as XGBClassifier.fit."""
     for step, (X_fit, y_fit, X_val, _) in enumerate(folds.parts):
         model = train.make_estimator("xgboost", params, SEED).fit(X_fit, y_fit)
-        np.testing.assert_array_equal(tune.fold_scores(folds, step, "xgboost", params, SEED),
-                                      model.predict_proba(X_val)[:, 1])
+        np.testing.assert_array_equal(
+            tune.fold_scores(folds, step, "xgboost", params, SEED), model.predict_proba(X_val)[:, 1]
+        )
 
 
 def test_objective_is_the_pipelines_cross_validated_auc(churn, folds):
     """Same folds, same preprocessing: the CV AUC of the servable pipeline."""
     schema, train_df = churn
-    params = {"n_estimators": 50, "learning_rate": 0.1, "max_depth": 3,
-              "min_child_weight": 1.0, "subsample": 0.9, "colsample_bytree": 0.8,
-              "reg_lambda": 1.0}
+    params = {
+        "n_estimators": 50,
+        "learning_rate": 0.1,
+        "max_depth": 3,
+        "min_child_weight": 1.0,
+        "subsample": 0.9,
+        "colsample_bytree": 0.8,
+        "reg_lambda": 1.0,
+    }
     X, y = features.xy(train_df, schema)
     pipe = features.build_model_pipeline(schema, train.make_estimator("xgboost", params, SEED))
-    expected = cross_val_score(pipe, X, y, scoring="roc_auc",
-                               cv=StratifiedKFold(2, shuffle=True, random_state=SEED)).mean()
+    expected = cross_val_score(
+        pipe, X, y, scoring="roc_auc", cv=StratifiedKFold(2, shuffle=True, random_state=SEED)
+    ).mean()
     objective = tune.make_objective(folds, "xgboost", SEED, prune=False)
     assert objective(optuna.trial.FixedTrial(params)) == pytest.approx(expected, abs=1e-12)
 
@@ -112,8 +156,10 @@ def test_folds_pickle_without_their_xgboost_matrices(folds):
     copy = pickle.loads(pickle.dumps(folds))
     assert copy._matrices == {}
     np.testing.assert_array_equal(copy.parts[0][0], folds.parts[0][0])
-    np.testing.assert_array_equal(tune.fold_scores(copy, 0, "xgboost", params, SEED),
-                                  tune.fold_scores(folds, 0, "xgboost", params, SEED))
+    np.testing.assert_array_equal(
+        tune.fold_scores(copy, 0, "xgboost", params, SEED),
+        tune.fold_scores(folds, 0, "xgboost", params, SEED),
+    )
 
 
 # -- storage, resume, failures ------------------------------------------------------------
@@ -178,9 +224,19 @@ def test_two_workers_share_one_study(churn, folds, tmp_path):
     slots = mp.get_context("spawn").Value("i", cfg.n_trials)
     # Each worker its own storage handle and its own copy of the folds, as a process has.
     workers = [
-        threading.Thread(target=tune._worker, args=(
-            cfg, tune.storage_for(cfg, tmp_path), "shared", SEED + 1 + i,
-            pickle.loads(pickle.dumps(folds)), "xgboost", cfg.n_trials, slots))
+        threading.Thread(
+            target=tune._worker,
+            args=(
+                cfg,
+                tune.storage_for(cfg, tmp_path),
+                "shared",
+                SEED + 1 + i,
+                pickle.loads(pickle.dumps(folds)),
+                "xgboost",
+                cfg.n_trials,
+                slots,
+            ),
+        )
         for i in range(2)
     ]
     for w in workers:
@@ -197,19 +253,22 @@ def test_two_workers_share_one_study(churn, folds, tmp_path):
 def test_same_seed_gives_the_same_study(churn, tmp_path):
     schema, train_df = churn
     cfg = tuning(n_trials=10)  # past TPE's 8 random start-up trials, pruner active
-    runs = [tune.run_study(cfg, train_df, schema, SEED, tmp_path / name, "repro")
-            for name in ("a", "b")]
+    runs = [
+        tune.run_study(cfg, train_df, schema, SEED, tmp_path / name, "repro") for name in ("a", "b")
+    ]
     assert runs[0].best_params == runs[1].best_params
     assert runs[0].best_value == runs[1].best_value
-    assert [(t.params, t.state, t.value) for t in runs[0].trials] == \
-           [(t.params, t.state, t.value) for t in runs[1].trials]
+    assert [(t.params, t.state, t.value) for t in runs[0].trials] == [
+        (t.params, t.state, t.value) for t in runs[1].trials
+    ]
 
 
 # -- reporting ----------------------------------------------------------------------------
 def test_trials_table_and_plot(churn, tmp_path):
     schema, train_df = churn
-    study = tune.run_study(tuning(n_trials=4, pruner="none"), train_df, schema, SEED,
-                           tmp_path, "report")
+    study = tune.run_study(
+        tuning(n_trials=4, pruner="none"), train_df, schema, SEED, tmp_path, "report"
+    )
     table = views.trials_table(study)
     assert list(table.columns[:4]) == ["number", "state", "value", "duration"]
     assert set(table.columns[4:]) == set(study.best_params)

@@ -32,11 +32,14 @@ def parts(cfg):
 @pytest.fixture(scope="module")
 def scored(cfg, parts):
     """A logistic regression fitted on the training rows; (y, scores) of valid and test."""
-    model = train.fit(cfg.schema, "logreg", {"C": 1.0, "max_iter": 2000}, parts["train"],
-                      cfg.seed)
-    return {name: (data.target_vector(parts[name], cfg.schema).to_numpy(),
-                   train.predict_scores(model, parts[name], cfg.schema))
-            for name in ("valid", "test")}
+    model = train.fit(cfg.schema, "logreg", {"C": 1.0, "max_iter": 2000}, parts["train"], cfg.seed)
+    return {
+        name: (
+            data.target_vector(parts[name], cfg.schema).to_numpy(),
+            train.predict_scores(model, parts[name], cfg.schema),
+        )
+        for name in ("valid", "test")
+    }
 
 
 def evaluate_result(scored, champion: bool) -> dict:
@@ -50,19 +53,29 @@ def evaluate_result(scored, champion: bool) -> dict:
         champ = {"version": "3", "test": evaluate.classification_metrics(y, weak, 0.35)}
         comparison = evaluate.bootstrap_auc_difference(y, score, weak, 200, 0.95, 0)
     verdict = evaluate.gate(GateConfig(min_roc_auc=0.8), test, comparison, "3")
-    return {"candidate": {"name": "logreg", "valid": valid, "test": test}, "threshold": 0.35,
-            "champion": champ, "comparison": comparison, "gate": verdict.to_dict()}
+    return {
+        "candidate": {"name": "logreg", "valid": valid, "test": test},
+        "threshold": 0.35,
+        "champion": champ,
+        "comparison": comparison,
+        "gate": verdict.to_dict(),
+    }
 
 
 # -- ingest ------------------------------------------------------------------------------
 def test_ingest_markdown_says_what_was_sampled_and_read_as_missing(cfg):
-    info = {"source_rows": 4000, "dropped_missing_target": 0, "rows": 1000,
-            "non_finite_as_missing": {"tenure": 2}}
+    info = {
+        "source_rows": 4000,
+        "dropped_missing_target": 0,
+        "rows": 1000,
+        "non_finite_as_missing": {"tenure": 2},
+    }
     assert views.ingest_markdown(info, cfg.schema).data == (
         "**4,000 rows read**, all with a value in the target `churn`.\n\n"
         "A seeded sample of 1,000 of them (`data.sample_rows`) is the snapshot.\n\n"
         "Column `tenure`: 2 non-finite value(s) treated as missing "
-        "(`schema.non_finite: missing`).")
+        "(`schema.non_finite: missing`)."
+    )
 
 
 # -- tune ---------------------------------------------------------------------------------
@@ -76,8 +89,7 @@ def test_metrics_frame_rows_and_verdict_markdown(scored):
     first = evaluate_result(scored, champion=False)
     table = views.metrics_frame(first)
     assert list(table.index) == ["logreg · valid", "logreg · test"]
-    assert table.loc["logreg · test", "roc_auc"] == round(first["candidate"]["test"]["roc_auc"],
-                                                          4)
+    assert table.loc["logreg · test", "roc_auc"] == round(first["candidate"]["test"]["roc_auc"], 4)
     text = views.verdict_markdown(first).data
     assert text.startswith("Gate: **PASSED** — eligible for champion\n\n- PASS test ROC AUC 0.")
     assert text.endswith("- PASS no champion yet: nothing to beat")
@@ -90,31 +102,48 @@ def test_metrics_frame_rows_and_verdict_markdown(scored):
 # -- register -----------------------------------------------------------------------------
 def test_registration_markdown_for_each_outcome():
     base = {"model_name": "churn", "version": "4", "registered": True}
+    assert (
+        views.registration_markdown(
+            {**base, "registered": False, "why_not_promoted": "interactive run"}
+        ).data
+        == "**Not registered.** interactive run"
+    )
     assert views.registration_markdown(
-        {**base, "registered": False, "why_not_promoted": "interactive run"}
-    ).data == "**Not registered.** interactive run"
-    assert views.registration_markdown(
-        {**base, "promoted": True, "compared_against": "3"}).data == (
+        {**base, "promoted": True, "compared_against": "3"}
+    ).data == (
         "Registered **churn v4** as `challenger`. Promoted to `champion` (replacing v3, the "
-        "version the gate compared against).")
+        "version the gate compared against)."
+    )
     assert views.registration_markdown(
         {**base, "promoted": False, "why_not_promoted": "gate failed", "champion": "3"}
-    ).data == ("Registered **churn v4** as `challenger`. **Not promoted**: gate failed.\n\n"
-               "Champion now: v3.")
+    ).data == (
+        "Registered **churn v4** as `challenger`. **Not promoted**: gate failed.\n\n"
+        "Champion now: v3."
+    )
 
 
 # -- deploy -------------------------------------------------------------------------------
 def test_deploy_table_shows_status_and_the_first_plain_facts():
-    result = {"targets": {
-        "kubernetes": {"status": "deployed", "namespace": "ml", "replicas": 2,
-                       "files": ["kubernetes.yaml"], "validated": {"ok": True},
-                       "image": "mlfolio:1", "model_uri": "models:/churn@champion",
-                       "port": 8080},
-        "lambda": {"status": "failed", "error": "no role"}}}
+    result = {
+        "targets": {
+            "kubernetes": {
+                "status": "deployed",
+                "namespace": "ml",
+                "replicas": 2,
+                "files": ["kubernetes.yaml"],
+                "validated": {"ok": True},
+                "image": "mlfolio:1",
+                "model_uri": "models:/churn@champion",
+                "port": 8080,
+            },
+            "lambda": {"status": "failed", "error": "no role"},
+        }
+    }
     table = views.deploy_table(result)
     assert table.loc["kubernetes", "status"] == "deployed"
     assert table.loc["kubernetes", "details"] == (
-        "namespace=ml; replicas=2; image=mlfolio:1; model_uri=models:/churn@champion")
+        "namespace=ml; replicas=2; image=mlfolio:1; model_uri=models:/churn@champion"
+    )
     assert table.loc["lambda"].tolist() == ["failed", "error=no role"]
 
 
@@ -128,16 +157,27 @@ def monitor_result(cfg, parts, scored):
     y, score = scored["test"]
     reference = evaluate.classification_metrics(*scored["valid"], 0.35)
     quality = monitor.quality_comparison(reference, y, score, 0.35)
-    decision = monitor.retrain_decision(RetrainPolicyConfig(min_rows=100), verdict, len(y),
-                                        -quality["delta"]["roc_auc"], labelled_rows=len(y))
-    return {"model": {"name": "churn", "version": "3"}, "reference": {"rows": 2400},
-            "current": {"rows": len(y), "uri": "current.csv", "labelled_rows": len(y)},
-            "share_drifted": verdict["share_drifted"],
-            "drifted_columns": verdict["drifted_columns"],
-            "dataset_drift": verdict["dataset_drift"], "prediction_drift": False,
-            "quality": quality, "decision": decision.to_dict(),
-            "reports": {"drift": "drift_report.html"}, "retrain_data": None,
-            "verdict": verdict}
+    decision = monitor.retrain_decision(
+        RetrainPolicyConfig(min_rows=100),
+        verdict,
+        len(y),
+        -quality["delta"]["roc_auc"],
+        labelled_rows=len(y),
+    )
+    return {
+        "model": {"name": "churn", "version": "3"},
+        "reference": {"rows": 2400},
+        "current": {"rows": len(y), "uri": "current.csv", "labelled_rows": len(y)},
+        "share_drifted": verdict["share_drifted"],
+        "drifted_columns": verdict["drifted_columns"],
+        "dataset_drift": verdict["dataset_drift"],
+        "prediction_drift": False,
+        "quality": quality,
+        "decision": decision.to_dict(),
+        "reports": {"drift": "drift_report.html"},
+        "retrain_data": None,
+        "verdict": verdict,
+    }
 
 
 def test_monitor_summary_and_drift_views(monitor_result, cfg):
@@ -146,7 +186,8 @@ def test_monitor_summary_and_drift_views(monitor_result, cfg):
     assert summary["drifted columns"] == "monthlycharges"
     q = monitor_result["quality"]
     assert summary["ROC AUC (reference → current)"] == (
-        f"{q['reference']['roc_auc']:.4f} → {q['current']['roc_auc']:.4f}")
+        f"{q['reference']['roc_auc']:.4f} → {q['current']['roc_auc']:.4f}"
+    )
 
     table = views.verdict_table(monitor_result["verdict"])
     assert list(table.columns) == ["kind", "method", "score", "threshold", "drifted"]
@@ -163,28 +204,36 @@ def test_monitor_summary_and_drift_views(monitor_result, cfg):
 def test_quality_table_and_decision_markdown(monitor_result):
     table = views.quality_table(monitor_result)
     assert list(table.columns) == ["reference", "current", "delta"]
-    assert table.loc["roc_auc", "delta"] == round(monitor_result["quality"]["delta"]["roc_auc"],
-                                                  4)
+    assert table.loc["roc_auc", "delta"] == round(monitor_result["quality"]["delta"]["roc_auc"], 4)
     assert views.quality_table({**monitor_result, "quality": None}) == (
-        "No ground-truth labels for the current rows yet: quality not compared.")
+        "No ground-truth labels for the current rows yet: quality not compared."
+    )
     text = views.decision_markdown(monitor_result).data
-    assert text.startswith("**Retraining fires**" if monitor_result["decision"]["retrain"]
-                           else "**No retraining**")
+    assert text.startswith(
+        "**Retraining fires**" if monitor_result["decision"]["retrain"] else "**No retraining**"
+    )
     assert "[Evidently drift report](drift_report.html)" in text
-    fired = {**monitor_result, "retrain_data": "data/retrain.parquet",
-             "decision": {"retrain": True, "reasons": ["FIRE dataset drift detected"]}}
+    fired = {
+        **monitor_result,
+        "retrain_data": "data/retrain.parquet",
+        "decision": {"retrain": True, "reasons": ["FIRE dataset drift detected"]},
+    }
     assert views.decision_markdown(fired).data.startswith(
         "**Retraining fires**\n\n- `FIRE dataset drift detected`\n\n"
-        "Training data for the retraining run: `data/retrain.parquet`")
+        "Training data for the retraining run: `data/retrain.parquet`"
+    )
 
 
 # -- what importing the views costs ----------------------------------------------------------
 def test_importing_views_imports_no_plotting_or_tracking_library():
-    code = ("import json, sys; import mlfolio.views; "
-            "print(json.dumps(sorted(m for m in ('matplotlib', 'IPython', 'sklearn', 'mlflow', "
-            "'optuna', 'evidently') if m in sys.modules)))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, cwd=ROOT)
+    code = (
+        "import json, sys; import mlfolio.views; "
+        "print(json.dumps(sorted(m for m in ('matplotlib', 'IPython', 'sklearn', 'mlflow', "
+        "'optuna', 'evidently') if m in sys.modules)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
     assert json.loads(out.stdout) == []
 
 
@@ -194,17 +243,20 @@ def test_notebooks_call_views_and_import_only_what_they_use():
     for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
         nb = nbformat.read(path, as_version=4)
         (setup,) = [c for c in nb.cells if "setup" in c.metadata.get("tags", [])]
-        imported = set(setup.source.splitlines()[0].removeprefix("from mlfolio import ")
-                       .split(", "))
+        imported = set(
+            setup.source.splitlines()[0].removeprefix("from mlfolio import ").split(", ")
+        )
         code = "\n".join(c.source for c in nb.cells if c.cell_type == "code" and c is not setup)
-        called = {m for m in ("abtest", "evaluate", "features", "monitor", "stages", "tune",
-                              "views") if f"{m}." in code}
+        called = {
+            m
+            for m in ("abtest", "evaluate", "features", "monitor", "stages", "tune", "views")
+            if f"{m}." in code
+        }
         assert imported == called, path.name
         for name in ("plot_", "_markdown(", "_table(", "profile("):
             for line in code.splitlines():
                 if name in line:
                     assert "views." in line, (path.name, line)
-
 
 
 def test_plot_study_when_every_trial_scored_the_same():
@@ -213,8 +265,7 @@ def test_plot_study_when_every_trial_scored_the_same():
     import matplotlib.pyplot as plt
     import optuna
 
-    study = optuna.create_study(direction="maximize",
-                                sampler=optuna.samplers.RandomSampler(seed=0))
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
     study.optimize(lambda t: 0.8 + 0 * t.suggest_float("x", 0, 1), n_trials=3)
     fig = views.plot_study(study)
     texts = [t.get_text() for t in fig.axes[1].texts]

@@ -12,19 +12,19 @@ from pathlib import Path
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-PARAMETERS = '''\
+PARAMETERS = """\
 # Parameters (papermill injects values after this cell; the runner passes all three).
 params_file: str = "parameters/churn.yaml"  # YAML parameter file, relative to the project root
 run_dir: str = ""  # run folder; empty: runs/interactive-<experiment>
 parent_run_id: str = ""  # MLflow pipeline run this stage's run belongs under; empty: none
-overrides: dict = {}  # dotted-key overrides of the parameter file, e.g. {"tuning.n_trials": 5}'''
+overrides: dict = {}  # dotted-key overrides of the parameter file, e.g. {"tuning.n_trials": 5}"""
 
-SETUP = '''\
+SETUP = """\
 from mlfolio import {modules}
 from mlfolio.context import open_stage
 
 ctx = open_stage("{stage}", params_file, run_dir, parent_run_id, overrides)
-print(f"run folder: {{ctx.run_dir}}\\nMLflow run: {{ctx.mlflow_run_id}}")'''
+print(f"run folder: {{ctx.run_dir}}\\nMLflow run: {{ctx.mlflow_run_id}}")"""
 
 # Modules a notebook's cells may call; its setup cell imports the ones it uses.
 MODULES = {"abtest", "evaluate", "features", "monitor", "stages", "tune", "views"}
@@ -32,7 +32,10 @@ MODULES = {"abtest", "evaluate", "features", "monitor", "stages", "tune", "views
 FINISH = "ctx.finish()  # closes this stage's MLflow run"
 
 OUTLINES = {
-    "01_ingest": ("ingest", "Ingest", """\
+    "01_ingest": (
+        "ingest",
+        "Ingest",
+        """\
 Loads the rows named by `data.uri` — a CSV or Parquet file, an `s3://` object (with
 `data.endpoint_url` for MinIO or moto) or a SQL query through SQLAlchemy — and checks them
 against `schema`: every listed column present, numeric columns numeric (blanks allowed as
@@ -40,72 +43,116 @@ missing; `inf` and numbers too large for a float fail, or count as missing with
 `schema.non_finite: missing`), target values only the two labels, ids unique. Rows with
 no target are dropped and counted (`schema.missing_target: drop`, or `fail`), and enough
 rows of each class must be left for the split. The rows are written as a Parquet
-snapshot with a content hash that every later stage, MLflow and the registry refer to.""", [
-        ("code", "df, info = stages.ingest(ctx)\ninfo"),
-        ("code", "views.ingest_markdown(info, ctx.cfg.schema)"),
-        ("md", "The first rows of the snapshot, as the source delivered them:"),
-        ("code", "df.head()"),
-    ]),
-    "02_preprocess": ("preprocess", "Preprocess", """\
+snapshot with a content hash that every later stage, MLflow and the registry refer to.""",
+        [
+            ("code", "df, info = stages.ingest(ctx)\ninfo"),
+            ("code", "views.ingest_markdown(info, ctx.cfg.schema)"),
+            ("md", "The first rows of the snapshot, as the source delivered them:"),
+            ("code", "df.head()"),
+        ],
+    ),
+    "02_preprocess": (
+        "preprocess",
+        "Preprocess",
+        """\
 Splits the snapshot into train, validation and test rows (seeded and stratified on the
 target) and profiles the features. Cleaning (blank numbers to missing, 0/1 flags to
 categories), imputation, scaling and one-hot encoding are a scikit-learn transformer
-that lives inside every model pipeline, so a served model takes raw rows.""", [
-        ("code", "parts = stages.preprocess(ctx)\nfeatures.split_summary(parts, ctx.cfg.schema)"),
-        ("md", "### Feature profile (training rows)"),
-        ("code", 'views.profile(parts["train"], ctx.cfg.schema)'),
-        ("md", "Numeric features by class, and the positive rate per category:"),
-        ("code", 'views.plot_features(parts["train"], ctx.cfg.schema);'),
-    ]),
-    "03_train": ("train", "Train baselines", """\
+that lives inside every model pipeline, so a served model takes raw rows.""",
+        [
+            (
+                "code",
+                "parts = stages.preprocess(ctx)\nfeatures.split_summary(parts, ctx.cfg.schema)",
+            ),
+            ("md", "### Feature profile (training rows)"),
+            ("code", 'views.profile(parts["train"], ctx.cfg.schema)'),
+            ("md", "Numeric features by class, and the positive rate per category:"),
+            ("code", 'views.plot_features(parts["train"], ctx.cfg.schema);'),
+        ],
+    ),
+    "03_train": (
+        "train",
+        "Train baselines",
+        """\
 Fits the baseline models of `training.models` on the training rows, each in its own
-MLflow child run with parameters, validation metrics, signature and input example.""", [
-        ("code", "stages.train_baselines(ctx)"),
-    ]),
-    "04_tune": ("tune", "Tune", """\
+MLflow child run with parameters, validation metrics, signature and input example.""",
+        [
+            ("code", "stages.train_baselines(ctx)"),
+        ],
+    ),
+    "04_tune": (
+        "tune",
+        "Tune",
+        """\
 An Optuna study (seeded TPE, a median pruner over cross-validation folds) searches the
 hyperparameters of `tuning.model` on the training rows. The study is stored on disk, so a
 killed tuning resumes with its finished trials; each trial is logged as a nested MLflow
-run. The best parameters are refitted on all training rows and scored on validation.""", [
-        ("code", "study, info = stages.tune_model(ctx)\n"
-                 "{k: v for k, v in info.items() if k != \"models\"}"),
-        ("md", "### Best trials"),
-        ("code", "views.trials_table(study, top=10)"),
-        ("md", "### Optimization history and parameter importance"),
-        ("code", "views.plot_study(study);"),
-    ]),
-    "05_evaluate": ("evaluate", "Evaluate", """\
+run. The best parameters are refitted on all training rows and scored on validation.""",
+        [
+            (
+                "code",
+                "study, info = stages.tune_model(ctx)\n"
+                '{k: v for k, v in info.items() if k != "models"}',
+            ),
+            ("md", "### Best trials"),
+            ("code", "views.trials_table(study, top=10)"),
+            ("md", "### Optimization history and parameter importance"),
+            ("code", "views.plot_study(study);"),
+        ],
+    ),
+    "05_evaluate": (
+        "evaluate",
+        "Evaluate",
+        """\
 Picks the best model on validation ROC AUC, then scores it — and the current `champion`
 from the registry, on the same rows — on the untouched test split. The gate applies the
 thresholds of `gate` and asks for a gain over the champion whose bootstrap confidence
-interval clears `gate.min_improvement`.""", [
-        ("code", "result = stages.evaluate_candidate(ctx)\nviews.metrics_frame(result)"),
-        ("md", "### Gate verdict"),
-        ("code", "views.verdict_markdown(result)"),
-        ("md", "### Curves, calibration and confusion matrix (test rows)"),
-        ("code", 'y, scores = stages.test_scores(ctx)\n'
-                 'views.plot_curves(y, scores, result["threshold"]);'),
-    ]),
-    "06_register": ("register", "Register", """\
+interval clears `gate.min_improvement`.""",
+        [
+            ("code", "result = stages.evaluate_candidate(ctx)\nviews.metrics_frame(result)"),
+            ("md", "### Gate verdict"),
+            ("code", "views.verdict_markdown(result)"),
+            ("md", "### Curves, calibration and confusion matrix (test rows)"),
+            (
+                "code",
+                "y, scores = stages.test_scores(ctx)\n"
+                'views.plot_curves(y, scores, result["threshold"]);',
+            ),
+        ],
+    ),
+    "06_register": (
+        "register",
+        "Register",
+        """\
 Registers the candidate as a new version in the MLflow model registry, tagged with the
 run folder and data hash, and points the `challenger` alias at it. `champion` moves only
 when the gate passed; every move is recorded (who, why, when), since MLflow keeps no
-alias history of its own.""", [
-        ("code", "result = stages.register_model(ctx)\nviews.registration_markdown(result)"),
-        ("md", "### Alias history"),
-        ("code", "views.alias_history_table(ctx)"),
-    ]),
-    "07_deploy": ("deploy", "Deploy", """\
+alias history of its own.""",
+        [
+            ("code", "result = stages.register_model(ctx)\nviews.registration_markdown(result)"),
+            ("md", "### Alias history"),
+            ("code", "views.alias_history_table(ctx)"),
+        ],
+    ),
+    "07_deploy": (
+        "deploy",
+        "Deploy",
+        """\
 Deploys the model version behind `deploy.alias` (default `champion`) to each target of
 `deploy.targets`: **local** starts `mlfolio serve` and checks its answers on test rows
 against the pipeline's own; **kubernetes** renders a Dockerfile, Deployment, Service,
 HorizontalPodAutoscaler, PodDisruptionBudget and a KServe InferenceService, validated
 against the Kubernetes schemas; **lambda** and **sagemaker** build the package or
 `model.tar.gz` and create or update the function or endpoint through boto3. What each
-target deployed is written to `deploy.json`.""", [
-        ("code", "result = stages.deploy_model(ctx)\nviews.deploy_table(result)"),
-    ]),
-    "08_monitor": ("monitor", "Monitor", """\
+target deployed is written to `deploy.json`.""",
+        [
+            ("code", "result = stages.deploy_model(ctx)\nviews.deploy_table(result)"),
+        ],
+    ),
+    "08_monitor": (
+        "monitor",
+        "Monitor",
+        """\
 Compares current data with the rows the `champion` was trained on (its run folder's
 training split): the prediction log of the model server over `monitoring.window_hours`
 (`monitoring.prediction_log`), or a CSV/Parquet file (`mlfolio monitor --current FILE`).
@@ -115,17 +162,22 @@ has arrived (`monitoring.labels`, or the target column in the file), the champio
 quality on the labelled rows is compared with its quality on its own test rows. The
 retraining policy (`monitoring.retrain`) turns this into a decision; `mlfolio monitor`
 acts on it after this notebook. Evidently's HTML reports use a seeded sample of
-`monitoring.report_sample_rows` rows.""", [
-        ("code", "result = stages.monitor_model(ctx)\nviews.monitor_summary(result)"),
-        ("md", "### Drift per column (all rows)"),
-        ("code", 'views.verdict_table(result["verdict"])'),
-        ("code", 'views.plot_drift(result["verdict"]);'),
-        ("md", "### Quality on labelled current rows"),
-        ("code", "views.quality_table(result)"),
-        ("md", "### Retraining decision"),
-        ("code", "views.decision_markdown(result)"),
-    ]),
-    "09_ab_report": ("ab_report", "A/B and shadow report", """\
+`monitoring.report_sample_rows` rows.""",
+        [
+            ("code", "result = stages.monitor_model(ctx)\nviews.monitor_summary(result)"),
+            ("md", "### Drift per column (all rows)"),
+            ("code", 'views.verdict_table(result["verdict"])'),
+            ("code", 'views.plot_drift(result["verdict"]);'),
+            ("md", "### Quality on labelled current rows"),
+            ("code", "views.quality_table(result)"),
+            ("md", "### Retraining decision"),
+            ("code", "views.decision_markdown(result)"),
+        ],
+    ),
+    "09_ab_report": (
+        "ab_report",
+        "A/B and shadow report",
+        """\
 Compares the `challenger` with the `champion` on the predictions the model server logged
 over the window, joined with the outcomes that have arrived since. In **A/B** mode each
 entity was routed to one variant (sticky by entity id hash), so the arms are independent
@@ -136,15 +188,17 @@ test and McNemar's test. A bootstrap interval of the ROC AUC difference is shown
 DeLong's as a cross-check. The recommendation — **promote** (the gain's CI lower bound
 clears `min_improvement`), **roll back** (the challenger is significantly worse: stop the
 experiment) or **keep** (inconclusive, or too few labelled rows) — is written to
-`ab.json` for the registry to act on.""", [
-        ("code", "log, report = stages.ab_report(ctx)\nviews.variant_table(report)"),
-        ("md", "### Challenger − champion"),
-        ("code", "views.comparison_table(report)"),
-        ("md", "### Recommendation"),
-        ("code", "views.recommendation_markdown(report)"),
-        ("md", "### ROC curves and score distributions per variant"),
-        ("code", "views.plot_variants(log);"),
-    ]),
+`ab.json` for the registry to act on.""",
+        [
+            ("code", "log, report = stages.ab_report(ctx)\nviews.variant_table(report)"),
+            ("md", "### Challenger − champion"),
+            ("code", "views.comparison_table(report)"),
+            ("md", "### Recommendation"),
+            ("code", "views.recommendation_markdown(report)"),
+            ("md", "### ROC curves and score distributions per variant"),
+            ("code", "views.plot_variants(log);"),
+        ],
+    ),
 }
 
 
@@ -170,8 +224,11 @@ def build(name: str) -> nbformat.NotebookNode:
         cells.append(new_markdown_cell(source) if kind == "md" else new_code_cell(source))
     cells.append(new_code_cell(FINISH))
     nb = new_notebook(cells=cells)
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                 "language": "python"}
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     nb.metadata["language_info"] = {"name": "python"}
     for i, cell in enumerate(nb.cells):
         cell["id"] = f"{stage}-{i:02d}"

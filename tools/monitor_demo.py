@@ -48,8 +48,9 @@ def drifted(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def start_server(args: list[str]) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([str(BIN / "mlfolio"), "serve", "--port", "0", *args],
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [str(BIN / "mlfolio"), "serve", "--port", "0", *args], stderr=subprocess.PIPE, text=True
+    )
     assert proc.stderr is not None
     for line in proc.stderr:
         print(line, end="", file=sys.stderr)
@@ -77,15 +78,25 @@ def main() -> int:
     challenger = registry.get_alias(cfg.model_name, registry.CHALLENGER)
     from mlflow import MlflowClient
 
-    source = Path(MlflowClient().get_model_version(cfg.model_name, champion.version)
-                  .tags["mlfolio.run_dir"])
-    held_out = pd.concat([pd.read_parquet(source / "data" / f"{s}.parquet")
-                          for s in ("valid", "test")], ignore_index=True)
+    source = Path(
+        MlflowClient().get_model_version(cfg.model_name, champion.version).tags["mlfolio.run_dir"]
+    )
+    held_out = pd.concat(
+        [pd.read_parquet(source / "data" / f"{s}.parquet") for s in ("valid", "test")],
+        ignore_index=True,
+    )
     traffic = drifted(held_out)
     log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="mlfolio-log-"))
-    serve_args = ["--model", f"models:/{cfg.model_name}@champion",
-                  "--tracking-uri", cfg.tracking_uri(), "--prediction-log", str(log_dir),
-                  "--entity-column", cfg.schema.id_column or "customerid"]
+    serve_args = [
+        "--model",
+        f"models:/{cfg.model_name}@champion",
+        "--tracking-uri",
+        cfg.tracking_uri(),
+        "--prediction-log",
+        str(log_dir),
+        "--entity-column",
+        cfg.schema.id_column or "customerid",
+    ]
     if challenger is not None and challenger.version != champion.version:
         serve_args += ["--challenger", f"models:/{cfg.model_name}@challenger", "--shadow"]
     proc, url = start_server(serve_args)
@@ -94,26 +105,44 @@ def main() -> int:
         started = time.perf_counter()
         with httpx.Client(base_url=url, timeout=30) as client:
             for start in range(0, len(rows), 25):
-                chunk = rows.iloc[start:start + 25]
-                body = {"dataframe_split": {"columns": list(chunk.columns),
-                                            "data": chunk.astype(object).values.tolist()}}
+                chunk = rows.iloc[start : start + 25]
+                body = {
+                    "dataframe_split": {
+                        "columns": list(chunk.columns),
+                        "data": chunk.astype(object).values.tolist(),
+                    }
+                }
                 client.post("/invocations", json=body).raise_for_status()
-        print(f"sent {len(rows)} drifted rows to {url} in "
-              f"{time.perf_counter() - started:.1f}s; log: {log_dir}", file=sys.stderr)
+        print(
+            f"sent {len(rows)} drifted rows to {url} in "
+            f"{time.perf_counter() - started:.1f}s; log: {log_dir}",
+            file=sys.stderr,
+        )
     finally:
         proc.send_signal(signal.SIGTERM)  # flushes the log
         proc.wait(timeout=30)
     labels = log_dir / "outcomes.csv"
     traffic[[cfg.schema.id_column, cfg.schema.target]].to_csv(labels, index=False)
-    cmd = [str(BIN / "mlfolio"), "monitor", args.params_file, "--prediction-log", str(log_dir),
-           "--labels", str(labels), *(["--dry-run"] if args.dry_run else [])]
+    cmd = [
+        str(BIN / "mlfolio"),
+        "monitor",
+        args.params_file,
+        "--prediction-log",
+        str(log_dir),
+        "--labels",
+        str(labels),
+        *(["--dry-run"] if args.dry_run else []),
+    ]
     print("$ " + " ".join(cmd), file=sys.stderr)
     code = subprocess.call(cmd, env={**os.environ})
     drift = log_dir / "drift.json"
     if drift.exists():
         doc = json.loads(drift.read_text())
-        print(f"drift share {doc['share_drifted']:.2f}, retrain: {doc['decision']['retrain']}"
-              f" — monitor run: {doc['monitor_run_dir']}/index.html", file=sys.stderr)
+        print(
+            f"drift share {doc['share_drifted']:.2f}, retrain: {doc['decision']['retrain']}"
+            f" — monitor run: {doc['monitor_run_dir']}/index.html",
+            file=sys.stderr,
+        )
     return code
 
 

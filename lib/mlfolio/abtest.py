@@ -34,8 +34,7 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 VARIANTS = (CHAMPION, CHALLENGER)
 ACTIONS = ("promote", "keep", "roll back")
-REQUIRED_COLUMNS = ("request_id", "model_version", "variant", "shadow", "score", "label",
-                    "actual")
+REQUIRED_COLUMNS = ("request_id", "model_version", "variant", "shadow", "score", "label", "actual")
 # A bootstrap chunk holds at most this many (resample x row) weights (~32 MB of int64).
 _CHUNK_CELLS = 4_000_000
 
@@ -44,25 +43,33 @@ _CHUNK_CELLS = 4_000_000
 def validate_log(log: pd.DataFrame) -> None:
     missing = [c for c in REQUIRED_COLUMNS if c not in log.columns]
     if missing:
-        raise DataValidationError(f"prediction log: missing column(s) {', '.join(missing)} "
-                                  f"(needs {', '.join(REQUIRED_COLUMNS)})")
+        raise DataValidationError(
+            f"prediction log: missing column(s) {', '.join(missing)} "
+            f"(needs {', '.join(REQUIRED_COLUMNS)})"
+        )
     if len(log) == 0:
         raise DataValidationError("prediction log: no rows in the window")
     unknown = sorted(set(log["variant"].astype(str)) - set(VARIANTS))
     if unknown:
-        raise DataValidationError(f"prediction log: column 'variant' has {unknown}; "
-                                  f"expected {list(VARIANTS)}")
+        raise DataValidationError(
+            f"prediction log: column 'variant' has {unknown}; expected {list(VARIANTS)}"
+        )
     for col in ("score", "actual"):
         if not pd.api.types.is_numeric_dtype(log[col]):
-            raise DataValidationError(f"prediction log: column '{col}' must be numeric, "
-                                      f"got {log[col].dtype}")
+            raise DataValidationError(
+                f"prediction log: column '{col}' must be numeric, got {log[col].dtype}"
+            )
     bad = ~log["actual"].isin([0, 1]) & log["actual"].notna()
     if bad.any():
-        raise DataValidationError(f"prediction log: column 'actual' must be 1, 0 or missing; "
-                                  f"got {sorted(log.loc[bad, 'actual'].unique())[:5]}")
+        raise DataValidationError(
+            f"prediction log: column 'actual' must be 1, 0 or missing; "
+            f"got {sorted(log.loc[bad, 'actual'].unique())[:5]}"
+        )
     if (log["shadow"].astype(bool) & (log["variant"] == CHAMPION)).any():
-        raise DataValidationError("prediction log: column 'shadow' is true on champion rows; "
-                                  "only the challenger runs in shadow")
+        raise DataValidationError(
+            "prediction log: column 'shadow' is true on champion rows; "
+            "only the challenger runs in shadow"
+        )
 
 
 def design(log: pd.DataFrame) -> str:
@@ -73,12 +80,15 @@ def design(log: pd.DataFrame) -> str:
     present = set(log["variant"])
     if shadow.any():
         if (~shadow & (log["variant"] == CHALLENGER)).any():
-            raise DataValidationError("prediction log: the window mixes A/B challenger rows "
-                                      "(shadow false) with shadow rows; report each mode on "
-                                      "its own window")
+            raise DataValidationError(
+                "prediction log: the window mixes A/B challenger rows "
+                "(shadow false) with shadow rows; report each mode on "
+                "its own window"
+            )
         if CHAMPION not in present:
-            raise DataValidationError("prediction log: shadow challenger rows without the "
-                                      "champion rows they shadow")
+            raise DataValidationError(
+                "prediction log: shadow challenger rows without the champion rows they shadow"
+            )
         return "shadow"
     return "ab" if present == set(VARIANTS) else "single"
 
@@ -88,9 +98,11 @@ def _arm(log: pd.DataFrame, variant: str) -> pd.DataFrame:
     rows = log[log["variant"] == variant]
     versions = sorted(rows["model_version"].astype(str).unique())
     if len(versions) > 1:
-        raise DataValidationError(f"prediction log: column 'model_version' has {versions} for "
-                                  f"the {variant}; the alias moved inside the window — report "
-                                  "on a window with one version per variant")
+        raise DataValidationError(
+            f"prediction log: column 'model_version' has {versions} for "
+            f"the {variant}; the alias moved inside the window — report "
+            "on a window with one version per variant"
+        )
     return rows
 
 
@@ -107,8 +119,10 @@ def _pairs(log: pd.DataFrame) -> pd.DataFrame:
     old, new = _arm(frame, CHAMPION), _arm(frame, CHALLENGER)
     for name, part in ((CHAMPION, old), (CHALLENGER, new)):
         if part.duplicated(keys).any():
-            raise DataValidationError(f"prediction log: {name} rows repeat a (request_id, row) "
-                                      "pair; shadow rows cannot be paired")
+            raise DataValidationError(
+                f"prediction log: {name} rows repeat a (request_id, row) "
+                "pair; shadow rows cannot be paired"
+            )
     cols = [*keys, "model_version", "score", "label", "actual"]
     return old[cols].merge(new[cols], on=keys, suffixes=("_old", "_new"))
 
@@ -125,15 +139,21 @@ def _resample_weights(n: int, samples: int, seed: int) -> Iterator[np.ndarray]:
         done += size
 
 
-def _bootstrap(y: np.ndarray, scores: list[np.ndarray], samples: int, seed: int,
-               correct: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+def _bootstrap(
+    y: np.ndarray,
+    scores: list[np.ndarray],
+    samples: int,
+    seed: int,
+    correct: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """ROC AUC of each score (resamples x scores) and the mean of ``correct`` (accuracy),
     all on the same resamples; uses evaluate's vectorised weighted AUC."""
     y = np.asarray(y, float)
     aucs, accs = [], []
     for w in _resample_weights(len(y), samples, seed):
-        aucs.append(np.column_stack([evaluate.weighted_roc_auc(y, np.asarray(s, float), w)
-                                     for s in scores]))
+        aucs.append(
+            np.column_stack([evaluate.weighted_roc_auc(y, np.asarray(s, float), w) for s in scores])
+        )
         if correct is not None:
             accs.append(w @ np.asarray(correct, float) / len(y))
     auc = np.vstack(aucs) if aucs else np.empty((0, len(scores)))
@@ -168,24 +188,36 @@ def _normal_test(difference: float, variance: float, confidence: float) -> dict[
     else:
         z = difference / se
     half = float(stats.norm.ppf(0.5 + confidence / 2)) * se
-    return {"difference": difference, "ci_low": difference - half,
-            "ci_high": difference + half, "confidence": confidence, "z": z,
-            "p_value": float(2 * stats.norm.sf(abs(z)))}
+    return {
+        "difference": difference,
+        "ci_low": difference - half,
+        "ci_high": difference + half,
+        "confidence": confidence,
+        "z": z,
+        "p_value": float(2 * stats.norm.sf(abs(z))),
+    }
 
 
-def delong_paired(y: np.ndarray, score_new: np.ndarray, score_old: np.ndarray,
-                  confidence: float = 0.95) -> dict[str, float]:
+def delong_paired(
+    y: np.ndarray, score_new: np.ndarray, score_old: np.ndarray, confidence: float = 0.95
+) -> dict[str, float]:
     """DeLong's test of AUC(new) - AUC(old) for two scores of the same rows."""
     y = np.asarray(y).astype(int)
     auc_new, v10_new, v01_new = _delong_components(y, np.asarray(score_new, float))
     auc_old, v10_old, v01_old = _delong_components(y, np.asarray(score_old, float))
-    variance = (np.var(v10_new - v10_old, ddof=1) / len(v10_new)
-                + np.var(v01_new - v01_old, ddof=1) / len(v01_new))
+    variance = np.var(v10_new - v10_old, ddof=1) / len(v10_new) + np.var(
+        v01_new - v01_old, ddof=1
+    ) / len(v01_new)
     return _normal_test(auc_new - auc_old, float(variance), confidence)
 
 
-def delong_unpaired(y_new: np.ndarray, score_new: np.ndarray, y_old: np.ndarray,
-                    score_old: np.ndarray, confidence: float = 0.95) -> dict[str, float]:
+def delong_unpaired(
+    y_new: np.ndarray,
+    score_new: np.ndarray,
+    y_old: np.ndarray,
+    score_old: np.ndarray,
+    confidence: float = 0.95,
+) -> dict[str, float]:
     """DeLong's test of AUC(new) - AUC(old) for two independent samples."""
     parts = []
     for y, score in ((y_new, score_new), (y_old, score_old)):
@@ -194,8 +226,9 @@ def delong_unpaired(y_new: np.ndarray, score_new: np.ndarray, y_old: np.ndarray,
     return _normal_test(parts[0][0] - parts[1][0], float(parts[0][1] + parts[1][1]), confidence)
 
 
-def two_proportion_test(k_new: int, n_new: int, k_old: int, n_old: int,
-                        confidence: float = 0.95) -> dict[str, float]:
+def two_proportion_test(
+    k_new: int, n_new: int, k_old: int, n_old: int, confidence: float = 0.95
+) -> dict[str, float]:
     """Difference of two independent proportions: pooled z-test, unpooled (Wald) interval."""
     p_new, p_old = k_new / n_new, k_old / n_old
     pooled = (k_new + k_old) / (n_new + n_old)
@@ -203,13 +236,21 @@ def two_proportion_test(k_new: int, n_new: int, k_old: int, n_old: int,
     diff = p_new - p_old
     z = diff / se0 if se0 > 0 else 0.0
     half = float(stats.norm.ppf(0.5 + confidence / 2)) * math.sqrt(
-        p_new * (1 - p_new) / n_new + p_old * (1 - p_old) / n_old)
-    return {"difference": diff, "ci_low": diff - half, "ci_high": diff + half,
-            "confidence": confidence, "z": z, "p_value": float(2 * stats.norm.sf(abs(z)))}
+        p_new * (1 - p_new) / n_new + p_old * (1 - p_old) / n_old
+    )
+    return {
+        "difference": diff,
+        "ci_low": diff - half,
+        "ci_high": diff + half,
+        "confidence": confidence,
+        "z": z,
+        "p_value": float(2 * stats.norm.sf(abs(z))),
+    }
 
 
-def mcnemar_test(correct_new: np.ndarray, correct_old: np.ndarray,
-                 confidence: float = 0.95) -> dict[str, float]:
+def mcnemar_test(
+    correct_new: np.ndarray, correct_old: np.ndarray, confidence: float = 0.95
+) -> dict[str, float]:
     """Difference of two paired proportions (McNemar's z-test, Wald interval)."""
     correct_new, correct_old = np.asarray(correct_new, bool), np.asarray(correct_old, bool)
     n = len(correct_new)
@@ -220,14 +261,21 @@ def mcnemar_test(correct_new: np.ndarray, correct_old: np.ndarray,
     z = (only_new - only_old) / math.sqrt(discordant) if discordant else 0.0
     se = math.sqrt(max(discordant - (only_new - only_old) ** 2 / n, 0.0)) / n
     half = float(stats.norm.ppf(0.5 + confidence / 2)) * se
-    return {"difference": diff, "ci_low": diff - half, "ci_high": diff + half,
-            "confidence": confidence, "z": z, "p_value": float(2 * stats.norm.sf(abs(z))),
-            "discordant": discordant}
+    return {
+        "difference": diff,
+        "ci_low": diff - half,
+        "ci_high": diff + half,
+        "confidence": confidence,
+        "z": z,
+        "p_value": float(2 * stats.norm.sf(abs(z))),
+        "discordant": discordant,
+    }
 
 
 # -- per-variant metrics --------------------------------------------------------------
-def variant_metrics(log: pd.DataFrame, confidence: float = 0.95, bootstrap_samples: int = 1000,
-                    seed: int = 42) -> pd.DataFrame:
+def variant_metrics(
+    log: pd.DataFrame, confidence: float = 0.95, bootstrap_samples: int = 1000, seed: int = 42
+) -> pd.DataFrame:
     """One row per variant (and shadow flag, model version): volume, rates and quality on
     the labelled rows, with bootstrap confidence intervals for ROC AUC and accuracy."""
     validate_log(log)
@@ -239,58 +287,90 @@ def variant_metrics(log: pd.DataFrame, confidence: float = 0.95, bootstrap_sampl
         score = labelled["score"].to_numpy(float)
         correct = labelled["label"].to_numpy().astype(int) == y
         row: dict[str, Any] = {
-            "variant": variant, "shadow": bool(shadow), "model_version": str(version),
-            "rows": len(g), "labelled": len(labelled),
+            "variant": variant,
+            "shadow": bool(shadow),
+            "model_version": str(version),
+            "rows": len(g),
+            "labelled": len(labelled),
             "positive_rate": float(g["label"].mean()),
             "actual_rate": float(y.mean()) if len(y) else math.nan,
-            "roc_auc": math.nan, "roc_auc_ci_low": math.nan, "roc_auc_ci_high": math.nan,
+            "roc_auc": math.nan,
+            "roc_auc_ci_low": math.nan,
+            "roc_auc_ci_high": math.nan,
             "accuracy": float(correct.mean()) if len(y) else math.nan,
-            "accuracy_ci_low": math.nan, "accuracy_ci_high": math.nan,
-            "log_loss": math.nan, "brier": math.nan,
+            "accuracy_ci_low": math.nan,
+            "accuracy_ci_high": math.nan,
+            "log_loss": math.nan,
+            "brier": math.nan,
         }
         if len(np.unique(y)) == 2:
             threshold = float(g["threshold"].iloc[0]) if "threshold" in g else 0.5
             point = evaluate.classification_metrics(y, score, threshold)
-            row.update(roc_auc=point["roc_auc"], log_loss=point["log_loss"],
-                       brier=point["brier"])
+            row.update(roc_auc=point["roc_auc"], log_loss=point["log_loss"], brier=point["brier"])
             auc, acc = _bootstrap(y, [score], bootstrap_samples, seed, correct)
             row["roc_auc_ci_low"], row["roc_auc_ci_high"] = _percentile_ci(auc[:, 0], confidence)
             row["accuracy_ci_low"], row["accuracy_ci_high"] = _percentile_ci(acc, confidence)
         rows.append(row)
     table = pd.DataFrame(rows)
     order = table["variant"].map({CHAMPION: 0, CHALLENGER: 1})
-    return table.assign(_o=order).sort_values(["_o", "shadow"]).drop(columns="_o") \
+    return (
+        table.assign(_o=order)
+        .sort_values(["_o", "shadow"])
+        .drop(columns="_o")
         .reset_index(drop=True)
+    )
 
 
 # -- the comparison -------------------------------------------------------------------
-def _arm_summary(version: str, rows: int, y: np.ndarray, score: np.ndarray,
-                 label: np.ndarray) -> dict[str, Any]:
+def _arm_summary(
+    version: str, rows: int, y: np.ndarray, score: np.ndarray, label: np.ndarray
+) -> dict[str, Any]:
     two_classes = len(np.unique(y)) == 2
-    return {"version": version, "rows": int(rows), "labelled": int(len(y)),
-            "positives": int(y.sum()),
-            "roc_auc": evaluate.classification_metrics(y, score)["roc_auc"] if two_classes
-            else None,
-            "accuracy": float((label == y).mean()) if len(y) else None}
+    return {
+        "version": version,
+        "rows": int(rows),
+        "labelled": int(len(y)),
+        "positives": int(y.sum()),
+        "roc_auc": evaluate.classification_metrics(y, score)["roc_auc"] if two_classes else None,
+        "accuracy": float((label == y).mean()) if len(y) else None,
+    }
 
 
-def compare(log: pd.DataFrame, confidence: float = 0.95, bootstrap_samples: int = 1000,
-            seed: int = 42) -> dict[str, Any]:
+def compare(
+    log: pd.DataFrame, confidence: float = 0.95, bootstrap_samples: int = 1000, seed: int = 42
+) -> dict[str, Any]:
     """Challenger − champion in ROC AUC (DeLong: paired for shadow, independent for A/B,
     with a bootstrap interval as cross-check) and in accuracy (McNemar / two-proportion z)."""
     kind = design(log)
-    out: dict[str, Any] = {"design": kind, "metric": "roc_auc", "confidence": confidence,
-                           "test": None, "champion": None, "challenger": None,
-                           "paired_rows": None, "difference": None, "ci_low": None,
-                           "ci_high": None, "z": None, "p_value": None, "bootstrap": None,
-                           "accuracy": None, "note": None}
+    out: dict[str, Any] = {
+        "design": kind,
+        "metric": "roc_auc",
+        "confidence": confidence,
+        "test": None,
+        "champion": None,
+        "challenger": None,
+        "paired_rows": None,
+        "difference": None,
+        "ci_low": None,
+        "ci_high": None,
+        "z": None,
+        "p_value": None,
+        "bootstrap": None,
+        "accuracy": None,
+        "note": None,
+    }
     if kind == "single":
         variant = str(log["variant"].iloc[0])
         rows = _arm(log, variant)
         lab = rows[rows["actual"].notna()]
         y = lab["actual"].to_numpy().astype(int)
-        out[variant] = _arm_summary(str(rows["model_version"].iloc[0]), len(rows), y,
-                                    lab["score"].to_numpy(float), lab["label"].to_numpy())
+        out[variant] = _arm_summary(
+            str(rows["model_version"].iloc[0]),
+            len(rows),
+            y,
+            lab["score"].to_numpy(float),
+            lab["label"].to_numpy(),
+        )
         out["note"] = f"only the {variant} served in this window: nothing to compare"
         return out
 
@@ -301,11 +381,16 @@ def compare(log: pd.DataFrame, confidence: float = 0.95, bootstrap_samples: int 
         arms = {}
         for variant, sfx in ((CHAMPION, "_old"), (CHALLENGER, "_new")):
             arms[variant] = (lab[f"score{sfx}"].to_numpy(float), lab[f"label{sfx}"].to_numpy())
-            out[variant] = _arm_summary(str(_arm(log, variant)["model_version"].iloc[0]),
-                                        len(_arm(log, variant)), y, *arms[variant])
+            out[variant] = _arm_summary(
+                str(_arm(log, variant)["model_version"].iloc[0]),
+                len(_arm(log, variant)),
+                y,
+                *arms[variant],
+            )
         out["paired_rows"] = int(len(pairs))
-        out["test"] = f"paired DeLong test (shadow: both variants on the same {len(y)} " \
-                      "labelled rows)"
+        out["test"] = (
+            f"paired DeLong test (shadow: both variants on the same {len(y)} labelled rows)"
+        )
         if len(np.unique(y)) < 2:
             out["note"] = f"the {len(y)} labelled paired rows hold one class only: no ROC AUC"
             return out
@@ -313,10 +398,16 @@ def compare(log: pd.DataFrame, confidence: float = 0.95, bootstrap_samples: int 
         out.update(delong_paired(y, s_new, s_old, confidence))
         auc, _ = _bootstrap(y, [s_new, s_old], bootstrap_samples, seed)
         lo, hi = _percentile_ci(auc[:, 0] - auc[:, 1], confidence)
-        out["bootstrap"] = {"test": "paired bootstrap", "ci_low": lo, "ci_high": hi,
-                            "samples": int(bootstrap_samples)}
-        out["accuracy"] = {"test": "McNemar test",
-                           **mcnemar_test(l_new == y, l_old == y, confidence)}
+        out["bootstrap"] = {
+            "test": "paired bootstrap",
+            "ci_low": lo,
+            "ci_high": hi,
+            "samples": int(bootstrap_samples),
+        }
+        out["accuracy"] = {
+            "test": "McNemar test",
+            **mcnemar_test(l_new == y, l_old == y, confidence),
+        }
         return out
 
     data = {}
@@ -326,35 +417,53 @@ def compare(log: pd.DataFrame, confidence: float = 0.95, bootstrap_samples: int 
         y = lab["actual"].to_numpy().astype(int)
         data[variant] = (y, lab["score"].to_numpy(float), lab["label"].to_numpy())
         out[variant] = _arm_summary(str(rows["model_version"].iloc[0]), len(rows), *data[variant])
-    out["test"] = "DeLong test for two independent ROC curves (A/B: each entity saw one " \
-                  "variant)"
+    out["test"] = "DeLong test for two independent ROC curves (A/B: each entity saw one variant)"
     short = [v for v in VARIANTS if len(np.unique(data[v][0])) < 2]
     if short:
-        out["note"] = " and ".join(f"the {v} has {out[v]['labelled']} labelled rows"
-                                   for v in short) + " without both classes: no ROC AUC"
+        out["note"] = (
+            " and ".join(f"the {v} has {out[v]['labelled']} labelled rows" for v in short)
+            + " without both classes: no ROC AUC"
+        )
         return out
     (y_new, s_new, l_new), (y_old, s_old, l_old) = data[CHALLENGER], data[CHAMPION]
     out.update(delong_unpaired(y_new, s_new, y_old, s_old, confidence))
     auc_new, _ = _bootstrap(y_new, [s_new], bootstrap_samples, seed)
     auc_old, _ = _bootstrap(y_old, [s_old], bootstrap_samples, seed + 1)
     lo, hi = _percentile_ci(auc_new[:, 0] - auc_old[:, 0], confidence)
-    out["bootstrap"] = {"test": "bootstrap, each arm resampled separately", "ci_low": lo,
-                        "ci_high": hi, "samples": int(bootstrap_samples)}
-    out["accuracy"] = {"test": "two-proportion z-test", **two_proportion_test(
-        int((l_new == y_new).sum()), len(y_new), int((l_old == y_old).sum()), len(y_old),
-        confidence)}
+    out["bootstrap"] = {
+        "test": "bootstrap, each arm resampled separately",
+        "ci_low": lo,
+        "ci_high": hi,
+        "samples": int(bootstrap_samples),
+    }
+    out["accuracy"] = {
+        "test": "two-proportion z-test",
+        **two_proportion_test(
+            int((l_new == y_new).sum()),
+            len(y_new),
+            int((l_old == y_old).sum()),
+            len(y_old),
+            confidence,
+        ),
+    }
     return out
 
 
 # -- the recommendation ---------------------------------------------------------------
 def _effect(c: dict[str, Any]) -> str:
-    return (f"ROC AUC challenger − champion {c['difference']:+.4f} "
-            f"({c['confidence']:.0%} CI {c['ci_low']:+.4f} .. {c['ci_high']:+.4f}, "
-            f"p = {c['p_value']:.3g})")
+    return (
+        f"ROC AUC challenger − champion {c['difference']:+.4f} "
+        f"({c['confidence']:.0%} CI {c['ci_low']:+.4f} .. {c['ci_high']:+.4f}, "
+        f"p = {c['p_value']:.3g})"
+    )
 
 
-def recommend(comparison: dict[str, Any], min_labelled: int = 200,
-              min_improvement: float = 0.0, alpha: float | None = None) -> dict[str, Any]:
+def recommend(
+    comparison: dict[str, Any],
+    min_labelled: int = 200,
+    min_improvement: float = 0.0,
+    alpha: float | None = None,
+) -> dict[str, Any]:
     """promote / keep / roll back, with the reasons (``alpha`` defaults to 1 − confidence).
 
     Promote: the challenger's ROC AUC gain has its CI lower bound above ``min_improvement``
@@ -365,7 +474,10 @@ def recommend(comparison: dict[str, Any], min_labelled: int = 200,
     """
     champ, chall = comparison.get(CHAMPION), comparison.get(CHALLENGER)
     out: dict[str, Any] = {
-        "action": "keep", "reasons": [], "summary": "", "design": comparison["design"],
+        "action": "keep",
+        "reasons": [],
+        "summary": "",
+        "design": comparison["design"],
         "champion_version": champ["version"] if champ else None,
         "challenger_version": chall["version"] if chall else None,
     }
@@ -373,16 +485,21 @@ def recommend(comparison: dict[str, Any], min_labelled: int = 200,
         only = champ or chall
         variant = CHAMPION if champ else CHALLENGER
         out["summary"] = f"only the {variant} v{only['version']} served: nothing to compare"
-        out["reasons"] = [f"keep: {comparison['note']} ({only['rows']} rows, "
-                          f"{only['labelled']} labelled, v{only['version']})"]
+        out["reasons"] = [
+            f"keep: {comparison['note']} ({only['rows']} rows, "
+            f"{only['labelled']} labelled, v{only['version']})"
+        ]
         return out
 
     alpha = 1 - comparison["confidence"] if alpha is None else alpha
     n_old, n_new = champ["labelled"], chall["labelled"]
     paired = comparison["design"] == "shadow"
-    counts = (f"{n_new} labelled rows scored by both (paired)" if paired else
-              f"labelled rows: champion v{champ['version']} {n_old}, challenger "
-              f"v{chall['version']} {n_new}")
+    counts = (
+        f"{n_new} labelled rows scored by both (paired)"
+        if paired
+        else f"labelled rows: champion v{champ['version']} {n_old}, challenger "
+        f"v{chall['version']} {n_new}"
+    )
     enough = min(n_old, n_new) >= min_labelled
     detail = [f"{counts}; at least {min_labelled} per arm needed"]
     if comparison["difference"] is None:
@@ -392,44 +509,67 @@ def recommend(comparison: dict[str, Any], min_labelled: int = 200,
 
     better = comparison["ci_low"] > min_improvement and comparison["p_value"] < alpha
     worse = comparison["ci_high"] < 0
-    detail.append(f"{_effect(comparison)}; {comparison['test']}; ROC AUC champion "
-                  f"{champ['roc_auc']:.4f}, challenger {chall['roc_auc']:.4f}")
+    detail.append(
+        f"{_effect(comparison)}; {comparison['test']}; ROC AUC champion "
+        f"{champ['roc_auc']:.4f}, challenger {chall['roc_auc']:.4f}"
+    )
     boot = comparison["bootstrap"]
     if boot and boot["ci_low"] is not None and not math.isnan(boot["ci_low"]):
-        detail.append(f"cross-check, {boot['test']} ({boot['samples']} resamples): "
-                      f"{comparison['confidence']:.0%} CI {boot['ci_low']:+.4f} .. "
-                      f"{boot['ci_high']:+.4f}")
+        detail.append(
+            f"cross-check, {boot['test']} ({boot['samples']} resamples): "
+            f"{comparison['confidence']:.0%} CI {boot['ci_low']:+.4f} .. "
+            f"{boot['ci_high']:+.4f}"
+        )
     acc = comparison["accuracy"]
-    detail.append(f"accuracy challenger − champion {acc['difference']:+.4f} "
-                  f"({acc['confidence']:.0%} CI {acc['ci_low']:+.4f} .. {acc['ci_high']:+.4f}, "
-                  f"{acc['test']} p = {acc['p_value']:.3g}); informative, not decisive")
+    detail.append(
+        f"accuracy challenger − champion {acc['difference']:+.4f} "
+        f"({acc['confidence']:.0%} CI {acc['ci_low']:+.4f} .. {acc['ci_high']:+.4f}, "
+        f"{acc['test']} p = {acc['p_value']:.3g}); informative, not decisive"
+    )
     vs = f"challenger v{chall['version']} vs champion v{champ['version']}"
-    out["summary"] = (f"{comparison['design']} test of {vs} on "
-                      f"{n_new if paired else n_old + n_new} labelled rows: "
-                      f"{_effect(comparison)}, {comparison['test'].split(' (')[0]}")
+    out["summary"] = (
+        f"{comparison['design']} test of {vs} on "
+        f"{n_new if paired else n_old + n_new} labelled rows: "
+        f"{_effect(comparison)}, {comparison['test'].split(' (')[0]}"
+    )
     if not enough:
-        trend = (" (the challenger looks better so far)" if better else
-                 " (the challenger looks worse so far)" if worse else "")
-        head = (f"keep: too few labels — {min(n_old, n_new)} labelled rows in the smaller "
-                f"arm, {min_labelled} needed in each{trend}")
+        trend = (
+            " (the challenger looks better so far)"
+            if better
+            else " (the challenger looks worse so far)"
+            if worse
+            else ""
+        )
+        head = (
+            f"keep: too few labels — {min(n_old, n_new)} labelled rows in the smaller "
+            f"arm, {min_labelled} needed in each{trend}"
+        )
     elif better:
         out["action"] = "promote"
-        head = (f"promote: {vs} is significantly better — the {comparison['confidence']:.0%} "
-                f"CI lower bound {comparison['ci_low']:+.4f} is above {min_improvement:+} and "
-                f"p = {comparison['p_value']:.3g} < {alpha:g}")
+        head = (
+            f"promote: {vs} is significantly better — the {comparison['confidence']:.0%} "
+            f"CI lower bound {comparison['ci_low']:+.4f} is above {min_improvement:+} and "
+            f"p = {comparison['p_value']:.3g} < {alpha:g}"
+        )
     elif worse:
         out["action"] = "roll back"
-        head = (f"roll back: {vs} is significantly worse — the {comparison['confidence']:.0%} "
-                f"CI upper bound {comparison['ci_high']:+.4f} is below 0; stop the experiment "
-                "and take the challenger out of traffic")
+        head = (
+            f"roll back: {vs} is significantly worse — the {comparison['confidence']:.0%} "
+            f"CI upper bound {comparison['ci_high']:+.4f} is below 0; stop the experiment "
+            "and take the challenger out of traffic"
+        )
     elif comparison["ci_low"] > 0 and comparison["p_value"] < alpha:
-        head = (f"keep: the challenger is better, but its gain's CI lower bound "
-                f"{comparison['ci_low']:+.4f} does not clear min_improvement {min_improvement:+}")
+        head = (
+            f"keep: the challenger is better, but its gain's CI lower bound "
+            f"{comparison['ci_low']:+.4f} does not clear min_improvement {min_improvement:+}"
+        )
     else:
-        head = (f"keep: inconclusive — the {comparison['confidence']:.0%} CI "
-                f"{comparison['ci_low']:+.4f} .. {comparison['ci_high']:+.4f} of the ROC AUC "
-                f"difference includes 0 (p = {comparison['p_value']:.3g}); collect more "
-                "labelled traffic")
+        head = (
+            f"keep: inconclusive — the {comparison['confidence']:.0%} CI "
+            f"{comparison['ci_low']:+.4f} .. {comparison['ci_high']:+.4f} of the ROC AUC "
+            f"difference includes 0 (p = {comparison['p_value']:.3g}); collect more "
+            "labelled traffic"
+        )
     out["reasons"] = [head, *detail]
     return out
 
@@ -450,28 +590,46 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def ab_report(log: pd.DataFrame, confidence: float = 0.95, min_labelled: int = 200,
-              min_improvement: float = 0.0, bootstrap_samples: int = 1000, seed: int = 42,
-              model_name: str = "") -> dict[str, Any]:
+def ab_report(
+    log: pd.DataFrame,
+    confidence: float = 0.95,
+    min_labelled: int = 200,
+    min_improvement: float = 0.0,
+    bootstrap_samples: int = 1000,
+    seed: int = 42,
+    model_name: str = "",
+) -> dict[str, Any]:
     """Design, per-variant metrics, comparison and recommendation, as JSON-ready data."""
     kind = design(log)
     if not model_name and "model_name" in log.columns and log["model_name"].nunique() == 1:
         model_name = str(log["model_name"].iloc[0])
-    window = {"rows": int(len(log)), "requests": int(log["request_id"].nunique()),
-              "labelled_rows": int(log["actual"].notna().sum()), "start": None, "end": None}
+    window = {
+        "rows": int(len(log)),
+        "requests": int(log["request_id"].nunique()),
+        "labelled_rows": int(log["actual"].notna().sum()),
+        "start": None,
+        "end": None,
+    }
     if "ts" in log.columns and log["ts"].notna().any():
         window.update(start=pd.Timestamp(log["ts"].min()), end=pd.Timestamp(log["ts"].max()))
     comparison = compare(log, confidence, bootstrap_samples, seed)
-    return _jsonable({
-        "model_name": model_name,
-        "design": kind,
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "window": window,
-        "parameters": {"confidence": confidence, "min_labelled": min_labelled,
-                       "min_improvement": min_improvement,
-                       "bootstrap_samples": bootstrap_samples, "seed": seed},
-        "variants": variant_metrics(log, confidence, bootstrap_samples, seed)
-        .to_dict(orient="records"),
-        "comparison": comparison,
-        "recommendation": recommend(comparison, min_labelled, min_improvement),
-    })
+    return _jsonable(
+        {
+            "model_name": model_name,
+            "design": kind,
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "window": window,
+            "parameters": {
+                "confidence": confidence,
+                "min_labelled": min_labelled,
+                "min_improvement": min_improvement,
+                "bootstrap_samples": bootstrap_samples,
+                "seed": seed,
+            },
+            "variants": variant_metrics(log, confidence, bootstrap_samples, seed).to_dict(
+                orient="records"
+            ),
+            "comparison": comparison,
+            "recommendation": recommend(comparison, min_labelled, min_improvement),
+        }
+    )

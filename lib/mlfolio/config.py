@@ -74,10 +74,13 @@ class SchemaConfig(_Section):
     numeric: list[str] = Field(default_factory=list)
     categorical: list[str] = Field(default_factory=list)
     missing_target: Literal["drop", "fail"] = Field(
-        "drop", description="rows with no target value: dropped and counted, or an error")
+        "drop", description="rows with no target value: dropped and counted, or an error"
+    )
     non_finite: Literal["fail", "missing"] = Field(
-        "fail", description="inf, -inf or numbers too large for a float in numeric columns: "
-                            "an error, or treated as missing values")
+        "fail",
+        description="inf, -inf or numbers too large for a float in numeric columns: "
+        "an error, or treated as missing values",
+    )
 
     @property
     def features(self) -> list[str]:
@@ -165,13 +168,17 @@ class RegistryConfig(_Section):
     model_name: str | None = Field(None, description="None = '<experiment>-classifier'")
     promote: bool = Field(True, description="move 'champion' when the gate passes")
     lock_uri: str | None = Field(
-        None, description="where promotions lock (None: beside a SQLite store, an advisory "
-                          "lock in a PostgreSQL one, a lease tag on a tracking server); "
-                          "a postgresql:// URL gives a strict lock to a tracking server")
+        None,
+        description="where promotions lock (None: beside a SQLite store, an advisory "
+        "lock in a PostgreSQL one, a lease tag on a tracking server); "
+        "a postgresql:// URL gives a strict lock to a tracking server",
+    )
     lock_timeout_s: float = Field(60.0, gt=0, description="wait for the promotion lock")
     interactive_writes: bool = Field(
-        False, description="let a notebook run without a run folder (JupyterLab) register a "
-                           "version and move aliases")
+        False,
+        description="let a notebook run without a run folder (JupyterLab) register a "
+        "version and move aliases",
+    )
 
 
 class TrackingConfig(_Section):
@@ -224,7 +231,8 @@ class DeployConfig(_Section):
     """Where the deploy stage puts the model version behind ``alias``."""
 
     targets: list[Literal["local", "kubernetes", "lambda", "sagemaker"]] = Field(
-        default_factory=lambda: ["local", "kubernetes"])
+        default_factory=lambda: ["local", "kubernetes"]
+    )
     alias: str = "champion"
     local: LocalTargetConfig = Field(default_factory=LocalTargetConfig)
     kubernetes: KubernetesTargetConfig = Field(default_factory=KubernetesTargetConfig)
@@ -242,19 +250,23 @@ class DeployConfig(_Section):
             if not self.aws.bucket:
                 raise ValueError("target sagemaker needs aws.bucket (for model.tar.gz)")
             if not self.sagemaker.image_uri:
-                raise ValueError("target sagemaker needs sagemaker.image_uri (the serving "
-                                 "image built from the kubernetes target's Dockerfile)")
+                raise ValueError(
+                    "target sagemaker needs sagemaker.image_uri (the serving "
+                    "image built from the kubernetes target's Dockerfile)"
+                )
         return self
 
 
 class RetrainPolicyConfig(_Section):
     """When monitoring fires retraining (any trigger, once the guards allow it)."""
 
-    min_drift_share: float | None = Field(0.3, gt=0, le=1,
-                                          description="share of drifted columns that fires")
+    min_drift_share: float | None = Field(
+        0.3, gt=0, le=1, description="share of drifted columns that fires"
+    )
     on_dataset_drift: bool = True
-    max_roc_auc_drop: float | None = Field(0.03, gt=0, le=1,
-                                           description="quality drop that fires (with labels)")
+    max_roc_auc_drop: float | None = Field(
+        0.03, gt=0, le=1, description="quality drop that fires (with labels)"
+    )
     min_rows: int = Field(500, ge=1, description="fewer current rows: no decision")
     cooldown_hours: float = Field(24.0, ge=0, description="since the last retraining")
 
@@ -273,16 +285,23 @@ class MonitoringConfig(_Section):
     """The monitor run: where current data comes from and what fires retraining."""
 
     prediction_log: str | None = Field(
-        None, description="the model server's --prediction-log folder (current data)")
-    current: str | None = Field(None, description="CSV/Parquet of current rows; wins over "
-                                                  "the prediction log")
-    labels: str | None = Field(None, description="CSV/Parquet of ground truth: an id column "
-                                                 "(request_id or the schema's id) + target")
-    window_hours: float | None = Field(24.0, gt=0, description="prediction log window; "
-                                                               "None = all of it")
+        None, description="the model server's --prediction-log folder (current data)"
+    )
+    current: str | None = Field(
+        None, description="CSV/Parquet of current rows; wins over the prediction log"
+    )
+    labels: str | None = Field(
+        None,
+        description="CSV/Parquet of ground truth: an id column "
+        "(request_id or the schema's id) + target",
+    )
+    window_hours: float | None = Field(
+        24.0, gt=0, description="prediction log window; None = all of it"
+    )
     drift_share: float = Field(0.5, gt=0, le=1, description="dataset drift at this share")
-    report_sample_rows: int | None = Field(5000, ge=100, description="rows per frame in the "
-                                                                     "Evidently HTML")
+    report_sample_rows: int | None = Field(
+        5000, ge=100, description="rows per frame in the Evidently HTML"
+    )
     retrain: RetrainPolicyConfig = Field(default_factory=RetrainPolicyConfig)
     ab: ABConfig = Field(default_factory=ABConfig)
 
@@ -335,8 +354,12 @@ class Config(_Section):
 def _format_errors(exc: ValidationError, source: str) -> str:
     lines = [f"{source}: invalid parameters"]
     for err in exc.errors():
-        path = ".".join({"schema_": "schema", "lambda_": "lambda"}.get(str(p), str(p))
-                        for p in err["loc"]) or "<top>"
+        path = (
+            ".".join(
+                {"schema_": "schema", "lambda_": "lambda"}.get(str(p), str(p)) for p in err["loc"]
+            )
+            or "<top>"
+        )
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see parameters/churn.yaml for the keys)"
@@ -377,8 +400,11 @@ def from_mapping(raw: Any, source: str = "<parameters>", base: Path | None = Non
         if db != ":memory:" and not Path(db).is_file():
             raise ConfigError(f"{source}: data.uri: SQLite database not found: {db}")
     mon = cfg.monitoring
-    updates = {key: _resolve_path(getattr(mon, key), base)
-               for key in ("prediction_log", "current", "labels") if getattr(mon, key)}
+    updates = {
+        key: _resolve_path(getattr(mon, key), base)
+        for key in ("prediction_log", "current", "labels")
+        if getattr(mon, key)
+    }
     for key in ("current", "labels"):
         if key in updates and not Path(updates[key]).is_file():
             raise ConfigError(f"{source}: monitoring.{key}: file not found: {updates[key]}")

@@ -62,12 +62,19 @@ class StageContext:
         stage's MLflow run ends FAILED (an interactive kernel would leave it RUNNING)."""
         from mlfolio import pipeline
 
-        writer = next((s for kind in pipeline.PIPELINES.values() for s in kind
-                       if name in s.products), None)
-        how = (f"run the {writer.name} stage ({writer.notebook}) first" if writer
-               else "run the upstream stages first")
-        where = ("in JupyterLab, run the earlier notebooks top to bottom with the same "
-                 "run_dir" if self.interactive else "mlfolio run --from ... --run-dir ...")
+        writer = next(
+            (s for kind in pipeline.PIPELINES.values() for s in kind if name in s.products), None
+        )
+        how = (
+            f"run the {writer.name} stage ({writer.notebook}) first"
+            if writer
+            else "run the upstream stages first"
+        )
+        where = (
+            "in JupyterLab, run the earlier notebooks top to bottom with the same run_dir"
+            if self.interactive
+            else "mlfolio run --from ... --run-dir ..."
+        )
         self.fail()
         return StageError(self.stage, f"{self.path(name)} is missing: {how} ({where})")
 
@@ -99,8 +106,9 @@ class StageContext:
         """Open this stage's MLflow run (a child of the pipeline run when there is one)."""
         from mlfolio import tracking
 
-        self._active = tracking.stage_run(self.cfg, self.stage, self.parent_run_id, self.run_dir,
-                                          interactive=self.interactive)
+        self._active = tracking.stage_run(
+            self.cfg, self.stage, self.parent_run_id, self.run_dir, interactive=self.interactive
+        )
         run = self._active.__enter__()
         self.mlflow_run_id = run.info.run_id
         return self.mlflow_run_id
@@ -118,15 +126,22 @@ class StageContext:
             failure = RuntimeError(f"stage {self.stage} failed")
             active.__exit__(RuntimeError, failure, None)  # the run's `with` ends FAILED
 
-    def _on_error(self, shell: Any, etype: type, value: BaseException, tb: Any,
-                  tb_offset: int | None = None) -> Any:
+    def _on_error(
+        self, shell: Any, etype: type, value: BaseException, tb: Any, tb_offset: int | None = None
+    ) -> Any:
         """IPython hook (interactive only): a failing cell ends the stage's run FAILED."""
         self.fail()
         return shell.showtraceback((etype, value, tb), tb_offset=tb_offset)
 
 
-def open_stage(stage: str, params_file: str, run_dir: str = "", parent_run_id: str = "",
-               overrides: dict[str, Any] | None = None, tracking: bool = True) -> StageContext:
+def open_stage(
+    stage: str,
+    params_file: str,
+    run_dir: str = "",
+    parent_run_id: str = "",
+    overrides: dict[str, Any] | None = None,
+    tracking: bool = True,
+) -> StageContext:
     """The setup cell of every stage notebook: load and validate the parameters, find the
     run folder (``runs/interactive-<experiment>`` when none is given) and open the MLflow
     run. Relative paths resolve against the project root, not the working directory."""
@@ -136,8 +151,13 @@ def open_stage(stage: str, params_file: str, run_dir: str = "", parent_run_id: s
     if not folder.is_absolute():
         folder = project_dir() / folder
     folder.mkdir(parents=True, exist_ok=True)
-    ctx = StageContext(stage=stage, cfg=cfg, run_dir=folder.resolve(),
-                       parent_run_id=parent_run_id, interactive=not run_dir)
+    ctx = StageContext(
+        stage=stage,
+        cfg=cfg,
+        run_dir=folder.resolve(),
+        parent_run_id=parent_run_id,
+        interactive=not run_dir,
+    )
     if tracking:
         ctx.start_mlflow()
     if ctx.interactive:

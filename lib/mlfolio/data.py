@@ -107,7 +107,8 @@ def _overflows(text: Any) -> bool:
 def _numeric_problems(values: pd.Series) -> tuple[str | None, np.ndarray]:
     """(what is wrong with a numeric column other than non-finite values, non-finite mask)."""
     if pd.api.types.is_bool_dtype(values) or not (
-        pd.api.types.is_numeric_dtype(values) or values.dtype == object
+        pd.api.types.is_numeric_dtype(values)
+        or values.dtype == object
         or pd.api.types.is_string_dtype(values)
     ):
         return f"expected numbers, got dtype {values.dtype}", np.zeros(len(values), bool)
@@ -118,13 +119,16 @@ def _numeric_problems(values: pd.Series) -> tuple[str | None, np.ndarray]:
     coerced = pd.to_numeric(text, errors="coerce")
     unparsed = (coerced.isna() & text.notna() & (text != "")).to_numpy(dtype=bool)
     too_large = unparsed & text.map(_overflows, na_action="ignore").fillna(False).to_numpy(
-        dtype=bool)
+        dtype=bool
+    )
     non_finite = np.isinf(coerced.to_numpy(dtype="float64", na_value=np.nan)) | too_large
     bad = text[unparsed & ~too_large]
     if len(bad):
         examples = sorted(set(bad.head(3)))
-        return (f"expected numbers (blank allowed as missing), found text such as {examples} "
-                f"in {len(bad)} row(s)"), non_finite
+        return (
+            f"expected numbers (blank allowed as missing), found text such as {examples} "
+            f"in {len(bad)} row(s)"
+        ), non_finite
     return None, non_finite
 
 
@@ -153,18 +157,25 @@ def check(df: pd.DataFrame, schema: SchemaConfig, source: str = "data") -> Valid
     no_target = _missing_target(df[schema.target])
     dropped = 0
     if no_target.all():
-        raise DataValidationError(f"{source}: no rows left: all {len(df)} row(s) have no value "
-                                  f"in column {schema.target!r} (target)")
+        raise DataValidationError(
+            f"{source}: no rows left: all {len(df)} row(s) have no value "
+            f"in column {schema.target!r} (target)"
+        )
     if no_target.any():
         if schema.missing_target == "fail":
             problems.append(
                 f"column {schema.target!r} (target): {int(no_target.sum())} row(s) have no "
                 f"value, {_which(df, no_target, schema)} (schema.missing_target is 'fail'; "
-                f"'drop' drops and counts them)")
+                f"'drop' drops and counts them)"
+            )
         else:
             dropped = int(no_target.sum())
-            log.warning("%s: dropped %d row(s) with no value in column %r (target)", source,
-                        dropped, schema.target)
+            log.warning(
+                "%s: dropped %d row(s) with no value in column %r (target)",
+                source,
+                dropped,
+                schema.target,
+            )
         # Either way the unlabelled rows take no further part: nothing else to report on them.
         df = df[~no_target]
     non_finite_as_missing: dict[str, int] = {}
@@ -181,7 +192,8 @@ def check(df: pd.DataFrame, schema: SchemaConfig, source: str = "data") -> Valid
             problems.append(
                 f"column {col!r}: {int(non_finite.sum())} non-finite value(s) (inf, -inf or "
                 f"too large for a float), {_which(df, non_finite, schema)}; expected finite "
-                f"numbers (schema.non_finite: missing treats them as missing values)")
+                f"numbers (schema.non_finite: missing treats them as missing values)"
+            )
     target = df[schema.target]
     known = _label_matches(target, schema.positive_label) | _label_matches(
         target, schema.negative_label
@@ -226,14 +238,21 @@ def min_rows_per_class(split: SplitConfig, cv_folds: int | None = None) -> int:
     # round() first: 2 / 0.1 is 20.000000000000004 in floating point. The training rows
     # are what two rounded splits leave: one row of slack (checked against sklearn's split
     # over a grid of sizes, folds and class balances).
-    return max(math.ceil(round(MIN_PER_CLASS / split.test_size, 6)),
-               math.ceil(round(MIN_PER_CLASS / split.valid_size, 6)),
-               math.ceil(round(max(MIN_PER_CLASS, cv_folds or 0) / train, 6)) + 1)
+    return max(
+        math.ceil(round(MIN_PER_CLASS / split.test_size, 6)),
+        math.ceil(round(MIN_PER_CLASS / split.valid_size, 6)),
+        math.ceil(round(max(MIN_PER_CLASS, cv_folds or 0) / train, 6)) + 1,
+    )
 
 
-def check_split_size(df: pd.DataFrame, schema: SchemaConfig, split: SplitConfig,
-                     cv_folds: int | None = None, source: str = "data",
-                     sample_rows: int | None = None) -> None:
+def check_split_size(
+    df: pd.DataFrame,
+    schema: SchemaConfig,
+    split: SplitConfig,
+    cv_folds: int | None = None,
+    source: str = "data",
+    sample_rows: int | None = None,
+) -> None:
     """Fail when ``df`` has too few rows of a class for the stratified split (and the
     tuning folds); the message says the minimum these parameters need."""
     need = min_rows_per_class(split, cv_folds)
@@ -242,8 +261,11 @@ def check_split_size(df: pd.DataFrame, schema: SchemaConfig, split: SplitConfig,
     if min(counts.values()) >= need:
         return
     have = " and ".join(f"{n} {label!r}" for label, n in counts.items())
-    rows = (f"data.sample_rows {sample_rows} leaves {len(df)} row(s)" if sample_rows
-            else f"{len(df)} row(s)")
+    rows = (
+        f"data.sample_rows {sample_rows} leaves {len(df)} row(s)"
+        if sample_rows
+        else f"{len(df)} row(s)"
+    )
     params = f"split.test_size {split.test_size}, split.valid_size {split.valid_size}"
     if cv_folds:
         params += f" and tuning.cv_folds {cv_folds}"
@@ -251,7 +273,8 @@ def check_split_size(df: pd.DataFrame, schema: SchemaConfig, split: SplitConfig,
     raise DataValidationError(
         f"{source}: too few rows for the split: {rows}, {have}; {params} need at least "
         f"{need} rows of each class ({2 * need} rows): {MIN_PER_CLASS} of each class in the "
-        f"test and validation rows, {train_need} in the training rows")
+        f"test and validation rows, {train_need} in the training rows"
+    )
 
 
 def sample(df: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:

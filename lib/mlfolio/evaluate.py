@@ -12,8 +12,9 @@ from sklearn.calibration import calibration_curve
 from mlfolio.config import GateConfig
 
 
-def classification_metrics(y: np.ndarray, score: np.ndarray, threshold: float = 0.5
-                           ) -> dict[str, float]:
+def classification_metrics(
+    y: np.ndarray, score: np.ndarray, threshold: float = 0.5
+) -> dict[str, float]:
     """Ranking, probability and thresholded metrics of positive-class scores."""
     y = np.asarray(y)
     score = np.clip(np.asarray(score, dtype=float), 1e-15, 1 - 1e-15)
@@ -39,8 +40,9 @@ def max_f1_threshold(y: np.ndarray, score: np.ndarray) -> float:
 
 
 def confusion(y: np.ndarray, score: np.ndarray, threshold: float) -> dict[str, int]:
-    tn, fp, fn, tp = skm.confusion_matrix(y, (np.asarray(score) >= threshold).astype(int),
-                                          labels=[0, 1]).ravel()
+    tn, fp, fn, tp = skm.confusion_matrix(
+        y, (np.asarray(score) >= threshold).astype(int), labels=[0, 1]
+    ).ravel()
     return {"tn": int(tn), "fp": int(fp), "fn": int(fn), "tp": int(tp)}
 
 
@@ -65,9 +67,14 @@ def weighted_roc_auc(y: np.ndarray, score: np.ndarray, weights: np.ndarray) -> n
         return (pos * (below + 0.5 * neg)).sum(axis=1) / (pos.sum(axis=1) * neg.sum(axis=1))
 
 
-def bootstrap_auc_difference(y: np.ndarray, score_new: np.ndarray, score_old: np.ndarray,
-                             samples: int = 1000, confidence: float = 0.95, seed: int = 0
-                             ) -> dict[str, float]:
+def bootstrap_auc_difference(
+    y: np.ndarray,
+    score_new: np.ndarray,
+    score_old: np.ndarray,
+    samples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, float]:
     """Paired bootstrap of ROC AUC(new) - ROC AUC(old) on the same resampled rows."""
     y = np.asarray(y).astype(float)
     score_new, score_old = np.asarray(score_new, float), np.asarray(score_old, float)
@@ -94,9 +101,12 @@ class GateVerdict:
         return asdict(self)
 
 
-def gate(cfg: GateConfig, candidate: dict[str, float],
-         comparison: dict[str, float] | None = None,
-         champion_version: str | None = None) -> GateVerdict:
+def gate(
+    cfg: GateConfig,
+    candidate: dict[str, float],
+    comparison: dict[str, float] | None = None,
+    champion_version: str | None = None,
+) -> GateVerdict:
     """Decide promotion: absolute thresholds, then a significant gain over the champion.
 
     Every check adds a reason, passed or failed, so the verdict explains itself.
@@ -109,20 +119,28 @@ def gate(cfg: GateConfig, candidate: dict[str, float],
         ok &= passed
         reasons.append(("PASS " if passed else "FAIL ") + text)
 
-    check(candidate["roc_auc"] >= cfg.min_roc_auc,
-          f"test ROC AUC {candidate['roc_auc']:.4f} >= {cfg.min_roc_auc}")
+    check(
+        candidate["roc_auc"] >= cfg.min_roc_auc,
+        f"test ROC AUC {candidate['roc_auc']:.4f} >= {cfg.min_roc_auc}",
+    )
     if cfg.min_pr_auc is not None:
-        check(candidate["pr_auc"] >= cfg.min_pr_auc,
-              f"test PR AUC {candidate['pr_auc']:.4f} >= {cfg.min_pr_auc}")
+        check(
+            candidate["pr_auc"] >= cfg.min_pr_auc,
+            f"test PR AUC {candidate['pr_auc']:.4f} >= {cfg.min_pr_auc}",
+        )
     if cfg.max_log_loss is not None:
-        check(candidate["log_loss"] <= cfg.max_log_loss,
-              f"test log loss {candidate['log_loss']:.4f} <= {cfg.max_log_loss}")
+        check(
+            candidate["log_loss"] <= cfg.max_log_loss,
+            f"test log loss {candidate['log_loss']:.4f} <= {cfg.max_log_loss}",
+        )
     if comparison is None:
         reasons.append("PASS no champion yet: nothing to beat")
     else:
-        check(comparison["ci_low"] > cfg.min_improvement,
-              f"ROC AUC gain over champion v{champion_version} "
-              f"{comparison['difference']:+.4f} "
-              f"({comparison['confidence']:.0%} CI {comparison['ci_low']:+.4f} .. "
-              f"{comparison['ci_high']:+.4f}) has its lower bound above {cfg.min_improvement:+}")
+        check(
+            comparison["ci_low"] > cfg.min_improvement,
+            f"ROC AUC gain over champion v{champion_version} "
+            f"{comparison['difference']:+.4f} "
+            f"({comparison['confidence']:.0%} CI {comparison['ci_low']:+.4f} .. "
+            f"{comparison['ci_high']:+.4f}) has its lower bound above {cfg.min_improvement:+}",
+        )
     return GateVerdict(passed=ok, reasons=reasons)

@@ -56,8 +56,9 @@ class RawColumnCoercer(TransformerMixin, BaseEstimator):
             floats = values.dtype.kind == "f" or values.dtype == object
             values = values.astype(object)
             if whole_as_int and floats:  # not Series.map: it infers float64 back
-                values = pd.Series([_whole_float_as_int(v) for v in values],
-                                   index=values.index, dtype=object)
+                values = pd.Series(
+                    [_whole_float_as_int(v) for v in values], index=values.index, dtype=object
+                )
             out[col] = values.where(present, MISSING_CATEGORY).astype(str)
         return pd.DataFrame(out, index=X.index)
 
@@ -73,9 +74,7 @@ def _whole_float_as_int(value: Any) -> Any:
 
 def build_preprocessor(schema: SchemaConfig) -> Pipeline:
     """Coercion, imputation, scaling and one-hot encoding for the schema's columns."""
-    numeric = Pipeline(
-        [("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())]
-    )
+    numeric = Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())])
     categorical = OneHotEncoder(handle_unknown="ignore", sparse_output=False)
     columns = ColumnTransformer(
         [("num", numeric, list(schema.numeric)), ("cat", categorical, list(schema.categorical))],

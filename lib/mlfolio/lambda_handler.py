@@ -87,8 +87,11 @@ class LoadedModel:
         """What a request may carry: the model's columns, then the optional id column."""
         from mlfolio.serve.columns import Column
 
-        extra = [Column(self.id_column, "entity", optional=True)] \
-            if self.id_column and self.id_column not in self.names else []
+        extra = (
+            [Column(self.id_column, "entity", optional=True)]
+            if self.id_column and self.id_column not in self.names
+            else []
+        )
         return [*self.columns, *extra]
 
 
@@ -130,8 +133,11 @@ def _scorer(pipeline: Any, columns: list[Any], mlmodel: Any, model_dir: Path) ->
     except Exception as exc:  # an unreadable example only costs us probe rows
         log.info("no input example in %s: %s", model_dir, exc)
         example = None
-    problem = verify(compiled, reference, probe_rows(
-        columns, compiled, example if isinstance(example, pd.DataFrame) else None))
+    problem = verify(
+        compiled,
+        reference,
+        probe_rows(columns, compiled, example if isinstance(example, pd.DataFrame) else None),
+    )
     if problem is not None:
         log.warning("%s: scoring through the pipeline (%s)", model_dir, problem)
         return reference
@@ -140,8 +146,10 @@ def _scorer(pipeline: Any, columns: list[Any], mlmodel: Any, model_dir: Path) ->
 
 def _load(model_dir: Path) -> LoadedModel:
     if not (model_dir / "MLmodel").is_file():
-        raise ModelLoadError(f"no MLflow model at {model_dir} (set ${MODEL_DIR_ENV} to the "
-                             "directory holding MLmodel)")
+        raise ModelLoadError(
+            f"no MLflow model at {model_dir} (set ${MODEL_DIR_ENV} to the "
+            "directory holding MLmodel)"
+        )
     meta_path = model_dir.parent / META_FILE
     meta: dict[str, Any] = {}
     if meta_path.is_file():
@@ -166,10 +174,22 @@ def _load(model_dir: Path) -> LoadedModel:
     except ServeError as exc:
         raise ModelLoadError(f"{model_dir}: {exc}") from None
     scorer = _scorer(pipeline, columns, mlmodel, model_dir)
-    log.info("loaded model from %s (version %s, threshold %s, scorer %s)", model_dir,
-             meta.get("model_version"), threshold, scorer.name)
-    return LoadedModel(pipeline, tuple(columns), threshold, meta.get("model_version"),
-                       model_dir, scorer, model_id_column(mlmodel))
+    log.info(
+        "loaded model from %s (version %s, threshold %s, scorer %s)",
+        model_dir,
+        meta.get("model_version"),
+        threshold,
+        scorer.name,
+    )
+    return LoadedModel(
+        pipeline,
+        tuple(columns),
+        threshold,
+        meta.get("model_version"),
+        model_dir,
+        scorer,
+        model_id_column(mlmodel),
+    )
 
 
 def get_model() -> LoadedModel:
@@ -233,7 +253,7 @@ def parse_event(event: dict[str, Any]) -> HttpRequest | None:
         return None
     stage = ctx.get("stage")
     if version == "2.0" and stage and stage != "$default" and path.startswith(f"/{stage}/"):
-        path = path[len(stage) + 1:]
+        path = path[len(stage) + 1 :]
     path = path.rstrip("/") or "/"
     headers = {str(k).lower(): str(v) for k, v in (event.get("headers") or {}).items()}
     raw = event.get("body")
@@ -243,26 +263,34 @@ def parse_event(event: dict[str, Any]) -> HttpRequest | None:
         try:
             body = base64.b64decode(raw, validate=True)
         except (binascii.Error, ValueError) as exc:
-            raise RequestError(f"body: isBase64Encoded is true but the body is not valid "
-                               f"base64 ({exc})") from None
+            raise RequestError(
+                f"body: isBase64Encoded is true but the body is not valid base64 ({exc})"
+            ) from None
     else:
         body = raw.encode() if isinstance(raw, str) else bytes(raw)
     gateway_id = ctx.get("requestId")
-    return HttpRequest(version, method.upper(), path, headers, body,
-                       str(gateway_id) if gateway_id else None)
+    return HttpRequest(
+        version, method.upper(), path, headers, body, str(gateway_id) if gateway_id else None
+    )
 
 
 def _response(status: int, doc: Any, headers: dict[str, str] | None = None) -> dict[str, Any]:
-    return {"statusCode": status, "headers": {**JSON_HEADERS, **(headers or {})},
-            "body": json.dumps(doc), "isBase64Encoded": False}
+    return {
+        "statusCode": status,
+        "headers": {**JSON_HEADERS, **(headers or {})},
+        "body": json.dumps(doc),
+        "isBase64Encoded": False,
+    }
 
 
-def _error(status: int, message: str, headers: dict[str, str] | None = None
-           ) -> dict[str, Any]:
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> dict[str, Any]:
     """The server's MLflow-style error document."""
-    return {"statusCode": status, "headers": {**JSON_HEADERS, **(headers or {})},
-            "body": error_body(INVOCATIONS_PATH, status, message).decode(),
-            "isBase64Encoded": False}
+    return {
+        "statusCode": status,
+        "headers": {**JSON_HEADERS, **(headers or {})},
+        "body": error_body(INVOCATIONS_PATH, status, message).decode(),
+        "isBase64Encoded": False,
+    }
 
 
 def _version_header(model: LoadedModel) -> dict[str, str]:
@@ -283,15 +311,21 @@ def _invocations(req: HttpRequest, model: LoadedModel, request_id: str) -> dict[
     elif media in ("application/json", "") or media.endswith("+json"):
         csv = False
     else:
-        raise RequestError(f"Content-Type {content_type!r} is not supported: send "
-                           "application/json or text/csv", status=415)
+        raise RequestError(
+            f"Content-Type {content_type!r} is not supported: send application/json or text/csv",
+            status=415,
+        )
     proba, labels = score(req.body, csv, model)
     headers = {**_version_header(model), "X-Request-ID": request_id}
     if "text/csv" in req.headers.get("accept", ""):
         from mlfolio.serve.protocols.sagemaker import csv_answer
 
-        return {"statusCode": 200, "headers": {"Content-Type": "text/csv", **headers},
-                "body": csv_answer(proba, labels), "isBase64Encoded": False}
+        return {
+            "statusCode": 200,
+            "headers": {"Content-Type": "text/csv", **headers},
+            "body": csv_answer(proba, labels),
+            "isBase64Encoded": False,
+        }
     return _response(200, answer(proba, labels, model, request_id), headers)
 
 
@@ -305,19 +339,26 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
         return _direct(event, context)
     allowed = ROUTES.get(req.path)
     if allowed is None:
-        return _error(404, f"no route {req.method} {req.path}; routes: GET /ping, "
-                           "POST /invocations")
+        return _error(
+            404, f"no route {req.method} {req.path}; routes: GET /ping, POST /invocations"
+        )
     if req.method != allowed:
-        return _error(405, f"{req.method} {req.path} is not allowed; use {allowed}",
-                      headers={"Allow": allowed})
+        return _error(
+            405,
+            f"{req.method} {req.path} is not allowed; use {allowed}",
+            headers={"Allow": allowed},
+        )
     try:
         model = get_model()
     except ModelLoadError as exc:
         log.error("model not loaded: %s", exc)
         return _error(503, f"model not loaded: {exc}")
     if req.path == "/ping":
-        return _response(200, {"status": "ok", "model_version": model.model_version,
-                               "threshold": model.threshold}, _version_header(model))
+        return _response(
+            200,
+            {"status": "ok", "model_version": model.model_version, "threshold": model.threshold},
+            _version_header(model),
+        )
     try:
         request_id = _request_id(req)
     except RequestError as exc:
@@ -328,8 +369,7 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
         return _error(exc.status, str(exc), {"X-Request-ID": request_id})
     except Exception:  # one bad request must not look like a platform failure
         log.exception("scoring failed")
-        return _error(500, "scoring failed; see the function's logs",
-                      {"X-Request-ID": request_id})
+        return _error(500, "scoring failed; see the function's logs", {"X-Request-ID": request_id})
 
 
 def _direct(event: Any, context: Any = None) -> dict[str, Any]:

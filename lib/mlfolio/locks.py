@@ -63,7 +63,8 @@ def file_lock(path: Path, timeout_s: float) -> Iterator[None]:
                 if time.monotonic() >= deadline:
                     holder = path.read_text(errors="replace").strip() or "unknown"
                     raise LockTimeoutError(
-                        f"lock {path} still held by {holder} after {timeout_s:g} s") from None
+                        f"lock {path} still held by {holder} after {timeout_s:g} s"
+                    ) from None
                 time.sleep(POLL_S)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{owner()} since {datetime.now(UTC).isoformat()}\n".encode(), 0)
@@ -78,8 +79,7 @@ def file_lock(path: Path, timeout_s: float) -> Iterator[None]:
 
 def _advisory_key(key: str) -> int:
     """A signed 64-bit number for ``pg_advisory_lock`` (stable across processes)."""
-    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big",
-                          signed=True)
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big", signed=True)
 
 
 @contextlib.contextmanager
@@ -92,12 +92,15 @@ def postgres_lock(url: str, key: str, timeout_s: float) -> Iterator[None]:
     try:
         with engine.connect() as conn:
             deadline = time.monotonic() + timeout_s
-            while not conn.execute(sqlalchemy.text("SELECT pg_try_advisory_lock(:k)"),
-                                   {"k": number}).scalar():
+            while not conn.execute(
+                sqlalchemy.text("SELECT pg_try_advisory_lock(:k)"), {"k": number}
+            ).scalar():
                 conn.rollback()
                 if time.monotonic() >= deadline:
-                    raise LockTimeoutError(f"PostgreSQL advisory lock {key!r} ({number}) still "
-                                           f"held after {timeout_s:g} s")
+                    raise LockTimeoutError(
+                        f"PostgreSQL advisory lock {key!r} ({number}) still "
+                        f"held after {timeout_s:g} s"
+                    )
                 time.sleep(POLL_S)
             conn.commit()
             try:
@@ -110,8 +113,9 @@ def postgres_lock(url: str, key: str, timeout_s: float) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def lease_lock(model_name: str, key: str, timeout_s: float, lease_s: float = 120.0,
-               settle_s: float = 0.5) -> Iterator[None]:
+def lease_lock(
+    model_name: str, key: str, timeout_s: float, lease_s: float = 120.0, settle_s: float = 0.5
+) -> Iterator[None]:
     """A lease tag on the registered model ``model_name`` (HTTP tracking servers)."""
     from mlflow.tracking import MlflowClient
 
@@ -123,16 +127,19 @@ def lease_lock(model_name: str, key: str, timeout_s: float, lease_s: float = 120
         tags = client.get_registered_model(model_name).tags or {}
         held = json.loads(tags[tag]) if tag in tags else None
         if held is None or held.get("expires", 0) < time.time():
-            client.set_registered_model_tag(model_name, tag, json.dumps(
-                {"owner": me, "expires": time.time() + lease_s}))
+            client.set_registered_model_tag(
+                model_name, tag, json.dumps({"owner": me, "expires": time.time() + lease_s})
+            )
             time.sleep(settle_s)  # a writer that read before ours wrote after it: it wins
             now = (client.get_registered_model(model_name).tags or {}).get(tag)
             if now and json.loads(now).get("owner") == me:
                 break
         if time.monotonic() >= deadline:
-            raise LockTimeoutError(f"lease {tag} on {model_name} still held by "
-                                   f"{(held or {}).get('owner', 'another writer')} after "
-                                   f"{timeout_s:g} s")
+            raise LockTimeoutError(
+                f"lease {tag} on {model_name} still held by "
+                f"{(held or {}).get('owner', 'another writer')} after "
+                f"{timeout_s:g} s"
+            )
         time.sleep(POLL_S * 4)
     try:
         yield
@@ -152,8 +159,9 @@ def lock_kind(uri: str) -> str:
 
 
 @contextlib.contextmanager
-def registry_lock(registry_uri: str, model_name: str, purpose: str,
-                  timeout_s: float = 60.0) -> Iterator[str]:
+def registry_lock(
+    registry_uri: str, model_name: str, purpose: str, timeout_s: float = 60.0
+) -> Iterator[str]:
     """Hold the lock for ``purpose`` (``promote``, ``retrain``) on ``model_name``.
 
     Yields the kind of lock taken. Raises :class:`LockTimeoutError` naming the holder
@@ -163,8 +171,9 @@ def registry_lock(registry_uri: str, model_name: str, purpose: str,
     kind = lock_kind(registry_uri)
     if kind == "file":
         store = Path(registry_uri.removeprefix("sqlite:///"))
-        ctx = file_lock(store.with_name(f"{store.name}.{_slug(purpose)}-{_slug(model_name)}"
-                                        ".lock"), timeout_s)
+        ctx = file_lock(
+            store.with_name(f"{store.name}.{_slug(purpose)}-{_slug(model_name)}.lock"), timeout_s
+        )
     elif kind == "postgres":
         ctx = postgres_lock(registry_uri, key, timeout_s)
     else:

@@ -36,12 +36,25 @@ log = logging.getLogger(__name__)
 
 DB_NAME = "predictions.sqlite"
 MAX_QUEUED_ROWS = 1_000_000
-BASE_COLUMNS = ("request_id", "row", "entity_id", "ts", "model_name", "model_version",
-                "variant", "shadow", "score", "label", "threshold")
-_BASE_DDL = ("request_id TEXT NOT NULL, row INTEGER NOT NULL, entity_id TEXT, ts REAL NOT NULL, "
-             "model_name TEXT NOT NULL, model_version TEXT NOT NULL, variant TEXT NOT NULL, "
-             "shadow INTEGER NOT NULL, score REAL NOT NULL, label INTEGER NOT NULL, "
-             "threshold REAL NOT NULL")
+BASE_COLUMNS = (
+    "request_id",
+    "row",
+    "entity_id",
+    "ts",
+    "model_name",
+    "model_version",
+    "variant",
+    "shadow",
+    "score",
+    "label",
+    "threshold",
+)
+_BASE_DDL = (
+    "request_id TEXT NOT NULL, row INTEGER NOT NULL, entity_id TEXT, ts REAL NOT NULL, "
+    "model_name TEXT NOT NULL, model_version TEXT NOT NULL, variant TEXT NOT NULL, "
+    "shadow INTEGER NOT NULL, score REAL NOT NULL, label INTEGER NOT NULL, "
+    "threshold REAL NOT NULL"
+)
 _SQL_TYPES = {"string": "TEXT", "double": "REAL", "long": "INTEGER", "boolean": "INTEGER"}
 _BUSY_MS = 30_000
 
@@ -105,9 +118,15 @@ class PredictionLog:
     waiting, new rows are dropped and counted instead of growing memory without bound.
     """
 
-    def __init__(self, folder: str | Path, columns: Sequence[ColumnLike], *,
-                 flush_rows: int = 1000, flush_seconds: float = 0.5,
-                 max_queued_rows: int = MAX_QUEUED_ROWS):
+    def __init__(
+        self,
+        folder: str | Path,
+        columns: Sequence[ColumnLike],
+        *,
+        flush_rows: int = 1000,
+        flush_seconds: float = 0.5,
+        max_queued_rows: int = MAX_QUEUED_ROWS,
+    ):
         self.folder = Path(folder)
         self.path = db_path(folder)
         kinds: dict[str, str] = {}
@@ -115,8 +134,10 @@ class PredictionLog:
             kinds.setdefault(col.name, col.kind)
         clash = sorted(set(kinds) & set(BASE_COLUMNS))
         if clash:
-            raise DataValidationError(f"prediction log {self.path}: input column(s) {clash} "
-                                      "clash with the log's own columns")
+            raise DataValidationError(
+                f"prediction log {self.path}: input column(s) {clash} "
+                "clash with the log's own columns"
+            )
         self.kinds = kinds
         self.flush_rows = max(1, flush_rows)
         self.flush_seconds = flush_seconds
@@ -150,29 +171,36 @@ class PredictionLog:
         con.execute("PRAGMA synchronous=NORMAL")
         features = ", ".join(f"{_quote(n)} {_SQL_TYPES[k]}" for n, k in self.kinds.items())
         with con:
-            con.execute(f"CREATE TABLE IF NOT EXISTS predictions ({_BASE_DDL}"
-                        f"{', ' + features if features else ''})")
-            con.execute("CREATE TABLE IF NOT EXISTS predlog_columns "
-                        "(name TEXT PRIMARY KEY, kind TEXT NOT NULL)")
+            con.execute(
+                f"CREATE TABLE IF NOT EXISTS predictions ({_BASE_DDL}"
+                f"{', ' + features if features else ''})"
+            )
+            con.execute(
+                "CREATE TABLE IF NOT EXISTS predlog_columns "
+                "(name TEXT PRIMARY KEY, kind TEXT NOT NULL)"
+            )
             have = {r[1] for r in con.execute("PRAGMA table_info(predictions)")}
             for name, kind in self.kinds.items():
                 if name not in have:  # a newer model version with a new input
-                    con.execute(f"ALTER TABLE predictions ADD COLUMN {_quote(name)} "
-                                f"{_SQL_TYPES[kind]}")
-            con.executemany("INSERT OR IGNORE INTO predlog_columns VALUES (?, ?)",
-                            list(self.kinds.items()))
+                    con.execute(
+                        f"ALTER TABLE predictions ADD COLUMN {_quote(name)} {_SQL_TYPES[kind]}"
+                    )
+            con.executemany(
+                "INSERT OR IGNORE INTO predlog_columns VALUES (?, ?)", list(self.kinds.items())
+            )
             # Only ts: windows are read by time. Labels are joined in pandas after the read,
             # so indexes on request_id/entity_id would only slow every insert (~45 %).
             con.execute("CREATE INDEX IF NOT EXISTS predictions_ts ON predictions (ts)")
         names = [*BASE_COLUMNS, *self.kinds]
-        self._insert = (f"INSERT INTO predictions ({', '.join(map(_quote, names))}) "
-                        f"VALUES ({', '.join('?' * len(names))})")
+        self._insert = (
+            f"INSERT INTO predictions ({', '.join(map(_quote, names))}) "
+            f"VALUES ({', '.join('?' * len(names))})"
+        )
         limit = con.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
         self._chunk_rows = max(1, min(_MAX_CHUNK_ROWS, limit // len(names)))
         self._width = len(names)
         self._con = con
-        self._thread = threading.Thread(target=self._writer, name="mlfolio-predlog",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._writer, name="mlfolio-predlog", daemon=True)
         self._thread.start()
         return self
 
@@ -196,11 +224,21 @@ class PredictionLog:
         self.close()
 
     # -- writing ------------------------------------------------------------------------
-    def append(self, columns: Mapping[str, Sequence[Any]], scores: np.ndarray, *,
-               request_id: str | Sequence[str], model_name: str, model_version: str,
-               variant: str, threshold: float, shadow: bool = False,
-               rows: Sequence[int] | None = None, entity_id: Any = None,
-               ts: float | None = None) -> bool:
+    def append(
+        self,
+        columns: Mapping[str, Sequence[Any]],
+        scores: np.ndarray,
+        *,
+        request_id: str | Sequence[str],
+        model_name: str,
+        model_version: str,
+        variant: str,
+        threshold: float,
+        shadow: bool = False,
+        rows: Sequence[int] | None = None,
+        entity_id: Any = None,
+        ts: float | None = None,
+    ) -> bool:
         """Queue ``len(scores)`` scored rows; O(1), safe from any thread.
 
         ``columns`` maps input names to per-row values (extra names are ignored, missing
@@ -226,13 +264,27 @@ class PredictionLog:
                 warn = None
         if warn is not None:
             if warn:
-                log.warning("prediction log %s: %d rows waiting, dropping new rows "
-                            "(%d dropped so far)", self.path, self._queued_rows,
-                            self.rows_dropped)
+                log.warning(
+                    "prediction log %s: %d rows waiting, dropping new rows (%d dropped so far)",
+                    self.path,
+                    self._queued_rows,
+                    self.rows_dropped,
+                )
             return False
-        batch = _Batch(columns, scores, n, request_id, rows, entity_id, model_name,
-                       model_version, variant, bool(shadow), float(threshold),
-                       time.time() if ts is None else ts)
+        batch = _Batch(
+            columns,
+            scores,
+            n,
+            request_id,
+            rows,
+            entity_id,
+            model_name,
+            model_version,
+            variant,
+            bool(shadow),
+            float(threshold),
+            time.time() if ts is None else ts,
+        )
         if n <= _EAGER_ROWS:
             # Small requests become their rows' tuples now (~2 us): a queued request's
             # parsed columns would be ~40 live objects until the writer runs, and that
@@ -261,9 +313,13 @@ class PredictionLog:
         return done.wait(timeout)
 
     def stats(self) -> dict[str, int]:
-        return {"rows_written": self.rows_written, "rows_dropped": self.rows_dropped,
-                "transactions": self.transactions, "write_errors": self.write_errors,
-                "rows_queued": self._queued_rows}
+        return {
+            "rows_written": self.rows_written,
+            "rows_dropped": self.rows_dropped,
+            "transactions": self.transactions,
+            "write_errors": self.write_errors,
+            "rows_queued": self._queued_rows,
+        }
 
     def _writer(self) -> None:
         """Every ``flush_seconds`` (sooner past ``flush_rows`` rows, on flush or close):
@@ -317,7 +373,7 @@ class PredictionLog:
         size = self._chunk_rows
         statements: dict[int, str] = {}
         for start in range(0, len(records), size):
-            chunk = records[start:start + size]
+            chunk = records[start : start + size]
             sql = statements.get(len(chunk))
             if sql is None:
                 row = "(" + ",".join("?" * self._width) + ")"
@@ -340,9 +396,14 @@ class PredictionLog:
             [b.request_id] * n if isinstance(b.request_id, str) else b.request_id,
             range(n) if b.rows is None else [int(r) for r in b.rows],
             _entities(b.entity_id, n),
-            [b.ts] * n, [b.model_name] * n, [b.model_version] * n, [b.variant] * n,
-            [int(b.shadow)] * n, scores.tolist(),
-            (scores >= b.threshold).astype(np.int64).tolist(), [b.threshold] * n,
+            [b.ts] * n,
+            [b.model_name] * n,
+            [b.model_version] * n,
+            [b.variant] * n,
+            [int(b.shadow)] * n,
+            scores.tolist(),
+            (scores >= b.threshold).astype(np.int64).tolist(),
+            [b.threshold] * n,
         ]
         for name, kind in self.kinds.items():
             values = b.columns.get(name)
@@ -354,7 +415,6 @@ class PredictionLog:
                 per_row.append(values)
         return list(zip(*per_row, strict=True))
 
-
     def _record(self, b: _Batch) -> tuple[Any, ...]:
         score = float(np.asarray(b.scores, dtype=np.float64).reshape(-1)[0])
         request_id = b.request_id if isinstance(b.request_id, str) else b.request_id[0]
@@ -365,8 +425,20 @@ class PredictionLog:
             column = b.columns.get(name)
             value = None if column is None else column[0]
             values.append(int(value) if kind == "boolean" and value is not None else value)
-        return (request_id, row, entity, b.ts, b.model_name, b.model_version, b.variant,
-                int(b.shadow), score, int(score >= b.threshold), b.threshold, *values)
+        return (
+            request_id,
+            row,
+            entity,
+            b.ts,
+            b.model_name,
+            b.model_version,
+            b.variant,
+            int(b.shadow),
+            score,
+            int(score >= b.threshold),
+            b.threshold,
+            *values,
+        )
 
 
 def _entities(entity: Any, n: int) -> Sequence[str | None]:
@@ -389,13 +461,16 @@ def _utc_seconds(when: datetime | None, name: str) -> float | None:
 def _existing(folder: str | Path) -> Path:
     path = db_path(folder)
     if not path.is_file():
-        raise DataValidationError(f"prediction log {path}: no such file (start the server "
-                                  "with --prediction-log pointing at this folder)")
+        raise DataValidationError(
+            f"prediction log {path}: no such file (start the server "
+            "with --prediction-log pointing at this folder)"
+        )
     return path
 
 
-def _window(since: datetime | None, until: datetime | None, include_shadow: bool,
-            variant: str | None) -> tuple[str, list[Any]]:
+def _window(
+    since: datetime | None, until: datetime | None, include_shadow: bool, variant: str | None
+) -> tuple[str, list[Any]]:
     where, params = [], []
     for op, value in ((">=", _utc_seconds(since, "since")), ("<", _utc_seconds(until, "until"))):
         if value is not None:
@@ -409,8 +484,13 @@ def _window(since: datetime | None, until: datetime | None, include_shadow: bool
     return (" WHERE " + " AND ".join(where) if where else ""), params
 
 
-def count(folder: str | Path, since: datetime | None = None, until: datetime | None = None,
-          include_shadow: bool = False, variant: str | None = None) -> int:
+def count(
+    folder: str | Path,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    include_shadow: bool = False,
+    variant: str | None = None,
+) -> int:
     """How many rows :func:`read` would return, without reading them (0 without a log)."""
     path = db_path(folder)
     if not path.is_file():
@@ -419,16 +499,20 @@ def count(folder: str | Path, since: datetime | None = None, until: datetime | N
     con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=_BUSY_MS / 1000)
     try:
         con.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
-        return int(con.execute(f"SELECT COUNT(*) FROM predictions{where}", params)
-                   .fetchone()[0])
+        return int(con.execute(f"SELECT COUNT(*) FROM predictions{where}", params).fetchone()[0])
     except sqlite3.Error as exc:
         raise DataValidationError(f"prediction log {path}: cannot read it: {exc}") from exc
     finally:
         con.close()
 
 
-def read(folder: str | Path, since: datetime | None = None, until: datetime | None = None,
-         include_shadow: bool = False, variant: str | None = None) -> pd.DataFrame:
+def read(
+    folder: str | Path,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    include_shadow: bool = False,
+    variant: str | None = None,
+) -> pd.DataFrame:
     """Logged rows with ``since <= ts < until`` (naive datetimes are UTC), oldest first.
 
     Shadow rows (a challenger scored alongside, not answered) only with
@@ -446,8 +530,7 @@ def read(folder: str | Path, since: datetime | None = None, until: datetime | No
             kinds = dict(con.execute("SELECT name, kind FROM predlog_columns").fetchall())
             df = pd.read_sql_query(sql, con, params=params)
         except (sqlite3.Error, pd.errors.DatabaseError) as exc:
-            raise DataValidationError(f"prediction log {path}: cannot read it: {exc}"
-                                      ) from exc
+            raise DataValidationError(f"prediction log {path}: cannot read it: {exc}") from exc
     finally:
         con.close()
     df["ts"] = pd.to_datetime(df["ts"].astype("float64"), unit="s", utc=True)
@@ -457,7 +540,7 @@ def read(folder: str | Path, since: datetime | None = None, until: datetime | No
     df["label"] = df["label"].astype("int64")
     df["threshold"] = df["threshold"].astype("float64")
     df["entity_id"] = df["entity_id"].astype(object)
-    for name in df.columns[len(BASE_COLUMNS):]:
+    for name in df.columns[len(BASE_COLUMNS) :]:
         if kinds.get(name) == "long":
             # Int64, not float: a 0/1 flag read back as 0.0 would be the text "0.0" to the
             # model's category coercion (an unseen category) and to the drift tests.
@@ -474,8 +557,13 @@ _ID_COLUMNS = ("request_id", "entity_id")
 _TIME_COLUMNS = ("ts", "timestamp", "labelled_at", "observed_at")
 
 
-def read_labels(path: str | Path, target: str, positive_label: Any, negative_label: Any,
-                id_column: str | None = None) -> pd.DataFrame:
+def read_labels(
+    path: str | Path,
+    target: str,
+    positive_label: Any,
+    negative_label: Any,
+    id_column: str | None = None,
+) -> pd.DataFrame:
     """Ground-truth outcomes from a CSV or Parquet file.
 
     The file holds ``target`` (values ``positive_label``/``negative_label``, or 1/0) and at
@@ -492,8 +580,14 @@ def read_labels(path: str | Path, target: str, positive_label: Any, negative_lab
         if path.suffix.lower() in (".parquet", ".pq"):
             df = pd.read_parquet(path)
         elif path.suffix.lower() in (".csv", ".txt"):
-            df = pd.read_csv(path, dtype={"request_id": str, "entity_id": str,
-                                          **({id_column: str} if id_column else {})})
+            df = pd.read_csv(
+                path,
+                dtype={
+                    "request_id": str,
+                    "entity_id": str,
+                    **({id_column: str} if id_column else {}),
+                },
+            )
         else:
             raise DataValidationError(f"labels file {path}: expected a .csv or .parquet file")
     except (ValueError, OSError, pd.errors.ParserError) as exc:
@@ -503,19 +597,22 @@ def read_labels(path: str | Path, target: str, positive_label: Any, negative_lab
     entity_name = id_column if id_column and id_column in df.columns else "entity_id"
     if id_column and id_column in df.columns and id_column not in _ID_COLUMNS:
         if "entity_id" in df.columns:
-            raise DataValidationError(f"labels file {path}: both 'entity_id' and "
-                                      f"{id_column!r}; keep one")
+            raise DataValidationError(
+                f"labels file {path}: both 'entity_id' and {id_column!r}; keep one"
+            )
         df = df.rename(columns={id_column: "entity_id"})
     ids = [c for c in _ID_COLUMNS if c in df.columns]
     if not ids:
         expected = ["request_id", "entity_id", *([id_column] if id_column else [])]
-        raise DataValidationError(f"labels file {path}: no id column; expected one of "
-                                  f"{expected}, got columns {list(df.columns)}")
+        raise DataValidationError(
+            f"labels file {path}: no id column; expected one of "
+            f"{expected}, got columns {list(df.columns)}"
+        )
     if target not in df.columns:
-        raise DataValidationError(f"labels file {path}: no column {target!r} (the target); "
-                                  f"got columns {list(df.columns)}")
-    actual = _to_binary(df[target], positive_label, negative_label, f"labels file {path}",
-                        target)
+        raise DataValidationError(
+            f"labels file {path}: no column {target!r} (the target); got columns {list(df.columns)}"
+        )
+    actual = _to_binary(df[target], positive_label, negative_label, f"labels file {path}", target)
     out = df[ids].copy()
     for c in ids:
         missing = out[c].isna()
@@ -532,8 +629,9 @@ def read_labels(path: str | Path, target: str, positive_label: Any, negative_lab
     return out.reset_index(drop=True)
 
 
-def _warn_conflicting_labels(labels: pd.DataFrame, where: str, entity_name: str,
-                             time_column: str | None) -> None:
+def _warn_conflicting_labels(
+    labels: pd.DataFrame, where: str, entity_name: str, time_column: str | None
+) -> None:
     """Warn, with the count, about ids labelled more than once with different outcomes
     (keyed as :func:`join_labels` keys them by default)."""
     if "request_id" in labels.columns:
@@ -541,32 +639,49 @@ def _warn_conflicting_labels(labels: pd.DataFrame, where: str, entity_name: str,
         name, used = "request_id", "the last in the file is used"
     else:
         keys, name = ["entity_id"], entity_name
-        used = (f"the latest by {time_column!r} is used" if time_column
-                else "the last in the file is used")
+        used = (
+            f"the latest by {time_column!r} is used"
+            if time_column
+            else "the last in the file is used"
+        )
     outcomes = labels.dropna(subset=[keys[0]]).groupby(keys, dropna=False)["actual"].nunique()
     conflicting = outcomes[outcomes > 1]
     if conflicting.empty:
         return
     ids = list(conflicting.index.get_level_values(0).unique()[:3])
-    log.warning("%s: %d id(s) listed more than once with different outcomes, e.g. %s %s; %s",
-                where, len(conflicting), name, ids, used)
+    log.warning(
+        "%s: %d id(s) listed more than once with different outcomes, e.g. %s %s; %s",
+        where,
+        len(conflicting),
+        name,
+        ids,
+        used,
+    )
 
 
-def _to_binary(values: pd.Series, positive: Any, negative: Any, where: str, column: str
-               ) -> np.ndarray:
+def _to_binary(
+    values: pd.Series, positive: Any, negative: Any, where: str, column: str
+) -> np.ndarray:
     text = values.astype(str).str.strip()
     pos = text.isin({str(positive), "1", "1.0", "True", "true"})
     neg = text.isin({str(negative), "0", "0.0", "False", "false"})
     bad = ~(pos | neg)
     if bad.any():
         unknown = sorted(set(values[bad].astype(str)))[:5]
-        raise DataValidationError(f"{where}: column {column!r} has value(s) {unknown}; "
-                                  f"expected {positive!r}/{negative!r} or 1/0")
+        raise DataValidationError(
+            f"{where}: column {column!r} has value(s) {unknown}; "
+            f"expected {positive!r}/{negative!r} or 1/0"
+        )
     return np.where(pos.to_numpy(), 1.0, 0.0)
 
 
-def join_labels(predictions: pd.DataFrame, labels: pd.DataFrame, on: str | None = None,
-                target: str = "actual", id_column: str | None = None) -> pd.DataFrame:
+def join_labels(
+    predictions: pd.DataFrame,
+    labels: pd.DataFrame,
+    on: str | None = None,
+    target: str = "actual",
+    id_column: str | None = None,
+) -> pd.DataFrame:
     """``predictions`` with a float column ``actual`` (1.0 / 0.0, NaN without a label).
 
     ``on="request_id"`` matches labels to the logged request (and ``row`` when the labels
@@ -585,8 +700,7 @@ def join_labels(predictions: pd.DataFrame, labels: pd.DataFrame, on: str | None 
         both = "request_id" in labels.columns and "request_id" in predictions.columns
         on = "request_id" if both else "entity_id"
     if on not in ("request_id", "entity_id"):
-        raise DataValidationError(f"join_labels: on={on!r}; expected 'request_id' or "
-                                  "'entity_id'")
+        raise DataValidationError(f"join_labels: on={on!r}; expected 'request_id' or 'entity_id'")
     for frame, what in ((labels, "labels"), (predictions, "predictions")):
         if on not in frame.columns:
             raise DataValidationError(f"join_labels: the {what} have no {on!r} column")
@@ -601,8 +715,12 @@ def join_labels(predictions: pd.DataFrame, labels: pd.DataFrame, on: str | None 
     right[on] = right[on].astype(str)
     left = predictions.drop(columns=["actual"], errors="ignore")
     key = left[on].astype(object).where(left[on].isna(), left[on].astype(str))
-    merged = left.assign(_key=key).merge(right.rename(columns={on: "_key"}), how="left",
-                                         on=["_key", *keys[1:]], validate="many_to_one")
+    merged = left.assign(_key=key).merge(
+        right.rename(columns={on: "_key"}),
+        how="left",
+        on=["_key", *keys[1:]],
+        validate="many_to_one",
+    )
     out = merged.drop(columns=["_key"]).rename(columns={"_actual": "actual"})
     out["actual"] = pd.to_numeric(out["actual"], errors="coerce").astype("float64")
     out.index = predictions.index

@@ -64,8 +64,9 @@ def _user() -> str:
     return os.environ.get("MLFOLIO_USER") or getpass.getuser()
 
 
-def set_alias(ref: ModelRef, alias: str, reason: str, run_dir: str = "",
-              **extra: Any) -> dict[str, Any]:
+def set_alias(
+    ref: ModelRef, alias: str, reason: str, run_dir: str = "", **extra: Any
+) -> dict[str, Any]:
     """Point ``alias`` at ``ref`` and record who moved it, when, why and from where.
 
     This is a plain move: to move ``champion`` only if it still is the version a gate
@@ -94,8 +95,7 @@ def set_alias(ref: ModelRef, alias: str, reason: str, run_dir: str = "",
     return event
 
 
-def registry_lock(name: str, purpose: str, lock_uri: str | None = None,
-                  timeout_s: float = 60.0):
+def registry_lock(name: str, purpose: str, lock_uri: str | None = None, timeout_s: float = 60.0):
     """The lock guarding ``purpose`` on model ``name`` in the current registry (or on
     ``lock_uri``); see :mod:`mlfolio.locks` for which lock each store gets."""
     import mlflow
@@ -115,8 +115,14 @@ class Promotion:
     lock: str = ""
 
 
-def promote(ref: ModelRef, expected_champion: str | None, reason: str, run_dir: str = "",
-            lock_uri: str | None = None, timeout_s: float = 60.0) -> Promotion:
+def promote(
+    ref: ModelRef,
+    expected_champion: str | None,
+    reason: str,
+    run_dir: str = "",
+    lock_uri: str | None = None,
+    timeout_s: float = 60.0,
+) -> Promotion:
     """Move ``champion`` to ``ref`` only if it still points at ``expected_champion``
     (the version the gate compared against; None: there was no champion).
 
@@ -128,25 +134,41 @@ def promote(ref: ModelRef, expected_champion: str | None, reason: str, run_dir: 
         current = get_alias(ref.name, CHAMPION)
         now = current.version if current else None
         if now != expected_champion:
-            moved = next((e for e in reversed(alias_history(ref.name))
-                          if e.get("alias") == CHAMPION and e.get("version") == now), None)
-            by = (f" (moved by {moved['by']} at {moved['at']}"
-                  f"{', run ' + moved['run_dir'] if moved.get('run_dir') else ''})"
-                  if moved else "")
+            moved = next(
+                (
+                    e
+                    for e in reversed(alias_history(ref.name))
+                    if e.get("alias") == CHAMPION and e.get("version") == now
+                ),
+                None,
+            )
+            by = (
+                f" (moved by {moved['by']} at {moved['at']}"
+                f"{', run ' + moved['run_dir'] if moved.get('run_dir') else ''})"
+                if moved
+                else ""
+            )
             was = f"v{expected_champion}" if expected_champion else "no champion"
-            why = (f"champion moved: the gate compared against {was}, but "
-                   f"{ref.name}@{CHAMPION} is now {'v' + now if now else 'unset'}{by}; "
-                   f"v{ref.version} stays {CHALLENGER} (re-run evaluate and register to "
-                   "compare it with the new champion)")
+            why = (
+                f"champion moved: the gate compared against {was}, but "
+                f"{ref.name}@{CHAMPION} is now {'v' + now if now else 'unset'}{by}; "
+                f"v{ref.version} stays {CHALLENGER} (re-run evaluate and register to "
+                "compare it with the new champion)"
+            )
             return Promotion(False, expected_champion, now, why_not=why, lock=kind)
         event = set_alias(ref, CHAMPION, reason, run_dir, compared_against=expected_champion)
         return Promotion(True, expected_champion, ref.version, event=event, lock=kind)
 
 
-def claim_retraining(name: str, monitor_run_dir: str, monitor_started: datetime,
-                     cooldown_hours: float, lock_uri: str | None = None,
-                     timeout_s: float = 60.0, retrain_run_dir: str = ""
-                     ) -> tuple[bool, dict[str, Any] | None]:
+def claim_retraining(
+    name: str,
+    monitor_run_dir: str,
+    monitor_started: datetime,
+    cooldown_hours: float,
+    lock_uri: str | None = None,
+    timeout_s: float = 60.0,
+    retrain_run_dir: str = "",
+) -> tuple[bool, dict[str, Any] | None]:
     """Claim the retraining a monitor run decided on: ``(True, claim)``, or ``(False,
     holder)`` when another monitor claimed one after this run started or within the
     cool-down. The check and the claim happen under one lock, so one trigger starts one
@@ -160,9 +182,12 @@ def claim_retraining(name: str, monitor_run_dir: str, monitor_started: datetime,
             age_h = (datetime.now(UTC) - at).total_seconds() / 3600
             if at >= monitor_started or age_h < cooldown_hours:
                 return False, held
-        claim = {"monitor_run_dir": monitor_run_dir, "retrain_run_dir": retrain_run_dir,
-                 "by": _user(),
-                 "at": datetime.now(UTC).isoformat(timespec="microseconds")}
+        claim = {
+            "monitor_run_dir": monitor_run_dir,
+            "retrain_run_dir": retrain_run_dir,
+            "by": _user(),
+            "at": datetime.now(UTC).isoformat(timespec="microseconds"),
+        }
         client.set_registered_model_tag(name, RETRAIN_CLAIM_TAG, json.dumps(claim))
         return True, claim
 
@@ -176,8 +201,13 @@ def alias_history(name: str) -> list[dict[str, Any]]:
     return [json.loads(tags[k]) for k in sorted(tags) if k.startswith(EVENT_PREFIX)]
 
 
-def act_on_ab(name: str, report: dict[str, Any], run_dir: str = "",
-              lock_uri: str | None = None, timeout_s: float = 60.0) -> dict[str, Any]:
+def act_on_ab(
+    name: str,
+    report: dict[str, Any],
+    run_dir: str = "",
+    lock_uri: str | None = None,
+    timeout_s: float = 60.0,
+) -> dict[str, Any]:
     """Carry out an A/B report's recommendation (:func:`mlfolio.abtest.ab_report`).
 
     "promote" moves ``champion`` to the challenger's version and removes ``challenger``;
@@ -216,8 +246,9 @@ def act_on_ab(name: str, report: dict[str, Any], run_dir: str = "",
             )
         reason = f"A/B {action}: {rec['summary']}"
         if action == "promote":
-            result["events"].append(set_alias(challenger, CHAMPION, reason, run_dir,
-                                              compared_against=now_champion))
+            result["events"].append(
+                set_alias(challenger, CHAMPION, reason, run_dir, compared_against=now_champion)
+            )
         client = MlflowClient()
         now = datetime.now(UTC)
         event = {
@@ -234,10 +265,12 @@ def act_on_ab(name: str, report: dict[str, Any], run_dir: str = "",
         key = f"{EVENT_PREFIX}{now.strftime('%Y%m%dT%H%M%S%f')}.{CHALLENGER}"
         client.set_registered_model_tag(name, key, json.dumps(event))
         if action == "roll back":
-            client.set_model_version_tag(name, challenger.version, "mlfolio.rolled_back_at",
-                                         event["at"])
-            client.set_model_version_tag(name, challenger.version,
-                                         "mlfolio.rolled_back_reason", reason)
+            client.set_model_version_tag(
+                name, challenger.version, "mlfolio.rolled_back_at", event["at"]
+            )
+            client.set_model_version_tag(
+                name, challenger.version, "mlfolio.rolled_back_reason", reason
+            )
         result["events"].append(event)
     result["champion"] = c.version if (c := get_alias(name, CHAMPION)) else None
     result["challenger"] = None

@@ -14,7 +14,6 @@ from mlfolio.context import read_json
 TEMPLATES = Path(__file__).parent / "templates"
 
 
-
 def notebook_to_html(notebook: Path, target: Path) -> Path:
     """Render an executed notebook (inputs, outputs, plots inline) to standalone HTML."""
     import nbformat
@@ -36,17 +35,28 @@ def _metric_rows(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any] | 
         path = run_dir / name
         if path.exists():
             for model, result in read_json(path).get("models", {}).items():
-                rows.append({"model": model, "split": "valid",
-                             **{c: result["valid"].get(c) for c in cols}})
+                rows.append(
+                    {"model": model, "split": "valid", **{c: result["valid"].get(c) for c in cols}}
+                )
     comparison = None
     ev_path = run_dir / "evaluate.json"
     if ev_path.exists():
         ev = read_json(ev_path)
-        rows.append({"model": f"{ev['candidate']['name']} (candidate)", "split": "test",
-                     **{c: ev["candidate"]["test"].get(c) for c in cols}})
+        rows.append(
+            {
+                "model": f"{ev['candidate']['name']} (candidate)",
+                "split": "test",
+                **{c: ev["candidate"]["test"].get(c) for c in cols},
+            }
+        )
         if ev.get("champion"):
-            rows.append({"model": f"champion v{ev['champion']['version']}", "split": "test",
-                         **{c: ev["champion"]["test"].get(c) for c in cols}})
+            rows.append(
+                {
+                    "model": f"champion v{ev['champion']['version']}",
+                    "split": "test",
+                    **{c: ev["champion"]["test"].get(c) for c in cols},
+                }
+            )
         comparison = ev.get("comparison")
     return rows, comparison
 
@@ -58,8 +68,11 @@ def write_index(run_dir: Path, manifest: dict[str, Any]) -> Path:
     rows, comparison = _metric_rows(run_dir)
     env = jinja2.Environment(autoescape=True, undefined=jinja2.ChainableUndefined)
     page = env.from_string((TEMPLATES / "index.html.j2").read_text()).render(
-        m=manifest, run_name=html.escape(run_dir.name), metrics=rows,
-        metric_cols=("roc_auc", "pr_auc", "log_loss", "brier", "f1"), comparison=comparison,
+        m=manifest,
+        run_name=html.escape(run_dir.name),
+        metrics=rows,
+        metric_cols=("roc_auc", "pr_auc", "log_loss", "brier", "f1"),
+        comparison=comparison,
         ui=manifest.get("parameters", {}).get("tracking", {}).get("ui_url", "").rstrip("/"),
         params_yaml=yaml.safe_dump(manifest.get("parameters", {}), sort_keys=False),
     )

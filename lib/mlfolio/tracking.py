@@ -61,17 +61,20 @@ def end_run(run_id: str, status: str) -> None:
 
 
 @contextlib.contextmanager
-def stage_run(cfg: Config, stage: str, parent_run_id: str = "", run_dir: Path | None = None,
-              interactive: bool = False) -> Iterator[mlflow.ActiveRun]:
+def stage_run(
+    cfg: Config,
+    stage: str,
+    parent_run_id: str = "",
+    run_dir: Path | None = None,
+    interactive: bool = False,
+) -> Iterator[mlflow.ActiveRun]:
     """A child run of the pipeline's parent run (a top-level run when there is no parent);
     tagged ``mlfolio.interactive`` when a person runs the notebook without a run folder."""
     configure(cfg)
     tags = {"mlfolio.stage": stage, "mlfolio.interactive": str(interactive).lower()}
     if run_dir is not None:
         tags["mlfolio.run_dir"] = str(run_dir)
-    with mlflow.start_run(
-        run_name=stage, parent_run_id=parent_run_id or None, tags=tags
-    ) as run:
+    with mlflow.start_run(run_name=stage, parent_run_id=parent_run_id or None, tags=tags) as run:
         yield run
 
 
@@ -83,8 +86,9 @@ def child_run(name: str, tags: dict[str, str] | None = None) -> contextlib.Abstr
 MODEL_METADATA_KEY = "mlfolio"  # MLmodel metadata: the schema the model was trained on
 
 
-def _schema_columns(pipeline: Any, schema: SchemaConfig | None
-                    ) -> tuple[list[str], list[str], str | None]:
+def _schema_columns(
+    pipeline: Any, schema: SchemaConfig | None
+) -> tuple[list[str], list[str], str | None]:
     """(numeric, categorical, id column): the declared schema's, else the pipeline's own
     RawColumnCoercer's (no id column then)."""
     if schema is not None:
@@ -97,9 +101,11 @@ def _schema_columns(pipeline: Any, schema: SchemaConfig | None
         if isinstance(step, RawColumnCoercer):
             return list(step.numeric or []), list(step.categorical or []), None
         stack.extend(s for _, s in getattr(step, "steps", None) or [])
-    raise MlfolioError(f"log_model: {type(pipeline).__name__} has no RawColumnCoercer step; "
-                       "pass schema= (the parameter file's schema section) so the signature "
-                       "can say which columns are numeric and which categorical")
+    raise MlfolioError(
+        f"log_model: {type(pipeline).__name__} has no RawColumnCoercer step; "
+        "pass schema= (the parameter file's schema section) so the signature "
+        "can say which columns are numeric and which categorical"
+    )
 
 
 def model_signature(numeric: list[str], categorical: list[str]) -> Any:
@@ -108,13 +114,16 @@ def model_signature(numeric: list[str], categorical: list[str]) -> Any:
     from mlflow.types import ColSpec, Schema
 
     return ModelSignature(
-        inputs=Schema([*(ColSpec("double", c) for c in numeric),
-                       *(ColSpec("string", c) for c in categorical)]),
-        outputs=Schema([ColSpec("double")]))
+        inputs=Schema(
+            [*(ColSpec("double", c) for c in numeric), *(ColSpec("string", c) for c in categorical)]
+        ),
+        outputs=Schema([ColSpec("double")]),
+    )
 
 
-def signature_example(rows: pd.DataFrame, numeric: list[str], categorical: list[str]
-                      ) -> pd.DataFrame:
+def signature_example(
+    rows: pd.DataFrame, numeric: list[str], categorical: list[str]
+) -> pd.DataFrame:
     """Rows typed as the signature says: numbers as float64 (blank text → NaN), categories
     as text (missing → None), read the way the pipeline's coercer reads them."""
     from mlfolio.features import MISSING_CATEGORY, RawColumnCoercer
@@ -128,8 +137,12 @@ def signature_example(rows: pd.DataFrame, numeric: list[str], categorical: list[
     return coerced.reset_index(drop=True)
 
 
-def log_model(pipeline: Any, input_example: pd.DataFrame, name: str = "model",
-              schema: SchemaConfig | None = None) -> str:
+def log_model(
+    pipeline: Any,
+    input_example: pd.DataFrame,
+    name: str = "model",
+    schema: SchemaConfig | None = None,
+) -> str:
     """Log a fitted sklearn pipeline with signature and input example; return its model URI.
 
     The signature comes from ``schema`` (else the pipeline's RawColumnCoercer), not from
@@ -153,8 +166,13 @@ def log_model(pipeline: Any, input_example: pd.DataFrame, name: str = "model",
         serialization_format="cloudpickle",
         pip_requirements=MODEL_REQUIREMENTS,
         pyfunc_predict_fn="predict_proba",
-        metadata={MODEL_METADATA_KEY: {"id_column": id_column, "numeric": numeric,
-                                       "categorical": categorical}},
+        metadata={
+            MODEL_METADATA_KEY: {
+                "id_column": id_column,
+                "numeric": numeric,
+                "categorical": categorical,
+            }
+        },
     )
     return info.model_uri
 

@@ -29,8 +29,9 @@ def make_estimator(kind: str, params: dict[str, Any], seed: int) -> BaseEstimato
     raise ValueError(f"unknown model kind {kind!r}; expected one of {MODEL_KINDS}")
 
 
-def fit(schema: SchemaConfig, kind: str, params: dict[str, Any], train: pd.DataFrame,
-        seed: int) -> Pipeline:
+def fit(
+    schema: SchemaConfig, kind: str, params: dict[str, Any], train: pd.DataFrame, seed: int
+) -> Pipeline:
     """Fit the servable pipeline (features + estimator) on raw training rows."""
     X, y = xy(train, schema)
     return build_model_pipeline(schema, make_estimator(kind, params, seed)).fit(X, y)

@@ -77,18 +77,24 @@ class Folds:
 
     parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
     _matrices: dict[tuple[int, Any, int], Any] = field(
-        default_factory=dict, init=False, repr=False, compare=False)
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @classmethod
-    def build(cls, train: pd.DataFrame, schema: SchemaConfig, n_folds: int, seed: int
-              ) -> Folds:
+    def build(cls, train: pd.DataFrame, schema: SchemaConfig, n_folds: int, seed: int) -> Folds:
         X, y = xy(train, schema)
         cv = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
         parts = []
         for fit_idx, val_idx in cv.split(X, y):
             prep = build_preprocessor(schema).fit(X.iloc[fit_idx], y.iloc[fit_idx])
-            parts.append((prep.transform(X.iloc[fit_idx]), y.iloc[fit_idx].to_numpy(),
-                          prep.transform(X.iloc[val_idx]), y.iloc[val_idx].to_numpy()))
+            parts.append(
+                (
+                    prep.transform(X.iloc[fit_idx]),
+                    y.iloc[fit_idx].to_numpy(),
+                    prep.transform(X.iloc[val_idx]),
+                    y.iloc[val_idx].to_numpy(),
+                )
+            )
         return cls(parts)
 
     # xgboost matrices hold native handles: they are not sent to worker processes.
@@ -107,8 +113,12 @@ class Folds:
         if key not in self._matrices:
             X_fit, y_fit, _, _ = self.parts[step]
             self._matrices[key] = xgb.QuantileDMatrix(
-                X_fit, label=y_fit, missing=model.missing, max_bin=model.max_bin,
-                nthread=model.n_jobs)
+                X_fit,
+                label=y_fit,
+                missing=model.missing,
+                max_bin=model.max_bin,
+                nthread=model.n_jobs,
+            )
         return self._matrices[key]
 
 
@@ -116,14 +126,20 @@ def _reuses_matrix(model: Any) -> bool:
     """True for the xgboost setups whose ``fit`` trains on a QuantileDMatrix (CPU hist
     trees) and whose ``predict_proba`` predicts in place with every tree."""
     p = model.get_params()
-    return (p.get("tree_method") in (None, "hist", "auto") and p.get("device") in (None, "cpu")
-            and p.get("booster") in (None, "gbtree") and not p.get("enable_categorical")
-            and p.get("callbacks") is None and p.get("early_stopping_rounds") is None
-            and not callable(p.get("objective")))
+    return (
+        p.get("tree_method") in (None, "hist", "auto")
+        and p.get("device") in (None, "cpu")
+        and p.get("booster") in (None, "gbtree")
+        and not p.get("enable_categorical")
+        and p.get("callbacks") is None
+        and p.get("early_stopping_rounds") is None
+        and not callable(p.get("objective"))
+    )
 
 
-def fold_scores(folds: Folds, step: int, kind: str, params: dict[str, Any], seed: int
-                ) -> np.ndarray:
+def fold_scores(
+    folds: Folds, step: int, kind: str, params: dict[str, Any], seed: int
+) -> np.ndarray:
     """Positive-class probabilities on fold ``step``'s validation rows of the model
     ``make_estimator(kind, params, seed)`` fitted on its training rows.
 
@@ -137,9 +153,11 @@ def fold_scores(folds: Folds, step: int, kind: str, params: dict[str, Any], seed
     if kind == "xgboost" and _reuses_matrix(model):
         import xgboost as xgb
 
-        booster = xgb.train({**model.get_xgb_params(), "eval_metric": model.eval_metric},
-                            folds.xgboost_matrix(step, model),
-                            num_boost_round=model.get_num_boosting_rounds())
+        booster = xgb.train(
+            {**model.get_xgb_params(), "eval_metric": model.eval_metric},
+            folds.xgboost_matrix(step, model),
+            num_boost_round=model.get_num_boosting_rounds(),
+        )
         return np.asarray(booster.inplace_predict(X_val, missing=model.missing))
     return model.fit(X_fit, y_fit).predict_proba(X_val)[:, 1]
 
@@ -177,8 +195,9 @@ def storage_for(cfg: TuningConfig, run_dir: Path) -> str | optuna.storages.BaseS
 def _sampler(seed: int) -> optuna.samplers.BaseSampler:
     # constant_liar: parallel workers treat each other's running trials as bad ones
     # instead of sampling next to them (no effect with one worker: nothing is running).
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=8, multivariate=True,
-                                      constant_liar=True)
+    return optuna.samplers.TPESampler(
+        seed=seed, n_startup_trials=8, multivariate=True, constant_liar=True
+    )
 
 
 def _resume_sampler(study: optuna.Study, seed: int) -> None:
@@ -197,18 +216,20 @@ def _pruner(cfg: TuningConfig) -> optuna.pruners.BasePruner:
 def open_study(cfg: TuningConfig, storage: Any, name: str, seed: int) -> optuna.Study:
     """Create the study, or load it with its finished trials when it already exists."""
     study = optuna.create_study(
-        study_name=name, storage=storage, direction="maximize", load_if_exists=True,
-        sampler=_sampler(seed), pruner=_pruner(cfg),
+        study_name=name,
+        storage=storage,
+        direction="maximize",
+        load_if_exists=True,
+        sampler=_sampler(seed),
+        pruner=_pruner(cfg),
     )
     _resume_sampler(study, seed)
     # In the run folder's own journal, trials left RUNNING belong to a killed process and
     # will never finish: mark them failed. A shared storage (cfg.storage) may hold trials
     # that other machines are running right now, so those are left alone.
     if cfg.storage is None:
-        for trial in study.get_trials(deepcopy=False,
-                                      states=(optuna.trial.TrialState.RUNNING,)):
-            study._storage.set_trial_state_values(trial._trial_id,
-                                                  optuna.trial.TrialState.FAIL)
+        for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
     return study
 
 
@@ -225,15 +246,25 @@ def _take_slot(slots: Any) -> bool:
         return True
 
 
-def _worker(cfg: TuningConfig, storage: Any, name: str, seed: int, folds: Folds, kind: str,
-            n_trials: int, slots: Any, deadline: float | None = None) -> None:
+def _worker(
+    cfg: TuningConfig,
+    storage: Any,
+    name: str,
+    seed: int,
+    folds: Folds,
+    kind: str,
+    n_trials: int,
+    slots: Any,
+    deadline: float | None = None,
+) -> None:
     """Run trials on the shared study while slots are left (in this process or a child);
     no new trial starts after ``deadline`` (a ``time.time()``)."""
     timeout = None if deadline is None else deadline - time.time()
     if timeout is not None and timeout <= 0:
         return
-    study = optuna.load_study(study_name=name, storage=storage, sampler=_sampler(seed),
-                              pruner=_pruner(cfg))
+    study = optuna.load_study(
+        study_name=name, storage=storage, sampler=_sampler(seed), pruner=_pruner(cfg)
+    )
     _resume_sampler(study, seed)
     if remaining_trials(study, n_trials) == 0 or not _take_slot(slots):
         return
@@ -281,8 +312,9 @@ def _start_process_server() -> None:
         forkserver.ensure_running()
 
 
-def _run_workers(cfg: TuningConfig, storage: Any, name: str, seed: int, folds: Folds,
-                 todo: int) -> None:
+def _run_workers(
+    cfg: TuningConfig, storage: Any, name: str, seed: int, folds: Folds, todo: int
+) -> None:
     """``n_workers`` workers: this process is the first (it is warm and would otherwise
     wait idle), the others are child processes that start while it already runs trials."""
     import threading
@@ -294,10 +326,14 @@ def _run_workers(cfg: TuningConfig, storage: Any, name: str, seed: int, folds: F
     n = min(cfg.n_workers, todo)
     # One deadline for all: children that start seconds later do not get extra time.
     deadline = None if cfg.timeout is None else time.time() + cfg.timeout
-    args = [(cfg, storage, name, seed + 1 + i, folds, cfg.model, cfg.n_trials, slots, deadline)
-            for i in range(n)]
-    children = [ctx.Process(target=_child_worker, name=f"tune-worker-{i}", args=args[i])
-                for i in range(1, n)]
+    args = [
+        (cfg, storage, name, seed + 1 + i, folds, cfg.model, cfg.n_trials, slots, deadline)
+        for i in range(n)
+    ]
+    children = [
+        ctx.Process(target=_child_worker, name=f"tune-worker-{i}", args=args[i])
+        for i in range(1, n)
+    ]
     start_errors: list[BaseException] = []
 
     def start_children() -> None:
@@ -330,12 +366,19 @@ def _run_workers(cfg: TuningConfig, storage: Any, name: str, seed: int, folds: F
         raise RuntimeError("could not start the tuning worker processes") from start_errors[0]
     failed = {proc.name: proc.exitcode for proc in children if proc.exitcode != 0}
     if failed:
-        raise RuntimeError(f"tuning worker(s) failed with exit codes {failed}; "
-                           "their traceback is on stderr")
+        raise RuntimeError(
+            f"tuning worker(s) failed with exit codes {failed}; their traceback is on stderr"
+        )
 
 
-def run_study(cfg: TuningConfig, train: pd.DataFrame, schema: SchemaConfig, seed: int,
-              run_dir: Path, study_name: str) -> optuna.Study:
+def run_study(
+    cfg: TuningConfig,
+    train: pd.DataFrame,
+    schema: SchemaConfig,
+    seed: int,
+    run_dir: Path,
+    study_name: str,
+) -> optuna.Study:
     """Run (or resume) the study until ``n_trials`` trials have finished or time is up.
 
     With ``n_workers > 1`` this process and ``n_workers - 1`` child processes work on the
@@ -356,9 +399,11 @@ def run_study(cfg: TuningConfig, train: pd.DataFrame, schema: SchemaConfig, seed
     if cfg.n_workers == 1:
         study.optimize(
             make_objective(folds, cfg.model, seed, cfg.pruner != "none"),
-            n_trials=todo, timeout=cfg.timeout,
+            n_trials=todo,
+            timeout=cfg.timeout,
         )
         return study
     _run_workers(cfg, storage, study_name, seed, folds, todo)
-    return optuna.load_study(study_name=study_name, storage=storage, sampler=_sampler(seed),
-                             pruner=_pruner(cfg))
+    return optuna.load_study(
+        study_name=study_name, storage=storage, sampler=_sampler(seed), pruner=_pruner(cfg)
+    )

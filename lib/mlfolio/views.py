@@ -28,18 +28,25 @@ def ingest_markdown(info: dict[str, Any], schema: SchemaConfig) -> Any:
 
     dropped = info["dropped_missing_target"]
     kept = info["source_rows"] - dropped
-    lines = [f"**{info['source_rows']:,} rows read**, "
-             + (f"**{dropped:,} dropped** with no value in the target `{schema.target}` "
-                f"(`schema.missing_target: {schema.missing_target}`), {kept:,} kept."
-                if dropped else f"all with a value in the target `{schema.target}`.")]
+    lines = [
+        f"**{info['source_rows']:,} rows read**, "
+        + (
+            f"**{dropped:,} dropped** with no value in the target `{schema.target}` "
+            f"(`schema.missing_target: {schema.missing_target}`), {kept:,} kept."
+            if dropped
+            else f"all with a value in the target `{schema.target}`."
+        )
+    ]
     if info["rows"] < kept:
-        lines.append(f"A seeded sample of {info['rows']:,} of them (`data.sample_rows`) "
-                     "is the snapshot.")
+        lines.append(
+            f"A seeded sample of {info['rows']:,} of them (`data.sample_rows`) is the snapshot."
+        )
     for col, n in info.get("non_finite_as_missing", {}).items():
-        lines.append(f"Column `{col}`: {n:,} non-finite value(s) treated as missing "
-                     "(`schema.non_finite: missing`).")
+        lines.append(
+            f"Column `{col}`: {n:,} non-finite value(s) treated as missing "
+            "(`schema.non_finite: missing`)."
+        )
     return Markdown("\n\n".join(lines))
-
 
 
 # -- preprocess --------------------------------------------------------------------------
@@ -88,8 +95,13 @@ def plot_features(df: pd.DataFrame, schema: SchemaConfig, max_categorical: int =
     for ax, col in zip(axes.flat, panels, strict=False):
         if col in schema.numeric:
             for label, color in ((0, "tab:blue"), (1, "tab:red")):
-                ax.hist(clean.loc[y == label, col].dropna(), bins=30, alpha=0.5, color=color,
-                        label=str(schema.positive_label if label else schema.negative_label))
+                ax.hist(
+                    clean.loc[y == label, col].dropna(),
+                    bins=30,
+                    alpha=0.5,
+                    color=color,
+                    label=str(schema.positive_label if label else schema.negative_label),
+                )
             ax.legend(fontsize=7)
         else:
             rate = y.groupby(clean[col]).mean().sort_values()
@@ -97,11 +109,10 @@ def plot_features(df: pd.DataFrame, schema: SchemaConfig, max_categorical: int =
             ax.set_xlabel("positive rate")
         ax.set_title(col, fontsize=9)
         ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     fig.tight_layout()
     return fig
-
 
 
 # -- tune --------------------------------------------------------------------------------
@@ -131,18 +142,25 @@ def plot_study(study: optuna.Study | None) -> Any:
     values = [t.value for t in complete]
     numbers = [t.number for t in complete]
     hist_ax.scatter(numbers, values, s=14, label="trial (complete)")
-    hist_ax.plot(numbers, np.maximum.accumulate(values) if values else [], color="tab:red",
-                 label="best so far")
+    hist_ax.plot(
+        numbers,
+        np.maximum.accumulate(values) if values else [],
+        color="tab:red",
+        label="best so far",
+    )
     hist_ax.set_xlabel("trial")
     hist_ax.set_ylabel("CV ROC AUC")
-    hist_ax.set_title(f"Optimization history ({len(study.trials)} trials, "
-                      f"{len(study.trials) - len(complete)} pruned or failed)")
+    hist_ax.set_title(
+        f"Optimization history ({len(study.trials)} trials, "
+        f"{len(study.trials) - len(complete)} pruned or failed)"
+    )
     hist_ax.legend()
     importances, why_not = None, "needs two complete trials"
     if len(complete) >= 2:
         try:
             importances = optuna.importance.get_param_importances(
-                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)
+            )
         except RuntimeError as exc:  # every complete trial scored the same: no variance
             why_not = f"no importance: {exc}"
     if importances:
@@ -156,14 +174,15 @@ def plot_study(study: optuna.Study | None) -> Any:
     return fig
 
 
-
 # -- evaluate ----------------------------------------------------------------------------
 def metrics_frame(result: dict[str, Any]) -> Any:
     """Candidate (valid and test) and champion (test) metrics as one table."""
     import pandas as pd
 
-    rows = {f"{result['candidate']['name']} · valid": result["candidate"]["valid"],
-            f"{result['candidate']['name']} · test": result["candidate"]["test"]}
+    rows = {
+        f"{result['candidate']['name']} · valid": result["candidate"]["valid"],
+        f"{result['candidate']['name']} · test": result["candidate"]["test"],
+    }
     if result.get("champion"):
         rows[f"champion v{result['champion']['version']} · test"] = result["champion"]["test"]
     return pd.DataFrame(rows).T.round(4)
@@ -174,14 +193,18 @@ def verdict_markdown(result: dict[str, Any]) -> Any:
     from IPython.display import Markdown
 
     gate_result = result["gate"]
-    head = "**PASSED** — eligible for champion" if gate_result["passed"] else \
-        "**NOT PASSED** — stays challenger"
+    head = (
+        "**PASSED** — eligible for champion"
+        if gate_result["passed"]
+        else "**NOT PASSED** — stays challenger"
+    )
     lines = [f"Gate: {head}", ""] + [f"- {r}" for r in gate_result["reasons"]]
     return Markdown("\n".join(lines))
 
 
-def plot_curves(y: np.ndarray, scores: dict[str, np.ndarray], threshold: float,
-                bins: int = 10) -> Any:
+def plot_curves(
+    y: np.ndarray, scores: dict[str, np.ndarray], threshold: float, bins: int = 10
+) -> Any:
     """ROC, precision-recall, calibration and confusion matrix (a matplotlib Figure)."""
     import matplotlib.pyplot as plt
     from sklearn import metrics as skm
@@ -199,9 +222,11 @@ def plot_curves(y: np.ndarray, scores: dict[str, np.ndarray], threshold: float,
         cal_ax.plot(cal["mean_predicted"], cal["fraction_positive"], marker="o", label=name)
     roc_ax.plot([0, 1], [0, 1], ls="--", color="grey")
     cal_ax.plot([0, 1], [0, 1], ls="--", color="grey")
-    for ax, title, xl, yl in ((roc_ax, "ROC", "false positive rate", "true positive rate"),
-                              (pr_ax, "Precision-recall", "recall", "precision"),
-                              (cal_ax, "Calibration", "mean predicted", "fraction positive")):
+    for ax, title, xl, yl in (
+        (roc_ax, "ROC", "false positive rate", "true positive rate"),
+        (pr_ax, "Precision-recall", "recall", "precision"),
+        (cal_ax, "Calibration", "mean predicted", "fraction positive"),
+    ):
         ax.set_title(title)
         ax.set_xlabel(xl)
         ax.set_ylabel(yl)
@@ -210,14 +235,19 @@ def plot_curves(y: np.ndarray, scores: dict[str, np.ndarray], threshold: float,
     cm = skm.confusion_matrix(y, (first >= threshold).astype(int), labels=[0, 1])
     cm_ax.imshow(cm, cmap="Blues")
     for (i, j), value in np.ndenumerate(cm):
-        cm_ax.text(j, i, str(value), ha="center", va="center",
-                   color="white" if value > cm.max() / 2 else "black")
+        cm_ax.text(
+            j,
+            i,
+            str(value),
+            ha="center",
+            va="center",
+            color="white" if value > cm.max() / 2 else "black",
+        )
     cm_ax.set_xticks([0, 1], ["pred 0", "pred 1"])
     cm_ax.set_yticks([0, 1], ["true 0", "true 1"])
     cm_ax.set_title(f"Confusion at threshold {threshold:.2f} ({next(iter(scores))})")
     fig.tight_layout()
     return fig
-
 
 
 # -- register ----------------------------------------------------------------------------
@@ -233,12 +263,15 @@ def registration_markdown(result: dict[str, Any]) -> Any:
     head = f"Registered **{name} v{result['version']}** as `{registry.CHALLENGER}`."
     if result["promoted"]:
         was = result.get("compared_against")
-        return Markdown(f"{head} Promoted to `{registry.CHAMPION}` (replacing "
-                        f"{'v' + was if was else 'no champion'}, the version the gate "
-                        "compared against).")
+        return Markdown(
+            f"{head} Promoted to `{registry.CHAMPION}` (replacing "
+            f"{'v' + was if was else 'no champion'}, the version the gate "
+            "compared against)."
+        )
     champion = f"v{result['champion']}" if result.get("champion") else "none"
-    return Markdown(f"{head} **Not promoted**: {result['why_not_promoted']}.\n\n"
-                    f"Champion now: {champion}.")
+    return Markdown(
+        f"{head} **Not promoted**: {result['why_not_promoted']}.\n\nChampion now: {champion}."
+    )
 
 
 def alias_history_table(ctx: StageContext) -> pd.DataFrame:
@@ -248,17 +281,17 @@ def alias_history_table(ctx: StageContext) -> pd.DataFrame:
     return pd.DataFrame(registry.alias_history(ctx.cfg.model_name))
 
 
-
 # -- deploy ------------------------------------------------------------------------------
 def deploy_table(result: dict[str, Any]) -> pd.DataFrame:
     """One row per target: status and the main facts it recorded."""
     rows = {}
     for target, r in result["targets"].items():
         facts = {k: v for k, v in r.items() if isinstance(v, str | int | float) and k != "status"}
-        rows[target] = {"status": r["status"], "details": "; ".join(
-            f"{k}={v}" for k, v in list(facts.items())[:4])}
+        rows[target] = {
+            "status": r["status"],
+            "details": "; ".join(f"{k}={v}" for k, v in list(facts.items())[:4]),
+        }
     return pd.DataFrame(rows).T
-
 
 
 # -- monitor -----------------------------------------------------------------------------
@@ -276,7 +309,8 @@ def monitor_summary(result: dict[str, Any]) -> pd.DataFrame:
         "dataset drift": result["dataset_drift"],
         "prediction drift": result["prediction_drift"],
         "ROC AUC (reference → current)": (
-            f"{q['reference']['roc_auc']:.4f} → {q['current']['roc_auc']:.4f}" if q else "n/a"),
+            f"{q['reference']['roc_auc']:.4f} → {q['current']['roc_auc']:.4f}" if q else "n/a"
+        ),
         "retrain": result["decision"]["retrain"],
     }
     return pd.DataFrame({"value": rows})
@@ -297,8 +331,12 @@ def plot_drift(verdict: dict[str, Any]) -> Any:
 
     table = verdict_table(verdict)
     # Distances drift above the threshold, p-values below: plot "how far past" uniformly.
-    ratio = [row.score / row.threshold if METHODS[row.method][2]
-             else row.threshold / max(row.score, 1e-12) for row in table.itertuples()]
+    ratio = [
+        row.score / row.threshold
+        if METHODS[row.method][2]
+        else row.threshold / max(row.score, 1e-12)
+        for row in table.itertuples()
+    ]
     fig, ax = plt.subplots(figsize=(8, 0.3 * len(table) + 1))
     colors = ["tab:red" if d else "tab:blue" for d in table["drifted"]]
     ax.barh(table.index, np.minimum(ratio, 10), color=colors)
@@ -314,15 +352,16 @@ def quality_table(result: dict[str, Any]) -> pd.DataFrame | str:
     q = result.get("quality")
     if not q:
         return "No ground-truth labels for the current rows yet: quality not compared."
-    return pd.DataFrame({"reference": q["reference"], "current": q["current"],
-                         "delta": q["delta"]}).round(4)
+    return pd.DataFrame(
+        {"reference": q["reference"], "current": q["current"], "delta": q["delta"]}
+    ).round(4)
 
 
 def decision_markdown(result: dict[str, Any]) -> Any:
     from IPython.display import Markdown
 
     d = result["decision"]
-    head = ("**Retraining fires**" if d["retrain"] else "**No retraining**")
+    head = "**Retraining fires**" if d["retrain"] else "**No retraining**"
     lines = [head, ""] + [f"- `{r}`" for r in d["reasons"]]
     if result.get("retrain_data"):
         lines += ["", f"Training data for the retraining run: `{result['retrain_data']}`"]
@@ -331,13 +370,14 @@ def decision_markdown(result: dict[str, Any]) -> Any:
     return Markdown("\n".join(lines))
 
 
-
 # -- A/B report --------------------------------------------------------------------------
 def variant_table(report: dict[str, Any]) -> pd.DataFrame:
     """The report's per-variant metrics, one row per variant."""
     table = pd.DataFrame(report["variants"])
-    table.index = [f"{r.variant} v{r.model_version}" + (" (shadow)" if r.shadow else "")
-                   for r in table.itertuples()]
+    table.index = [
+        f"{r.variant} v{r.model_version}" + (" (shadow)" if r.shadow else "")
+        for r in table.itertuples()
+    ]
     return table.drop(columns=["variant", "model_version", "shadow"]).round(4)
 
 
@@ -346,15 +386,23 @@ def comparison_table(report: dict[str, Any]) -> pd.DataFrame:
     c = report["comparison"]
     if c["difference"] is None:
         return pd.DataFrame({"note": [c["note"]]}, index=["comparison"])
-    rows = {"ROC AUC": {**{k: c[k] for k in ("difference", "ci_low", "ci_high", "p_value")},
-                        "test": c["test"]}}
+    rows = {
+        "ROC AUC": {
+            **{k: c[k] for k in ("difference", "ci_low", "ci_high", "p_value")},
+            "test": c["test"],
+        }
+    }
     if c["bootstrap"]:
-        rows["ROC AUC (bootstrap)"] = {"difference": c["difference"],
-                                       "ci_low": c["bootstrap"]["ci_low"],
-                                       "ci_high": c["bootstrap"]["ci_high"],
-                                       "p_value": None, "test": c["bootstrap"]["test"]}
-    rows["accuracy"] = {k: c["accuracy"][k] for k in ("difference", "ci_low", "ci_high",
-                                                       "p_value", "test")}
+        rows["ROC AUC (bootstrap)"] = {
+            "difference": c["difference"],
+            "ci_low": c["bootstrap"]["ci_low"],
+            "ci_high": c["bootstrap"]["ci_high"],
+            "p_value": None,
+            "test": c["bootstrap"]["test"],
+        }
+    rows["accuracy"] = {
+        k: c["accuracy"][k] for k in ("difference", "ci_low", "ci_high", "p_value", "test")
+    }
     table = pd.DataFrame(rows).T
     numeric = ["difference", "ci_low", "ci_high", "p_value"]
     table[numeric] = table[numeric].astype(float).round(4)
@@ -380,8 +428,9 @@ def plot_variants(log: pd.DataFrame) -> Any:
 
     validate_log(log)
     fig, (roc_ax, dist_ax) = plt.subplots(1, 2, figsize=(12, 4.2))
-    for (variant, shadow, version), g in log.groupby(["variant", "shadow", "model_version"],
-                                                       sort=False):
+    for (variant, shadow, version), g in log.groupby(
+        ["variant", "shadow", "model_version"], sort=False
+    ):
         name = f"{variant} v{version}" + (" (shadow)" if shadow else "")
         labelled = g[g["actual"].notna()]
         y = labelled["actual"].to_numpy().astype(int)
@@ -389,16 +438,22 @@ def plot_variants(log: pd.DataFrame) -> Any:
             fpr, tpr, _ = skm.roc_curve(y, labelled["score"])
             auc = skm.roc_auc_score(y, labelled["score"])
             roc_ax.plot(fpr, tpr, label=f"{name}: AUC {auc:.3f} ({len(y)} labelled)")
-        dist_ax.hist(g["score"], bins=30, range=(0, 1), histtype="step", density=True,
-                     label=f"{name} ({len(g)} rows)")
+        dist_ax.hist(
+            g["score"],
+            bins=30,
+            range=(0, 1),
+            histtype="step",
+            density=True,
+            label=f"{name} ({len(g)} rows)",
+        )
     roc_ax.plot([0, 1], [0, 1], ls="--", color="grey")
-    for ax, title, xl, yl in ((roc_ax, "ROC per variant", "false positive rate",
-                               "true positive rate"),
-                              (dist_ax, "Score distribution", "score", "density")):
+    for ax, title, xl, yl in (
+        (roc_ax, "ROC per variant", "false positive rate", "true positive rate"),
+        (dist_ax, "Score distribution", "score", "density"),
+    ):
         ax.set_title(title)
         ax.set_xlabel(xl)
         ax.set_ylabel(yl)
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
-

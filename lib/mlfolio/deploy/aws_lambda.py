@@ -84,16 +84,24 @@ def aws_client(service: str, region: str | None = None, endpoint_url: str | None
 
     try:
         return boto3.session.Session(region_name=region).client(
-            service, endpoint_url=endpoint_url,
-            config=Config(retries={"max_attempts": 5, "mode": "standard"},
-                          connect_timeout=10, read_timeout=120))
+            service,
+            endpoint_url=endpoint_url,
+            config=Config(
+                retries={"max_attempts": 5, "mode": "standard"},
+                connect_timeout=10,
+                read_timeout=120,
+            ),
+        )
     except BotoCoreError as exc:  # NoRegionError, a bad profile, ...
-        raise DeployError(f"{service}: cannot create an AWS client: {exc} (pass region= or "
-                          "set AWS_DEFAULT_REGION / a profile)") from exc
+        raise DeployError(
+            f"{service}: cannot create an AWS client: {exc} (pass region= or "
+            "set AWS_DEFAULT_REGION / a profile)"
+        ) from exc
 
 
-def aws_call(client: Any, operation: str, resource: str, *, absent: str | None = None,
-             **params: Any) -> Any:
+def aws_call(
+    client: Any, operation: str, resource: str, *, absent: str | None = None, **params: Any
+) -> Any:
     """``client.<operation>(**params)``; an AWS error becomes a DeployError naming the call
     (service and operation) and the resource. With ``absent``, an error whose
     ``"<Code>: <Message>"`` matches that regular expression means "no such resource" and
@@ -139,8 +147,11 @@ def fetch_model_dir(model_uri_or_dir: str | Path, dst: Path) -> Path:
 
     dst.mkdir(parents=True, exist_ok=True)
     try:
-        path = Path(mlflow.artifacts.download_artifacts(artifact_uri=str(model_uri_or_dir),
-                                                        dst_path=str(dst)))
+        path = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=str(model_uri_or_dir), dst_path=str(dst)
+            )
+        )
     except (MlflowException, OSError) as exc:
         raise DeployError(f"cannot download model {model_uri_or_dir}: {exc}") from exc
     if not (path / "MLmodel").is_file():
@@ -160,8 +171,11 @@ def registry_info(model_uri: str) -> dict[str, Any]:
     name, version, alias = match.groups()
     client = MlflowClient()
     try:
-        mv = (client.get_model_version(name, version) if version
-              else client.get_model_version_by_alias(name, alias))
+        mv = (
+            client.get_model_version(name, version)
+            if version
+            else client.get_model_version_by_alias(name, alias)
+        )
     except MlflowException as exc:
         raise DeployError(f"registry lookup of {model_uri} failed: {exc}") from exc
     info: dict[str, Any] = {"model_name": name, "model_version": str(mv.version)}
@@ -189,8 +203,11 @@ def requirements(model_dir: Path) -> list[str]:
     names: list[str] = []
     req_file = model_dir / "requirements.txt"
     if req_file.is_file():
-        names = [ln.strip() for ln in req_file.read_text().splitlines()
-                 if ln.strip() and not ln.startswith(("#", "-"))]
+        names = [
+            ln.strip()
+            for ln in req_file.read_text().splitlines()
+            if ln.strip() and not ln.startswith(("#", "-"))
+        ]
     out: list[str] = []
     seen: set[str] = set()
     for req in [*names, *HANDLER_REQUIREMENTS]:
@@ -216,8 +233,13 @@ def _add(zf: zipfile.ZipFile, name: str, data: bytes) -> None:
     zf.writestr(info, data)
 
 
-def build_package(model_uri_or_local_dir: str | Path, out_dir: str | Path, *,
-                  threshold: float | None = None, name: str = "mlfolio-lambda") -> Path:
+def build_package(
+    model_uri_or_local_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    threshold: float | None = None,
+    name: str = "mlfolio-lambda",
+) -> Path:
     """Write the deployment zip (plus ``requirements.txt`` and a ``Dockerfile``) into
     ``out_dir``; return the zip's path.
 
@@ -237,9 +259,11 @@ def build_package(model_uri_or_local_dir: str | Path, out_dir: str | Path, *,
         threshold = info.get("threshold")
     if threshold is not None and not 0 < float(threshold) < 1:
         raise DeployError(f"threshold: expected a number in (0, 1), got {threshold}")
-    meta = {"model_uri": str(model_uri_or_local_dir),
-            "model_version": info.get("model_version"),
-            "threshold": None if threshold is None else float(threshold)}
+    meta = {
+        "model_uri": str(model_uri_or_local_dir),
+        "model_version": info.get("model_version"),
+        "threshold": None if threshold is None else float(threshold),
+    }
     version = meta["model_version"]
     zip_path = out / (f"{name}-v{version}.zip" if version else f"{name}.zip")
 
@@ -251,21 +275,27 @@ def build_package(model_uri_or_local_dir: str | Path, out_dir: str | Path, *,
             for path, arcname in _package_sources():
                 _add(zf, arcname, path.read_bytes())
             for path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
-                _add(zf, f"{MODEL_DIR_IN_PACKAGE}/{path.relative_to(model_dir).as_posix()}",
-                     path.read_bytes())
+                _add(
+                    zf,
+                    f"{MODEL_DIR_IN_PACKAGE}/{path.relative_to(model_dir).as_posix()}",
+                    path.read_bytes(),
+                )
             _add(zf, META_IN_PACKAGE, (json.dumps(meta, indent=2) + "\n").encode())
             _add(zf, "requirements.txt", ("\n".join(reqs) + "\n").encode())
         zip_path.write_bytes(buf.getvalue())
 
     (out / "requirements.txt").write_text("\n".join(reqs) + "\n")
-    (out / "Dockerfile").write_text(DOCKERFILE.format(base=BASE_IMAGE, zip_name=zip_path.name,
-                                                      handler=HANDLER))
+    (out / "Dockerfile").write_text(
+        DOCKERFILE.format(base=BASE_IMAGE, zip_name=zip_path.name, handler=HANDLER)
+    )
     size = zip_path.stat().st_size
-    log.info("lambda package %s (%.1f MB, model %s)", zip_path, size / 1e6,
-             model_uri_or_local_dir)
+    log.info("lambda package %s (%.1f MB, model %s)", zip_path, size / 1e6, model_uri_or_local_dir)
     if size > DIRECT_UPLOAD_LIMIT:
-        log.warning("%s is %.0f MB: deploy it with code_bucket= (direct uploads stop at "
-                    "~50 MB)", zip_path.name, size / 1e6)
+        log.warning(
+            "%s is %.0f MB: deploy it with code_bucket= (direct uploads stop at ~50 MB)",
+            zip_path.name,
+            size / 1e6,
+        )
     return zip_path
 
 
@@ -280,12 +310,18 @@ def _wait(lam: Any, waiter: str, resource: str, wait_s: float, **params: Any) ->
 
     delay = 2
     try:
-        lam.get_waiter(waiter).wait(**params, WaiterConfig={
-            "Delay": delay, "MaxAttempts": max(1, math.ceil(wait_s / delay))})
+        lam.get_waiter(waiter).wait(
+            **params,
+            WaiterConfig={"Delay": delay, "MaxAttempts": max(1, math.ceil(wait_s / delay))},
+        )
     except WaiterError as exc:
         last = exc.last_response or {}
-        reason = (last.get("StateReason") or last.get("LastUpdateStatusReason")
-                  or last.get("Error", {}).get("Message") or exc)
+        reason = (
+            last.get("StateReason")
+            or last.get("LastUpdateStatusReason")
+            or last.get("Error", {}).get("Message")
+            or exc
+        )
         raise DeployError(f"lambda {waiter} on {resource} failed: {reason}") from exc
 
 
@@ -293,37 +329,68 @@ _NOT_FOUND = "ResourceNotFoundException"
 
 
 def _get_alias(lam: Any, function_name: str, name: str) -> dict[str, Any] | None:
-    return aws_call(lam, "get_alias", f"alias {function_name}:{name}", absent=_NOT_FOUND,
-                    FunctionName=function_name, Name=name)
+    return aws_call(
+        lam,
+        "get_alias",
+        f"alias {function_name}:{name}",
+        absent=_NOT_FOUND,
+        FunctionName=function_name,
+        Name=name,
+    )
 
 
-def _point_alias(lam: Any, function_name: str, name: str, version: str,
-                 description: str) -> dict[str, Any]:
+def _point_alias(
+    lam: Any, function_name: str, name: str, version: str, description: str
+) -> dict[str, Any]:
     """Create the alias, or move it to ``version`` (conditionally on its current revision)."""
     resource = f"alias {function_name}:{name}"
     current = _get_alias(lam, function_name, name)
     if current is None:
-        return aws_call(lam, "create_alias", resource, FunctionName=function_name, Name=name,
-                        FunctionVersion=version, Description=description)
+        return aws_call(
+            lam,
+            "create_alias",
+            resource,
+            FunctionName=function_name,
+            Name=name,
+            FunctionVersion=version,
+            Description=description,
+        )
     params = {"RevisionId": current["RevisionId"]} if current.get("RevisionId") else {}
-    return aws_call(lam, "update_alias", resource, FunctionName=function_name, Name=name,
-                    FunctionVersion=version, Description=description, **params)
+    return aws_call(
+        lam,
+        "update_alias",
+        resource,
+        FunctionName=function_name,
+        Name=name,
+        FunctionVersion=version,
+        Description=description,
+        **params,
+    )
 
 
-def _code(package: str | Path, function_name: str, model_version: str,
-          code_bucket: str | None, region: str | None, endpoint_url: str | None
-          ) -> tuple[str, dict[str, Any], str]:
+def _code(
+    package: str | Path,
+    function_name: str,
+    model_version: str,
+    code_bucket: str | None,
+    region: str | None,
+    endpoint_url: str | None,
+) -> tuple[str, dict[str, Any], str]:
     """(package type, the Code parameters, where the code came from): an ECR image URI, or
     a zip sent directly or through S3."""
     if isinstance(package, str) and _IMAGE_URI.match(package):
         return "Image", {"ImageUri": package}, package
     path = Path(package)
     if not path.is_file():
-        raise DeployError(f"lambda package {path} not found (expected the zip written by "
-                          "build_package, or an ECR image URI)")
+        raise DeployError(
+            f"lambda package {path} not found (expected the zip written by "
+            "build_package, or an ECR image URI)"
+        )
     if code_bucket is None and path.stat().st_size > DIRECT_UPLOAD_LIMIT:
-        raise DeployError(f"{path.name} is {path.stat().st_size / 1e6:.0f} MB, over the "
-                          "~50 MB Lambda takes directly: pass code_bucket=")
+        raise DeployError(
+            f"{path.name} is {path.stat().st_size / 1e6:.0f} MB, over the "
+            "~50 MB Lambda takes directly: pass code_bucket="
+        )
     if code_bucket is None:
         return "Zip", {"ZipFile": path.read_bytes()}, str(path)
     key = f"{function_name}/v{model_version}/{path.name}"
@@ -331,10 +398,19 @@ def _code(package: str | Path, function_name: str, model_version: str,
     return "Zip", {"S3Bucket": code_bucket, "S3Key": key}, uri
 
 
-def deploy_lambda(package: str | Path, *, function_name: str, role_arn: str,
-                  model_version: str | int, region: str | None = None,
-                  endpoint_url: str | None = None, memory_mb: int = 1024, timeout_s: int = 30,
-                  code_bucket: str | None = None, wait_s: float = 300) -> dict[str, Any]:
+def deploy_lambda(
+    package: str | Path,
+    *,
+    function_name: str,
+    role_arn: str,
+    model_version: str | int,
+    region: str | None = None,
+    endpoint_url: str | None = None,
+    memory_mb: int = 1024,
+    timeout_s: int = 30,
+    code_bucket: str | None = None,
+    wait_s: float = 300,
+) -> dict[str, Any]:
     """Create or update ``function_name`` from ``package``, publish a version, point
     ``model-v<model_version>`` and then ``live`` at it; return what was deployed.
 
@@ -349,16 +425,24 @@ def deploy_lambda(package: str | Path, *, function_name: str, role_arn: str,
     model_version = str(model_version)
     fn = f"function {function_name!r}"
     lam = aws_client("lambda", region, endpoint_url)
-    package_type, code, source = _code(package, function_name, model_version, code_bucket, region,
-                               endpoint_url)
+    package_type, code, source = _code(
+        package, function_name, model_version, code_bucket, region, endpoint_url
+    )
     description = f"mlfolio model v{model_version}"[:256]
     existing = aws_call(lam, "get_function", fn, absent=_NOT_FOUND, FunctionName=function_name)
     env = {"MLFOLIO_MODEL_VERSION": model_version}
     if existing is None:
         params: dict[str, Any] = {
-            "FunctionName": function_name, "Role": role_arn, "Code": code,
-            "PackageType": package_type, "MemorySize": memory_mb, "Timeout": timeout_s,
-            "Description": description, "Environment": {"Variables": env}, "Publish": False}
+            "FunctionName": function_name,
+            "Role": role_arn,
+            "Code": code,
+            "PackageType": package_type,
+            "MemorySize": memory_mb,
+            "Timeout": timeout_s,
+            "Description": description,
+            "Environment": {"Variables": env},
+            "Publish": False,
+        }
         if package_type == "Zip":
             params.update(Runtime=RUNTIME, Handler=HANDLER)
         aws_call(lam, "create_function", fn, **params)
@@ -366,28 +450,43 @@ def deploy_lambda(package: str | Path, *, function_name: str, role_arn: str,
     else:
         config = existing.get("Configuration", {})
         env = {**(config.get("Environment") or {}).get("Variables", {}), **env}
-        updated = aws_call(lam, "update_function_code", fn, FunctionName=function_name,
-                           **code)
+        updated = aws_call(lam, "update_function_code", fn, FunctionName=function_name, **code)
         _wait(lam, "function_updated_v2", fn, wait_s, FunctionName=function_name)
-        aws_call(lam, "update_function_configuration", fn, FunctionName=function_name,
-                 Role=role_arn, MemorySize=memory_mb, Timeout=timeout_s,
-                 Description=description, Environment={"Variables": env})
+        aws_call(
+            lam,
+            "update_function_configuration",
+            fn,
+            FunctionName=function_name,
+            Role=role_arn,
+            MemorySize=memory_mb,
+            Timeout=timeout_s,
+            Description=description,
+            Environment={"Variables": env},
+        )
         _wait(lam, "function_updated_v2", fn, wait_s, FunctionName=function_name)
         log.info("updated %s (code sha %s)", fn, updated.get("CodeSha256"))
-    published = aws_call(lam, "publish_version", fn, FunctionName=function_name,
-                         Description=description)
+    published = aws_call(
+        lam, "publish_version", fn, FunctionName=function_name, Description=description
+    )
     version = str(published["Version"])
-    _wait(lam, "published_version_active", f"{fn} version {version}", wait_s,
-          FunctionName=function_name, Qualifier=version)
+    _wait(
+        lam,
+        "published_version_active",
+        f"{fn} version {version}",
+        wait_s,
+        FunctionName=function_name,
+        Qualifier=version,
+    )
 
     previous = _get_alias(lam, function_name, LIVE_ALIAS)
     model_alias = alias_name(model_version)
-    aliases = {model_alias: _point_alias(lam, function_name, model_alias, version,
-                                         description)["AliasArn"]}
-    aliases[LIVE_ALIAS] = _point_alias(lam, function_name, LIVE_ALIAS, version,
-                                       description)["AliasArn"]  # last, on purpose
-    log.info("lambda %s: version %s is live (model v%s)", function_name, version,
-             model_version)
+    aliases = {
+        model_alias: _point_alias(lam, function_name, model_alias, version, description)["AliasArn"]
+    }
+    aliases[LIVE_ALIAS] = _point_alias(lam, function_name, LIVE_ALIAS, version, description)[
+        "AliasArn"
+    ]  # last, on purpose
+    log.info("lambda %s: version %s is live (model v%s)", function_name, version, model_version)
     return {
         "target": "lambda",
         "function_name": function_name,
@@ -403,4 +502,3 @@ def deploy_lambda(package: str | Path, *, function_name: str, role_arn: str,
         "code_sha256": published.get("CodeSha256"),
         "created": existing is None,
     }
-

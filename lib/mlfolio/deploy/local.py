@@ -33,8 +33,9 @@ def _free_port(host: str) -> int:
         return int(sock.getsockname()[1])
 
 
-def _request(url: str, body: bytes | None = None, timeout: float = 10.0,
-             token: str | None = None) -> tuple[int, bytes]:
+def _request(
+    url: str, body: bytes | None = None, timeout: float = 10.0, token: str | None = None
+) -> tuple[int, bytes]:
     headers = {"Content-Type": "application/json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
@@ -48,13 +49,31 @@ def _request(url: str, body: bytes | None = None, timeout: float = 10.0,
 
 def serve_command(model_uri: str, host: str, port: int, tracking_uri: str) -> list[str]:
     exe = Path(sys.executable).parent / "mlfolio"
-    return [str(exe), "serve", "--model", model_uri, "--host", host, "--port", str(port),
-            "--tracking-uri", tracking_uri]
+    return [
+        str(exe),
+        "serve",
+        "--model",
+        model_uri,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--tracking-uri",
+        tracking_uri,
+    ]
 
 
-def deploy_local(model_uri: str, tracking_uri: str, rows: pd.DataFrame, expected: np.ndarray,
-                 *, host: str = "127.0.0.1", port: int = 0, log_path: Path | None = None,
-                 ready_timeout: float = 120.0) -> dict[str, Any]:
+def deploy_local(
+    model_uri: str,
+    tracking_uri: str,
+    rows: pd.DataFrame,
+    expected: np.ndarray,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    log_path: Path | None = None,
+    ready_timeout: float = 120.0,
+) -> dict[str, Any]:
     """Start the server, wait for /ping, compare its answers on ``rows`` with ``expected``
     (positive-class probabilities), stop it, and return what was checked.
 
@@ -69,32 +88,47 @@ def deploy_local(model_uri: str, tracking_uri: str, rows: pd.DataFrame, expected
         deadline = time.monotonic() + ready_timeout
         while True:
             if proc.poll() is not None:
-                raise DeployError(f"local: `{shlex.join(cmd)}` exited with code "
-                                  f"{proc.returncode} before it was ready (see {log_path})")
+                raise DeployError(
+                    f"local: `{shlex.join(cmd)}` exited with code "
+                    f"{proc.returncode} before it was ready (see {log_path})"
+                )
             try:
                 if _request(f"{url}{LIVENESS_PATH}", timeout=2)[0] == 200:
                     break
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise DeployError(f"local: {url}{LIVENESS_PATH} not ready after "
-                                  f"{ready_timeout:.0f} s")
+                raise DeployError(
+                    f"local: {url}{LIVENESS_PATH} not ready after {ready_timeout:.0f} s"
+                )
             time.sleep(0.25)
         payload = {"dataframe_split": json.loads(rows.to_json(orient="split", index=False))}
-        status, body = _request(f"{url}{INVOCATIONS_PATH}", json.dumps(payload).encode(),
-                                token=os.environ.get(TOKEN_ENV))
+        status, body = _request(
+            f"{url}{INVOCATIONS_PATH}",
+            json.dumps(payload).encode(),
+            token=os.environ.get(TOKEN_ENV),
+        )
         if status != 200:
-            raise DeployError(f"local: POST {url}{INVOCATIONS_PATH} answered {status}: "
-                              f"{body[:500].decode(errors='replace')}")
+            raise DeployError(
+                f"local: POST {url}{INVOCATIONS_PATH} answered {status}: "
+                f"{body[:500].decode(errors='replace')}"
+            )
         answer = json.loads(body)
         served = np.asarray(answer["predictions"], dtype=float)[:, 1]
         diff = float(np.max(np.abs(served - np.asarray(expected, dtype=float))))
         if not diff <= 1e-9:
-            raise DeployError(f"local: the server's probabilities differ from the pipeline's "
-                              f"by up to {diff:.3g} on {len(rows)} test rows")
-        return {"url": url, "model_uri": model_uri, "rows_checked": int(len(rows)),
-                "max_abs_difference": diff, "answers_match_pipeline": True,
-                "serve_command": shlex.join(serve_command(model_uri, host, 8080, tracking_uri))}
+            raise DeployError(
+                f"local: the server's probabilities differ from the pipeline's "
+                f"by up to {diff:.3g} on {len(rows)} test rows"
+            )
+        return {
+            "url": url,
+            "model_uri": model_uri,
+            "rows_checked": int(len(rows)),
+            "max_abs_difference": diff,
+            "answers_match_pipeline": True,
+            "serve_command": shlex.join(serve_command(model_uri, host, 8080, tracking_uri)),
+        }
     finally:
         proc.terminate()
         try:

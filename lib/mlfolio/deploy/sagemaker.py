@@ -71,29 +71,35 @@ def build_model_archive(model_uri_or_dir: str | Path, out_path: str | Path) -> P
             info.mode = 0o755 if info.isdir() else 0o644
             return info
 
-        with open(out, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz, \
-                tarfile.open(fileobj=gz, mode="w") as tar:
+        with (
+            open(out, "wb") as raw,
+            gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz,
+            tarfile.open(fileobj=gz, mode="w") as tar,
+        ):
             for path in sorted(model_dir.rglob("*")):
                 if path.is_file():
-                    tar.add(path, arcname=path.relative_to(model_dir).as_posix(),
-                            recursive=False, filter=clean)
+                    tar.add(
+                        path,
+                        arcname=path.relative_to(model_dir).as_posix(),
+                        recursive=False,
+                        filter=clean,
+                    )
     log.info("sagemaker archive %s (%.1f MB)", out, out.stat().st_size / 1e6)
     return out
 
 
-def container_environment(model_version: str | int, model_name: str | None = None,
-                          threshold: float | None = None) -> dict[str, str]:
+def container_environment(
+    model_version: str | int, model_name: str | None = None, threshold: float | None = None
+) -> dict[str, str]:
     """The SageMaker model's ``Environment``: what the serving image needs to serve the
     unpacked archive (``MODEL_URI``, ``PORT``) and the registry facts it cannot look up
     there (``MLFOLIO_MODEL_VERSION``, ``MLFOLIO_MODEL_NAME``, ``MLFOLIO_THRESHOLD``)."""
-    env = {"MODEL_URI": MODEL_DIR, "PORT": str(PORT),
-           "MLFOLIO_MODEL_VERSION": str(model_version)}
+    env = {"MODEL_URI": MODEL_DIR, "PORT": str(PORT), "MLFOLIO_MODEL_VERSION": str(model_version)}
     if model_name:
         env["MLFOLIO_MODEL_NAME"] = model_name
     if threshold is not None:
         if not 0.0 <= float(threshold) <= 1.0:
-            raise DeployError(f"sagemaker threshold: expected a number in [0, 1], got "
-                              f"{threshold}")
+            raise DeployError(f"sagemaker threshold: expected a number in [0, 1], got {threshold}")
         env["MLFOLIO_THRESHOLD"] = repr(float(threshold))
     return env
 
@@ -103,11 +109,12 @@ def resource_name(endpoint_name: str, model_version: str, stamp: str) -> str:
     letters, digits and hyphens); the time keeps re-deploys of one version apart."""
     suffix = re.sub(r"[^A-Za-z0-9]+", "-", f"v{model_version}-{stamp}").strip("-")
     base = re.sub(r"[^A-Za-z0-9]+", "-", endpoint_name).strip("-")
-    return f"{base[:_NAME_MAX - len(suffix) - 1].rstrip('-')}-{suffix}"
+    return f"{base[: _NAME_MAX - len(suffix) - 1].rstrip('-')}-{suffix}"
 
 
-def wait_for_endpoint(sm: Any, endpoint_name: str, config_name: str, *, timeout_s: float,
-                      poll_s: float) -> dict[str, Any]:
+def wait_for_endpoint(
+    sm: Any, endpoint_name: str, config_name: str, *, timeout_s: float, poll_s: float
+) -> dict[str, Any]:
     """Poll until the endpoint settles; it must be InService on ``config_name``."""
     resource = f"endpoint {endpoint_name!r}"
     deadline = time.monotonic() + timeout_s
@@ -117,28 +124,41 @@ def wait_for_endpoint(sm: Any, endpoint_name: str, config_name: str, *, timeout_
         if status in DONE:
             break
         if time.monotonic() > deadline:
-            raise DeployError(f"sagemaker {resource} still {status} after {timeout_s:.0f} s "
-                              f"(rolling out {config_name}); it may yet finish: check "
-                              "describe_endpoint")
+            raise DeployError(
+                f"sagemaker {resource} still {status} after {timeout_s:.0f} s "
+                f"(rolling out {config_name}); it may yet finish: check "
+                "describe_endpoint"
+            )
         time.sleep(poll_s)
     reason = desc.get("FailureReason") or "no reason given"
     if status != "InService":
-        raise DeployError(f"sagemaker {resource} is {status} rolling out {config_name}: "
-                          f"{reason}")
+        raise DeployError(f"sagemaker {resource} is {status} rolling out {config_name}: {reason}")
     if desc.get("EndpointConfigName") != config_name:
-        raise DeployError(f"sagemaker {resource} rolled back to "
-                          f"{desc.get('EndpointConfigName')} instead of {config_name}: "
-                          f"{reason}")
+        raise DeployError(
+            f"sagemaker {resource} rolled back to "
+            f"{desc.get('EndpointConfigName')} instead of {config_name}: "
+            f"{reason}"
+        )
     return desc
 
 
-def deploy_sagemaker(archive: str | Path, *, endpoint_name: str, image_uri: str,
-                     role_arn: str, bucket: str, model_version: str | int,
-                     region: str | None = None, endpoint_url: str | None = None,
-                     instance_type: str = "ml.m5.large", instance_count: int = 1,
-                     wait_timeout_s: float = 3600, poll_s: float = 15,
-                     model_name: str | None = None, threshold: float | None = None
-                     ) -> dict[str, Any]:
+def deploy_sagemaker(
+    archive: str | Path,
+    *,
+    endpoint_name: str,
+    image_uri: str,
+    role_arn: str,
+    bucket: str,
+    model_version: str | int,
+    region: str | None = None,
+    endpoint_url: str | None = None,
+    instance_type: str = "ml.m5.large",
+    instance_count: int = 1,
+    wait_timeout_s: float = 3600,
+    poll_s: float = 15,
+    model_name: str | None = None,
+    threshold: float | None = None,
+) -> dict[str, Any]:
     """Upload ``archive`` to ``bucket``, create a model and an endpoint configuration for
     ``model_version``, create or update ``endpoint_name`` to it and wait until it serves.
 
@@ -152,8 +172,9 @@ def deploy_sagemaker(archive: str | Path, *, endpoint_name: str, image_uri: str,
     path = Path(archive)
     environment = container_environment(model_version, model_name, threshold)
     if not path.is_file():
-        raise DeployError(f"sagemaker archive {path} not found (expected the file written "
-                          "by build_model_archive)")
+        raise DeployError(
+            f"sagemaker archive {path} not found (expected the file written by build_model_archive)"
+        )
     model_version = str(model_version)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     name = resource_name(endpoint_name, model_version, stamp)
@@ -162,28 +183,54 @@ def deploy_sagemaker(archive: str | Path, *, endpoint_name: str, image_uri: str,
 
     sm = aws_client("sagemaker", region, endpoint_url)
     tags = [{"Key": "mlfolio:model-version", "Value": model_version}]
-    aws_call(sm, "create_model", f"model {name!r}", ModelName=name,
-             ExecutionRoleArn=role_arn, Tags=tags,
-             PrimaryContainer={"Image": image_uri, "ModelDataUrl": s3_uri,
-                               "Environment": environment})
-    aws_call(sm, "create_endpoint_config", f"endpoint config {name!r}",
-             EndpointConfigName=name, Tags=tags,
-             ProductionVariants=[{"VariantName": VARIANT, "ModelName": name,
-                                  "InstanceType": instance_type,
-                                  "InitialInstanceCount": instance_count,
-                                  "InitialVariantWeight": 1.0}])
+    aws_call(
+        sm,
+        "create_model",
+        f"model {name!r}",
+        ModelName=name,
+        ExecutionRoleArn=role_arn,
+        Tags=tags,
+        PrimaryContainer={"Image": image_uri, "ModelDataUrl": s3_uri, "Environment": environment},
+    )
+    aws_call(
+        sm,
+        "create_endpoint_config",
+        f"endpoint config {name!r}",
+        EndpointConfigName=name,
+        Tags=tags,
+        ProductionVariants=[
+            {
+                "VariantName": VARIANT,
+                "ModelName": name,
+                "InstanceType": instance_type,
+                "InitialInstanceCount": instance_count,
+                "InitialVariantWeight": 1.0,
+            }
+        ],
+    )
     resource = f"endpoint {endpoint_name!r}"
-    existing = aws_call(sm, "describe_endpoint", resource, EndpointName=endpoint_name,
-                        absent=r"ValidationException: Could not find endpoint")
+    existing = aws_call(
+        sm,
+        "describe_endpoint",
+        resource,
+        EndpointName=endpoint_name,
+        absent=r"ValidationException: Could not find endpoint",
+    )
     if existing is None:
-        aws_call(sm, "create_endpoint", resource, EndpointName=endpoint_name,
-                 EndpointConfigName=name, Tags=tags)
+        aws_call(
+            sm,
+            "create_endpoint",
+            resource,
+            EndpointName=endpoint_name,
+            EndpointConfigName=name,
+            Tags=tags,
+        )
     else:
-        aws_call(sm, "update_endpoint", resource, EndpointName=endpoint_name,
-                 EndpointConfigName=name)
+        aws_call(
+            sm, "update_endpoint", resource, EndpointName=endpoint_name, EndpointConfigName=name
+        )
     desc = wait_for_endpoint(sm, endpoint_name, name, timeout_s=wait_timeout_s, poll_s=poll_s)
-    log.info("sagemaker endpoint %s serves %s (model v%s)", endpoint_name, name,
-             model_version)
+    log.info("sagemaker endpoint %s serves %s (model v%s)", endpoint_name, name, model_version)
     return {
         "target": "sagemaker",
         "endpoint_name": endpoint_name,
@@ -194,7 +241,6 @@ def deploy_sagemaker(archive: str | Path, *, endpoint_name: str, image_uri: str,
         "model_version": model_version,
         "image_uri": image_uri,
         "status": desc.get("EndpointStatus"),
-        "previous_endpoint_config_name": existing.get("EndpointConfigName") if existing
-        else None,
+        "previous_endpoint_config_name": existing.get("EndpointConfigName") if existing else None,
         "created": existing is None,
     }

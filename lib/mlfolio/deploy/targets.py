@@ -19,8 +19,7 @@ if TYPE_CHECKING:
     from mlfolio.registry import ModelRef
 
 
-def deploy_local(ctx: StageContext, ref: ModelRef, alias_uri: str, out_dir: Path
-                 ) -> dict[str, Any]:
+def deploy_local(ctx: StageContext, ref: ModelRef, alias_uri: str, out_dir: Path) -> dict[str, Any]:
     """Start ``mlfolio serve`` on the alias and check its answers on test rows against the
     pipeline's own scores."""
     from mlfolio import tracking, train
@@ -31,42 +30,63 @@ def deploy_local(ctx: StageContext, ref: ModelRef, alias_uri: str, out_dir: Path
     test = ctx.read_parquet(SPLITS["test"]).head(local.sample_rows)
     rows = test[cfg.schema.features]
     expected = train.predict_scores(tracking.load_model(ref.uri), test, cfg.schema)
-    return serve_and_check(alias_uri, cfg.tracking_uri(), rows, expected,
-                           host=local.host, port=local.port,
-                           log_path=ctx.path("logs/serve-local.log"))
+    return serve_and_check(
+        alias_uri,
+        cfg.tracking_uri(),
+        rows,
+        expected,
+        host=local.host,
+        port=local.port,
+        log_path=ctx.path("logs/serve-local.log"),
+    )
 
 
-def deploy_kubernetes(ctx: StageContext, ref: ModelRef, alias_uri: str, out_dir: Path
-                      ) -> dict[str, Any]:
+def deploy_kubernetes(
+    ctx: StageContext, ref: ModelRef, alias_uri: str, out_dir: Path
+) -> dict[str, Any]:
     """Render the Dockerfile and manifests into ``out_dir`` and validate them."""
     from mlfolio.deploy import kubernetes
 
     k = ctx.cfg.deploy.kubernetes
     summary = kubernetes.render(
-        out_dir, model_name=ref.name, model_version=ref.version, model_uri=alias_uri,
-        image=k.image, namespace=k.namespace, replicas=k.replicas,
-        min_replicas=k.min_replicas, max_replicas=k.max_replicas,
-        tracking_uri=k.tracking_uri or ctx.cfg.tracking_uri())
+        out_dir,
+        model_name=ref.name,
+        model_version=ref.version,
+        model_uri=alias_uri,
+        image=k.image,
+        namespace=k.namespace,
+        replicas=k.replicas,
+        min_replicas=k.min_replicas,
+        max_replicas=k.max_replicas,
+        tracking_uri=k.tracking_uri or ctx.cfg.tracking_uri(),
+    )
     summary["validated"] = kubernetes.validate_manifests(out_dir / "kubernetes.yaml")
     return summary
 
 
-def deploy_lambda(ctx: StageContext, ref: ModelRef, alias_uri: str, out_dir: Path
-                  ) -> dict[str, Any]:
+def deploy_lambda(
+    ctx: StageContext, ref: ModelRef, alias_uri: str, out_dir: Path
+) -> dict[str, Any]:
     """Build the function package in ``out_dir`` and create or update the function."""
     from mlfolio.deploy import aws_lambda
 
     dc = ctx.cfg.deploy
     package = aws_lambda.build_package(ref.uri, out_dir)
     return aws_lambda.deploy_lambda(
-        package, function_name=dc.lambda_.function_name or ref.name,
-        role_arn=dc.aws.role_arn, model_version=ref.version, region=dc.aws.region,
-        endpoint_url=dc.aws.endpoint_url, memory_mb=dc.lambda_.memory_mb,
-        timeout_s=dc.lambda_.timeout_s)
+        package,
+        function_name=dc.lambda_.function_name or ref.name,
+        role_arn=dc.aws.role_arn,
+        model_version=ref.version,
+        region=dc.aws.region,
+        endpoint_url=dc.aws.endpoint_url,
+        memory_mb=dc.lambda_.memory_mb,
+        timeout_s=dc.lambda_.timeout_s,
+    )
 
 
-def deploy_sagemaker(ctx: StageContext, ref: ModelRef, alias_uri: str, out_dir: Path
-                     ) -> dict[str, Any]:
+def deploy_sagemaker(
+    ctx: StageContext, ref: ModelRef, alias_uri: str, out_dir: Path
+) -> dict[str, Any]:
     """Build ``model.tar.gz`` in ``out_dir`` and create or update the endpoint."""
     from mlfolio.deploy import sagemaker
     from mlfolio.deploy.aws_lambda import registry_info
@@ -75,11 +95,19 @@ def deploy_sagemaker(ctx: StageContext, ref: ModelRef, alias_uri: str, out_dir: 
     archive = sagemaker.build_model_archive(ref.uri, out_dir / "model.tar.gz")
     sm, aws = dc.sagemaker, dc.aws
     return sagemaker.deploy_sagemaker(
-        archive, endpoint_name=sm.endpoint_name or ref.name, image_uri=sm.image_uri,
-        role_arn=aws.role_arn, bucket=aws.bucket, model_version=ref.version,
-        region=aws.region, endpoint_url=aws.endpoint_url, instance_type=sm.instance_type,
-        instance_count=sm.instance_count, model_name=ref.name,
-        threshold=registry_info(ref.uri).get("threshold"))  # the container has no registry
+        archive,
+        endpoint_name=sm.endpoint_name or ref.name,
+        image_uri=sm.image_uri,
+        role_arn=aws.role_arn,
+        bucket=aws.bucket,
+        model_version=ref.version,
+        region=aws.region,
+        endpoint_url=aws.endpoint_url,
+        instance_type=sm.instance_type,
+        instance_count=sm.instance_count,
+        model_name=ref.name,
+        threshold=registry_info(ref.uri).get("threshold"),
+    )  # the container has no registry
 
 
 Target = Callable[["StageContext", "ModelRef", str, Path], dict[str, Any]]

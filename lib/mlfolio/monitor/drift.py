@@ -52,6 +52,7 @@ METHODS = {
 
 # --- validation and coercion ------------------------------------------------------------
 
+
 def _coerce(df: pd.DataFrame, schema: SchemaConfig, name: str) -> dict[str, pd.Series | np.ndarray]:
     """Feature columns of ``df``: numeric → finite float ndarray, categorical → value counts.
 
@@ -130,6 +131,7 @@ def coerce_frame(df: pd.DataFrame, schema: SchemaConfig, name: str = "data") -> 
 
 # --- the tests ----------------------------------------------------------------------------
 
+
 def _wasserstein_normed(ref: np.ndarray, cur: np.ndarray) -> float:
     """Exact 1-D W1(ref, cur) / max(std(ref), 0.001), as scipy.stats.wasserstein_distance.
 
@@ -155,8 +157,10 @@ def _counts(ref: pd.Series | np.ndarray, cur: pd.Series | np.ndarray) -> tuple[n
     rc = ref if isinstance(ref, pd.Series) else pd.Series(ref).value_counts(sort=False)
     cc = cur if isinstance(cur, pd.Series) else pd.Series(cur).value_counts(sort=False)
     keys = rc.index.union(cc.index)
-    return (rc.reindex(keys, fill_value=0).to_numpy(float),
-            cc.reindex(keys, fill_value=0).to_numpy(float))
+    return (
+        rc.reindex(keys, fill_value=0).to_numpy(float),
+        cc.reindex(keys, fill_value=0).to_numpy(float),
+    )
 
 
 def _jensenshannon(ref_counts: np.ndarray, cur_counts: np.ndarray) -> float:
@@ -202,7 +206,9 @@ def _n_distinct_numeric(ref: np.ndarray, cur: np.ndarray, limit: int) -> int:
 
 
 def _column_drift(
-    ref: pd.Series | np.ndarray, cur: pd.Series | np.ndarray, kind: str,
+    ref: pd.Series | np.ndarray,
+    cur: pd.Series | np.ndarray,
+    kind: str,
     threshold: float | None = None,
 ) -> dict[str, Any]:
     """Evidently's default test for one column, see the module doc.
@@ -237,14 +243,25 @@ def _column_drift(
         drifted = score >= threshold
     else:
         drifted = score <= threshold if method == "ks" else score < threshold
-    return {"kind": kind, "method": method, "method_name": name, "score": score,
-            "threshold": threshold, "drifted": bool(drifted),
-            "reference_rows": n_ref, "current_rows": n_cur}
+    return {
+        "kind": kind,
+        "method": method,
+        "method_name": name,
+        "score": score,
+        "threshold": threshold,
+        "drifted": bool(drifted),
+        "reference_rows": n_ref,
+        "current_rows": n_cur,
+    }
 
 
 def _threshold_for(
-    col: str, kind: str, threshold: float | None, num_threshold: float | None,
-    cat_threshold: float | None, per_column: dict[str, float] | None,
+    col: str,
+    kind: str,
+    threshold: float | None,
+    num_threshold: float | None,
+    cat_threshold: float | None,
+    per_column: dict[str, float] | None,
 ) -> float | None:
     if per_column and col in per_column:
         return per_column[col]
@@ -281,8 +298,9 @@ def drift_verdict(
     columns: dict[str, dict[str, Any]] = {}
     for col in schema.features:
         kind = "numeric" if col in schema.numeric else "categorical"
-        limit = _threshold_for(col, kind, threshold, num_threshold, cat_threshold,
-                               per_column_threshold)
+        limit = _threshold_for(
+            col, kind, threshold, num_threshold, cat_threshold, per_column_threshold
+        )
         columns[col] = _column_drift(ref[col], cur[col], kind, limit)
     drifted = [c for c, r in columns.items() if r["drifted"]]
     share = len(drifted) / len(columns)
@@ -307,5 +325,3 @@ def prediction_drift(reference_scores: np.ndarray, current_scores: np.ndarray) -
     out = _column_drift(ref, cur, "numeric")
     out.update(reference_mean=float(np.mean(ref)), current_mean=float(np.mean(cur)))
     return out
-
-

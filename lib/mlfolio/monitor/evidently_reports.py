@@ -27,32 +27,50 @@ REPORT_SAMPLE_ROWS = 5000
 PREDICTION_COLUMN = "prediction"  # the model's positive-class score, in reports
 
 
-def _evidently_snapshot(reference: pd.DataFrame, current: pd.DataFrame, schema: SchemaConfig,
-                        drift_share: float, prediction: tuple[np.ndarray, np.ndarray] | None
-                        = None, **thresholds: Any) -> Any:
+def _evidently_snapshot(
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    schema: SchemaConfig,
+    drift_share: float,
+    prediction: tuple[np.ndarray, np.ndarray] | None = None,
+    **thresholds: Any,
+) -> Any:
     from evidently import DataDefinition, Dataset, Report  # ~5 s import: only here
     from evidently.presets import DataDriftPreset
 
     extra = [PREDICTION_COLUMN] if prediction is not None else []
-    definition = DataDefinition(numerical_columns=list(schema.numeric) + extra,
-                                categorical_columns=list(schema.categorical))
+    definition = DataDefinition(
+        numerical_columns=list(schema.numeric) + extra, categorical_columns=list(schema.categorical)
+    )
     ref = coerce_frame(reference, schema, "reference")
     cur = coerce_frame(current, schema, "current")
     if prediction is not None:
         ref[PREDICTION_COLUMN] = np.asarray(prediction[0], dtype=float)
         cur[PREDICTION_COLUMN] = np.asarray(prediction[1], dtype=float)
-    preset = DataDriftPreset(columns=list(schema.features) + extra, drift_share=drift_share,
-                             **{k: v for k, v in thresholds.items() if v is not None})
+    preset = DataDriftPreset(
+        columns=list(schema.features) + extra,
+        drift_share=drift_share,
+        **{k: v for k, v in thresholds.items() if v is not None},
+    )
     report = Report([preset], include_tests=True)
-    return report.run(current_data=Dataset.from_pandas(cur, data_definition=definition),
-                      reference_data=Dataset.from_pandas(ref, data_definition=definition))
+    return report.run(
+        current_data=Dataset.from_pandas(cur, data_definition=definition),
+        reference_data=Dataset.from_pandas(ref, data_definition=definition),
+    )
 
 
-def _thresholds(threshold: float | None, num_threshold: float | None,
-                cat_threshold: float | None, per_column_threshold: dict[str, float] | None
-                ) -> dict[str, Any]:
-    return {"threshold": threshold, "num_threshold": num_threshold,
-            "cat_threshold": cat_threshold, "per_column_threshold": per_column_threshold}
+def _thresholds(
+    threshold: float | None,
+    num_threshold: float | None,
+    cat_threshold: float | None,
+    per_column_threshold: dict[str, float] | None,
+) -> dict[str, Any]:
+    return {
+        "threshold": threshold,
+        "num_threshold": num_threshold,
+        "cat_threshold": cat_threshold,
+        "per_column_threshold": per_column_threshold,
+    }
 
 
 def _parse_snapshot(snapshot: Any, schema: SchemaConfig, drift_share: float) -> dict[str, Any]:
@@ -66,14 +84,16 @@ def _parse_snapshot(snapshot: Any, schema: SchemaConfig, drift_share: float) -> 
             n_drifted = int(metric["value"]["count"])
             share = float(metric["value"]["share"])
         elif kind.endswith("ValueDrift"):
-            columns[config["column"]] = {"score": float(metric["value"]),
-                                         "method": config.get("method"),
-                                         "threshold": config.get("threshold")}
+            columns[config["column"]] = {
+                "score": float(metric["value"]),
+                "method": config.get("method"),
+                "threshold": config.get("threshold"),
+            }
     for test in data.get("tests", []):
         name = str(test.get("name", ""))
         prefix = "Value Drift for column "
-        if name.startswith(prefix) and name[len(prefix):] in columns:
-            columns[name[len(prefix):]]["drifted"] = test["status"] == "FAIL"
+        if name.startswith(prefix) and name[len(prefix) :] in columns:
+            columns[name[len(prefix) :]]["drifted"] = test["status"] == "FAIL"
     if n_drifted is None or share is None:
         raise RuntimeError("Evidently's snapshot has no DriftedColumnsCount metric")
     prediction = columns.pop(PREDICTION_COLUMN, None)
@@ -110,9 +130,13 @@ def evidently_verdict(
     """
     _coerce(reference, schema, "reference")
     _coerce(current, schema, "current")
-    snapshot = _evidently_snapshot(reference, current, schema, drift_share,
-                                   **_thresholds(threshold, num_threshold, cat_threshold,
-                                                 per_column_threshold))
+    snapshot = _evidently_snapshot(
+        reference,
+        current,
+        schema,
+        drift_share,
+        **_thresholds(threshold, num_threshold, cat_threshold, per_column_threshold),
+    )
     return _parse_snapshot(snapshot, schema, drift_share)
 
 
@@ -152,24 +176,39 @@ def evidently_report(
         current = current.assign(**{PREDICTION_COLUMN: np.asarray(prediction[1])})
     ref = sample(reference, sample_rows, seed)
     cur = sample(current, sample_rows, seed)
-    scores = ((ref[PREDICTION_COLUMN].to_numpy(), cur[PREDICTION_COLUMN].to_numpy())
-              if prediction is not None else None)
-    snapshot = _evidently_snapshot(ref, cur, schema, drift_share, scores,
-                                   **_thresholds(threshold, num_threshold, cat_threshold,
-                                                 per_column_threshold))
+    scores = (
+        (ref[PREDICTION_COLUMN].to_numpy(), cur[PREDICTION_COLUMN].to_numpy())
+        if prediction is not None
+        else None
+    )
+    snapshot = _evidently_snapshot(
+        ref,
+        cur,
+        schema,
+        drift_share,
+        scores,
+        **_thresholds(threshold, num_threshold, cat_threshold, per_column_threshold),
+    )
     html_path = Path(html_path)
     html_path.parent.mkdir(parents=True, exist_ok=True)
     snapshot.save_html(str(html_path))
-    log.info("drift report written to %s (%d reference, %d current rows)",
-             html_path, len(ref), len(cur))
+    log.info(
+        "drift report written to %s (%d reference, %d current rows)", html_path, len(ref), len(cur)
+    )
     verdict = _parse_snapshot(snapshot, schema, drift_share)
-    verdict.update(html_path=str(html_path), reference_rows=len(ref), current_rows=len(cur),
-                   sample_rows=sample_rows, seed=seed)
+    verdict.update(
+        html_path=str(html_path),
+        reference_rows=len(ref),
+        current_rows=len(cur),
+        sample_rows=sample_rows,
+        seed=seed,
+    )
     return verdict
 
 
-def evidently_quality_report(reference: pd.DataFrame, current: pd.DataFrame,
-                             html_path: str | Path, threshold: float) -> Path:
+def evidently_quality_report(
+    reference: pd.DataFrame, current: pd.DataFrame, html_path: str | Path, threshold: float
+) -> Path:
     """Evidently's ClassificationPreset, current labelled rows against the reference.
 
     Both frames have ``target`` (0/1) and ``prediction`` (positive-class score) columns.
@@ -180,20 +219,23 @@ def evidently_quality_report(reference: pd.DataFrame, current: pd.DataFrame,
     for name, frame in (("reference", reference), ("current", current)):
         missing = {"target", PREDICTION_COLUMN} - set(frame.columns)
         if missing:
-            raise DataValidationError(f"{name}: quality report needs column(s) "
-                                      f"{sorted(missing)}")
+            raise DataValidationError(f"{name}: quality report needs column(s) {sorted(missing)}")
         if len(frame) == 0:
             raise DataValidationError(f"{name}: no labelled rows for the quality report")
     definition = DataDefinition(
         numerical_columns=[PREDICTION_COLUMN],
-        classification=[BinaryClassification(target="target",
-                                             prediction_probas=PREDICTION_COLUMN,
-                                             pos_label=1)])
+        classification=[
+            BinaryClassification(target="target", prediction_probas=PREDICTION_COLUMN, pos_label=1)
+        ],
+    )
 
     def dataset(frame: pd.DataFrame) -> Any:
-        out = pd.DataFrame({"target": frame["target"].astype(int).to_numpy(),
-                            PREDICTION_COLUMN: frame[PREDICTION_COLUMN].astype(float)
-                            .to_numpy()})
+        out = pd.DataFrame(
+            {
+                "target": frame["target"].astype(int).to_numpy(),
+                PREDICTION_COLUMN: frame[PREDICTION_COLUMN].astype(float).to_numpy(),
+            }
+        )
         return Dataset.from_pandas(out, data_definition=definition)
 
     report = Report([ClassificationPreset(probas_threshold=threshold)])

@@ -29,35 +29,51 @@ class RetrainDecision:
         return asdict(self)
 
 
-def retrain_decision(policy: RetrainPolicyConfig, verdict: dict[str, Any], current_rows: int,
-                     roc_auc_drop: float | None = None,
-                     last_retrain_at: datetime | None = None,
-                     now: datetime | None = None,
-                     labelled_rows: int | None = None) -> RetrainDecision:
+def retrain_decision(
+    policy: RetrainPolicyConfig,
+    verdict: dict[str, Any],
+    current_rows: int,
+    roc_auc_drop: float | None = None,
+    last_retrain_at: datetime | None = None,
+    now: datetime | None = None,
+    labelled_rows: int | None = None,
+) -> RetrainDecision:
     """Apply the retraining policy to a drift verdict (and a quality drop, when labels
     exist). Guards first (enough rows, cool-down), then any trigger fires. With
     ``labelled_rows=0`` a firing trigger holds: retraining needs newly labelled rows."""
-    decision = _retrain_decision(policy, verdict, current_rows, roc_auc_drop,
-                                 last_retrain_at, now)
+    decision = _retrain_decision(policy, verdict, current_rows, roc_auc_drop, last_retrain_at, now)
     if decision.retrain and labelled_rows == 0:
-        return RetrainDecision(False, [*decision.reasons, "HOLD no labelled current rows to "
-                                       "retrain on (give monitoring.labels or --labels)"])
+        return RetrainDecision(
+            False,
+            [
+                *decision.reasons,
+                "HOLD no labelled current rows to retrain on (give monitoring.labels or --labels)",
+            ],
+        )
     return decision
 
 
-def _retrain_decision(policy: RetrainPolicyConfig, verdict: dict[str, Any], current_rows: int,
-                      roc_auc_drop: float | None, last_retrain_at: datetime | None,
-                      now: datetime | None) -> RetrainDecision:
+def _retrain_decision(
+    policy: RetrainPolicyConfig,
+    verdict: dict[str, Any],
+    current_rows: int,
+    roc_auc_drop: float | None,
+    last_retrain_at: datetime | None,
+    now: datetime | None,
+) -> RetrainDecision:
     now = now or datetime.now(UTC)
     reasons: list[str] = []
     if current_rows < policy.min_rows:
-        return RetrainDecision(False, [f"HOLD only {current_rows} current rows "
-                                       f"(< min_rows {policy.min_rows})"])
+        return RetrainDecision(
+            False, [f"HOLD only {current_rows} current rows (< min_rows {policy.min_rows})"]
+        )
     if last_retrain_at is not None:
         hours = (now - last_retrain_at).total_seconds() / 3600
         if hours < policy.cooldown_hours:
-            return RetrainDecision(False, [f"HOLD last retraining {hours:.1f} h ago "
-                                           f"(cool-down {policy.cooldown_hours} h)"])
+            return RetrainDecision(
+                False,
+                [f"HOLD last retraining {hours:.1f} h ago (cool-down {policy.cooldown_hours} h)"],
+            )
     fired = False
 
     def check(hit: bool, text: str) -> None:
@@ -67,23 +83,30 @@ def _retrain_decision(policy: RetrainPolicyConfig, verdict: dict[str, Any], curr
 
     share = float(verdict["share_drifted"])
     if policy.min_drift_share is not None:
-        check(share >= policy.min_drift_share,
-              f"share of drifted columns {share:.2f} vs {policy.min_drift_share} "
-              f"({', '.join(verdict['drifted_columns']) or 'none'})")
+        check(
+            share >= policy.min_drift_share,
+            f"share of drifted columns {share:.2f} vs {policy.min_drift_share} "
+            f"({', '.join(verdict['drifted_columns']) or 'none'})",
+        )
     if policy.on_dataset_drift:
-        check(bool(verdict["dataset_drift"]),
-              f"dataset drift {'detected' if verdict['dataset_drift'] else 'not detected'}")
+        check(
+            bool(verdict["dataset_drift"]),
+            f"dataset drift {'detected' if verdict['dataset_drift'] else 'not detected'}",
+        )
     if policy.max_roc_auc_drop is not None:
         if roc_auc_drop is None:
             reasons.append("n/a  quality drop: no ground-truth labels yet")
         else:
-            check(roc_auc_drop >= policy.max_roc_auc_drop,
-                  f"ROC AUC drop {roc_auc_drop:+.4f} vs {policy.max_roc_auc_drop}")
+            check(
+                roc_auc_drop >= policy.max_roc_auc_drop,
+                f"ROC AUC drop {roc_auc_drop:+.4f} vs {policy.max_roc_auc_drop}",
+            )
     return RetrainDecision(fired, reasons)
 
 
-def quality_comparison(reference: dict[str, float], y: np.ndarray | None,
-                       scores: np.ndarray | None, threshold: float) -> dict[str, Any] | None:
+def quality_comparison(
+    reference: dict[str, float], y: np.ndarray | None, scores: np.ndarray | None, threshold: float
+) -> dict[str, Any] | None:
     """Current metrics on labelled rows next to the reference's, with deltas (current −
     reference). None when no labels, or only one class, among the current rows."""
     from mlfolio.evaluate import classification_metrics
@@ -92,14 +115,18 @@ def quality_comparison(reference: dict[str, float], y: np.ndarray | None,
         return None
     current = classification_metrics(np.asarray(y, dtype=int), np.asarray(scores), threshold)
     keys = [k for k in current if k != "threshold" and k in reference]
-    return {"reference": {k: reference[k] for k in keys},
-            "current": {k: current[k] for k in keys},
-            "delta": {k: current[k] - reference[k] for k in keys},
-            "labelled_rows": int(len(y)), "threshold": threshold}
+    return {
+        "reference": {k: reference[k] for k in keys},
+        "current": {k: current[k] for k in keys},
+        "delta": {k: current[k] - reference[k] for k in keys},
+        "labelled_rows": int(len(y)),
+        "threshold": threshold,
+    }
 
 
-def retraining_rows(snapshot: pd.DataFrame, labelled: pd.DataFrame, schema: SchemaConfig
-                    ) -> pd.DataFrame:
+def retraining_rows(
+    snapshot: pd.DataFrame, labelled: pd.DataFrame, schema: SchemaConfig
+) -> pd.DataFrame:
     """The champion's data plus the newly labelled rows, in the snapshot's columns.
 
     A new row whose id is already in the snapshot replaces it (a newer observation of the

@@ -41,23 +41,46 @@ def drift_gauge_families(doc: dict[str, Any]) -> list[Any]:
     prediction = doc.get("prediction_drift") or {}
     created = doc.get("created_at")
     families = [
-        gauge("mlfolio_drift_share", "Share of feature columns that drifted (latest monitor "
-              "run)", doc.get("share_drifted")),
-        gauge("mlfolio_drift_columns", "Feature columns that drifted (latest monitor run)",
-              doc.get("n_drifted")),
-        gauge("mlfolio_dataset_drift", "1 when the latest monitor run found dataset drift",
-              None if doc.get("dataset_drift") is None else int(bool(doc["dataset_drift"]))),
-        gauge("mlfolio_prediction_drift_score", "Drift score of the model's scores "
-              "(latest monitor run)", prediction.get("score")),
-        gauge("mlfolio_quality_roc_auc", "ROC AUC on labelled current rows (latest monitor "
-              "run)", current_q.get("roc_auc")),
-        gauge("mlfolio_quality_roc_auc_delta", "Current minus reference ROC AUC (negative: "
-              "the model got worse)", delta_q.get("roc_auc")),
-        gauge("mlfolio_monitor_current_rows", "Rows in the latest monitor run's current data",
-              (doc.get("current") or {}).get("rows")),
-        gauge("mlfolio_monitor_last_run_timestamp_seconds", "When the latest monitor run "
-              "finished (unix time)",
-              datetime.fromisoformat(created).timestamp() if created else None),
+        gauge(
+            "mlfolio_drift_share",
+            "Share of feature columns that drifted (latest monitor run)",
+            doc.get("share_drifted"),
+        ),
+        gauge(
+            "mlfolio_drift_columns",
+            "Feature columns that drifted (latest monitor run)",
+            doc.get("n_drifted"),
+        ),
+        gauge(
+            "mlfolio_dataset_drift",
+            "1 when the latest monitor run found dataset drift",
+            None if doc.get("dataset_drift") is None else int(bool(doc["dataset_drift"])),
+        ),
+        gauge(
+            "mlfolio_prediction_drift_score",
+            "Drift score of the model's scores (latest monitor run)",
+            prediction.get("score"),
+        ),
+        gauge(
+            "mlfolio_quality_roc_auc",
+            "ROC AUC on labelled current rows (latest monitor run)",
+            current_q.get("roc_auc"),
+        ),
+        gauge(
+            "mlfolio_quality_roc_auc_delta",
+            "Current minus reference ROC AUC (negative: the model got worse)",
+            delta_q.get("roc_auc"),
+        ),
+        gauge(
+            "mlfolio_monitor_current_rows",
+            "Rows in the latest monitor run's current data",
+            (doc.get("current") or {}).get("rows"),
+        ),
+        gauge(
+            "mlfolio_monitor_last_run_timestamp_seconds",
+            "When the latest monitor run finished (unix time)",
+            datetime.fromisoformat(created).timestamp() if created else None,
+        ),
     ]
     return [f for f in families if f is not None]
 

@@ -55,16 +55,20 @@ class WarmKernel:
         self._sockets = tempfile.mkdtemp(prefix="mlfolio-k")
         # Async, like the kernel managers nbclient creates itself: papermill's client then
         # drives it exactly as it drives its own.
-        self.km = AsyncKernelManager(kernel_name="python3", transport="ipc",
-                                     ip=f"{self._sockets}/k")
+        self.km = AsyncKernelManager(
+            kernel_name="python3", transport="ipc", ip=f"{self._sockets}/k"
+        )
         warm = f"import mlfolio.context as _w; _w.warm_up({tracking_uri!r}); del _w"
         # The kernel's own stdout/stderr (not the notebook's outputs) go to a log file:
         # inheriting the runner's descriptors stalls kernel start when they are captured.
         (run_dir / "logs").mkdir(exist_ok=True)
         self._log = (run_dir / "logs" / "kernels.log").open("ab")
         run_sync(self.km.start_kernel)(
-            cwd=str(run_dir), stdout=self._log, stderr=self._log,
-            extra_arguments=[f"--IPKernelApp.exec_lines={[warm]!r}"] if warm_up else [])
+            cwd=str(run_dir),
+            stdout=self._log,
+            stderr=self._log,
+            extra_arguments=[f"--IPKernelApp.exec_lines={[warm]!r}"] if warm_up else [],
+        )
 
     def kill(self) -> None:
         """SIGKILL the kernel's process group at once (safe inside a signal handler): the
@@ -96,13 +100,29 @@ def _register_engine() -> str:
 
     class WarmKernelEngine(NBClientEngine):
         @classmethod
-        def execute_managed_notebook(cls, nb_man, kernel_name, log_output=False,
-                                     stdout_file=None, stderr_file=None, start_timeout=60,
-                                     execution_timeout=None, km=None, **kwargs):
+        def execute_managed_notebook(
+            cls,
+            nb_man,
+            kernel_name,
+            log_output=False,
+            stdout_file=None,
+            stderr_file=None,
+            start_timeout=60,
+            execution_timeout=None,
+            km=None,
+            **kwargs,
+        ):
             client = PapermillNotebookClient(
-                nb_man, km=km, kernel_name=kernel_name, log=logging.getLogger("papermill"),
-                startup_timeout=start_timeout, timeout=execution_timeout,
-                log_output=log_output, stdout_file=stdout_file, stderr_file=stderr_file)
+                nb_man,
+                km=km,
+                kernel_name=kernel_name,
+                log=logging.getLogger("papermill"),
+                startup_timeout=start_timeout,
+                timeout=execution_timeout,
+                log_output=log_output,
+                stdout_file=stdout_file,
+                stderr_file=stderr_file,
+            )
             # nbclient leaves a kernel it did not start running, with its client's channels
             # open; cleanup_kc closes both in the event loop that owns them. "immediate":
             # every cell has returned, so nothing is left to flush, and a graceful shutdown
@@ -114,8 +134,9 @@ def _register_engine() -> str:
     return "mlfolio-warm"
 
 
-def execute_stage(stage: Stage, run_dir: Path, parameters: dict[str, Any],
-                  kernel: WarmKernel | None = None) -> dict[str, Any]:
+def execute_stage(
+    stage: Stage, run_dir: Path, parameters: dict[str, Any], kernel: WarmKernel | None = None
+) -> dict[str, Any]:
     """Run one notebook into the run folder (on ``kernel`` when given); return its manifest
     entry (never raises for a failing cell: the entry says which cell failed)."""
     import papermill as pm
@@ -126,21 +147,33 @@ def execute_stage(stage: Stage, run_dir: Path, parameters: dict[str, Any],
     out_nb = run_dir / stage.notebook
     started = datetime.now(UTC)
     t0 = time.perf_counter()
-    entry: dict[str, Any] = {"status": "running", "notebook": stage.notebook,
-                             "html": stage.notebook.replace(".ipynb", ".html"),
-                             "started": started.isoformat(timespec="seconds")}
+    entry: dict[str, Any] = {
+        "status": "running",
+        "notebook": stage.notebook,
+        "html": stage.notebook.replace(".ipynb", ".html"),
+        "started": started.isoformat(timespec="seconds"),
+    }
     try:
         pm.execute_notebook(
-            str(notebooks_dir() / stage.notebook), str(out_nb), parameters=parameters,
-            kernel_name="python3", progress_bar=False, cwd=str(run_dir), start_timeout=180,
+            str(notebooks_dir() / stage.notebook),
+            str(out_nb),
+            parameters=parameters,
+            kernel_name="python3",
+            progress_bar=False,
+            cwd=str(run_dir),
+            start_timeout=180,
             **({"km": kernel.km, "engine_name": _register_engine()} if kernel else {}),
         )
         entry["status"] = "succeeded"
     except PapermillExecutionError as exc:
         entry["status"] = "failed"
-        entry["error"] = {"cell_index": exc.cell_index, "execution_count": exc.exec_count,
-                          "ename": exc.ename, "evalue": exc.evalue,
-                          "source": exc.source[:2000]}
+        entry["error"] = {
+            "cell_index": exc.cell_index,
+            "execution_count": exc.exec_count,
+            "ename": exc.ename,
+            "evalue": exc.evalue,
+            "source": exc.source[:2000],
+        }
     except Exception as exc:  # kernel died, notebook missing, ... : still record it
         entry["status"] = "failed"
         entry["error"] = {"cell_index": None, "ename": type(exc).__name__, "evalue": str(exc)}
@@ -157,5 +190,3 @@ def execute_stage(stage: Stage, run_dir: Path, parameters: dict[str, Any],
     if entry["status"] == "succeeded" and product.exists():
         entry["mlflow_run_id"] = read_json(product).get("mlflow_run_id")
     return entry
-
-

@@ -25,26 +25,44 @@ class Stage:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("ingest", "01_ingest.ipynb", ("data/snapshot.parquet", "ingest.json"),
-          ("experiment", "seed", "data", "schema", "tracking")),
-    Stage("preprocess", "02_preprocess.ipynb",
-          ("data/train.parquet", "data/valid.parquet", "data/test.parquet", "preprocess.json"),
-          ("seed", "schema", "split")),
+    Stage(
+        "ingest",
+        "01_ingest.ipynb",
+        ("data/snapshot.parquet", "ingest.json"),
+        ("experiment", "seed", "data", "schema", "tracking"),
+    ),
+    Stage(
+        "preprocess",
+        "02_preprocess.ipynb",
+        ("data/train.parquet", "data/valid.parquet", "data/test.parquet", "preprocess.json"),
+        ("seed", "schema", "split"),
+    ),
     Stage("train", "03_train.ipynb", ("train.json",), ("seed", "schema", "training")),
     Stage("tune", "04_tune.ipynb", ("tune.json",), ("seed", "schema", "tuning")),
-    Stage("evaluate", "05_evaluate.ipynb", ("evaluate.json", "data/test_scores.parquet"),
-          ("seed", "schema", "evaluation", "gate", "registry")),
+    Stage(
+        "evaluate",
+        "05_evaluate.ipynb",
+        ("evaluate.json", "data/test_scores.parquet"),
+        ("seed", "schema", "evaluation", "gate", "registry"),
+    ),
     Stage("register", "06_register.ipynb", ("register.json",), ("registry", "tracking")),
     Stage("deploy", "07_deploy.ipynb", ("deploy.json",), ("registry", "tracking", "deploy")),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 # `mlfolio monitor`: its own run folder, linked to the retraining run it may fire.
 MONITOR_STAGES: tuple[Stage, ...] = (
-    Stage("monitor", "08_monitor.ipynb",
-          ("drift.json", "monitor.json", "drift_report.html", "data/current.parquet"),
-          ("seed", "schema", "registry", "tracking", "monitoring")),
-    Stage("ab_report", "09_ab_report.ipynb", ("ab.json",),
-          ("seed", "schema", "registry", "tracking", "monitoring")),
+    Stage(
+        "monitor",
+        "08_monitor.ipynb",
+        ("drift.json", "monitor.json", "drift_report.html", "data/current.parquet"),
+        ("seed", "schema", "registry", "tracking", "monitoring"),
+    ),
+    Stage(
+        "ab_report",
+        "09_ab_report.ipynb",
+        ("ab.json",),
+        ("seed", "schema", "registry", "tracking", "monitoring"),
+    ),
 )
 PIPELINES = {"training": STAGES, "monitor": MONITOR_STAGES}
 # Logged to the pipeline run's artifacts under data/ (log_artifacts skips missing files).
@@ -55,8 +73,9 @@ def notebooks_dir() -> Path:
     return project_dir() / "notebooks"
 
 
-def select_stages(stages: Sequence[str] | None = None, from_stage: str | None = None,
-                  kind: str = "training") -> list[Stage]:
+def select_stages(
+    stages: Sequence[str] | None = None, from_stage: str | None = None, kind: str = "training"
+) -> list[Stage]:
     """The stages to run: an explicit list, or ``from_stage`` to the end, or all."""
     if stages and from_stage:
         raise ConfigError("give either --stages or --from, not both")
@@ -70,7 +89,7 @@ def select_stages(stages: Sequence[str] | None = None, from_stage: str | None = 
     if stages:
         return [s for s in pipeline if s.name in stages]
     if from_stage:
-        return list(pipeline[names.index(from_stage):])
+        return list(pipeline[names.index(from_stage) :])
     return list(pipeline)
 
 
@@ -79,5 +98,3 @@ def new_run_dir(cfg: Config, runs_root: Path | None = None, kind: str = "trainin
     root = runs_root or project_dir() / "runs"
     suffix = "-monitor" if kind == "monitor" else ""
     return root / f"{stamp}-{cfg.experiment}{suffix}-{secrets.token_hex(3)}"
-
-

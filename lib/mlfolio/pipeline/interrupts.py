@@ -88,8 +88,10 @@ def _lock_run_dir(folder: Path) -> Any:
         handle.seek(0)
         holder = handle.read().strip() or "unknown"
         handle.close()
-        raise ConfigError(f"{folder}: another mlfolio run is using this run folder (pid "
-                          f"{holder}); wait for it to end, or stop it first") from None
+        raise ConfigError(
+            f"{folder}: another mlfolio run is using this run folder (pid "
+            f"{holder}); wait for it to end, or stop it first"
+        ) from None
     handle.seek(0)
     handle.truncate()
     handle.write(f"{os.getpid()}\n")
@@ -114,8 +116,7 @@ def _end_open_runs(client: Any, parent_run_id: str, status: str) -> list[str]:
             seen.add(run_id)
             if run_id not in parent_of:  # an ancestor that has ended already
                 try:
-                    parent_of[run_id] = client.get_run(run_id).data.tags.get(
-                        "mlflow.parentRunId")
+                    parent_of[run_id] = client.get_run(run_id).data.tags.get("mlflow.parentRunId")
                 except MlflowException:
                     return False
             run_id = parent_of[run_id]
@@ -132,15 +133,28 @@ def _close_abandoned(folder: Path, manifest: Manifest) -> None:
     its MLflow runs RUNNING. With the folder's lock held no runner is alive: end them."""
     data = manifest.data
     if data.get("status") == "running":
-        stages = [name for name, s in data.get("stages", {}).items()
-                  if s.get("status") == "running"]
+        stages = [
+            name for name, s in data.get("stages", {}).items() if s.get("status") == "running"
+        ]
         for name in stages:
-            data["stages"][name].update(status="interrupted", interrupted={
-                "signal": None, "cell_index": None,
-                "why": "the runner ended without recording this stage (killed)"})
-        data.update(status="interrupted", interrupted={
-            "signal": None, "stage": stages[0] if stages else None, "cell_index": None,
-            "at": data.get("updated"), "why": "the runner ended without recording the run"})
+            data["stages"][name].update(
+                status="interrupted",
+                interrupted={
+                    "signal": None,
+                    "cell_index": None,
+                    "why": "the runner ended without recording this stage (killed)",
+                },
+            )
+        data.update(
+            status="interrupted",
+            interrupted={
+                "signal": None,
+                "stage": stages[0] if stages else None,
+                "cell_index": None,
+                "at": data.get("updated"),
+                "why": "the runner ended without recording the run",
+            },
+        )
         manifest.save()
     mlf = data.get("mlflow") or {}
     if mlf.get("parent_run_id") and mlf.get("tracking_uri"):
@@ -148,8 +162,9 @@ def _close_abandoned(folder: Path, manifest: Manifest) -> None:
         from mlflow.tracking import MlflowClient
 
         try:
-            ended = _end_open_runs(MlflowClient(tracking_uri=mlf["tracking_uri"]),
-                                   mlf["parent_run_id"], "KILLED")
+            ended = _end_open_runs(
+                MlflowClient(tracking_uri=mlf["tracking_uri"]), mlf["parent_run_id"], "KILLED"
+            )
         except MlflowException as exc:  # the store moved or was reset: nothing to end there
             log.warning("%s: could not end its abandoned MLflow runs: %s", folder, exc)
             return
@@ -165,8 +180,11 @@ def _stage_parameters(stage: Stage, params: dict[str, Any]) -> dict[str, Any]:
 def _differences(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
     """(dotted key, old, new) for every value that differs; mappings compared per key."""
     if isinstance(old, dict) and isinstance(new, dict):
-        return [diff for key in sorted(set(old) | set(new), key=str)
-                for diff in _differences(old.get(key), new.get(key), f"{prefix}{key}.")]
+        return [
+            diff
+            for key in sorted(set(old) | set(new), key=str)
+            for diff in _differences(old.get(key), new.get(key), f"{prefix}{key}.")
+        ]
     return [] if old == new else [(prefix.rstrip("."), old, new)]
 
 
@@ -182,8 +200,9 @@ def _backfill_parameters(manifest: Manifest, kind: str) -> None:
             entry["parameters"] = _stage_parameters(stage, recorded)
 
 
-def _check_parameters(folder: Path, manifest: Manifest, cfg: Config, selected: list[Stage],
-                      kind: str, force: bool) -> list[str]:
+def _check_parameters(
+    folder: Path, manifest: Manifest, cfg: Config, selected: list[Stage], kind: str, force: bool
+) -> list[str]:
     """Refuse a re-run whose parameters differ from the ones the folder's stages ran with
     when stages that keep their results would then disagree with the record: a stage that
     is not re-run but reads a changed key, or one downstream of a re-run stage whose keys
@@ -197,8 +216,7 @@ def _check_parameters(folder: Path, manifest: Manifest, cfg: Config, selected: l
     for stage in PIPELINES[kind]:
         entry = recorded_stages.get(stage.name) or {}
         ran_with = entry.get("parameters")
-        diff = ([] if ran_with is None else
-                _differences(ran_with, _stage_parameters(stage, params)))
+        diff = [] if ran_with is None else _differences(ran_with, _stage_parameters(stage, params))
         if stage.name in names:
             upstream += diff
             changed.update({d[0]: d for d in diff})
@@ -207,18 +225,22 @@ def _check_parameters(folder: Path, manifest: Manifest, cfg: Config, selected: l
             changed.update({d[0]: d for d in diff + upstream})
     if kept and not force:
         diffs = {d[0]: d for stage_diffs in kept.values() for d in stage_diffs}
-        what = "; ".join(f"{key} (ran with {old!r}, now {new!r})"
-                         for key, old, new in (diffs[k] for k in sorted(diffs)))
+        what = "; ".join(
+            f"{key} (ran with {old!r}, now {new!r})"
+            for key, old, new in (diffs[k] for k in sorted(diffs))
+        )
         raise ConfigError(
             f"{folder}: parameters differ from the ones its stages ran with: {what}. "
             f"Stage(s) {', '.join(kept)} would keep results made with the old values. "
             f"Re-run them too (e.g. --from {selected[0].name}), or give --force to run "
-            f"anyway and mark them stale")
+            f"anyway and mark them stale"
+        )
     return sorted(changed)
 
 
-def _mark_stale(manifest: Manifest, cfg: Config, folder: Path, selected: list[Stage],
-                kind: str) -> None:
+def _mark_stale(
+    manifest: Manifest, cfg: Config, folder: Path, selected: list[Stage], kind: str
+) -> None:
     """A stage not re-run now is stale when its parameters or the upstream products it read
     changed since it ran; ``stale`` lists why (the index shows it)."""
     params = cfg.to_dict()
@@ -229,8 +251,9 @@ def _mark_stale(manifest: Manifest, cfg: Config, folder: Path, selected: list[St
             continue
         reasons = []
         if entry.get("parameters") is not None:
-            keys = [d[0] for d in _differences(entry["parameters"],
-                                               _stage_parameters(stage, params))]
+            keys = [
+                d[0] for d in _differences(entry["parameters"], _stage_parameters(stage, params))
+            ]
             if keys:
                 reasons.append(f"it ran with other parameters: {', '.join(keys)}")
         before = (entry.get("inputs") or {}).get("upstream")
@@ -250,13 +273,21 @@ def _running_cell(notebook: Path) -> int | None:
     (it marks even that one "completed" once the kernel is gone)."""
     if not notebook.exists():
         return None
-    started = [index for index, cell in enumerate(json.loads(notebook.read_text())["cells"])
-               if cell.get("metadata", {}).get("papermill", {}).get("start_time")]
+    started = [
+        index
+        for index, cell in enumerate(json.loads(notebook.read_text())["cells"])
+        if cell.get("metadata", {}).get("papermill", {}).get("start_time")
+    ]
     return started[-1] if started else None
 
 
-def _interrupted(manifest: Manifest, folder: Path, rest: list[Stage],
-                 entry: dict[str, Any] | None, sigs: _Signals) -> RunInterrupted:
+def _interrupted(
+    manifest: Manifest,
+    folder: Path,
+    rest: list[Stage],
+    entry: dict[str, Any] | None,
+    sigs: _Signals,
+) -> RunInterrupted:
     """Record the interruption: the stage that was executing (``entry``, None between
     stages) ``interrupted``, the stages after it ``not run``."""
     stage = rest[0] if entry is not None else None
@@ -264,21 +295,32 @@ def _interrupted(manifest: Manifest, folder: Path, rest: list[Stage],
     if entry is not None:
         cell = _running_cell(folder / entry["notebook"])
         entry.pop("error", None)  # the dead kernel is our doing, not the stage's error
-        entry.update(status="interrupted",
-                     interrupted={"signal": sigs.name, "cell_index": cell})
+        entry.update(status="interrupted", interrupted={"signal": sigs.name, "cell_index": cell})
     for later in rest[1:] if stage else rest:
         manifest.data["stages"][later.name] = {"status": "not run", "notebook": later.notebook}
-    manifest.data.update(status="interrupted", failed_stage=None, failed_cell=None,
-                         interrupted={"signal": sigs.name,
-                                      "stage": stage.name if stage else None,
-                                      "cell_index": cell, "resume_from": rest[0].name,
-                                      "at": datetime.now(UTC).isoformat(timespec="seconds")})
+    manifest.data.update(
+        status="interrupted",
+        failed_stage=None,
+        failed_cell=None,
+        interrupted={
+            "signal": sigs.name,
+            "stage": stage.name if stage else None,
+            "cell_index": cell,
+            "resume_from": rest[0].name,
+            "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        },
+    )
     manifest.save()
-    where = (f"during stage '{stage.name}'" + (f" (cell {cell})" if cell is not None else "")
-             if stage else "between stages")
-    return RunInterrupted(sigs.signum or signal.SIGINT,
-                          f"run interrupted by {sigs.name} {where}; resume with "
-                          f"--from {rest[0].name} --run-dir {folder}")
+    where = (
+        f"during stage '{stage.name}'" + (f" (cell {cell})" if cell is not None else "")
+        if stage
+        else "between stages"
+    )
+    return RunInterrupted(
+        sigs.signum or signal.SIGINT,
+        f"run interrupted by {sigs.name} {where}; resume with "
+        f"--from {rest[0].name} --run-dir {folder}",
+    )
 
 
 def _record_forced_stop(manifest: Manifest, folder: Path, sigs: _Signals) -> None:
@@ -291,12 +333,18 @@ def _record_forced_stop(manifest: Manifest, folder: Path, sigs: _Signals) -> Non
         return
     for entry in data.get("stages", {}).values():
         if entry.get("status") == "running":
-            entry.update(status="interrupted",
-                         interrupted={"signal": sigs.name, "cell_index": None})
-    data.update(status="interrupted", interrupted={
-        "signal": sigs.name, "stage": None, "cell_index": None, "forced": True,
-        "at": datetime.now(UTC).isoformat(timespec="seconds")})
+            entry.update(
+                status="interrupted", interrupted={"signal": sigs.name, "cell_index": None}
+            )
+    data.update(
+        status="interrupted",
+        interrupted={
+            "signal": sigs.name,
+            "stage": None,
+            "cell_index": None,
+            "forced": True,
+            "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        },
+    )
     manifest.save()
     report.write_index(folder, data)
-
-

@@ -48,22 +48,30 @@ def _claim_retraining(cfg: Config, manifest: Manifest, runs_root: Path | None) -
     tracking.configure(cfg)
     retrain_dir = new_run_dir(cfg, runs_root)
     granted, claim = registry.claim_retraining(
-        cfg.model_name, manifest.data["run_dir"],
+        cfg.model_name,
+        manifest.data["run_dir"],
         datetime.fromisoformat(manifest.data["created"]),
-        cfg.monitoring.retrain.cooldown_hours, cfg.registry.lock_uri,
-        cfg.registry.lock_timeout_s, retrain_run_dir=str(retrain_dir))
+        cfg.monitoring.retrain.cooldown_hours,
+        cfg.registry.lock_uri,
+        cfg.registry.lock_timeout_s,
+        retrain_run_dir=str(retrain_dir),
+    )
     if granted:
         manifest.data["actions"]["claimed_run_dir"] = str(retrain_dir)
         return None
-    return (f"held: retraining already started by {claim['monitor_run_dir']} at "
-            f"{claim['at']}" + (f" (run {claim['retrain_run_dir']})"
-                                if claim.get("retrain_run_dir") else ""))
+    return f"held: retraining already started by {claim['monitor_run_dir']} at {claim['at']}" + (
+        f" (run {claim['retrain_run_dir']})" if claim.get("retrain_run_dir") else ""
+    )
 
 
-def monitor(params_file: str | Path, overrides: dict[str, Any] | None = None,
-            dry_run: bool = False, runs_root: Path | None = None,
-            echo: Callable[[str], None] = print, warm_kernels: bool = True
-            ) -> tuple[Manifest, Manifest | None]:
+def monitor(
+    params_file: str | Path,
+    overrides: dict[str, Any] | None = None,
+    dry_run: bool = False,
+    runs_root: Path | None = None,
+    echo: Callable[[str], None] = print,
+    warm_kernels: bool = True,
+) -> tuple[Manifest, Manifest | None]:
     """``mlfolio monitor``: the monitor notebooks into their own run folder, then what they
     recommend — act on the A/B report (when ``monitoring.ab.act``) and run the training
     pipeline on the champion's data plus the newly labelled rows when the retraining policy
@@ -74,13 +82,22 @@ def monitor(params_file: str | Path, overrides: dict[str, Any] | None = None,
 
     cfg = config_mod.load(params_file, overrides)
     if not (cfg.monitoring.current or cfg.monitoring.prediction_log):
-        raise ConfigError(f"{params_file}: nothing to monitor: give --current FILE (CSV/"
-                          "Parquet) or set monitoring.prediction_log to the model server's "
-                          "--prediction-log folder")
+        raise ConfigError(
+            f"{params_file}: nothing to monitor: give --current FILE (CSV/"
+            "Parquet) or set monitoring.prediction_log to the model server's "
+            "--prediction-log folder"
+        )
     # The A/B report reads the prediction log: without rows there is nothing to compare.
     stages = ["monitor", "ab_report"] if _log_has_rows(cfg) else ["monitor"]
-    manifest = run(params_file, overrides, stages=stages, runs_root=runs_root, echo=echo,
-                   warm_kernels=warm_kernels, kind="monitor")
+    manifest = run(
+        params_file,
+        overrides,
+        stages=stages,
+        runs_root=runs_root,
+        echo=echo,
+        warm_kernels=warm_kernels,
+        kind="monitor",
+    )
     folder = Path(manifest.data["run_dir"])
     decision = manifest.data["monitor"]["decision"]
     actions: dict[str, Any] = {"dry_run": dry_run}
@@ -93,16 +110,26 @@ def monitor(params_file: str | Path, overrides: dict[str, Any] | None = None,
     action = (ab or {}).get("recommendation", {}).get("action", "keep")
     if ab and action != "keep":
         if not cfg.monitoring.ab.act:
-            actions["ab"] = {"action": action, "done": False,
-                             "why": "monitoring.ab.act is false: recommendation only"}
+            actions["ab"] = {
+                "action": action,
+                "done": False,
+                "why": "monitoring.ab.act is false: recommendation only",
+            }
         elif dry_run:
             actions["ab"] = {"action": action, "done": False, "why": "--dry-run"}
         else:
             tracking.configure(cfg)
-            actions["ab"] = {"action": action, "done": True,
-                             **registry.act_on_ab(cfg.model_name, ab, str(folder),
-                                                  cfg.registry.lock_uri,
-                                                  cfg.registry.lock_timeout_s)}
+            actions["ab"] = {
+                "action": action,
+                "done": True,
+                **registry.act_on_ab(
+                    cfg.model_name,
+                    ab,
+                    str(folder),
+                    cfg.registry.lock_uri,
+                    cfg.registry.lock_timeout_s,
+                ),
+            }
         echo(f"A/B: {action} ({'done' if actions['ab']['done'] else actions['ab']['why']})")
 
     retrain_manifest: Manifest | None = None
@@ -116,24 +143,44 @@ def monitor(params_file: str | Path, overrides: dict[str, Any] | None = None,
     elif decision["retrain"]:
         retrain_dir = Path(actions.pop("claimed_run_dir"))
         retrain_dir.mkdir(parents=True)
-        trigger = {"by": "monitor", "monitor_run_dir": str(folder),
-                   "monitor_index": _link(folder, retrain_dir),
-                   "reasons": decision["reasons"],
-                   "champion_version": manifest.data["monitor"]["model"]["version"],
-                   "data": manifest.data["monitor"]["retrain_data"]}
-        Manifest(retrain_dir / "manifest.json", {
-            "experiment": cfg.experiment, "kind": "training", "run_dir": str(retrain_dir),
-            "created": datetime.now(UTC).isoformat(timespec="seconds"), "stages": {},
-            "trigger": trigger}).save()
-        actions["retrain"] = {"fired": True, "run": True, "run_dir": str(retrain_dir),
-                              "index": _link(retrain_dir, folder), "status": "running"}
+        trigger = {
+            "by": "monitor",
+            "monitor_run_dir": str(folder),
+            "monitor_index": _link(folder, retrain_dir),
+            "reasons": decision["reasons"],
+            "champion_version": manifest.data["monitor"]["model"]["version"],
+            "data": manifest.data["monitor"]["retrain_data"],
+        }
+        Manifest(
+            retrain_dir / "manifest.json",
+            {
+                "experiment": cfg.experiment,
+                "kind": "training",
+                "run_dir": str(retrain_dir),
+                "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                "stages": {},
+                "trigger": trigger,
+            },
+        ).save()
+        actions["retrain"] = {
+            "fired": True,
+            "run": True,
+            "run_dir": str(retrain_dir),
+            "index": _link(retrain_dir, folder),
+            "status": "running",
+        }
         manifest.save()
         echo(f"retraining into {retrain_dir} on {trigger['data']}")
         retrain_overrides = {**(overrides or {}), "data.uri": trigger["data"]}
         retrain_overrides.pop("data.sample_rows", None)
         try:
-            retrain_manifest = run(params_file, retrain_overrides, run_dir=retrain_dir,
-                                   echo=echo, warm_kernels=warm_kernels)
+            retrain_manifest = run(
+                params_file,
+                retrain_overrides,
+                run_dir=retrain_dir,
+                echo=echo,
+                warm_kernels=warm_kernels,
+            )
             actions["retrain"]["status"] = "succeeded"
         except StageError as exc:
             failure = exc
@@ -142,16 +189,21 @@ def monitor(params_file: str | Path, overrides: dict[str, Any] | None = None,
         model = retrain_manifest.data.get("model") or {}
         actions["retrain"].update(
             gate_passed=(retrain_manifest.data.get("gate") or {}).get("passed"),
-            version=model.get("version"), promoted=model.get("promoted"))
+            version=model.get("version"),
+            promoted=model.get("promoted"),
+        )
         if model:
             gate = "passed" if actions["retrain"]["gate_passed"] else "not passed"
-            echo(f"retraining: gate {gate}; version {model.get('version')} "
-                 f"{'promoted to champion' if model.get('promoted') else 'not promoted'}")
+            echo(
+                f"retraining: gate {gate}; version {model.get('version')} "
+                f"{'promoted to champion' if model.get('promoted') else 'not promoted'}"
+            )
         tracking.configure(cfg)
         from mlflow import MlflowClient
 
-        MlflowClient().set_tag(manifest.data["mlflow"]["parent_run_id"],
-                               "mlfolio.retrain_run_dir", str(retrain_dir))
+        MlflowClient().set_tag(
+            manifest.data["mlflow"]["parent_run_id"], "mlfolio.retrain_run_dir", str(retrain_dir)
+        )
     else:
         actions["retrain"] = {"fired": False}
     manifest.save()

@@ -19,8 +19,18 @@ from mlfolio.pipeline.graph import PIPELINES, Stage, notebooks_dir
 
 log = logging.getLogger(__name__)
 
-KEY_PACKAGES = ("mlfolio", "mlflow", "optuna", "scikit-learn", "xgboost", "pandas", "numpy",
-                "papermill", "nbconvert", "pyarrow")
+KEY_PACKAGES = (
+    "mlfolio",
+    "mlflow",
+    "optuna",
+    "scikit-learn",
+    "xgboost",
+    "pandas",
+    "numpy",
+    "papermill",
+    "nbconvert",
+    "pyarrow",
+)
 
 
 # -- hashes and provenance -------------------------------------------------------------
@@ -63,7 +73,7 @@ def _upstream_hashes(stage: Stage, run_dir: Path) -> dict[str, str]:
     """Hashes of the earlier stages' products, as a stage reads them now."""
     upstream = {}
     pipeline = next(p for p in PIPELINES.values() if stage in p)
-    for earlier in pipeline[:pipeline.index(stage)]:
+    for earlier in pipeline[: pipeline.index(stage)]:
         for product in earlier.products:
             path = run_dir / product
             if path.exists() and path.suffix == ".parquet":
@@ -83,8 +93,9 @@ def stage_inputs(stage: Stage, cfg: Config, run_dir: Path, mlfolio_hash: str) ->
     parts = {
         "notebook": notebook_source_hash(notebooks_dir() / stage.notebook),
         "mlfolio": mlfolio_hash,
-        "parameters": _sha256(json.dumps({k: params.get(k) for k in stage.sections},
-                                         sort_keys=True).encode()),
+        "parameters": _sha256(
+            json.dumps({k: params.get(k) for k in stage.sections}, sort_keys=True).encode()
+        ),
         "upstream": _upstream_hashes(stage, run_dir),
     }
     parts["hash"] = _sha256(json.dumps(parts, sort_keys=True).encode())
@@ -93,8 +104,10 @@ def stage_inputs(stage: Stage, cfg: Config, run_dir: Path, mlfolio_hash: str) ->
 
 def git_info() -> dict[str, Any]:
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=project_dir(), capture_output=True,
-                              text=True, timeout=10).stdout.strip()
+        return subprocess.run(
+            ["git", *args], cwd=project_dir(), capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+
     try:
         commit = git("rev-parse", "HEAD")
         dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
@@ -134,5 +147,3 @@ class Manifest:
     def save(self) -> None:
         self.data["updated"] = datetime.now(UTC).isoformat(timespec="seconds")
         write_json(self.path, self.data)
-
-

@@ -52,15 +52,26 @@ def _parent_run(cfg: Config, run_dir: Path, manifest: Manifest) -> tuple[str, st
     mlf = manifest.data.setdefault("mlflow", {})
     exp_id = tracking.configure(cfg)
     if not mlf.get("parent_run_id"):
-        tags = {"mlfolio.git_commit": str(manifest.data["git"]["commit"]),
-                "mlfolio.pipeline": manifest.data.get("kind", "training")}
+        tags = {
+            "mlfolio.git_commit": str(manifest.data["git"]["commit"]),
+            "mlfolio.pipeline": manifest.data.get("kind", "training"),
+        }
         if trigger := manifest.data.get("trigger"):
-            tags.update({"mlfolio.trigger": str(trigger.get("by", "monitor")),
-                         "mlfolio.trigger_run_dir": str(trigger.get("monitor_run_dir", ""))})
+            tags.update(
+                {
+                    "mlfolio.trigger": str(trigger.get("by", "monitor")),
+                    "mlfolio.trigger_run_dir": str(trigger.get("monitor_run_dir", "")),
+                }
+            )
         mlf["parent_run_id"] = tracking.start_parent_run(cfg, run_dir, tags)
-    mlf.update({"tracking_uri": cfg.tracking_uri(), "experiment_id": exp_id,
-                "experiment_name": cfg.experiment_name,
-                "parent_run_url": tracking.run_url(cfg, exp_id, mlf["parent_run_id"])})
+    mlf.update(
+        {
+            "tracking_uri": cfg.tracking_uri(),
+            "experiment_id": exp_id,
+            "experiment_name": cfg.experiment_name,
+            "parent_run_url": tracking.run_url(cfg, exp_id, mlf["parent_run_id"]),
+        }
+    )
     return mlf["parent_run_id"], exp_id
 
 
@@ -71,19 +82,29 @@ def _fail_stage_run(parent_run_id: str, stage: str) -> None:
     client = MlflowClient()
     exp = client.get_run(parent_run_id).info.experiment_id
     # MLflow's atexit hook closed it as FINISHED when the kernel shut down: correct that.
-    runs = client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent_run_id}' "
-                                     f"and tags.`mlfolio.stage` = '{stage}'",
-                              order_by=["attributes.start_time DESC"], max_results=1)
+    runs = client.search_runs(
+        [exp],
+        f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.`mlfolio.stage` = '{stage}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
     for stage_run in runs:
         client.set_terminated(stage_run.info.run_id, status="FAILED")
 
 
-def run(params_file: str | Path, overrides: dict[str, Any] | None = None,
-        stages: Sequence[str] | None = None, from_stage: str | None = None,
-        run_dir: str | Path | None = None, runs_root: Path | None = None,
-        echo: Callable[[str], None] = print, warm_kernels: bool = True,
-        kind: str = "training", trigger: dict[str, Any] | None = None,
-        force: bool = False) -> Manifest:
+def run(
+    params_file: str | Path,
+    overrides: dict[str, Any] | None = None,
+    stages: Sequence[str] | None = None,
+    from_stage: str | None = None,
+    run_dir: str | Path | None = None,
+    runs_root: Path | None = None,
+    echo: Callable[[str], None] = print,
+    warm_kernels: bool = True,
+    kind: str = "training",
+    trigger: dict[str, Any] | None = None,
+    force: bool = False,
+) -> Manifest:
     """Validate the parameters, then execute the selected stages into a run folder.
 
     ``kind`` picks the stage list (``training`` or ``monitor``); ``trigger`` records why
@@ -102,8 +123,10 @@ def run(params_file: str | Path, overrides: dict[str, Any] | None = None,
         folder = Path(run_dir).resolve()
         manifest = Manifest.load(folder)
         if manifest.data.get("experiment") != cfg.experiment:
-            raise ConfigError(f"{folder} belongs to experiment "
-                              f"{manifest.data.get('experiment')!r}, not {cfg.experiment!r}")
+            raise ConfigError(
+                f"{folder} belongs to experiment "
+                f"{manifest.data.get('experiment')!r}, not {cfg.experiment!r}"
+            )
         lock = _lock_run_dir(folder)
         try:
             _backfill_parameters(manifest, kind)
@@ -116,10 +139,16 @@ def run(params_file: str | Path, overrides: dict[str, Any] | None = None,
         folder = new_run_dir(cfg, runs_root, kind)
         folder.mkdir(parents=True)
         lock = _lock_run_dir(folder)
-        manifest = Manifest(folder / "manifest.json", {
-            "experiment": cfg.experiment, "kind": kind, "run_dir": str(folder),
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "stages": {}})
+        manifest = Manifest(
+            folder / "manifest.json",
+            {
+                "experiment": cfg.experiment,
+                "kind": kind,
+                "run_dir": str(folder),
+                "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                "stages": {},
+            },
+        )
     if trigger:
         manifest.data["trigger"] = trigger
     sigs = _Signals()
@@ -131,19 +160,42 @@ def run(params_file: str | Path, overrides: dict[str, Any] | None = None,
         config_mod.dump(cfg, frozen)
         _create_sqlite_store(cfg.tracking_uri())
         # Kernels start now, so their imports overlap the tracking store's start-up below.
-        kernels = [sigs.track(WarmKernel(folder, cfg.tracking_uri()))
-                   for _ in range(min(1 + KERNEL_LOOKAHEAD, len(selected)))
-                   ] if warm_kernels else []
-        run_info = {"stages": [s.name for s in selected], "overrides": overrides or {},
-                    "force": force, "changed": changed}
-        return _run(cfg, selected, folder, frozen, manifest, params_file, overrides, kernels,
-                    warm_kernels, sigs, run_info, echo)
+        kernels = (
+            [
+                sigs.track(WarmKernel(folder, cfg.tracking_uri()))
+                for _ in range(min(1 + KERNEL_LOOKAHEAD, len(selected)))
+            ]
+            if warm_kernels
+            else []
+        )
+        run_info = {
+            "stages": [s.name for s in selected],
+            "overrides": overrides or {},
+            "force": force,
+            "changed": changed,
+        }
+        return _run(
+            cfg,
+            selected,
+            folder,
+            frozen,
+            manifest,
+            params_file,
+            overrides,
+            kernels,
+            warm_kernels,
+            sigs,
+            run_info,
+            echo,
+        )
     except KeyboardInterrupt:
         if sigs.signum is None:  # not a signal of ours (e.g. raised before the install)
             raise
         _record_forced_stop(manifest, folder, sigs)
-        raise RunInterrupted(sigs.signum, f"run stopped at once by a second signal; resume "
-                                          f"with --from STAGE --run-dir {folder}") from None
+        raise RunInterrupted(
+            sigs.signum,
+            f"run stopped at once by a second signal; resume with --from STAGE --run-dir {folder}",
+        ) from None
     finally:
         try:
             sigs.release_all()
@@ -165,32 +217,51 @@ def _create_sqlite_store(uri: str) -> None:
     MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
 
 
-def _run(cfg: Config, selected: list[Stage], folder: Path, frozen: Path, manifest: Manifest,
-         params_file: str | Path, overrides: dict[str, Any] | None, kernels: list[WarmKernel],
-         warm: bool, sigs: _Signals, run_info: dict[str, Any],
-         echo: Callable[[str], None]) -> Manifest:
+def _run(
+    cfg: Config,
+    selected: list[Stage],
+    folder: Path,
+    frozen: Path,
+    manifest: Manifest,
+    params_file: str | Path,
+    overrides: dict[str, Any] | None,
+    kernels: list[WarmKernel],
+    warm: bool,
+    sigs: _Signals,
+    run_info: dict[str, Any],
+    echo: Callable[[str], None],
+) -> Manifest:
     from mlflow.tracking import MlflowClient
 
     from mlfolio import report, tracking
 
     kind = manifest.data.get("kind", "training")
-    manifest.data.update({
-        "status": "running", "interrupted": None, "parameters_file": str(params_file),
-        "overrides": overrides or {}, "parameters": cfg.to_dict(), "seed": cfg.seed,
-        "git": git_info(), "packages": package_versions(),
-    })
+    manifest.data.update(
+        {
+            "status": "running",
+            "interrupted": None,
+            "parameters_file": str(params_file),
+            "overrides": overrides or {},
+            "parameters": cfg.to_dict(),
+            "seed": cfg.seed,
+            "git": git_info(),
+            "packages": package_versions(),
+        }
+    )
     manifest.data.setdefault("history", []).append(
-        {"at": datetime.now(UTC).isoformat(timespec="seconds"), **run_info})
+        {"at": datetime.now(UTC).isoformat(timespec="seconds"), **run_info}
+    )
     parent_run_id, _ = _parent_run(cfg, folder, manifest)
-    nb_params = {"params_file": str(frozen), "run_dir": str(folder),
-                 "parent_run_id": parent_run_id}
+    nb_params = {"params_file": str(frozen), "run_dir": str(folder), "parent_run_id": parent_run_id}
     (folder / "stage_parameters.yaml").write_text(
         "# papermill notebooks/NN_stage.ipynb out.ipynb -f this file: replays a stage\n"
-        + yaml.safe_dump(nb_params, sort_keys=False))
+        + yaml.safe_dump(nb_params, sort_keys=False)
+    )
     manifest.save()
 
-    outcome = _run_stages(selected, cfg, folder, nb_params, manifest, package_source_hash(),
-                          kernels, warm, sigs, echo)
+    outcome = _run_stages(
+        selected, cfg, folder, nb_params, manifest, package_source_hash(), kernels, warm, sigs, echo
+    )
 
     _collect_results(manifest, folder)
     _mark_stale(manifest, cfg, folder, selected, kind)
@@ -201,12 +272,17 @@ def _run(cfg: Config, selected: list[Stage], folder: Path, frozen: Path, manifes
     # The data a model was trained on travels with its run: a monitor on another machine
     # (shared tracking server, S3 artifacts) finds its reference rows there.
     tracking.log_artifacts(parent_run_id, [folder / name for name in REFERENCE_DATA], "data")
-    tracking.log_artifacts(parent_run_id, sorted(folder.glob("*.ipynb")) +
-                           sorted(folder.glob("*.html")) + [folder / "manifest.json",
-                                                             frozen], "run")
+    tracking.log_artifacts(
+        parent_run_id,
+        sorted(folder.glob("*.ipynb"))
+        + sorted(folder.glob("*.html"))
+        + [folder / "manifest.json", frozen],
+        "run",
+    )
     interrupted = isinstance(outcome, RunInterrupted)
-    tracking.end_run(parent_run_id, "KILLED" if interrupted else
-                     "FAILED" if outcome else "FINISHED")
+    tracking.end_run(
+        parent_run_id, "KILLED" if interrupted else "FAILED" if outcome else "FINISHED"
+    )
     if interrupted:  # the stopped stage's run (and a trial's) never got to close itself
         _end_open_runs(MlflowClient(), parent_run_id, "KILLED")
     echo(f"run folder: {folder}\nreport:     {folder / 'index.html'}")
@@ -215,10 +291,18 @@ def _run(cfg: Config, selected: list[Stage], folder: Path, frozen: Path, manifes
     return manifest
 
 
-def _run_stages(selected: list[Stage], cfg: Config, folder: Path, nb_params: dict[str, Any],
-                manifest: Manifest, mlfolio_hash: str, kernels: list[WarmKernel], warm: bool,
-                sigs: _Signals, echo: Callable[[str], None]
-                ) -> StageError | RunInterrupted | None:
+def _run_stages(
+    selected: list[Stage],
+    cfg: Config,
+    folder: Path,
+    nb_params: dict[str, Any],
+    manifest: Manifest,
+    mlfolio_hash: str,
+    kernels: list[WarmKernel],
+    warm: bool,
+    sigs: _Signals,
+    echo: Callable[[str], None],
+) -> StageError | RunInterrupted | None:
     """Execute stages in order, each on a kernel warmed during the stages before it (or,
     not ``warm``, on one started for it). Stops at the first failure or signal."""
     parent_run_id = nb_params["parent_run_id"]
@@ -228,13 +312,16 @@ def _run_stages(selected: list[Stage], cfg: Config, folder: Path, nb_params: dic
     for i, stage in enumerate(selected, 1):
         if sigs.signum is not None:
             echo(f"[{i}/{len(selected)}] {stage.name:<10} not started: {sigs.name}")
-            return _interrupted(manifest, folder, selected[i - 1:], None, sigs)
+            return _interrupted(manifest, folder, selected[i - 1 :], None, sigs)
         inputs = stage_inputs(stage, cfg, folder, mlfolio_hash)
         echo(f"[{i}/{len(selected)}] {stage.name:<10} running ...")
         ran_with = {"parameters": _stage_parameters(stage, params), "overrides": overrides}
         manifest.data["stages"][stage.name] = {
-            "status": "running", "notebook": stage.notebook,
-            "started": datetime.now(UTC).isoformat(timespec="seconds"), **ran_with}
+            "status": "running",
+            "notebook": stage.notebook,
+            "started": datetime.now(UTC).isoformat(timespec="seconds"),
+            **ran_with,
+        }
         manifest.save()
         if warm:
             kernel = kernels.pop(0)
@@ -244,34 +331,40 @@ def _run_stages(selected: list[Stage], cfg: Config, folder: Path, nb_params: dic
         else:
             kernel = sigs.track(WarmKernel(folder, cfg.tracking_uri(), warm_up=False))
         try:
-            entry = (execute_stage(stage, folder, nb_params, kernel)
-                     if sigs.signum is None else None)
+            entry = execute_stage(stage, folder, nb_params, kernel) if sigs.signum is None else None
         finally:
             sigs.release(kernel)
         if entry is None:  # the signal came while kernels were starting
             echo(f"[{i}/{len(selected)}] {stage.name:<10} not started: {sigs.name}")
-            return _interrupted(manifest, folder, selected[i - 1:], None, sigs)
+            return _interrupted(manifest, folder, selected[i - 1 :], None, sigs)
         entry.update(ran_with)
         entry["inputs"] = inputs
         entry["inputs_hash"] = inputs["hash"]
         manifest.data["stages"][stage.name] = entry
         if entry["status"] != "succeeded" and sigs.signum is not None:
-            stopped = _interrupted(manifest, folder, selected[i - 1:], entry, sigs)
+            stopped = _interrupted(manifest, folder, selected[i - 1 :], entry, sigs)
             cell = entry["interrupted"]["cell_index"]
-            echo(f"[{i}/{len(selected)}] {stage.name:<10} INTERRUPTED by {sigs.name} after "
-                 f"{entry['duration_s']:.1f}s" + (f" in cell {cell}" if cell is not None else ""))
+            echo(
+                f"[{i}/{len(selected)}] {stage.name:<10} INTERRUPTED by {sigs.name} after "
+                f"{entry['duration_s']:.1f}s" + (f" in cell {cell}" if cell is not None else "")
+            )
             return stopped
         if entry["status"] != "succeeded":
             err = entry["error"]
             failed = StageError(stage.name, f"{err['ename']}: {err['evalue']}", err["cell_index"])
-            manifest.data.update({"status": "failed", "failed_stage": stage.name,
-                                  "failed_cell": err["cell_index"]})
+            manifest.data.update(
+                {"status": "failed", "failed_stage": stage.name, "failed_cell": err["cell_index"]}
+            )
             for later in selected[i:]:
-                manifest.data["stages"][later.name] = {"status": "not run",
-                                                       "notebook": later.notebook}
-            echo(f"[{i}/{len(selected)}] {stage.name:<10} FAILED after "
-                 f"{entry['duration_s']:.1f}s in cell {err['cell_index']}: {err['ename']}: "
-                 f"{str(err['evalue']).splitlines()[0] if err['evalue'] else ''}")
+                manifest.data["stages"][later.name] = {
+                    "status": "not run",
+                    "notebook": later.notebook,
+                }
+            echo(
+                f"[{i}/{len(selected)}] {stage.name:<10} FAILED after "
+                f"{entry['duration_s']:.1f}s in cell {err['cell_index']}: {err['ename']}: "
+                f"{str(err['evalue']).splitlines()[0] if err['evalue'] else ''}"
+            )
             manifest.save()
             _fail_stage_run(parent_run_id, stage.name)
             return failed
@@ -282,30 +375,57 @@ def _run_stages(selected: list[Stage], cfg: Config, folder: Path, nb_params: dic
 
 def _collect_results(manifest: Manifest, folder: Path) -> None:
     """Copy the headline facts of the stage products into the manifest."""
+
     def product(name: str) -> dict[str, Any] | None:
         path = folder / name
         return read_json(path) if path.exists() else None
 
     if ingest := product("ingest.json"):
         manifest.data["data_hash"] = ingest["data_hash"]
-        manifest.data["data"] = {k: ingest[k] for k in ("source", "rows", "positive_rate",
-                                                        "dropped_missing_target") if k in ingest}
+        manifest.data["data"] = {
+            k: ingest[k]
+            for k in ("source", "rows", "positive_rate", "dropped_missing_target")
+            if k in ingest
+        }
     if ev := product("evaluate.json"):
         manifest.data["gate"] = ev["gate"]
-        manifest.data["candidate"] = {"name": ev["candidate"]["name"],
-                                      "test": ev["candidate"]["test"]}
+        manifest.data["candidate"] = {
+            "name": ev["candidate"]["name"],
+            "test": ev["candidate"]["test"],
+        }
     if deployed := product("deploy.json"):
-        manifest.data["deploy"] = {k: deployed[k] for k in ("model_name", "version", "alias",
-                                                             "model_uri", "targets")}
+        manifest.data["deploy"] = {
+            k: deployed[k] for k in ("model_name", "version", "alias", "model_uri", "targets")
+        }
     if mon := product("monitor.json"):
-        manifest.data["monitor"] = {k: mon[k] for k in (
-            "model", "current", "share_drifted", "drifted_columns", "dataset_drift",
-            "prediction_drift", "quality", "decision", "reports", "retrain_data")}
+        manifest.data["monitor"] = {
+            k: mon[k]
+            for k in (
+                "model",
+                "current",
+                "share_drifted",
+                "drifted_columns",
+                "dataset_drift",
+                "prediction_drift",
+                "quality",
+                "decision",
+                "reports",
+                "retrain_data",
+            )
+        }
     if ab := product("ab.json"):
         manifest.data["ab"] = {k: ab.get(k) for k in ("design", "recommendation")}
     if reg := product("register.json"):
-        manifest.data["model"] = {k: reg.get(k) for k in (
-            "model_name", "version", "model_uri", "registered", "promoted", "why_not_promoted",
-            "compared_against", "champion")}
-
-
+        manifest.data["model"] = {
+            k: reg.get(k)
+            for k in (
+                "model_name",
+                "version",
+                "model_uri",
+                "registered",
+                "promoted",
+                "why_not_promoted",
+                "compared_against",
+                "champion",
+            )
+        }

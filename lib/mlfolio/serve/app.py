@@ -75,8 +75,10 @@ def _union_columns(model: ServedModel, challenger: ServedModel | None) -> list[C
         if mine is None:
             columns.append(col)
         elif (mine.kind, mine.numeric_text) != (col.kind, col.numeric_text):
-            raise ServeError(f"--challenger {challenger.requested_uri}: column {col.name!r} is "
-                             f"{col.kind} there and {mine.kind} in the champion")
+            raise ServeError(
+                f"--challenger {challenger.requested_uri}: column {col.name!r} is "
+                f"{col.kind} there and {mine.kind} in the champion"
+            )
     return columns
 
 
@@ -107,12 +109,15 @@ class AppState:
     def batcher(self) -> MicroBatcher:
         return self.batchers[0]
 
-    def plan(self, parser: Callable[..., Block], request_id: str, header_entity: str | None
-             ) -> Callable[..., Plan]:
+    def plan(
+        self, parser: Callable[..., Block], request_id: str, header_entity: str | None
+    ) -> Callable[..., Plan]:
         """``parser`` followed by the router's plan: one call, run off the event loop for
         big bodies."""
+
         def parse_and_route(body: bytes, *args: Any) -> Plan:
             return self.router.prepare(parser(body, *args), request_id, header_entity)
+
         return parse_and_route
 
     def answer_headers(self, request_id: str, scored: Scored) -> dict[str, str]:
@@ -144,26 +149,34 @@ class ScoringEndpoints:
         mime = mime.strip().lower()
         charset = params.strip().lower().removeprefix("charset=").strip('"') or "utf-8"
         if mime not in ("application/json", "text/csv"):
-            raise RequestError(f"Content-Type {content_type or '(none)'!r} is not supported: "
-                               "send application/json or text/csv", 415)
-        if params.strip() and (not params.strip().lower().startswith("charset=")
-                               or charset not in ("utf-8", "utf8")):
-            raise RequestError(f"Content-Type {content_type!r}: only charset=utf-8 is "
-                               "supported", 415)
+            raise RequestError(
+                f"Content-Type {content_type or '(none)'!r} is not supported: "
+                "send application/json or text/csv",
+                415,
+            )
+        if params.strip() and (
+            not params.strip().lower().startswith("charset=") or charset not in ("utf-8", "utf8")
+        ):
+            raise RequestError(
+                f"Content-Type {content_type!r}: only charset=utf-8 is supported", 415
+            )
         body = await read_body(request, state.max_body_bytes)
         parser = parse_csv if mime == "text/csv" else parse_mlflow_json
-        plan = await _parse(body, state.plan(parser, request_id,
-                                             _id_header(request, "X-Entity-ID")),
-                            state.columns)
+        plan = await _parse(
+            body, state.plan(parser, request_id, _id_header(request, "X-Entity-ID")), state.columns
+        )
         scored = await state.router.score(plan)
         headers = state.answer_headers(request_id, scored)
         if "text/csv" in request.headers.get("accept", ""):
-            return Response(csv_answer(scored.proba, scored.labels).encode(),
-                            media_type="text/csv", headers=headers)
-        doc = predictions_doc(scored.proba, scored.labels, scored.threshold, request_id,
-                              scored.variants)
-        return Response(json.dumps(doc).encode(), media_type="application/json",
-                        headers=headers)
+            return Response(
+                csv_answer(scored.proba, scored.labels).encode(),
+                media_type="text/csv",
+                headers=headers,
+            )
+        doc = predictions_doc(
+            scored.proba, scored.labels, scored.threshold, request_id, scored.variants
+        )
+        return Response(json.dumps(doc).encode(), media_type="application/json", headers=headers)
 
 
 class V2Endpoints:
@@ -186,11 +199,13 @@ class V2Endpoints:
     def _check_model(self, name: str, version: str | None) -> None:
         model = self.state.model
         if name != model.name:
-            raise RequestError(f"unknown model {name!r}; this server serves {model.name!r}",
-                               404)
+            raise RequestError(f"unknown model {name!r}; this server serves {model.name!r}", 404)
         if version is not None and version != model.version:
-            raise RequestError(f"model {name!r} version {version!r} is not loaded; this "
-                               f"server serves version {model.version}", 404)
+            raise RequestError(
+                f"model {name!r} version {version!r} is not loaded; this "
+                f"server serves version {model.version}",
+                404,
+            )
 
     async def server(self) -> Response:
         return _json({"name": "mlfolio", "version": _package_version(), "extensions": []})
@@ -213,14 +228,22 @@ class V2Endpoints:
 
     def _metadata(self) -> Response:
         model = self.state.model
-        return _json({
-            "name": model.name, "versions": [model.version], "platform": "mlflow_sklearn",
-            "inputs": [{"name": c.name, "datatype": _V2_DATATYPES[c.kind], "shape": [-1]}
-                       for c in self.state.model_columns],
-            "outputs": [{"name": "probability", "datatype": "FP64", "shape": [-1]},
-                        {"name": "label", "datatype": "INT64", "shape": [-1]}],
-            "parameters": {"threshold": model.threshold, "alias": model.alias},
-        })
+        return _json(
+            {
+                "name": model.name,
+                "versions": [model.version],
+                "platform": "mlflow_sklearn",
+                "inputs": [
+                    {"name": c.name, "datatype": _V2_DATATYPES[c.kind], "shape": [-1]}
+                    for c in self.state.model_columns
+                ],
+                "outputs": [
+                    {"name": "probability", "datatype": "FP64", "shape": [-1]},
+                    {"name": "label", "datatype": "INT64", "shape": [-1]},
+                ],
+                "parameters": {"threshold": model.threshold, "alias": model.alias},
+            }
+        )
 
     async def model_ready(self, name: str) -> Response:
         self._check_model(name, None)
@@ -243,8 +266,10 @@ class V2Endpoints:
         request_id = _request_id(request)
         encoding = request.headers.get("content-encoding", "identity").lower()
         if encoding != "identity":
-            raise RequestError(f"Content-Encoding {encoding!r} is not supported; send the "
-                               "request uncompressed", 415)
+            raise RequestError(
+                f"Content-Encoding {encoding!r} is not supported; send the request uncompressed",
+                415,
+            )
         body = await read_body(request, state.max_body_bytes)
         header_entity = _id_header(request, "X-Entity-ID")
 
@@ -252,14 +277,16 @@ class V2Endpoints:
             parsed = parse_v2(raw, length, state.columns)
             return parsed, state.router.prepare(parsed.block, request_id, header_entity)
 
-        parsed, plan = await _parse(body, parse_and_route,
-                                    request.headers.get("inference-header-content-length"))
+        parsed, plan = await _parse(
+            body, parse_and_route, request.headers.get("inference-header-content-length")
+        )
         scored = await state.router.score(plan)
         parameters = None
         if scored.variants is not None:
             parameters = {"variant": scored.variant, "variants": scored.variants}
-        content, headers = v2_response(scored.model, parsed, scored.proba,
-                                       labels=scored.labels, parameters=parameters)
+        content, headers = v2_response(
+            scored.model, parsed, scored.proba, labels=scored.labels, parameters=parameters
+        )
         headers.update(state.answer_headers(request_id, scored))
         return Response(content, headers=headers)
 
@@ -283,8 +310,7 @@ class OpsEndpoints:
             doc["challenger"] = {**state.challenger.health(), "variant": "challenger"}
         doc["routing"] = state.router.describe()
         if state.predlog is not None:
-            doc["prediction_log"] = {"folder": str(state.predlog.folder),
-                                     **state.predlog.stats()}
+            doc["prediction_log"] = {"folder": str(state.predlog.folder), **state.predlog.stats()}
         return _json(doc)
 
     async def version(self) -> Response:
@@ -301,63 +327,104 @@ class OpsEndpoints:
 async def _request_error(request: Request, exc: RequestError) -> Response:
     request_id = getattr(request.state, "request_id", None)
     headers = {} if request_id is None else {"x-request-id": request_id}
-    return Response(error_body(request.url.path, exc.status, str(exc)),
-                    status_code=exc.status, media_type="application/json",
-                    headers={**headers, **exc.headers})
+    return Response(
+        error_body(request.url.path, exc.status, str(exc)),
+        status_code=exc.status,
+        media_type="application/json",
+        headers={**headers, **exc.headers},
+    )
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
     message = f"{exc.detail}: {request.method} {request.url.path}"
-    return Response(error_body(request.url.path, exc.status_code, message),
-                    status_code=exc.status_code, media_type="application/json",
-                    headers=getattr(exc, "headers", None))
+    return Response(
+        error_body(request.url.path, exc.status_code, message),
+        status_code=exc.status_code,
+        media_type="application/json",
+        headers=getattr(exc, "headers", None),
+    )
 
 
-def _state(model: ServedModel, options: ServeOptions, challenger: ServedModel | None
-           ) -> AppState:
+def _state(model: ServedModel, options: ServeOptions, challenger: ServedModel | None) -> AppState:
     """The batchers, router, metrics and prediction log for ``options``."""
     if (challenger is None) != (options.challenger is None):
-        raise ServeError("create_app: a challenger model goes with options.challenger (its "
-                         "URI), and only with it")
+        raise ServeError(
+            "create_app: a challenger model goes with options.challenger (its "
+            "URI), and only with it"
+        )
     model_columns = _union_columns(model, challenger)
     entity_column = options.entity_column
     if entity_column is None:
         entity_column = model.id_column or (challenger.id_column if challenger else None)
     if entity_column is not None and any(c.name == entity_column for c in model_columns):
-        raise ServeError(f"--entity-column {entity_column!r} is an input of the model; the "
-                         "entity column is taken out of the rows before scoring")
-    columns = model_columns + ([Column(entity_column, "entity", optional=True)]
-                               if entity_column else [])
+        raise ServeError(
+            f"--entity-column {entity_column!r} is an input of the model; the "
+            "entity column is taken out of the rows before scoring"
+        )
+    columns = model_columns + (
+        [Column(entity_column, "entity", optional=True)] if entity_column else []
+    )
     metrics = ServerMetrics(model)
     predlog = None
     if options.prediction_log is not None:
-        predlog = PredictionLog(options.prediction_log, model_columns,
-                                flush_seconds=options.log_flush_seconds,
-                                flush_rows=options.log_flush_rows)
+        predlog = PredictionLog(
+            options.prediction_log,
+            model_columns,
+            flush_seconds=options.log_flush_seconds,
+            flush_rows=options.log_flush_rows,
+        )
         try:
             predlog.start()
         except (OSError, sqlite3.Error) as exc:
             raise ServeError(f"--prediction-log {options.prediction_log}: {exc}") from exc
-        metrics.registry.register(PredlogCollector(predlog, {"model": model.name,
-                                                             "version": model.version}))
+        metrics.registry.register(
+            PredlogCollector(predlog, {"model": model.name, "version": model.version})
+        )
         metrics.registry.register(DriftCollector(Path(options.prediction_log) / "drift.json"))
-    batchers = [MicroBatcher(model, metrics, max_batch_rows=options.max_batch_rows,
-                             predlog=predlog)]
+    batchers = [
+        MicroBatcher(model, metrics, max_batch_rows=options.max_batch_rows, predlog=predlog)
+    ]
     if challenger is not None:
-        batchers.append(MicroBatcher(challenger, metrics, max_batch_rows=options.max_batch_rows,
-                                     variant="challenger", shadow=options.mode == "shadow",
-                                     predlog=predlog))
-    router = Router(batchers[0], batchers[1] if challenger else None, options.mode,
-                    options.challenger_weight,
-                    model.name if options.ab_salt is None else options.ab_salt, entity_column,
-                    predlog is not None, metrics)
-    return AppState(model, challenger, model_columns, columns, router, batchers, metrics,
-                    predlog, options.max_body_bytes)
+        batchers.append(
+            MicroBatcher(
+                challenger,
+                metrics,
+                max_batch_rows=options.max_batch_rows,
+                variant="challenger",
+                shadow=options.mode == "shadow",
+                predlog=predlog,
+            )
+        )
+    router = Router(
+        batchers[0],
+        batchers[1] if challenger else None,
+        options.mode,
+        options.challenger_weight,
+        model.name if options.ab_salt is None else options.ab_salt,
+        entity_column,
+        predlog is not None,
+        metrics,
+    )
+    return AppState(
+        model,
+        challenger,
+        model_columns,
+        columns,
+        router,
+        batchers,
+        metrics,
+        predlog,
+        options.max_body_bytes,
+    )
 
 
-def create_app(model: ServedModel, options: ServeOptions, *,
-               challenger: ServedModel | None = None,
-               on_ready: Callable[[], None] | None = None) -> FastAPI:
+def create_app(
+    model: ServedModel,
+    options: ServeOptions,
+    *,
+    challenger: ServedModel | None = None,
+    on_ready: Callable[[], None] | None = None,
+) -> FastAPI:
     """The FastAPI app serving ``model`` (see :mod:`mlfolio.serve` for its routes), and
     ``challenger`` (loaded from ``options.challenger``) for A/B routing or shadow scoring.
 
@@ -379,14 +446,24 @@ def create_app(model: ServedModel, options: ServeOptions, *,
             if state.predlog is not None:  # after the batchers: what they scored is logged
                 await asyncio.to_thread(state.predlog.close)
 
-    app = FastAPI(title="mlfolio model server", lifespan=lifespan, docs_url=None,
-                  redoc_url=None, openapi_url=None)
+    app = FastAPI(
+        title="mlfolio model server",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
     app.state.serving = state
     app.add_exception_handler(RequestError, _request_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     for endpoints in (ScoringEndpoints(state), OpsEndpoints(state), V2Endpoints(state)):
         endpoints.register(app)
-    app.add_middleware(Gate, route_of=route_namer(app), token=options.token,
-                       max_body_bytes=options.max_body_bytes, metrics=state.metrics,
-                       max_inflight_bytes=options.max_inflight_bytes)
+    app.add_middleware(
+        Gate,
+        route_of=route_namer(app),
+        token=options.token,
+        max_body_bytes=options.max_body_bytes,
+        metrics=state.metrics,
+        max_inflight_bytes=options.max_inflight_bytes,
+    )
     return app

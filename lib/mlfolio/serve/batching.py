@@ -56,10 +56,17 @@ class MicroBatcher:
     O(1) enqueue; the log's own thread writes).
     """
 
-    def __init__(self, model: ServedModel, metrics: ServerMetrics | None,
-                 max_batch_rows: int = MAX_BATCH_ROWS, max_pending_rows: int | None = None,
-                 *, variant: str = "champion", shadow: bool = False,
-                 predlog: PredictionLog | None = None):
+    def __init__(
+        self,
+        model: ServedModel,
+        metrics: ServerMetrics | None,
+        max_batch_rows: int = MAX_BATCH_ROWS,
+        max_pending_rows: int | None = None,
+        *,
+        variant: str = "champion",
+        shadow: bool = False,
+        predlog: PredictionLog | None = None,
+    ):
         self.model = model
         self.scorer = model.scorer
         self.metrics = metrics
@@ -67,8 +74,11 @@ class MicroBatcher:
         self.shadow = shadow
         self.predlog = predlog
         self.primary = variant == "champion" and not shadow
-        self._rows_counter = None if metrics is None else metrics.variant_rows.labels(
-            model.name, model.version, variant, str(int(shadow)))
+        self._rows_counter = (
+            None
+            if metrics is None
+            else metrics.variant_rows.labels(model.name, model.version, variant, str(int(shadow)))
+        )
         self.max_batch_rows = max(1, max_batch_rows)
         self.max_pending_rows = max_pending_rows or 64 * self.max_batch_rows
         self._queue: deque[_Job] = deque()
@@ -76,8 +86,9 @@ class MicroBatcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
-        self._inbox: queue.SimpleQueue[tuple[list[_Job], asyncio.Future] | None] = \
+        self._inbox: queue.SimpleQueue[tuple[list[_Job], asyncio.Future] | None] = (
             queue.SimpleQueue()
+        )
         self._thread: threading.Thread | None = None
 
     async def start(self) -> None:
@@ -113,8 +124,9 @@ class MicroBatcher:
         if self._task is None or self._wakeup is None:
             raise RequestError("the server is not ready", 503)
         if self._pending_rows + block.n > self.max_pending_rows and self._pending_rows:
-            raise RequestError(f"the server is overloaded ({self._pending_rows} rows waiting)"
-                               "; retry later", 503)
+            raise RequestError(
+                f"the server is overloaded ({self._pending_rows} rows waiting); retry later", 503
+            )
         future = self._loop.create_future()
         self._queue.append(_Job(block, future, meta))
         self._pending_rows += block.n
@@ -163,8 +175,12 @@ class MicroBatcher:
             cols, n = jobs[0].block.columns, jobs[0].block.n
         else:
             n = sum(job.block.n for job in jobs)
-            cols = {c.name: list(itertools.chain.from_iterable(
-                job.block.columns[c.name] for job in jobs)) for c in self.model.columns}
+            cols = {
+                c.name: list(
+                    itertools.chain.from_iterable(job.block.columns[c.name] for job in jobs)
+                )
+                for c in self.model.columns
+            }
         try:
             proba = self.scorer.predict_proba(cols, n)
         except Exception as exc:
@@ -173,20 +189,26 @@ class MicroBatcher:
             return [scoring_error(exc)]
         if self.metrics is not None:
             if self.primary:
-                self.metrics.batch(n, len(jobs), time.perf_counter() - started, proba[:, 1],
-                                   self.model.threshold)
+                self.metrics.batch(
+                    n, len(jobs), time.perf_counter() - started, proba[:, 1], self.model.threshold
+                )
             self._rows_counter.inc(n)
         out: list[np.ndarray | BaseException] = []
         start = 0
         for job in jobs:
-            out.append(proba[start:start + job.block.n])
+            out.append(proba[start : start + job.block.n])
             start += job.block.n
         if self.predlog is not None:
             self._log_batch(jobs, cols, proba, out)
         return out
 
-    def _log_batch(self, jobs: list[_Job], cols: dict[str, list[Any]], proba: np.ndarray,
-                   out: list[np.ndarray | BaseException]) -> None:
+    def _log_batch(
+        self,
+        jobs: list[_Job],
+        cols: dict[str, list[Any]],
+        proba: np.ndarray,
+        out: list[np.ndarray | BaseException],
+    ) -> None:
         """Hand the whole scored batch to the prediction log as one append (the columns
         are already concatenated): per-request work stays off the log's path."""
         if len(jobs) == 1 or any(job.meta is None for job in jobs):
@@ -200,13 +222,21 @@ class MicroBatcher:
             assert meta is not None
             request_ids += [meta.request_id] * n
             rows += range(n) if meta.rows is None else meta.rows.tolist()
-            entities += (meta.entity if isinstance(meta.entity, list)
-                         else [meta.entity] * n)
+            entities += meta.entity if isinstance(meta.entity, list) else [meta.entity] * n
         model = self.model
-        self.predlog.append(cols, proba[:, 1], request_id=request_ids, rows=rows,
-                            entity_id=entities, model_name=model.name,
-                            model_version=model.version, variant=self.variant,
-                            threshold=model.threshold, shadow=self.shadow, ts=time.time())
+        self.predlog.append(
+            cols,
+            proba[:, 1],
+            request_id=request_ids,
+            rows=rows,
+            entity_id=entities,
+            model_name=model.name,
+            model_version=model.version,
+            variant=self.variant,
+            threshold=model.threshold,
+            shadow=self.shadow,
+            ts=time.time(),
+        )
 
     def _log(self, jobs: list[_Job], results: list[np.ndarray | BaseException]) -> None:
         """Hand each scored request to the prediction log: one enqueue per request."""
@@ -217,14 +247,24 @@ class MicroBatcher:
             meta = job.meta
             if meta is None or isinstance(proba, BaseException):
                 continue
-            log_.append(job.block.columns, proba[:, 1], request_id=meta.request_id,
-                        rows=meta.rows, entity_id=meta.entity, model_name=model.name,
-                        model_version=model.version, variant=self.variant,
-                        threshold=model.threshold, shadow=self.shadow, ts=ts)
+            log_.append(
+                job.block.columns,
+                proba[:, 1],
+                request_id=meta.request_id,
+                rows=meta.rows,
+                entity_id=meta.entity,
+                model_name=model.name,
+                model_version=model.version,
+                variant=self.variant,
+                threshold=model.threshold,
+                shadow=self.shadow,
+                ts=ts,
+            )
 
 
-def _deliver(jobs: list[_Job], results: list[np.ndarray | BaseException],
-             done: asyncio.Future) -> None:
+def _deliver(
+    jobs: list[_Job], results: list[np.ndarray | BaseException], done: asyncio.Future
+) -> None:
     """On the event loop: each caller gets its slice (or its error), then the next batch."""
     for job, result in zip(jobs, results, strict=True):
         if job.future.done():
@@ -235,5 +275,3 @@ def _deliver(jobs: list[_Job], results: list[np.ndarray | BaseException],
             job.future.set_result(result)
     if not done.done():
         done.set_result(None)
-
-

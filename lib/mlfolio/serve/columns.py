@@ -16,8 +16,14 @@ from mlfolio.errors import RequestError, ServeError
 
 _INT64 = (-(2**63), 2**63 - 1)
 # -- the model's columns --------------------------------------------------------------
-_SIGNATURE_KINDS = {"integer": "long", "long": "long", "float": "double", "double": "double",
-                    "string": "string", "boolean": "boolean"}
+_SIGNATURE_KINDS = {
+    "integer": "long",
+    "long": "long",
+    "float": "double",
+    "double": "double",
+    "string": "string",
+    "boolean": "boolean",
+}
 
 
 @dataclass(frozen=True)
@@ -42,8 +48,10 @@ class Column:
 def columns_from_signature(signature: Any, numeric: Iterable[str] = ()) -> list[Column]:
     """The model's input columns from its MLflow signature (a column-based schema)."""
     if signature is None or signature.inputs is None:
-        raise ServeError("the model has no input signature; log it with mlfolio.tracking."
-                         "log_model, which records one")
+        raise ServeError(
+            "the model has no input signature; log it with mlfolio.tracking."
+            "log_model, which records one"
+        )
     if not signature.inputs.has_input_names() or signature.inputs.is_tensor_spec():
         raise ServeError("the model's input signature is not a list of named columns")
     numeric = set(numeric)
@@ -52,8 +60,10 @@ def columns_from_signature(signature: Any, numeric: Iterable[str] = ()) -> list[
         type_name = getattr(spec.type, "name", str(spec.type))
         kind = _SIGNATURE_KINDS.get(type_name)
         if kind is None:
-            raise ServeError(f"column {spec.name!r}: signature type {type_name!r} is not "
-                             f"supported (expected one of {sorted(_SIGNATURE_KINDS)})")
+            raise ServeError(
+                f"column {spec.name!r}: signature type {type_name!r} is not "
+                f"supported (expected one of {sorted(_SIGNATURE_KINDS)})"
+            )
         out.append(Column(spec.name, kind, kind == "string" and spec.name in numeric))
     return out
 
@@ -101,8 +111,11 @@ def _number_from_text(text: str) -> float | None:
     stripped = text.strip()
     if not stripped:
         return None
-    if len(stripped) <= 17 and _PLAIN_DECIMAL.fullmatch(stripped) \
-            and sum(c.isdigit() for c in stripped) <= 15:  # text_to_float's fast path
+    if (
+        len(stripped) <= 17
+        and _PLAIN_DECIMAL.fullmatch(stripped)
+        and sum(c.isdigit() for c in stripped) <= 15
+    ):  # text_to_float's fast path
         return float(stripped)
     return float(text_to_float([stripped])[0])
 
@@ -137,31 +150,42 @@ def check_values(col: Column, values: list[Any], where: str = "") -> list[Any]:
             if t is float and v != v:
                 text = None  # NaN: missing
             elif col.numeric_text:
-                text = (str(v) if t is int else repr(v)) if t in (int, float) and \
-                    math.isfinite(v) else v
+                text = (
+                    (str(v) if t is int else repr(v))
+                    if t in (int, float) and math.isfinite(v)
+                    else v
+                )
             else:
                 text = _category_text(v)
             if text is not None and type(text) is not str:
-                expected = "a number or numeric text" if col.numeric_text else \
-                    "a string (or an integer or boolean, read as its text)"
-                raise RequestError(f"column {col.name!r}: expected {expected} (signature "
-                                   f"type string), got {describe(v)} in row {i}{at}")
+                expected = (
+                    "a number or numeric text"
+                    if col.numeric_text
+                    else "a string (or an integer or boolean, read as its text)"
+                )
+                raise RequestError(
+                    f"column {col.name!r}: expected {expected} (signature "
+                    f"type string), got {describe(v)} in row {i}{at}"
+                )
             if out is values:
                 out = list(values)
             out[i] = text
         if col.numeric_text:
             for i, v in enumerate(out):
                 if v is not None and not _is_number_text(v):
-                    raise RequestError(f"column {col.name!r}: expected a number written as "
-                                       f"text, or blank for missing, got {describe(v)} in "
-                                       f"row {i}{at}")
+                    raise RequestError(
+                        f"column {col.name!r}: expected a number written as "
+                        f"text, or blank for missing, got {describe(v)} in "
+                        f"row {i}{at}"
+                    )
     elif kind == "long":
         for i, v in enumerate(values):
             t = type(v)
             if t is int:
                 if not _INT64[0] <= v <= _INT64[1]:
-                    raise RequestError(f"column {col.name!r}: {v} in row {i}{at} does not "
-                                       "fit a 64-bit integer")
+                    raise RequestError(
+                        f"column {col.name!r}: {v} in row {i}{at} does not fit a 64-bit integer"
+                    )
             elif v is None:
                 continue
             elif t is float and v.is_integer():
@@ -169,33 +193,42 @@ def check_values(col: Column, values: list[Any], where: str = "") -> list[Any]:
                     out = list(values)
                 out[i] = int(v)
             else:
-                raise RequestError(f"column {col.name!r}: expected an integer (signature "
-                                   f"type long), got {describe(v)} in row {i}{at}")
+                raise RequestError(
+                    f"column {col.name!r}: expected an integer (signature "
+                    f"type long), got {describe(v)} in row {i}{at}"
+                )
     elif kind == "double":
         for i, v in enumerate(values):
             t = type(v)
             if t is float:
                 if math.isinf(v):
-                    raise RequestError(f"column {col.name!r}: expected a finite number, got "
-                                       f"{v} in row {i}{at}")
+                    raise RequestError(
+                        f"column {col.name!r}: expected a finite number, got {v} in row {i}{at}"
+                    )
             elif t is str and _is_number_text(v):  # blank is missing, as in training
                 if out is values:
                     out = list(values)
                 out[i] = _number_from_text(v)
             elif t is not int and v is not None:
-                raise RequestError(f"column {col.name!r}: expected a number (signature type "
-                                   f"double; numeric text is read as a number, blank text "
-                                   f"as missing), got {describe(v)} in row {i}{at}")
+                raise RequestError(
+                    f"column {col.name!r}: expected a number (signature type "
+                    f"double; numeric text is read as a number, blank text "
+                    f"as missing), got {describe(v)} in row {i}{at}"
+                )
     elif kind == "boolean":
         for i, v in enumerate(values):
             if v is not None and type(v) is not bool:
-                raise RequestError(f"column {col.name!r}: expected true or false (signature "
-                                   f"type boolean), got {describe(v)} in row {i}{at}")
+                raise RequestError(
+                    f"column {col.name!r}: expected true or false (signature "
+                    f"type boolean), got {describe(v)} in row {i}{at}"
+                )
     elif kind == "entity":
         for i, v in enumerate(values):
             if v is not None and type(v) is not str and type(v) is not int:
-                raise RequestError(f"column {col.name!r} (the entity id): expected a string "
-                                   f"or an integer, got {describe(v)} in row {i}{at}")
+                raise RequestError(
+                    f"column {col.name!r} (the entity id): expected a string "
+                    f"or an integer, got {describe(v)} in row {i}{at}"
+                )
     return out
 
 
@@ -211,8 +244,7 @@ def expected_columns(columns: list[Column]) -> str:
     """The columns a request may carry, for error messages."""
     required = [c.name for c in columns if not c.optional]
     optional = [c.name for c in columns if c.optional]
-    return f"{required}" + (f" and optionally the entity id {optional[0]!r}" if optional
-                            else "")
+    return f"{required}" + (f" and optionally the entity id {optional[0]!r}" if optional else "")
 
 
 def validate_columns(data: dict[str, list[Any]], columns: list[Column], where: str) -> Block:
@@ -220,8 +252,9 @@ def validate_columns(data: dict[str, list[Any]], columns: list[Column], where: s
     expected = {c.name for c in columns}
     unknown = [name for name in data if name not in expected]
     if unknown:
-        raise RequestError(f"unknown column(s) {unknown} in {where}; the model expects "
-                           f"{expected_columns(columns)}")
+        raise RequestError(
+            f"unknown column(s) {unknown} in {where}; the model expects {expected_columns(columns)}"
+        )
     missing = [c.name for c in columns if c.name not in data and not c.optional]
     if missing:
         raise RequestError(f"missing column(s) {missing} in {where}")
@@ -232,8 +265,9 @@ def validate_columns(data: dict[str, list[Any]], columns: list[Column], where: s
     n = lengths.pop()
     if n == 0:
         raise RequestError(f"no rows in {where}")
-    return Block(n, {c.name: check_values(c, data[c.name], where) for c in columns
-                     if c.name in data})
+    return Block(
+        n, {c.name: check_values(c, data[c.name], where) for c in columns if c.name in data}
+    )
 
 
 # Plain decimals of at most 15 digits: float() and pandas.to_numeric agree on these (an
@@ -252,12 +286,13 @@ def text_to_float(values: list[Any]) -> np.ndarray:
         text = value.strip()
         if not text:
             out[i] = math.nan
-        elif len(text) <= 17 and _PLAIN_DECIMAL.fullmatch(text) \
-                and sum(c.isdigit() for c in text) <= 15:
+        elif (
+            len(text) <= 17
+            and _PLAIN_DECIMAL.fullmatch(text)
+            and sum(c.isdigit() for c in text) <= 15
+        ):
             out[i] = float(text)
         else:
             series = pd.Series(values, dtype=object).astype("string").str.strip()
             return pd.to_numeric(series, errors="coerce").astype("float64").to_numpy()
     return out
-
-

@@ -28,10 +28,16 @@ INVOCATIONS_PATH = "/invocations"
 OPEN_ROUTES = frozenset({LIVENESS_PATH, "/v2/health/live", READINESS_PATH})
 MAX_ID_LENGTH = 128
 
-_MLFLOW_ERROR_CODES = {400: "BAD_REQUEST", 401: "UNAUTHENTICATED", 404: "RESOURCE_DOES_NOT_EXIST",
-                       405: "BAD_REQUEST", 413: "REQUEST_TOO_LARGE",
-                       415: "UNSUPPORTED_MEDIA_TYPE", 503: "TEMPORARILY_UNAVAILABLE",
-                       500: "INTERNAL_ERROR"}
+_MLFLOW_ERROR_CODES = {
+    400: "BAD_REQUEST",
+    401: "UNAUTHENTICATED",
+    404: "RESOURCE_DOES_NOT_EXIST",
+    405: "BAD_REQUEST",
+    413: "REQUEST_TOO_LARGE",
+    415: "UNSUPPORTED_MEDIA_TYPE",
+    503: "TEMPORARILY_UNAVAILABLE",
+    500: "INTERNAL_ERROR",
+}
 
 
 def error_body(path: str, status: int, message: str) -> bytes:
@@ -42,8 +48,7 @@ def error_body(path: str, status: int, message: str) -> bytes:
     return json.dumps({"error_code": code, "message": message}).encode()
 
 
-_MODEL_URI_FORMS = ("models:/<name>@<alias>, models:/<name>/<version> or an MLflow model "
-                    "directory")
+_MODEL_URI_FORMS = "models:/<name>@<alias>, models:/<name>/<version> or an MLflow model directory"
 # A model directory (SageMaker's /opt/ml/model) has no registry around it: the container's
 # environment says what the registry would (the sagemaker target sets these).
 MODEL_NAME_ENV = "MLFOLIO_MODEL_NAME"
@@ -83,8 +88,7 @@ def model_directory(uri: str) -> Path | None:
     if not path.is_dir():
         raise ServeError(f"--model {uri!r}: no such directory (expected {_MODEL_URI_FORMS})")
     if not (path / "MLmodel").is_file():
-        raise ServeError(f"--model {uri!r}: not an MLflow model directory (no MLmodel file "
-                         "in it)")
+        raise ServeError(f"--model {uri!r}: not an MLflow model directory (no MLmodel file in it)")
     return path.resolve()
 
 
@@ -102,6 +106,7 @@ def scoring_error(exc: Exception) -> BaseException:
 def check_id(value: str | None, name: str) -> str | None:
     """An id header (X-Request-ID, X-Entity-ID) as given, or a RequestError naming it."""
     if value is not None and (not 0 < len(value) <= MAX_ID_LENGTH or not value.isprintable()):
-        raise RequestError(f"{name} header: expected 1 to {MAX_ID_LENGTH} printable "
-                           f"characters, got {len(value)}")
+        raise RequestError(
+            f"{name} header: expected 1 to {MAX_ID_LENGTH} printable characters, got {len(value)}"
+        )
     return value

@@ -58,8 +58,10 @@ class _Ticket:
         self.held = 0
 
     def refusal(self) -> str:
-        return (f"{self.admission.inflight - self.held} bytes of request bodies are in flight "
-                f"(limit {self.admission.limit}); retry later")
+        return (
+            f"{self.admission.inflight - self.held} bytes of request bodies are in flight "
+            f"(limit {self.admission.limit}); retry later"
+        )
 
 
 _RETRY_AFTER = [(b"retry-after", b"1")]
@@ -74,9 +76,16 @@ class Gate:
     ``max_inflight_bytes`` — both before any of it is read. A body without a length is
     counted as it arrives (:func:`read_body`)."""
 
-    def __init__(self, app: Any, *, route_of: Callable[[str], str], token: str | None,
-                 max_body_bytes: int, metrics: ServerMetrics,
-                 max_inflight_bytes: int = MAX_INFLIGHT_BYTES):
+    def __init__(
+        self,
+        app: Any,
+        *,
+        route_of: Callable[[str], str],
+        token: str | None,
+        max_body_bytes: int,
+        metrics: ServerMetrics,
+        max_inflight_bytes: int = MAX_INFLIGHT_BYTES,
+    ):
         self.app = app
         self.route_of = route_of
         self.token = token.encode() if token else None
@@ -113,37 +122,55 @@ class Gate:
         except Exception:
             log.exception("unhandled error on %s %s", scope.get("method"), path)
             if not response_started:
-                await _send(send_and_record, 500, error_body(path, 500, "internal server "
-                                                             "error; see the server log"))
+                await _send(
+                    send_and_record,
+                    500,
+                    error_body(path, 500, "internal server error; see the server log"),
+                )
         finally:
             if ticket is not None:
                 ticket.release()
             self.metrics.request(route, status, time.perf_counter() - started)
 
-    def _refuse(self, scope: dict[str, Any], route: str
-                ) -> tuple[int, str, list[tuple[bytes, bytes]]] | None:
+    def _refuse(
+        self, scope: dict[str, Any], route: str
+    ) -> tuple[int, str, list[tuple[bytes, bytes]]] | None:
         if self.token is not None and route not in OPEN_ROUTES:
             given = _header(scope, b"authorization")
             if given is None:
-                return 401, "missing Authorization header: send 'Authorization: Bearer " \
-                            "<token>'", [(b"www-authenticate", b"Bearer")]
+                return (
+                    401,
+                    "missing Authorization header: send 'Authorization: Bearer <token>'",
+                    [(b"www-authenticate", b"Bearer")],
+                )
             # The scheme is case-insensitive (RFC 9110 11.1), the token is not.
             scheme, _, credentials = given.partition(b" ")
-            if scheme.lower() != b"bearer" \
-                    or not hmac.compare_digest(credentials.lstrip(b" "), self.token):
-                return 401, "invalid bearer token in the Authorization header", \
-                    [(b"www-authenticate", b'Bearer error="invalid_token"')]
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(
+                credentials.lstrip(b" "), self.token
+            ):
+                return (
+                    401,
+                    "invalid bearer token in the Authorization header",
+                    [(b"www-authenticate", b'Bearer error="invalid_token"')],
+                )
         length = _header(scope, b"content-length")
         size = 0
         if length is not None:
             try:
                 size = int(length)
             except ValueError:
-                return 400, f"Content-Length {length.decode(errors='replace')!r} is not an " \
-                            "integer", []
+                return (
+                    400,
+                    f"Content-Length {length.decode(errors='replace')!r} is not an integer",
+                    [],
+                )
             if size > self.max_body_bytes:
-                return 413, f"request body of {size} bytes exceeds the limit of " \
-                            f"{self.max_body_bytes} bytes", []
+                return (
+                    413,
+                    f"request body of {size} bytes exceeds the limit of "
+                    f"{self.max_body_bytes} bytes",
+                    [],
+                )
         ticket = _Ticket(self.admission, declared=length is not None)
         if not ticket.take(size):
             return 503, ticket.refusal(), _RETRY_AFTER
@@ -160,19 +187,28 @@ def route_namer(app: Any) -> Callable[[str], str]:
     def route_of(path: str) -> str:
         route = cache.get(path)
         if route is None:
-            route = next((template for regex, template in routes if regex.match(path)),
-                         "unmatched")
+            route = next((template for regex, template in routes if regex.match(path)), "unmatched")
             if route != "unmatched" and len(cache) < 10_000:
                 cache[path] = route
         return route
+
     return route_of
 
 
-async def _send(send: Any, status: int, body: bytes,
-                headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()), *(headers or [])]})
+async def _send(
+    send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -190,5 +226,3 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise RequestError(ticket.refusal(), 503, headers={"retry-after": "1"})
         chunks.append(chunk)
     return b"".join(chunks)
-
-

@@ -19,8 +19,26 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02, 0.03, 0.05,
-                   0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.002,
+    0.004,
+    0.006,
+    0.008,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 REQUEST_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128)
 SCORE_BUCKETS = tuple(round(0.05 * k, 2) for k in range(1, 20)) + (1.0,)
@@ -38,8 +56,9 @@ class _ScoreHistogram:
         self.lock = threading.Lock()
 
     def observe_many(self, values: np.ndarray) -> None:
-        counts = np.bincount(np.searchsorted(self.edges, values, side="left"),
-                             minlength=len(self.counts))
+        counts = np.bincount(
+            np.searchsorted(self.edges, values, side="left"), minlength=len(self.counts)
+        )
         with self.lock:
             self.counts += counts
             self.total += float(np.sum(values))
@@ -51,8 +70,9 @@ class _ScoreHistogram:
         with self.lock:
             cumulative, total = np.cumsum(self.counts), self.total
         family = HistogramMetricFamily(self.name, self.doc, labels=list(self.labels))
-        buckets = [(floatToGoString(e), float(c)) for e, c in zip(self.edges, cumulative,
-                                                                   strict=False)]
+        buckets = [
+            (floatToGoString(e), float(c)) for e, c in zip(self.edges, cumulative, strict=False)
+        ]
         buckets.append(("+Inf", float(cumulative[-1])))
         family.add_metric(list(self.labels.values()), buckets, total)
         yield family
@@ -70,56 +90,90 @@ class ServerMetrics:
         base = ["model", "version"]
         self.base = (model.name, model.version)
         reg = self.registry
-        self.requests = Counter("mlfolio_requests", "HTTP requests by route and status code",
-                                [*base, "route", "status"], registry=reg)
-        self.latency = Histogram("mlfolio_request_duration_seconds",
-                                 "Time from request to response, by route", [*base, "route"],
-                                 buckets=LATENCY_BUCKETS, registry=reg)
-        self.batch_rows = Histogram("mlfolio_batch_rows", "Rows per predict_proba call",
-                                    base, buckets=ROW_BUCKETS, registry=reg
-                                    ).labels(*self.base)
-        self.batch_requests = Histogram("mlfolio_batch_requests",
-                                        "Requests scored together in one predict_proba call",
-                                        base, buckets=REQUEST_BUCKETS, registry=reg
-                                        ).labels(*self.base)
-        self.batch_seconds = Histogram("mlfolio_batch_duration_seconds",
-                                       "Time of one predict_proba call", base,
-                                       buckets=LATENCY_BUCKETS, registry=reg
-                                       ).labels(*self.base)
-        self.predictions = Counter("mlfolio_predictions", "Rows scored, by predicted label",
-                                   [*base, "label"], registry=reg)
-        self.scores = _ScoreHistogram("mlfolio_prediction_score",
-                                      "Predicted probability of the positive class",
-                                      dict(zip(base, self.base, strict=True)), SCORE_BUCKETS)
+        self.requests = Counter(
+            "mlfolio_requests",
+            "HTTP requests by route and status code",
+            [*base, "route", "status"],
+            registry=reg,
+        )
+        self.latency = Histogram(
+            "mlfolio_request_duration_seconds",
+            "Time from request to response, by route",
+            [*base, "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.batch_rows = Histogram(
+            "mlfolio_batch_rows",
+            "Rows per predict_proba call",
+            base,
+            buckets=ROW_BUCKETS,
+            registry=reg,
+        ).labels(*self.base)
+        self.batch_requests = Histogram(
+            "mlfolio_batch_requests",
+            "Requests scored together in one predict_proba call",
+            base,
+            buckets=REQUEST_BUCKETS,
+            registry=reg,
+        ).labels(*self.base)
+        self.batch_seconds = Histogram(
+            "mlfolio_batch_duration_seconds",
+            "Time of one predict_proba call",
+            base,
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        ).labels(*self.base)
+        self.predictions = Counter(
+            "mlfolio_predictions", "Rows scored, by predicted label", [*base, "label"], registry=reg
+        )
+        self.scores = _ScoreHistogram(
+            "mlfolio_prediction_score",
+            "Predicted probability of the positive class",
+            dict(zip(base, self.base, strict=True)),
+            SCORE_BUCKETS,
+        )
         reg.register(self.scores)
-        info = Gauge("mlfolio_model_info", "The model being served (value 1)",
-                     [*base, "alias", "run_id", "scorer"], registry=reg)
+        info = Gauge(
+            "mlfolio_model_info",
+            "The model being served (value 1)",
+            [*base, "alias", "run_id", "scorer"],
+            registry=reg,
+        )
         info.labels(*self.base, model.alias or "", model.run_id or "", model.scorer.name).set(1)
-        self.threshold = Gauge("mlfolio_model_threshold", "Label threshold of the model",
-                               base, registry=reg)
+        self.threshold = Gauge(
+            "mlfolio_model_threshold", "Label threshold of the model", base, registry=reg
+        )
         self.threshold.labels(*self.base).set(model.threshold)
-        self.variant_rows = Counter("mlfolio_variant_rows",
-                                    "Rows scored by each variant (shadow=1: scored alongside "
-                                    "the champion, not answered)",
-                                    [*base, "variant", "shadow"], registry=reg)
-        self.shadow_failures = Counter("mlfolio_shadow_failures",
-                                       "Shadow scorings that failed or were skipped (never "
-                                       "seen by clients)", base, registry=reg
-                                       ).labels(*self.base)
+        self.variant_rows = Counter(
+            "mlfolio_variant_rows",
+            "Rows scored by each variant (shadow=1: scored alongside the champion, not answered)",
+            [*base, "variant", "shadow"],
+            registry=reg,
+        )
+        self.shadow_failures = Counter(
+            "mlfolio_shadow_failures",
+            "Shadow scorings that failed or were skipped (never seen by clients)",
+            base,
+            registry=reg,
+        ).labels(*self.base)
         self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
 
     def request(self, route: str, status: int, seconds: float) -> None:
         key = (route, status)
         children = self._children.get(key)
         if children is None:
-            children = (self.requests.labels(*self.base, route, str(status)),
-                        self.latency.labels(*self.base, route))
+            children = (
+                self.requests.labels(*self.base, route, str(status)),
+                self.latency.labels(*self.base, route),
+            )
             self._children[key] = children
         children[0].inc()
         children[1].observe(seconds)
 
-    def batch(self, rows: int, requests: int, seconds: float, scores: np.ndarray,
-              threshold: float) -> None:
+    def batch(
+        self, rows: int, requests: int, seconds: float, scores: np.ndarray, threshold: float
+    ) -> None:
         self.batch_rows.observe(rows)
         self.batch_requests.observe(requests)
         self.batch_seconds.observe(seconds)
@@ -147,15 +201,18 @@ class PredlogCollector:
 
         stats = self.predlog.stats()
         names, values = list(self.labels), list(self.labels.values())
-        for key, doc in (("rows_written", "Rows committed to the prediction log"),
-                         ("rows_dropped", "Rows the prediction log dropped (queue full or "
-                                          "write error)")):
+        for key, doc in (
+            ("rows_written", "Rows committed to the prediction log"),
+            ("rows_dropped", "Rows the prediction log dropped (queue full or write error)"),
+        ):
             family = CounterMetricFamily(f"mlfolio_prediction_log_{key}", doc, labels=names)
             family.add_metric(values, stats[key])
             yield family
-        queued = GaugeMetricFamily("mlfolio_prediction_log_rows_queued",
-                                   "Rows waiting to be written to the prediction log",
-                                   labels=names)
+        queued = GaugeMetricFamily(
+            "mlfolio_prediction_log_rows_queued",
+            "Rows waiting to be written to the prediction log",
+            labels=names,
+        )
         queued.add_metric(values, stats["rows_queued"])
         yield queued
 
@@ -182,8 +239,9 @@ class DriftCollector:
                 st = self.path.stat()
             except OSError:
                 self._key, self._families = None, []
-                self._once("missing", logging.INFO, "no %s yet: no drift gauges on /metrics",
-                           self.path)
+                self._once(
+                    "missing", logging.INFO, "no %s yet: no drift gauges on /metrics", self.path
+                )
                 return []
             key = (st.st_mtime_ns, st.st_size, st.st_ino)
             if key != self._key:
@@ -195,11 +253,20 @@ class DriftCollector:
                     if not isinstance(doc, dict):
                         raise ValueError("not a JSON object")
                     self._families = list(drift_gauge_families(doc))
-                except (OSError, ValueError, TypeError, KeyError, AttributeError,
-                        ImportError) as exc:
+                except (
+                    OSError,
+                    ValueError,
+                    TypeError,
+                    KeyError,
+                    AttributeError,
+                    ImportError,
+                ) as exc:
                     self._families = []
-                    self._once(f"bad {key}", logging.WARNING, "%s unreadable, no drift gauges: "
-                               "%s", self.path, exc)
+                    self._once(
+                        f"bad {key}",
+                        logging.WARNING,
+                        "%s unreadable, no drift gauges: %s",
+                        self.path,
+                        exc,
+                    )
             return list(self._families)
-
-

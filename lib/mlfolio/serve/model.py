@@ -26,6 +26,7 @@ from mlfolio.serve.scorer import CompiledScorer, PipelineScorer, pipeline_steps,
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class ServedModel:
     """The model being served and what the registry says about it."""
@@ -51,12 +52,21 @@ class ServedModel:
 
     def health(self) -> dict[str, Any]:
         return {
-            "status": "ok", "model": self.name, "version": self.version, "alias": self.alias,
-            "model_uri": self.uri, "requested_uri": self.requested_uri, "run_id": self.run_id,
-            "data_hash": self.data_hash, "threshold": self.threshold,
-            "run_dir": self.tags.get("mlfolio.run_dir"), "scorer": self.scorer.name,
-            "scorer_note": self.scorer_note or None, "loaded_at": self.loaded_at,
-            "columns": {c.name: c.kind for c in self.columns}, "id_column": self.id_column,
+            "status": "ok",
+            "model": self.name,
+            "version": self.version,
+            "alias": self.alias,
+            "model_uri": self.uri,
+            "requested_uri": self.requested_uri,
+            "run_id": self.run_id,
+            "data_hash": self.data_hash,
+            "threshold": self.threshold,
+            "run_dir": self.tags.get("mlfolio.run_dir"),
+            "scorer": self.scorer.name,
+            "scorer_note": self.scorer_note or None,
+            "loaded_at": self.loaded_at,
+            "columns": {c.name: c.kind for c in self.columns},
+            "id_column": self.id_column,
         }
 
 
@@ -75,8 +85,12 @@ def _directory_version(path: Path, run_id: str | None) -> _DirectoryVersion:
     threshold = os.environ.get(THRESHOLD_ENV)
     if threshold:
         tags["mlfolio.threshold"] = threshold  # checked like the registry's tag
-    return _DirectoryVersion(os.environ.get(MODEL_NAME_ENV) or path.name,
-                             os.environ.get(MODEL_VERSION_ENV) or "0", run_id, tags)
+    return _DirectoryVersion(
+        os.environ.get(MODEL_NAME_ENV) or path.name,
+        os.environ.get(MODEL_VERSION_ENV) or "0",
+        run_id,
+        tags,
+    )
 
 
 def default_tracking_uri() -> str:
@@ -86,8 +100,7 @@ def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_dir() / 'mlflow.db'}"
 
 
-def load(model_uri: str, tracking_uri: str | None = None, scorer: str = "auto"
-         ) -> ServedModel:
+def load(model_uri: str, tracking_uri: str | None = None, scorer: str = "auto") -> ServedModel:
     """Resolve ``model_uri`` in the registry once, load that version, pick the scorer.
 
     ``model_uri`` may also be a model directory (:func:`model_directory`), loaded without a
@@ -112,25 +125,29 @@ def load(model_uri: str, tracking_uri: str | None = None, scorer: str = "auto"
         name, alias, version = parse_model_uri(model_uri)
         client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         try:
-            mv = (client.get_model_version_by_alias(name, alias) if alias
-                  else client.get_model_version(name, version))
+            mv = (
+                client.get_model_version_by_alias(name, alias)
+                if alias
+                else client.get_model_version(name, version)
+            )
             download_uri = client.get_model_version_download_uri(name, mv.version)
-            local = mlflow.artifacts.download_artifacts(artifact_uri=download_uri,
-                                                        tracking_uri=tracking_uri)
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=download_uri, tracking_uri=tracking_uri
+            )
         except MlflowException as exc:
             raise ServeError(f"{model_uri} in {tracking_uri}: {exc.message}") from exc
         meta = Model.load(local)
         served_uri = f"models:/{name}/{mv.version}"
     if "sklearn" not in meta.flavors:
-        raise ServeError(f"{model_uri}: not a scikit-learn model (flavors "
-                         f"{sorted(meta.flavors)})")
+        raise ServeError(f"{model_uri}: not a scikit-learn model (flavors {sorted(meta.flavors)})")
     pipeline = mlflow.sklearn.load_model(local)
     if not hasattr(pipeline, "predict_proba"):
         raise ServeError(f"{model_uri}: the model has no predict_proba")
     classes = getattr(pipeline, "classes_", None)
     if classes is not None and len(classes) != 2:
-        raise ServeError(f"{model_uri}: a binary classifier is expected, the model has "
-                         f"classes {list(classes)}")
+        raise ServeError(
+            f"{model_uri}: a binary classifier is expected, the model has classes {list(classes)}"
+        )
     coercer = pipeline_steps(pipeline)[0]
     columns = columns_from_signature(meta.signature, getattr(coercer, "numeric", None) or ())
     tags = dict(mv.tags or {})
@@ -153,8 +170,9 @@ def load(model_uri: str, tracking_uri: str | None = None, scorer: str = "auto"
             except Exception as exc:  # an unreadable example only costs us probe rows
                 log.info("no input example for %s: %s", model_uri, exc)
                 example = None
-            rows = probe_rows(columns, compiled,
-                              example if isinstance(example, pd.DataFrame) else None)
+            rows = probe_rows(
+                columns, compiled, example if isinstance(example, pd.DataFrame) else None
+            )
             problem = verify(compiled, reference, rows)
         except NotCompilable as exc:
             problem = f"pipeline not compiled: {exc}"
@@ -163,10 +181,18 @@ def load(model_uri: str, tracking_uri: str | None = None, scorer: str = "auto"
         else:
             note = problem
             log.warning("%s: scoring through the pipeline (%s)", model_uri, problem)
-    return ServedModel(name=name, version=str(mv.version), alias=alias,
-                       uri=served_uri, requested_uri=model_uri,
-                       run_id=mv.run_id, tags=tags, threshold=threshold, columns=columns,
-                       scorer=chosen, tracking_uri=tracking_uri, scorer_note=note,
-                       id_column=model_id_column(meta))
-
-
+    return ServedModel(
+        name=name,
+        version=str(mv.version),
+        alias=alias,
+        uri=served_uri,
+        requested_uri=model_uri,
+        run_id=mv.run_id,
+        tags=tags,
+        threshold=threshold,
+        columns=columns,
+        scorer=chosen,
+        tracking_uri=tracking_uri,
+        scorer_note=note,
+        id_column=model_id_column(meta),
+    )

@@ -18,8 +18,9 @@ MAX_BATCH_ROWS = 4096
 MAX_INFLIGHT_BYTES = 16 * 1024 * 1024
 
 
-def routing_mode(challenger: str | None, challenger_weight: float | None, shadow: bool
-                 ) -> str | None:
+def routing_mode(
+    challenger: str | None, challenger_weight: float | None, shadow: bool
+) -> str | None:
     """``"ab"``, ``"shadow"`` or None (one model); a ServeError names the offending flag."""
     if challenger is None:
         if challenger_weight is not None:
@@ -28,18 +29,22 @@ def routing_mode(challenger: str | None, challenger_weight: float | None, shadow
             raise ServeError("--shadow needs --challenger URI")
         return None
     if challenger_weight is not None and shadow:
-        raise ServeError("--challenger-weight and --shadow exclude each other: A/B routing "
-                         "or shadow scoring, not both")
+        raise ServeError(
+            "--challenger-weight and --shadow exclude each other: A/B routing "
+            "or shadow scoring, not both"
+        )
     if shadow:
         return "shadow"
     if challenger_weight is None:
-        raise ServeError("--challenger needs --challenger-weight W (0 < W < 1, A/B routing) "
-                         "or --shadow (scored and logged, not answered)")
+        raise ServeError(
+            "--challenger needs --challenger-weight W (0 < W < 1, A/B routing) "
+            "or --shadow (scored and logged, not answered)"
+        )
     if not 0.0 < challenger_weight < 1.0 or math.isnan(challenger_weight):
-        raise ServeError(f"--challenger-weight {challenger_weight:g}: expected a share "
-                         "strictly between 0 and 1")
+        raise ServeError(
+            f"--challenger-weight {challenger_weight:g}: expected a share strictly between 0 and 1"
+        )
     return "ab"
-
 
 
 @dataclass(frozen=True)
@@ -68,5 +73,6 @@ class ServeOptions:
     mode: str | None = field(init=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "mode", routing_mode(self.challenger, self.challenger_weight,
-                                                      self.shadow))
+        object.__setattr__(
+            self, "mode", routing_mode(self.challenger, self.challenger_weight, self.shadow)
+        )

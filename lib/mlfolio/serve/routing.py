@@ -64,9 +64,17 @@ class Router:
     the same rows in the background, logged with shadow=1, its failures only counted.
     """
 
-    def __init__(self, champion: MicroBatcher, challenger: MicroBatcher | None,
-                 mode: str | None, weight: float | None, salt: str,
-                 entity_column: str | None, logging_on: bool, metrics: ServerMetrics):
+    def __init__(
+        self,
+        champion: MicroBatcher,
+        challenger: MicroBatcher | None,
+        mode: str | None,
+        weight: float | None,
+        salt: str,
+        entity_column: str | None,
+        logging_on: bool,
+        metrics: ServerMetrics,
+    ):
         self.champion, self.challenger = champion, challenger
         self.mode, self.weight, self.salt = mode, weight, salt
         self.entity_column = entity_column
@@ -75,9 +83,12 @@ class Router:
         self._shadow_warned = 0.0
 
     def describe(self) -> dict[str, Any]:
-        return {"mode": self.mode or "single", "weight": self.weight,
-                "salt": self.salt if self.mode == "ab" else None,
-                "entity_column": self.entity_column}
+        return {
+            "mode": self.mode or "single",
+            "weight": self.weight,
+            "salt": self.salt if self.mode == "ab" else None,
+            "entity_column": self.entity_column,
+        }
 
     def prepare(self, block: Block, request_id: str, header_entity: str | None) -> Plan:
         """Take the entity ids out of the rows and decide where each row goes. Pure CPU,
@@ -94,21 +105,27 @@ class Router:
         fallback = header_entity or request_id
         if entity is None:
             to_challenger = route_share(self.salt, fallback) < self.weight
-            return Plan(block.n, [Part(self.challenger if to_challenger else self.champion,
-                                         block, meta)])
+            return Plan(
+                block.n, [Part(self.challenger if to_challenger else self.champion, block, meta)]
+            )
         salt, weight = self.salt, self.weight
-        mask = np.fromiter((route_share(salt, fallback if v is None else str(v)) < weight
-                            for v in entity), dtype=bool, count=block.n)
+        mask = np.fromiter(
+            (route_share(salt, fallback if v is None else str(v)) < weight for v in entity),
+            dtype=bool,
+            count=block.n,
+        )
         if mask.all() or not mask.any():
-            return Plan(block.n, [Part(self.challenger if mask[0] else self.champion,
-                                         block, meta)], mask)
+            return Plan(
+                block.n, [Part(self.challenger if mask[0] else self.champion, block, meta)], mask
+            )
         parts = []
         for flag, batcher in ((False, self.champion), (True, self.challenger)):
             index = np.flatnonzero(mask == flag)
             rows = index.tolist()
             cols = {name: [values[i] for i in rows] for name, values in block.columns.items()}
-            sub_meta = None if meta is None else RowMeta(request_id, index,
-                                                         [entity[i] for i in rows])
+            sub_meta = (
+                None if meta is None else RowMeta(request_id, index, [entity[i] for i in rows])
+            )
             parts.append(Part(batcher, Block(len(rows), cols), sub_meta, index))
         return Plan(block.n, parts, mask)
 
@@ -123,8 +140,9 @@ class Router:
             model = part.batcher.model
             labels = (proba[:, 1] >= model.threshold).astype(int)
             variant = part.batcher.variant
-            return Scored(proba, labels, model.threshold, [variant] * plan.n if ab else None,
-                           variant, model)
+            return Scored(
+                proba, labels, model.threshold, [variant] * plan.n if ab else None, variant, model
+            )
         futures: list[asyncio.Future] = []
         try:
             for part in plan.parts:
@@ -144,8 +162,9 @@ class Router:
             labels[part.index] = result[:, 1] >= part.batcher.model.threshold
         assert plan.mask is not None
         variants = np.where(plan.mask, "challenger", "champion").tolist()
-        return Scored(proba, labels, self.champion.model.threshold, variants, "mixed",
-                       self.champion.model)
+        return Scored(
+            proba, labels, self.champion.model.threshold, variants, "mixed", self.champion.model
+        )
 
     def _shadow(self, block: Block, meta: RowMeta | None) -> None:
         """Score on the challenger without waiting: nothing here reaches the response."""
@@ -167,5 +186,3 @@ class Router:
         if now - self._shadow_warned > 60:  # at most a line a minute under a failure storm
             self._shadow_warned = now
             log.warning("shadow scoring on the challenger failed: %s", exc)
-
-

@@ -44,11 +44,13 @@ class PipelineScorer:
         for col in self.columns:
             values = cols[col.name]
             if col.kind == "double":
-                data[col.name] = np.array([math.nan if v is None else v for v in values],
-                                          dtype=np.float64)
+                data[col.name] = np.array(
+                    [math.nan if v is None else v for v in values], dtype=np.float64
+                )
             elif col.kind in ("long", "boolean") and None not in values:
-                data[col.name] = np.array(values, dtype=np.int64 if col.kind == "long"
-                                          else np.bool_)
+                data[col.name] = np.array(
+                    values, dtype=np.int64 if col.kind == "long" else np.bool_
+                )
             else:
                 array = np.empty(len(values), dtype=object)
                 array[:] = values
@@ -63,8 +65,12 @@ def pipeline_steps(obj: Any) -> list[Any]:
     from sklearn.pipeline import Pipeline
 
     if isinstance(obj, Pipeline):
-        return [s for _, step in obj.steps if step not in (None, "passthrough")
-                for s in pipeline_steps(step)]
+        return [
+            s
+            for _, step in obj.steps
+            if step not in (None, "passthrough")
+            for s in pipeline_steps(step)
+        ]
     return [obj]
 
 
@@ -87,9 +93,12 @@ class CompiledScorer:
         from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
         steps = pipeline_steps(model)
-        if len(steps) != 3 or not isinstance(steps[0], RawColumnCoercer) \
-                or not isinstance(steps[1], ColumnTransformer) \
-                or not hasattr(steps[2], "predict_proba"):
+        if (
+            len(steps) != 3
+            or not isinstance(steps[0], RawColumnCoercer)
+            or not isinstance(steps[1], ColumnTransformer)
+            or not hasattr(steps[2], "predict_proba")
+        ):
             raise NotCompilable("not RawColumnCoercer → ColumnTransformer → estimator")
         coercer, ct, self.estimator = steps
         if getattr(ct, "sparse_output_", False):
@@ -108,8 +117,11 @@ class CompiledScorer:
             out = ct.output_indices_[name]
             if (isinstance(trans, str) and trans == "drop") or out.start == out.stop:
                 continue
-            if isinstance(trans, str) or not isinstance(cols, list) \
-                    or not all(isinstance(c, str) for c in cols):
+            if (
+                isinstance(trans, str)
+                or not isinstance(cols, list)
+                or not all(isinstance(c, str) for c in cols)
+            ):
                 raise NotCompilable(f"transformer {name!r}: {trans!r} on {cols!r}")
             sub = pipeline_steps(trans)
             if all(c in numeric for c in cols):
@@ -117,24 +129,38 @@ class CompiledScorer:
                 for step in sub:
                     if isinstance(step, SimpleImputer):
                         mv = step.missing_values
-                        if step.add_indicator or not (isinstance(mv, float) and math.isnan(mv)) \
-                                or not np.all(np.isfinite(step.statistics_)):
+                        if (
+                            step.add_indicator
+                            or not (isinstance(mv, float) and math.isnan(mv))
+                            or not np.all(np.isfinite(step.statistics_))
+                        ):
                             raise NotCompilable(f"transformer {name!r}: imputer settings")
                         ops.append(("impute", np.asarray(step.statistics_, np.float64), None))
                     elif isinstance(step, StandardScaler):
-                        ops.append(("scale", step.mean_ if step.with_mean else None,
-                                    step.scale_ if step.with_std else None))
+                        ops.append(
+                            (
+                                "scale",
+                                step.mean_ if step.with_mean else None,
+                                step.scale_ if step.with_std else None,
+                            )
+                        )
                     else:
                         raise NotCompilable(f"transformer {name!r}: {type(step).__name__}")
                 if out.stop - out.start != len(cols):
                     raise NotCompilable(f"transformer {name!r}: output width")
                 self.numeric_parts.append(([by_name[c] for c in cols], out, ops))
-            elif all(c in categorical for c in cols) and len(sub) == 1 \
-                    and isinstance(sub[0], OneHotEncoder):
+            elif (
+                all(c in categorical for c in cols)
+                and len(sub) == 1
+                and isinstance(sub[0], OneHotEncoder)
+            ):
                 enc = sub[0]
-                if enc.drop is not None or getattr(enc, "_infrequent_enabled", False) \
-                        or np.dtype(enc.dtype) != np.float64 \
-                        or enc.handle_unknown not in ("ignore", "infrequent_if_exist", "error"):
+                if (
+                    enc.drop is not None
+                    or getattr(enc, "_infrequent_enabled", False)
+                    or np.dtype(enc.dtype) != np.float64
+                    or enc.handle_unknown not in ("ignore", "infrequent_if_exist", "error")
+                ):
                     raise NotCompilable(f"transformer {name!r}: encoder settings")
                 maps, pos = [], out.start
                 for cats in enc.categories_:
@@ -144,17 +170,18 @@ class CompiledScorer:
                     pos += len(cats)
                 if pos != out.stop:
                     raise NotCompilable(f"transformer {name!r}: output width")
-                self.onehot_parts.append(([by_name[c] for c in cols], maps,
-                                          enc.handle_unknown != "error"))
+                self.onehot_parts.append(
+                    ([by_name[c] for c in cols], maps, enc.handle_unknown != "error")
+                )
             else:
-                raise NotCompilable(f"transformer {name!r}: {type(trans).__name__} on "
-                                    f"{cols}")
+                raise NotCompilable(f"transformer {name!r}: {type(trans).__name__} on {cols}")
             covered += out.stop - out.start
         if covered != self.width:
             raise NotCompilable("the transformers' outputs do not tile the feature matrix")
         try:
             self._proba: Callable[[np.ndarray], np.ndarray] = _BinaryLogistic(
-                self.estimator, self.width)
+                self.estimator, self.width
+            )
         except NotCompilable:
             self._proba = self.estimator.predict_proba
 
@@ -189,8 +216,9 @@ class CompiledScorer:
                         rows.append(i)
                         hits.append(k)
                     elif not ignore:
-                        raise RequestError(f"column {col.name!r}: unknown category "
-                                           f"{describe(value)} in row {i}")
+                        raise RequestError(
+                            f"column {col.name!r}: unknown category {describe(value)} in row {i}"
+                        )
         Z[rows, hits] = 1.0
         return Z
 
@@ -208,9 +236,13 @@ class _BinaryLogistic:
         from sklearn.linear_model import LogisticRegression
 
         coef = getattr(estimator, "coef_", None)
-        if type(estimator) is not LogisticRegression or len(estimator.classes_) != 2 \
-                or not isinstance(coef, np.ndarray) or coef.shape != (1, width) \
-                or coef.dtype != np.float64:
+        if (
+            type(estimator) is not LogisticRegression
+            or len(estimator.classes_) != 2
+            or not isinstance(coef, np.ndarray)
+            or coef.shape != (1, width)
+            or coef.dtype != np.float64
+        ):
             raise NotCompilable("not a dense binary LogisticRegression")
         self.coef_t = coef.T
         self.intercept = np.asarray(estimator.intercept_)
@@ -238,16 +270,23 @@ def _typed(col: Column, value: Any) -> Any:
     return str(value)
 
 
-def probe_rows(columns: list[Column], scorer: CompiledScorer, example: pd.DataFrame | None
-               ) -> dict[str, list[Any]]:
+def probe_rows(
+    columns: list[Column], scorer: CompiledScorer, example: pd.DataFrame | None
+) -> dict[str, list[Any]]:
     """Rows that exercise the compiled path: the input example, then the first example row
     with every known category, an unseen category and a missing value put in each
     categorical column in turn, and missing/blank/extreme values in each numeric one."""
     base: dict[str, list[Any]] = {}
     if example is not None and len(example):
         for col in columns:
-            values = [None if (isinstance(v, float) and math.isnan(v)) else _typed(col, v)
-                      for v in example[col.name].tolist()] if col.name in example else []
+            values = (
+                [
+                    None if (isinstance(v, float) and math.isnan(v)) else _typed(col, v)
+                    for v in example[col.name].tolist()
+                ]
+                if col.name in example
+                else []
+            )
             base[col.name] = values
     if not base or any(len(v) == 0 for v in base.values()):
         first = {c.name: None for c in columns}
@@ -271,15 +310,19 @@ def probe_rows(columns: list[Column], scorer: CompiledScorer, example: pd.DataFr
                 add(col.name, _typed(col, value) if value is not None else None)
     for part_cols, _, _ in scorer.numeric_parts:
         for col in part_cols:
-            values = ["", " ", " 7.25 ", "1234.5", "-0", "0.000123", "-3e2",
-                      "902.3209082836559", None] if col.kind == "string" else [None, 0, -1, 1e6]
+            values = (
+                ["", " ", " 7.25 ", "1234.5", "-0", "0.000123", "-3e2", "902.3209082836559", None]
+                if col.kind == "string"
+                else [None, 0, -1, 1e6]
+            )
             for value in values:
                 add(col.name, _typed(col, value) if col.kind != "string" else value)
     return rows
 
 
-def verify(compiled: CompiledScorer, reference: PipelineScorer, rows: dict[str, list[Any]]
-           ) -> str | None:
+def verify(
+    compiled: CompiledScorer, reference: PipelineScorer, rows: dict[str, list[Any]]
+) -> str | None:
     """None when the compiled scorer reproduces the pipeline exactly on ``rows``, else why."""
     n = len(next(iter(rows.values())))
     cols = {c.name: check_values(c, rows[c.name]) for c in compiled.columns}
@@ -293,5 +336,3 @@ def verify(compiled: CompiledScorer, reference: PipelineScorer, rows: dict[str, 
     if not np.array_equal(expected, got):
         return f"compiled probabilities differ (max {np.max(np.abs(expected - got))})"
     return None
-
-

@@ -58,15 +58,22 @@ def serve(options: ServeOptions, echo: Callable[[str], None] | None = None) -> N
         if echo is None:
             return
         if second is not None:
-            how = (f"weight {o.challenger_weight:g}, salt {state.router.salt!r}"
-                   if o.mode == "ab" else "shadow")
-            echo(f"challenger {second.uri} ({o.challenger}, scorer {second.scorer.name}, "
-                 f"threshold {second.threshold:g}): {how}")
+            how = (
+                f"weight {o.challenger_weight:g}, salt {state.router.salt!r}"
+                if o.mode == "ab"
+                else "shadow"
+            )
+            echo(
+                f"challenger {second.uri} ({o.challenger}, scorer {second.scorer.name}, "
+                f"threshold {second.threshold:g}): {how}"
+            )
         if o.prediction_log is not None:
             echo(f"prediction log: {Path(o.prediction_log) / 'predictions.sqlite'}")
-        echo(f"serving {model.uri} ({o.model}, scorer {model.scorer.name}, threshold "
-             f"{model.threshold:g}) — listening on http://{where}:{bound_port} "
-             f"(loaded in {time.perf_counter() - started:.1f}s)")
+        echo(
+            f"serving {model.uri} ({o.model}, scorer {model.scorer.name}, threshold "
+            f"{model.threshold:g}) — listening on http://{where}:{bound_port} "
+            f"(loaded in {time.perf_counter() - started:.1f}s)"
+        )
 
     # mlflow, pandas and sklearn leave ~330k objects behind; a full garbage collection walks
     # them all (~0.2 s here), stalling every request in flight. Freeze what exists now so the
@@ -76,8 +83,13 @@ def serve(options: ServeOptions, echo: Callable[[str], None] | None = None) -> N
     # The scoring thread holds the GIL through NumPy/sklearn bookkeeping; a shorter switch
     # interval than the default 5 ms lets the event loop answer in between.
     sys.setswitchinterval(0.001)
-    config = uvicorn.Config(app, log_level="info" if o.access_log else "warning",
-                            access_log=o.access_log, lifespan="on", timeout_graceful_shutdown=10)
+    config = uvicorn.Config(
+        app,
+        log_level="info" if o.access_log else "warning",
+        access_log=o.access_log,
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+    )
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:

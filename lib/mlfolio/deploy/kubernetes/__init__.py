@@ -86,22 +86,59 @@ from mlfolio.deploy.kubernetes.validate import validate_documents, validate_mani
 from mlfolio.errors import ManifestError
 
 __all__ = [
-    "BASE_IMAGE", "BUILD_CONTEXT_DIRS", "BUILD_CONTEXT_FILES", "CONTAINER_NAME", "DOCKERFILE",
-    "DOCKERIGNORE_FILES", "ENTRYPOINT_SCRIPT", "HEALTHCHECK_CODE", "INFERENCE_SERVICE_FILE",
-    "KSERVE_CONTAINER_NAME", "KSERVE_DEPLOYMENT_MODE", "KUBERNETES_VERSION", "LABEL_PREFIX",
-    "LIVENESS_PATH", "MANIFESTS_FILE", "MAX_NAME_LENGTH", "METRICS_PATH", "MIN_MEMORY_BYTES",
-    "PORT_NAME", "READINESS_PATH", "TOKEN_ENV", "TOKEN_SECRET_KEY", "USER_ID",
-    "KubernetesSettings", "ManifestError", "build_manifests", "deployment", "dns_name",
-    "dockerfile", "dockerignore", "horizontal_pod_autoscaler", "inference_service",
-    "label_value", "parse_quantity", "pod_disruption_budget", "render", "service",
-    "settings_from", "validate_documents", "validate_manifests",
+    "BASE_IMAGE",
+    "BUILD_CONTEXT_DIRS",
+    "BUILD_CONTEXT_FILES",
+    "CONTAINER_NAME",
+    "DOCKERFILE",
+    "DOCKERIGNORE_FILES",
+    "ENTRYPOINT_SCRIPT",
+    "HEALTHCHECK_CODE",
+    "INFERENCE_SERVICE_FILE",
+    "KSERVE_CONTAINER_NAME",
+    "KSERVE_DEPLOYMENT_MODE",
+    "KUBERNETES_VERSION",
+    "LABEL_PREFIX",
+    "LIVENESS_PATH",
+    "MANIFESTS_FILE",
+    "MAX_NAME_LENGTH",
+    "METRICS_PATH",
+    "MIN_MEMORY_BYTES",
+    "PORT_NAME",
+    "READINESS_PATH",
+    "TOKEN_ENV",
+    "TOKEN_SECRET_KEY",
+    "USER_ID",
+    "KubernetesSettings",
+    "ManifestError",
+    "build_manifests",
+    "deployment",
+    "dns_name",
+    "dockerfile",
+    "dockerignore",
+    "horizontal_pod_autoscaler",
+    "inference_service",
+    "label_value",
+    "parse_quantity",
+    "pod_disruption_budget",
+    "render",
+    "service",
+    "settings_from",
+    "validate_documents",
+    "validate_manifests",
 ]
 
 log = logging.getLogger(__name__)
 
 
-def render(out_dir: str | Path, settings: KubernetesSettings | None = None, /, *,
-           validate: bool = True, **fields: Any) -> dict[str, Any]:
+def render(
+    out_dir: str | Path,
+    settings: KubernetesSettings | None = None,
+    /,
+    *,
+    validate: bool = True,
+    **fields: Any,
+) -> dict[str, Any]:
     """Write the Dockerfile, .dockerignore, kubernetes.yaml and inferenceservice.yaml.
 
     Pass a :class:`KubernetesSettings`, or its fields as keywords (``model_name``,
@@ -114,23 +151,32 @@ def render(out_dir: str | Path, settings: KubernetesSettings | None = None, /, *
     s = settings_from(settings, **fields)
     manifests = build_manifests(s)
     isvc = inference_service(s)
-    validated = (validate_documents([*manifests, isvc], source="rendered manifests",
-                                    kubernetes_version=s.kubernetes_version)
-                 if validate else [])
+    validated = (
+        validate_documents(
+            [*manifests, isvc], source="rendered manifests", kubernetes_version=s.kubernetes_version
+        )
+        if validate
+        else []
+    )
 
     from mlfolio.config import project_dir
 
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    header = (f"# {s.model_name} version {s.model_version} ({s.model_uri}), written by "
-              "mlfolio.deploy.kubernetes.\n")
+    header = (
+        f"# {s.model_name} version {s.model_version} ({s.model_uri}), written by "
+        "mlfolio.deploy.kubernetes.\n"
+    )
     files = {
         DOCKERFILE: dockerfile(s),
         **{name: dockerignore() for name in DOCKERIGNORE_FILES},
         MANIFESTS_FILE: _dump_yaml(manifests, header + f"# kubectl apply -f {MANIFESTS_FILE}\n"),
-        INFERENCE_SERVICE_FILE: _dump_yaml([isvc], header + "# KServe alternative to "
-                                           f"{MANIFESTS_FILE} (needs KServe installed): "
-                                           f"kubectl apply -f {INFERENCE_SERVICE_FILE}\n"),
+        INFERENCE_SERVICE_FILE: _dump_yaml(
+            [isvc],
+            header + "# KServe alternative to "
+            f"{MANIFESTS_FILE} (needs KServe installed): "
+            f"kubectl apply -f {INFERENCE_SERVICE_FILE}\n",
+        ),
     }
     for name, text in files.items():
         (out / name).write_text(text)
@@ -139,11 +185,15 @@ def render(out_dir: str | Path, settings: KubernetesSettings | None = None, /, *
 
     notes = []
     if _replica_floor(s) < 2:
-        notes.append("no PodDisruptionBudget: with a single replica, minAvailable 1 would "
-                     "block every node drain")
+        notes.append(
+            "no PodDisruptionBudget: with a single replica, minAvailable 1 would "
+            "block every node drain"
+        )
     if s.token_secret is not None:
-        notes.append(f"/metrics needs the bearer token from Secret {s.token_secret!r}: give "
-                     "the Prometheus scrape job an authorization credential")
+        notes.append(
+            f"/metrics needs the bearer token from Secret {s.token_secret!r}: give "
+            "the Prometheus scrape job an authorization credential"
+        )
     return {
         "target": "kubernetes",
         "out_dir": str(out),

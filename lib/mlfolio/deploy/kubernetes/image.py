@@ -18,8 +18,10 @@ ENTRYPOINT_SCRIPT = (
     'exec mlfolio serve --model "${MODEL_URI:?set MODEL_URI, e.g. models:/<name>@champion}" '
     '--host 0.0.0.0 --port "${PORT:-8080}" "$@"'
 )
-HEALTHCHECK_CODE = ("import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s"
-                    f"{LIVENESS_PATH}' % os.environ.get('PORT', '8080'), timeout=4)")
+HEALTHCHECK_CODE = (
+    "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s"
+    f"{LIVENESS_PATH}' % os.environ.get('PORT', '8080'), timeout=4)"
+)
 
 
 def _mlfolio_version() -> str:
@@ -58,7 +60,7 @@ RUN groupadd --system --gid {USER_ID} mlfolio \\
 
 WORKDIR /opt/mlfolio
 COPY {copied} ./
-COPY {' '.join(BUILD_CONTEXT_DIRS)} ./{BUILD_CONTEXT_DIRS[0]}
+COPY {" ".join(BUILD_CONTEXT_DIRS)} ./{BUILD_CONTEXT_DIRS[0]}
 RUN pip install --no-cache-dir -c constraints.txt . \\
     && rm -rf build {BUILD_CONTEXT_DIRS[0]}/*.egg-info
 

@@ -33,17 +33,26 @@ def _env(s: KubernetesSettings, *, kserve: bool = False) -> list[dict[str, Any]]
     if not kserve:  # Knative reserves PORT (and sets it to the container port itself)
         env.append({"name": "PORT", "value": str(s.port)})
     if s.token_secret is not None:
-        env.append({"name": TOKEN_ENV, "valueFrom": {"secretKeyRef": {
-            "name": s.token_secret, "key": TOKEN_SECRET_KEY}}})
+        env.append(
+            {
+                "name": TOKEN_ENV,
+                "valueFrom": {"secretKeyRef": {"name": s.token_secret, "key": TOKEN_SECRET_KEY}},
+            }
+        )
     if kserve:
         env.append({"name": "PROTOCOL", "value": "v2"})
     return env
 
 
-def _probe(path: str, port: int | str, *, period: int, timeout: int,
-           failures: int) -> dict[str, Any]:
-    return {"httpGet": {"path": path, "port": port}, "periodSeconds": period,
-            "timeoutSeconds": timeout, "failureThreshold": failures}
+def _probe(
+    path: str, port: int | str, *, period: int, timeout: int, failures: int
+) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": port},
+        "periodSeconds": period,
+        "timeoutSeconds": timeout,
+        "failureThreshold": failures,
+    }
 
 
 def _container(s: KubernetesSettings, *, kserve: bool = False) -> dict[str, Any]:
@@ -60,22 +69,28 @@ def _container(s: KubernetesSettings, *, kserve: bool = False) -> dict[str, Any]
     }
     if s.env_from_secret is not None:
         container["envFrom"] = [{"secretRef": {"name": s.env_from_secret}}]
-    container.update({
-        "resources": {"requests": {"cpu": s.cpu_request, "memory": s.memory_request},
-                      "limits": {"cpu": s.cpu_limit, "memory": s.memory_limit}},
-        # The port opens once the model is loaded; up to 5 minutes before liveness counts.
-        "startupProbe": _probe(LIVENESS_PATH, probe_port, period=5, timeout=2, failures=60),
-        "readinessProbe": _probe(READINESS_PATH, probe_port, period=10, timeout=2, failures=3),
-        "livenessProbe": _probe(LIVENESS_PATH, probe_port, period=15, timeout=5, failures=3),
-        # Endpoints are removed asynchronously: keep answering a few seconds after SIGTERM.
-        "lifecycle": {"preStop": {"exec": {"command": ["sleep", "5"]}}},
-        "securityContext": {
-            "runAsNonRoot": True, "runAsUser": USER_ID, "runAsGroup": USER_ID,
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": s.read_only_root_filesystem,
-            "capabilities": {"drop": ["ALL"]},
-        },
-    })
+    container.update(
+        {
+            "resources": {
+                "requests": {"cpu": s.cpu_request, "memory": s.memory_request},
+                "limits": {"cpu": s.cpu_limit, "memory": s.memory_limit},
+            },
+            # The port opens once the model is loaded; up to 5 minutes before liveness counts.
+            "startupProbe": _probe(LIVENESS_PATH, probe_port, period=5, timeout=2, failures=60),
+            "readinessProbe": _probe(READINESS_PATH, probe_port, period=10, timeout=2, failures=3),
+            "livenessProbe": _probe(LIVENESS_PATH, probe_port, period=15, timeout=5, failures=3),
+            # Endpoints are removed asynchronously: keep answering a few seconds after SIGTERM.
+            "lifecycle": {"preStop": {"exec": {"command": ["sleep", "5"]}}},
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": USER_ID,
+                "runAsGroup": USER_ID,
+                "allowPrivilegeEscalation": False,
+                "readOnlyRootFilesystem": s.read_only_root_filesystem,
+                "capabilities": {"drop": ["ALL"]},
+            },
+        }
+    )
     if s.read_only_root_filesystem:
         container["volumeMounts"] = [{"name": "tmp", "mountPath": "/tmp"}]
     return container
@@ -85,8 +100,13 @@ def _pod_spec(s: KubernetesSettings, container: dict[str, Any]) -> dict[str, Any
     spec: dict[str, Any] = {
         "automountServiceAccountToken": False,  # the server never calls the Kubernetes API
         "enableServiceLinks": False,
-        "securityContext": {"runAsNonRoot": True, "runAsUser": USER_ID, "runAsGroup": USER_ID,
-                            "fsGroup": USER_ID, "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": USER_ID,
+            "runAsGroup": USER_ID,
+            "fsGroup": USER_ID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
         "containers": [container],
     }
     if s.read_only_root_filesystem:
@@ -100,57 +120,99 @@ def _metadata(s: KubernetesSettings, **extra: Any) -> dict[str, Any]:
 
 
 def _pod_annotations(s: KubernetesSettings) -> dict[str, str]:
-    return {**s.annotations, "prometheus.io/scrape": "true", "prometheus.io/port": str(s.port),
-            "prometheus.io/path": METRICS_PATH}
+    return {
+        **s.annotations,
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(s.port),
+        "prometheus.io/path": METRICS_PATH,
+    }
 
 
 def deployment(s: KubernetesSettings) -> dict[str, Any]:
     spec: dict[str, Any] = {}
     if not s.autoscale:
         spec["replicas"] = s.replicas
-    spec.update({
-        "revisionHistoryLimit": 5,
-        "selector": {"matchLabels": s.selector},
-        "strategy": {"type": "RollingUpdate",
-                     "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
-        "template": {
-            "metadata": {"labels": s.labels, "annotations": _pod_annotations(s)},
-            "spec": {
-                **_pod_spec(s, _container(s)),
-                "topologySpreadConstraints": [{
-                    "maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
-                    "whenUnsatisfiable": "ScheduleAnyway",
-                    "labelSelector": {"matchLabels": s.selector},
-                }],
+    spec.update(
+        {
+            "revisionHistoryLimit": 5,
+            "selector": {"matchLabels": s.selector},
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
             },
-        },
-    })
-    return {"apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": _metadata(s, annotations=s.annotations), "spec": spec}
+            "template": {
+                "metadata": {"labels": s.labels, "annotations": _pod_annotations(s)},
+                "spec": {
+                    **_pod_spec(s, _container(s)),
+                    "topologySpreadConstraints": [
+                        {
+                            "maxSkew": 1,
+                            "topologyKey": "kubernetes.io/hostname",
+                            "whenUnsatisfiable": "ScheduleAnyway",
+                            "labelSelector": {"matchLabels": s.selector},
+                        }
+                    ],
+                },
+            },
+        }
+    )
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(s, annotations=s.annotations),
+        "spec": spec,
+    }
 
 
 def service(s: KubernetesSettings) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Service", "metadata": _metadata(s),
-            "spec": {"type": "ClusterIP", "selector": s.selector,
-                     "ports": [{"name": PORT_NAME, "port": 80, "targetPort": PORT_NAME,
-                                "protocol": "TCP"}]}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(s),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": s.selector,
+            "ports": [{"name": PORT_NAME, "port": 80, "targetPort": PORT_NAME, "protocol": "TCP"}],
+        },
+    }
 
 
 def horizontal_pod_autoscaler(s: KubernetesSettings) -> dict[str, Any]:
-    return {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
-            "metadata": _metadata(s),
-            "spec": {
-                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment",
-                                   "name": s.resource_name},
-                "minReplicas": s.min_replicas, "maxReplicas": s.max_replicas,
-                "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {
-                    "type": "Utilization", "averageUtilization": s.target_cpu_utilization}}}],
-            }}
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": _metadata(s),
+        "spec": {
+            "scaleTargetRef": {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "name": s.resource_name,
+            },
+            "minReplicas": s.min_replicas,
+            "maxReplicas": s.max_replicas,
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {
+                        "name": "cpu",
+                        "target": {
+                            "type": "Utilization",
+                            "averageUtilization": s.target_cpu_utilization,
+                        },
+                    },
+                }
+            ],
+        },
+    }
 
 
 def pod_disruption_budget(s: KubernetesSettings) -> dict[str, Any]:
-    return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": _metadata(s),
-            "spec": {"minAvailable": 1, "selector": {"matchLabels": s.selector}}}
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(s),
+        "spec": {"minAvailable": 1, "selector": {"matchLabels": s.selector}},
+    }
 
 
 def _replica_floor(s: KubernetesSettings) -> int:
@@ -175,8 +237,10 @@ def inference_service(s: KubernetesSettings) -> dict[str, Any]:
     """The KServe InferenceService running the same image as a custom predictor."""
     low, high = (s.min_replicas, s.max_replicas) if s.autoscale else (s.replicas, s.replicas)
     predictor: dict[str, Any] = {
-        "minReplicas": low, "maxReplicas": high,
-        "scaleMetric": "cpu", "scaleTarget": s.target_cpu_utilization,
+        "minReplicas": low,
+        "maxReplicas": high,
+        "scaleMetric": "cpu",
+        "scaleTarget": s.target_cpu_utilization,
         "labels": {k: v for k, v in s.labels.items() if k.startswith(LABEL_PREFIX)},
         "annotations": _pod_annotations(s),
         **_pod_spec(s, _container(s, kserve=True)),
@@ -184,12 +248,20 @@ def inference_service(s: KubernetesSettings) -> dict[str, Any]:
     # Without app.kubernetes.io/name: KServe copies these labels to its pods, which the
     # Service of kubernetes.yaml would then select too, were both applied.
     labels = {k: v for k, v in s.labels.items() if k not in s.selector}
-    return {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
-            "metadata": _metadata(s, labels=labels, annotations={
+    return {
+        "apiVersion": "serving.kserve.io/v1beta1",
+        "kind": "InferenceService",
+        "metadata": _metadata(
+            s,
+            labels=labels,
+            annotations={
                 **s.annotations,
                 "serving.kserve.io/deploymentMode": KSERVE_DEPLOYMENT_MODE,
-                "serving.kserve.io/autoscalerClass": "hpa"}),
-            "spec": {"predictor": predictor}}
+                "serving.kserve.io/autoscalerClass": "hpa",
+            },
+        ),
+        "spec": {"predictor": predictor},
+    }
 
 
 def _dump_yaml(docs: Iterable[dict[str, Any]], header: str) -> str:

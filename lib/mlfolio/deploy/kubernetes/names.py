@@ -60,8 +60,10 @@ def dns_name(value: str, *, field: str = "model_name", max_length: int = MAX_NAM
     """
     text = re.sub(r"[^a-z0-9]+", "-", _ascii(value).lower()).strip("-")
     if not text:
-        raise DeployError(f"{field} {value!r}: no Kubernetes name can be made from it (it has "
-                          "no ASCII letter or digit); pass name='my-model'")
+        raise DeployError(
+            f"{field} {value!r}: no Kubernetes name can be made from it (it has "
+            "no ASCII letter or digit); pass name='my-model'"
+        )
     if text[0].isdigit():
         text = f"model-{text}"
     if len(text) > max_length:
@@ -75,18 +77,34 @@ def label_value(value: str, *, field: str) -> str:
     if len(text) > 63:
         text = f"{text[:54].rstrip('-_.')}-{_short_hash(value)}"
     if not text:
-        raise DeployError(f"{field} {value!r}: no label value can be made from it (it has no "
-                          "ASCII letter or digit)")
+        raise DeployError(
+            f"{field} {value!r}: no label value can be made from it (it has no "
+            "ASCII letter or digit)"
+        )
     return text
 
 
-_QUANTITY = re.compile(r"(?P<num>[+-]?(?:\d+(?:\.\d*)?|\.\d+))"
-                       r"(?:(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)|[eE](?P<exp>[+-]?\d+))?")
-_SUFFIXES = {"n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "k": Decimal(10**3),
-             "M": Decimal(10**6), "G": Decimal(10**9), "T": Decimal(10**12),
-             "P": Decimal(10**15), "E": Decimal(10**18), "Ki": Decimal(2**10),
-             "Mi": Decimal(2**20), "Gi": Decimal(2**30), "Ti": Decimal(2**40),
-             "Pi": Decimal(2**50), "Ei": Decimal(2**60)}
+_QUANTITY = re.compile(
+    r"(?P<num>[+-]?(?:\d+(?:\.\d*)?|\.\d+))"
+    r"(?:(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)|[eE](?P<exp>[+-]?\d+))?"
+)
+_SUFFIXES = {
+    "n": Decimal("1e-9"),
+    "u": Decimal("1e-6"),
+    "m": Decimal("1e-3"),
+    "k": Decimal(10**3),
+    "M": Decimal(10**6),
+    "G": Decimal(10**9),
+    "T": Decimal(10**12),
+    "P": Decimal(10**15),
+    "E": Decimal(10**18),
+    "Ki": Decimal(2**10),
+    "Mi": Decimal(2**20),
+    "Gi": Decimal(2**30),
+    "Ti": Decimal(2**40),
+    "Pi": Decimal(2**50),
+    "Ei": Decimal(2**60),
+}
 
 
 def parse_quantity(value: str | int | float) -> Decimal:
@@ -95,8 +113,9 @@ def parse_quantity(value: str | int | float) -> Decimal:
     Raises ValueError for anything the API server would refuse.
     """
     if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise ValueError(f"expected a quantity string such as '250m' or '512Mi', got "
-                         f"{type(value).__name__}")
+        raise ValueError(
+            f"expected a quantity string such as '250m' or '512Mi', got {type(value).__name__}"
+        )
     match = _QUANTITY.fullmatch(str(value).strip())
     if match is None:
         raise ValueError(f"{value!r} is not a Kubernetes quantity (e.g. 250m, 1, 0.5, 512Mi, 1Gi)")
@@ -110,10 +129,14 @@ def parse_quantity(value: str | int | float) -> Decimal:
 
 # -- image references and model URIs (checked by KubernetesSettings) -----------------
 _IMAGE_DOMAIN = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
-_IMAGE_HOST = (rf"(?:{_IMAGE_DOMAIN}(?:\.{_IMAGE_DOMAIN})+(?::\d+)?|{_IMAGE_DOMAIN}:\d+"
-               r"|localhost)")
+_IMAGE_HOST = (
+    rf"(?:{_IMAGE_DOMAIN}(?:\.{_IMAGE_DOMAIN})+(?::\d+)?|{_IMAGE_DOMAIN}:\d+"
+    r"|localhost)"
+)
 _IMAGE_PATH = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_IMAGE = re.compile(rf"(?:(?P<host>{_IMAGE_HOST})/)?(?P<path>{_IMAGE_PATH}(?:/{_IMAGE_PATH})*)"
-                    r"(?::(?P<tag>\w[\w.-]{0,127}))?(?:@(?P<digest>sha256:[a-f0-9]{64}))?")
+_IMAGE = re.compile(
+    rf"(?:(?P<host>{_IMAGE_HOST})/)?(?P<path>{_IMAGE_PATH}(?:/{_IMAGE_PATH})*)"
+    r"(?::(?P<tag>\w[\w.-]{0,127}))?(?:@(?P<digest>sha256:[a-f0-9]{64}))?"
+)
 _MODEL_URI = re.compile(r"models:/(?P<name>[^@]+?)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))/?")
 _LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0", "ip6-localhost"}

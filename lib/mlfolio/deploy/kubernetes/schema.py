@@ -17,9 +17,11 @@ def _kubernetes_validate() -> Any:
     try:
         import kubernetes_validate
     except ImportError:
-        raise DeployError("kubernetes-validate is not installed: `pip install "
-                          "kubernetes-validate` (it holds the Kubernetes schemas the manifests "
-                          "are checked against offline)") from None
+        raise DeployError(
+            "kubernetes-validate is not installed: `pip install "
+            "kubernetes-validate` (it holds the Kubernetes schemas the manifests "
+            "are checked against offline)"
+        ) from None
     return kubernetes_validate
 
 
@@ -51,10 +53,19 @@ def _schema_problems(err: Any, prefix: list[Any]) -> list[str]:
         missing = [key for key in err.validator_value if key not in err.instance]
         return [f"{_dotted([*path, key])}: required field is missing" for key in missing]
     if err.validator == "type":
-        expected = [t for t in ([err.validator_value] if isinstance(err.validator_value, str)
-                                else err.validator_value) if t != "null"]
-        return [f"{_dotted(path)}: expected {' or '.join(expected)}, got "
-                f"{type(err.instance).__name__} {_short(err.instance)}"]
+        expected = [
+            t
+            for t in (
+                [err.validator_value]
+                if isinstance(err.validator_value, str)
+                else err.validator_value
+            )
+            if t != "null"
+        ]
+        return [
+            f"{_dotted(path)}: expected {' or '.join(expected)}, got "
+            f"{type(err.instance).__name__} {_short(err.instance)}"
+        ]
     return [f"{_dotted(path)}: {err.message}"]
 
 
@@ -67,17 +78,21 @@ def _without_nulls(node: Any) -> Any:
     return node
 
 
-def _schema_check(kv: Any, doc: dict[str, Any], version: str, prefix: list[Any],
-                  where: str) -> list[str]:
+def _schema_check(
+    kv: Any, doc: dict[str, Any], version: str, prefix: list[Any], where: str
+) -> list[str]:
     try:
         kv.validate(_without_nulls(doc), version, strict=True)
     except kv.ValidationError as err:
         return [f"{where}: {p}" for p in _schema_problems(err, prefix)]
     except kv.SchemaNotFoundError as err:
-        return [f"{where}: no Kubernetes {err.version} schema for apiVersion "
-                f"{doc.get('apiVersion')!r} kind {doc.get('kind')!r} (a removed API version, "
-                "a typo, or a custom resource)"]
+        return [
+            f"{where}: no Kubernetes {err.version} schema for apiVersion "
+            f"{doc.get('apiVersion')!r} kind {doc.get('kind')!r} (a removed API version, "
+            "a typo, or a custom resource)"
+        ]
     except kv.utils.VersionNotSupportedError:
-        raise DeployError(f"kubernetes-validate {kv.__version__} has no schemas for "
-                          f"Kubernetes {version}") from None
+        raise DeployError(
+            f"kubernetes-validate {kv.__version__} has no schemas for Kubernetes {version}"
+        ) from None
     return []

@@ -45,33 +45,47 @@ def _check_metadata(doc: dict[str, Any], where: str) -> list[str]:
         problems.append(f"{where}: metadata.name: required field is missing")
     elif doc.get("kind") in ("Service", "InferenceService"):
         if not _DNS1035_LABEL.fullmatch(name) or len(name) > 63:
-            problems.append(f"{where}: metadata.name: {name!r} is not a DNS-1035 label "
-                            "(lowercase letters, digits, '-', starting with a letter, 63 max)")
+            problems.append(
+                f"{where}: metadata.name: {name!r} is not a DNS-1035 label "
+                "(lowercase letters, digits, '-', starting with a letter, 63 max)"
+            )
     elif not _DNS1123_SUBDOMAIN.fullmatch(name) or len(name) > 253:
-        problems.append(f"{where}: metadata.name: {name!r} is not a DNS-1123 subdomain "
-                        "(lowercase letters, digits, '-' and '.')")
+        problems.append(
+            f"{where}: metadata.name: {name!r} is not a DNS-1123 subdomain "
+            "(lowercase letters, digits, '-' and '.')"
+        )
     namespace = meta.get("namespace")
-    if namespace is not None and (not isinstance(namespace, str)
-                                  or not _DNS1123_LABEL.fullmatch(namespace)):
+    if namespace is not None and (
+        not isinstance(namespace, str) or not _DNS1123_LABEL.fullmatch(namespace)
+    ):
         problems.append(f"{where}: metadata.namespace: {namespace!r} is not a DNS-1123 label")
     for path, labels in _all_labels(doc):
         for key, value in labels.items():
             prefix, _, local = str(key).rpartition("/")
-            if (prefix and (not _DNS1123_SUBDOMAIN.fullmatch(prefix) or len(prefix) > 253)) \
-                    or not local or len(local) > 63 or not _LABEL_VALUE.fullmatch(local):
+            if (
+                (prefix and (not _DNS1123_SUBDOMAIN.fullmatch(prefix) or len(prefix) > 253))
+                or not local
+                or len(local) > 63
+                or not _LABEL_VALUE.fullmatch(local)
+            ):
                 problems.append(f"{where}: {_dotted(path)}: {key!r} is not a valid label key")
-            if not isinstance(value, str) or len(value) > 63 \
-                    or not _LABEL_VALUE.fullmatch(value):
-                problems.append(f"{where}: {_dotted([*path, key])}: {value!r} is not a valid "
-                                "label value (63 characters of letters, digits, '-', '_', '.', "
-                                "alphanumeric at both ends)")
+            if not isinstance(value, str) or len(value) > 63 or not _LABEL_VALUE.fullmatch(value):
+                problems.append(
+                    f"{where}: {_dotted([*path, key])}: {value!r} is not a valid "
+                    "label value (63 characters of letters, digits, '-', '_', '.', "
+                    "alphanumeric at both ends)"
+                )
     return problems
 
 
 def _all_labels(doc: dict[str, Any]) -> list[tuple[list[Any], dict[str, Any]]]:
     found = []
-    for path in (["metadata", "labels"], ["spec", "template", "metadata", "labels"],
-                 ["spec", "selector", "matchLabels"], ["spec", "predictor", "labels"]):
+    for path in (
+        ["metadata", "labels"],
+        ["spec", "template", "metadata", "labels"],
+        ["spec", "selector", "matchLabels"],
+        ["spec", "predictor", "labels"],
+    ):
         node: Any = doc
         for part in path:
             node = node.get(part) if isinstance(node, dict) else None
@@ -86,8 +100,11 @@ def _pod_template(doc: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def _matches(selector: Any, labels: Mapping[str, Any]) -> bool:
-    return isinstance(selector, dict) and bool(selector) and all(
-        labels.get(k) == v for k, v in selector.items())
+    return (
+        isinstance(selector, dict)
+        and bool(selector)
+        and all(labels.get(k) == v for k, v in selector.items())
+    )
 
 
 def _check_workload(doc: dict[str, Any], where: str) -> list[str]:
@@ -96,23 +113,32 @@ def _check_workload(doc: dict[str, Any], where: str) -> list[str]:
     labels, pod = _pod_template(doc)
     selector = doc["spec"].get("selector", {}).get("matchLabels")
     if not _matches(selector, labels):
-        problems.append(f"{where}: spec.selector.matchLabels: {selector!r} does not match "
-                        f"spec.template.metadata.labels")
+        problems.append(
+            f"{where}: spec.selector.matchLabels: {selector!r} does not match "
+            f"spec.template.metadata.labels"
+        )
     for i, container in enumerate(pod.get("containers") or []):
         base = f"spec.template.spec.containers[{i}]"
         if not container.get("image"):
             problems.append(f"{where}: {base}.image: required field is missing")
         ports = {p.get("name") for p in container.get("ports") or [] if p.get("name")}
         for port_name in ports:
-            if len(port_name) > 15 or not _PORT_NAME.fullmatch(port_name) \
-                    or "--" in port_name or not re.search("[a-z]", port_name):
-                problems.append(f"{where}: {base}.ports: name {port_name!r} is not a valid "
-                                "port name (15 characters max, lowercase letters, digits, '-')")
+            if (
+                len(port_name) > 15
+                or not _PORT_NAME.fullmatch(port_name)
+                or "--" in port_name
+                or not re.search("[a-z]", port_name)
+            ):
+                problems.append(
+                    f"{where}: {base}.ports: name {port_name!r} is not a valid "
+                    "port name (15 characters max, lowercase letters, digits, '-')"
+                )
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             port = (container.get(probe) or {}).get("httpGet", {}).get("port")
             if isinstance(port, str) and port not in ports:
-                problems.append(f"{where}: {base}.{probe}.httpGet.port: no container port is "
-                                f"named {port!r}")
+                problems.append(
+                    f"{where}: {base}.{probe}.httpGet.port: no container port is named {port!r}"
+                )
         resources = container.get("resources") or {}
         requests, limits = resources.get("requests") or {}, resources.get("limits") or {}
         for kind, group in (("requests", requests), ("limits", limits)):
@@ -124,9 +150,11 @@ def _check_workload(doc: dict[str, Any], where: str) -> list[str]:
         for resource in set(requests) & set(limits):
             try:
                 if parse_quantity(requests[resource]) > parse_quantity(limits[resource]):
-                    problems.append(f"{where}: {base}.resources.requests.{resource}: "
-                                    f"{requests[resource]!r} is above the limit "
-                                    f"{limits[resource]!r}")
+                    problems.append(
+                        f"{where}: {base}.resources.requests.{resource}: "
+                        f"{requests[resource]!r} is above the limit "
+                        f"{limits[resource]!r}"
+                    )
             except ValueError:
                 pass  # reported above
     return problems
@@ -135,14 +163,20 @@ def _check_workload(doc: dict[str, Any], where: str) -> list[str]:
 def _cross_check(docs: list[tuple[str, dict[str, Any]]]) -> list[str]:
     """References between documents: Service → pods, HPA → Deployment, PDB → pods."""
     problems: list[str] = []
-    deployments = {(d.get("metadata", {}).get("namespace"), d["metadata"].get("name")): d
-                   for _, d in docs if d.get("kind") == "Deployment"}
+    deployments = {
+        (d.get("metadata", {}).get("namespace"), d["metadata"].get("name")): d
+        for _, d in docs
+        if d.get("kind") == "Deployment"
+    }
     if not deployments:
         return problems
 
     def pods_of(ns: Any, selector: Any) -> list[dict[str, Any]]:
-        return [d for (d_ns, _), d in deployments.items()
-                if d_ns == ns and _matches(selector, _pod_template(d)[0])]
+        return [
+            d
+            for (d_ns, _), d in deployments.items()
+            if d_ns == ns and _matches(selector, _pod_template(d)[0])
+        ]
 
     hpa_floor: dict[Any, int] = {}
     for where, doc in docs:
@@ -151,33 +185,50 @@ def _cross_check(docs: list[tuple[str, dict[str, Any]]]) -> list[str]:
         if kind == "Service":
             targets = pods_of(ns, spec.get("selector"))
             if not targets:
-                problems.append(f"{where}: spec.selector: {spec.get('selector')!r} selects no "
-                                "Deployment's pods in this file")
+                problems.append(
+                    f"{where}: spec.selector: {spec.get('selector')!r} selects no "
+                    "Deployment's pods in this file"
+                )
             for i, port in enumerate(spec.get("ports") or []):
                 target = port.get("targetPort")
-                if isinstance(target, str) and targets and not any(
+                if (
+                    isinstance(target, str)
+                    and targets
+                    and not any(
                         target == p.get("name")
-                        for d in targets for c in _pod_template(d)[1].get("containers") or []
-                        for p in c.get("ports") or []):
-                    problems.append(f"{where}: spec.ports[{i}].targetPort: no container port is "
-                                    f"named {target!r}")
+                        for d in targets
+                        for c in _pod_template(d)[1].get("containers") or []
+                        for p in c.get("ports") or []
+                    )
+                ):
+                    problems.append(
+                        f"{where}: spec.ports[{i}].targetPort: no container port is "
+                        f"named {target!r}"
+                    )
         elif kind == "HorizontalPodAutoscaler":
             ref = spec.get("scaleTargetRef") or {}
             target = deployments.get((ns, ref.get("name")))
             if ref.get("kind") != "Deployment" or target is None:
-                problems.append(f"{where}: spec.scaleTargetRef: {ref.get('kind')}/"
-                                f"{ref.get('name')} is not a Deployment in this file")
+                problems.append(
+                    f"{where}: spec.scaleTargetRef: {ref.get('kind')}/"
+                    f"{ref.get('name')} is not a Deployment in this file"
+                )
                 continue
             if (spec.get("minReplicas") or 1) > (spec.get("maxReplicas") or 0):
-                problems.append(f"{where}: spec.minReplicas: {spec.get('minReplicas')} is above "
-                                f"maxReplicas {spec.get('maxReplicas')}")
+                problems.append(
+                    f"{where}: spec.minReplicas: {spec.get('minReplicas')} is above "
+                    f"maxReplicas {spec.get('maxReplicas')}"
+                )
             hpa_floor[(ns, ref.get("name"))] = spec.get("minReplicas") or 1
-            uses_cpu = any((m.get("resource") or {}).get("name") == "cpu"
-                           for m in spec.get("metrics") or [])
+            uses_cpu = any(
+                (m.get("resource") or {}).get("name") == "cpu" for m in spec.get("metrics") or []
+            )
             for c in _pod_template(target)[1].get("containers") or []:
                 if uses_cpu and "cpu" not in ((c.get("resources") or {}).get("requests") or {}):
-                    problems.append(f"{where}: spec.metrics: CPU utilization needs a cpu request "
-                                    f"on container {c.get('name')!r} of {_ref(target)}")
+                    problems.append(
+                        f"{where}: spec.metrics: CPU utilization needs a cpu request "
+                        f"on container {c.get('name')!r} of {_ref(target)}"
+                    )
     for where, doc in docs:
         if doc.get("kind") != "PodDisruptionBudget":
             continue
@@ -185,21 +236,26 @@ def _cross_check(docs: list[tuple[str, dict[str, Any]]]) -> list[str]:
         selector = (spec.get("selector") or {}).get("matchLabels")
         targets = pods_of(ns, selector)
         if not targets:
-            problems.append(f"{where}: spec.selector.matchLabels: {selector!r} selects no "
-                            "Deployment's pods in this file")
+            problems.append(
+                f"{where}: spec.selector.matchLabels: {selector!r} selects no "
+                "Deployment's pods in this file"
+            )
         minimum = spec.get("minAvailable")
         for target in targets:
             key = (ns, target["metadata"].get("name"))
             floor = hpa_floor.get(key, target["spec"].get("replicas", 1))
             if isinstance(minimum, int) and minimum >= floor:
-                problems.append(f"{where}: spec.minAvailable: {minimum} with as few as {floor} "
-                                f"replica(s) of {_ref(target)} blocks every eviction (node "
-                                "drains hang)")
+                problems.append(
+                    f"{where}: spec.minAvailable: {minimum} with as few as {floor} "
+                    f"replica(s) of {_ref(target)} blocks every eviction (node "
+                    "drains hang)"
+                )
     return problems
 
 
-def validate_documents(docs: Iterable[Any], *, source: str = "manifests",
-                       kubernetes_version: str = KUBERNETES_VERSION) -> list[str]:
+def validate_documents(
+    docs: Iterable[Any], *, source: str = "manifests", kubernetes_version: str = KUBERNETES_VERSION
+) -> list[str]:
     """Validate documents offline; returns their ``Kind/name``, raises :class:`ManifestError`.
 
     Core documents are checked with ``kubernetes_validate.validate(doc, version,
@@ -249,12 +305,14 @@ def _load_documents(path: Path) -> list[Any]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise DeployError(f"{path}: not valid YAML{where}: "
-                          f"{getattr(exc, 'problem', None) or exc}") from None
+        raise DeployError(
+            f"{path}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}"
+        ) from None
 
 
-def validate_manifests(path: str | Path, *,
-                       kubernetes_version: str = KUBERNETES_VERSION) -> list[str]:
+def validate_manifests(
+    path: str | Path, *, kubernetes_version: str = KUBERNETES_VERSION
+) -> list[str]:
     """Validate a manifest file, or every ``*.yaml``/``*.yml`` in a folder, offline.
 
     Returns the ``Kind/name`` of every document; raises :class:`ManifestError` (a
@@ -268,6 +326,7 @@ def validate_manifests(path: str | Path, *,
         raise DeployError(f"{path}: no *.yaml manifests in this folder")
     refs: list[str] = []
     for file in files:
-        refs += validate_documents(_load_documents(file), source=str(file),
-                                   kubernetes_version=kubernetes_version)
+        refs += validate_documents(
+            _load_documents(file), source=str(file), kubernetes_version=kubernetes_version
+        )
     return refs

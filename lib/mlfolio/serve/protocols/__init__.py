@@ -28,8 +28,7 @@ def json_depth(body: bytes) -> int:
     """
     if b"\\" in body:
         body = _JSON_ESCAPE.sub(b"", body)
-    marks = np.frombuffer(body.translate(None, _JSON_NOT_MARK).replace(b'""', b""),
-                          dtype=np.uint8)
+    marks = np.frombuffer(body.translate(None, _JSON_NOT_MARK).replace(b'""', b""), dtype=np.uint8)
     step = _JSON_STEP[marks].astype(np.int32)
     if (marks == 34).any():
         step[(np.cumsum(marks == 34) & 1) == 1] = 0  # inside a string
@@ -39,12 +38,12 @@ def json_depth(body: bytes) -> int:
 def load_json(body: bytes, what: str) -> Any:
     """``json.loads`` for request bodies: malformed or nested deeper than MAX_JSON_DEPTH
     (which would exhaust the parser's recursion and fail as a server error) is a 400."""
-    if body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH \
-            and json_depth(body) > MAX_JSON_DEPTH:
-        raise RequestError(f"{what}: nested deeper than {MAX_JSON_DEPTH} levels (arrays and "
-                           "objects); the scoring protocols need 5 at most")
+    if body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH and json_depth(body) > MAX_JSON_DEPTH:
+        raise RequestError(
+            f"{what}: nested deeper than {MAX_JSON_DEPTH} levels (arrays and "
+            "objects); the scoring protocols need 5 at most"
+        )
     try:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise RequestError(f"malformed {what}: {exc}") from None
-

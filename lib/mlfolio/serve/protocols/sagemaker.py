@@ -42,11 +42,13 @@ def _from_text(col: Column, values: list[str], where: str) -> list[Any]:
                 flag = {"true": True, "1": True, "false": False, "0": False}[stripped.lower()]
                 out.append(flag)
         except (ValueError, KeyError, OverflowError):
-            expected = {"long": "an integer", "double": "a number",
-                        "boolean": "true or false"}[col.kind]
-            raise RequestError(f"column {col.name!r}: expected {expected} (signature type "
-                               f"{col.kind}), got {describe(text)} in row {i} ({where})"
-                               ) from None
+            expected = {"long": "an integer", "double": "a number", "boolean": "true or false"}[
+                col.kind
+            ]
+            raise RequestError(
+                f"column {col.name!r}: expected {expected} (signature type "
+                f"{col.kind}), got {describe(text)} in row {i} ({where})"
+            ) from None
     return check_values(col, out, where)
 
 
@@ -73,22 +75,27 @@ def parse_csv(body: bytes, columns: list[Column]) -> Block:
     elif len(first) in (len(names), len(required)):  # the entity id, if any, comes last
         header, data_rows = (names if len(first) == len(names) else required), rows
     else:
-        raise RequestError(f"CSV: the first row names none of the model's columns {names} and "
-                           f"is not a row of {len(names)} values either ({len(first)} values)")
+        raise RequestError(
+            f"CSV: the first row names none of the model's columns {names} and "
+            f"is not a row of {len(names)} values either ({len(first)} values)"
+        )
     for i, row in enumerate(data_rows):
         if len(row) != len(header):
-            raise RequestError(f"CSV row {i}: expected {len(header)} values (one per column), "
-                               f"got {len(row)}")
+            raise RequestError(
+                f"CSV row {i}: expected {len(header)} values (one per column), got {len(row)}"
+            )
     by_name = {c.name: c for c in columns}
     unknown = [h for h in header if h not in by_name]
     if unknown:
-        raise RequestError(f"unknown column(s) {unknown} in the CSV header; the model expects "
-                           f"{expected_columns(columns)}")
-    data = {h: _from_text(by_name[h], [row[j] for row in data_rows], "CSV")
-            for j, h in enumerate(header)}
+        raise RequestError(
+            f"unknown column(s) {unknown} in the CSV header; the model expects "
+            f"{expected_columns(columns)}"
+        )
+    data = {
+        h: _from_text(by_name[h], [row[j] for row in data_rows], "CSV")
+        for j, h in enumerate(header)
+    }
     return validate_columns(data, columns, "CSV")
-
-
 
 
 def csv_answer(proba: Any, labels: Any) -> str:

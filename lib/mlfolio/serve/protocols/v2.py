@@ -23,15 +23,30 @@ from mlfolio.serve.protocols import load_json
 
 if TYPE_CHECKING:
     from mlfolio.serve.model import ServedModel
-_V2_NUMPY = {"BOOL": "?", "INT8": "<i1", "INT16": "<i2", "INT32": "<i4", "INT64": "<i8",
-             "UINT8": "<u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8",
-             "FP16": "<f2", "FP32": "<f4", "FP64": "<f8"}
+_V2_NUMPY = {
+    "BOOL": "?",
+    "INT8": "<i1",
+    "INT16": "<i2",
+    "INT32": "<i4",
+    "INT64": "<i8",
+    "UINT8": "<u1",
+    "UINT16": "<u2",
+    "UINT32": "<u4",
+    "UINT64": "<u8",
+    "FP16": "<f2",
+    "FP32": "<f4",
+    "FP64": "<f8",
+}
 _V2_INTS = ("INT64", "INT32", "INT16", "INT8", "UINT64", "UINT32", "UINT16", "UINT8")
 # Text in a double column is read as a number (blank: missing), integers and booleans in
 # a string column as their text, as the JSON protocols do.
-_V2_KIND_TYPES = {"long": _V2_INTS, "double": ("FP64", "FP32", "FP16", *_V2_INTS, "BYTES"),
-                  "string": ("BYTES", *_V2_INTS, "BOOL"), "boolean": ("BOOL",),
-                  "entity": ("BYTES", *_V2_INTS)}
+_V2_KIND_TYPES = {
+    "long": _V2_INTS,
+    "double": ("FP64", "FP32", "FP16", *_V2_INTS, "BYTES"),
+    "string": ("BYTES", *_V2_INTS, "BOOL"),
+    "boolean": ("BOOL",),
+    "entity": ("BYTES", *_V2_INTS),
+}
 _V2_OUTPUTS = ("probability", "label")
 
 
@@ -50,9 +65,10 @@ def _deserialize_bytes(raw: bytes, name: str) -> list[str]:
             (size,) = struct.unpack_from("<I", raw, pos)
             pos += 4
             if pos + size > len(raw):
-                raise RequestError(f"input {name!r}: binary BYTES element runs past the end of "
-                                   "its data")
-            out.append(raw[pos:pos + size].decode("utf-8"))
+                raise RequestError(
+                    f"input {name!r}: binary BYTES element runs past the end of its data"
+                )
+            out.append(raw[pos : pos + size].decode("utf-8"))
             pos += size
     except struct.error:
         raise RequestError(f"input {name!r}: truncated binary BYTES data") from None
@@ -62,8 +78,7 @@ def _deserialize_bytes(raw: bytes, name: str) -> list[str]:
 
 
 # Parameters the protocol defines for itself, and the JSON type each must have.
-_V2_RESERVED_PARAMETERS = {"binary_data_output": bool, "binary_data": bool,
-                           "binary_data_size": int}
+_V2_RESERVED_PARAMETERS = {"binary_data_output": bool, "binary_data": bool, "binary_data_size": int}
 
 
 def v2_parameters(holder: dict[str, Any], where: str) -> dict[str, Any]:
@@ -75,25 +90,28 @@ def v2_parameters(holder: dict[str, Any], where: str) -> dict[str, Any]:
     if params is None:
         return {}
     if not isinstance(params, dict):
-        raise RequestError(f"{where}: expected an object of name: value, got "
-                           f"{describe(params)}")
+        raise RequestError(f"{where}: expected an object of name: value, got {describe(params)}")
     for key, value in params.items():
         kind = _V2_RESERVED_PARAMETERS.get(key)
         if kind is bool and type(value) is not bool:
             raise RequestError(f"{where}.{key}: expected true or false, got {describe(value)}")
         if kind is int and (type(value) is not int or value < 0):
-            raise RequestError(f"{where}.{key}: expected a number of bytes (an integer >= 0), "
-                               f"got {describe(value)}")
+            raise RequestError(
+                f"{where}.{key}: expected a number of bytes (an integer >= 0), "
+                f"got {describe(value)}"
+            )
         if type(value) not in (bool, int, float, str):
-            raise RequestError(f"{where}.{key}: expected a boolean, number or string, got "
-                               f"{describe(value)}")
+            raise RequestError(
+                f"{where}.{key}: expected a boolean, number or string, got {describe(value)}"
+            )
     return params
 
 
 def _flatten(data: Any) -> list[Any]:
     if isinstance(data, list) and any(isinstance(v, list) for v in data):
-        return list(itertools.chain.from_iterable(
-            _flatten(v) if isinstance(v, list) else [v] for v in data))
+        return list(
+            itertools.chain.from_iterable(_flatten(v) if isinstance(v, list) else [v] for v in data)
+        )
     return data if isinstance(data, list) else [data]
 
 
@@ -105,56 +123,66 @@ def parse_v2(body: bytes, header_length: str | None, columns: list[Column]) -> V
         try:
             size = int(header_length)
         except ValueError:
-            raise RequestError(f"Inference-Header-Content-Length: expected an integer, got "
-                               f"{header_length!r}") from None
+            raise RequestError(
+                f"Inference-Header-Content-Length: expected an integer, got {header_length!r}"
+            ) from None
         if not 0 < size <= len(body):
-            raise RequestError(f"Inference-Header-Content-Length {size} does not fit the "
-                               f"{len(body)}-byte body")
+            raise RequestError(
+                f"Inference-Header-Content-Length {size} does not fit the {len(body)}-byte body"
+            )
         head, binary = body[:size], body[size:]
     doc = load_json(head, "JSON inference request")
-    if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) \
-            or not doc["inputs"]:
-        raise RequestError("the inference request must be a JSON object with a non-empty "
-                           "'inputs' list")
+    if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) or not doc["inputs"]:
+        raise RequestError(
+            "the inference request must be a JSON object with a non-empty 'inputs' list"
+        )
     by_name = {c.name: c for c in columns}
     data: dict[str, list[Any]] = {}
     offset = 0
     rows: int | None = None
     for i, tensor in enumerate(doc["inputs"]):
         if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
-            raise RequestError(f"inputs[{i}]: expected an object with 'name', 'shape', "
-                               "'datatype'")
+            raise RequestError(f"inputs[{i}]: expected an object with 'name', 'shape', 'datatype'")
         name = tensor["name"]
         col = by_name.get(name)
         if col is None:
-            raise RequestError(f"unknown input {name!r}; the model expects one tensor per "
-                               f"column: {expected_columns(columns)}")
+            raise RequestError(
+                f"unknown input {name!r}; the model expects one tensor per "
+                f"column: {expected_columns(columns)}"
+            )
         if name in data:
             raise RequestError(f"input {name!r} appears twice")
         datatype, shape = tensor.get("datatype"), tensor.get("shape")
         if datatype not in _V2_KIND_TYPES[col.kind]:
-            raise RequestError(f"input {name!r}: datatype {datatype!r} does not match the "
-                               f"column's type {col.kind} (expected one of "
-                               f"{list(_V2_KIND_TYPES[col.kind])})")
-        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape) \
-                or len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
-            raise RequestError(f"input {name!r}: shape must be [rows] or [rows, 1], got "
-                               f"{shape!r}")
+            raise RequestError(
+                f"input {name!r}: datatype {datatype!r} does not match the "
+                f"column's type {col.kind} (expected one of "
+                f"{list(_V2_KIND_TYPES[col.kind])})"
+            )
+        if (
+            not isinstance(shape, list)
+            or not all(type(d) is int and d >= 0 for d in shape)
+            or len(shape) not in (1, 2)
+            or (len(shape) == 2 and shape[1] != 1)
+        ):
+            raise RequestError(f"input {name!r}: shape must be [rows] or [rows, 1], got {shape!r}")
         params = v2_parameters(tensor, f"inputs[{i}].parameters")
         size = params.get("binary_data_size")
         if size is not None:
             if type(size) is not int or size < 0 or offset + size > len(binary):
-                raise RequestError(f"input {name!r}: binary_data_size {size!r} runs past the "
-                                   "end of the body")
-            raw = binary[offset:offset + size]
+                raise RequestError(
+                    f"input {name!r}: binary_data_size {size!r} runs past the end of the body"
+                )
+            raw = binary[offset : offset + size]
             offset += size
             if datatype == "BYTES":
                 values: list[Any] = _deserialize_bytes(raw, name)
             else:
                 dtype = np.dtype(_V2_NUMPY[datatype])
                 if size % dtype.itemsize:
-                    raise RequestError(f"input {name!r}: {size} bytes is not a whole number "
-                                       f"of {datatype} values")
+                    raise RequestError(
+                        f"input {name!r}: {size} bytes is not a whole number of {datatype} values"
+                    )
                 values = np.frombuffer(raw, dtype=dtype).tolist()
         else:
             if "data" not in tensor:
@@ -163,11 +191,14 @@ def parse_v2(body: bytes, header_length: str | None, columns: list[Column]) -> V
             if datatype in ("FP64", "FP32", "FP16"):
                 values = [float(v) if type(v) is int else v for v in values]
         if len(values) != shape[0]:
-            raise RequestError(f"input {name!r}: shape {shape} says {shape[0]} values, the "
-                               f"data holds {len(values)}")
+            raise RequestError(
+                f"input {name!r}: shape {shape} says {shape[0]} values, the "
+                f"data holds {len(values)}"
+            )
         if rows is not None and shape[0] != rows:
-            raise RequestError(f"input {name!r}: {shape[0]} rows where the other inputs have "
-                               f"{rows}")
+            raise RequestError(
+                f"input {name!r}: {shape[0]} rows where the other inputs have {rows}"
+            )
         rows = shape[0]
         data[name] = values
     if offset != len(binary):
@@ -183,18 +214,28 @@ def parse_v2(body: bytes, header_length: str | None, columns: list[Column]) -> V
         for k, out in enumerate(wanted):
             name = out.get("name") if isinstance(out, dict) else None
             if name not in _V2_OUTPUTS:
-                raise RequestError(f"unknown output {name!r}; the model has outputs "
-                                   f"{list(_V2_OUTPUTS)}")
+                raise RequestError(
+                    f"unknown output {name!r}; the model has outputs {list(_V2_OUTPUTS)}"
+                )
             params = v2_parameters(out, f"outputs[{k}].parameters")
             outputs.append((name, params.get("binary_data", binary_default)))
     request_id = doc.get("id")
-    return V2Request(validate_columns(data, columns, "inputs"),
-                     str(request_id) if request_id is not None else None, outputs)
+    return V2Request(
+        validate_columns(data, columns, "inputs"),
+        str(request_id) if request_id is not None else None,
+        outputs,
+    )
 
 
-def v2_response(model: ServedModel, request: V2Request, proba: np.ndarray, *,
-                labels: np.ndarray | None = None, model_version: str | None = None,
-                parameters: dict[str, Any] | None = None) -> tuple[bytes, dict[str, str]]:
+def v2_response(
+    model: ServedModel,
+    request: V2Request,
+    proba: np.ndarray,
+    *,
+    labels: np.ndarray | None = None,
+    model_version: str | None = None,
+    parameters: dict[str, Any] | None = None,
+) -> tuple[bytes, dict[str, str]]:
     """The inference response, with binary outputs appended after the JSON header.
 
     ``labels`` (default: ``model``'s threshold) and ``model_version`` let an A/B-routed
@@ -214,8 +255,11 @@ def v2_response(model: ServedModel, request: V2Request, proba: np.ndarray, *,
         else:
             out["data"] = values.tolist()
         outputs.append(out)
-    doc: dict[str, Any] = {"model_name": model.name,
-                           "model_version": model_version or model.version, "outputs": outputs}
+    doc: dict[str, Any] = {
+        "model_name": model.name,
+        "model_version": model_version or model.version,
+        "outputs": outputs,
+    }
     if request.id is not None:
         doc["id"] = request.id
     if parameters:
@@ -223,7 +267,7 @@ def v2_response(model: ServedModel, request: V2Request, proba: np.ndarray, *,
     head = json.dumps(doc).encode()
     if not blobs:
         return head, {"content-type": "application/json"}
-    return head + b"".join(blobs), {"content-type": "application/octet-stream",
-                                    "inference-header-content-length": str(len(head))}
-
-
+    return head + b"".join(blobs), {
+        "content-type": "application/octet-stream",
+        "inference-header-content-length": str(len(head)),
+    }
