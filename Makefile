@@ -31,8 +31,9 @@ test: setup  ## the whole test suite
 test-fast: setup  ## unit tests only (no end-to-end runs)
 	$(BIN)/python -m pytest -m "not slow"
 
-lint: setup
+lint: setup  ## ruff lint and format check (CI runs it before the tests)
 	$(BIN)/ruff check lib tests benchmarks tools
+	$(BIN)/ruff format --check lib tests benchmarks tools
 
 format: setup
 	$(BIN)/ruff format lib tests benchmarks tools
