@@ -102,6 +102,27 @@ class StageContext:
         df.to_parquet(path, index=False)
         return path
 
+    def read(self, product: Any) -> Any:
+        """An upstream :class:`~mlfolio.products.Product`: a DataFrame for Parquet, the
+        validated document (its pydantic model) for JSON; fails naming the stage to run."""
+        path = self.path(product.path)
+        if not path.exists():
+            raise self._missing(product.path)
+        if product.kind == "parquet":
+            return pd.read_parquet(path)
+        return product.parse(read_json(path), str(path))
+
+    def write(self, product: Any, payload: Any) -> Path:
+        """Write this stage's ``product``; a JSON document is checked against its model
+        first, so a stage cannot hand over a product its readers would reject."""
+        if product.kind == "parquet":
+            return self.write_parquet(product.path, payload)
+        doc = {"stage": self.stage, "mlflow_run_id": self.mlflow_run_id, **payload}
+        product.parse(doc, f"stage {self.stage} writing {product.path}")
+        path = self.path(product.path)
+        write_json(path, doc)
+        return path
+
     def start_mlflow(self) -> str:
         """Open this stage's MLflow run (a child of the pipeline run when there is one)."""
         from mlfolio import tracking

@@ -9,8 +9,6 @@ from typing import Any
 
 import yaml
 
-from mlfolio.context import read_json
-
 TEMPLATES = Path(__file__).parent / "templates"
 
 
@@ -29,35 +27,35 @@ def notebook_to_html(notebook: Path, target: Path) -> Path:
 
 
 def _metric_rows(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    from mlfolio import products
+
     cols = ("roc_auc", "pr_auc", "log_loss", "brier", "f1")
     rows: list[dict[str, Any]] = []
-    for name in ("train.json", "tune.json"):
-        path = run_dir / name
-        if path.exists():
-            for model, result in read_json(path).get("models", {}).items():
-                rows.append(
-                    {"model": model, "split": "valid", **{c: result["valid"].get(c) for c in cols}}
-                )
+    for product in (products.TRAIN, products.TUNE):
+        doc = product.load(run_dir)
+        for model, result in (doc.models if doc else {}).items():
+            rows.append(
+                {"model": model, "split": "valid", **{c: result.valid.get(c) for c in cols}}
+            )
     comparison = None
-    ev_path = run_dir / "evaluate.json"
-    if ev_path.exists():
-        ev = read_json(ev_path)
+    ev = products.EVALUATE.load(run_dir)
+    if ev is not None:
         rows.append(
             {
-                "model": f"{ev['candidate']['name']} (candidate)",
+                "model": f"{ev.candidate.name} (candidate)",
                 "split": "test",
-                **{c: ev["candidate"]["test"].get(c) for c in cols},
+                **{c: ev.candidate.test.get(c) for c in cols},
             }
         )
-        if ev.get("champion"):
+        if ev.champion:
             rows.append(
                 {
-                    "model": f"champion v{ev['champion']['version']}",
+                    "model": f"champion v{ev.champion.version}",
                     "split": "test",
-                    **{c: ev["champion"]["test"].get(c) for c in cols},
+                    **{c: ev.champion.test.get(c) for c in cols},
                 }
             )
-        comparison = ev.get("comparison")
+        comparison = ev.comparison
     return rows, comparison
 
 

@@ -16,14 +16,15 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from mlfolio import data, evaluate, features, registry, tracking, train, tune
+from mlfolio import data, evaluate, features, products, registry, tracking, train, tune
 from mlfolio.context import StageContext
 from mlfolio.errors import DataValidationError, RegistryError, StageError
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT = "data/snapshot.parquet"
-SPLITS = {name: f"data/{name}.parquet" for name in ("train", "valid", "test")}
+# Paths of the data products (declared in mlfolio.products), for readers of other runs.
+SNAPSHOT = products.SNAPSHOT.path
+SPLITS = {name: product.path for name, product in products.SPLITS.items()}
 
 
 # -- ingest ---------------------------------------------------------------------------
@@ -67,7 +68,7 @@ def ingest(ctx: StageContext) -> tuple[pd.DataFrame, dict[str, Any]]:
         }
     )
     mlflow.set_tag("mlfolio.data_hash", digest)
-    ctx.write_json("ingest.json", info)
+    ctx.write(products.INGEST, info)
     return df, info
 
 
@@ -82,7 +83,7 @@ def preprocess(ctx: StageContext) -> dict[str, pd.DataFrame]:
     table = features.split_summary(parts, cfg.schema)
     mlflow.log_params({f"split.{k}": v for k, v in cfg.split.model_dump().items()})
     mlflow.log_metrics({f"{name}_rows": int(row["rows"]) for name, row in table.iterrows()})
-    ctx.write_json("preprocess.json", {"splits": table.to_dict(orient="index"), "files": SPLITS})
+    ctx.write(products.PREPROCESS, {"splits": table.to_dict(orient="index"), "files": SPLITS})
     return parts
 
 
@@ -126,7 +127,7 @@ def train_baselines(ctx: StageContext) -> pd.DataFrame:
         params = dict(getattr(ctx.cfg.training, kind))
         with tracking.child_run(kind, tags={"mlfolio.stage": "train"}):
             results[kind] = _fit_and_log(ctx, kind, params, parts, kind)
-    ctx.write_json("train.json", {"models": results})
+    ctx.write(products.TRAIN, {"models": results})
     return metrics_table(results)
 
 
@@ -165,7 +166,7 @@ def tune_model(ctx: StageContext) -> tuple[Any, dict[str, Any]]:
     parts = load_splits(ctx)
     study_name = cfg.tuning.study_name or f"{cfg.experiment}-{ctx.run_dir.name}"
     if not cfg.tuning.enabled:
-        ctx.write_json("tune.json", {"enabled": False})
+        ctx.write(products.TUNE, {"enabled": False})
         return None, {"enabled": False}
     study = tune.run_study(
         cfg.tuning, parts["train"], cfg.schema, cfg.seed, ctx.run_dir, study_name
@@ -193,7 +194,7 @@ def tune_model(ctx: StageContext) -> tuple[Any, dict[str, Any]]:
         "trial_states": counts,
         "models": {result["name"]: result},
     }
-    ctx.write_json("tune.json", info)
+    ctx.write(products.TUNE, info)
     return study, info
 
 
@@ -207,10 +208,9 @@ def optuna_fixed(params: dict[str, Any]):
 # -- evaluate -------------------------------------------------------------------------
 def candidates(ctx: StageContext) -> dict[str, dict[str, Any]]:
     """Every model of the train and tune stages, by name."""
-    found = dict(ctx.read_json("train.json")["models"])
-    tuned = ctx.read_json("tune.json")
-    found.update(tuned.get("models", {}))
-    return found
+    found = dict(ctx.read(products.TRAIN).models)
+    found.update(ctx.read(products.TUNE).models)
+    return {name: model.model_dump(mode="json") for name, model in found.items()}
 
 
 def evaluate_candidate(ctx: StageContext) -> dict[str, Any]:
@@ -280,7 +280,7 @@ def evaluate_candidate(ctx: StageContext) -> dict[str, Any]:
         "comparison": comparison,
         "gate": verdict.to_dict(),
     }
-    ctx.write_json("evaluate.json", result)
+    ctx.write(products.EVALUATE, result)
     return result
 
 
@@ -294,10 +294,10 @@ def register_model(ctx: StageContext) -> dict[str, Any]:
     """Register the candidate as a new version, alias it challenger, and move champion
     only when the gate passed."""
     cfg = ctx.cfg
-    ev = ctx.read_json("evaluate.json")
-    ingest_info = ctx.read_json("ingest.json")
-    candidate = ev["candidate"]
-    passed = bool(ev["gate"]["passed"])
+    ev = ctx.read(products.EVALUATE)
+    ingest_info = ctx.read(products.INGEST)
+    candidate = ev.candidate
+    passed = ev.gate.passed
     if ctx.interactive and not cfg.registry.interactive_writes:
         # Exploring in JupyterLab must not change what production serves.
         why = (
@@ -309,7 +309,7 @@ def register_model(ctx: StageContext) -> dict[str, Any]:
             "model_name": cfg.model_name,
             "version": None,
             "model_uri": None,
-            "source": candidate["model_uri"],
+            "source": candidate.model_uri,
             "registered": False,
             "promoted": False,
             "why_not_promoted": why,
@@ -319,22 +319,22 @@ def register_model(ctx: StageContext) -> dict[str, Any]:
                 c.version if (c := registry.get_alias(cfg.model_name, registry.CHAMPION)) else None
             ),
         }
-        ctx.write_json("register.json", result)
+        ctx.write(products.REGISTER, result)
         return result
     tags = {
         "mlfolio.run_dir": str(ctx.run_dir),
-        "mlfolio.data_hash": ingest_info["data_hash"],
+        "mlfolio.data_hash": ingest_info.data_hash,
         "mlfolio.pipeline_run_id": ctx.parent_run_id,
-        "mlfolio.candidate": candidate["name"],
+        "mlfolio.candidate": candidate.name,
         "mlfolio.gate_passed": str(passed),
-        "mlfolio.test_roc_auc": f"{candidate['test']['roc_auc']:.6f}",
-        "mlfolio.threshold": f"{ev['threshold']:.6f}",
+        "mlfolio.test_roc_auc": f"{candidate.test['roc_auc']:.6f}",
+        "mlfolio.threshold": f"{ev.threshold:.6f}",
     }
     try:
-        ref = registry.register(cfg.model_name, candidate["model_uri"], candidate["run_id"], tags)
+        ref = registry.register(cfg.model_name, candidate.model_uri, candidate.run_id, tags)
     except Exception as exc:
         raise RegistryError(
-            f"registering {candidate['model_uri']} as {cfg.model_name} failed: {exc}"
+            f"registering {candidate.model_uri} as {cfg.model_name} failed: {exc}"
         ) from exc
     events = [
         registry.set_alias(
@@ -343,14 +343,14 @@ def register_model(ctx: StageContext) -> dict[str, Any]:
     ]
     # The gate judged the candidate against the champion of evaluate's moment: champion
     # moves only if it still is that version (compare-and-set under the registry lock).
-    compared_against = (ev.get("champion") or {}).get("version")
+    compared_against = ev.champion.version if ev.champion else None
     why_not = None
     if not passed:
         why_not = "gate failed"
     elif not cfg.registry.promote:
         why_not = "registry.promote is false"
     else:
-        reason = "gate passed: " + "; ".join(ev["gate"]["reasons"])
+        reason = "gate passed: " + "; ".join(ev.gate.reasons)
         promotion = registry.promote(
             ref,
             compared_against,
@@ -370,7 +370,7 @@ def register_model(ctx: StageContext) -> dict[str, Any]:
         "model_name": ref.name,
         "version": ref.version,
         "model_uri": ref.uri,
-        "source": candidate["model_uri"],
+        "source": candidate.model_uri,
         "registered": True,
         "promoted": promoted,
         "why_not_promoted": why_not,
@@ -378,7 +378,7 @@ def register_model(ctx: StageContext) -> dict[str, Any]:
         "alias_events": events,
         "champion": (c.version if (c := registry.get_alias(ref.name, registry.CHAMPION)) else None),
     }
-    ctx.write_json("register.json", result)
+    ctx.write(products.REGISTER, result)
     return result
 
 
@@ -414,8 +414,8 @@ def deploy_model(ctx: StageContext) -> dict[str, Any]:
             results[target] = {"status": "failed", "error": str(exc)}
     failed = {t: r["error"] for t, r in results.items() if r["status"] == "failed"}
     mlflow.set_tags({f"mlfolio.deploy.{t}": r["status"] for t, r in results.items()})
-    ctx.write_json(
-        "deploy.json",
+    ctx.write(
+        products.DEPLOY,
         {
             "model_name": ref.name,
             "version": ref.version,
@@ -431,10 +431,10 @@ def deploy_model(ctx: StageContext) -> dict[str, Any]:
 
 # -- monitor --------------------------------------------------------------------------
 # The monitor run (`mlfolio monitor`): current data against the champion's training rows.
-DRIFT_REPORT = "drift_report.html"
+DRIFT_REPORT = products.DRIFT_REPORT.path
 QUALITY_REPORT = "quality_report.html"
 RETRAIN_DATA = "data/retrain.parquet"
-CURRENT_DATA = "data/current.parquet"
+CURRENT_DATA = products.CURRENT_DATA.path
 
 
 def _champion_source(ctx: StageContext) -> tuple[registry.ModelRef, dict[str, str], Path]:
@@ -689,7 +689,7 @@ def monitor_model(ctx: StageContext) -> dict[str, Any]:
         "decision": decision.to_dict(),
         "monitor_run_dir": str(ctx.run_dir),
     }
-    ctx.write_json("drift.json", doc)
+    ctx.write(products.DRIFT, doc)
     monitor.write_prometheus_textfile(doc, ctx.path("drift.prom"))
     if source["kind"] == "prediction_log":  # the server logging it shows the verdict
         monitor.publish_for_server(doc, mon.prediction_log)
@@ -720,7 +720,7 @@ def monitor_model(ctx: StageContext) -> dict[str, Any]:
         "reports": reports,
         "retrain_data": retrain_data,
     }
-    ctx.write_json("monitor.json", result)
+    ctx.write(products.MONITOR, result)
     return {**result, "verdict": verdict}
 
 
@@ -764,7 +764,7 @@ def ab_report(ctx: StageContext) -> tuple[pd.DataFrame, dict[str, Any]]:
         model_name=ctx.cfg.model_name,
     )
     result["source"] = mon.prediction_log
-    ctx.write_json("ab.json", result)
+    ctx.write(products.AB, result)
     mlflow.set_tags(
         {
             "mlfolio.ab_design": result["design"],

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from mlfolio import products
 from mlfolio.config import Config, project_dir
 from mlfolio.errors import ConfigError
 
@@ -20,48 +21,29 @@ log = logging.getLogger(__name__)
 class Stage:
     name: str
     notebook: str
-    products: tuple[str, ...]
     sections: tuple[str, ...]  # parameter sections the stage reads
+
+    @property
+    def products(self) -> tuple[str, ...]:
+        """What the stage writes, as declared in :mod:`mlfolio.products`."""
+        return products.of_stage(self.name)
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage(
-        "ingest",
-        "01_ingest.ipynb",
-        ("data/snapshot.parquet", "ingest.json"),
-        ("experiment", "seed", "data", "schema", "tracking"),
-    ),
-    Stage(
-        "preprocess",
-        "02_preprocess.ipynb",
-        ("data/train.parquet", "data/valid.parquet", "data/test.parquet", "preprocess.json"),
-        ("seed", "schema", "split"),
-    ),
-    Stage("train", "03_train.ipynb", ("train.json",), ("seed", "schema", "training")),
-    Stage("tune", "04_tune.ipynb", ("tune.json",), ("seed", "schema", "tuning")),
-    Stage(
-        "evaluate",
-        "05_evaluate.ipynb",
-        ("evaluate.json", "data/test_scores.parquet"),
-        ("seed", "schema", "evaluation", "gate", "registry"),
-    ),
-    Stage("register", "06_register.ipynb", ("register.json",), ("registry", "tracking")),
-    Stage("deploy", "07_deploy.ipynb", ("deploy.json",), ("registry", "tracking", "deploy")),
+    Stage("ingest", "01_ingest.ipynb", ("experiment", "seed", "data", "schema", "tracking")),
+    Stage("preprocess", "02_preprocess.ipynb", ("seed", "schema", "split")),
+    Stage("train", "03_train.ipynb", ("seed", "schema", "training")),
+    Stage("tune", "04_tune.ipynb", ("seed", "schema", "tuning")),
+    Stage("evaluate", "05_evaluate.ipynb", ("seed", "schema", "evaluation", "gate", "registry")),
+    Stage("register", "06_register.ipynb", ("registry", "tracking")),
+    Stage("deploy", "07_deploy.ipynb", ("registry", "tracking", "deploy")),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 # `mlfolio monitor`: its own run folder, linked to the retraining run it may fire.
 MONITOR_STAGES: tuple[Stage, ...] = (
+    Stage("monitor", "08_monitor.ipynb", ("seed", "schema", "registry", "tracking", "monitoring")),
     Stage(
-        "monitor",
-        "08_monitor.ipynb",
-        ("drift.json", "monitor.json", "drift_report.html", "data/current.parquet"),
-        ("seed", "schema", "registry", "tracking", "monitoring"),
-    ),
-    Stage(
-        "ab_report",
-        "09_ab_report.ipynb",
-        ("ab.json",),
-        ("seed", "schema", "registry", "tracking", "monitoring"),
+        "ab_report", "09_ab_report.ipynb", ("seed", "schema", "registry", "tracking", "monitoring")
     ),
 )
 PIPELINES = {"training": STAGES, "monitor": MONITOR_STAGES}

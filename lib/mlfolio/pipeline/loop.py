@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from mlfolio import config as config_mod
+from mlfolio import products
 from mlfolio.config import Config
-from mlfolio.context import read_json
 from mlfolio.errors import ConfigError, StageError
 from mlfolio.pipeline.graph import new_run_dir
 from mlfolio.pipeline.provenance import Manifest
@@ -99,15 +99,17 @@ def monitor(
         kind="monitor",
     )
     folder = Path(manifest.data["run_dir"])
-    decision = manifest.data["monitor"]["decision"]
+    # Typed from here on: the monitor stage's product, validated against its model.
+    monitored = products.MONITOR.load(folder)
+    decision = monitored.decision
     actions: dict[str, Any] = {"dry_run": dry_run}
     manifest.data["actions"] = actions
-    echo(f"monitor: {'retraining fires' if decision['retrain'] else 'no retraining'}")
-    for reason in decision["reasons"]:
+    echo(f"monitor: {'retraining fires' if decision.retrain else 'no retraining'}")
+    for reason in decision.reasons:
         echo(f"  {reason}")
 
-    ab = read_json(folder / "ab.json") if (folder / "ab.json").exists() else None
-    action = (ab or {}).get("recommendation", {}).get("action", "keep")
+    ab = products.AB.load(folder)
+    action = ab.recommendation.action if ab else "keep"
     if ab and action != "keep":
         if not cfg.monitoring.ab.act:
             actions["ab"] = {
@@ -124,7 +126,7 @@ def monitor(
                 "done": True,
                 **registry.act_on_ab(
                     cfg.model_name,
-                    ab,
+                    ab.model_dump(mode="json"),
                     str(folder),
                     cfg.registry.lock_uri,
                     cfg.registry.lock_timeout_s,
@@ -134,22 +136,22 @@ def monitor(
 
     retrain_manifest: Manifest | None = None
     failure: StageError | None = None
-    if decision["retrain"] and dry_run:
+    if decision.retrain and dry_run:
         actions["retrain"] = {"fired": True, "run": False, "why": "--dry-run"}
         echo("retraining not started (--dry-run)")
-    elif decision["retrain"] and (held := _claim_retraining(cfg, manifest, runs_root)):
+    elif decision.retrain and (held := _claim_retraining(cfg, manifest, runs_root)):
         actions["retrain"] = {"fired": True, "run": False, "why": held}
         echo(f"retraining {held}")
-    elif decision["retrain"]:
+    elif decision.retrain:
         retrain_dir = Path(actions.pop("claimed_run_dir"))
         retrain_dir.mkdir(parents=True)
         trigger = {
             "by": "monitor",
             "monitor_run_dir": str(folder),
             "monitor_index": _link(folder, retrain_dir),
-            "reasons": decision["reasons"],
-            "champion_version": manifest.data["monitor"]["model"]["version"],
-            "data": manifest.data["monitor"]["retrain_data"],
+            "reasons": decision.reasons,
+            "champion_version": monitored.model["version"],
+            "data": monitored.retrain_data,
         }
         Manifest(
             retrain_dir / "manifest.json",

@@ -19,7 +19,6 @@ import yaml
 
 from mlfolio import config as config_mod
 from mlfolio.config import Config, project_dir
-from mlfolio.context import read_json
 from mlfolio.errors import ConfigError, RunInterrupted, StageError
 from mlfolio.pipeline.engine import KERNEL_LOOKAHEAD, WarmKernel, execute_stage
 from mlfolio.pipeline.graph import REFERENCE_DATA, Stage, new_run_dir, select_stages
@@ -374,58 +373,8 @@ def _run_stages(
 
 
 def _collect_results(manifest: Manifest, folder: Path) -> None:
-    """Copy the headline facts of the stage products into the manifest."""
+    """Copy the headline facts of the stage products into the manifest (each product
+    declares its own summary in :mod:`mlfolio.products`)."""
+    from mlfolio import products
 
-    def product(name: str) -> dict[str, Any] | None:
-        path = folder / name
-        return read_json(path) if path.exists() else None
-
-    if ingest := product("ingest.json"):
-        manifest.data["data_hash"] = ingest["data_hash"]
-        manifest.data["data"] = {
-            k: ingest[k]
-            for k in ("source", "rows", "positive_rate", "dropped_missing_target")
-            if k in ingest
-        }
-    if ev := product("evaluate.json"):
-        manifest.data["gate"] = ev["gate"]
-        manifest.data["candidate"] = {
-            "name": ev["candidate"]["name"],
-            "test": ev["candidate"]["test"],
-        }
-    if deployed := product("deploy.json"):
-        manifest.data["deploy"] = {
-            k: deployed[k] for k in ("model_name", "version", "alias", "model_uri", "targets")
-        }
-    if mon := product("monitor.json"):
-        manifest.data["monitor"] = {
-            k: mon[k]
-            for k in (
-                "model",
-                "current",
-                "share_drifted",
-                "drifted_columns",
-                "dataset_drift",
-                "prediction_drift",
-                "quality",
-                "decision",
-                "reports",
-                "retrain_data",
-            )
-        }
-    if ab := product("ab.json"):
-        manifest.data["ab"] = {k: ab.get(k) for k in ("design", "recommendation")}
-    if reg := product("register.json"):
-        manifest.data["model"] = {
-            k: reg.get(k)
-            for k in (
-                "model_name",
-                "version",
-                "model_uri",
-                "registered",
-                "promoted",
-                "why_not_promoted",
-                "compared_against",
-                "champion",
-            )
-        }
+    manifest.data.update(products.collect(folder))

@@ -1,0 +1,297 @@
+"""Every file a stage hands over, declared once (in the spirit of Kedro's data catalog).
+
+A :class:`Product` names its path in the run folder, the stage that writes it, its format
+and, for JSON, the pydantic model its content must match. Stages write and read products
+through these declarations (``ctx.write(EVALUATE, doc)``, ``ctx.read(EVALUATE).gate``);
+the runner derives each stage's outputs from them, copies each product's ``summary`` into
+the manifest under ``manifest_key``, and the report reads them the same way. Adding a
+stage is a declaration here plus its function and notebook.
+
+The models type the fields other code relies on and allow the rest (``extra="allow"``),
+so a stage may add detail to its product without a schema change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from mlfolio.errors import StageError
+
+
+class _Doc(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+# -- the JSON documents -----------------------------------------------------------------
+class IngestDoc(_Doc):
+    source: str
+    data_hash: str
+    rows: int
+    positive_rate: float
+    dropped_missing_target: int = 0
+
+
+class PreprocessDoc(_Doc):
+    splits: dict[str, dict[str, Any]]
+    files: dict[str, str]
+
+
+class TrainedModel(_Doc):
+    name: str
+    kind: str
+    params: dict[str, Any]
+    model_uri: str
+    run_id: str
+    valid: dict[str, float]
+
+
+class TrainDoc(_Doc):
+    models: dict[str, TrainedModel]
+
+
+class TuneDoc(_Doc):
+    enabled: bool
+    models: dict[str, TrainedModel] = {}
+
+
+class GateVerdict(_Doc):
+    passed: bool
+    reasons: list[str]
+
+
+class Candidate(_Doc):
+    name: str
+    model_uri: str
+    run_id: str
+    valid: dict[str, float]
+    test: dict[str, float]
+
+
+class ChampionScores(_Doc):
+    version: str
+    run_id: str | None = None
+    test: dict[str, float]
+
+
+class EvaluateDoc(_Doc):
+    candidate: Candidate
+    threshold: float
+    champion: ChampionScores | None
+    comparison: dict[str, Any] | None
+    gate: GateVerdict
+
+
+class RegisterDoc(_Doc):
+    model_name: str
+    version: str | None
+    model_uri: str | None
+    registered: bool = True
+    promoted: bool
+    why_not_promoted: str | None
+    compared_against: str | None = None
+    champion: str | None
+    alias_events: list[dict[str, Any]]
+
+
+class DeployDoc(_Doc):
+    model_name: str
+    version: str
+    alias: str
+    model_uri: str
+    targets: dict[str, Any]
+
+
+class RetrainDecisionDoc(_Doc):
+    retrain: bool
+    reasons: list[str]
+
+
+class MonitorDoc(_Doc):
+    model: dict[str, Any]
+    current: dict[str, Any]
+    share_drifted: float
+    drifted_columns: list[str]
+    dataset_drift: bool
+    prediction_drift: bool
+    quality: dict[str, Any] | None
+    decision: RetrainDecisionDoc
+    reports: dict[str, str]
+    retrain_data: str | None
+
+
+class Recommendation(_Doc):
+    action: Literal["promote", "keep", "roll back"]
+    summary: str = ""
+    reasons: list[str] = []
+
+
+class AbDoc(_Doc):
+    design: str
+    recommendation: Recommendation
+
+
+# -- the declarations -------------------------------------------------------------------
+@dataclass(frozen=True)
+class Product:
+    """One file a stage writes into the run folder."""
+
+    path: str
+    stage: str
+    model: type[_Doc] | None = None  # JSON products: what the content must match
+    manifest_key: str | None = None  # the runner copies ``summary(doc)`` there
+    summary: Callable[[Any], Any] | None = None
+
+    @property
+    def kind(self) -> str:
+        return Path(self.path).suffix.lstrip(".")
+
+    def parse(self, payload: Any, where: str) -> Any:
+        """``payload`` as this product's model; a mismatch names the product and field."""
+        if self.model is None:
+            return payload
+        try:
+            return self.model.model_validate(payload)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first["loc"]) or "(document)"
+            raise StageError(
+                self.stage, f"{where}: {self.path} field {field}: {first['msg']}"
+            ) from None
+
+    def load(self, run_dir: Path) -> Any:
+        """Read and validate this product from ``run_dir``; None when it is not there."""
+        from mlfolio.context import read_json
+
+        path = run_dir / self.path
+        if not path.exists():
+            return None
+        return self.parse(read_json(path), str(path))
+
+
+def _dump(doc: BaseModel, *keys: str) -> dict[str, Any]:
+    data = doc.model_dump(mode="json")
+    return {k: data[k] for k in keys if k in data}
+
+
+SNAPSHOT = Product("data/snapshot.parquet", "ingest")
+INGEST = Product(
+    "ingest.json",
+    "ingest",
+    IngestDoc,
+    "data",
+    lambda d: _dump(d, "source", "rows", "positive_rate", "dropped_missing_target"),
+)
+SPLITS = {
+    name: Product(f"data/{name}.parquet", "preprocess") for name in ("train", "valid", "test")
+}
+PREPROCESS = Product("preprocess.json", "preprocess", PreprocessDoc)
+TRAIN = Product("train.json", "train", TrainDoc)
+TUNE = Product("tune.json", "tune", TuneDoc)
+EVALUATE = Product(
+    "evaluate.json",
+    "evaluate",
+    EvaluateDoc,
+    "candidate",
+    lambda d: {"name": d.candidate.name, "test": d.candidate.test},
+)
+TEST_SCORES = Product("data/test_scores.parquet", "evaluate")
+REGISTER = Product(
+    "register.json",
+    "register",
+    RegisterDoc,
+    "model",
+    lambda d: _dump(
+        d,
+        "model_name",
+        "version",
+        "model_uri",
+        "registered",
+        "promoted",
+        "why_not_promoted",
+        "compared_against",
+        "champion",
+    ),
+)
+DEPLOY = Product(
+    "deploy.json",
+    "deploy",
+    DeployDoc,
+    "deploy",
+    lambda d: _dump(d, "model_name", "version", "alias", "model_uri", "targets"),
+)
+DRIFT = Product("drift.json", "monitor")
+MONITOR = Product(
+    "monitor.json",
+    "monitor",
+    MonitorDoc,
+    "monitor",
+    lambda d: _dump(
+        d,
+        "model",
+        "current",
+        "share_drifted",
+        "drifted_columns",
+        "dataset_drift",
+        "prediction_drift",
+        "quality",
+        "decision",
+        "reports",
+        "retrain_data",
+    ),
+)
+DRIFT_REPORT = Product("drift_report.html", "monitor")
+CURRENT_DATA = Product("data/current.parquet", "monitor")
+AB = Product("ab.json", "ab_report", AbDoc, "ab", lambda d: _dump(d, "design", "recommendation"))
+
+ALL: tuple[Product, ...] = (
+    SNAPSHOT,
+    INGEST,
+    *SPLITS.values(),
+    PREPROCESS,
+    TRAIN,
+    TUNE,
+    EVALUATE,
+    TEST_SCORES,
+    REGISTER,
+    DEPLOY,
+    DRIFT,
+    MONITOR,
+    DRIFT_REPORT,
+    CURRENT_DATA,
+    AB,
+)
+BY_PATH = {p.path: p for p in ALL}
+
+
+def of_stage(stage: str) -> tuple[str, ...]:
+    """The paths a stage must leave in the run folder, in declaration order."""
+    return tuple(p.path for p in ALL if p.stage == stage)
+
+
+def producer(path: str) -> str | None:
+    """The stage that writes ``path`` (None: not a declared product)."""
+    product = BY_PATH.get(path)
+    return product.stage if product else None
+
+
+def collect(run_dir: Path) -> dict[str, Any]:
+    """The manifest's summary of every product in ``run_dir`` that declares one, plus the
+    data hash and the gate verdict (the facts a reviewer reads first)."""
+    out: dict[str, Any] = {}
+    for product in ALL:
+        if product.manifest_key is None:
+            continue
+        doc = product.load(run_dir)
+        if doc is None:
+            continue
+        out[product.manifest_key] = product.summary(doc)
+        if product is INGEST:
+            out["data_hash"] = doc.data_hash
+        if product is EVALUATE:
+            out["gate"] = doc.gate.model_dump(mode="json")
+    return out

@@ -1,0 +1,81 @@
+"""Stage products declared once: paths, models, manifest summaries."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mlfolio import pipeline, products
+from mlfolio.config import load
+from mlfolio.context import StageContext
+from mlfolio.errors import StageError
+
+from .conftest import CHURN_PARAMS
+
+
+def test_every_stage_writes_declared_products_and_each_has_one_writer():
+    for stage in (*pipeline.STAGES, *pipeline.MONITOR_STAGES):
+        assert stage.products, stage.name
+        for path in stage.products:
+            assert products.producer(path) == stage.name
+    assert len(products.BY_PATH) == len(products.ALL)
+
+
+def _ctx(tmp_path, stage: str) -> StageContext:
+    return StageContext(stage=stage, cfg=load(CHURN_PARAMS), run_dir=tmp_path)
+
+
+def test_a_product_that_breaks_its_model_is_not_written(tmp_path):
+    ctx = _ctx(tmp_path, "evaluate")
+    with pytest.raises(StageError, match=r"evaluate.json field candidate.name: Field required"):
+        ctx.write(products.EVALUATE, {"candidate": {}, "threshold": 0.5})
+    assert not (tmp_path / "evaluate.json").exists()
+
+
+def test_a_corrupt_upstream_product_names_file_and_field(tmp_path):
+    (tmp_path / "ab.json").write_text(
+        json.dumps({"design": "ab", "recommendation": {"action": "ship it"}})
+    )
+    with pytest.raises(StageError, match=r"ab.json field recommendation.action"):
+        _ctx(tmp_path, "ab_report").read(products.AB)
+
+
+def test_missing_upstream_product_names_its_stage(tmp_path):
+    with pytest.raises(StageError, match=r"run the tune stage \(04_tune.ipynb\) first"):
+        _ctx(tmp_path, "evaluate").read(products.TUNE)
+
+
+def test_collect_summarises_each_product_for_the_manifest(tmp_path):
+    ctx = _ctx(tmp_path, "ingest")
+    ctx.write(
+        products.INGEST,
+        {
+            "source": "data/telco_churn.csv",
+            "data_hash": "ab" * 32,
+            "rows": 4000,
+            "positive_rate": 0.26,
+            "columns": 21,
+        },
+    )
+    ctx = _ctx(tmp_path, "ab_report")
+    ctx.write(
+        products.AB,
+        {
+            "design": "shadow",
+            "recommendation": {"action": "keep", "summary": "no difference", "reasons": ["p=0.4"]},
+            "variants": [],
+        },
+    )
+    summary = products.collect(tmp_path)
+    assert summary["data_hash"] == "ab" * 32
+    assert summary["data"] == {
+        "source": "data/telco_churn.csv",
+        "rows": 4000,
+        "positive_rate": 0.26,
+        "dropped_missing_target": 0,
+    }
+    assert summary["ab"]["recommendation"]["action"] == "keep"
+    assert "gate" not in summary and "model" not in summary
+    doc = products.AB.load(tmp_path)
+    assert doc.recommendation.action == "keep" and doc.variants == []  # extra fields kept
