@@ -1,0 +1,364 @@
+"""Stages monitor (drift, quality, the retraining decision) and ab_report."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+from mlfolio import data, evaluate, products, registry, tracking
+from mlfolio.context import StageContext
+from mlfolio.errors import DataValidationError, StageError
+from mlfolio.stages.training import SNAPSHOT, SPLITS
+
+log = logging.getLogger(__name__)
+
+
+# -- monitor --------------------------------------------------------------------------
+# The monitor run (`mlfolio monitor`): current data against the champion's training rows.
+DRIFT_REPORT = products.DRIFT_REPORT.path
+QUALITY_REPORT = "quality_report.html"
+RETRAIN_DATA = "data/retrain.parquet"
+CURRENT_DATA = products.CURRENT_DATA.path
+
+
+def _champion_source(ctx: StageContext) -> tuple[registry.ModelRef, dict[str, str], Path]:
+    """The champion version, its tags and the run folder it was trained in."""
+    from mlflow import MlflowClient
+
+    name = ctx.cfg.model_name
+    champion = registry.get_alias(name, registry.CHAMPION)
+    if champion is None:
+        raise StageError(
+            ctx.stage,
+            f"no models:/{name}@{registry.CHAMPION} to monitor: run "
+            "the pipeline first (mlfolio run ...)",
+        )
+    tags = dict(MlflowClient().get_model_version(name, champion.version).tags or {})
+    run_dir = tags.get("mlfolio.run_dir")
+    if not run_dir:
+        raise StageError(
+            ctx.stage,
+            f"{champion.uri} has no mlfolio.run_dir tag: the reference "
+            "data (its training rows) cannot be found",
+        )
+    folder = Path(run_dir)
+    needed = (SNAPSHOT, SPLITS["train"], SPLITS["test"])
+    if all((folder / name_).is_file() for name_ in needed):
+        return champion, tags, folder
+    # Not on this machine: the pipeline run's artifacts carry the same files.
+    pipeline_run = tags.get("mlfolio.pipeline_run_id")
+    if pipeline_run:
+        import mlflow.artifacts
+        from mlflow.exceptions import MlflowException
+
+        copy = ctx.path("reference")
+        try:
+            mlflow.artifacts.download_artifacts(
+                run_id=pipeline_run, artifact_path="data", dst_path=str(copy)
+            )
+        except (MlflowException, OSError) as exc:
+            log.warning(
+                "reference data of %s not in run %s's artifacts: %s",
+                champion.uri,
+                pipeline_run,
+                exc,
+            )
+        if all((copy / name_).is_file() for name_ in needed):
+            log.info(
+                "%s: reference data from runs:/%s/data (%s is not readable here)",
+                champion.uri,
+                pipeline_run,
+                folder,
+            )
+            return champion, {**tags, "mlfolio.reference_uri": f"runs:/{pipeline_run}/data"}, copy
+    missing = next(folder / n for n in needed if not (folder / n).is_file())
+    raise StageError(
+        ctx.stage,
+        f"{champion.uri}: reference data {missing} is missing, and "
+        f"the pipeline run {pipeline_run or '(no mlfolio.pipeline_run_id tag)'} "
+        "has no data/ artifacts to fall back on",
+    )
+
+
+def _labels_for(ctx: StageContext, frame: pd.DataFrame, ids: pd.Series | None) -> pd.Series:
+    """0/1 outcomes per row of ``frame`` (NaN: unknown) from monitoring.labels, by id."""
+    from mlfolio import predlog
+
+    schema = ctx.cfg.schema
+    labels = predlog.read_labels(
+        ctx.cfg.monitoring.labels,
+        schema.target,
+        schema.positive_label,
+        schema.negative_label,
+        id_column=schema.id_column,
+    )
+    joined = predlog.join_labels(
+        frame.assign(entity_id=ids) if ids is not None else frame,
+        labels,
+        id_column=schema.id_column,
+    )
+    return joined["actual"]
+
+
+def _current_data(ctx: StageContext, model: Any) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Current rows (features, id, ``score`` from the champion, ``actual`` 0/1/NaN) and where
+    they came from: the --current file, else the prediction log's window."""
+    from mlfolio import monitor, predlog
+    from mlfolio.config import DataConfig
+
+    mon, schema = ctx.cfg.monitoring, ctx.cfg.schema
+    if mon.current:
+        raw = data.load_source(DataConfig(uri=mon.current))
+        source = {"kind": "file", "uri": mon.current}
+        ids = raw[schema.id_column] if schema.id_column in raw.columns else None
+        if schema.target in raw.columns:
+            known = raw[schema.target].notna()
+            actual = pd.Series(np.nan, index=raw.index)
+            actual[known] = data.target_vector(raw[known], schema).astype(float)
+            bad = known & ~raw[schema.target].isin([schema.positive_label, schema.negative_label])
+            if bad.any():
+                raise DataValidationError(
+                    f"{mon.current}: column {schema.target!r} has values other than "
+                    f"{schema.positive_label!r}/{schema.negative_label!r}: "
+                    f"{sorted(map(str, raw.loc[bad, schema.target].unique()))[:5]}"
+                )
+        elif mon.labels:
+            actual = _labels_for(ctx, raw, ids)
+        else:
+            actual = pd.Series(np.nan, index=raw.index)
+    elif mon.prediction_log:
+        since = datetime.now(UTC) - timedelta(hours=mon.window_hours) if mon.window_hours else None
+        raw = predlog.read(mon.prediction_log, since=since)
+        if raw.empty:
+            raise DataValidationError(
+                f"prediction log {mon.prediction_log}: no predictions "
+                f"{'in the last ' + str(mon.window_hours) + ' h' if since else 'at all'}"
+            )
+        source = {
+            "kind": "prediction_log",
+            "uri": mon.prediction_log,
+            "since": since.isoformat(timespec="seconds") if since else None,
+            "variants": raw["variant"].value_counts().to_dict(),
+        }
+        ids = raw["entity_id"]
+        actual = _labels_for(ctx, raw, None) if mon.labels else pd.Series(np.nan, index=raw.index)
+    else:
+        from mlfolio.errors import ConfigError
+
+        raise ConfigError(
+            "nothing to monitor: give --current FILE (CSV/Parquet) or set "
+            "monitoring.prediction_log to the server's --prediction-log folder"
+        )
+    # Clear errors naming the file (or log) and the column, before anything is scored.
+    current = monitor.coerce_frame(raw, schema, f"current data {source['uri']}")
+    frame = raw[list(schema.features)].copy()
+    frame["score"] = model.predict_proba(raw[list(schema.features)])[:, 1]
+    frame["actual"] = actual.to_numpy(dtype=float)
+    if schema.id_column:
+        frame[schema.id_column] = (
+            ids.astype("string").to_numpy()
+            if ids is not None
+            else pd.array([pd.NA] * len(frame), dtype="string")
+        )
+    source["rows"] = int(len(current))
+    source["labelled_rows"] = int(frame["actual"].notna().sum())
+    return frame, source
+
+
+def _last_retraining(experiment_id: str) -> datetime | None:
+    """Start of the latest pipeline run that a monitor run fired (the cool-down clock)."""
+    from mlflow import MlflowClient
+
+    runs = MlflowClient().search_runs(
+        [experiment_id],
+        "tags.`mlfolio.trigger` = 'monitor'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return datetime.fromtimestamp(runs[0].info.start_time / 1000, tz=UTC) if runs else None
+
+
+def monitor_model(ctx: StageContext) -> dict[str, Any]:
+    """Drift (features and prediction) and quality of the champion on current data, the
+    Evidently reports, the retraining decision; ``drift.json`` and ``monitor.json``. When
+    the current rows come from a prediction log, ``drift.json`` is also published to that
+    folder for the model server's ``/metrics`` (:func:`mlfolio.monitor.publish_for_server`)."""
+    from mlfolio import monitor
+
+    cfg, mon, schema = ctx.cfg, ctx.cfg.monitoring, ctx.cfg.schema
+    champion, tags, source_run = _champion_source(ctx)
+    threshold = float(tags.get("mlfolio.threshold", 0.5))
+    model = tracking.load_model(champion.uri)
+    reference = pd.read_parquet(source_run / SPLITS["train"])
+    held_out = pd.read_parquet(source_run / SPLITS["test"])
+    current, source = _current_data(ctx, model)
+    ctx.write_parquet(CURRENT_DATA, current)
+
+    verdict = monitor.drift_verdict(reference, current, schema, drift_share=mon.drift_share)
+    ref_scores = model.predict_proba(reference[list(schema.features)])[:, 1]
+    pred_drift = monitor.prediction_drift(ref_scores, current["score"].to_numpy())
+    test_y = data.target_vector(held_out, schema).to_numpy()
+    test_scores = model.predict_proba(held_out[list(schema.features)])[:, 1]
+    reference_quality = evaluate.classification_metrics(test_y, test_scores, threshold)
+    labelled = current[current["actual"].notna()]
+    quality = monitor.quality_comparison(
+        reference_quality, labelled["actual"].to_numpy(), labelled["score"].to_numpy(), threshold
+    )
+    roc_auc_drop = -quality["delta"]["roc_auc"] if quality else None
+    decision = monitor.retrain_decision(
+        mon.retrain,
+        verdict,
+        len(current),
+        roc_auc_drop,
+        _last_retraining(mlflow.active_run().info.experiment_id) if mlflow.active_run() else None,
+        labelled_rows=len(labelled),
+    )
+
+    monitor.evidently_report(
+        reference,
+        current,
+        schema,
+        ctx.path(DRIFT_REPORT),
+        sample_rows=mon.report_sample_rows,
+        seed=cfg.seed,
+        drift_share=mon.drift_share,
+        prediction=(ref_scores, current["score"].to_numpy()),
+    )
+    reports = {"drift": DRIFT_REPORT}
+    if quality:
+        monitor.evidently_quality_report(
+            pd.DataFrame({"target": test_y, "prediction": test_scores}),
+            pd.DataFrame(
+                {"target": labelled["actual"].astype(int), "prediction": labelled["score"]}
+            ),
+            ctx.path(QUALITY_REPORT),
+            threshold,
+        )
+        reports["quality"] = QUALITY_REPORT
+    retrain_data = None
+    if decision.retrain:
+        new_rows = labelled.drop(columns=["score", "actual"]).assign(
+            **{
+                schema.target: np.where(
+                    labelled["actual"] == 1, schema.positive_label, schema.negative_label
+                )
+            }
+        )
+        snapshot = pd.read_parquet(source_run / SNAPSHOT)
+        ctx.write_parquet(RETRAIN_DATA, monitor.retraining_rows(snapshot, new_rows, schema))
+        retrain_data = str(ctx.path(RETRAIN_DATA))
+
+    doc = {
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "model": {
+            "name": champion.name,
+            "version": champion.version,
+            "alias": registry.CHAMPION,
+            "run_dir": str(source_run),
+            "threshold": threshold,
+        },
+        "reference": {
+            "kind": "champion training rows",
+            "uri": (
+                f"{tags['mlfolio.reference_uri']}/train.parquet"
+                if "mlfolio.reference_uri" in tags
+                else str(source_run / SPLITS["train"])
+            ),
+            "rows": int(len(reference)),
+        },
+        "current": source,
+        **verdict,
+        "prediction_drift": pred_drift,
+        "quality": quality,
+        "decision": decision.to_dict(),
+        "monitor_run_dir": str(ctx.run_dir),
+    }
+    ctx.write(products.DRIFT, doc)
+    monitor.write_prometheus_textfile(doc, ctx.path("drift.prom"))
+    if source["kind"] == "prediction_log":  # the server logging it shows the verdict
+        monitor.publish_for_server(doc, mon.prediction_log)
+    mlflow.log_metrics(
+        {
+            "share_drifted": verdict["share_drifted"],
+            "n_drifted": verdict["n_drifted"],
+            "dataset_drift": int(verdict["dataset_drift"]),
+            "prediction_drift_score": pred_drift["score"],
+            "current_rows": len(current),
+            "labelled_rows": len(labelled),
+            **({f"current_{k}": v for k, v in quality["current"].items()} if quality else {}),
+        }
+    )
+    mlflow.set_tags(
+        {"mlfolio.champion_version": champion.version, "mlfolio.retrain": str(decision.retrain)}
+    )
+    result = {
+        "model": doc["model"],
+        "current": source,
+        "reference": doc["reference"],
+        "share_drifted": verdict["share_drifted"],
+        "drifted_columns": verdict["drifted_columns"],
+        "dataset_drift": verdict["dataset_drift"],
+        "prediction_drift": pred_drift["drifted"],
+        "quality": quality,
+        "decision": decision.to_dict(),
+        "reports": reports,
+        "retrain_data": retrain_data,
+    }
+    ctx.write(products.MONITOR, result)
+    return {**result, "verdict": verdict}
+
+
+def ab_report(ctx: StageContext) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Champion against challenger on the prediction log's outcomes (A/B or shadow):
+    per-variant metrics, the comparison and a recommendation, written to ``ab.json``."""
+    from mlfolio import abtest, predlog
+
+    mon = ctx.cfg.monitoring
+    if not mon.prediction_log:
+        log_df = pd.DataFrame(
+            columns=[
+                "request_id",
+                "row",
+                "entity_id",
+                "ts",
+                "model_name",
+                "model_version",
+                "variant",
+                "shadow",
+                "score",
+                "label",
+                "threshold",
+                "actual",
+            ]
+        )
+    else:
+        since = datetime.now(UTC) - timedelta(hours=mon.window_hours) if mon.window_hours else None
+        log_df = predlog.read(mon.prediction_log, since=since, include_shadow=True)
+        log_df = log_df.assign(
+            actual=_labels_for(ctx, log_df, None).to_numpy() if mon.labels else np.nan
+        )
+    ab = mon.ab
+    result = abtest.ab_report(
+        log_df,
+        confidence=ab.confidence,
+        min_labelled=ab.min_labelled,
+        min_improvement=ab.min_improvement,
+        bootstrap_samples=ab.bootstrap_samples,
+        seed=ctx.cfg.seed,
+        model_name=ctx.cfg.model_name,
+    )
+    result["source"] = mon.prediction_log
+    ctx.write(products.AB, result)
+    mlflow.set_tags(
+        {
+            "mlfolio.ab_design": result["design"],
+            "mlfolio.ab_action": result["recommendation"]["action"],
+        }
+    )
+    return log_df, result

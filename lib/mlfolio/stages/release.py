@@ -1,0 +1,154 @@
+"""Stages register (compare-and-set promotion) and deploy (through deploy.TARGETS)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import mlflow
+
+from mlfolio import products, registry
+from mlfolio.context import StageContext
+from mlfolio.errors import RegistryError
+
+log = logging.getLogger(__name__)
+
+
+# -- register -------------------------------------------------------------------------
+def register_model(ctx: StageContext) -> dict[str, Any]:
+    """Register the candidate as a new version, alias it challenger, and move champion
+    only when the gate passed."""
+    cfg = ctx.cfg
+    ev = ctx.read(products.EVALUATE)
+    ingest_info = ctx.read(products.INGEST)
+    candidate = ev.candidate
+    passed = ev.gate.passed
+    if ctx.interactive and not cfg.registry.interactive_writes:
+        # Exploring in JupyterLab must not change what production serves.
+        why = (
+            "interactive run (no run folder): nothing registered and no alias moved; "
+            "run `mlfolio run`, or pass overrides={'registry.interactive_writes': True}"
+        )
+        mlflow.set_tags({"mlfolio.registered": False, "mlfolio.why_not_registered": why})
+        result = {
+            "model_name": cfg.model_name,
+            "version": None,
+            "model_uri": None,
+            "source": candidate.model_uri,
+            "registered": False,
+            "promoted": False,
+            "why_not_promoted": why,
+            "compared_against": None,
+            "alias_events": [],
+            "champion": (
+                c.version if (c := registry.get_alias(cfg.model_name, registry.CHAMPION)) else None
+            ),
+        }
+        ctx.write(products.REGISTER, result)
+        return result
+    tags = {
+        "mlfolio.run_dir": str(ctx.run_dir),
+        "mlfolio.data_hash": ingest_info.data_hash,
+        "mlfolio.pipeline_run_id": ctx.parent_run_id,
+        "mlfolio.candidate": candidate.name,
+        "mlfolio.gate_passed": str(passed),
+        "mlfolio.test_roc_auc": f"{candidate.test['roc_auc']:.6f}",
+        "mlfolio.threshold": f"{ev.threshold:.6f}",
+    }
+    try:
+        ref = registry.register(cfg.model_name, candidate.model_uri, candidate.run_id, tags)
+    except Exception as exc:
+        raise RegistryError(
+            f"registering {candidate.model_uri} as {cfg.model_name} failed: {exc}"
+        ) from exc
+    events = [
+        registry.set_alias(
+            ref, registry.CHALLENGER, "new candidate from pipeline run", str(ctx.run_dir)
+        )
+    ]
+    # The gate judged the candidate against the champion of evaluate's moment: champion
+    # moves only if it still is that version (compare-and-set under the registry lock).
+    compared_against = ev.champion.version if ev.champion else None
+    why_not = None
+    if not passed:
+        why_not = "gate failed"
+    elif not cfg.registry.promote:
+        why_not = "registry.promote is false"
+    else:
+        reason = "gate passed: " + "; ".join(ev.gate.reasons)
+        promotion = registry.promote(
+            ref,
+            compared_against,
+            reason,
+            str(ctx.run_dir),
+            cfg.registry.lock_uri,
+            cfg.registry.lock_timeout_s,
+        )
+        if promotion.event:
+            events.append(promotion.event)
+        why_not = promotion.why_not
+    promoted = why_not is None
+    mlflow.set_tags({"mlfolio.model_version": ref.version, "mlfolio.promoted": promoted})
+    if why_not:
+        mlflow.set_tag("mlfolio.why_not_promoted", why_not[:5000])
+    result = {
+        "model_name": ref.name,
+        "version": ref.version,
+        "model_uri": ref.uri,
+        "source": candidate.model_uri,
+        "registered": True,
+        "promoted": promoted,
+        "why_not_promoted": why_not,
+        "compared_against": compared_against,
+        "alias_events": events,
+        "champion": (c.version if (c := registry.get_alias(ref.name, registry.CHAMPION)) else None),
+    }
+    ctx.write(products.REGISTER, result)
+    return result
+
+
+# -- deploy ---------------------------------------------------------------------------
+def deploy_model(ctx: StageContext) -> dict[str, Any]:
+    """Deploy the version behind ``deploy.alias`` to every target; each target's outcome is
+    recorded, and the stage fails (after writing deploy.json) if any target failed."""
+    from mlfolio.deploy import TARGETS, DeployError
+
+    cfg = ctx.cfg
+    alias = cfg.deploy.alias
+    ref = registry.get_alias(cfg.model_name, alias)
+    if ref is None:
+        raise DeployError(
+            f"registry has no {cfg.model_name}@{alias}: nothing to deploy (did the gate ever pass?)"
+        )
+    alias_uri = f"models:/{ref.name}@{alias}"
+    results: dict[str, Any] = {}
+    for target in cfg.deploy.targets:
+        try:
+            if target not in TARGETS:
+                raise DeployError(
+                    f"deploy.targets: unknown target {target!r}; expected one "
+                    f"of {', '.join(TARGETS)}"
+                )
+            out_dir = ctx.path(f"deploy/{target}")
+            out_dir.mkdir(parents=True, exist_ok=True)
+            results[target] = {
+                **TARGETS[target](ctx, ref, alias_uri, out_dir),
+                "status": "deployed",
+            }
+        except DeployError as exc:
+            results[target] = {"status": "failed", "error": str(exc)}
+    failed = {t: r["error"] for t, r in results.items() if r["status"] == "failed"}
+    mlflow.set_tags({f"mlfolio.deploy.{t}": r["status"] for t, r in results.items()})
+    ctx.write(
+        products.DEPLOY,
+        {
+            "model_name": ref.name,
+            "version": ref.version,
+            "alias": alias,
+            "model_uri": alias_uri,
+            "targets": results,
+        },
+    )
+    if failed:
+        raise DeployError("; ".join(f"{t}: {e}" for t, e in failed.items()))
+    return {"model": f"{ref.name} v{ref.version} (@{alias})", "targets": results}

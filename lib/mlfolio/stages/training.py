@@ -1,0 +1,283 @@
+"""Stages ingest, preprocess, train, tune and evaluate."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+from mlfolio import data, evaluate, features, products, registry, tracking, train, tune
+from mlfolio.context import StageContext
+from mlfolio.errors import StageError
+
+log = logging.getLogger(__name__)
+
+
+# Paths of the data products (declared in mlfolio.products), for readers of other runs.
+SNAPSHOT = products.SNAPSHOT.path
+SPLITS = {name: product.path for name, product in products.SPLITS.items()}
+
+
+# -- ingest ---------------------------------------------------------------------------
+def ingest(ctx: StageContext) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Load the source, validate it, write the Parquet snapshot and its content hash.
+
+    Rows without a target are dropped and counted (``schema.missing_target``); the rows
+    kept (after ``data.sample_rows``) must be enough for the stratified split.
+    """
+    cfg = ctx.cfg
+    raw = data.load_source(cfg.data)
+    checked = data.check(raw, cfg.schema, source=cfg.data.uri)
+    df = data.sample(checked.frame, cfg.data.sample_rows, cfg.seed)
+    data.check_split_size(
+        df,
+        cfg.schema,
+        cfg.split,
+        cfg.tuning.cv_folds if cfg.tuning.enabled else None,
+        source=cfg.data.uri,
+        sample_rows=cfg.data.sample_rows if len(df) < len(checked.frame) else None,
+    )
+    digest = data.write_snapshot(df, ctx.path(SNAPSHOT))
+    info = {
+        "source": cfg.data.uri,
+        "data_hash": digest,
+        "snapshot": SNAPSHOT,
+        "source_rows": int(len(raw)),
+        "dropped_missing_target": checked.dropped_missing_target,
+        "non_finite_as_missing": checked.non_finite_as_missing,
+        **data.summary(df, cfg.schema),
+    }
+    dataset = mlflow.data.from_pandas(
+        df, source=cfg.data.uri, targets=cfg.schema.target, name=cfg.experiment, digest=digest[:16]
+    )
+    mlflow.log_input(dataset, context="raw")
+    mlflow.log_params(
+        {
+            "data.uri": cfg.data.uri,
+            "data.rows": len(df),
+            "data.dropped_missing_target": checked.dropped_missing_target,
+        }
+    )
+    mlflow.set_tag("mlfolio.data_hash", digest)
+    ctx.write(products.INGEST, info)
+    return df, info
+
+
+# -- preprocess -----------------------------------------------------------------------
+def preprocess(ctx: StageContext) -> dict[str, pd.DataFrame]:
+    """Seeded stratified train/valid/test split of the snapshot, written as Parquet."""
+    cfg = ctx.cfg
+    snapshot = ctx.read_parquet(SNAPSHOT)
+    parts = features.split(snapshot, cfg.schema, cfg.split, cfg.seed)
+    for name, part in parts.items():
+        ctx.write_parquet(SPLITS[name], part)
+    table = features.split_summary(parts, cfg.schema)
+    mlflow.log_params({f"split.{k}": v for k, v in cfg.split.model_dump().items()})
+    mlflow.log_metrics({f"{name}_rows": int(row["rows"]) for name, row in table.iterrows()})
+    ctx.write(products.PREPROCESS, {"splits": table.to_dict(orient="index"), "files": SPLITS})
+    return parts
+
+
+def load_splits(ctx: StageContext) -> dict[str, pd.DataFrame]:
+    return {name: ctx.read_parquet(path) for name, path in SPLITS.items()}
+
+
+# -- train ----------------------------------------------------------------------------
+def _fit_and_log(
+    ctx: StageContext,
+    kind: str,
+    params: dict[str, Any],
+    parts: dict[str, pd.DataFrame],
+    run_name: str,
+) -> dict[str, Any]:
+    """Fit on train, score on valid, log params, metrics and model to the active run."""
+    schema = ctx.cfg.schema
+    model = train.fit(schema, kind, params, parts["train"], ctx.cfg.seed)
+    y_valid = data.target_vector(parts["valid"], schema)
+    metrics = evaluate.classification_metrics(
+        y_valid, train.predict_scores(model, parts["valid"], schema)
+    )
+    mlflow.log_params({"model": kind, **params})
+    mlflow.log_metrics({f"valid_{k}": v for k, v in metrics.items() if k != "threshold"})
+    uri = tracking.log_model(model, parts["train"][schema.features], schema=schema)
+    return {
+        "name": run_name,
+        "kind": kind,
+        "params": params,
+        "model_uri": uri,
+        "run_id": mlflow.active_run().info.run_id,
+        "valid": metrics,
+    }
+
+
+def train_baselines(ctx: StageContext) -> pd.DataFrame:
+    """Fit each baseline model in its own child run; return their validation metrics."""
+    parts = load_splits(ctx)
+    results = {}
+    for kind in ctx.cfg.training.models:
+        params = dict(getattr(ctx.cfg.training, kind))
+        with tracking.child_run(kind, tags={"mlfolio.stage": "train"}):
+            results[kind] = _fit_and_log(ctx, kind, params, parts, kind)
+    ctx.write(products.TRAIN, {"models": results})
+    return metrics_table(results)
+
+
+def metrics_table(results: dict[str, dict[str, Any]], split: str = "valid") -> pd.DataFrame:
+    rows = {name: r[split] for name, r in results.items() if split in r}
+    return pd.DataFrame(rows).T.drop(columns=["threshold"], errors="ignore").round(4)
+
+
+# -- tune -----------------------------------------------------------------------------
+def _log_trials(study, already_logged: set[int]) -> int:
+    """One nested MLflow run per finished trial not logged yet (safe to call on resume)."""
+    logged = 0
+    for trial in study.get_trials(deepcopy=False, states=tune.FINISHED):
+        if trial.number in already_logged:
+            continue
+        with tracking.child_run(
+            f"trial-{trial.number}",
+            tags={
+                "mlfolio.stage": "tune",
+                "optuna.trial": str(trial.number),
+                "optuna.state": trial.state.name,
+            },
+        ):
+            mlflow.log_params(trial.params)
+            if trial.value is not None:
+                mlflow.log_metric("cv_roc_auc", trial.value)
+            for step, value in trial.intermediate_values.items():
+                mlflow.log_metric("cv_roc_auc_running", value, step=step)
+        logged += 1
+    return logged
+
+
+def tune_model(ctx: StageContext) -> tuple[Any, dict[str, Any]]:
+    """Run (or resume) the Optuna study, log its trials, refit and log the best model."""
+    cfg = ctx.cfg
+    parts = load_splits(ctx)
+    study_name = cfg.tuning.study_name or f"{cfg.experiment}-{ctx.run_dir.name}"
+    if not cfg.tuning.enabled:
+        ctx.write(products.TUNE, {"enabled": False})
+        return None, {"enabled": False}
+    study = tune.run_study(
+        cfg.tuning, parts["train"], cfg.schema, cfg.seed, ctx.run_dir, study_name
+    )
+    runs = (
+        mlflow.search_runs(
+            filter_string=f"tags.mlflow.parentRunId = '{ctx.mlflow_run_id}'", output_format="list"
+        )
+        if ctx.mlflow_run_id
+        else []
+    )
+    done = {int(r.data.tags["optuna.trial"]) for r in runs if "optuna.trial" in r.data.tags}
+    _log_trials(study, done)
+    if not any(t.state == tune.FINISHED[0] for t in study.trials):
+        raise StageError("tune", "no trial completed: raise tuning.timeout or n_trials")
+    params = {**tune.suggest_params(optuna_fixed(study.best_params), cfg.tuning.model)}
+    mlflow.log_metric("best_cv_roc_auc", study.best_value)
+    result = _fit_and_log(ctx, cfg.tuning.model, params, parts, f"{cfg.tuning.model}-tuned")
+    counts = pd.Series([t.state.name for t in study.trials]).value_counts().to_dict()
+    info = {
+        "enabled": True,
+        "study_name": study_name,
+        "best_trial": study.best_trial.number,
+        "best_cv_roc_auc": study.best_value,
+        "trial_states": counts,
+        "models": {result["name"]: result},
+    }
+    ctx.write(products.TUNE, info)
+    return study, info
+
+
+def optuna_fixed(params: dict[str, Any]):
+    """A trial that answers every suggest_* with the given values (rebuilds full params)."""
+    import optuna
+
+    return optuna.trial.FixedTrial(params)
+
+
+# -- evaluate -------------------------------------------------------------------------
+def candidates(ctx: StageContext) -> dict[str, dict[str, Any]]:
+    """Every model of the train and tune stages, by name."""
+    found = dict(ctx.read(products.TRAIN).models)
+    found.update(ctx.read(products.TUNE).models)
+    return {name: model.model_dump(mode="json") for name, model in found.items()}
+
+
+def evaluate_candidate(ctx: StageContext) -> dict[str, Any]:
+    """Pick the best model on validation, score it and the champion on the test rows,
+    and apply the gate."""
+    cfg = ctx.cfg
+    schema = cfg.schema
+    parts = load_splits(ctx)
+    models = candidates(ctx)
+    best_name = max(models, key=lambda n: models[n]["valid"]["roc_auc"])
+    best = models[best_name]
+    model = tracking.load_model(best["model_uri"])
+    if cfg.evaluation.threshold == "max_f1":
+        threshold = evaluate.max_f1_threshold(
+            data.target_vector(parts["valid"], schema),
+            train.predict_scores(model, parts["valid"], schema),
+        )
+    else:
+        threshold = float(cfg.evaluation.threshold)
+    y_test = data.target_vector(parts["test"], schema).to_numpy()
+    score = train.predict_scores(model, parts["test"], schema)
+    test_metrics = evaluate.classification_metrics(y_test, score, threshold)
+    scores = {"candidate": score}
+    champion = registry.get_alias(cfg.model_name, registry.CHAMPION)
+    champion_info, comparison = None, None
+    if champion is not None:
+        try:
+            champ_score = train.predict_scores(
+                tracking.load_model(champion.uri), parts["test"], schema
+            )
+        except Exception as exc:  # a champion of another schema cannot score these rows
+            raise StageError(
+                "evaluate",
+                f"champion {champion.uri} cannot score the test rows "
+                f"({type(exc).__name__}: {exc}); retire it or use a new "
+                "registry.model_name",
+            ) from exc
+        scores["champion"] = champ_score
+        champion_info = {
+            "version": champion.version,
+            "run_id": champion.run_id,
+            "test": evaluate.classification_metrics(y_test, champ_score, threshold),
+        }
+        comparison = evaluate.bootstrap_auc_difference(
+            y_test, score, champ_score, cfg.gate.bootstrap_samples, cfg.gate.confidence, cfg.seed
+        )
+    verdict = evaluate.gate(
+        cfg.gate, test_metrics, comparison, champion.version if champion else None
+    )
+    ctx.write_parquet(
+        "data/test_scores.parquet", pd.DataFrame({"y": y_test, **{k: v for k, v in scores.items()}})
+    )
+    mlflow.log_metrics({f"test_{k}": v for k, v in test_metrics.items()})
+    mlflow.set_tags({"mlfolio.candidate": best_name, "mlfolio.gate_passed": verdict.passed})
+    result = {
+        "candidate": {
+            "name": best_name,
+            "model_uri": best["model_uri"],
+            "run_id": best["run_id"],
+            "valid": best["valid"],
+            "test": test_metrics,
+            "confusion": evaluate.confusion(y_test, score, threshold),
+            "calibration": evaluate.calibration(y_test, score, cfg.evaluation.calibration_bins),
+        },
+        "threshold": threshold,
+        "champion": champion_info,
+        "comparison": comparison,
+        "gate": verdict.to_dict(),
+    }
+    ctx.write(products.EVALUATE, result)
+    return result
+
+
+def test_scores(ctx: StageContext) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    df = ctx.read_parquet("data/test_scores.parquet")
+    return df["y"].to_numpy(), {c: df[c].to_numpy() for c in df.columns if c != "y"}
