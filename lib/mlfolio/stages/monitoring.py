@@ -321,22 +321,7 @@ def ab_report(ctx: StageContext) -> tuple[pd.DataFrame, dict[str, Any]]:
 
     mon = ctx.cfg.monitoring
     if not mon.prediction_log:
-        log_df = pd.DataFrame(
-            columns=[
-                "request_id",
-                "row",
-                "entity_id",
-                "ts",
-                "model_name",
-                "model_version",
-                "variant",
-                "shadow",
-                "score",
-                "label",
-                "threshold",
-                "actual",
-            ]
-        )
+        log_df = pd.DataFrame(columns=[*predlog.BASE_COLUMNS, "actual"])
     else:
         since = datetime.now(UTC) - timedelta(hours=mon.window_hours) if mon.window_hours else None
         log_df = predlog.read(mon.prediction_log, since=since, include_shadow=True)
