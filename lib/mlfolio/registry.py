@@ -64,6 +64,33 @@ def _user() -> str:
     return os.environ.get("MLFOLIO_USER") or getpass.getuser()
 
 
+def _record_event(
+    client: MlflowClient,
+    name: str,
+    alias: str,
+    version: str | None,
+    previous_version: str | None,
+    reason: str,
+    run_dir: str,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Write one alias move (``version`` None: the alias was removed) to the history."""
+    now = datetime.now(UTC)
+    event = {
+        "alias": alias,
+        "version": version,
+        "previous_version": previous_version,
+        "at": now.isoformat(timespec="seconds"),
+        "by": _user(),
+        "reason": reason,
+        "run_dir": run_dir,
+        **extra,
+    }
+    key = f"{EVENT_PREFIX}{now.strftime('%Y%m%dT%H%M%S%f')}.{alias}"
+    client.set_registered_model_tag(name, key, json.dumps(event))
+    return event
+
+
 def set_alias(
     ref: ModelRef, alias: str, reason: str, run_dir: str = "", **extra: Any
 ) -> dict[str, Any]:
@@ -74,20 +101,17 @@ def set_alias(
     """
     client = MlflowClient()
     previous = get_alias(ref.name, alias)
-    now = datetime.now(UTC)
-    event = {
-        "alias": alias,
-        "version": ref.version,
-        "previous_version": previous.version if previous else None,
-        "at": now.isoformat(timespec="seconds"),
-        "by": _user(),
-        "reason": reason,
-        "run_dir": run_dir,
-        **extra,
-    }
     client.set_registered_model_alias(ref.name, alias, ref.version)
-    key = f"{EVENT_PREFIX}{now.strftime('%Y%m%dT%H%M%S%f')}.{alias}"
-    client.set_registered_model_tag(ref.name, key, json.dumps(event))
+    event = _record_event(
+        client,
+        ref.name,
+        alias,
+        ref.version,
+        previous.version if previous else None,
+        reason,
+        run_dir,
+        **extra,
+    )
     if alias == CHAMPION:
         client.set_model_version_tag(ref.name, ref.version, "mlfolio.promoted_at", event["at"])
         client.set_model_version_tag(ref.name, ref.version, "mlfolio.promoted_by", event["by"])
@@ -250,20 +274,10 @@ def act_on_ab(
                 set_alias(challenger, CHAMPION, reason, run_dir, compared_against=now_champion)
             )
         client = MlflowClient()
-        now = datetime.now(UTC)
-        event = {
-            "alias": CHALLENGER,
-            "version": None,
-            "previous_version": challenger.version,
-            "at": now.isoformat(timespec="seconds"),
-            "by": _user(),
-            "reason": reason,
-            "run_dir": run_dir,
-            "removed": True,
-        }
         client.delete_registered_model_alias(name, CHALLENGER)
-        key = f"{EVENT_PREFIX}{now.strftime('%Y%m%dT%H%M%S%f')}.{CHALLENGER}"
-        client.set_registered_model_tag(name, key, json.dumps(event))
+        event = _record_event(
+            client, name, CHALLENGER, None, challenger.version, reason, run_dir, removed=True
+        )
         if action == "roll back":
             client.set_model_version_tag(
                 name, challenger.version, "mlfolio.rolled_back_at", event["at"]
