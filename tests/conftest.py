@@ -91,3 +91,24 @@ def chromium_path() -> str | None:
     return shutil.which("chromium") or (
         "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
     )
+
+
+@pytest.fixture(scope="session")
+def team_services(tmp_path_factory):
+    """PostgreSQL, moto_server (S3) and two ``mlflow server`` processes, once per session:
+    see tests/team.py."""
+    from . import team
+
+    services = team.start(tmp_path_factory.mktemp("team"))
+    try:
+        yield services
+    finally:
+        services.close()
+
+
+@pytest.fixture
+def team_env(monkeypatch, team_services):
+    """This test's process (and what it starts) talks to the team services."""
+    for key, value in team_services.env.items():
+        monkeypatch.setenv(key, value)
+    return team_services
