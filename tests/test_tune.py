@@ -225,15 +225,14 @@ def test_two_workers_share_one_study(churn, folds, tmp_path):
     # Each worker its own storage handle and its own copy of the folds, as a process has.
     workers = [
         threading.Thread(
-            target=tune._worker,
+            target=tune.workers._worker,
             args=(
                 cfg,
                 tune.storage_for(cfg, tmp_path),
                 "shared",
-                SEED + 1 + i,
+                SEED,
+                i,
                 pickle.loads(pickle.dumps(folds)),
-                "xgboost",
-                cfg.n_trials,
                 slots,
             ),
         )
@@ -247,6 +246,18 @@ def test_two_workers_share_one_study(churn, folds, tmp_path):
     assert len(finished(study)) == 8 == len(study.trials)
     assert {t.user_attrs["worker_seed"] for t in study.trials} == {SEED + 1, SEED + 2}
     assert len({tuple(sorted(t.params.items())) for t in study.trials}) == 8
+
+
+def test_a_trials_value_does_not_depend_on_the_worker_that_ran_it(churn, folds, tmp_path):
+    """Workers differ in their sampler seed only: each trial's value is the objective
+    with the study's seed (the one the tune stage refits the best parameters with)."""
+    schema, train_df = churn
+    cfg = tuning(n_trials=4, n_workers=2, pruner="none")
+    study = tune.run_study(cfg, train_df, schema, SEED, tmp_path, "values")
+    objective = tune.make_objective(folds, "xgboost", SEED, prune=False)
+    assert len(finished(study)) == 4
+    for t in study.trials:
+        assert t.value == objective(optuna.trial.FixedTrial(t.params)), t.number
 
 
 # -- reproducibility -------------------------------------------------------------------------

@@ -211,7 +211,72 @@ def _parser() -> argparse.ArgumentParser:
     # SageMaker starts a serving container as `docker run IMAGE serve`: the image's
     # ENTRYPOINT (`mlfolio serve --model ... "$@"`) then ends with that word.
     serve.add_argument("sagemaker_command", nargs="?", choices=["serve"], help=argparse.SUPPRESS)
+    _tune_worker_parser(sub)
     return parser
+
+
+def _tune_worker_parser(sub: argparse._SubParsersAction) -> None:
+    worker = sub.add_parser(
+        "tune-worker",
+        help="run trials of a tuning study shared through tuning.storage (another machine)",
+        description="Join the Optuna study NAME in tuning.storage (a PostgreSQL or MySQL "
+        "URL) and run its trials until it has tuning.n_trials finished ones, or "
+        "tuning.timeout passes. Exit 0: done; 1: a failure on the way; 2: bad "
+        "parameters, or tuning.storage is not a shared database.",
+    )
+    worker.add_argument("params_file", help="YAML parameter file, e.g. parameters/team.yaml")
+    worker.add_argument(
+        "--study",
+        metavar="NAME",
+        help="the study (default: tuning.study_name; with --run-dir, the tune stage's "
+        "'<experiment>-<run folder name>')",
+    )
+    rows = worker.add_mutually_exclusive_group(required=True)
+    rows.add_argument(
+        "--train", metavar="PATH", help="the preprocess stage's data/train.parquet of the run"
+    )
+    rows.add_argument("--run-dir", metavar="RUN", help="the run folder to take it from")
+    worker.add_argument(
+        "--worker",
+        type=int,
+        default=0,
+        metavar="K",
+        help="this worker's number: sampler seed = seed + 1 + K; give each worker its "
+        "own (the tune stage's own workers use 0 .. tuning.n_workers - 1)",
+    )
+    worker.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a parameter (repeatable)",
+    )
+    worker.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+
+
+def _tune_worker(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    import optuna
+    import pandas as pd
+
+    from mlfolio import config, tune
+
+    if not args.verbose:  # one line per trial only with -v
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    cfg = config.load(args.params_file, config.parse_overrides(args.param))
+    tune.require_shared(cfg.tuning)  # before reading any data
+    run_dir = Path(args.run_dir).resolve() if args.run_dir else None
+    train = Path(args.train).resolve() if args.train else tune.train_path(run_dir)
+    if not train.is_file():
+        flag = "--train" if args.train else "--run-dir"
+        raise ConfigError(f"{flag}: no such file: {train} (the preprocess stage writes it)")
+    name = args.study or (tune.study_name(cfg, run_dir) if run_dir else cfg.tuning.study_name)
+    if not name:
+        raise ConfigError("--study: give the study's name (or set tuning.study_name)")
+    ran = tune.join_study(cfg, pd.read_parquet(train), name, args.worker)
+    _echo(f"tune-worker {args.worker}: ran {ran} trial(s) of study {name}")
 
 
 def _echo(line: str) -> None:
@@ -288,7 +353,7 @@ def _run(args: argparse.Namespace) -> None:
     )
 
 
-COMMANDS = {"run": _run, "monitor": _monitor, "serve": _serve}
+COMMANDS = {"run": _run, "monitor": _monitor, "serve": _serve, "tune-worker": _tune_worker}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -137,6 +137,37 @@ class TuningConfig(_Section):
     study_name: str | None = None
 
 
+    heartbeat_interval: int = Field(
+        10, ge=1, description="seconds between a running trial's heartbeats (RDB storage)"
+    )
+    grace_period: int | None = Field(
+        None,
+        ge=1,
+        description="seconds without a heartbeat after which a running trial's worker "
+        "counts as dead and the trial is failed; None = 2 x heartbeat_interval",
+    )
+
+    @field_validator("storage")
+    @classmethod
+    def _rdb_url(cls, value: str | None) -> str | None:
+        # The dialects Optuna's RDBStorage is tested on; anything else fails later and
+        # less clearly (or, with a typo, would silently be something else).
+        if value is not None and not re.match(r"^(sqlite|postgresql|mysql)(\+\w+)?://", value):
+            raise ValueError(
+                "expected an RDB URL such as postgresql+psycopg://user@host:5432/db, "
+                "mysql+pymysql://... or sqlite:////abs/path.db (or leave it unset for a "
+                "journal file in the run folder)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _grace_after_heartbeat(self) -> TuningConfig:
+        if self.grace_period is not None and self.grace_period <= self.heartbeat_interval:
+            raise ValueError(
+                f"grace_period ({self.grace_period} s) must be longer than heartbeat_interval "
+                f"({self.heartbeat_interval} s), or live trials are failed between beats"
+            )
+        return self
 class EvaluationConfig(_Section):
     threshold: float | Literal["max_f1"] = Field(
         0.5, description="decision threshold, or max_f1 to choose it on the validation split"

@@ -39,6 +39,11 @@ class StageError(MlfolioError):
         super().__init__(f"stage '{stage}' failed{where}: {message}")
 
 
+class StudyStorageError(MlfolioError):
+    """The tuning study's storage cannot be opened (names ``tuning.storage`` and the URL,
+    its password masked)."""
+
+
 class RegistryError(MlfolioError):
     """The model registry refused an operation or a model could not be found."""
 

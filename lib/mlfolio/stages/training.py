@@ -158,7 +158,7 @@ def tune_model(ctx: StageContext) -> tuple[Any, dict[str, Any]]:
     """Run (or resume) the Optuna study, log its trials, refit and log the best model."""
     cfg = ctx.cfg
     parts = load_splits(ctx)
-    study_name = cfg.tuning.study_name or f"{cfg.experiment}-{ctx.run_dir.name}"
+    study_name = tune.study_name(cfg, ctx.run_dir)  # the one tune-worker joins
     if not cfg.tuning.enabled:
         ctx.write(products.TUNE, {"enabled": False})
         return None, {"enabled": False}

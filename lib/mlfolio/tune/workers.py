@@ -1,0 +1,286 @@
+"""Running a study: in this process, with local worker processes, or as a worker that
+joins a shared study from another machine (:func:`join_study`)."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+
+from mlfolio.config import Config, SchemaConfig, TuningConfig
+from mlfolio.errors import ConfigError
+from mlfolio.tune.search import Folds, make_objective
+from mlfolio.tune.storage import (
+    FINISHED,
+    claimed_before,
+    is_shared,
+    load_study,
+    masked,
+    open_study,
+    rdb_storage,
+    remaining_trials,
+    storage_for,
+)
+
+log = logging.getLogger(__name__)
+CLAIMED = (*FINISHED, optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
+
+
+class OverBudget(Exception):
+    """A trial created after the study's ``n_trials`` were all claimed (workers on other
+    machines raced for the last ones): it ends FAIL at once, before any fitting."""
+
+
+def _budgeted(
+    objective: Callable[[optuna.Trial], float], n_trials: int, sampler_seed: int
+) -> Callable[[optuna.Trial], float]:
+    def run(trial: optuna.Trial) -> float:
+        trial.set_user_attr("worker_seed", sampler_seed)  # which worker ran it
+        if claimed_before(trial) >= n_trials:
+            trial.set_user_attr("over_budget", True)
+            raise OverBudget(f"the study's {n_trials} trials were claimed before this one")
+        return objective(trial)
+
+    return run
+
+
+def _stop_over_budget(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    if trial.user_attrs.get("over_budget"):  # workers elsewhere took the last trials
+        study.stop()
+
+
+def _take_slot(slots: Any) -> bool:
+    """Claim one of the trials still to run (a shared counter); False when none is left."""
+    if slots is None:  # a worker of its own (join_study): the storage's budget alone
+        return True
+    with slots.get_lock():
+        if slots.value <= 0:
+            return False
+        slots.value -= 1
+        return True
+
+
+def _worker(
+    cfg: TuningConfig,
+    storage: Any,
+    name: str,
+    seed: int,
+    worker: int,
+    folds: Folds,
+    slots: Any = None,
+    deadline: float | None = None,
+) -> int:
+    """Run trials on the shared study until ``cfg.n_trials`` are finished or claimed (and,
+    with ``slots``, while this run's shared counter has some left); no new trial starts
+    after ``deadline`` (a ``time.time()``). Returns the finished trials it ran.
+
+    The sampler's seed is ``seed + 1 + worker`` (identical seeds would repeat each other's
+    trials); the models' seed is ``seed`` for every worker, so a trial's value does not
+    depend on which worker ran it.
+    """
+    timeout = None if deadline is None else deadline - time.time()
+    if timeout is not None and timeout <= 0:
+        return 0
+    sampler_seed = seed + 1 + worker
+    study = load_study(cfg, storage, name, sampler_seed)
+    if remaining_trials(study, cfg.n_trials) == 0 or not _take_slot(slots):
+        return 0
+    ran = 0
+
+    def next_slot(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        nonlocal ran
+        ran += trial.state in FINISHED
+        # Stop when this run's trials are all handed out, or when the study's budget is
+        # claimed (by this worker or by others on the same storage).
+        claimed = len(study.get_trials(deepcopy=False, states=CLAIMED))
+        if trial.user_attrs.get("over_budget") or claimed >= cfg.n_trials or not _take_slot(slots):
+            study.stop()
+
+    objective = make_objective(folds, cfg.model, seed, cfg.pruner != "none")
+    study.optimize(
+        _budgeted(objective, cfg.n_trials, sampler_seed),
+        timeout=timeout,
+        callbacks=[next_slot],
+        catch=(OverBudget,),
+    )
+    return ran
+
+
+def _child_worker(*args: Any) -> None:
+    from threadpoolctl import threadpool_limits
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # xgboost runs with n_jobs=1, but some of its data handling uses every OpenMP
+    # thread; with one worker per core those extra threads only compete.
+    threadpool_limits(1, user_api="openmp")
+    _worker(*args)
+
+
+def _process_context() -> Any:
+    """Fork server (or spawn), never a plain fork of the caller: see the package notes."""
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    # Imported once in the server, then every worker forks from it already warm.
+    ctx.set_forkserver_preload(["mlfolio.tune", "xgboost"])
+    return ctx
+
+
+def _start_process_server() -> None:
+    """Start the fork server now (no-op when running, or when spawn is used instead)."""
+    if _process_context().get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
+
+
+def _run_workers(
+    cfg: TuningConfig, storage: Any, name: str, seed: int, folds: Folds, todo: int
+) -> None:
+    """``n_workers`` workers: this process is the first (it is warm and would otherwise
+    wait idle), the others are child processes that start while it already runs trials."""
+    import threading
+
+    from threadpoolctl import threadpool_limits
+
+    ctx = _process_context()
+    slots = ctx.Value("i", todo)
+    n = min(cfg.n_workers, todo)
+    # One deadline for all: children that start seconds later do not get extra time.
+    deadline = None if cfg.timeout is None else time.time() + cfg.timeout
+    args = [(cfg, storage, name, seed, i, folds, slots, deadline) for i in range(n)]
+    children = [
+        ctx.Process(target=_child_worker, name=f"tune-worker-{i}", args=args[i])
+        for i in range(1, n)
+    ]
+    start_errors: list[BaseException] = []
+
+    def start_children() -> None:
+        # Process.start() waits for the fork server, which first imports xgboost and
+        # mlfolio (seconds, once per session): do that off this thread's critical path.
+        try:
+            for proc in children:
+                proc.start()
+        except BaseException as exc:  # re-raised below
+            start_errors.append(exc)
+
+    starter = threading.Thread(target=start_children, name="tune-worker-starter", daemon=True)
+    starter.start()
+    try:
+        with threadpool_limits(1, user_api="openmp"):
+            _worker(*args[0])
+        starter.join()
+        for proc in children:
+            if proc.pid is not None:
+                proc.join()
+    finally:
+        # On an error here, or Ctrl-C in the notebook, stop the children too. Their
+        # RUNNING trials are marked failed when the study is next opened.
+        starter.join()
+        for proc in children:
+            if proc.pid is not None and proc.is_alive():
+                proc.terminate()
+                proc.join()
+    if start_errors:
+        raise RuntimeError("could not start the tuning worker processes") from start_errors[0]
+    failed = {proc.name: proc.exitcode for proc in children if proc.exitcode != 0}
+    if failed:
+        raise RuntimeError(
+            f"tuning worker(s) failed with exit codes {failed}; their traceback is on stderr"
+        )
+
+
+def run_study(
+    cfg: TuningConfig,
+    train: pd.DataFrame,
+    schema: SchemaConfig,
+    seed: int,
+    run_dir: Path,
+    study_name: str,
+) -> optuna.Study:
+    """Run (or resume) the study until ``n_trials`` trials have finished or time is up.
+
+    With ``n_workers > 1`` this process and ``n_workers - 1`` child processes work on the
+    same storage, each with its own sampler seed (identical seeds would repeat each
+    other's trials); together they run exactly the missing trials (unless the timeout
+    stops them first). A script that does this needs the usual
+    ``if __name__ == "__main__":`` guard (the children import the main module).
+    When workers elsewhere (:func:`join_study`) have already finished the study, this
+    only reads it.
+    """
+    storage = storage_for(cfg, run_dir)
+    study = open_study(cfg, storage, study_name, seed)
+    todo = remaining_trials(study, cfg.n_trials)
+    if todo == 0:
+        log.info("study %s already has %d finished trials", study_name, cfg.n_trials)
+        return study
+    if cfg.n_workers > 1 and todo > 1:
+        _start_process_server()  # it boots while the folds are built
+    folds = Folds.build(train, schema, cfg.cv_folds, seed)
+    if cfg.n_workers == 1:
+        objective = make_objective(folds, cfg.model, seed, cfg.pruner != "none")
+        study.optimize(
+            _budgeted(objective, cfg.n_trials, seed),
+            n_trials=todo,
+            timeout=cfg.timeout,
+            catch=(OverBudget,),
+            callbacks=[_stop_over_budget],
+        )
+        return study
+    _run_workers(cfg, storage, study_name, seed, folds, todo)
+    return load_study(cfg, storage, study_name, seed)
+
+
+def require_shared(cfg: TuningConfig) -> None:
+    """Refuse a storage other machines cannot reach (a journal file, a SQLite file)."""
+    if not is_shared(cfg.storage):
+        where = "unset (a journal file in the run folder)"
+        if cfg.storage is not None:
+            where = f"{masked(cfg.storage)} (a file on one machine)"
+        raise ConfigError(
+            f"tuning.storage is {where}: workers on other machines need a shared database "
+            "URL such as postgresql+psycopg://user@host:5432/db"
+        )
+
+
+def study_name(cfg: Config, run_dir: Path) -> str:
+    """The tune stage's study: ``tuning.study_name``, else ``<experiment>-<run folder>``."""
+    return cfg.tuning.study_name or f"{cfg.experiment}-{run_dir.name}"
+
+
+def train_path(run_dir: Path) -> Path:
+    """The preprocess stage's training rows in a run folder (what workers tune on)."""
+    from mlfolio import products
+
+    return run_dir / products.SPLITS["train"].path
+
+
+def join_study(cfg: Config, train: pd.DataFrame, study_name: str, worker: int) -> int:
+    """Run trials of the shared study ``study_name`` (in ``cfg.tuning.storage``, created if
+    missing) until it has ``tuning.n_trials`` finished trials, or ``tuning.timeout``
+    seconds have passed; returns how many trials this call finished.
+
+    The entry point of a worker on another machine (``mlfolio tune-worker``, a KFP
+    ``ParallelFor`` task). ``train`` is the preprocess stage's ``data/train.parquet``:
+    every worker builds the same folds from it (seed ``cfg.seed``), so their trials are
+    comparable. Give each worker its own ``worker`` number: its sampler seed is
+    ``cfg.seed + 1 + worker`` (the tune stage's own workers use 0 .. n_workers - 1).
+    """
+    tuning = cfg.tuning
+    require_shared(tuning)
+    if worker < 0:
+        raise ConfigError(f"worker number must be >= 0 (got {worker})")
+    deadline = None if tuning.timeout is None else time.time() + tuning.timeout
+    storage = rdb_storage(tuning)
+    study = open_study(tuning, storage, study_name, cfg.seed)
+    if remaining_trials(study, tuning.n_trials) == 0:
+        log.info("study %s already has %d finished trials", study_name, tuning.n_trials)
+        return 0
+    folds = Folds.build(train, cfg.schema, tuning.cv_folds, cfg.seed)
+    return _worker(tuning, storage, study_name, cfg.seed, worker, folds, None, deadline)
