@@ -48,6 +48,15 @@ def _parser() -> argparse.ArgumentParser:
         help="re-run stages of --run-dir with parameters that differ from the "
         "ones its other stages ran with; those are then marked stale",
     )
+    run.add_argument(
+        "--engine",
+        choices=["papermill", "kfp-local", "kfp"],
+        default="papermill",
+        help="papermill (default): the stages in this process's kernels; kfp-local: the "
+        "compiled Kubeflow pipeline on kfp's local runner, each task in its own folder; "
+        "kfp: submit it to --kfp-host (needs the mlfolio[kfp] extra)",
+    )
+    run.add_argument("--kfp-host", metavar="URL", help="the KFP API endpoint (--engine kfp)")
     run.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
 
     mon = sub.add_parser(
@@ -212,7 +221,55 @@ def _parser() -> argparse.ArgumentParser:
     # ENTRYPOINT (`mlfolio serve --model ... "$@"`) then ends with that word.
     serve.add_argument("sagemaker_command", nargs="?", choices=["serve"], help=argparse.SUPPRESS)
     _tune_worker_parser(sub)
+    _compile_parser(sub)
     return parser
+
+
+def _compile_parser(sub: argparse._SubParsersAction) -> None:
+    comp = sub.add_parser(
+        "compile",
+        help="write the pipeline as a Kubeflow Pipelines v2 spec",
+        description="Validate the parameters, then write the stage chain as a KFP v2 "
+        "pipeline spec (one task per stage notebook, tuning workers in a ParallelFor, "
+        "register and deploy behind the gate). Tasks run in pods: the tracking URI "
+        "must be a server and tuning.storage (n_workers > 1) a shared database. "
+        "Exit 0: written; 2: bad parameters.",
+    )
+    comp.add_argument("target", choices=["kfp"], help="the orchestrator (kfp)")
+    comp.add_argument("params_file", help="YAML parameter file, e.g. parameters/team.yaml")
+    comp.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a parameter (repeatable)",
+    )
+    comp.add_argument("-o", "--output", default="pipeline.yaml", help="the spec file to write")
+    comp.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+
+
+def _kfp_engine():
+    """mlfolio.pipeline.kfp's runner, or a ConfigError when kfp is not installed."""
+    try:
+        import kfp  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "the Kubeflow Pipelines engine needs kfp: pip install 'mlfolio[kfp]'"
+        ) from None
+    from mlfolio.pipeline.kfp import local, spec
+
+    return local, spec
+
+
+def _compile(args: argparse.Namespace) -> None:
+    from mlfolio import config
+
+    _, spec = _kfp_engine()
+    cfg, out = spec.compile_pipeline(
+        args.params_file, config.parse_overrides(args.param), args.output
+    )
+    _echo(f"wrote {out}: pipeline {spec.pipeline_name(cfg)}, image {cfg.kfp.image}")
 
 
 def _tune_worker_parser(sub: argparse._SubParsersAction) -> None:
@@ -341,6 +398,11 @@ def _run(args: argparse.Namespace) -> None:
 
     if (args.stages or args.from_stage) and not args.run_dir:
         raise ConfigError("--stages/--from re-run part of a run: give its --run-dir too")
+    if (args.engine == "kfp") != bool(args.kfp_host):
+        raise ConfigError("--kfp-host URL goes with --engine kfp (and only with it)")
+    if args.engine != "papermill":
+        _run_kfp(args)
+        return
     pipeline.run(
         args.params_file,
         overrides=config.parse_overrides(args.param),
@@ -353,7 +415,32 @@ def _run(args: argparse.Namespace) -> None:
     )
 
 
-COMMANDS = {"run": _run, "monitor": _monitor, "serve": _serve, "tune-worker": _tune_worker}
+def _run_kfp(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from mlfolio import config
+
+    if args.stages or args.from_stage or args.run_dir or args.force:
+        raise ConfigError(
+            f"--engine {args.engine} runs the whole chain into a new run folder: "
+            "--stages, --from, --run-dir and --force are for --engine papermill"
+        )
+    local, _ = _kfp_engine()
+    overrides = config.parse_overrides(args.param)
+    if args.engine == "kfp":
+        local.submit(args.params_file, overrides, args.kfp_host, echo=_echo)
+        return
+    runs_root = Path(args.runs_root).resolve() if args.runs_root else None
+    local.run_local(args.params_file, overrides, runs_root, echo=_echo)
+
+
+COMMANDS = {
+    "run": _run,
+    "monitor": _monitor,
+    "serve": _serve,
+    "tune-worker": _tune_worker,
+    "compile": _compile,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -339,6 +339,50 @@ class MonitoringConfig(_Section):
 
 class Config(_Section):
     """One run's parameters, validated and frozen."""
+# Tasks of the Kubeflow pipeline that take resource requests (tests check it against
+# mlfolio.pipeline.graph.STAGES; config cannot import the graph, which imports config).
+KFP_TASKS = (
+    *("ingest", "preprocess", "train", "tune", "evaluate", "register", "deploy"),
+    "tune_worker",
+)
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?([mkMGTPE]|[KMGTPE]i)?$")
+
+
+class KfpResources(_Section):
+    """What one pipeline task's pod requests (Kubernetes quantities, e.g. "500m", "4Gi")."""
+
+    cpu: str | None = None
+    memory: str | None = None
+
+    @field_validator("cpu", "memory")
+    @classmethod
+    def _quantity(cls, value: str | None) -> str | None:
+        if value is not None and not _QUANTITY.match(str(value)):
+            raise ValueError("expected a Kubernetes quantity such as 2, 500m or 4Gi")
+        return value
+
+
+class KfpConfig(_Section):
+    """``mlfolio compile kfp`` and ``--engine kfp``: the image, the artifact root, the
+    resource requests per task."""
+
+    image: str = Field("mlfolio:latest", description="image of every task (the Dockerfile)")
+    pipeline_root: str | None = Field(
+        None, description="where task artifacts go, e.g. s3://bucket/kfp; None = the cluster's"
+    )
+    resources: dict[str, KfpResources] = Field(
+        default_factory=dict, description=f"per task: {', '.join(KFP_TASKS)}"
+    )
+
+    @field_validator("resources")
+    @classmethod
+    def _known_tasks(cls, value: dict[str, KfpResources]) -> dict[str, KfpResources]:
+        for task in value:
+            if task not in KFP_TASKS:
+                raise ValueError(f"unknown task {task!r}; expected one of {', '.join(KFP_TASKS)}")
+        return value
+
+
 
     experiment: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     description: str = ""
@@ -356,6 +400,7 @@ class Config(_Section):
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    kfp: KfpConfig = Field(default_factory=KfpConfig)
 
     @property
     def schema(self) -> SchemaConfig:  # type: ignore[override]
