@@ -1,0 +1,187 @@
+"""The stage chain as a Kubeflow Pipelines v2 pipeline, built with the kfp SDK and
+compiled to a spec file (``mlfolio compile kfp``).
+
+Shape: ``start`` (MLflow parent run, study name) → ingest → preprocess → train and
+[tune-worker × ``tuning.n_workers`` (``dsl.ParallelFor``) → tune] → evaluate →
+``dsl.If(gate passed)``: register → deploy; all inside a ``dsl.ExitHandler`` whose exit
+task ends the parent run (FAILED when a task failed). The validated parameters are the
+pipeline parameter ``params`` (JSON text), so a changed parameter changes the spec;
+the structure (workers, resources, image) is fixed when compiling.
+(No ``from __future__ import annotations``: kfp reads the pipeline's annotations as types.)
+"""
+
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+from mlfolio import config as config_mod
+from mlfolio.config import Config, project_dir
+from mlfolio.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("papermill", "kfp-local", "kfp")
+
+
+def _is_rdb(url: str | None) -> bool:
+    return bool(url) and url.startswith(config_mod.SQL_PREFIXES)
+
+
+def _project_relative(value: str) -> str:
+    """A path inside the project as a relative one: it resolves in the image's copy."""
+    try:
+        return Path(value).relative_to(project_dir()).as_posix()
+    except ValueError:
+        return value
+
+
+def check(cfg: Config, source: str, cluster: bool) -> list[str]:
+    """Refuse what cannot work when the tasks run in separate pods (``cluster``) or with
+    fanned-out tuning; return warnings for what may not."""
+    tuning = cfg.tuning
+    if tuning.enabled and tuning.n_workers > 1:
+        if not _is_rdb(tuning.storage):
+            raise ConfigError(
+                f"{source}: tuning.storage: tuning.n_workers is {tuning.n_workers}, so the "
+                "tuning workers run as separate pipeline tasks and must share the study: "
+                "give an RDB URL such as postgresql+psycopg://user@host:5432/db (got "
+                f"{tuning.storage or 'none: a journal file in each task folder'})"
+            )
+        if cluster and tuning.storage.startswith("sqlite"):
+            raise ConfigError(
+                f"{source}: tuning.storage: {tuning.storage} is a file on this machine; "
+                "workers in other pods cannot open it: give a PostgreSQL or MySQL URL"
+            )
+    uri = cfg.tracking_uri()
+    if cluster and not uri.startswith(("http://", "https://", "databricks", "postgresql", "mysql")):
+        raise ConfigError(
+            f"{source}: tracking.tracking_uri: {uri} is local to this machine; pipeline "
+            "tasks run in pods that cannot reach it: give the team's tracking server "
+            "(http://...) in the parameters or $MLFLOW_TRACKING_URI"
+        )
+    warnings = []
+    if cluster and cfg.data.kind == "file" and Path(_project_relative(cfg.data.uri)).is_absolute():
+        warnings.append(
+            f"data.uri {cfg.data.uri} is outside the project: the image holds only the "
+            "project's data/ folder, so the ingest task will not find it (use s3:// or a database)"
+        )
+    return warnings
+
+
+def pipeline_params(cfg: Config, cluster: bool) -> dict[str, Any]:
+    """The validated parameters the tasks receive: paths in the project relative (they
+    resolve against the image's project folder); for a cluster the tracking URI pinned."""
+    params = cfg.to_dict()
+    if cfg.data.kind == "file":
+        params["data"]["uri"] = _project_relative(cfg.data.uri)
+    for key in ("prediction_log", "current", "labels"):
+        if params["monitoring"].get(key):
+            params["monitoring"][key] = _project_relative(params["monitoring"][key])
+    if cluster:
+        params["tracking"]["tracking_uri"] = cfg.tracking_uri()
+    return params
+
+
+def prepare(
+    params_file: str | Path, overrides: dict[str, Any] | None, cluster: bool
+) -> tuple[Config, str]:
+    """Validate the parameter file (with overrides) for the pipeline; return the config
+    and the YAML text given to the tasks."""
+    cfg = config_mod.load(params_file, overrides)
+    for warning in check(cfg, str(params_file), cluster):
+        log.warning(warning)
+    # JSON on one line (it is YAML too): kfp's compiler copies a default into the spec's
+    # header comment without escaping newlines, so multi-line text breaks the spec file.
+    text = json.dumps(pipeline_params(cfg, cluster))
+    config_mod.from_mapping(json.loads(text), source=str(params_file))  # still valid
+    return cfg, text
+
+
+def pipeline_name(cfg: Config) -> str:
+    return "mlfolio-" + re.sub(r"[^a-z0-9-]+", "-", cfg.experiment.lower()).strip("-")
+
+
+def build(cfg: Config, params_text: str) -> Any:
+    """The pipeline function (a kfp GraphComponent) for ``cfg``."""
+    from kfp import dsl
+
+    from mlfolio.pipeline.kfp import components as c
+
+    resources = cfg.kfp.resources
+    fan_out = cfg.tuning.enabled and cfg.tuning.n_workers > 1
+    workers = list(range(cfg.tuning.n_workers)) if fan_out else []
+
+    def task(func: Any, name: str, **kwargs: Any) -> Any:
+        component = dsl.component(func, base_image=cfg.kfp.image, install_kfp_package=False)
+        t = component(**kwargs)
+        t.set_display_name(name)
+        # Stages write to MLflow and the registry: a cached task would skip that.
+        t.set_caching_options(False)
+        if request := resources.get(name):
+            if request.cpu:
+                t.set_cpu_request(request.cpu)
+            if request.memory:
+                t.set_memory_request(request.memory)
+        return t
+
+    @dsl.pipeline(
+        name=pipeline_name(cfg),
+        description=f"mlfolio stage notebooks of experiment {cfg.experiment}",
+        pipeline_root=cfg.kfp.pipeline_root,
+    )
+    def pipeline(params: str = params_text, run_name: str = ""):
+        job = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+        finish = task(c.finish, "finish", params=params, job_id=job)
+        with dsl.ExitHandler(finish, name="mlfolio-run"):
+            start = task(c.start, "start", params=params, job_id=job, run_name=run_name)
+            run = {"params": params, "parent_run_id": start.outputs["parent_run_id"]}
+            ingest = task(c.ingest, "ingest", **run)
+            up = {"ingest": ingest.outputs["products"]}
+            preprocess = task(c.preprocess, "preprocess", **run, **up)
+            up["preprocess"] = preprocess.outputs["products"]
+            train = task(c.train, "train", **run, **up)
+            study = start.outputs["study_name"]
+            worker_tasks = []
+            if workers:
+                with dsl.ParallelFor(workers, name="tune-workers") as worker:
+                    worker_tasks.append(
+                        task(
+                            c.tune_worker,
+                            "tune_worker",
+                            params=params,
+                            study_name=study,
+                            worker=worker,
+                            preprocess=up["preprocess"],
+                        )
+                    )
+            tune = task(c.tune, "tune", **run, study_name=study, fanned_out=fan_out, **up)
+            for w in worker_tasks:
+                tune.after(w)
+            up["train"], up["tune"] = train.outputs["products"], tune.outputs["products"]
+            evaluate = task(c.evaluate, "evaluate", **run, **up)
+            up["evaluate"] = evaluate.outputs["products"]
+            # evaluate's one return value: whether the gate passed
+            with dsl.If(evaluate.outputs["Output"] == True, name="gate-passed"):  # noqa: E712
+                register = task(c.register, "register", **run, **up)
+                up["register"] = register.outputs["products"]
+                task(c.deploy, "deploy", **run, **up)
+
+    return pipeline
+
+
+def compile_pipeline(
+    params_file: str | Path,
+    overrides: dict[str, Any] | None,
+    output: str | Path,
+    cluster: bool = True,
+) -> tuple[Config, Path]:
+    """Validate, build and compile; return the config and the spec file written."""
+    from kfp import compiler
+
+    cfg, text = prepare(params_file, overrides, cluster)
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(build(cfg, text), str(out))
+    return cfg, out

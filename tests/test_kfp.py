@@ -1,0 +1,383 @@
+"""The stage chain on Kubeflow Pipelines v2: the compiled spec (read back with the kfp
+SDK), what compile refuses, the task bodies as plain functions, the project Dockerfile,
+and one end-to-end run on kfp's local runner against the team services."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from mlfolio import cli, config, products
+from mlfolio.errors import ConfigError, StageError
+from mlfolio.pipeline.graph import STAGE_NAMES, STAGES
+
+from .conftest import CHURN_CSV, ROOT, SMALL, deep_update
+
+kfp = pytest.importorskip("kfp", reason="the kfp extra (mlfolio[kfp]) is not installed")
+from kfp import components  # noqa: E402
+
+from mlfolio.pipeline.kfp import local, steps  # noqa: E402
+
+PG_STORAGE = "postgresql+psycopg://postgres@127.0.0.1:5432/optuna"
+TEAM = {
+    "tracking": {"tracking_uri": "http://mlflow.team.example:5000"},
+    "tuning": {"n_workers": 2, "storage": PG_STORAGE},
+    "kfp": {
+        "image": "registry.example/mlfolio:1.2",
+        "resources": {"tune_worker": {"cpu": "2", "memory": "4Gi"}, "evaluate": {"cpu": "500m"}},
+    },
+}
+
+
+@pytest.fixture
+def team_params(write_params):
+    """A parameter file fit for a cluster: a tracking server, a shared study database."""
+    return write_params("team.yaml", **TEAM)
+
+
+def compile_spec(params: Path, tmp_path: Path, *overrides: str, name: str = "p.yaml") -> Path:
+    out = tmp_path / name
+    args = ["compile", "kfp", str(params), "-o", str(out)]
+    for item in overrides:
+        args += ["-p", item]
+    assert cli.main(args) == 0
+    return out
+
+
+def dag(component) -> dict:
+    """Every task of the pipeline, nested DAGs (exit handler, loop, condition) flattened:
+    task name -> (its DAG's component name, the task spec)."""
+    ps = component.pipeline_spec
+    found = {name: ("root", t) for name, t in ps.root.dag.tasks.items()}
+    for comp_name, comp in ps.components.items():
+        for name, t in comp.dag.tasks.items():
+            found[name] = (comp_name, t)
+    return found
+
+
+# -- the compiled spec ------------------------------------------------------------------
+def test_compiled_spec_has_a_task_per_stage_the_fan_out_and_the_gate(team_params, tmp_path):
+    pipeline = components.load_component_from_file(str(compile_spec(team_params, tmp_path)))
+    assert pipeline.name == "mlfolio-churn"
+    assert set(pipeline.component_spec.inputs) == {"params", "run_name"}
+    tasks = dag(pipeline)
+    assert set(STAGE_NAMES) | {"start", "finish", "tune-worker"} <= set(tasks)
+
+    # tuning fanned out: tune-worker in a ParallelFor over the two workers, before tune
+    loop_comp, _ = tasks["tune-worker"]
+    loop_task = next(t for n, (_, t) in tasks.items() if f"comp-{n}" == loop_comp)
+    assert json.loads(loop_task.parameter_iterator.items.raw) == [0, 1]
+    assert any(d.startswith("for-loop") for d in tasks["tune"][1].dependent_tasks)
+    # the gate: register and deploy inside dsl.If on evaluate's verdict
+    cond_comp, _ = tasks["register"]
+    assert tasks["deploy"][0] == cond_comp
+    cond_task = next(t for n, (_, t) in tasks.items() if f"comp-{n}" == cond_comp)
+    assert "evaluate" in cond_task.trigger_policy.condition
+    assert cond_task.trigger_policy.condition.endswith("== true")
+    # the exit handler: finish runs whatever happened inside
+    assert tasks["finish"][1].trigger_policy.strategy == 2  # ALL_UPSTREAM_TASKS_COMPLETED
+    assert tasks["start"][0] == tasks["ingest"][0] == "comp-exit-handler-1"
+    # artifacts hand over: evaluate takes ingest..tune products, not a shared disk
+    ev_inputs = tasks["evaluate"][1].inputs.artifacts
+    assert set(ev_inputs) == {"ingest", "preprocess", "train", "tune"}
+    assert ev_inputs["tune"].task_output_artifact.producer_task == "tune"
+    outputs = pipeline.pipeline_spec.components["comp-ingest"].output_definitions.artifacts
+    assert outputs["notebook"].artifact_type.schema_title == "system.HTML"
+    assert outputs["metrics"].artifact_type.schema_title == "system.Metrics"
+
+
+def test_image_resources_and_caching_come_from_the_parameters(team_params, tmp_path):
+    text = compile_spec(team_params, tmp_path).read_text()
+    doc = list(yaml.safe_load_all(text))[0]
+    executors = doc["deploymentSpec"]["executors"]
+    assert {e["container"]["image"] for e in executors.values()} == {"registry.example/mlfolio:1.2"}
+    worker = executors["exec-tune-worker"]["container"]["resources"]
+    assert worker == {"cpuRequest": 2.0, "resourceCpuRequest": "2", "memoryRequest": 4.294967296,
+                      "resourceMemoryRequest": "4Gi"}  # fmt: skip
+    assert executors["exec-evaluate"]["container"]["resources"]["resourceCpuRequest"] == "500m"
+    assert "resources" not in executors["exec-train"]["container"]
+    # every task's body only imports mlfolio and calls its function
+    assert (
+        "from mlfolio.pipeline.kfp import steps"
+        in executors["exec-train"]["container"]["command"][-1]
+    )
+    for task in dag(components.load_component_from_text(text)).values():
+        if (
+            task[1].component_ref.name.startswith("comp-")
+            and "dag" not in task[1].component_ref.name
+        ):
+            assert task[1].caching_options.enable_cache is False
+
+
+def test_a_parameter_change_changes_the_spec(team_params, tmp_path):
+    base = compile_spec(team_params, tmp_path, name="a.yaml")
+    again = compile_spec(team_params, tmp_path, name="b.yaml")
+    changed = compile_spec(team_params, tmp_path, "tuning.n_trials=7", name="c.yaml")
+    assert base.read_text() == again.read_text()  # deterministic
+    assert changed.read_text() != base.read_text()
+
+    def default_params(path: Path) -> dict:
+        pipe = components.load_component_from_file(str(path))
+        return json.loads(pipe.component_spec.inputs["params"].default)
+
+    assert default_params(base)["tuning"]["n_trials"] == SMALL["tuning"]["n_trials"]
+    assert default_params(changed)["tuning"]["n_trials"] == 7
+    # what the tasks receive is valid parameters, paths relative to the image's project
+    params = default_params(changed)
+    config.from_mapping(params)
+    assert params["data"]["uri"] == "data/telco_churn.csv"
+
+
+def test_more_workers_more_loop_items(team_params, tmp_path):
+    pipe = components.load_component_from_file(
+        str(compile_spec(team_params, tmp_path, "tuning.n_workers=3"))
+    )
+    (loop,) = [t for n, (_, t) in dag(pipe).items() if n.startswith("for-loop")]
+    assert json.loads(loop.parameter_iterator.items.raw) == [0, 1, 2]
+    one = components.load_component_from_file(
+        str(compile_spec(team_params, tmp_path, "tuning.n_workers=1", name="one.yaml"))
+    )
+    assert not any(n.startswith("for-loop") for n in dag(one))  # tune runs its study alone
+
+
+# -- what compile refuses ---------------------------------------------------------------
+@pytest.mark.parametrize(
+    "storage, expected",
+    [
+        (None, "a journal file in each task folder"),
+        ("sqlite:////tmp/optuna.db", "workers in other pods cannot open it"),
+    ],
+)
+def test_compile_refuses_a_study_the_workers_cannot_share(
+    write_params, tmp_path, capsys, storage, expected
+):
+    params = write_params(**deep_update(TEAM, {"tuning": {"storage": storage}}))
+    assert cli.main(["compile", "kfp", str(params), "-o", str(tmp_path / "x.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "tuning.storage" in err
+    assert expected in err and str(params) in err
+    assert not (tmp_path / "x.yaml").exists()
+
+
+def test_compile_refuses_a_local_tracking_store(write_params, tmp_path, capsys):
+    params = write_params(tuning=TEAM["tuning"])  # the sqlite store of the test fixture
+    assert cli.main(["compile", "kfp", str(params), "-o", str(tmp_path / "x.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "tracking.tracking_uri" in err and "sqlite:///" in err and "pods" in err
+
+
+def test_compile_takes_the_tracking_server_from_the_environment(
+    write_params, tmp_path, monkeypatch
+):
+    params = write_params(tracking={"tracking_uri": None}, tuning=TEAM["tuning"])
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://mlflow.example")
+    out = compile_spec(params, tmp_path)
+    default = components.load_component_from_file(str(out)).component_spec.inputs["params"]
+    assert json.loads(default.default)["tracking"]["tracking_uri"] == "https://mlflow.example"
+
+
+def test_kfp_config_section_names_the_key():
+    assert set(config.KFP_TASKS) == set(STAGE_NAMES) | {"tune_worker"}
+    raw = yaml.safe_load((ROOT / "parameters" / "churn.yaml").read_text())
+    with pytest.raises(ConfigError, match=r"kfp\.resources: unknown task 'tunes'"):
+        config.from_mapping(deep_update(raw, {"kfp": {"resources": {"tunes": {"cpu": "1"}}}}))
+    with pytest.raises(ConfigError, match=r"kfp\.resources\.tune\.memory: expected a Kub"):
+        config.from_mapping(deep_update(raw, {"kfp": {"resources": {"tune": {"memory": "4 GB"}}}}))
+
+
+def test_run_engine_options_are_checked(write_params, runs_root, capsys):
+    run = ["run", str(write_params()), "--runs-root", str(runs_root)]
+    assert cli.main([*run, "--engine", "kfp-local", "--from", "train", "--run-dir", "x"]) == 2
+    assert "--engine kfp-local runs the whole chain" in capsys.readouterr().err
+    assert cli.main([*run, "--engine", "kfp"]) == 2
+    assert "--kfp-host URL goes with --engine kfp" in capsys.readouterr().err
+    assert cli.main([*run, "--kfp-host", "http://kfp"]) == 2  # not the default engine
+    assert "--kfp-host URL goes with --engine kfp" in capsys.readouterr().err
+    assert not any(runs_root.iterdir())
+
+
+# -- the task bodies as plain functions -----------------------------------------------------
+def test_load_params_names_the_pipeline_parameter():
+    with pytest.raises(ConfigError, match="pipeline parameter 'params': not valid YAML"):
+        steps.load_params("experiment: [unclosed")
+    with pytest.raises(ConfigError, match=r"pipeline parameter 'params'.*\n  data: required"):
+        steps.load_params('{"experiment": "x"}')
+
+
+def test_a_stage_copies_only_declared_upstream_products_and_hands_over_its_own(tmp_path):
+    up = tmp_path / "preprocess-artifact"
+    (up / "data").mkdir(parents=True)
+    (up / "data" / "train.parquet").write_bytes(b"rows")
+    (up / "preprocess.json").write_text("{}")
+    (up / "02_preprocess.ipynb").write_text("{}")  # a notebook is no product
+    work = tmp_path / "work"
+    work.mkdir()
+    copied = steps._copy_upstream([str(up)], work)
+    assert copied == {Path("data/train.parquet"), Path("preprocess.json")}
+    assert not (work / "02_preprocess.ipynb").exists()
+    (work / "train.json").write_text("{}")
+    (work / "logs").mkdir()
+    (work / "logs" / "kernel.log").write_text("x")
+    out = tmp_path / "out"
+    steps._hand_over(work, out, copied)
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
+        "logs/kernel.log",
+        "train.json",
+    ]
+
+
+def test_run_stage_refuses_an_unknown_stage(tmp_path):
+    with pytest.raises(ConfigError, match="unknown stage 'tuning'; expected one of ingest"):
+        steps.run_stage("tuning", "{}", "", [], str(tmp_path), str(tmp_path / "h"))
+
+
+def test_gate_verdict_and_metrics_from_the_evaluate_product(tmp_path):
+    with pytest.raises(StageError, match="no evaluate.json"):
+        steps.gate_passed(str(tmp_path))
+    doc = {
+        "stage": "evaluate",
+        "candidate": {"name": "m", "model_uri": "u", "run_id": "r", "valid": {}},
+        "threshold": 0.4,
+        "champion": None,
+        "comparison": None,
+        "gate": {"passed": False, "reasons": ["FAIL"]},
+    }  # fmt: skip
+    doc["candidate"]["test"] = {"roc_auc": 0.81}
+    (tmp_path / products.EVALUATE.path).write_text(json.dumps(doc))
+    assert steps.gate_passed(str(tmp_path)) is False
+    assert steps.stage_metrics("evaluate", tmp_path) == {
+        "test.roc_auc": 0.81,
+        "threshold": 0.4,
+        "gate_passed": 0.0,
+    }
+    assert steps.stage_metrics("train", tmp_path) == {}  # no train.json: nothing
+
+
+def test_stage_records_gate_skip_and_failures():
+    ok = {"status": "succeeded", "notebook": "n", "duration_s": 1.0}
+    entries = {s.name: dict(ok) for s in STAGES[:5]}
+    records, failed, _ = local._stage_records(entries)
+    assert failed is None
+    assert records["register"]["status"] == records["deploy"]["status"] == "skipped"
+    entries["train"] = {"status": "failed", "error": {"cell_index": 3}, "notebook": "n"}
+    del entries["evaluate"]
+    records, failed, cell = local._stage_records(entries)
+    assert (failed, cell) == ("train", 3)
+    assert records["register"]["status"] == "not run"
+    # a task with no notebook (a tuning worker) failed: the first stage that never ran
+    records, failed, _ = local._stage_records({s.name: dict(ok) for s in STAGES[:3]})
+    assert failed == "tune" and "upstream task failed" in records["tune"]["reason"]
+
+
+# -- the Dockerfile ---------------------------------------------------------------------
+def test_dockerfile_installs_the_project_and_copies_what_exists():
+    dockerfile = pytest.importorskip("dockerfile", reason="the `dockerfile` parser is missing")
+    commands = dockerfile.parse_file(str(ROOT / "Dockerfile"))
+    order = [c.cmd for c in commands]
+    assert order[0] == "FROM" and commands[0].value == ("python:3.11-slim",)
+    env = {}
+    for c in commands:
+        if c.cmd == "ENV":
+            env.update(zip(c.value[::2], c.value[1::2], strict=True))
+    workdirs = [c.value[0] for c in commands if c.cmd == "WORKDIR"]
+    assert env["MLFOLIO_PROJECT_DIR"] == workdirs[0]  # where the project is copied
+    copies = [c for c in commands if c.cmd == "COPY"]
+    sources = [src for c in copies for src in c.value[:-1]]
+    assert sources == [
+        *("pyproject.toml", "constraints.txt", "README.md"),
+        *("lib", "notebooks", "parameters", "data"),
+    ]
+    for source in sources:
+        assert (ROOT / source).exists(), source
+    ignore = (ROOT / ".dockerignore").read_text().splitlines()
+    assert "*" in ignore and all(f"!{s}" in ignore for s in sources)
+    pip = next(i for i, c in enumerate(commands) if c.cmd == "RUN" and "pip install" in c.value[0])
+    assert '-c constraints.txt ".[kfp]"' in commands[pip].value[0]
+    lib = next(i for i, c in enumerate(commands) if c.cmd == "COPY" and c.value[0] == "lib")
+    notebooks = next(
+        i for i, c in enumerate(commands) if c.cmd == "COPY" and "notebooks" in c.value
+    )
+    assert lib < pip < notebooks  # a notebook change keeps the dependency layer
+    # every stage notebook the tasks run is in the copied folder
+    assert all((ROOT / "notebooks" / s.notebook).exists() for s in STAGES)
+    user = order.index("USER")
+    assert "RUN" not in order[user:] and commands[user].value == ("10001:10001",)
+
+
+# -- end to end -------------------------------------------------------------------------
+@pytest.mark.slow
+def test_kfp_local_runs_the_chain_against_the_team_services(team_env, tmp_path, capsys):
+    """`mlfolio run --engine kfp-local`: every stage a kfp task in its own folder, two
+    tuning workers on a PostgreSQL study, MLflow on the tracking server with S3
+    artifacts; the registry ends with a champion and the run folder is a normal one."""
+    from mlflow.tracking import MlflowClient
+
+    name = f"kfp-e2e-{os.getpid()}"
+    raw = yaml.safe_load((ROOT / "parameters" / "churn.yaml").read_text())
+    raw = deep_update(raw, SMALL)
+    raw = deep_update(
+        raw,
+        {
+            "experiment": name,
+            "data": {"uri": str(CHURN_CSV), "sample_rows": 1500},
+            "tuning": {"n_workers": 2, "storage": team_env.new_database("kfp_optuna")},
+            "registry": {"model_name": f"{name}-classifier"},
+            "tracking": {"tracking_uri": team_env.tracking_uri, "ui_url": team_env.tracking_uri},
+            "deploy": {"targets": ["local"]},
+        },
+    )
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw, sort_keys=False))
+    runs = tmp_path / "runs"
+    t0 = time.perf_counter()
+    code = cli.main(["run", str(params), "--engine", "kfp-local", "--runs-root", str(runs)])
+    err = capsys.readouterr().err
+    (run_dir,) = runs.iterdir()
+    log_tail = (run_dir / "logs" / "kfp-local.log").read_text()[-4000:]
+    assert code == 0, err + log_tail
+    print(f"kfp-local chain: {time.perf_counter() - t0:.0f}s")
+
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["engine"] == "kfp-local" and manifest["status"] == "succeeded"
+    assert [manifest["stages"][s]["status"] for s in STAGE_NAMES] == ["succeeded"] * 7
+    assert manifest["gate"]["passed"] and manifest["model"]["promoted"]
+    for stage in STAGES:
+        assert (run_dir / stage.notebook).exists() and (run_dir / stage.html).exists()
+        assert manifest["stages"][stage.name]["inputs_hash"]
+    assert (run_dir / "index.html").exists() and (run_dir / "pipeline.yaml").exists()
+    assert "kfp-local" in err and f"run folder: {run_dir}" in err
+    for product in products.ALL:
+        if product.stage in STAGE_NAMES:
+            assert (run_dir / product.path).exists(), product.path
+
+    client = MlflowClient(team_env.tracking_uri)
+    champion = client.get_model_version_by_alias(f"{name}-classifier", "champion")
+    assert champion.version == manifest["model"]["version"]
+    parent = client.get_run(manifest["mlflow"]["parent_run_id"])
+    assert parent.info.status == "FINISHED"  # ended by the exit handler's task
+    assert parent.data.tags["mlfolio.engine"] == "kfp"
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "run")}
+    assert {"run/04_tune.ipynb", "run/04_tune.html", "run/manifest.json"} <= logged
+    # both workers ran trials of the one study the tune stage then read
+    tune_doc = json.loads((run_dir / "tune.json").read_text())
+    study = optuna.load_study(study_name=tune_doc["study_name"], storage=raw["tuning"]["storage"])
+    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == SMALL["tuning"]["n_trials"]
+    assert tune_doc["study_name"] == f"{name}-{run_dir.name}"
+    # the workers ran them (sampler seed = seed + 1 + worker), not the tune stage
+    assert {t.user_attrs["worker_seed"] for t in finished} <= {raw["seed"] + 1, raw["seed"] + 2}
+    log = re.sub(r"\x1b\[[0-9;]*m", "", (run_dir / "logs" / "kfp-local.log").read_text())
+    assert log.count("Task 'tune-worker' finished with status SUCCESS") == 2
+    # the data the model was trained on is with the parent run (monitoring reads it there)
+    data_files = {a.path for a in client.list_artifacts(parent.info.run_id, "data")}
+    assert "data/train.parquet" in data_files
+    assert not pd.read_parquet(run_dir / "data" / "train.parquet").empty
