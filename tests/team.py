@@ -168,9 +168,7 @@ def _mlflow_server(team: TeamServices, database: str, artifacts: list[str], name
         log,
     )
     team.procs.append(proc)
-    url = f"http://127.0.0.1:{port}"
-    _wait_http(f"{url}/health", proc, log)
-    return url
+    return f"http://127.0.0.1:{port}", proc, log
 
 
 def start(workdir: Path) -> TeamServices:
@@ -199,18 +197,22 @@ def start(workdir: Path) -> TeamServices:
         team.procs.append(moto)
         _wait_http(f"{s3_endpoint}/moto-api/", moto, log)
         team.s3_client().create_bucket(Bucket=team.bucket)
-        team.tracking_uri = _mlflow_server(
+        # Both servers migrate their databases at the same time (~15 s each).
+        proxied = _mlflow_server(
             team,
             team.new_database("mlflow_proxied"),
             ["--artifacts-destination", f"s3://{team.bucket}/proxied"],
             "mlflow-proxied",
         )
-        team.direct_tracking_uri = _mlflow_server(
+        direct = _mlflow_server(
             team,
             team.new_database("mlflow_direct"),
             ["--no-serve-artifacts", "--default-artifact-root", f"s3://{team.bucket}/direct"],
             "mlflow-direct",
         )
+        for url, proc, log in (proxied, direct):
+            _wait_http(f"{url}/health", proc, log)
+        team.tracking_uri, team.direct_tracking_uri = proxied[0], direct[0]
     except BaseException:
         team.close()
         raise

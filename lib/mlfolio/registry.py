@@ -49,14 +49,29 @@ def get_alias(name: str, alias: str) -> ModelRef | None:
     return ModelRef(name, str(mv.version), mv.run_id, mv.source)
 
 
+def logged_model_id(model_uri: str) -> str | None:
+    """The logged model's id in an MLflow 3 ``models:/m-…`` URI (None for other URIs)."""
+    if not model_uri.startswith("models:/"):
+        return None
+    rest = model_uri.removeprefix("models:/")
+    return rest if rest.startswith("m-") and "/" not in rest and "@" not in rest else None
+
+
 def register(name: str, model_uri: str, run_id: str, tags: dict[str, str]) -> ModelRef:
-    """Register ``model_uri`` as a new version of ``name`` with tags linking to its run."""
+    """Register ``model_uri`` as a new version of ``name`` with tags linking to its run.
+
+    A logged model (``models:/m-…``) is registered with its ``model_id``: a tracking
+    server resolves the source through it (without it the REST API refuses the source as
+    ``Invalid model version source``; a local store happens to resolve it either way).
+    """
     client = MlflowClient()
     try:
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(name, description="Registered by mlfolio.")
-    mv = client.create_model_version(name, model_uri, run_id=run_id, tags=tags)
+    mv = client.create_model_version(
+        name, model_uri, run_id=run_id, tags=tags, model_id=logged_model_id(model_uri)
+    )
     return ModelRef(name, str(mv.version), run_id, mv.source)
 
 
