@@ -116,6 +116,25 @@ def test_tune_worker_refuses_a_storage_that_is_not_shared(storage, tmp_path, cap
     assert ("sqlite:////tmp/x.db" in err) if storage else ("journal file" in err)
 
 
+def test_tune_worker_takes_the_rows_and_study_of_a_run_folder(churn, tmp_path, monkeypatch, capsys):
+    cfg, train = churn
+    run_dir = tmp_path / "20261130-120000-abcd"
+    url = "postgresql+psycopg://u:pw@127.0.0.1:1/db"  # not opened: join_study is replaced
+    args = ["tune-worker", str(PARAMS), "--run-dir", str(run_dir), "-p", f"tuning.storage={url}"]
+    assert cli.main(args) == 2
+    assert "--run-dir: no such file" in capsys.readouterr().err
+
+    tune.train_path(run_dir).parent.mkdir(parents=True)
+    train.to_parquet(tune.train_path(run_dir))
+    calls = []
+    monkeypatch.setattr(tune, "join_study", lambda *a: calls.append(a) or 3)
+    assert cli.main([*args, "--worker", "7"]) == 0
+    ((got_cfg, got_train, name, worker),) = calls
+    assert name == f"{cfg.experiment}-{run_dir.name}" == tune.study_name(cfg, run_dir)
+    assert worker == 7 and len(got_train) == len(train) and got_cfg.tuning.storage == url
+    assert "tune-worker 7: ran 3 trial(s)" in capsys.readouterr().err
+
+
 # -- PostgreSQL ---------------------------------------------------------------------------
 @pytest.mark.parametrize("locked", [True, False], ids=["schema-lock", "no-lock"])
 def test_concurrent_openers_create_the_schema_once(pg_url, locked, monkeypatch):
@@ -158,9 +177,11 @@ def test_two_local_workers_on_postgres_finish_exactly_n_trials(churn, pg_url, tm
 
 @pytest.mark.slow
 def test_tune_worker_processes_share_one_study(churn, pg_url, tmp_path):
-    """Two `mlfolio tune-worker` processes on one study: together exactly n_trials
-    finished trials; the tune stage then only reads the study."""
+    """Two `mlfolio tune-worker` processes and the tune stage on one study at once:
+    together exactly n_trials finished trials, and the stage returns only when the
+    workers' running trials are done; run again, the stage only reads the study."""
     cfg, train = churn
+    cfg = team(cfg, pg_url, n_trials=12)
     path = tmp_path / "train.parquet"
     train.to_parquet(path)
     procs = [
@@ -171,20 +192,40 @@ def test_tune_worker_processes_share_one_study(churn, pg_url, tmp_path):
         )
         for k in (3, 4)
     ]
-    outputs = [p.communicate(timeout=300)[1] for p in procs]
+    try:
+        _wait_for_finished_trials_of(pg_url, "shared", {cfg.seed + 4, cfg.seed + 5}, procs)
+        study = tune.run_study(cfg.tuning, train, cfg.schema, cfg.seed, tmp_path, "shared")
+        assert len(finished(study)) == 12
+        assert [t.number for t in study.trials if t.state == RUNNING] == []
+    finally:
+        outputs = [p.communicate(timeout=300)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     ran = [int(out.split(" ran ")[1].split()[0]) for out in outputs]
-    assert sum(ran) == 12 and min(ran) >= 1, outputs
+    by_stage = sum(t.user_attrs["worker_seed"] == cfg.seed for t in finished(study))
+    assert sum(ran) + by_stage == 12 and min(ran) >= 1, outputs
 
-    cfg = team(cfg, pg_url, n_trials=12)
     study = optuna.load_study(study_name="shared", storage=pg_url)
     assert len(finished(study)) == 12
-    assert {t.user_attrs["worker_seed"] for t in finished(study)} == {cfg.seed + 4, cfg.seed + 5}
-    # Surplus trials (both workers racing for the last one) end FAIL without fitting.
+    # Surplus trials (workers racing for the last ones) end FAIL without fitting.
     assert all(t.user_attrs.get("over_budget") for t in study.trials if t.state == FAIL)
     count = len(study.trials)
     again = tune.run_study(cfg.tuning, train, cfg.schema, cfg.seed, tmp_path, "shared")
     assert len(again.trials) == count
+
+
+def _wait_for_finished_trials_of(url: str, name: str, seeds: set[int], procs) -> None:
+    """Until each worker (by sampler seed) has finished a trial of the study."""
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        assert all(p.poll() is None for p in procs), "a worker exited early"
+        try:
+            study = optuna.load_study(study_name=name, storage=url)
+        except KeyError:  # not created yet
+            study = None
+        if study and seeds <= {t.user_attrs["worker_seed"] for t in finished(study)}:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"workers {seeds} did not each finish a trial within 120 s")
 
 
 @pytest.mark.slow

@@ -214,6 +214,7 @@ def run_study(
     When workers elsewhere (:func:`join_study`) have already finished the study, this
     only reads it.
     """
+    deadline = None if cfg.timeout is None else time.time() + cfg.timeout
     storage = storage_for(cfg, run_dir)
     study = open_study(cfg, storage, study_name, seed)
     todo = remaining_trials(study, cfg.n_trials)
@@ -232,9 +233,28 @@ def run_study(
             catch=(OverBudget,),
             callbacks=[_stop_over_budget],
         )
-        return study
-    _run_workers(cfg, storage, study_name, seed, folds, todo)
-    return load_study(cfg, storage, study_name, seed)
+    else:
+        _run_workers(cfg, storage, study_name, seed, folds, todo)
+    study = load_study(cfg, storage, study_name, seed)
+    if cfg.storage:
+        _wait_for_other_workers(study, cfg, deadline)
+    return study
+
+
+def _wait_for_other_workers(study: optuna.Study, cfg: TuningConfig, deadline: float | None) -> None:
+    """Trials still running on other machines are part of this study's budget: wait until
+    they finish, their worker is found dead (heartbeats), or the timeout has passed."""
+    import warnings
+
+    running = (optuna.trial.TrialState.RUNNING,)
+    while study.get_trials(deepcopy=False, states=running):
+        if deadline is not None and time.time() >= deadline:
+            return
+        log.info("study %s: waiting for trials running on other workers", study.study_name)
+        time.sleep(min(1.0, cfg.heartbeat_interval))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
 
 
 def require_shared(cfg: TuningConfig) -> None:
