@@ -132,11 +132,11 @@ class TuningConfig(_Section):
     pruner: Literal["median", "none"] = "median"
     n_workers: int = Field(1, ge=1, description="parallel worker processes on one study")
     storage: str | None = Field(
-        None, description="None = journal file in the run folder; or an RDB URL shared by workers"
+        None,
+        description="None = journal file in the run folder; or an RDB URL "
+        "(postgresql+psycopg://user@host/db) that workers on other machines can join",
     )
     study_name: str | None = None
-
-
     heartbeat_interval: int = Field(
         10, ge=1, description="seconds between a running trial's heartbeats (RDB storage)"
     )
@@ -168,6 +168,8 @@ class TuningConfig(_Section):
                 f"({self.heartbeat_interval} s), or live trials are failed between beats"
             )
         return self
+
+
 class EvaluationConfig(_Section):
     threshold: float | Literal["max_f1"] = Field(
         0.5, description="decision threshold, or max_f1 to choose it on the validation split"
