@@ -88,10 +88,12 @@ def train(
     )
 
 
-def tune_worker(params: str, study_name: str, worker: int, preprocess: Input[Artifact]):
+def tune_worker(
+    params: str, run_name: str, job_id: str, worker: int, preprocess: Input[Artifact]
+) -> int:
     from mlfolio.pipeline.kfp import steps
 
-    steps.tune_worker(params, study_name, worker, preprocess.path)
+    return steps.tune_worker(params, run_name, job_id, worker, preprocess.path)
 
 
 def tune(

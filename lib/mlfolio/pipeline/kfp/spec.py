@@ -145,13 +145,17 @@ def build(cfg: Config, params_text: str) -> Any:
             study = start.outputs["study_name"]
             worker_tasks = []
             if workers:
+                # Workers derive the study name from pipeline inputs, as start does: kfp's
+                # local runner replaces a task-output parameter in a ParallelFor by the
+                # loop item (kfp 2.17.3, task_spec_utils).
                 with dsl.ParallelFor(workers, name="tune-workers") as worker:
                     worker_tasks.append(
                         task(
                             c.tune_worker,
                             "tune_worker",
                             params=params,
-                            study_name=study,
+                            run_name=run_name,
+                            job_id=job,
                             worker=worker,
                             preprocess=up["preprocess"],
                         )

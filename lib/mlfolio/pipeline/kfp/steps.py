@@ -15,7 +15,6 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -50,31 +49,36 @@ def load_params(params: str, overrides: dict[str, Any] | None = None) -> Config:
     return config_mod.from_mapping(raw, source=PARAMS_SOURCE)
 
 
-def study_name(cfg: Config, run_name: str) -> str:
+def run_name(cfg: Config, given: str, job_id: str) -> str:
+    """The run's name (MLflow parent run, audit folder): ``given``, else from the job id,
+    so any task can derive it without another task's output."""
+    return given or f"{cfg.experiment}-kfp-{job_id[:8]}"
+
+
+def study_name(cfg: Config, given_run_name: str, job_id: str) -> str:
     """The Optuna study of a run, as the tune stage names it for a run folder."""
-    return cfg.tuning.study_name or f"{cfg.experiment}-{run_name}"
+    return cfg.tuning.study_name or f"{cfg.experiment}-{run_name(cfg, given_run_name, job_id)}"
 
 
 # -- the first and the last task ---------------------------------------------------------
-def start_run(params: str, job_id: str, run_name: str = "") -> dict[str, str]:
+def start_run(params: str, job_id: str, given_run_name: str = "") -> dict[str, str]:
     """Create the MLflow parent run; return its id, the run's name and the study name
-    (fixed here, so the tuning workers and the tune stage open the same study)."""
+    (the tuning workers derive the same one: see :func:`study_name`)."""
     from mlfolio import tracking
     from mlfolio.pipeline.provenance import git_info
 
     cfg = load_params(params)
-    if not run_name:
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        run_name = f"{stamp}-{cfg.experiment}-{job_id[-6:]}"
+    name = run_name(cfg, given_run_name, job_id)
     tags = {
         "mlfolio.pipeline": "training",
         "mlfolio.engine": "kfp",
         "mlfolio.git_commit": str(git_info()["commit"]),
         JOB_TAG: job_id,
-        RUN_NAME_TAG: run_name,
+        RUN_NAME_TAG: name,
     }
-    parent = tracking.start_parent_run(cfg, Path(run_name), tags)
-    return {"parent_run_id": parent, "run_name": run_name, "study_name": study_name(cfg, run_name)}
+    parent = tracking.start_parent_run(cfg, Path(name), tags)
+    study = study_name(cfg, given_run_name, job_id)
+    return {"parent_run_id": parent, "run_name": name, "study_name": study}
 
 
 def find_parent_run(cfg: Config, tag: str, value: str) -> str | None:
@@ -185,6 +189,7 @@ def run_stage(
     work = Path(tempfile.mkdtemp(prefix=f"mlfolio-{stage.name}-")).resolve()
     try:
         copied = _copy_upstream(upstream, work)
+        (work / "logs").mkdir()  # a run folder has one (the runner's kernels make it)
         frozen = work / "parameters.yaml"
         config_mod.dump(cfg, frozen)
         inputs = stage_inputs(stage, cfg, work, package_source_hash())
@@ -233,9 +238,11 @@ def gate_passed(products_dir: str) -> bool:
     return bool(doc.gate.passed)
 
 
-def tune_worker(params: str, study: str, worker: int, preprocess_dir: str) -> None:
-    """One worker of the fanned-out tuning: join the shared study and run trials until
-    it has ``tuning.n_trials`` finished ones."""
+def tune_worker(
+    params: str, given_run_name: str, job_id: str, worker: int, preprocess_dir: str
+) -> int:
+    """One worker of the fanned-out tuning: join the run's shared study and run trials
+    until it has ``tuning.n_trials`` finished ones; return how many this one finished."""
     import pandas as pd
 
     from mlfolio import tune
@@ -243,7 +250,7 @@ def tune_worker(params: str, study: str, worker: int, preprocess_dir: str) -> No
     cfg = load_params(params)
     train = pd.read_parquet(Path(preprocess_dir) / products.SPLITS["train"].path)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    tune.join_study(cfg, train, study, worker)
+    return tune.join_study(cfg, train, study_name(cfg, given_run_name, job_id), worker)
 
 
 def read_entry(products_dir: Path, stage: str) -> dict[str, Any] | None:
