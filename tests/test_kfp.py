@@ -400,3 +400,32 @@ def test_kfp_local_runs_the_chain_against_the_team_services(team_env, tmp_path, 
     data_files = {a.path for a in client.list_artifacts(parent.info.run_id, "data")}
     assert "data/train.parquet" in data_files
     assert not pd.read_parquet(run_dir / "data" / "train.parquet").empty
+
+
+@pytest.mark.slow
+def test_kfp_local_failure_ends_the_parent_run_failed(write_params, runs_root, capsys):
+    """A stage that fails: the exit handler's task ends the MLflow parent run FAILED, the
+    folder names the stage and cell, later stages are `not run`, the command exits 1."""
+    from mlflow.tracking import MlflowClient
+
+    raw = yaml.safe_load(CHURN_PARAMS.read_text())
+    numeric = [*raw["schema"]["numeric"], "no_such_column"]
+    params = write_params(schema={"numeric": numeric}, data={"sample_rows": 300})
+    code = cli.main(["run", str(params), "--engine", "kfp-local", "--runs-root", str(runs_root)])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "stage 'ingest' failed (cell" in err and "no_such_column" in err
+    (run_dir,) = runs_root.iterdir()
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert (manifest["status"], manifest["failed_stage"]) == ("failed", "ingest")
+    assert manifest["failed_cell"] is not None
+    assert manifest["stages"]["ingest"]["status"] == "failed"
+    assert {manifest["stages"][s]["status"] for s in STAGE_NAMES[1:]} == {"not run"}
+    assert (run_dir / "01_ingest.html").exists() and (run_dir / "index.html").exists()
+    client = MlflowClient(config.load(params).tracking_uri())
+    parent = client.get_run(manifest["mlflow"]["parent_run_id"])
+    assert parent.info.status == "FAILED"
+    (stage_run,) = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    assert stage_run.info.status == "FAILED"
