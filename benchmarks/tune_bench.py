@@ -2,9 +2,10 @@
 
 Usage (from the project root)::
 
-    .venv/bin/python benchmarks/tune_bench.py              # 50 trials, 3 folds: ~1 min
-    .venv/bin/python benchmarks/tune_bench.py --repeats 3  # seeds 42, 43, 44: ~3 min
+    .venv/bin/python benchmarks/tune_bench.py              # 50 trials, 3 folds: ~2 min
+    .venv/bin/python benchmarks/tune_bench.py --repeats 3  # seeds 42, 43, 44: ~6 min
     .venv/bin/python benchmarks/tune_bench.py --quick      # smoke run, ~10 s
+    .venv/bin/python benchmarks/tune_bench.py --no-postgres  # journal rows only
 
 (on 2 idle cores; other work on the machine slows every row, the parallel one most)
 
@@ -23,7 +24,12 @@ trial budget:
   folds (1 worker), and TPE + pruner with ``--workers`` workers (this process and
   ``--workers - 1`` child processes) on a journal file. Its clock starts before
   ``run_study`` (so it includes building the folds and opening the study) and each
-  trial's time is its ``datetime_complete``.
+  trial's time is its ``datetime_complete``. The worker processes' fork server is
+  started before the first clock (a notebook kernel pays its few seconds once).
+* the same TPE + pruner with the study in PostgreSQL (``tuning.storage``, heartbeats on,
+  as a shared study runs) with 1 and ``--workers`` workers: what sharing a study costs
+  next to the journal file. The benchmark creates its own database on ``--postgres``
+  (a server URL; default the local one) and drops it at the end.
 
 The target is RandomizedSearchCV's final best CV AUC minus 0.001 ("the same CV AUC
 within 0.001"); a method's time to target is when the first of its complete trials reaches
@@ -64,6 +70,7 @@ class Result:
     cores: int
     trials: str
     wall: float
+    n_trials: int
     best: float
     curve: list[tuple[float, float]]  # (seconds since start, value of that complete trial)
 
@@ -114,6 +121,7 @@ def run_random_search(
         1,
         str(n_trials),
         wall,
+        n_trials,
         float(res["mean_test_score"][best]),
         curve,
     ), params
@@ -125,13 +133,41 @@ def run_tune(
     run_dir = workdir / label.replace(" ", "_").replace("+", "")
     start_dt = datetime.now()
     start = time.perf_counter()
-    study = tune.run_study(tuning, train_df, cfg.schema, seed, run_dir, "bench")
+    study_name = f"bench-{label}-{seed}".replace(" ", "_")  # one database, many studies
+    study = tune.run_study(tuning, train_df, cfg.schema, seed, run_dir, study_name)
     wall = time.perf_counter() - start
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
     curve = [((t.datetime_complete - start_dt).total_seconds(), float(t.value)) for t in complete]
     trials = f"{len(complete) + pruned}" + (f" ({pruned} pruned)" if pruned else "")
-    return Result(label, tuning.n_workers, trials, wall, study.best_value, curve)
+    n_done = len(complete) + pruned
+    return Result(label, tuning.n_workers, trials, wall, n_done, study.best_value, curve)
+
+
+def create_database(server_url: str) -> str:
+    """A fresh database on the server of ``server_url``; returns its URL."""
+    import secrets
+
+    import sqlalchemy
+
+    name = f"mlfolio_tune_bench_{secrets.token_hex(4)}"
+    admin = sqlalchemy.create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    admin.dispose()
+    url = sqlalchemy.engine.make_url(server_url).set(database=name)
+    print(f"PostgreSQL rows: database {name} on {tune.masked(server_url)} (dropped at the end)")
+    return url.render_as_string(hide_password=False)
+
+
+def drop_database(server_url: str, db_url: str) -> None:
+    import sqlalchemy
+
+    name = sqlalchemy.engine.make_url(db_url).database
+    admin = sqlalchemy.create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.dispose()
 
 
 def fmt_time(seconds: float | None) -> str:
@@ -147,6 +183,10 @@ def run_once(
 ) -> tuple[list[Result], float]:
     """All methods with one seed; returns the results and the target AUC."""
     results: list[Result] = []
+    # The fork server the worker processes start from boots once per process (seconds:
+    # it imports xgboost and mlfolio); boot it before any clock so that the first
+    # multi-worker row does not pay it alone.
+    tune.workers._start_process_server()
     rs, rs_params = run_random_search(cfg, train_df, args.trials, args.folds, seed)
     results.append(rs)
     print(
@@ -160,6 +200,7 @@ def run_once(
             2,
             rs.trials,
             rs.curve[-1][0] / 2,
+            rs.n_trials,
             rs.best,
             [(t / 2, v) for t, v in rs.curve],
         )
@@ -174,6 +215,15 @@ def run_once(
             TuningConfig(**base, pruner="median", n_workers=args.workers),
         ),
     ]
+    if args.postgres_db:
+        pg = dict(base, pruner="median", storage=args.postgres_db)
+        configs += [
+            ("tune TPE + pruner, PostgreSQL, 1 worker", TuningConfig(**pg, n_workers=1)),
+            (
+                f"tune TPE + pruner, PostgreSQL, {args.workers} workers",
+                TuningConfig(**pg, n_workers=args.workers),
+            ),
+        ]
     for label, tuning in configs:
         result = run_tune(label, cfg, train_df, tuning, seed, tmp / f"seed{seed}")
         results.append(result)
@@ -202,8 +252,8 @@ def print_table(results: list[Result], target: float) -> list[float | None]:
     reached)."""
     rs_time = results[0].time_to(target)
     header = (
-        f"{'method':<44} {'cores':>5} {'trials':>15} {'total s':>8} {'best AUC':>9} "
-        f"{'to target s':>12} {'speed-up':>9}"
+        f"{'method':<44} {'cores':>5} {'trials':>15} {'total s':>8} {'trials/s':>8} "
+        f"{'best AUC':>9} {'to target s':>12} {'speed-up':>9}"
     )
     print(header)
     print("-" * len(header))
@@ -213,7 +263,8 @@ def print_table(results: list[Result], target: float) -> list[float | None]:
         speedup = rs_time / reached if reached and rs_time else None
         speedups.append(speedup)
         print(
-            f"{r.method:<44} {r.cores:>5} {r.trials:>15} {r.wall:>8.1f} {r.best:>9.4f} "
+            f"{r.method:<44} {r.cores:>5} {r.trials:>15} {r.wall:>8.1f} "
+            f"{r.n_trials / r.wall:>8.2f} {r.best:>9.4f} "
             f"{fmt_time(reached):>12} {f'{speedup:.1f}x' if speedup else '-':>9}"
         )
     return speedups
@@ -240,6 +291,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--params", default=str(ROOT / "parameters" / "churn.yaml"))
     parser.add_argument("--quick", action="store_true", help="smoke run: 6 trials, 2 folds")
+    parser.add_argument(
+        "--postgres",
+        default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
+        metavar="URL",
+        help="a PostgreSQL server (any database on it) where the benchmark creates, and "
+        "then drops, its own database for the PostgreSQL rows",
+    )
+    parser.add_argument("--no-postgres", action="store_true", help="journal rows only")
     args = parser.parse_args(argv)
     if args.quick:
         args.trials, args.folds = 6, 2
@@ -273,16 +332,21 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     t0 = time.perf_counter()
+    args.postgres_db = None if args.no_postgres else create_database(args.postgres)
     all_speedups: list[list[float | None]] = []
     all_walls: list[list[float]] = []
     methods: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="tune-bench-") as tmp:
-        for rep in range(args.repeats):
-            print(f"\nseed {seed + rep}:")
-            results, target = run_once(cfg, train_df, args, seed + rep, Path(tmp))
-            all_speedups.append(print_table(results, target))
-            all_walls.append([r.wall for r in results])
-            methods = [r.method for r in results]
+    try:
+        with tempfile.TemporaryDirectory(prefix="tune-bench-") as tmp:
+            for rep in range(args.repeats):
+                print(f"\nseed {seed + rep}:")
+                results, target = run_once(cfg, train_df, args, seed + rep, Path(tmp))
+                all_speedups.append(print_table(results, target))
+                all_walls.append([r.wall for r in results])
+                methods = [r.method for r in results]
+    finally:
+        if args.postgres_db:
+            drop_database(args.postgres, args.postgres_db)
     total = time.perf_counter() - t0
 
     if args.repeats > 1:

@@ -135,6 +135,24 @@ def test_tune_worker_takes_the_rows_and_study_of_a_run_folder(churn, tmp_path, m
     assert "tune-worker 7: ran 3 trial(s)" in capsys.readouterr().err
 
 
+def test_trials_past_the_budget_end_failed_before_the_objective_runs(tmp_path):
+    """Workers elsewhere claimed the budget (trials RUNNING there): a trial created past
+    it fails at once; a failed trial gives its place back."""
+    cfg = TuningConfig(n_trials=2)
+    study = tune.open_study(cfg, tune.storage_for(cfg, tmp_path), "budget", 1)
+    first, _ = study.ask(), study.ask()  # running on two other machines
+    calls = []
+    objective = tune.workers._budgeted(lambda t: calls.append(t.number) or 0.5, 2, 7)
+    study.optimize(objective, n_trials=1, catch=(tune.OverBudget,))
+    late = study.trials[2]
+    assert late.state == FAIL and late.user_attrs == {"worker_seed": 7, "over_budget": True}
+    assert calls == []
+
+    study.tell(first, state=FAIL)  # that machine died: its trial no longer counts
+    study.optimize(objective, n_trials=1, catch=(tune.OverBudget,))
+    assert calls == [3] and study.trials[3].value == 0.5
+
+
 # -- PostgreSQL ---------------------------------------------------------------------------
 @pytest.mark.parametrize("locked", [True, False], ids=["schema-lock", "no-lock"])
 def test_concurrent_openers_create_the_schema_once(pg_url, locked, monkeypatch):

@@ -42,7 +42,9 @@ def _budgeted(
 ) -> Callable[[optuna.Trial], float]:
     def run(trial: optuna.Trial) -> float:
         trial.set_user_attr("worker_seed", sampler_seed)  # which worker ran it
-        if claimed_before(trial) >= n_trials:
+        # Fewer trials than its number were claimed before it: only a trial numbered
+        # n_trials or more can be over the budget (saves a query per trial).
+        if trial.number >= n_trials and claimed_before(trial) >= n_trials:
             trial.set_user_attr("over_budget", True)
             raise OverBudget(f"the study's {n_trials} trials were claimed before this one")
         return objective(trial)
@@ -97,9 +99,10 @@ def _worker(
         nonlocal ran
         ran += trial.state in FINISHED
         # Stop when this run's trials are all handed out, or when the study's budget is
-        # claimed (by this worker or by others on the same storage).
-        claimed = len(study.get_trials(deepcopy=False, states=CLAIMED))
-        if trial.user_attrs.get("over_budget") or claimed >= cfg.n_trials or not _take_slot(slots):
+        # claimed (a shared storage: by workers elsewhere too).
+        if trial.user_attrs.get("over_budget") or not _take_slot(slots):
+            study.stop()
+        elif cfg.storage and len(study.get_trials(deepcopy=False, states=CLAIMED)) >= cfg.n_trials:
             study.stop()
 
     objective = make_objective(folds, cfg.model, seed, cfg.pruner != "none")
