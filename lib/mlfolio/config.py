@@ -339,8 +339,6 @@ class MonitoringConfig(_Section):
     ab: ABConfig = Field(default_factory=ABConfig)
 
 
-class Config(_Section):
-    """One run's parameters, validated and frozen."""
 # Tasks of the Kubeflow pipeline that take resource requests (tests check it against
 # mlfolio.pipeline.graph.STAGES; config cannot import the graph, which imports config).
 KFP_TASKS = (
@@ -385,6 +383,8 @@ class KfpConfig(_Section):
         return value
 
 
+class Config(_Section):
+    """One run's parameters, validated and frozen."""
 
     experiment: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     description: str = ""
@@ -400,9 +400,9 @@ class KfpConfig(_Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     deploy: DeployConfig = Field(default_factory=DeployConfig)
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
+    kfp: KfpConfig = Field(default_factory=KfpConfig)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-    kfp: KfpConfig = Field(default_factory=KfpConfig)
 
     @property
     def schema(self) -> SchemaConfig:  # type: ignore[override]
