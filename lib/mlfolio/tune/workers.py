@@ -240,21 +240,22 @@ def run_study(
         _run_workers(cfg, storage, study_name, seed, folds, todo)
     study = load_study(cfg, storage, study_name, seed)
     if cfg.storage:
-        _wait_for_other_workers(study, cfg, deadline)
+        _wait_for_other_workers(study, deadline)
     return study
 
 
-def _wait_for_other_workers(study: optuna.Study, cfg: TuningConfig, deadline: float | None) -> None:
+def _wait_for_other_workers(study: optuna.Study, deadline: float | None) -> None:
     """Trials still running on other machines are part of this study's budget: wait until
     they finish, their worker is found dead (heartbeats), or the timeout has passed."""
     import warnings
 
     running = (optuna.trial.TrialState.RUNNING,)
+    if study.get_trials(deepcopy=False, states=running):
+        log.info("study %s: waiting for trials running on other workers", study.study_name)
     while study.get_trials(deepcopy=False, states=running):
         if deadline is not None and time.time() >= deadline:
             return
-        log.info("study %s: waiting for trials running on other workers", study.study_name)
-        time.sleep(min(1.0, cfg.heartbeat_interval))
+        time.sleep(1.0)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
