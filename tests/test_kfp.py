@@ -429,3 +429,19 @@ def test_kfp_local_failure_ends_the_parent_run_failed(write_params, runs_root, c
         [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
     )
     assert stage_run.info.status == "FAILED"
+
+
+def test_the_shipped_team_parameters_compile(tmp_path):
+    """parameters/team.example.yaml is what the README tells a team to copy: it compiles
+    as it is, with its image, workers on the shared study and resource requests."""
+    pipe = components.load_component_from_file(
+        str(compile_spec(ROOT / "parameters" / "team.example.yaml", tmp_path))
+    )
+    cfg = config.load(ROOT / "parameters" / "team.example.yaml")
+    tasks = dag(pipe)
+    assert {s.name for s in STAGES} <= {n.replace("-", "_") for n in tasks}
+    executors = pipe.pipeline_spec.deployment_spec["executors"]
+    assert {e["container"]["image"] for e in executors.values()} == {cfg.kfp.image}
+    params = json.loads(pipe.component_spec.inputs["params"].default)
+    assert params["tuning"]["storage"] == cfg.tuning.storage
+    assert params["tracking"]["tracking_uri"] == cfg.tracking.tracking_uri
