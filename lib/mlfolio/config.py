@@ -175,6 +175,23 @@ class EvaluationConfig(_Section):
         0.5, description="decision threshold, or max_f1 to choose it on the validation split"
     )
     calibration_bins: int = Field(10, ge=2, le=50)
+    champion_version: int | Literal["none"] | None = Field(
+        None,
+        description="what the candidate is compared with: None = the version the champion "
+        "alias points at when evaluate runs; a version number = that version (mlfolio "
+        "reproduce pins the original's); 'none' = no champion (the gate judges the "
+        "candidate alone)",
+    )
+
+    @field_validator("champion_version", mode="before")
+    @classmethod
+    def _version_or_none(cls, value: Any) -> Any:
+        if value is None or value == "none":
+            return value
+        text = str(value)
+        if isinstance(value, bool) or not text.isdigit() or int(text) < 1:
+            raise ValueError("expected a registered version number (1, 2, ...) or 'none'")
+        return int(text)
 
     @field_validator("threshold")
     @classmethod

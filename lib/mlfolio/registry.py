@@ -51,6 +51,17 @@ def get_alias(name: str, alias: str) -> ModelRef | None:
 
 def logged_model_id(model_uri: str) -> str | None:
     """The logged model's id in an MLflow 3 ``models:/m-…`` URI (None for other URIs)."""
+def get_version(name: str, version: str | int) -> ModelRef | None:
+    """Version ``version`` of ``name``, or None when the model or version does not exist."""
+    try:
+        mv = MlflowClient().get_model_version(name, str(version))
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None
+        raise RegistryError(f"registry lookup of {name} version {version} failed: {exc}") from exc
+    return ModelRef(name, str(mv.version), mv.run_id, mv.source)
+
+
     if not model_uri.startswith("models:/"):
         return None
     rest = model_uri.removeprefix("models:/")

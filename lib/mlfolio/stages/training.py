@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from mlfolio import data, evaluate, features, products, registry, tracking, train, tune
+from mlfolio.config import Config
 from mlfolio.context import StageContext
 from mlfolio.errors import StageError
 
@@ -209,6 +210,24 @@ def candidates(ctx: StageContext) -> dict[str, dict[str, Any]]:
 
 def evaluate_candidate(ctx: StageContext) -> dict[str, Any]:
     """Pick the best model on validation, score it and the champion on the test rows,
+def compared_champion(cfg: Config) -> registry.ModelRef | None:
+    """What the candidate is compared with: the champion alias's version, or the one
+    ``evaluation.champion_version`` pins (a reproduction judges against the original's)."""
+    pinned = cfg.evaluation.champion_version
+    if pinned is None:
+        return registry.get_alias(cfg.model_name, registry.CHAMPION)
+    if pinned == "none":
+        return None
+    ref = registry.get_version(cfg.model_name, pinned)
+    if ref is None:
+        raise StageError(
+            "evaluate",
+            f"evaluation.champion_version: {cfg.model_name} has no version {pinned} "
+            "in the registry",
+        )
+    return ref
+
+
     and apply the gate."""
     cfg = ctx.cfg
     schema = cfg.schema
@@ -228,7 +247,7 @@ def evaluate_candidate(ctx: StageContext) -> dict[str, Any]:
     score = train.predict_scores(model, parts["test"], schema)
     test_metrics = evaluate.classification_metrics(y_test, score, threshold)
     scores = {"candidate": score}
-    champion = registry.get_alias(cfg.model_name, registry.CHAMPION)
+    champion = compared_champion(cfg)
     champion_info, comparison = None, None
     if champion is not None:
         try:
