@@ -208,8 +208,6 @@ def candidates(ctx: StageContext) -> dict[str, dict[str, Any]]:
     return {name: model.model_dump(mode="json") for name, model in found.items()}
 
 
-def evaluate_candidate(ctx: StageContext) -> dict[str, Any]:
-    """Pick the best model on validation, score it and the champion on the test rows,
 def compared_champion(cfg: Config) -> registry.ModelRef | None:
     """What the candidate is compared with: the champion alias's version, or the one
     ``evaluation.champion_version`` pins (a reproduction judges against the original's)."""
@@ -230,6 +228,8 @@ def compared_champion(cfg: Config) -> registry.ModelRef | None:
 
     and apply the gate."""
     cfg = ctx.cfg
+def evaluate_candidate(ctx: StageContext) -> dict[str, Any]:
+    """Pick the best model on validation, score it and the champion on the test rows,
     schema = cfg.schema
     parts = load_splits(ctx)
     models = candidates(ctx)
