@@ -226,10 +226,10 @@ def compared_champion(cfg: Config) -> registry.ModelRef | None:
     return ref
 
 
-    and apply the gate."""
-    cfg = ctx.cfg
 def evaluate_candidate(ctx: StageContext) -> dict[str, Any]:
     """Pick the best model on validation, score it and the champion on the test rows,
+    and apply the gate."""
+    cfg = ctx.cfg
     schema = cfg.schema
     parts = load_splits(ctx)
     models = candidates(ctx)
