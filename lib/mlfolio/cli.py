@@ -222,7 +222,86 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("sagemaker_command", nargs="?", choices=["serve"], help=argparse.SUPPRESS)
     _tune_worker_parser(sub)
     _compile_parser(sub)
+    _reproduce_parsers(sub)
     return parser
+
+
+def _reproduce_parsers(sub: argparse._SubParsersAction) -> None:
+    rep = sub.add_parser(
+        "reproduce",
+        help="re-execute a finished run from its record and compare the results",
+        description="Re-execute RUN_DIR's stages up to evaluate from its parameters.yaml "
+        "into a new run folder (no stage reused, no model version registered, no alias "
+        "moved; the candidate compared with the champion version the run compared with), "
+        "then compare data hash, every metric, the candidate's test scores and the gate "
+        "verdict. Warns when the code commit or package versions differ from the record. "
+        "Exit 0: reproduced; 1: something differs (listed); 2: not reproducible as "
+        "recorded (the data source's content hash changed, or bad input).",
+    )
+    rep.add_argument("run_dir", metavar="RUN_DIR", help="the run folder to reproduce")
+    rep.add_argument(
+        "--runs-root", metavar="DIR", help="where the new run folder goes (default: beside RUN_DIR)"
+    )
+    rep.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.01,
+        metavar="T",
+        help="absolute tolerance for tune and evaluate numbers when tuning is not "
+        "bit-stable (parallel workers, a shared study, a timeout that ended it); "
+        "otherwise everything must be equal (default 0.01)",
+    )
+    rep.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+
+    diff = sub.add_parser(
+        "diff",
+        help="what changed between two run folders",
+        description="Compare two run folders: parameters that differ, data hash and row "
+        "counts, code commit, package versions, per-stage input hashes, metrics side by "
+        "side with deltas, the gate verdict. Prints text and writes a self-contained HTML "
+        "page. Exit 0: written (whatever differs); 2: not run folders.",
+    )
+    diff.add_argument("run_a", metavar="RUN_A", help="the earlier (reference) run folder")
+    diff.add_argument("run_b", metavar="RUN_B", help="the run folder compared with it")
+    diff.add_argument(
+        "-o",
+        "--output",
+        metavar="HTML",
+        help="the page to write (default: RUN_B/diff-<RUN_A>.html)",
+    )
+    diff.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+
+
+def _reproduce(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from mlfolio.errors import NotReproduced
+    from mlfolio.pipeline import reproduce
+
+    if args.tolerance < 0:
+        raise ConfigError(f"--tolerance: expected a number >= 0, got {args.tolerance}")
+    rep = reproduce.reproduce(
+        args.run_dir,
+        runs_root=Path(args.runs_root).resolve() if args.runs_root else None,
+        tolerance=args.tolerance,
+        echo=_echo,
+    )
+    text = reproduce.summary(rep)
+    if not rep.reproduced:
+        raise NotReproduced(text)
+    print(text)
+
+
+def _diff(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from mlfolio.pipeline import diff
+
+    d = diff.diff_runs(args.run_a, args.run_b)
+    target = Path(args.output) if args.output else diff.default_output(args.run_a, args.run_b)
+    diff.write_html(d, target)
+    print(diff.render_text(d))
+    _echo(f"diff page: {target.resolve()}")
 
 
 def _compile_parser(sub: argparse._SubParsersAction) -> None:
@@ -440,6 +519,8 @@ COMMANDS = {
     "serve": _serve,
     "tune-worker": _tune_worker,
     "compile": _compile,
+    "reproduce": _reproduce,
+    "diff": _diff,
 }
 
 

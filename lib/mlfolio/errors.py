@@ -39,6 +39,17 @@ class StageError(MlfolioError):
         super().__init__(f"stage '{stage}' failed{where}: {message}")
 
 
+class DataChangedError(MlfolioError):
+    """The data source no longer has the content hash a run recorded (names data.uri and
+    both hashes); nothing was run."""
+
+    exit_code = 2
+
+
+class NotReproduced(MlfolioError):
+    """``mlfolio reproduce`` re-executed a run and got different results (lists them)."""
+
+
 class StudyStorageError(MlfolioError):
     """The tuning study's storage cannot be opened (names ``tuning.storage`` and the URL,
     its password masked)."""
