@@ -49,6 +49,13 @@ def _parser() -> argparse.ArgumentParser:
         "ones its other stages ran with; those are then marked stale",
     )
     run.add_argument(
+        "--no-reuse",
+        dest="reuse",
+        action="store_false",
+        help="execute every stage, even one an earlier run of the experiment has with the "
+        "same inputs (by default such a stage is reused from that run)",
+    )
+    run.add_argument(
         "--engine",
         choices=["papermill", "kfp-local", "kfp"],
         default="papermill",
@@ -491,6 +498,7 @@ def _run(args: argparse.Namespace) -> None:
         runs_root=Path(args.runs_root).resolve() if args.runs_root else None,
         echo=_echo,
         force=args.force,
+        reuse=args.reuse,
     )
 
 

@@ -97,9 +97,10 @@ class StageContext:
         return pd.read_parquet(path)
 
     def write_parquet(self, name: str, df: pd.DataFrame) -> Path:
+        from mlfolio.data import write_parquet
+
         path = self.path(name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        df.to_parquet(path, index=False)
+        write_parquet(df, path)
         return path
 
     def read(self, product: Any) -> Any:

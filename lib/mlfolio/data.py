@@ -292,10 +292,32 @@ def content_hash(df: pd.DataFrame) -> str:
     return h.hexdigest()
 
 
+def source_hash(source: DataConfig, frame: pd.DataFrame | None = None) -> str:
+    """What identifies the source's content: the SHA-256 of a local file's bytes; for an
+    S3 object or a SQL query, :func:`content_hash` of ``frame``, the rows read from it."""
+    if source.kind == "file":
+        h = hashlib.sha256()
+        with Path(source.uri).open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        return h.hexdigest()
+    if frame is None:
+        raise ValueError(f"data.uri {source.uri}: hashing an {source.kind} source needs its rows")
+    return content_hash(frame)
+
+
+def write_parquet(df: pd.DataFrame, path: Path) -> None:
+    """Write ``df`` as Parquet through a new file: a run folder's products may be hard
+    links shared with an earlier run (reused stages), which writing in place would alter."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    df.to_parquet(tmp, index=False)
+    tmp.replace(path)
+
+
 def write_snapshot(df: pd.DataFrame, path: Path) -> str:
     """Write ``df`` as Parquet and return its content hash."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    df.to_parquet(path, index=False)
+    write_parquet(df, path)
     return content_hash(df)
 
 

@@ -211,6 +211,7 @@ REGISTER = Product(
         "version",
         "model_uri",
         "registered",
+        "duplicate_of",
         "promoted",
         "why_not_promoted",
         "compared_against",

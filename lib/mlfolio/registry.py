@@ -8,6 +8,7 @@ same store as the aliases, whatever backend the tracking server uses.
 from __future__ import annotations
 
 import getpass
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 EVENT_PREFIX = "mlfolio.alias_event."
 RETRAIN_CLAIM_TAG = "mlfolio.retrain_claim"
+MODEL_HASH_TAG = "mlfolio.model_hash"
 
 
 @dataclass(frozen=True)
@@ -49,8 +51,6 @@ def get_alias(name: str, alias: str) -> ModelRef | None:
     return ModelRef(name, str(mv.version), mv.run_id, mv.source)
 
 
-def logged_model_id(model_uri: str) -> str | None:
-    """The logged model's id in an MLflow 3 ``models:/m-…`` URI (None for other URIs)."""
 def get_version(name: str, version: str | int) -> ModelRef | None:
     """Version ``version`` of ``name``, or None when the model or version does not exist."""
     try:
@@ -62,6 +62,8 @@ def get_version(name: str, version: str | int) -> ModelRef | None:
     return ModelRef(name, str(mv.version), mv.run_id, mv.source)
 
 
+def logged_model_id(model_uri: str) -> str | None:
+    """The logged model's id in an MLflow 3 ``models:/m-…`` URI (None for other URIs)."""
     if not model_uri.startswith("models:/"):
         return None
     rest = model_uri.removeprefix("models:/")
@@ -84,6 +86,49 @@ def register(name: str, model_uri: str, run_id: str, tags: dict[str, str]) -> Mo
         name, model_uri, run_id=run_id, tags=tags, model_id=logged_model_id(model_uri)
     )
     return ModelRef(name, str(mv.version), run_id, mv.source)
+
+
+# The MLmodel keys that differ between two loggings of the same model.
+_VOLATILE_MLMODEL_KEYS = ("model_uuid", "utc_time_created", "run_id", "model_id", "artifact_path")
+
+
+def model_hash(model_uri: str) -> str:
+    """SHA-256 of a logged model's files (its MLmodel without the ids and times that
+    differ between two loggings of the same model): equal for an identical model."""
+    import tempfile
+    from pathlib import Path
+
+    import mlflow
+    import yaml
+
+    h = hashlib.sha256()
+    with tempfile.TemporaryDirectory(prefix="mlfolio-model-") as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))
+        for path in sorted(p for p in local.rglob("*") if p.is_file()):
+            rel = path.relative_to(local).as_posix()
+            content = path.read_bytes()
+            if rel == "MLmodel":
+                meta = yaml.safe_load(content) or {}
+                for key in _VOLATILE_MLMODEL_KEYS:
+                    meta.pop(key, None)
+                content = json.dumps(meta, sort_keys=True, default=str).encode()
+            h.update(rel.encode() + b"\0" + hashlib.sha256(content).digest())
+    return h.hexdigest()
+
+
+def version_with_hash(name: str, digest: str) -> ModelRef | None:
+    """The oldest version of ``name`` whose model has content hash ``digest`` (the
+    ``mlfolio.model_hash`` tag register sets), or None."""
+    try:
+        found = MlflowClient().search_model_versions(
+            f"name = '{name}' and tags.`{MODEL_HASH_TAG}` = '{digest}'"
+        )
+    except MlflowException as exc:
+        raise RegistryError(f"registry search of {name} by model hash failed: {exc}") from exc
+    if not found:
+        return None
+    mv = min(found, key=lambda v: int(v.version))
+    return ModelRef(name, str(mv.version), mv.run_id, mv.source)
 
 
 def _user() -> str:

@@ -258,6 +258,16 @@ def registration_markdown(result: dict[str, Any]) -> Any:
     from mlfolio import registry
 
     name = result["model_name"]
+    if result.get("duplicate_of"):
+        moved = "" if result["promoted"] else f" No alias moved: {result['why_not_promoted']}."
+        return Markdown(
+            f"**No new version.** {result['why_not_registered']}.{moved}"
+            + (
+                f" Promoted **{name} v{result['version']}** to `{registry.CHAMPION}`."
+                if result["promoted"]
+                else ""
+            )
+        )
     if not result.get("registered", True):
         return Markdown(f"**Not registered.** {result['why_not_promoted']}")
     head = f"Registered **{name} v{result['version']}** as `{registry.CHALLENGER}`."

@@ -6,13 +6,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import platform
 import subprocess
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from mlfolio.config import Config, project_dir
+from mlfolio.config import Config, DataConfig, project_dir
 from mlfolio.context import read_json, write_json
 from mlfolio.errors import ConfigError
 from mlfolio.pipeline.graph import PIPELINES, Stage, notebooks_dir
@@ -31,6 +33,8 @@ KEY_PACKAGES = (
     "nbconvert",
     "pyarrow",
 )
+# Stages whose result depends on the version the champion alias points at.
+CHAMPION_READERS = ("evaluate", "register")
 
 
 # -- hashes and provenance -------------------------------------------------------------
@@ -69,37 +73,83 @@ def file_hash(path: Path) -> str:
     return h.hexdigest()
 
 
-def _upstream_hashes(stage: Stage, run_dir: Path) -> dict[str, str]:
-    """Hashes of the earlier stages' products, as a stage reads them now."""
+def _product_hash(path: Path) -> str:
+    if path.suffix == ".json":  # leave out volatile MLflow ids
+        payload = read_json(path)
+        payload.pop("mlflow_run_id", None)
+        return _sha256(json.dumps(payload, sort_keys=True).encode())
+    return file_hash(path)
+
+
+def _upstream_hashes(
+    stage: Stage, run_dir: Path, located: Mapping[str, Path] | None = None
+) -> dict[str, str]:
+    """Hashes of the earlier stages' products, as a stage reads them now (``located``:
+    products that are still elsewhere, e.g. in the run a stage is about to be reused from)."""
     upstream = {}
     pipeline = next(p for p in PIPELINES.values() if stage in p)
     for earlier in pipeline[: pipeline.index(stage)]:
         for product in earlier.products:
-            path = run_dir / product
-            if path.exists() and path.suffix == ".parquet":
-                upstream[product] = file_hash(path)
-            elif path.exists() and path.suffix == ".json":  # leave out volatile MLflow ids
-                payload = read_json(path)
-                payload.pop("mlflow_run_id", None)
-                upstream[product] = _sha256(json.dumps(payload, sort_keys=True).encode())
-            elif path.exists():
-                upstream[product] = file_hash(path)
+            path = (located or {}).get(product) or run_dir / product
+            if path.exists():
+                upstream[product] = _product_hash(path)
     return upstream
 
 
-def stage_inputs(stage: Stage, cfg: Config, run_dir: Path, mlfolio_hash: str) -> dict[str, Any]:
-    """What a stage's result depends on: the basis for skipping unchanged stages."""
+def external_state(
+    stage: Stage, cfg: Config, source_hash: str | None = None, champion: str | None = None
+) -> dict[str, Any]:
+    """What a stage reads from outside the run folder, as values that change when it does:
+    the tracking store its runs and models live in, the data source (ingest), the champion
+    version the gate compares against (evaluate, register)."""
+    state: dict[str, Any] = {"tracking_uri": cfg.tracking_uri()}
+    if stage.name == "ingest":
+        state["data"] = source_hash
+    if stage.name in CHAMPION_READERS:
+        pinned = getattr(cfg.evaluation, "champion_version", None)
+        # A pinned version is a parameter (hashed with the section); else the alias counts.
+        state["champion"] = f"pinned {pinned}" if pinned is not None else champion
+    return state
+
+
+def stage_inputs(
+    stage: Stage,
+    cfg: Config,
+    run_dir: Path,
+    mlfolio_hash: str,
+    external: dict[str, Any] | None = None,
+    packages: dict[str, str] | None = None,
+    located: Mapping[str, Path] | None = None,
+) -> dict[str, Any]:
+    """What a stage's result depends on, hashed: its notebook source, the ``mlfolio``
+    source, its parameter sections, the upstream products, the versions of the packages
+    it runs on and the ``external`` state it reads (:func:`external_state`). Equal
+    ``hash`` values mean the stage would compute the same thing: the basis for reuse."""
     params = cfg.to_dict()
+    versions = packages if packages is not None else package_versions()
     parts = {
         "notebook": notebook_source_hash(notebooks_dir() / stage.notebook),
         "mlfolio": mlfolio_hash,
         "parameters": _sha256(
             json.dumps({k: params.get(k) for k in stage.sections}, sort_keys=True).encode()
         ),
-        "upstream": _upstream_hashes(stage, run_dir),
+        "upstream": _upstream_hashes(stage, run_dir, located),
+        "packages": _sha256(json.dumps(versions, sort_keys=True).encode()),
+        "external": external or {},
     }
     parts["hash"] = _sha256(json.dumps(parts, sort_keys=True).encode())
     return parts
+
+
+def source_hash(source: DataConfig) -> str:
+    """The content hash of the data source as ingest reads it (see
+    :func:`mlfolio.data.source_hash`): the file's bytes, or the rows of an S3 object or a
+    SQL query (those are read here, through :func:`mlfolio.data.load_source`)."""
+    from mlfolio import data
+
+    if source.kind == "file":
+        return data.source_hash(source)
+    return data.source_hash(source, data.load_source(source))
 
 
 def git_info() -> dict[str, Any]:
@@ -117,7 +167,8 @@ def git_info() -> dict[str, Any]:
 
 
 def package_versions() -> dict[str, str]:
-    versions = {}
+    """Versions of :data:`KEY_PACKAGES` and of Python itself."""
+    versions = {"python": platform.python_version()}
     for name in KEY_PACKAGES:
         try:
             versions[name] = metadata.version(name)

@@ -34,13 +34,8 @@ from mlfolio.pipeline.interrupts import (
     _Signals,
     _stage_parameters,
 )
-from mlfolio.pipeline.provenance import (
-    Manifest,
-    git_info,
-    package_source_hash,
-    package_versions,
-    stage_inputs,
-)
+from mlfolio.pipeline.provenance import CHAMPION_READERS, Manifest, git_info
+from mlfolio.pipeline.reuse import Reuser, detach, outputs
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +98,7 @@ def run(
     kind: str = "training",
     trigger: dict[str, Any] | None = None,
     force: bool = False,
+    reuse: bool = True,
 ) -> Manifest:
     """Validate the parameters, then execute the selected stages into a run folder.
 
@@ -113,6 +109,10 @@ def run(
     parameters that differ from the ones its kept stages ran with are refused unless
     ``force`` (those stages are then marked stale). SIGINT/SIGTERM stop the stage's
     kernel; the run is recorded ``interrupted`` and RunInterrupted raised.
+
+    ``reuse``: a training stage whose inputs hash equals the one of a succeeded stage
+    in an earlier run of the experiment (same runs root) is taken over from it, not
+    executed (register and deploy always execute); False executes every stage.
     """
 
     selected = select_stages(stages, from_stage, kind)
@@ -158,11 +158,19 @@ def run(
         frozen = folder / "parameters.yaml"
         config_mod.dump(cfg, frozen)
         _create_sqlite_store(cfg.tracking_uri())
-        # Kernels start now, so their imports overlap the tracking store's start-up below.
+        reuser = Reuser(
+            cfg,
+            folder,
+            enabled=reuse and kind == "training",
+            ingest_selected=any(s.name == "ingest" for s in selected),
+        )
+        to_execute = len(selected) - reuser.plan(selected)
+        # Kernels start now, so their imports overlap the tracking store's start-up below;
+        # none for the leading stages that will be reused.
         kernels = (
             [
                 sigs.track(WarmKernel(folder, cfg.tracking_uri()))
-                for _ in range(min(1 + KERNEL_LOOKAHEAD, len(selected)))
+                for _ in range(min(1 + KERNEL_LOOKAHEAD, to_execute))
             ]
             if warm_kernels
             else []
@@ -172,6 +180,7 @@ def run(
             "overrides": overrides or {},
             "force": force,
             "changed": changed,
+            "reuse": reuser.enabled,
         }
         return _run(
             cfg,
@@ -185,6 +194,7 @@ def run(
             warm_kernels,
             sigs,
             run_info,
+            reuser,
             echo,
         )
     except KeyboardInterrupt:
@@ -228,6 +238,7 @@ def _run(
     warm: bool,
     sigs: _Signals,
     run_info: dict[str, Any],
+    reuser: Reuser,
     echo: Callable[[str], None],
 ) -> Manifest:
     from mlflow.tracking import MlflowClient
@@ -244,7 +255,8 @@ def _run(
             "parameters": cfg.to_dict(),
             "seed": cfg.seed,
             "git": git_info(),
-            "packages": package_versions(),
+            "packages": reuser.packages,
+            "reuse": reuser.enabled,
         }
     )
     manifest.data.setdefault("history", []).append(
@@ -258,9 +270,7 @@ def _run(
     )
     manifest.save()
 
-    outcome = _run_stages(
-        selected, cfg, folder, nb_params, manifest, package_source_hash(), kernels, warm, sigs, echo
-    )
+    outcome = _run_stages(selected, cfg, nb_params, manifest, reuser, kernels, warm, sigs, echo)
 
     _collect_results(manifest, folder)
     _mark_stale(manifest, cfg, folder, selected, kind)
@@ -290,30 +300,72 @@ def _run(
     return manifest
 
 
+def _champion(cfg: Config) -> str | None:
+    """The version the champion alias points at now (an input of evaluate and register)."""
+    from mlfolio import registry
+
+    ref = registry.get_alias(cfg.model_name, registry.CHAMPION)
+    return ref.version if ref else None
+
+
+def _reused(
+    stage: Stage, label: str, reuser: Reuser, inputs: dict[str, Any], manifest: Manifest
+) -> str | None:
+    """Take ``stage`` over from an earlier run when one has it with these inputs; returns
+    the runner's line, or None when the stage must execute."""
+    source = reuser.find(stage, inputs)
+    if source is None:
+        return None
+    entry = reuser.take(stage, source)
+    entry.update(
+        {
+            "parameters": _stage_parameters(stage, reuser.cfg.to_dict()),
+            "overrides": manifest.data.get("overrides") or {},
+            "inputs": inputs,
+            "inputs_hash": inputs["hash"],
+        }
+    )
+    manifest.data["stages"][stage.name] = entry
+    manifest.save()
+    _tag_parent(manifest, f"mlfolio.reused.{stage.name}", str(source.run_dir))
+    return f"{label} reused from {source.run_dir.name}"
+
+
+def _tag_parent(manifest: Manifest, key: str, value: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient().set_tag(manifest.data["mlflow"]["parent_run_id"], key, value)
+
+
 def _run_stages(
     selected: list[Stage],
     cfg: Config,
-    folder: Path,
     nb_params: dict[str, Any],
     manifest: Manifest,
-    mlfolio_hash: str,
+    reuser: Reuser,
     kernels: list[WarmKernel],
     warm: bool,
     sigs: _Signals,
     echo: Callable[[str], None],
 ) -> StageError | RunInterrupted | None:
     """Execute stages in order, each on a kernel warmed during the stages before it (or,
-    not ``warm``, on one started for it). Stops at the first failure or signal."""
+    not ``warm``, on one started for it), unless an earlier run has it with the same
+    inputs (then it is reused). Stops at the first failure or signal."""
     parent_run_id = nb_params["parent_run_id"]
-    started = len(kernels)
+    folder = reuser.folder
     params = cfg.to_dict()
     overrides = manifest.data.get("overrides") or {}
     for i, stage in enumerate(selected, 1):
+        label = f"[{i}/{len(selected)}] {stage.name:<10}"
         if sigs.signum is not None:
-            echo(f"[{i}/{len(selected)}] {stage.name:<10} not started: {sigs.name}")
+            echo(f"{label} not started: {sigs.name}")
             return _interrupted(manifest, folder, selected[i - 1 :], None, sigs)
-        inputs = stage_inputs(stage, cfg, folder, mlfolio_hash)
-        echo(f"[{i}/{len(selected)}] {stage.name:<10} running ...")
+        champion = _champion(cfg) if stage.name in CHAMPION_READERS else None
+        inputs = reuser.inputs(stage, champion)
+        if line := _reused(stage, label, reuser, inputs, manifest):
+            echo(line)
+            continue
+        echo(f"{label} running ...")
         ran_with = {"parameters": _stage_parameters(stage, params), "overrides": overrides}
         manifest.data["stages"][stage.name] = {
             "status": "running",
@@ -322,11 +374,15 @@ def _run_stages(
             **ran_with,
         }
         manifest.save()
+        detach(stage, folder)
         if warm:
-            kernel = kernels.pop(0)
-            if started < len(selected):
+            # (none left when the plan foresaw a reuse that did not happen)
+            kernel = (
+                kernels.pop(0) if kernels else sigs.track(WarmKernel(folder, cfg.tracking_uri()))
+            )
+            # Keep kernels warming for the stages after this one (reused ones need none).
+            if len(kernels) < min(1 + KERNEL_LOOKAHEAD, len(selected) - i):
                 kernels.append(sigs.track(WarmKernel(folder, cfg.tracking_uri())))
-                started += 1
         else:
             kernel = sigs.track(WarmKernel(folder, cfg.tracking_uri(), warm_up=False))
         try:
@@ -334,8 +390,11 @@ def _run_stages(
         finally:
             sigs.release(kernel)
         if entry is None:  # the signal came while kernels were starting
-            echo(f"[{i}/{len(selected)}] {stage.name:<10} not started: {sigs.name}")
+            echo(f"{label} not started: {sigs.name}")
             return _interrupted(manifest, folder, selected[i - 1 :], None, sigs)
+        if entry["status"] == "succeeded":
+            entry["outputs"] = outputs(stage, folder)
+            inputs = _as_read(stage, reuser, inputs, folder)
         entry.update(ran_with)
         entry["inputs"] = inputs
         entry["inputs_hash"] = inputs["hash"]
@@ -344,7 +403,7 @@ def _run_stages(
             stopped = _interrupted(manifest, folder, selected[i - 1 :], entry, sigs)
             cell = entry["interrupted"]["cell_index"]
             echo(
-                f"[{i}/{len(selected)}] {stage.name:<10} INTERRUPTED by {sigs.name} after "
+                f"{label} INTERRUPTED by {sigs.name} after "
                 f"{entry['duration_s']:.1f}s" + (f" in cell {cell}" if cell is not None else "")
             )
             return stopped
@@ -360,16 +419,31 @@ def _run_stages(
                     "notebook": later.notebook,
                 }
             echo(
-                f"[{i}/{len(selected)}] {stage.name:<10} FAILED after "
+                f"{label} FAILED after "
                 f"{entry['duration_s']:.1f}s in cell {err['cell_index']}: {err['ename']}: "
                 f"{str(err['evalue']).splitlines()[0] if err['evalue'] else ''}"
             )
             manifest.save()
             _fail_stage_run(parent_run_id, stage.name)
             return failed
-        echo(f"[{i}/{len(selected)}] {stage.name:<10} ok in {entry['duration_s']:.1f}s")
+        echo(f"{label} ok in {entry['duration_s']:.1f}s")
         manifest.save()
     return None
+
+
+def _as_read(stage: Stage, reuser: Reuser, inputs: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """Ingest's inputs as it read the source: when the source changed between the runner's
+    hash and ingest's read, the record names what ingest really read."""
+    if stage.name != "ingest":
+        return inputs
+    from mlfolio import products
+
+    doc = products.INGEST.load(folder)
+    read = getattr(doc, "source_hash", None) if doc is not None else None
+    if read is None or read == inputs["external"].get("data"):
+        return inputs
+    log.warning("the data source changed while ingest read it: recording what it read")
+    return reuser.inputs(stage, source=read)
 
 
 def _collect_results(manifest: Manifest, folder: Path) -> None:

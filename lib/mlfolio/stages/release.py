@@ -17,7 +17,9 @@ log = logging.getLogger(__name__)
 # -- register -------------------------------------------------------------------------
 def register_model(ctx: StageContext) -> dict[str, Any]:
     """Register the candidate as a new version, alias it challenger, and move champion
-    only when the gate passed."""
+    only when the gate passed. A candidate whose model is identical to an existing version
+    (same :func:`registry.model_hash`) registers nothing: that version stands for it, and
+    its aliases move only when the gate passed."""
     cfg = ctx.cfg
     ev = ctx.read(products.EVALUATE)
     ingest_info = ctx.read(products.INGEST)
@@ -56,24 +58,35 @@ def register_model(ctx: StageContext) -> dict[str, Any]:
         "mlfolio.threshold": f"{ev.threshold:.6f}",
     }
     try:
-        ref = registry.register(cfg.model_name, candidate.model_uri, candidate.run_id, tags)
+        tags[registry.MODEL_HASH_TAG] = registry.model_hash(candidate.model_uri)
+        # An identical model (e.g. an unchanged re-run that reused train and tune) gets no
+        # second version: the existing one stands for it.
+        ref = registry.version_with_hash(cfg.model_name, tags[registry.MODEL_HASH_TAG])
+        duplicate_of = ref.version if ref else None
+        if ref is None:
+            ref = registry.register(cfg.model_name, candidate.model_uri, candidate.run_id, tags)
     except Exception as exc:
         raise RegistryError(
             f"registering {candidate.model_uri} as {cfg.model_name} failed: {exc}"
         ) from exc
-    events = [
-        registry.set_alias(
-            ref, registry.CHALLENGER, "new candidate from pipeline run", str(ctx.run_dir)
+    compared_against = ev.champion.version if ev.champion else None
+    already_champion = duplicate_of is not None and duplicate_of == compared_against
+    events = []
+    if duplicate_of is None or (passed and cfg.registry.promote and not already_champion):
+        events.append(
+            registry.set_alias(
+                ref, registry.CHALLENGER, "new candidate from pipeline run", str(ctx.run_dir)
+            )
         )
-    ]
     # The gate judged the candidate against the champion of evaluate's moment: champion
     # moves only if it still is that version (compare-and-set under the registry lock).
-    compared_against = ev.champion.version if ev.champion else None
     why_not = None
     if not passed:
         why_not = "gate failed"
     elif not cfg.registry.promote:
         why_not = "registry.promote is false"
+    elif already_champion:
+        why_not = f"the candidate is version {duplicate_of}, which already is champion"
     else:
         reason = "gate passed: " + "; ".join(ev.gate.reasons)
         promotion = registry.promote(
@@ -88,6 +101,8 @@ def register_model(ctx: StageContext) -> dict[str, Any]:
             events.append(promotion.event)
         why_not = promotion.why_not
     promoted = why_not is None
+    if duplicate_of:
+        mlflow.set_tags({"mlfolio.registered": False, "mlfolio.duplicate_of": duplicate_of})
     mlflow.set_tags({"mlfolio.model_version": ref.version, "mlfolio.promoted": promoted})
     if why_not:
         mlflow.set_tag("mlfolio.why_not_promoted", why_not[:5000])
@@ -96,7 +111,14 @@ def register_model(ctx: StageContext) -> dict[str, Any]:
         "version": ref.version,
         "model_uri": ref.uri,
         "source": candidate.model_uri,
-        "registered": True,
+        "registered": duplicate_of is None,
+        "duplicate_of": duplicate_of,
+        "why_not_registered": (
+            f"the candidate's model is identical to version {duplicate_of} (same content "
+            f"hash, tag {registry.MODEL_HASH_TAG}): no new version registered"
+            if duplicate_of
+            else None
+        ),
         "promoted": promoted,
         "why_not_promoted": why_not,
         "compared_against": compared_against,

@@ -44,6 +44,8 @@ def ingest(ctx: StageContext) -> tuple[pd.DataFrame, dict[str, Any]]:
     digest = data.write_snapshot(df, ctx.path(SNAPSHOT))
     info = {
         "source": cfg.data.uri,
+        # what was read (the runner compares it with the hash it reused stages by)
+        "source_hash": data.source_hash(cfg.data, raw),
         "data_hash": digest,
         "snapshot": SNAPSHOT,
         "source_rows": int(len(raw)),

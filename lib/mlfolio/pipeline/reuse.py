@@ -1,0 +1,211 @@
+"""Reusing unchanged stages.
+
+A stage whose input hash (:func:`~mlfolio.pipeline.provenance.stage_inputs`) equals the
+one of a succeeded stage in an earlier run folder of the same experiment is not executed:
+that stage's products, executed notebook and HTML are hard-linked (else copied) into the
+new run folder and its manifest entry says ``reused_from``. Side-effecting stages
+(register, deploy) always execute.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from mlfolio.config import Config
+from mlfolio.errors import MlfolioError
+from mlfolio.pipeline.graph import Stage
+from mlfolio.pipeline.provenance import (
+    CHAMPION_READERS,
+    external_state,
+    file_hash,
+    package_source_hash,
+    package_versions,
+    source_hash,
+    stage_inputs,
+)
+
+log = logging.getLogger(__name__)
+
+# Their effect is outside the run folder: register checks for a duplicate version itself,
+# deploy re-checks what it deploys.
+NEVER_REUSED = ("register", "deploy")
+# Written in place (Optuna appends to its journal): copied, never linked, and not required.
+COPIED = {"tune": ("tune/study.journal",)}
+
+
+def stage_files(stage: Stage) -> list[str]:
+    """The files a stage leaves in a run folder: its products, executed notebook and HTML."""
+    return [*stage.products, stage.notebook, stage.notebook.replace(".ipynb", ".html")]
+
+
+def outputs(stage: Stage, folder: Path) -> dict[str, str]:
+    """Content hashes of the stage's files in ``folder`` (recorded when it succeeds; a
+    later run reuses it only while they still match)."""
+    return {rel: file_hash(folder / rel) for rel in stage_files(stage) if (folder / rel).exists()}
+
+
+def detach(stage: Stage, folder: Path) -> None:
+    """Give the stage's files in ``folder`` their own inode before the stage executes
+    there: hard links shared with the run they were reused from must not change it."""
+    for rel in [*stage_files(stage), *COPIED.get(stage.name, ())]:
+        path = folder / rel
+        if path.is_file() and path.stat().st_nlink > 1:
+            tmp = path.with_name(path.name + ".detach")
+            shutil.copy2(path, tmp)
+            tmp.replace(path)
+
+
+def _place(src: Path, dst: Path, link: bool) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.unlink(missing_ok=True)
+    if link:
+        try:
+            os.link(src, dst)
+            return
+        except OSError:  # another file system, or links not allowed: copy
+            pass
+    shutil.copy2(src, dst)
+
+
+@dataclass(frozen=True)
+class Source:
+    """A succeeded stage of an earlier run that a new run can take over."""
+
+    run_dir: Path
+    entry: dict[str, Any]
+
+    def located(self, stage: Stage) -> dict[str, Path]:
+        return {rel: self.run_dir / rel for rel in stage.products}
+
+
+@dataclass
+class Reuser:
+    """Input hashes of one run's stages and, when ``enabled``, the earlier runs of the
+    same experiment (read once) to take unchanged stages from."""
+
+    cfg: Config
+    folder: Path
+    enabled: bool
+    ingest_selected: bool = True
+    mlfolio_hash: str = field(default_factory=lambda: package_source_hash())
+    packages: dict[str, str] = field(default_factory=lambda: package_versions())
+    source_hash: str | None = None
+    earlier: list[tuple[Path, dict[str, Any]]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.ingest_selected:
+            try:
+                self.source_hash = source_hash(self.cfg.data)
+            except (OSError, MlfolioError) as exc:  # ingest fails on it, naming the cause
+                log.info("data source not hashed (%s): ingest will not be reused", exc)
+        if self.enabled:
+            self.earlier = _earlier_runs(self.folder, self.cfg.experiment)
+
+    def inputs(
+        self,
+        stage: Stage,
+        champion: str | None = None,
+        located: Mapping[str, Path] | None = None,
+        source: str | None = None,
+    ) -> dict[str, Any]:
+        """The stage's inputs (with ``hash``) as it would run now in this folder."""
+        external = external_state(stage, self.cfg, source or self.source_hash, champion)
+        return stage_inputs(
+            stage, self.cfg, self.folder, self.mlfolio_hash, external, self.packages, located
+        )
+
+    def find(self, stage: Stage, inputs: dict[str, Any]) -> Source | None:
+        """The newest succeeded, intact stage of an earlier run with exactly these inputs."""
+        if not self.enabled or stage.name in NEVER_REUSED:
+            return None
+        if stage.name == "ingest" and self.source_hash is None:
+            return None
+        found = [
+            (entry.get("started") or "", folder.name, folder, entry)
+            for folder, manifest in self.earlier
+            if (entry := (manifest.get("stages") or {}).get(stage.name))
+            and entry.get("status") == "succeeded"
+            and entry.get("inputs_hash") == inputs["hash"]
+            and not entry.get("stale")
+        ]
+        for *_, folder, entry in sorted(found, key=lambda f: f[:2], reverse=True):
+            if _intact(stage, folder, entry):
+                return Source(folder, entry)
+        return None
+
+    def plan(self, selected: list[Stage]) -> int:
+        """How many leading stages of ``selected`` will be reused, foreseen without side
+        effects (stopping at the first that reads the registry): kernels are started only
+        for the stages after them."""
+        located: dict[str, Path] = {}
+        for n, stage in enumerate(selected):
+            if stage.name in CHAMPION_READERS:
+                return n
+            source = self.find(stage, self.inputs(stage, located=located))
+            if source is None:
+                return n
+            located.update(source.located(stage))
+        return len(selected)
+
+    def take(self, stage: Stage, source: Source) -> dict[str, Any]:
+        """Link (else copy) the source's files into this run folder; the manifest entry."""
+        t0 = time.perf_counter()
+        for rel in stage_files(stage):
+            _place(source.run_dir / rel, self.folder / rel, link=True)
+        for rel in COPIED.get(stage.name, ()):
+            if (source.run_dir / rel).exists():
+                _place(source.run_dir / rel, self.folder / rel, link=False)
+        old = source.entry
+        origin = old.get("reused_from") or {}
+        return {
+            "status": "succeeded",
+            "notebook": stage.notebook,
+            "html": old.get("html") or stage.notebook.replace(".ipynb", ".html"),
+            "started": datetime.now(UTC).isoformat(timespec="seconds"),
+            "duration_s": round(time.perf_counter() - t0, 3),
+            "mlflow_run_id": old.get("mlflow_run_id"),
+            "reused_from": {
+                "run_dir": str(source.run_dir),
+                "mlflow_run_id": old.get("mlflow_run_id"),
+                # the run that executed it (a reused stage can be reused again)
+                "executed_in": origin.get("executed_in") or str(source.run_dir),
+                "duration_s": origin.get("duration_s", old.get("duration_s")),
+            },
+            "outputs": dict(old["outputs"]),
+        }
+
+
+def _earlier_runs(folder: Path, experiment: str) -> list[tuple[Path, dict[str, Any]]]:
+    """Training run folders of ``experiment`` beside ``folder`` (its runs root)."""
+    runs = []
+    for path in folder.parent.glob("*/manifest.json"):
+        other = path.parent
+        if other.resolve() == folder.resolve():
+            continue
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):  # unreadable or half-written by hand: not a source
+            continue
+        if data.get("experiment") == experiment and data.get("kind", "training") == "training":
+            runs.append((other, data))
+    return runs
+
+
+def _intact(stage: Stage, folder: Path, entry: dict[str, Any]) -> bool:
+    """Every file of the stage is there with the content it had when the stage ended."""
+    recorded = entry.get("outputs") or {}
+    for rel in stage_files(stage):
+        path = folder / rel
+        if rel not in recorded or not path.is_file() or file_hash(path) != recorded[rel]:
+            log.info("%s of %s changed or missing: not reused", rel, folder.name)
+            return False
+    return True
