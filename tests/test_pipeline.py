@@ -86,18 +86,21 @@ def test_default_run_end_to_end_then_identical_rerun_is_not_promoted(
     assert [(e["alias"], e["version"]) for e in history] == [("challenger", "1"), ("champion", "1")]
     assert history[1]["by"] == "pytest" and history[1]["reason"].startswith("gate passed")
 
-    # same parameters and data again: identical metrics, and no promotion without a gain
-    second = pipeline.run(params, runs_root=runs_root, **QUIET)
+    # same parameters and data again, every stage executed: identical metrics, no
+    # promotion without a gain, and no second version of the identical model
+    second = pipeline.run(params, runs_root=runs_root, reuse=False, **QUIET)
     assert second.data["candidate"] == m["candidate"]
     assert second.data["data_hash"] == m["data_hash"]
     assert second.data["gate"]["passed"] is False
     assert second.data["model"] == {
         **second.data["model"],
-        "version": "2",
+        "version": "1",
+        "duplicate_of": "1",
+        "registered": False,
         "promoted": False,
         "champion": "1",
     }
-    assert registry.get_alias(name, registry.CHALLENGER).version == "2"
+    assert registry.get_alias(name, registry.CHALLENGER).version == "1"
     assert registry.get_alias(name, registry.CHAMPION).version == "1"
     ev = json.loads((Path(second.data["run_dir"]) / "evaluate.json").read_text())
     assert ev["champion"]["version"] == "1"

@@ -12,10 +12,11 @@ import pandas as pd
 import pytest
 
 from mlfolio import config as config_mod
+from mlfolio import pipeline, registry
 from mlfolio.pipeline import provenance, reuse
 from mlfolio.pipeline.graph import STAGES
 
-from .conftest import CHURN_CSV
+from .conftest import CHURN_CSV, tracking_section
 
 BY_NAME = {s.name: s for s in STAGES}
 QUIET = {"echo": lambda line: None}
@@ -225,3 +226,91 @@ def test_plan_foresees_the_leading_reused_stages(write_params, tmp_path, data_co
     # ingest foreseen from run a; preprocess then has a's products upstream: no run has it
     assert r.plan(list(STAGES)) == 1
     assert reuse.Reuser(cfg, here, enabled=False).plan(list(STAGES)) == 0
+
+
+# -- the runner, end to end ------------------------------------------------------------
+@pytest.mark.slow
+def test_runs_reuse_unchanged_stages_and_execute_exactly_the_invalidated_ones(
+    write_params, runs_root, tracking_dir, data_copy, monkeypatch
+):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_section(tracking_dir)["tracking_uri"]
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    small = {"data": {"uri": str(data_copy)}, "deploy": {"targets": ["kubernetes"]}}
+    params = write_params(**small)
+    fewer_trials = write_params("fewer.yaml", **small, tuning={"n_trials": 3})
+    name = "churn-classifier"
+
+    def run(params_file: Path = params, **kwargs):
+        lines: list[str] = []
+        m = pipeline.run(params_file, runs_root=runs_root, echo=lines.append, **kwargs).data
+        reused = {s: e["reused_from"] for s, e in m["stages"].items() if e.get("reused_from")}
+        return m, reused, lines
+
+    first, reused, _ = run()
+    assert reused == {} and first["reuse"] is True and first["model"]["version"] == "1"
+    d1 = Path(first["run_dir"])
+
+    # unchanged: ingest ... tune reused; evaluate executes (the first run moved champion)
+    second, reused, lines = run()
+    d2 = Path(second["run_dir"])
+    assert set(reused) == {"ingest", "preprocess", "train", "tune"}
+    assert f"[2/7] preprocess reused from {d1.name}" in lines
+    assert "[5/7] evaluate   running ..." in lines
+    for stage in ("ingest", "preprocess", "train", "tune"):
+        entry, before = second["stages"][stage], first["stages"][stage]
+        assert entry["status"] == "succeeded" and entry["inputs_hash"] == before["inputs_hash"]
+        assert reused[stage]["run_dir"] == str(d1)
+        assert reused[stage]["mlflow_run_id"] == before["mlflow_run_id"]
+        for rel in reuse.stage_files(BY_NAME[stage]):
+            assert os.path.samefile(d2 / rel, d1 / rel)
+    assert second["candidate"] == first["candidate"]
+    # register executed, but an identical model gets no second version
+    assert second["model"]["duplicate_of"] == "1" and second["model"]["registered"] is False
+    assert second["model"]["version"] == "1" and second["model"]["promoted"] is False
+    client = MlflowClient()
+    assert [str(v.version) for v in client.search_model_versions(f"name = '{name}'")] == ["1"]
+    assert client.get_model_version(name, "1").tags[registry.MODEL_HASH_TAG]
+    page = (d2 / "index.html").read_text()
+    assert 'id="reused-preprocess"' in page and d1.name in page and 'id="duplicate-of"' in page
+    assert second["stages"]["deploy"].get("reused_from") is None
+
+    # (register and deploy always execute: the runs below stop at evaluate)
+    upto_evaluate = ["ingest", "preprocess", "train", "tune", "evaluate"]
+    # unchanged again, champion unmoved: evaluate reused too, from the newest run
+    third, reused, _ = run(stages=upto_evaluate)
+    assert set(reused) == {"ingest", "preprocess", "train", "tune", "evaluate"}
+    assert {r["run_dir"] for r in reused.values()} == {str(d2)}
+    assert reused["train"]["executed_in"] == str(d1)
+
+    # a parameter of one section: that stage and the ones reading its products
+    fourth, reused, _ = run(fewer_trials, stages=upto_evaluate)
+    assert set(reused) == {"ingest", "preprocess", "train"}
+
+    # the champion alias moved: evaluate re-executes
+    baseline = json.loads((d1 / "train.json").read_text())["models"]["logreg"]
+    ref = registry.register(name, baseline["model_uri"], baseline["run_id"], {})
+    registry.set_alias(ref, registry.CHAMPION, "test: move the champion")
+    fifth, reused, _ = run(fewer_trials, stages=upto_evaluate)
+    assert set(reused) == {"ingest", "preprocess", "train", "tune"}
+    assert reused["tune"]["run_dir"] == fourth["run_dir"]
+
+    # the mlfolio source changed: nothing reused; --no-reuse: nothing reused
+    monkeypatch.setattr(reuse, "package_source_hash", lambda: "edited")
+    sixth, reused, _ = run(stages=["ingest"])
+    assert reused == {}
+    monkeypatch.undo()
+    seventh, reused, _ = run(stages=["ingest"], reuse=False)
+    assert reused == {} and seventh["reuse"] is False
+    assert "no stage reused" in (Path(seventh["run_dir"]) / "index.html").read_text()
+
+    # the data's content changed under the same path: ingest and everything after it
+    header, *rows = data_copy.read_text().splitlines()
+    data_copy.write_text("\n".join([header, *reversed(rows)]) + "\n")
+    eighth, reused, _ = run(stages=["ingest", "preprocess"])
+    assert reused == {} and eighth["data_hash"] != first["data_hash"]
+    ingested = json.loads((Path(eighth["run_dir"]) / "ingest.json").read_text())
+    assert eighth["stages"]["ingest"]["inputs"]["external"]["data"] == ingested["source_hash"]
