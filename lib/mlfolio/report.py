@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 TEMPLATES = Path(__file__).parent / "templates"
+log = logging.getLogger(__name__)
 
 
 def notebook_to_html(notebook: Path, target: Path) -> Path:
@@ -59,11 +60,26 @@ def _metric_rows(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any] | 
     return rows, comparison
 
 
+def _champion_diff(run_dir: Path, manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """The diff against the champion's run (written beside the index), or where it is."""
+    from mlflow.exceptions import MlflowException
+
+    from mlfolio.errors import MlfolioError
+    from mlfolio.pipeline import diff
+
+    try:
+        return diff.champion_diff(run_dir, manifest)
+    except (MlfolioError, MlflowException, OSError) as exc:  # the index is written anyway
+        log.warning("no diff against the champion's run for %s: %s", run_dir, exc)
+        return None
+
+
 def write_index(run_dir: Path, manifest: dict[str, Any]) -> Path:
     """The page a reviewer opens first: verdict, metrics, stages, data, parameters."""
     import jinja2
 
     rows, comparison = _metric_rows(run_dir)
+    champion_diff = _champion_diff(run_dir, manifest)
     env = jinja2.Environment(autoescape=True, undefined=jinja2.ChainableUndefined)
     page = env.from_string((TEMPLATES / "index.html.j2").read_text()).render(
         m=manifest,
@@ -71,6 +87,7 @@ def write_index(run_dir: Path, manifest: dict[str, Any]) -> Path:
         metrics=rows,
         metric_cols=("roc_auc", "pr_auc", "log_loss", "brier", "f1"),
         comparison=comparison,
+        champion_diff=champion_diff,
         ui=manifest.get("parameters", {}).get("tracking", {}).get("ui_url", "").rstrip("/"),
         params_yaml=yaml.safe_dump(manifest.get("parameters", {}), sort_keys=False),
     )

@@ -74,7 +74,8 @@ def _metric_rows(a: Path, b: Path) -> list[dict[str, Any]]:
 
 def _split_rows(run_dir: Path) -> dict[str, Any]:
     doc = products.PREPROCESS.load(run_dir)
-    return {name: row.get("rows") for name, row in (doc.splits if doc else {}).items()}
+    # the split table went through a DataFrame: its counts come back as floats
+    return {name: int(row["rows"]) for name, row in (doc.splits if doc else {}).items()}
 
 
 def _stage_rows(ma: dict[str, Any], mb: dict[str, Any]) -> list[dict[str, Any]]:
@@ -95,8 +96,8 @@ def _stage_rows(ma: dict[str, Any], mb: dict[str, Any]) -> list[dict[str, Any]]:
                 "status_b": sb.get("status", "not run"),
                 "hash_a": sa.get("inputs_hash"),
                 "hash_b": sb.get("inputs_hash"),
-                "same": bool(sa.get("inputs_hash"))
-                and sa.get("inputs_hash") == sb.get("inputs_hash"),
+                "same": sa.get("inputs_hash") == sb.get("inputs_hash"),
+                "compared": bool(sa.get("inputs_hash") and sb.get("inputs_hash")),
                 "changed": changed,
                 "reused_from_a": sa.get("reused_from"),
                 "reused_from_b": sb.get("reused_from"),
@@ -180,12 +181,17 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _raw(value: Any) -> str:
+    """A parameter as given (no rounding: 1e-4 must not print as 0.0001 vs 0.0000)."""
+    return "-" if value is None else str(value)
+
+
 def render_text(d: dict[str, Any]) -> str:
     a, b = d["a"], d["b"]
     out = [f"A: {a['dir']} ({a['status']})", f"B: {b['dir']} ({b['status']})", ""]
     params = d["parameters"]
     out.append(f"parameters: {len(params)} differ" if params else "parameters: same")
-    out += [f"  {p['key']}: {_fmt(p['a'])} -> {_fmt(p['b'])}" for p in params]
+    out += [f"  {p['key']}: {_raw(p['a'])} -> {_raw(p['b'])}" for p in params]
     out.append("data:")
     out += [
         f"  {r['key']}: {_fmt(r['a'])}" + ("" if r["same"] else f" -> {_fmt(r['b'])}")
@@ -198,13 +204,21 @@ def render_text(d: dict[str, Any]) -> str:
     ]
     pkgs = [p for p in d["packages"] if not p["same"]]
     out.append(f"packages: {len(pkgs)} differ" if pkgs else "packages: same versions")
-    out += [f"  {p['key']}: {p['a']} -> {p['b']}" for p in pkgs]
+    out += [f"  {p['key']}: {_fmt(p['a'])} -> {_fmt(p['b'])}" for p in pkgs]
     out.append("stage inputs:")
     for s in d["stages"]:
         what = "same" if s["same"] else "different"
+        if not s["compared"]:
+            what = "only in A" if s["hash_a"] else "only in B" if s["hash_b"] else "in neither"
         if s["changed"]:
             what += f" ({', '.join(s['changed'])})"
-        out.append(f"  {s['stage']:<10} {what}; {s['status_a']} / {s['status_b']}")
+        reused = "".join(
+            f"; {side.upper()} reused it from {Path(s[f'reused_from_{side}']['run_dir']).name}"
+            for side in ("a", "b")
+            if isinstance(s[f"reused_from_{side}"], dict)
+            and s[f"reused_from_{side}"].get("run_dir")
+        )
+        out.append(f"  {s['stage']:<10} {what}; {s['status_a']} / {s['status_b']}{reused}")
     out.append("metrics:            A          B      delta")
     for r in d["metrics"]:
         delta = f"{r['delta']:+.4f}" if r["delta"] is not None else "-"
@@ -228,6 +242,7 @@ def write_html(d: dict[str, Any], target: Path) -> Path:
 
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     env.filters["fmt"] = _fmt
+    env.filters["raw"] = _raw
     page = env.from_string(TEMPLATE.read_text()).render(d=d, title=html.escape(d["b"]["name"]))
     target.write_text(page)
     return target
@@ -253,8 +268,14 @@ def champion_diff(run_dir: Path, manifest: dict[str, Any]) -> dict[str, Any] | N
     )
     version = ev.champion.version
     out: dict[str, Any] = {"version": version, "model_name": name}
+    uri = (manifest.get("mlflow") or {}).get("tracking_uri")
+    if not uri:
+        out["missing"] = "the manifest records no tracking URI to look the version up in"
+        return out
     try:
-        tags = MlflowClient().get_model_version(name, version).tags
+        tags = (
+            MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version(name, version).tags
+        )
     except MlflowException as exc:
         out["missing"] = f"{name} version {version} not readable in the registry ({exc})"
         return out

@@ -25,7 +25,6 @@ gate's reasons (which print the numbers) are not compared, only its verdict.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 from collections.abc import Callable
@@ -60,6 +59,7 @@ class Reproduction:
     tolerance: float
     checks: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    not_in_record: list[str] = field(default_factory=list)  # numbers only the new run has
 
     @property
     def differences(self) -> list[dict[str, Any]]:
@@ -80,6 +80,7 @@ class Reproduction:
             "warnings": self.warnings,
             "differences": self.differences,
             "checks": self.checks,
+            "not_in_record": self.not_in_record,
         }
 
 
@@ -208,11 +209,13 @@ def _compare_products(rep: Reproduction) -> None:
         tol = 0.0 if rep.stable or product.path not in TUNING_DEPENDENT else rep.tolerance
         before = _numbers(read_json(rep.original / product.path), product.path)
         after = _numbers(read_json(rep.run_dir / product.path), product.path)
-        for key in sorted(set(before) | set(after)):
-            a, b = before.get(key), after.get(key)
+        # What the record has is compared; a number only newer code writes is noted.
+        for key in sorted(before):
+            a, b = before[key], after.get(key)
             rep.checks.append(
                 _check(key, a, b, _close(a, b, tol), **({"tolerance": tol} if tol else {}))
             )
+        rep.not_in_record += sorted(set(after) - set(before))
 
 
 def _compare_data(rep: Reproduction, m_before: dict, m_after: dict) -> None:
@@ -317,15 +320,13 @@ def reproduce(
     for line in warnings:
         echo(f"warning: {line}")
     why = _unstable(cfg, original)
-    # Until stage reuse (issue 11, part 1) lands, run() has no `reuse` and never reuses.
-    no_reuse = {"reuse": False} if "reuse" in inspect.signature(run).parameters else {}
     new = run(
         original / "parameters.yaml",
         overrides=overrides,
         stages=[s.name for s in _stages()],
         runs_root=runs_root or original.parent,
         echo=echo,
-        **no_reuse,
+        reuse=False,
     )
     rep = Reproduction(original, Path(new.data["run_dir"]), not why, why, tolerance)
     rep.warnings = warnings
