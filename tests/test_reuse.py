@@ -228,6 +228,33 @@ def test_plan_foresees_the_leading_reused_stages(write_params, tmp_path, data_co
     assert reuse.Reuser(cfg, here, enabled=False).plan(list(STAGES)) == 0
 
 
+def test_plan_counts_evaluate_when_a_run_has_it_for_a_champion_it_recorded(
+    write_params, tmp_path, data_copy
+):
+    cfg = config_mod.load(write_params(data={"uri": str(data_copy)}))
+    root = tmp_path / "runs"
+    done = root / "a"
+    done.mkdir(parents=True)
+    r = reuse.Reuser(cfg, done, enabled=False)
+    entries = {}
+    for stage in STAGES[:5]:  # ingest ... evaluate, each on the products before it
+        for rel in reuse.stage_files(stage):
+            (done / rel).parent.mkdir(parents=True, exist_ok=True)
+            (done / rel).write_text(json.dumps({"file": rel}))
+        inputs = r.inputs(stage, champion="1" if stage.name == "evaluate" else None)
+        entries[stage.name] = {
+            "status": "succeeded",
+            "inputs": inputs,
+            "inputs_hash": inputs["hash"],
+            "outputs": reuse.outputs(stage, done),
+        }
+    manifest = {"experiment": cfg.experiment, "kind": "training", "stages": entries}
+    (done / "manifest.json").write_text(json.dumps(manifest))
+    here = root / "b"
+    here.mkdir()
+    assert reuse.Reuser(cfg, here, enabled=True).plan(list(STAGES)) == 5
+
+
 # -- the runner, end to end ------------------------------------------------------------
 @pytest.mark.slow
 def test_runs_reuse_unchanged_stages_and_execute_exactly_the_invalidated_ones(

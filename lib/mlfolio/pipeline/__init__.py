@@ -8,6 +8,7 @@ modules behind them:
 - ``runner``: ``run`` — validate, execute the selected stages, record, write the index
 - ``engine``: one notebook on a kernel started and warmed ahead of its stage (papermill)
 - ``provenance``: input hashes, git and package versions, ``manifest.json``
+- ``reuse``: taking unchanged stages over from earlier runs of the experiment
 - ``interrupts``: SIGINT/SIGTERM, the run folder's lock, abandoned runs, forced re-runs
 - ``loop``: ``monitor`` — the monitor notebooks, then the A/B action and retraining
 """

@@ -143,18 +143,34 @@ class Reuser:
         return None
 
     def plan(self, selected: list[Stage]) -> int:
-        """How many leading stages of ``selected`` will be reused, foreseen without side
-        effects (stopping at the first that reads the registry): kernels are started only
+        """How many leading stages of ``selected`` will likely be reused, foreseen without
+        side effects or registry reads (a stage reading the champion counts when an
+        earlier run has it for a champion version it recorded): kernels are started only
         for the stages after them."""
         located: dict[str, Path] = {}
         for n, stage in enumerate(selected):
+            champions = [None]
             if stage.name in CHAMPION_READERS:
-                return n
-            source = self.find(stage, self.inputs(stage, located=located))
+                champions = list(self._recorded_champions(stage))
+            source = next(
+                (
+                    found
+                    for champion in champions
+                    if (found := self.find(stage, self.inputs(stage, champion, located)))
+                ),
+                None,
+            )
             if source is None:
                 return n
             located.update(source.located(stage))
         return len(selected)
+
+    def _recorded_champions(self, stage: Stage) -> set[str | None]:
+        return {
+            ((entry.get("inputs") or {}).get("external") or {}).get("champion")
+            for _, manifest in self.earlier
+            if (entry := (manifest.get("stages") or {}).get(stage.name))
+        }
 
     def take(self, stage: Stage, source: Source) -> dict[str, Any]:
         """Link (else copy) the source's files into this run folder; the manifest entry."""
