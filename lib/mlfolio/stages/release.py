@@ -114,7 +114,7 @@ def register_model(ctx: StageContext) -> dict[str, Any]:
         "registered": duplicate_of is None,
         "duplicate_of": duplicate_of,
         "why_not_registered": (
-            f"the candidate's model is identical to version {duplicate_of} (same content "
+            f"The candidate's model is identical to version {duplicate_of} (same content "
             f"hash, tag {registry.MODEL_HASH_TAG}): no new version registered"
             if duplicate_of
             else None
