@@ -150,6 +150,11 @@ def test_pipeline_serve_and_monitor_against_the_team_services(team_env, tmp_path
     )
     assert history["run_dir"] == str(run_dir) and history["compared_against"] is None
 
+    # Kubernetes pods get the team's tracking URI (a local store would warn: unreachable).
+    k8s = json.loads((run_dir / "deploy.json").read_text())["targets"]["kubernetes"]
+    assert k8s["tracking_uri"] == team_env.tracking_uri
+    assert not [w for w in k8s["warnings"] if "local store" in w], k8s["warnings"]
+
     # Executed notebooks and their HTML went through the server to S3.
     keys = team_env.s3_keys("proxied/")
     for stage in ("01_ingest", "04_tune", "06_register", "07_deploy"):
