@@ -255,6 +255,16 @@ def test_plan_counts_evaluate_when_a_run_has_it_for_a_champion_it_recorded(
     assert reuse.Reuser(cfg, here, enabled=True).plan(list(STAGES)) == 5
 
 
+def test_no_reuse_flag_reaches_the_runner(monkeypatch, tmp_path):
+    from mlfolio import cli
+
+    assert cli._parser().parse_args(["run", "p.yaml"]).reuse is True
+    seen = {}
+    monkeypatch.setattr(pipeline, "run", lambda *a, **kw: seen.update(kw))
+    cli._run(cli._parser().parse_args(["run", "p.yaml", "--no-reuse"]))
+    assert seen["reuse"] is False
+
+
 # -- the runner, end to end ------------------------------------------------------------
 @pytest.mark.slow
 def test_runs_reuse_unchanged_stages_and_execute_exactly_the_invalidated_ones(
