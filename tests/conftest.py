@@ -33,8 +33,15 @@ def deep_update(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.fixture(autouse=True)
 def _no_ambient_tracking(monkeypatch):
-    """Tests never write to the developer's mlflow.db."""
+    """Tests never write to the developer's mlflow.db, and start without a registry URI
+    left by an earlier test: ``mlflow.set_registry_uri(None)`` does not clear the one
+    set before (nor the MLFLOW_REGISTRY_URI it exported), and an MlflowClient built with
+    only a tracking URI would then query the earlier test's registry."""
+    import mlflow.tracking._model_registry.utils as registry_utils
+
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    monkeypatch.setattr(registry_utils, "_registry_uri", None)
     monkeypatch.setenv("MLFOLIO_USER", "pytest")
 
 

@@ -135,7 +135,7 @@ def test_pipeline_serve_and_monitor_against_the_team_services(team_env, tmp_path
     assert manifest["mlflow"]["tracking_uri"] == team_env.tracking_uri
 
     # The registry on the server: a champion with its alias history.
-    client = MlflowClient(team_env.tracking_uri)
+    client = MlflowClient(team_env.tracking_uri, registry_uri=team_env.tracking_uri)
     champion = client.get_model_version_by_alias(cfg.model_name, "champion")
     register = json.loads((run_dir / "register.json").read_text())
     assert register["version"] == champion.version == "1"
