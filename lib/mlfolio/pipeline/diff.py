@@ -219,7 +219,7 @@ def render_text(d: dict[str, Any]) -> str:
             and s[f"reused_from_{side}"].get("run_dir")
         )
         out.append(f"  {s['stage']:<10} {what}; {s['status_a']} / {s['status_b']}{reused}")
-    out.append("metrics:            A          B      delta")
+    out.append(f"{'metrics:':<36} {'A':>9} {'B':>9} {'delta':>9}")
     for r in d["metrics"]:
         delta = f"{r['delta']:+.4f}" if r["delta"] is not None else "-"
         label = f"{r['model']} {r['split']} {r['metric']}"
