@@ -158,15 +158,26 @@ def test_interactive_register_changes_nothing_unless_asked(env, tmp_path, monkey
     (run,) = _stage_runs(env, "churn-lab", "register")
     assert run.data.tags["mlfolio.interactive"] == "true" and run.info.status == "FINISHED"
 
-    # The user says so: then an interactive run registers (champion only through the gate).
+    # The user says so: then an interactive run reaches the registry. It registers the
+    # candidate, unless an earlier test of this module registered the same model already
+    # (then that version stands for it); a second time it is always that version.
+    asked = {"params_file": str(params), "overrides": {"registry.interactive_writes": True}}
     pm.execute_notebook(
-        str(notebook),
-        str(tmp_path / "out2.ipynb"),
-        progress_bar=False,
-        parameters={"params_file": str(params), "overrides": {"registry.interactive_writes": True}},
+        str(notebook), str(tmp_path / "out2.ipynb"), progress_bar=False, parameters=asked
     )
     reg = json.loads((folder / "register.json").read_text())
-    assert reg["registered"] is True and env.alias(registry.CHALLENGER) == reg["version"]
+    assert "interactive run" not in (reg["why_not_promoted"] or "")
+    if reg["registered"]:
+        assert env.alias(registry.CHALLENGER) == reg["version"]
+    else:
+        assert reg["duplicate_of"] == reg["version"] is not None
+    versions = len(env.client().search_model_versions(f"name = '{MODEL}'"))
+    pm.execute_notebook(
+        str(notebook), str(tmp_path / "out3.ipynb"), progress_bar=False, parameters=asked
+    )
+    again = json.loads((folder / "register.json").read_text())
+    assert again["registered"] is False and again["duplicate_of"] == reg["version"]
+    assert len(env.client().search_model_versions(f"name = '{MODEL}'")) == versions
 
 
 @pytest.mark.slow
