@@ -85,8 +85,7 @@ class TeamServices:
 
     def new_database(self, prefix: str = "mlfolio") -> str:
         """A new, empty PostgreSQL database (dropped at the end of the session)."""
-        name = f"{prefix}_{secrets.token_hex(4)}"
-        _admin(f'CREATE DATABASE "{name}"')
+        name = create_database(prefix)
         self.databases.append(name)
         return f"postgresql+psycopg://{PG_HOST}/{name}"
 
@@ -108,10 +107,7 @@ class TeamServices:
         for proc in reversed(self.procs):
             stop(proc)
         for name in self.databases:
-            try:
-                _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            except Exception:  # noqa: BLE001 - the server may be gone; nothing to keep
-                pass
+            drop_database(name)
 
 
 def _boto_keys() -> dict[str, str]:
@@ -131,6 +127,23 @@ def _admin(sql: str) -> None:
             conn.exec_driver_sql(sql)
     finally:
         engine.dispose()
+
+
+def create_database(prefix: str) -> str:
+    """A new, empty database on the local PostgreSQL (its name), or a skip saying why."""
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    try:
+        _admin(f'CREATE DATABASE "{name}"')
+    except Exception as exc:  # noqa: BLE001 - no server, or no right to create databases
+        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 is not usable: {str(exc).splitlines()[0]}")
+    return name
+
+
+def drop_database(name: str) -> None:
+    try:
+        _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    except Exception:  # noqa: BLE001 - the server may be gone; nothing to keep
+        pass
 
 
 def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:

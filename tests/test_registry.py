@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 import threading
 
 import mlflow
@@ -12,22 +11,8 @@ from sklearn.linear_model import LogisticRegression
 from mlfolio import config, data, features, locks, registry, tracking
 from mlfolio.errors import LockTimeoutError
 
+from . import team
 from .conftest import CHURN_PARAMS
-
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
-
-
-def _postgres_database():
-    """A throwaway database on the local PostgreSQL, or a skip saying why there is none."""
-    sqlalchemy = pytest.importorskip("sqlalchemy")
-    engine = sqlalchemy.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    name = f"mlfolio_test_{secrets.token_hex(4)}"
-    try:
-        with engine.connect() as conn:
-            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    except Exception as exc:  # no server, or no right to create databases
-        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 is not usable: {str(exc).splitlines()[0]}")
-    return engine, name
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -36,12 +21,10 @@ def store(request, tmp_path):
         uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
         yield uri
     else:
-        engine, name = _postgres_database()
+        name = team.create_database("mlfolio_test")
         yield f"postgresql://postgres@127.0.0.1:5432/{name}"
         mlflow.set_tracking_uri(None)
-        with engine.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        engine.dispose()
+        team.drop_database(name)
 
 
 @pytest.fixture(scope="module")

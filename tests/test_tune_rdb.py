@@ -5,7 +5,6 @@ created by concurrent openers, and the errors that name ``tuning.storage``."""
 from __future__ import annotations
 
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -21,6 +20,8 @@ from pydantic import ValidationError
 from mlfolio import cli, config, data, features, tune
 from mlfolio.config import TuningConfig
 from mlfolio.errors import ConfigError, StudyStorageError
+
+from . import team as team_services
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = ROOT / "parameters" / "churn.yaml"
@@ -39,19 +40,9 @@ def churn():
 @pytest.fixture
 def pg_url():
     """A fresh database on the local PostgreSQL (dropped after), or a skip saying why."""
-    import sqlalchemy
-
-    admin = sqlalchemy.create_engine(f"{PG}/postgres", isolation_level="AUTOCOMMIT")
-    name = f"mlfolio_tune_{secrets.token_hex(4)}"
-    try:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    except Exception as exc:  # no server, or no right to create databases
-        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 is not usable: {str(exc).splitlines()[0]}")
+    name = team_services.create_database("mlfolio_tune")
     yield f"{PG}/{name}"
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.dispose()
+    team_services.drop_database(name)
 
 
 def team(cfg: config.Config, url: str, **tuning) -> config.Config:
