@@ -1,5 +1,6 @@
 """``mlfolio`` command line: ``mlfolio run parameters/churn.yaml [-p key=value ...]``,
-``mlfolio serve --model models:/churn-classifier@champion [--port 8080]``."""
+``mlfolio serve --model models:/churn-classifier@champion [--port 8080]``,
+``mlfolio new parameters/<name>.yaml --data FILE --target COLUMN``."""
 
 from __future__ import annotations
 
@@ -230,7 +231,46 @@ def _parser() -> argparse.ArgumentParser:
     _tune_worker_parser(sub)
     _compile_parser(sub)
     _reproduce_parsers(sub)
+    _new_parser(sub)
     return parser
+
+
+def _new_parser(sub: argparse._SubParsersAction) -> None:
+    new = sub.add_parser(
+        "new",
+        help="write a commented parameter file for a new data set",
+        description="Infer the schema of --data (numeric and categorical columns, the id "
+        "column, the target's two values, missing counts) and write it, commented, as a "
+        "new parameter file, validated by the config loader and the ingest check. Never "
+        "overwrites a file. Exit 0: written; 2: the file exists, or the data or target "
+        "need a decision (the message says which).",
+    )
+    new.add_argument("params_file", help="the file to write, e.g. parameters/cancer.yaml")
+    new.add_argument("--data", required=True, metavar="FILE", help="a CSV or Parquet file")
+    new.add_argument("--target", required=True, metavar="COLUMN", help="the label column")
+    new.add_argument(
+        "--positive",
+        metavar="VALUE",
+        help="the target's value to predict (needed when it is not Yes/No, 1/0 or True/False)",
+    )
+    new.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+
+
+def _new(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from mlfolio import scaffold
+
+    target = Path(args.params_file)
+    schema, cfg = scaffold.write(target, Path(args.data), args.target, args.positive)
+    left_out = [c.name for c in schema.of_role("left out")]
+    _echo(
+        f"wrote {target}: experiment {cfg.experiment}, {schema.rows} rows; target "
+        f"{schema.target} (positive {schema.positive_label!r}), id {schema.id_column or '-'}, "
+        f"{len(schema.numeric)} numeric, {len(schema.categorical)} categorical"
+        + (f", left out {', '.join(left_out)}" if left_out else "")
+    )
+    _echo(f"check the roles in it, then: mlfolio run {target}")
 
 
 def _reproduce_parsers(sub: argparse._SubParsersAction) -> None:
@@ -529,6 +569,7 @@ COMMANDS = {
     "compile": _compile,
     "reproduce": _reproduce,
     "diff": _diff,
+    "new": _new,
 }
 
 
