@@ -649,6 +649,8 @@ def test_ingest_counts_the_rows_it_dropped(run_ingest, raw, schema):
     assert ingest_markdown(info, schema).data == (
         "**4,000 rows read**, all with a value in the target `churn`."
     )
+    assert info["quality"]["missing"] == {"totalcharges": 6}
+    assert info["quality"]["duplicate_rows_but_id"] == 12
 
 
 def test_ingest_reports_non_finite_values_treated_as_missing(
@@ -667,6 +669,57 @@ def test_ingest_reports_non_finite_values_treated_as_missing(
         "Column `monthlycharges`: 3 non-finite value(s) treated as missing"
         in ingest_markdown(info, schema).data
     )
+
+
+def test_quality_counts_on_the_real_file(csv_frame, schema):
+    checked = data_mod.check(csv_frame, schema)
+    q = data_mod.quality(csv_frame, schema, checked, len(checked.frame))
+    # totalcharges: 6 new customers with a blank, read as missing; 12 rows repeat another
+    # in every column but customerid (the file's own duplicates)
+    assert q == {
+        "source_rows": 4000,
+        "columns": 21,
+        "missing": {"totalcharges": 6},
+        "missing_cells": 6,
+        "blank_as_missing": {"totalcharges": 6},
+        "non_finite_as_missing": {},
+        "duplicate_rows": 0,
+        "duplicate_ids": 0,
+        "duplicate_rows_but_id": 12,
+        "dropped": {"missing_target": 0, "sampled_out": 0},
+    }
+
+
+def test_quality_counts_dropped_blanked_and_duplicated_rows(raw, schema):
+    broken = blank_targets(raw)
+    broken.loc[[5, 6], "tenure"] = np.nan  # missing numbers
+    broken["monthlycharges"] = broken["monthlycharges"].astype(object)
+    broken.loc[[7, 8, 9], "monthlycharges"] = " "  # blank text in a numeric column
+    broken.loc[10, "paymentmethod"] = None
+    # the same customers delivered again under new ids (a repeated id fails the check)
+    copies = broken.iloc[[100, 101]].assign(customerid=["0000-NEWID", "0000-OTHER"])
+    with_copies = pd.concat([broken, copies], ignore_index=True)
+    checked = data_mod.check(with_copies, schema)
+    q = data_mod.quality(with_copies, schema, checked, 3000)
+    assert q["source_rows"] == 4002
+    assert q["missing"] == {
+        "tenure": 2,
+        "monthlycharges": 3,
+        "totalcharges": 6,
+        "paymentmethod": 1,
+        "churn": 11,
+    }
+    assert q["missing_cells"] == 23
+    assert q["blank_as_missing"] == {"monthlycharges": 3, "totalcharges": 6}
+    assert q["duplicate_rows"] == 0 and q["duplicate_ids"] == 0
+    assert q["duplicate_rows_but_id"] == 12 + 2
+    assert q["dropped"] == {"missing_target": 11, "sampled_out": 4002 - 11 - 3000}
+    # without an id column, whole rows repeat
+    no_id = schema.model_copy(update={"id_column": None})
+    rows = with_copies.drop(columns="customerid")
+    q = data_mod.quality(rows, no_id, data_mod.check(rows, no_id), 3991)
+    assert q["duplicate_rows"] == 14 and q["duplicate_ids"] is None
+    assert q["duplicate_rows_but_id"] is None and q["columns"] == 20
 
 
 def few_rows(raw: pd.DataFrame, yes: int, no: int) -> pd.DataFrame:
@@ -719,3 +772,14 @@ def test_ingest_notebook_and_index_say_how_many_rows_were_dropped(
     assert "4,000 rows read" in html and "11 dropped" in html and "3,989 kept" in html
     index = (run_dir / "index.html").read_text()
     assert re.search(r'id="dropped-missing-target">11 row\(s\) without a target', index)
+    # data quality: in the ingest report (a table of the columns with missing values) and
+    # summarised on the index
+    assert manifest["data"]["quality"]["missing"] == {"totalcharges": 6, "churn": 11}
+    assert "Data quality (source rows)" in html
+    assert "0 duplicate row(s)" in html and "17 missing value(s)" in html
+    assert re.search(r"<th>blank text</th>", html)
+    assert re.search(
+        r'id="missing-values">17 missing value\(s\) \(totalcharges 6, 6 blank text; churn 11\)',
+        index,
+    )
+    assert 'id="duplicate-rows-but-id">12 row(s) equal to another but for the id' in index

@@ -47,6 +47,8 @@ snapshot with a content hash that every later stage, MLflow and the registry ref
         [
             ("code", "df, info = stages.ingest(ctx)\ninfo"),
             ("code", "views.ingest_markdown(info, ctx.cfg.schema)"),
+            ("md", "### Data quality (source rows)"),
+            ("code", "views.data_quality(info)"),
             ("md", "The first rows of the snapshot, as the source delivered them:"),
             ("code", "df.head()"),
         ],

@@ -321,6 +321,48 @@ def write_snapshot(df: pd.DataFrame, path: Path) -> str:
     return content_hash(df)
 
 
+def _blank_text(values: pd.Series) -> pd.Series:
+    """Text that is empty once stripped (a CSV's ' ' in a numeric column)."""
+    if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+        return pd.Series(False, index=values.index)
+    return values.notna() & values.astype("string").str.strip().eq("").fillna(False)
+
+
+def quality(
+    raw: pd.DataFrame, schema: SchemaConfig, checked: Validated, rows: int
+) -> dict[str, Any]:
+    """Data-quality counts of the source rows ``raw`` (the schema's columns): missing
+    values per column (blank text included), blanks read as missing in numeric columns,
+    duplicate rows, duplicate ids, rows equal but for their id, and the rows dropped on
+    the way to the ``rows`` of the snapshot (no target; left out of a sample)."""
+    columns = [c for c in [schema.id_column, *schema.features, schema.target] if c]
+    frame = raw[columns]
+    blank = {c: _blank_text(frame[c]) for c in columns}
+    missing = {c: int((frame[c].isna() | blank[c]).sum()) for c in columns}
+    without_id = [c for c in columns if c != schema.id_column]
+    ids = frame[schema.id_column].dropna() if schema.id_column else None
+    labelled = len(raw) - checked.dropped_missing_target
+    return {
+        "source_rows": int(len(raw)),
+        "columns": len(columns),
+        "missing": {c: n for c, n in missing.items() if n},
+        "missing_cells": int(sum(missing.values())),
+        "blank_as_missing": {c: int(blank[c].sum()) for c in schema.numeric if int(blank[c].sum())},
+        "non_finite_as_missing": dict(checked.non_finite_as_missing),
+        "duplicate_rows": int(frame.duplicated().sum()),
+        "duplicate_ids": int(ids.duplicated().sum()) if ids is not None else None,
+        # Copies under new ids (or customers identical in every column) weigh twice in
+        # training and can sit on both sides of the split.
+        "duplicate_rows_but_id": (
+            int(frame[without_id].duplicated().sum()) if schema.id_column else None
+        ),
+        "dropped": {
+            "missing_target": checked.dropped_missing_target,
+            "sampled_out": int(labelled - rows),
+        },
+    }
+
+
 def summary(df: pd.DataFrame, schema: SchemaConfig) -> dict[str, Any]:
     """Rows, columns and class balance, for the manifest and index page."""
     positives = int(_label_matches(df[schema.target], schema.positive_label).sum())

@@ -34,6 +34,7 @@ class IngestDoc(_Doc):
     rows: int
     positive_rate: float
     dropped_missing_target: int = 0
+    quality: dict[str, Any] | None = None  # data.quality(): missing, blanks, duplicates
 
 
 class PreprocessDoc(_Doc):
@@ -184,7 +185,7 @@ INGEST = Product(
     "ingest",
     IngestDoc,
     "data",
-    lambda d: _dump(d, "source", "rows", "positive_rate", "dropped_missing_target"),
+    lambda d: _dump(d, "source", "rows", "positive_rate", "dropped_missing_target", "quality"),
 )
 SPLITS = {
     name: Product(f"data/{name}.parquet", "preprocess") for name in ("train", "valid", "test")

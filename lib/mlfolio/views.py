@@ -49,6 +49,46 @@ def ingest_markdown(info: dict[str, Any], schema: SchemaConfig) -> Any:
     return Markdown("\n\n".join(lines))
 
 
+def data_quality(info: dict[str, Any]) -> Any:
+    """The ingest's data-quality counts: a sentence on duplicates and dropped rows, and a
+    table of the columns with missing values (blank text and non-finite numbers among them)."""
+    from IPython.display import Markdown, display
+
+    q = info.get("quality")
+    if not q:
+        return Markdown("_No data-quality counts (an ingest from before they were recorded)._")
+    dup = f"**{q['duplicate_rows']:,} duplicate row(s)**"
+    if q["duplicate_ids"] is not None:
+        dup += (
+            f", {q['duplicate_ids']:,} duplicate id(s), "
+            f"**{q['duplicate_rows_but_id']:,} row(s) equal to another but for the id**"
+        )
+    dropped = q["dropped"]
+    lines = [
+        f"{dup} among the {q['source_rows']:,} source rows; dropped: "
+        f"{dropped['missing_target']:,} without a target, {dropped['sampled_out']:,} left out "
+        "of the sample.",
+        f"**{q['missing_cells']:,} missing value(s)** in {len(q['missing'])} of the "
+        f"{q['columns']} columns" + (":" if q["missing"] else "."),
+    ]
+    display(Markdown("\n\n".join(lines)))
+    if not q["missing"]:
+        return None
+    table = pd.DataFrame(
+        [
+            {
+                "column": col,
+                "missing": n,
+                "share": f"{n / q['source_rows']:.2%}",
+                "blank text": q["blank_as_missing"].get(col, 0),
+                "non-finite": q["non_finite_as_missing"].get(col, 0),
+            }
+            for col, n in q["missing"].items()
+        ]
+    )
+    return table.set_index("column")
+
+
 # -- preprocess --------------------------------------------------------------------------
 def profile(df: pd.DataFrame, schema: SchemaConfig) -> pd.DataFrame:
     """One row per feature: kind, missing values, distinct values and a short summary."""

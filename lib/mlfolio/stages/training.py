@@ -52,6 +52,7 @@ def ingest(ctx: StageContext) -> tuple[pd.DataFrame, dict[str, Any]]:
         "dropped_missing_target": checked.dropped_missing_target,
         "non_finite_as_missing": checked.non_finite_as_missing,
         **data.summary(df, cfg.schema),
+        "quality": data.quality(raw, cfg.schema, checked, len(df)),
     }
     dataset = mlflow.data.from_pandas(
         df, source=cfg.data.uri, targets=cfg.schema.target, name=cfg.experiment, digest=digest[:16]
