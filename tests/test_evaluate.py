@@ -87,3 +87,53 @@ def test_plot_curves_draws_four_panels(scores):
     y, good, weak = scores
     fig = views.plot_curves(y, {"candidate": good, "champion": weak}, 0.5)
     assert len(fig.axes) == 4
+
+
+def test_threshold_curve_peaks_where_max_f1_chose(scores):
+    y, good, _ = scores
+    curve = evaluate.threshold_curve(y, good)
+    assert len(curve["threshold"]) == 99 and curve["threshold"][0] == 0.01
+    chosen = evaluate.max_f1_threshold(y, good)
+    best = curve["threshold"][int(np.argmax(curve["f1"]))]
+    assert abs(best - chosen) <= 0.05
+    at = evaluate.classification_metrics(y, good, 0.5)
+    i = curve["threshold"].index(0.5)
+    assert curve["precision"][i] == pytest.approx(at["precision"], abs=1e-4)
+    assert curve["recall"][i] == pytest.approx(at["recall"], abs=1e-4)
+    assert curve["recall"] == sorted(curve["recall"], reverse=True)
+
+
+def test_segment_metrics_per_value_largest_first(scores):
+    y, good, _ = scores
+    segments = np.where(np.arange(len(y)) % 3 == 0, "small", "large")
+    segments[:5] = "tiny"
+    table = evaluate.segment_metrics(y, good, 0.5, segments, min_rows=10)
+    assert list(table) == ["large", "small"]  # tiny has 5 rows < 10: left out
+    large = segments == "large"
+    assert table["large"]["rows"] == large.sum()
+    assert table["large"]["roc_auc"] == pytest.approx(roc_auc_score(y[large], good[large]))
+    assert table["large"]["positive_rate"] == pytest.approx(y[large].mean())
+    one_class = evaluate.segment_metrics(np.zeros(20), good[:20], 0.5, np.full(20, "a"))
+    assert one_class["a"]["roc_auc"] is None and one_class["a"]["recall"] == 0
+
+
+def test_weighted_average_precision_equals_sklearn_with_weights(scores):
+    from sklearn.metrics import average_precision_score
+
+    y, good, _ = scores
+    rounded = np.round(good, 2)  # ties, as real scores have
+    weights = np.random.default_rng(2).multinomial(len(y), np.full(len(y), 1 / len(y)), size=10)
+    fast = evaluate.weighted_average_precision(y.astype(float), rounded, weights)
+    for w, value in zip(weights, fast, strict=True):
+        assert value == pytest.approx(average_precision_score(y, rounded, sample_weight=w))
+
+
+def test_bootstrap_intervals_bracket_the_test_value(scores):
+    y, good, _ = scores
+    intervals = evaluate.bootstrap_intervals(y, good, 0.5, samples=300, seed=4)
+    assert set(intervals) == {"roc_auc", "pr_auc", "precision", "recall", "f1", "accuracy"}
+    point = evaluate.classification_metrics(y, good, 0.5)
+    for name, iv in intervals.items():
+        assert iv["value"] == pytest.approx(point[name])
+        assert iv["low"] < iv["value"] < iv["high"], name
+        assert iv["high"] - iv["low"] < 0.2, name

@@ -182,6 +182,22 @@ class EvaluationConfig(_Section):
         "reproduce pins the original's); 'none' = no champion (the gate judges the "
         "candidate alone)",
     )
+    explain_rows: int = Field(
+        2000,
+        ge=100,
+        description="test rows sampled for attributions, permutation importance and the "
+        "beeswarm (bounds evaluate's added time)",
+    )
+    permutation_repeats: int = Field(5, ge=1, le=50)
+    segment_columns: list[str] | None = Field(
+        None,
+        description="categorical columns of the error analysis by segment; None: the "
+        "segment_count categorical columns the candidate relies on most",
+    )
+    segment_count: int = Field(2, ge=0, le=20)
+    segment_min_rows: int = Field(
+        30, ge=1, description="test rows a segment needs to be in the table"
+    )
 
     @field_validator("champion_version", mode="before")
     @classmethod
@@ -420,6 +436,18 @@ class Config(_Section):
     kfp: KfpConfig = Field(default_factory=KfpConfig)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _segments_are_categorical(self) -> Config:
+        wrong = [
+            c for c in self.evaluation.segment_columns or [] if c not in self.schema_.categorical
+        ]
+        if wrong:
+            raise ValueError(
+                f"evaluation.segment_columns: {wrong} not in schema.categorical "
+                f"({', '.join(self.schema_.categorical)})"
+            )
+        return self
 
     @property
     def schema(self) -> SchemaConfig:  # type: ignore[override]

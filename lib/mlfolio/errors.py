@@ -39,6 +39,10 @@ class StageError(MlfolioError):
         super().__init__(f"stage '{stage}' failed{where}: {message}")
 
 
+class ExplainError(MlfolioError):
+    """A model's attributions cannot be mapped back to its raw columns (names the step)."""
+
+
 class DataChangedError(MlfolioError):
     """The data source no longer has the content hash a run recorded (names data.uri and
     both hashes); nothing was run."""

@@ -39,6 +39,112 @@ def max_f1_threshold(y: np.ndarray, score: np.ndarray) -> float:
     return float(thresholds[int(np.argmax(f1[:-1]))])
 
 
+def threshold_curve(y: np.ndarray, score: np.ndarray, points: int = 99) -> dict[str, list[float]]:
+    """Precision, recall and F1 at ``points`` thresholds evenly spread over (0, 1): why a
+    threshold was chosen, drawn from the rows it was chosen on (validation)."""
+    y = np.asarray(y).astype(int)
+    score = np.asarray(score, dtype=float)
+    thresholds = np.linspace(0, 1, points + 2)[1:-1]
+    pred = score[None, :] >= thresholds[:, None]
+    tp = (pred & (y == 1)).sum(axis=1)
+    predicted = pred.sum(axis=1)
+    precision = np.divide(tp, predicted, out=np.zeros(points), where=predicted > 0)
+    recall = tp / max(int(y.sum()), 1)
+    f1 = np.divide(
+        2 * precision * recall,
+        precision + recall,
+        out=np.zeros(points),
+        where=precision + recall > 0,
+    )
+    return {
+        "threshold": np.round(thresholds, 4).tolist(),
+        "precision": np.round(precision, 4).tolist(),
+        "recall": np.round(recall, 4).tolist(),
+        "f1": np.round(f1, 4).tolist(),
+    }
+
+
+def segment_metrics(
+    y: np.ndarray, score: np.ndarray, threshold: float, segments: np.ndarray, min_rows: int = 1
+) -> dict[str, dict[str, float | int | None]]:
+    """Rows, positive rate, ROC AUC, recall and precision at ``threshold`` per value of
+    ``segments``, largest first; values with fewer than ``min_rows`` rows are left out
+    (ROC AUC is None where a segment has one class only)."""
+    y = np.asarray(y).astype(int)
+    score = np.asarray(score, dtype=float)
+    segments = np.asarray(segments).astype(str)
+    values, counts = np.unique(segments, return_counts=True)
+    out: dict[str, dict[str, float | int | None]] = {}
+    for value, count in sorted(zip(values, counts, strict=True), key=lambda vc: -vc[1]):
+        if count < min_rows:
+            continue
+        mask = segments == value
+        ys, ss = y[mask], score[mask]
+        pred = (ss >= threshold).astype(int)
+        out[str(value)] = {
+            "rows": int(count),
+            "positive_rate": float(ys.mean()),
+            "roc_auc": float(skm.roc_auc_score(ys, ss)) if len(set(ys)) == 2 else None,
+            "recall": float(skm.recall_score(ys, pred, zero_division=0)),
+            "precision": float(skm.precision_score(ys, pred, zero_division=0)),
+        }
+    return out
+
+
+def weighted_average_precision(y: np.ndarray, score: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Average precision (PR AUC, as ``average_precision_score``) under each row of
+    ``weights`` (resamples x rows), all resamples in one sort."""
+    order = np.argsort(-score, kind="mergesort")
+    sorted_score, y_sorted, w = score[order], y[order], weights[:, order]
+    ends = np.r_[np.flatnonzero(np.diff(sorted_score) != 0), len(sorted_score) - 1]
+    tp = np.cumsum(w * y_sorted, axis=1)[:, ends]
+    fp = np.cumsum(w * (1 - y_sorted), axis=1)[:, ends]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = tp / (tp + fp)
+        recall = tp / tp[:, -1:]
+    steps = np.diff(np.c_[np.zeros(len(w)), recall], axis=1)
+    return np.nansum(steps * precision, axis=1) / np.where(tp[:, -1] > 0, 1, np.nan)
+
+
+def bootstrap_intervals(
+    y: np.ndarray,
+    score: np.ndarray,
+    threshold: float,
+    samples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, dict[str, float]]:
+    """Percentile bootstrap intervals of ROC AUC, PR AUC, precision, recall, F1 and
+    accuracy (at ``threshold``) on resampled rows: how sure the test numbers are."""
+    y = np.asarray(y).astype(float)
+    score = np.asarray(score, dtype=float)
+    n = len(y)
+    w = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=samples)
+    pred = (score >= threshold).astype(float)
+    tp, fp = w @ (pred * y), w @ (pred * (1 - y))
+    fn, tn = w @ ((1 - pred) * y), w @ ((1 - pred) * (1 - y))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        draws = {
+            "roc_auc": weighted_roc_auc(y, score, w),
+            "pr_auc": weighted_average_precision(y, score, w),
+            "precision": tp / (tp + fp),
+            "recall": tp / (tp + fn),
+            "f1": 2 * tp / (2 * tp + fp + fn),
+            "accuracy": (tp + tn) / n,
+        }
+    point = classification_metrics(y, score, threshold)
+    alpha = (1 - confidence) / 2
+    out = {}
+    for name, values in draws.items():
+        values = values[np.isfinite(values)]
+        out[name] = {
+            "value": point[name],
+            "low": float(np.quantile(values, alpha)),
+            "high": float(np.quantile(values, 1 - alpha)),
+        }
+    return out
+
+
 def confusion(y: np.ndarray, score: np.ndarray, threshold: float) -> dict[str, int]:
     tn, fp, fn, tp = skm.confusion_matrix(
         y, (np.asarray(score) >= threshold).astype(int), labels=[0, 1]
