@@ -14,12 +14,17 @@ log = logging.getLogger(__name__)
 
 
 def notebook_to_html(notebook: Path, target: Path) -> Path:
-    """Render an executed notebook (inputs, outputs, plots inline) to standalone HTML."""
+    """Render an executed notebook (inputs, outputs, plots inline) to standalone HTML that
+    loads nothing from the web (lab's require.js and MathJax come from a CDN)."""
     import nbformat
     from nbconvert import HTMLExporter
 
     nb = nbformat.read(notebook, as_version=4)
-    exporter = HTMLExporter(template_name="lab")
+    exporter = HTMLExporter(
+        template_name="lab",
+        extra_template_paths=[str(TEMPLATES / "nbconvert")],
+        template_file="offline.html.j2",
+    )
     exporter.log.setLevel(logging.ERROR)  # not "alternative text is missing" per plot
     # resources name the page: without them every stage's <title> is "Notebook"
     body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": notebook.stem}})
