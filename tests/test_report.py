@@ -255,6 +255,78 @@ def test_screenshot(good_run, page, tmp_path):
         Path(target).write_bytes(shot.read_bytes())
 
 
+def test_pages_load_nothing_from_the_web(good_run, failed_run, browser, tmp_path):
+    """Offline: every request that is not file:// or loopback is aborted and recorded.
+    The index, every stage page and a diff page must ask for none and still render."""
+    from mlfolio.pipeline import diff
+
+    diff_page = diff.write_html(diff.diff_runs(failed_run[0], good_run), tmp_path / "diff.html")
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    went_out: list[str] = []
+
+    def offline(route: Any) -> None:
+        url = route.request.url
+        host = urlsplit(url).hostname or ""
+        if url.startswith(("file:", "data:")) or host in ("127.0.0.1", "localhost", "::1"):
+            route.continue_()
+        else:
+            went_out.append(url)
+            route.abort()
+
+    context.route("**/*", offline)
+    page = context.new_page()
+    try:
+        open_file(page, good_run / "index.html")
+        assert page.locator("#metrics tr").count() > 3 and page.locator("#stages tr").count() == 8
+        for name in STAGE_HEADINGS:
+            html_page = good_run / f"{list(STAGE_HEADINGS).index(name) + 1:02d}_{name}.html"
+            source = html_page.read_text()
+            assert not re.search(r"<(script|link)[^>]+(src|href)=\"https?:", source), name
+            open_file(page, html_page)
+            assert page.inner_text("h1").startswith(STAGE_HEADINGS[name])
+            sizes = image_sizes(page)
+            assert all(w > 0 and h > 0 for w, h in sizes), name
+            assert (name not in STAGES_WITH_PLOTS) or sizes, f"{name}: expected plots"
+        assert page.locator("table").count() >= 1  # deploy's table of targets
+        open_file(page, diff_page)
+        assert page.locator("table").count() >= 2
+    finally:
+        context.close()
+    assert went_out == [], f"requests to the web: {went_out}"
+
+
+def test_library_logs_go_to_the_run_log_not_the_page(good_run):
+    """Optuna's trial lines and MLflow's and scikit-learn's warnings are in
+    logs/<stage>.log; the only stderr a notebook shows is mlfolio's own warnings."""
+    import nbformat
+
+    shown: dict[str, list[str]] = {}
+    for notebook in sorted(good_run.glob("*.ipynb")):
+        nb = nbformat.read(notebook, as_version=4)
+        shown[notebook.name] = [
+            line
+            for cell in nb.cells
+            for out in cell.get("outputs", [])
+            if out.get("output_type") == "stream" and out.get("name") == "stderr"
+            for line in out["text"].splitlines()
+            if line.strip()
+        ]
+    foreign = {
+        nb: [ln for ln in lines if not ln.startswith("WARNING mlfolio.")]
+        for nb, lines in shown.items()
+    }
+    assert not any(foreign.values()), foreign
+    logs = {p.stem: p.read_text() for p in (good_run / "logs").glob("*.log")}
+    assert set(STAGE_HEADINGS) <= set(logs), sorted(logs)
+    assert re.search(r"INFO optuna\S*: Trial 0 finished with value", logs["tune"])
+    assert "WARNING mlflow.sklearn: Saving scikit-learn models" in logs["train"]
+    assert any("WARNING py.warnings:" in text for text in logs.values())  # warnings.warn
+    cells = nbformat.read(good_run / "04_tune.ipynb", as_version=4).cells
+    setup = next(c for c in cells if "setup" in c.metadata.get("tags", []))
+    text = "".join(o.get("text", "") for o in setup.outputs)
+    assert f"library logs and warnings: {good_run / 'logs' / 'tune.log'}" in text
+
+
 # -- the failed run ------------------------------------------------------------------------
 def test_failed_run_error(failed_run):
     run_dir, error = failed_run

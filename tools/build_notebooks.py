@@ -24,7 +24,8 @@ from mlfolio import {modules}
 from mlfolio.context import open_stage
 
 ctx = open_stage("{stage}", params_file, run_dir, parent_run_id, overrides)
-print(f"run folder: {{ctx.run_dir}}\\nMLflow run: {{ctx.mlflow_run_id}}")"""
+print(f"run folder: {{ctx.run_dir}}\\nMLflow run: {{ctx.mlflow_run_id}}")
+print(f"library logs and warnings: {{ctx.log_file}}")"""
 
 # Modules a notebook's cells may call; its setup cell imports the ones it uses.
 MODULES = {"abtest", "evaluate", "features", "monitor", "stages", "tune", "views"}

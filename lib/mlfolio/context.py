@@ -51,7 +51,9 @@ class StageContext:
     parent_run_id: str = ""
     mlflow_run_id: str = ""
     interactive: bool = False  # no run folder given: a person running the notebook by hand
+    log_file: Path | None = None  # where library logs and warnings go (logs/<stage>.log)
     _active: Any = field(default=None, repr=False)
+    _unroute: Any = field(default=None, repr=False)
 
     def path(self, name: str) -> Path:
         """A file in the run folder."""
@@ -136,10 +138,14 @@ class StageContext:
         return self.mlflow_run_id
 
     def finish(self) -> None:
-        """Close the stage's MLflow run as FINISHED (the last cell of every notebook)."""
+        """Close the stage's MLflow run as FINISHED (the last cell of every notebook) and
+        give logging back as it was."""
         if self._active is not None:
             self._active.__exit__(None, None, None)
             self._active = None
+        if self._unroute is not None:
+            self._unroute()
+            self._unroute = None
 
     def fail(self) -> None:
         """Close the stage's MLflow run as FAILED (a cell raised)."""
@@ -165,9 +171,12 @@ def open_stage(
     tracking: bool = True,
 ) -> StageContext:
     """The setup cell of every stage notebook: load and validate the parameters, find the
-    run folder (``runs/interactive-<experiment>`` when none is given) and open the MLflow
-    run. Relative paths resolve against the project root, not the working directory."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    run folder (``runs/interactive-<experiment>`` when none is given), send library logs
+    and warnings to ``logs/<stage>.log`` there (mlfolio's warnings stay on the page) and
+    open the MLflow run. Relative paths resolve against the project root, not the working
+    directory."""
+    from mlfolio import logs
+
     cfg = config_mod.load(params_file, overrides or None)
     folder = Path(run_dir) if run_dir else project_dir() / "runs" / f"interactive-{cfg.experiment}"
     if not folder.is_absolute():
@@ -180,6 +189,8 @@ def open_stage(
         parent_run_id=parent_run_id,
         interactive=not run_dir,
     )
+    ctx.log_file = logs.stage_log(ctx.run_dir, stage)
+    ctx._unroute = logs.route(ctx.log_file)
     if tracking:
         ctx.start_mlflow()
     if ctx.interactive:
