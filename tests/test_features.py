@@ -73,7 +73,7 @@ def test_profile_and_plot(cfg, churn):
     assert prof.loc["totalcharges", "missing"] > 0  # the blanks are reported
     assert prof.loc["contract", "kind"] == "categorical"
     fig = views.plot_features(churn, cfg.schema)
-    assert len([a for a in fig.axes if a.has_data()]) == 3 + 8
+    assert len([a for a in fig.axes if a.has_data()]) == 3 + 16  # every feature
 
 
 def test_blank_numbers_are_missing_and_flags_read_alike_in_training_and_serving(cfg, churn):

@@ -84,6 +84,79 @@ def test_tuning_views_without_a_study_say_tuning_is_off():
     assert views.plot_study(None) is None
 
 
+def tuned_study():
+    """A study as the tune stage leaves it: complete trials, and pruned ones whose partial
+    score (after one fold, the pruner's running mean) is higher than any complete one."""
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    study = optuna.create_study(direction="maximize")
+    dist = {"learning_rate": FloatDistribution(0.01, 0.3)}
+    for value, state, folds in (
+        (0.84, "COMPLETE", 3),
+        (0.91, "PRUNED", 1),
+        (0.85, "COMPLETE", 3),
+        (0.83, "COMPLETE", 3),
+        (0.90, "PRUNED", 2),
+        (None, "FAIL", 0),
+    ):
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=optuna.trial.TrialState[state],
+                value=value,
+                params={"learning_rate": 0.1},
+                distributions=dist,
+                intermediate_values={step: value for step in range(folds)},
+            )
+        )
+    return study
+
+
+def test_trials_table_ranks_complete_trials_only():
+    table = views.trials_table(tuned_study(), top=10)
+    assert table["number"].tolist() == [2, 0, 3]  # pruned 0.91 and 0.90 are not ranked
+    assert (table["state"] == "COMPLETE").all()
+    assert table.index.name == "rank" and table.index.tolist() == [1, 2, 3]
+    assert views.trials_table(tuned_study(), top=2)["number"].tolist() == [2, 0]
+
+
+def test_pruned_trials_are_counted_and_shown_apart():
+    study = tuned_study()
+    summary = views.trials_summary(study).data
+    assert summary.startswith("**6 trials**: 3 complete (ranked above), 2 pruned (stopped")
+    assert summary.endswith(", 1 failed.")
+    apart = views.pruned_table(study)
+    assert apart["number"].tolist() == [1, 4, 5]
+    assert apart["state"].tolist() == ["PRUNED", "PRUNED", "FAIL"]
+    assert apart["folds run"].tolist() == [1, 2, 0]
+    assert apart["partial value"].iloc[0] == 0.91
+    fig = views.plot_study(study)
+    title = fig.axes[0].get_title()
+    assert title == "Optimization history (3 complete, 2 pruned, 1 failed or running)"
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    assert "pruned (partial score)" in labels
+    matplotlib.pyplot.close(fig)
+    optuna = pytest.importorskip("optuna")
+    only_complete = optuna.create_study(direction="maximize")
+    assert views.pruned_table(only_complete) == "No trials."
+    assert views.trials_summary(None).data.startswith("`tuning.enabled` is false")
+
+
+def test_plot_features_draws_every_feature_or_names_those_left_out(cfg, parts):
+    train_rows = parts["train"]
+    fig = views.plot_features(train_rows, cfg.schema)
+    titles = [a.get_title() for a in fig.axes if a.has_data()]
+    assert titles == [*cfg.schema.numeric, *cfg.schema.categorical]
+    assert fig._suptitle is None
+    matplotlib.pyplot.close(fig)
+    fig = views.plot_features(train_rows, cfg.schema, max_categorical=14)
+    assert len([a for a in fig.axes if a.has_data()]) == 3 + 14
+    assert fig._suptitle.get_text() == (
+        "Not plotted (max_categorical=14): paperlessbilling, paymentmethod"
+    )
+    matplotlib.pyplot.close(fig)
+
+
 # -- evaluate -----------------------------------------------------------------------------
 def test_metrics_frame_rows_and_verdict_markdown(scored):
     first = evaluate_result(scored, champion=False)

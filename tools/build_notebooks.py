@@ -97,8 +97,11 @@ run. The best parameters are refitted on all training rows and scored on validat
                 "study, info = stages.tune_model(ctx)\n"
                 '{k: v for k, v in info.items() if k != "models"}',
             ),
-            ("md", "### Best trials"),
+            ("md", "### Best trials (complete trials, ranked by CV ROC AUC)"),
             ("code", "views.trials_table(study, top=10)"),
+            ("code", "views.trials_summary(study)"),
+            ("md", "### Pruned and failed trials"),
+            ("code", "views.pruned_table(study)"),
             ("md", "### Optimization history and parameter importance"),
             ("code", "views.plot_study(study);"),
         ],

@@ -118,8 +118,11 @@ def profile(df: pd.DataFrame, schema: SchemaConfig) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("column")
 
 
-def plot_features(df: pd.DataFrame, schema: SchemaConfig, max_categorical: int = 8) -> Any:
-    """Numeric histograms by class and positive rate per category (a matplotlib Figure)."""
+def plot_features(
+    df: pd.DataFrame, schema: SchemaConfig, max_categorical: int | None = None
+) -> Any:
+    """Numeric histograms by class and positive rate per category, one panel per feature
+    (a matplotlib Figure); with ``max_categorical``, the figure names the ones left out."""
     import matplotlib.pyplot as plt
 
     from mlfolio.data import target_vector
@@ -128,6 +131,7 @@ def plot_features(df: pd.DataFrame, schema: SchemaConfig, max_categorical: int =
     clean = RawColumnCoercer(list(schema.numeric), list(schema.categorical)).fit(df).transform(df)
     y = target_vector(df, schema)
     cats = list(schema.categorical)[:max_categorical]
+    left_out = list(schema.categorical)[len(cats) :]
     panels = [*schema.numeric, *cats]
     ncols = 4
     nrows = max(1, -(-len(panels) // ncols))
@@ -151,21 +155,63 @@ def plot_features(df: pd.DataFrame, schema: SchemaConfig, max_categorical: int =
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
+    if left_out:
+        fig.suptitle(f"Not plotted (max_categorical={max_categorical}): {', '.join(left_out)}")
     fig.tight_layout()
     return fig
 
 
 # -- tune --------------------------------------------------------------------------------
 def trials_table(study: optuna.Study | None, top: int | None = None) -> pd.DataFrame:
-    """One row per trial: state, value, duration and parameters; ``top``: the best ``top``
-    trials by value. A note when tuning is off (no study)."""
+    """Complete trials ranked by value (best first): state, value, duration, parameters;
+    ``top``: the best ``top``. Pruned trials carry a partial score (fewer folds) and failed
+    ones none, so neither is ranked: :func:`pruned_table` shows them. A note when tuning is
+    off (no study)."""
     if study is None:
         return pd.DataFrame({"note": ["tuning.enabled is false: no study was run"]})
+    df = _trials_frame(study)
+    df = df[df["state"] == "COMPLETE"].sort_values("value", ascending=False, kind="stable")
+    df.index = pd.RangeIndex(1, len(df) + 1, name="rank")
+    return df.head(top) if top else df
+
+
+def _trials_frame(study: optuna.Study) -> pd.DataFrame:
     df = study.trials_dataframe(attrs=("number", "state", "value", "duration", "params"))
+    if df.empty:
+        return pd.DataFrame(columns=["number", "state", "value", "duration"])
     if "duration" in df:
         df["duration"] = df["duration"].dt.total_seconds().round(2)
-    df = df.rename(columns=lambda c: c.removeprefix("params_"))
-    return df.sort_values("value", ascending=False).head(top) if top else df
+    return df.rename(columns=lambda c: c.removeprefix("params_"))
+
+
+def trials_summary(study: optuna.Study | None) -> Any:
+    """How many trials completed, were pruned and failed, in a sentence (Markdown)."""
+    from IPython.display import Markdown
+
+    if study is None:
+        return Markdown("`tuning.enabled` is false: no study was run.")
+    states = pd.Series([t.state.name for t in study.trials], dtype=object).value_counts()
+    complete, pruned, failed = (int(states.get(s, 0)) for s in ("COMPLETE", "PRUNED", "FAIL"))
+    text = f"**{len(study.trials)} trials**: {complete} complete (ranked above)"
+    text += f", {pruned} pruned" + (
+        " (stopped after a fold whose running mean ROC AUC was below the median of earlier"
+        " trials at that fold: their score covers fewer folds, so they are not ranked)"
+        if pruned
+        else ""
+    )
+    return Markdown(text + f", {failed} failed.")
+
+
+def pruned_table(study: optuna.Study | None) -> pd.DataFrame | str:
+    """Pruned and failed trials apart: the folds each got through and its partial score."""
+    if study is None or not study.trials:
+        return "No trials."
+    stopped = [t for t in study.trials if t.state.name in ("PRUNED", "FAIL")]
+    if not stopped:
+        return "No trial was pruned or failed."
+    df = _trials_frame(study).set_index("number").loc[[t.number for t in stopped]]
+    df.insert(1, "folds run", [len(t.intermediate_values) for t in stopped])
+    return df.rename(columns={"value": "partial value"}).reset_index()
 
 
 def plot_study(study: optuna.Study | None) -> Any:
@@ -181,7 +227,18 @@ def plot_study(study: optuna.Study | None) -> Any:
     fig, (hist_ax, imp_ax) = plt.subplots(1, 2, figsize=(14, 4.5))
     values = [t.value for t in complete]
     numbers = [t.number for t in complete]
+    pruned = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,))
     hist_ax.scatter(numbers, values, s=14, label="trial (complete)")
+    scored = [t for t in pruned if t.value is not None]
+    if scored:  # apart: a partial score over fewer folds, not part of the best so far
+        hist_ax.scatter(
+            [t.number for t in scored],
+            [t.value for t in scored],
+            s=14,
+            marker="x",
+            color="grey",
+            label="pruned (partial score)",
+        )
     hist_ax.plot(
         numbers,
         np.maximum.accumulate(values) if values else [],
@@ -190,9 +247,10 @@ def plot_study(study: optuna.Study | None) -> Any:
     )
     hist_ax.set_xlabel("trial")
     hist_ax.set_ylabel("CV ROC AUC")
+    failed = len(study.trials) - len(complete) - len(pruned)
     hist_ax.set_title(
-        f"Optimization history ({len(study.trials)} trials, "
-        f"{len(study.trials) - len(complete)} pruned or failed)"
+        f"Optimization history ({len(complete)} complete, {len(pruned)} pruned, "
+        f"{failed} failed or running)"
     )
     hist_ax.legend()
     importances, why_not = None, "needs two complete trials"
