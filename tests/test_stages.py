@@ -310,6 +310,83 @@ def test_train_evaluate_and_register_without_papermill(registered_run):
     assert history["alias"].tolist() == [registry.CHALLENGER, registry.CHAMPION]
 
 
+def test_evaluate_scores_the_champion_at_its_own_threshold(registered_run, tmp_path):
+    from mlfolio import evaluate, stages
+
+    units, out = registered_run
+    v1_threshold = out["evaluated"]["threshold"]  # max_f1 on validation; register tagged v1
+    run_dir = tmp_path / "again"
+    shutil.copytree(units.run_dir, run_dir)
+    ctx, ev = units.run(
+        "evaluate", stages.evaluate_candidate, run_dir=run_dir, **{"evaluation.threshold": 0.3}
+    )
+    assert ev["threshold"] == 0.3 and ev["candidate"]["test"]["threshold"] == 0.3
+    champion = ev["champion"]
+    assert champion["version"] == "1" and abs(v1_threshold - 0.3) > 0.01
+    assert champion["test"]["threshold"] == pytest.approx(v1_threshold, abs=1e-6)
+    y, scores = stages.test_scores(ctx)
+    own = evaluate.classification_metrics(y, scores["champion"], v1_threshold)
+    for metric in ("precision", "recall", "f1", "accuracy"):
+        assert champion["test"][metric] == pytest.approx(own[metric]), metric
+    written = json.loads((run_dir / "evaluate.json").read_text())["champion"]
+    assert written["test"]["threshold"] == pytest.approx(v1_threshold, abs=1e-6)
+
+
+def test_champion_threshold_falls_back_and_says_so(registered_run):
+    from mlflow.tracking import MlflowClient
+
+    from mlfolio.stages import explaining
+
+    units, out = registered_run
+    ref = registry.get_version(UNIT_MODEL, "1")
+    tagged = out["evaluated"]["threshold"]
+    assert explaining.champion_threshold(ref, 0.3) == (
+        pytest.approx(tagged, abs=1e-6),
+        "tag mlfolio.threshold",
+        True,
+    )
+    client = MlflowClient()
+    client.delete_model_version_tag(UNIT_MODEL, "1", registry.THRESHOLD_TAG)
+    try:
+        # an older version without the tag: the run folder that registered it knows
+        value, source, known = explaining.champion_threshold(ref, 0.3)
+        assert known and value == pytest.approx(tagged) and source.startswith("evaluate.json of")
+        # a version no run folder speaks for: the candidate's threshold, said plainly
+        stranger = registry.ModelRef(ref.name, ref.version, "another-run", ref.source)
+        value, source, known = explaining.champion_threshold(stranger, 0.3)
+        assert (value, known) == (0.3, False)
+        assert source.startswith("unknown (version 1 has no mlfolio.threshold tag")
+    finally:
+        client.set_model_version_tag(UNIT_MODEL, "1", registry.THRESHOLD_TAG, f"{tagged:.6f}")
+
+
+def test_register_completes_the_model_card_and_links_it_from_the_version(registered_run):
+    from mlflow.tracking import MlflowClient
+
+    units, out = registered_run
+    reg = out["registered"]
+    card = (units.run_dir / "model_card.md").read_text()
+    assert card.startswith(f"# Model card: {UNIT_MODEL} version 1")
+    for heading in ("Intended use", "Data", "Metrics", "Threshold", "Segments", "Limitations"):
+        assert f"\n## {heading}\n" in card, heading
+    ingest = json.loads((units.run_dir / "ingest.json").read_text())
+    assert ingest["data_hash"] in card and "4,000" in card
+    ev = out["evaluated"]
+    assert f"**{ev['threshold']:.4f}**" in card
+    low = ev["intervals"]["metrics"]["roc_auc"]["low"]
+    assert f"| roc_auc | {ev['candidate']['test']['roc_auc']:.4f} | {low:.4f} … " in card
+    assert "contract = Month-to-month" in card and "| tenure |" in card
+    assert ev["candidate"]["model_uri"] in card and str(units.run_dir) in card
+    assert reg["model_card"] == f"runs:/{ev['candidate']['run_id']}/model_card/model_card.md"
+    version = MlflowClient().get_model_version(UNIT_MODEL, "1")
+    assert version.tags["mlfolio.model_card"] == reg["model_card"]
+    assert reg["model_card"] in version.description
+    import mlflow
+
+    logged = mlflow.artifacts.download_artifacts(reg["model_card"])
+    assert Path(logged).read_text() == card
+
+
 def test_deploy_stage_ships_each_target_through_deploy_targets(registered_run):
     from mlfolio import stages, views
 

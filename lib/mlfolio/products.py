@@ -77,6 +77,8 @@ class ChampionScores(_Doc):
     version: str
     run_id: str | None = None
     test: dict[str, float]
+    threshold: float | None = None  # its own (None: written before evaluate read it)
+    threshold_source: str | None = None  # the version tag, its run folder, or "unknown ..."
 
 
 class EvaluateDoc(_Doc):
@@ -85,6 +87,13 @@ class EvaluateDoc(_Doc):
     champion: ChampionScores | None
     comparison: dict[str, Any] | None
     gate: GateVerdict
+    # Written since the model was explained (older evaluate.json files have none):
+    # explain: model -> attribution method, mean |attribution| and permutation importance
+    # per raw column; segments: metrics per segment, flagged where the candidate is worse.
+    explain: dict[str, Any] | None = None
+    segments: dict[str, Any] | None = None
+    threshold_curve: dict[str, list[float]] | None = None
+    intervals: dict[str, Any] | None = None
 
 
 class RegisterDoc(_Doc):
@@ -201,6 +210,10 @@ EVALUATE = Product(
     lambda d: {"name": d.candidate.name, "test": d.candidate.test},
 )
 TEST_SCORES = Product("data/test_scores.parquet", "evaluate")
+ATTRIBUTIONS = Product("data/attributions.parquet", "evaluate")
+# Register's product: evaluate writes a first one, register completes it with the version
+# (were it evaluate's, register's rewrite would stop evaluate from ever being reused).
+MODEL_CARD = Product("model_card.md", "register")
 REGISTER = Product(
     "register.json",
     "register",
@@ -259,7 +272,9 @@ ALL: tuple[Product, ...] = (
     TUNE,
     EVALUATE,
     TEST_SCORES,
+    ATTRIBUTIONS,
     REGISTER,
+    MODEL_CARD,
     DEPLOY,
     DRIFT,
     MONITOR,

@@ -26,6 +26,8 @@ CHALLENGER = "challenger"
 EVENT_PREFIX = "mlfolio.alias_event."
 RETRAIN_CLAIM_TAG = "mlfolio.retrain_claim"
 MODEL_HASH_TAG = "mlfolio.model_hash"
+THRESHOLD_TAG = "mlfolio.threshold"  # the decision threshold evaluate chose for the version
+MODEL_CARD_TAG = "mlfolio.model_card"  # where the version's model card is (an artifact URI)
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,23 @@ def get_version(name: str, version: str | int) -> ModelRef | None:
             return None
         raise RegistryError(f"registry lookup of {name} version {version} failed: {exc}") from exc
     return ModelRef(name, str(mv.version), mv.run_id, mv.source)
+
+
+def version_tags(ref: ModelRef) -> dict[str, str]:
+    """The tags of a registered version (empty when it has none or is gone)."""
+    try:
+        return dict(MlflowClient().get_model_version(ref.name, ref.version).tags or {})
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
+            return {}
+        raise RegistryError(f"registry lookup of {ref.name} v{ref.version} failed: {exc}") from exc
+
+
+def link_model_card(ref: ModelRef, card_uri: str, description: str) -> None:
+    """Point a version at its model card: a tag with the card's URI and the description."""
+    client = MlflowClient()
+    client.set_model_version_tag(ref.name, ref.version, MODEL_CARD_TAG, card_uri)
+    client.update_model_version(ref.name, ref.version, description=description)
 
 
 def logged_model_id(model_uri: str) -> str | None:

@@ -10,6 +10,7 @@ import mlflow
 from mlfolio import products, registry
 from mlfolio.context import StageContext
 from mlfolio.errors import RegistryError
+from mlfolio.stages import explaining
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,8 @@ def register_model(ctx: StageContext) -> dict[str, Any]:
                 c.version if (c := registry.get_alias(cfg.model_name, registry.CHAMPION)) else None
             ),
         }
+        explaining.write_model_card(ctx, ev.model_dump(mode="json"))
+        result["model_card"] = None  # written to the run folder only: nothing registered
         ctx.write(products.REGISTER, result)
         return result
     tags = {
@@ -55,7 +58,7 @@ def register_model(ctx: StageContext) -> dict[str, Any]:
         "mlfolio.candidate": candidate.name,
         "mlfolio.gate_passed": str(passed),
         "mlfolio.test_roc_auc": f"{candidate.test['roc_auc']:.6f}",
-        "mlfolio.threshold": f"{ev.threshold:.6f}",
+        registry.THRESHOLD_TAG: f"{ev.threshold:.6f}",
     }
     try:
         tags[registry.MODEL_HASH_TAG] = registry.model_hash(candidate.model_uri)
@@ -125,6 +128,10 @@ def register_model(ctx: StageContext) -> dict[str, Any]:
         "alias_events": events,
         "champion": (c.version if (c := registry.get_alias(ref.name, registry.CHAMPION)) else None),
     }
+    # A duplicate's version keeps the card of the run that registered it.
+    result["model_card"] = explaining.complete_model_card(
+        ctx, ref, result, log_to_version=duplicate_of is None
+    )
     ctx.write(products.REGISTER, result)
     return result
 

@@ -230,8 +230,11 @@ def compared_champion(cfg: Config) -> registry.ModelRef | None:
 
 
 def evaluate_candidate(ctx: StageContext) -> dict[str, Any]:
-    """Pick the best model on validation, score it and the champion on the test rows,
-    and apply the gate."""
+    """Pick the best model on validation, score it and the champion (each at its own
+    threshold) on the test rows, apply the gate, and explain both models: attributions,
+    permutation importance, the threshold curve, segments and the model card."""
+    from mlfolio.stages import explaining
+
     cfg = ctx.cfg
     schema = cfg.schema
     parts = load_splits(ctx)
@@ -239,24 +242,24 @@ def evaluate_candidate(ctx: StageContext) -> dict[str, Any]:
     best_name = max(models, key=lambda n: models[n]["valid"]["roc_auc"])
     best = models[best_name]
     model = tracking.load_model(best["model_uri"])
+    y_valid = data.target_vector(parts["valid"], schema)
+    valid_score = train.predict_scores(model, parts["valid"], schema)
     if cfg.evaluation.threshold == "max_f1":
-        threshold = evaluate.max_f1_threshold(
-            data.target_vector(parts["valid"], schema),
-            train.predict_scores(model, parts["valid"], schema),
-        )
+        threshold = evaluate.max_f1_threshold(y_valid, valid_score)
     else:
         threshold = float(cfg.evaluation.threshold)
     y_test = data.target_vector(parts["test"], schema).to_numpy()
     score = train.predict_scores(model, parts["test"], schema)
     test_metrics = evaluate.classification_metrics(y_test, score, threshold)
     scores = {"candidate": score}
+    scored = {"candidate": (score, threshold)}
+    explained = {"candidate": model}
     champion = compared_champion(cfg)
     champion_info, comparison = None, None
     if champion is not None:
         try:
-            champ_score = train.predict_scores(
-                tracking.load_model(champion.uri), parts["test"], schema
-            )
+            champ_model = tracking.load_model(champion.uri)
+            champ_score = train.predict_scores(champ_model, parts["test"], schema)
         except Exception as exc:  # a champion of another schema cannot score these rows
             raise StageError(
                 "evaluate",
@@ -264,11 +267,23 @@ def evaluate_candidate(ctx: StageContext) -> dict[str, Any]:
                 f"({type(exc).__name__}: {exc}); retire it or use a new "
                 "registry.model_name",
             ) from exc
+        # the champion decides at the threshold chosen for it, not at the candidate's
+        champ_threshold, source, known = explaining.champion_threshold(champion, threshold)
+        if not known:
+            log.warning("champion v%s: threshold %s", champion.version, source)
         scores["champion"] = champ_score
+        scored["champion"] = (champ_score, champ_threshold)
+        explained["champion"] = champ_model
         champion_info = {
             "version": champion.version,
             "run_id": champion.run_id,
-            "test": evaluate.classification_metrics(y_test, champ_score, threshold),
+            "test": evaluate.classification_metrics(y_test, champ_score, champ_threshold),
+            "threshold": champ_threshold,
+            "threshold_source": source,
+            "confusion": evaluate.confusion(y_test, champ_score, champ_threshold),
+            "calibration": evaluate.calibration(
+                y_test, champ_score, cfg.evaluation.calibration_bins
+            ),
         }
         comparison = evaluate.bootstrap_auc_difference(
             y_test, score, champ_score, cfg.gate.bootstrap_samples, cfg.gate.confidence, cfg.seed
@@ -279,11 +294,14 @@ def evaluate_candidate(ctx: StageContext) -> dict[str, Any]:
     ctx.write_parquet(
         "data/test_scores.parquet", pd.DataFrame({"y": y_test, **{k: v for k, v in scores.items()}})
     )
+    explanations = explaining.explain_models(ctx, parts, explained)
     mlflow.log_metrics({f"test_{k}": v for k, v in test_metrics.items()})
     mlflow.set_tags({"mlfolio.candidate": best_name, "mlfolio.gate_passed": verdict.passed})
     result = {
         "candidate": {
             "name": best_name,
+            "kind": best["kind"],
+            "params": best["params"],
             "model_uri": best["model_uri"],
             "run_id": best["run_id"],
             "valid": best["valid"],
@@ -292,11 +310,22 @@ def evaluate_candidate(ctx: StageContext) -> dict[str, Any]:
             "calibration": evaluate.calibration(y_test, score, cfg.evaluation.calibration_bins),
         },
         "threshold": threshold,
+        "threshold_curve": evaluate.threshold_curve(y_valid, valid_score),
         "champion": champion_info,
         "comparison": comparison,
         "gate": verdict.to_dict(),
+        "intervals": {
+            "metrics": evaluate.bootstrap_intervals(
+                y_test, score, threshold, cfg.gate.bootstrap_samples, cfg.gate.confidence, cfg.seed
+            ),
+            "confidence": cfg.gate.confidence,
+            "samples": cfg.gate.bootstrap_samples,
+        },
+        "explain": explanations,
+        "segments": explaining.segments(cfg, parts["test"], scored, explanations["candidate"]),
     }
     ctx.write(products.EVALUATE, result)
+    explaining.write_model_card(ctx, result)
     return result
 
 

@@ -1,0 +1,232 @@
+"""The model card: one Markdown page a reviewer can sign off on (a pure renderer).
+
+Everything comes from the run's products (evaluate.json, ingest.json) and, once register
+ran, the version; the stage edge (:mod:`mlfolio.stages.explaining`) gathers the facts and
+writes ``model_card.md``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+METRICS = ("roc_auc", "pr_auc", "precision", "recall", "f1", "accuracy")
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+def _metric_table(ev: dict[str, Any]) -> list[str]:
+    intervals = ev.get("intervals") or {}
+    champion = ev.get("champion") or {}
+    head = "| metric (test rows) | candidate | interval |"
+    rule = "|---|---:|---|"
+    if champion:
+        head += f" champion v{champion['version']} |"
+        rule += "---:|"
+    lines = [head, rule]
+    level = intervals.get("confidence")
+    for name in METRICS:
+        value = ev["candidate"]["test"].get(name)
+        if value is None:
+            continue
+        iv = (intervals.get("metrics") or {}).get(name)
+        span = f"{iv['low']:.4f} … {iv['high']:.4f}" if iv else "n/a"
+        row = f"| {name} | {value:.4f} | {span} |"
+        if champion:
+            other = champion["test"].get(name)
+            row += f" {other:.4f} |" if other is not None else " |"
+        lines.append(row)
+    if intervals:
+        lines.append(
+            f"\nIntervals: {level:.0%} percentile bootstrap over {intervals['samples']} "
+            "resamples of the test rows."
+        )
+    return lines
+
+
+def _threshold(ev: dict[str, Any], rule: str) -> list[str]:
+    lines = [f"Decision threshold **{ev['threshold']:.4f}** ({rule}): a score at or above it"]
+    lines[0] += " flags the row as positive."
+    champion = ev.get("champion")
+    if champion and champion.get("threshold") is not None:
+        lines.append(
+            f"The champion v{champion['version']} is scored at its own threshold "
+            f"{champion['threshold']:.4f} ({champion.get('threshold_source', 'recorded')})."
+        )
+    return lines
+
+
+def _features(ev: dict[str, Any], n: int = 8) -> list[str]:
+    from mlfolio.explain import top_features
+
+    summary = (ev.get("explain") or {}).get("candidate")
+    if not summary:
+        return ["No explanation was computed."]
+    method = {
+        "tree_shap": "SHAP values (XGBoost TreeSHAP)",
+        "linear": "exact linear attribution coef × (x − mean)",
+    }.get(summary.get("method") or "", "permutation importance only")
+    lines = [
+        f"What the candidate relies on most ({method}, {summary['rows']} test rows; "
+        "permutation importance = drop in ROC AUC when the column is shuffled):",
+        "",
+        "| column | mean abs attribution (log-odds) | permutation importance |",
+        "|---|---:|---:|",
+    ]
+    for col in top_features(summary, n):
+        attribution = (summary.get("mean_abs") or {}).get(col)
+        perm = summary["permutation"][col]
+        lines.append(
+            f"| {col} | {'n/a' if attribution is None else f'{attribution:.4f}'} | "
+            f"{perm['mean']:+.4f} ± {perm['std']:.4f} |"
+        )
+    if summary.get("note"):
+        lines += ["", summary["note"]]
+    return lines
+
+
+def _segments(ev: dict[str, Any]) -> list[str]:
+    seg = ev.get("segments")
+    if not seg or not seg.get("rows"):
+        return ["No segment had enough test rows to be analysed."]
+    has_champion = any(r.get("champion") for r in seg["rows"])
+    lines = [
+        f"Columns {', '.join(seg['columns'])} ({seg['chosen_by']}); segments with at least "
+        f"{seg['min_rows']} test rows; each model at its own threshold.",
+        "",
+        "| segment | rows | positive rate | ROC AUC | recall | precision |"
+        + (" champion ROC AUC | flagged |" if has_champion else ""),
+        "|---|---:|---:|---:|---:|---:|" + ("---:|---|" if has_champion else ""),
+    ]
+
+    def fmt(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+
+    for r in seg["rows"]:
+        c = r["candidate"]
+        line = (
+            f"| {r['column']} = {r['value']} | {r['rows']} | {_pct(r['positive_rate'])} | "
+            f"{fmt(c['roc_auc'])} | {fmt(c['recall'])} | {fmt(c['precision'])} |"
+        )
+        if has_champion:
+            champ = r.get("champion") or {}
+            line += f" {fmt(champ.get('roc_auc'))} | {'**worse**' if r['flagged'] else ''} |"
+        lines.append(line)
+    return lines
+
+
+def _limitations(ev: dict[str, Any], data: dict[str, Any], rule: str) -> list[str]:
+    items = [
+        f"Trained and evaluated on {data['rows']:,} rows of `{data['source']}` (positive "
+        f"rate {_pct(data['positive_rate'])}); customers unlike these rows are outside "
+        "what was tested.",
+        "Attributions describe what the model uses, not what causes the outcome; "
+        "correlated columns share the credit between them.",
+    ]
+    if "max_f1" in rule:
+        items.append(
+            "The threshold maximises F1 on the validation rows: when a missed positive "
+            "and a false alarm cost differently, choose another (`evaluation.threshold`)."
+        )
+    summary = (ev.get("explain") or {}).get("candidate") or {}
+    if summary.get("note"):
+        items.append(summary["note"] + ".")
+    flagged = [
+        f"{r['column']} = {r['value']}"
+        for r in (ev.get("segments") or {}).get("rows", [])
+        if r.get("flagged")
+    ]
+    if flagged:
+        items.append(
+            "The candidate ranks worse than the champion in segment(s): " + ", ".join(flagged)
+        )
+    champion = ev.get("champion") or {}
+    if champion and str(champion.get("threshold_source", "")).startswith("unknown"):
+        items.append(f"Champion threshold {champion['threshold_source']}.")
+    return [f"- {i}" for i in items]
+
+
+def render(ev: dict[str, Any], facts: dict[str, Any]) -> str:
+    """The card as Markdown, from the evaluate result ``ev`` and ``facts``: experiment,
+    description, model_name, target, positive_label, threshold_rule, data (ingest.json
+    plus snapshot_at), lineage (run_dir, pipeline_run_url, model_run_url, model_uri) and
+    version (None until register: name, version, uri, promoted, champion, card_uri)."""
+    data, lineage, version = facts["data"], facts["lineage"], facts.get("version")
+    cand = ev["candidate"]
+    rule = facts["threshold_rule"]
+    title = (
+        f"{version['name']} version {version['version']}"
+        if version
+        else f"{facts['model_name']} candidate (not registered yet)"
+    )
+    gate = ev["gate"]
+    lines = [
+        f"# Model card: {title}",
+        "",
+        "## Intended use",
+        "",
+        f"{facts.get('description') or facts['experiment']}",
+        "",
+        f"The model scores each row's probability that `{facts['target']}` is "
+        f"`{facts['positive_label']}`, from the raw columns of the training data. It "
+        "supports a decision made by people (who to contact first), not an automatic "
+        "action on a single score.",
+        "",
+        "## Model",
+        "",
+        f"- Candidate `{cand['name']}` ({cand.get('kind', 'model')}), chosen on validation "
+        "ROC AUC among the trained and tuned models",
+        f"- Parameters: `{cand.get('params', {})}`",
+        f"- Gate: **{'passed' if gate['passed'] else 'not passed'}**",
+        *[f"  - {r}" for r in gate["reasons"]],
+    ]
+    if version:
+        lines.append(
+            f"- Registered as **{version['name']} v{version['version']}**; "
+            + (
+                "promoted to `champion`"
+                if version.get("promoted")
+                else f"not promoted (champion: {version.get('champion') or 'none'})"
+            )
+        )
+    else:
+        lines.append("- Not registered yet: the register stage completes this card.")
+    lines += [
+        "",
+        "## Data",
+        "",
+        f"- Source: `{data['source']}`",
+        f"- Content hash: `{data['data_hash']}`",
+        f"- Rows: {data['rows']:,} (read {data.get('source_rows', data['rows']):,}; "
+        f"{data.get('dropped_missing_target', 0):,} dropped without a target); positive "
+        f"rate {_pct(data['positive_rate'])}",
+        f"- Snapshot taken: {data.get('snapshot_at', 'unknown')}; evaluated: "
+        f"{facts.get('evaluated_at', 'unknown')}",
+    ]
+    splits = data.get("splits") or {}
+    if splits:
+        lines.append(
+            "- Splits (stratified, seeded): "
+            + ", ".join(f"{k} {int(v['rows']):,}" for k, v in splits.items())
+        )
+    lines += ["", "## Metrics", "", *_metric_table(ev), "", "## Threshold", ""]
+    lines += _threshold(ev, rule)
+    lines += ["", "## What the model relies on", "", *_features(ev)]
+    lines += ["", "## Segments", "", *_segments(ev)]
+    lines += ["", "## Limitations", "", *_limitations(ev, data, rule)]
+    lines += [
+        "",
+        "## Lineage",
+        "",
+        f"- Run folder: `{lineage['run_dir']}` ([index](index.html), "
+        "[evaluate report](05_evaluate.html))",
+        f"- MLflow pipeline run: {lineage.get('pipeline_run_url') or 'none'}",
+        f"- MLflow run of the model: {lineage.get('model_run_url') or cand['run_id']}",
+        f"- Logged model: `{cand['model_uri']}`",
+    ]
+    if version:
+        lines.append(f"- Registered model: `{version['uri']}`")
+        if version.get("card_uri"):
+            lines.append(f"- This card in MLflow: `{version['card_uri']}`")
+    return "\n".join(lines) + "\n"
