@@ -416,6 +416,9 @@ def test_kfp_local_failure_ends_the_parent_run_failed(write_params, runs_root, c
     assert code == 1, err
     assert "stage 'ingest' failed (cell" in err and "no_such_column" in err
     (run_dir,) = runs_root.iterdir()
+    # the stage's kernel talks over IPC: no "running over TCP without encryption" warning
+    kfp_log = (run_dir / "logs" / "kfp-local.log").read_text()
+    assert "without encryption" not in err + kfp_log
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert (manifest["status"], manifest["failed_stage"]) == ("failed", "ingest")
     assert manifest["failed_cell"] is not None

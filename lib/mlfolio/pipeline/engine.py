@@ -137,8 +137,9 @@ def _register_engine() -> str:
 def execute_stage(
     stage: Stage, run_dir: Path, parameters: dict[str, Any], kernel: WarmKernel | None = None
 ) -> dict[str, Any]:
-    """Run one notebook into the run folder (on ``kernel`` when given); return its manifest
-    entry (never raises for a failing cell: the entry says which cell failed)."""
+    """Run one notebook into the run folder (on ``kernel`` when given, else on one started
+    for it); return its manifest entry (never raises for a failing cell: the entry says
+    which cell failed)."""
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
@@ -153,6 +154,10 @@ def execute_stage(
         "html": stage.notebook.replace(".ipynb", ".html"),
         "started": started.isoformat(timespec="seconds"),
     }
+    # Never papermill's own kernel: its manager listens on TCP, and ipykernel 7 then warns
+    # "Kernel is running over TCP without encryption" on the terminal at every start. Ours
+    # talks over IPC sockets in a private folder and logs to logs/kernels.log.
+    own = None if kernel else WarmKernel(run_dir, "", warm_up=False)
     try:
         pm.execute_notebook(
             str(notebooks_dir() / stage.notebook),
@@ -162,7 +167,8 @@ def execute_stage(
             progress_bar=False,
             cwd=str(run_dir),
             start_timeout=180,
-            **({"km": kernel.km, "engine_name": _register_engine()} if kernel else {}),
+            km=(kernel or own).km,
+            engine_name=_register_engine(),
         )
         entry["status"] = "succeeded"
     except PapermillExecutionError as exc:
@@ -177,6 +183,9 @@ def execute_stage(
     except Exception as exc:  # kernel died, notebook missing, ... : still record it
         entry["status"] = "failed"
         entry["error"] = {"cell_index": None, "ename": type(exc).__name__, "evalue": str(exc)}
+    finally:
+        if own is not None:
+            own.shutdown()
     entry["duration_s"] = round(time.perf_counter() - t0, 3)
     if out_nb.exists():
         cells, setup = _cell_seconds(out_nb)
