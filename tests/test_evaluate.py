@@ -83,10 +83,22 @@ def test_gate_absolute_thresholds(scores):
     assert sum(r.startswith("FAIL") for r in verdict.reasons) == 3
 
 
-def test_plot_curves_draws_four_panels(scores):
+def test_plot_curves_draws_a_confusion_matrix_per_model_at_its_threshold(scores):
     y, good, weak = scores
     fig = views.plot_curves(y, {"candidate": good, "champion": weak}, 0.5)
-    assert len(fig.axes) == 4
+    assert len(fig.axes) == 5
+    fig = views.plot_curves(
+        y, {"candidate": good, "champion": weak}, {"candidate": 0.4, "champion": 0.6}
+    )
+    titles = [ax.get_title() for ax in fig.axes[3:]]
+    assert titles == [
+        "candidate: confusion at its threshold 0.40",
+        "champion: confusion at its threshold 0.60",
+    ]
+    cells = [int(t.get_text()) for t in fig.axes[4].texts]
+    assert sum(cells) == len(y)
+    cm = evaluate.confusion(y, weak, 0.6)
+    assert cells == [cm["tn"], cm["fp"], cm["fn"], cm["tp"]]
 
 
 def test_threshold_curve_peaks_where_max_f1_chose(scores):

@@ -111,19 +111,76 @@ run. The best parameters are refitted on all training rows and scored on validat
         "Evaluate",
         """\
 Picks the best model on validation ROC AUC, then scores it — and the current `champion`
-from the registry, on the same rows — on the untouched test split. The gate applies the
-thresholds of `gate` and asks for a gain over the champion whose bootstrap confidence
-interval clears `gate.min_improvement`.""",
+from the registry, on the same rows, each at its own decision threshold — on the
+untouched test split. The gate applies the thresholds of `gate` and asks for a gain over
+the champion whose bootstrap confidence interval clears `gate.min_improvement`. Then it
+explains both models: what they rely on, why this threshold, where the candidate errs,
+and a model card.""",
         [
             ("code", "result = stages.evaluate_candidate(ctx)\nviews.metrics_frame(result)"),
             ("md", "### Gate verdict"),
             ("code", "views.verdict_markdown(result)"),
-            ("md", "### Curves, calibration and confusion matrix (test rows)"),
+            (
+                "md",
+                """\
+### Why the model decides: feature importance
+Each test row's score is split over the raw columns (in log-odds, summing to the
+model's margin): SHAP values for XGBoost, the exact linear attribution for a linear
+model, one-hot and scaled columns summed back into their raw column. The bar is the
+mean absolute attribution per column; the beeswarm shows every sampled row (right of
+zero pushes towards the positive class). Rows: `evaluation.explain_rows`.""",
+            ),
+            (
+                "code",
+                "from mlfolio import explain_views\n\nexplain_views.importance_markdown(result)",
+            ),
+            (
+                "code",
+                "attributions, test_rows = stages.explaining.attributions(ctx)\n"
+                "explain_views.plot_importance(result, attributions, test_rows, ctx.cfg.schema);",
+            ),
+            (
+                "md",
+                """\
+Permutation importance, the model-agnostic check: how much test ROC AUC drops when one
+column is shuffled (mean ± std over `evaluation.permutation_repeats`). Where it ranks a
+column lower than the attributions do, correlated columns share its information.""",
+            ),
+            ("code", "explain_views.permutation_table(result)"),
+            (
+                "md",
+                """\
+### Curves and confusion matrices (test rows)
+Each model at its own threshold: the candidate's chosen on this run's validation rows,
+the champion's as recorded when it was registered. The dots on the ROC and PR curves are
+where each threshold puts the model.""",
+            ),
+            ("code", "explain_views.thresholds_markdown(result)"),
             (
                 "code",
                 "y, scores = stages.test_scores(ctx)\n"
-                'views.plot_curves(y, scores, result["threshold"]);',
+                "views.plot_curves(y, scores, explain_views.thresholds(result));",
             ),
+            (
+                "md",
+                """\
+### Why this threshold
+Precision, recall and F1 on the validation rows (where the threshold is chosen, never
+on test) at every threshold; `evaluation.threshold: max_f1` takes the F1 peak.""",
+            ),
+            ("code", "explain_views.plot_threshold_curve(result);"),
+            (
+                "md",
+                """\
+### Error analysis by segment
+The same test metrics per value of the categorical columns the candidate relies on most
+(or `evaluation.segment_columns`), candidate next to champion, each at its own threshold;
+flagged where the candidate ranks worse than the champion.""",
+            ),
+            ("code", "explain_views.segments_markdown(result)"),
+            ("code", "explain_views.segments_table(result)"),
+            ("md", "### Model card"),
+            ("code", "explain_views.model_card_markdown(result)"),
         ],
     ),
     "06_register": (

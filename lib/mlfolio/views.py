@@ -301,27 +301,43 @@ def verdict_markdown(result: dict[str, Any]) -> Any:
 
 
 def plot_curves(
-    y: np.ndarray, scores: dict[str, np.ndarray], threshold: float, bins: int = 10
+    y: np.ndarray,
+    scores: dict[str, np.ndarray],
+    threshold: float | dict[str, float],
+    bins: int = 10,
 ) -> Any:
-    """ROC, precision-recall, calibration and confusion matrix (a matplotlib Figure)."""
+    """ROC, precision-recall and calibration of every model, and one confusion matrix per
+    model at its own threshold (``threshold``: one for all, or by model); each model's
+    operating point is marked on its ROC and PR curves (a matplotlib Figure)."""
     import matplotlib.pyplot as plt
     from sklearn import metrics as skm
 
     from mlfolio.evaluate import calibration
 
-    fig, axes = plt.subplots(1, 4, figsize=(18, 4.2))
-    roc_ax, pr_ax, cal_ax, cm_ax = axes
+    thresholds = threshold if isinstance(threshold, dict) else dict.fromkeys(scores, threshold)
+    fig, axes = plt.subplots(1, 3 + len(scores), figsize=(4.4 * (3 + len(scores)), 4.2))
+    roc_ax, pr_ax, cal_ax = axes[:3]
     for name, score in scores.items():
+        t = thresholds[name]
+        pred = score >= t
         fpr, tpr, _ = skm.roc_curve(y, score)
-        roc_ax.plot(fpr, tpr, label=f"{name} (AUC {skm.roc_auc_score(y, score):.3f})")
+        (line,) = roc_ax.plot(fpr, tpr, label=f"{name} (AUC {skm.roc_auc_score(y, score):.3f})")
+        roc_ax.plot(pred[y == 0].mean(), pred[y == 1].mean(), "o", color=line.get_color())
         prec, rec, _ = skm.precision_recall_curve(y, score)
         pr_ax.plot(rec, prec, label=f"{name} (AP {skm.average_precision_score(y, score):.3f})")
+        pr_ax.plot(
+            pred[y == 1].mean(),
+            y[pred].mean() if pred.any() else 0,
+            "o",
+            color=line.get_color(),
+            label=f"{name} at threshold {t:.2f}",
+        )
         cal = calibration(y, score, bins)
         cal_ax.plot(cal["mean_predicted"], cal["fraction_positive"], marker="o", label=name)
     roc_ax.plot([0, 1], [0, 1], ls="--", color="grey")
     cal_ax.plot([0, 1], [0, 1], ls="--", color="grey")
     for ax, title, xl, yl in (
-        (roc_ax, "ROC", "false positive rate", "true positive rate"),
+        (roc_ax, "ROC (dot: the model's threshold)", "false positive rate", "true positive rate"),
         (pr_ax, "Precision-recall", "recall", "precision"),
         (cal_ax, "Calibration", "mean predicted", "fraction positive"),
     ):
@@ -329,21 +345,22 @@ def plot_curves(
         ax.set_xlabel(xl)
         ax.set_ylabel(yl)
         ax.legend(fontsize=8)
-    first = next(iter(scores.values()))
-    cm = skm.confusion_matrix(y, (first >= threshold).astype(int), labels=[0, 1])
-    cm_ax.imshow(cm, cmap="Blues")
-    for (i, j), value in np.ndenumerate(cm):
-        cm_ax.text(
-            j,
-            i,
-            str(value),
-            ha="center",
-            va="center",
-            color="white" if value > cm.max() / 2 else "black",
-        )
-    cm_ax.set_xticks([0, 1], ["pred 0", "pred 1"])
-    cm_ax.set_yticks([0, 1], ["true 0", "true 1"])
-    cm_ax.set_title(f"Confusion at threshold {threshold:.2f} ({next(iter(scores))})")
+    for cm_ax, (name, score) in zip(axes[3:], scores.items(), strict=True):
+        t = thresholds[name]
+        cm = skm.confusion_matrix(y, (score >= t).astype(int), labels=[0, 1])
+        cm_ax.imshow(cm, cmap="Blues")
+        for (i, j), value in np.ndenumerate(cm):
+            cm_ax.text(
+                j,
+                i,
+                str(value),
+                ha="center",
+                va="center",
+                color="white" if value > cm.max() / 2 else "black",
+            )
+        cm_ax.set_xticks([0, 1], ["pred 0", "pred 1"])
+        cm_ax.set_yticks([0, 1], ["true 0", "true 1"])
+        cm_ax.set_title(f"{name}: confusion at its threshold {t:.2f}")
     fig.tight_layout()
     return fig
 
