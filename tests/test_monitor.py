@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -288,7 +290,15 @@ def test_evidently_reports_with_prediction_and_quality(cfg, parts, tmp_path):
     assert verdict["drifted_columns"] == ours["drifted_columns"]
     assert verdict["share_drifted"] == pytest.approx(ours["share_drifted"])
     html = (tmp_path / "drift.html").read_text()
-    assert "prediction" in html
+    assert "Value Drift for column prediction" in html
+    # the report's own headline counts what the monitor page counts: the features only
+    headline = re.search(
+        r'"value": "(\d+)", "label": "Columns"\}, \{"value": "(\d+)", "label": "Drifted Columns"',
+        html,
+    )
+    assert headline, "no drifted-columns counter in Evidently's page"
+    assert (int(headline[1]), int(headline[2])) == (ours["n_columns"], ours["n_drifted"])
+    assert verdict["prediction"]["drifted"] is True  # the score is tested, apart
     y_ref, y_cur = rng.integers(0, 2, len(ref)), rng.integers(0, 2, len(cur))
     monitor.evidently_quality_report(
         pd.DataFrame({"target": y_ref, "prediction": ref_scores}),

@@ -184,6 +184,12 @@ def test_drift_retrains_and_only_a_better_model_is_promoted(env):
     assert act["promoted"] is False and env.champion() == promoted
     assert retrain_m.data["gate"]["passed"] is False
     assert any(r.startswith("FAIL") for r in retrain_m.data["gate"]["reasons"])
+    # both pages say the champion still serves, not that the refused version was deployed
+    retrain_index = (Path(retrain_m.data["run_dir"]) / "index.html").read_text()
+    assert f"No new champion; version {promoted} still serves." in retrain_index
+    assert f"v{promoted} still serves</span>" in retrain_index  # kubernetes target's status
+    monitor_index = (Path(monitor_m.data["run_dir"]) / "index.html").read_text()
+    assert f"no new champion; version {promoted} still serves" in monitor_index
 
 
 @pytest.mark.parametrize("case", ["missing column", "wrong type", "empty"])
@@ -248,7 +254,15 @@ def test_monitor_pages_in_a_browser(env):
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             page.goto((folder / "index.html").as_uri(), wait_until="load")
-            assert "dataset drift" in page.inner_text("#monitor-verdict")
+            verdict = page.inner_text("#monitor-verdict")
+            assert "dataset drift" in verdict
+            drift = json.loads((folder / "drift.json").read_text())
+            counted = f"{drift['n_drifted']} of 19 feature columns"
+            assert counted in verdict
+            # Evidently's page counts the same columns (the score is tested apart)
+            note = page.inner_text("#evidently-count")
+            assert note.startswith(f"Evidently's drift report counts {counted} drifted"), note
+            assert "on the same rows as the verdict above" in note
             assert page.inner_text("#retrain-decision") == "retraining fires"
             assert page.locator("#quality tr").count() > 5
             for href in page.eval_on_selector_all(

@@ -256,6 +256,9 @@ MONITOR = Product(
         "quality",
         "decision",
         "reports",
+        "report_drift",
+        "n_drifted",
+        "n_columns",
         "retrain_data",
     ),
 )

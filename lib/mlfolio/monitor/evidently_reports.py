@@ -36,6 +36,7 @@ def _evidently_snapshot(
     **thresholds: Any,
 ) -> Any:
     from evidently import DataDefinition, Dataset, Report  # ~5 s import: only here
+    from evidently.metrics import ValueDrift
     from evidently.presets import DataDriftPreset
 
     extra = [PREDICTION_COLUMN] if prediction is not None else []
@@ -48,11 +49,14 @@ def _evidently_snapshot(
         ref[PREDICTION_COLUMN] = np.asarray(prediction[0], dtype=float)
         cur[PREDICTION_COLUMN] = np.asarray(prediction[1], dtype=float)
     preset = DataDriftPreset(
-        columns=list(schema.features) + extra,
+        columns=list(schema.features),
         drift_share=drift_share,
         **{k: v for k, v in thresholds.items() if v is not None},
     )
-    report = Report([preset], include_tests=True)
+    # The score apart from the preset: inside it, the report's headline ("N of M columns
+    # drifted") would count it as a feature and disagree with the verdict's share.
+    score = [ValueDrift(column=PREDICTION_COLUMN)] if prediction is not None else []
+    report = Report([preset, *score], include_tests=True)
     return report.run(
         current_data=Dataset.from_pandas(cur, data_definition=definition),
         reference_data=Dataset.from_pandas(ref, data_definition=definition),
@@ -97,18 +101,16 @@ def _parse_snapshot(snapshot: Any, schema: SchemaConfig, drift_share: float) -> 
     if n_drifted is None or share is None:
         raise RuntimeError("Evidently's snapshot has no DriftedColumnsCount metric")
     prediction = columns.pop(PREDICTION_COLUMN, None)
-    if prediction is not None:  # DriftedColumnsCount counted it: recount on features only
-        n_drifted = sum(bool(c.get("drifted")) for c in columns.values())
-        share = n_drifted / len(columns)
     drifted = [c for c in schema.features if columns.get(c, {}).get("drifted")]
     return {
         "columns": columns,
         "drifted_columns": drifted,
         "n_columns": len(columns),
-        "n_drifted": n_drifted,
+        "n_drifted": n_drifted,  # the report's headline, as its page shows it
         "share_drifted": share,
         "drift_share": drift_share,
         "dataset_drift": bool(share >= drift_share),
+        **({"prediction": prediction} if prediction is not None else {}),
     }
 
 
@@ -158,8 +160,8 @@ def evidently_report(
     """Write Evidently's DataDriftPreset report (with tests) to ``html_path``.
 
     ``prediction`` (reference scores, current scores) adds the model's score as a
-    ``prediction`` column: prediction drift next to the feature columns (it does not count
-    toward the feature verdict).
+    ``prediction`` column, tested apart from the preset: its drift is shown, but the
+    report's "drifted columns" count and share are of the features only, as the verdict's.
 
     Frames longer than ``sample_rows`` are replaced by a seeded random sample
     (``DataFrame.sample(n=sample_rows, random_state=seed)``, each frame separately) so the

@@ -220,7 +220,7 @@ def monitor_model(ctx: StageContext) -> dict[str, Any]:
         labelled_rows=len(labelled),
     )
 
-    monitor.evidently_report(
+    shown = monitor.evidently_report(
         reference,
         current,
         schema,
@@ -308,6 +308,18 @@ def monitor_model(ctx: StageContext) -> dict[str, Any]:
         "quality": quality,
         "decision": decision.to_dict(),
         "reports": reports,
+        # What Evidently's drift page counts: the features of its (sampled) rows.
+        "report_drift": {
+            "n_drifted": shown["n_drifted"],
+            "n_columns": shown["n_columns"],
+            "share_drifted": shown["share_drifted"],
+            "reference_rows": shown["reference_rows"],
+            "current_rows": shown["current_rows"],
+            "sampled": (shown["reference_rows"], shown["current_rows"])
+            != (len(reference), len(current)),
+        },
+        "n_drifted": verdict["n_drifted"],
+        "n_columns": verdict["n_columns"],
         "retrain_data": retrain_data,
     }
     ctx.write(products.MONITOR, result)
