@@ -6,6 +6,7 @@ stage), each once per module; then Playwright opens the HTML over file:// URLs.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Iterator
@@ -380,3 +381,95 @@ def test_index_lists_the_deployments(good_run, page):
     rows = page.locator("#deployments tr").all_inner_texts()
     assert any(r.startswith("local") and "deployed" in r and "rows_checked" in r for r in rows)
     assert any(r.startswith("kubernetes") and "deployed" in r for r in rows)
+
+
+# -- why the model decides (index and evaluate page) ----------------------------------------
+def test_index_explains_why_the_model_decides(good_run, page):
+    open_file(page, good_run / "index.html")
+    header = page.eval_on_selector_all(
+        "#top-features tr:first-child th", "els => els.map(e => e.innerText.trim())"
+    )
+    assert header[0] == "#" and header[1].endswith("(candidate)") and len(header) == 2
+    top = page.eval_on_selector_all(
+        "#top-features td.feature-candidate", "els => els.map(e => e.innerText.split(' ')[0])"
+    )
+    assert len(top) == 5 and {"contract", "tenure"} & set(top[:3]), top
+    ev = json.loads((good_run / "evaluate.json").read_text())
+    assert f"candidate {ev['threshold']:.3f}" in page.inner_text("#thresholds")
+    # no champion before this run: the segments are analysed, nothing to flag against
+    assert page.inner_text("#segments-flagged").startswith("No champion to compare with")
+    assert page.get_attribute("#model-card-link", "href") == "model_card.md"
+    card = (good_run / "model_card.md").read_text()
+    assert card.startswith("# Model card: churn-classifier version 1")
+    assert ev["candidate"]["model_uri"] in card and "## Limitations" in card
+
+
+def test_evaluate_page_shows_the_explanations(good_run, page):
+    open_file(page, good_run / "05_evaluate.html")
+    headings = page.eval_on_selector_all("h3", "els => els.map(e => e.innerText.trim())")
+    for heading in (
+        "Why the model decides: feature importance",
+        "Curves and confusion matrices (test rows)",
+        "Why this threshold",
+        "Error analysis by segment",
+        "Model card",
+    ):
+        assert any(h.startswith(heading) for h in headings), (heading, headings)
+    sizes = image_sizes(page)  # importance, curves, threshold curve
+    assert len(sizes) >= 3 and all(w > 300 and h > 200 for w, h in sizes), sizes
+    text = page.inner_text("body")
+    assert "Month-to-month" in text and "permutation importance" in text
+    assert page.locator("a[href='model_card.md']").count() == 1
+    shot = os.environ.get("MLFOLIO_SCREENSHOT_EVALUATE")  # keep it, to look at by hand
+    if shot:
+        page.screenshot(path=shot, full_page=True)
+
+
+@pytest.fixture(scope="module")
+def against_champion(good_run, tmp_path_factory) -> Path:
+    """evaluate again in a copy of the good run, now that its model is champion v1, at a
+    threshold of its own (one stage, not a new pipeline run)."""
+    import shutil
+
+    run_dir = tmp_path_factory.mktemp("against") / good_run.name
+    shutil.copytree(good_run, run_dir)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        mp.setenv("MLFOLIO_USER", "pytest")
+        pipeline.run(
+            good_run.parent.parent / "params.yaml",
+            {"evaluation.threshold": 0.3},
+            stages=["evaluate"],
+            run_dir=run_dir,
+            force=True,
+            reuse=False,
+            echo=lambda s: None,
+        )
+    return run_dir
+
+
+def test_champion_is_shown_at_its_own_threshold_beside_the_candidate(
+    good_run, against_champion, page
+):
+    v1 = json.loads((good_run / "evaluate.json").read_text())["threshold"]
+    ev = json.loads((against_champion / "evaluate.json").read_text())
+    assert ev["threshold"] == 0.3 and ev["champion"]["version"] == "1"
+    assert ev["champion"]["threshold"] == pytest.approx(v1, abs=1e-6)
+    open_file(page, against_champion / "index.html")
+    header = page.eval_on_selector_all(
+        "#top-features tr:first-child th", "els => els.map(e => e.innerText.trim())"
+    )
+    assert header[1].endswith("(candidate)") and header[2] == "champion v1"
+    champion_top = page.eval_on_selector_all(
+        "#top-features td.feature-champion", "els => els.map(e => e.innerText.split(' ')[0])"
+    )
+    assert len(champion_top) == 5
+    thresholds = page.inner_text("#thresholds")
+    assert "candidate 0.300" in thresholds and f"champion v1 {v1:.3f}" in thresholds
+    # the same model on the same rows ranks no segment worse
+    assert "none flagged" in page.inner_text("#segments-flagged")
+    open_file(page, against_champion / "05_evaluate.html")
+    text = page.inner_text("body")
+    assert f"champion v1: {v1:.4f} (tag mlfolio.threshold)" in text
+    assert "champion roc_auc" in text and "candidate worse" not in text
+    assert len(image_sizes(page)) >= 3

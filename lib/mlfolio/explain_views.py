@@ -227,9 +227,12 @@ def segments_markdown(result: dict[str, Any]) -> Any:
     flagged = [f"`{r['column']} = {r['value']}`" for r in seg["rows"] if r.get("flagged")]
     text = (
         f"Columns {', '.join(f'`{c}`' for c in seg['columns'])} ({seg['chosen_by']}); "
-        f"segments of at least {seg['min_rows']} test rows. Flagged where "
-        f"{seg['flag_rule']}: " + (", ".join(flagged) if flagged else "none") + "."
+        f"segments of at least {seg['min_rows']} test rows. "
     )
+    if not any(r.get("champion") for r in seg["rows"]):
+        text += "No champion to compare with: nothing flagged."
+    else:
+        text += f"Flagged where {seg['flag_rule']}: " + (", ".join(flagged) or "none") + "."
     return Markdown(text)
 
 

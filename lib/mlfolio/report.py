@@ -65,6 +65,50 @@ def _metric_rows(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any] | 
     return rows, comparison
 
 
+def _why_model_decides(run_dir: Path, top: int = 5) -> dict[str, Any] | None:
+    """The candidate's top features next to the champion's, the flagged segments and the
+    model card, from evaluate.json (None when it has no explanation)."""
+    from mlfolio import explain, products
+
+    ev = products.EVALUATE.load(run_dir)
+    if ev is None or not ev.explain:
+        return None
+    labels = {"candidate": f"{ev.candidate.name} (candidate)"}
+    if ev.champion:
+        labels["champion"] = f"champion v{ev.champion.version}"
+    models = [name for name in labels if name in ev.explain]
+    ranked = {}
+    for name in models:
+        summary = ev.explain[name]
+        by = "mean_abs" if summary.get("mean_abs") else "permutation"
+        ranked[name] = [
+            {
+                "column": col,
+                "value": summary["mean_abs"][col]
+                if by == "mean_abs"
+                else summary["permutation"][col]["mean"],
+                "by": "mean |SHAP|" if by == "mean_abs" else "permutation",
+            }
+            for col in explain.top_features(summary, top)
+        ]
+    segments = ev.segments or {}
+    return {
+        "models": models,
+        "labels": labels,
+        "notes": {n: ev.explain[n].get("note") for n in models if ev.explain[n].get("note")},
+        "top": [
+            {n: (ranked[n][i] if i < len(ranked[n]) else None) for n in models} for i in range(top)
+        ],
+        "segments": segments,
+        "flagged": [r for r in segments.get("rows", []) if r.get("flagged")],
+        "threshold": ev.threshold,
+        "champion": ev.champion.model_dump(mode="json") if ev.champion else None,
+        "card": products.MODEL_CARD.path
+        if (run_dir / products.MODEL_CARD.path).is_file()
+        else None,
+    }
+
+
 def _champion_diff(run_dir: Path, manifest: dict[str, Any]) -> dict[str, Any] | None:
     """The diff against the champion's run (written beside the index), or where it is."""
     from mlflow.exceptions import MlflowException
@@ -93,6 +137,7 @@ def write_index(run_dir: Path, manifest: dict[str, Any]) -> Path:
         metric_cols=("roc_auc", "pr_auc", "log_loss", "brier", "f1"),
         comparison=comparison,
         champion_diff=champion_diff,
+        why=_why_model_decides(run_dir),
         ui=manifest.get("parameters", {}).get("tracking", {}).get("ui_url", "").rstrip("/"),
         params_yaml=yaml.safe_dump(manifest.get("parameters", {}), sort_keys=False),
     )
