@@ -1,0 +1,115 @@
+"""The model card renderer, on a real model's evaluation of the Telco test rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mlfolio import config, data, evaluate, explain, features, model_card, train
+from mlfolio.stages import explaining
+
+from .conftest import CHURN_PARAMS
+
+
+@pytest.fixture(scope="module")
+def evaluated():
+    """A logreg champion and a noisier candidate scored on the real test rows."""
+    cfg = config.load(CHURN_PARAMS)
+    churn = data.validate(data.load_source(cfg.data), cfg.schema)
+    parts = features.split(churn, cfg.schema, cfg.split, seed=cfg.seed)
+    model = train.fit(cfg.schema, "logreg", {"max_iter": 2000}, parts["train"], 0)
+    test = parts["test"]
+    y = data.target_vector(test, cfg.schema).to_numpy()
+    champion = train.predict_scores(model, test, cfg.schema)
+    noise = np.random.default_rng(0).normal(0, 0.25, len(y))
+    candidate = np.clip(champion + noise, 0, 1)
+    summary, _ = explain.explain_model(model, test, y, cfg.schema, parts["train"], 2, 0)
+    ev = {
+        "candidate": {
+            "name": "logreg",
+            "kind": "logreg",
+            "params": {"max_iter": 2000},
+            "model_uri": "models:/m-0123",
+            "run_id": "run-candidate",
+            "test": evaluate.classification_metrics(y, candidate, 0.4),
+        },
+        "threshold": 0.4,
+        "champion": {
+            "version": "3",
+            "test": evaluate.classification_metrics(y, champion, 0.4),
+            "threshold": 0.4,
+            "threshold_source": "unknown (version 3 has no mlfolio.threshold tag and no "
+            "readable evaluate.json): scored at the candidate's threshold",
+        },
+        "gate": {"passed": False, "reasons": ["FAIL ROC AUC gain over champion v3 ..."]},
+        "intervals": {
+            "metrics": evaluate.bootstrap_intervals(y, candidate, 0.4, 200, 0.95, 0),
+            "confidence": 0.95,
+            "samples": 200,
+        },
+        "explain": {"candidate": summary},
+        "segments": explaining.segments(
+            cfg, test, {"candidate": (candidate, 0.4), "champion": (champion, 0.4)}, summary
+        ),
+    }
+    facts = {
+        "experiment": cfg.experiment,
+        "description": cfg.description,
+        "model_name": cfg.model_name,
+        "target": cfg.schema.target,
+        "positive_label": cfg.schema.positive_label,
+        "threshold_rule": "fixed by evaluation.threshold",
+        "data": {
+            "source": "data/telco_churn.csv",
+            "data_hash": "ab12",
+            "rows": len(churn),
+            "positive_rate": float(data.target_vector(churn, cfg.schema).mean()),
+        },
+        "lineage": {"run_dir": "/runs/r1"},
+    }
+    return ev, facts
+
+
+def test_card_before_register_says_what_is_missing(evaluated):
+    ev, facts = evaluated
+    card = model_card.render(ev, {**facts, "version": None})
+    assert card.startswith("# Model card: churn-classifier candidate (not registered yet)")
+    assert "Not registered yet: the register stage completes this card." in card
+    assert "Gate: **not passed**" in card and "FAIL ROC AUC gain over champion v3" in card
+    assert "| metric (test rows) | candidate | interval | champion v3 |" in card
+    iv = ev["intervals"]["metrics"]["recall"]
+    assert f"| recall | {ev['candidate']['test']['recall']:.4f} | {iv['low']:.4f} … " in card
+    assert "Intervals: 95% percentile bootstrap over 200 resamples" in card
+    assert "F1 on the validation rows" not in card  # a fixed threshold: no max_f1 caveat
+
+
+def test_card_limitations_name_the_flagged_segments_and_an_unknown_threshold(evaluated):
+    ev, facts = evaluated
+    flagged = [r for r in ev["segments"]["rows"] if r["flagged"]]
+    assert flagged, "the noisy candidate should rank worse somewhere"
+    card = model_card.render(ev, {**facts, "version": None})
+    limitations = card.split("## Limitations")[1].split("## Lineage")[0]
+    assert "The candidate ranks worse than the champion in segment(s): " in limitations
+    for r in flagged:
+        assert f"{r['column']} = {r['value']}" in limitations
+        assert f"| {r['column']} = {r['value']} | {r['rows']} |" in card
+    assert "Champion threshold unknown (version 3 has no mlfolio.threshold tag" in limitations
+    assert "**worse**" in card.split("## Segments")[1]
+
+
+def test_card_after_register_names_the_version_and_its_card_uri(evaluated):
+    ev, facts = evaluated
+    version = {
+        "name": "churn-classifier",
+        "version": "4",
+        "uri": "models:/churn-classifier/4",
+        "promoted": False,
+        "champion": "3",
+        "card_uri": "runs:/run-candidate/model_card/model_card.md",
+    }
+    card = model_card.render(ev, {**facts, "version": version})
+    assert card.startswith("# Model card: churn-classifier version 4\n")
+    assert "Registered as **churn-classifier v4**; not promoted (champion: 3)" in card
+    assert "- Registered model: `models:/churn-classifier/4`" in card
+    assert "- This card in MLflow: `runs:/run-candidate/model_card/model_card.md`" in card
+    assert "- Logged model: `models:/m-0123`" in card
