@@ -25,8 +25,10 @@ run: setup  ## the default churn experiment, end to end: pipeline, then the moni
 monitor-demo: setup  ## serve the champion with a prediction log, send drifted traffic, monitor
 	$(BIN)/python tools/monitor_demo.py parameters/churn.yaml
 
-test: setup  ## the whole test suite
-	$(BIN)/python -m pytest
+TEST_WORKERS ?= 2
+
+test: setup  ## the whole test suite, on TEST_WORKERS processes (one module stays on one)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 test-fast: setup  ## unit tests only (no end-to-end runs)
 	$(BIN)/python -m pytest -m "not slow"

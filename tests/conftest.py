@@ -119,3 +119,31 @@ def team_env(monkeypatch, team_services):
     for key, value in team_services.env.items():
         monkeypatch.setenv(key, value)
     return team_services
+
+
+# -- two workers (pytest-xdist, `make test` runs -n 2 --dist loadgroup) ----------------
+# Modules that share the session's team services run on one worker, so the services
+# start once; every other module is a group of its own, so its module-scoped run fixture
+# is computed once. The longest groups are sent first: a worker left with the longest
+# one at the end would idle the other core.
+TEAM_MODULES = {"test_team", "test_kfp", "test_tune_rdb"}
+LONGEST_FIRST = (
+    "team",
+    "test_reuse",
+    "test_stages",
+    "test_pipeline_monitor",
+    "test_reproduce",
+    "test_interrupt",
+    "test_diff",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    def group(item) -> str:
+        module = item.module.__name__.rsplit(".", 1)[-1]
+        return "team" if module in TEAM_MODULES else module
+
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(group(item)))
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(group(item), len(rank)))  # stable within a group
