@@ -256,6 +256,20 @@ def test_screenshot(good_run, page, tmp_path):
         Path(target).write_bytes(shot.read_bytes())
 
 
+def test_index_says_how_to_open_the_mlflow_links(good_run, page):
+    manifest = yaml.safe_load((good_run / "manifest.json").read_text())
+    open_file(page, good_run / "index.html")
+    link = page.locator("#mlflow-run")
+    assert link.inner_text() == manifest["mlflow"]["parent_run_name"]
+    assert link.get_attribute("href").startswith("http://127.0.0.1:5000/#/experiments/")
+    store = manifest["mlflow"]["tracking_uri"]
+    assert store.startswith("sqlite:////")  # absolute: the command works from any folder
+    assert page.inner_text("#mlflow-ui") == (
+        "(the links open the MLflow UI at http://127.0.0.1:5000: start it with "
+        f"mlflow ui --backend-store-uri {store})"
+    )
+
+
 def test_pages_load_nothing_from_the_web(good_run, failed_run, browser, tmp_path):
     """Offline: every request that is not file:// or loopback is aborted and recorded.
     The index, every stage page and a diff page must ask for none and still render."""

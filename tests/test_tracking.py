@@ -118,3 +118,127 @@ def test_log_model_without_a_coercer_or_schema_is_refused(store):
     plain = Pipeline([("m", LogisticRegression())]).fit(pd.DataFrame({"a": [0.0, 1.0]}), [0, 1])
     with pytest.raises(MlfolioError, match="schema"):
         _log(store, plain, pd.DataFrame({"a": [0.0, 1.0]}))
+
+
+# -- the experiment, the parent run and the UI ----------------------------------------------
+def _config(tmp_path, monkeypatch, tracking_uri: str | None, **tracking: str):
+    """The churn parameters with this tracking section, loaded with the project root at
+    ``tmp_path/project`` (where relative paths resolve)."""
+    import yaml
+
+    project = tmp_path / "project"
+    project.mkdir(exist_ok=True)
+    monkeypatch.setenv("MLFOLIO_PROJECT_DIR", str(project))
+    raw = yaml.safe_load(CHURN_PARAMS.read_text())
+    raw["data"]["uri"] = str(CHURN_CSV)
+    raw["tracking"] = {"tracking_uri": tracking_uri, **tracking}
+    return config.from_mapping(raw, "params.yaml", base=project), project
+
+
+def test_relative_sqlite_store_is_the_projects_wherever_a_kernel_runs(tmp_path, monkeypatch):
+    """Kernels run in the run folder: a relative sqlite:///mlflow.db must not open a new,
+    empty store there (parameter file, or MLFLOW_TRACKING_URI)."""
+    cfg, project = _config(tmp_path, monkeypatch, "sqlite:///stores/mlflow.db")
+    want = f"sqlite:///{project / 'stores' / 'mlflow.db'}"
+    assert cfg.tracking.tracking_uri == want  # frozen absolute into parameters.yaml
+    monkeypatch.chdir(tmp_path)
+    assert cfg.tracking_uri() == want
+    cfg, _ = _config(tmp_path, monkeypatch, None)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
+    assert cfg.tracking_uri() == f"sqlite:///{project / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5055")
+    assert cfg.tracking_uri() == "http://127.0.0.1:5055"
+
+
+def test_experiment_opens_as_model_development_in_mlflow_3(tmp_path, monkeypatch):
+    """MLflow 3's UI shows an experiment without mlflow.experimentKind as GenAI."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg, _ = _config(tmp_path, monkeypatch, uri, experiment_name="new")
+    try:
+        exp_id = tracking.configure(cfg)
+        client = MlflowClient(uri)
+        assert client.get_experiment(exp_id).tags["mlflow.experimentKind"] == (
+            "custom_model_development"
+        )
+        # an experiment an older mlfolio created, without the tag, gets it
+        old = client.create_experiment("old", artifact_location=(tmp_path / "a").as_uri())
+        cfg, _ = _config(tmp_path, monkeypatch, uri, experiment_name="old")
+        assert tracking.configure(cfg) == old
+        assert client.get_experiment(old).tags["mlflow.experimentKind"] == (
+            "custom_model_development"
+        )
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+def test_ui_hint_serves_the_runs_store_where_the_links_point():
+    db = "sqlite:////srv/churn/mlflow.db"
+    assert tracking.ui_hint(db, "http://127.0.0.1:5000") == {
+        "command": "mlflow ui --backend-store-uri sqlite:////srv/churn/mlflow.db"
+    }
+    assert tracking.ui_hint(db, "http://localhost:5055/") == {
+        "command": "mlflow ui --backend-store-uri sqlite:////srv/churn/mlflow.db --port 5055"
+    }
+    pg = "postgresql://mlflow@db:5432/mlflow"
+    assert tracking.ui_hint(pg, "http://10.0.0.5:8080")["command"] == (
+        f"mlflow ui --backend-store-uri {pg} --host 10.0.0.5 --port 8080"
+    )
+    spaced = "sqlite:////tmp/my runs/mlflow.db"
+    assert tracking.ui_hint(spaced, "http://127.0.0.1:5000")["command"].endswith(f"'{spaced}'")
+    server = "http://mlflow.internal:5000"
+    assert tracking.ui_hint(server, server + "/") == {"server": server, "note": ""}
+    assert tracking.ui_hint(server, "http://127.0.0.1:5000")["note"] == (
+        f"tracking.ui_url is http://127.0.0.1:5000: set it to {server}"
+    )
+
+
+def test_parent_run_headline_from_the_manifest():
+    from datetime import UTC, datetime
+    from pathlib import Path
+
+    name = tracking.parent_run_name(
+        "churn",
+        Path("runs/20261201T100215Z-churn-03a34d"),
+        datetime(2026, 12, 1, 10, 2, 15, tzinfo=UTC),
+        "pipeline",
+    )
+    assert name == "churn 2026-12-01 10:02 pipeline 03a34d"
+    manifest = {
+        "candidate": {"name": "xgboost-tuned", "test": {"roc_auc": 0.84, "pr_auc": 0.66}},
+        "gate": {"passed": True, "reasons": []},
+        "model": {"version": "3", "promoted": True},
+        "data": {"rows": 4000},
+        "data_hash": "73d3df2341900e8df7fe54055eef4c1b",
+        "parameters": {
+            "tuning": {"enabled": True, "model": "xgboost", "n_trials": 30},
+            "training": {"models": ["logreg", "xgboost"]},
+        },
+    }
+    metrics, params, tags = tracking.headline(manifest, "xgboost")
+    assert metrics == {
+        "test_roc_auc": 0.84,
+        "test_pr_auc": 0.66,
+        "gate_passed": 1.0,
+        "promoted_version": 3.0,
+    }
+    assert params == {
+        "candidate": "xgboost-tuned",
+        "model_kind": "xgboost",
+        "tuned_model": "xgboost",
+        "n_trials": "30",
+        "baseline_models": "logreg,xgboost",
+        "data_rows": "4000",
+        "data_hash": "73d3df234190",
+    }
+    assert tags == {
+        "mlfolio.model_version": "3",
+        "mlfolio.promoted_version": "3",
+        "mlfolio.data_hash": "73d3df2341900e8df7fe54055eef4c1b",
+    }
+    refused = {**manifest, "gate": {"passed": False}, "model": {"version": "4", "promoted": False}}
+    metrics, _, tags = tracking.headline(refused)
+    assert metrics["gate_passed"] == 0.0 and "promoted_version" not in metrics
+    assert tags["mlfolio.model_version"] == "4" and "mlfolio.promoted_version" not in tags
+    assert tracking.headline({}) == ({}, {}, {})  # a run that failed in ingest

@@ -249,7 +249,9 @@ class RegistryConfig(_Section):
 
 class TrackingConfig(_Section):
     tracking_uri: str | None = Field(
-        None, description="None = $MLFLOW_TRACKING_URI, else sqlite:///<project>/mlflow.db"
+        None,
+        description="None = $MLFLOW_TRACKING_URI, else sqlite:///<project>/mlflow.db; a "
+        "relative sqlite:///path is the project's",
     )
     artifact_location: str | None = Field(None, description="None = <project>/mlartifacts")
     experiment_name: str | None = Field(None, description="None = the experiment key")
@@ -462,12 +464,12 @@ class Config(_Section):
         return self.tracking.experiment_name or self.experiment
 
     def tracking_uri(self) -> str:
-        """The MLflow tracking URI this run uses."""
-        return (
-            self.tracking.tracking_uri
-            or os.environ.get("MLFLOW_TRACKING_URI")
-            or f"sqlite:///{project_dir() / 'mlflow.db'}"
-        )
+        """The MLflow tracking URI this run uses; a relative SQLite path is the project's
+        (kernels run in the run folder: a relative one would open a new store there)."""
+        uri = self.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        if not uri:
+            return f"sqlite:///{project_dir() / 'mlflow.db'}"
+        return _resolve_path(uri, project_dir()) if uri.startswith("sqlite:///") else uri
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data, as in a parameter file (round-trips through :func:`from_mapping`)."""
@@ -533,6 +535,10 @@ def from_mapping(raw: Any, source: str = "<parameters>", base: Path | None = Non
             raise ConfigError(f"{source}: monitoring.{key}: file not found: {updates[key]}")
     if updates:
         cfg = cfg.model_copy(update={"monitoring": mon.model_copy(update=updates)})
+    uri = cfg.tracking.tracking_uri
+    if uri and uri.startswith("sqlite:///"):  # resolved once: parameters.yaml freezes it
+        tracking = cfg.tracking.model_copy(update={"tracking_uri": _resolve_path(uri, base)})
+        cfg = cfg.model_copy(update={"tracking": tracking})
     return cfg.model_copy(update={"data": data})
 
 

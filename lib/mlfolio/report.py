@@ -123,12 +123,21 @@ def _champion_diff(run_dir: Path, manifest: dict[str, Any]) -> dict[str, Any] | 
         return None
 
 
+def _mlflow_ui(manifest: dict[str, Any], ui: str) -> dict[str, str]:
+    """How to open the MLflow links: the command serving the run's store at ``ui``."""
+    from mlfolio import tracking
+
+    uri = (manifest.get("mlflow") or {}).get("tracking_uri")
+    return tracking.ui_hint(uri, ui) if uri and ui else {}
+
+
 def write_index(run_dir: Path, manifest: dict[str, Any]) -> Path:
     """The page a reviewer opens first: verdict, metrics, stages, data, parameters."""
     import jinja2
 
     rows, comparison = _metric_rows(run_dir)
     champion_diff = _champion_diff(run_dir, manifest)
+    ui = manifest.get("parameters", {}).get("tracking", {}).get("ui_url", "").rstrip("/")
     env = jinja2.Environment(autoescape=True, undefined=jinja2.ChainableUndefined)
     page = env.from_string((TEMPLATES / "index.html.j2").read_text()).render(
         m=manifest,
@@ -138,7 +147,8 @@ def write_index(run_dir: Path, manifest: dict[str, Any]) -> Path:
         comparison=comparison,
         champion_diff=champion_diff,
         why=_why_model_decides(run_dir),
-        ui=manifest.get("parameters", {}).get("tracking", {}).get("ui_url", "").rstrip("/"),
+        ui=ui,
+        mlflow_ui=_mlflow_ui(manifest, ui),
         params_yaml=yaml.safe_dump(manifest.get("parameters", {}), sort_keys=False),
     )
     target = run_dir / "index.html"

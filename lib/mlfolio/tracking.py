@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shlex
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import mlflow
 import pandas as pd
@@ -26,33 +29,118 @@ log = logging.getLogger(__name__)
 MODEL_REQUIREMENTS = ["mlflow", "scikit-learn", "xgboost", "pandas", "numpy", "cloudpickle"]
 
 
+# MLflow 3's UI opens an experiment without this tag in its GenAI view (traces, prompts).
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def configure(cfg: Config) -> str:
-    """Point MLflow at the run's tracking store; return the experiment id (created if new)."""
+    """Point MLflow at the run's tracking store; return the experiment id (created if new,
+    tagged as model development; an existing one missing the tag gets it)."""
     uri = cfg.tracking_uri()
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     client = MlflowClient()
     exp = client.get_experiment_by_name(cfg.experiment_name)
     if exp is not None:
+        for key, value in EXPERIMENT_KIND.items():
+            if exp.tags.get(key) is None:
+                client.set_experiment_tag(exp.experiment_id, key, value)
         mlflow.set_experiment(experiment_id=exp.experiment_id)
         return exp.experiment_id
     location = cfg.tracking.artifact_location
     if location is None and not uri.startswith(("http://", "https://", "databricks")):
         location = (project_dir() / "mlartifacts").as_uri()
-    exp_id = client.create_experiment(cfg.experiment_name, artifact_location=location)
+    try:
+        exp_id = client.create_experiment(
+            cfg.experiment_name, artifact_location=location, tags=EXPERIMENT_KIND
+        )
+    except mlflow.exceptions.MlflowException:  # another process created it meanwhile
+        exp = client.get_experiment_by_name(cfg.experiment_name)
+        if exp is None:
+            raise
+        exp_id = exp.experiment_id
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
 
 
-def start_parent_run(cfg: Config, run_dir: Path, tags: dict[str, str] | None = None) -> str:
+def parent_run_name(experiment: str, run_dir: Path, created: datetime, label: str) -> str:
+    """A name to read in MLflow's run list: ``churn 2026-12-01 10:02 pipeline 03a34d``
+    (UTC; the run folder's short id keeps two runs of one minute apart)."""
+    short = run_dir.name.rsplit("-", 1)[-1]
+    return f"{experiment} {created.astimezone(UTC):%Y-%m-%d %H:%M} {label} {short}"
+
+
+def start_parent_run(
+    cfg: Config, run_dir: Path, tags: dict[str, str] | None = None, run_name: str | None = None
+) -> str:
     """Create the pipeline's parent run (left open in the store); return its id."""
     exp_id = configure(cfg)
     run = MlflowClient().create_run(
         exp_id,
-        run_name=run_dir.name,
+        run_name=run_name or run_dir.name,
         tags={"mlfolio.run_dir": str(run_dir), "mlfolio.kind": "pipeline", **(tags or {})},
     )
     return run.info.run_id
+
+
+def headline(
+    manifest: dict[str, Any], model_kind: str | None = None
+) -> tuple[dict[str, float], dict[str, str], dict[str, str]]:
+    """(metrics, params, tags) that let pipeline runs compare at the top level: the
+    candidate's test ROC AUC and PR AUC, the gate (1/0), the version promoted; the
+    candidate and its model kind, trials, data rows and hash. Only what the run got to."""
+    metrics: dict[str, float] = {}
+    params: dict[str, str] = {}
+    tags: dict[str, str] = {}
+    candidate = manifest.get("candidate") or {}
+    for key in ("roc_auc", "pr_auc"):
+        if (value := (candidate.get("test") or {}).get(key)) is not None:
+            metrics[f"test_{key}"] = float(value)
+    if (gate := manifest.get("gate")) is not None:
+        metrics["gate_passed"] = float(bool(gate.get("passed")))
+    model = manifest.get("model") or {}
+    if model.get("version"):
+        tags["mlfolio.model_version"] = str(model["version"])
+        if model.get("promoted"):
+            metrics["promoted_version"] = float(model["version"])
+            tags["mlfolio.promoted_version"] = str(model["version"])
+    if candidate.get("name"):
+        params["candidate"] = str(candidate["name"])
+    if model_kind:
+        params["model_kind"] = model_kind
+    parameters = manifest.get("parameters") or {}
+    tuning = parameters.get("tuning") or {}
+    if tuning:
+        params["tuned_model"] = str(tuning.get("model")) if tuning.get("enabled") else "none"
+        params["n_trials"] = str(tuning.get("n_trials") if tuning.get("enabled") else 0)
+    if models := (parameters.get("training") or {}).get("models"):
+        params["baseline_models"] = ",".join(models)
+    if (data := manifest.get("data") or {}).get("rows") is not None:
+        params["data_rows"] = str(data["rows"])
+    if manifest.get("data_hash"):
+        tags["mlfolio.data_hash"] = str(manifest["data_hash"])
+        params["data_hash"] = str(manifest["data_hash"])[:12]
+    return metrics, params, tags
+
+
+def log_headline(run_id: str, manifest: dict[str, Any], model_kind: str | None = None) -> None:
+    """Put :func:`headline` on the pipeline's parent run. A parameter MLflow already holds
+    with another value (a stage re-run with ``--force``) stays, with a warning: MLflow
+    parameters cannot change."""
+    metrics, params, tags = headline(manifest, model_kind)
+    client = MlflowClient()
+    held = client.get_run(run_id).data.params
+    for key, value in params.items():
+        if key not in held:
+            client.log_param(run_id, key, value)
+        elif held[key] != value:
+            log.warning(
+                "parent run %s keeps parameter %s=%s (now %s)", run_id, key, held[key], value
+            )
+    for key, value in metrics.items():
+        client.log_metric(run_id, key, value)
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
 
 
 def end_run(run_id: str, status: str) -> None:
@@ -187,6 +275,26 @@ def load_model(model_uri: str) -> Any:
 def run_url(cfg: Config, experiment_id: str, run_id: str) -> str:
     """Link to a run in the MLflow UI."""
     return f"{cfg.tracking.ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def ui_hint(tracking_uri: str, ui_url: str) -> dict[str, str]:
+    """How a reader opens the run links (``ui_url``): for a database store, the ``mlflow
+    ui`` command serving it there (host and port from ``ui_url``); for a tracking server,
+    the server itself (with a note when ``ui_url`` points elsewhere)."""
+    if tracking_uri.startswith(("http://", "https://")):
+        same = ui_url.rstrip("/") == tracking_uri.rstrip("/")
+        note = "" if same else f"tracking.ui_url is {ui_url}: set it to {tracking_uri}"
+        return {"server": tracking_uri, "note": note}
+    if tracking_uri.startswith("databricks"):
+        return {"server": tracking_uri, "note": "open the run in the Databricks workspace"}
+    url = urlsplit(ui_url)
+    command = ["mlflow", "ui", "--backend-store-uri", tracking_uri]
+    if url.hostname not in (None, "127.0.0.1", "localhost"):  # mlflow ui binds 127.0.0.1
+        command += ["--host", url.hostname]
+    port = url.port or (443 if url.scheme == "https" else 80)
+    if port != 5000:  # mlflow ui's default
+        command += ["--port", str(port)]
+    return {"command": shlex.join(command)}
 
 
 def log_artifacts(run_id: str, paths: list[Path], artifact_path: str) -> None:

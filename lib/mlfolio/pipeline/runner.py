@@ -57,7 +57,12 @@ def _parent_run(cfg: Config, run_dir: Path, manifest: Manifest) -> tuple[str, st
                     "mlfolio.trigger_run_dir": str(trigger.get("monitor_run_dir", "")),
                 }
             )
-        mlf["parent_run_id"] = tracking.start_parent_run(cfg, run_dir, tags)
+        kind = manifest.data.get("kind", "training")
+        label = "monitor" if kind == "monitor" else "retraining" if trigger else "pipeline"
+        created = datetime.fromisoformat(manifest.data["created"])
+        name = tracking.parent_run_name(cfg.experiment, run_dir, created, label)
+        mlf["parent_run_id"] = tracking.start_parent_run(cfg, run_dir, tags, name)
+        mlf["parent_run_name"] = name
     mlf.update(
         {
             "tracking_uri": cfg.tracking_uri(),
@@ -278,6 +283,8 @@ def _run(
         manifest.data.update({"status": "succeeded", "failed_stage": None, "failed_cell": None})
     manifest.save()
     report.write_index(folder, manifest.data)
+    if kind == "training":
+        _log_headline(parent_run_id, manifest, folder)
     # The data a model was trained on travels with its run: a monitor on another machine
     # (shared tracking server, S3 artifacts) finds its reference rows there.
     tracking.log_artifacts(parent_run_id, [folder / name for name in REFERENCE_DATA], "data")
@@ -298,6 +305,26 @@ def _run(
     if outcome is not None:
         raise outcome
     return manifest
+
+
+def _log_headline(parent_run_id: str, manifest: Manifest, folder: Path) -> None:
+    """The candidate's scores, the gate, the promoted version and the key parameters on
+    the parent run, so MLflow compares pipeline runs at the top level."""
+    from mlflow.exceptions import MlflowException
+
+    from mlfolio import products, tracking
+
+    kinds = {
+        name: model.kind
+        for product in (products.TRAIN, products.TUNE)
+        if (doc := product.load(folder)) is not None
+        for name, model in doc.models.items()
+    }
+    candidate = (manifest.data.get("candidate") or {}).get("name")
+    try:
+        tracking.log_headline(parent_run_id, manifest.data, kinds.get(candidate))
+    except MlflowException as exc:  # the run folder's record is complete without it
+        log.warning("headline metrics not logged on run %s: %s", parent_run_id, exc)
 
 
 def _champion(cfg: Config) -> str | None:
