@@ -74,6 +74,18 @@ def test_default_run_end_to_end_then_identical_rerun_is_not_promoted(
     assert len(trials) == 4 and all("optuna.trial" in t.data.tags for t in trials)
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "run")}
     assert "run/01_ingest.ipynb" in logged and "run/06_register.html" in logged
+    # runs compare at the top level: a readable name, the headline metrics and parameters
+    created = f"{m['created'][:10]} {m['created'][11:16]}"
+    assert parent.info.run_name == f"churn {created} pipeline {run_dir.name[-6:]}"
+    top, given = parent.data.metrics, parent.data.params
+    assert top["test_roc_auc"] == pytest.approx(m["candidate"]["test"]["roc_auc"])
+    assert top["test_pr_auc"] == pytest.approx(m["candidate"]["test"]["pr_auc"])
+    assert top["gate_passed"] == 1.0 and top["promoted_version"] == 1.0
+    assert given["candidate"] == m["candidate"]["name"]
+    assert given["model_kind"] in ("logreg", "xgboost") and given["n_trials"] == "4"
+    assert given["data_rows"] == "4000" and parent.data.tags["mlfolio.data_hash"] == m["data_hash"]
+    assert client.get_experiment(exp).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert {r.info.run_name for r in children} == set(pipeline.STAGE_NAMES)
 
     # registry: tags link back to the run folder and the data; alias history kept
     name = "churn-classifier"
@@ -105,6 +117,8 @@ def test_default_run_end_to_end_then_identical_rerun_is_not_promoted(
     ev = json.loads((Path(second.data["run_dir"]) / "evaluate.json").read_text())
     assert ev["champion"]["version"] == "1"
     assert ev["comparison"]["difference"] == 0.0
+    again = client.get_run(second.data["mlflow"]["parent_run_id"]).data.metrics
+    assert again["gate_passed"] == 0.0 and "promoted_version" not in again
 
     # a stage replays with plain papermill from the run's own parameter file
     out = runs_root / "replayed.ipynb"
