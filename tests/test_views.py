@@ -121,6 +121,8 @@ def test_trials_table_ranks_complete_trials_only():
 
 
 def test_pruned_trials_are_counted_and_shown_apart():
+    import optuna
+
     study = tuned_study()
     summary = views.trials_summary(study).data
     assert summary.startswith("**6 trials**: 3 complete (ranked above), 2 pruned (stopped")
@@ -136,9 +138,11 @@ def test_pruned_trials_are_counted_and_shown_apart():
     labels = fig.axes[0].get_legend_handles_labels()[1]
     assert "pruned (partial score)" in labels
     matplotlib.pyplot.close(fig)
-    optuna = pytest.importorskip("optuna")
-    only_complete = optuna.create_study(direction="maximize")
-    assert views.pruned_table(only_complete) == "No trials."
+    empty = optuna.create_study(direction="maximize")
+    assert views.pruned_table(empty).data == "No trials."
+    complete = optuna.create_study(direction="maximize")
+    complete.add_trial(study.trials[0])
+    assert views.pruned_table(complete).data == "No trial was pruned or failed."
     assert views.trials_summary(None).data.startswith("`tuning.enabled` is false")
 
 

@@ -202,13 +202,16 @@ def trials_summary(study: optuna.Study | None) -> Any:
     return Markdown(text + f", {failed} failed.")
 
 
-def pruned_table(study: optuna.Study | None) -> pd.DataFrame | str:
-    """Pruned and failed trials apart: the folds each got through and its partial score."""
+def pruned_table(study: optuna.Study | None) -> Any:
+    """Pruned and failed trials apart: the folds each got through and its partial score
+    (a DataFrame; Markdown saying so when there are none)."""
+    from IPython.display import Markdown
+
     if study is None or not study.trials:
-        return "No trials."
+        return Markdown("No trials.")
     stopped = [t for t in study.trials if t.state.name in ("PRUNED", "FAIL")]
     if not stopped:
-        return "No trial was pruned or failed."
+        return Markdown("No trial was pruned or failed.")
     df = _trials_frame(study).set_index("number").loc[[t.number for t in stopped]]
     df.insert(1, "folds run", [len(t.intermediate_values) for t in stopped])
     return df.rename(columns={"value": "partial value"}).reset_index()
