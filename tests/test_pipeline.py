@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,11 @@ from .conftest import ROOT, tracking_section
 
 pytestmark = pytest.mark.slow
 QUIET = {"echo": lambda line: None}
+
+
+def _pruned(tune_doc: dict) -> str:
+    n = tune_doc["trial_states"].get("PRUNED", 0)
+    return f" ({n} pruned)" if n else ""
 
 
 def _client(tracking_dir: Path) -> MlflowClient:
@@ -41,10 +47,30 @@ def use_store(tracking_dir, monkeypatch):
 def test_default_run_end_to_end_then_identical_rerun_is_not_promoted(
     write_params, runs_root, tracking_dir, use_store
 ):
-    params = write_params()
-    first = pipeline.run(params, runs_root=runs_root, **QUIET)
+    params_file = write_params()
+    lines: list[str] = []
+    shown: list[str] = []
+    first = pipeline.run(params_file, runs_root=runs_root, echo=lines.append, progress=shown.append)
     run_dir = Path(first.data["run_dir"])
     m = json.loads((run_dir / "manifest.json").read_text())
+
+    # the terminal: tuning progress while it ran, its totals on its line, then the verdict
+    assert shown and all(
+        re.fullmatch(r"\[4/7\] tune       [1-4]/4 trials.*", line) for line in shown
+    ), shown
+    tuned = next(line for line in lines if line.startswith("[4/7] tune       ok in"))
+    best = json.loads((run_dir / "tune.json").read_text())
+    assert tuned.endswith(
+        f"4/4 trials{_pruned(best)}, best CV ROC AUC {best['best_cv_roc_auc']:.4f} "
+        f"(trial {best['best_trial']})"
+    ), tuned
+    assert lines[-5:-1] == [
+        "gate:       passed: no champion yet: nothing to beat",
+        "model:      churn-classifier version 1 (registered), holds @champion, @challenger",
+        "champion:   version 1 (the first)",
+        "deployed:   version 1 (@champion) to local, kubernetes",
+    ]
+    assert lines[-1] == f"run folder: {run_dir}\nreport:     {run_dir / 'index.html'}"
 
     # the audit folder: notebooks, HTML, products, manifest, index
     for stage in pipeline.STAGES:
@@ -100,7 +126,16 @@ def test_default_run_end_to_end_then_identical_rerun_is_not_promoted(
 
     # same parameters and data again, every stage executed: identical metrics, no
     # promotion without a gain, and no second version of the identical model
-    second = pipeline.run(params, runs_root=runs_root, reuse=False, **QUIET)
+    lines.clear()
+    second = pipeline.run(params_file, runs_root=runs_root, reuse=False, echo=lines.append)
+    assert lines[-5:-1] == [
+        "gate:       NOT passed: ROC AUC gain over champion v1 +0.0000 (95% CI +0.0000 .. "
+        "+0.0000) has its lower bound above +0.0",
+        "model:      churn-classifier version 1 (identical to version 1, nothing new "
+        "registered), holds @champion, @challenger; not promoted: gate failed",
+        "champion:   version 1 (unchanged)",
+        "deployed:   version 1 (@champion) to local, kubernetes",
+    ]
     assert second.data["candidate"] == m["candidate"]
     assert second.data["data_hash"] == m["data_hash"]
     assert second.data["gate"]["passed"] is False

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from mlfolio import cli, pipeline
 from mlfolio.errors import ConfigError
+from mlfolio.pipeline import terminal
 
 from .conftest import CHURN_CSV, CHURN_PARAMS, SMALL, deep_update, tracking_section
 
@@ -66,14 +68,18 @@ class Env:
         return str(self.client().get_model_version_by_alias("churn-classifier", "champion").version)
 
     def monitor(
-        self, current: Path, dry_run: bool = False, **overrides: Any
+        self,
+        current: Path,
+        dry_run: bool = False,
+        echo: Callable[[str], None] = QUIET["echo"],
+        **overrides: Any,
     ) -> tuple[pipeline.Manifest, pipeline.Manifest | None]:
         return pipeline.monitor(
             self.params,
             {"monitoring.current": str(current), **overrides},
             dry_run=dry_run,
             runs_root=self.runs,
-            **QUIET,
+            echo=echo,
         )
 
     def run_folders(self) -> set[Path]:
@@ -102,8 +108,28 @@ def env(tmp_path_factory) -> Env:
 
 def test_iid_current_data_is_not_flagged_and_nothing_retrains(env):
     before = env.run_folders()
-    manifest, retrained = env.monitor(env.iid)
+    lines: list[str] = []
+    manifest, retrained = env.monitor(env.iid, echo=lines.append)
     folder = Path(manifest.data["run_dir"])
+    # the terminal: the drift verdict, then the decision
+    drift = json.loads((folder / "drift.json").read_text())
+    verdict = lines.index("monitor: no retraining")
+    q = drift["quality"]
+    assert lines[verdict - 4 : verdict] == [
+        f"drift:      0/{drift['n_columns']} columns drifted (0%)",
+        "dataset:    no drift (threshold: 50% of columns)",
+        f"prediction: no drift ({drift['prediction_drift']['method']} "
+        f"{drift['prediction_drift']['score']:.4g}, mean score "
+        f"{drift['prediction_drift']['reference_mean']:.3f} -> "
+        f"{drift['prediction_drift']['current_mean']:.3f})",
+        f"quality:    on 1600 labelled rows: ROC AUC {q['reference']['roc_auc']:.3f} -> "
+        f"{q['current']['roc_auc']:.3f} ({q['delta']['roc_auc']:+.3f}), PR AUC "
+        f"{q['reference']['pr_auc']:.3f} -> {q['current']['pr_auc']:.3f} "
+        f"({q['delta']['pr_auc']:+.3f}), F1 {q['reference']['f1']:.3f} -> "
+        f"{q['current']['f1']:.3f} ({q['delta']['f1']:+.3f}), recall "
+        f"{q['reference']['recall']:.3f} -> {q['current']['recall']:.3f} "
+        f"({q['delta']['recall']:+.3f})",
+    ]
     assert retrained is None and env.run_folders() - before == {folder}
     assert folder.name.split("-")[-2] == "monitor"
     drift = json.loads((folder / "drift.json").read_text())
@@ -154,12 +180,22 @@ def test_dry_run_decides_but_does_not_retrain(env):
 def test_drift_retrains_and_only_a_better_model_is_promoted(env):
     # 1. Drift fires retraining; a logistic regression beats the 3-stump champion.
     old = env.champion()
-    monitor_m, retrain_m = env.monitor(env.drifted, **STRONG)
+    lines: list[str] = []
+    monitor_m, retrain_m = env.monitor(env.drifted, echo=lines.append, **STRONG)
     mon_dir, re_dir = Path(monitor_m.data["run_dir"]), Path(retrain_m.data["run_dir"])
     act = monitor_m.data["actions"]["retrain"]
     assert act["run"] and act["status"] == "succeeded" and act["run_dir"] == str(re_dir)
     assert act["gate_passed"] is True and act["promoted"] is True
     assert env.champion() == act["version"] != old
+    drifted = ", ".join(monitor_m.data["monitor"]["drifted_columns"])
+    fires = lines.index("monitor: retraining fires")
+    assert re.fullmatch(
+        r"drift:      \d+/\d+ columns drifted \(\d+%\): " + re.escape(drifted), lines[fires - 4]
+    ), lines[fires - 4]
+    dataset = "DRIFT" if monitor_m.data["monitor"]["dataset_drift"] else "no drift"
+    assert lines[fires - 3] == f"dataset:    {dataset} (threshold: 50% of columns)"
+    # the retraining run's own verdict: the new champion replaced the old one
+    assert f"champion:   version {act['version']} (was version {old})" in lines
     # the retraining run knows why it ran, and the two index pages link to each other
     trigger = retrain_m.data["trigger"]
     assert trigger["monitor_run_dir"] == str(mon_dir) and trigger["champion_version"] == old
@@ -336,6 +372,7 @@ def test_the_loop_through_a_served_prediction_log(env, tmp_path):
             labels = tmp_path / "outcomes.csv"
             traffic[["customerid", "churn"]].to_csv(labels, index=False)
 
+            lines: list[str] = []
             manifest, retrained = pipeline.monitor(
                 env.params,
                 {
@@ -345,7 +382,7 @@ def test_the_loop_through_a_served_prediction_log(env, tmp_path):
                 },
                 dry_run=True,
                 runs_root=env.runs,
-                **QUIET,
+                echo=lines.append,
             )
             folder = Path(manifest.data["run_dir"])
             drift = json.loads((folder / "drift.json").read_text())
@@ -360,6 +397,10 @@ def test_the_loop_through_a_served_prediction_log(env, tmp_path):
             assert ab["design"] == "ab" and ab["window"]["labelled_rows"] == len(traffic)
             assert {v["variant"] for v in ab["variants"]} == {"champion", "challenger"}
             assert ab["recommendation"]["action"] in ("promote", "keep", "roll back")
+            # the terminal: drift verdict, the decision, then the A/B recommendation
+            fires = lines.index("monitor: retraining fires")
+            assert fires < lines.index(terminal.ab_line(ab))
+            assert lines[fires - 4].startswith("drift:      ")
             # the server now exposes the verdict for alerting
             assert (
                 json.loads((log_dir / "drift.json").read_text())["share_drifted"]

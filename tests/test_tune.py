@@ -3,6 +3,7 @@ parallel workers, reproducibility, the cached-matrix xgboost path, tables and pl
 
 from __future__ import annotations
 
+import json
 import pickle
 import threading
 from pathlib import Path
@@ -165,14 +166,30 @@ def test_folds_pickle_without_their_xgboost_matrices(folds):
 # -- storage, resume, failures ------------------------------------------------------------
 def test_journal_study_resumes_with_its_finished_trials(churn, tmp_path):
     schema, train_df = churn
-    first = tune.run_study(tuning(n_trials=3), train_df, schema, SEED, tmp_path, "resume")
+    progress = tmp_path / "logs" / "tune_progress.json"
+    first = tune.run_study(
+        tuning(n_trials=3), train_df, schema, SEED, tmp_path, "resume", progress_path=progress
+    )
     assert (tmp_path / "tune" / "study.journal").is_file()
     kept = [(t.number, t.params, t.value) for t in finished(first)]
     assert len(kept) == 3
+    # each finished trial updates what the runner shows: done / total, best so far
+    best = first.best_trial
+    assert json.loads(progress.read_text()) == {
+        "done": 3,
+        "total": 3,
+        "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in first.trials),
+        "failed": 0,
+        "best": best.value,
+        "best_trial": best.number,
+    }
 
-    again = tune.run_study(tuning(n_trials=5), train_df, schema, SEED, tmp_path, "resume")
+    again = tune.run_study(
+        tuning(n_trials=5), train_df, schema, SEED, tmp_path, "resume", progress_path=progress
+    )
     done = finished(again)
     assert len(done) == 5
+    assert json.loads(progress.read_text())["done"] == 5  # counts the resumed study's trials
     assert [(t.number, t.params, t.value) for t in done[:3]] == kept
     # A resumed study samples new points, not the first trials again (same seed twice).
     params = [t.params for t in done]
@@ -204,8 +221,13 @@ def test_trial_left_running_is_marked_failed_on_reopen(churn, tmp_path):
 def test_two_worker_processes_finish_exactly_n_trials(churn, tmp_path):
     schema, train_df = churn
     cfg = tuning(n_trials=7, n_workers=2)
-    study = tune.run_study(cfg, train_df, schema, SEED, tmp_path, "parallel")
+    progress = tmp_path / "progress.json"
+    study = tune.run_study(
+        cfg, train_df, schema, SEED, tmp_path, "parallel", progress_path=progress
+    )
     assert len(study.trials) == 7
+    # both workers report as they go; the study's final count is written last
+    assert json.loads(progress.read_text())["done"] == 7
     assert len(finished(study)) == 7
     assert sorted(t.number for t in study.trials) == list(range(7))
     # Resuming a finished parallel study runs nothing.

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import signal
 import sys
+import threading
+from typing import Any
 
 from mlfolio.errors import ConfigError, MlfolioError
 
@@ -462,8 +465,43 @@ def _tune_worker(args: argparse.Namespace) -> None:
     _echo(f"tune-worker {args.worker}: ran {ran} trial(s) of study {name}")
 
 
+class _Terminal:
+    """stderr: lasting lines, and one transient progress line rewritten in place below
+    them when stderr is a terminal (left out in a file or pipe, where the stage's final
+    line carries the totals). Progress comes from the runner's watcher thread."""
+
+    def __init__(self, stream: Any = None):
+        self._stream = stream
+        self.pending = False
+        self.lock = threading.Lock()
+
+    @property
+    def stream(self) -> Any:
+        return self._stream or sys.stderr  # looked up late: tests replace sys.stderr
+
+    @property
+    def tty(self) -> bool:
+        return self.stream.isatty()
+
+    def echo(self, line: str) -> None:
+        with self.lock:
+            if self.pending:
+                self.stream.write("\r\x1b[K")  # clear the progress line
+                self.pending = False
+            print(line, file=self.stream, flush=True)
+
+    def progress(self, line: str) -> None:
+        if not self.tty:
+            return
+        width = shutil.get_terminal_size().columns - 1  # a wrapped line cannot be redrawn
+        with self.lock:
+            self.stream.write("\r\x1b[K" + line[:width])
+            self.stream.flush()
+            self.pending = True
+
+
 def _echo(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+    _TERMINAL.echo(line)
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -514,6 +552,7 @@ def _monitor(args: argparse.Namespace) -> None:
         dry_run=args.dry_run,
         runs_root=Path(args.runs_root).resolve() if args.runs_root else None,
         echo=_echo,
+        progress=_TERMINAL.progress,
     )
 
 
@@ -539,6 +578,7 @@ def _run(args: argparse.Namespace) -> None:
         echo=_echo,
         force=args.force,
         reuse=args.reuse,
+        progress=_TERMINAL.progress,
     )
 
 
@@ -560,6 +600,8 @@ def _run_kfp(args: argparse.Namespace) -> None:
     runs_root = Path(args.runs_root).resolve() if args.runs_root else None
     local.run_local(args.params_file, overrides, runs_root, echo=_echo)
 
+
+_TERMINAL = _Terminal()
 
 COMMANDS = {
     "run": _run,

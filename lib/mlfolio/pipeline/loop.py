@@ -14,6 +14,7 @@ from mlfolio import config as config_mod
 from mlfolio import products
 from mlfolio.config import Config
 from mlfolio.errors import ConfigError, StageError
+from mlfolio.pipeline import terminal
 from mlfolio.pipeline.graph import new_run_dir
 from mlfolio.pipeline.provenance import Manifest
 from mlfolio.pipeline.runner import run
@@ -71,12 +72,15 @@ def monitor(
     runs_root: Path | None = None,
     echo: Callable[[str], None] = print,
     warm_kernels: bool = True,
+    progress: Callable[[str], None] | None = None,
 ) -> tuple[Manifest, Manifest | None]:
     """``mlfolio monitor``: the monitor notebooks into their own run folder, then what they
     recommend — act on the A/B report (when ``monitoring.ab.act``) and run the training
     pipeline on the champion's data plus the newly labelled rows when the retraining policy
     fires. The new model is promoted only through the usual gate. ``dry_run`` decides and
     reports without acting. Returns the monitor manifest and the retraining one (or None).
+    Prints the drift verdict, then the retraining decision and the A/B recommendation;
+    ``progress`` shows the retraining's tuning as it runs (see :func:`run`).
     """
     from mlfolio import registry, report, tracking
 
@@ -104,12 +108,16 @@ def monitor(
     decision = monitored.decision
     actions: dict[str, Any] = {"dry_run": dry_run}
     manifest.data["actions"] = actions
+    for line in terminal.drift_verdict(products.DRIFT.load(folder)):
+        echo(line)
     echo(f"monitor: {'retraining fires' if decision.retrain else 'no retraining'}")
     for reason in decision.reasons:
         echo(f"  {reason}")
 
     ab = products.AB.load(folder)
     action = ab.recommendation.action if ab else "keep"
+    if ab:
+        echo(terminal.ab_line(ab.model_dump(mode="json")))
     if ab and action != "keep":
         if not cfg.monitoring.ab.act:
             actions["ab"] = {
@@ -182,6 +190,7 @@ def monitor(
                 run_dir=retrain_dir,
                 echo=echo,
                 warm_kernels=warm_kernels,
+                progress=progress,
             )
             actions["retrain"]["status"] = "succeeded"
         except StageError as exc:

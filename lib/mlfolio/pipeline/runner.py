@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,10 @@ from typing import Any
 import yaml
 
 from mlfolio import config as config_mod
+from mlfolio import progress as progress_file
 from mlfolio.config import Config, project_dir
 from mlfolio.errors import ConfigError, RunInterrupted, StageError
+from mlfolio.pipeline import terminal
 from mlfolio.pipeline.engine import KERNEL_LOOKAHEAD, WarmKernel, execute_stage
 from mlfolio.pipeline.graph import REFERENCE_DATA, Stage, new_run_dir, select_stages
 from mlfolio.pipeline.interrupts import (
@@ -104,6 +107,7 @@ def run(
     trigger: dict[str, Any] | None = None,
     force: bool = False,
     reuse: bool = True,
+    progress: Callable[[str], None] | None = None,
 ) -> Manifest:
     """Validate the parameters, then execute the selected stages into a run folder.
 
@@ -118,6 +122,10 @@ def run(
     ``reuse``: a training stage whose inputs hash equals the one of a succeeded stage
     in an earlier run of the experiment (same runs root) is taken over from it, not
     executed (register and deploy always execute); False executes every stage.
+
+    ``progress``: called with a transient line while a stage reports progress (tuning:
+    trials done / total, best so far); ``echo`` gets the lasting lines, the training
+    verdict last.
     """
 
     selected = select_stages(stages, from_stage, kind)
@@ -201,6 +209,7 @@ def run(
             run_info,
             reuser,
             echo,
+            progress,
         )
     except KeyboardInterrupt:
         if sigs.signum is None:  # not a signal of ours (e.g. raised before the install)
@@ -245,6 +254,7 @@ def _run(
     run_info: dict[str, Any],
     reuser: Reuser,
     echo: Callable[[str], None],
+    progress: Callable[[str], None] | None = None,
 ) -> Manifest:
     from mlflow.tracking import MlflowClient
 
@@ -275,7 +285,9 @@ def _run(
     )
     manifest.save()
 
-    outcome = _run_stages(selected, cfg, nb_params, manifest, reuser, kernels, warm, sigs, echo)
+    outcome = _run_stages(
+        selected, cfg, nb_params, manifest, reuser, kernels, warm, sigs, echo, progress
+    )
 
     _collect_results(manifest, folder)
     _mark_stale(manifest, cfg, folder, selected, kind)
@@ -301,6 +313,9 @@ def _run(
     )
     if interrupted:  # the stopped stage's run (and a trial's) never got to close itself
         _end_open_runs(MlflowClient(), parent_run_id, "KILLED")
+    if kind == "training":
+        for line in terminal.run_verdict(manifest.data, folder, _aliases(manifest)):
+            echo(line)
     echo(f"run folder: {folder}\nreport:     {folder / 'index.html'}")
     if outcome is not None:
         raise outcome
@@ -325,6 +340,23 @@ def _log_headline(parent_run_id: str, manifest: Manifest, folder: Path) -> None:
         tracking.log_headline(parent_run_id, manifest.data, kinds.get(candidate))
     except MlflowException as exc:  # the run folder's record is complete without it
         log.warning("headline metrics not logged on run %s: %s", parent_run_id, exc)
+
+
+def _aliases(manifest: Manifest) -> list[str] | None:
+    """The aliases the version register recorded holds now (None: none registered, or the
+    registry cannot say; the verdict then names the moves register made)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    model = manifest.data.get("model") or {}
+    name, version = model.get("model_name"), model.get("version")
+    if not version:
+        return None
+    try:
+        return list(MlflowClient().get_model_version(name, version).aliases)
+    except MlflowException as exc:
+        log.warning("could not read the aliases of %s v%s: %s", name, version, exc)
+        return None
 
 
 def _champion(cfg: Config) -> str | None:
@@ -374,6 +406,7 @@ def _run_stages(
     warm: bool,
     sigs: _Signals,
     echo: Callable[[str], None],
+    progress: Callable[[str], None] | None = None,
 ) -> StageError | RunInterrupted | None:
     """Execute stages in order, each on a kernel warmed during the stages before it (or,
     not ``warm``, on one started for it), unless an earlier run has it with the same
@@ -413,7 +446,10 @@ def _run_stages(
         else:
             kernel = sigs.track(WarmKernel(folder, cfg.tracking_uri(), warm_up=False))
         try:
-            entry = execute_stage(stage, folder, nb_params, kernel) if sigs.signum is None else None
+            with _watch_progress(stage, folder, label, progress):
+                entry = (
+                    execute_stage(stage, folder, nb_params, kernel) if sigs.signum is None else None
+                )
         finally:
             sigs.release(kernel)
         if entry is None:  # the signal came while kernels were starting
@@ -453,9 +489,22 @@ def _run_stages(
             manifest.save()
             _fail_stage_run(parent_run_id, stage.name)
             return failed
-        echo(f"{label} ok in {entry['duration_s']:.1f}s")
+        note = terminal.tune_summary(folder, cfg.tuning.n_trials) if stage.name == "tune" else ""
+        echo(f"{label} ok in {entry['duration_s']:.1f}s{note}")
         manifest.save()
     return None
+
+
+def _watch_progress(
+    stage: Stage, folder: Path, label: str, emit: Callable[[str], None] | None
+) -> AbstractContextManager[None]:
+    """While tune runs, its trials done / total and best so far, from the progress file
+    its workers write (a file from an earlier attempt is removed first)."""
+    if stage.name != "tune" or emit is None:
+        return nullcontext()
+    path = folder / progress_file.TUNE
+    path.unlink(missing_ok=True)
+    return progress_file.watch(path, lambda doc: f"{label} {terminal.tune_progress(doc)}", emit)
 
 
 def _as_read(stage: Stage, reuser: Reuser, inputs: dict[str, Any], folder: Path) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from mlfolio import data, evaluate, features, products, registry, tracking, train, tune
+from mlfolio import data, evaluate, features, products, progress, registry, tracking, train, tune
 from mlfolio.config import Config
 from mlfolio.context import StageContext
 from mlfolio.errors import StageError
@@ -167,7 +167,13 @@ def tune_model(ctx: StageContext) -> tuple[Any, dict[str, Any]]:
         ctx.write(products.TUNE, {"enabled": False})
         return None, {"enabled": False}
     study = tune.run_study(
-        cfg.tuning, parts["train"], cfg.schema, cfg.seed, ctx.run_dir, study_name
+        cfg.tuning,
+        parts["train"],
+        cfg.schema,
+        cfg.seed,
+        ctx.run_dir,
+        study_name,
+        progress_path=ctx.run_dir / progress.TUNE,
     )
     runs = (
         mlflow.search_runs(

@@ -57,6 +57,35 @@ def _stop_over_budget(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> N
         study.stop()
 
 
+def _progress(path: Path | None, n_trials: int) -> Callable[..., None]:
+    """A study callback that writes trials finished / ``n_trials`` and the best value so
+    far to ``path`` (:mod:`mlfolio.progress`), which the runner shows while tune runs."""
+    from mlfolio import progress
+
+    def report(study: optuna.Study, trial: optuna.trial.FrozenTrial | None) -> None:
+        if path is None:
+            return
+        trials = study.get_trials(deepcopy=False)
+        states = [t.state for t in trials]
+        complete = [t for t in trials if t.state == FINISHED[0] and t.value is not None]
+        pick = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
+        best = pick(complete, key=lambda t: t.value) if complete else None
+        doc = {
+            "done": sum(s in FINISHED for s in states),
+            "total": n_trials,
+            "pruned": states.count(FINISHED[1]),
+            "failed": states.count(optuna.trial.TrialState.FAIL),
+            "best": best.value if best else None,
+            "best_trial": best.number if best else None,
+        }
+        try:
+            progress.write(path, doc)
+        except OSError as exc:  # progress is for the eye: never fail tuning over it
+            log.debug("could not write tuning progress to %s: %s", path, exc)
+
+    return report
+
+
 def _take_slot(slots: Any) -> bool:
     """Claim one of the trials still to run (a shared counter); False when none is left."""
     if slots is None:  # a worker of its own (join_study): the storage's budget alone
@@ -77,6 +106,7 @@ def _worker(
     folds: Folds,
     slots: Any = None,
     deadline: float | None = None,
+    progress_path: Path | None = None,
 ) -> int:
     """Run trials on the shared study until ``cfg.n_trials`` are finished or claimed (and,
     with ``slots``, while this run's shared counter has some left); no new trial starts
@@ -109,7 +139,7 @@ def _worker(
     study.optimize(
         _budgeted(objective, cfg.n_trials, sampler_seed),
         timeout=timeout,
-        callbacks=[next_slot],
+        callbacks=[next_slot, _progress(progress_path, cfg.n_trials)],
         catch=(OverBudget,),
     )
     return ran
@@ -144,7 +174,13 @@ def _start_process_server() -> None:
 
 
 def _run_workers(
-    cfg: TuningConfig, storage: Any, name: str, seed: int, folds: Folds, todo: int
+    cfg: TuningConfig,
+    storage: Any,
+    name: str,
+    seed: int,
+    folds: Folds,
+    todo: int,
+    progress_path: Path | None = None,
 ) -> None:
     """``n_workers`` workers: this process is the first (it is warm and would otherwise
     wait idle), the others are child processes that start while it already runs trials."""
@@ -157,7 +193,7 @@ def _run_workers(
     n = min(cfg.n_workers, todo)
     # One deadline for all: children that start seconds later do not get extra time.
     deadline = None if cfg.timeout is None else time.time() + cfg.timeout
-    args = [(cfg, storage, name, seed, i, folds, slots, deadline) for i in range(n)]
+    args = [(cfg, storage, name, seed, i, folds, slots, deadline, progress_path) for i in range(n)]
     children = [
         ctx.Process(target=_child_worker, name=f"tune-worker-{i}", args=args[i])
         for i in range(1, n)
@@ -206,6 +242,7 @@ def run_study(
     seed: int,
     run_dir: Path,
     study_name: str,
+    progress_path: Path | None = None,
 ) -> optuna.Study:
     """Run (or resume) the study until ``n_trials`` trials have finished or time is up.
 
@@ -215,7 +252,8 @@ def run_study(
     stops them first). A script that does this needs the usual
     ``if __name__ == "__main__":`` guard (the children import the main module).
     When workers elsewhere (:func:`join_study`) have already finished the study, this
-    only reads it.
+    only reads it. ``progress_path``: where each finished trial updates the progress the
+    runner shows (trials done / total, best so far).
     """
     deadline = None if cfg.timeout is None else time.time() + cfg.timeout
     storage = storage_for(cfg, run_dir)
@@ -234,11 +272,13 @@ def run_study(
             n_trials=todo,
             timeout=cfg.timeout,
             catch=(OverBudget,),
-            callbacks=[_stop_over_budget],
+            callbacks=[_stop_over_budget, _progress(progress_path, cfg.n_trials)],
         )
     else:
-        _run_workers(cfg, storage, study_name, seed, folds, todo)
+        _run_workers(cfg, storage, study_name, seed, folds, todo, progress_path)
     study = load_study(cfg, storage, study_name, seed)
+    # The final count once, from the whole study: workers' last writes may cross.
+    _progress(progress_path, cfg.n_trials)(study, None)
     if cfg.storage:
         _wait_for_other_workers(study, deadline)
     return study
