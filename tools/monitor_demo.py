@@ -24,8 +24,8 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -47,6 +47,14 @@ def drifted(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def prediction_log_dir(experiment: str) -> Path:
+    """A new folder for the demo's prediction log under the project's runs/."""
+    from mlfolio.config import project_dir
+
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return project_dir() / "runs" / "prediction-logs" / f"{stamp}-{experiment}"
+
+
 def start_server(args: list[str]) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(
         [str(BIN / "mlfolio"), "serve", "--port", "0", *args], stderr=subprocess.PIPE, text=True
@@ -63,7 +71,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("params_file", nargs="?", default="parameters/churn.yaml")
     parser.add_argument("--dry-run", action="store_true", help="decide, do not retrain")
-    parser.add_argument("--log-dir", help="prediction log folder (default: a new temp dir)")
+    parser.add_argument(
+        "--log-dir",
+        help="prediction log folder (default: a new runs/prediction-logs/<UTC time>-<experiment>)",
+    )
     args = parser.parse_args()
 
     import httpx
@@ -86,7 +97,10 @@ def main() -> int:
         ignore_index=True,
     )
     traffic = drifted(held_out)
-    log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="mlfolio-log-"))
+    # Beside the run folders it feeds, kept after the demo: the monitor run records it as
+    # its source, and a new folder per demo keeps earlier traffic out of the window.
+    log_dir = Path(args.log_dir) if args.log_dir else prediction_log_dir(cfg.experiment)
+    log_dir.mkdir(parents=True, exist_ok=True)
     serve_args = [
         "--model",
         f"models:/{cfg.model_name}@champion",
