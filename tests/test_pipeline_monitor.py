@@ -289,6 +289,16 @@ def test_monitor_pages_in_a_browser(env):
             page = browser.new_page()
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
+            went_out: list[str] = []  # offline: every page here must render without the web
+
+            def offline(route: Any) -> None:
+                if route.request.url.startswith(("file:", "data:")):
+                    route.continue_()
+                else:
+                    went_out.append(route.request.url)
+                    route.abort()
+
+            page.route("**/*", offline)
             page.goto((folder / "index.html").as_uri(), wait_until="load")
             verdict = page.inner_text("#monitor-verdict")
             assert "dataset drift" in verdict
@@ -328,6 +338,7 @@ def test_monitor_pages_in_a_browser(env):
                 >= 1
             )
             assert errors == []
+            assert went_out == [], f"requests to the web: {went_out}"
         finally:
             browser.close()
 
