@@ -88,7 +88,8 @@ def run_verdict(
     lines = [
         _line(
             "gate",
-            f"{'passed' if gate['passed'] else 'NOT passed'}: {deciding_reason(gate)}",
+            # A failed check reads as its claim ("... above +0.0"): say it failed.
+            f"{'passed' if gate['passed'] else 'NOT passed, failed'}: {deciding_reason(gate)}",
         )
     ]
     model = manifest.get("model")
