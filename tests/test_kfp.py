@@ -448,3 +448,39 @@ def test_the_shipped_team_parameters_compile(tmp_path):
     params = json.loads(pipe.component_spec.inputs["params"].default)
     assert params["tuning"]["storage"] == cfg.tuning.storage
     assert params["tracking"]["tracking_uri"] == cfg.tracking.tracking_uri
+
+
+def test_register_hands_over_the_model_card_it_completes(tmp_path):
+    """evaluate leaves a first model_card.md, register (its producer) completes it: the
+    register task must not take evaluate's as an input, or its own is never handed on."""
+    up = tmp_path / "evaluate-artifact"
+    up.mkdir()
+    (up / "evaluate.json").write_text("{}")
+    (up / "model_card.md").write_text("first")
+    work = tmp_path / "work"
+    work.mkdir()
+    copied = steps._copy_upstream([str(up)], work, stage="register")
+    assert copied == {Path("evaluate.json")} and not (work / "model_card.md").exists()
+    (work / "model_card.md").write_text("completed")
+    out = tmp_path / "out"
+    steps._hand_over(work, out, copied)
+    assert (out / "model_card.md").read_text() == "completed"
+
+
+def test_the_run_folder_takes_the_stage_artifacts_in_stage_order(tmp_path):
+    from mlfolio.pipeline.kfp import local
+
+    root = tmp_path / "root"
+    # task folders whose path order is not the stage order
+    for task, stage, card in (("a", "register", "completed"), ("b", "evaluate", "first")):
+        out = root / task / "products"
+        (out / steps.ENTRY_DIR).mkdir(parents=True)
+        (out / "model_card.md").write_text(card)
+        (out / steps.ENTRY_DIR / f"{stage}.json").write_text(
+            json.dumps({"stage": stage, "status": "succeeded"})
+        )
+    folder = tmp_path / "run"
+    folder.mkdir()
+    entries = local._collect_artifacts(root, folder)
+    assert list(entries) == ["evaluate", "register"]
+    assert (folder / "model_card.md").read_text() == "completed"

@@ -76,10 +76,13 @@ def run_local(
 
 
 def _collect_artifacts(root: Path, folder: Path) -> dict[str, dict[str, Any]]:
-    """Copy every stage's products artifact into the run folder; return their entries."""
+    """Copy every stage's products artifact into the run folder, in stage order (a later
+    stage's file wins: register's completed model card over evaluate's first one); return
+    their entries."""
+    order = {stage.name: i for i, stage in enumerate(STAGES)}
+    found = [(read_json(path), path) for path in root.rglob(f"{steps.ENTRY_DIR}/*.json")]
     entries: dict[str, dict[str, Any]] = {}
-    for path in sorted(root.rglob(f"{steps.ENTRY_DIR}/*.json")):
-        entry = read_json(path)
+    for entry, path in sorted(found, key=lambda ep: order.get(ep[0]["stage"], len(order))):
         entries[entry.pop("stage")] = entry
         entry.pop("parent_run_id", None)
         shutil.copytree(

@@ -114,12 +114,16 @@ def finish_run(params: str, job_id: str, state: str) -> str | None:
 
 
 # -- a stage -------------------------------------------------------------------------------
-def _copy_upstream(upstream: Iterable[str], work: Path) -> set[Path]:
+def _copy_upstream(upstream: Iterable[str], work: Path, stage: str | None = None) -> set[Path]:
     """Copy the declared products found in the upstream artifact folders into ``work``;
-    return what was copied (relative paths), so it is not handed on as this stage's."""
+    return what was copied (relative paths), so it is not handed on as this stage's.
+    ``stage``'s own products are not copied: it writes them (register completes the
+    model card evaluate began; taken as an input, register's would never be handed on)."""
     copied: set[Path] = set()
     for folder in map(Path, upstream):
         for rel in products.BY_PATH:
+            if stage is not None and products.producer(rel) == stage:
+                continue
             src = folder / rel
             if src.is_file():
                 (work / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -188,7 +192,7 @@ def run_stage(
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # the kernel inherits it (xgboost)
     work = Path(tempfile.mkdtemp(prefix=f"mlfolio-{stage.name}-")).resolve()
     try:
-        copied = _copy_upstream(upstream, work)
+        copied = _copy_upstream(upstream, work, stage.name)
         (work / "logs").mkdir()  # a run folder has one (the runner's kernels make it)
         frozen = work / "parameters.yaml"
         config_mod.dump(cfg, frozen)
