@@ -74,6 +74,7 @@ def test_collect_summarises_each_product_for_the_manifest(tmp_path):
         "rows": 4000,
         "positive_rate": 0.26,
         "dropped_missing_target": 0,
+        "quality": None,  # an ingest from before data-quality counts
     }
     assert summary["ab"]["recommendation"]["action"] == "keep"
     assert "gate" not in summary and "model" not in summary
