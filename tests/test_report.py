@@ -121,7 +121,19 @@ def browser(good_run, failed_run) -> Iterator[Any]:
 
 @pytest.fixture
 def page(browser) -> Iterator[Any]:
+    """A page with the network blocked: what a test reads must render from the run folder
+    alone (a request that leaves the machine is aborted and fails the test)."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
+    went_out: list[str] = []
+
+    def offline(route: Any) -> None:
+        if route.request.url.startswith(("file:", "data:")):
+            route.continue_()
+        else:
+            went_out.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", offline)
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -130,6 +142,7 @@ def page(browser) -> Iterator[Any]:
     finally:
         context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
+    assert not went_out, f"requests to the web: {went_out}"
 
 
 def open_file(page: Any, path: Path) -> None:
