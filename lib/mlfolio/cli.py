@@ -235,6 +235,7 @@ def _parser() -> argparse.ArgumentParser:
     _compile_parser(sub)
     _reproduce_parsers(sub)
     _new_parser(sub)
+    _gate_status_parser(sub)
     return parser
 
 
@@ -352,6 +353,44 @@ def _diff(args: argparse.Namespace) -> None:
     diff.write_html(d, target)
     print(diff.render_text(d))
     _echo(f"diff page: {target.resolve()}")
+
+
+def _gate_status_parser(sub: argparse._SubParsersAction) -> None:
+    gate = sub.add_parser(
+        "gate-status",
+        help="may CI deploy this run? (its manifest's gate and promotion, as an exit code)",
+        description="Read RUN_DIR/manifest.json and say in one line whether the run's "
+        "model may be deployed. Exit 0: the run succeeded, the gate passed and the "
+        "version was promoted (or only passed, with --require passed); 1: the run "
+        "finished but the gate did not pass or the version was not promoted; 2: not a "
+        "run folder, or no readable manifest; 3: the run failed or was interrupted.",
+    )
+    gate.add_argument("run_dir", metavar="RUN_DIR", help="a training run's folder")
+    gate.add_argument(
+        "--require",
+        choices=["promoted", "passed"],
+        default="promoted",
+        help="what exit 0 needs (default: promoted)",
+    )
+    gate.add_argument(
+        "--json",
+        action="store_true",
+        help="print status, gate_passed, version, promoted, champion, model_uri, run_dir "
+        "as JSON on stdout (the reason line goes to stderr)",
+    )
+    gate.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+
+
+def _gate_status(args: argparse.Namespace) -> None:
+    from mlfolio.pipeline import gate_status
+
+    verdict = gate_status.check(args.run_dir, args.require)
+    # A refusal's line reaches stderr through main's wrapper; with --json, stdout is JSON.
+    if args.json:
+        print(verdict.to_json())
+    if verdict.exit_code == 0:
+        (_echo if args.json else print)(f"{verdict.run_dir}: {verdict.reason}")
+    gate_status.raise_for(verdict)
 
 
 def _compile_parser(sub: argparse._SubParsersAction) -> None:
@@ -612,6 +651,7 @@ COMMANDS = {
     "reproduce": _reproduce,
     "diff": _diff,
     "new": _new,
+    "gate-status": _gate_status,
 }
 
 

@@ -117,3 +117,14 @@ class RequestError(MlfolioError):
         self.status = status
         self.http_status = status
         self.headers = headers or {}
+
+
+class GateNotPassed(MlfolioError):
+    """``mlfolio gate-status``: the run finished, but its gate did not pass or its model
+    version was not promoted (names the reason): do not deploy."""
+
+
+class RunNotFinished(MlfolioError):
+    """``mlfolio gate-status``: the run failed or was interrupted (names the stage)."""
+
+    exit_code = 3
