@@ -349,6 +349,32 @@ class ABConfig(_Section):
     act: bool = Field(False, description="move the registry aliases as recommended")
 
 
+class AlertsConfig(_Section):
+    """Thresholds of the Prometheus alert rules (``mlfolio.monitor.alerts``); the drift and
+    quality ones default to the retraining policy's, which mean the same."""
+
+    job: str = Field(
+        "mlfolio", pattern=r"^[A-Za-z0-9_.:-]+$", description="Prometheus job of the servers"
+    )
+    pending: str = Field("5m", pattern=r"^[0-9]+[smhd]$", description="'for:' of the alerts")
+    rate_window: str = Field("5m", pattern=r"^[0-9]+[smhd]$", description="rate() window")
+    error_ratio: float = Field(0.05, gt=0, le=1, description="5xx share of requests (not 503)")
+    latency_p99_seconds: float = Field(0.5, gt=0, description="p99 of scoring routes")
+    overload_ratio: float = Field(0.01, gt=0, le=1, description="503 share of requests")
+    score_mean_shift: float = Field(
+        0.1, gt=0, lt=1, description="mean score now vs score_offset ago"
+    )
+    score_window: str = Field("1h", pattern=r"^[0-9]+[smhd]$")
+    score_offset: str = Field("1d", pattern=r"^[0-9]+[smhd]$")
+    drift_share: float | None = Field(
+        None, gt=0, le=1, description="None: monitoring.retrain.min_drift_share"
+    )
+    roc_auc_drop: float | None = Field(
+        None, gt=0, le=1, description="None: monitoring.retrain.max_roc_auc_drop"
+    )
+    monitor_stale_hours: float = Field(48.0, gt=0, description="no monitor run for this long")
+
+
 class MonitoringConfig(_Section):
     """The monitor run: where current data comes from and what fires retraining."""
 
@@ -372,6 +398,7 @@ class MonitoringConfig(_Section):
     )
     retrain: RetrainPolicyConfig = Field(default_factory=RetrainPolicyConfig)
     ab: ABConfig = Field(default_factory=ABConfig)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
 
 
 # Tasks of the Kubeflow pipeline that take resource requests (tests check it against

@@ -1,0 +1,296 @@
+"""A Grafana dashboard of the model server's metrics, as importable JSON.
+
+:func:`grafana_dashboard` is pure; ``deploy/monitoring/grafana-dashboard.json`` is its
+output and the kubernetes target ships it as a ConfigMap (Grafana's sidecar loads
+ConfigMaps labelled ``grafana_dashboard: "1"``). Panels read only metrics the server
+exports; a test checks each name against a live ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from mlfolio.monitor.alerts import NON_SCORING_ROUTES
+
+DEFAULT_FILE = "deploy/monitoring/grafana-dashboard.json"
+UID = "mlfolio-model-server"
+_DS = {"type": "prometheus", "uid": "${datasource}"}
+_SEL = 'job=~"$job",model=~"$model"'
+
+
+def _target(expr: str, legend: str, ref: str) -> dict[str, Any]:
+    return {"datasource": _DS, "expr": expr, "legendFormat": legend, "refId": ref}
+
+
+def _panel(
+    pid: int,
+    title: str,
+    targets: list[tuple[str, str]],
+    pos: tuple[int, int, int, int],
+    *,
+    kind: str = "timeseries",
+    unit: str = "short",
+    description: str = "",
+    thresholds: list[tuple[str, float | None]] | None = None,
+) -> dict[str, Any]:
+    x, y, w, h = pos
+    steps = [{"color": c, "value": v} for c, v in (thresholds or [("green", None)])]
+    return {
+        "id": pid,
+        "type": kind,
+        "title": title,
+        "description": description,
+        "datasource": _DS,
+        "gridPos": {"x": x, "y": y, "w": w, "h": h},
+        "fieldConfig": {
+            "defaults": {"unit": unit, "thresholds": {"mode": "absolute", "steps": steps}},
+            "overrides": [],
+        },
+        "options": {},
+        "targets": [_target(e, legend, chr(ord("A") + i)) for i, (e, legend) in enumerate(targets)],
+    }
+
+
+def _variable(name: str, query: str, *, label: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "label": label,
+        "type": "query",
+        "datasource": _DS,
+        "query": {"query": query, "refId": name},
+        "definition": query,
+        "refresh": 2,
+        "includeAll": True,
+        "multi": True,
+        "allValue": ".*",
+        "current": {"selected": True, "text": "All", "value": "$__all"},
+    }
+
+
+def grafana_dashboard(*, job: str = "mlfolio", drift_share: float = 0.3) -> dict[str, Any]:
+    """The dashboard: traffic, errors, latency quantiles, batch sizes, scores, variants,
+    drift and quality. ``job`` is the default of its ``$job`` variable, ``drift_share``
+    the red line of the drift gauge (the alert's threshold)."""
+    s, scoring = _SEL, f'{_SEL},route!~"{NON_SCORING_ROUTES}"'
+    rate = "[$__rate_interval]"
+    quantiles = [
+        (
+            f"histogram_quantile({q}, sum by (le) "
+            f"(rate(mlfolio_request_duration_seconds_bucket{{{scoring}}}{rate})))",
+            f"p{round(q * 100)}",
+        )
+        for q in (0.5, 0.9, 0.99)
+    ]
+    panels = [
+        _panel(
+            1,
+            "Requests per second by route and status",
+            [
+                (
+                    f"sum by (route, status) (rate(mlfolio_requests_total{{{s}}}{rate}))",
+                    "{{route}} {{status}}",
+                )
+            ],
+            (0, 0, 12, 8),
+            unit="reqps",
+        ),
+        _panel(
+            2,
+            "Error and overload ratio",
+            [
+                (
+                    f'sum(rate(mlfolio_requests_total{{{scoring},status=~"5..",status!="503"}}'
+                    f"{rate})) / sum(rate(mlfolio_requests_total{{{scoring}}}{rate}))",
+                    "5xx (not 503)",
+                ),
+                (
+                    f'sum(rate(mlfolio_requests_total{{{scoring},status="503"}}{rate}))'
+                    f" / sum(rate(mlfolio_requests_total{{{scoring}}}{rate}))",
+                    "503 refused",
+                ),
+            ],
+            (12, 0, 12, 8),
+            unit="percentunit",
+        ),
+        _panel(3, "Latency quantiles (scoring routes)", quantiles, (0, 8, 12, 8), unit="s"),
+        _panel(
+            4,
+            "Rows scored per second by predicted label",
+            [(f"sum by (label) (rate(mlfolio_predictions_total{{{s}}}{rate}))", "label {{label}}")],
+            (12, 8, 12, 8),
+        ),
+        _panel(
+            5,
+            "Batch sizes (rows and requests per predict_proba call)",
+            [
+                (
+                    f"sum(rate(mlfolio_batch_rows_sum{{{s}}}{rate})) / "
+                    f"sum(rate(mlfolio_batch_rows_count{{{s}}}{rate}))",
+                    "mean rows",
+                ),
+                (
+                    "histogram_quantile(0.9, sum by (le) "
+                    f"(rate(mlfolio_batch_rows_bucket{{{s}}}{rate})))",
+                    "p90 rows",
+                ),
+                (
+                    f"sum(rate(mlfolio_batch_requests_sum{{{s}}}{rate})) / "
+                    f"sum(rate(mlfolio_batch_requests_count{{{s}}}{rate}))",
+                    "mean requests",
+                ),
+                (
+                    "histogram_quantile(0.99, sum by (le) "
+                    f"(rate(mlfolio_batch_duration_seconds_bucket{{{s}}}{rate})))",
+                    "p99 batch seconds",
+                ),
+            ],
+            (0, 16, 12, 8),
+        ),
+        _panel(
+            6,
+            "Score distribution (share of rows per score bucket)",
+            [
+                (
+                    f"sum by (le) (increase(mlfolio_prediction_score_bucket{{{s}}}[$__range]))",
+                    "{{le}}",
+                )
+            ],
+            (12, 16, 12, 8),
+            kind="bargauge",
+            description="Cumulative counts per upper bound over the dashboard's range.",
+        ),
+        _panel(
+            7,
+            "Mean score, now and a day earlier",
+            [
+                (
+                    f"sum(rate(mlfolio_prediction_score_sum{{{s}}}[1h])) / "
+                    f"sum(rate(mlfolio_prediction_score_count{{{s}}}[1h]))",
+                    "now (1h)",
+                ),
+                (
+                    f"sum(rate(mlfolio_prediction_score_sum{{{s}}}[1h] offset 1d)) / "
+                    f"sum(rate(mlfolio_prediction_score_count{{{s}}}[1h] offset 1d))",
+                    "1 day earlier",
+                ),
+            ],
+            (0, 24, 12, 8),
+            unit="percentunit",
+        ),
+        _panel(
+            8,
+            "Rows per variant (shadow=1: scored alongside the champion)",
+            [
+                (
+                    f"sum by (variant, shadow) (rate(mlfolio_variant_rows_total{{{s}}}{rate}))",
+                    "{{variant}} shadow={{shadow}}",
+                ),
+                (
+                    f"sum(rate(mlfolio_shadow_failures_total{{{s}}}{rate}))",
+                    "shadow failures",
+                ),
+            ],
+            (12, 24, 12, 8),
+        ),
+        _panel(
+            9,
+            "Drifted share of feature columns",
+            [(f"max by (model, version) (mlfolio_drift_share{{{s}}})", "v{{version}}")],
+            (0, 32, 6, 6),
+            kind="gauge",
+            unit="percentunit",
+            thresholds=[("green", None), ("red", drift_share)],
+        ),
+        _panel(
+            10,
+            "Dataset drift (latest monitor run)",
+            [(f"max(mlfolio_dataset_drift{{{s}}})", "dataset drift")],
+            (6, 32, 6, 6),
+            kind="stat",
+            thresholds=[("green", None), ("red", 1)],
+        ),
+        _panel(
+            11,
+            "ROC AUC on labelled rows, and change vs reference",
+            [
+                (f"max by (version) (mlfolio_quality_roc_auc{{{s}}})", "ROC AUC v{{version}}"),
+                (
+                    f"max by (version) (mlfolio_quality_roc_auc_delta{{{s}}})",
+                    "delta v{{version}}",
+                ),
+            ],
+            (12, 32, 6, 6),
+            kind="stat",
+        ),
+        _panel(
+            12,
+            "Latest monitor run",
+            [
+                (
+                    f"time() - max(mlfolio_monitor_last_run_timestamp_seconds{{{s}}})",
+                    "age",
+                ),
+                (f"max(mlfolio_monitor_current_rows{{{s}}})", "current rows"),
+                (f"max(mlfolio_prediction_drift_score{{{s}}})", "score drift"),
+                (f"sum(mlfolio_prediction_log_rows_queued{{{s}}})", "log rows queued"),
+                (
+                    f"sum(increase(mlfolio_prediction_log_rows_dropped_total{{{s}}}[1h]))",
+                    "log rows dropped (1h)",
+                ),
+            ],
+            (18, 32, 6, 6),
+            kind="stat",
+        ),
+        _panel(
+            13,
+            "Model being served",
+            [(f"max by (version, alias, scorer) (mlfolio_model_info{{{s}}})", "{{version}}")],
+            (0, 38, 12, 4),
+            kind="stat",
+        ),
+    ]
+    return {
+        "uid": UID,
+        "title": "mlfolio model server",
+        "tags": ["mlfolio", "mlops"],
+        "timezone": "browser",
+        "schemaVersion": 39,
+        "version": 1,
+        "editable": True,
+        "refresh": "30s",
+        "time": {"from": "now-6h", "to": "now"},
+        "templating": {
+            "list": [
+                {
+                    "name": "datasource",
+                    "label": "Prometheus",
+                    "type": "datasource",
+                    "query": "prometheus",
+                    "current": {},
+                },
+                {
+                    **_variable("job", "label_values(mlfolio_model_info, job)", label="Job"),
+                    "current": {"selected": True, "text": job, "value": job},
+                },
+                _variable(
+                    "model", 'label_values(mlfolio_model_info{job=~"$job"}, model)', label="Model"
+                ),
+            ]
+        },
+        "annotations": {"list": []},
+        "panels": panels,
+    }
+
+
+def dashboard_json(dashboard: dict[str, Any]) -> str:
+    return json.dumps(dashboard, indent=2) + "\n"
+
+
+def expressions(dashboard: dict[str, Any]) -> list[str]:
+    """Every PromQL expression of the dashboard: panel targets and variable queries."""
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    for var in dashboard.get("templating", {}).get("list", []):
+        if isinstance(var.get("query"), dict):
+            exprs.append(var["query"]["query"])
+    return exprs
