@@ -168,8 +168,8 @@ def alert_rules(monitoring: MonitoringConfig, *, job: str | None = None) -> dict
             "of feature columns drifted",
             f"The latest monitor run found at least {drift_share:.0%} of columns drifted "
             "(the retraining policy's threshold).",
-            "Open the monitor run's drift report; retrain (`mlfolio retrain`) if the "
-            "shift is real.",
+            "Open the monitor run's drift report; retrain (`mlfolio run`, or let "
+            "`mlfolio monitor`'s policy do it) if the shift is real.",
         ),
         _rule(
             "MlfolioDatasetDrift",
