@@ -139,3 +139,16 @@ def test_every_alert_has_a_firing_case_in_the_unit_tests(mon):
     )
     names = {r["alert"] for g in alerts.alert_rules(mon)["groups"] for r in g["rules"]}
     assert fired == names and silent_on_good
+
+
+def test_error_and_latency_rules_read_only_the_scoring_routes():
+    import re
+
+    from .test_deploy_kubernetes import SERVER_ROUTES
+
+    scoring = {r for r in SERVER_ROUTES if re.fullmatch(alerts.SCORING_ROUTES, r)}
+    assert scoring == {
+        "/invocations",
+        "/v2/models/{name}/infer",
+        "/v2/models/{name}/versions/{version}/infer",
+    }

@@ -14,8 +14,8 @@ import yaml
 
 from mlfolio.config import AlertsConfig, MonitoringConfig
 
-# Routes that score rows; health checks and /metrics would dilute latency and error ratios.
-NON_SCORING_ROUTES = "/metrics|/ping|/health|/v2/health/.*|/v2|/v2/models/[^/]+|/version|unmatched"
+# Routes that score rows: health checks and /metrics would dilute latency and error ratios.
+SCORING_ROUTES = "/invocations|/v2/models/[^/]+(/versions/[^/]+)?/infer"
 DEFAULT_FILE = "deploy/monitoring/alerts.yml"
 
 
@@ -60,7 +60,7 @@ def alert_rules(monitoring: MonitoringConfig, *, job: str | None = None) -> dict
     sel = f'job="{job}"'
     w, p = a.rate_window, a.pending
     drift_share, auc_drop = drift_threshold(monitoring), roc_auc_threshold(monitoring)
-    scoring = f'{sel},route!~"{NON_SCORING_ROUTES}"'
+    scoring = f'{sel},route=~"{SCORING_ROUTES}"'
 
     def ratio(status: str) -> str:
         return (

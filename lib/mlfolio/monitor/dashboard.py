@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from mlfolio.monitor.alerts import NON_SCORING_ROUTES
+from mlfolio.monitor.alerts import SCORING_ROUTES
 
 DEFAULT_FILE = "deploy/monitoring/grafana-dashboard.json"
 UID = "mlfolio-model-server"
@@ -72,7 +72,7 @@ def grafana_dashboard(*, job: str = "mlfolio", drift_share: float = 0.3) -> dict
     """The dashboard: traffic, errors, latency quantiles, batch sizes, scores, variants,
     drift and quality. ``job`` is the default of its ``$job`` variable, ``drift_share``
     the red line of the drift gauge (the alert's threshold)."""
-    s, scoring = _SEL, f'{_SEL},route!~"{NON_SCORING_ROUTES}"'
+    s, scoring = _SEL, f'{_SEL},route=~"{SCORING_ROUTES}"'
     rate = "[$__rate_interval]"
     quantiles = [
         (
