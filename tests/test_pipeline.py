@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from mlfolio import pipeline, registry
 from mlfolio.errors import ConfigError, StageError
+from mlfolio.pipeline import gate_status
 
 from .conftest import ROOT, tracking_section
 
@@ -87,6 +88,9 @@ def test_default_run_end_to_end_then_identical_rerun_is_not_promoted(
     assert m["data"]["rows"] == 4000 and m["seed"] == 42
     assert m["model"]["version"] == "1" and m["model"]["promoted"] is True
     assert m["candidate"]["test"]["roc_auc"] >= 0.83
+    # CI's deploy decision from the real manifest: passed and promoted
+    verdict = gate_status.check(run_dir)
+    assert (verdict.exit_code, verdict.status, verdict.version) == (0, "promoted", "1")
 
     # MLflow: one parent run, one child per stage, trials nested under the tune run
     client = _client(tracking_dir)
@@ -139,6 +143,8 @@ def test_default_run_end_to_end_then_identical_rerun_is_not_promoted(
     assert second.data["candidate"] == m["candidate"]
     assert second.data["data_hash"] == m["data_hash"]
     assert second.data["gate"]["passed"] is False
+    verdict = gate_status.check(second.data["run_dir"], "passed")
+    assert (verdict.exit_code, verdict.status, verdict.champion) == (1, "not passed", "1")
     assert second.data["model"] == {
         **second.data["model"],
         "version": "1",
@@ -186,6 +192,7 @@ def test_failing_stage_keeps_partial_notebook_then_rerun_from_it(
     m = json.loads((run_dir / "manifest.json").read_text())
     assert m["status"] == "failed" and m["failed_stage"] == "train"
     assert m["failed_cell"] == info.value.cell_index
+    assert gate_status.check(run_dir).reason.startswith("run failed in stage train (cell ")
     assert m["stages"]["train"]["error"]["ename"] == "InvalidParameterError"
     assert [m["stages"][s]["status"] for s in pipeline.STAGE_NAMES] == [
         "succeeded",
