@@ -394,7 +394,10 @@ def test_deploy_stage_ships_each_target_through_deploy_targets(registered_run):
     _, result = units.run("deploy", stages.deploy_model)
     k8s = result["targets"]["kubernetes"]
     assert result["model"] == f"{UNIT_MODEL} v1 (@champion)" and k8s["status"] == "deployed"
-    assert (units.run_dir / "deploy" / "kubernetes" / "kubernetes.yaml").is_file()
+    out = units.run_dir / "deploy" / "kubernetes"
+    for name in ("kubernetes.yaml", "servicemonitor.yaml", "prometheusrule.yaml"):
+        assert (out / name).is_file()
+    assert "PrometheusRule" in k8s["resources"]  # the run's monitoring.alerts, validated
     written = json.loads((units.run_dir / "deploy.json").read_text())
     assert written["targets"]["kubernetes"]["status"] == "deployed"
     assert views.deploy_table(result).loc["kubernetes", "status"] == "deployed"

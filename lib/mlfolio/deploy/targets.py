@@ -59,6 +59,7 @@ def deploy_kubernetes(
         min_replicas=k.min_replicas,
         max_replicas=k.max_replicas,
         tracking_uri=k.tracking_uri or ctx.cfg.tracking_uri(),
+        monitoring=ctx.cfg.monitoring,
     )
     summary["validated"] = kubernetes.validate_manifests(out_dir / "kubernetes.yaml")
     return summary

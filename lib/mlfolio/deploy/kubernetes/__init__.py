@@ -15,6 +15,11 @@
 - ``kubernetes.yaml`` — Deployment, Service (ClusterIP, 80 → ``http``),
   HorizontalPodAutoscaler (autoscaling/v2, CPU) and PodDisruptionBudget (policy/v1), ready
   for ``kubectl apply -f``.
+- with ``monitoring`` (the run's :class:`~mlfolio.config.MonitoringConfig`):
+  ``servicemonitor.yaml`` and ``prometheusrule.yaml`` (Prometheus Operator: scrape the
+  Service, the alert rules of :mod:`mlfolio.monitor.alerts` with the Service name as job)
+  and ``grafana-dashboard.yaml`` (the dashboard as a ConfigMap labelled
+  ``grafana_dashboard: "1"`` for Grafana's sidecar).
 - ``inferenceservice.yaml`` — the KServe alternative: a ``serving.kserve.io/v1beta1``
   InferenceService whose custom predictor runs the same image (``PROTOCOL=v2``, KServe's
   switch for custom containers), in RawDeployment mode with CPU autoscaling.
@@ -37,7 +42,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlfolio.deploy.kubernetes.image import (
     BUILD_CONTEXT_DIRS,
@@ -84,6 +89,9 @@ from mlfolio.deploy.kubernetes.names import (
 from mlfolio.deploy.kubernetes.settings import KubernetesSettings, settings_from
 from mlfolio.deploy.kubernetes.validate import validate_documents, validate_manifests
 from mlfolio.errors import ManifestError
+
+if TYPE_CHECKING:
+    from mlfolio.config import MonitoringConfig
 
 __all__ = [
     "BASE_IMAGE",
@@ -137,6 +145,7 @@ def render(
     /,
     *,
     validate: bool = True,
+    monitoring: MonitoringConfig | None = None,
     **fields: Any,
 ) -> dict[str, Any]:
     """Write the Dockerfile, .dockerignore, kubernetes.yaml and inferenceservice.yaml.
@@ -151,9 +160,12 @@ def render(
     s = settings_from(settings, **fields)
     manifests = build_manifests(s)
     isvc = inference_service(s)
+    watch = _monitoring_documents(s, monitoring) if monitoring is not None else {}
     validated = (
         validate_documents(
-            [*manifests, isvc], source="rendered manifests", kubernetes_version=s.kubernetes_version
+            [*manifests, isvc, *watch.values()],
+            source="rendered manifests",
+            kubernetes_version=s.kubernetes_version,
         )
         if validate
         else []
@@ -177,6 +189,7 @@ def render(
             f"{MANIFESTS_FILE} (needs KServe installed): "
             f"kubectl apply -f {INFERENCE_SERVICE_FILE}\n",
         ),
+        **{name: _dump_yaml([doc], header) for name, doc in watch.items()},
     }
     for name, text in files.items():
         (out / name).write_text(text)
@@ -204,7 +217,9 @@ def render(
         "model_uri": s.model_uri,
         "namespace": s.namespace,
         "tracking_uri": s.tracking_uri,
-        "resources": {doc["kind"]: doc["metadata"]["name"] for doc in [*manifests, isvc]},
+        "resources": {
+            doc["kind"]: doc["metadata"]["name"] for doc in [*manifests, isvc, *watch.values()]
+        },
         "kubernetes_version": s.kubernetes_version,
         "validated": validated,
         "commands": {
@@ -215,4 +230,23 @@ def render(
         },
         "warnings": list(s.warnings),
         "notes": notes,
+    }
+
+
+def _monitoring_documents(
+    s: KubernetesSettings, monitoring: MonitoringConfig
+) -> dict[str, dict[str, Any]]:
+    """ServiceMonitor, PrometheusRule and dashboard ConfigMap, by file name."""
+    from mlfolio.deploy.kubernetes import monitoring as mon
+    from mlfolio.monitor import alerts, dashboard
+
+    board = dashboard.grafana_dashboard(
+        job=s.resource_name, drift_share=alerts.drift_threshold(monitoring)
+    )
+    return {
+        mon.SERVICE_MONITOR_FILE: mon.service_monitor(s),
+        mon.PROMETHEUS_RULE_FILE: mon.prometheus_rule(
+            s, alerts.alert_rules(monitoring, job=s.resource_name)
+        ),
+        mon.DASHBOARD_FILE: mon.dashboard_config_map(s, dashboard.dashboard_json(board)),
     }

@@ -16,6 +16,7 @@ import yaml
 
 from mlfolio.deploy import DeployError
 from mlfolio.deploy.kubernetes.kserve_check import _check_inference_service
+from mlfolio.deploy.kubernetes.monitoring import check_monitoring_resource, check_service_monitors
 from mlfolio.deploy.kubernetes.names import (
     _DNS1035_LABEL,
     _DNS1123_LABEL,
@@ -280,6 +281,8 @@ def validate_documents(
             continue
         if doc["kind"] == "InferenceService":
             found = _check_inference_service(kv, doc, kubernetes_version, where)
+        elif doc["kind"] in ("ServiceMonitor", "PrometheusRule"):
+            found = check_monitoring_resource(doc, where)
         else:
             found = _schema_check(kv, doc, kubernetes_version, [], where)
             if not found and doc["kind"] == "Deployment":
@@ -289,7 +292,7 @@ def validate_documents(
         if not found:
             checked.append((where, doc))
         refs.append(ref)
-    problems += _cross_check(checked)
+    problems += _cross_check(checked) + check_service_monitors(checked)
     if problems:
         raise ManifestError(source, problems)
     return refs
