@@ -28,7 +28,7 @@ monitor-demo: setup  ## serve the champion with a prediction log, send drifted t
 TEST_WORKERS ?= 2
 
 test: setup  ## the whole test suite, on TEST_WORKERS processes (one module stays on one)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
+	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 
 test-fast: setup  ## unit tests only (no end-to-end runs)
 	$(BIN)/python -m pytest -m "not slow"

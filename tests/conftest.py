@@ -121,11 +121,13 @@ def team_env(monkeypatch, team_services):
     return team_services
 
 
-# -- two workers (pytest-xdist, `make test` runs -n 2 --dist loadgroup) ----------------
-# Modules that share the session's team services run on one worker, so the services
-# start once; every other module is a group of its own, so its module-scoped run fixture
-# is computed once. The longest groups are sent first: a worker left with the longest
-# one at the end would idle the other core.
+# -- two workers (pytest-xdist: `make test` runs -n 2) ------------------------------------
+# A module's tests stay on one worker, so its module-scoped run fixture is computed once;
+# the modules that share the session's team services form one unit, so the services start
+# once. Units go out longest first: a worker left with the longest one at the end would
+# idle the other core. (xdist's own xdist_group marks do not reach its scheduler under
+# pytest 9, whose node ids are no longer assignable: this scheduler reads the module from
+# the node id instead.)
 TEAM_MODULES = {"test_team", "test_kfp", "test_tune_rdb"}
 LONGEST_FIRST = (
     "team",
@@ -138,12 +140,23 @@ LONGEST_FIRST = (
 )
 
 
-def pytest_collection_modifyitems(config, items):
-    def group(item) -> str:
-        module = item.module.__name__.rsplit(".", 1)[-1]
-        return "team" if module in TEAM_MODULES else module
+def work_unit(nodeid: str) -> str:
+    """The unit of work a test belongs to: "team", or its module's name."""
+    module = Path(nodeid.split("::", 1)[0]).stem
+    return "team" if module in TEAM_MODULES else module
 
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(group(item)))
+
+def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(group(item), len(rank)))  # stable within a group
+    items.sort(key=lambda item: rank.get(work_unit(item.nodeid), len(rank)))  # stable
+
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    config.option.loadscopereorder = False  # keep LONGEST_FIRST, not "most tests first"
+    return ModuleScheduling(config, log)
