@@ -32,6 +32,7 @@ from mlflow.tracking import MlflowClient
 
 from mlfolio import pipeline, report
 from mlfolio.errors import ConfigError, RunInterrupted
+from mlfolio.pipeline import gate_status
 
 from .conftest import CHURN_CSV, CHURN_PARAMS, SMALL, deep_update, tracking_section
 
@@ -281,6 +282,8 @@ def assert_interrupted(snap: dict[str, Any], signame: str, code: int) -> None:
     assert f"interrupted by {signame}" in snap["stderr"]
     assert m["status"] == "interrupted", m.get("status")
     assert m["interrupted"]["signal"] == signame and m["interrupted"]["stage"] == "tune"
+    verdict = gate_status.decide(m, m["run_dir"])
+    assert verdict.exit_code == 3 and f"by {signame} during stage tune" in verdict.reason
     tune = m["stages"]["tune"]
     assert tune["status"] == "interrupted"
     # the cell that was running when the kernel stopped: the study's
@@ -356,6 +359,8 @@ def test_other_parameters_are_refused_then_forced_and_mark_stale(phases):
     stale = {name for name, s in stages.items() if s.get("stale")}
     assert stale == {"tune", "evaluate", "register", "deploy"}, stale
     assert any("train.json" in reason for reason in stages["evaluate"]["stale"])
+    verdict = gate_status.decide(m, m["run_dir"])  # CI must not deploy a stale verdict
+    assert verdict.exit_code == 1 and "stage evaluate is stale" in verdict.reason
     for name in ("tune", "evaluate", "register", "deploy"):
         assert f'id="stale-{name}"' in forced["index"], name
     assert 'id="stale-train"' not in forced["index"]
