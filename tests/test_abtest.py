@@ -420,3 +420,92 @@ def test_act_on_ab_checks_and_promotes_under_the_promotion_lock(scored, versions
     assert not late.promoted and late.champion == "3"
     move = [e for e in registry.alias_history(MODEL) if e["alias"] == "champion"][-1]
     assert (move["previous_version"], move["compared_against"]) == ("1", "1")
+
+
+# -- the report as gauges on the server's /metrics (mlfolio.monitor.prometheus) ----------
+def _exposed(report: dict) -> dict[str, list]:
+    """The A/B gauges as Prometheus' text format parses them back: name -> samples."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from mlfolio import monitor
+
+    class _Collector:
+        def collect(self):
+            return monitor.ab_gauge_families(report)
+
+    reg = CollectorRegistry()
+    reg.register(_Collector())
+    text = generate_latest(reg).decode()
+    return {f.name: f.samples for f in text_string_to_metric_families(text)}
+
+
+@pytest.mark.parametrize("kind", ["ab", "shadow"])
+def test_a_worse_challenger_is_a_gauge_the_alert_reads(scored, kind):
+    report = abtest.ab_report(
+        LOGS[kind](scored, scored.strong, scored.weak), bootstrap_samples=100, model_name=MODEL
+    )
+    assert report["recommendation"]["action"] == "roll back"
+    c = report["comparison"]
+    got = _exposed(report)
+    labels = {"model": MODEL, "champion_version": "1", "challenger_version": "2", "design": kind}
+    for name, value in (
+        ("mlfolio_ab_roc_auc_difference", c["difference"]),
+        ("mlfolio_ab_roc_auc_difference_ci_low", c["ci_low"]),
+        ("mlfolio_ab_roc_auc_difference_ci_high", c["ci_high"]),
+        ("mlfolio_ab_challenger_worse", 1.0),
+    ):
+        [sample] = got[name]
+        assert sample.labels == labels and sample.value == pytest.approx(value)
+    assert got["mlfolio_ab_roc_auc_difference_ci_high"][0].value < 0
+    rows = {s.labels["variant"]: s.value for s in got["mlfolio_ab_labelled_rows"]}
+    assert rows == {
+        "champion": c["champion"]["labelled"],
+        "challenger": c["challenger"]["labelled"],
+    }
+    [stamp] = got["mlfolio_ab_last_run_timestamp_seconds"]
+    assert abs(stamp.value - pd.Timestamp(report["created_at"]).timestamp()) < 1
+
+
+def test_ab_gauges_of_a_kept_challenger_and_of_reports_without_a_comparison(scored):
+    same = abtest.ab_report(shadow_log(scored, scored.strong, scored.strong), bootstrap_samples=50)
+    assert same["recommendation"]["action"] == "keep"
+    got = _exposed(same)
+    assert got["mlfolio_ab_challenger_worse"][0].value == 0
+    assert got["mlfolio_ab_roc_auc_difference"][0].value == pytest.approx(0)
+
+    # labels not in yet: rows and the verdict (0), no difference
+    unlabelled = shadow_log(scored, scored.strong, scored.weak).assign(actual=np.nan)
+    got = _exposed(abtest.ab_report(unlabelled, bootstrap_samples=50))
+    assert set(got) == {
+        "mlfolio_ab_challenger_worse",
+        "mlfolio_ab_labelled_rows",
+        "mlfolio_ab_last_run_timestamp_seconds",
+    }
+    assert {s.value for s in got["mlfolio_ab_labelled_rows"]} == {0}
+
+    # one variant served: nothing compared, no gauges (a stale verdict's alert resolves)
+    single = ab_log(scored, scored.strong, scored.weak)
+    single = single[single["variant"] == "champion"]
+    assert _exposed(abtest.ab_report(single, bootstrap_samples=50)) == {}
+
+
+def test_publish_ab_for_server_feeds_the_servers_collector(scored, tmp_path, caplog):
+    from mlfolio import monitor
+    from mlfolio.serve.metrics import AbCollector
+
+    report = abtest.ab_report(
+        ab_log(scored, scored.strong, scored.weak), bootstrap_samples=50, model_name=MODEL
+    )
+    folder = tmp_path / "prediction-log"
+    collector = AbCollector(folder / monitor.SERVER_AB_FILE)
+    assert list(collector.collect()) == []  # no report yet
+    path = monitor.publish_ab_for_server(report, folder)
+    assert path == folder / "ab.json" and list(folder.glob("*.tmp")) == []
+    assert json.loads(path.read_text()) == json.loads(json.dumps(report))
+    names = {f.name: f for f in collector.collect()}
+    assert names["mlfolio_ab_challenger_worse"].samples[0].value == 1
+    path.write_text("{not json")
+    with caplog.at_level("WARNING"):
+        assert list(collector.collect()) == []
+    assert "unreadable, no A/B gauges" in caplog.text

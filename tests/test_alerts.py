@@ -53,6 +53,7 @@ def test_every_issue_alert_is_there_with_a_severity_and_an_action(mon):
         "MlfolioDataDrift",
         "MlfolioDatasetDrift",
         "MlfolioQualityDrop",
+        "MlfolioChallengerWorse",
     } <= names
     for rule in rules:
         assert rule["labels"]["severity"] in ("critical", "warning", "info")
@@ -99,7 +100,8 @@ def test_dashboard_is_importable_json_with_the_panels_the_issue_names():
     ids = [p["id"] for p in board["panels"]]
     assert len(ids) == len(set(ids))
     titles = " ".join(p["title"].lower() for p in board["panels"])
-    for word in ("requests", "error", "latency", "batch", "score", "variant", "drift", "roc auc"):
+    words = ("requests", "error", "latency", "batch", "score", "variant", "drift", "roc auc", "a/b")
+    for word in words:
         assert word in titles
     for panel in board["panels"]:
         assert panel["targets"] and all(t["expr"] and t["refId"] for t in panel["targets"])
@@ -113,7 +115,7 @@ def test_promtool_checks_the_rules_and_runs_their_unit_tests():
         text=True,
     )
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "SUCCESS: 12 rules found" in check.stdout + check.stderr
+    assert "SUCCESS: 13 rules found" in check.stdout + check.stderr
     unit = subprocess.run(
         ["promtool", "test", "rules", str(MONITORING / "alerts_test.yml")],
         capture_output=True,

@@ -4,8 +4,9 @@
   prediction drift and the coercion both share;
 - :mod:`~mlfolio.monitor.evidently_reports`: Evidently 0.7, imported lazily;
 - :mod:`~mlfolio.monitor.policy`: quality comparison, the retraining decision and rows;
-- :mod:`~mlfolio.monitor.prometheus`: the verdict as gauges, for a textfile collector and
-  for the model server (:func:`publish_for_server`).
+- :mod:`~mlfolio.monitor.prometheus`: the verdict and the A/B report as gauges, for a
+  textfile collector and for the model server (:func:`publish_for_server`,
+  :func:`publish_ab_for_server`).
 
 The names below are re-exported so ``from mlfolio import monitor; monitor.drift_verdict``
 works as before the split.
@@ -34,8 +35,11 @@ from mlfolio.monitor.policy import (
     retraining_rows,
 )
 from mlfolio.monitor.prometheus import (
+    SERVER_AB_FILE,
     SERVER_DRIFT_FILE,
+    ab_gauge_families,
     drift_gauge_families,
+    publish_ab_for_server,
     publish_for_server,
     write_prometheus_textfile,
 )
@@ -47,8 +51,10 @@ __all__ = [
     "METHODS",
     "PREDICTION_COLUMN",
     "REPORT_SAMPLE_ROWS",
+    "SERVER_AB_FILE",
     "SERVER_DRIFT_FILE",
     "RetrainDecision",
+    "ab_gauge_families",
     "coerce_frame",
     "drift_gauge_families",
     "drift_verdict",
@@ -56,6 +62,7 @@ __all__ = [
     "evidently_report",
     "evidently_verdict",
     "prediction_drift",
+    "publish_ab_for_server",
     "publish_for_server",
     "quality_comparison",
     "retrain_decision",

@@ -2,8 +2,9 @@
 
 :func:`alert_rules` is pure: a :class:`~mlfolio.config.MonitoringConfig` in, the rule
 groups of a Prometheus rule file out. Every metric it names is exported by the server
-(:mod:`mlfolio.serve.metrics`) or by the drift gauges of :mod:`mlfolio.monitor.prometheus`;
-``deploy/monitoring/alerts.yml`` is its output for ``parameters/churn.yaml``.
+(:mod:`mlfolio.serve.metrics`) or by the drift and A/B gauges of
+:mod:`mlfolio.monitor.prometheus`; ``deploy/monitoring/alerts.yml`` is its output for
+``parameters/churn.yaml``.
 """
 
 from __future__ import annotations
@@ -190,6 +191,21 @@ def alert_rules(monitoring: MonitoringConfig, *, job: str | None = None) -> dict
             "vs reference",
             f"On labelled current rows the ROC AUC fell by at least {auc_drop:g}.",
             "Retrain on recent labelled rows; until then consider the previous version.",
+        ),
+        _rule(
+            "MlfolioChallengerWorse",
+            f"mlfolio_ab_roc_auc_difference{{{sel}}}\n"
+            f"  and mlfolio_ab_challenger_worse{{{sel}}} == 1",
+            p,
+            "warning",
+            "{{ $labels.model }}: challenger v{{ $labels.challenger_version }} is worse than "
+            'champion v{{ $labels.champion_version }} (ROC AUC {{ $value | printf "%+.3f" }})',
+            "The latest A/B report ({{ $labels.design }}) recommends rolling back: the "
+            f"{monitoring.ab.confidence:.0%} interval of challenger - champion ROC AUC lies "
+            f"below 0, with at least {monitoring.ab.min_labelled} labelled rows per arm "
+            "(monitoring.ab).",
+            "Take the challenger out of traffic: `mlfolio monitor` with monitoring.ab.act "
+            "true removes its alias, then restart the server without --challenger.",
         ),
         _rule(
             "MlfolioMonitorStale",

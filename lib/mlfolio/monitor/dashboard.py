@@ -70,8 +70,8 @@ def _variable(name: str, query: str, *, label: str) -> dict[str, Any]:
 
 def grafana_dashboard(*, job: str = "mlfolio", drift_share: float = 0.3) -> dict[str, Any]:
     """The dashboard: traffic, errors, latency quantiles, batch sizes, scores, variants,
-    drift and quality. ``job`` is the default of its ``$job`` variable, ``drift_share``
-    the red line of the drift gauge (the alert's threshold)."""
+    drift, quality and the A/B comparison. ``job`` is the default of its ``$job``
+    variable, ``drift_share`` the red line of the drift gauge (the alert's threshold)."""
     s, scoring = _SEL, f'{_SEL},route=~"{SCORING_ROUTES}"'
     rate = "[$__rate_interval]"
     quantiles = [
@@ -248,6 +248,41 @@ def grafana_dashboard(*, job: str = "mlfolio", drift_share: float = 0.3) -> dict
             [(f"max by (version, alias, scorer) (mlfolio_model_info{{{s}}})", "{{version}}")],
             (0, 38, 12, 4),
             kind="stat",
+        ),
+        _panel(
+            14,
+            "A/B: challenger minus champion ROC AUC, with its interval",
+            [
+                (
+                    f"max by (champion_version, challenger_version) "
+                    f"(mlfolio_ab_roc_auc_difference{suffix}{{{s}}})",
+                    f"{legend} v{{{{challenger_version}}}} - v{{{{champion_version}}}}",
+                )
+                for suffix, legend in (
+                    ("", "difference"),
+                    ("_ci_low", "CI low"),
+                    ("_ci_high", "CI high"),
+                )
+            ],
+            (12, 38, 12, 8),
+            description="From the latest A/B report (ab.json beside the prediction log); "
+            "below 0: the challenger is worse.",
+            thresholds=[("red", None), ("green", 0)],
+        ),
+        _panel(
+            15,
+            "A/B verdict and labelled rows per variant",
+            [
+                (f"max(mlfolio_ab_challenger_worse{{{s}}})", "challenger worse (roll back)"),
+                (
+                    f"sum by (variant) (mlfolio_ab_labelled_rows{{{s}}})",
+                    "labelled rows {{variant}}",
+                ),
+            ],
+            (0, 42, 12, 4),
+            kind="stat",
+            description="1: the latest A/B report recommends rolling the challenger back "
+            "(the MlfolioChallengerWorse alert).",
         ),
     ]
     return {

@@ -1,8 +1,9 @@
-"""The latest monitor verdict as Prometheus gauges, for alerts.
+"""The latest monitor verdict and A/B report as Prometheus gauges, for alerts.
 
 Two readers: node_exporter's textfile collector (:func:`write_prometheus_textfile`) and
 the model server's ``/metrics``, which reads the ``drift.json`` that
-:func:`publish_for_server` puts in its prediction-log folder.
+:func:`publish_for_server` and the ``ab.json`` that :func:`publish_ab_for_server` put in
+its prediction-log folder.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from typing import Any
 
 # The file the model server's /metrics reads, in its --prediction-log folder.
 SERVER_DRIFT_FILE = "drift.json"
+SERVER_AB_FILE = "ab.json"
+# The A/B report's action when the challenger is significantly worse (abtest.recommend).
+ROLL_BACK = "roll back"
 
 
 def drift_gauge_families(doc: dict[str, Any]) -> list[Any]:
@@ -85,6 +89,75 @@ def drift_gauge_families(doc: dict[str, Any]) -> list[Any]:
     return [f for f in families if f is not None]
 
 
+def ab_gauge_families(doc: dict[str, Any]) -> list[Any]:
+    """Gauges for the latest A/B report (an ``ab.json`` document), so a worse challenger
+    alerts; none when the window held one variant only (nothing compared).
+
+    Labels: model, champion_version, challenger_version, design (``ab`` or ``shadow``);
+    ``mlfolio_ab_labelled_rows`` adds ``variant``. The ROC AUC difference (challenger −
+    champion) and its CI appear only when both arms had labels of both classes.
+    """
+    from prometheus_client.core import GaugeMetricFamily
+
+    comparison = doc.get("comparison") or {}
+    champion, challenger = comparison.get("champion"), comparison.get("challenger")
+    if not champion or not challenger:
+        return []
+    labels = {
+        "model": str(doc.get("model_name") or ""),
+        "champion_version": str(champion.get("version", "")),
+        "challenger_version": str(challenger.get("version", "")),
+        "design": str(doc.get("design") or comparison.get("design") or ""),
+    }
+    names, values = list(labels), list(labels.values())
+
+    def gauge(name: str, doc_text: str, value: Any) -> GaugeMetricFamily | None:
+        if value is None:
+            return None
+        family = GaugeMetricFamily(name, doc_text, labels=names)
+        family.add_metric(values, float(value))
+        return family
+
+    action = (doc.get("recommendation") or {}).get("action")
+    rows = GaugeMetricFamily(
+        "mlfolio_ab_labelled_rows",
+        "Labelled rows per variant in the latest A/B report's window",
+        labels=[*names, "variant"],
+    )
+    for variant, arm in (("champion", champion), ("challenger", challenger)):
+        rows.add_metric([*values, variant], float(arm.get("labelled") or 0))
+    created = doc.get("created_at")
+    families = [
+        gauge(
+            "mlfolio_ab_roc_auc_difference",
+            "Challenger minus champion ROC AUC (latest A/B report; negative: challenger worse)",
+            comparison.get("difference"),
+        ),
+        gauge(
+            "mlfolio_ab_roc_auc_difference_ci_low",
+            "Lower bound of the ROC AUC difference's confidence interval",
+            comparison.get("ci_low"),
+        ),
+        gauge(
+            "mlfolio_ab_roc_auc_difference_ci_high",
+            "Upper bound of the ROC AUC difference's confidence interval",
+            comparison.get("ci_high"),
+        ),
+        gauge(
+            "mlfolio_ab_challenger_worse",
+            "1 when the latest A/B report recommends rolling the challenger back",
+            int(action == ROLL_BACK),
+        ),
+        rows,
+        gauge(
+            "mlfolio_ab_last_run_timestamp_seconds",
+            "When the latest A/B report was made (unix time)",
+            datetime.fromisoformat(created).timestamp() if created else None,
+        ),
+    ]
+    return [f for f in families if f is not None]
+
+
 def write_prometheus_textfile(doc: dict[str, Any], path: str | Path) -> Path:
     """Write the drift gauges in Prometheus' text format (node_exporter textfile collector),
     atomically: a scrape never sees half a file."""
@@ -111,4 +184,15 @@ def publish_for_server(doc: dict[str, Any], folder: str | Path) -> Path:
 
     path = Path(folder) / SERVER_DRIFT_FILE
     write_json(path, doc)
+    return path
+
+
+def publish_ab_for_server(report: dict[str, Any], folder: str | Path) -> Path:
+    """Write the A/B ``report`` (the stage's ``ab.json``) into the model server's
+    prediction-log ``folder``, where its ``/metrics`` shows it (:func:`ab_gauge_families`).
+    Atomic like :func:`publish_for_server`; a one-variant report clears the gauges."""
+    from mlfolio.context import write_json
+
+    path = Path(folder) / SERVER_AB_FILE
+    write_json(path, report)
     return path

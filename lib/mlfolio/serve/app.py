@@ -31,7 +31,7 @@ from mlfolio.serve.contract import (
     error_body,
 )
 from mlfolio.serve.gate import Gate, read_body, route_namer
-from mlfolio.serve.metrics import DriftCollector, PredlogCollector, ServerMetrics
+from mlfolio.serve.metrics import AbCollector, DriftCollector, PredlogCollector, ServerMetrics
 from mlfolio.serve.model import ServedModel
 from mlfolio.serve.options import ServeOptions
 from mlfolio.serve.protocols.mlflow import parse_mlflow_json, predictions_doc
@@ -381,6 +381,7 @@ def _state(model: ServedModel, options: ServeOptions, challenger: ServedModel | 
             PredlogCollector(predlog, {"model": model.name, "version": model.version})
         )
         metrics.registry.register(DriftCollector(Path(options.prediction_log) / "drift.json"))
+        metrics.registry.register(AbCollector(Path(options.prediction_log) / "ab.json"))
     batchers = [
         MicroBatcher(model, metrics, max_batch_rows=options.max_batch_rows, predlog=predlog)
     ]

@@ -1,12 +1,12 @@
-"""Prometheus metrics of the server, the prediction log's counts and the monitor's drift
-gauges, collected at scrape time."""
+"""Prometheus metrics of the server, the prediction log's counts, the monitor's drift
+gauges and the A/B report's gauges, collected at scrape time."""
 
 from __future__ import annotations
 
 import json
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -217,12 +217,24 @@ class PredlogCollector:
         yield queued
 
 
-class DriftCollector:
-    """The latest monitor verdict (``drift.json`` next to the prediction log) as gauges,
-    via :func:`mlfolio.monitor.drift_gauge_families`; re-read only when the file changes."""
+def _drift_families(doc: dict[str, Any]) -> list[Any]:
+    from mlfolio.monitor import drift_gauge_families
 
-    def __init__(self, path: Path):
-        self.path = path
+    return drift_gauge_families(doc)
+
+
+def _ab_families(doc: dict[str, Any]) -> list[Any]:
+    from mlfolio.monitor import ab_gauge_families
+
+    return ab_gauge_families(doc)
+
+
+class JsonGaugeCollector:
+    """Gauges computed from a JSON file next to the prediction log (``to_families`` turns
+    the document into metric families); re-read only when the file changes."""
+
+    def __init__(self, path: Path, what: str, to_families: Callable[[dict[str, Any]], list[Any]]):
+        self.path, self.what, self.to_families = path, what, to_families
         self._key: tuple[int, int, int] | None = None
         self._families: list[Any] = []
         self._logged: set[str] = set()
@@ -240,19 +252,21 @@ class DriftCollector:
             except OSError:
                 self._key, self._families = None, []
                 self._once(
-                    "missing", logging.INFO, "no %s yet: no drift gauges on /metrics", self.path
+                    "missing",
+                    logging.INFO,
+                    "no %s yet: no %s gauges on /metrics",
+                    self.path,
+                    self.what,
                 )
                 return []
             key = (st.st_mtime_ns, st.st_size, st.st_ino)
             if key != self._key:
                 self._key = key
                 try:
-                    from mlfolio.monitor import drift_gauge_families
-
                     doc = json.loads(self.path.read_text())
                     if not isinstance(doc, dict):
                         raise ValueError("not a JSON object")
-                    self._families = list(drift_gauge_families(doc))
+                    self._families = list(self.to_families(doc))
                 except (
                     OSError,
                     ValueError,
@@ -265,8 +279,25 @@ class DriftCollector:
                     self._once(
                         f"bad {key}",
                         logging.WARNING,
-                        "%s unreadable, no drift gauges: %s",
+                        "%s unreadable, no %s gauges: %s",
                         self.path,
+                        self.what,
                         exc,
                     )
             return list(self._families)
+
+
+class DriftCollector(JsonGaugeCollector):
+    """The latest monitor verdict (``drift.json`` next to the prediction log) as gauges,
+    via :func:`mlfolio.monitor.drift_gauge_families`."""
+
+    def __init__(self, path: Path):
+        super().__init__(path, "drift", _drift_families)
+
+
+class AbCollector(JsonGaugeCollector):
+    """The latest A/B report (``ab.json`` next to the prediction log) as gauges, via
+    :func:`mlfolio.monitor.ab_gauge_families`."""
+
+    def __init__(self, path: Path):
+        super().__init__(path, "A/B", _ab_families)

@@ -328,8 +328,9 @@ def monitor_model(ctx: StageContext) -> dict[str, Any]:
 
 def ab_report(ctx: StageContext) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Champion against challenger on the prediction log's outcomes (A/B or shadow):
-    per-variant metrics, the comparison and a recommendation, written to ``ab.json``."""
-    from mlfolio import abtest, predlog
+    per-variant metrics, the comparison and a recommendation, written to ``ab.json`` and
+    published to the prediction log folder for the server's ``/metrics``."""
+    from mlfolio import abtest, monitor, predlog
 
     mon = ctx.cfg.monitoring
     if not mon.prediction_log:
@@ -352,6 +353,8 @@ def ab_report(ctx: StageContext) -> tuple[pd.DataFrame, dict[str, Any]]:
     )
     result["source"] = mon.prediction_log
     ctx.write(products.AB, result)
+    if mon.prediction_log:  # the server logging it shows the result (a worse challenger alerts)
+        monitor.publish_ab_for_server(result, mon.prediction_log)
     mlflow.set_tags(
         {
             "mlfolio.ab_design": result["design"],
