@@ -1,6 +1,6 @@
 """The generated rules in a real Prometheus scraping real `mlfolio serve` processes: a
-drifted verdict fires the drift alert, a clean one does not; every metric the rules and
-the dashboard read is on the live /metrics."""
+drifted verdict fires the drift alert and a rolled-back A/B report the challenger alert,
+clean ones do not; every metric the rules and the dashboard read is on the live /metrics."""
 
 from __future__ import annotations
 
@@ -13,10 +13,12 @@ import time
 import urllib.request
 from datetime import UTC, datetime
 
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
-from mlfolio import config, data, features, monitor
+from mlfolio import abtest, config, data, features, monitor
 from mlfolio.monitor import alerts, dashboard
 
 from .conftest import CHURN_PARAMS
@@ -57,6 +59,37 @@ def _verdict_doc(cfg, reference, current, version: str) -> dict:
     }
 
 
+def _ab_doc(registered, y: pd.Series, broken: bool) -> dict:
+    """A real A/B report (shadow) of the registered champion and challenger on held-out
+    Telco rows; ``broken``: the challenger gets three key columns shuffled, as a bad
+    feature pipeline would, so the report says roll back."""
+    rows = slice(2000, 3500)  # neither model was fitted on these
+    X = registered.X.iloc[rows]
+    rng = np.random.default_rng(0)
+    shuffled = {c: rng.permutation(X[c].to_numpy()) for c in ("contract", "tenure")}
+    parts = []
+    for variant, version, features_ in (
+        ("champion", "1", X),
+        ("challenger", "2", X.assign(**shuffled) if broken else X),
+    ):
+        score = registered.models[variant].predict_proba(features_)[:, 1]
+        parts.append(
+            pd.DataFrame(
+                {
+                    "request_id": [f"r{i}" for i in range(len(X))],
+                    "model_name": MODEL,
+                    "model_version": version,
+                    "variant": variant,
+                    "shadow": variant == "challenger",
+                    "score": score,
+                    "label": (score >= 0.5).astype(int),
+                    "actual": y.iloc[rows].to_numpy().astype(float),
+                }
+            )
+        )
+    return abtest.ab_report(pd.concat(parts, ignore_index=True), bootstrap_samples=100)
+
+
 @pytest.mark.slow
 def test_drift_alert_fires_in_a_real_prometheus_and_every_metric_exists(tmp_path):
     cfg = config.load(CHURN_PARAMS)
@@ -76,6 +109,12 @@ def test_drift_alert_fires_in_a_real_prometheus_and_every_metric_exists(tmp_path
     clean = _verdict_doc(cfg, parts["train"], parts["test"], "1")
     assert clean["share_drifted"] < alerts.drift_threshold(cfg.monitoring)
     monitor.publish_for_server(clean, clean_log)
+    _, y = features.xy(churn.reset_index(drop=True), cfg.schema)
+    worse, kept = _ab_doc(registered, y, broken=True), _ab_doc(registered, y, broken=False)
+    assert worse["recommendation"]["action"] == "roll back"
+    assert kept["recommendation"]["action"] == "keep"
+    monitor.publish_ab_for_server(worse, drifted_log)
+    monitor.publish_ab_for_server(kept, clean_log)
 
     servers, prom = [], None
     try:
@@ -87,6 +126,8 @@ def test_drift_alert_fires_in_a_real_prometheus_and_every_metric_exists(tmp_path
 
         # Every metric a rule or a panel reads is exported by the live server.
         names = set(re.findall(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)", exposed, re.M)) | {"up"}
+        ab_gauges = {f.name for f in monitor.ab_gauge_families(worse)}
+        assert len(ab_gauges) == 6 and ab_gauges <= names  # ab.json reached /metrics
         mon = cfg.monitoring
         read = set()
         for group in alerts.alert_rules(mon)["groups"]:
@@ -125,9 +166,12 @@ def test_drift_alert_fires_in_a_real_prometheus_and_every_metric_exists(tmp_path
             stderr=(tmp_path / "prometheus.log").open("w"),
         )
         timeline: dict[str, float] = {}
+        ab_timeline: dict[str, float] = {}
         seen_for_clean = []
         deadline = started + 60
-        while "firing" not in timeline and time.monotonic() < deadline:
+        while "firing" not in timeline or "firing" not in ab_timeline:
+            if time.monotonic() > deadline:
+                break
             time.sleep(0.25)
             try:
                 doc_alerts = json.loads(_get(f"http://127.0.0.1:{port}/api/v1/alerts"))
@@ -135,20 +179,27 @@ def test_drift_alert_fires_in_a_real_prometheus_and_every_metric_exists(tmp_path
                 continue
             timeline.setdefault("ready", time.monotonic() - started)
             for alert in doc_alerts["data"]["alerts"]:
-                if alert["labels"]["alertname"] != "MlfolioDataDrift":
+                states = {"MlfolioDataDrift": timeline, "MlfolioChallengerWorse": ab_timeline}
+                if alert["labels"]["alertname"] not in states:
                     continue
                 if alert["labels"]["instance"] == targets[0]:
-                    timeline.setdefault(alert["state"], time.monotonic() - started)
+                    states[alert["labels"]["alertname"]].setdefault(
+                        alert["state"], time.monotonic() - started
+                    )
                 else:
                     seen_for_clean.append(alert)
         print(
             "\nPrometheus timeline (s from start): "
             + ", ".join(f"{k} {v:.1f}" for k, v in timeline.items())
+            + "; challenger alert: "
+            + ", ".join(f"{k} {v:.1f}" for k, v in ab_timeline.items())
         )
-        assert "pending" in timeline and "firing" in timeline, (
-            timeline,
-            (tmp_path / "prometheus.log").read_text()[-2000:],
-        )
+        for states in (timeline, ab_timeline):
+            assert "pending" in states and "firing" in states, (
+                timeline,
+                ab_timeline,
+                (tmp_path / "prometheus.log").read_text()[-2000:],
+            )
         assert seen_for_clean == []
         # The other alerts that read drift.json fired for the drifted server only.
         firing = {
