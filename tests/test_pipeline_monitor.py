@@ -420,6 +420,12 @@ def test_the_loop_through_a_served_prediction_log(env, tmp_path):
             metrics = client.get("/metrics").text
             share = re.search(r"^mlfolio_drift_share\{[^}]*\} (\S+)$", metrics, re.M)
             assert share and float(share.group(1)) == pytest.approx(drift["share_drifted"])
+            # ... and the A/B report (ab.json beside the log) for the challenger alert
+            assert json.loads((log_dir / "ab.json").read_text())["comparison"] == ab["comparison"]
+            worse = re.search(r"^mlfolio_ab_challenger_worse\{[^}]*\} (\S+)$", metrics, re.M)
+            assert worse and float(worse.group(1)) == (
+                ab["recommendation"]["action"] == "roll back"
+            )
 
             # The registry acts on the A/B recommendation when asked to (no retraining here).
             before = {a: _alias(env, a) for a in ("champion", "challenger")}
