@@ -509,3 +509,11 @@ def test_publish_ab_for_server_feeds_the_servers_collector(scored, tmp_path, cap
     with caplog.at_level("WARNING"):
         assert list(collector.collect()) == []
     assert "unreadable, no A/B gauges" in caplog.text
+
+
+def test_the_gauge_reads_the_roll_back_action_the_report_writes():
+    """The server's gauge module keeps its own copy of the action's spelling (it must not
+    import the statistics): a renamed action would silently leave the alert silent."""
+    from mlfolio.monitor import prometheus
+
+    assert prometheus.ROLL_BACK in abtest.ACTIONS
