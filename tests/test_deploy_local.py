@@ -19,7 +19,10 @@ def test_local_check_sends_the_serve_token(tmp_path, monkeypatch):
         registered.tracking_uri,
         rows,
         expected,
-        log_path=tmp_path / "serve.log",
+        # a run folder without logs/ yet (a stage run on a cold kernel): it failed with
+        # FileNotFoundError, benchmarks/pipeline_bench.py's cold variant among others
+        log_path=tmp_path / "run" / "logs" / "serve-local.log",
     )
     assert result["answers_match_pipeline"] and result["rows_checked"] == 20
+    assert (tmp_path / "run" / "logs" / "serve-local.log").is_file()
     assert "deploy-check-token" not in result["serve_command"]  # never recorded

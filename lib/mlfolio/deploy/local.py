@@ -82,6 +82,8 @@ def deploy_local(
     port = port or _free_port(host)
     url = f"http://{host}:{port}"
     cmd = serve_command(model_uri, host, port, tracking_uri)
+    if log_path:  # the run folder may have no logs/ yet (a stage on a cold kernel)
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
     proc = subprocess.Popen(cmd, stdout=log, stderr=log)
     try:
