@@ -4,6 +4,7 @@ and one end-to-end run on kfp's local runner against the team services."""
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import re
@@ -357,8 +358,13 @@ def test_kfp_local_runs_the_chain_against_the_team_services(team_env, tmp_path, 
     params.write_text(yaml.safe_dump(raw, sort_keys=False))
     runs = tmp_path / "runs"
     t0 = time.perf_counter()
+    print_before = builtins.print
     code = cli.main(["run", str(params), "--engine", "kfp-local", "--runs-root", str(runs)])
     err = capsys.readouterr().err
+    # kfp.local's per-task print indentation must not outlive the run (it indented every
+    # later line of the process, this test's verdict and the next tests' output)
+    assert builtins.print is print_before
+    assert "\n[1/7] ingest     ok in" in err, err[-2000:]  # not "\n    [1/7] ..."
     (run_dir,) = runs.iterdir()
     log_tail = (run_dir / "logs" / "kfp-local.log").read_text()[-4000:]
     assert code == 0, err + log_tail

@@ -4,6 +4,7 @@ machine, then the normal audit folder assembled from the task artifacts) and
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import logging
 import os
@@ -56,6 +57,10 @@ def run_local(
     _create_sqlite_store(cfg.tracking_uri())
     root = Path(tempfile.mkdtemp(prefix="mlfolio-kfp-"))
     echo(f"kfp-local: {package.name} in {folder}, task logs in logs/kfp-local.log")
+    # kfp.local indents its tasks' output by swapping builtins.print per task and back;
+    # tasks that overlap (the tune workers' ParallelFor) restore each other's swap, and the
+    # process kept printing every line four spaces in (the verdict, a later command's).
+    original_print = builtins.print
     try:
         with (
             (folder / "logs" / "kfp-local.log").open("w") as out,
@@ -69,7 +74,10 @@ def run_local(
                 pipeline_root=str(root),
                 raise_on_error=False,
             )
-            components.load_component_from_file(str(package))(run_name=folder.name)
+            try:
+                components.load_component_from_file(str(package))(run_name=folder.name)
+            finally:
+                builtins.print = original_print
         return assemble(folder, root, cfg, params_file, overrides, created, echo)
     finally:
         shutil.rmtree(root, ignore_errors=True)
