@@ -312,3 +312,37 @@ def test_trials_table_and_plot(churn, tmp_path):
     assert isinstance(fig, matplotlib.figure.Figure)
     assert len(fig.axes) == 2
     matplotlib.pyplot.close(fig)
+
+
+# -- subsample-then-refit ------------------------------------------------------------------
+def test_tuning_rows_is_a_seeded_stratified_sample_above_the_threshold(churn):
+    schema, train_df = churn
+    assert tune.tuning_rows(train_df, schema, None, SEED) is train_df
+    assert tune.tuning_rows(train_df, schema, len(train_df), SEED) is train_df
+    sample = tune.tuning_rows(train_df, schema, 1000, SEED)
+    assert len(sample) == 1000
+    assert set(sample["customerid"]) <= set(train_df["customerid"])
+    assert sample["customerid"].is_unique
+    share = train_df[schema.target].value_counts(normalize=True)
+    got = sample[schema.target].value_counts(normalize=True)
+    assert (got - share).abs().max() < 1e-3  # stratified: each class keeps its share
+    again = tune.tuning_rows(train_df, schema, 1000, SEED)
+    assert again["customerid"].tolist() == sample["customerid"].tolist()
+    other = tune.tuning_rows(train_df, schema, 1000, SEED + 1)
+    assert other["customerid"].tolist() != sample["customerid"].tolist()
+
+
+def test_study_above_subsample_rows_tunes_on_the_sample(churn, tmp_path):
+    """The study's trials are those of a study on the sample itself: same values."""
+    schema, train_df = churn
+    cfg = tuning(n_trials=3, pruner="none", subsample_rows=1200)
+    sampled = tune.run_study(cfg, train_df, schema, SEED, tmp_path / "a", "sub")
+    sample = tune.tuning_rows(train_df, schema, 1200, SEED)
+    direct = tune.run_study(
+        tuning(n_trials=3, pruner="none"), sample, schema, SEED, tmp_path / "b", "sub"
+    )
+    full = tune.run_study(
+        tuning(n_trials=3, pruner="none"), train_df, schema, SEED, tmp_path / "c", "sub"
+    )
+    assert [t.value for t in sampled.trials] == [t.value for t in direct.trials]
+    assert [t.value for t in sampled.trials] != [t.value for t in full.trials]

@@ -130,6 +130,12 @@ class TuningConfig(_Section):
     timeout: float | None = Field(None, gt=0, description="seconds; None = no limit")
     cv_folds: int = Field(3, ge=2, le=20)
     pruner: Literal["median", "none"] = "median"
+    subsample_rows: int | None = Field(
+        None,
+        ge=100,
+        description="tune on a seeded stratified sample of this many training rows when "
+        "there are more; the best parameters are refitted on all of them. None = never",
+    )
     n_workers: int = Field(1, ge=1, description="parallel worker processes on one study")
     storage: str | None = Field(
         None,

@@ -186,6 +186,7 @@ def tune_model(ctx: StageContext) -> tuple[Any, dict[str, Any]]:
     _log_trials(study, done)
     if not any(t.state == tune.FINISHED[0] for t in study.trials):
         raise StageError("tune", "no trial completed: raise tuning.timeout or n_trials")
+    train_rows = parts["train"]
     params = {**tune.suggest_params(optuna_fixed(study.best_params), cfg.tuning.model)}
     mlflow.log_metric("best_cv_roc_auc", study.best_value)
     result = _fit_and_log(ctx, cfg.tuning.model, params, parts, f"{cfg.tuning.model}-tuned")
@@ -196,6 +197,11 @@ def tune_model(ctx: StageContext) -> tuple[Any, dict[str, Any]]:
         "best_trial": study.best_trial.number,
         "best_cv_roc_auc": study.best_value,
         "trial_states": counts,
+        # tuning.subsample_rows: the study may have seen a sample; the refit saw every row
+        "rows_tuned_on": len(
+            tune.tuning_rows(train_rows, cfg.schema, cfg.tuning.subsample_rows, cfg.seed)
+        ),
+        "rows_refitted_on": len(train_rows),
         "models": {result["name"]: result},
     }
     ctx.write(products.TUNE, info)

@@ -41,7 +41,13 @@ pruner see, depends on timing: not reproducible, only each trial's value given i
 parameters is.
 """
 
-from mlfolio.tune.search import Folds, fold_scores, make_objective, suggest_params
+from mlfolio.tune.search import (
+    Folds,
+    fold_scores,
+    make_objective,
+    suggest_params,
+    tuning_rows,
+)
 from mlfolio.tune.storage import (
     FINISHED,
     is_shared,
@@ -76,4 +82,5 @@ __all__ = [
     "study_name",
     "suggest_params",
     "train_path",
+    "tuning_rows",
 ]

@@ -17,6 +17,22 @@ from mlfolio.features import build_preprocessor, xy
 from mlfolio.train import make_estimator
 
 
+def tuning_rows(
+    train: pd.DataFrame, schema: SchemaConfig, rows: int | None, seed: int
+) -> pd.DataFrame:
+    """The rows the study tunes on: ``train`` itself, or, when it has more than ``rows``
+    (``tuning.subsample_rows``), a seeded sample of ``rows`` of them stratified on the
+    target (each class keeps its share)."""
+    if rows is None or len(train) <= rows:
+        return train
+    from sklearn.model_selection import train_test_split
+
+    picked, _ = train_test_split(
+        train, train_size=rows, stratify=train[schema.target], random_state=seed
+    )
+    return picked.reset_index(drop=True)
+
+
 def suggest_params(trial: optuna.Trial, kind: str) -> dict[str, Any]:
     """The search space of each model kind."""
     if kind == "xgboost":

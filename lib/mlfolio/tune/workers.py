@@ -15,7 +15,7 @@ import pandas as pd
 
 from mlfolio.config import Config, SchemaConfig, TuningConfig
 from mlfolio.errors import ConfigError
-from mlfolio.tune.search import Folds, make_objective
+from mlfolio.tune.search import Folds, make_objective, tuning_rows
 from mlfolio.tune.storage import (
     FINISHED,
     claimed_before,
@@ -264,7 +264,10 @@ def run_study(
         return study
     if cfg.n_workers > 1 and todo > 1:
         _start_process_server()  # it boots while the folds are built
-    folds = Folds.build(train, schema, cfg.cv_folds, seed)
+    rows = tuning_rows(train, schema, cfg.subsample_rows, seed)
+    if len(rows) < len(train):
+        log.info("tuning on a stratified sample of %d of %d training rows", len(rows), len(train))
+    folds = Folds.build(rows, schema, cfg.cv_folds, seed)
     if cfg.n_workers == 1:
         objective = make_objective(folds, cfg.model, seed, cfg.pruner != "none")
         study.optimize(
@@ -346,5 +349,6 @@ def join_study(cfg: Config, train: pd.DataFrame, study_name: str, worker: int) -
     if remaining_trials(study, tuning.n_trials) == 0:
         log.info("study %s already has %d finished trials", study_name, tuning.n_trials)
         return 0
-    folds = Folds.build(train, cfg.schema, tuning.cv_folds, cfg.seed)
+    rows = tuning_rows(train, cfg.schema, tuning.subsample_rows, cfg.seed)  # as run_study's
+    folds = Folds.build(rows, cfg.schema, tuning.cv_folds, cfg.seed)
     return _worker(tuning, storage, study_name, cfg.seed, worker, folds, None, deadline)
