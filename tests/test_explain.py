@@ -8,7 +8,7 @@ import pytest
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.inspection import permutation_importance
 
-from mlfolio import config, data, explain, features, train
+from mlfolio import config, data, explain, features, model_card, train
 
 from .conftest import CHURN_PARAMS
 
@@ -157,7 +157,7 @@ def test_a_kind_without_exact_attribution_gets_permutation_only(cfg, parts):
     assert attribution is None and summary["method"] is None and summary["mean_abs"] is None
     assert "RandomForestClassifier has no exact attribution" in summary["note"]
     assert set(summary["permutation"]) == set(cfg.schema.features)
-    assert explain.top_features(summary, 3) == list(summary["permutation"])[:3]
+    assert model_card.top_features(summary, 3) == list(summary["permutation"])[:3]
 
 
 def test_sample_rows_is_bounded_seeded_and_keeps_small_frames():
@@ -171,5 +171,5 @@ def test_sample_rows_is_bounded_seeded_and_keeps_small_frames():
 def test_top_categorical_prefers_explicit_columns(cfg):
     summary = {"mean_abs": {"tenure": 3.0, "contract": 2.0, "gender": 0.1, "partner": 1.0}}
     categorical = list(cfg.schema.categorical)
-    assert explain.top_categorical(summary, categorical, 2) == ["contract", "partner"]
-    assert explain.top_categorical(None, categorical, 2) == categorical[:2]
+    assert model_card.top_categorical(summary, categorical, 2) == ["contract", "partner"]
+    assert model_card.top_categorical(None, categorical, 2) == categorical[:2]

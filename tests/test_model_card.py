@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -113,3 +116,19 @@ def test_card_after_register_names_the_version_and_its_card_uri(evaluated):
     assert "- Registered model: `models:/churn-classifier/4`" in card
     assert "- This card in MLflow: `runs:/run-candidate/model_card/model_card.md`" in card
     assert "- Logged model: `models:/m-0123`" in card
+
+
+def test_writing_the_index_page_imports_no_scikit_learn(tmp_path):
+    # The runner writes index.html after every run: ranking an explain summary (the
+    # "why the model decides" section, the card) is plain dicts, no model code.
+    code = (
+        "import sys\nfrom pathlib import Path\nfrom mlfolio import model_card, report\n"
+        f"report.write_index(Path({str(tmp_path)!r}), {{'status': 'succeeded', 'stages': {{}}}})\n"
+        "assert model_card.top_features({'mean_abs': {'a': 1.0, 'b': 2.0}}, 1) == ['b']\n"
+        "print(sorted(m for m in ('sklearn', 'xgboost', 'matplotlib') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip().endswith("[]")
+    assert (tmp_path / "index.html").is_file()

@@ -282,21 +282,3 @@ def explain_model(
         "note": note,
     }
     return summary, attribution
-
-
-def top_features(summary: dict[str, Any] | None, n: int = 5) -> list[str]:
-    """The ``n`` raw columns a model relies on most: by mean |attribution| when it has
-    one, else by permutation importance."""
-    if not summary:
-        return []
-    ranking = summary.get("mean_abs") or {
-        k: v["mean"] for k, v in (summary.get("permutation") or {}).items()
-    }
-    return [k for k, _ in sorted(ranking.items(), key=lambda kv: -kv[1])][:n]
-
-
-def top_categorical(summary: dict[str, Any] | None, categorical: list[str], n: int) -> list[str]:
-    """The ``n`` categorical columns a model relies on most (the schema's first ``n``
-    when there is no ranking): where an error analysis by segment looks."""
-    ranked = [c for c in top_features(summary, 10**6) if c in categorical]
-    return (ranked or list(categorical))[:n]

@@ -2,7 +2,9 @@
 
 Everything comes from the run's products (evaluate.json, ingest.json) and, once register
 ran, the version; the stage edge (:mod:`mlfolio.stages.explaining`) gathers the facts and
-writes ``model_card.md``.
+writes ``model_card.md``. :func:`top_features` and :func:`top_categorical` rank an explain
+summary (evaluate.json's ``explain``) for the card, the index page and the segment choice:
+plain dicts, so reading a run's ranking never imports scikit-learn.
 """
 
 from __future__ import annotations
@@ -10,6 +12,24 @@ from __future__ import annotations
 from typing import Any
 
 METRICS = ("roc_auc", "pr_auc", "precision", "recall", "f1", "accuracy")
+
+
+def top_features(summary: dict[str, Any] | None, n: int = 5) -> list[str]:
+    """The ``n`` raw columns a model relies on most: by mean |attribution| when it has
+    one, else by permutation importance."""
+    if not summary:
+        return []
+    ranking = summary.get("mean_abs") or {
+        k: v["mean"] for k, v in (summary.get("permutation") or {}).items()
+    }
+    return [k for k, _ in sorted(ranking.items(), key=lambda kv: -kv[1])][:n]
+
+
+def top_categorical(summary: dict[str, Any] | None, categorical: list[str], n: int) -> list[str]:
+    """The ``n`` categorical columns a model relies on most (the schema's first ``n``
+    when there is no ranking): where an error analysis by segment looks."""
+    ranked = [c for c in top_features(summary, 10**6) if c in categorical]
+    return (ranked or list(categorical))[:n]
 
 
 def _pct(value: float) -> str:
@@ -58,8 +78,6 @@ def _threshold(ev: dict[str, Any], rule: str) -> list[str]:
 
 
 def _features(ev: dict[str, Any], n: int = 8) -> list[str]:
-    from mlfolio.explain import top_features
-
     summary = (ev.get("explain") or {}).get("candidate")
     if not summary:
         return ["No explanation was computed."]

@@ -68,7 +68,7 @@ def _metric_rows(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any] | 
 def _why_model_decides(run_dir: Path, top: int = 5) -> dict[str, Any] | None:
     """The candidate's top features next to the champion's, the flagged segments and the
     model card, from evaluate.json (None when it has no explanation)."""
-    from mlfolio import explain, products
+    from mlfolio import model_card, products
 
     ev = products.EVALUATE.load(run_dir)
     if ev is None or not ev.explain:
@@ -89,7 +89,7 @@ def _why_model_decides(run_dir: Path, top: int = 5) -> dict[str, Any] | None:
                 else summary["permutation"][col]["mean"],
                 "by": "mean |SHAP|" if by == "mean_abs" else "permutation",
             }
-            for col in explain.top_features(summary, top)
+            for col in model_card.top_features(summary, top)
         ]
     segments = ev.segments or {}
     return {

@@ -114,7 +114,7 @@ def segments(
     columns = (
         list(explicit)
         if explicit
-        else explain.top_categorical(
+        else model_card.top_categorical(
             ranking, list(schema.categorical), cfg.evaluation.segment_count
         )
     )
