@@ -242,3 +242,43 @@ def test_parent_run_headline_from_the_manifest():
     assert metrics["gate_passed"] == 0.0 and "promoted_version" not in metrics
     assert tags["mlfolio.model_version"] == "4" and "mlfolio.promoted_version" not in tags
     assert tracking.headline({}) == ({}, {}, {})  # a run that failed in ingest
+
+
+def test_log_headline_puts_it_on_the_parent_run_and_keeps_a_held_parameter(tmp_path, caplog):
+    from mlflow.tracking import MlflowClient
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        _log_headline_twice(MlflowClient(), tmp_path, caplog)
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+def _log_headline_twice(client, tmp_path, caplog) -> None:
+    exp = client.create_experiment("headline", artifact_location=(tmp_path / "a").as_uri())
+    run_id = client.create_run(exp).info.run_id
+    manifest = {
+        "candidate": {"name": "logreg", "test": {"roc_auc": 0.84, "pr_auc": 0.66}},
+        "gate": {"passed": True},
+        "model": {"version": "2", "promoted": True},
+        "data": {"rows": 4000},
+    }
+    tracking.log_headline(run_id, manifest, "logreg")
+    data = client.get_run(run_id).data
+    assert data.metrics == {
+        "test_roc_auc": 0.84,
+        "test_pr_auc": 0.66,
+        "gate_passed": 1.0,
+        "promoted_version": 2.0,
+    }
+    assert data.params == {"candidate": "logreg", "model_kind": "logreg", "data_rows": "4000"}
+    assert data.tags["mlfolio.promoted_version"] == "2"
+    # a stage re-run with --force: parameters cannot change, metrics and tags move
+    rerun = {**manifest, "candidate": {"name": "xgboost", "test": {"roc_auc": 0.86}}}
+    with caplog.at_level("WARNING", logger="mlfolio.tracking"):
+        tracking.log_headline(run_id, rerun, "xgboost")
+    data = client.get_run(run_id).data
+    assert data.params["candidate"] == "logreg" and data.params["data_rows"] == "4000"
+    assert data.metrics["test_roc_auc"] == 0.86
+    assert f"parent run {run_id} keeps parameter candidate=logreg (now xgboost)" in caplog.text

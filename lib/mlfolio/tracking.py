@@ -126,21 +126,25 @@ def headline(
 def log_headline(run_id: str, manifest: dict[str, Any], model_kind: str | None = None) -> None:
     """Put :func:`headline` on the pipeline's parent run. A parameter MLflow already holds
     with another value (a stage re-run with ``--force``) stays, with a warning: MLflow
-    parameters cannot change."""
+    parameters cannot change. One request for all of it (``log_batch``)."""
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.utils.time import get_current_time_millis
+
     metrics, params, tags = headline(manifest, model_kind)
     client = MlflowClient()
     held = client.get_run(run_id).data.params
-    for key, value in params.items():
-        if key not in held:
-            client.log_param(run_id, key, value)
-        elif held[key] != value:
+    for key in params.keys() & held.keys():
+        if held[key] != params[key]:
             log.warning(
-                "parent run %s keeps parameter %s=%s (now %s)", run_id, key, held[key], value
+                "parent run %s keeps parameter %s=%s (now %s)", run_id, key, held[key], params[key]
             )
-    for key, value in metrics.items():
-        client.log_metric(run_id, key, value)
-    for key, value in tags.items():
-        client.set_tag(run_id, key, value)
+    now = get_current_time_millis()
+    client.log_batch(
+        run_id,
+        metrics=[Metric(key, value, now, 0) for key, value in metrics.items()],
+        params=[Param(key, value) for key, value in params.items() if key not in held],
+        tags=[RunTag(key, value) for key, value in tags.items()],
+    )
 
 
 def end_run(run_id: str, status: str) -> None:
