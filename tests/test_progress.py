@@ -53,3 +53,25 @@ def test_progress_is_left_out_of_a_file_or_pipe():
     term.progress("transient")
     term.echo("b")
     assert stream.getvalue() == "a\nb\n"
+
+
+def test_tune_summary_reads_the_trials_and_best_from_tune_json(tmp_path):
+    from mlfolio.context import write_json
+    from mlfolio.pipeline import terminal
+
+    assert terminal.tune_summary(tmp_path, 30) == ""  # tune did not run
+    write_json(tmp_path / "tune.json", {"enabled": False})
+    assert terminal.tune_summary(tmp_path, 30) == ": tuning disabled"
+    write_json(
+        tmp_path / "tune.json",
+        {
+            "enabled": True,
+            "models": {},
+            "trial_states": {"COMPLETE": 10, "PRUNED": 2, "FAIL": 1},
+            "best_cv_roc_auc": 0.84661,
+            "best_trial": 7,
+        },
+    )
+    assert terminal.tune_summary(tmp_path, 30) == (
+        ": 12/30 trials (2 pruned, 1 failed), best CV ROC AUC 0.8466 (trial 7)"
+    )

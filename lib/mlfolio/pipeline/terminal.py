@@ -36,15 +36,16 @@ def tune_summary(run_dir: Path, n_trials: int) -> str:
         return ""
     if not doc.enabled:
         return ": tuning disabled"
-    states = doc.model_dump().get("trial_states") or {}
+    extra = doc.model_extra or {}  # what the tune stage adds to TuneDoc's fields
+    states = extra.get("trial_states") or {}
     return ": " + tune_progress(
         {
             "done": states.get("COMPLETE", 0) + states.get("PRUNED", 0),
             "total": n_trials,
             "pruned": states.get("PRUNED", 0),
             "failed": states.get("FAIL", 0),
-            "best": doc.model_dump().get("best_cv_roc_auc"),
-            "best_trial": doc.model_dump().get("best_trial"),
+            "best": extra.get("best_cv_roc_auc"),
+            "best_trial": extra.get("best_trial"),
         }
     )
 
