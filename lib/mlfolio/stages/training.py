@@ -54,7 +54,7 @@ def ingest(ctx: StageContext) -> tuple[pd.DataFrame, dict[str, Any]]:
         **data.summary(df, cfg.schema),
         "quality": data.quality(raw, cfg.schema, checked, len(df)),
     }
-    dataset = mlflow.data.from_pandas(
+    dataset = tracking.pandas_dataset(
         df, source=cfg.data.uri, targets=cfg.schema.target, name=cfg.experiment, digest=digest[:16]
     )
     mlflow.log_input(dataset, context="raw")
