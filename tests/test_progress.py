@@ -27,6 +27,20 @@ def test_watch_emits_each_change_once_until_the_block_ends(tmp_path):
     assert progress.read(tmp_path / "missing.json") is None
 
 
+def _read_all(master: int) -> str:
+    """What the terminal got, once its slave end is closed (one read may return only
+    part of it; the master then reads EIO)."""
+    chunks = []
+    try:
+        while chunk := os.read(master, 4096):
+            chunks.append(chunk)
+    except OSError:  # EIO: the slave end is closed and everything was read
+        pass
+    finally:
+        os.close(master)
+    return b"".join(chunks).decode()
+
+
 def test_terminal_redraws_progress_in_place_and_clears_it_for_the_next_line():
     master, slave = os.openpty()
     with os.fdopen(slave, "w") as tty:
@@ -36,8 +50,7 @@ def test_terminal_redraws_progress_in_place_and_clears_it_for_the_next_line():
         term.progress("[4/7] tune       1/4 trials")
         term.progress("[4/7] tune       2/4 trials, best CV ROC AUC 0.8412 (trial 1)")
         term.echo("[4/7] tune       ok in 9.1s: 4/4 trials")
-        out = os.read(master, 4096).decode()
-    os.close(master)
+    out = _read_all(master)
     assert out == (
         "[4/7] tune       running ...\r\n"
         "\r\x1b[K[4/7] tune       1/4 trials"
