@@ -173,3 +173,14 @@ def test_top_categorical_prefers_explicit_columns(cfg):
     categorical = list(cfg.schema.categorical)
     assert model_card.top_categorical(summary, categorical, 2) == ["contract", "partner"]
     assert model_card.top_categorical(None, categorical, 2) == categorical[:2]
+
+
+def test_each_models_threshold_falls_back_to_the_candidates_when_not_recorded():
+    from mlfolio import explain_views
+
+    result = {"threshold": 0.31, "champion": {"version": "2", "threshold": 0.42}}
+    assert explain_views.thresholds(result) == {"candidate": 0.31, "champion": 0.42}
+    # an evaluate.json from before per-model thresholds: the key is there, as null
+    result["champion"]["threshold"] = None
+    assert explain_views.thresholds(result) == {"candidate": 0.31, "champion": 0.31}
+    assert explain_views.thresholds({"threshold": 0.31, "champion": None}) == {"candidate": 0.31}

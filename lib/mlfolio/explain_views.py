@@ -22,11 +22,13 @@ METHODS = {
 
 
 def thresholds(result: dict[str, Any]) -> dict[str, float]:
-    """Each model's own threshold: the candidate's, and the champion's when there is one."""
+    """Each model's own threshold: the candidate's, and the champion's when there is one
+    (the candidate's when evaluate.json predates per-model thresholds: None or absent)."""
     out = {"candidate": result["threshold"]}
     champion = result.get("champion")
     if champion:
-        out["champion"] = champion.get("threshold", result["threshold"])
+        own = champion.get("threshold")
+        out["champion"] = result["threshold"] if own is None else own
     return out
 
 
