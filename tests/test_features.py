@@ -113,3 +113,57 @@ def test_pipelines_fitted_before_flags_were_read_as_ints_keep_their_reading(cfg)
     assert coercer.transform(df)["seniorcitizen"].tolist() == ["0"]
     del coercer.whole_floats_as_ints_  # as unpickled from an older mlfolio
     assert coercer.transform(df)["seniorcitizen"].tolist() == ["0.0"]
+
+
+def _category_text_per_row(values: pd.Series, whole_as_int: bool) -> pd.Series:
+    """The categorical reading, one Python call per row (what the coercer computes)."""
+    present = values.notna()
+    floats = values.dtype.kind == "f" or values.dtype == object
+    values = values.astype(object)
+    if whole_as_int and floats:
+        values = pd.Series(
+            [features._whole_float_as_int(v) for v in values], index=values.index, dtype=object
+        )
+    return values.where(present, features.MISSING_CATEGORY).astype(str)
+
+
+CATEGORY_COLUMNS = {
+    "text": pd.Series(["Yes", "No", None, "No", np.nan], dtype=object),
+    "text, none missing": pd.Series(["a", "b", "a", "c", "b"], dtype=object),
+    "float flags": pd.Series([0.0, 1.0, np.nan, 1.0, -0.0]),
+    "float32 with fractions": pd.Series(np.array([0.1, 2.0, np.nan, 2.5, 0.1], np.float32)),
+    "big floats": pd.Series([1e20, 3.0, 1e300, np.nan, 2.5]),
+    "ints": pd.Series([0, 1, 1, 0, 2]),
+    "bools": pd.Series([True, False, True, True, False]),
+    "mixed objects": pd.Series([1.0, "1", True, 1, None], dtype=object),
+    "pandas strings": pd.Series(["a", None, "b", "a", "c"], dtype="string"),
+    "all missing": pd.Series([None] * 5, dtype=object),
+}
+
+
+@pytest.mark.parametrize("whole_as_int", [True, False])
+@pytest.mark.parametrize("name", list(CATEGORY_COLUMNS))
+def test_category_reading_equals_the_per_row_reading(name, whole_as_int):
+    values = CATEGORY_COLUMNS[name]
+    got = features._category_text(values, whole_as_int)
+    want = _category_text_per_row(values, whole_as_int)
+    assert got.tolist() == want.tolist()
+    assert all(type(v) is str for v in got)
+    assert got.index.equals(values.index)
+
+
+def test_category_reading_converts_once_per_distinct_value_not_per_row(monkeypatch):
+    """A million-row text or float column costs no Python call per row."""
+    calls = []
+    original = features._whole_float_as_int
+    monkeypatch.setattr(features, "_whole_float_as_int", lambda v: calls.append(v) or original(v))
+    rows = 100_000
+    flags = pd.Series(np.resize([0.0, 1.0, np.nan], rows))
+    text = pd.Series(np.resize(np.array(["Yes", "No", None], dtype=object), rows))
+    assert features._category_text(flags, True).value_counts().to_dict() == {
+        "0": 33_334,
+        "1": 33_333,
+        features.MISSING_CATEGORY: 33_333,
+    }
+    assert features._category_text(text, True).eq("Yes").sum() == 33_334
+    assert len(calls) == 2  # the two distinct floats

@@ -51,15 +51,7 @@ class RawColumnCoercer(TransformerMixin, BaseEstimator):
             out[col] = values.astype("float64")
         whole_as_int = getattr(self, "whole_floats_as_ints_", False)
         for col in self.categorical or []:
-            values = X[col]
-            present = values.notna()
-            floats = values.dtype.kind == "f" or values.dtype == object
-            values = values.astype(object)
-            if whole_as_int and floats:  # not Series.map: it infers float64 back
-                values = pd.Series(
-                    [_whole_float_as_int(v) for v in values], index=values.index, dtype=object
-                )
-            out[col] = values.where(present, MISSING_CATEGORY).astype(str)
+            out[col] = _category_text(X[col], whole_as_int)
         return pd.DataFrame(out, index=X.index)
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
@@ -70,6 +62,29 @@ def _whole_float_as_int(value: Any) -> Any:
     if isinstance(value, float | np.floating) and float(value).is_integer():
         return int(value)
     return value
+
+
+def _category_text(values: pd.Series, whole_as_int: bool) -> pd.Series:
+    """A categorical column as text (missing → MISSING_CATEGORY; with ``whole_as_int``, a
+    whole float as its integer's text), without a Python call per row: text columns are
+    recognised by one vectorised check, float columns are converted once per distinct
+    value; only an object column mixing other kinds goes value by value."""
+    present = values.notna()
+    if values.dtype == object:
+        kind = pd.api.types.infer_dtype(values, skipna=True)
+        if kind in ("string", "empty"):
+            return values.where(present, MISSING_CATEGORY)
+        if whole_as_int:  # not Series.map: it infers float64 back
+            values = pd.Series(
+                [_whole_float_as_int(v) for v in values], index=values.index, dtype=object
+            )
+        return values.where(present, MISSING_CATEGORY).astype(str)
+    if whole_as_int and values.dtype.kind == "f":
+        codes, distinct = pd.factorize(values)  # NaN: code -1, i.e. missing
+        as_python = pd.Series(distinct).astype(object)  # the floats a per-row pass sees
+        text = np.array([str(_whole_float_as_int(v)) for v in as_python] + [MISSING_CATEGORY])
+        return pd.Series(text[codes].astype(object), index=values.index)
+    return values.astype(object).where(present, MISSING_CATEGORY).astype(str)
 
 
 def build_preprocessor(schema: SchemaConfig) -> Pipeline:
