@@ -79,14 +79,15 @@ def read_data(path: Path) -> pd.DataFrame:
 
 def _blank(values: pd.Series) -> pd.Series:
     """Missing values, blank text included (CSV readers keep ' ' as text)."""
+    if pd.api.types.is_numeric_dtype(values):  # bool too: no text to strip
+        return values.isna()
     text = values.astype("string").str.strip()
     return values.isna() | text.eq("").fillna(False)
 
 
-def _numbers_in_text(values: pd.Series) -> bool:
+def _numbers_in_text(values: pd.Series, blank: pd.Series) -> bool:
     """Whether every non-blank value of a text column parses as a number."""
-    text = values.astype("string").str.strip()
-    present = text[~_blank(values)]
+    present = values[~blank].astype("string").str.strip()
     return len(present) > 0 and pd.to_numeric(present, errors="coerce").notna().all()
 
 
@@ -97,9 +98,10 @@ def _is_row_number(values: pd.Series) -> bool:
     return bool(len(ordered) and (ordered == range(ordered[0], ordered[0] + len(ordered))).all())
 
 
-def _levels(values: pd.Series, n: int = 4, width: int = 60) -> str:
-    """The most frequent values, as many as fit in ``width`` characters (at most n)."""
-    counts = values[~_blank(values)].astype(str).value_counts()
+def _levels(present: pd.Series, n: int = 4, width: int = 60) -> str:
+    """The most frequent of the ``present`` (non-blank) values, as many as fit in
+    ``width`` characters (at most n)."""
+    counts = present.astype(str).value_counts()
     shown: list[str] = []
     for level in counts.index[:n]:
         if shown and len(", ".join([*shown, level])) > width:
@@ -114,12 +116,14 @@ def _missing_note(missing: int) -> str:
 
 def classify(name: str, values: pd.Series, rows: int) -> Column:
     """The role of one feature column (not the target) and why."""
-    missing = int(_blank(values).sum())
-    distinct = int(values[~_blank(values)].astype(str).nunique())
+    blank = _blank(values)  # once: stripping a text column is the costly part
+    missing = int(blank.sum())
+    present = values[~blank]
+    distinct = int(present.astype(str).nunique())
     if missing == rows:
         return Column(name, "left out", "empty in every row", missing)
     if distinct == 1:
-        return Column(name, "left out", f"one value only ({_levels(values)})", missing)
+        return Column(name, "left out", f"one value only ({_levels(present)})", missing)
     if pd.api.types.is_datetime64_any_dtype(values):
         return Column(name, "left out", "dates: derive numbers from them first", missing)
     unique = missing == 0 and distinct == rows
@@ -132,14 +136,14 @@ def classify(name: str, values: pd.Series, rows: int) -> Column:
             return Column(name, "left out", "a row number (consecutive, unique)", 0)
         whole = pd.api.types.is_integer_dtype(values) or bool((values.dropna() % 1 == 0).all())
         if whole and distinct <= MAX_FLAG_LEVELS:
-            note = f"a flag: {_levels(values)}{_missing_note(missing)}"
+            note = f"a flag: {_levels(present)}{_missing_note(missing)}"
             return Column(name, "categorical", note, missing)
         kind = "whole numbers" if whole else "numbers"
         return Column(
             name, "numeric", f"{kind}, {distinct} distinct{_missing_note(missing)}", missing
         )
-    if _numbers_in_text(values):
-        blanks = int((values.notna() & _blank(values)).sum())
+    if _numbers_in_text(values, blank):
+        blanks = int((values.notna() & blank).sum())
         note = f"numbers stored as text, {distinct} distinct"
         if blanks == missing:
             note += f", {blanks} blank (missing values)"
@@ -153,7 +157,7 @@ def classify(name: str, values: pd.Series, rows: int) -> Column:
     if distinct > MAX_CATEGORY_LEVELS and distinct > rows / 2:
         note = f"{distinct} distinct texts in {rows} rows: free text or an identifier"
         return Column(name, "left out", note, missing)
-    note = f"{distinct} values: {_levels(values)}{_missing_note(missing)}"
+    note = f"{distinct} values: {_levels(present)}{_missing_note(missing)}"
     return Column(name, "categorical", note, missing)
 
 
@@ -218,8 +222,9 @@ def infer(df: pd.DataFrame, target: str, positive: str | None = None) -> Schema:
         else Column(c.name, "left out", f"{c.note}: another identifier", c.missing)
         for c in columns
     ]
-    counts = df[target][~_blank(df[target])].map(_native).astype(str).value_counts()
-    dropped = int(_blank(df[target]).sum())
+    blank = _blank(df[target])
+    counts = df[target][~blank].map(_native).astype(str).value_counts()
+    dropped = int(blank.sum())
     n_pos = int(counts.get(str(pos), 0))
     note = f"{n_pos} {pos!s} ({n_pos / (rows - dropped):.1%}), {counts.get(str(neg), 0)} {neg!s}"
     if dropped:
