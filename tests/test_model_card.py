@@ -132,3 +132,22 @@ def test_writing_the_index_page_imports_no_scikit_learn(tmp_path):
     ).stdout
     assert out.strip().endswith("[]")
     assert (tmp_path / "index.html").is_file()
+
+
+def test_ranking_is_by_attribution_else_by_permutation():
+    summary = {
+        "mean_abs": {"tenure": 0.2, "contract": 0.9, "gender": 0.01},
+        "permutation": {"tenure": {"mean": 0.05}, "contract": {"mean": 0.01}},
+    }
+    assert model_card.ranking(summary) == (
+        {"contract": 0.9, "tenure": 0.2, "gender": 0.01},
+        "mean_abs",
+    )
+    assert model_card.top_features(summary, 2) == ["contract", "tenure"]
+    permutation_only = {**summary, "mean_abs": None}
+    assert model_card.ranking(permutation_only) == (
+        {"tenure": 0.05, "contract": 0.01},
+        "permutation",
+    )
+    assert model_card.ranking(None) == ({}, "permutation")
+    assert model_card.top_features(None) == []

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mlfolio import model_card
 from mlfolio.config import SchemaConfig
 
 METHODS = {
@@ -109,18 +110,15 @@ def plot_importance(
         max(1, len(names)), 2, figsize=(15, 0.42 * top * max(1, len(names)) + 1.5), squeeze=False
     )
     for (bar_ax, swarm_ax), name in zip(axes, names, strict=False):
-        summary = explained[name]
-        if summary.get("mean_abs"):
-            ranking = pd.Series(summary["mean_abs"]).sort_values(ascending=False).head(top)
+        values, by = model_card.ranking(explained[name])
+        if by == "mean_abs":
             bar_ax.set_xlabel("mean |attribution| (log-odds)")
             bar_ax.set_title(f"{name}: global importance")
         else:
-            perm = pd.Series({k: v["mean"] for k, v in summary["permutation"].items()})
-            ranking = perm.sort_values(ascending=False).head(top)
             bar_ax.set_xlabel("drop in ROC AUC when shuffled")
             bar_ax.set_title(f"{name}: permutation importance (no exact attribution)")
-        cols = list(ranking.index)
-        bar_ax.barh(cols[::-1], ranking.to_numpy()[::-1], color="tab:blue")
+        cols = list(values)[:top]
+        bar_ax.barh(cols[::-1], [values[c] for c in cols[::-1]], color="tab:blue")
         rows = attributions[attributions["model"] == name]
         if rows.empty:
             swarm_ax.text(0.5, 0.5, "no per-row attributions", ha="center", va="center")

@@ -14,15 +14,20 @@ from typing import Any
 METRICS = ("roc_auc", "pr_auc", "precision", "recall", "f1", "accuracy")
 
 
+def ranking(summary: dict[str, Any] | None) -> tuple[dict[str, float], str]:
+    """(column → importance, largest first; what it is): the mean |attribution| when the
+    model has one ("mean_abs"), else the permutation importance ("permutation")."""
+    if summary and summary.get("mean_abs"):
+        by, values = "mean_abs", summary["mean_abs"]
+    else:
+        perm = (summary or {}).get("permutation") or {}
+        by, values = "permutation", {k: v["mean"] for k, v in perm.items()}
+    return dict(sorted(values.items(), key=lambda kv: -kv[1])), by
+
+
 def top_features(summary: dict[str, Any] | None, n: int = 5) -> list[str]:
-    """The ``n`` raw columns a model relies on most: by mean |attribution| when it has
-    one, else by permutation importance."""
-    if not summary:
-        return []
-    ranking = summary.get("mean_abs") or {
-        k: v["mean"] for k, v in (summary.get("permutation") or {}).items()
-    }
-    return [k for k, _ in sorted(ranking.items(), key=lambda kv: -kv[1])][:n]
+    """The ``n`` raw columns a model relies on most (see :func:`ranking`)."""
+    return list(ranking(summary)[0])[:n]
 
 
 def top_categorical(summary: dict[str, Any] | None, categorical: list[str], n: int) -> list[str]:

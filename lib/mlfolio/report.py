@@ -79,17 +79,11 @@ def _why_model_decides(run_dir: Path, top: int = 5) -> dict[str, Any] | None:
     models = [name for name in labels if name in ev.explain]
     ranked = {}
     for name in models:
-        summary = ev.explain[name]
-        by = "mean_abs" if summary.get("mean_abs") else "permutation"
+        values, by = model_card.ranking(ev.explain[name])
+        label = "mean |SHAP|" if by == "mean_abs" else "permutation"
         ranked[name] = [
-            {
-                "column": col,
-                "value": summary["mean_abs"][col]
-                if by == "mean_abs"
-                else summary["permutation"][col]["mean"],
-                "by": "mean |SHAP|" if by == "mean_abs" else "permutation",
-            }
-            for col in model_card.top_features(summary, top)
+            {"column": col, "value": value, "by": label}
+            for col, value in list(values.items())[:top]
         ]
     segments = ev.segments or {}
     return {
