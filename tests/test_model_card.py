@@ -151,3 +151,18 @@ def test_ranking_is_by_attribution_else_by_permutation():
     )
     assert model_card.ranking(None) == ({}, "permutation")
     assert model_card.top_features(None) == []
+
+
+def test_the_card_is_written_through_a_new_file(tmp_path):
+    # a reused stage's files are hard links to an earlier run's: rewriting the card (register
+    # completes evaluate's) must leave the earlier run's copy as it was
+    from mlfolio.context import write_text
+
+    earlier, card = tmp_path / "earlier.md", tmp_path / "run" / "model_card.md"
+    earlier.write_text("earlier run's card\n")
+    card.parent.mkdir()
+    card.hardlink_to(earlier)
+    write_text(card, "completed card\n")
+    assert card.read_text() == "completed card\n"
+    assert earlier.read_text() == "earlier run's card\n"
+    assert not list(card.parent.glob("*.tmp"))

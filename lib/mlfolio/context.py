@@ -29,12 +29,18 @@ def _to_jsonable(value: Any) -> Any:
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
 
 
-def write_json(path: Path, payload: Any) -> None:
-    """Write JSON atomically (a crash leaves the old file, never half a new one)."""
+def write_text(path: Path, text: str) -> None:
+    """Write through a new file, atomically: a crash leaves the old file, never half a
+    new one, and a hard link shared with another run's folder is never altered."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=_to_jsonable) + "\n")
+    tmp.write_text(text)
     tmp.replace(path)
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Write JSON atomically (see :func:`write_text`)."""
+    write_text(path, json.dumps(payload, indent=2, default=_to_jsonable) + "\n")
 
 
 def read_json(path: Path) -> Any:

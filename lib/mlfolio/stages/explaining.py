@@ -19,7 +19,7 @@ import pandas as pd
 
 from mlfolio import data, evaluate, explain, model_card, products, registry, tracking
 from mlfolio.config import Config
-from mlfolio.context import StageContext
+from mlfolio.context import StageContext, write_text
 from mlfolio.errors import MlfolioError
 
 log = logging.getLogger(__name__)
@@ -162,13 +162,6 @@ def segments(
 
 
 # -- the model card -------------------------------------------------------------------------
-def _write_text(path: Path, text: str) -> None:
-    """Through a new file: never alter a hard link shared with another run's folder."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def _modified(path: Path) -> str:
     """When a file was written (UTC), or "unknown"."""
     if not path.exists():
@@ -221,7 +214,7 @@ def write_model_card(
     """Render the card from ``ev`` (and the version, once registered) into the run folder."""
     facts = {**card_facts(ctx, ev), "version": version}
     path = ctx.path(MODEL_CARD)
-    _write_text(path, model_card.render(ev, facts))
+    write_text(path, model_card.render(ev, facts))
     return path
 
 
