@@ -149,3 +149,66 @@ def test_bootstrap_intervals_bracket_the_test_value(scores):
         assert iv["value"] == pytest.approx(point[name])
         assert iv["low"] < iv["value"] < iv["high"], name
         assert iv["high"] - iv["low"] < 0.2, name
+
+
+def _many_rows(n: int, seed: int = 11):
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < 0.27).astype(int)
+    good = 1 / (1 + np.exp(-(1.6 * y + rng.normal(-1.0, 1.0, n))))
+    weak = 1 / (1 + np.exp(-(1.3 * y + rng.normal(-1.0, 1.0, n))))
+    return y, good, weak
+
+
+def test_bootstrap_under_the_row_bound_resamples_every_row(scores):
+    y, good, weak = scores
+    bounded = evaluate.bootstrap_auc_difference(y, good, weak, 200, seed=2, max_rows=len(y))
+    every = evaluate.bootstrap_auc_difference(y, good, weak, 200, seed=2, max_rows=None)
+    assert bounded == every
+    assert every["rows"] == len(y)
+    iv = evaluate.bootstrap_intervals(y, good, 0.5, 200, seed=2, max_rows=len(y))
+    assert iv == evaluate.bootstrap_intervals(y, good, 0.5, 200, seed=2, max_rows=None)
+
+
+def test_bootstrap_results_do_not_depend_on_how_resamples_are_batched(scores, monkeypatch):
+    """Resamples are drawn and scored a block at a time (memory stays bounded): the same
+    seeded draws, so the same intervals, whatever the block size."""
+    y, good, weak = scores
+    whole = evaluate.bootstrap_auc_difference(y, good, weak, 300, seed=5)
+    whole_iv = evaluate.bootstrap_intervals(y, good, 0.5, 300, seed=5)
+    monkeypatch.setattr(evaluate, "BOOTSTRAP_BLOCK_CELLS", 7 * len(y))  # 7 resamples a block
+    assert evaluate.bootstrap_auc_difference(y, good, weak, 300, seed=5) == whole
+    assert evaluate.bootstrap_intervals(y, good, 0.5, 300, seed=5) == whole_iv
+
+
+def test_bootstrap_above_the_row_bound_resamples_a_sample_and_rescales_its_spread():
+    """Above ``max_rows`` the bootstrap runs on a seeded stratified sample of that many
+    rows and its spread is rescaled by sqrt(sample / all rows) around the value on all
+    rows (m-out-of-n bootstrap): the interval matches the one from every row."""
+    y, good, weak = _many_rows(60_000)
+    every = evaluate.bootstrap_auc_difference(y, good, weak, 400, seed=3, max_rows=None)
+    bounded = evaluate.bootstrap_auc_difference(y, good, weak, 400, seed=3, max_rows=6_000)
+    assert bounded["rows"] == 6_000 and every["rows"] == 60_000
+    assert bounded["difference"] == every["difference"]  # the value is from all rows
+    assert bounded["ci_low"] < bounded["difference"] < bounded["ci_high"]
+    width = every["ci_high"] - every["ci_low"]
+    assert bounded["ci_high"] - bounded["ci_low"] == pytest.approx(width, rel=0.2)
+    assert (bounded["ci_low"] + bounded["ci_high"]) / 2 == pytest.approx(
+        (every["ci_low"] + every["ci_high"]) / 2, abs=0.15 * width
+    )
+
+    iv_every = evaluate.bootstrap_intervals(y, good, 0.4, 400, seed=3, max_rows=None)
+    iv_bounded = evaluate.bootstrap_intervals(y, good, 0.4, 400, seed=3, max_rows=6_000)
+    for name, iv in iv_bounded.items():
+        assert iv["value"] == iv_every[name]["value"], name
+        assert iv["low"] < iv["value"] < iv["high"], name
+        assert iv["high"] - iv["low"] == pytest.approx(
+            iv_every[name]["high"] - iv_every[name]["low"], rel=0.25
+        ), name
+
+
+def test_bootstrap_sample_keeps_the_class_balance():
+    y, _, _ = _many_rows(50_000)
+    rows = evaluate.bootstrap_rows(y, 5_000, seed=1)
+    assert len(rows) == 5_000 and len(set(rows.tolist())) == 5_000
+    assert y[rows].mean() == pytest.approx(y.mean(), abs=1 / 5_000)
+    assert evaluate.bootstrap_rows(y, 60_000, seed=1) is None

@@ -166,3 +166,15 @@ def test_the_card_is_written_through_a_new_file(tmp_path):
     assert card.read_text() == "completed card\n"
     assert earlier.read_text() == "earlier run's card\n"
     assert not list(card.parent.glob("*.tmp"))
+
+
+def test_card_says_when_the_intervals_come_from_a_sample_of_the_test_rows(evaluated):
+    ev, facts = evaluated
+    whole = model_card.render(ev, {**facts, "version": None})
+    assert "resamples of the test rows." in whole
+    sampled = {**ev, "intervals": {**ev["intervals"], "rows": 20_000, "test_rows": 400_000}}
+    card = model_card.render(sampled, {**facts, "version": None})
+    assert (
+        "over 200 resamples of a stratified sample of 20,000 of the 400,000 test rows, its "
+        "spread rescaled by sqrt(sample / rows) around the value on all of them." in card
+    )

@@ -234,6 +234,13 @@ class GateConfig(_Section):
     )
     confidence: float = Field(0.95, gt=0.5, lt=1)
     bootstrap_samples: int = Field(1000, ge=100)
+    bootstrap_rows: int | None = Field(
+        20_000,
+        ge=1000,
+        description="test rows the bootstrap resamples: above, a seeded stratified sample of "
+        "this many, its spread rescaled by sqrt(sample / rows) (m-out-of-n bootstrap), so "
+        "time and memory stay bounded. None = every row",
+    )
 
 
 class RegistryConfig(_Section):

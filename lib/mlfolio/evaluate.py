@@ -106,6 +106,43 @@ def weighted_average_precision(y: np.ndarray, score: np.ndarray, weights: np.nda
     return np.nansum(steps * precision, axis=1) / np.where(tp[:, -1] > 0, 1, np.nan)
 
 
+# A bootstrap draws at most this many row multiplicities at once (resamples x rows):
+# ~32 MB per matrix, whatever the number of rows and resamples.
+BOOTSTRAP_BLOCK_CELLS = 1 << 22
+# Rows a bootstrap resamples by default; above, a stratified sample of that many.
+BOOTSTRAP_ROWS = 20_000
+
+
+def bootstrap_rows(y: np.ndarray, max_rows: int | None, seed: int) -> np.ndarray | None:
+    """Sorted indices of a seeded sample of ``max_rows`` rows with ``y``'s class balance,
+    or None when there are no more rows than that (or no bound)."""
+    y = np.asarray(y)
+    if max_rows is None or len(y) <= max_rows:
+        return None
+    rng = np.random.default_rng([seed, len(y), max_rows])
+    positives = np.flatnonzero(y == 1)
+    take = round(max_rows * len(positives) / len(y))
+    negatives = np.flatnonzero(y != 1)
+    return np.sort(
+        np.concatenate(
+            [
+                rng.choice(positives, take, replace=False),
+                rng.choice(negatives, max_rows - take, replace=False),
+            ]
+        )
+    )
+
+
+def _resample_weights(n: int, samples: int, seed: int):
+    """Bootstrap resamples of ``n`` rows as row multiplicities, a block of resamples at a
+    time (the same seeded draws as one ``multinomial(size=samples)`` call)."""
+    rng = np.random.default_rng(seed)
+    p = np.full(n, 1.0 / n)
+    block = max(1, BOOTSTRAP_BLOCK_CELLS // max(n, 1))
+    for start in range(0, samples, block):
+        yield rng.multinomial(n, p, size=min(block, samples - start))
+
+
 def bootstrap_intervals(
     y: np.ndarray,
     score: np.ndarray,
@@ -113,35 +150,50 @@ def bootstrap_intervals(
     samples: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
+    max_rows: int | None = BOOTSTRAP_ROWS,
 ) -> dict[str, dict[str, float]]:
     """Percentile bootstrap intervals of ROC AUC, PR AUC, precision, recall, F1 and
-    accuracy (at ``threshold``) on resampled rows: how sure the test numbers are."""
+    accuracy (at ``threshold``) on resampled rows: how sure the test numbers are.
+
+    More than ``max_rows`` rows: the resamples are of a seeded stratified sample of
+    ``max_rows`` of them (see :func:`bootstrap_rows`), and each interval is the sample's
+    spread around its own value, rescaled by sqrt(max_rows / rows), around the value on
+    all rows (the m-out-of-n bootstrap: these metrics vary as 1/sqrt(rows)). Time and
+    memory then stay bounded however many rows there are."""
     y = np.asarray(y).astype(float)
     score = np.asarray(score, dtype=float)
-    n = len(y)
-    w = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=samples)
-    pred = (score >= threshold).astype(float)
-    tp, fp = w @ (pred * y), w @ (pred * (1 - y))
-    fn, tn = w @ ((1 - pred) * y), w @ ((1 - pred) * (1 - y))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        draws = {
-            "roc_auc": weighted_roc_auc(y, score, w),
-            "pr_auc": weighted_average_precision(y, score, w),
-            "precision": tp / (tp + fp),
-            "recall": tp / (tp + fn),
-            "f1": 2 * tp / (2 * tp + fp + fn),
-            "accuracy": (tp + tn) / n,
-        }
     point = classification_metrics(y, score, threshold)
+    picked = bootstrap_rows(y, max_rows, seed)
+    ys, ss = (y, score) if picked is None else (y[picked], score[picked])
+    n = len(ys)
+    pred = (ss >= threshold).astype(float)
+    blocks: dict[str, list[np.ndarray]] = {}
+    for w in _resample_weights(n, samples, seed):
+        tp, fp = w @ (pred * ys), w @ (pred * (1 - ys))
+        fn, tn = w @ ((1 - pred) * ys), w @ ((1 - pred) * (1 - ys))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            block = {
+                "roc_auc": weighted_roc_auc(ys, ss, w),
+                "pr_auc": weighted_average_precision(ys, ss, w),
+                "precision": tp / (tp + fp),
+                "recall": tp / (tp + fn),
+                "f1": 2 * tp / (2 * tp + fp + fn),
+                "accuracy": (tp + tn) / n,
+            }
+        for name, values in block.items():
+            blocks.setdefault(name, []).append(values)
+    centre = point if picked is None else classification_metrics(ys, ss, threshold)
+    scale = 1.0 if picked is None else float(np.sqrt(n / len(y)))
     alpha = (1 - confidence) / 2
     out = {}
-    for name, values in draws.items():
+    for name, parts in blocks.items():
+        values = np.concatenate(parts)
         values = values[np.isfinite(values)]
-        out[name] = {
-            "value": point[name],
-            "low": float(np.quantile(values, alpha)),
-            "high": float(np.quantile(values, 1 - alpha)),
-        }
+        low, high = np.quantile(values, alpha), np.quantile(values, 1 - alpha)
+        if picked is not None:
+            low = point[name] + scale * (low - centre[name])
+            high = point[name] + scale * (high - centre[name])
+        out[name] = {"value": point[name], "low": float(low), "high": float(high)}
     return out
 
 
@@ -180,21 +232,38 @@ def bootstrap_auc_difference(
     samples: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
+    max_rows: int | None = BOOTSTRAP_ROWS,
 ) -> dict[str, float]:
-    """Paired bootstrap of ROC AUC(new) - ROC AUC(old) on the same resampled rows."""
+    """Paired bootstrap of ROC AUC(new) - ROC AUC(old) on the same resampled rows (above
+    ``max_rows`` rows: on a stratified sample of that many, rescaled as in
+    :func:`bootstrap_intervals`; ``rows`` says how many were resampled)."""
     y = np.asarray(y).astype(float)
     score_new, score_old = np.asarray(score_new, float), np.asarray(score_old, float)
-    n = len(y)
-    weights = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=samples)
-    diffs = weighted_roc_auc(y, score_new, weights) - weighted_roc_auc(y, score_old, weights)
+    difference = float(skm.roc_auc_score(y, score_new) - skm.roc_auc_score(y, score_old))
+    rows = len(y)
+    picked = bootstrap_rows(y, max_rows, seed)
+    if picked is not None:
+        y, score_new, score_old = y[picked], score_new[picked], score_old[picked]
+    diffs = np.concatenate(
+        [
+            weighted_roc_auc(y, score_new, w) - weighted_roc_auc(y, score_old, w)
+            for w in _resample_weights(len(y), samples, seed)
+        ]
+    )
     diffs = diffs[np.isfinite(diffs)]  # a resample with one class has no AUC
     alpha = (1 - confidence) / 2
+    low, high = np.quantile(diffs, alpha), np.quantile(diffs, 1 - alpha)
+    if picked is not None:
+        centre = skm.roc_auc_score(y, score_new) - skm.roc_auc_score(y, score_old)
+        scale = np.sqrt(len(y) / rows)
+        low, high = difference + scale * (low - centre), difference + scale * (high - centre)
     return {
-        "difference": float(skm.roc_auc_score(y, score_new) - skm.roc_auc_score(y, score_old)),
-        "ci_low": float(np.quantile(diffs, alpha)),
-        "ci_high": float(np.quantile(diffs, 1 - alpha)),
+        "difference": difference,
+        "ci_low": float(low),
+        "ci_high": float(high),
         "confidence": confidence,
         "samples": int(len(diffs)),
+        "rows": int(len(y)),
     }
 
 

@@ -63,9 +63,16 @@ def _metric_table(ev: dict[str, Any]) -> list[str]:
             row += f" {other:.4f} |" if other is not None else " |"
         lines.append(row)
     if intervals:
+        rows, test_rows = intervals.get("rows"), intervals.get("test_rows")
+        of = (
+            f"a stratified sample of {rows:,} of the {test_rows:,} test rows, its spread "
+            "rescaled by sqrt(sample / rows) around the value on all of them"
+            if rows and test_rows and rows < test_rows
+            else "the test rows"
+        )
         lines.append(
             f"\nIntervals: {level:.0%} percentile bootstrap over {intervals['samples']} "
-            "resamples of the test rows."
+            f"resamples of {of}."
         )
     return lines
 

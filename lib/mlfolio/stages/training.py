@@ -298,7 +298,13 @@ def evaluate_candidate(ctx: StageContext) -> dict[str, Any]:
             ),
         }
         comparison = evaluate.bootstrap_auc_difference(
-            y_test, score, champ_score, cfg.gate.bootstrap_samples, cfg.gate.confidence, cfg.seed
+            y_test,
+            score,
+            champ_score,
+            cfg.gate.bootstrap_samples,
+            cfg.gate.confidence,
+            cfg.seed,
+            cfg.gate.bootstrap_rows,
         )
     verdict = evaluate.gate(
         cfg.gate, test_metrics, comparison, champion.version if champion else None
@@ -328,10 +334,19 @@ def evaluate_candidate(ctx: StageContext) -> dict[str, Any]:
         "gate": verdict.to_dict(),
         "intervals": {
             "metrics": evaluate.bootstrap_intervals(
-                y_test, score, threshold, cfg.gate.bootstrap_samples, cfg.gate.confidence, cfg.seed
+                y_test,
+                score,
+                threshold,
+                cfg.gate.bootstrap_samples,
+                cfg.gate.confidence,
+                cfg.seed,
+                cfg.gate.bootstrap_rows,
             ),
             "confidence": cfg.gate.confidence,
             "samples": cfg.gate.bootstrap_samples,
+            # rows resampled (a stratified sample above gate.bootstrap_rows) of the test rows
+            "rows": min(len(y_test), cfg.gate.bootstrap_rows or len(y_test)),
+            "test_rows": len(y_test),
         },
         "explain": explanations,
         "segments": explaining.segments(cfg, parts["test"], scored, explanations["candidate"]),
