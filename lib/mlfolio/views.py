@@ -350,19 +350,9 @@ def plot_curves(
         ax.legend(fontsize=8)
     for cm_ax, (name, score) in zip(axes[3:], scores.items(), strict=True):
         t = thresholds[name]
-        cm = skm.confusion_matrix(y, (score >= t).astype(int), labels=[0, 1])
-        cm_ax.imshow(cm, cmap="Blues")
-        for (i, j), value in np.ndenumerate(cm):
-            cm_ax.text(
-                j,
-                i,
-                str(value),
-                ha="center",
-                va="center",
-                color="white" if value > cm.max() / 2 else "black",
-            )
-        cm_ax.set_xticks([0, 1], ["pred 0", "pred 1"])
-        cm_ax.set_yticks([0, 1], ["true 0", "true 1"])
+        skm.ConfusionMatrixDisplay.from_predictions(
+            y, (score >= t).astype(int), labels=[0, 1], ax=cm_ax, cmap="Blues", colorbar=False
+        )
         cm_ax.set_title(f"{name}: confusion at its threshold {t:.2f}")
     fig.tight_layout()
     return fig
