@@ -246,13 +246,3 @@ def _str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
 
 
 _BlockDumper.add_representer(str, _str)
-
-
-def metric_names(expr: str) -> set[str]:
-    """Metric names a PromQL expression reads (``mlfolio_*`` and ``up``), by regex."""
-    import re
-
-    names = set(re.findall(r"\b(mlfolio_[a-z0-9_]+)", expr))
-    if re.search(r"\bup\{", expr):
-        names.add("up")
-    return names
