@@ -193,3 +193,21 @@ def test_decide_is_pure(tmp_path, require):
     before = json.dumps(manifest)
     gate_status.decide(manifest, tmp_path, require)
     assert json.dumps(manifest) == before
+
+
+def test_gate_status_reads_the_manifest_without_pandas(tmp_path):
+    # CI asks after every run: the answer is a JSON file away, not a data stack's import
+    import subprocess
+    import sys
+
+    run = _write(tmp_path / "run", gate=_gate(PASSED), model=_register("2", True, None, "2"))
+    code = (
+        "import sys\nfrom mlfolio import cli\n"
+        f"assert cli.main(['gate-status', {str(run)!r}]) == 0\n"
+        "print(sorted(m for m in ('pandas', 'mlflow', 'sklearn', 'papermill') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip().endswith("[]")
