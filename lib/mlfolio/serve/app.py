@@ -5,9 +5,8 @@ middleware. :func:`create_app` only wires them together."""
 from __future__ import annotations
 
 import asyncio
-import json
+import random
 import sqlite3
-import uuid
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from mlfolio.serve.gate import Gate, read_body, route_namer
 from mlfolio.serve.metrics import AbCollector, DriftCollector, PredlogCollector, ServerMetrics
 from mlfolio.serve.model import ServedModel
 from mlfolio.serve.options import ServeOptions
+from mlfolio.serve.protocols import dump_json
 from mlfolio.serve.protocols.mlflow import parse_mlflow_json, predictions_doc
 from mlfolio.serve.protocols.sagemaker import csv_answer, parse_csv
 from mlfolio.serve.protocols.v2 import V2Request, parse_v2, v2_response
@@ -48,8 +48,10 @@ def _id_header(request: Request, name: str) -> str | None:
 
 
 def _request_id(request: Request) -> str:
-    """The client's X-Request-ID, else a new one; kept for the error handler's header."""
-    request_id = _id_header(request, "X-Request-ID") or uuid.uuid4().hex
+    """The client's X-Request-ID, else a new one (128 random bits as 32 hex digits, like a
+    UUID4's hex; ``random``, not ``uuid4``'s system call per request: an id needs to be
+    unique, not secret); kept for the error handler's header."""
+    request_id = _id_header(request, "X-Request-ID") or f"{random.getrandbits(128):032x}"
     request.state.request_id = request_id
     return request_id
 
@@ -61,7 +63,7 @@ async def _parse(body: bytes, parser: Callable[..., Any], *args: Any) -> Any:
 
 
 def _json(doc: Any, status: int = 200) -> Response:
-    return Response(json.dumps(doc).encode(), status_code=status, media_type="application/json")
+    return Response(dump_json(doc), status_code=status, media_type="application/json")
 
 
 def _union_columns(model: ServedModel, challenger: ServedModel | None) -> list[Column]:
@@ -176,7 +178,7 @@ class ScoringEndpoints:
         doc = predictions_doc(
             scored.proba, scored.labels, scored.threshold, request_id, scored.variants
         )
-        return Response(json.dumps(doc).encode(), media_type="application/json", headers=headers)
+        return Response(dump_json(doc), media_type="application/json", headers=headers)
 
 
 class V2Endpoints:

@@ -247,15 +247,65 @@ def expected_columns(columns: list[Column]) -> str:
     return f"{required}" + (f" and optionally the entity id {optional[0]!r}" if optional else "")
 
 
+@dataclass(frozen=True)
+class _Spec:
+    """What validate_columns needs of a column list, computed once per list."""
+
+    expected: frozenset[str]
+    required: tuple[str, ...]
+    strings: frozenset[str]  # plain string columns: text or null passes unchanged
+    numbers: frozenset[str]  # double columns: int, finite float or null passes unchanged
+
+
+_SPECS: dict[int, tuple[list[Column], _Spec]] = {}
+
+
+def _spec(columns: list[Column]) -> _Spec:
+    hit = _SPECS.get(id(columns))
+    if hit is not None and hit[0] is columns:  # the entry holds the list: its id stays its
+        return hit[1]
+    spec = _Spec(
+        frozenset(c.name for c in columns),
+        tuple(c.name for c in columns if not c.optional),
+        frozenset(c.name for c in columns if c.kind == "string" and not c.numeric_text),
+        frozenset(c.name for c in columns if c.kind == "double"),
+    )
+    if len(_SPECS) >= 64:
+        _SPECS.clear()
+    _SPECS[id(columns)] = (columns, spec)
+    return spec
+
+
+def _unchanged(name: str, values: list[Any], spec: _Spec) -> bool:
+    """True when check_values would return ``values`` as they are: text or null in a plain
+    string column; int, finite float or null in a double column (a loop, not a call)."""
+    if name in spec.strings:
+        for v in values:
+            if type(v) is not str and v is not None:
+                return False
+        return True
+    if name in spec.numbers:
+        for v in values:
+            t = type(v)
+            if t is float:
+                if v - v != 0.0 and v == v:  # infinite (NaN is a missing value)
+                    return False
+            elif t is not int and v is not None:
+                return False
+        return True
+    return False
+
+
 def validate_columns(data: dict[str, list[Any]], columns: list[Column], where: str) -> Block:
     """Exactly the signature's columns, of equal length, each value of the column's type."""
-    expected = {c.name for c in columns}
+    spec = _spec(columns)
+    expected = spec.expected
     unknown = [name for name in data if name not in expected]
     if unknown:
         raise RequestError(
             f"unknown column(s) {unknown} in {where}; the model expects {expected_columns(columns)}"
         )
-    missing = [c.name for c in columns if c.name not in data and not c.optional]
+    missing = [name for name in spec.required if name not in data]
     if missing:
         raise RequestError(f"missing column(s) {missing} in {where}")
     lengths = {len(v) for v in data.values()}
@@ -265,8 +315,17 @@ def validate_columns(data: dict[str, list[Any]], columns: list[Column], where: s
     n = lengths.pop()
     if n == 0:
         raise RequestError(f"no rows in {where}")
+    # Columns whose values pass as they are skip check_values; the others, checked in
+    # column order, raise what check_values raises.
     return Block(
-        n, {c.name: check_values(c, data[c.name], where) for c in columns if c.name in data}
+        n,
+        {
+            c.name: data[c.name]
+            if _unchanged(c.name, data[c.name], spec)
+            else check_values(c, data[c.name], where)
+            for c in columns
+            if c.name in data
+        },
     )
 
 

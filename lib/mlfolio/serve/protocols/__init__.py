@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 import numpy as np
+import orjson
 
 from mlfolio.errors import RequestError
 
@@ -37,13 +38,30 @@ def json_depth(body: bytes) -> int:
 
 def load_json(body: bytes, what: str) -> Any:
     """``json.loads`` for request bodies: malformed or nested deeper than MAX_JSON_DEPTH
-    (which would exhaust the parser's recursion and fail as a server error) is a 400."""
+    (which would exhaust the parser's recursion and fail as a server error) is a 400.
+
+    orjson parses (~5x faster); what it refuses and ``json`` takes (NaN and Infinity,
+    integers past 64 bits, lone surrogates) or refuses too goes through ``json``, so values
+    and error messages are ``json``'s."""
     if body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH and json_depth(body) > MAX_JSON_DEPTH:
         raise RequestError(
             f"{what}: nested deeper than {MAX_JSON_DEPTH} levels (arrays and "
             "objects); the scoring protocols need 5 at most"
         )
     try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
+    try:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise RequestError(f"malformed {what}: {exc}") from None
+
+
+def dump_json(doc: Any) -> bytes:
+    """An answer as compact JSON bytes (orjson; ``json`` for what orjson refuses, e.g.
+    integers past 64 bits)."""
+    try:
+        return orjson.dumps(doc)
+    except TypeError:
+        return json.dumps(doc).encode()

@@ -93,7 +93,7 @@ def parse_mlflow_json(body: bytes, columns: list[Column]) -> Block:
                 "column names) and 'data' (a list of rows)"
             )
         names = payload["columns"]
-        if len(set(map(str, names))) != len(names) or not all(isinstance(n, str) for n in names):
+        if not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
             raise RequestError(
                 f"dataframe_split.columns: expected distinct column names, got {names}"
             )
@@ -105,7 +105,13 @@ def parse_mlflow_json(body: bytes, columns: list[Column]) -> Block:
                     f"dataframe_split.data[{i}]: expected a list of "
                     f"{len(names)} values (one per column), got {got}"
                 )
-        data = {name: [row[j] for row in rows] for j, name in enumerate(names)}
+        if rows:  # zip(*rows) transposes in C: a column's values in one tuple
+            data = {
+                name: list(values)
+                for name, values in zip(names, zip(*rows, strict=True), strict=True)
+            }
+        else:
+            data = {name: [] for name in names}
         return validate_columns(data, columns, key)
     if isinstance(payload, list):
         return validate_columns(_records_to_columns(payload, columns, key), columns, key)
