@@ -652,6 +652,77 @@ def test_a_failing_request_fails_alone_in_its_batch():
     assert [r[0, 1] for r in (good1, good3, good5)] == [0.1, 0.3, 0.5]
 
 
+def _fake_model(scorer) -> serve.ServedModel:
+    return serve.ServedModel(
+        name="m",
+        version="1",
+        alias=None,
+        uri="models:/m/1",
+        requested_uri="models:/m/1",
+        run_id=None,
+        tags={},
+        threshold=0.5,
+        columns=[serve.Column("x", "long")],
+        scorer=scorer,
+        tracking_uri="",
+    )
+
+
+class _ThreadRecordingScorer:
+    """Scores x / 10, refuses negative x, and records which thread scored each batch."""
+
+    name = "fake"
+    inline_rows = 4
+
+    def __init__(self):
+        self.calls: list[tuple[str, int]] = []
+
+    def predict_proba(self, cols, n):
+        self.calls.append((threading.current_thread().name, n))
+        if any(v < 0 for v in cols["x"]):
+            raise ValueError("x must not be negative")
+        p = np.asarray(cols["x"], dtype=float) / 10
+        return np.column_stack([1 - p, p])
+
+
+def test_small_batches_are_scored_on_the_event_loop_big_ones_on_the_scoring_thread():
+    scorer = _ThreadRecordingScorer()
+
+    async def main():
+        batcher = serve.MicroBatcher(_fake_model(scorer), None)
+        assert batcher.inline_rows == 4  # the scorer's own setting
+        await batcher.start()
+        try:
+            together = [serve.Block(1, {"x": [v]}) for v in (1, 2, 3)]  # one turn: one batch
+            small = await asyncio.gather(*(batcher.score(b) for b in together))
+            big = await batcher.score(serve.Block(5, {"x": [1, 2, 3, 4, 5]}))
+            mixed = [serve.Block(1, {"x": [v]}) for v in (1, -1, 3)]
+            errors = await asyncio.gather(
+                *(batcher.score(b) for b in mixed), return_exceptions=True
+            )
+            return small, big, errors
+        finally:
+            await batcher.stop()
+
+    loop_thread = threading.current_thread().name
+    small, big, errors = asyncio.run(main())
+    assert [r[0, 1] for r in small] == [0.1, 0.2, 0.3]
+    assert big[:, 1].tolist() == [0.1, 0.2, 0.3, 0.4, 0.5]
+    assert scorer.calls[0] == (loop_thread, 3)  # three requests, one call, no hand-off
+    assert scorer.calls[1] == ("mlfolio-score", 5)  # past inline_rows: the scoring thread
+    # inline too, a batch that raises is re-scored request by request: the bad one fails alone
+    assert [t for t, _ in scorer.calls[2:]] == [loop_thread] * 4
+    assert isinstance(errors[1], serve.RequestError) and "negative" in str(errors[1])
+    assert errors[0][0, 1] == 0.1 and errors[2][0, 1] == 0.3
+
+
+def test_the_compiled_scorer_scores_small_batches_inline_the_pipeline_never(registered):
+    compiled = serve.load(f"models:/{MODEL}@champion", registered.tracking_uri)
+    pipeline = serve.load(f"models:/{MODEL}/1", registered.tracking_uri, "pipeline")
+    assert serve.MicroBatcher(compiled, None).inline_rows > 0
+    assert serve.MicroBatcher(pipeline, None).inline_rows == 0  # ~9 ms a call: off the loop
+
+
 def test_server_log_has_no_tracebacks(server):
     text = "".join(server.log)
     assert "Traceback" not in text, text
