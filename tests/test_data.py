@@ -96,6 +96,21 @@ def test_parquet_source(tmp_path, csv_frame, schema, expected, suffix):
     assert_same_rows(load_source(DataConfig(uri=str(path))), expected, schema)
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_file_source_reads_only_the_schemas_columns(tmp_path, csv_frame, schema, suffix):
+    """Columns the schema does not name are never read (a wide export costs no memory);
+    when a named column is missing, every column is read, so the error lists them."""
+    wide = csv_frame.assign(notes="free text", score_2019=1.5)
+    path = tmp_path / f"wide{suffix}"
+    wide.to_csv(path, index=False) if suffix == ".csv" else wide.to_parquet(path, index=False)
+    needed = data_mod.schema_columns(schema)
+    df = load_source(DataConfig(uri=str(path)), columns=needed)
+    assert sorted(df.columns) == sorted(needed)
+    pd.testing.assert_frame_equal(df[needed], load_source(DataConfig(uri=str(path)))[needed])
+    short = load_source(DataConfig(uri=str(path)), columns=[*needed, "absent"])
+    assert list(short.columns) == list(wide.columns)
+
+
 def test_missing_file_at_load_time(tmp_path):
     gone = tmp_path / "gone.csv"
     with pytest.raises(DataValidationError, match=r"data\.uri: file not found: .*gone\.csv"):

@@ -60,8 +60,31 @@ def _load_sql(uri: str, query: str) -> pd.DataFrame:
         engine.dispose()
 
 
-def load_source(source: DataConfig) -> pd.DataFrame:
-    """Read the rows named by ``source``: a CSV/Parquet file, S3 object or SQL query."""
+def schema_columns(schema: SchemaConfig) -> list[str]:
+    """The columns a run reads: the id column, the features and the target."""
+    return [c for c in [schema.id_column, *schema.features, schema.target] if c]
+
+
+def _file_columns(path: Path, wanted: list[str]) -> list[str] | None:
+    """``wanted`` when the file has every one of them (read only those), else None (read
+    all: validation then names what is missing and what was found)."""
+    try:
+        if path.name.lower().endswith(".csv"):
+            found = pd.read_csv(path, nrows=0).columns
+        else:
+            import pyarrow.parquet as pq
+
+            found = pq.read_schema(path).names
+    except Exception:  # noqa: BLE001 (unreadable here: the full read reports it)
+        return None
+    return wanted if set(wanted) <= set(found) else None
+
+
+def load_source(source: DataConfig, columns: list[str] | None = None) -> pd.DataFrame:
+    """Read the rows named by ``source``: a CSV/Parquet file, S3 object or SQL query.
+
+    ``columns``: from a file, read only these when it has them all (other columns cost
+    neither time nor memory)."""
     if source.kind == "sql":
         assert source.query is not None  # guaranteed by DataConfig
         return _load_sql(source.uri, source.query)
@@ -70,7 +93,16 @@ def load_source(source: DataConfig) -> pd.DataFrame:
     path = Path(source.uri)
     if not path.is_file():
         raise DataValidationError(f"data.uri: file not found: {path}")
-    return _read_bytes(path.read_bytes(), path.name, f"data.uri {path}")
+    where = f"data.uri {path}"
+    if path.stat().st_size == 0:
+        raise DataValidationError(f"{where}: the file is empty (0 bytes)")
+    use = _file_columns(path, columns) if columns else None
+    try:
+        if path.name.lower().endswith(".csv"):
+            return pd.read_csv(path, usecols=use)
+        return pd.read_parquet(path, columns=use)
+    except pd.errors.EmptyDataError:
+        raise DataValidationError(f"{where}: the file is empty (no header, no rows)") from None
 
 
 def _label_matches(values: pd.Series, label: Any) -> pd.Series:

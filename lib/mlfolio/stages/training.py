@@ -30,7 +30,7 @@ def ingest(ctx: StageContext) -> tuple[pd.DataFrame, dict[str, Any]]:
     kept (after ``data.sample_rows``) must be enough for the stratified split.
     """
     cfg = ctx.cfg
-    raw = data.load_source(cfg.data)
+    raw = data.load_source(cfg.data, columns=data.schema_columns(cfg.schema))
     checked = data.check(raw, cfg.schema, source=cfg.data.uri)
     df = data.sample(checked.frame, cfg.data.sample_rows, cfg.seed)
     data.check_split_size(
