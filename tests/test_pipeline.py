@@ -82,7 +82,11 @@ def test_default_run_end_to_end_then_identical_rerun_is_not_promoted(
             assert (run_dir / product).exists(), product
         assert len(entry["inputs_hash"]) == 64 and entry["mlflow_run_id"]
         assert entry["duration_s"] > 0
+        # the stage kernel's peak memory, read before it shut down (pandas alone: > 100 MB)
+        assert 100 < entry["peak_rss_mb"] < 8000, entry
     assert (run_dir / "index.html").exists() and (run_dir / "parameters.yaml").exists()
+    ingest_peak = m["stages"]["ingest"]["peak_rss_mb"] / 1024
+    assert f"{ingest_peak:.2f} GB</td>" in (run_dir / "index.html").read_text()
     assert m["status"] == "succeeded" and len(m["data_hash"]) == 64
     assert m["git"]["commit"] and m["packages"]["mlflow"] != "not installed"
     assert m["data"]["rows"] == 4000 and m["seed"] == 42
@@ -194,6 +198,7 @@ def test_failing_stage_keeps_partial_notebook_then_rerun_from_it(
     assert m["failed_cell"] == info.value.cell_index
     assert gate_status.check(run_dir).reason.startswith("run failed in stage train (cell ")
     assert m["stages"]["train"]["error"]["ename"] == "InvalidParameterError"
+    assert m["stages"]["train"]["peak_rss_mb"] > 100  # read after the failing cell too
     assert [m["stages"][s]["status"] for s in pipeline.STAGE_NAMES] == [
         "succeeded",
         "succeeded",
@@ -312,3 +317,14 @@ def test_no_champion_means_a_clear_deploy_failure(write_params, runs_root, use_s
     assert m["failed_stage"] == "deploy" and m["gate"]["passed"] is False
     assert m["model"]["promoted"] is False and not (run_dir / "deploy.json").exists()
     assert registry.get_alias("churn-classifier", registry.CHALLENGER).version == "1"
+
+
+def test_peak_rss_is_the_processs_high_water_mark():
+    import resource
+
+    from mlfolio.pipeline import engine
+
+    mine = engine.peak_rss_mb(os.getpid())
+    assert mine == pytest.approx(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 0.05)
+    assert engine.peak_rss_mb(None) is None
+    assert engine.peak_rss_mb(2**22 + 12345) is None  # above pid_max: no such process

@@ -37,6 +37,21 @@ def _cell_seconds(nb_path: Path) -> tuple[float, float]:
     return total, setup
 
 
+def peak_rss_mb(pid: int | None) -> float | None:
+    """A process's peak resident memory so far (``VmHWM`` in ``/proc/<pid>/status``), in
+    MB; None where it cannot be read (no such process, no /proc)."""
+    if not pid:
+        return None
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return None
+
+
 class WarmKernel:
     """A kernel started, and warmed up, while the previous stage still runs.
 
@@ -63,12 +78,19 @@ class WarmKernel:
         # inheriting the runner's descriptors stalls kernel start when they are captured.
         (run_dir / "logs").mkdir(exist_ok=True)
         self._log = (run_dir / "logs" / "kernels.log").open("ab")
+        self.peak_rss_mb: float | None = None  # read when its notebook's cells are done
         run_sync(self.km.start_kernel)(
             cwd=str(run_dir),
             stdout=self._log,
             stderr=self._log,
             extra_arguments=[f"--IPKernelApp.exec_lines={[warm]!r}"] if warm_up else [],
         )
+
+    def record_peak(self) -> None:
+        """Read the kernel's peak memory (kernels are shut down right after their cells,
+        and a high-water mark read then covers every cell)."""
+        provisioner = getattr(self.km, "provisioner", None)
+        self.peak_rss_mb = peak_rss_mb(getattr(provisioner, "pid", None))
 
     def kill(self) -> None:
         """SIGKILL the kernel's process group at once (safe inside a signal handler): the
@@ -110,9 +132,10 @@ def _register_engine() -> str:
             start_timeout=60,
             execution_timeout=None,
             km=None,
+            on_cells_done=None,
             **kwargs,
         ):
-            client = PapermillNotebookClient(
+            client = _Client(
                 nb_man,
                 km=km,
                 kernel_name=kernel_name,
@@ -128,7 +151,18 @@ def _register_engine() -> str:
             # every cell has returned, so nothing is left to flush, and a graceful shutdown
             # spends 2-3 s in the kernel's exit handlers.
             client.shutdown_kernel = "immediate"
+            client.on_cells_done = on_cells_done
             return client.execute(cleanup_kc=True)
+
+    class _Client(PapermillNotebookClient):
+        on_cells_done = None
+
+        def papermill_execute_cells(self):
+            try:
+                super().papermill_execute_cells()
+            finally:  # the kernel still runs here, also after a failing cell
+                if self.on_cells_done is not None:
+                    self.on_cells_done()
 
     papermill_engines.register("mlfolio-warm", WarmKernelEngine)
     return "mlfolio-warm"
@@ -169,6 +203,7 @@ def execute_stage(
             start_timeout=180,
             km=(kernel or own).km,
             engine_name=_register_engine(),
+            on_cells_done=(kernel or own).record_peak,
         )
         entry["status"] = "succeeded"
     except PapermillExecutionError as exc:
@@ -187,6 +222,8 @@ def execute_stage(
         if own is not None:
             own.shutdown()
     entry["duration_s"] = round(time.perf_counter() - t0, 3)
+    if (peak := (kernel or own).peak_rss_mb) is not None:
+        entry["peak_rss_mb"] = peak
     if out_nb.exists():
         cells, setup = _cell_seconds(out_nb)
         entry["cells_s"] = round(cells, 3)
