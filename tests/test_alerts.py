@@ -154,3 +154,24 @@ def test_error_and_latency_rules_read_only_the_scoring_routes():
         "/v2/models/{name}/infer",
         "/v2/models/{name}/versions/{version}/infer",
     }
+
+
+def test_dashboards_score_panel_compares_what_the_score_alert_compares(mon):
+    alerting = mon.alerts.model_copy(update={"score_window": "30m", "score_offset": "7d"})
+    custom = mon.model_copy(update={"alerts": alerting})
+    rule = next(
+        r
+        for group in alerts.alert_rules(custom)["groups"]
+        for r in group["rules"]
+        if r["alert"] == "MlfolioScoreShift"
+    )
+    assert "[30m]" in rule["expr"] and "offset 7d" in rule["expr"]
+    board = dashboard.for_monitoring(custom)
+    panel = next(p for p in board["panels"] if p["title"].startswith("Mean score"))
+    now, earlier = (t["expr"] for t in panel["targets"])
+    assert "[30m]" in now and "offset" not in now
+    assert "[30m] offset 7d" in earlier
+    # the committed dashboard is this function's output for churn.yaml
+    assert dashboard.dashboard_json(dashboard.for_monitoring(mon)) == (
+        (ROOT / dashboard.DEFAULT_FILE).read_text()
+    )

@@ -21,9 +21,7 @@ def main(argv: list[str]) -> None:
     mon = config.load(params).monitoring
     files = {
         alerts.DEFAULT_FILE: alerts.rules_yaml(alerts.alert_rules(mon)),
-        dashboard.DEFAULT_FILE: dashboard.dashboard_json(
-            dashboard.grafana_dashboard(job=mon.alerts.job, drift_share=alerts.drift_threshold(mon))
-        ),
+        dashboard.DEFAULT_FILE: dashboard.dashboard_json(dashboard.for_monitoring(mon)),
     }
     for name, text in files.items():
         path = ROOT / name

@@ -9,9 +9,12 @@ exports; a test checks each name against a live ``/metrics``.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlfolio.monitor.alerts import SCORING_ROUTES
+
+if TYPE_CHECKING:
+    from mlfolio.config import MonitoringConfig
 
 DEFAULT_FILE = "deploy/monitoring/grafana-dashboard.json"
 UID = "mlfolio-model-server"
@@ -68,12 +71,36 @@ def _variable(name: str, query: str, *, label: str) -> dict[str, Any]:
     }
 
 
-def grafana_dashboard(*, job: str = "mlfolio", drift_share: float = 0.3) -> dict[str, Any]:
+def for_monitoring(monitoring: MonitoringConfig, *, job: str | None = None) -> dict[str, Any]:
+    """The dashboard that matches the alert rules of ``monitoring``
+    (:func:`mlfolio.monitor.alerts.alert_rules`): the same job, drift threshold and mean
+    score windows; ``job`` overrides ``alerts.job`` as it does there."""
+    from mlfolio.monitor.alerts import drift_threshold
+
+    a = monitoring.alerts
+    return grafana_dashboard(
+        job=job or a.job,
+        drift_share=drift_threshold(monitoring),
+        score_window=a.score_window,
+        score_offset=a.score_offset,
+    )
+
+
+def grafana_dashboard(
+    *,
+    job: str = "mlfolio",
+    drift_share: float = 0.3,
+    score_window: str = "1h",
+    score_offset: str = "1d",
+) -> dict[str, Any]:
     """The dashboard: traffic, errors, latency quantiles, batch sizes, scores, variants,
     drift, quality and the A/B comparison. ``job`` is the default of its ``$job``
-    variable, ``drift_share`` the red line of the drift gauge (the alert's threshold)."""
+    variable, ``drift_share`` the red line of the drift gauge (the alert's threshold);
+    the mean score now (over ``score_window``) is drawn beside ``score_offset`` earlier,
+    as the score-shift alert compares them."""
     s, scoring = _SEL, f'{_SEL},route=~"{SCORING_ROUTES}"'
     rate = "[$__rate_interval]"
+    now, then = f"[{score_window}]", f"[{score_window}] offset {score_offset}"
     quantiles = [
         (
             f"histogram_quantile({q}, sum by (le) "
@@ -162,17 +189,17 @@ def grafana_dashboard(*, job: str = "mlfolio", drift_share: float = 0.3) -> dict
         ),
         _panel(
             7,
-            "Mean score, now and a day earlier",
+            f"Mean score, now and {score_offset} earlier",
             [
                 (
-                    f"sum(rate(mlfolio_prediction_score_sum{{{s}}}[1h])) / "
-                    f"sum(rate(mlfolio_prediction_score_count{{{s}}}[1h]))",
-                    "now (1h)",
+                    f"sum(rate(mlfolio_prediction_score_sum{{{s}}}{now})) / "
+                    f"sum(rate(mlfolio_prediction_score_count{{{s}}}{now}))",
+                    f"now ({score_window})",
                 ),
                 (
-                    f"sum(rate(mlfolio_prediction_score_sum{{{s}}}[1h] offset 1d)) / "
-                    f"sum(rate(mlfolio_prediction_score_count{{{s}}}[1h] offset 1d))",
-                    "1 day earlier",
+                    f"sum(rate(mlfolio_prediction_score_sum{{{s}}}{then})) / "
+                    f"sum(rate(mlfolio_prediction_score_count{{{s}}}{then}))",
+                    f"{score_offset} earlier",
                 ),
             ],
             (0, 24, 12, 8),

@@ -240,9 +240,7 @@ def _monitoring_documents(
     from mlfolio.deploy.kubernetes import monitoring as mon
     from mlfolio.monitor import alerts, dashboard
 
-    board = dashboard.grafana_dashboard(
-        job=s.resource_name, drift_share=alerts.drift_threshold(monitoring)
-    )
+    board = dashboard.for_monitoring(monitoring, job=s.resource_name)
     return {
         mon.SERVICE_MONITOR_FILE: mon.service_monitor(s),
         mon.PROMETHEUS_RULE_FILE: mon.prometheus_rule(
