@@ -210,11 +210,19 @@ class CompiledScorer:
             Z[:, out] = X
         rows: list[int] = []
         hits: list[int] = []
+        every_row = range(n)
         for part_cols, maps, ignore in self.onehot_parts:
             for col, mapping in zip(part_cols, maps, strict=True):
-                get = mapping.get
-                for i, value in enumerate(cols[col.name]):
-                    k = get(_category(value))
+                values = cols[col.name]
+                found = list(map(mapping.get, values))  # text values: a C-speed lookup
+                if None not in found:
+                    rows.extend(every_row)
+                    hits.extend(found)
+                    continue
+                # missing, non-text or unknown values: as RawColumnCoercer makes them
+                for i, (value, k) in enumerate(zip(values, found, strict=True)):
+                    if k is None:
+                        k = mapping.get(_category(value))
                     if k is not None:
                         rows.append(i)
                         hits.append(k)
