@@ -1,25 +1,33 @@
-"""``mlfolio serve`` against ``mlflow models serve`` on the same registered model.
+"""``mlfolio serve`` against the HTTP stack alone and against ``mlflow models serve``.
 
 Trains the logistic-regression baseline on data/telco_churn.csv, registers it as
 ``models:/serve-bench@champion`` in a temporary SQLite store (or takes ``--model`` and
-``--tracking-uri``), then, one server at a time on 127.0.0.1, puts the same closed-loop load
-on each: N clients (default 1, 10, 50), each sending single-row ``dataframe_split`` requests
-back to back for a fixed duration, from a separate process (aiohttp). Before the load it
-checks that both servers give the same predictions for the same rows.
+``--tracking-uri``), and puts closed-loop load on servers on 127.0.0.1: N clients, one
+keep-alive connection each, sending ``dataframe_split`` requests back to back, from a
+separate process (a standard-library asyncio HTTP/1.1 client: its own CPU is reported).
+Before the load it checks that every server gives mlfolio's predictions for the same rows.
 
-    .venv/bin/python benchmarks/serve_bench.py                       # ~3 min
-    .venv/bin/python benchmarks/serve_bench.py --duration 5 --concurrency 10
-    .venv/bin/python benchmarks/serve_bench.py --variants mlflow,mlfolio,mlfolio-pipeline,\\
-        mlfolio-pipeline-unbatched
+1. Headline: 1-row requests, ``--clients`` (10): a no-op FastAPI app (benchmarks/noop_app.py,
+   started through ``mlfolio.serve.server.run_uvicorn``: the same uvicorn options and process
+   settings) and ``mlfolio serve``, both up, loaded in turn ``--repeats`` times. Reported:
+   mlfolio's req/s as a % of the no-op's, its p99, and each server's CPU per request (the
+   steadier figure when other processes share the cores: their CPU is shown too).
+2. 1-row requests at each ``--concurrency`` level, then ``--batch-rows`` rows per request
+   (rows/s), for mlfolio and each of ``--variants`` (default ``mlflow``).
+
+    .venv/bin/python benchmarks/serve_bench.py                  # ~4 min
+    .venv/bin/python benchmarks/serve_bench.py --variants mlfolio --batch-rows "" \\
+        --concurrency 10 --repeats 5                             # the headline only, ~2 min
+    .venv/bin/python benchmarks/serve_bench.py --quick          # smoke run (figures meaningless)
 
 Variants: ``mlflow`` (``mlflow models serve --env-manager local``, 1 worker, its default),
-``mlfolio`` (default: compiled features + micro-batching), ``mlfolio-pipeline``
+``mlfolio`` (default: compiled features + micro-batching; always run), ``mlfolio-pipeline``
 (``--scorer pipeline``: the sklearn pipeline + micro-batching) and
 ``mlfolio-pipeline-unbatched`` (``--scorer pipeline --max-batch-rows 1``),
 ``mlfolio-log`` (``--prediction-log`` in a temporary folder: every row written to SQLite)
 and ``mlfolio-ab-log`` (a challenger — a second version of the model — with
 ``--challenger-weight 0.5``, plus the prediction log). Each log variant reports the rows
-its log holds at the end next to the requests answered.
+its log holds at the end.
 """
 
 from __future__ import annotations
@@ -29,14 +37,17 @@ import asyncio
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
+NOOP = "no-op"  # the no-op FastAPI app (noop_app.py); always run, not one of --variants
 VARIANTS = {
     "mlflow": None,
     "mlfolio": [],
@@ -54,46 +65,105 @@ VARIANTS = {
 }
 
 
-# -- the load generator (runs in its own process) -----------------------------------
+# -- the load generator (runs in its own process; standard library only) -------------
+class _Connection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection: a request written, its response awaited whole
+    (Content-Length or chunked)."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+        self.waiter: asyncio.Future | None = None
+        self.transport: asyncio.Transport | None = None
+        self.need: int | None = None  # bytes of the whole response, once its head is read
+        self.status = 0
+        self.chunked = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(ConnectionError("closed by the server"))
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if self.need is None:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(self.buffer[:end]).lower()
+            self.status = int(head[9:12])
+            self.chunked = b"transfer-encoding: chunked" in head
+            at = head.find(b"\r\ncontent-length:")
+            length = 0 if at < 0 else int(head[at + 17 : head.index(b"\r\n", at + 2)])
+            self.need = end + 4 + length
+        if self.chunked:
+            done = self.buffer.endswith(b"\r\n0\r\n\r\n")
+        else:
+            done = len(self.buffer) >= self.need
+        if done and self.waiter is not None and not self.waiter.done():
+            self.buffer.clear()
+            self.need = None
+            self.waiter.set_result(self.status)
+
+    def request(self, raw: bytes) -> asyncio.Future:
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(raw)
+        return self.waiter
+
+
 async def _load(
     url: str, bodies: list[bytes], concurrency: int, duration: float, warmup: float
 ) -> dict:
-    import aiohttp
+    """``concurrency`` clients, one connection each, sending ``bodies`` in turn back to back
+    (closed loop) for ``warmup + duration`` seconds; only the last ``duration`` counts."""
+    from urllib.parse import urlsplit
 
+    parts = urlsplit(url)
+    head = (
+        f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+        "Content-Type: application/json\r\nContent-Length: {n}\r\n\r\n"
+    )
+    raws = [head.replace("{n}", str(len(b))).encode() + b for b in bodies]
+    loop = asyncio.get_running_loop()
     latencies: list[float] = []
     statuses: dict[str, int] = {}
     errors = 0
-    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
-    timeout = aiohttp.ClientTimeout(total=10)
-    headers = {"Content-Type": "application/json"}
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        start = time.perf_counter()
-        measure_from = start + warmup
-        stop_at = measure_from + duration
+    start = time.perf_counter()
+    measure_from = start + warmup
+    stop_at = measure_from + duration
 
-        async def client(k: int) -> None:
-            nonlocal errors
-            i = k
-            while True:
-                sent = time.perf_counter()
-                if sent >= stop_at:
-                    return
-                body = bodies[i % len(bodies)]
-                i += concurrency
-                try:
-                    async with session.post(url, data=body, headers=headers) as resp:
-                        await resp.read()
-                        status = resp.status
-                except (aiohttp.ClientError, TimeoutError) as exc:
-                    status = type(exc).__name__
-                done = time.perf_counter()
-                if sent >= measure_from and done <= stop_at:
-                    latencies.append(done - sent)
-                    statuses[str(status)] = statuses.get(str(status), 0) + 1
-                    if status != 200:
-                        errors += 1
+    async def connect() -> _Connection:
+        _, conn = await loop.create_connection(_Connection, parts.hostname, parts.port)
+        return conn
 
-        await asyncio.gather(*(client(k) for k in range(concurrency)))
+    async def client(k: int) -> None:
+        nonlocal errors
+        conn = await connect()
+        i = k
+        while True:
+            sent = time.perf_counter()
+            if sent >= stop_at:
+                conn.transport.close()
+                return
+            raw = raws[i % len(raws)]
+            i += concurrency
+            try:
+                status: int | str = await asyncio.wait_for(conn.request(raw), 10)
+            except (OSError, TimeoutError) as exc:
+                status = type(exc).__name__
+                conn.transport.close()
+                conn = await connect()
+            done = time.perf_counter()
+            if sent >= measure_from and done <= stop_at:
+                latencies.append(done - sent)
+                statuses[str(status)] = statuses.get(str(status), 0) + 1
+                if status != 200:
+                    errors += 1
+
+    cpu = time.process_time()
+    await asyncio.gather(*(client(k) for k in range(concurrency)))
+    cpu = time.process_time() - cpu
     latencies.sort()
 
     def pct(q: float) -> float:
@@ -104,8 +174,10 @@ async def _load(
         "errors": errors,
         "statuses": statuses,
         "rps": len(latencies) / duration,
-        "p50_ms": pct(0.50) if latencies else None,
-        "p99_ms": pct(0.99) if latencies else None,
+        "p50_ms": pct(0.50) if latencies else float("nan"),
+        "p99_ms": pct(0.99) if latencies else float("nan"),
+        # the load generator's own CPU share of one core: near 100 % it limits the rate
+        "client_cpu": cpu / (time.perf_counter() - start),
     }
 
 
@@ -160,8 +232,9 @@ def register_model(tracking_uri: str, artifacts: Path) -> str:
     return "models:/serve-bench@champion"
 
 
-def request_bodies(n: int) -> list[str]:
-    """Single-row dataframe_split bodies, one per Telco row (JSON lines)."""
+def request_bodies(n: int, rows: int = 1) -> list[str]:
+    """``n`` dataframe_split bodies of ``rows`` Telco rows each, the rows taken in turn
+    (the file wraps around)."""
     import pandas as pd
 
     from mlfolio import config
@@ -171,10 +244,15 @@ def request_bodies(n: int) -> list[str]:
     # Numbers as a client holds them: a blank total is a missing value (JSON null), which
     # both servers take in a double column (MLflow refuses the text " " there).
     df[schema.numeric] = df[schema.numeric].apply(pd.to_numeric, errors="coerce")
+    values = [
+        [None if isinstance(v, float) and v != v else v for v in row]
+        for row in df.itertuples(index=False, name=None)
+    ]
+    columns = list(df.columns)
     bodies = []
-    for _, row in df.head(n).iterrows():
-        values = [None if isinstance(v, float) and v != v else v for v in row.tolist()]
-        split = {"columns": list(df.columns), "data": [values]}
+    for k in range(n):
+        data = [values[(k * rows + j) % len(values)] for j in range(rows)]
+        split = {"columns": columns, "data": data}
         bodies.append(json.dumps({"dataframe_split": split}, default=_plain))
     return bodies
 
@@ -201,7 +279,9 @@ def start_server(
         "MLFLOW_TRACKING_URI": tracking_uri,
         "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
     }
-    if VARIANTS[variant] is None:
+    if variant == NOOP:
+        cmd = [sys.executable, str(Path(__file__).with_name("noop_app.py")), "--port", str(port)]
+    elif VARIANTS[variant] is None:
         cmd = [
             str(VENV_BIN / "mlflow"),
             "models",
@@ -281,22 +361,42 @@ def predictions(url: str, bodies: list[str]) -> list[list[float]]:
     return out
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of a process (Linux /proc), else None."""
+def group_cpu_seconds(pgid: int) -> float | None:
+    """User + system CPU time of the processes in group ``pgid`` (Linux /proc), else None:
+    ``mlflow models serve`` scores in a uvicorn child of the process we start."""
+    total, found = 0.0, False
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            total += int(fields[11]) + int(fields[12])
+            found = True
+    return total / os.sysconf("SC_CLK_TCK") if found else None
+
+
+def busy_seconds() -> float | None:
+    """CPU seconds all cores spent busy since boot (/proc/stat), else None."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
         return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def run_load(url: str, bodies_file: Path, clients: int, duration: float, warmup: float) -> dict:
+def run_load(
+    server: Server, bodies_file: Path, rows: int, clients: int, duration: float, warmup: float
+) -> dict:
+    """One closed-loop load from a fresh load-generator process, with the server's CPU per
+    request and the CPU other processes took meanwhile (the machine is shared)."""
     cmd = [
         sys.executable,
         __file__,
         "_load",
         "--url",
-        f"{url}/invocations",
+        f"{server.url}/invocations",
         "--bodies",
         str(bodies_file),
         "--clients",
@@ -306,8 +406,98 @@ def run_load(url: str, bodies_file: Path, clients: int, duration: float, warmup:
         "--warmup",
         str(warmup),
     ]
+    cpu_before, busy_before, wall = group_cpu_seconds(server.pgid), busy_seconds(), time.time()
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    cpu_after, busy_after, wall = group_cpu_seconds(server.pgid), busy_seconds(), time.time() - wall
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    res["rows"] = rows
+    res["rows_per_s"] = res["rps"] * rows
+    # Server CPU per request (warm-up included on both sides of the ratio): steadier than
+    # req/s when other processes share the cores.
+    served = res["requests"] * (duration + warmup) / duration
+    server_cpu = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
+    res["cpu_us"] = None if server_cpu is None or not served else server_cpu / served * 1e6
+    res["server_cpu"] = None if server_cpu is None else server_cpu / wall
+    # Busy CPU of the whole machine not spent by this server or its load generator, in cores.
+    res["others"] = (
+        None
+        if server_cpu is None or busy_before is None or busy_after is None
+        else max(0.0, (busy_after - busy_before - server_cpu) / wall - res["client_cpu"])
+    )
+    return res
+
+
+@dataclass(eq=False)
+class Server:
+    variant: str
+    proc: subprocess.Popen
+    url: str
+
+    @property
+    def pgid(self) -> int:
+        return self.proc.pid  # started in its own session: the group's leader
+
+
+def start(variant: str, model_uri: str, tracking_uri: str, logs: Path) -> Server:
+    proc, url = start_server(variant, model_uri, tracking_uri, logs)
+    server = Server(variant, proc, url)
+    try:
+        ready = wait_ready(proc, url, 180, logs / f"{variant}.log")
+    except BaseException:
+        stop(server, logs)
+        raise
+    print(f"{variant}: ready in {ready:.1f}s at {url}", file=sys.stderr, flush=True)
+    return server
+
+
+def stop(server: Server, logs: Path) -> None:
+    stop_server(server.proc)
+    if server.proc.returncode not in (0, -signal.SIGTERM):
+        tail = (logs / f"{server.variant}.log").read_text()[-2000:]
+        print(f"{server.variant} exited with {server.proc.returncode}:\n{tail}", file=sys.stderr)
+
+
+def _progress(server: str, r: dict, clients: int) -> None:
+    print(
+        f"  {server:28s} {r['rows']:5d} rows x {clients:3d} clients: {r['rps']:8.1f} req/s "
+        f"{r['rows_per_s']:9.0f} rows/s  p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms  "
+        f"errors {r['errors']}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def measure(server: Server, bodies: dict[int, Path], args: argparse.Namespace) -> dict:
+    """Single-row requests at each concurrency level, then each batch size."""
+    out: dict[str, dict] = {"single": {}, "batch": {}}
+    for clients in args.levels:
+        r = run_load(server, bodies[1], 1, clients, args.duration, args.warmup)
+        out["single"][clients] = r
+        _progress(server.variant, r, clients)
+    for rows in args.rows:
+        r = run_load(server, bodies[rows], rows, args.batch_clients, args.duration, args.warmup)
+        out["batch"][rows] = r
+        _progress(server.variant, r, args.batch_clients)
+    return out
+
+
+def check_predictions(
+    server: Server, bodies: list[str], reference: list[list[float]] | None, name: str
+) -> list[list[float]]:
+    preds = predictions(server.url, bodies)
+    if reference is not None:
+        diff = max(
+            abs(a - b)
+            for pa, pb in zip(reference, preds, strict=True)
+            for a, b in zip(pa, pb, strict=True)
+        )
+        print(
+            f"{server.variant}: max |difference| from {name}'s predictions on "
+            f"{len(preds)} rows: {diff:.1e}",
+            file=sys.stderr,
+            flush=True,
+        )
+    return preds
 
 
 def main() -> None:
@@ -323,20 +513,37 @@ def main() -> None:
     load.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--model", help="models:/name@alias (default: register serve-bench)")
     parser.add_argument("--tracking-uri", help="with --model")
-    parser.add_argument("--concurrency", default="1,10,50")
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per level")
+    parser.add_argument("--clients", type=int, default=10, help="of the headline (default 10)")
+    parser.add_argument("--repeats", type=int, default=3, help="headline pairs (default 3)")
+    parser.add_argument("--concurrency", default="1,10,50", help="single-row levels")
+    parser.add_argument("--batch-rows", default="100,1000", help="rows per batch request")
+    parser.add_argument("--batch-clients", type=int, default=10)
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per load")
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds first")
-    parser.add_argument("--variants", default="mlflow,mlfolio,mlfolio-pipeline")
+    parser.add_argument(
+        "--variants",
+        default="mlflow,mlfolio",
+        help=f"servers beside the no-op app; mlfolio is always run (choose from {list(VARIANTS)})",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run: 1 repeat, 10 clients only, 1 s loads (figures not meaningful)",
+    )
     args = parser.parse_args()
     if args.command == "_load":
         _load_main(args)
         return
+    if args.quick:
+        args.repeats, args.concurrency, args.duration, args.warmup = 1, "10", 1.0, 0.3
 
-    variants = args.variants.split(",")
+    variants = ["mlfolio"] + [v for v in args.variants.split(",") if v and v != "mlfolio"]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         parser.error(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
-    levels = [int(c) for c in args.concurrency.split(",")]
+    args.levels = [int(c) for c in args.concurrency.split(",")]
+    args.rows = [int(r) for r in args.batch_rows.split(",") if r]
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
         tmp_path = Path(tmp)
         if args.model:
@@ -346,96 +553,164 @@ def main() -> None:
             tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
             print("registering the benchmark model ...", file=sys.stderr, flush=True)
             model_uri = register_model(tracking_uri, tmp_path / "artifacts")
-        bodies = request_bodies(500)
-        bodies_file = tmp_path / "bodies.jsonl"
-        bodies_file.write_text("\n".join(bodies) + "\n")
-        results: dict[str, dict[int, dict]] = {}
-        reference: list[list[float]] | None = None
-        for variant in variants:
-            proc, url = start_server(variant, model_uri, tracking_uri, tmp_path)
+        counts = {1: 500, **{r: max(2, 4000 // r) for r in args.rows}}
+        check_bodies = request_bodies(50)
+        bodies: dict[int, Path] = {}
+        for rows, n in counts.items():
+            bodies[rows] = tmp_path / f"bodies-{rows}.jsonl"
+            bodies[rows].write_text("\n".join(request_bodies(n, rows)) + "\n")
+
+        # The headline: the no-op app and mlfolio up together, loaded in turn, repeatedly.
+        headline: list[tuple[dict, dict]] = []
+        results: dict[str, dict] = {}
+        reference = None
+        mlfolio = start("mlfolio", model_uri, tracking_uri, tmp_path)
+        try:
+            reference = check_predictions(mlfolio, check_bodies, None, "mlfolio")
+            noop_server = start(NOOP, model_uri, tracking_uri, tmp_path)
             try:
-                ready = wait_ready(proc, url, 180, tmp_path / f"{variant}.log")
-                print(f"{variant}: ready in {ready:.1f}s at {url}", file=sys.stderr, flush=True)
-                preds = predictions(url, bodies[:50])
-                if reference is None:
-                    reference = preds
-                else:
-                    diff = max(
-                        abs(a - b)
-                        for pa, pb in zip(reference, preds, strict=True)
-                        for a, b in zip(pa, pb, strict=True)
+                for _ in range(args.repeats):
+                    pair = tuple(
+                        run_load(s, bodies[1], 1, args.clients, args.duration, args.warmup)
+                        for s in (noop_server, mlfolio)
                     )
-                    print(
-                        f"{variant}: max |difference| from {variants[0]}'s predictions on "
-                        f"50 rows: {diff:.1e}",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                results[variant] = {}
-                for clients in levels:
-                    cpu_before = cpu_seconds(proc.pid)
-                    res = run_load(url, bodies_file, clients, args.duration, args.warmup)
-                    cpu_after = cpu_seconds(proc.pid)
-                    # Server CPU per request (warm-up included on both sides of the ratio):
-                    # steadier than req/s when other processes share the cores.
-                    served = res["requests"] * (args.duration + args.warmup) / args.duration
-                    res["cpu_us"] = (
-                        None
-                        if cpu_before is None or cpu_after is None or not served
-                        else (cpu_after - cpu_before) / served * 1e6
-                    )
-                    results[variant][clients] = res
-                    print(
-                        f"  {variant:28s} {clients:3d} clients: {res['rps']:8.1f} req/s  "
-                        f"p50 {res['p50_ms']:7.2f} ms  p99 {res['p99_ms']:7.2f} ms  "
-                        f"errors {res['errors']}",
-                        file=sys.stderr,
-                        flush=True,
-                    )
+                    headline.append(pair)
+                    for name, r in zip((NOOP, "mlfolio"), pair, strict=True):
+                        _progress(name, r, args.clients)
             finally:
-                stop_server(proc)
-                if proc.returncode not in (0, -signal.SIGTERM):
-                    tail = (tmp_path / f"{variant}.log").read_text()[-2000:]
-                    print(f"{variant} exited with {proc.returncode}:\n{tail}", file=sys.stderr)
+                stop(noop_server, tmp_path)
+            results["mlfolio"] = measure(mlfolio, bodies, args)
+        finally:
+            stop(mlfolio, tmp_path)
+        log_rows = {}
+        for variant in variants[1:]:
+            server = start(variant, model_uri, tracking_uri, tmp_path)
+            try:
+                check_predictions(server, check_bodies, reference, "mlfolio")
+                results[variant] = measure(server, bodies, args)
+            finally:
+                stop(server, tmp_path)
             log_dir = tmp_path / f"{variant}-predlog"
             if log_dir.is_dir():
                 from mlfolio import predlog
 
-                logged = predlog.read(log_dir)
-                answered = sum(r["requests"] for r in results[variant].values())
-                print(
-                    f"  {variant}: the prediction log holds {len(logged)} rows "
-                    f"({logged['variant'].value_counts().to_dict()}); {answered} requests "
-                    "were measured (warm-up and checks come on top)",
-                    file=sys.stderr,
-                    flush=True,
-                )
-        print_table(results, levels, args.duration)
+                log_rows[variant] = len(predlog.read(log_dir))
+    print_tables(args, headline, results, log_rows, load_before, os.getloadavg())
 
 
-def print_table(results: dict[str, dict[int, dict]], levels: list[int], duration: float) -> None:
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def _f(value: float | None, fmt: str) -> str:
+    return "n/a" if value is None or value != value else format(value, fmt)
+
+
+def print_tables(
+    args: argparse.Namespace,
+    headline: list[tuple[dict, dict]],
+    results: dict[str, dict],
+    log_rows: dict[str, int],
+    load_before: tuple[float, float, float],
+    load_after: tuple[float, float, float],
+) -> None:
+    def loads(values: tuple[float, float, float]) -> str:
+        return " ".join(f"{v:.2f}" for v in values)
+
     print(
-        f"\nsingle-row requests, closed loop, {duration:g} s per level, "
-        f"{os.cpu_count()} cores, server and client on 127.0.0.1\n"
+        f"\nmachine: {os.cpu_count()} cores, load average {loads(load_before)} before, "
+        f"{loads(load_after)} after; servers and load generator on 127.0.0.1; closed loop, "
+        f"{args.duration:g} s per load after {args.warmup:g} s warm-up"
     )
-    base = "mlflow" if "mlflow" in results else next(iter(results))
+    print(
+        f"\n1-row dataframe_split, {args.clients} clients: mlfolio serve against a no-op "
+        "FastAPI app (reads the body, answers a constant) on the same uvicorn options\n"
+    )
+    print(
+        "| repeat | no-op req/s | no-op p99 ms | mlfolio req/s | mlfolio p99 ms | % of no-op "
+        "| server CPU µs/req no-op / mlfolio | load generator CPU no-op / mlfolio "
+        "| other processes (cores) |"
+    )
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    ratios, p99s, cpu_ratios = [], [], []
+    for k, (noop, mine) in enumerate(headline, 1):
+        ratio = mine["rps"] / noop["rps"] * 100 if noop["rps"] else float("nan")
+        ratios.append(ratio)
+        if noop["cpu_us"] and mine["cpu_us"]:
+            cpu_ratios.append(noop["cpu_us"] / mine["cpu_us"] * 100)
+        p99s.append(mine["p99_ms"])
+        print(
+            f"| {k} | {noop['rps']:.0f} | {noop['p99_ms']:.2f} | {mine['rps']:.0f} | "
+            f"{mine['p99_ms']:.2f} | {ratio:.0f}% | {_f(noop['cpu_us'], '.0f')} / "
+            f"{_f(mine['cpu_us'], '.0f')} | {noop['client_cpu']:.0%} / {mine['client_cpu']:.0%} "
+            f"| {_f(noop['others'], '.2f')} / {_f(mine['others'], '.2f')} |"
+        )
+    spread = f" (range {min(ratios):.0f}-{max(ratios):.0f}%)" if len(ratios) > 1 else ""
+    print(
+        f"\nheadline: mlfolio serve at {_median(ratios):.0f}% of the no-op app's req/s{spread}, "
+        f"p99 {_median(p99s):.2f} ms at {args.clients} clients "
+        f"(median of {len(ratios)}; target >= 50%, p99 <= 5 ms)"
+    )
+    if cpu_ratios:
+        print(
+            f"server CPU per request: the no-op's is {_median(cpu_ratios):.0f}% of mlfolio's "
+            f"(range {min(cpu_ratios):.0f}-{max(cpu_ratios):.0f}%): the req/s ratio when each "
+            "server is limited by its own CPU"
+        )
+
+    base = "mlflow" if "mlflow" in results else "mlfolio"
+    print("\nsingle-row requests by number of clients\n")
     print(f"| server | clients | req/s | p50 ms | p99 ms | errors | x {base} | server CPU µs/req |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for variant, by_level in results.items():
-        for clients in levels:
-            r = by_level[clients]
-            ratio = (
-                r["rps"] / results[base][clients]["rps"]
-                if results[base][clients]["rps"]
-                else float("nan")
-            )
-            cpu = "n/a" if r.get("cpu_us") is None else f"{r['cpu_us']:.0f}"
+    for variant, res in results.items():
+        for clients, r in res["single"].items():
+            ref = results[base]["single"][clients]["rps"]
+            times = r["rps"] / ref if ref else float("nan")
             print(
                 f"| {variant} | {clients} | {r['rps']:.0f} | {r['p50_ms']:.2f} | "
-                f"{r['p99_ms']:.2f} | {r['errors']} | {ratio:.2f} | {cpu} |"
+                f"{r['p99_ms']:.2f} | {r['errors']} | {times:.2f} | {_f(r['cpu_us'], '.0f')} |"
             )
-    bad = {v: {c: r["statuses"] for c, r in lv.items() if r["errors"]} for v, lv in results.items()}
-    bad = {v: s for v, s in bad.items() if s}
+    if args.rows:
+        print(f"\nbatch requests: rows per request, {args.batch_clients} clients\n")
+        print(
+            f"| server | rows/request | req/s | rows/s | p50 ms | p99 ms | errors | "
+            f"x {base} rows/s | server CPU µs/row |"
+        )
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for rows in args.rows:
+            for variant, res in results.items():
+                r = res["batch"][rows]
+                ref = results[base]["batch"][rows]["rows_per_s"]
+                per_row = None if r["cpu_us"] is None else r["cpu_us"] / rows
+                print(
+                    f"| {variant} | {rows} | {r['rps']:.1f} | {r['rows_per_s']:.0f} | "
+                    f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} | "
+                    f"{r['rows_per_s'] / ref if ref else float('nan'):.2f} | "
+                    f"{_f(per_row, '.1f')} |"
+                )
+    for variant, n in log_rows.items():
+        answered = sum(
+            r["requests"] * r["rows"] for part in results[variant].values() for r in part.values()
+        )
+        print(
+            f"\n{variant}: the prediction log holds {n} rows; {answered} rows were measured "
+            "(warm-up and checks come on top)"
+        )
+    bad = {
+        f"{v} {kind} {k}": r["statuses"]
+        for v, res in results.items()
+        for kind, part in res.items()
+        for k, r in part.items()
+        if r["errors"]
+    }
+    bad.update(
+        {
+            f"headline {k}": r["statuses"]
+            for k, pair in enumerate(headline, 1)
+            for r in pair
+            if r["errors"]
+        }
+    )
     if bad:
         print(f"\nnon-200 answers: {bad}")
 
