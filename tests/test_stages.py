@@ -467,3 +467,59 @@ def test_monitor_stage_publishes_drift_json_for_the_server_of_the_log(registered
     assert published["model"]["version"] == "1" and ours["stage"] == "monitor"
     assert (monitor_dir / "drift.prom").is_file()
     assert (monitor_dir / stages.DRIFT_REPORT).stat().st_size > 10_000
+
+
+def test_tune_stage_warm_starts_from_the_champion_subsamples_and_refits_early_stopped(
+    registered_run, tmp_path
+):
+    """Champion v1 is a logreg: tuning logreg starts from its C (trial 0); tuning xgboost
+    skips the warm start and says why, tunes on a sample, and refits on every row with the
+    rounds early stopping chose."""
+    from mlfolio import stages, tracking, views
+
+    units, _ = registered_run
+    champion = registry.get_alias(UNIT_MODEL, registry.CHAMPION)
+    champion_c = float(MlflowClient().get_run(champion.run_id).data.params["C"])
+    run_dir = tmp_path / "logreg"
+    shutil.copytree(units.run_dir, run_dir)
+    on = {"tuning.enabled": True, "tuning.n_trials": 3, "tuning.timeout": None}
+    _, (study, info) = units.run(
+        "tune", stages.tune_model, run_dir=run_dir, **on, **{"tuning.model": "logreg"}
+    )
+    assert info["warm_start"] == {"version": "1", "params": {"C": champion_c}}
+    first = study.trials[0]
+    assert first.params == {"C": champion_c}
+    assert first.user_attrs["enqueued"] == f"champion {UNIT_MODEL} v1"
+    assert "champion version 1's parameters" in views.tune_markdown(info).data
+    assert json.loads((run_dir / "tune.json").read_text())["warm_start"]["version"] == "1"
+
+    run_dir = tmp_path / "xgboost"
+    shutil.copytree(units.run_dir, run_dir)
+    _, (study, info) = units.run(
+        "tune",
+        stages.tune_model,
+        run_dir=run_dir,
+        **on,
+        **{"tuning.model": "xgboost", "tuning.subsample_rows": 1000},
+    )
+    assert info["warm_start"] == {
+        "skipped": f"champion {UNIT_MODEL} v1 is a logreg model, not xgboost"
+    }
+    assert "enqueued" not in study.trials[0].user_attrs
+    assert (info["rows_tuned_on"], info["rows_refitted_on"]) == (1000, 2400)
+    rounds = study.best_trial.user_attrs["n_estimators"]
+    assert info["early_stopped_n_estimators"] == rounds
+    tuned = info["models"]["xgboost-tuned"]
+    assert tuned["params"]["n_estimators"] == rounds
+    booster = tracking.load_model(tuned["model_uri"]).named_steps["model"]
+    assert booster.n_estimators == rounds and booster.get_booster().num_boosted_rounds() == rounds
+    written = json.loads((run_dir / "tune.json").read_text())
+    assert (written["rows_tuned_on"], written["rows_refitted_on"]) == (1000, 2400)
+    # off: no champion lookup, said so
+    _, (_, info) = units.run(
+        "tune",
+        stages.tune_model,
+        run_dir=tmp_path / "xgboost",
+        **{**on, "tuning.model": "xgboost", "tuning.warm_start": False, "tuning.n_trials": 4},
+    )
+    assert info["warm_start"] == {"skipped": "tuning.warm_start is off"}

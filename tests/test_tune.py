@@ -276,7 +276,9 @@ def test_a_trials_value_does_not_depend_on_the_worker_that_ran_it(churn, folds, 
     schema, train_df = churn
     cfg = tuning(n_trials=4, n_workers=2, pruner="none")
     study = tune.run_study(cfg, train_df, schema, SEED, tmp_path, "values")
-    objective = tune.make_objective(folds, "xgboost", SEED, prune=False)
+    objective = tune.make_objective(
+        folds, "xgboost", SEED, prune=False, early_stopping_rounds=cfg.early_stopping_rounds
+    )
     assert len(finished(study)) == 4
     for t in study.trials:
         assert t.value == objective(optuna.trial.FixedTrial(t.params)), t.number
@@ -346,3 +348,163 @@ def test_study_above_subsample_rows_tunes_on_the_sample(churn, tmp_path):
     )
     assert [t.value for t in sampled.trials] == [t.value for t in direct.trials]
     assert [t.value for t in sampled.trials] != [t.value for t in full.trials]
+
+
+# -- inside a model's training: pruning and early stopping -----------------------------------
+GOOD = {
+    "n_estimators": 200,
+    "learning_rate": 0.1,
+    "max_depth": 3,
+    "min_child_weight": 1.0,
+    "subsample": 1.0,
+    "colsample_bytree": 1.0,
+    "reg_lambda": 1.0,
+}
+BAD = {  # learns slowly: behind GOOD at the early rounds (not at the end, on this data)
+    "n_estimators": 500,
+    "learning_rate": 0.01,
+    "max_depth": 2,
+    "min_child_weight": 20.0,
+    "subsample": 0.5,
+    "colsample_bytree": 0.4,
+    "reg_lambda": 10.0,
+}
+
+
+def test_pruner_stops_a_trial_inside_its_first_folds_boosting(folds):
+    from mlfolio.tune.search import CHECK_EVERY, ROUND_STEPS
+
+    study = optuna.create_study(
+        direction="maximize", pruner=optuna.pruners.MedianPruner(n_startup_trials=1)
+    )
+    study.enqueue_trial(GOOD)
+    study.enqueue_trial(BAD)
+    study.optimize(tune.make_objective(folds, "xgboost", SEED, prune=True), n_trials=2)
+    good, bad = study.trials
+    assert good.state == optuna.trial.TrialState.COMPLETE
+    # every fold's boosting reported each check, at the fold's own steps
+    assert sorted(good.intermediate_values) == [
+        fold * ROUND_STEPS + r - 1
+        for fold in range(2)
+        for r in range(CHECK_EVERY, 201, CHECK_EVERY)
+    ]
+    assert bad.state == optuna.trial.TrialState.PRUNED
+    # stopped early inside fold 1's 500 rounds, behind the good trial at that round
+    last = max(bad.intermediate_values)
+    assert last < 100 and len(bad.intermediate_values) == (last + 1) // CHECK_EVERY
+    assert bad.intermediate_values[last] < good.intermediate_values[last]
+
+
+def test_early_stopping_records_the_rounds_each_fold_used(folds):
+    from sklearn.metrics import roc_auc_score
+
+    from mlfolio.tune.search import CHECK_EVERY
+
+    fast = {**GOOD, "n_estimators": 500, "learning_rate": 0.3, "max_depth": 7}  # overfits soon
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial(fast)
+    objective = tune.make_objective(folds, "xgboost", SEED, prune=False, early_stopping_rounds=20)
+    study.optimize(objective, n_trials=1)
+    (trial,) = study.trials
+    rounds = trial.user_attrs["fold_rounds"]
+    assert len(rounds) == 2 and all(r < 500 and r % CHECK_EVERY == 0 for r in rounds)
+    assert trial.user_attrs["n_estimators"] == round(np.mean(rounds))
+    # each fold's score is that of the model boosted for its best rounds only
+    aucs = []
+    for (X_fit, y_fit, X_val, y_val), used in zip(folds.parts, rounds, strict=True):
+        model = train.make_estimator("xgboost", {**fast, "n_estimators": used}, SEED)
+        aucs.append(roc_auc_score(y_val, model.fit(X_fit, y_fit).predict_proba(X_val)[:, 1]))
+    assert trial.value == pytest.approx(np.mean(aucs), abs=1e-12)
+    # no early stopping: every trial boosts its n_estimators and records nothing
+    plain = tune.make_objective(folds, "xgboost", SEED, prune=True)
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial(fast)
+    study.optimize(plain, n_trials=1)
+    assert "n_estimators" not in study.trials[0].user_attrs
+    assert study.trials[0].value < trial.value
+
+
+def test_round_auc_is_sklearns(folds):
+    from sklearn.metrics import roc_auc_score
+
+    from mlfolio.tune.search import auc
+
+    y = folds.parts[0][3]
+    rng = np.random.default_rng(0)
+    for score in (rng.random(len(y)), np.round(rng.random(len(y)), 1)):  # ties count half
+        assert auc(y, score) == pytest.approx(roc_auc_score(y, score), abs=1e-12)
+
+
+def test_hyperband_pruner_runs_and_prunes_inside_boosting(churn, tmp_path):
+    from mlfolio.tune.search import CHECK_EVERY, ROUND_STEPS
+
+    schema, train_df = churn
+    cfg = tuning(n_trials=12, pruner="hyperband")
+    assert isinstance(tune.storage.pruner(cfg), optuna.pruners.HyperbandPruner)
+    study = tune.run_study(cfg, train_df, schema, SEED, tmp_path, "hyperband")
+    assert len(finished(study)) == 12
+    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    # stopped at a round check, before the fold's last round
+    for t in pruned:
+        last = max(t.intermediate_values)
+        assert (last + 1) % CHECK_EVERY == 0 and last % ROUND_STEPS + 1 < t.params["n_estimators"]
+    assert pruned
+
+
+# -- warm start -----------------------------------------------------------------------------
+def test_space_values_turn_logged_params_into_the_spaces_values():
+    logged = {"model": "xgboost", "n_estimators": "137", "learning_rate": "0.05", "max_depth": "9"}
+    assert tune.space_values(logged, "xgboost") == {
+        "n_estimators": 150,  # early stopping's rounds, up to the space's grid of 25
+        "learning_rate": 0.05,
+        "max_depth": 7,  # clipped to the space
+    }
+    assert tune.space_values({"C": "2.5", "max_iter": "2000"}, "logreg") == {"C": 2.5}
+
+
+def test_first_trial_is_the_given_parameters_on_a_new_study_only(churn, tmp_path):
+    schema, train_df = churn
+    first = tune.space_values({k: str(v) for k, v in GOOD.items()}, "xgboost")
+    note = "champion churn v3"
+    study = tune.run_study(
+        tuning(n_trials=3),
+        train_df,
+        schema,
+        SEED,
+        tmp_path,
+        "warm",
+        first_trial=first,
+        first_trial_note=note,
+    )
+    trial0 = study.trials[0]
+    assert trial0.params == GOOD and trial0.user_attrs["enqueued"] == note
+    assert all("enqueued" not in t.user_attrs for t in study.trials[1:])
+    # resumed: the study has trials, nothing is enqueued again
+    again = tune.run_study(
+        tuning(n_trials=5),
+        train_df,
+        schema,
+        SEED,
+        tmp_path,
+        "warm",
+        first_trial=first,
+        first_trial_note=note,
+    )
+    assert [t.user_attrs.get("enqueued") for t in again.trials] == [note] + [None] * 4
+
+
+def test_tuning_config_errors_name_the_key():
+    from mlfolio.errors import ConfigError
+
+    root = ROOT / "parameters" / "churn.yaml"
+    for key, value, words in (
+        ("tuning.pruner", "halving", "'median', 'hyperband' or 'none'"),
+        ("tuning.subsample_rows", 10, "greater than or equal to 100"),
+        ("tuning.early_stopping_rounds", 0, "greater than or equal to 1"),
+        ("tuning.warm_start", "maybe", "boolean"),
+    ):
+        with pytest.raises(ConfigError) as err:
+            config.load(root, {key: value})
+        assert key in str(err.value) and words in str(err.value), str(err.value)
+    cfg = config.load(root, {"tuning.subsample_rows": None, "tuning.pruner": "hyperband"})
+    assert cfg.tuning.subsample_rows is None and cfg.tuning.pruner == "hyperband"

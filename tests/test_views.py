@@ -130,7 +130,11 @@ def test_pruned_trials_are_counted_and_shown_apart():
     apart = views.pruned_table(study)
     assert apart["number"].tolist() == [1, 4, 5]
     assert apart["state"].tolist() == ["PRUNED", "PRUNED", "FAIL"]
-    assert apart["folds run"].tolist() == [1, 2, 0]
+    assert apart["stopped at"].tolist() == [
+        "after 1 fold(s)",
+        "after 2 fold(s)",
+        "before its first check",
+    ]
     assert apart["partial value"].iloc[0] == 0.91
     fig = views.plot_study(study)
     title = fig.axes[0].get_title()
@@ -144,6 +148,52 @@ def test_pruned_trials_are_counted_and_shown_apart():
     complete.add_trial(study.trials[0])
     assert views.pruned_table(complete).data == "No trial was pruned or failed."
     assert views.trials_summary(None).data.startswith("`tuning.enabled` is false")
+
+
+def test_a_trial_pruned_inside_boosting_says_the_fold_and_round():
+    import optuna
+
+    from mlfolio.tune.search import ROUND_STEPS
+
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=optuna.trial.TrialState.PRUNED,
+            value=0.8,
+            params={"learning_rate": 0.1},
+            distributions={"learning_rate": optuna.distributions.FloatDistribution(0.01, 0.3)},
+            # checks every 10 rounds: fold 1's rounds 10..500, then fold 2's rounds 10, 20
+            intermediate_values={ROUND_STEPS + 19: 0.8, ROUND_STEPS + 9: 0.81, 499: 0.82},
+            user_attrs={"steps": "rounds"},
+        )
+    )
+    assert views.pruned_table(study)["stopped at"].tolist() == ["fold 2, round 20"]
+
+
+def test_tune_markdown_says_warm_start_rows_and_early_stopping():
+    info = {
+        "enabled": True,
+        "warm_start": {"version": "3", "params": {"max_depth": 4}},
+        "rows_tuned_on": 1000,
+        "rows_refitted_on": 24000,
+        "early_stopped_n_estimators": 137,
+    }
+    text = views.tune_markdown(info).data
+    assert "champion version 3's parameters" in text
+    assert "sample of 1,000 of the 24,000 training rows" in text
+    assert "refitted on all 24,000" in text
+    assert "137 boosting rounds" in text
+    skipped = {
+        "enabled": True,
+        "warm_start": {"skipped": "no champion: m@champion does not exist"},
+        "rows_tuned_on": 500,
+        "rows_refitted_on": 500,
+        "early_stopped_n_estimators": None,
+    }
+    text = views.tune_markdown(skipped).data
+    assert "skipped (no champion: m@champion does not exist)" in text
+    assert "tuned and refitted on all 500 training rows" in text
+    assert "Early stopping" not in text
 
 
 def test_plot_features_draws_every_feature_or_names_those_left_out(cfg, parts):

@@ -129,7 +129,23 @@ class TuningConfig(_Section):
     n_trials: int = Field(30, ge=1)
     timeout: float | None = Field(None, gt=0, description="seconds; None = no limit")
     cv_folds: int = Field(3, ge=2, le=20)
-    pruner: Literal["median", "none"] = "median"
+    pruner: Literal["median", "hyperband", "none"] = Field(
+        "median",
+        description="stops hopeless trials: median = below the median of earlier trials at "
+        "the same boosting round / fold; hyperband = successive halving in brackets; none",
+    )
+    early_stopping_rounds: int | None = Field(
+        20,
+        ge=1,
+        description="xgboost: stop a fold's boosting after this many rounds without a better "
+        "validation AUC; the trial's n_estimators becomes its best round (the refit uses it). "
+        "None = always boost n_estimators rounds",
+    )
+    warm_start: bool = Field(
+        True,
+        description="enqueue the registry champion's parameters (same model kind) as the "
+        "first trial; no champion: skipped",
+    )
     subsample_rows: int | None = Field(
         None,
         ge=100,

@@ -194,12 +194,43 @@ def trials_summary(study: optuna.Study | None) -> Any:
     complete, pruned, failed = (int(states.get(s, 0)) for s in ("COMPLETE", "PRUNED", "FAIL"))
     text = f"**{len(study.trials)} trials**: {complete} complete (ranked above)"
     text += f", {pruned} pruned" + (
-        " (stopped after a fold whose running mean ROC AUC was below the median of earlier"
-        " trials at that fold: their score covers fewer folds, so they are not ranked)"
+        " (stopped by the pruner, inside a fold's boosting or after a fold, when their "
+        "validation ROC AUC was behind the earlier trials' at the same point: their score "
+        "is partial, so they are not ranked)"
         if pruned
         else ""
     )
     return Markdown(text + f", {failed} failed.")
+
+
+def tune_markdown(info: dict[str, Any]) -> Any:
+    """What the study started from and saw, and what was refitted (Markdown): the warm
+    start (champion version, or why not), rows tuned on / refitted on, early stopping."""
+    from IPython.display import Markdown
+
+    if not info.get("enabled"):
+        return Markdown("`tuning.enabled` is false: no study was run.")
+    warm = info.get("warm_start") or {}
+    lines = [
+        f"- **Warm start**: first trial = champion version {warm['version']}'s parameters"
+        if "params" in warm
+        else f"- **Warm start**: skipped ({warm.get('skipped', 'not recorded')})"
+    ]
+    tuned, refit = info.get("rows_tuned_on"), info.get("rows_refitted_on")
+    if tuned is not None and tuned < refit:
+        lines.append(
+            f"- **Rows**: tuned on a stratified sample of {tuned:,} of the {refit:,} training "
+            f"rows (`tuning.subsample_rows`); the best parameters were refitted on all {refit:,}"
+        )
+    elif refit is not None:
+        lines.append(f"- **Rows**: tuned and refitted on all {refit:,} training rows")
+    if info.get("early_stopped_n_estimators") is not None:
+        lines.append(
+            f"- **Early stopping**: the best trial's folds stopped after "
+            f"{info['early_stopped_n_estimators']} boosting rounds on average; the refit "
+            "uses that n_estimators"
+        )
+    return Markdown("\n".join(lines))
 
 
 def pruned_table(study: optuna.Study | None) -> Any:
@@ -213,8 +244,21 @@ def pruned_table(study: optuna.Study | None) -> Any:
     if not stopped:
         return Markdown("No trial was pruned or failed.")
     df = _trials_frame(study).set_index("number").loc[[t.number for t in stopped]]
-    df.insert(1, "folds run", [len(t.intermediate_values) for t in stopped])
+    df.insert(1, "stopped at", [_stopped_at(t) for t in stopped])
     return df.rename(columns={"value": "partial value"}).reset_index()
+
+
+def _stopped_at(trial: optuna.trial.FrozenTrial) -> str:
+    """Where a pruned trial stopped: a fold's boosting round (xgboost reports rounds at
+    step ``fold * ROUND_STEPS + round - 1``) or the folds it finished."""
+    from mlfolio.tune.search import ROUND_STEPS
+
+    if not trial.intermediate_values:
+        return "before its first check"
+    last = max(trial.intermediate_values)
+    if trial.user_attrs.get("steps") == "rounds":
+        return f"fold {last // ROUND_STEPS + 1}, round {last % ROUND_STEPS + 1}"
+    return f"after {len(trial.intermediate_values)} fold(s)"
 
 
 def plot_study(study: optuna.Study | None) -> Any:

@@ -106,7 +106,8 @@ def _fit_and_log(
     )
     mlflow.log_params({"model": kind, **params})
     mlflow.log_metrics({f"valid_{k}": v for k, v in metrics.items() if k != "threshold"})
-    uri = tracking.log_model(model, parts["train"][schema.features], schema=schema)
+    # A few rows for the input example: not a copy of every training row's features.
+    uri = tracking.log_model(model, parts["train"].head(5), schema=schema)
     return {
         "name": run_name,
         "kind": kind,
@@ -166,6 +167,7 @@ def tune_model(ctx: StageContext) -> tuple[Any, dict[str, Any]]:
     if not cfg.tuning.enabled:
         ctx.write(products.TUNE, {"enabled": False})
         return None, {"enabled": False}
+    warm = warm_start(cfg)
     study = tune.run_study(
         cfg.tuning,
         parts["train"],
@@ -174,6 +176,8 @@ def tune_model(ctx: StageContext) -> tuple[Any, dict[str, Any]]:
         ctx.run_dir,
         study_name,
         progress_path=ctx.run_dir / progress.TUNE,
+        first_trial=warm.get("params"),
+        first_trial_note=f"champion {cfg.model_name} v{warm.get('version')}",
     )
     runs = (
         mlflow.search_runs(
@@ -188,6 +192,10 @@ def tune_model(ctx: StageContext) -> tuple[Any, dict[str, Any]]:
         raise StageError("tune", "no trial completed: raise tuning.timeout or n_trials")
     train_rows = parts["train"]
     params = {**tune.suggest_params(optuna_fixed(study.best_params), cfg.tuning.model)}
+    # Early stopping: the best trial's n_estimators is the rounds its folds used.
+    rounds = study.best_trial.user_attrs.get("n_estimators")
+    if rounds is not None:
+        params["n_estimators"] = int(rounds)
     mlflow.log_metric("best_cv_roc_auc", study.best_value)
     result = _fit_and_log(ctx, cfg.tuning.model, params, parts, f"{cfg.tuning.model}-tuned")
     counts = pd.Series([t.state.name for t in study.trials]).value_counts().to_dict()
@@ -202,10 +210,35 @@ def tune_model(ctx: StageContext) -> tuple[Any, dict[str, Any]]:
             tune.tuning_rows(train_rows, cfg.schema, cfg.tuning.subsample_rows, cfg.seed)
         ),
         "rows_refitted_on": len(train_rows),
+        "early_stopped_n_estimators": rounds,
+        "warm_start": warm,
         "models": {result["name"]: result},
     }
     ctx.write(products.TUNE, info)
     return study, info
+
+
+def warm_start(cfg: Config) -> dict[str, Any]:
+    """What the study starts from (``tuning.warm_start``): the registry champion's
+    parameters when it is a model of the kind being tuned, as the first trial; else why
+    not (``skipped``)."""
+    if not cfg.tuning.warm_start:
+        return {"skipped": "tuning.warm_start is off"}
+    ref = registry.get_alias(cfg.model_name, registry.CHAMPION)
+    if ref is None:
+        return {"skipped": f"no champion: {cfg.model_name}@{registry.CHAMPION} does not exist"}
+    logged = mlflow.MlflowClient().get_run(ref.run_id).data.params if ref.run_id else {}
+    kind = logged.get("model")
+    if kind != cfg.tuning.model:
+        return {
+            "skipped": f"champion {cfg.model_name} v{ref.version} is a {kind or 'unknown'} "
+            f"model, not {cfg.tuning.model}"
+        }
+    params = tune.space_values(logged, cfg.tuning.model)
+    if not params:
+        return {"skipped": f"champion v{ref.version} logged none of the space's parameters"}
+    log.info("tune: first trial = champion %s v%s's parameters", cfg.model_name, ref.version)
+    return {"version": ref.version, "params": params}
 
 
 def optuna_fixed(params: dict[str, Any]):

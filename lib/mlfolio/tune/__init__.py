@@ -45,6 +45,7 @@ from mlfolio.tune.search import (
     Folds,
     fold_scores,
     make_objective,
+    space_values,
     suggest_params,
     tuning_rows,
 )
@@ -78,6 +79,7 @@ __all__ = [
     "remaining_trials",
     "require_shared",
     "run_study",
+    "space_values",
     "storage_for",
     "study_name",
     "suggest_params",

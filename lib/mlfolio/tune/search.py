@@ -3,6 +3,7 @@ fold) and the objective (mean validation ROC AUC, reported per fold for the prun
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +49,43 @@ def suggest_params(trial: optuna.Trial, kind: str) -> dict[str, Any]:
     if kind == "logreg":
         return {"C": trial.suggest_float("C", 1e-3, 100.0, log=True), "max_iter": 2000}
     raise ValueError(f"no search space for model kind {kind!r}")
+
+
+class _SpaceProbe:
+    """Answers ``suggest_params``'s questions with the lower bounds, recording each
+    parameter's range (the search space, without a study)."""
+
+    def __init__(self) -> None:
+        self.space: dict[str, tuple[type, float, float, float | None]] = {}
+
+    def suggest_int(self, name: str, low: int, high: int, step: int = 1, log: bool = False) -> int:
+        self.space[name] = (int, low, high, step)
+        return low
+
+    def suggest_float(
+        self, name: str, low: float, high: float, step: float | None = None, log: bool = False
+    ) -> float:
+        self.space[name] = (float, low, high, step)
+        return low
+
+
+def space_values(params: dict[str, Any], kind: str) -> dict[str, Any]:
+    """``params`` (e.g. a registered model's logged parameters, values as text) as values
+    of ``kind``'s search space, for :meth:`optuna.Study.enqueue_trial`: only the space's
+    parameters, converted to its types, clipped to its ranges and, on a grid (n_estimators
+    in steps of 25), rounded up to it. Parameters it does not name are left to the sampler.
+    """
+    probe = _SpaceProbe()
+    suggest_params(probe, kind)  # type: ignore[arg-type]
+    out: dict[str, Any] = {}
+    for name, (kind_type, low, high, step) in probe.space.items():
+        if name not in params or params[name] in (None, "None", ""):
+            continue
+        value = min(max(float(params[name]), low), high)
+        if step:
+            value = low + np.ceil((value - low) / step - 1e-9) * step
+        out[name] = kind_type(round(value) if kind_type is int else value)
+    return out
 
 
 @dataclass(frozen=True)
@@ -122,9 +160,105 @@ def _reuses_matrix(model: Any) -> bool:
     )
 
 
+# Boosting rounds are reported to the pruner at step ``fold * ROUND_STEPS + round``: every
+# fold has its own range of steps (the space's n_estimators is at most 500), so a trial is
+# compared with the others at the same round of the same fold.
+ROUND_STEPS = 1000
+# Rounds between validation checks (early stopping, pruning). xgboost's own ``evals``
+# predicts the validation rows with every tree at every round here (the per-round cost
+# grows with the model: it doubled a 300-round fit); a check instead adds only the trees
+# grown since the last one to the validation margins it keeps.
+CHECK_EVERY = 10
+
+
+def auc(y: np.ndarray, score: np.ndarray) -> float:
+    """ROC AUC of binary labels ``y`` (0/1) for ``score`` (ties count half), as
+    :func:`sklearn.metrics.roc_auc_score` computes it, without its input checks."""
+    from scipy.stats import rankdata
+
+    pos = y == 1
+    n_pos = int(pos.sum())
+    n_neg = len(y) - n_pos
+    ranks = rankdata(score)
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+@functools.cache
+def _round_check_class() -> type:
+    import xgboost as xgb  # lazily: xgb.train only takes subclasses of its TrainingCallback
+
+    return type("RoundCheck", (RoundCheck, xgb.callback.TrainingCallback), {})
+
+
+class RoundCheck:
+    """An xgboost training callback: every :data:`CHECK_EVERY` rounds, the validation AUC
+    of the model so far; boosting stops after ``early_stopping_rounds`` rounds without a
+    better one, and ``trial``'s pruner sees each check through optuna-integration's
+    :class:`XGBoostPruningCallback` (step ``fold * ROUND_STEPS + round``).
+    :meth:`make` builds one (an instance of xgboost's ``TrainingCallback`` too)."""
+
+    @classmethod
+    def make(cls, *args: Any) -> RoundCheck:
+        return _round_check_class()(*args)
+
+    def __init__(
+        self,
+        X_val: np.ndarray,
+        y_val: np.ndarray,
+        missing: float,
+        fold: int,
+        early_stopping_rounds: int | None,
+        trial: optuna.Trial | None,
+    ) -> None:
+        self.X_val, self.y_val, self.missing = X_val, y_val, missing
+        self.fold, self.patience = fold, early_stopping_rounds
+        self.margin = np.zeros(len(y_val))
+        self.done = 0  # trees already in self.margin
+        self.best_auc, self.best_rounds, self.best_margin = -np.inf, 0, self.margin
+        self.pruning = None
+        if trial is not None:
+            from optuna_integration import XGBoostPruningCallback
+
+            self.pruning = XGBoostPruningCallback(trial, "valid-auc")
+
+    def check(self, model: Any, rounds: int) -> bool:
+        """Validation AUC after ``rounds`` rounds; True when boosting should stop."""
+        if rounds > self.done:
+            # The new trees' margins only; each call adds the base score once, a constant
+            # that does not change the ranking (the AUC).
+            self.margin = self.margin + model.inplace_predict(
+                self.X_val,
+                iteration_range=(self.done, rounds),
+                predict_type="margin",
+                missing=self.missing,
+            )
+            self.done = rounds
+        value = auc(self.y_val, self.margin)
+        if value > self.best_auc:
+            self.best_auc, self.best_rounds, self.best_margin = value, rounds, self.margin
+        if self.pruning is not None:
+            log = {"valid": {"auc": [value]}}
+            self.pruning.after_iteration(model, self.fold * ROUND_STEPS + rounds - 1, log)
+        return self.patience is not None and rounds - self.best_rounds >= self.patience
+
+    def after_iteration(self, model: Any, epoch: int, evals_log: dict) -> bool:
+        return (epoch + 1) % CHECK_EVERY == 0 and self.check(model, epoch + 1)
+
+    def after_training(self, model: Any) -> Any:
+        if model.num_boosted_rounds() != self.done:
+            self.check(model, model.num_boosted_rounds())  # the last rounds
+        return model
+
+
 def fold_scores(
-    folds: Folds, step: int, kind: str, params: dict[str, Any], seed: int
-) -> np.ndarray:
+    folds: Folds,
+    step: int,
+    kind: str,
+    params: dict[str, Any],
+    seed: int,
+    early_stopping_rounds: int | None = None,
+    trial: optuna.Trial | None = None,
+) -> tuple[np.ndarray, int] | np.ndarray:
     """Positive-class probabilities on fold ``step``'s validation rows of the model
     ``make_estimator(kind, params, seed)`` fitted on its training rows.
 
@@ -132,35 +266,73 @@ def fold_scores(
     parameters, rounds and training matrix, so the same trees), but trained with
     ``xgboost.train`` on the fold's cached matrix: building that matrix costs as much as
     fitting the small models the search ends up in.
+
+    With ``early_stopping_rounds`` or a ``trial`` (xgboost only), the model is checked on
+    the fold's validation rows during boosting (:class:`RoundCheck`): boosting stops after
+    ``early_stopping_rounds`` rounds without a better AUC, and the trial's pruner may stop
+    it (:class:`optuna.TrialPruned`). Then the result is ``(validation margins, rounds)``:
+    of the best round checked with early stopping, else of all ``n_estimators`` rounds
+    (margins rank as the probabilities do, so their AUC is the same).
     """
-    X_fit, y_fit, X_val, _ = folds.parts[step]
+    X_fit, y_fit, X_val, y_val = folds.parts[step]
     model = make_estimator(kind, params, seed)
+    per_round = early_stopping_rounds is not None or trial is not None
     if kind == "xgboost" and _reuses_matrix(model):
         import xgboost as xgb
 
+        check = RoundCheck.make(X_val, y_val, model.missing, step, early_stopping_rounds, trial)
         booster = xgb.train(
             {**model.get_xgb_params(), "eval_metric": model.eval_metric},
             folds.xgboost_matrix(step, model),
             num_boost_round=model.get_num_boosting_rounds(),
+            callbacks=[check] if per_round else None,
         )
+        if early_stopping_rounds is not None:
+            return check.best_margin, check.best_rounds
+        if per_round:
+            return check.margin, check.done
         return np.asarray(booster.inplace_predict(X_val, missing=model.missing))
+    if per_round:
+        raise ValueError(f"per-round checks need the xgboost hist path (model kind {kind!r})")
     return model.fit(X_fit, y_fit).predict_proba(X_val)[:, 1]
 
 
-def make_objective(folds: Folds, kind: str, seed: int, prune: bool):
-    """Mean validation ROC AUC over folds, reported after each fold so a pruner can stop
-    a hopeless trial early."""
+def make_objective(
+    folds: Folds, kind: str, seed: int, prune: bool, early_stopping_rounds: int | None = None
+):
+    """Mean validation ROC AUC over folds.
+
+    xgboost with ``prune`` or ``early_stopping_rounds``: each fold's boosting is evaluated
+    round by round (:func:`fold_scores`); the pruner sees the rounds' validation AUC and may
+    stop the trial inside a fold's training. With early stopping the trial's
+    ``n_estimators`` becomes the mean over folds of the rounds each used (user attribute
+    ``n_estimators``, which the refit uses). Other kinds: the running mean AUC is reported
+    after each fold, and a pruner may stop the trial between folds (never after its last).
+    """
+    in_training = kind == "xgboost" and (prune or early_stopping_rounds is not None)
 
     def objective(trial: optuna.Trial) -> float:
         params = suggest_params(trial, kind)
-        aucs = []
+        if in_training:
+            trial.set_user_attr("steps", "rounds")  # what the reported steps count
+        aucs, rounds = [], []
         last = len(folds.parts) - 1
         for step, (_, _, _, y_val) in enumerate(folds.parts):
+            if in_training:
+                scores, used = fold_scores(
+                    folds, step, kind, params, seed, early_stopping_rounds, trial if prune else None
+                )
+                rounds.append(used)
+                aucs.append(roc_auc_score(y_val, scores))
+                continue
             aucs.append(roc_auc_score(y_val, fold_scores(folds, step, kind, params, seed)))
             trial.report(float(np.mean(aucs)), step)
             # After the last fold the work is done: keep the value instead of pruning it.
             if prune and step < last and trial.should_prune():
                 raise optuna.TrialPruned()
+        if rounds and early_stopping_rounds is not None:
+            trial.set_user_attr("n_estimators", int(round(np.mean(rounds))))
+            trial.set_user_attr("fold_rounds", [int(r) for r in rounds])
         return float(np.mean(aucs))
 
     return objective

@@ -134,8 +134,17 @@ def resume_sampler(study: optuna.Study, seed: int) -> None:
 
 
 def pruner(cfg: TuningConfig) -> optuna.pruners.BasePruner:
+    """``tuning.pruner``. Steps are boosting rounds (xgboost: fold ``f``'s round ``r`` is
+    step ``f * ROUND_STEPS + r``) or folds (other kinds)."""
     if cfg.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
+    if cfg.pruner == "hyperband":
+        # Rungs at 50, 150, 450 rounds of the first fold (then the later folds' steps).
+        if cfg.model == "xgboost":
+            return optuna.pruners.HyperbandPruner(min_resource=50, reduction_factor=3)
+        return optuna.pruners.HyperbandPruner(
+            min_resource=1, max_resource=cfg.cv_folds, reduction_factor=2
+        )
     return optuna.pruners.NopPruner()
 
 

@@ -135,7 +135,9 @@ def _worker(
         elif cfg.storage and len(study.get_trials(deepcopy=False, states=CLAIMED)) >= cfg.n_trials:
             study.stop()
 
-    objective = make_objective(folds, cfg.model, seed, cfg.pruner != "none")
+    objective = make_objective(
+        folds, cfg.model, seed, cfg.pruner != "none", cfg.early_stopping_rounds
+    )
     study.optimize(
         _budgeted(objective, cfg.n_trials, sampler_seed),
         timeout=timeout,
@@ -243,8 +245,14 @@ def run_study(
     run_dir: Path,
     study_name: str,
     progress_path: Path | None = None,
+    first_trial: dict[str, Any] | None = None,
+    first_trial_note: str | None = None,
 ) -> optuna.Study:
     """Run (or resume) the study until ``n_trials`` trials have finished or time is up.
+
+    ``first_trial``: parameters the study's first trial evaluates (a new study only, e.g.
+    the champion's: :func:`~mlfolio.tune.space_values`); ``first_trial_note`` is kept as
+    its user attribute ``enqueued``.
 
     With ``n_workers > 1`` this process and ``n_workers - 1`` child processes work on the
     same storage, each with its own sampler seed (identical seeds would repeat each
@@ -262,6 +270,8 @@ def run_study(
     if todo == 0:
         log.info("study %s already has %d finished trials", study_name, cfg.n_trials)
         return study
+    if first_trial and not study.trials:  # a resumed study has run (or queued) it already
+        study.enqueue_trial(first_trial, user_attrs={"enqueued": first_trial_note or "given"})
     if cfg.n_workers > 1 and todo > 1:
         _start_process_server()  # it boots while the folds are built
     rows = tuning_rows(train, schema, cfg.subsample_rows, seed)
@@ -269,7 +279,9 @@ def run_study(
         log.info("tuning on a stratified sample of %d of %d training rows", len(rows), len(train))
     folds = Folds.build(rows, schema, cfg.cv_folds, seed)
     if cfg.n_workers == 1:
-        objective = make_objective(folds, cfg.model, seed, cfg.pruner != "none")
+        objective = make_objective(
+            folds, cfg.model, seed, cfg.pruner != "none", cfg.early_stopping_rounds
+        )
         study.optimize(
             _budgeted(objective, cfg.n_trials, seed),
             n_trials=todo,
