@@ -1,81 +1,81 @@
-"""Tune stage vs scikit-learn's RandomizedSearchCV: time to reach the same CV ROC AUC.
+"""Tune stage vs scikit-learn's RandomizedSearchCV (n_jobs=2): time to reach the same CV
+ROC AUC, on the default data resampled to any number of rows.
 
 Usage (from the project root)::
 
-    .venv/bin/python benchmarks/tune_bench.py              # 50 trials, 3 folds: ~2 min
-    .venv/bin/python benchmarks/tune_bench.py --repeats 3  # seeds 42, 43, 44: ~6 min
-    .venv/bin/python benchmarks/tune_bench.py --quick      # smoke run, ~10 s
-    .venv/bin/python benchmarks/tune_bench.py --no-postgres  # journal rows only
+    .venv/bin/python benchmarks/tune_bench.py --rows 40000 --repeats 3   # the target run
+    .venv/bin/python benchmarks/tune_bench.py --rows 4000                # one seed
+    .venv/bin/python benchmarks/tune_bench.py --quick                    # smoke run, ~15 s
 
-(on 2 idle cores; other work on the machine slows every row, the parallel one most)
+What runs, per repeat (seed = ``--seed`` + repeat, default the parameter file's):
 
-Everything runs in one process, on the same data, train split, search space, folds and
-trial budget:
+* data: ``data/telco_churn.csv`` resampled to ``--rows`` rows with that seed
+  (``benchmarks/resample.py``: stratified on churn, jittered numbers), validated and split
+  train/valid/test as the preprocess stage does (``features.split``, the file's split
+  sizes and seed); both tuners see the same training rows.
+* the rival: ``RandomizedSearchCV(n_jobs=2)`` over the full servable pipeline (feature
+  transformer + ``XGBClassifier(n_jobs=1)``, the transformer refitted per candidate and
+  fold, as a pipeline search does), the same space as ``mlfolio.tune.suggest_params``
+  (scipy distributions), the same ``StratifiedKFold`` folds and the same number of
+  candidates. Its clock is real wall time from ``fit`` to its return; a scorer wrapper
+  appends each fold's score with a timestamp to a file, and a candidate has finished when
+  the last of its folds was scored. Its process pool is started before the clock (a
+  favour to the rival: the first call in a session pays a few seconds more).
+* mlfolio: ``mlfolio.tune.run_study``, the function the tune stage calls, with the
+  parameter file's ``tuning`` section as the stage runs it (median pruner on boosting
+  rounds, early stopping, ``tuning.subsample_rows`` and ``n_workers`` as set there; the
+  table header prints them) except ``n_trials`` (``--trials``, the same budget as the
+  rival's) and ``timeout`` (none, so the budgets stay equal). Its clock starts before
+  ``run_study`` (building the folds and opening the study are included) and a trial has
+  finished at its ``datetime_complete``. No champion: the warm start does not apply.
 
-* ``RandomizedSearchCV`` over the full servable pipeline (feature transformer + XGBoost),
-  ``n_jobs=1``: the transformer is refitted per candidate and fold, as the pipeline
-  demands. Its clock is the cumulative per-candidate fit + score time from
-  ``cv_results_`` (with ``n_jobs=1`` candidates are evaluated one after another, all
-  folds of a candidate together), which leaves out the search's own overhead: a lower
-  bound on its real wall time, i.e. it favours RandomizedSearchCV. The row
-  "RandomizedSearchCV, ideal 2 cores" halves those times: what perfect 2-process scaling
-  would give, for a fair comparison with the 2-worker tune (it is derived, not run).
-* ``mlfolio.tune.run_study`` with TPE (no pruner, 1 worker), TPE + median pruner over
-  folds (1 worker), and TPE + pruner with ``--workers`` workers (this process and
-  ``--workers - 1`` child processes) on a journal file. Its clock starts before
-  ``run_study`` (so it includes building the folds and opening the study) and each
-  trial's time is its ``datetime_complete``. The worker processes' fork server is
-  started before the first clock (a notebook kernel pays its few seconds once).
-* the same TPE + pruner with the study in PostgreSQL (``tuning.storage``, heartbeats on,
-  as a shared study runs) with 1 and ``--workers`` workers: what sharing a study costs
-  next to the journal file. The benchmark creates its own database on ``--postgres``
-  (a server URL; default the local one) and drops it at the end.
+Comparable AUCs: a trial's own value is the CV AUC of the rounds early stopping chose on
+the validation fold itself (slightly optimistic), on the sample when
+``tuning.subsample_rows`` applies. So every trial that became mlfolio's best so far is
+re-scored (outside its clock) as the model the stage would refit: its parameters with
+``n_estimators`` = the rounds early stopping recorded, fitted on the same full-row folds as
+the rival's, no early stopping. mlfolio reaches the target when such a best-so-far trial's
+re-scored CV AUC is at least the target; "best AUC" columns are re-scored values.
 
-The target is RandomizedSearchCV's final best CV AUC minus 0.001 ("the same CV AUC
-within 0.001"); a method's time to target is when the first of its complete trials reaches
-it. XGBoost runs with ``n_jobs=1`` everywhere (on 2 cores OpenMP's busy-wait stalls it).
+The target is the rival's best CV AUC minus 0.001. Per seed: each one's time to target,
+the speed-up (rival's / mlfolio's; 0 when mlfolio never reached it), the best CV AUC of
+each at mlfolio's finishing time (equal wall time) and at the end. The last line is the
+median speed-up over the seeds. XGBoost has n_jobs=1 everywhere (on 2 cores OpenMP's
+busy-wait stalls it). The load average is printed at the start and the end: on a busy
+machine every figure moves, the rival's (2 processes) most.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import optuna
-import scipy
 import sklearn
 import xgboost
 from scipy.stats import loguniform, randint, uniform
+from sklearn.metrics import get_scorer
 from sklearn.model_selection import RandomizedSearchCV, StratifiedKFold
 
-from mlfolio import config, data, features, train, tune
-from mlfolio.config import TuningConfig
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from resample import resample  # noqa: E402
+
+from mlfolio import config, data, features, train, tune  # noqa: E402
+from mlfolio.config import TuningConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 0.001
-
-
-@dataclass
-class Result:
-    method: str
-    cores: int
-    trials: str
-    wall: float
-    n_trials: int
-    best: float
-    curve: list[tuple[float, float]]  # (seconds since start, value of that complete trial)
-
-    def time_to(self, target: float) -> float | None:
-        return next((t for t, v in sorted(self.curve) if v >= target), None)
+RESULT_LINE = "median speed-up to target vs RandomizedSearchCV n_jobs=2"
 
 
 def xgboost_distributions() -> dict[str, object]:
@@ -91,291 +91,231 @@ def xgboost_distributions() -> dict[str, object]:
     }
 
 
-def run_random_search(
-    cfg: config.Config, train_df, n_trials: int, n_folds: int, seed: int
-) -> tuple[Result, dict[str, object]]:
+class StampedScorer:
+    """ROC AUC scorer that appends ``{"t": time, "key": candidate, "score": s}`` to a file
+    (one line per fold; picklable, so it runs in the search's worker processes too)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+        self.scorer = get_scorer("roc_auc")
+
+    def __call__(self, estimator, X, y) -> float:
+        score = self.scorer(estimator, X, y)
+        params = estimator.named_steps["model"].get_params()
+        key = json.dumps({k: params[k.removeprefix("model__")] for k in xgboost_distributions()})
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps({"t": time.time(), "key": key, "score": float(score)}) + "\n")
+        return score
+
+
+@dataclass
+class Curve:
+    """Best-so-far CV AUC over wall time: (seconds since start, AUC) at each improvement."""
+
+    wall: float
+    points: list[tuple[float, float]] = field(default_factory=list)
+
+    def time_to(self, target: float) -> float | None:
+        return next((t for t, v in self.points if v >= target), None)
+
+    def best_at(self, seconds: float) -> float | None:
+        got = [v for t, v in self.points if t <= seconds]
+        return max(got) if got else None
+
+    @property
+    def best(self) -> float:
+        return max(v for _, v in self.points)
+
+
+def run_rival(cfg, train_df, n_trials: int, folds: StratifiedKFold, seed: int, tmp: Path) -> Curve:
+    from joblib import Parallel, delayed
+
     X, y = features.xy(train_df, cfg.schema)
     pipe = features.build_model_pipeline(cfg.schema, train.make_estimator("xgboost", {}, seed))
+    stamps = tmp / f"rival-{seed}.jsonl"
+    stamps.unlink(missing_ok=True)
     search = RandomizedSearchCV(
         pipe,
         xgboost_distributions(),
         n_iter=n_trials,
-        scoring="roc_auc",
-        cv=StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed),
-        n_jobs=1,
+        scoring=StampedScorer(stamps),
+        cv=folds,
+        n_jobs=2,
         refit=False,
         random_state=seed,
         error_score="raise",
     )
-    start = time.perf_counter()
+    Parallel(n_jobs=2)(delayed(abs)(i) for i in range(4))  # the process pool, off the clock
+    start = time.time()
     search.fit(X, y)
-    wall = time.perf_counter() - start
-    res = search.cv_results_
-    per_candidate = n_folds * (res["mean_fit_time"] + res["mean_score_time"])
-    clock = np.cumsum(per_candidate)
-    curve = [(float(t), float(v)) for t, v in zip(clock, res["mean_test_score"], strict=True)]
-    best = int(np.argmax(res["mean_test_score"]))
-    params = {k.removeprefix("model__"): v for k, v in res["params"][best].items()}
-    return Result(
-        "RandomizedSearchCV n_jobs=1",
-        1,
-        str(n_trials),
-        wall,
-        n_trials,
-        float(res["mean_test_score"][best]),
-        curve,
-    ), params
+    wall = time.time() - start
+    done: dict[str, list[tuple[float, float]]] = {}
+    for line in stamps.read_text().splitlines():
+        row = json.loads(line)
+        done.setdefault(row["key"], []).append((row["t"], row["score"]))
+    finished = sorted(
+        (max(t for t, _ in v) - start, float(np.mean([s for _, s in v]))) for v in done.values()
+    )
+    n_folds = folds.get_n_splits()
+    assert all(len(v) == n_folds for v in done.values()) and len(done) == n_trials, "stamps"
+    # Same numbers as the search's own results (the scorer only adds the timestamps).
+    assert np.isclose(max(v for _, v in finished), np.max(search.cv_results_["mean_test_score"]))
+    curve = Curve(wall)
+    for t, v in finished:
+        if not curve.points or v > curve.points[-1][1]:
+            curve.points.append((t, v))
+    return curve
 
 
-def run_tune(
-    label: str, cfg: config.Config, train_df, tuning: TuningConfig, seed: int, workdir: Path
-) -> Result:
-    run_dir = workdir / label.replace(" ", "_").replace("+", "")
+def run_mlfolio(
+    cfg, train_df, tuning: TuningConfig, seed: int, tmp: Path
+) -> tuple[Curve, Curve, dict]:
+    """The study's own best-so-far curve, and that curve re-scored on the full-row folds
+    (what the rival's AUCs are)."""
     start_dt = datetime.now()
     start = time.perf_counter()
-    study_name = f"bench-{label}-{seed}".replace(" ", "_")  # one database, many studies
-    study = tune.run_study(tuning, train_df, cfg.schema, seed, run_dir, study_name)
+    study = tune.run_study(tuning, train_df, cfg.schema, seed, tmp / f"mlfolio-{seed}", "bench")
     wall = time.perf_counter() - start
-    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
-    curve = [((t.datetime_complete - start_dt).total_seconds(), float(t.value)) for t in complete]
-    trials = f"{len(complete) + pruned}" + (f" ({pruned} pruned)" if pruned else "")
-    n_done = len(complete) + pruned
-    return Result(label, tuning.n_workers, trials, wall, n_done, study.best_value, curve)
-
-
-def create_database(server_url: str) -> str:
-    """A fresh database on the server of ``server_url``; returns its URL."""
-    import secrets
-
-    import sqlalchemy
-
-    name = f"mlfolio_tune_bench_{secrets.token_hex(4)}"
-    admin = sqlalchemy.create_engine(server_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    admin.dispose()
-    url = sqlalchemy.engine.make_url(server_url).set(database=name)
-    print(f"PostgreSQL rows: database {name} on {tune.masked(server_url)} (dropped at the end)")
-    return url.render_as_string(hide_password=False)
-
-
-def drop_database(server_url: str, db_url: str) -> None:
-    import sqlalchemy
-
-    name = sqlalchemy.engine.make_url(db_url).database
-    admin = sqlalchemy.create_engine(server_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.dispose()
-
-
-def fmt_time(seconds: float | None) -> str:
-    return "not reached" if seconds is None else f"{seconds:.1f}"
+    trials = study.get_trials(deepcopy=False)
+    complete = sorted(
+        (t for t in trials if t.state == optuna.trial.TrialState.COMPLETE),
+        key=lambda t: t.datetime_complete,
+    )
+    own, rescored = Curve(wall), Curve(wall)
+    full = tune.Folds.build(train_df, cfg.schema, tuning.cv_folds, seed)  # the rival's folds
+    objective = tune.make_objective(full, "xgboost", seed, prune=False)
+    best = -np.inf
+    for t in complete:
+        if t.value <= best:
+            continue
+        best = t.value
+        when = (t.datetime_complete - start_dt).total_seconds()
+        own.points.append((when, t.value))
+        params = dict(t.params)
+        if "n_estimators" in t.user_attrs:  # early stopping's rounds: what the refit uses
+            params["n_estimators"] = t.user_attrs["n_estimators"]
+        value = objective(optuna.trial.FixedTrial(params))
+        if not rescored.points or value > rescored.points[-1][1]:
+            rescored.points.append((when, value))
+    states = [t.state.name for t in trials]
+    info = {
+        "trials": len(trials),
+        "pruned": states.count("PRUNED"),
+        "rows": len(tune.tuning_rows(train_df, cfg.schema, tuning.subsample_rows, seed)),
+    }
+    return own, rescored, info
 
 
 def load_average() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def run_once(
-    cfg: config.Config, train_df, args: argparse.Namespace, seed: int, tmp: Path
-) -> tuple[list[Result], float]:
-    """All methods with one seed; returns the results and the target AUC."""
-    results: list[Result] = []
-    # The fork server the worker processes start from boots once per process (seconds:
-    # it imports xgboost and mlfolio); boot it before any clock so that the first
-    # multi-worker row does not pay it alone.
-    tune.workers._start_process_server()
-    rs, rs_params = run_random_search(cfg, train_df, args.trials, args.folds, seed)
-    results.append(rs)
-    print(
-        f"  RandomizedSearchCV: {rs.wall:.1f} s wall, "
-        f"{rs.curve[-1][0]:.1f} s fit+score, best {rs.best:.4f}",
-        flush=True,
-    )
-    results.append(
-        Result(
-            "RandomizedSearchCV, ideal 2 cores (derived)",
-            2,
-            rs.trials,
-            rs.curve[-1][0] / 2,
-            rs.n_trials,
-            rs.best,
-            [(t / 2, v) for t, v in rs.curve],
-        )
-    )
-
-    base = dict(model="xgboost", n_trials=args.trials, timeout=None, cv_folds=args.folds)
-    configs = [
-        ("tune TPE", TuningConfig(**base, pruner="none", n_workers=1)),
-        ("tune TPE + median pruner", TuningConfig(**base, pruner="median", n_workers=1)),
-        (
-            f"tune TPE + pruner, {args.workers} workers",
-            TuningConfig(**base, pruner="median", n_workers=args.workers),
-        ),
-    ]
-    if args.postgres_db:
-        pg = dict(base, pruner="median", storage=args.postgres_db)
-        configs += [
-            ("tune TPE + pruner, PostgreSQL, 1 worker", TuningConfig(**pg, n_workers=1)),
-            (
-                f"tune TPE + pruner, PostgreSQL, {args.workers} workers",
-                TuningConfig(**pg, n_workers=args.workers),
-            ),
-        ]
-    for label, tuning in configs:
-        result = run_tune(label, cfg, train_df, tuning, seed, tmp / f"seed{seed}")
-        results.append(result)
-        print(f"  {label}: {result.wall:.1f} s wall, best {result.best:.4f}", flush=True)
-
-    # Same folds, same preprocessing, same definition: RandomizedSearchCV's best
-    # candidate scored by mlfolio's objective must give the same CV AUC.
-    folds = tune.Folds.build(train_df, cfg.schema, args.folds, seed)
-    rescored = tune.make_objective(folds, "xgboost", seed, prune=False)(
-        optuna.trial.FixedTrial(rs_params)
-    )
-    target = rs.best - TOLERANCE
-    print(
-        f"  check: RandomizedSearchCV's best params under mlfolio's objective: "
-        f"{rescored:.6f} (RandomizedSearchCV: {rs.best:.6f})"
-    )
-    print(
-        f"  target CV ROC AUC = RandomizedSearchCV best {rs.best:.4f} - {TOLERANCE} "
-        f"= {target:.4f}\n"
-    )
-    return results, target
-
-
-def print_table(results: list[Result], target: float) -> list[float | None]:
-    """The table of one seed; returns each method's speed-up to target (None: not
-    reached)."""
-    rs_time = results[0].time_to(target)
-    header = (
-        f"{'method':<44} {'cores':>5} {'trials':>15} {'total s':>8} {'trials/s':>8} "
-        f"{'best AUC':>9} {'to target s':>12} {'speed-up':>9}"
-    )
-    print(header)
-    print("-" * len(header))
-    speedups: list[float | None] = []
-    for r in results:
-        reached = r.time_to(target)
-        speedup = rs_time / reached if reached and rs_time else None
-        speedups.append(speedup)
-        print(
-            f"{r.method:<44} {r.cores:>5} {r.trials:>15} {r.wall:>8.1f} "
-            f"{r.n_trials / r.wall:>8.2f} {r.best:>9.4f} "
-            f"{fmt_time(reached):>12} {f'{speedup:.1f}x' if speedup else '-':>9}"
-        )
-    return speedups
+def fmt(x: float | None, spec: str = ".1f") -> str:
+    return "-" if x is None else format(x, spec)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=50)
-    parser.add_argument("--folds", type=int, default=3)
-    parser.add_argument(
-        "--seed",
-        type=int,
-        default=None,
-        help="seed of the folds, samplers and models (default: the "
-        "parameter file's); the train split always uses the file's",
-    )
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument(
-        "--repeats",
-        type=int,
-        default=1,
-        help="repeat everything with seeds seed, seed+1, ... (time to "
-        "target depends on the luck of the first trials)",
-    )
+    parser.add_argument("--rows", type=int, default=40_000, help="resampled rows (all splits)")
+    parser.add_argument("--repeats", type=int, default=3, help="seeds seed, seed+1, ...")
+    parser.add_argument("--trials", type=int, default=None, help="default: tuning.n_trials")
+    parser.add_argument("--seed", type=int, default=None, help="default: the file's seed")
     parser.add_argument("--params", default=str(ROOT / "parameters" / "churn.yaml"))
-    parser.add_argument("--quick", action="store_true", help="smoke run: 6 trials, 2 folds")
-    parser.add_argument(
-        "--postgres",
-        default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
-        metavar="URL",
-        help="a PostgreSQL server (any database on it) where the benchmark creates, and "
-        "then drops, its own database for the PostgreSQL rows",
-    )
-    parser.add_argument("--no-postgres", action="store_true", help="journal rows only")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 2,000 rows, 6 trials")
     args = parser.parse_args(argv)
     if args.quick:
-        args.trials, args.folds = 6, 2
+        args.rows, args.repeats, args.trials = 2_000, 1, 6
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    # re-scoring a trial with early stopping's rounds (not on the space's grid of 25)
+    warnings.filterwarnings("ignore", message="The value .* is out of the range")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     cfg = config.load(args.params)
-    seed = cfg.seed if args.seed is None else args.seed
-    raw = data.load_source(cfg.data)
-    df = data.validate(raw, cfg.schema, source=cfg.data.uri)
-    train_df = features.split(df, cfg.schema, cfg.split, cfg.seed)["train"]
-
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    n_trials = args.trials or cfg.tuning.n_trials
+    tuning = cfg.tuning.model_copy(
+        update={"n_trials": n_trials, "timeout": None, "model": "xgboost"}
+    )
+    seed0 = cfg.seed if args.seed is None else args.seed
+    load_start = load_average()
     print(
-        f"machine: {platform.machine()}, os.cpu_count()={os.cpu_count()}, "
-        f"usable cores={affinity}, load average {load_average()}, "
-        f"Python {platform.python_version()}"
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, load average {load_start}; "
+        f"Python {platform.python_version()}, optuna {optuna.__version__}, "
+        f"xgboost {xgboost.__version__}, scikit-learn {sklearn.__version__}"
     )
     print(
-        f"optuna {optuna.__version__}, xgboost {xgboost.__version__}, "
-        f"scikit-learn {sklearn.__version__}, scipy {scipy.__version__}"
+        f"data: {args.rows} rows resampled from {cfg.data.uri}; {n_trials} trials, "
+        f"{tuning.cv_folds}-fold stratified CV, {args.repeats} seed(s) from {seed0}"
     )
     print(
-        f"data: {cfg.data.uri} ({len(df)} rows), train split {len(train_df)} rows; "
-        f"{args.trials} trials, {args.folds}-fold stratified CV"
-    )
-    print(
-        f"RandomizedSearchCV runs with n_jobs=1 on this {os.cpu_count()}-core machine "
-        f"(xgboost n_jobs=1 everywhere); the tune worker row uses {args.workers} "
-        "processes, so compare it with the 'ideal 2 cores' row too."
-    )
-
-    t0 = time.perf_counter()
-    args.postgres_db = None if args.no_postgres else create_database(args.postgres)
-    all_speedups: list[list[float | None]] = []
-    all_walls: list[list[float]] = []
-    methods: list[str] = []
-    try:
-        with tempfile.TemporaryDirectory(prefix="tune-bench-") as tmp:
-            for rep in range(args.repeats):
-                print(f"\nseed {seed + rep}:")
-                results, target = run_once(cfg, train_df, args, seed + rep, Path(tmp))
-                all_speedups.append(print_table(results, target))
-                all_walls.append([r.wall for r in results])
-                methods = [r.method for r in results]
-    finally:
-        if args.postgres_db:
-            drop_database(args.postgres, args.postgres_db)
-    total = time.perf_counter() - t0
-
-    if args.repeats > 1:
-        print(
-            f"\nover {args.repeats} seeds: median speed-up to target (reached in k of n: "
-            "each seed's speed-up), and median total wall time for all trials"
+        "mlfolio tune (parameter file's tuning, timeout off): "
+        + ", ".join(
+            f"{k}={getattr(tuning, k)}"
+            for k in ("pruner", "early_stopping_rounds", "subsample_rows", "n_workers")
         )
-        for i, method in enumerate(methods):
-            got = [s[i] for s in all_speedups if s[i] is not None]
-            median = f"{float(np.median(got)):.1f}x" if got else "-"
-            walls = [w[i] for w in all_walls]
-            rs_walls = [w[0] for w in all_walls]
-            print(
-                f"  {method:<44} {median:>6} ({len(got)}/{args.repeats}: "
-                + " ".join(f"{x:.1f}" for x in got)
-                + ")"
-                + f"   total {float(np.median(walls)):5.1f} s "
-                f"({float(np.median(rs_walls)) / float(np.median(walls)):.1f}x)"
+    )
+    header = (
+        f"{'seed':>4} {'method':<28} {'trials':>11} {'rows':>6} {'wall s':>7} "
+        f"{'to target s':>11} {'AUC @ equal s':>13} {'best AUC':>8} {'speed-up':>8}"
+    )
+    speedups: list[float] = []
+    bests: list[tuple[float, float]] = []
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="tune-bench-") as tmp:
+        rows = []
+        for rep in range(args.repeats):
+            seed = seed0 + rep
+            df = data.validate(resample(args.rows, seed), cfg.schema)
+            train_df = features.split(df, cfg.schema, cfg.split, cfg.seed)["train"]
+            folds = StratifiedKFold(n_splits=tuning.cv_folds, shuffle=True, random_state=seed)
+            rival = run_rival(cfg, train_df, n_trials, folds, seed, Path(tmp))
+            own, ours, info = run_mlfolio(cfg, train_df, tuning, seed, Path(tmp))
+            target = rival.best - TOLERANCE
+            r_t, m_t = rival.time_to(target), ours.time_to(target)
+            speedup = r_t / m_t if (m_t and r_t) else 0.0
+            speedups.append(speedup)
+            bests.append((rival.best, ours.best))
+            equal = ours.wall
+            rows.append(
+                f"{seed:>4} {'RandomizedSearchCV n_jobs=2':<28} {n_trials:>11} "
+                f"{len(train_df):>6} {rival.wall:>7.1f} {fmt(r_t):>11} "
+                f"{fmt(rival.best_at(equal), '.4f'):>13} {rival.best:>8.4f} {'1.0x':>8}"
             )
+            trials = f"{info['trials']} ({info['pruned']}p)"
+            rows.append(
+                f"{seed:>4} {'mlfolio tune':<28} {trials:>11} {info['rows']:>6} "
+                f"{ours.wall:>7.1f} {fmt(m_t):>11} {fmt(ours.best_at(equal), '.4f'):>13} "
+                f"{ours.best:>8.4f} {speedup:>7.1f}x"
+            )
+            if info["rows"] < len(train_df) or own.best != ours.best:
+                rows.append(
+                    f"{seed:>4} {'  (trial values as tuned)':<28} {'':>11} {info['rows']:>6} "
+                    f"{'':>7} {'':>11} {'':>13} {own.best:>8.4f}"
+                )
+            print(
+                f"seed {seed}: target {target:.4f}; rival {rival.wall:.1f} s, "
+                f"mlfolio {ours.wall:.1f} s; load {load_average()}",
+                flush=True,
+            )
+    print()
+    print(header)
+    print("-" * len(header))
+    print("\n".join(rows))
     print(
-        "\nspeed-up = RandomizedSearchCV n_jobs=1 time to target / the method's. "
-        "RandomizedSearchCV times are its summed fit+score times (a lower bound).\n"
-        "Time to target hangs on when a lucky trial comes (the AUC surface is flat near "
-        "the top): one seed says little, use --repeats."
+        f"\ntarget = the rival's best CV AUC - {TOLERANCE}; 'AUC @ equal s' = best so far at "
+        "mlfolio's finishing time; mlfolio's AUCs re-scored on the full-row folds (see the "
+        "docstring); speed-up 0 = target not reached; (Np) = N trials pruned."
+    )
+    no_worse = sum(o >= r - TOLERANCE for r, o in bests)
+    print(
+        f"mlfolio's best CV AUC >= the rival's - {TOLERANCE} in {no_worse} of {len(bests)} "
+        f"seed(s); median best: rival {np.median([r for r, _ in bests]):.4f}, "
+        f"mlfolio {np.median([o for _, o in bests]):.4f}"
     )
     print(
-        f"benchmark wall time: {total:.0f} s; load average now {load_average()} "
-        "(above ~0.2 at the start, other processes shared the cores)"
+        f"benchmark wall time {time.perf_counter() - t0:.0f} s; load average at start "
+        f"{load_start}, now {load_average()} (2 cores: above ~0.5 other work shared them)"
     )
+    print(f"{RESULT_LINE}: {float(np.median(speedups)):.1f}x")
     return 0
 
 
