@@ -43,16 +43,33 @@ _PARSE_IN_THREAD_BYTES = 256 * 1024  # bigger bodies are parsed off the event lo
 _V2_DATATYPES = {"long": "INT64", "double": "FP64", "string": "BYTES", "boolean": "BOOL"}
 
 
+_SCORING_HEADERS = {b"content-type": 0, b"accept": 1, b"x-request-id": 2, b"x-entity-id": 3}
+
+
 def _id_header(request: Request, name: str) -> str | None:
     return check_id(request.headers.get(name), name)
 
 
-def _request_id(request: Request) -> str:
-    """The client's X-Request-ID, else a new one (128 random bits as 32 hex digits, like a
-    UUID4's hex; ``random``, not ``uuid4``'s system call per request: an id needs to be
-    unique, not secret); kept for the error handler's header."""
-    request_id = _id_header(request, "X-Request-ID") or f"{random.getrandbits(128):032x}"
-    request.state.request_id = request_id
+def _scoring_headers(request: Request) -> list[str | None]:
+    """Content-Type, Accept, X-Request-ID and X-Entity-ID in one pass over the raw headers
+    (the first of each, as Starlette's ``Headers.get`` reads them)."""
+    found: list[str | None] = [None, None, None, None]
+    for key, value in request.scope["headers"]:
+        i = _SCORING_HEADERS.get(key)
+        if i is not None and found[i] is None:
+            found[i] = value.decode("latin-1")
+    return found
+
+
+def _request_id(request: Request, given: str | None = None) -> str:
+    """The client's X-Request-ID (``given``, else read here), else a new one: 128 random
+    bits as 32 hex digits, like a UUID4's hex (``random``, not ``uuid4``'s system call per
+    request: an id needs to be unique, not secret). Kept in the scope for the error
+    handler's header."""
+    if given is None:
+        given = request.headers.get("X-Request-ID")
+    request_id = check_id(given, "X-Request-ID") or f"{random.getrandbits(128):032x}"
+    request.scope["mlfolio.request_id"] = request_id
     return request_id
 
 
@@ -145,8 +162,9 @@ class ScoringEndpoints:
 
     async def invocations(self, request: Request) -> Response:
         state = self.state
-        request_id = _request_id(request)
-        content_type = request.headers.get("content-type", "")
+        content_type, accept, given_id, entity = _scoring_headers(request)
+        request_id = _request_id(request, given_id)
+        content_type = content_type or ""
         mime, _, params = content_type.partition(";")
         mime = mime.strip().lower()
         charset = params.strip().lower().removeprefix("charset=").strip('"') or "utf-8"
@@ -165,11 +183,11 @@ class ScoringEndpoints:
         body = await read_body(request, state.max_body_bytes)
         parser = parse_csv if mime == "text/csv" else parse_mlflow_json
         plan = await _parse(
-            body, state.plan(parser, request_id, _id_header(request, "X-Entity-ID")), state.columns
+            body, state.plan(parser, request_id, check_id(entity, "X-Entity-ID")), state.columns
         )
         scored = await state.router.score(plan)
         headers = state.answer_headers(request_id, scored)
-        if "text/csv" in request.headers.get("accept", ""):
+        if "text/csv" in (accept or ""):
             return Response(
                 csv_answer(scored.proba, scored.labels).encode(),
                 media_type="text/csv",
@@ -327,7 +345,7 @@ class OpsEndpoints:
 
 
 async def _request_error(request: Request, exc: RequestError) -> Response:
-    request_id = getattr(request.state, "request_id", None)
+    request_id = request.scope.get("mlfolio.request_id")
     headers = {} if request_id is None else {"x-request-id": request_id}
     return Response(
         error_body(request.url.path, exc.status, str(exc)),
