@@ -723,6 +723,25 @@ def test_the_compiled_scorer_scores_small_batches_inline_the_pipeline_never(regi
     assert serve.MicroBatcher(pipeline, None).inline_rows == 0  # ~9 ms a call: off the loop
 
 
+def test_the_score_histogram_bins_few_and_many_scores_alike():
+    from mlfolio.serve.metrics import SCORE_BUCKETS, _ScoreHistogram
+
+    rng = np.random.default_rng(0)
+    scores = np.concatenate([rng.random(500), SCORE_BUCKETS, [np.nan, 0.0, 1.0, 0.05]])
+    edges = np.asarray(SCORE_BUCKETS)
+    want = np.bincount(np.searchsorted(edges, scores, side="left"), minlength=len(edges) + 1)
+    few, many = (_ScoreHistogram("s", "d", {}, SCORE_BUCKETS) for _ in range(2))
+    for i in range(0, len(scores), 7):  # batches of 7: the bisect path
+        few.observe_many(scores[i : i + 7])
+    many.observe_many(scores)  # one batch of 504: the NumPy path
+    assert few.counts == many.counts == want.tolist()
+    finite = scores[~np.isnan(scores)]
+    assert np.isnan(few.total) and np.isnan(many.total)
+    once = _ScoreHistogram("s", "d", {}, SCORE_BUCKETS)
+    once.observe_many(finite[:10])
+    assert once.total == pytest.approx(float(np.sum(finite[:10])))
+
+
 def test_server_log_has_no_tracebacks(server):
     text = "".join(server.log)
     assert "Traceback" not in text, text

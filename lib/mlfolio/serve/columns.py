@@ -276,26 +276,6 @@ def _spec(columns: list[Column]) -> _Spec:
     return spec
 
 
-def _unchanged(name: str, values: list[Any], spec: _Spec) -> bool:
-    """True when check_values would return ``values`` as they are: text or null in a plain
-    string column; int, finite float or null in a double column (a loop, not a call)."""
-    if name in spec.strings:
-        for v in values:
-            if type(v) is not str and v is not None:
-                return False
-        return True
-    if name in spec.numbers:
-        for v in values:
-            t = type(v)
-            if t is float:
-                if v - v != 0.0 and v == v:  # infinite (NaN is a missing value)
-                    return False
-            elif t is not int and v is not None:
-                return False
-        return True
-    return False
-
-
 def validate_columns(data: dict[str, list[Any]], columns: list[Column], where: str) -> Block:
     """Exactly the signature's columns, of equal length, each value of the column's type."""
     spec = _spec(columns)
@@ -315,18 +295,34 @@ def validate_columns(data: dict[str, list[Any]], columns: list[Column], where: s
     n = lengths.pop()
     if n == 0:
         raise RequestError(f"no rows in {where}")
-    # Columns whose values pass as they are skip check_values; the others, checked in
-    # column order, raise what check_values raises.
-    return Block(
-        n,
-        {
-            c.name: data[c.name]
-            if _unchanged(c.name, data[c.name], spec)
-            else check_values(c, data[c.name], where)
-            for c in columns
-            if c.name in data
-        },
-    )
+    # Columns whose values pass as they are skip check_values (a loop here, not a call per
+    # column); the others, checked in column order, raise what check_values raises.
+    strings, numbers = spec.strings, spec.numbers
+    checked: dict[str, list[Any]] = {}
+    for col in columns:
+        name = col.name
+        values = data.get(name)
+        if values is None:
+            continue
+        if name in strings:
+            for v in values:
+                if type(v) is not str and v is not None:
+                    values = check_values(col, values, where)
+                    break
+        elif name in numbers:
+            for v in values:
+                t = type(v)
+                if t is float:
+                    if v - v != 0.0 and v == v:  # infinite (NaN is a missing value)
+                        values = check_values(col, values, where)
+                        break
+                elif t is not int and v is not None:
+                    values = check_values(col, values, where)
+                    break
+        else:
+            values = check_values(col, values, where)
+        checked[name] = values
+    return Block(n, checked)
 
 
 # Plain decimals of at most 15 digits: float() and pandas.to_numeric agree on these (an

@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from bisect import bisect_left
 from collections.abc import Callable, Iterable
+from itertools import accumulate
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,30 +47,45 @@ SCORE_BUCKETS = tuple(round(0.05 * k, 2) for k in range(1, 20)) + (1.0,)
 
 
 class _ScoreHistogram:
-    """A Prometheus histogram of prediction scores, updated a batch at a time with NumPy
-    (prometheus_client's Histogram takes one observation per call)."""
+    """A Prometheus histogram of prediction scores, updated a batch at a time
+    (prometheus_client's Histogram takes one observation per call): bisect for a few
+    scores, NumPy for many."""
 
     def __init__(self, name: str, doc: str, labels: dict[str, str], buckets: tuple[float, ...]):
         self.name, self.doc, self.labels = name, doc, labels
         self.edges = np.asarray(buckets, dtype=np.float64)
-        self.counts = np.zeros(len(buckets) + 1, dtype=np.int64)
+        self._edges = [float(e) for e in buckets]
+        self.counts = [0] * (len(buckets) + 1)  # per bucket, not cumulative
         self.total = 0.0
         self.lock = threading.Lock()
 
     def observe_many(self, values: np.ndarray) -> None:
-        counts = np.bincount(
+        if len(values) <= 32:
+            scores = values.tolist()
+            edges, top = self._edges, len(self._edges)
+            # searchsorted(side="left"), which puts NaN past the last edge
+            slots = [bisect_left(edges, v) if v == v else top for v in scores]
+            total = sum(scores)
+            with self.lock:
+                counts = self.counts
+                for k in slots:
+                    counts[k] += 1
+                self.total += total
+            return
+        binned = np.bincount(
             np.searchsorted(self.edges, values, side="left"), minlength=len(self.counts)
-        )
+        ).tolist()
+        total = float(np.sum(values))
         with self.lock:
-            self.counts += counts
-            self.total += float(np.sum(values))
+            self.counts = [a + b for a, b in zip(self.counts, binned, strict=True)]
+            self.total += total
 
     def collect(self) -> Iterable[Any]:
         from prometheus_client.core import HistogramMetricFamily
         from prometheus_client.utils import floatToGoString
 
         with self.lock:
-            cumulative, total = np.cumsum(self.counts), self.total
+            cumulative, total = list(accumulate(self.counts)), self.total
         family = HistogramMetricFamily(self.name, self.doc, labels=list(self.labels))
         buckets = [
             (floatToGoString(e), float(c)) for e, c in zip(self.edges, cumulative, strict=False)
