@@ -16,10 +16,20 @@ Where the time goes, and what saves it (``benchmarks/tune_bench.py`` measures it
 
 * the feature transformer has no hyperparameters, so :class:`Folds` fits it once per fold
   instead of once per trial and fold;
-* with ``pruner: median`` a trial whose running mean AUC after a fold is below the median
-  of earlier trials at that fold stops there (never after its last fold: a fully
-  evaluated trial keeps its value); the median is over every trial in the storage,
-  whichever worker or machine ran it;
+* xgboost folds are checked every few boosting rounds on the validation fold (only the
+  trees added since the last check are predicted): with ``early_stopping_rounds`` boosting
+  stops when the AUC has not improved for that many rounds, and the trial's
+  ``n_estimators`` becomes the rounds used (the refit uses it);
+* with ``pruner: median`` a trial whose validation AUC at a check is below the median of
+  earlier trials at the same round of the same fold stops there, inside the model's
+  training (optuna-integration's ``XGBoostPruningCallback``); ``hyperband`` does successive
+  halving on the same steps. Other model kinds report the running mean AUC after each fold
+  and are pruned between folds (never after the last: a fully evaluated trial keeps its
+  value). The median is over every trial in the storage, whichever worker or machine ran
+  it;
+* ``subsample_rows``: above that many training rows the study tunes on a seeded stratified
+  sample of them (the tune stage refits the best parameters on all rows); ``warm_start``:
+  the tune stage enqueues the registry champion's parameters as the first trial;
 * ``n_workers > 1`` runs that many workers on the same storage: the calling process and
   ``n_workers - 1`` child processes. The children start from a fork server, not by
   forking the caller: a process that has already run xgboost or any other OpenMP code
