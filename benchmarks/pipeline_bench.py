@@ -8,6 +8,7 @@ setup cell (kernel start, imports, tracking-store start-up, HTML export).
 
     .venv/bin/python benchmarks/pipeline_bench.py            # full default parameters
     .venv/bin/python benchmarks/pipeline_bench.py -p tuning.n_trials=5
+    .venv/bin/python benchmarks/pipeline_bench.py --no-warm -p data.sample_rows=600   # quick
 """
 
 from __future__ import annotations
@@ -43,13 +44,18 @@ def main() -> None:
     parser.add_argument("--params", default=str(ROOT / "parameters" / "churn.yaml"))
     parser.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--no-cold", action="store_true", help="skip the plain papermill run")
+    parser.add_argument("--no-warm", action="store_true", help="skip the mlfolio run variant")
     args = parser.parse_args()
+    if args.no_cold and args.no_warm:
+        parser.error("--no-cold and --no-warm leave nothing to run")
     overrides = config.parse_overrides(args.param)
     print(f"machine: {os.cpu_count()} cores; parameters: {args.params} {overrides or ''}")
     with tempfile.TemporaryDirectory(prefix="mlfolio-bench-") as tmp:
-        results = {
-            "warm kernels (mlfolio run)": measure(Path(args.params), overrides, True, Path(tmp))
-        }
+        results = {}
+        if not args.no_warm:
+            results["warm kernels (mlfolio run)"] = measure(
+                Path(args.params), overrides, True, Path(tmp)
+            )
         if not args.no_cold:
             results["cold kernels (plain papermill)"] = measure(
                 Path(args.params), overrides, False, Path(tmp)

@@ -1,0 +1,95 @@
+"""Every benchmark runs at a tiny size and prints its table (the figures are not checked:
+timings belong to the benchmarks, never to tests)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import ROOT
+
+BENCHMARKS = ROOT / "benchmarks"
+
+
+def header_row(table: str) -> int:
+    return next(i for i, line in enumerate(table.splitlines()) if line.startswith("| stage"))
+
+
+def run_benchmark(script: str, *args: str, timeout: float = 300) -> str:
+    """Run ``benchmarks/<script>`` with this interpreter; its stdout (fails on exit != 0)."""
+    env = {**os.environ, "MPLBACKEND": "Agg"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+@pytest.mark.slow
+def test_scale_bench_writes_its_table_and_plot(tmp_path):
+    out = run_benchmark(
+        "scale_bench.py",
+        "--sizes",
+        "1000",
+        "--trials",
+        "2",
+        "--out",
+        str(tmp_path / "results"),
+        "--data-dir",
+        str(tmp_path / "data"),
+    )
+    table = (tmp_path / "results" / "scale.md").read_text()
+    assert table in out.replace("\r", "")
+    assert "1,000 rows |" in table.splitlines()[header_row(table)]
+    for stage in ("ingest", "preprocess", "train", "tune", "evaluate", "register", "deploy"):
+        assert f"| {stage:<22}|" in table, stage
+    assert "| whole run" in table and "| all processes (peak)" in table
+    assert "2 trials at 1,000" in table and "load average" in table
+    png = tmp_path / "results" / "scale.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_pipeline_bench_runs_its_cold_kernel_variant():
+    """The plain-papermill variant (a kernel started per stage) runs to the end: it once
+    failed in deploy with FileNotFoundError on runs/<run>/logs/serve-local.log. (The warm
+    variant is ``mlfolio run`` itself, which the pipeline tests run end to end.)"""
+    out = run_benchmark(
+        "pipeline_bench.py",
+        "--no-warm",
+        "-p",
+        "data.sample_rows=600",
+        "-p",
+        "tuning.enabled=false",
+        "-p",
+        "training.models=[logreg]",
+        "-p",
+        "gate.min_roc_auc=0",
+        "-p",
+        "evaluation.explain_rows=200",
+        "-p",
+        "deploy.targets=[local]",
+    )
+    assert "cold kernels (plain papermill): whole run" in out
+    assert "warm kernels" not in out
+    table = out.split("cold kernels (plain papermill): whole run")[1]
+    assert "stage" in table and "overhead s" in table
+    for stage in ("ingest", "evaluate", "deploy", "mean"):
+        assert f"\n{stage}" in table, stage
+
+
+@pytest.mark.slow
+def test_drift_bench_compares_with_evidently_at_a_tiny_size():
+    out = run_benchmark("drift_bench.py", "--rows", "3000")
+    assert "mlfolio drift_verdict" in out and "Evidently Report" in out
+    assert "ours / Evidently time:" in out
+    assert "expected drift found by ours:" in out
