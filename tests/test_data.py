@@ -798,3 +798,47 @@ def test_ingest_notebook_and_index_say_how_many_rows_were_dropped(
         index,
     )
     assert 'id="duplicate-rows-but-id">12 row(s) equal to another but for the id' in index
+
+
+BLANK_COLUMNS = {
+    "text": pd.Series([" ", "", "a", None, "  b ", "\t", np.nan], dtype=object),
+    "mixed": pd.Series([1, " ", True, 1.0, "", None, "x"], dtype=object),
+    "strings": pd.Series([" ", None, "c", ""], dtype="string"),
+    "floats": pd.Series([1.0, np.nan]),
+    "categorical": pd.Series([" ", "a", None], dtype="category"),
+    "unicode spaces": pd.Series(["\u00a0", "\u2003 ", "\x1c", "é"], dtype=object),
+}
+
+
+@pytest.mark.parametrize("name", list(BLANK_COLUMNS))
+def test_blank_text_is_decided_per_value_as_before(name):
+    values = BLANK_COLUMNS[name]
+    if pd.api.types.is_numeric_dtype(values):
+        per_row = pd.Series(False, index=values.index)
+    else:
+        per_row = values.notna() & values.astype("string").str.strip().eq("").fillna(False)
+    assert data_mod._blank_text(values).tolist() == per_row.tolist()
+
+
+def test_numeric_text_too_large_for_a_float_is_found_among_unparsed_values_only(monkeypatch):
+    """Only text that does not parse as a number is asked whether it overflows a float."""
+    asked = []
+    original = data_mod._overflows
+    monkeypatch.setattr(data_mod, "_overflows", lambda v: asked.append(v) or original(v))
+    values = pd.Series(["1.5", " ", "1e400", "2", "abc", None, "-1e999"] * 1000, dtype=object)
+    problem, non_finite = data_mod._numeric_problems(values)
+    assert non_finite.sum() == 2000 and "['abc']" in problem and "1000 row(s)" in problem
+    assert sorted(set(asked)) == ["-1e999", "1e400", "abc"] and len(asked) == 3000
+
+
+def test_duplicate_rows_are_counted_whenever_ids_cannot_rule_them_out(csv_frame, schema):
+    """Unique, present ids mean no duplicate rows (nothing to hash); a repeated or a
+    missing id leaves room for whole-row copies, which are then counted."""
+    checked = data_mod.check(csv_frame, schema)
+    twice = pd.concat([csv_frame, csv_frame.iloc[[3, 4]]], ignore_index=True)
+    q = data_mod.quality(twice, schema, checked, len(checked.frame))
+    assert (q["duplicate_ids"], q["duplicate_rows"]) == (2, 2)
+    no_ids = csv_frame.iloc[[3, 3, 5]].assign(customerid=None)
+    no_ids = pd.concat([csv_frame, no_ids], ignore_index=True)
+    q = data_mod.quality(no_ids, schema, checked, len(checked.frame))
+    assert (q["duplicate_ids"], q["duplicate_rows"]) == (0, 1)
