@@ -59,6 +59,20 @@ def test_scale_bench_writes_its_table_and_plot(tmp_path):
 
 
 @pytest.mark.slow
+def test_tune_bench_quick_prints_its_table_and_result_line():
+    out = run_benchmark("tune_bench.py", "--quick")
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.lstrip().startswith("seed method"))
+    assert "to target s" in lines[header] and "AUC @ equal s" in lines[header]
+    rival, ours = lines[header + 2], lines[header + 3]
+    assert "RandomizedSearchCV n_jobs=2" in rival and "mlfolio tune" in ours
+    assert "load average" in out and "pruner=median" in out
+    prefix = "median speed-up to target vs RandomizedSearchCV n_jobs=2: "
+    assert lines[-1].startswith(prefix) and lines[-1].endswith("x")
+    float(lines[-1].removeprefix(prefix).removesuffix("x"))  # a number
+
+
+@pytest.mark.slow
 def test_pipeline_bench_runs_its_cold_kernel_variant():
     """The plain-papermill variant (a kernel started per stage) runs to the end: it once
     failed in deploy with FileNotFoundError on runs/<run>/logs/serve-local.log. (The warm
