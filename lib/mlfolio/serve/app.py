@@ -61,13 +61,15 @@ def _scoring_headers(request: Request) -> list[str | None]:
     return found
 
 
-def _request_id(request: Request, given: str | None = None) -> str:
-    """The client's X-Request-ID (``given``, else read here), else a new one: 128 random
-    bits as 32 hex digits, like a UUID4's hex (``random``, not ``uuid4``'s system call per
-    request: an id needs to be unique, not secret). Kept in the scope for the error
-    handler's header."""
-    if given is None:
-        given = request.headers.get("X-Request-ID")
+def _request_id(request: Request) -> str:
+    """The client's X-Request-ID, else a new one (see :func:`_keep_request_id`)."""
+    return _keep_request_id(request, request.headers.get("X-Request-ID"))
+
+
+def _keep_request_id(request: Request, given: str | None) -> str:
+    """``given`` (the client's X-Request-ID), else a new id: 128 random bits as 32 hex
+    digits, like a UUID4's hex (``random``, not ``uuid4``'s system call per request: an id
+    needs to be unique, not secret). Kept in the scope for the error handler's header."""
     request_id = check_id(given, "X-Request-ID") or f"{random.getrandbits(128):032x}"
     request.scope["mlfolio.request_id"] = request_id
     return request_id
@@ -163,7 +165,7 @@ class ScoringEndpoints:
     async def invocations(self, request: Request) -> Response:
         state = self.state
         content_type, accept, given_id, entity = _scoring_headers(request)
-        request_id = _request_id(request, given_id)
+        request_id = _keep_request_id(request, given_id)
         content_type = content_type or ""
         mime, _, params = content_type.partition(";")
         mime = mime.strip().lower()
