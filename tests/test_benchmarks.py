@@ -107,3 +107,21 @@ def test_drift_bench_compares_with_evidently_at_a_tiny_size():
     assert "mlfolio drift_verdict" in out and "Evidently Report" in out
     assert "ours / Evidently time:" in out
     assert "expected drift found by ours:" in out
+
+
+@pytest.mark.slow
+def test_serve_bench_prints_the_headline_and_the_single_row_and_batch_tables():
+    out = run_benchmark("serve_bench.py", "--quick")
+    assert re.search(r"^machine: \d+ cores, load average [\d. ]+ before", out, re.M)
+    assert "| repeat | no-op req/s | no-op p99 ms | mlfolio req/s | mlfolio p99 ms |" in out
+    assert re.search(r"^\| 1 \| \d+ \| [\d.]+ \| \d+ \| [\d.]+ \| \d+% \|", out, re.M)
+    assert re.search(
+        r"^headline: mlfolio serve at \d+% of the no-op app's req/s, p99 [\d.]+ ms at 10 clients",
+        out,
+        re.M,
+    )
+    for server in ("mlfolio", "mlflow"):
+        assert re.search(rf"^\| {server} \| 10 \| \d+ \|", out, re.M), server  # single rows
+        for rows in (100, 1000):
+            assert re.search(rf"^\| {server} \| {rows} \| [\d.]+ \| \d+ \|", out, re.M), rows
+    assert "non-200 answers" not in out
