@@ -4,6 +4,7 @@ timings belong to the benchmarks, never to tests)."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
