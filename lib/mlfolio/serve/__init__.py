@@ -31,8 +31,10 @@ SageMaker and Kubernetes call them without credentials. ``/health`` (run id, dat
 
 Speed: concurrent requests are scored together. Requests queue while a batch is being
 scored; when it is done, everything that arrived meanwhile becomes the next batch — one
-``predict_proba`` call in a worker thread, each caller getting its own slice back. Nothing
-waits for a batch to fill, so a lone request is scored at once. mlfolio's own pipelines
+``predict_proba`` call, each caller getting its own slice back: on the event loop for up to
+64 rows of the compiled scorer (cheaper than a thread hand-off), in a worker thread for
+bigger batches and for the sklearn pipeline. Nothing waits for a batch to fill, so a lone
+request is scored at once. mlfolio's own pipelines
 (:func:`mlfolio.features.build_model_pipeline`) are also *compiled*: the coercion,
 imputation, scaling and one-hot steps become a few NumPy operations on the request's values
 (no DataFrame, no ColumnTransformer), and the fitted estimator's own ``predict_proba`` runs

@@ -1,5 +1,6 @@
-"""Micro-batching: requests that arrive while a batch is scored become the next batch, one
-``predict_proba`` call in a worker thread."""
+"""Micro-batching: requests that arrive together, or while a batch is scored, become the next
+batch, one ``predict_proba`` call: on the event loop for a few rows of the compiled scorer,
+else in a worker thread."""
 
 from __future__ import annotations
 
