@@ -285,17 +285,22 @@ def test_a_trials_value_does_not_depend_on_the_worker_that_ran_it(churn, folds, 
 
 
 # -- reproducibility -------------------------------------------------------------------------
-def test_same_seed_gives_the_same_study(churn, tmp_path):
+@pytest.mark.parametrize("pruner", ["median", "hyperband"])
+def test_same_seed_gives_the_same_study(churn, tmp_path, pruner):
+    """One worker, a fixed seed: the same trials, states and values, pruned inside boosting
+    and early-stopped included."""
     schema, train_df = churn
-    cfg = tuning(n_trials=10)  # past TPE's 8 random start-up trials, pruner active
+    cfg = tuning(n_trials=10, pruner=pruner)  # past TPE's 8 random start-up trials
     runs = [
         tune.run_study(cfg, train_df, schema, SEED, tmp_path / name, "repro") for name in ("a", "b")
     ]
     assert runs[0].best_params == runs[1].best_params
     assert runs[0].best_value == runs[1].best_value
-    assert [(t.params, t.state, t.value) for t in runs[0].trials] == [
-        (t.params, t.state, t.value) for t in runs[1].trials
+    assert [(t.params, t.state, t.value, t.user_attrs) for t in runs[0].trials] == [
+        (t.params, t.state, t.value, t.user_attrs) for t in runs[1].trials
     ]
+    assert any(t.state == optuna.trial.TrialState.PRUNED for t in runs[0].trials)
+    assert any("n_estimators" in t.user_attrs for t in runs[0].trials)
 
 
 # -- reporting ----------------------------------------------------------------------------
