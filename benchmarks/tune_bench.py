@@ -6,6 +6,7 @@ Usage (from the project root)::
     .venv/bin/python benchmarks/tune_bench.py --rows 40000 --repeats 3   # the target run
     .venv/bin/python benchmarks/tune_bench.py --rows 4000                # one seed
     .venv/bin/python benchmarks/tune_bench.py --quick                    # smoke run, ~15 s
+    .venv/bin/python benchmarks/tune_bench.py --tuning subsample_rows=8000   # an option
 
 What runs, per repeat (seed = ``--seed`` + repeat, default the parameter file's):
 
@@ -221,6 +222,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=None, help="default: tuning.n_trials")
     parser.add_argument("--seed", type=int, default=None, help="default: the file's seed")
     parser.add_argument("--params", default=str(ROOT / "parameters" / "churn.yaml"))
+    parser.add_argument(
+        "--tuning",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a tuning key for mlfolio (e.g. subsample_rows=8000, pruner=none); "
+        "the header prints what ran",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: 2,000 rows, 6 trials")
     args = parser.parse_args(argv)
     if args.quick:
@@ -230,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     # re-scoring a trial with early stopping's rounds (not on the space's grid of 25)
     warnings.filterwarnings("ignore", message="The value .* is out of the range")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    cfg = config.load(args.params)
+    overrides = config.parse_overrides([f"tuning.{item}" for item in args.tuning])
+    cfg = config.load(args.params, overrides)
     n_trials = args.trials or cfg.tuning.n_trials
     tuning = cfg.tuning.model_copy(
         update={"n_trials": n_trials, "timeout": None, "model": "xgboost"}
@@ -247,7 +257,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{tuning.cv_folds}-fold stratified CV, {args.repeats} seed(s) from {seed0}"
     )
     print(
-        "mlfolio tune (parameter file's tuning, timeout off): "
+        "mlfolio tune (parameter file's tuning, timeout off"
+        + (f"; --tuning {' '.join(args.tuning)}" if args.tuning else "")
+        + "): "
         + ", ".join(
             f"{k}={getattr(tuning, k)}"
             for k in ("pruner", "early_stopping_rounds", "subsample_rows", "n_workers")
