@@ -41,6 +41,25 @@ DEFAULT_SIZES = "4000,40000,400000,2000000"
 SEED = 0
 
 
+def _code() -> str:
+    """The commit measured (and whether the working tree differed from it)."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "lib", "notebooks"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return "code: unknown commit"
+    return f"code: commit {head or 'unknown'}" + (
+        " with lib/ changes not committed" if dirty else ""
+    )
+
+
 def _load() -> str:
     return "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -251,7 +270,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = datetime.now(UTC)
-    load_before = _load()
+    load_before, code = _load(), _code()
     print(f"machine: {os.cpu_count()} cores; {load_before}", flush=True)
     results = []
     with tempfile.TemporaryDirectory(prefix="mlfolio-scale-data-") as tmp:
@@ -276,7 +295,7 @@ def main() -> None:
         "",
         f"Default parameters (parameters/churn.yaml) on the Telco rows resampled (seed {SEED}), "
         f"{os.cpu_count()} cores; {load_before} before, {load_after} after "
-        "(other work on the machine slows these figures).",
+        f"(other work on the machine slows these figures); {code}.",
         "Tuning: "
         + ", ".join(f"{r['trials']} trials at {r['rows']:,}" for r in results)
         + f" (timeout {first['tuning_timeout']} s"
