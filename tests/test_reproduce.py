@@ -46,6 +46,25 @@ def test_close_is_exact_without_tolerance_and_nan_equals_nan():
     assert not reproduce._close(None, 1.0, 0.01)
 
 
+def test_the_reproduction_warm_starts_from_what_the_original_did(tmp_path):
+    """tuning.warm_start is pinned to the champion version the original's first trial
+    came from, or off when it had none (the champion alias may have moved since)."""
+    evaluated = {"champion": {"version": "2"}}
+    tune_json = tmp_path / "tune.json"
+    for doc, expected in (
+        ({"enabled": True, "warm_start": {"version": "3", "params": {"C": 1.0}}}, 3),
+        ({"enabled": True, "warm_start": {"skipped": "no champion: m@champion ..."}}, False),
+        ({"enabled": True}, False),  # a run from before warm starts were recorded
+    ):
+        tune_json.write_text(json.dumps(doc))
+        out = reproduce._overrides(tmp_path, {}, evaluated)
+        got = out["tuning.warm_start"]
+        assert got == expected and type(got) is type(expected)  # False is not version 0
+        assert out["evaluation.champion_version"] == 2
+    tune_json.write_text(json.dumps({"enabled": False}))
+    assert "tuning.warm_start" not in reproduce._overrides(tmp_path, {}, evaluated)
+
+
 def test_tuning_is_unstable_with_workers_or_a_timeout_that_ended_it(tmp_path):
     (tmp_path / "tune.json").write_text(
         json.dumps({"enabled": True, "trial_states": {"COMPLETE": 7, "PRUNED": 1}})

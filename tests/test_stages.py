@@ -476,6 +476,7 @@ def test_tune_stage_warm_starts_from_the_champion_subsamples_and_refits_early_st
     skips the warm start and says why, tunes on a sample, and refits on every row with the
     rounds early stopping chose."""
     from mlfolio import stages, tracking, views
+    from mlfolio.errors import StageError
 
     units, _ = registered_run
     champion = registry.get_alias(UNIT_MODEL, registry.CHAMPION)
@@ -523,3 +524,20 @@ def test_tune_stage_warm_starts_from_the_champion_subsamples_and_refits_early_st
         **{**on, "tuning.model": "xgboost", "tuning.warm_start": False, "tuning.n_trials": 4},
     )
     assert info["warm_start"] == {"skipped": "tuning.warm_start is off"}
+    # a pinned version (what mlfolio reproduce sets): that version, or a clear error
+    logreg = {**on, "tuning.model": "logreg"}
+    shutil.copytree(units.run_dir, tmp_path / "pinned")
+    _, (_, info) = units.run(
+        "tune",
+        stages.tune_model,
+        run_dir=tmp_path / "pinned",
+        **{**logreg, "tuning.warm_start": 1},
+    )
+    assert info["warm_start"]["version"] == "1"
+    with pytest.raises(StageError, match="tuning.warm_start: churn-stage-units has no version 9"):
+        units.run(
+            "tune",
+            stages.tune_model,
+            run_dir=tmp_path / "pinned",
+            **{**logreg, "tuning.warm_start": 9},
+        )

@@ -506,10 +506,13 @@ def test_tuning_config_errors_name_the_key():
         ("tuning.pruner", "halving", "'median', 'hyperband' or 'none'"),
         ("tuning.subsample_rows", 10, "greater than or equal to 100"),
         ("tuning.early_stopping_rounds", 0, "greater than or equal to 1"),
-        ("tuning.warm_start", "maybe", "boolean"),
+        ("tuning.warm_start", "maybe", "expected true, false or a registered version"),
+        ("tuning.warm_start", 0, "expected true, false or a registered version"),
     ):
         with pytest.raises(ConfigError) as err:
             config.load(root, {key: value})
         assert key in str(err.value) and words in str(err.value), str(err.value)
     cfg = config.load(root, {"tuning.subsample_rows": None, "tuning.pruner": "hyperband"})
     assert cfg.tuning.subsample_rows is None and cfg.tuning.pruner == "hyperband"
+    assert config.load(root, {"tuning.warm_start": 3}).tuning.warm_start == 3
+    assert config.load(root, {"tuning.warm_start": False}).tuning.warm_start is False

@@ -141,10 +141,11 @@ class TuningConfig(_Section):
         "validation AUC; the trial's n_estimators becomes its best round (the refit uses it). "
         "None = always boost n_estimators rounds",
     )
-    warm_start: bool = Field(
+    warm_start: bool | int = Field(
         True,
-        description="enqueue the registry champion's parameters (same model kind) as the "
-        "first trial; no champion: skipped",
+        description="true: enqueue the registry champion's parameters (same model kind) as "
+        "the first trial (no champion: skipped); a version number: that version's (mlfolio "
+        "reproduce pins the original's); false: off",
     )
     subsample_rows: int | None = Field(
         None,
@@ -181,6 +182,15 @@ class TuningConfig(_Section):
                 "journal file in the run folder)"
             )
         return value
+
+    @field_validator("warm_start", mode="before")
+    @classmethod
+    def _bool_or_version(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value >= 1:
+            return value
+        raise ValueError("expected true, false or a registered version number (1, 2, ...)")
 
     @model_validator(mode="after")
     def _grace_after_heartbeat(self) -> TuningConfig:

@@ -120,11 +120,21 @@ def _stages() -> list:
     return list(STAGES[: names.index(UNTIL) + 1])
 
 
-def _overrides(m: dict[str, Any], evaluate_doc: dict[str, Any]) -> dict[str, Any]:
+def _overrides(original: Path, m: dict[str, Any], evaluate_doc: dict[str, Any]) -> dict[str, Any]:
     champion = evaluate_doc.get("champion")
     out: dict[str, Any] = {
         "evaluation.champion_version": int(champion["version"]) if champion else "none"
     }
+    # The study's first trial: the champion version the original warm-started from, or
+    # none (skipped, or a run from before warm starts were recorded).
+    tuned = (
+        read_json(original / products.TUNE.path)
+        if (original / products.TUNE.path).is_file()
+        else {}
+    )
+    if tuned.get("enabled"):
+        warm = (tuned.get("warm_start") or {}).get("version")
+        out["tuning.warm_start"] = int(warm) if warm and "params" in tuned["warm_start"] else False
     # The original's store holds the champion it compared with: use it, whatever
     # $MLFLOW_TRACKING_URI says now.
     recorded = (m.get("mlflow") or {}).get("tracking_uri")
@@ -297,7 +307,7 @@ def reproduce(
     original = Path(run_dir).resolve()
     manifest, before = _record(original)
     m = manifest.data
-    overrides = _overrides(m, before)
+    overrides = _overrides(original, m, before)
     cfg = config_mod.load(original / "parameters.yaml", overrides)
     now = source_hash(cfg)
     if now != m["data_hash"]:

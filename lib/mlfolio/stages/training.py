@@ -220,13 +220,22 @@ def tune_model(ctx: StageContext) -> tuple[Any, dict[str, Any]]:
 
 def warm_start(cfg: Config) -> dict[str, Any]:
     """What the study starts from (``tuning.warm_start``): the registry champion's
-    parameters when it is a model of the kind being tuned, as the first trial; else why
-    not (``skipped``)."""
-    if not cfg.tuning.warm_start:
+    parameters (or a pinned version's) when it is a model of the kind being tuned, as the
+    first trial; else why not (``skipped``)."""
+    pinned = cfg.tuning.warm_start
+    if pinned is False:
         return {"skipped": "tuning.warm_start is off"}
-    ref = registry.get_alias(cfg.model_name, registry.CHAMPION)
-    if ref is None:
-        return {"skipped": f"no champion: {cfg.model_name}@{registry.CHAMPION} does not exist"}
+    if pinned is True:
+        ref = registry.get_alias(cfg.model_name, registry.CHAMPION)
+        if ref is None:
+            return {"skipped": f"no champion: {cfg.model_name}@{registry.CHAMPION} does not exist"}
+    else:  # a version (a reproduction starts from the original's first trial)
+        ref = registry.get_version(cfg.model_name, pinned)
+        if ref is None:
+            raise StageError(
+                "tune",
+                f"tuning.warm_start: {cfg.model_name} has no version {pinned} in the registry",
+            )
     logged = mlflow.MlflowClient().get_run(ref.run_id).data.params if ref.run_id else {}
     kind = logged.get("model")
     if kind != cfg.tuning.model:
