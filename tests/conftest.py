@@ -132,6 +132,7 @@ TEAM_MODULES = {"test_team", "test_kfp", "test_tune_rdb"}
 LONGEST_FIRST = (
     "team",
     "test_reuse",
+    "test_benchmarks",
     "test_stages",
     "test_pipeline_monitor",
     "test_reproduce",
