@@ -3,10 +3,10 @@ ROC AUC, on the default data resampled to any number of rows.
 
 Usage (from the project root)::
 
-    .venv/bin/python benchmarks/tune_bench.py --rows 40000 --repeats 3   # the target run
-    .venv/bin/python benchmarks/tune_bench.py --rows 4000                # one seed
+    .venv/bin/python benchmarks/tune_bench.py --rows 40000 --repeats 3   # ~3 min at load ~1.5
+    .venv/bin/python benchmarks/tune_bench.py --rows 4000 --repeats 1    # one seed
     .venv/bin/python benchmarks/tune_bench.py --quick                    # smoke run, ~15 s
-    .venv/bin/python benchmarks/tune_bench.py --tuning subsample_rows=8000   # an option
+    .venv/bin/python benchmarks/tune_bench.py --tuning subsample_rows=10000  # an option
 
 What runs, per repeat (seed = ``--seed`` + repeat, default the parameter file's):
 
