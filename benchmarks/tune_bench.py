@@ -28,7 +28,10 @@ What runs, per repeat (seed = ``--seed`` + repeat, default the parameter file's)
   table header prints them) except ``n_trials`` (``--trials``, the same budget as the
   rival's) and ``timeout`` (none, so the budgets stay equal). Its clock starts before
   ``run_study`` (building the folds and opening the study are included) and a trial has
-  finished at its ``datetime_complete``. No champion: the warm start does not apply.
+  finished at its ``datetime_complete``. There is no registry, so no champion: with
+  ``tuning.warm_start`` on (the default) the study's first trial is the train stage's
+  model (``training.xgboost``), as on a project's first run; ``--tuning warm_start=false``
+  starts from TPE's random start-up trials alone.
 
 Comparable AUCs: a trial's own value is the CV AUC of the rounds early stopping chose on
 the validation fold itself (slightly optimistic), on the sample when
@@ -73,6 +76,7 @@ from resample import resample  # noqa: E402
 
 from mlfolio import config, data, features, train, tune  # noqa: E402
 from mlfolio.config import TuningConfig  # noqa: E402
+from mlfolio.stages.training import baseline_start  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 0.001
@@ -175,7 +179,19 @@ def run_mlfolio(
     (what the rival's AUCs are)."""
     start_dt = datetime.now()
     start = time.perf_counter()
-    study = tune.run_study(tuning, train_df, cfg.schema, seed, tmp / f"mlfolio-{seed}", "bench")
+    # No registry here, so no champion: with tuning.warm_start on, the stage starts from
+    # the train stage's model (training.xgboost), as on a project's first run.
+    first = None if tuning.warm_start is False else baseline_start(cfg)
+    study = tune.run_study(
+        tuning,
+        train_df,
+        cfg.schema,
+        seed,
+        tmp / f"mlfolio-{seed}",
+        "bench",
+        first_trial=first and first["params"],
+        first_trial_note=first and first["baseline"],
+    )
     wall = time.perf_counter() - start
     trials = study.get_trials(deepcopy=False)
     complete = sorted(
@@ -262,7 +278,13 @@ def main(argv: list[str] | None = None) -> int:
         + "): "
         + ", ".join(
             f"{k}={getattr(tuning, k)}"
-            for k in ("pruner", "early_stopping_rounds", "subsample_rows", "n_workers")
+            for k in (
+                "pruner",
+                "early_stopping_rounds",
+                "subsample_rows",
+                "n_workers",
+                "warm_start",
+            )
         )
     )
     header = (

@@ -48,12 +48,17 @@ def test_close_is_exact_without_tolerance_and_nan_equals_nan():
 
 def test_the_reproduction_warm_starts_from_what_the_original_did(tmp_path):
     """tuning.warm_start is pinned to the champion version the original's first trial
-    came from, or off when it had none (the champion alias may have moved since)."""
+    came from, 'baseline' when it was the train stage's model, or off when it had none
+    (the champion alias may have moved since)."""
     evaluated = {"champion": {"version": "2"}}
     tune_json = tmp_path / "tune.json"
     for doc, expected in (
         ({"enabled": True, "warm_start": {"version": "3", "params": {"C": 1.0}}}, 3),
-        ({"enabled": True, "warm_start": {"skipped": "no champion: m@champion ..."}}, False),
+        ({"enabled": True, "warm_start": {"skipped": "tuning.warm_start is off"}}, False),
+        (
+            {"enabled": True, "warm_start": {"baseline": "training.xgboost", "params": {}}},
+            "baseline",
+        ),
         ({"enabled": True}, False),  # a run from before warm starts were recorded
     ):
         tune_json.write_text(json.dumps(doc))

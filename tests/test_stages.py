@@ -503,10 +503,26 @@ def test_tune_stage_warm_starts_from_the_champion_subsamples_and_refits_early_st
         **on,
         **{"tuning.model": "xgboost", "tuning.subsample_rows": 1000},
     )
-    assert info["warm_start"] == {
-        "skipped": f"champion {UNIT_MODEL} v1 is a logreg model, not xgboost"
+    # not the champion's (another kind): the train stage's model, over xgboost's defaults
+    baseline = {
+        "n_estimators": 300,
+        "learning_rate": 0.05,
+        "max_depth": 4,
+        "min_child_weight": 1.0,
+        "subsample": 1.0,
+        "colsample_bytree": 1.0,
+        "reg_lambda": 1.0,
     }
-    assert "enqueued" not in study.trials[0].user_attrs
+    assert info["warm_start"] == {
+        "baseline": "training.xgboost",
+        "params": baseline,
+        "because": f"champion {UNIT_MODEL} v1 is a logreg model, not xgboost",
+    }
+    assert study.trials[0].params == baseline
+    assert study.trials[0].user_attrs["enqueued"] == "baseline training.xgboost"
+    assert "the train stage's model (`training.xgboost`); not the champion" in (
+        views.tune_markdown(info).data
+    )
     assert (info["rows_tuned_on"], info["rows_refitted_on"]) == (1000, 2400)
     rounds = study.best_trial.user_attrs["n_estimators"]
     assert info["early_stopped_n_estimators"] == rounds
@@ -524,6 +540,15 @@ def test_tune_stage_warm_starts_from_the_champion_subsamples_and_refits_early_st
         **{**on, "tuning.model": "xgboost", "tuning.warm_start": False, "tuning.n_trials": 4},
     )
     assert info["warm_start"] == {"skipped": "tuning.warm_start is off"}
+    # 'baseline' (what reproduce pins when the original started from it): no lookup
+    shutil.copytree(units.run_dir, tmp_path / "baseline")
+    _, (study, info) = units.run(
+        "tune",
+        stages.tune_model,
+        run_dir=tmp_path / "baseline",
+        **{**on, "tuning.model": "logreg", "tuning.warm_start": "baseline", "tuning.n_trials": 4},
+    )
+    assert info["warm_start"] == {"baseline": "training.logreg", "params": {"C": 1.0}}
     # a pinned version (what mlfolio reproduce sets): that version, or a clear error
     logreg = {**on, "tuning.model": "logreg"}
     shutil.copytree(units.run_dir, tmp_path / "pinned")

@@ -506,8 +506,8 @@ def test_tuning_config_errors_name_the_key():
         ("tuning.pruner", "halving", "'median', 'hyperband' or 'none'"),
         ("tuning.subsample_rows", 10, "greater than or equal to 100"),
         ("tuning.early_stopping_rounds", 0, "greater than or equal to 1"),
-        ("tuning.warm_start", "maybe", "expected true, false or a registered version"),
-        ("tuning.warm_start", 0, "expected true, false or a registered version"),
+        ("tuning.warm_start", "maybe", "expected true, false, 'baseline' or a registered version"),
+        ("tuning.warm_start", 0, "expected true, false, 'baseline' or a registered version"),
     ):
         with pytest.raises(ConfigError) as err:
             config.load(root, {key: value})
@@ -516,3 +516,4 @@ def test_tuning_config_errors_name_the_key():
     assert cfg.tuning.subsample_rows is None and cfg.tuning.pruner == "hyperband"
     assert config.load(root, {"tuning.warm_start": 3}).tuning.warm_start == 3
     assert config.load(root, {"tuning.warm_start": False}).tuning.warm_start is False
+    assert config.load(root, {"tuning.warm_start": "baseline"}).tuning.warm_start == "baseline"

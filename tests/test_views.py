@@ -194,6 +194,12 @@ def test_tune_markdown_says_warm_start_rows_and_early_stopping():
     assert "skipped (no champion: m@champion does not exist)" in text
     assert "tuned and refitted on all 500 training rows" in text
     assert "Early stopping" not in text
+    baseline = {
+        **skipped,
+        "warm_start": {"baseline": "training.xgboost", "params": {}, "because": "no champion"},
+    }
+    text = views.tune_markdown(baseline).data
+    assert "the train stage's model (`training.xgboost`); not the champion: no champion" in text
 
 
 def test_plot_features_draws_every_feature_or_names_those_left_out(cfg, parts):

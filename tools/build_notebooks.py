@@ -87,16 +87,23 @@ MLflow child run with parameters, validation metrics, signature and input exampl
         "tune",
         "Tune",
         """\
-An Optuna study (seeded TPE, a median pruner over cross-validation folds) searches the
-hyperparameters of `tuning.model` on the training rows. The study is stored on disk, so a
-killed tuning resumes with its finished trials; each trial is logged as a nested MLflow
-run. The best parameters are refitted on all training rows and scored on validation.""",
+An Optuna study (seeded TPE) searches the hyperparameters of `tuning.model` on the training
+rows. For xgboost each fold's boosting is checked every few rounds on the validation fold:
+early stopping ends it when the AUC stops improving (the trial's `n_estimators` becomes the
+rounds used), and the pruner (`tuning.pruner`) stops a trial behind the others at the same
+round. The study starts from the registry champion's parameters (`tuning.warm_start`), or
+from the train stage's model when there is no champion of this kind, and, above
+`tuning.subsample_rows` training rows, tunes on a stratified sample of them. It is stored
+on disk, so a killed tuning resumes with its finished trials; each trial is logged as a
+nested MLflow run. The best parameters are refitted on all training rows and scored on
+validation.""",
         [
             (
                 "code",
                 "study, info = stages.tune_model(ctx)\n"
                 '{k: v for k, v in info.items() if k != "models"}',
             ),
+            ("code", "views.tune_markdown(info)"),
             ("md", "### Best trials (complete trials, ranked by CV ROC AUC)"),
             ("code", "views.trials_table(study, top=10)"),
             ("code", "views.trials_summary(study)"),

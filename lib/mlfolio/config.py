@@ -141,11 +141,12 @@ class TuningConfig(_Section):
         "validation AUC; the trial's n_estimators becomes its best round (the refit uses it). "
         "None = always boost n_estimators rounds",
     )
-    warm_start: bool | int = Field(
+    warm_start: bool | int | Literal["baseline"] = Field(
         True,
-        description="true: enqueue the registry champion's parameters (same model kind) as "
-        "the first trial (no champion: skipped); a version number: that version's (mlfolio "
-        "reproduce pins the original's); false: off",
+        description="true: the first trial is the registry champion's parameters (same "
+        "model kind), else the train stage's model (training.<model> over XGBoost's or "
+        "scikit-learn's defaults); 'baseline': always the latter; a version number: that "
+        "version's (mlfolio reproduce pins what the original started from); false: off",
     )
     subsample_rows: int | None = Field(
         None,
@@ -188,9 +189,11 @@ class TuningConfig(_Section):
     def _bool_or_version(cls, value: Any) -> Any:
         if isinstance(value, bool):
             return value
-        if isinstance(value, int) and value >= 1:
+        if isinstance(value, int) and value >= 1 or value == "baseline":
             return value
-        raise ValueError("expected true, false or a registered version number (1, 2, ...)")
+        raise ValueError(
+            "expected true, false, 'baseline' or a registered version number (1, 2, ...)"
+        )
 
     @model_validator(mode="after")
     def _grace_after_heartbeat(self) -> TuningConfig:

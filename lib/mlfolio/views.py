@@ -211,11 +211,15 @@ def tune_markdown(info: dict[str, Any]) -> Any:
     if not info.get("enabled"):
         return Markdown("`tuning.enabled` is false: no study was run.")
     warm = info.get("warm_start") or {}
-    lines = [
-        f"- **Warm start**: first trial = champion version {warm['version']}'s parameters"
-        if "params" in warm
-        else f"- **Warm start**: skipped ({warm.get('skipped', 'not recorded')})"
-    ]
+    if "version" in warm:
+        start = f"first trial = champion version {warm['version']}'s parameters"
+    elif "baseline" in warm:
+        start = f"first trial = the train stage's model (`{warm['baseline']}`)" + (
+            f"; not the champion: {warm['because']}" if warm.get("because") else ""
+        )
+    else:
+        start = f"skipped ({warm.get('skipped', 'not recorded')})"
+    lines = [f"- **Warm start**: {start}"]
     tuned, refit = info.get("rows_tuned_on"), info.get("rows_refitted_on")
     if tuned is not None and tuned < refit:
         lines.append(

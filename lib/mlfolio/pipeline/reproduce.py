@@ -125,16 +125,21 @@ def _overrides(original: Path, m: dict[str, Any], evaluate_doc: dict[str, Any]) 
     out: dict[str, Any] = {
         "evaluation.champion_version": int(champion["version"]) if champion else "none"
     }
-    # The study's first trial: the champion version the original warm-started from, or
-    # none (skipped, or a run from before warm starts were recorded).
+    # The study's first trial: the champion version the original warm-started from, the
+    # train stage's model, or none (off, or a run from before warm starts were recorded).
     tuned = (
         read_json(original / products.TUNE.path)
         if (original / products.TUNE.path).is_file()
         else {}
     )
     if tuned.get("enabled"):
-        warm = (tuned.get("warm_start") or {}).get("version")
-        out["tuning.warm_start"] = int(warm) if warm and "params" in tuned["warm_start"] else False
+        started = tuned.get("warm_start") or {}
+        if "params" not in started:
+            out["tuning.warm_start"] = False
+        else:
+            out["tuning.warm_start"] = (
+                int(started["version"]) if "version" in started else "baseline"
+            )
     # The original's store holds the champion it compared with: use it, whatever
     # $MLFLOW_TRACKING_URI says now.
     recorded = (m.get("mlflow") or {}).get("tracking_uri")

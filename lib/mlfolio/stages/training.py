@@ -177,7 +177,11 @@ def tune_model(ctx: StageContext) -> tuple[Any, dict[str, Any]]:
         study_name,
         progress_path=ctx.run_dir / progress.TUNE,
         first_trial=warm.get("params"),
-        first_trial_note=f"champion {cfg.model_name} v{warm.get('version')}",
+        first_trial_note=(
+            f"champion {cfg.model_name} v{warm['version']}"
+            if "version" in warm
+            else f"baseline {warm.get('baseline')}"
+        ),
     )
     runs = (
         mlflow.search_runs(
@@ -218,17 +222,46 @@ def tune_model(ctx: StageContext) -> tuple[Any, dict[str, Any]]:
     return study, info
 
 
+# What the train stage's model leaves to the library: XGBoost's and scikit-learn's
+# defaults for the space's parameters the parameter file does not set.
+LIBRARY_DEFAULTS = {
+    "xgboost": {
+        "min_child_weight": 1.0,
+        "subsample": 1.0,
+        "colsample_bytree": 1.0,
+        "reg_lambda": 1.0,
+    },
+    "logreg": {"C": 1.0},
+}
+
+
+def baseline_start(cfg: Config, because: str | None = None) -> dict[str, Any]:
+    """The train stage's model of the tuned kind as the study's first trial: the parameter
+    file's ``training.<kind>`` over the libraries' defaults (``because``: why not the
+    champion)."""
+    kind = cfg.tuning.model
+    given = {**LIBRARY_DEFAULTS[kind], **getattr(cfg.training, kind)}
+    out: dict[str, Any] = {"baseline": f"training.{kind}", "params": tune.space_values(given, kind)}
+    if because:
+        out["because"] = because
+    return out
+
+
 def warm_start(cfg: Config) -> dict[str, Any]:
     """What the study starts from (``tuning.warm_start``): the registry champion's
-    parameters (or a pinned version's) when it is a model of the kind being tuned, as the
-    first trial; else why not (``skipped``)."""
+    parameters (or a pinned version's) when it is a model of the kind being tuned, else
+    the train stage's model (:func:`baseline_start`), as the first trial; off: ``skipped``."""
     pinned = cfg.tuning.warm_start
     if pinned is False:
         return {"skipped": "tuning.warm_start is off"}
+    if pinned == "baseline":
+        return baseline_start(cfg)
     if pinned is True:
         ref = registry.get_alias(cfg.model_name, registry.CHAMPION)
         if ref is None:
-            return {"skipped": f"no champion: {cfg.model_name}@{registry.CHAMPION} does not exist"}
+            return baseline_start(
+                cfg, f"no champion: {cfg.model_name}@{registry.CHAMPION} does not exist"
+            )
     else:  # a version (a reproduction starts from the original's first trial)
         ref = registry.get_version(cfg.model_name, pinned)
         if ref is None:
@@ -239,13 +272,14 @@ def warm_start(cfg: Config) -> dict[str, Any]:
     logged = mlflow.MlflowClient().get_run(ref.run_id).data.params if ref.run_id else {}
     kind = logged.get("model")
     if kind != cfg.tuning.model:
-        return {
-            "skipped": f"champion {cfg.model_name} v{ref.version} is a {kind or 'unknown'} "
-            f"model, not {cfg.tuning.model}"
-        }
+        return baseline_start(
+            cfg,
+            f"champion {cfg.model_name} v{ref.version} is a {kind or 'unknown'} "
+            f"model, not {cfg.tuning.model}",
+        )
     params = tune.space_values(logged, cfg.tuning.model)
     if not params:
-        return {"skipped": f"champion v{ref.version} logged none of the space's parameters"}
+        return baseline_start(cfg, f"champion v{ref.version} logged none of the space's parameters")
     log.info("tune: first trial = champion %s v%s's parameters", cfg.model_name, ref.version)
     return {"version": ref.version, "params": params}
 

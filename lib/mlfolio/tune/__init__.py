@@ -29,7 +29,8 @@ Where the time goes, and what saves it (``benchmarks/tune_bench.py`` measures it
   it;
 * ``subsample_rows``: above that many training rows the study tunes on a seeded stratified
   sample of them (the tune stage refits the best parameters on all rows); ``warm_start``:
-  the tune stage enqueues the registry champion's parameters as the first trial;
+  the tune stage enqueues the registry champion's parameters as the first trial, or the
+  train stage's model (``training.<model>``) when there is no champion of that kind;
 * ``n_workers > 1`` runs that many workers on the same storage: the calling process and
   ``n_workers - 1`` child processes. The children start from a fork server, not by
   forking the caller: a process that has already run xgboost or any other OpenMP code
