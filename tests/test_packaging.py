@@ -58,3 +58,23 @@ def test_gitignore_keeps_outputs_out_and_lib_in():
     ignore = (ROOT / ".gitignore").read_text().splitlines()
     assert "/runs/*" in ignore and "/mlflow.db" in ignore
     assert not any(line.strip("/") == "lib" for line in ignore)
+
+
+def test_committed_notebooks_are_what_build_notebooks_writes():
+    """Notebooks are edited through tools/build_notebooks.py (`make notebooks`): a hand
+    edit of a committed notebook would be lost at the next regeneration."""
+    import importlib.util
+
+    import nbformat
+
+    spec = importlib.util.spec_from_file_location(
+        "build_notebooks", ROOT / "tools" / "build_notebooks.py"
+    )
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    for name in build.OUTLINES:
+        committed = (ROOT / "notebooks" / f"{name}.ipynb").read_text()
+        assert committed == nbformat.writes(build.build(name)) + "\n", (
+            f"notebooks/{name}.ipynb differs from tools/build_notebooks.py's outline: edit "
+            "the outline and run `make notebooks`"
+        )
