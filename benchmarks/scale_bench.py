@@ -5,7 +5,7 @@ seeded, stratified on churn), run end to end with ``parameters/churn.yaml`` (``d
 pointing at the resampled Parquet; a throwaway tracking store and run folder under a temp
 dir), each size in its own process. Per stage: wall time and the stage kernel's peak
 resident memory (``VmHWM``, read by the engine when the notebook's cells are done, also on
-the run's index page); per size: the orchestrating process's peak (``ru_maxrss``) and the
+the run's index page); per size: the orchestrating process's peak (``VmHWM``) and the
 sum of the resident memory of every process of the run (orchestrator, running and warming
 kernels, servers they start), sampled every 0.25 s. Prints a stage x size table and each
 stage's growth exponent (the slope of log seconds over log rows between the two largest
@@ -23,7 +23,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -104,6 +103,7 @@ def run_child(
 ) -> dict:
     """One whole run on ``data`` in this process (the orchestrator); its measurements."""
     from mlfolio import config, pipeline
+    from mlfolio.pipeline.engine import peak_rss_mb
 
     overrides = {
         "data.uri": str(data),
@@ -138,7 +138,9 @@ def run_child(
             name: {"s": s["duration_s"], "peak_mb": s.get("peak_rss_mb")}
             for name, s in m["stages"].items()
         },
-        "orchestrator_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        # VmHWM, not ru_maxrss: ru_maxrss keeps the high-water mark from before exec, i.e.
+        # the parent's (which had just resampled the data) at the time it started this one.
+        "orchestrator_peak_mb": peak_rss_mb(os.getpid()),
         "all_processes_peak_mb": tree.peak_mb,
         "test_roc_auc": m["candidate"]["test"]["roc_auc"],
     }
