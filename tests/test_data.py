@@ -807,6 +807,8 @@ BLANK_COLUMNS = {
     "floats": pd.Series([1.0, np.nan]),
     "categorical": pd.Series([" ", "a", None], dtype="category"),
     "unicode spaces": pd.Series(["\u00a0", "\u2003 ", "\x1c", "é"], dtype=object),
+    # a Parquet list column: values pd.factorize cannot hash
+    "lists": pd.Series([[1], " ", None, ["a", " "], ""], dtype=object),
 }
 
 

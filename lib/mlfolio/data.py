@@ -357,7 +357,10 @@ def _blank_text(values: pd.Series) -> pd.Series:
     per distinct value (a column of 2M rows has a handful), not once per row."""
     if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
         return pd.Series(False, index=values.index)
-    codes, distinct = pd.factorize(values)  # missing values: code -1
+    try:
+        codes, distinct = pd.factorize(values)  # missing values: code -1
+    except TypeError:  # unhashable values (a Parquet list column): row by row
+        return values.notna() & values.astype("string").str.strip().eq("").fillna(False)
     blank = pd.Series(distinct).astype("string").str.strip().eq("").fillna(False)
     return pd.Series(np.append(blank.to_numpy(dtype=bool), False)[codes], index=values.index)
 
