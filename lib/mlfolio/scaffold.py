@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from mlfolio.data import _blank_text
 from mlfolio.errors import ConfigError
 
 # Integer columns with this many distinct values or fewer are flags (seniorcitizen 0/1),
@@ -78,11 +79,9 @@ def read_data(path: Path) -> pd.DataFrame:
 
 
 def _blank(values: pd.Series) -> pd.Series:
-    """Missing values, blank text included (CSV readers keep ' ' as text)."""
-    if pd.api.types.is_numeric_dtype(values):  # bool too: no text to strip
-        return values.isna()
-    text = values.astype("string").str.strip()
-    return values.isna() | text.eq("").fillna(False)
+    """Missing values, blank text included (CSV readers keep ' ' as text): ingest's test
+    of blank text, decided once per distinct value."""
+    return values.isna() | _blank_text(values)
 
 
 def _numbers_in_text(values: pd.Series, blank: pd.Series) -> bool:
