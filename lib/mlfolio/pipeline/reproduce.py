@@ -127,13 +127,9 @@ def _overrides(original: Path, m: dict[str, Any], evaluate_doc: dict[str, Any]) 
     }
     # The study's first trial: the champion version the original warm-started from, the
     # train stage's model, or none (off, or a run from before warm starts were recorded).
-    tuned = (
-        read_json(original / products.TUNE.path)
-        if (original / products.TUNE.path).is_file()
-        else {}
-    )
-    if tuned.get("enabled"):
-        started = tuned.get("warm_start") or {}
+    tuned = products.TUNE.load(original)
+    if tuned is not None and tuned.enabled:
+        started = (tuned.model_extra or {}).get("warm_start") or {}
         if "params" not in started:
             out["tuning.warm_start"] = False
         else:
