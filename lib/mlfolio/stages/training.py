@@ -209,10 +209,9 @@ def tune_model(ctx: StageContext) -> tuple[Any, dict[str, Any]]:
         "best_trial": study.best_trial.number,
         "best_cv_roc_auc": study.best_value,
         "trial_states": counts,
-        # tuning.subsample_rows: the study may have seen a sample; the refit saw every row
-        "rows_tuned_on": len(
-            tune.tuning_rows(train_rows, cfg.schema, cfg.tuning.subsample_rows, cfg.seed)
-        ),
+        # tuning.subsample_rows: the study may have seen a sample (tune.tuning_rows: that
+        # many rows exactly; not drawn again here just to count it); the refit saw every row
+        "rows_tuned_on": min(len(train_rows), cfg.tuning.subsample_rows or len(train_rows)),
         "rows_refitted_on": len(train_rows),
         "early_stopped_n_estimators": rounds,
         "warm_start": warm,
