@@ -109,8 +109,9 @@ def weighted_average_precision(y: np.ndarray, score: np.ndarray, weights: np.nda
 # A bootstrap draws at most this many row multiplicities at once (resamples x rows):
 # ~32 MB per matrix, whatever the number of rows and resamples.
 BOOTSTRAP_BLOCK_CELLS = 1 << 22
-# Rows a bootstrap resamples by default; above, a stratified sample of that many.
-BOOTSTRAP_ROWS = 20_000
+# Rows a bootstrap resamples by default (gate.bootstrap_rows' default); above, a
+# stratified sample of that many.
+BOOTSTRAP_ROWS: int | None = GateConfig.model_fields["bootstrap_rows"].default
 
 
 def bootstrap_rows(y: np.ndarray, max_rows: int | None, seed: int) -> np.ndarray | None:
