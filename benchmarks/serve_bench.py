@@ -4,7 +4,7 @@ Trains the logistic-regression baseline on data/telco_churn.csv, registers it as
 ``models:/serve-bench@champion`` in a temporary SQLite store (or takes ``--model`` and
 ``--tracking-uri``), and puts closed-loop load on servers on 127.0.0.1: N clients, one
 keep-alive connection each, sending ``dataframe_split`` requests back to back, from a
-separate process (a standard-library asyncio HTTP/1.1 client: its own CPU is reported).
+separate process (benchmarks/loadgen.py, standard-library asyncio: its own CPU is reported).
 Before the load it checks that every server gives mlfolio's predictions for the same rows.
 
 1. Headline: 1-row requests, ``--clients`` (10): a no-op FastAPI app (benchmarks/noop_app.py,
@@ -33,7 +33,6 @@ its log holds at the end.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import signal
@@ -47,6 +46,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
+LOADGEN = Path(__file__).with_name("loadgen.py")  # the load generator, run as a process
 NOOP = "no-op"  # the no-op FastAPI app (noop_app.py); always run, not one of --variants
 VARIANTS = {
     "mlflow": None,
@@ -63,128 +63,6 @@ VARIANTS = {
         "{log}",
     ],
 }
-
-
-# -- the load generator (runs in its own process; standard library only) -------------
-class _Connection(asyncio.Protocol):
-    """One keep-alive HTTP/1.1 connection: a request written, its response awaited whole
-    (Content-Length or chunked)."""
-
-    def __init__(self) -> None:
-        self.buffer = bytearray()
-        self.waiter: asyncio.Future | None = None
-        self.transport: asyncio.Transport | None = None
-        self.need: int | None = None  # bytes of the whole response, once its head is read
-        self.status = 0
-        self.chunked = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_exception(ConnectionError("closed by the server"))
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        if self.need is None:
-            end = self.buffer.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            head = bytes(self.buffer[:end]).lower()
-            self.status = int(head[9:12])
-            self.chunked = b"transfer-encoding: chunked" in head
-            at = head.find(b"\r\ncontent-length:")
-            length = 0 if at < 0 else int(head[at + 17 : head.index(b"\r\n", at + 2)])
-            self.need = end + 4 + length
-        if self.chunked:
-            done = self.buffer.endswith(b"\r\n0\r\n\r\n")
-        else:
-            done = len(self.buffer) >= self.need
-        if done and self.waiter is not None and not self.waiter.done():
-            self.buffer.clear()
-            self.need = None
-            self.waiter.set_result(self.status)
-
-    def request(self, raw: bytes) -> asyncio.Future:
-        self.waiter = asyncio.get_running_loop().create_future()
-        self.transport.write(raw)
-        return self.waiter
-
-
-async def _load(
-    url: str, bodies: list[bytes], concurrency: int, duration: float, warmup: float
-) -> dict:
-    """``concurrency`` clients, one connection each, sending ``bodies`` in turn back to back
-    (closed loop) for ``warmup + duration`` seconds; only the last ``duration`` counts."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    head = (
-        f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
-        "Content-Type: application/json\r\nContent-Length: {n}\r\n\r\n"
-    )
-    raws = [head.replace("{n}", str(len(b))).encode() + b for b in bodies]
-    loop = asyncio.get_running_loop()
-    latencies: list[float] = []
-    statuses: dict[str, int] = {}
-    errors = 0
-    start = time.perf_counter()
-    measure_from = start + warmup
-    stop_at = measure_from + duration
-
-    async def connect() -> _Connection:
-        _, conn = await loop.create_connection(_Connection, parts.hostname, parts.port)
-        return conn
-
-    async def client(k: int) -> None:
-        nonlocal errors
-        conn = await connect()
-        i = k
-        while True:
-            sent = time.perf_counter()
-            if sent >= stop_at:
-                conn.transport.close()
-                return
-            raw = raws[i % len(raws)]
-            i += concurrency
-            try:
-                status: int | str = await asyncio.wait_for(conn.request(raw), 10)
-            except (OSError, TimeoutError) as exc:
-                status = type(exc).__name__
-                conn.transport.close()
-                conn = await connect()
-            done = time.perf_counter()
-            if sent >= measure_from and done <= stop_at:
-                latencies.append(done - sent)
-                statuses[str(status)] = statuses.get(str(status), 0) + 1
-                if status != 200:
-                    errors += 1
-
-    cpu = time.process_time()
-    await asyncio.gather(*(client(k) for k in range(concurrency)))
-    cpu = time.process_time() - cpu
-    latencies.sort()
-
-    def pct(q: float) -> float:
-        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000
-
-    return {
-        "requests": len(latencies),
-        "errors": errors,
-        "statuses": statuses,
-        "rps": len(latencies) / duration,
-        "p50_ms": pct(0.50) if latencies else float("nan"),
-        "p99_ms": pct(0.99) if latencies else float("nan"),
-        # the load generator's own CPU share of one core: near 100 % it limits the rate
-        "client_cpu": cpu / (time.perf_counter() - start),
-    }
-
-
-def _load_main(args: argparse.Namespace) -> None:
-    bodies = [line.encode() for line in Path(args.bodies).read_text().splitlines() if line]
-    result = asyncio.run(_load(args.url, bodies, args.clients, args.duration, args.warmup))
-    print(json.dumps(result))
 
 
 # -- setup -----------------------------------------------------------------------------
@@ -393,8 +271,7 @@ def run_load(
     request and the CPU other processes took meanwhile (the machine is shared)."""
     cmd = [
         sys.executable,
-        __file__,
-        "_load",
+        str(LOADGEN),
         "--url",
         f"{server.url}/invocations",
         "--bodies",
@@ -504,13 +381,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    sub = parser.add_subparsers(dest="command")
-    load = sub.add_parser("_load", help=argparse.SUPPRESS)
-    load.add_argument("--url", required=True)
-    load.add_argument("--bodies", required=True)
-    load.add_argument("--clients", type=int, required=True)
-    load.add_argument("--duration", type=float, required=True)
-    load.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--model", help="models:/name@alias (default: register serve-bench)")
     parser.add_argument("--tracking-uri", help="with --model")
     parser.add_argument("--clients", type=int, default=10, help="of the headline (default 10)")
@@ -531,9 +401,6 @@ def main() -> None:
         help="a smoke run: 1 repeat, 10 clients only, 1 s loads (figures not meaningful)",
     )
     args = parser.parse_args()
-    if args.command == "_load":
-        _load_main(args)
-        return
     if args.quick:
         args.repeats, args.concurrency, args.duration, args.warmup = 1, "10", 1.0, 0.3
 
