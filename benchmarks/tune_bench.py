@@ -84,16 +84,15 @@ RESULT_LINE = "median speed-up to target vs RandomizedSearchCV n_jobs=2"
 
 
 def xgboost_distributions() -> dict[str, object]:
-    """scipy equivalents of ``mlfolio.tune.suggest_params(trial, "xgboost")``."""
-    return {
-        "model__n_estimators": list(range(50, 501, 25)),  # suggest_int(50, 500, step=25)
-        "model__learning_rate": loguniform(0.01, 0.3),
-        "model__max_depth": randint(2, 8),  # 2..7 inclusive
-        "model__min_child_weight": loguniform(1.0, 20.0),
-        "model__subsample": uniform(0.5, 0.5),  # [0.5, 1.0]
-        "model__colsample_bytree": uniform(0.4, 0.6),  # [0.4, 1.0]
-        "model__reg_lambda": loguniform(1e-3, 10.0),
-    }
+    """scipy equivalents of the tune stage's xgboost space (``tune.search_space``)."""
+    out: dict[str, object] = {}
+    for name, (kind, low, high, step, log) in tune.search_space("xgboost").items():
+        if kind is int:
+            dist = list(range(low, high + 1, step)) if step and step > 1 else randint(low, high + 1)
+        else:
+            dist = loguniform(low, high) if log else uniform(low, high - low)
+        out[f"model__{name}"] = dist
+    return out
 
 
 class StampedScorer:

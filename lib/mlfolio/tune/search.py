@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import optuna
@@ -51,22 +51,40 @@ def suggest_params(trial: optuna.Trial, kind: str) -> dict[str, Any]:
     raise ValueError(f"no search space for model kind {kind!r}")
 
 
+class Dimension(NamedTuple):
+    """One parameter of a search space, as ``suggest_params`` asks for it."""
+
+    type: type
+    low: float
+    high: float
+    step: float | None
+    log: bool
+
+
 class _SpaceProbe:
     """Answers ``suggest_params``'s questions with the lower bounds, recording each
     parameter's range (the search space, without a study)."""
 
     def __init__(self) -> None:
-        self.space: dict[str, tuple[type, float, float, float | None]] = {}
+        self.space: dict[str, Dimension] = {}
 
     def suggest_int(self, name: str, low: int, high: int, step: int = 1, log: bool = False) -> int:
-        self.space[name] = (int, low, high, step)
+        self.space[name] = Dimension(int, low, high, step, log)
         return low
 
     def suggest_float(
         self, name: str, low: float, high: float, step: float | None = None, log: bool = False
     ) -> float:
-        self.space[name] = (float, low, high, step)
+        self.space[name] = Dimension(float, low, high, step, log)
         return low
+
+
+def search_space(kind: str) -> dict[str, Dimension]:
+    """``kind``'s search space (what :func:`suggest_params` asks), e.g. to give another
+    search the same one."""
+    probe = _SpaceProbe()
+    suggest_params(probe, kind)  # type: ignore[arg-type]
+    return probe.space
 
 
 def space_values(params: dict[str, Any], kind: str) -> dict[str, Any]:
@@ -75,10 +93,8 @@ def space_values(params: dict[str, Any], kind: str) -> dict[str, Any]:
     parameters, converted to its types, clipped to its ranges and, on a grid (n_estimators
     in steps of 25), rounded up to it. Parameters it does not name are left to the sampler.
     """
-    probe = _SpaceProbe()
-    suggest_params(probe, kind)  # type: ignore[arg-type]
     out: dict[str, Any] = {}
-    for name, (kind_type, low, high, step) in probe.space.items():
+    for name, (kind_type, low, high, step, _) in search_space(kind).items():
         if name not in params or params[name] in (None, "None", ""):
             continue
         value = min(max(float(params[name]), low), high)
