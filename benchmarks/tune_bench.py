@@ -217,7 +217,7 @@ def run_mlfolio(
     info = {
         "trials": len(trials),
         "pruned": states.count("PRUNED"),
-        "rows": len(tune.tuning_rows(train_df, cfg.schema, tuning.subsample_rows, seed)),
+        "rows": tune.tuning_row_count(len(train_df), tuning.subsample_rows),
     }
     return own, rescored, info
 

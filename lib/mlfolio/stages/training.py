@@ -209,9 +209,9 @@ def tune_model(ctx: StageContext) -> tuple[Any, dict[str, Any]]:
         "best_trial": study.best_trial.number,
         "best_cv_roc_auc": study.best_value,
         "trial_states": counts,
-        # tuning.subsample_rows: the study may have seen a sample (tune.tuning_rows: that
-        # many rows exactly; not drawn again here just to count it); the refit saw every row
-        "rows_tuned_on": min(len(train_rows), cfg.tuning.subsample_rows or len(train_rows)),
+        # tuning.subsample_rows: the study may have seen a sample (counted, not drawn
+        # again); the refit saw every row
+        "rows_tuned_on": tune.tuning_row_count(len(train_rows), cfg.tuning.subsample_rows),
         "rows_refitted_on": len(train_rows),
         "early_stopped_n_estimators": rounds,
         "warm_start": warm,

@@ -59,6 +59,7 @@ from mlfolio.tune.search import (
     search_space,
     space_values,
     suggest_params,
+    tuning_row_count,
     tuning_rows,
 )
 from mlfolio.tune.storage import (
@@ -97,5 +98,6 @@ __all__ = [
     "study_name",
     "suggest_params",
     "train_path",
+    "tuning_row_count",
     "tuning_rows",
 ]

@@ -18,13 +18,18 @@ from mlfolio.features import build_preprocessor, xy
 from mlfolio.train import make_estimator
 
 
+def tuning_row_count(n_train: int, rows: int | None) -> int:
+    """How many of ``n_train`` training rows :func:`tuning_rows` tunes on."""
+    return n_train if rows is None else min(n_train, rows)
+
+
 def tuning_rows(
     train: pd.DataFrame, schema: SchemaConfig, rows: int | None, seed: int
 ) -> pd.DataFrame:
     """The rows the study tunes on: ``train`` itself, or, when it has more than ``rows``
     (``tuning.subsample_rows``), a seeded sample of ``rows`` of them stratified on the
     target (each class keeps its share)."""
-    if rows is None or len(train) <= rows:
+    if tuning_row_count(len(train), rows) == len(train):
         return train
     from sklearn.model_selection import train_test_split
 
