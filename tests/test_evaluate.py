@@ -75,6 +75,26 @@ def test_gate_refuses_a_worse_or_equal_model(scores):
     assert not evaluate.gate(GateConfig(min_roc_auc=0.5), worse, tie, "3").passed
 
 
+def test_gate_failure_states_the_requirement_and_a_pass_its_claim():
+    comparison = {"difference": -0.0027, "ci_low": -0.0141, "ci_high": 0.0088, "confidence": 0.95}
+    cand = {"roc_auc": 0.8392, "pr_auc": 0.61, "log_loss": 0.42}
+    verdict = evaluate.gate(GateConfig(min_roc_auc=0.8), cand, comparison, "1")
+    assert verdict.reasons == [
+        "PASS test ROC AUC 0.8392 >= 0.8",
+        "FAIL ROC AUC gain over champion v1 -0.0027 (95% CI -0.0141 .. +0.0088): needs its "
+        "lower bound above +0.0",
+    ]
+    gain = {**comparison, "difference": 0.02, "ci_low": 0.004, "ci_high": 0.03}
+    strict = GateConfig(min_roc_auc=0.9, min_pr_auc=0.7, max_log_loss=0.4)
+    assert evaluate.gate(strict, cand, gain, "1").reasons == [
+        "FAIL test ROC AUC 0.8392: needs >= 0.9",
+        "FAIL test PR AUC 0.6100: needs >= 0.7",
+        "FAIL test log loss 0.4200: needs <= 0.4",
+        "PASS ROC AUC gain over champion v1 +0.0200 (95% CI +0.0040 .. +0.0300) has its "
+        "lower bound above +0.0",
+    ]
+
+
 def test_gate_absolute_thresholds(scores):
     y, _, weak = scores
     m = evaluate.classification_metrics(y, weak)

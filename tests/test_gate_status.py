@@ -17,7 +17,7 @@ from mlfolio.pipeline.provenance import Manifest
 PASSED = ["PASS test ROC AUC 0.8412 >= 0.8", "PASS no champion yet: nothing to beat"]
 FAILED = [
     "PASS test ROC AUC 0.8392 >= 0.8",
-    "FAIL ROC AUC gain over champion v1 -0.0027 (95% CI -0.0141 .. +0.0088) has its lower "
+    "FAIL ROC AUC gain over champion v1 -0.0027 (95% CI -0.0141 .. +0.0088): needs its lower "
     "bound above +0.0",
 ]
 

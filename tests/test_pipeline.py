@@ -137,8 +137,8 @@ def test_default_run_end_to_end_then_identical_rerun_is_not_promoted(
     lines.clear()
     second = pipeline.run(params_file, runs_root=runs_root, reuse=False, echo=lines.append)
     assert lines[-5:-1] == [
-        "gate:       NOT passed, failed: ROC AUC gain over champion v1 +0.0000 (95% CI +0.0000 .. "
-        "+0.0000) has its lower bound above +0.0",
+        "gate:       NOT passed: ROC AUC gain over champion v1 +0.0000 (95% CI +0.0000 .. "
+        "+0.0000): needs its lower bound above +0.0",
         "model:      churn-classifier version 1 (identical to version 1, nothing new "
         "registered), holds @champion, @challenger; not promoted: gate failed",
         "champion:   version 1 (unchanged)",

@@ -290,33 +290,45 @@ def gate(
     reasons: list[str] = []
     ok = True
 
-    def check(passed: bool, text: str) -> None:
+    def check(passed: bool, fact: str, claim: str, need: str) -> None:
+        """A passed check reads as its claim (``fact`` + ``claim``); a failed one states
+        the requirement it missed (``fact: needs ...``)."""
         nonlocal ok
         ok &= passed
-        reasons.append(("PASS " if passed else "FAIL ") + text)
+        reasons.append(f"PASS {fact} {claim}" if passed else f"FAIL {fact}: needs {need}")
 
+    roc = f"test ROC AUC {candidate['roc_auc']:.4f}"
     check(
         candidate["roc_auc"] >= cfg.min_roc_auc,
-        f"test ROC AUC {candidate['roc_auc']:.4f} >= {cfg.min_roc_auc}",
+        roc,
+        f">= {cfg.min_roc_auc}",
+        f">= {cfg.min_roc_auc}",
     )
     if cfg.min_pr_auc is not None:
         check(
             candidate["pr_auc"] >= cfg.min_pr_auc,
-            f"test PR AUC {candidate['pr_auc']:.4f} >= {cfg.min_pr_auc}",
+            f"test PR AUC {candidate['pr_auc']:.4f}",
+            f">= {cfg.min_pr_auc}",
+            f">= {cfg.min_pr_auc}",
         )
     if cfg.max_log_loss is not None:
         check(
             candidate["log_loss"] <= cfg.max_log_loss,
-            f"test log loss {candidate['log_loss']:.4f} <= {cfg.max_log_loss}",
+            f"test log loss {candidate['log_loss']:.4f}",
+            f"<= {cfg.max_log_loss}",
+            f"<= {cfg.max_log_loss}",
         )
     if comparison is None:
         reasons.append("PASS no champion yet: nothing to beat")
     else:
+        bound = f"its lower bound above {cfg.min_improvement:+}"
         check(
             comparison["ci_low"] > cfg.min_improvement,
             f"ROC AUC gain over champion v{champion_version} "
             f"{comparison['difference']:+.4f} "
             f"({comparison['confidence']:.0%} CI {comparison['ci_low']:+.4f} .. "
-            f"{comparison['ci_high']:+.4f}) has its lower bound above {cfg.min_improvement:+}",
+            f"{comparison['ci_high']:+.4f})",
+            f"has {bound}",
+            bound,
         )
     return GateVerdict(passed=ok, reasons=reasons)

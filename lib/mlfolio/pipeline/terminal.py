@@ -89,8 +89,8 @@ def run_verdict(
     lines = [
         _line(
             "gate",
-            # A failed check reads as its claim ("... above +0.0"): say it failed.
-            f"{'passed' if gate['passed'] else 'NOT passed, failed'}: {deciding_reason(gate)}",
+            # a failed check states what it needed ("...: needs its lower bound above +0.0")
+            f"{'passed' if gate['passed'] else 'NOT passed'}: {deciding_reason(gate)}",
         )
     ]
     model = manifest.get("model")

@@ -1,0 +1,25 @@
+"""The verdict lines ``mlfolio run`` ends with (pipeline.terminal), from a manifest as the
+runner writes it (real runs are checked in tests/test_pipeline.py)."""
+
+from __future__ import annotations
+
+from mlfolio.pipeline import terminal
+
+
+def test_a_refused_gate_states_the_requirement_it_missed(tmp_path):
+    gate = {
+        "passed": False,
+        "reasons": [
+            "PASS test ROC AUC 0.8392 >= 0.8",
+            "FAIL ROC AUC gain over champion v1 -0.0027 (95% CI -0.0141 .. +0.0088): needs its "
+            "lower bound above +0.0",
+        ],
+    }
+    assert terminal.run_verdict({"gate": gate}, tmp_path) == [
+        "gate:       NOT passed: ROC AUC gain over champion v1 -0.0027 (95% CI -0.0141 .. "
+        "+0.0088): needs its lower bound above +0.0"
+    ]
+    passed = {"passed": True, "reasons": ["PASS test ROC AUC 0.84 >= 0.8", "PASS no champion yet"]}
+    assert terminal.run_verdict({"gate": passed}, tmp_path) == [
+        "gate:       passed: no champion yet"
+    ]
