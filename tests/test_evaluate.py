@@ -146,7 +146,34 @@ def test_segment_metrics_per_value_largest_first(scores):
     assert table["large"]["roc_auc"] == pytest.approx(roc_auc_score(y[large], good[large]))
     assert table["large"]["positive_rate"] == pytest.approx(y[large].mean())
     one_class = evaluate.segment_metrics(np.zeros(20), good[:20], 0.5, np.full(20, "a"))
-    assert one_class["a"]["roc_auc"] is None and one_class["a"]["recall"] == 0
+    assert one_class["a"]["roc_auc"] is None and one_class["a"]["recall"] is None
+
+
+def test_precision_without_predicted_positives_is_undefined_not_zero(scores):
+    y, good, _ = scores
+    capped = 0.9 * good  # no score reaches 0.9
+    none_predicted = evaluate.classification_metrics(y, capped, threshold=0.95)
+    assert none_predicted["precision"] is None
+    assert none_predicted["recall"] == 0 and none_predicted["f1"] == 0  # defined: positives missed
+    no_positives = evaluate.classification_metrics(np.r_[np.zeros(50), 1], good[:51], 0.5)
+    assert no_positives["precision"] is not None
+    only_negatives = np.zeros(len(y), dtype=int)
+    # recall with no positive row is undefined too; F1 then as well when nothing is predicted
+    assert (
+        evaluate.segment_metrics(only_negatives, capped, 0.95, np.full(len(y), "a"))["a"]["recall"]
+        is None
+    )
+    curve = evaluate.threshold_curve(y, capped)
+    above = [i for i, t in enumerate(curve["threshold"]) if t > capped.max()]
+    assert above and all(curve["precision"][i] is None for i in above)
+    assert all(curve["recall"][i] == 0 for i in above)
+    assert all(p is not None for i, p in enumerate(curve["precision"]) if i not in above)
+    segments = np.where(capped > 0.5, "high", "low")  # "low" predicts nothing at 0.5
+    table = evaluate.segment_metrics(y, capped, 0.5, segments)
+    assert table["low"]["precision"] is None and table["high"]["precision"] is not None
+    intervals = evaluate.bootstrap_intervals(y, capped, 0.95, samples=50)
+    assert intervals["precision"] == {"value": None, "low": None, "high": None}
+    assert intervals["recall"]["value"] == 0
 
 
 def test_weighted_average_precision_equals_sklearn_with_weights(scores):

@@ -86,6 +86,23 @@ def test_card_before_register_says_what_is_missing(evaluated):
     assert "F1 on the validation rows" not in card  # a fixed threshold: no max_f1 caveat
 
 
+def test_card_shows_an_undefined_precision_as_n_a(evaluated):
+    ev, facts = evaluated
+    y = np.r_[np.ones(10), np.zeros(30)]
+    scores = np.linspace(0.1, 0.5, 40)
+    test = evaluate.classification_metrics(y, scores, 0.9)  # no row predicted positive
+    intervals = evaluate.bootstrap_intervals(y, scores, 0.9, 50, 0.95, 0)
+    ev = {
+        **ev,
+        "candidate": {**ev["candidate"], "test": test},
+        "intervals": {**ev["intervals"], "metrics": intervals},
+    }
+    card = model_card.render(ev, {**facts, "version": None})
+    champion = ev["champion"]["test"]["precision"]
+    assert f"| precision | n/a | n/a | {champion:.4f} |" in card
+    assert "| recall | 0.0000 | 0.0000 … 0.0000 |" in card
+
+
 def test_card_limitations_name_the_flagged_segments_and_an_unknown_threshold(evaluated):
     ev, facts = evaluated
     flagged = [r for r in ev["segments"]["rows"] if r["flagged"]]

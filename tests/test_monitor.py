@@ -10,6 +10,7 @@ import pytest
 
 from mlfolio import config, data, features, monitor
 from mlfolio.errors import DataValidationError
+from mlfolio.pipeline import terminal
 
 from .conftest import CHURN_PARAMS
 
@@ -233,6 +234,22 @@ def test_quality_comparison_deltas_and_no_labels():
     assert q["delta"]["roc_auc"] < -0.3
     assert monitor.quality_comparison(reference, None, None, 0.5) is None
     assert monitor.quality_comparison(reference, np.ones(10), noisy[:10], 0.5) is None
+    # current rows none of which reaches the threshold: precision n/a, and so its delta
+    low = monitor.quality_comparison(reference, y, noisy * 0.4, 0.5)
+    assert low["current"]["precision"] is None and low["delta"]["precision"] is None
+    assert low["delta"]["recall"] == pytest.approx(-reference["recall"])
+    lines = terminal.drift_verdict(
+        {
+            "n_drifted": 0,
+            "n_columns": 3,
+            "drifted_columns": [],
+            "share_drifted": 0.0,
+            "dataset_drift": False,
+            "drift_share": 0.5,
+            "quality": low,
+        }
+    )
+    assert f"recall {reference['recall']:.3f} -> 0.000 ({-reference['recall']:+.3f})" in lines[-1]
 
 
 def test_retraining_rows_replace_known_ids_and_keep_dtypes(cfg, parts):

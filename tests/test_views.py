@@ -232,6 +232,47 @@ def test_metrics_frame_rows_and_verdict_markdown(scored):
     assert "ROC AUC gain over champion v3" in views.verdict_markdown(against).data
 
 
+def test_undefined_precision_reads_n_a_never_zero(scored):
+    from mlfolio import explain_views
+
+    result = evaluate_result(scored, champion=True)
+    y, score = scored["test"]
+    result["candidate"]["test"] = evaluate.classification_metrics(y, 0.5 * score, 0.6)
+    table = views.metrics_frame(result)
+    assert table.loc["logreg · test", "precision"] == "n/a"
+    assert table.loc["logreg · test", "recall"] == 0.0
+    # the threshold curve: no precision where no validation row reaches the threshold
+    yv, sv = scored["valid"]
+    result["threshold_curve"] = evaluate.threshold_curve(yv, sv)
+    fig = explain_views.plot_threshold_curve(result)
+    ax = fig.axes[0]
+    precision = next(line for line in ax.lines if line.get_label() == "precision")
+    undefined = np.asarray(result["threshold_curve"]["threshold"]) > sv.max()
+    assert undefined.any() and np.isnan(precision.get_ydata()[undefined]).all()
+    notes = " ".join(t.get_text() for t in ax.texts)
+    first = result["threshold_curve"]["threshold"][int(np.argmax(undefined))]
+    assert f"precision n/a from {first:.2f}: no validation row predicted positive" in notes
+    matplotlib.pyplot.close(fig)
+    # segments: a value where nothing is predicted positive
+    result["segments"] = {
+        "columns": ["contract"],
+        "chosen_by": "evaluation.segment_columns",
+        "min_rows": 30,
+        "rows": [
+            {
+                "column": "contract",
+                "value": "Two year",
+                "rows": 400,
+                "positive_rate": 0.03,
+                "candidate": {"roc_auc": 0.7, "recall": 0.0, "precision": None},
+            }
+        ],
+    }
+    seg = explain_views.segments_table(result)
+    assert seg.loc["contract = Two year", "candidate precision"] == "n/a"
+    assert seg.loc["contract = Two year", "candidate recall"] == 0.0
+
+
 # -- register -----------------------------------------------------------------------------
 def test_registration_markdown_for_each_outcome():
     base = {"model_name": "churn", "version": "4", "registered": True}

@@ -12,10 +12,30 @@ from sklearn.calibration import calibration_curve
 from mlfolio.config import GateConfig
 
 
+def _ratio(num: float, den: float) -> float | None:
+    """``num / den``, or None when ``den`` is 0: a precision with no predicted positive (or
+    a recall with no positive row) is undefined, not 0."""
+    return float(num / den) if den > 0 else None
+
+
+def thresholded_metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, float | None]:
+    """Precision, recall and F1 of 0/1 predictions; None where undefined (no predicted
+    positive for precision, no positive row for recall, neither for F1)."""
+    y, pred = np.asarray(y).astype(int), np.asarray(pred).astype(int)
+    tp = int((pred & y).sum())
+    fp, fn = int((pred & (1 - y)).sum()), int(((1 - pred) & y).sum())
+    return {
+        "precision": _ratio(tp, tp + fp),
+        "recall": _ratio(tp, tp + fn),
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+    }
+
+
 def classification_metrics(
     y: np.ndarray, score: np.ndarray, threshold: float = 0.5
-) -> dict[str, float]:
-    """Ranking, probability and thresholded metrics of positive-class scores."""
+) -> dict[str, float | None]:
+    """Ranking, probability and thresholded metrics of positive-class scores (precision,
+    recall and F1 are None where undefined: see :func:`thresholded_metrics`)."""
     y = np.asarray(y)
     score = np.clip(np.asarray(score, dtype=float), 1e-15, 1 - 1e-15)
     pred = (score >= threshold).astype(int)
@@ -25,9 +45,7 @@ def classification_metrics(
         "log_loss": float(skm.log_loss(y, score, labels=[0, 1])),
         "brier": float(skm.brier_score_loss(y, score)),
         "accuracy": float(skm.accuracy_score(y, pred)),
-        "precision": float(skm.precision_score(y, pred, zero_division=0)),
-        "recall": float(skm.recall_score(y, pred, zero_division=0)),
-        "f1": float(skm.f1_score(y, pred, zero_division=0)),
+        **thresholded_metrics(y, pred),
         "threshold": float(threshold),
     }
 
@@ -39,28 +57,28 @@ def max_f1_threshold(y: np.ndarray, score: np.ndarray) -> float:
     return float(thresholds[int(np.argmax(f1[:-1]))])
 
 
-def threshold_curve(y: np.ndarray, score: np.ndarray, points: int = 99) -> dict[str, list[float]]:
+def threshold_curve(
+    y: np.ndarray, score: np.ndarray, points: int = 99
+) -> dict[str, list[float | None]]:
     """Precision, recall and F1 at ``points`` thresholds evenly spread over (0, 1): why a
-    threshold was chosen, drawn from the rows it was chosen on (validation)."""
+    threshold was chosen, drawn from the rows it was chosen on (validation). Precision is
+    None (undefined) at thresholds no row reaches."""
     y = np.asarray(y).astype(int)
     score = np.asarray(score, dtype=float)
     thresholds = np.linspace(0, 1, points + 2)[1:-1]
     pred = score[None, :] >= thresholds[:, None]
     tp = (pred & (y == 1)).sum(axis=1)
-    predicted = pred.sum(axis=1)
-    precision = np.divide(tp, predicted, out=np.zeros(points), where=predicted > 0)
-    recall = tp / max(int(y.sum()), 1)
-    f1 = np.divide(
-        2 * precision * recall,
-        precision + recall,
-        out=np.zeros(points),
-        where=precision + recall > 0,
-    )
+    fp = (pred & (y == 0)).sum(axis=1)
+    fn = int(y.sum()) - tp
+
+    def rounded(num: np.ndarray, den: np.ndarray) -> list[float | None]:
+        return [round(float(n / d), 4) if d > 0 else None for n, d in zip(num, den, strict=True)]
+
     return {
         "threshold": np.round(thresholds, 4).tolist(),
-        "precision": np.round(precision, 4).tolist(),
-        "recall": np.round(recall, 4).tolist(),
-        "f1": np.round(f1, 4).tolist(),
+        "precision": rounded(tp, tp + fp),
+        "recall": rounded(tp, tp + fn),
+        "f1": rounded(2 * tp, 2 * tp + fp + fn),
     }
 
 
@@ -69,7 +87,8 @@ def segment_metrics(
 ) -> dict[str, dict[str, float | int | None]]:
     """Rows, positive rate, ROC AUC, recall and precision at ``threshold`` per value of
     ``segments``, largest first; values with fewer than ``min_rows`` rows are left out
-    (ROC AUC is None where a segment has one class only)."""
+    (ROC AUC is None where a segment has one class only, precision where it has no
+    predicted positive, recall where it has no positive)."""
     y = np.asarray(y).astype(int)
     score = np.asarray(score, dtype=float)
     segments = np.asarray(segments).astype(str)
@@ -85,8 +104,8 @@ def segment_metrics(
             "rows": int(count),
             "positive_rate": float(ys.mean()),
             "roc_auc": float(skm.roc_auc_score(ys, ss)) if len(set(ys)) == 2 else None,
-            "recall": float(skm.recall_score(ys, pred, zero_division=0)),
-            "precision": float(skm.precision_score(ys, pred, zero_division=0)),
+            "recall": (thresholded := thresholded_metrics(ys, pred))["recall"],
+            "precision": thresholded["precision"],
         }
     return out
 
@@ -152,7 +171,7 @@ def bootstrap_intervals(
     confidence: float = 0.95,
     seed: int = 0,
     max_rows: int | None = BOOTSTRAP_ROWS,
-) -> dict[str, dict[str, float]]:
+) -> dict[str, dict[str, float | None]]:
     """Percentile bootstrap intervals of ROC AUC, PR AUC, precision, recall, F1 and
     accuracy (at ``threshold``) on resampled rows: how sure the test numbers are.
 
@@ -190,6 +209,9 @@ def bootstrap_intervals(
     for name, parts in blocks.items():
         values = np.concatenate(parts)
         values = values[np.isfinite(values)]
+        if point[name] is None or not len(values):  # undefined on the rows themselves
+            out[name] = {"value": point[name], "low": None, "high": None}
+            continue
         low, high = np.quantile(values, alpha), np.quantile(values, 1 - alpha)
         if picked is not None:
             low = point[name] + scale * (low - centre[name])

@@ -174,10 +174,26 @@ def plot_threshold_curve(result: dict[str, Any]) -> Any:
     if not curve:
         return None
     t = result["threshold"]
+    x = np.asarray(curve["threshold"], dtype=float)
+    # None (undefined) becomes NaN: the line stops there instead of dropping to 0
+    y = {k: np.asarray(curve[k], dtype=float) for k in ("precision", "recall", "f1")}
     fig, ax = plt.subplots(figsize=(8, 4))
     for key, colour in (("precision", "tab:blue"), ("recall", "tab:orange"), ("f1", "tab:green")):
-        ax.plot(curve["threshold"], curve[key], label=key, color=colour)
-    f1_at = float(np.interp(t, curve["threshold"], curve["f1"]))
+        ax.plot(x, y[key], label=key, color=colour)
+    undefined = np.isnan(y["precision"])
+    if undefined.any():
+        start = float(x[undefined][0])
+        ax.axvspan(start, 1, color="0.9", zorder=0)
+        ax.text(
+            start,
+            0.5,
+            f" precision n/a from {start:.2f}: no validation row predicted positive",
+            rotation=90,
+            va="center",
+            fontsize=8,
+        )
+    known = ~np.isnan(y["f1"])
+    f1_at = float(np.interp(t, x[known], y["f1"][known]))
     ax.axvline(t, color="black", ls="--", lw=1)
     ax.plot([t], [f1_at], "o", color="tab:green")
     ax.annotate(
@@ -209,7 +225,8 @@ def segments_table(result: dict[str, Any]) -> pd.DataFrame | str:
         }
         for model in ("candidate", "champion"):
             for metric, value in (r.get(model) or {}).items():
-                rec[f"{model} {metric}"] = None if value is None else round(value, 3)
+                # undefined (None): no predicted positive, one class only
+                rec[f"{model} {metric}"] = "n/a" if value is None else round(value, 3)
         if r.get("champion"):
             rec["flag"] = "candidate worse" if r["flagged"] else ""
             rec["worse in"] = ", ".join(r["worse_in"])

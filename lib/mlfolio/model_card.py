@@ -52,15 +52,15 @@ def _metric_table(ev: dict[str, Any]) -> list[str]:
     lines = [head, rule]
     level = intervals.get("confidence")
     for name in METRICS:
-        value = ev["candidate"]["test"].get(name)
-        if value is None:
+        if name not in ev["candidate"]["test"]:
             continue
+        value = ev["candidate"]["test"][name]  # None: undefined (e.g. no predicted positive)
         iv = (intervals.get("metrics") or {}).get(name)
-        span = f"{iv['low']:.4f} … {iv['high']:.4f}" if iv else "n/a"
-        row = f"| {name} | {value:.4f} | {span} |"
+        span = f"{iv['low']:.4f} … {iv['high']:.4f}" if iv and iv["low"] is not None else "n/a"
+        row = f"| {name} | {'n/a' if value is None else f'{value:.4f}'} | {span} |"
         if champion:
             other = champion["test"].get(name)
-            row += f" {other:.4f} |" if other is not None else " |"
+            row += f" {other:.4f} |" if other is not None else " n/a |"
         lines.append(row)
     if intervals:
         rows, test_rows = intervals.get("rows"), intervals.get("test_rows")

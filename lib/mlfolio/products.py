@@ -48,7 +48,7 @@ class TrainedModel(_Doc):
     params: dict[str, Any]
     model_uri: str
     run_id: str
-    valid: dict[str, float]
+    valid: dict[str, float | None]  # None: undefined (precision with no predicted positive)
 
 
 class TrainDoc(_Doc):
@@ -69,14 +69,14 @@ class Candidate(_Doc):
     name: str
     model_uri: str
     run_id: str
-    valid: dict[str, float]
-    test: dict[str, float]
+    valid: dict[str, float | None]
+    test: dict[str, float | None]
 
 
 class ChampionScores(_Doc):
     version: str
     run_id: str | None = None
-    test: dict[str, float]
+    test: dict[str, float | None]
     threshold: float | None = None  # its own (None: written before evaluate read it)
     threshold_source: str | None = None  # the version tag, its run folder, or "unknown ..."
 
@@ -92,7 +92,7 @@ class EvaluateDoc(_Doc):
     # per raw column; segments: metrics per segment, flagged where the candidate is worse.
     explain: dict[str, Any] | None = None
     segments: dict[str, Any] | None = None
-    threshold_curve: dict[str, list[float]] | None = None
+    threshold_curve: dict[str, list[float | None]] | None = None  # None: undefined there
     intervals: dict[str, Any] | None = None
 
 

@@ -334,7 +334,9 @@ def metrics_frame(result: dict[str, Any]) -> Any:
     }
     if result.get("champion"):
         rows[f"champion v{result['champion']['version']} · test"] = result["champion"]["test"]
-    return pd.DataFrame(rows).T.round(4)
+    frame = pd.DataFrame(rows).T.astype(float).round(4)
+    # undefined (None: e.g. precision with no predicted positive) reads n/a, not NaN or 0
+    return frame.astype(object).where(frame.notna(), "n/a")
 
 
 def verdict_markdown(result: dict[str, Any]) -> Any:

@@ -118,7 +118,11 @@ def quality_comparison(
     return {
         "reference": {k: reference[k] for k in keys},
         "current": {k: current[k] for k in keys},
-        "delta": {k: current[k] - reference[k] for k in keys},
+        # None where either side is undefined (e.g. precision with no predicted positive)
+        "delta": {
+            k: None if current[k] is None or reference[k] is None else current[k] - reference[k]
+            for k in keys
+        },
         "labelled_rows": int(len(y)),
         "threshold": threshold,
     }

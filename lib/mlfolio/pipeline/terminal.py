@@ -51,6 +51,11 @@ def tune_summary(run_dir: Path, n_trials: int) -> str:
 
 
 # -- the training verdict --------------------------------------------------------------
+def _na(value: float | None, spec: str) -> str:
+    """A metric, or "n/a" where it is undefined (None)."""
+    return "n/a" if value is None else format(value, spec)
+
+
 def _strip(reason: str) -> str:
     return reason.removeprefix("PASS ").removeprefix("FAIL ")
 
@@ -174,8 +179,8 @@ def drift_verdict(drift: dict[str, Any], max_columns: int = 8) -> list[str]:
     quality = drift.get("quality")
     if quality:
         parts = [
-            f"{label} {quality['reference'][k]:.3f} -> {quality['current'][k]:.3f} "
-            f"({quality['delta'][k]:+.3f})"
+            f"{label} {_na(quality['reference'][k], '.3f')} -> "
+            f"{_na(quality['current'][k], '.3f')} ({_na(quality['delta'][k], '+.3f')})"
             for k, label in QUALITY
             if k in quality.get("delta", {})
         ]

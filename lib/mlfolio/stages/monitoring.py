@@ -291,7 +291,11 @@ def monitor_model(ctx: StageContext) -> dict[str, Any]:
             "prediction_drift_score": pred_drift["score"],
             "current_rows": len(current),
             "labelled_rows": len(labelled),
-            **({f"current_{k}": v for k, v in quality["current"].items()} if quality else {}),
+            **(
+                {f"current_{k}": v for k, v in quality["current"].items() if v is not None}
+                if quality
+                else {}
+            ),
         }
     )
     mlflow.set_tags(

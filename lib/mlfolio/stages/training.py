@@ -105,7 +105,10 @@ def _fit_and_log(
         y_valid, train.predict_scores(model, parts["valid"], schema)
     )
     mlflow.log_params({"model": kind, **params})
-    mlflow.log_metrics({f"valid_{k}": v for k, v in metrics.items() if k != "threshold"})
+    # an undefined metric (None) is not logged: MLflow has no "n/a"
+    mlflow.log_metrics(
+        {f"valid_{k}": v for k, v in metrics.items() if k != "threshold" and v is not None}
+    )
     # A few rows for the input example: not a copy of every training row's features.
     uri = tracking.log_model(model, parts["train"].head(5), schema=schema)
     return {
@@ -388,7 +391,7 @@ def evaluate_candidate(ctx: StageContext) -> dict[str, Any]:
         "data/test_scores.parquet", pd.DataFrame({"y": y_test, **{k: v for k, v in scores.items()}})
     )
     explanations = explaining.explain_models(ctx, parts, explained)
-    mlflow.log_metrics({f"test_{k}": v for k, v in test_metrics.items()})
+    mlflow.log_metrics({f"test_{k}": v for k, v in test_metrics.items() if v is not None})
     mlflow.set_tags({"mlfolio.candidate": best_name, "mlfolio.gate_passed": verdict.passed})
     result = {
         "candidate": {
