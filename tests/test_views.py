@@ -433,15 +433,44 @@ def test_notebooks_call_views_and_import_only_what_they_use():
                     assert "views." in line, (path.name, line)
 
 
+def _random_study(n_trials: int, objective):
+    import optuna
+
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(objective, n_trials=n_trials)
+    return study
+
+
 def test_plot_study_when_every_trial_scored_the_same():
     """fANOVA has no variance to split when all complete trials tie (a resumed study that
     repeated its first trials did): the figure says so instead of failing the stage."""
     import matplotlib.pyplot as plt
-    import optuna
 
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
-    study.optimize(lambda t: 0.8 + 0 * t.suggest_float("x", 0, 1), n_trials=3)
+    study = _random_study(views.FANOVA_MIN_TRIALS, lambda t: 0.8 + 0 * t.suggest_float("x", 0, 1))
     fig = views.plot_study(study)
     texts = [t.get_text() for t in fig.axes[1].texts]
     assert texts and texts[0].startswith("no importance")
     plt.close(fig)
+
+
+def test_parameter_importance_only_with_enough_complete_trials():
+    """A forest fitted on a handful of trials ranks noise: below FANOVA_MIN_TRIALS complete
+    trials the figure says why importance is omitted, and how many there were."""
+    import matplotlib.pyplot as plt
+
+    def objective(t):
+        return t.suggest_float("x", 0, 1) + 0.01 * t.suggest_float("y", 0, 1)
+
+    assert views.FANOVA_MIN_TRIALS == 20
+    few = views.plot_study(_random_study(5, objective))
+    assert [t.get_text() for t in few.axes[1].texts] == [
+        "Parameter importance (fANOVA) omitted: 5 complete trials, it needs at least 20 "
+        "(on fewer, the importances are mostly noise)"
+    ]
+    assert not few.axes[1].patches
+    plt.close(few)
+    enough = views.plot_study(_random_study(20, objective))
+    ax = enough.axes[1]
+    assert ax.get_title() == "Parameter importance (fANOVA, 20 complete trials)"
+    assert [label.get_text() for label in ax.get_yticklabels()] == ["y", "x"]  # x on top
+    plt.close(enough)

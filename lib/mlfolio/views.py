@@ -265,9 +265,15 @@ def _stopped_at(trial: optuna.trial.FrozenTrial) -> str:
     return f"after {len(trial.intermediate_values)} fold(s)"
 
 
+# fANOVA fits a random forest on the complete trials: on fewer than this, the importances
+# it reports are mostly noise, so the figure omits them and says why.
+FANOVA_MIN_TRIALS = 20
+
+
 def plot_study(study: optuna.Study | None) -> Any:
     """Optimization history and parameter importances side by side (a matplotlib Figure);
-    None when tuning is off."""
+    importance only with at least :data:`FANOVA_MIN_TRIALS` complete trials, else a
+    sentence saying why it is omitted. None when tuning is off."""
     import matplotlib.pyplot as plt
     import optuna
 
@@ -304,8 +310,15 @@ def plot_study(study: optuna.Study | None) -> Any:
         f"{failed} failed or running)"
     )
     hist_ax.legend()
-    importances, why_not = None, "needs two complete trials"
-    if len(complete) >= 2:
+    importances = None
+    why_not = (
+        f"Parameter importance (fANOVA) omitted: {len(complete)} complete trials, it needs "
+        f"at least {FANOVA_MIN_TRIALS} (on fewer, the importances are mostly noise)"
+    )
+    if len(complete) >= FANOVA_MIN_TRIALS and len(set(values)) == 1:
+        # fANOVA would split no variance (or call one parameter 100 % important)
+        why_not = f"no importance: all {len(complete)} complete trials scored {values[0]:.4f}"
+    elif len(complete) >= FANOVA_MIN_TRIALS:
         try:
             importances = optuna.importance.get_param_importances(
                 study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)
@@ -315,7 +328,7 @@ def plot_study(study: optuna.Study | None) -> Any:
     if importances:
         names = list(importances)[::-1]
         imp_ax.barh(names, [importances[n] for n in names])
-        imp_ax.set_title("Parameter importance (fANOVA)")
+        imp_ax.set_title(f"Parameter importance (fANOVA, {len(complete)} complete trials)")
     else:
         imp_ax.text(0.5, 0.5, why_not, ha="center", wrap=True)
         imp_ax.axis("off")
