@@ -62,6 +62,11 @@ def evaluated():
         "target": cfg.schema.target,
         "positive_label": cfg.schema.positive_label,
         "threshold_rule": "fixed by evaluation.threshold",
+        "inputs": {
+            "numeric": list(cfg.schema.numeric),
+            "categorical": list(cfg.schema.categorical),
+            "id_column": cfg.schema.id_column,
+        },
         "data": {
             "source": "data/telco_churn.csv",
             "data_hash": "ab12",
@@ -84,6 +89,10 @@ def test_card_before_register_says_what_is_missing(evaluated):
     assert f"| recall | {ev['candidate']['test']['recall']:.4f} | {iv['low']:.4f} … " in card
     assert "Intervals: 95% percentile bootstrap over 200 resamples" in card
     assert "F1 on the validation rows" not in card  # a fixed threshold: no max_f1 caveat
+    # the declared types, which MLflow's signature (type Any) no longer shows
+    assert "- Numeric (read as numbers; blank text is missing): `tenure`, " in card
+    assert "`seniorcitizen`" in card.split("- Categorical")[1].splitlines()[0]
+    assert "- Id column `customerid`: accepted, never scored" in card
 
 
 def test_card_shows_an_undefined_precision_as_n_a(evaluated):

@@ -895,6 +895,23 @@ def test_versions_logged_with_an_inferred_signature_take_numbers_too(registered)
         serve.check_values(col, [True])
 
 
+def test_any_typed_columns_take_the_coercers_declared_types():
+    """Signatures since MLflow's own clients take raw rows name the columns with type Any:
+    the served contract types them as the pipeline's coercer declares them."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+    from mlflow.types.schema import AnyType
+
+    signature = ModelSignature(Schema([ColSpec(AnyType(), c) for c in ("tenure", "gender")]))
+    columns = serve.columns_from_signature(signature, ["tenure"], ["gender"])
+    assert [(c.name, c.kind, c.numeric_text) for c in columns] == [
+        ("tenure", "double", False),
+        ("gender", "string", False),
+    ]
+    with pytest.raises(serve.ServeError, match="'gender'.*neither numeric nor categorical"):
+        serve.columns_from_signature(signature, ["tenure"], [])
+
+
 @pytest.mark.parametrize(
     "module", ["mlfolio.serve.contract", "mlfolio.lambda_handler", "mlfolio.deploy.kubernetes"]
 )

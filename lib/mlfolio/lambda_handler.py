@@ -168,9 +168,13 @@ def _load(model_dir: Path) -> LoadedModel:
 
     pipeline = mlflow.sklearn.load_model(str(model_dir))
     mlmodel = Model.load(str(model_dir / "MLmodel"))
-    numeric = getattr(pipeline_steps(pipeline)[0], "numeric", None) or ()
+    coercer = pipeline_steps(pipeline)[0]
     try:
-        columns = columns_from_signature(mlmodel.signature, numeric)
+        columns = columns_from_signature(
+            mlmodel.signature,
+            getattr(coercer, "numeric", None) or (),
+            getattr(coercer, "categorical", None) or (),
+        )
     except ServeError as exc:
         raise ModelLoadError(f"{model_dir}: {exc}") from None
     scorer = _scorer(pipeline, columns, mlmodel, model_dir)

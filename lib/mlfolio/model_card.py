@@ -177,11 +177,37 @@ def _limitations(ev: dict[str, Any], data: dict[str, Any], rule: str) -> list[st
     return [f"- {i}" for i in items]
 
 
+def _inputs(inputs: dict[str, Any] | None) -> list[str]:
+    """The columns the model reads and their declared types (MLflow's signature types them
+    ``Any`` so its clients take raw rows; the MLmodel metadata ``mlfolio`` declares them)."""
+    if not inputs:
+        return []
+    lines = [
+        "",
+        "## Input",
+        "",
+        "- Numeric (read as numbers; blank text is missing): "
+        + ", ".join(f"`{c}`" for c in inputs.get("numeric") or []),
+        "- Categorical (read as text; an integer flag as its text): "
+        + ", ".join(f"`{c}`" for c in inputs.get("categorical") or []),
+    ]
+    if inputs.get("id_column"):
+        lines.append(f"- Id column `{inputs['id_column']}`: accepted, never scored")
+    lines.append(
+        "- The MLflow signature names these columns with type `Any`: `mlflow.pyfunc`, "
+        "`mlflow models predict` and `mlflow models serve` take rows as `pandas.read_csv` "
+        "reads the source or typed as declared (the types above are the MLmodel's "
+        "`mlfolio` metadata)"
+    )
+    return lines
+
+
 def render(ev: dict[str, Any], facts: dict[str, Any]) -> str:
     """The card as Markdown, from the evaluate result ``ev`` and ``facts``: experiment,
-    description, model_name, target, positive_label, threshold_rule, data (ingest.json
-    plus snapshot_at), lineage (run_dir, pipeline_run_url, model_run_url, model_uri) and
-    version (None until register: name, version, uri, promoted, champion, card_uri)."""
+    description, model_name, target, positive_label, threshold_rule, inputs (numeric,
+    categorical, id_column: optional), data (ingest.json plus snapshot_at), lineage
+    (run_dir, pipeline_run_url, model_run_url, model_uri) and version (None until
+    register: name, version, uri, promoted, champion, card_uri)."""
     data, lineage, version = facts["data"], facts["lineage"], facts.get("version")
     cand = ev["candidate"]
     rule = facts["threshold_rule"]
@@ -240,6 +266,7 @@ def render(ev: dict[str, Any], facts: dict[str, Any]) -> str:
             "- Splits (stratified, seeded): "
             + ", ".join(f"{k} {int(v['rows']):,}" for k, v in splits.items())
         )
+    lines += _inputs(facts.get("inputs"))
     lines += ["", "## Metrics", "", *_metric_table(ev), "", "## Threshold", ""]
     lines += _threshold(ev, rule)
     lines += ["", "## What the model relies on", "", *_features(ev)]

@@ -233,14 +233,20 @@ def _schema_columns(
 
 
 def model_signature(numeric: list[str], categorical: list[str]) -> Any:
-    """The served contract: numeric columns double (integers accepted), categorical string."""
+    """The columns MLflow's own clients check: every feature by name, of type ``Any``.
+
+    Typed specs would make ``mlflow.pyfunc``, ``mlflow models predict`` and ``mlflow models
+    serve`` refuse rows as ``pandas.read_csv`` gives them (a ``double`` column refuses
+    int64 tenure and the text of a blank ``totalcharges``, a ``string`` column refuses a
+    0/1 flag): the pipeline's RawColumnCoercer reads any of them, so MLflow only checks
+    that the columns are there. The declared types are in the MLmodel metadata
+    (:data:`MODEL_METADATA_KEY`), where ``mlfolio serve`` and the model card read them."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
+    from mlflow.types.schema import AnyType
 
     return ModelSignature(
-        inputs=Schema(
-            [*(ColSpec("double", c) for c in numeric), *(ColSpec("string", c) for c in categorical)]
-        ),
+        inputs=Schema([ColSpec(AnyType(), c) for c in [*numeric, *categorical]]),
         outputs=Schema([ColSpec("double")]),
     )
 
@@ -269,11 +275,11 @@ def log_model(
 ) -> str:
     """Log a fitted sklearn pipeline with signature and input example; return its model URI.
 
-    The signature comes from ``schema`` (else the pipeline's RawColumnCoercer), not from
-    the example's dtypes: raw rows hold ``totalcharges`` as text and flags as ints, which
-    would make the served contract refuse numbers and warn about integer columns. The
-    schema's id column goes into the MLmodel metadata, where ``mlfolio serve`` and the
-    Lambda handler read it (accepted in requests, never given to the model).
+    The signature's columns come from ``schema`` (else the pipeline's RawColumnCoercer),
+    typed ``Any`` (:func:`model_signature`): MLflow's clients then take raw and typed rows
+    alike. The declared types (numeric, categorical) and the schema's id column go into
+    the MLmodel metadata, where ``mlfolio serve`` and the Lambda handler read them (the id
+    column accepted in requests, never given to the model).
 
     cloudpickle, not MLflow's skops default: the pipeline holds mlfolio's own transformer
     and an XGBClassifier, which skops would refuse without a trusted-types list.

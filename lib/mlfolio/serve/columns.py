@@ -45,8 +45,13 @@ class Column:
     optional: bool = False
 
 
-def columns_from_signature(signature: Any, numeric: Iterable[str] = ()) -> list[Column]:
-    """The model's input columns from its MLflow signature (a column-based schema)."""
+def columns_from_signature(
+    signature: Any, numeric: Iterable[str] = (), categorical: Iterable[str] = ()
+) -> list[Column]:
+    """The model's input columns from its MLflow signature (a column-based schema). A
+    column typed ``any`` (what :func:`mlfolio.tracking.model_signature` logs, so that
+    MLflow's own clients take raw rows) gets its declared type: double when it is in
+    ``numeric``, string when in ``categorical`` (the pipeline's coercer's lists)."""
     if signature is None or signature.inputs is None:
         raise ServeError(
             "the model has no input signature; log it with mlfolio.tracking."
@@ -54,10 +59,17 @@ def columns_from_signature(signature: Any, numeric: Iterable[str] = ()) -> list[
         )
     if not signature.inputs.has_input_names() or signature.inputs.is_tensor_spec():
         raise ServeError("the model's input signature is not a list of named columns")
-    numeric = set(numeric)
+    numeric, categorical = set(numeric), set(categorical)
     out = []
     for spec in signature.inputs.inputs:
         type_name = getattr(spec.type, "name", str(spec.type))
+        if str(type_name).lower() == "any":
+            if spec.name not in numeric | categorical:
+                raise ServeError(
+                    f"column {spec.name!r}: signature type 'any' and the model's coercer "
+                    "declares it neither numeric nor categorical"
+                )
+            type_name = "double" if spec.name in numeric else "string"
         kind = _SIGNATURE_KINDS.get(type_name)
         if kind is None:
             raise ServeError(

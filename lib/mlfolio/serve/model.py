@@ -149,7 +149,11 @@ def load(model_uri: str, tracking_uri: str | None = None, scorer: str = "auto") 
             f"{model_uri}: a binary classifier is expected, the model has classes {list(classes)}"
         )
     coercer = pipeline_steps(pipeline)[0]
-    columns = columns_from_signature(meta.signature, getattr(coercer, "numeric", None) or ())
+    columns = columns_from_signature(
+        meta.signature,
+        getattr(coercer, "numeric", None) or (),
+        getattr(coercer, "categorical", None) or (),
+    )
     tags = dict(mv.tags or {})
     raw = tags.get("mlfolio.threshold")
     try:

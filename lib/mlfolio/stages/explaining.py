@@ -187,6 +187,11 @@ def card_facts(ctx: StageContext, ev: dict[str, Any]) -> dict[str, Any]:
         "model_name": cfg.model_name,
         "target": cfg.schema.target,
         "positive_label": cfg.schema.positive_label,
+        "inputs": {
+            "numeric": list(cfg.schema.numeric),
+            "categorical": list(cfg.schema.categorical),
+            "id_column": cfg.schema.id_column,
+        },
         "threshold_rule": (
             "max_f1: the F1-maximising threshold on the validation rows"
             if cfg.evaluation.threshold == "max_f1"
