@@ -184,3 +184,95 @@ def test_each_models_threshold_falls_back_to_the_candidates_when_not_recorded():
     result["champion"]["threshold"] = None
     assert explain_views.thresholds(result) == {"candidate": 0.31, "champion": 0.31}
     assert explain_views.thresholds({"threshold": 0.31, "champion": None}) == {"candidate": 0.31}
+
+
+# -- error analysis by segment ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def segment_case(cfg, parts, models):
+    """The real test rows with "No" cut to 3 positives; the champion's real scores;
+    a candidate clearly worse on "Fiber optic" (noise), 0.003 ROC AUC lower on "DSL"
+    (one positive moved below a few negatives) and lower on "No" (one of its 3
+    positives below every negative)."""
+    from mlfolio.features import RawColumnCoercer
+
+    cfg = config.load(CHURN_PARAMS, overrides={"evaluation.segment_columns": ["internetservice"]})
+    test = parts["test"]
+    y = data.target_vector(test, cfg.schema).to_numpy()
+    service = (
+        RawColumnCoercer([], ["internetservice"]).fit(test).transform(test)["internetservice"]
+    ).to_numpy()
+    no_service_positives = np.flatnonzero((service == "No") & (y == 1))
+    keep = np.setdiff1d(np.arange(len(y)), no_service_positives[3:])
+    test, y, service = test.iloc[keep], y[keep], service[keep]
+    champion = train.predict_scores(models["logreg"], test, cfg.schema)
+    candidate = champion.copy()
+    fiber = service == "Fiber optic"
+    noise = np.random.default_rng(0).normal(0, 0.3, fiber.sum())
+    candidate[fiber] = np.clip(champion[fiber] + noise, 0, 1)
+    one = np.flatnonzero(service == "DSL")
+    ys, ss = y[one], champion[one]
+    pairs = int(ys.sum()) * int((1 - ys).sum())
+    top = one[np.argmax(np.where(ys == 1, ss, -1))]  # its highest-scored positive
+    below = np.sort(champion[one][(ys == 0) & (ss < champion[top])])[::-1]
+    moved = round(0.003 * pairs)
+    candidate[top] = below[moved - 1] - 1e-9  # now ranked below `moved` more negatives
+    few = np.flatnonzero((service == "No") & (y == 1))
+    candidate[few[0]] = champion[service == "No"].min() / 2  # below every negative
+    scored = {"candidate": (candidate, 0.4), "champion": (champion, 0.4)}
+    return cfg, test, scored
+
+
+def test_segments_flag_only_a_difference_its_interval_says_is_real(segment_case):
+    from mlfolio.stages import explaining
+
+    cfg, test, scored = segment_case
+    assert cfg.evaluation.segment_min_positives == 20
+    seg = explaining.segments(cfg, test, scored, None)
+    rows = {r["value"]: r for r in seg["rows"]}
+    assert set(rows) == {"Fiber optic", "DSL", "No"}
+    # the noisy segment: ROC AUC clearly lower, its paired interval below 0: flagged
+    worse = rows["Fiber optic"]
+    assert worse["judged"] and worse["flagged"]
+    assert worse["difference"]["ci_high"] < 0
+    assert worse["difference"]["difference"] == pytest.approx(
+        worse["candidate"]["roc_auc"] - worse["champion"]["roc_auc"]
+    )
+    # a 0.003 gap: lower, but its interval holds 0: judged, not flagged
+    small = rows["DSL"]
+    gap = small["candidate"]["roc_auc"] - small["champion"]["roc_auc"]
+    assert -0.004 < gap < -0.002
+    assert small["judged"] and not small["flagged"]
+    assert small["difference"]["ci_low"] < 0 <= small["difference"]["ci_high"]
+    # 3 positives: not judged, and it says why
+    few = rows["No"]
+    assert few["positives"] == 3 and few["negatives"] > 20
+    assert not few["judged"] and not few["flagged"] and few["difference"] is None
+    assert few["why_not_judged"] == (
+        f"3 positive and {few['negatives']} negative test rows: needs at least 20 of each "
+        "(evaluation.segment_min_positives)"
+    )
+    assert seg["min_positives"] == 20 and "interval" in seg["flag_rule"]
+
+
+def test_segment_pages_show_the_interval_and_why_a_segment_is_not_judged(segment_case):
+    from mlfolio import explain_views
+    from mlfolio.stages import explaining
+
+    cfg, test, scored = segment_case
+    seg = explaining.segments(cfg, test, scored, None)
+    result = {"segments": seg, "champion": {"version": "3"}}
+    table = explain_views.segments_table(result)
+    worse = table.loc["internetservice = Fiber optic"]
+    d = next(r for r in seg["rows"] if r["value"] == "Fiber optic")["difference"]
+    assert worse["ROC AUC difference (95% CI)"] == (
+        f"{d['difference']:+.3f} ({d['ci_low']:+.3f} .. {d['ci_high']:+.3f})"
+    )
+    assert worse["verdict"] == "candidate worse"
+    assert table.loc["internetservice = DSL", "verdict"] == "no clear difference"
+    assert table.loc["internetservice = No", "verdict"].startswith("not judged: 3 positive and ")
+    assert table.loc["internetservice = No", "ROC AUC difference (95% CI)"] == "n/a"
+    text = explain_views.segments_markdown(result).data
+    assert "`internetservice = Fiber optic`" in text and "DSL`" not in text.split("Flagged")[1]
+    card = model_card._segments({"segments": seg})
+    assert any("internetservice = No" in line and "not judged: 3 positive" in line for line in card)
+    assert any("Fiber optic" in line and "**worse**" in line for line in card)

@@ -118,7 +118,10 @@ def test_card_limitations_name_the_flagged_segments_and_an_unknown_threshold(eva
     assert flagged, "the noisy candidate should rank worse somewhere"
     card = model_card.render(ev, {**facts, "version": None})
     limitations = card.split("## Limitations")[1].split("## Lineage")[0]
-    assert "The candidate ranks worse than the champion in segment(s): " in limitations
+    assert (
+        "The candidate ranks worse than the champion (the interval of the ROC AUC difference "
+        "below 0) in segment(s): " in limitations
+    )
     for r in flagged:
         assert f"{r['column']} = {r['value']}" in limitations
         assert f"| {r['column']} = {r['value']} | {r['rows']} |" in card

@@ -494,10 +494,23 @@ def test_champion_is_shown_at_its_own_threshold_beside_the_candidate(
     assert len(champion_top) == 5
     thresholds = page.inner_text("#thresholds")
     assert "candidate 0.300" in thresholds and f"champion v1 {v1:.3f}" in thresholds
-    # the same model on the same rows ranks no segment worse
-    assert "none flagged" in page.inner_text("#segments-flagged")
+    # the same model on the same rows ranks no segment worse; the rule is stated, and a
+    # segment with too few positives is named as not judged
+    segments = page.inner_text("#segments-flagged")
+    assert "none flagged" in segments
+    judged = [r for r in ev["segments"]["rows"] if r["judged"]]
+    assert judged and all(r["difference"]["difference"] == 0 for r in judged)
+    assert (
+        f"{len(judged)} of {len(ev['segments']['rows'])} segments judged: worse only where "
+        "the paired bootstrap interval of the ROC AUC difference lies below 0"
+    ) in segments
+    for r in ev["segments"]["rows"]:
+        if not r["judged"]:
+            assert f"{r['column']} = {r['value']} ({r['positives']} positive" in segments
     open_file(page, against_champion / "05_evaluate.html")
     text = page.inner_text("body")
     assert f"champion v1: {v1:.4f} (tag mlfolio.threshold)" in text
     assert "champion roc_auc" in text and "candidate worse" not in text
+    assert "ROC AUC difference (95% CI)" in text and "+0.000 (+0.000 .. +0.000)" in text
+    assert "no clear difference" in text
     assert len(image_sizes(page)) >= 3

@@ -233,6 +233,12 @@ class EvaluationConfig(_Section):
     segment_min_rows: int = Field(
         30, ge=1, description="test rows a segment needs to be in the table"
     )
+    segment_min_positives: int = Field(
+        20,
+        ge=1,
+        description="positive and negative test rows (each) a segment needs before the "
+        "candidate is judged worse than the champion there; fewer: shown, not judged",
+    )
 
     @field_validator("champion_version", mode="before")
     @classmethod

@@ -290,6 +290,41 @@ def bootstrap_auc_difference(
     }
 
 
+def segment_difference(
+    y: np.ndarray,
+    score_new: np.ndarray,
+    score_old: np.ndarray,
+    min_class_rows: int,
+    samples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Whether the candidate (``score_new``) is worse than the champion in one segment:
+    judged only with at least ``min_class_rows`` positive and negative rows each, then
+    flagged only when the paired bootstrap interval of its ROC AUC difference (the same
+    resampled rows for both models, :func:`bootstrap_auc_difference`) lies below 0."""
+    y = np.asarray(y).astype(int)
+    positives, negatives = int(y.sum()), int(len(y) - y.sum())
+    out: dict[str, Any] = {"positives": positives, "negatives": negatives}
+    if min(positives, negatives) < min_class_rows:
+        return {
+            **out,
+            "judged": False,
+            "why_not_judged": f"{positives} positive and {negatives} negative test rows: "
+            f"needs at least {min_class_rows} of each (evaluation.segment_min_positives)",
+            "difference": None,
+            "flagged": False,
+        }
+    diff = bootstrap_auc_difference(y, score_new, score_old, samples, confidence, seed, None)
+    return {
+        **out,
+        "judged": True,
+        "why_not_judged": None,
+        "difference": diff,
+        "flagged": diff["ci_high"] < 0,
+    }
+
+
 @dataclass(frozen=True)
 class GateVerdict:
     passed: bool

@@ -211,8 +211,9 @@ def plot_threshold_curve(result: dict[str, Any]) -> Any:
 
 
 def segments_table(result: dict[str, Any]) -> pd.DataFrame | str:
-    """One row per segment: rows, positive rate, each model's ROC AUC, recall and
-    precision (at its own threshold), and a flag where the candidate is worse."""
+    """One row per segment: rows, positives, positive rate, each model's ROC AUC, recall
+    and precision (at its own threshold); with a champion, the ROC AUC difference with its
+    interval and the verdict (candidate worse only when the interval lies below 0)."""
     seg = result.get("segments")
     if not seg or not seg.get("rows"):
         return "No segment had enough test rows (evaluation.segment_min_rows)."
@@ -221,6 +222,7 @@ def segments_table(result: dict[str, Any]) -> pd.DataFrame | str:
         rec: dict[str, Any] = {
             "segment": f"{r['column']} = {r['value']}",
             "rows": r["rows"],
+            "positives": r.get("positives"),
             "positive rate": round(r["positive_rate"], 3),
         }
         for model in ("candidate", "champion"):
@@ -228,8 +230,9 @@ def segments_table(result: dict[str, Any]) -> pd.DataFrame | str:
                 # undefined (None): no predicted positive, one class only
                 rec[f"{model} {metric}"] = "n/a" if value is None else round(value, 3)
         if r.get("champion"):
-            rec["flag"] = "candidate worse" if r["flagged"] else ""
-            rec["worse in"] = ", ".join(r["worse_in"])
+            level = f"{(seg.get('confidence') or 0.95):.0%}"
+            rec[f"ROC AUC difference ({level} CI)"] = model_card.segment_interval(r)
+            rec["verdict"] = model_card.segment_verdict(r)
         records.append(rec)
     return pd.DataFrame(records).set_index("segment")
 
@@ -242,6 +245,11 @@ def segments_markdown(result: dict[str, Any]) -> Any:
     if not seg:
         return Markdown("No error analysis by segment in evaluate.json.")
     flagged = [f"`{r['column']} = {r['value']}`" for r in seg["rows"] if r.get("flagged")]
+    unjudged = [
+        f"`{r['column']} = {r['value']}`"
+        for r in seg["rows"]
+        if r.get("champion") and not r.get("judged")
+    ]
     text = (
         f"Columns {', '.join(f'`{c}`' for c in seg['columns'])} ({seg['chosen_by']}); "
         f"segments of at least {seg['min_rows']} test rows. "
@@ -250,6 +258,11 @@ def segments_markdown(result: dict[str, Any]) -> Any:
         text += "No champion to compare with: nothing flagged."
     else:
         text += f"Flagged where {seg['flag_rule']}: " + (", ".join(flagged) or "none") + "."
+        if unjudged:
+            text += (
+                f" Not judged (fewer than {seg.get('min_positives')} positive or negative "
+                f"rows: a difference there cannot be told from noise): {', '.join(unjudged)}."
+            )
     return Markdown(text)
 
 

@@ -116,6 +116,24 @@ def _features(ev: dict[str, Any], n: int = 8) -> list[str]:
     return lines
 
 
+def segment_interval(row: dict[str, Any]) -> str:
+    """The segment's candidate − champion ROC AUC with its paired bootstrap interval, or
+    n/a (not judged, or no champion)."""
+    d = row.get("difference")
+    if not d:
+        return "n/a"
+    return f"{d['difference']:+.3f} ({d['ci_low']:+.3f} .. {d['ci_high']:+.3f})"
+
+
+def segment_verdict(row: dict[str, Any]) -> str:
+    """candidate worse / no clear difference / not judged: why."""
+    if row.get("flagged"):
+        return "candidate worse"
+    if row.get("judged"):
+        return "no clear difference"
+    return f"not judged: {row.get('why_not_judged') or 'no interval recorded'}"
+
+
 def _segments(ev: dict[str, Any]) -> list[str]:
     seg = ev.get("segments")
     if not seg or not seg.get("rows"):
@@ -123,11 +141,12 @@ def _segments(ev: dict[str, Any]) -> list[str]:
     has_champion = any(r.get("champion") for r in seg["rows"])
     lines = [
         f"Columns {', '.join(seg['columns'])} ({seg['chosen_by']}); segments with at least "
-        f"{seg['min_rows']} test rows; each model at its own threshold.",
+        f"{seg['min_rows']} test rows; each model at its own threshold."
+        + (f" Worse only where {seg['flag_rule']}." if has_champion and "flag_rule" in seg else ""),
         "",
         "| segment | rows | positive rate | ROC AUC | recall | precision |"
-        + (" champion ROC AUC | flagged |" if has_champion else ""),
-        "|---|---:|---:|---:|---:|---:|" + ("---:|---|" if has_champion else ""),
+        + (" champion ROC AUC | difference (CI) | verdict |" if has_champion else ""),
+        "|---|---:|---:|---:|---:|---:|" + ("---:|---:|---|" if has_champion else ""),
     ]
 
     def fmt(v: float | None) -> str:
@@ -141,7 +160,8 @@ def _segments(ev: dict[str, Any]) -> list[str]:
         )
         if has_champion:
             champ = r.get("champion") or {}
-            line += f" {fmt(champ.get('roc_auc'))} | {'**worse**' if r['flagged'] else ''} |"
+            verdict = "**worse**" if r["flagged"] else segment_verdict(r)
+            line += f" {fmt(champ.get('roc_auc'))} | {segment_interval(r)} | {verdict} |"
         lines.append(line)
     return lines
 
@@ -169,7 +189,8 @@ def _limitations(ev: dict[str, Any], data: dict[str, Any], rule: str) -> list[st
     ]
     if flagged:
         items.append(
-            "The candidate ranks worse than the champion in segment(s): " + ", ".join(flagged)
+            "The candidate ranks worse than the champion (the interval of the ROC AUC "
+            "difference below 0) in segment(s): " + ", ".join(flagged)
         )
     champion = ev.get("champion") or {}
     if champion and str(champion.get("threshold_source", "")).startswith("unknown"):

@@ -95,6 +95,11 @@ def _why_model_decides(run_dir: Path, top: int = 5) -> dict[str, Any] | None:
         ],
         "segments": segments,
         "flagged": [r for r in segments.get("rows", []) if r.get("flagged")],
+        # with a champion: segments too small to tell a difference from noise
+        "judged": [r for r in segments.get("rows", []) if r.get("judged")],
+        "unjudged": [
+            r for r in segments.get("rows", []) if r.get("champion") and not r.get("judged")
+        ],
         "threshold": ev.threshold,
         "champion": ev.champion.model_dump(mode="json") if ev.champion else None,
         "card": products.MODEL_CARD.path

@@ -105,8 +105,10 @@ def segments(
     ranking: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """Metrics per value of the segment columns for each model at its own threshold
-    (``scored``: name → (test scores, threshold)); a segment is flagged where the
-    candidate's ROC AUC is below the champion's."""
+    (``scored``: name → (test scores, threshold)); with a champion, a segment is flagged
+    only where the paired bootstrap interval of the candidate's ROC AUC difference lies
+    below 0, and judged only with ``evaluation.segment_min_positives`` positive and
+    negative rows (see :func:`evaluate.segment_difference`)."""
     from mlfolio.features import RawColumnCoercer
 
     schema = cfg.schema
@@ -131,11 +133,21 @@ def segments(
         }
         for value, cand in per["candidate"].items():
             champ = per["champion"].get(value) if "champion" in per else None
-            worse = [
-                k
-                for k in SEGMENT_METRICS
-                if champ and cand[k] is not None and champ[k] is not None and cand[k] < champ[k]
-            ]
+            mask = values[col].to_numpy().astype(str) == value
+            judged: dict[str, Any] = {
+                "positives": int(y[mask].sum()),
+                "negatives": int((1 - y[mask]).sum()),
+            }
+            if champ:
+                judged = evaluate.segment_difference(
+                    y[mask],
+                    scored["candidate"][0][mask],
+                    scored["champion"][0][mask],
+                    cfg.evaluation.segment_min_positives,
+                    cfg.gate.bootstrap_samples,
+                    cfg.gate.confidence,
+                    cfg.seed,
+                )
             rows.append(
                 {
                     "column": col,
@@ -144,8 +156,7 @@ def segments(
                     "positive_rate": cand["positive_rate"],
                     "candidate": {k: cand[k] for k in SEGMENT_METRICS},
                     "champion": {k: champ[k] for k in SEGMENT_METRICS} if champ else None,
-                    "worse_in": worse,
-                    "flagged": "roc_auc" in worse,
+                    **judged,
                 }
             )
     return {
@@ -156,7 +167,13 @@ def segments(
             else "the categorical columns the candidate relies on most"
         ),
         "min_rows": cfg.evaluation.segment_min_rows,
-        "flag_rule": "the candidate's ROC AUC in the segment is below the champion's",
+        "min_positives": cfg.evaluation.segment_min_positives,
+        "confidence": cfg.gate.confidence,
+        "flag_rule": (
+            f"the {cfg.gate.confidence:.0%} paired bootstrap interval of the candidate's ROC "
+            "AUC minus the champion's, on the segment's rows, lies below 0 (judged only with "
+            f"at least {cfg.evaluation.segment_min_positives} positive and negative rows)"
+        ),
         "rows": rows,
     }
 
