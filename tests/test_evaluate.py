@@ -95,6 +95,26 @@ def test_gate_failure_states_the_requirement_and_a_pass_its_claim():
     ]
 
 
+SAME = (
+    "SAME model as champion v1 (identical model files, mlfolio.model_hash): no gain to "
+    "measure, nothing to promote"
+)
+
+
+def test_gate_says_same_model_instead_of_a_zero_gain(scores):
+    y, good, _ = scores
+    cand = evaluate.classification_metrics(y, good)
+    tie = evaluate.bootstrap_auc_difference(y, good, good, samples=100)
+    verdict = evaluate.gate(GateConfig(min_roc_auc=0.5), cand, tie, "1", same_model=True)
+    assert not verdict.passed and verdict.same_model_as == "1"
+    assert verdict.reasons == [f"PASS test ROC AUC {cand['roc_auc']:.4f} >= 0.5", SAME]
+    # the bar still applies to the same model
+    strict = evaluate.gate(GateConfig(min_roc_auc=0.99), cand, tie, "1", same_model=True)
+    assert strict.reasons == [f"FAIL test ROC AUC {cand['roc_auc']:.4f}: needs >= 0.99", SAME]
+    assert not strict.passed and strict.same_model_as is None
+    assert evaluate.gate(GateConfig(min_roc_auc=0.5), cand, tie, "1").same_model_as is None
+
+
 def test_gate_absolute_thresholds(scores):
     y, _, weak = scores
     m = evaluate.classification_metrics(y, weak)

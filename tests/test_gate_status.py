@@ -127,6 +127,28 @@ def test_failed_gate_exits_1_naming_the_failed_check(tmp_path, capsys):
     assert verdict.exit_code == 1 and "stage evaluate is stale" in verdict.reason
 
 
+SAME = (
+    "SAME model as champion v1 (identical model files, mlfolio.model_hash): no gain to "
+    "measure, nothing to promote"
+)
+
+
+def test_same_model_as_champion_exits_0_with_that_reason(tmp_path, capsys):
+    gate = {**_gate([PASSED[0], SAME]), "passed": False, "same_model_as": "1"}
+    model = _register("1", False, "same model as champion v1 (already champion)", "1")
+    run = _write(tmp_path / "run", gate=gate, model=model)
+    for require in ("promoted", "passed"):
+        code, out, err = _cli(capsys, str(run), "--require", require)
+        assert (code, err) == (0, "")
+        assert out == f"{run}: same model as champion v1: nothing new to deploy, v1 stays\n"
+    assert gate_status.check(run).status == "same model"
+    # the same model below the bar (e.g. on other test rows) is still refused
+    failing = ["FAIL test ROC AUC 0.7900: needs >= 0.8", SAME]
+    run = _write(tmp_path / "below", gate={**_gate(failing), "same_model_as": "1"}, model=model)
+    verdict = gate_status.check(run)
+    assert verdict.exit_code == 1 and verdict.reason == f"gate not passed: {failing[0]}"
+
+
 def test_failed_stage_exits_3_naming_it(tmp_path, capsys):
     stages = {name: {"status": "not run"} for name in STAGE_NAMES}
     stages.update(ingest={"status": "succeeded"}, preprocess={"status": "succeeded"})

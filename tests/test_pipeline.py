@@ -132,23 +132,28 @@ def test_default_run_end_to_end_then_identical_rerun_is_not_promoted(
     assert [(e["alias"], e["version"]) for e in history] == [("challenger", "1"), ("champion", "1")]
     assert history[1]["by"] == "pytest" and history[1]["reason"].startswith("gate passed")
 
-    # same parameters and data again, every stage executed: identical metrics, no
-    # promotion without a gain, and no second version of the identical model
+    # same parameters and data again, every stage executed: identical metrics, the same
+    # model as the champion (said so, not a failed +0.0000 gain), no promotion, and no
+    # second version of the identical model
     lines.clear()
     second = pipeline.run(params_file, runs_root=runs_root, reuse=False, echo=lines.append)
     assert lines[-5:-1] == [
-        "gate:       NOT passed: ROC AUC gain over champion v1 +0.0000 (95% CI +0.0000 .. "
-        "+0.0000): needs its lower bound above +0.0",
+        "gate:       same model as champion v1 (identical model files, mlfolio.model_hash): "
+        "no gain to measure, nothing to promote",
         "model:      churn-classifier version 1 (identical to version 1, nothing new "
-        "registered), holds @champion, @challenger; not promoted: gate failed",
+        "registered), holds @champion, @challenger; not promoted: same model as champion "
+        "v1, which it already is",
         "champion:   version 1 (unchanged)",
         "deployed:   version 1 (@champion) to local, kubernetes",
     ]
     assert second.data["candidate"] == m["candidate"]
     assert second.data["data_hash"] == m["data_hash"]
     assert second.data["gate"]["passed"] is False
-    verdict = gate_status.check(second.data["run_dir"], "passed")
-    assert (verdict.exit_code, verdict.status, verdict.champion) == (1, "not passed", "1")
+    assert second.data["gate"]["same_model_as"] == "1"
+    for require in ("promoted", "passed"):
+        verdict = gate_status.check(second.data["run_dir"], require)
+        assert (verdict.exit_code, verdict.status, verdict.champion) == (0, "same model", "1")
+        assert verdict.reason == "same model as champion v1: nothing new to deploy, v1 stays"
     assert second.data["model"] == {
         **second.data["model"],
         "version": "1",

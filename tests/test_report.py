@@ -492,6 +492,9 @@ def test_champion_is_shown_at_its_own_threshold_beside_the_candidate(
         "#top-features td.feature-champion", "els => els.map(e => e.innerText.split(' ')[0])"
     )
     assert len(champion_top) == 5
+    # the candidate is champion v1's own model: said so, not a failed +0.0000 gain
+    assert ev["gate"]["same_model_as"] == "1"
+    assert page.inner_text("#gate-verdict .badge") == "same model as champion v1"
     thresholds = page.inner_text("#thresholds")
     assert "candidate 0.300" in thresholds and f"champion v1 {v1:.3f}" in thresholds
     # the same model on the same rows ranks no segment worse; the rule is stated, and a

@@ -23,3 +23,19 @@ def test_a_refused_gate_states_the_requirement_it_missed(tmp_path):
     assert terminal.run_verdict({"gate": passed}, tmp_path) == [
         "gate:       passed: no champion yet"
     ]
+
+
+def test_the_same_model_as_the_champion_says_so_not_a_zero_gain(tmp_path):
+    gate = {
+        "passed": False,
+        "same_model_as": "1",
+        "reasons": [
+            "PASS test ROC AUC 0.8392 >= 0.8",
+            "SAME model as champion v1 (identical model files, mlfolio.model_hash): no gain "
+            "to measure, nothing to promote",
+        ],
+    }
+    assert terminal.run_verdict({"gate": gate}, tmp_path) == [
+        "gate:       same model as champion v1 (identical model files, mlfolio.model_hash): "
+        "no gain to measure, nothing to promote"
+    ]

@@ -361,7 +361,8 @@ def _gate_status_parser(sub: argparse._SubParsersAction) -> None:
         help="may CI deploy this run? (its manifest's gate and promotion, as an exit code)",
         description="Read RUN_DIR/manifest.json and say in one line whether the run's "
         "model may be deployed. Exit 0: the run succeeded, the gate passed and the "
-        "version was promoted (or only passed, with --require passed); 1: the run "
+        "version was promoted (or only passed, with --require passed), or the candidate "
+        "is the champion's own model (same model); 1: the run "
         "finished but the gate did not pass or the version was not promoted; 2: not a "
         "run folder, or no readable manifest; 3: the run failed or was interrupted.",
     )

@@ -329,6 +329,9 @@ def segment_difference(
 class GateVerdict:
     passed: bool
     reasons: list[str] = field(default_factory=list)
+    # the champion version whose model the candidate is (identical files): nothing to
+    # promote, and not a failure either (gate-status exits 0 for it)
+    same_model_as: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -339,10 +342,14 @@ def gate(
     candidate: dict[str, float],
     comparison: dict[str, float] | None = None,
     champion_version: str | None = None,
+    same_model: bool = False,
 ) -> GateVerdict:
     """Decide promotion: absolute thresholds, then a significant gain over the champion.
 
-    Every check adds a reason, passed or failed, so the verdict explains itself.
+    Every check adds a reason, passed or failed, so the verdict explains itself. A
+    candidate whose model is the champion's (``same_model``: identical model files) has no
+    gain to measure: the comparison is replaced by a SAME reason, nothing is promoted, and
+    the verdict records ``same_model_as`` (when the absolute checks passed).
     """
     reasons: list[str] = []
     ok = True
@@ -377,6 +384,15 @@ def gate(
         )
     if comparison is None:
         reasons.append("PASS no champion yet: nothing to beat")
+    elif same_model:
+        reasons.append(
+            f"SAME model as champion v{champion_version} (identical model files, "
+            "mlfolio.model_hash): no gain to measure, nothing to promote"
+        )
+        # below the bar (e.g. on other test rows) it stays a failure like any other
+        return GateVerdict(
+            passed=False, reasons=reasons, same_model_as=champion_version if ok else None
+        )
     else:
         bound = f"its lower bound above {cfg.min_improvement:+}"
         check(

@@ -255,7 +255,15 @@ def render(ev: dict[str, Any], facts: dict[str, Any]) -> str:
         f"- Candidate `{cand['name']}` ({cand.get('kind', 'model')}), chosen on validation "
         "ROC AUC among the trained and tuned models",
         f"- Parameters: `{cand.get('params', {})}`",
-        f"- Gate: **{'passed' if gate['passed'] else 'not passed'}**",
+        "- Gate: **"
+        + (
+            f"same model as champion v{gate['same_model_as']}"
+            if gate.get("same_model_as")
+            else "passed"
+            if gate["passed"]
+            else "not passed"
+        )
+        + "**",
         *[f"  - {r}" for r in gate["reasons"]],
     ]
     if version:

@@ -63,6 +63,7 @@ class TuneDoc(_Doc):
 class GateVerdict(_Doc):
     passed: bool
     reasons: list[str]
+    same_model_as: str | None = None  # the candidate is this champion version's model
 
 
 class Candidate(_Doc):

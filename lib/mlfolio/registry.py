@@ -107,6 +107,15 @@ def register(name: str, model_uri: str, run_id: str, tags: dict[str, str]) -> Mo
     return ModelRef(name, str(mv.version), run_id, mv.source)
 
 
+def same_model(ref: ModelRef, model_uri: str) -> bool:
+    """Whether ``model_uri`` holds ``ref``'s model: equal :func:`model_hash` (the
+    version's ``mlfolio.model_hash`` tag, else its files hashed now). The hash identifies
+    the model itself, as register's duplicate check does; equal test scores would not
+    (two models may agree on these rows and differ elsewhere)."""
+    digest = version_tags(ref).get(MODEL_HASH_TAG) or model_hash(ref.uri)
+    return model_hash(model_uri) == digest
+
+
 # The MLmodel keys that differ between two loggings of the same model.
 _VOLATILE_MLMODEL_KEYS = ("model_uuid", "utc_time_created", "run_id", "model_id", "artifact_path")
 

@@ -358,7 +358,9 @@ def verdict_markdown(result: dict[str, Any]) -> Any:
 
     gate_result = result["gate"]
     head = (
-        "**PASSED** — eligible for champion"
+        f"**SAME MODEL** as champion v{gate_result['same_model_as']} — nothing to promote"
+        if gate_result.get("same_model_as")
+        else "**PASSED** — eligible for champion"
         if gate_result["passed"]
         else "**NOT PASSED** — stays challenger"
     )

@@ -2,8 +2,9 @@
 
 Read from the run's ``manifest.json`` alone (no tracking server needed): the run's status,
 the gate verdict evaluate recorded and register's promotion. :func:`decide` is pure; the
-exit codes are CI's contract: 0 deploy, 1 do not (the run finished, the gate or the
-promotion said no), 3 the run did not finish (failed or interrupted), 2 no readable run.
+exit codes are CI's contract: 0 deploy (or: the candidate is the champion's own model,
+which already serves), 1 do not (the run finished, the gate or the promotion said no),
+3 the run did not finish (failed or interrupted), 2 no readable run.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ VERDICT_STAGES = ("evaluate", "register")
 
 @dataclass(frozen=True)
 class GateStatus:
-    """One run's answer: ``status`` is promoted, passed, not promoted, not passed,
-    failed or interrupted; ``reason`` the line that says why."""
+    """One run's answer: ``status`` is promoted, passed, same model, not promoted, not
+    passed, failed or interrupted; ``reason`` the line that says why."""
 
     status: str
     exit_code: int
@@ -83,8 +84,13 @@ def decide(
         return GateStatus("not passed", 1, f"{why} (re-run it)", **facts)
     if not gate:
         return GateStatus("not passed", 1, "no gate verdict: evaluate did not run", **facts)
+    failed = [r for r in gate.get("reasons", []) if r.startswith("FAIL")]
+    if gate.get("same_model_as") and not failed:
+        # an unchanged re-run: the candidate is the champion's model, which already serves
+        version = gate["same_model_as"]
+        why = f"same model as champion v{version}: nothing new to deploy, v{version} stays"
+        return GateStatus("same model", 0, why, **facts)
     if not gate.get("passed"):
-        failed = [r for r in gate.get("reasons", []) if r.startswith("FAIL")]
         why = failed[0] if failed else "; ".join(gate.get("reasons", []))
         return GateStatus("not passed", 1, f"gate not passed: {why}", **facts)
     if model.get("promoted"):

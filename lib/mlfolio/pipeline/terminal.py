@@ -91,13 +91,18 @@ def run_verdict(
     gate = manifest.get("gate")
     if not gate:
         return []
-    lines = [
-        _line(
-            "gate",
-            # a failed check states what it needed ("...: needs its lower bound above +0.0")
-            f"{'passed' if gate['passed'] else 'NOT passed'}: {deciding_reason(gate)}",
-        )
-    ]
+    failed = any(r.startswith("FAIL ") for r in gate.get("reasons") or [])
+    if gate.get("same_model_as") and not failed:
+        same = next(r for r in gate["reasons"] if r.startswith("SAME "))
+        lines = [_line("gate", "same " + same.removeprefix("SAME "))]
+    else:
+        lines = [
+            _line(
+                "gate",
+                # a failed check states what it needed ("...: needs its lower bound above +0.0")
+                f"{'passed' if gate['passed'] else 'NOT passed'}: {deciding_reason(gate)}",
+            )
+        ]
     model = manifest.get("model")
     reg_path = run_dir / "register.json"
     if not model or not reg_path.exists():

@@ -65,6 +65,8 @@ def register_model(ctx: StageContext) -> dict[str, Any]:
         # An identical model (e.g. an unchanged re-run that reused train and tune) gets no
         # second version: the existing one stands for it.
         ref = registry.version_with_hash(cfg.model_name, tags[registry.MODEL_HASH_TAG])
+        if ref is None and ev.gate.same_model_as:  # a champion registered without the tag
+            ref = registry.get_version(cfg.model_name, ev.gate.same_model_as)
         duplicate_of = ref.version if ref else None
         if ref is None:
             ref = registry.register(cfg.model_name, candidate.model_uri, candidate.run_id, tags)
@@ -84,7 +86,9 @@ def register_model(ctx: StageContext) -> dict[str, Any]:
     # The gate judged the candidate against the champion of evaluate's moment: champion
     # moves only if it still is that version (compare-and-set under the registry lock).
     why_not = None
-    if not passed:
+    if already_champion and ev.gate.same_model_as:
+        why_not = f"same model as champion v{duplicate_of}, which it already is"
+    elif not passed:
         why_not = "gate failed"
     elif not cfg.registry.promote:
         why_not = "registry.promote is false"

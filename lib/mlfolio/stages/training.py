@@ -384,8 +384,10 @@ def evaluate_candidate(ctx: StageContext) -> dict[str, Any]:
             cfg.seed,
             cfg.gate.bootstrap_rows,
         )
+    # an unchanged re-run's candidate may be the champion's own model: no gain to measure
+    same_model = champion is not None and registry.same_model(champion, best["model_uri"])
     verdict = evaluate.gate(
-        cfg.gate, test_metrics, comparison, champion.version if champion else None
+        cfg.gate, test_metrics, comparison, champion.version if champion else None, same_model
     )
     ctx.write_parquet(
         "data/test_scores.parquet", pd.DataFrame({"y": y_test, **{k: v for k, v in scores.items()}})
