@@ -35,6 +35,16 @@ def test_a_folder_without_a_manifest_is_refused_with_exit_2(tmp_path, capsys):
     assert "no manifest.json" in capsys.readouterr().err
 
 
+def test_a_delta_is_better_or_worse_by_the_metrics_direction():
+    assert diff.compared("roc_auc", 0.01) == "better"
+    assert diff.compared("pr_auc", -0.01) == "worse"
+    assert diff.compared("f1", 0.0) == "same"
+    assert diff.compared("log_loss", 0.01) == "worse"  # lower is better
+    assert diff.compared("brier", -0.002) == "better"
+    assert diff.compared("threshold", 0.1) is None  # neither
+    assert diff.compared("precision", None) is None  # n/a on one side
+
+
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
     """A (champion version 1) and B, one parameter changed, compared with version 1."""
@@ -78,8 +88,10 @@ def test_diff_shows_the_changed_parameter_and_the_metric_deltas(two_runs, capsys
         assert stages[name]["same"] or stages[name]["changed"] == ["mlfolio"], stages[name]
         assert lines[name].startswith("same" if stages[name]["same"] else "different (mlfolio)")
     roc = next(line for line in text.splitlines() if "logreg valid roc_auc" in line)
-    va, vb, delta = (float(x) for x in roc.split()[-3:])
+    va, vb, delta = (float(x) for x in roc.split()[-4:-1])
     assert va != vb and delta == pytest.approx(vb - va, abs=2e-4)
+    assert roc.split()[-1] == ("better" if vb > va else "worse")
+    assert "test rows: same (" in text
     assert "gate B: " in text and "compared with champion 1" in text
     page = b / f"diff-{a.name}.html"
     assert f"diff page: {page}" in out.err and page.is_file()
@@ -136,6 +148,39 @@ def test_diff_html_shows_the_tables_in_chromium(two_runs, tmp_path):
             metric_rows = page.locator("#metrics tr")
             assert metric_rows.count() > 5
             assert page.locator("#metrics tr.changed").count() > 0
+            # each delta is coloured and named by what is better for its metric
+            rows = {
+                tuple(cells[:3]): cells
+                for cells in page.eval_on_selector_all(
+                    "#metrics tr",
+                    "rows => rows.map(r => [...r.cells].map(c => c.innerText.trim()))",
+                )[1:]
+            }
+            for metric in ("roc_auc", "log_loss", "brier"):
+                cells = rows[("logreg", "valid", metric)]
+                delta = float(cells[5])
+                lower_better = metric in ("log_loss", "brier")
+                want = (
+                    "same" if delta == 0 else ("better" if (delta < 0) == lower_better else "worse")
+                )
+                assert cells[6] == want, (metric, cells)
+                cell = page.locator(
+                    f"#metrics tr:has(td:text-is('{metric}')):has(td:text-is('valid')) td.delta"
+                ).first
+                colour = cell.evaluate("e => getComputedStyle(e).color")
+                assert (
+                    colour
+                    == {
+                        "better": "rgb(26, 127, 55)",
+                        "worse": "rgb(207, 34, 46)",
+                        "same": "rgb(34, 34, 34)",
+                    }[want]
+                ), (metric, colour)
+            threshold = rows[("candidate", "test", "threshold")]
+            assert threshold[6] == "-"  # neither better nor worse
+            legend = page.inner_text("#metrics-legend")
+            assert "lower is better for log_loss and brier" in legend
+            assert page.inner_text("#test-rows").startswith("Same test rows")
             assert page.locator("#stages tr").count() == 1 + 6  # header + stages of A or B
             assert "only in A" in page.locator("#stages tr", has_text="register").inner_text()
             assert page.locator("#data tr").count() >= 4
@@ -148,3 +193,42 @@ def test_diff_html_shows_the_tables_in_chromium(two_runs, tmp_path):
             assert page.locator("h1").inner_text() == "What changed between two runs"
         finally:
             browser.close()
+
+
+@pytest.mark.slow
+def test_diff_says_when_the_test_metrics_come_from_different_test_rows(two_runs, tmp_path):
+    """B's evaluate again in a copy whose test split lost 100 rows: its test metrics are
+    of other rows than A's, and the diff says so before the deltas."""
+    import pandas as pd
+
+    a, b = two_runs
+    other = tmp_path / b.name
+    shutil.copytree(b, other)
+    test = pd.read_parquet(other / "data/test.parquet")
+    test.iloc[100:].to_parquet(other / "data/test.parquet")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFOLIO_USER", "pytest")
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        pipeline.run(
+            a.parent.parent / "params.yaml",
+            {"training.logreg.C": 0.01},
+            stages=["evaluate"],
+            run_dir=other,
+            force=True,
+            reuse=False,
+            **QUIET,
+        )
+    ev_a = json.loads((a / "evaluate.json").read_text())
+    ev_b = json.loads((other / "evaluate.json").read_text())
+    assert ev_b["test_rows"]["rows"] == ev_a["test_rows"]["rows"] - 100
+    assert ev_b["test_rows"]["digest"] != ev_a["test_rows"]["digest"]
+    d = diff.diff_runs(a, other)
+    assert d["test_rows"]["same"] is False
+    text = diff.render_text(d)
+    assert (
+        f"test rows: DIFFERENT ({ev_a['test_rows']['rows']} vs {ev_b['test_rows']['rows']} "
+        "rows): the test metrics of A and B are of different rows" in text
+    )
+    assert diff.diff_runs(a, b)["test_rows"]["same"] is True
+    page = diff.write_html(d, tmp_path / "diff.html").read_text()
+    assert 'id="test-rows" class="warn"' in page

@@ -181,8 +181,10 @@ on test) at every threshold; `evaluation.threshold: max_f1` takes the F1 peak.""
                 """\
 ### Error analysis by segment
 The same test metrics per value of the categorical columns the candidate relies on most
-(or `evaluation.segment_columns`), candidate next to champion, each at its own threshold;
-flagged where the candidate ranks worse than the champion.""",
+(or `evaluation.segment_columns`), candidate next to champion, each at its own threshold,
+with the candidate's ROC AUC minus the champion's and its paired bootstrap interval. Flagged
+"candidate worse" only where that interval lies below 0; a segment with fewer than
+`evaluation.segment_min_positives` positive or negative rows is shown but not judged.""",
             ),
             ("code", "explain_views.segments_markdown(result)"),
             ("code", "explain_views.segments_table(result)"),

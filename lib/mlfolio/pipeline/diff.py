@@ -58,6 +58,30 @@ def _metrics(run_dir: Path) -> dict[tuple[str, str], dict[str, float]]:
     return out
 
 
+# Which way a metric improves: +1 higher is better, -1 lower is better (absent: neither,
+# e.g. the threshold).
+DIRECTION = {
+    "roc_auc": 1,
+    "pr_auc": 1,
+    "accuracy": 1,
+    "precision": 1,
+    "recall": 1,
+    "f1": 1,
+    "log_loss": -1,
+    "brier": -1,
+}
+
+
+def compared(metric: str, delta: float | None) -> str | None:
+    """B against A for ``metric``: better, worse or same; None when the metric has no
+    better side (the threshold) or a side is missing or undefined."""
+    if delta is None or metric not in DIRECTION:
+        return None
+    if delta == 0:
+        return "same"
+    return "better" if delta * DIRECTION[metric] > 0 else "worse"
+
+
 def _metric_rows(a: Path, b: Path) -> list[dict[str, Any]]:
     ma, mb = _metrics(a), _metrics(b)
     rows = []
@@ -66,10 +90,46 @@ def _metric_rows(a: Path, b: Path) -> list[dict[str, Any]]:
         for metric in sorted(set(va) | set(vb)):
             x, y = va.get(metric), vb.get(metric)
             delta = y - x if x is not None and y is not None else None
+            # recorded as None: undefined (precision with no predicted positive), not absent
+            x = "n/a" if metric in va and x is None else x
+            y = "n/a" if metric in vb and y is None else y
             rows.append(
-                {"model": model, "split": split, "metric": metric, "a": x, "b": y, "delta": delta}
+                {
+                    "model": model,
+                    "split": split,
+                    "metric": metric,
+                    "a": x,
+                    "b": y,
+                    "delta": delta,
+                    "compared": compared(metric, delta),
+                }
             )
     return rows
+
+
+def test_rows(run_dir: Path) -> dict[str, Any] | None:
+    """Which rows a run's test metrics are of: evaluate.json's ``test_rows`` (rows and a
+    content digest), else the digest of the run's ``data/test.parquet`` (runs from before
+    it was recorded); None when neither is there."""
+    ev = products.EVALUATE.load(run_dir)
+    recorded = (ev.model_extra or {}).get("test_rows") if ev is not None else None
+    if recorded:
+        return {"rows": recorded["rows"], "digest": recorded["digest"], "from": "evaluate.json"}
+    path = run_dir / products.SPLITS["test"].path
+    if ev is None or not path.is_file():
+        return None
+    import pandas as pd
+
+    from mlfolio import data
+
+    frame = pd.read_parquet(path)
+    return {"rows": len(frame), "digest": data.content_hash(frame), "from": path.name}
+
+
+def _test_rows(a: Path, b: Path) -> dict[str, Any]:
+    ta, tb = test_rows(a), test_rows(b)
+    same = ta["digest"] == tb["digest"] if ta and tb else None
+    return {"a": ta, "b": tb, "same": same}
 
 
 def _split_rows(run_dir: Path) -> dict[str, Any]:
@@ -111,6 +171,7 @@ def _gate(m: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     model = m.get("model") or {}
     return {
         "passed": ev.gate.passed if ev else None,
+        "same_model_as": ev.gate.same_model_as if ev else None,
         "reasons": list(ev.gate.reasons) if ev else [],
         "candidate": ev.candidate.name if ev else None,
         "champion": ev.champion.version if ev and ev.champion else None,
@@ -168,11 +229,25 @@ def diff_runs(run_a: str | Path, run_b: str | Path) -> dict[str, Any]:
         "packages": _pairs(ma.get("packages") or {}, mb.get("packages") or {}, False),
         "stages": _stage_rows(ma, mb),
         "metrics": _metric_rows(a, b),
+        "test_rows": _test_rows(a, b),
         "gate": {"a": _gate(ma, a), "b": _gate(mb, b)},
     }
 
 
 # -- text ------------------------------------------------------------------------------
+def test_rows_line(t: dict[str, Any]) -> str:
+    """Whether A's and B's test metrics are of the same rows (their content digests)."""
+    a, b = t["a"], t["b"]
+    if t["same"] is None:
+        return "test rows: not known for " + ("A" if not a else "B") + " (no evaluate)"
+    if t["same"]:
+        return f"test rows: same ({a['rows']} rows, digest {a['digest'][:12]})"
+    return (
+        f"test rows: DIFFERENT ({a['rows']} vs {b['rows']} rows): the test metrics of A and "
+        "B are of different rows, so their deltas mix the models' change with the rows'"
+    )
+
+
 def _fmt(value: Any) -> str:
     if value is None:
         return "-"
@@ -219,14 +294,19 @@ def render_text(d: dict[str, Any]) -> str:
             and s[f"reused_from_{side}"].get("run_dir")
         )
         out.append(f"  {s['stage']:<10} {what}; {s['status_a']} / {s['status_b']}{reused}")
-    out.append(f"{'metrics:':<36} {'A':>9} {'B':>9} {'delta':>9}")
+    out.append(test_rows_line(d["test_rows"]))
+    out.append(f"{'metrics:':<36} {'A':>9} {'B':>9} {'delta':>9}  B vs A")
     for r in d["metrics"]:
         delta = f"{r['delta']:+.4f}" if r["delta"] is not None else "-"
         label = f"{r['model']} {r['split']} {r['metric']}"
-        out.append(f"  {label:<34} {_fmt(r['a']):>9} {_fmt(r['b']):>9} {delta:>9}")
+        out.append(
+            f"  {label:<34} {_fmt(r['a']):>9} {_fmt(r['b']):>9} {delta:>9}  {r['compared'] or '-'}"
+        )
     for side in ("a", "b"):
         g = d["gate"][side]
         verdict = {True: "passed", False: "not passed", None: "no verdict"}[g["passed"]]
+        if g["same_model_as"]:
+            verdict = f"same model as champion v{g['same_model_as']}"
         out.append(
             f"gate {side.upper()}: {verdict}; candidate {_fmt(g['candidate'])}, compared with "
             f"champion {_fmt(g['champion'])}; version {_fmt(g['version'])}"

@@ -408,6 +408,8 @@ def evaluate_candidate(ctx: StageContext) -> dict[str, Any]:
             "calibration": evaluate.calibration(y_test, score, cfg.evaluation.calibration_bins),
         },
         "threshold": threshold,
+        # which rows the test metrics are of (mlfolio diff says when two runs' differ)
+        "test_rows": {"rows": len(y_test), "digest": data.content_hash(parts["test"])},
         "threshold_curve": evaluate.threshold_curve(y_valid, valid_score),
         "champion": champion_info,
         "comparison": comparison,
