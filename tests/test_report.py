@@ -9,6 +9,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +23,16 @@ import yaml
 from mlfolio import pipeline
 from mlfolio.errors import StageError
 
-from .conftest import CHURN_CSV, CHURN_PARAMS, SMALL, chromium_path, deep_update, tracking_section
+from .conftest import (
+    CHURN_CSV,
+    CHURN_PARAMS,
+    ROOT,
+    SMALL,
+    chromium_path,
+    deep_update,
+    tracking_section,
+)
+from .team import _wait_http, free_port, stop
 
 pytestmark = pytest.mark.slow
 
@@ -87,9 +99,13 @@ def run_pipeline(folder: Path, **sections: Any) -> tuple[Path, StageError | None
     return run_dir, error
 
 
+# The index's MLflow links point here; the mlflow_ui fixture starts the UI the page prints.
+UI_URL = f"http://127.0.0.1:{free_port()}"
+
+
 @pytest.fixture(scope="module")
 def good_run(tmp_path_factory) -> Path:
-    run_dir, error = run_pipeline(tmp_path_factory.mktemp("good"))
+    run_dir, error = run_pipeline(tmp_path_factory.mktemp("good"), tracking={"ui_url": UI_URL})
     assert error is None, f"the small run should succeed: {error}"
     return run_dir
 
@@ -275,13 +291,143 @@ def test_index_says_how_to_open_the_mlflow_links(good_run, page):
     open_file(page, good_run / "index.html")
     link = page.locator("#mlflow-run")
     assert link.inner_text() == manifest["mlflow"]["parent_run_name"]
-    assert link.get_attribute("href").startswith("http://127.0.0.1:5000/#/experiments/")
+    assert link.get_attribute("href").startswith(f"{UI_URL}/#/experiments/")
     store = manifest["mlflow"]["tracking_uri"]
     assert store.startswith("sqlite:////")  # absolute: the command works from any folder
+    port = UI_URL.rsplit(":", 1)[1]
     assert page.inner_text("#mlflow-ui") == (
-        "(the links open the MLflow UI at http://127.0.0.1:5000: start it with "
-        f"mlflow ui --backend-store-uri {store})"
+        f"(the links open the MLflow UI at {UI_URL}: start it from {ROOT} with "
+        f".venv/bin/mlflow ui --backend-store-uri {store} --port {port} --workers 1)"
     )
+
+
+# -- the MLflow UI the index page prints, and its links in it --------------------------------
+@pytest.fixture(scope="module")
+def mlflow_ui(good_run, browser, tmp_path_factory) -> Iterator[str]:
+    """The index's ``mlflow ui`` command, run as printed from the folder it names (a real
+    subprocess); yields the URL the page says the links open, once it answers."""
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        open_file(page, good_run / "index.html")
+        command = page.inner_text("#mlflow-ui-command")
+        cwd = page.inner_text("#mlflow-ui-cwd")
+    finally:
+        context.close()
+    log = tmp_path_factory.mktemp("mlflow-ui") / "ui.log"
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            shlex.split(command),
+            cwd=cwd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        _wait_http(f"{UI_URL}/health", proc, log, timeout=180)
+        yield UI_URL
+    finally:
+        stop(proc)
+
+
+def test_the_printed_mlflow_ui_command_serves_the_runs_store(good_run, mlflow_ui):
+    import httpx
+
+    manifest = json.loads((good_run / "manifest.json").read_text())
+    page = httpx.get(mlflow_ui, timeout=30)
+    assert page.status_code == 200 and "<title>MLflow</title>" in page.text
+    run = httpx.get(
+        f"{mlflow_ui}/ajax-api/2.0/mlflow/runs/get",
+        params={"run_id": manifest["mlflow"]["parent_run_id"]},
+        timeout=30,
+    )
+    assert run.status_code == 200, run.text
+    assert run.json()["run"]["info"]["run_name"] == manifest["mlflow"]["parent_run_name"]
+
+
+def ui_context(browser: Any) -> Any:
+    """A fresh browser (the UI remembers its last view in local storage) that may reach the
+    loopback MLflow UI and nothing else."""
+    context = browser.new_context(viewport={"width": 1440, "height": 900})
+
+    def loopback_only(route: Any) -> None:
+        url = route.request.url
+        host = urlsplit(url).hostname or ""
+        if url.startswith(("file:", "data:", "blob:")) or host in ("127.0.0.1", "localhost"):
+            route.continue_()
+        else:
+            route.abort()
+
+    context.route("**/*", loopback_only)
+    return context
+
+
+@pytest.mark.parametrize("link", ["#mlflow-experiment", "#mlflow-run", "a.mlflow-stage-run"])
+def test_index_mlflow_links_open_the_model_training_view(good_run, mlflow_ui, browser, link):
+    """Followed from the index page in Chromium, every MLflow link lands on MLflow 3's
+    model-training view (runs table, run page), never the GenAI view it opens by default
+    (Overview with traces and token usage)."""
+    manifest = json.loads((good_run / "manifest.json").read_text())
+    context = ui_context(browser)
+    try:
+        page = context.new_page()
+        open_file(page, good_run / "index.html")
+        target = page.locator(link).first
+        href = target.get_attribute("href")
+        assert href.startswith(f"{mlflow_ui}/#/experiments/{manifest['mlflow']['experiment_id']}")
+        with page.expect_navigation(wait_until="load"):
+            target.click()
+        if link == "a.mlflow-stage-run":
+            first_stage = next(iter(manifest["stages"]))
+            expect_name = first_stage
+        else:
+            expect_name = manifest["mlflow"]["parent_run_name"]
+        # the run's name (model training) or the GenAI view's navigation, whichever renders
+        shown = page.get_by_text(expect_name).or_(page.get_by_text("Observability"))
+        shown.first.wait_for(timeout=60_000)
+        page.wait_for_timeout(1000)
+        text = page.inner_text("body")
+        for genai in ("Observability", "Token Usage", "Training runs"):
+            assert genai not in text, f"{link}: the GenAI view ({genai!r}) at {page.url}"
+        assert "workflowType=machine_learning" in page.url, page.url
+        if link == "#mlflow-experiment":
+            assert "/runs?" in page.url and "Run Name" in text  # the runs table
+        else:
+            run_id = href.rsplit("/runs/", 1)[1].split("?")[0]
+            assert f"/runs/{run_id}" in page.url and "Model metrics" in text
+    finally:
+        context.close()
+
+
+def test_mlflow_ui_screenshots_tool(good_run, mlflow_ui):
+    """tools/mlflow_ui_screenshots.py starts its own ``mlflow ui`` on the run's store, follows
+    the index's links and writes PNGs of the model-training views into the run folder."""
+    shots = good_run / "screenshots"
+    for old in shots.glob("mlflow-*.png"):
+        old.unlink()
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "mlflow_ui_screenshots.py"), str(good_run)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert len(lines) == 2, done.stdout
+    for name, line in zip(("experiment", "run"), lines, strict=True):
+        path, url = line.split("  (")
+        assert Path(path) == shots / f"mlflow-{name}.png"
+        assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert Path(path).stat().st_size > 20_000, path
+        assert "workflowType=machine_learning" in url and not url.startswith(mlflow_ui), url
+    target = os.environ.get("MLFOLIO_SCREENSHOT_DIR")  # keep them, to look at by hand
+    if target:
+        for png in shots.glob("mlflow-*.png"):
+            (Path(target) / png.name).write_bytes(png.read_bytes())
 
 
 def test_pages_load_nothing_from_the_web(good_run, failed_run, browser, tmp_path):

@@ -178,24 +178,43 @@ def test_experiment_opens_as_model_development_in_mlflow_3(tmp_path, monkeypatch
 
 
 def test_ui_hint_serves_the_runs_store_where_the_links_point():
+    """The command is runnable as printed from the project root: the venv's own mlflow,
+    one worker (mlflow ui starts four by default)."""
+    root = str(config.project_dir())
+    mlflow_ui = ".venv/bin/mlflow ui --backend-store-uri"  # this test runs in the venv
     db = "sqlite:////srv/churn/mlflow.db"
     assert tracking.ui_hint(db, "http://127.0.0.1:5000") == {
-        "command": "mlflow ui --backend-store-uri sqlite:////srv/churn/mlflow.db"
+        "command": f"{mlflow_ui} sqlite:////srv/churn/mlflow.db --workers 1",
+        "cwd": root,
     }
-    assert tracking.ui_hint(db, "http://localhost:5055/") == {
-        "command": "mlflow ui --backend-store-uri sqlite:////srv/churn/mlflow.db --port 5055"
-    }
+    assert tracking.ui_hint(db, "http://localhost:5055/")["command"] == (
+        f"{mlflow_ui} sqlite:////srv/churn/mlflow.db --port 5055 --workers 1"
+    )
     pg = "postgresql://mlflow@db:5432/mlflow"
     assert tracking.ui_hint(pg, "http://10.0.0.5:8080")["command"] == (
-        f"mlflow ui --backend-store-uri {pg} --host 10.0.0.5 --port 8080"
+        f"{mlflow_ui} {pg} --host 10.0.0.5 --port 8080 --workers 1"
     )
     spaced = "sqlite:////tmp/my runs/mlflow.db"
-    assert tracking.ui_hint(spaced, "http://127.0.0.1:5000")["command"].endswith(f"'{spaced}'")
+    assert f"'{spaced}'" in tracking.ui_hint(spaced, "http://127.0.0.1:5000")["command"]
     server = "http://mlflow.internal:5000"
     assert tracking.ui_hint(server, server + "/") == {"server": server, "note": ""}
     assert tracking.ui_hint(server, "http://127.0.0.1:5000")["note"] == (
         f"tracking.ui_url is http://127.0.0.1:5000: set it to {server}"
     )
+
+
+def test_ui_links_open_the_model_training_view():
+    """MLflow 3.17's UI opens the GenAI view unless the link asks for model training."""
+    ui = "http://127.0.0.1:5000/"
+    assert tracking.ui_link(ui, "3") == (
+        "http://127.0.0.1:5000/#/experiments/3?workflowType=machine_learning"
+    )
+    assert tracking.ui_link(ui, "3", "abc") == (
+        "http://127.0.0.1:5000/#/experiments/3/runs/abc?workflowType=machine_learning"
+    )
+    cfg = config.load(CHURN_PARAMS)
+    assert tracking.run_url(cfg, "3", "abc") == tracking.ui_link(cfg.tracking.ui_url, "3", "abc")
+    assert tracking.experiment_url(cfg, "3") == tracking.ui_link(cfg.tracking.ui_url, "3")
 
 
 def test_parent_run_headline_from_the_manifest():

@@ -130,6 +130,28 @@ def _mlflow_ui(manifest: dict[str, Any], ui: str) -> dict[str, str]:
     return tracking.ui_hint(uri, ui) if uri and ui else {}
 
 
+def _mlflow_links(manifest: dict[str, Any], ui: str) -> dict[str, Any]:
+    """The index's MLflow links (experiment, pipeline run, stage runs), built from the ids
+    at render time so that an older manifest's stored URL cannot miss the model-training
+    view (:data:`mlfolio.tracking.UI_VIEW`)."""
+    from mlfolio import tracking
+
+    mlf = manifest.get("mlflow") or {}
+    exp = mlf.get("experiment_id")
+    if not (ui and exp):
+        return {"stages": {}}
+    parent = mlf.get("parent_run_id")
+    return {
+        "experiment": tracking.ui_link(ui, exp),
+        "parent": tracking.ui_link(ui, exp, parent) if parent else None,
+        "stages": {
+            name: tracking.ui_link(ui, exp, stage["mlflow_run_id"])
+            for name, stage in (manifest.get("stages") or {}).items()
+            if stage.get("mlflow_run_id")
+        },
+    }
+
+
 def write_index(run_dir: Path, manifest: dict[str, Any]) -> Path:
     """The page a reviewer opens first: verdict, metrics, stages, data, parameters."""
     import jinja2
@@ -148,6 +170,7 @@ def write_index(run_dir: Path, manifest: dict[str, Any]) -> Path:
         why=_why_model_decides(run_dir),
         ui=ui,
         mlflow_ui=_mlflow_ui(manifest, ui),
+        links=_mlflow_links(manifest, ui),
         params_yaml=yaml.safe_dump(manifest.get("parameters", {}), sort_keys=False),
     )
     target = run_dir / "index.html"

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shlex
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,7 +31,8 @@ log = logging.getLogger(__name__)
 MODEL_REQUIREMENTS = ["mlflow", "scikit-learn", "xgboost", "pandas", "numpy", "cloudpickle"]
 
 
-# MLflow 3's UI opens an experiment without this tag in its GenAI view (traces, prompts).
+# The experiment's kind, for MLflow's own use; MLflow 3.17's UI takes its view from the
+# link instead (see UI_VIEW).
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
@@ -314,15 +317,47 @@ def load_model(model_uri: str) -> Any:
     return mlflow.sklearn.load_model(model_uri)
 
 
+# MLflow 3.17's UI takes its view from this query parameter (default: the GenAI view, with
+# its traces and token usage; the last one used is remembered in the browser), not from the
+# experiment's experimentKind tag: every link we print asks for the model-training view.
+UI_VIEW = "workflowType=machine_learning"
+
+
+def ui_link(ui_url: str, experiment_id: str, run_id: str | None = None) -> str:
+    """Link to an experiment (or one of its runs) in the MLflow UI at ``ui_url``, opening
+    the model-training view."""
+    path = f"/#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
+    return f"{ui_url.rstrip('/')}{path}?{UI_VIEW}"
+
+
 def run_url(cfg: Config, experiment_id: str, run_id: str) -> str:
-    """Link to a run in the MLflow UI."""
-    return f"{cfg.tracking.ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    """Link to a run in the MLflow UI (model-training view)."""
+    return ui_link(cfg.tracking.ui_url, experiment_id, run_id)
+
+
+def experiment_url(cfg: Config, experiment_id: str) -> str:
+    """Link to the experiment's runs in the MLflow UI (model-training view)."""
+    return ui_link(cfg.tracking.ui_url, experiment_id)
+
+
+def mlflow_executable() -> str:
+    """The ``mlflow`` command beside the running Python, as a person types it from the
+    project root (``.venv/bin/mlflow``); its absolute path when the environment lives
+    elsewhere; plain ``mlflow`` when there is none beside it."""
+    exe = Path(os.path.abspath(sys.executable)).parent / "mlflow"
+    if not exe.is_file():
+        return "mlflow"
+    try:
+        return str(exe.relative_to(project_dir()))
+    except ValueError:
+        return str(exe)
 
 
 def ui_hint(tracking_uri: str, ui_url: str) -> dict[str, str]:
     """How a reader opens the run links (``ui_url``): for a database store, the ``mlflow
-    ui`` command serving it there (host and port from ``ui_url``); for a tracking server,
-    the server itself (with a note when ``ui_url`` points elsewhere)."""
+    ui`` command serving it there (host and port from ``ui_url``, one worker), run from
+    ``cwd`` (the project root: the command may start with ``.venv/bin/``); for a tracking
+    server, the server itself (with a note when ``ui_url`` points elsewhere)."""
     if tracking_uri.startswith(("http://", "https://")):
         same = ui_url.rstrip("/") == tracking_uri.rstrip("/")
         note = "" if same else f"tracking.ui_url is {ui_url}: set it to {tracking_uri}"
@@ -330,13 +365,15 @@ def ui_hint(tracking_uri: str, ui_url: str) -> dict[str, str]:
     if tracking_uri.startswith("databricks"):
         return {"server": tracking_uri, "note": "open the run in the Databricks workspace"}
     url = urlsplit(ui_url)
-    command = ["mlflow", "ui", "--backend-store-uri", tracking_uri]
+    command = [mlflow_executable(), "ui", "--backend-store-uri", tracking_uri]
     if url.hostname not in (None, "127.0.0.1", "localhost"):  # mlflow ui binds 127.0.0.1
         command += ["--host", url.hostname]
     port = url.port or (443 if url.scheme == "https" else 80)
     if port != 5000:  # mlflow ui's default
         command += ["--port", str(port)]
-    return {"command": shlex.join(command)}
+    # one worker: mlflow ui starts four by default (~1.4 GB), a reader needs one
+    command += ["--workers", "1"]
+    return {"command": shlex.join(command), "cwd": str(project_dir())}
 
 
 def log_artifacts(run_id: str, paths: list[Path], artifact_path: str) -> None:

@@ -71,6 +71,7 @@ def _parent_run(cfg: Config, run_dir: Path, manifest: Manifest) -> tuple[str, st
             "tracking_uri": cfg.tracking_uri(),
             "experiment_id": exp_id,
             "experiment_name": cfg.experiment_name,
+            "experiment_url": tracking.experiment_url(cfg, exp_id),
             "parent_run_url": tracking.run_url(cfg, exp_id, mlf["parent_run_id"]),
         }
     )
