@@ -159,7 +159,7 @@ def mlflow_serve(registered, tmp_path_factory) -> Iterator[str]:
         log,
     )
     try:
-        _wait_http(f"http://127.0.0.1:{port}/ping", proc, log, timeout=120)
+        _wait_http(f"http://127.0.0.1:{port}/ping", proc, log, timeout=180)
         yield f"http://127.0.0.1:{port}"
     finally:
         stop(proc)
