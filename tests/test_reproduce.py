@@ -117,7 +117,14 @@ def original(tmp_path_factory):
         mlflow.set_registry_uri(uri)
         v2 = registry.register(NAME, ev["candidate"]["model_uri"], ev["candidate"]["run_id"], {})
         registry.set_alias(v2, registry.CHAMPION, "test: the champion moves on")
-    return {"root": root, "data": data, "run_b": run_b, "runs": runs, "uri": uri}
+    return {
+        "root": root,
+        "data": data,
+        "run_b": run_b,
+        "runs": runs,
+        "uri": uri,
+        "params": params,
+    }
 
 
 def _versions(uri: str) -> list[str]:
@@ -157,6 +164,13 @@ def test_reproduce_says_reproduced_against_the_original_champion(original, capsy
     assert _versions(uri) == ["1", "2"]
     assert registry.get_alias(NAME, registry.CHAMPION).version == "2"
     assert 'id="reproduction"' in (new / "index.html").read_text()
+
+    # A run on unchanged inputs after the reproduction still reuses tune: the train.json it
+    # would read names the reproduction's MLflow models, which must not count (issue 20).
+    after = pipeline.run(original["params"], stages=UP_TO_REGISTER[:-1], runs_root=runs, **QUIET)
+    stages = after.data["stages"]
+    assert stages["train"]["reused_from"]["run_dir"] == str(new)  # the newest
+    assert "reused_from" in stages["tune"], stages["tune"]
 
 
 @pytest.mark.slow

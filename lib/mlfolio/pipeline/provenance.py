@@ -73,11 +73,26 @@ def file_hash(path: Path) -> str:
     return h.hexdigest()
 
 
+# Names a run gives what it logs, not what it computed: a JSON product names the models it
+# logged (URIs, run ids) and its study after its run folder. Two runs that computed the same
+# thing differ only there; the model's parameters and scores recorded beside each URI
+# still tell two models apart. Hashed with them, an unchanged stage re-executed (e.g. by
+# `mlfolio reproduce`) would make every later stage miss.
+VOLATILE_KEYS = frozenset({"mlflow_run_id", "run_id", "model_uri", "model_id", "study_name"})
+
+
+def content(payload: Any) -> Any:
+    """A JSON document without :data:`VOLATILE_KEYS`, at any depth."""
+    if isinstance(payload, dict):
+        return {k: content(v) for k, v in payload.items() if k not in VOLATILE_KEYS}
+    if isinstance(payload, list):
+        return [content(v) for v in payload]
+    return payload
+
+
 def _product_hash(path: Path) -> str:
-    if path.suffix == ".json":  # leave out volatile MLflow ids
-        payload = read_json(path)
-        payload.pop("mlflow_run_id", None)
-        return _sha256(json.dumps(payload, sort_keys=True).encode())
+    if path.suffix == ".json":  # its content, key order and MLflow ids aside
+        return _sha256(json.dumps(content(read_json(path)), sort_keys=True).encode())
     return file_hash(path)
 
 
