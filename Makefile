@@ -40,8 +40,11 @@ lint: setup  ## ruff lint and format check (CI runs it before the tests)
 format: setup
 	$(BIN)/ruff format lib tests benchmarks tools
 
-lab: setup  ## JupyterLab on the stage notebooks
-	$(BIN)/jupyter lab notebooks/
+# jupyter refuses to start as root ("Running as root is not recommended") without this.
+ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
+
+lab: setup  ## JupyterLab on the stage notebooks (--allow-root when run as root)
+	$(BIN)/jupyter lab $(ALLOW_ROOT) notebooks/
 
 notebooks: setup  ## regenerate notebooks/ from tools/build_notebooks.py (no outputs)
 	$(BIN)/python tools/build_notebooks.py

@@ -272,6 +272,34 @@ def test_cli_exit_codes_and_messages(write_params, tmp_path):
     assert proc.returncode == 2 and "tuning.n_trails: unknown key" in proc.stderr
 
 
+def test_cli_output_on_a_fresh_store_starts_with_the_first_stage(
+    write_params, tracking_dir, runs_root
+):
+    """MLflow's "Creating initial MLflow database tables" and alembic's INFO lines, printed
+    when a new SQLite store is created, go to the run's log, not the terminal. (Train is
+    made to fail so the run stays short: what is printed before it is the point.)"""
+    exe = str(Path(sys.executable).parent / "mlfolio")
+    env = {**os.environ, "MLFOLIO_PROJECT_DIR": str(ROOT), "MLFOLIO_USER": "pytest"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    params = write_params(training={"models": ["logreg"], "logreg": {"C": -1}})
+    assert not (tracking_dir / "mlflow.db").exists()
+    proc = subprocess.run(
+        [exe, "run", str(params), "--runs-root", str(runs_root)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    out = proc.stdout
+    assert proc.returncode == 1, out
+    assert out.startswith("[1/7] ingest     running ..."), out[:2000]
+    assert "database tables" not in out and "alembic" not in out, out[:2000]
+    (run_dir,) = runs_root.iterdir()
+    assert (
+        "Creating initial MLflow database tables" in (run_dir / "logs" / "runner.log").read_text()
+    )
+
+
 def test_a_second_data_set_needs_only_a_parameter_file(
     tmp_path, write_params, runs_root, use_store
 ):

@@ -158,6 +158,12 @@ def lock_kind(uri: str) -> str:
     return "lease"
 
 
+def lock_file(store: Path, purpose: str, model_name: str) -> Path:
+    """The lock file beside a SQLite store: ``mlflow.db.<purpose>-<model>.lock``
+    (``.gitignore`` keeps these out of git)."""
+    return store.with_name(f"{store.name}.{_slug(purpose)}-{_slug(model_name)}.lock")
+
+
 @contextlib.contextmanager
 def registry_lock(
     registry_uri: str, model_name: str, purpose: str, timeout_s: float = 60.0
@@ -171,9 +177,7 @@ def registry_lock(
     kind = lock_kind(registry_uri)
     if kind == "file":
         store = Path(registry_uri.removeprefix("sqlite:///"))
-        ctx = file_lock(
-            store.with_name(f"{store.name}.{_slug(purpose)}-{_slug(model_name)}.lock"), timeout_s
-        )
+        ctx = file_lock(lock_file(store, purpose, model_name), timeout_s)
     elif kind == "postgres":
         ctx = postgres_lock(registry_uri, key, timeout_s)
     else:

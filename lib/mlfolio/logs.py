@@ -85,3 +85,39 @@ def route(log_file: Path) -> Callable[[], None]:
 
     _active.append(undo)
     return undo
+
+
+# What the runner itself logs to the run folder (MLflow creating a new store's tables,
+# alembic's migrations): INFO lines that would otherwise open the terminal's output.
+RUNNER_LOGGERS = ("mlflow", "alembic")
+
+
+def runner_log(run_dir: Path) -> Path:
+    """The runner process's log file in a run folder."""
+    return run_dir / "logs" / "runner.log"
+
+
+def route_runner(log_file: Path) -> Callable[[], None]:
+    """Send :data:`RUNNER_LOGGERS`' records (INFO and up) to ``log_file`` only, for the
+    runner process while it runs; the terminal keeps the runner's own lines and mlfolio's
+    warnings. Returns the undo."""
+    import mlflow  # noqa: F401  (it installs its stderr handler on import: replace it after)
+
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    to_file = logging.FileHandler(log_file, encoding="utf-8")
+    to_file.setFormatter(logging.Formatter(FORMAT))
+    saved = {}
+    for name in RUNNER_LOGGERS:
+        lib = logging.getLogger(name)
+        saved[name] = (lib.handlers[:], lib.propagate, lib.level)
+        lib.handlers, lib.propagate = [to_file], False
+        lib.setLevel(logging.INFO)
+
+    def undo() -> None:
+        for name, (handlers, propagate, level) in saved.items():
+            lib = logging.getLogger(name)
+            lib.handlers, lib.propagate = handlers, propagate
+            lib.setLevel(level)
+        to_file.close()
+
+    return undo

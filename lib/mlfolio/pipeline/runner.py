@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from mlfolio import config as config_mod
+from mlfolio import logs
 from mlfolio import progress as progress_file
 from mlfolio.config import Config, project_dir
 from mlfolio.errors import ConfigError, RunInterrupted, StageError
@@ -166,6 +167,7 @@ def run(
         manifest.data["trigger"] = trigger
     sigs = _Signals()
     sigs.install()
+    unroute = logs.route_runner(logs.runner_log(folder))
     try:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # kernels inherit it (xgboost)
         os.environ["MLFOLIO_PROJECT_DIR"] = str(project_dir())
@@ -225,6 +227,7 @@ def run(
             sigs.release_all()
         finally:
             sigs.restore()
+            unroute()
             lock.close()
 
 
