@@ -98,3 +98,41 @@ def test_help_is_instant_it_imports_no_heavy_library():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip().endswith("[]")
+
+
+@pytest.mark.parametrize(
+    "override, key, wrong, closest",
+    [
+        ("schema.target=churnn", "schema.target", "churnn", "churn"),
+        ("schema.id_column=customer_id", "schema.id_column", "customer_id", "customerid"),
+        (
+            "schema.numeric=[tenur,monthlycharges,totalcharges]",
+            "schema.numeric",
+            "tenur",
+            "tenure",
+        ),
+        (
+            "schema.categorical=[gender,Contract]",
+            "schema.categorical",
+            "Contract",
+            "contract",
+        ),
+    ],
+)
+def test_a_schema_column_missing_from_the_data_header_is_exit_2_before_any_run(
+    write_params, tmp_path, capsys, override, key, wrong, closest
+):
+    """Caught when the parameters are checked against the source's header: no run folder,
+    no MLflow run (not even a tracking store) and the message names the key, the column
+    and the closest one the data has."""
+    runs = tmp_path / "runs"
+    params = write_params()
+    store = tmp_path / "tracking" / "mlflow.db"
+    code = cli.main(["run", str(params), "--runs-root", str(runs), "-p", override])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"{key}: column {wrong!r} is not in the data" in err, err
+    assert f"did you mean {closest!r}?" in err, err
+    assert "telco_churn.csv" in err
+    assert not runs.exists() or not any(runs.iterdir())
+    assert not store.exists()  # nothing opened the tracking store: no MLflow run

@@ -346,8 +346,24 @@ def test_validate_real_data(raw, schema):
 
 
 def test_validate_missing_column(raw, schema):
-    with pytest.raises(DataValidationError, match=r"missing column\(s\) \['tenure'\]"):
+    with pytest.raises(
+        DataValidationError,
+        match=r"^schema\.numeric: column 'tenure' is not in the data \(telco\.csv\); its col",
+    ):
         validate(raw.drop(columns="tenure"), schema, source="telco.csv")
+
+
+def test_ingest_names_the_schema_key_and_the_closest_column(raw, schema):
+    """An S3 object or SQL query has no header to check up front: ingest says what the
+    header check says for a file (key, column, closest match)."""
+    renamed = raw.rename(columns={"churn": "Churn", "contract": "contract_type"})
+    with pytest.raises(DataValidationError) as info:
+        validate(renamed, schema, source="data.uri s3://bucket/churn.csv")
+    assert str(info.value) == (
+        "schema.target: column 'churn' is not in the data (data.uri s3://bucket/churn.csv); "
+        "did you mean 'Churn'?; schema.categorical: column 'contract' is not in the data "
+        "(data.uri s3://bucket/churn.csv); did you mean 'contract_type'?"
+    )
 
 
 def test_validate_numeric_column_with_text(raw, schema):

@@ -65,6 +65,73 @@ def schema_columns(schema: SchemaConfig) -> list[str]:
     return [c for c in [schema.id_column, *schema.features, schema.target] if c]
 
 
+# Each schema key that names columns, and the columns it names.
+SCHEMA_KEYS = ("target", "id_column", "numeric", "categorical")
+
+
+def _named(schema: SchemaConfig, key: str) -> list[str]:
+    value = getattr(schema, key)
+    return list(value) if isinstance(value, list) else [value] if value else []
+
+
+def closest_column(name: str, found: list[str]) -> str | None:
+    """The data's column most like ``name``: the same but for case, else difflib's
+    closest (None: none is close)."""
+    import difflib
+
+    same = [c for c in found if str(c).lower() == name.lower()]
+    if same:
+        return str(same[0])
+    near = difflib.get_close_matches(name, [str(c) for c in found], n=1, cutoff=0.6)
+    return near[0] if near else None
+
+
+def missing_columns(schema: SchemaConfig, found: list[str], where: str) -> list[str]:
+    """One message per schema column ``found`` lacks, naming the key, the column and the
+    closest column the data has: ``schema.target: column 'churnn' is not in the data
+    (data.uri x.csv); did you mean 'churn'?``"""
+    problems = []
+    for key in SCHEMA_KEYS:
+        for col in _named(schema, key):
+            if col in found:
+                continue
+            near = closest_column(col, found)
+            hint = f"did you mean {near!r}?" if near else f"its columns: {', '.join(found)}"
+            problems.append(f"schema.{key}: column {col!r} is not in the data ({where}); {hint}")
+    return problems
+
+
+def header(source: DataConfig) -> list[str] | None:
+    """The column names of a CSV/Parquet file, reading only its header (None: an S3
+    object or SQL query, whose columns are known only when ingest reads them, or a file
+    that cannot be read here: ingest reports why)."""
+    if source.kind != "file":
+        return None
+    path = Path(source.uri)
+    try:
+        if path.name.lower().endswith(".csv"):
+            return [str(c) for c in pd.read_csv(path, nrows=0).columns]
+        import pyarrow.parquet as pq
+
+        return list(pq.read_schema(path).names)
+    except Exception:  # noqa: BLE001 (missing, empty, unreadable: ingest names the cause)
+        return None
+
+
+def check_header(source: DataConfig, schema: SchemaConfig) -> None:
+    """Raise ConfigError (exit 2) when a column the schema names is not in the source's
+    header: before any run folder or MLflow run exists. Sources without a cheap header
+    (S3, SQL) are checked by ingest, with the same message."""
+    from mlfolio.errors import ConfigError
+
+    found = header(source)
+    if found is None:
+        return
+    problems = missing_columns(schema, found, f"data.uri {source.uri}")
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
 def _file_columns(path: Path, wanted: list[str]) -> list[str] | None:
     """``wanted`` when the file has every one of them (read only those), else None (read
     all: validation then names what is missing and what was found)."""
@@ -178,12 +245,9 @@ def check(df: pd.DataFrame, schema: SchemaConfig, source: str = "data") -> Valid
     """
     if df.empty:
         raise DataValidationError(f"{source}: no rows")
-    expected = [c for c in [schema.id_column, *schema.features, schema.target] if c]
-    missing = [c for c in expected if c not in df.columns]
+    missing = missing_columns(schema, [str(c) for c in df.columns], source)
     if missing:
-        raise DataValidationError(
-            f"{source}: missing column(s) {missing}; found {list(df.columns)}"
-        )
+        raise DataValidationError("; ".join(missing))
     problems: list[str] = []
     no_target = _missing_target(df[schema.target])
     dropped = 0
@@ -251,7 +315,8 @@ def check(df: pd.DataFrame, schema: SchemaConfig, source: str = "data") -> Valid
         raise DataValidationError(f"{source}: " + "; ".join(problems))
     if non_finite_as_missing:
         log.warning("%s: non-finite values treated as missing: %s", source, non_finite_as_missing)
-    return Validated(df[expected].reset_index(drop=True), dropped, non_finite_as_missing)
+    columns = schema_columns(schema)
+    return Validated(df[columns].reset_index(drop=True), dropped, non_finite_as_missing)
 
 
 def validate(df: pd.DataFrame, schema: SchemaConfig, source: str = "data") -> pd.DataFrame:

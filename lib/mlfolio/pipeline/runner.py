@@ -132,6 +132,10 @@ def run(
 
     selected = select_stages(stages, from_stage, kind)
     cfg = config_mod.load(params_file, overrides)  # all validation before any notebook
+    if kind == "training" and any(s.name == "ingest" for s in selected):
+        from mlfolio import data
+
+        data.check_header(cfg.data, cfg.schema)  # the schema's columns vs the file's header
     changed: list[str] = []
     if run_dir is not None:
         folder = Path(run_dir).resolve()

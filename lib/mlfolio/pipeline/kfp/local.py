@@ -43,9 +43,11 @@ def run_local(
     from kfp import compiler, components
     from kfp import local as kfp_local
 
+    from mlfolio import data
     from mlfolio.pipeline.runner import _create_sqlite_store
 
     cfg, text = spec.prepare(params_file, overrides, cluster=False)
+    data.check_header(cfg.data, cfg.schema)  # before the run folder, as the default engine
     folder = new_run_dir(cfg, runs_root)
     (folder / "logs").mkdir(parents=True)
     created = datetime.now(UTC).isoformat(timespec="seconds")
