@@ -69,7 +69,8 @@ def test_default_run_end_to_end_then_identical_rerun_is_not_promoted(
         "gate:       passed: no champion yet: nothing to beat",
         "model:      churn-classifier version 1 (registered), holds @champion, @challenger",
         "champion:   version 1 (the first)",
-        "deployed:   version 1 (@champion) to local, kubernetes",
+        "deployed:   version 1 (@champion): local checked, then stopped; kubernetes manifests "
+        "written (not applied)",
     ]
     assert lines[-1] == f"run folder: {run_dir}\nreport:     {run_dir / 'index.html'}"
 
@@ -144,7 +145,8 @@ def test_default_run_end_to_end_then_identical_rerun_is_not_promoted(
         "registered), holds @champion, @challenger; not promoted: same model as champion "
         "v1, which it already is",
         "champion:   version 1 (unchanged)",
-        "deployed:   version 1 (@champion) to local, kubernetes",
+        "deployed:   version 1 (@champion): local checked, then stopped; kubernetes manifests "
+        "written (not applied)",
     ]
     assert second.data["candidate"] == m["candidate"]
     assert second.data["data_hash"] == m["data_hash"]

@@ -220,12 +220,13 @@ def test_drift_retrains_and_only_a_better_model_is_promoted(env):
     assert act["promoted"] is False and env.champion() == promoted
     assert retrain_m.data["gate"]["passed"] is False
     assert any(r.startswith("FAIL") for r in retrain_m.data["gate"]["reasons"])
-    # both pages say the champion still serves, not that the refused version was deployed
+    # the pages say the champion stays, not that the refused version was deployed, and the
+    # kubernetes target says what it did: manifests written, nothing applied
     retrain_index = (Path(retrain_m.data["run_dir"]) / "index.html").read_text()
-    assert f"No new champion; version {promoted} still serves." in retrain_index
-    assert f"v{promoted} still serves</span>" in retrain_index  # kubernetes target's status
+    assert f"No new champion; version {promoted} stays @champion." in retrain_index
+    assert ">manifests written (not applied)</span>" in retrain_index  # kubernetes target
     monitor_index = (Path(monitor_m.data["run_dir"]) / "index.html").read_text()
-    assert f"no new champion; version {promoted} still serves" in monitor_index
+    assert f"no new champion; version {promoted} stays @champion" in monitor_index
 
 
 @pytest.mark.parametrize("case", ["missing column", "wrong type", "empty"])

@@ -550,11 +550,19 @@ def test_failed_stage_page_shows_error(failed_run, page):
     assert page.locator("[data-mime-type='application/vnd.jupyter.stderr']").count() >= 1
 
 
-def test_index_lists_the_deployments(good_run, page):
+def test_index_says_what_each_deployment_really_did(good_run, page):
+    """The local server was checked, then stopped; the manifests were written, not
+    applied: the page never calls either deployed, and says that nothing serves."""
     open_file(page, good_run / "index.html")
-    rows = page.locator("#deployments tr").all_inner_texts()
-    assert any(r.startswith("local") and "deployed" in r and "rows_checked" in r for r in rows)
-    assert any(r.startswith("kubernetes") and "deployed" in r for r in rows)
+    local = page.inner_text("#deploy-local")
+    assert page.inner_text("#deploy-local .badge") == "checked, then stopped"
+    assert "rows_checked" in local and "answers_match_pipeline" in local
+    assert page.inner_text("#deploy-kubernetes .badge") == "manifests written (not applied)"
+    assert "deployed" not in page.inner_text("#deployments").lower()
+    assert page.inner_text("#deploy-live") == (
+        "Nothing serves version 1 from this run: local checked, then stopped; "
+        "kubernetes manifests written (not applied)."
+    )
 
 
 # -- why the model decides (index and evaluate page) ----------------------------------------

@@ -393,14 +393,17 @@ def test_deploy_stage_ships_each_target_through_deploy_targets(registered_run):
     units, _ = registered_run
     _, result = units.run("deploy", stages.deploy_model)
     k8s = result["targets"]["kubernetes"]
-    assert result["model"] == f"{UNIT_MODEL} v1 (@champion)" and k8s["status"] == "deployed"
+    assert result["model"] == f"{UNIT_MODEL} v1 (@champion)" and k8s["status"] == "written"
+    assert k8s["outcome"] == "manifests written (not applied)"  # nothing was applied
     out = units.run_dir / "deploy" / "kubernetes"
     for name in ("kubernetes.yaml", "servicemonitor.yaml", "prometheusrule.yaml"):
         assert (out / name).is_file()
     assert "PrometheusRule" in k8s["resources"]  # the run's monitoring.alerts, validated
     written = json.loads((units.run_dir / "deploy.json").read_text())
-    assert written["targets"]["kubernetes"]["status"] == "deployed"
-    assert views.deploy_table(result).loc["kubernetes", "status"] == "deployed"
+    assert written["targets"]["kubernetes"]["status"] == "written"
+    assert views.deploy_table(result).loc["kubernetes", "status"] == (
+        "manifests written (not applied)"
+    )
 
 
 def test_deploy_stage_names_a_target_missing_from_deploy_targets(registered_run, monkeypatch):

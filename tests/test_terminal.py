@@ -39,3 +39,42 @@ def test_the_same_model_as_the_champion_says_so_not_a_zero_gain(tmp_path):
         "gate:       same model as champion v1 (identical model files, mlfolio.model_hash): "
         "no gain to measure, nothing to promote"
     ]
+
+
+def test_the_deployed_line_says_what_each_target_did_never_deployed_for_a_stopped_server(
+    tmp_path,
+):
+    import json
+
+    (tmp_path / "register.json").write_text(
+        json.dumps({"alias_events": [{"alias": "champion", "version": "1"}], "champion": "1"})
+    )
+    manifest = {
+        "gate": {"passed": True, "reasons": ["PASS no champion yet: nothing to beat"]},
+        "model": {"model_name": "churn", "version": "1", "promoted": True, "champion": "1"},
+        "stages": {"deploy": {"status": "succeeded"}},
+        "deploy": {
+            "version": "1",
+            "alias": "champion",
+            "targets": {
+                "local": {"status": "checked", "url": "http://127.0.0.1:41234"},
+                "kubernetes": {"status": "written"},
+            },
+        },
+    }
+    expected = (
+        "deployed:   version 1 (@champion): local checked, then stopped; "
+        "kubernetes manifests written (not applied)"
+    )
+    assert terminal.run_verdict(manifest, tmp_path)[-1] == expected
+    # a deploy.json from before the targets said so: both were "deployed", neither was
+    legacy = {t: {"status": "deployed"} for t in ("local", "kubernetes")}
+    manifest["deploy"]["targets"] = legacy
+    assert terminal.run_verdict(manifest, tmp_path)[-1] == expected
+    manifest["deploy"]["targets"] = {
+        "local": {"status": "serving", "url": "http://127.0.0.1:8080"},
+        "lambda": {"status": "deployed"},
+    }
+    assert terminal.run_verdict(manifest, tmp_path)[-1] == (
+        "deployed:   version 1 (@champion): local serving at http://127.0.0.1:8080; lambda deployed"
+    )

@@ -211,12 +211,14 @@ alias history of its own.""",
         "Deploy",
         """\
 Deploys the model version behind `deploy.alias` (default `champion`) to each target of
-`deploy.targets`: **local** starts `mlfolio serve` and checks its answers on test rows
-against the pipeline's own; **kubernetes** renders a Dockerfile, Deployment, Service,
-HorizontalPodAutoscaler, PodDisruptionBudget and a KServe InferenceService, validated
-against the Kubernetes schemas; **lambda** and **sagemaker** build the package or
+`deploy.targets`: **local** starts `mlfolio serve`, checks its answers on test rows
+against the pipeline's own, then stops it (`deploy.local.keep_serving` leaves it serving);
+**kubernetes** writes a Dockerfile, Deployment, Service, HorizontalPodAutoscaler,
+PodDisruptionBudget and a KServe InferenceService, validated against the Kubernetes
+schemas, and applies nothing; **lambda** and **sagemaker** build the package or
 `model.tar.gz` and create or update the function or endpoint through boto3. What each
-target deployed is written to `deploy.json`.""",
+target really did (checked, then stopped; serving at URL; manifests written, not applied;
+deployed) is written to `deploy.json`.""",
         [
             ("code", "result = stages.deploy_model(ctx)\nviews.deploy_table(result)"),
         ],

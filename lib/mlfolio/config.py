@@ -310,6 +310,11 @@ class LocalTargetConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(0, ge=0, le=65535, description="0 = a free port")
     sample_rows: int = Field(20, ge=1, description="test rows sent to check the answers")
+    keep_serving: bool = Field(
+        False,
+        description="leave the checked server running (its URL and pid are recorded); "
+        "false: it is stopped after the check, and nothing serves",
+    )
 
 
 class KubernetesTargetConfig(_Section):

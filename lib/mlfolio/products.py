@@ -117,6 +117,34 @@ class DeployDoc(_Doc):
     targets: dict[str, Any]
 
 
+# What a deploy target's ``status`` says happened, in the words the index page and the
+# terminal use. Only ``serving`` and ``deployed`` mean something answers requests.
+DEPLOY_OUTCOMES = {
+    "serving": "serving at {url}",
+    "checked": "checked, then stopped",
+    "written": "manifests written (not applied)",
+    "deployed": "deployed",
+    "failed": "failed",
+}
+LIVE = ("serving", "deployed")
+# deploy.json files written before the targets said how far they went called both
+# "deployed": the local server was always stopped, the manifests never applied.
+_LEGACY = {"local": "checked", "kubernetes": "written"}
+
+
+def deploy_status(target: str, doc: dict[str, Any]) -> str:
+    """A target's status in ``deploy.json`` (read honestly from older files too)."""
+    status = doc.get("status", "deployed")
+    return _LEGACY.get(target, status) if status == "deployed" else status
+
+
+def deploy_outcome(target: str, doc: dict[str, Any]) -> str:
+    """What happened at ``target``, in words: ``checked, then stopped``, ``serving at
+    http://127.0.0.1:8080``, ``manifests written (not applied)``, ``deployed``."""
+    status = deploy_status(target, doc)
+    return DEPLOY_OUTCOMES.get(status, status).format(url=doc.get("url", "?"))
+
+
 class RetrainDecisionDoc(_Doc):
     retrain: bool
     reasons: list[str]

@@ -152,6 +152,26 @@ def _mlflow_links(manifest: dict[str, Any], ui: str) -> dict[str, Any]:
     }
 
 
+def _deployments(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each deploy target: its status, what happened in words, whether something serves
+    now, and the facts it recorded."""
+    from mlfolio import products
+
+    out = []
+    for target, doc in ((manifest.get("deploy") or {}).get("targets") or {}).items():
+        status = products.deploy_status(target, doc)
+        out.append(
+            {
+                "target": target,
+                "status": status,
+                "outcome": products.deploy_outcome(target, doc),
+                "live": status in products.LIVE,
+                "facts": {k: v for k, v in doc.items() if k not in ("status", "outcome")},
+            }
+        )
+    return out
+
+
 def write_index(run_dir: Path, manifest: dict[str, Any]) -> Path:
     """The page a reviewer opens first: verdict, metrics, stages, data, parameters."""
     import jinja2
@@ -167,6 +187,7 @@ def write_index(run_dir: Path, manifest: dict[str, Any]) -> Path:
         metric_cols=("roc_auc", "pr_auc", "log_loss", "brier", "f1"),
         comparison=comparison,
         champion_diff=champion_diff,
+        deployments=_deployments(manifest),
         why=_why_model_decides(run_dir),
         ui=ui,
         mlflow_ui=_mlflow_ui(manifest, ui),

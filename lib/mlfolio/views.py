@@ -466,12 +466,20 @@ def alias_history_table(ctx: StageContext) -> pd.DataFrame:
 
 # -- deploy ------------------------------------------------------------------------------
 def deploy_table(result: dict[str, Any]) -> pd.DataFrame:
-    """One row per target: status and the main facts it recorded."""
+    """One row per target: what happened there (``checked, then stopped``, ``manifests
+    written (not applied)``, ``serving at URL``, ``deployed``) and the main facts it
+    recorded."""
+    from mlfolio.products import deploy_outcome
+
     rows = {}
     for target, r in result["targets"].items():
-        facts = {k: v for k, v in r.items() if isinstance(v, str | int | float) and k != "status"}
+        facts = {
+            k: v
+            for k, v in r.items()
+            if isinstance(v, str | int | float) and k not in ("status", "outcome")
+        }
         rows[target] = {
-            "status": r["status"],
+            "status": deploy_outcome(target, r),
             "details": "; ".join(f"{k}={v}" for k, v in list(facts.items())[:4]),
         }
     return pd.DataFrame(rows).T

@@ -1,9 +1,11 @@
-"""The local target: serve the model with ``mlfolio serve``, check its answers, stop it.
+"""The local target: serve the model with ``mlfolio serve``, check its answers, then stop
+it (``checked``) or leave it serving (``deploy.local.keep_serving``: ``serving``).
 
 The check is the point: the real server, started from the registry exactly as a user
 would start it, must answer the test rows with the probabilities the pipeline computes
-in process. To keep a server running afterwards, run the command recorded in
-``deploy.json`` (``mlfolio serve --model models:/<name>@champion``).
+in process. A checked server is stopped: nothing serves afterwards, and the records say
+so. To keep one running, set ``deploy.local.keep_serving`` (its URL and process id are
+recorded) or run the command recorded in ``deploy.json``.
 """
 
 from __future__ import annotations
@@ -73,9 +75,13 @@ def deploy_local(
     port: int = 0,
     log_path: Path | None = None,
     ready_timeout: float = 120.0,
+    keep_serving: bool = False,
 ) -> dict[str, Any]:
     """Start the server, wait for /ping, compare its answers on ``rows`` with ``expected``
-    (positive-class probabilities), stop it, and return what was checked.
+    (positive-class probabilities), and return what was checked: ``status`` ``checked``
+    (the server was stopped) or, with ``keep_serving``, ``serving`` (left running in its
+    own session, so the stage's kernel ending does not stop it; ``pid`` recorded). A
+    failed check always stops it.
 
     The server inherits the environment: with ``$MLFOLIO_SERVE_TOKEN`` set it requires that
     token, and the check sends it."""
@@ -85,7 +91,8 @@ def deploy_local(
     if log_path:  # the run folder may have no logs/ yet (a stage on a cold kernel)
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
-    proc = subprocess.Popen(cmd, stdout=log, stderr=log)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=keep_serving)
+    checked = False
     try:
         deadline = time.monotonic() + ready_timeout
         while True:
@@ -123,7 +130,9 @@ def deploy_local(
                 f"local: the server's probabilities differ from the pipeline's "
                 f"by up to {diff:.3g} on {len(rows)} test rows"
             )
-        return {
+        checked = True
+        result = {
+            "status": "serving" if keep_serving else "checked",
             "url": url,
             "model_uri": model_uri,
             "rows_checked": int(len(rows)),
@@ -131,11 +140,15 @@ def deploy_local(
             "answers_match_pipeline": True,
             "serve_command": shlex.join(serve_command(model_uri, host, 8080, tracking_uri)),
         }
+        if keep_serving:
+            result["pid"] = proc.pid
+        return result
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        if not (checked and keep_serving):
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
         if log_path:
             log.close()

@@ -2,10 +2,11 @@
 
 Each target builds and ships the model version ``ref`` (served as ``alias_uri``, e.g.
 ``models:/churn-classifier@champion``), writes what it builds under ``out_dir``
-(``<run>/deploy/<name>/``) and returns what it deployed; it raises DeployError when it
-cannot. A new target is a function here and its name in ``TARGETS`` (and in
-``DeployConfig.targets``). boto3, sagemaker and the Kubernetes validators are imported
-inside the target that needs them.
+(``<run>/deploy/<name>/``) and returns what it did, with a ``status`` saying how far it
+went (:data:`mlfolio.products.DEPLOY_OUTCOMES`: ``deployed`` when nothing says less); it
+raises DeployError when it cannot. A new target is a function here and its name in
+``TARGETS`` (and in ``DeployConfig.targets``). boto3, sagemaker and the Kubernetes
+validators are imported inside the target that needs them.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 
 def deploy_local(ctx: StageContext, ref: ModelRef, alias_uri: str, out_dir: Path) -> dict[str, Any]:
     """Start ``mlfolio serve`` on the alias and check its answers on test rows against the
-    pipeline's own scores."""
+    pipeline's own scores; then stop it (``checked``), or leave it ``serving``."""
     from mlfolio import tracking, train
     from mlfolio.deploy.local import deploy_local as serve_and_check
     from mlfolio.stages import SPLITS
@@ -38,13 +39,15 @@ def deploy_local(ctx: StageContext, ref: ModelRef, alias_uri: str, out_dir: Path
         host=local.host,
         port=local.port,
         log_path=ctx.path("logs/serve-local.log"),
+        keep_serving=local.keep_serving,
     )
 
 
 def deploy_kubernetes(
     ctx: StageContext, ref: ModelRef, alias_uri: str, out_dir: Path
 ) -> dict[str, Any]:
-    """Render the Dockerfile and manifests into ``out_dir`` and validate them."""
+    """Render the Dockerfile and manifests into ``out_dir`` and validate them: ``written``,
+    nothing is applied to a cluster."""
     from mlfolio.deploy import kubernetes
 
     k = ctx.cfg.deploy.kubernetes
@@ -62,7 +65,7 @@ def deploy_kubernetes(
         monitoring=ctx.cfg.monitoring,
     )
     summary["validated"] = kubernetes.validate_manifests(out_dir / "kubernetes.yaml")
-    return summary
+    return {"status": "written", **summary}
 
 
 def deploy_lambda(

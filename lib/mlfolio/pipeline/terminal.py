@@ -84,7 +84,8 @@ def run_verdict(
 ) -> list[str]:
     """The lines that end a training run: the gate's verdict and deciding reason, the
     version registered and the aliases it holds (``aliases``, read from the registry by
-    the caller; else the moves register made), the champion now, where it was deployed.
+    the caller; else the moves register made), the champion now, what each deploy target
+    did.
     Empty when evaluate did not run."""
     from mlfolio.context import read_json
 
@@ -136,11 +137,18 @@ def run_verdict(
     lines.append(_line("champion", now))
     deploy = manifest.get("deploy")
     if deploy and manifest.get("stages", {}).get("deploy", {}).get("status") == "succeeded":
-        targets = ", ".join(deploy.get("targets", {})) or "no target"
-        lines.append(
-            _line("deployed", f"version {deploy['version']} (@{deploy['alias']}) to {targets}")
-        )
+        lines.append(_line("deployed", deploy_summary(deploy)))
     return lines
+
+
+def deploy_summary(deploy: dict[str, Any]) -> str:
+    """``version 1 (@champion): local checked, then stopped; kubernetes manifests written
+    (not applied)`` — what each target really did, never "deployed" for a stopped server."""
+    from mlfolio.products import deploy_outcome
+
+    targets = deploy.get("targets") or {}
+    done = "; ".join(f"{t} {deploy_outcome(t, d)}" for t, d in targets.items()) or "no target"
+    return f"version {deploy['version']} (@{deploy['alias']}): {done}"
 
 
 # -- the monitor's drift verdict -------------------------------------------------------

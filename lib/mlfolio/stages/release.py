@@ -143,7 +143,9 @@ def register_model(ctx: StageContext) -> dict[str, Any]:
 # -- deploy ---------------------------------------------------------------------------
 def deploy_model(ctx: StageContext) -> dict[str, Any]:
     """Deploy the version behind ``deploy.alias`` to every target; each target's outcome is
-    recorded, and the stage fails (after writing deploy.json) if any target failed."""
+    recorded as it happened (``status`` and ``outcome``: a checked local server that was
+    stopped, manifests written but not applied), and the stage fails (after writing
+    deploy.json) if any target failed."""
     from mlfolio.deploy import TARGETS, DeployError
 
     cfg = ctx.cfg
@@ -164,12 +166,11 @@ def deploy_model(ctx: StageContext) -> dict[str, Any]:
                 )
             out_dir = ctx.path(f"deploy/{target}")
             out_dir.mkdir(parents=True, exist_ok=True)
-            results[target] = {
-                **TARGETS[target](ctx, ref, alias_uri, out_dir),
-                "status": "deployed",
-            }
+            # The target says how far it went (checked, written, serving, deployed).
+            done = {"status": "deployed", **TARGETS[target](ctx, ref, alias_uri, out_dir)}
+            results[target] = {**done, "outcome": products.deploy_outcome(target, done)}
         except DeployError as exc:
-            results[target] = {"status": "failed", "error": str(exc)}
+            results[target] = {"status": "failed", "outcome": "failed", "error": str(exc)}
     failed = {t: r["error"] for t, r in results.items() if r["status"] == "failed"}
     mlflow.set_tags({f"mlfolio.deploy.{t}": r["status"] for t, r in results.items()})
     ctx.write(
