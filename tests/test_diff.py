@@ -230,5 +230,22 @@ def test_diff_says_when_the_test_metrics_come_from_different_test_rows(two_runs,
         "rows): the test metrics of A and B are of different rows" in text
     )
     assert diff.diff_runs(a, b)["test_rows"]["same"] is True
-    page = diff.write_html(d, tmp_path / "diff.html").read_text()
-    assert 'id="test-rows" class="warn"' in page
+    page_file = diff.write_html(d, tmp_path / "diff.html")
+    if chromium_path() is None:
+        pytest.skip("no Chromium installed")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=chromium_path(), headless=True, args=["--no-sandbox", "--disable-gpu"]
+        )
+        try:
+            page = browser.new_page()
+            page.goto(page_file.as_uri())
+            warning = page.locator("#test-rows.warn")
+            assert warning.inner_text().startswith(
+                f"Different test rows: A's test metrics are of {ev_a['test_rows']['rows']} rows"
+            )
+            border = warning.evaluate("e => getComputedStyle(e).borderLeftColor")
+            assert border == "rgb(207, 34, 46)"
+        finally:
+            browser.close()
