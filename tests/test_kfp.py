@@ -210,6 +210,9 @@ def test_run_engine_options_are_checked(write_params, runs_root, capsys):
     assert "--kfp-host URL goes with --engine kfp" in capsys.readouterr().err
     assert cli.main([*run, "--kfp-host", "http://kfp"]) == 2  # not the default engine
     assert "--kfp-host URL goes with --engine kfp" in capsys.readouterr().err
+    # the schema against the data's header, before any folder, as the default engine does
+    assert cli.main([*run, "--engine", "kfp-local", "-p", "schema.target=churnn"]) == 2
+    assert "schema.target: column 'churnn' is not in the data" in capsys.readouterr().err
     assert not any(runs_root.iterdir())
 
 
@@ -380,6 +383,16 @@ def test_kfp_local_runs_the_chain_against_the_team_services(team_env, tmp_path, 
         assert manifest["stages"][stage.name]["inputs_hash"]
     assert (run_dir / "index.html").exists() and (run_dir / "pipeline.yaml").exists()
     assert "kfp-local" in err and f"run folder: {run_dir}" in err
+    # the same verdict lines as the default engine, then the folder and the report
+    model = f"{name}-classifier"
+    assert err.strip().splitlines()[-6:] == [
+        "gate:       passed: no champion yet: nothing to beat",
+        f"model:      {model} version 1 (registered), holds @champion, @challenger",
+        "champion:   version 1 (the first)",
+        "deployed:   version 1 (@champion): local checked, then stopped",
+        f"run folder: {run_dir}",
+        f"report:     {run_dir / 'index.html'}",
+    ], err[-2000:]
     for product in products.ALL:
         if product.stage in STAGE_NAMES:
             assert (run_dir / product.path).exists(), product.path
@@ -414,13 +427,17 @@ def test_kfp_local_failure_ends_the_parent_run_failed(write_params, runs_root, c
     folder names the stage and cell, later stages are `not run`, the command exits 1."""
     from mlflow.tracking import MlflowClient
 
-    raw = yaml.safe_load(CHURN_PARAMS.read_text())
-    numeric = [*raw["schema"]["numeric"], "no_such_column"]
-    params = write_params(schema={"numeric": numeric}, data={"sample_rows": 300})
+    # text in a numeric column: the header is right, the rows are not (ingest fails)
+    bad = pd.read_csv(CHURN_CSV)
+    bad["tenure"] = bad["tenure"].astype(object)
+    bad.loc[3, "tenure"] = "twelve"
+    data = runs_root.parent / "bad.csv"
+    bad.to_csv(data, index=False)
+    params = write_params(data={"uri": str(data), "sample_rows": 300})
     code = cli.main(["run", str(params), "--engine", "kfp-local", "--runs-root", str(runs_root)])
     err = capsys.readouterr().err
     assert code == 1, err
-    assert "stage 'ingest' failed (cell" in err and "no_such_column" in err
+    assert "stage 'ingest' failed (cell" in err and "'tenure'" in err
     (run_dir,) = runs_root.iterdir()
     # the stage's kernel talks over IPC: no "running over TCP without encryption" warning
     kfp_log = (run_dir / "logs" / "kfp-local.log").read_text()

@@ -78,3 +78,24 @@ def test_the_deployed_line_says_what_each_target_did_never_deployed_for_a_stoppe
     assert terminal.run_verdict(manifest, tmp_path)[-1] == (
         "deployed:   version 1 (@champion): local serving at http://127.0.0.1:8080; lambda deployed"
     )
+
+
+def test_a_gate_that_held_back_register_and_deploy_says_so(tmp_path):
+    """--engine kfp-local runs register and deploy inside dsl.If: when the gate does not
+    pass they are skipped, and the verdict still names the model, champion and deploy."""
+    manifest = {
+        "gate": {"passed": False, "reasons": ["FAIL test ROC AUC 0.61 >= 0.8"]},
+        "candidate": {"name": "logreg"},
+        "stages": {
+            "evaluate": {"status": "succeeded"},
+            "register": {"status": "skipped", "reason": "the gate did not pass (dsl.If)"},
+            "deploy": {"status": "skipped", "reason": "the gate did not pass (dsl.If)"},
+        },
+    }
+    (tmp_path / "evaluate.json").write_text('{"champion": {"version": "3"}}')
+    assert terminal.run_verdict(manifest, tmp_path) == [
+        "gate:       NOT passed: test ROC AUC 0.61 >= 0.8",
+        "model:      logreg not registered: register skipped (the gate did not pass (dsl.If))",
+        "champion:   version 3 (unchanged)",
+        "deployed:   nothing: deploy skipped (the gate did not pass (dsl.If))",
+    ]

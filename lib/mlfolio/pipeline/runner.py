@@ -322,7 +322,7 @@ def _run(
     if interrupted:  # the stopped stage's run (and a trial's) never got to close itself
         _end_open_runs(MlflowClient(), parent_run_id, "KILLED")
     if kind == "training":
-        for line in terminal.run_verdict(manifest.data, folder, _aliases(manifest)):
+        for line in terminal.run_verdict(manifest.data, folder, held_aliases(manifest.data)):
             echo(line)
     echo(f"run folder: {folder}\nreport:     {folder / 'index.html'}")
     if outcome is not None:
@@ -350,13 +350,14 @@ def _log_headline(parent_run_id: str, manifest: Manifest, folder: Path) -> None:
         log.warning("headline metrics not logged on run %s: %s", parent_run_id, exc)
 
 
-def _aliases(manifest: Manifest) -> list[str] | None:
+def held_aliases(manifest: dict[str, Any]) -> list[str] | None:
     """The aliases the version register recorded holds now (None: none registered, or the
-    registry cannot say; the verdict then names the moves register made)."""
+    registry cannot say; the verdict then names the moves register made). Every engine's
+    verdict reads them here."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    model = manifest.data.get("model") or {}
+    model = manifest.get("model") or {}
     name, version = model.get("model_name"), model.get("version")
     if not version:
         return None

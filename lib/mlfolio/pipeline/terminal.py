@@ -104,6 +104,9 @@ def run_verdict(
                 f"{'passed' if gate['passed'] else 'NOT passed'}: {deciding_reason(gate)}",
             )
         ]
+    stages = manifest.get("stages") or {}
+    if (stages.get("register") or {}).get("status") == "skipped":
+        return lines + _held_back(manifest, run_dir)
     model = manifest.get("model")
     reg_path = run_dir / "register.json"
     if not model or not reg_path.exists():
@@ -139,6 +142,29 @@ def run_verdict(
     if deploy and manifest.get("stages", {}).get("deploy", {}).get("status") == "succeeded":
         lines.append(_line("deployed", deploy_summary(deploy)))
     return lines
+
+
+def _held_back(manifest: dict[str, Any], run_dir: Path) -> list[str]:
+    """The model, champion and deployed lines when the gate held register and deploy back
+    (``--engine kfp-local``: they run inside ``dsl.If``): nothing registered, the champion
+    evaluate compared with unchanged, nothing deployed."""
+    from mlfolio.context import read_json
+
+    stages = manifest["stages"]
+    candidate = (manifest.get("candidate") or {}).get("name", "the candidate")
+    why = stages["register"].get("reason") or "the gate did not pass"
+    ev_path = run_dir / "evaluate.json"
+    compared = (read_json(ev_path).get("champion") or {}) if ev_path.exists() else {}
+    champion = compared.get("version")
+    deploy = stages.get("deploy") or {}
+    return [
+        _line("model", f"{candidate} not registered: register skipped ({why})"),
+        _line("champion", f"version {champion} (unchanged)" if champion else "none"),
+        _line(
+            "deployed",
+            f"nothing: deploy {deploy.get('status', 'not run')} ({deploy.get('reason') or why})",
+        ),
+    ]
 
 
 def deploy_summary(deploy: dict[str, Any]) -> str:

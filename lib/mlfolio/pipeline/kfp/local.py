@@ -43,13 +43,14 @@ def run_local(
     from kfp import compiler, components
     from kfp import local as kfp_local
 
-    from mlfolio import data
+    from mlfolio import data, logs
     from mlfolio.pipeline.runner import _create_sqlite_store
 
     cfg, text = spec.prepare(params_file, overrides, cluster=False)
     data.check_header(cfg.data, cfg.schema)  # before the run folder, as the default engine
     folder = new_run_dir(cfg, runs_root)
     (folder / "logs").mkdir(parents=True)
+    unroute = logs.route_runner(logs.runner_log(folder))  # MLflow's store lines: not here
     created = datetime.now(UTC).isoformat(timespec="seconds")
     package = folder / "pipeline.yaml"
     compiler.Compiler().compile(spec.build(cfg, text), str(package))
@@ -82,6 +83,7 @@ def run_local(
                 builtins.print = original_print
         return assemble(folder, root, cfg, params_file, overrides, created, echo)
     finally:
+        unroute()
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -147,6 +149,8 @@ def assemble(
     from mlflow.tracking import MlflowClient
 
     from mlfolio import products, report, tracking
+    from mlfolio.pipeline import terminal
+    from mlfolio.pipeline.runner import held_aliases
 
     entries = _collect_artifacts(root, folder)
     records, failed, cell = _stage_records(entries)
@@ -216,6 +220,9 @@ def assemble(
             line += f"FAILED in cell {err.get('cell_index')}: {err['ename']}: {err['evalue']}"
         else:
             line += rec["status"] + (f" ({rec['reason']})" if rec.get("reason") else "")
+        echo(line)
+    # the default engine's verdict: gate, model, champion, deployed
+    for line in terminal.run_verdict(manifest.data, folder, held_aliases(manifest.data)):
         echo(line)
     echo(f"run folder: {folder}\nreport:     {folder / 'index.html'}")
     if failed:
