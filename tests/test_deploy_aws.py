@@ -861,7 +861,8 @@ def test_deploy_sagemaker_creates_then_updates(aws, archive):
         "wait_timeout_s": 30,
     }
     first = deploy_sagemaker(archive, model_version=1, **kw)
-    assert first["created"] and first["status"] == "InService"
+    assert first["created"] and first["endpoint_status"] == "InService"
+    assert first["status"] == "deployed"
     assert first["previous_endpoint_config_name"] is None
     assert first["endpoint_config_name"].startswith("churn-ep-v1-")
     key = first["model_data_url"].removeprefix(f"s3://{bucket}/")

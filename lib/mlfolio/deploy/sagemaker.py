@@ -240,7 +240,9 @@ def deploy_sagemaker(
         "model_data_url": s3_uri,
         "model_version": model_version,
         "image_uri": image_uri,
-        "status": desc.get("EndpointStatus"),
+        # the deploy stage's status: the endpoint answers (wait_for_endpoint saw InService)
+        "status": "deployed",
+        "endpoint_status": desc.get("EndpointStatus"),
         "previous_endpoint_config_name": existing.get("EndpointConfigName") if existing else None,
         "created": existing is None,
     }
