@@ -621,7 +621,7 @@ def test_split_minimum_follows_the_parameters():
 def test_split_minimum_is_enough_for_the_real_split(raw, schema, test_size, valid_size, cv_folds):
     from mlfolio.features import split, target_vector
 
-    cfg = SplitConfig(test_size=test_size, valid_size=valid_size)
+    cfg = SplitConfig(method="seeded", test_size=test_size, valid_size=valid_size)
     need = data_mod.min_rows_per_class(cfg, cv_folds)
     yes, no = raw[raw["churn"] == "Yes"], raw[raw["churn"] == "No"]
     for majority in (need, need + 1, need + 7, 3 * need + 1, 2000):
@@ -634,6 +634,40 @@ def test_split_minimum_is_enough_for_the_real_split(raw, schema, test_size, vali
             }
             assert least["test"] >= 2 and least["valid"] >= 2, (majority, seed, least)
             assert least["train"] >= cv_folds, (majority, seed, least)
+
+
+def test_hash_split_check_agrees_with_the_real_split(raw, schema):
+    """The hash split's class shares are only close to the configured ones: the check
+    passes exactly when every part gets enough rows of each class, and otherwise names
+    the part, the class and split.method."""
+    from mlfolio.features import split, target_vector
+
+    cfg = SplitConfig()
+    need = data_mod.min_rows_per_class(cfg, 3)
+    yes, no = raw[raw["churn"] == "Yes"], raw[raw["churn"] == "No"]
+    outcomes = set()
+    for start in range(0, 400, 13):
+        df = pd.concat([yes.iloc[start : start + need], no.head(200)], ignore_index=True)
+        parts = split(df, schema, cfg, 0)
+        least = {
+            name: target_vector(part, schema).value_counts().reindex([0, 1]).fillna(0).min()
+            for name, part in parts.items()
+        }
+        enough = least["test"] >= 2 and least["valid"] >= 2 and least["train"] >= 3
+        try:
+            data_mod.check_split_size(df, schema, cfg, 3, source="few.csv")
+            outcomes.add(True)
+            assert enough, least
+        except DataValidationError as exc:
+            outcomes.add(False)
+            assert not enough, least
+            assert re.match(
+                r"few\.csv: too few rows for the split: split\.method hash puts \d 'Yes' "
+                r"row\(s\) of 10 in the (test|valid|train) rows \(needs [23]\); add rows, or "
+                r"use split\.method: seeded",
+                str(exc),
+            ), str(exc)
+    assert outcomes == {True, False}  # both cases met among these samples
 
 
 # -- the ingest stage on those files -----------------------------------------------------------

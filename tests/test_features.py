@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from mlfolio import config, data, features, views
+from mlfolio import config, data, features, rowkeys, views
 
 from .conftest import CHURN_PARAMS
 
@@ -22,18 +22,90 @@ def churn(cfg):
     return data.validate(data.load_source(cfg.data), cfg.schema)
 
 
-def test_split_is_stratified_disjoint_and_seeded(cfg, churn):
-    parts = features.split(churn, cfg.schema, cfg.split, seed=1)
+def test_seeded_split_is_stratified_disjoint_and_seeded(cfg, churn):
+    seeded = cfg.split.model_copy(update={"method": "seeded"})
+    parts = features.split(churn, cfg.schema, seeded, seed=1)
     sizes = {k: len(v) for k, v in parts.items()}
     assert sizes == {"train": 2400, "valid": 800, "test": 800}
     ids = [set(p["customerid"]) for p in parts.values()]
     assert not (ids[0] & ids[1]) and not (ids[0] & ids[2]) and not (ids[1] & ids[2])
     rates = features.split_summary(parts, cfg.schema)["positive_rate"]
     assert rates.max() - rates.min() < 0.01
-    again = features.split(churn, cfg.schema, cfg.split, seed=1)
+    again = features.split(churn, cfg.schema, seeded, seed=1)
     pd.testing.assert_frame_equal(parts["test"], again["test"])
-    other = features.split(churn, cfg.schema, cfg.split, seed=2)
+    other = features.split(churn, cfg.schema, seeded, seed=2)
     assert set(other["test"]["customerid"]) != set(parts["test"]["customerid"])
+
+
+def _split_of(parts: dict[str, pd.DataFrame], column: str = "customerid") -> dict[str, str]:
+    return {key: name for name, part in parts.items() for key in part[column]}
+
+
+def test_hash_split_is_the_default_disjoint_deterministic_and_ignores_the_seed(cfg, churn):
+    assert cfg.split.method == "hash"
+    parts = features.split(churn, cfg.schema, cfg.split, seed=1)
+    assert sum(len(p) for p in parts.values()) == len(churn)
+    ids = [set(p["customerid"]) for p in parts.values()]
+    assert not (ids[0] & ids[1]) and not (ids[0] & ids[2]) and not (ids[1] & ids[2])
+    again = features.split(churn, cfg.schema, cfg.split, seed=2)
+    for name in parts:
+        pd.testing.assert_frame_equal(parts[name], again[name])
+    # the rows' order in the source does not matter either
+    shuffled = features.split(churn.sample(frac=1, random_state=3), cfg.schema, cfg.split, 1)
+    for name in parts:
+        pd.testing.assert_frame_equal(parts[name], shuffled[name])
+
+
+def test_hash_split_gives_each_class_the_configured_shares(cfg, churn):
+    for test_size, valid_size in ((0.2, 0.2), (0.1, 0.3)):
+        split_cfg = cfg.split.model_copy(update={"test_size": test_size, "valid_size": valid_size})
+        parts = features.split(churn, cfg.schema, split_cfg, seed=0)
+        y = data.target_vector(churn, cfg.schema)
+        for label in (0, 1):
+            total = int((y == label).sum())
+            for name, size in (("test", test_size), ("valid", valid_size)):
+                share = (data.target_vector(parts[name], cfg.schema) == label).sum() / total
+                # binomial noise: within 3 standard deviations of the configured share
+                assert abs(share - size) < 3 * np.sqrt(size * (1 - size) / total), (
+                    label,
+                    name,
+                    share,
+                )
+
+
+def test_appending_rows_never_moves_a_row_between_splits(cfg, churn):
+    """What a retraining on newly labelled rows does to the data: old rows stay put, an
+    updated row (same id, new values) keeps its id's split, new rows land anywhere."""
+    first, rest = churn.iloc[:3000], churn.iloc[3000:]
+    before = _split_of(features.split(first, cfg.schema, cfg.split, seed=42))
+    changed = first.iloc[:500].assign(monthlycharges=lambda d: d["monthlycharges"] * 1.4 + 10)
+    grown = pd.concat([first.iloc[500:], changed, rest], ignore_index=True)
+    after = _split_of(features.split(grown, cfg.schema, cfg.split, seed=42))
+    moved = [key for key, name in before.items() if after[key] != name]
+    assert moved == []
+    assert len(after) == len(churn)
+
+
+def test_hash_split_without_an_id_column_hashes_the_row_content(cfg, churn):
+    schema = cfg.schema.model_copy(update={"id_column": None})
+    rows = churn.drop(columns=["customerid"]).assign(row=range(len(churn)))
+    parts = features.split(rows, schema, cfg.split, seed=0)
+    before = _split_of(parts, "row")
+    assert {len(p) for p in parts.values()} != {0} and len(before) == len(rows)
+    # the same rows read back with other types (0/1 as floats, numbers as text-free
+    # floats) and more rows appended: every row keeps its split
+    retyped = rows.assign(
+        seniorcitizen=rows["seniorcitizen"].astype(float), tenure=rows["tenure"].astype(float)
+    )
+    extra = rows.head(300).assign(
+        tenure=lambda d: d["tenure"] + 1000, row=lambda d: d["row"] + 10**6
+    )
+    grown = pd.concat([extra, retyped], ignore_index=True)
+    after = _split_of(features.split(grown, schema, cfg.split, seed=0), "row")
+    assert all(after[key] == name for key, name in before.items())
+    # a row's values decide: a changed row may move, an identical copy goes with it
+    keys = rowkeys.row_keys(rows, schema)
+    assert len(np.unique(keys)) == len(rows.drop(columns="row").drop_duplicates())
 
 
 def test_pipeline_takes_raw_rows_with_blanks_and_mixed_types(cfg, churn):

@@ -122,7 +122,8 @@ def test_iid_current_data_is_not_flagged_and_nothing_retrains(env):
         f"{drift['prediction_drift']['score']:.4g}, mean score "
         f"{drift['prediction_drift']['reference_mean']:.3f} -> "
         f"{drift['prediction_drift']['current_mean']:.3f})",
-        f"quality:    on 1600 labelled rows: ROC AUC {q['reference']['roc_auc']:.3f} -> "
+        f"quality:    on {len(pd.read_csv(env.iid))} labelled rows: ROC AUC "
+        f"{q['reference']['roc_auc']:.3f} -> "
         f"{q['current']['roc_auc']:.3f} ({q['delta']['roc_auc']:+.3f}), PR AUC "
         f"{q['reference']['pr_auc']:.3f} -> {q['current']['pr_auc']:.3f} "
         f"({q['delta']['pr_auc']:+.3f}), F1 {q['reference']['f1']:.3f} -> "
@@ -140,8 +141,8 @@ def test_iid_current_data_is_not_flagged_and_nothing_retrains(env):
     assert drift["current"] == {
         "kind": "file",
         "uri": str(env.iid),
-        "rows": 1600,
-        "labelled_rows": 1600,
+        "rows": len(pd.read_csv(env.iid)),
+        "labelled_rows": len(pd.read_csv(env.iid)),
     }
     assert abs(drift["quality"]["delta"]["roc_auc"]) < 0.03
     assert drift["decision"]["retrain"] is False
@@ -210,6 +211,14 @@ def test_drift_retrains_and_only_a_better_model_is_promoted(env):
     assert retrain_rows["monthlycharges"].max() > pd.read_csv(CHURN_CSV)["monthlycharges"].max()
     parent = env.client().get_run(retrain_m.data["mlflow"]["parent_run_id"])
     assert parent.data.tags["mlfolio.trigger"] == "monitor"
+    # The retraining run's test rows are customers champion v1 never trained, tuned or
+    # chose a threshold on: rows keep their split when the monitor appends new ones.
+    seen = pd.concat(
+        [pd.read_parquet(env.source / "data" / f"{s}.parquet") for s in ("train", "valid")]
+    )["customerid"]
+    retrain_test = pd.read_parquet(re_dir / "data" / "test.parquet")["customerid"]
+    leaked = int(retrain_test.isin(seen).sum())
+    assert leaked == 0, f"{leaked} of {len(retrain_test)} test rows were in v1's train/valid"
     assert parent.data.tags["mlfolio.trigger_run_dir"] == str(mon_dir)
 
     # 2. Drift fires again; this time the candidate is the weak model: the gate refuses it.

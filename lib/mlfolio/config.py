@@ -105,8 +105,21 @@ class SchemaConfig(_Section):
 
 
 class SplitConfig(_Section):
-    test_size: float = Field(0.2, gt=0, lt=0.5)
-    valid_size: float = Field(0.2, gt=0, lt=0.5)
+    """How rows are assigned to the train, validation and test splits."""
+
+    method: Literal["hash", "seeded"] = Field(
+        "hash",
+        description="hash: a row's split comes from a stable hash of its id (schema."
+        "id_column; of its feature and target values without one), cut at the same points "
+        "for each class, so a row keeps its split for life: adding rows (a retraining on "
+        "newly labelled data) never moves one, and the seed does not change it. seeded: a "
+        "stratified train_test_split with the run's seed (exact class shares; any change to "
+        "the data reshuffles every row)",
+    )
+    test_size: float = Field(0.2, gt=0, lt=0.5, description="share of the rows for testing")
+    valid_size: float = Field(
+        0.2, gt=0, lt=0.5, description="share of the rows for validation (model choice, threshold)"
+    )
 
 
 class TrainingConfig(_Section):

@@ -352,9 +352,12 @@ def check_split_size(
     """Fail when ``df`` has too few rows of a class for the stratified split (and the
     tuning folds); the message says the minimum these parameters need."""
     need = min_rows_per_class(split, cv_folds)
-    positives = int(_label_matches(df[schema.target], schema.positive_label).sum())
+    positive = _label_matches(df[schema.target], schema.positive_label).to_numpy()
+    positives = int(positive.sum())
     counts = {schema.positive_label: positives, schema.negative_label: len(df) - positives}
     if min(counts.values()) >= need:
+        if split.method == "hash":
+            _check_hash_split(df, positive, schema, split, cv_folds, source)
         return
     have = " and ".join(f"{n} {label!r}" for label, n in counts.items())
     rows = (
@@ -371,6 +374,34 @@ def check_split_size(
         f"{need} rows of each class ({2 * need} rows): {MIN_PER_CLASS} of each class in the "
         f"test and validation rows, {train_need} in the training rows"
     )
+
+
+def _check_hash_split(
+    df: pd.DataFrame,
+    positive: np.ndarray,
+    schema: SchemaConfig,
+    split: SplitConfig,
+    cv_folds: int | None,
+    source: str,
+) -> None:
+    """The hash split's shares of a class are only close to the configured ones: fail
+    when a part gets fewer rows of a class than training and evaluating need."""
+    from mlfolio import rowkeys
+
+    where = rowkeys.hash_assignment(rowkeys.row_keys(df, schema), split)
+    for part in rowkeys.SPLIT_NAMES:
+        least = max(MIN_PER_CLASS, cv_folds or 0) if part == "train" else MIN_PER_CLASS
+        for label, is_class in (
+            (schema.positive_label, positive),
+            (schema.negative_label, ~positive),
+        ):
+            have = int((is_class & (where == part)).sum())
+            if have < least:
+                raise DataValidationError(
+                    f"{source}: too few rows for the split: split.method hash puts {have} "
+                    f"{label!r} row(s) of {int(is_class.sum())} in the {part} rows (needs "
+                    f"{least}); add rows, or use split.method: seeded (exact class shares)"
+                )
 
 
 def sample(df: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:

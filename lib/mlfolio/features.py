@@ -17,6 +17,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
+from mlfolio import rowkeys
 from mlfolio.config import SchemaConfig, SplitConfig
 from mlfolio.data import target_vector
 
@@ -111,7 +112,17 @@ def build_model_pipeline(schema: SchemaConfig, estimator: BaseEstimator) -> Pipe
 def split(
     df: pd.DataFrame, schema: SchemaConfig, cfg: SplitConfig, seed: int
 ) -> dict[str, pd.DataFrame]:
-    """Seeded stratified train/valid/test split (sizes are fractions of all rows)."""
+    """Stratified train/valid/test split (sizes are fractions of all rows): by each row's
+    stable hash (``split.method: hash``, see :func:`mlfolio.rowkeys.hash_assignment`;
+    each part in key order, so it does not depend on the rows' order either) or seeded."""
+    if cfg.method == "hash":
+        keys = rowkeys.row_keys(df, schema)
+        where = rowkeys.hash_assignment(keys, cfg)
+        order = np.argsort(keys, kind="stable")
+        return {
+            name: df.iloc[order[where[order] == name]].reset_index(drop=True)
+            for name in ("train", "valid", "test")
+        }
     y = target_vector(df, schema)
     rest, test = train_test_split(df, test_size=cfg.test_size, stratify=y, random_state=seed)
     valid_share = cfg.valid_size / (1 - cfg.test_size)
