@@ -279,3 +279,48 @@ def test_bootstrap_sample_keeps_the_class_balance():
     assert len(rows) == 5_000 and len(set(rows.tolist())) == 5_000
     assert y[rows].mean() == pytest.approx(y.mean(), abs=1 / 5_000)
     assert evaluate.bootstrap_rows(y, 60_000, seed=1) is None
+
+
+def test_gate_needs_enough_rows_the_champion_never_saw_and_names_the_set():
+    gain = {"difference": 0.02, "ci_low": 0.004, "ci_high": 0.03, "confidence": 0.95}
+    cand = {"roc_auc": 0.85}
+    cfg = GateConfig(min_roc_auc=0.8, min_unseen_rows=200)
+    few = {"row_set": "unseen_test", "rows": 175, "excluded": 625}
+    verdict = evaluate.gate(cfg, cand, gain, "1", few)
+    assert not verdict.passed  # the gain alone would pass: too few fair rows refuse it
+    assert verdict.reasons[1] == (
+        "FAIL compared with champion v1 on 175 test rows the champion never saw (625 test "
+        "rows it trained or chose its threshold on left out): needs gate.min_unseen_rows 200"
+    )
+    assert verdict.reasons[2].startswith("PASS ROC AUC gain over champion v1 +0.0200")
+    recent = {"row_set": "out_of_time", "rows": 640, "excluded": 0}
+    verdict = evaluate.gate(cfg, cand, gain, "1", recent)
+    assert verdict.passed
+    assert verdict.reasons[1] == (
+        "PASS compared with champion v1 on 640 out-of-time rows (the newest labelled rows, "
+        "unseen by both models) (gate.min_unseen_rows 200)"
+    )
+    # a champion, but no measurable difference on the rows left: refused, never "no champion"
+    lonely = evaluate.gate(cfg, cand, None, "1", {**few, "rows": 0})
+    assert not lonely.passed and not any("no champion" in r for r in lonely.reasons)
+    assert lonely.reasons[-1] == (
+        "FAIL ROC AUC gain over champion v1: not measurable: needs 2 rows of each class "
+        "among the rows compared"
+    )
+
+
+def test_row_sets_compare_on_their_rows_and_out_of_time_decides_when_large_enough(scores):
+    y, good, weak = scores
+    mask = np.arange(len(y)) < 400
+    found = evaluate.row_set_comparison(y, good, weak, mask, samples=200, seed=1)
+    assert found["rows"] == 400 and found["positives"] == int(y[:400].sum())
+    assert found["candidate_roc_auc"] == pytest.approx(roc_auc_score(y[:400], good[:400]))
+    assert found["champion_roc_auc"] == pytest.approx(roc_auc_score(y[:400], weak[:400]))
+    direct = evaluate.bootstrap_auc_difference(y[:400], good[:400], weak[:400], 200, seed=1)
+    assert found["comparison"] == direct
+    one_class = evaluate.row_set_comparison(y, good, weak, y == 1, samples=200)
+    assert one_class["comparison"] is None and "candidate_roc_auc" not in one_class
+    sets = {"unseen_test": {"rows": 800}, "out_of_time": {"rows": 199}}
+    assert evaluate.deciding_row_set(sets, 200) == "unseen_test"
+    assert evaluate.deciding_row_set({**sets, "out_of_time": {"rows": 200}}, 200) == "out_of_time"
+    assert evaluate.deciding_row_set({"unseen_test": {"rows": 800}}, 200) == "unseen_test"

@@ -269,6 +269,14 @@ def test_retraining_rows_replace_known_ids_and_keep_dtypes(cfg, parts):
     assert replaced["monthlycharges"] == new["monthlycharges"].iloc[0]
     with pytest.raises(DataValidationError, match="churn"):
         monitor.retraining_rows(snapshot, new.drop(columns=["churn"]), cfg.schema)
+    # the new rows come last, and retraining_data counts them: all 50 (the 20 replacing
+    # known customers too), so their keys are the retraining's out-of-time rows
+    same, n_new = monitor.retraining_data(snapshot, new, cfg.schema)
+    pd.testing.assert_frame_equal(same, out)
+    assert n_new == 50
+    tail = same.iloc[len(same) - n_new :]
+    assert set(tail["customerid"].iloc[:20]) == set(snapshot["customerid"].iloc[:20])
+    assert tail["customerid"].iloc[20:25].str.startswith("new-").all()
 
 
 def test_drift_gauges_in_prometheus_text_format(tmp_path):

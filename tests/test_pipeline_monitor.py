@@ -219,13 +219,67 @@ def test_drift_retrains_and_only_a_better_model_is_promoted(env):
     retrain_test = pd.read_parquet(re_dir / "data" / "test.parquet")["customerid"]
     leaked = int(retrain_test.isin(seen).sum())
     assert leaked == 0, f"{leaked} of {len(retrain_test)} test rows were in v1's train/valid"
+    # evaluate knew it from v1's lineage (logged with the model) and recorded it
+    ev = json.loads((re_dir / "evaluate.json").read_text())
+    v1 = env.client().get_model_version("churn-classifier", old)
+    assert ev["rows_unseen_by_champion"] == len(retrain_test)
+    assert ev["champion_overlap"] == {
+        "lineage": f"runs:/{v1.run_id}/lineage/seen_rows.parquet",
+        "champion_seen_rows": len(seen),
+        "test_rows": len(retrain_test),
+        "found": 0,
+        "excluded": 0,
+        "remaining": 0,
+    }
+    # out-of-time: the newly labelled (drifted) customers in the test split, none seen by
+    # v1 — its test customers, sent back as traffic; they decide the gate
+    new_ids = pd.read_csv(env.drifted)["customerid"]
+    v1_test = pd.read_parquet(env.source / "data" / "test.parquet")["customerid"]
+    assert trigger["new_rows"] == monitor_m.data["monitor"]["retrain_new_rows"]
+    assert ev["recent_rows"]["rows"] == len(new_ids)
+    recent = ev["row_sets"]["out_of_time"]
+    assert recent["rows"] == ev["recent_rows"]["unseen_by_both"] == len(v1_test)
+    assert recent["rows"] == int(retrain_test.isin(new_ids).sum())
+    assert ev["decided_by"] == "out_of_time" and ev["comparison"]["row_set"] == "out_of_time"
+    assert ev["comparison"]["difference"] == pytest.approx(
+        recent["candidate_roc_auc"] - recent["champion_roc_auc"]
+    )
+    assert (
+        f"PASS compared with champion v{old} on {recent['rows']} out-of-time rows"
+        in (retrain_m.data["gate"]["reasons"][1])
+    )
+    page = (re_dir / "index.html").read_text()
+    assert (
+        f"only on rows it never trained, tuned or chose its threshold on: {len(retrain_test)} "
+        f"of the {len(retrain_test)} test rows (0 it had seen left out, 0 remain;" in page
+    )
+    assert 'id="row-set-out_of_time"' in page and "decides the gate" in page
     assert parent.data.tags["mlfolio.trigger_run_dir"] == str(mon_dir)
 
     # 2. Drift fires again; this time the candidate is the weak model: the gate refuses it.
+    # With the old seeded split the retraining's test rows overlap the champion's
+    # train/valid rows: evaluate leaves them out of the comparison and counts them.
     promoted = env.champion()
-    monitor_m, retrain_m = env.monitor(env.drifted)
+    monitor_m, retrain_m = env.monitor(env.drifted, **{"split.method": "seeded"})
     act = monitor_m.data["actions"]["retrain"]
     assert act["status"] == "succeeded" and act["gate_passed"] is False
+    re_dir = Path(retrain_m.data["run_dir"])
+    ev = json.loads((re_dir / "evaluate.json").read_text())
+    tags = env.client().get_model_version("churn-classifier", promoted).tags
+    v2_seen = pd.concat(
+        [
+            pd.read_parquet(Path(tags["mlfolio.run_dir"]) / "data" / f"{s}.parquet")
+            for s in ("train", "valid")
+        ]
+    )["customerid"]
+    seeded_test = pd.read_parquet(re_dir / "data" / "test.parquet")["customerid"]
+    overlap = int(seeded_test.isin(v2_seen).sum())
+    assert overlap > 0
+    assert ev["champion_overlap"]["found"] == ev["champion_overlap"]["excluded"] == overlap
+    assert ev["champion_overlap"]["remaining"] == 0
+    assert ev["rows_unseen_by_champion"] == len(seeded_test) - overlap
+    assert ev["row_sets"]["unseen_test"]["rows"] == len(seeded_test) - overlap
+    assert ev["champion"]["test_rows"] == len(seeded_test) - overlap
     assert act["promoted"] is False and env.champion() == promoted
     assert retrain_m.data["gate"]["passed"] is False
     assert any(r.startswith("FAIL") for r in retrain_m.data["gate"]["reasons"])
@@ -533,3 +587,39 @@ def test_two_monitors_on_one_trigger_start_one_retraining(env):
     assert env.champion() == champion
     index = (Path(manifest.data["run_dir"]) / "index.html").read_text()
     assert "Retraining not started: held: retraining already started by" in index
+
+
+def test_lineage_falls_back_to_the_run_folder_for_a_version_without_it(env):
+    """A version logged before its seen rows were recorded (no lineage artifact): the
+    rows it saw come from its run folder's train and valid splits, and the answer says
+    so."""
+    import mlflow
+    import numpy as np
+
+    from mlfolio import config, lineage, registry
+
+    mlflow.set_tracking_uri(env.uri)
+    mlflow.set_registry_uri(env.uri)
+    schema = config.load(env.params).schema
+    ref = registry.get_alias("churn-classifier", registry.CHAMPION)
+    recorded = lineage.seen_by(ref, schema)
+    assert recorded.source == f"runs:/{ref.run_id}/lineage/seen_rows.parquet"
+    artifact = Path(
+        mlflow.artifacts.download_artifacts(
+            run_id=ref.run_id, artifact_path="lineage/seen_rows.parquet"
+        )
+    )
+    store = Path(env.client().get_run(ref.run_id).info.artifact_uri.removeprefix("file://"))
+    stored = store / "lineage" / "seen_rows.parquet"
+    assert stored.is_file() and artifact.is_file()
+    moved = stored.with_name("moved.parquet")
+    stored.rename(moved)
+    try:
+        older = lineage.seen_by(ref, schema)
+    finally:
+        moved.rename(stored)
+    run_dir = Path(
+        env.client().get_model_version("churn-classifier", ref.version).tags["mlfolio.run_dir"]
+    )
+    assert older.source == f"run folder {run_dir / 'data'}/{{train,valid}}.parquet"
+    assert np.array_equal(older.keys, recorded.keys)

@@ -338,6 +338,78 @@ def test_evaluate_scores_the_champion_at_its_own_threshold(registered_run, tmp_p
     assert written["test"]["threshold"] == pytest.approx(v1_threshold, abs=1e-6)
 
 
+def test_evaluate_compares_with_the_champion_only_on_rows_it_never_saw(registered_run, tmp_path):
+    """Test rows champion v1 trained on (planted here: 150 of its train rows added to the
+    test split) are left out of the comparison, counted, and the gate needs
+    gate.min_unseen_rows of the rest; evaluation.recent_rows adds the out-of-time set."""
+    import numpy as np
+    import pandas as pd
+
+    from mlfolio import evaluate, lineage, rowkeys, stages
+
+    units, out = registered_run
+    run_dir = tmp_path / "overlap"
+    shutil.copytree(units.run_dir, run_dir)
+    test, train = out["parts"]["test"], out["parts"]["train"]
+    planted = pd.concat([train.head(150), test], ignore_index=True)
+    planted.to_parquet(run_dir / stages.SPLITS["test"], index=False)
+    schema = out["ctx"].cfg.schema
+    recent = test.sample(300, random_state=0)
+    recent_file = lineage.write_keys(
+        tmp_path / "recent.parquet",
+        rowkeys.row_keys(pd.concat([recent, train.head(20)]), schema),  # 20 seen: not counted
+    )
+    ctx, ev = units.run(
+        "evaluate",
+        stages.evaluate_candidate,
+        run_dir=run_dir,
+        **{"evaluation.recent_rows": str(recent_file), "gate.min_unseen_rows": 1000},
+    )
+    assert ev["champion_overlap"]["found"] == ev["champion_overlap"]["excluded"] == 150
+    assert ev["champion_overlap"]["remaining"] == 0
+    assert ev["champion_overlap"]["test_rows"] == len(planted)
+    assert ev["rows_unseen_by_champion"] == len(test)
+    y = (planted[schema.target] == schema.positive_label).to_numpy().astype(int)
+    _, scores = stages.test_scores(ctx)
+    fair = np.arange(len(planted)) >= 150
+    unseen = ev["row_sets"]["unseen_test"]
+    assert unseen["rows"] == len(test)
+    assert unseen["champion_roc_auc"] == pytest.approx(
+        evaluate.classification_metrics(y[fair], scores["champion"][fair])["roc_auc"]
+    )
+    assert ev["champion"]["test_rows"] == len(test)
+    assert ev["champion"]["test"]["roc_auc"] == pytest.approx(unseen["champion_roc_auc"])
+    # its own training rows flatter the champion: on all rows it would look better
+    flattered = evaluate.classification_metrics(y, scores["champion"])["roc_auc"]
+    assert flattered > unseen["champion_roc_auc"]
+    assert ev["recent_rows"] == {
+        "file": str(recent_file),
+        "rows": 320,
+        "in_test": 320,
+        "unseen_by_both": 300,
+    }
+    assert ev["row_sets"]["out_of_time"]["rows"] == 300
+    # 300 out-of-time rows < gate.min_unseen_rows 1000: the random unseen rows decide,
+    # and they are too few too: refused, naming the key and the numbers
+    assert ev["decided_by"] == "unseen_test" and not ev["gate"]["passed"]
+    assert (
+        f"FAIL compared with champion v1 on {len(test)} test rows the champion never saw "
+        "(150 test rows it trained or chose its threshold on left out): needs "
+        "gate.min_unseen_rows 1000"
+    ) in ev["gate"]["reasons"]
+    ctx, ev = units.run(
+        "evaluate",
+        stages.evaluate_candidate,
+        run_dir=run_dir,
+        **{"evaluation.recent_rows": str(recent_file), "gate.min_unseen_rows": 300},
+    )
+    assert ev["decided_by"] == "out_of_time" and ev["comparison"]["rows"] == 300
+    assert any(
+        r.startswith("PASS compared with champion v1 on 300 out-of-time rows")
+        for r in ev["gate"]["reasons"]
+    )
+
+
 def test_champion_threshold_falls_back_and_says_so(registered_run):
     from mlflow.tracking import MlflowClient
 

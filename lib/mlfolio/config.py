@@ -252,6 +252,14 @@ class EvaluationConfig(_Section):
         description="positive and negative test rows (each) a segment needs before the "
         "candidate is judged worse than the champion there; fewer: shown, not judged",
     )
+    recent_rows: str | None = Field(
+        None,
+        description="Parquet file of the newest labelled rows' keys (column row_key, as "
+        "mlfolio.rowkeys.row_keys computes them): both models are also compared on those of "
+        "them in the test split that neither saw (out-of-time), and that comparison decides "
+        "the gate when it has gate.min_unseen_rows rows. The monitor sets it for the "
+        "retraining it fires",
+    )
 
     @field_validator("champion_version", mode="before")
     @classmethod
@@ -282,6 +290,13 @@ class GateConfig(_Section):
     )
     confidence: float = Field(0.95, gt=0.5, lt=1)
     bootstrap_samples: int = Field(1000, ge=100)
+    min_unseen_rows: int = Field(
+        200,
+        ge=1,
+        description="test rows the champion never trained, tuned or chose its threshold on "
+        "that the comparison with it needs (its train/valid rows, known from its lineage, are "
+        "left out of the comparison); fewer: the gate refuses to promote",
+    )
     bootstrap_rows: int | None = Field(
         20_000,
         ge=1000,
@@ -628,6 +643,13 @@ def from_mapping(raw: Any, source: str = "<parameters>", base: Path | None = Non
             raise ConfigError(f"{source}: monitoring.{key}: file not found: {updates[key]}")
     if updates:
         cfg = cfg.model_copy(update={"monitoring": mon.model_copy(update=updates)})
+    recent = cfg.evaluation.recent_rows
+    if recent:
+        recent = _resolve_path(recent, base)
+        if not Path(recent).is_file():
+            raise ConfigError(f"{source}: evaluation.recent_rows: file not found: {recent}")
+        evaluation = cfg.evaluation.model_copy(update={"recent_rows": recent})
+        cfg = cfg.model_copy(update={"evaluation": evaluation})
     uri = cfg.tracking.tracking_uri
     if uri and uri.startswith("sqlite:///"):  # resolved once: parameters.yaml freezes it
         tracking = cfg.tracking.model_copy(update={"tracking_uri": _resolve_path(uri, base)})

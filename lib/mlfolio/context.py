@@ -126,6 +126,13 @@ class StageContext:
             return pd.read_parquet(path)
         return product.parse(read_json(path), str(path))
 
+    def existing(self, product: Any) -> Path:
+        """The path of an upstream product that must exist (fails naming its stage)."""
+        path = self.path(product.path)
+        if not path.exists():
+            raise self._missing(product.path)
+        return path
+
     def write(self, product: Any, payload: Any) -> Path:
         """Write this stage's ``product``; a JSON document is checked against its model
         first, so a stage cannot hand over a product its readers would reject."""

@@ -337,12 +337,52 @@ class GateVerdict:
         return asdict(self)
 
 
+# The rows a candidate and its champion are compared on (evaluate.json's row_sets).
+ROW_SETS = {
+    "unseen_test": "test rows the champion never saw",
+    "out_of_time": "out-of-time rows (the newest labelled rows, unseen by both models)",
+}
+
+
+def row_set_comparison(
+    y: np.ndarray,
+    score_new: np.ndarray,
+    score_old: np.ndarray,
+    mask: np.ndarray,
+    samples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    max_rows: int | None = BOOTSTRAP_ROWS,
+) -> dict[str, Any]:
+    """Both models' ROC AUC and the paired bootstrap of their difference on the rows
+    ``mask`` selects; ``comparison`` is None when they hold fewer than 2 rows of a class."""
+    y, mask = np.asarray(y).astype(int), np.asarray(mask, dtype=bool)
+    ys, new, old = y[mask], np.asarray(score_new)[mask], np.asarray(score_old)[mask]
+    positives = int(ys.sum())
+    out: dict[str, Any] = {"rows": int(mask.sum()), "positives": positives, "comparison": None}
+    if min(positives, len(ys) - positives) >= 2:
+        out["candidate_roc_auc"] = float(skm.roc_auc_score(ys, new))
+        out["champion_roc_auc"] = float(skm.roc_auc_score(ys, old))
+        out["comparison"] = bootstrap_auc_difference(
+            ys, new, old, samples, confidence, seed, max_rows
+        )
+    return out
+
+
+def deciding_row_set(row_sets: dict[str, dict[str, Any]], min_rows: int) -> str:
+    """Which rows decide the gate: the out-of-time rows when there are ``min_rows`` of them
+    (the data the model will meet next), else the test rows the champion never saw."""
+    recent = row_sets.get("out_of_time")
+    return "out_of_time" if recent and recent["rows"] >= min_rows else "unseen_test"
+
+
 def gate(
     cfg: GateConfig,
     candidate: dict[str, float],
     comparison: dict[str, float] | None = None,
     champion_version: str | None = None,
     same_model: bool = False,
+    compared: dict[str, Any] | None = None,
 ) -> GateVerdict:
     """Decide promotion: absolute thresholds, then a significant gain over the champion.
 
@@ -350,6 +390,9 @@ def gate(
     candidate whose model is the champion's (``same_model``: identical model files) has no
     gain to measure: the comparison is replaced by a SAME reason, nothing is promoted, and
     the verdict records ``same_model_as`` (when the absolute checks passed).
+    ``compared`` (with a champion): the rows the comparison used, ``{"row_set": a key of
+    ROW_SETS, "rows": n, "excluded": test rows left out because the champion saw them}``;
+    fewer than ``gate.min_unseen_rows`` fails.
     """
     reasons: list[str] = []
     ok = True
@@ -382,7 +425,21 @@ def gate(
             f"<= {cfg.max_log_loss}",
             f"<= {cfg.max_log_loss}",
         )
-    if comparison is None:
+    if compared is not None:
+        left_out = compared.get("excluded") or 0
+        check(
+            compared["rows"] >= cfg.min_unseen_rows,
+            f"compared with champion v{champion_version} on {compared['rows']} "
+            f"{ROW_SETS[compared['row_set']]}"
+            + (
+                f" ({left_out} test rows it trained or chose its threshold on left out)"
+                if left_out
+                else ""
+            ),
+            f"(gate.min_unseen_rows {cfg.min_unseen_rows})",
+            f"gate.min_unseen_rows {cfg.min_unseen_rows}",
+        )
+    if comparison is None and compared is None:
         reasons.append("PASS no champion yet: nothing to beat")
     elif same_model:
         reasons.append(
@@ -392,6 +449,13 @@ def gate(
         # below the bar (e.g. on other test rows) it stays a failure like any other
         return GateVerdict(
             passed=False, reasons=reasons, same_model_as=champion_version if ok else None
+        )
+    elif comparison is None:
+        check(
+            False,
+            f"ROC AUC gain over champion v{champion_version}: not measurable",
+            "",
+            "2 rows of each class among the rows compared",
         )
     else:
         bound = f"its lower bound above {cfg.min_improvement:+}"

@@ -161,6 +161,7 @@ class MonitorDoc(_Doc):
     decision: RetrainDecisionDoc
     reports: dict[str, str]
     retrain_data: str | None
+    retrain_new_rows: str | None = None  # keys of the newly labelled rows (out-of-time)
 
 
 class Recommendation(_Doc):
@@ -228,6 +229,9 @@ INGEST = Product(
 SPLITS = {
     name: Product(f"data/{name}.parquet", "preprocess") for name in ("train", "valid", "test")
 }
+# The keys of the rows this run's models saw (train + valid), logged with every model
+# (mlfolio.lineage): a later run's gate leaves them out of its comparison with this one.
+SEEN_ROWS = Product("data/seen_rows.parquet", "preprocess")
 PREPROCESS = Product("preprocess.json", "preprocess", PreprocessDoc)
 TRAIN = Product("train.json", "train", TrainDoc)
 TUNE = Product("tune.json", "tune", TuneDoc)
@@ -289,16 +293,22 @@ MONITOR = Product(
         "n_drifted",
         "n_columns",
         "retrain_data",
+        "retrain_new_rows",
     ),
 )
 DRIFT_REPORT = Product("drift_report.html", "monitor")
 CURRENT_DATA = Product("data/current.parquet", "monitor")
+# Written when retraining fires: the retraining run's data (the champion's rows plus the
+# newly labelled ones) and the keys of the new rows (its evaluation.recent_rows).
+RETRAIN_DATA = Product("data/retrain.parquet", "monitor")
+RETRAIN_NEW_ROWS = Product("data/retrain_new_rows.parquet", "monitor")
 AB = Product("ab.json", "ab_report", AbDoc, "ab", lambda d: _dump(d, "design", "recommendation"))
 
 ALL: tuple[Product, ...] = (
     SNAPSHOT,
     INGEST,
     *SPLITS.values(),
+    SEEN_ROWS,
     PREPROCESS,
     TRAIN,
     TUNE,
@@ -312,6 +322,8 @@ ALL: tuple[Product, ...] = (
     MONITOR,
     DRIFT_REPORT,
     CURRENT_DATA,
+    RETRAIN_DATA,
+    RETRAIN_NEW_ROWS,
     AB,
 )
 BY_PATH = {p.path: p for p in ALL}

@@ -54,15 +54,49 @@ def _metric_rows(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any] | 
             }
         )
         if ev.champion:
+            seen_rows = getattr(ev.champion, "test_rows", None)
             rows.append(
                 {
                     "model": f"champion v{ev.champion.version}",
-                    "split": "test",
+                    # since evaluate left out the rows it saw: on how many it was scored
+                    "split": f"test ({seen_rows} rows)" if seen_rows is not None else "test",
                     **{c: ev.champion.test.get(c) for c in cols},
                 }
             )
         comparison = ev.comparison
     return rows, comparison
+
+
+def _rows_compared(run_dir: Path) -> dict[str, Any] | None:
+    """On which rows candidate and champion were compared (evaluate.json's overlap and
+    row sets; None without a champion, or for a run evaluated before they were written)."""
+    from mlfolio import evaluate, products
+
+    ev = products.EVALUATE.load(run_dir)
+    if ev is None or ev.champion is None or ev.row_sets is None:
+        return None
+    sets = []
+    for key, found in ev.row_sets.items():
+        c = found.get("comparison")
+        sets.append(
+            {
+                "id": key,
+                "label": evaluate.ROW_SETS[key],
+                "rows": found["rows"],
+                "positives": found["positives"],
+                "candidate": found.get("candidate_roc_auc"),
+                "champion": found.get("champion_roc_auc"),
+                "comparison": c,
+                "decides": key == ev.decided_by,
+            }
+        )
+    return {
+        "version": ev.champion.version,
+        "unseen": ev.rows_unseen_by_champion,
+        "overlap": ev.champion_overlap,
+        "sets": sets,
+        "recent": ev.recent_rows,
+    }
 
 
 def _why_model_decides(run_dir: Path, top: int = 5) -> dict[str, Any] | None:
@@ -186,6 +220,7 @@ def write_index(run_dir: Path, manifest: dict[str, Any]) -> Path:
         metrics=rows,
         metric_cols=("roc_auc", "pr_auc", "log_loss", "brier", "f1"),
         comparison=comparison,
+        rows_compared=_rows_compared(run_dir),
         champion_diff=champion_diff,
         deployments=_deployments(manifest),
         why=_why_model_decides(run_dir),

@@ -365,6 +365,25 @@ def verdict_markdown(result: dict[str, Any]) -> Any:
         else "**NOT PASSED** — stays challenger"
     )
     lines = [f"Gate: {head}", ""] + [f"- {r}" for r in gate_result["reasons"]]
+    overlap = result.get("champion_overlap")
+    if overlap:
+        lines += [
+            "",
+            f"Compared with the champion on {result['rows_unseen_by_champion']} of "
+            f"{overlap['test_rows']} test rows: {overlap['excluded']} it had trained or chosen "
+            f"its threshold on left out ({overlap['remaining']} remain; its rows from "
+            f"{overlap['lineage']}).",
+            "",
+        ]
+        for key, found in result["row_sets"].items():
+            auc = (
+                f"candidate ROC AUC {found['candidate_roc_auc']:.4f} vs champion "
+                f"{found['champion_roc_auc']:.4f}"
+                if found.get("candidate_roc_auc") is not None
+                else "ROC AUC not measurable (too few rows of a class)"
+            )
+            decides = " — **decides the gate**" if key == result["decided_by"] else ""
+            lines.append(f"- {key.replace('_', ' ')}: {found['rows']} rows, {auc}{decides}")
     return Markdown("\n".join(lines))
 
 

@@ -32,6 +32,7 @@ from mlfolio.monitor.policy import (
     RetrainDecision,
     quality_comparison,
     retrain_decision,
+    retraining_data,
     retraining_rows,
 )
 from mlfolio.monitor.prometheus import (
@@ -66,6 +67,7 @@ __all__ = [
     "publish_for_server",
     "quality_comparison",
     "retrain_decision",
+    "retraining_data",
     "retraining_rows",
     "write_prometheus_textfile",
 ]

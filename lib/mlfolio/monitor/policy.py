@@ -136,6 +136,14 @@ def retraining_rows(
     A new row whose id is already in the snapshot replaces it (a newer observation of the
     same entity); rows without an id get one from their position.
     """
+    return retraining_data(snapshot, labelled, schema)[0]
+
+
+def retraining_data(
+    snapshot: pd.DataFrame, labelled: pd.DataFrame, schema: SchemaConfig
+) -> tuple[pd.DataFrame, int]:
+    """:func:`retraining_rows`, and how many of its rows are the newly labelled ones (its
+    last rows)."""
     missing = [c for c in [*schema.features, schema.target] if c not in labelled.columns]
     if missing:
         raise DataValidationError(f"newly labelled rows: missing column(s) {missing}")
@@ -158,4 +166,4 @@ def retraining_rows(
             out[col] = out[col].astype(snapshot[col].dtype)
         except (TypeError, ValueError):
             pass
-    return out
+    return out, len(new)

@@ -47,8 +47,14 @@ MONITOR_STAGES: tuple[Stage, ...] = (
     ),
 )
 PIPELINES = {"training": STAGES, "monitor": MONITOR_STAGES}
-# Logged to the pipeline run's artifacts under data/ (log_artifacts skips missing files).
-REFERENCE_DATA = ("data/snapshot.parquet", "data/train.parquet", "data/test.parquet")
+# Logged to the pipeline run's artifacts under data/ (log_artifacts skips missing files):
+# the monitor's reference rows, and the rows a model saw (train, valid) for a later gate.
+REFERENCE_DATA = (
+    "data/snapshot.parquet",
+    "data/train.parquet",
+    "data/valid.parquet",
+    "data/test.parquet",
+)
 
 
 def notebooks_dir() -> Path:

@@ -160,6 +160,8 @@ def monitor(
             "reasons": decision.reasons,
             "champion_version": monitored.model["version"],
             "data": monitored.retrain_data,
+            # the newly labelled rows: the retraining's out-of-time evaluation rows
+            "new_rows": monitored.retrain_new_rows,
         }
         Manifest(
             retrain_dir / "manifest.json",
@@ -182,6 +184,8 @@ def monitor(
         manifest.save()
         echo(f"retraining into {retrain_dir} on {trigger['data']}")
         retrain_overrides = {**(overrides or {}), "data.uri": trigger["data"]}
+        if trigger["new_rows"]:
+            retrain_overrides["evaluation.recent_rows"] = trigger["new_rows"]
         retrain_overrides.pop("data.sample_rows", None)
         try:
             retrain_manifest = run(

@@ -11,7 +11,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from mlfolio import data, evaluate, products, registry, tracking
+from mlfolio import data, evaluate, lineage, products, registry, rowkeys, tracking
 from mlfolio.context import StageContext
 from mlfolio.errors import DataValidationError, StageError
 from mlfolio.stages.training import SNAPSHOT, SPLITS
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 # The monitor run (`mlfolio monitor`): current data against the champion's training rows.
 DRIFT_REPORT = products.DRIFT_REPORT.path
 QUALITY_REPORT = "quality_report.html"
-RETRAIN_DATA = "data/retrain.parquet"
+RETRAIN_DATA = products.RETRAIN_DATA.path
 CURRENT_DATA = products.CURRENT_DATA.path
 
 
@@ -241,7 +241,7 @@ def monitor_model(ctx: StageContext) -> dict[str, Any]:
             threshold,
         )
         reports["quality"] = QUALITY_REPORT
-    retrain_data = None
+    retrain_data, retrain_new_rows = None, None
     if decision.retrain:
         new_rows = labelled.drop(columns=["score", "actual"]).assign(
             **{
@@ -251,8 +251,13 @@ def monitor_model(ctx: StageContext) -> dict[str, Any]:
             }
         )
         snapshot = pd.read_parquet(source_run / SNAPSHOT)
-        ctx.write_parquet(RETRAIN_DATA, monitor.retraining_rows(snapshot, new_rows, schema))
-        retrain_data = str(ctx.path(RETRAIN_DATA))
+        rows, n_new = monitor.retraining_data(snapshot, new_rows, schema)
+        retrain_data = str(ctx.write(products.RETRAIN_DATA, rows))
+        # which rows are new: the retraining run's out-of-time rows (evaluation.recent_rows)
+        new_keys = rowkeys.row_keys(rows.iloc[len(rows) - n_new :], schema)
+        retrain_new_rows = str(
+            lineage.write_keys(ctx.path(products.RETRAIN_NEW_ROWS.path), new_keys)
+        )
 
     doc = {
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -325,6 +330,7 @@ def monitor_model(ctx: StageContext) -> dict[str, Any]:
         "n_drifted": verdict["n_drifted"],
         "n_columns": verdict["n_columns"],
         "retrain_data": retrain_data,
+        "retrain_new_rows": retrain_new_rows,
     }
     ctx.write(products.MONITOR, result)
     return {**result, "verdict": verdict}

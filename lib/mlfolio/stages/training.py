@@ -9,7 +9,18 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from mlfolio import data, evaluate, features, products, progress, registry, tracking, train, tune
+from mlfolio import (
+    data,
+    evaluate,
+    features,
+    lineage,
+    products,
+    progress,
+    registry,
+    tracking,
+    train,
+    tune,
+)
 from mlfolio.config import Config
 from mlfolio.context import StageContext
 from mlfolio.errors import StageError
@@ -72,12 +83,14 @@ def ingest(ctx: StageContext) -> tuple[pd.DataFrame, dict[str, Any]]:
 
 # -- preprocess -----------------------------------------------------------------------
 def preprocess(ctx: StageContext) -> dict[str, pd.DataFrame]:
-    """Seeded stratified train/valid/test split of the snapshot, written as Parquet."""
+    """The train/valid/test split of the snapshot (``split.method``), written as Parquet,
+    and the keys of the rows its models will see (train + valid)."""
     cfg = ctx.cfg
     snapshot = ctx.read_parquet(SNAPSHOT)
     parts = features.split(snapshot, cfg.schema, cfg.split, cfg.seed)
     for name, part in parts.items():
         ctx.write_parquet(SPLITS[name], part)
+    lineage.write_keys(ctx.path(products.SEEN_ROWS.path), lineage.seen_keys(parts, cfg.schema))
     table = features.split_summary(parts, cfg.schema)
     mlflow.log_params({f"split.{k}": v for k, v in cfg.split.model_dump().items()})
     mlflow.log_metrics({f"{name}_rows": int(row["rows"]) for name, row in table.iterrows()})
@@ -111,6 +124,8 @@ def _fit_and_log(
     )
     # A few rows for the input example: not a copy of every training row's features.
     uri = tracking.log_model(model, parts["train"].head(5), schema=schema)
+    # the rows it saw travel with it: a later gate leaves them out (mlfolio.lineage)
+    mlflow.log_artifact(str(ctx.existing(products.SEEN_ROWS)), lineage.ARTIFACT_DIR)
     return {
         "name": run_name,
         "kind": kind,
@@ -323,7 +338,7 @@ def evaluate_candidate(ctx: StageContext) -> dict[str, Any]:
     """Pick the best model on validation, score it and the champion (each at its own
     threshold) on the test rows, apply the gate, and explain both models: attributions,
     permutation importance, the threshold curve, segments and the model card."""
-    from mlfolio.stages import explaining
+    from mlfolio.stages import explaining, unseen
 
     cfg = ctx.cfg
     schema = cfg.schema
@@ -345,7 +360,8 @@ def evaluate_candidate(ctx: StageContext) -> dict[str, Any]:
     scored = {"candidate": (score, threshold)}
     explained = {"candidate": model}
     champion = compared_champion(cfg)
-    champion_info, comparison = None, None
+    champion_info, comparison, compared, fair = None, None, None, {}
+    segment_rows = np.ones(len(y_test), dtype=bool)
     if champion is not None:
         try:
             champ_model = tracking.load_model(champion.uri)
@@ -364,30 +380,33 @@ def evaluate_candidate(ctx: StageContext) -> dict[str, Any]:
         scores["champion"] = champ_score
         scored["champion"] = (champ_score, champ_threshold)
         explained["champion"] = champ_model
+        # compared only on test rows the champion never saw (its lineage says which)
+        unseen_rows, fair = unseen.compare(cfg, champion, parts["test"], y_test, score, champ_score)
+        comparison, compared = fair.pop("comparison"), fair.pop("compared")
+        both = len(np.unique(y_test[unseen_rows])) == 2
+        kept = unseen_rows if both else np.ones(len(y_test), dtype=bool)
+        segment_rows = kept
+        yk, ck = y_test[kept], champ_score[kept]
         champion_info = {
             "version": champion.version,
             "run_id": champion.run_id,
-            "test": evaluate.classification_metrics(y_test, champ_score, champ_threshold),
+            "test": evaluate.classification_metrics(yk, ck, champ_threshold),
+            "test_rows": int(kept.sum()),
+            "test_rows_are": "unseen by it" if both else "all (too few unseen rows)",
             "threshold": champ_threshold,
             "threshold_source": source,
-            "confusion": evaluate.confusion(y_test, champ_score, champ_threshold),
-            "calibration": evaluate.calibration(
-                y_test, champ_score, cfg.evaluation.calibration_bins
-            ),
+            "confusion": evaluate.confusion(yk, ck, champ_threshold),
+            "calibration": evaluate.calibration(yk, ck, cfg.evaluation.calibration_bins),
         }
-        comparison = evaluate.bootstrap_auc_difference(
-            y_test,
-            score,
-            champ_score,
-            cfg.gate.bootstrap_samples,
-            cfg.gate.confidence,
-            cfg.seed,
-            cfg.gate.bootstrap_rows,
-        )
     # an unchanged re-run's candidate may be the champion's own model: no gain to measure
     same_model = champion is not None and registry.same_model(champion, best["model_uri"])
     verdict = evaluate.gate(
-        cfg.gate, test_metrics, comparison, champion.version if champion else None, same_model
+        cfg.gate,
+        test_metrics,
+        comparison,
+        champion.version if champion else None,
+        same_model,
+        compared,
     )
     ctx.write_parquet(
         "data/test_scores.parquet", pd.DataFrame({"y": y_test, **{k: v for k, v in scores.items()}})
@@ -413,6 +432,8 @@ def evaluate_candidate(ctx: StageContext) -> dict[str, Any]:
         "threshold_curve": evaluate.threshold_curve(y_valid, valid_score),
         "champion": champion_info,
         "comparison": comparison,
+        # with a champion: rows_unseen_by_champion, champion_overlap, row_sets, decided_by
+        **fair,
         "gate": verdict.to_dict(),
         "intervals": {
             "metrics": evaluate.bootstrap_intervals(
@@ -431,7 +452,13 @@ def evaluate_candidate(ctx: StageContext) -> dict[str, Any]:
             "test_rows": len(y_test),
         },
         "explain": explanations,
-        "segments": explaining.segments(cfg, parts["test"], scored, explanations["candidate"]),
+        # both models on the rows they are compared on
+        "segments": explaining.segments(
+            cfg,
+            parts["test"][segment_rows],
+            {name: (values[segment_rows], cut) for name, (values, cut) in scored.items()},
+            explanations["candidate"],
+        ),
     }
     ctx.write(products.EVALUATE, result)
     explaining.write_model_card(ctx, result)

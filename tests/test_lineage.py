@@ -1,0 +1,58 @@
+"""Row keys and the record of the rows a model saw."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mlfolio import config, data, features, lineage, rowkeys
+from mlfolio.errors import DataValidationError
+
+from .conftest import CHURN_PARAMS
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return config.load(CHURN_PARAMS)
+
+
+@pytest.fixture(scope="module")
+def parts(cfg):
+    churn = data.validate(data.load_source(cfg.data), cfg.schema)
+    return features.split(churn, cfg.schema, cfg.split, cfg.seed)
+
+
+def test_row_keys_follow_the_id_whatever_its_type_or_the_other_values(cfg, parts):
+    test = parts["test"]
+    keys = rowkeys.row_keys(test, cfg.schema)
+    assert keys.dtype == np.uint64 and len(np.unique(keys)) == len(test)
+    changed = test.assign(monthlycharges=test["monthlycharges"] + 5, churn="No")
+    assert np.array_equal(rowkeys.row_keys(changed, cfg.schema), keys)
+    as_category = test.assign(customerid=test["customerid"].astype("category"))
+    assert np.array_equal(rowkeys.row_keys(as_category, cfg.schema), keys)
+    numeric = pd.DataFrame({"customerid": [7, 8], **{c: test[c].head(2) for c in test}})
+    numeric["customerid"] = [7, 8]
+    as_text = numeric.assign(customerid=["7", "8"])
+    assert np.array_equal(
+        rowkeys.row_keys(numeric, cfg.schema), rowkeys.row_keys(as_text, cfg.schema)
+    )
+    # a blank id: the row is known by its values, not lumped with every other blank one
+    blank = test.head(3).assign(customerid=["", None, " "])
+    blank_keys = rowkeys.row_keys(blank, cfg.schema)
+    assert len(set(blank_keys.tolist())) == 3
+    no_id = cfg.schema.model_copy(update={"id_column": None})
+    assert np.array_equal(blank_keys, rowkeys.row_keys(test.head(3), no_id))
+
+
+def test_seen_keys_are_train_and_valid_and_round_trip_through_parquet(cfg, parts, tmp_path):
+    seen = lineage.seen_keys(parts, cfg.schema)
+    assert len(seen) == len(parts["train"]) + len(parts["valid"])
+    assert np.all(np.diff(seen.astype(np.float64)) >= 0)  # sorted
+    assert not np.isin(rowkeys.row_keys(parts["test"], cfg.schema), seen).any()
+    path = lineage.write_keys(tmp_path / "seen.parquet", seen)
+    assert np.array_equal(lineage.read_keys(path), seen)
+    assert path.stat().st_size < 10 * len(seen)  # about 8 bytes a row
+    pd.DataFrame({"id": [1]}).to_parquet(tmp_path / "wrong.parquet")
+    with pytest.raises(DataValidationError, match="wrong.parquet: no 'row_key' column"):
+        lineage.read_keys(tmp_path / "wrong.parquet")
