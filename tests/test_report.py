@@ -669,8 +669,23 @@ def test_champion_is_shown_at_its_own_threshold_beside_the_candidate(
     for r in ev["segments"]["rows"]:
         if not r["judged"]:
             assert f"{r['column']} = {r['value']} ({r['positives']} positive" in segments
+    # on how many rows the champion was compared: all test rows (it never saw them)
+    rows = ev["rows_unseen_by_champion"]
+    assert rows == ev["champion_overlap"]["test_rows"] and ev["champion_overlap"]["found"] == 0
+    assert page.inner_text("#gate-rows").startswith(
+        f"Compared with champion v1 only on rows it never trained, tuned or chose its "
+        f"threshold on: {rows} of the {rows} test rows (0 it had seen left out, 0 remain;"
+    )
+    assert page.inner_text("#row-set-unseen_test").split("\t")[:3] == [
+        "test rows the champion never saw",
+        str(rows),
+        str(ev["row_sets"]["unseen_test"]["positives"]),
+    ]
+    assert page.locator("#row-set-out_of_time").count() == 0  # no recent rows given
+    assert "decides the gate" in page.inner_text("#row-set-unseen_test")
     open_file(page, against_champion / "05_evaluate.html")
     text = page.inner_text("body")
+    assert f"Compared with the champion on {rows} of {rows} test rows" in text
     assert f"champion v1: {v1:.4f} (tag mlfolio.threshold)" in text
     assert "champion roc_auc" in text
     assert text.count("candidate worse") == 1  # the rule's statement; no segment's verdict

@@ -95,6 +95,14 @@ class EvaluateDoc(_Doc):
     segments: dict[str, Any] | None = None
     threshold_curve: dict[str, list[float | None]] | None = None  # None: undefined there
     intervals: dict[str, Any] | None = None
+    # With a champion (since the gate compared on unseen rows only): the test rows it never
+    # saw, the overlap its lineage showed (found, excluded, remaining: 0), each row set's
+    # comparison (unseen_test; out_of_time with evaluation.recent_rows) and which decided.
+    rows_unseen_by_champion: int | None = None
+    champion_overlap: dict[str, Any] | None = None
+    row_sets: dict[str, dict[str, Any]] | None = None
+    decided_by: Literal["unseen_test", "out_of_time"] | None = None
+    recent_rows: dict[str, Any] | None = None
 
 
 class RegisterDoc(_Doc):
