@@ -286,7 +286,7 @@ def test_gate_needs_enough_rows_the_champion_never_saw_and_names_the_set():
     cand = {"roc_auc": 0.85}
     cfg = GateConfig(min_roc_auc=0.8, min_unseen_rows=200)
     few = {"row_set": "unseen_test", "rows": 175, "excluded": 625}
-    verdict = evaluate.gate(cfg, cand, gain, "1", few)
+    verdict = evaluate.gate(cfg, cand, gain, "1", compared=few)
     assert not verdict.passed  # the gain alone would pass: too few fair rows refuse it
     assert verdict.reasons[1] == (
         "FAIL compared with champion v1 on 175 test rows the champion never saw (625 test "
@@ -294,14 +294,14 @@ def test_gate_needs_enough_rows_the_champion_never_saw_and_names_the_set():
     )
     assert verdict.reasons[2].startswith("PASS ROC AUC gain over champion v1 +0.0200")
     recent = {"row_set": "out_of_time", "rows": 640, "excluded": 0}
-    verdict = evaluate.gate(cfg, cand, gain, "1", recent)
+    verdict = evaluate.gate(cfg, cand, gain, "1", compared=recent)
     assert verdict.passed
     assert verdict.reasons[1] == (
         "PASS compared with champion v1 on 640 out-of-time rows (the newest labelled rows, "
         "unseen by both models) (gate.min_unseen_rows 200)"
     )
     # a champion, but no measurable difference on the rows left: refused, never "no champion"
-    lonely = evaluate.gate(cfg, cand, None, "1", {**few, "rows": 0})
+    lonely = evaluate.gate(cfg, cand, None, "1", compared={**few, "rows": 0})
     assert not lonely.passed and not any("no champion" in r for r in lonely.reasons)
     assert lonely.reasons[-1] == (
         "FAIL ROC AUC gain over champion v1: not measurable: needs 2 rows of each class "

@@ -405,8 +405,8 @@ def evaluate_candidate(ctx: StageContext) -> dict[str, Any]:
         test_metrics,
         comparison,
         champion.version if champion else None,
-        same_model,
-        compared,
+        same_model=same_model,
+        compared=compared,
     )
     ctx.write_parquet(
         "data/test_scores.parquet", pd.DataFrame({"y": y_test, **{k: v for k, v in scores.items()}})
