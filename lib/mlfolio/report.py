@@ -70,7 +70,7 @@ def _metric_rows(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any] | 
 def _rows_compared(run_dir: Path) -> dict[str, Any] | None:
     """On which rows candidate and champion were compared (evaluate.json's overlap and
     row sets; None without a champion, or for a run evaluated before they were written)."""
-    from mlfolio import evaluate, products
+    from mlfolio import products
 
     ev = products.EVALUATE.load(run_dir)
     if ev is None or ev.champion is None or ev.row_sets is None:
@@ -81,7 +81,7 @@ def _rows_compared(run_dir: Path) -> dict[str, Any] | None:
         sets.append(
             {
                 "id": key,
-                "label": evaluate.ROW_SETS[key],
+                "label": found.get("label", key.replace("_", " ")),
                 "rows": found["rows"],
                 "positives": found["positives"],
                 "candidate": found.get("candidate_roc_auc"),

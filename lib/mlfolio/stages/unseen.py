@@ -104,6 +104,8 @@ def compare(
     if cfg.evaluation.recent_rows:
         recent, record["recent_rows"] = recent_mask(cfg, test, unseen)
         row_sets["out_of_time"] = on(recent)
+    for key, found in row_sets.items():  # the pages show it without importing evaluate
+        found["label"] = evaluate.ROW_SETS[key]
     decided_by = evaluate.deciding_row_set(row_sets, gate.min_unseen_rows)
     record.update(
         champion_overlap=overlap,
