@@ -2,11 +2,13 @@
 
 One weak champion is trained once (a 3-stump xgboost); current data are held-out rows of
 its run, as they are (i.i.d.) or with drift injected (shifted charges, a changed contract
-mix, shorter tenures), with their real outcomes as labels.
+mix, shorter tenures) under new customer ids as ``tools/monitor_demo.py`` sends them, with
+their real outcomes as labels.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from collections.abc import Callable
@@ -22,7 +24,7 @@ from mlfolio import cli, pipeline
 from mlfolio.errors import ConfigError
 from mlfolio.pipeline import terminal
 
-from .conftest import CHURN_CSV, CHURN_PARAMS, SMALL, deep_update, tracking_section
+from .conftest import CHURN_CSV, CHURN_PARAMS, ROOT, SMALL, deep_update, tracking_section
 
 pytestmark = pytest.mark.slow
 QUIET = {"echo": lambda line: None}
@@ -34,6 +36,17 @@ WEAK = {
     "tuning": {"enabled": False},
 }
 STRONG = {"training.models": ["logreg"], "tuning.enabled": False}
+
+
+def monitor_demo():
+    """``tools/monitor_demo.py`` as a module (tools/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(
+        "monitor_demo", ROOT / "tools" / "monitor_demo.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 class Env:
@@ -101,6 +114,9 @@ def env(tmp_path_factory) -> Env:
     drifted["monthlycharges"] = drifted["monthlycharges"] * 1.4 + 10
     drifted.loc[drifted["contract"] == "Two year", "contract"] = "Month-to-month"
     drifted.loc[drifted.index % 3 == 0, "tenure"] //= 3
+    # new customers, as the demo sends them: under v1's own ids every drifted row would
+    # keep its valid/test split in the retraining (a row's split comes from its id)
+    drifted = monitor_demo().as_new_customers(drifted, "customerid", "2026m12")
     env.drifted = env.root / "drifted.csv"
     drifted.to_csv(env.drifted, index=False)
     return env
@@ -205,9 +221,10 @@ def test_drift_retrains_and_only_a_better_model_is_promoted(env):
     assert (mon_dir / act["index"]).resolve() == re_dir / "index.html"
     assert f'href="{act["index"]}"' in (mon_dir / "index.html").read_text()
     assert f'href="{trigger["monitor_index"]}"' in (re_dir / "index.html").read_text()
-    # trained on the champion's rows plus the newly labelled ones (ids replaced, not doubled)
+    # trained on the champion's rows plus the newly labelled ones (new customers: added)
+    new_ids = pd.read_csv(env.drifted)["customerid"]
     retrain_rows = pd.read_parquet(trigger["data"])
-    assert retrain_m.data["data"]["rows"] == len(retrain_rows) == 4000
+    assert retrain_m.data["data"]["rows"] == len(retrain_rows) == 4000 + len(new_ids)
     assert retrain_rows["monthlycharges"].max() > pd.read_csv(CHURN_CSV)["monthlycharges"].max()
     parent = env.client().get_run(retrain_m.data["mlflow"]["parent_run_id"])
     assert parent.data.tags["mlfolio.trigger"] == "monitor"
@@ -217,6 +234,14 @@ def test_drift_retrains_and_only_a_better_model_is_promoted(env):
         [pd.read_parquet(env.source / "data" / f"{s}.parquet") for s in ("train", "valid")]
     )["customerid"]
     retrain_test = pd.read_parquet(re_dir / "data" / "test.parquet")["customerid"]
+    # the drifted customers hash across all three splits: the retraining learns from them
+    drifted_in = {
+        s: int(pd.read_parquet(re_dir / "data" / f"{s}.parquet")["customerid"].isin(new_ids).sum())
+        for s in ("train", "valid", "test")
+    }
+    assert all(n > 0 for n in drifted_in.values()), drifted_in
+    assert sum(drifted_in.values()) == len(new_ids)
+    assert drifted_in["train"] > len(new_ids) / 2, drifted_in
     leaked = int(retrain_test.isin(seen).sum())
     assert leaked == 0, f"{leaked} of {len(retrain_test)} test rows were in v1's train/valid"
     # evaluate knew it from v1's lineage (logged with the model) and recorded it
@@ -232,14 +257,11 @@ def test_drift_retrains_and_only_a_better_model_is_promoted(env):
         "remaining": 0,
     }
     # out-of-time: the newly labelled (drifted) customers in the test split, none seen by
-    # v1 — its test customers, sent back as traffic; they decide the gate
-    new_ids = pd.read_csv(env.drifted)["customerid"]
-    v1_test = pd.read_parquet(env.source / "data" / "test.parquet")["customerid"]
+    # v1 (new customers); they decide the gate
     assert trigger["new_rows"] == monitor_m.data["monitor"]["retrain_new_rows"]
     assert ev["recent_rows"]["rows"] == len(new_ids)
     recent = ev["row_sets"]["out_of_time"]
-    assert recent["rows"] == ev["recent_rows"]["unseen_by_both"] == len(v1_test)
-    assert recent["rows"] == int(retrain_test.isin(new_ids).sum())
+    assert recent["rows"] == ev["recent_rows"]["unseen_by_both"] == drifted_in["test"]
     assert ev["decided_by"] == "out_of_time" and ev["comparison"]["row_set"] == "out_of_time"
     assert ev["comparison"]["difference"] == pytest.approx(
         recent["candidate_roc_auc"] - recent["champion_roc_auc"]

@@ -5,7 +5,9 @@
 2. Replays the champion's held-out rows (its run's validation and test splits) as traffic,
    with drift injected: prices rise (monthly charges +40 % +10), a campaign moves DSL
    customers to fiber and everyone to paperless electronic billing, two-year contracts
-   turn into month-to-month, a third of the customers are new (tenure / 3).
+   turn into month-to-month, a third of the customers are new (tenure / 3). The drifted
+   copies stand in for the monitored period's customers, so they get new ids (the
+   original id plus the period, e.g. ``7590-VHVEG-2026m12``): see :func:`as_new_customers`.
 3. Writes the customers' real outcomes as a labels file (``customerid,churn``): ground truth
    arriving after the predictions.
 4. Runs ``mlfolio monitor`` on the prediction log and the labels: drift report, A/B
@@ -44,6 +46,18 @@ def drifted(df: pd.DataFrame) -> pd.DataFrame:
     out.loc[out["internetservice"] == "DSL", "internetservice"] = "Fiber optic"
     out["paperlessbilling"] = "Yes"
     out.loc[out["paymentmethod"] == "Mailed check", "paymentmethod"] = "Electronic check"
+    return out
+
+
+def as_new_customers(df: pd.DataFrame, id_column: str, period: str) -> pd.DataFrame:
+    """``df`` with each id suffixed by ``-<period>``: new observations of new customers.
+
+    A row keeps its split for life (``split.method: hash``: the split comes from a hash of
+    its id). Under their own ids, the champion's held-out customers would all land in the
+    retraining's valid/test splits again and it would train on none of the drifted rows;
+    new ids hash across train/valid/test like any new customer's."""
+    out = df.copy()
+    out[id_column] = out[id_column].astype(str) + f"-{period}"
     return out
 
 
@@ -96,7 +110,9 @@ def main() -> int:
         [pd.read_parquet(source / "data" / f"{s}.parquet") for s in ("valid", "test")],
         ignore_index=True,
     )
-    traffic = drifted(held_out)
+    id_column = cfg.schema.id_column or "customerid"
+    period = datetime.now(UTC).strftime("%Ym%m")
+    traffic = as_new_customers(drifted(held_out), id_column, period)
     # Beside the run folders it feeds, kept after the demo: the monitor run records it as
     # its source, and a new folder per demo keeps earlier traffic out of the window.
     log_dir = Path(args.log_dir) if args.log_dir else prediction_log_dir(cfg.experiment)
@@ -109,7 +125,7 @@ def main() -> int:
         "--prediction-log",
         str(log_dir),
         "--entity-column",
-        cfg.schema.id_column or "customerid",
+        id_column,
     ]
     if challenger is not None and challenger.version != champion.version:
         serve_args += ["--challenger", f"models:/{cfg.model_name}@challenger", "--shadow"]
@@ -136,7 +152,7 @@ def main() -> int:
         proc.send_signal(signal.SIGTERM)  # flushes the log
         proc.wait(timeout=30)
     labels = log_dir / "outcomes.csv"
-    traffic[[cfg.schema.id_column, cfg.schema.target]].to_csv(labels, index=False)
+    traffic[[id_column, cfg.schema.target]].to_csv(labels, index=False)
     cmd = [
         str(BIN / "mlfolio"),
         "monitor",
