@@ -45,6 +45,23 @@ def _no_ambient_tracking(monkeypatch):
     monkeypatch.setenv("MLFOLIO_USER", "pytest")
 
 
+@pytest.fixture(scope="module")
+def cfg():
+    """The default experiment's validated parameters."""
+    from mlfolio import config
+
+    return config.load(CHURN_PARAMS)
+
+
+@pytest.fixture(scope="module")
+def parts(cfg):
+    """The churn file's train/valid/test parts, split as the preprocess stage splits them."""
+    from mlfolio import data, features
+
+    churn = data.validate(data.load_source(cfg.data), cfg.schema)
+    return features.split(churn, cfg.schema, cfg.split, cfg.seed)
+
+
 @pytest.fixture
 def churn_raw() -> dict[str, Any]:
     return yaml.safe_load(CHURN_PARAMS.read_text())

@@ -14,17 +14,6 @@ from .conftest import CHURN_PARAMS
 
 
 @pytest.fixture(scope="module")
-def cfg():
-    return config.load(CHURN_PARAMS)
-
-
-@pytest.fixture(scope="module")
-def parts(cfg):
-    churn = data.validate(data.load_source(cfg.data), cfg.schema)
-    return features.split(churn, cfg.schema, cfg.split, seed=cfg.seed)
-
-
-@pytest.fixture(scope="module")
 def models(cfg, parts):
     return {
         kind: train.fit(cfg.schema, kind, dict(getattr(cfg.training, kind)), parts["train"], 0)

@@ -6,21 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlfolio import config, data, features, lineage, rowkeys
+from mlfolio import lineage, rowkeys
 from mlfolio.errors import DataValidationError
-
-from .conftest import CHURN_PARAMS
-
-
-@pytest.fixture(scope="module")
-def cfg():
-    return config.load(CHURN_PARAMS)
-
-
-@pytest.fixture(scope="module")
-def parts(cfg):
-    churn = data.validate(data.load_source(cfg.data), cfg.schema)
-    return features.split(churn, cfg.schema, cfg.split, cfg.seed)
 
 
 def test_row_keys_follow_the_id_whatever_its_type_or_the_other_values(cfg, parts):

@@ -8,16 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlfolio import config, data, features, monitor
+from mlfolio import data, features, monitor
 from mlfolio.errors import DataValidationError
 from mlfolio.pipeline import terminal
-
-from .conftest import CHURN_PARAMS
-
-
-@pytest.fixture(scope="module")
-def cfg():
-    return config.load(CHURN_PARAMS)
 
 
 @pytest.fixture(scope="module")

@@ -10,23 +10,12 @@ import matplotlib
 import numpy as np
 import pytest
 
-from mlfolio import config, data, evaluate, features, monitor, train, views
+from mlfolio import data, evaluate, monitor, train, views
 from mlfolio.config import GateConfig, RetrainPolicyConfig
 
-from .conftest import CHURN_PARAMS, ROOT
+from .conftest import ROOT
 
 matplotlib.use("Agg")
-
-
-@pytest.fixture(scope="module")
-def cfg():
-    return config.load(CHURN_PARAMS)
-
-
-@pytest.fixture(scope="module")
-def parts(cfg):
-    churn = data.validate(data.load_source(cfg.data), cfg.schema)
-    return features.split(churn, cfg.schema, cfg.split, cfg.seed)
 
 
 @pytest.fixture(scope="module")
