@@ -13,26 +13,44 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mlfolio.config.base import SQL_PREFIXES, _Section, project_dir
+from mlfolio.config.operations import (
+    KFP_TASKS,
+    ABConfig,
+    AlertsConfig,
+    AwsConfig,
+    DeployConfig,
+    KfpConfig,
+    KfpResources,
+    KubernetesTargetConfig,
+    LambdaTargetConfig,
+    LocalTargetConfig,
+    MonitoringConfig,
+    RetrainPolicyConfig,
+    SagemakerTargetConfig,
+)
 from mlfolio.errors import ConfigError
 
-SQL_PREFIXES = ("sqlite:", "postgresql:", "postgresql+", "mysql:", "mysql+", "mssql", "oracle")
-
-
-def project_dir() -> Path:
-    """The project root: ``$MLFOLIO_PROJECT_DIR``, else the checkout mlfolio is installed from."""
-    env = os.environ.get("MLFOLIO_PROJECT_DIR")
-    if env:
-        return Path(env).resolve()
-    checkout = Path(__file__).resolve().parents[2]
-    if (checkout / "pyproject.toml").exists():
-        return checkout
-    return Path.cwd().resolve()
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+# re-exported: every section is importable from mlfolio.config
+__all__ = [
+    "SQL_PREFIXES",
+    "project_dir",
+    "ABConfig",
+    "AlertsConfig",
+    "AwsConfig",
+    "DeployConfig",
+    "KFP_TASKS",
+    "KfpConfig",
+    "KfpResources",
+    "KubernetesTargetConfig",
+    "LambdaTargetConfig",
+    "LocalTargetConfig",
+    "MonitoringConfig",
+    "RetrainPolicyConfig",
+    "SagemakerTargetConfig",
+]
 
 
 class DataConfig(_Section):
@@ -332,198 +350,6 @@ class TrackingConfig(_Section):
     artifact_location: str | None = Field(None, description="None = <project>/mlartifacts")
     experiment_name: str | None = Field(None, description="None = the experiment key")
     ui_url: str = Field("http://127.0.0.1:5000", description="base URL of `mlflow ui` for links")
-
-
-class LocalTargetConfig(_Section):
-    host: str = "127.0.0.1"
-    port: int = Field(0, ge=0, le=65535, description="0 = a free port")
-    sample_rows: int = Field(20, ge=1, description="test rows sent to check the answers")
-    keep_serving: bool = Field(
-        False,
-        description="leave the checked server running (its URL and pid are recorded); "
-        "false: it is stopped after the check, and nothing serves",
-    )
-
-
-class KubernetesTargetConfig(_Section):
-    image: str = "mlfolio-serve:latest"
-    namespace: str = "default"
-    replicas: int = Field(2, ge=1)
-    min_replicas: int = Field(2, ge=1)
-    max_replicas: int = Field(6, ge=1)
-    tracking_uri: str | None = Field(None, description="what pods use; None = the run's")
-
-
-class AwsConfig(_Section):
-    """Left empty, boto3's standard configuration (env, profile, instance role) applies."""
-
-    region: str | None = None
-    endpoint_url: str | None = Field(None, description="e.g. a moto server or LocalStack")
-    role_arn: str | None = None
-    bucket: str | None = None
-
-
-class LambdaTargetConfig(_Section):
-    function_name: str | None = Field(None, description="None = '<model name>'")
-    memory_mb: int = Field(1024, ge=128, le=10240)
-    timeout_s: int = Field(30, ge=1, le=900)
-
-
-class SagemakerTargetConfig(_Section):
-    endpoint_name: str | None = Field(None, description="None = '<model name>'")
-    image_uri: str | None = Field(None, description="the serving image (mlfolio serve)")
-    instance_type: str = "ml.m5.large"
-    instance_count: int = Field(1, ge=1)
-
-
-class DeployConfig(_Section):
-    """Where the deploy stage puts the model version behind ``alias``."""
-
-    targets: list[Literal["local", "kubernetes", "lambda", "sagemaker"]] = Field(
-        default_factory=lambda: ["local", "kubernetes"]
-    )
-    alias: str = "champion"
-    local: LocalTargetConfig = Field(default_factory=LocalTargetConfig)
-    kubernetes: KubernetesTargetConfig = Field(default_factory=KubernetesTargetConfig)
-    aws: AwsConfig = Field(default_factory=AwsConfig)
-    lambda_: LambdaTargetConfig = Field(default_factory=LambdaTargetConfig, alias="lambda")
-    sagemaker: SagemakerTargetConfig = Field(default_factory=SagemakerTargetConfig)
-
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-    @model_validator(mode="after")
-    def _aws_settings_present(self) -> DeployConfig:
-        if {"lambda", "sagemaker"} & set(self.targets) and not self.aws.role_arn:
-            raise ValueError("targets lambda/sagemaker need aws.role_arn (an IAM role ARN)")
-        if "sagemaker" in self.targets:
-            if not self.aws.bucket:
-                raise ValueError("target sagemaker needs aws.bucket (for model.tar.gz)")
-            if not self.sagemaker.image_uri:
-                raise ValueError(
-                    "target sagemaker needs sagemaker.image_uri (the serving "
-                    "image built from the kubernetes target's Dockerfile)"
-                )
-        return self
-
-
-class RetrainPolicyConfig(_Section):
-    """When monitoring fires retraining (any trigger, once the guards allow it)."""
-
-    min_drift_share: float | None = Field(
-        0.3, gt=0, le=1, description="share of drifted columns that fires"
-    )
-    on_dataset_drift: bool = True
-    max_roc_auc_drop: float | None = Field(
-        0.03, gt=0, le=1, description="quality drop that fires (with labels)"
-    )
-    min_rows: int = Field(500, ge=1, description="fewer current rows: no decision")
-    cooldown_hours: float = Field(24.0, ge=0, description="since the last retraining")
-
-
-class ABConfig(_Section):
-    """How the A/B report judges champion against challenger on logged outcomes."""
-
-    min_labelled: int = Field(200, ge=10, description="labelled rows needed in each variant")
-    min_improvement: float = Field(0.0, ge=0, le=1, description="ROC AUC gain to promote")
-    confidence: float = Field(0.95, gt=0.5, lt=1)
-    bootstrap_samples: int = Field(1000, ge=100)
-    act: bool = Field(False, description="move the registry aliases as recommended")
-
-
-class AlertsConfig(_Section):
-    """Thresholds of the Prometheus alert rules (``mlfolio.monitor.alerts``); the drift and
-    quality ones default to the retraining policy's, which mean the same."""
-
-    job: str = Field(
-        "mlfolio", pattern=r"^[A-Za-z0-9_.:-]+$", description="Prometheus job of the servers"
-    )
-    pending: str = Field("5m", pattern=r"^[0-9]+[smhd]$", description="'for:' of the alerts")
-    rate_window: str = Field("5m", pattern=r"^[0-9]+[smhd]$", description="rate() window")
-    error_ratio: float = Field(0.05, gt=0, le=1, description="5xx share of requests (not 503)")
-    latency_p99_seconds: float = Field(0.5, gt=0, description="p99 of scoring routes")
-    overload_ratio: float = Field(0.01, gt=0, le=1, description="503 share of requests")
-    score_mean_shift: float = Field(
-        0.1, gt=0, lt=1, description="mean score now vs score_offset ago"
-    )
-    score_window: str = Field("1h", pattern=r"^[0-9]+[smhd]$")
-    score_offset: str = Field("1d", pattern=r"^[0-9]+[smhd]$")
-    drift_share: float | None = Field(
-        None, gt=0, le=1, description="None: monitoring.retrain.min_drift_share"
-    )
-    roc_auc_drop: float | None = Field(
-        None, gt=0, le=1, description="None: monitoring.retrain.max_roc_auc_drop"
-    )
-    monitor_stale_hours: float = Field(48.0, gt=0, description="no monitor run for this long")
-
-
-class MonitoringConfig(_Section):
-    """The monitor run: where current data comes from and what fires retraining."""
-
-    prediction_log: str | None = Field(
-        None, description="the model server's --prediction-log folder (current data)"
-    )
-    current: str | None = Field(
-        None, description="CSV/Parquet of current rows; wins over the prediction log"
-    )
-    labels: str | None = Field(
-        None,
-        description="CSV/Parquet of ground truth: an id column "
-        "(request_id or the schema's id) + target",
-    )
-    window_hours: float | None = Field(
-        24.0, gt=0, description="prediction log window; None = all of it"
-    )
-    drift_share: float = Field(0.5, gt=0, le=1, description="dataset drift at this share")
-    report_sample_rows: int | None = Field(
-        5000, ge=100, description="rows per frame in the Evidently HTML"
-    )
-    retrain: RetrainPolicyConfig = Field(default_factory=RetrainPolicyConfig)
-    ab: ABConfig = Field(default_factory=ABConfig)
-    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
-
-
-# Tasks of the Kubeflow pipeline that take resource requests (tests check it against
-# mlfolio.pipeline.graph.STAGES; config cannot import the graph, which imports config).
-KFP_TASKS = (
-    *("ingest", "preprocess", "train", "tune", "evaluate", "register", "deploy"),
-    "tune_worker",
-)
-_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?([mkMGTPE]|[KMGTPE]i)?$")
-
-
-class KfpResources(_Section):
-    """What one pipeline task's pod requests (Kubernetes quantities, e.g. "500m", "4Gi")."""
-
-    cpu: str | None = None
-    memory: str | None = None
-
-    @field_validator("cpu", "memory")
-    @classmethod
-    def _quantity(cls, value: str | None) -> str | None:
-        if value is not None and not _QUANTITY.match(str(value)):
-            raise ValueError("expected a Kubernetes quantity such as 2, 500m or 4Gi")
-        return value
-
-
-class KfpConfig(_Section):
-    """``mlfolio compile kfp`` and ``--engine kfp``: the image, the artifact root, the
-    resource requests per task."""
-
-    image: str = Field("mlfolio:latest", description="image of every task (the Dockerfile)")
-    pipeline_root: str | None = Field(
-        None, description="where task artifacts go, e.g. s3://bucket/kfp; None = the cluster's"
-    )
-    resources: dict[str, KfpResources] = Field(
-        default_factory=dict, description=f"per task: {', '.join(KFP_TASKS)}"
-    )
-
-    @field_validator("resources")
-    @classmethod
-    def _known_tasks(cls, value: dict[str, KfpResources]) -> dict[str, KfpResources]:
-        for task in value:
-            if task not in KFP_TASKS:
-                raise ValueError(f"unknown task {task!r}; expected one of {', '.join(KFP_TASKS)}")
-        return value
 
 
 class Config(_Section):
