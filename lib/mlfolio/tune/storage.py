@@ -168,10 +168,55 @@ def open_study(cfg: TuningConfig, storage: Any, name: str, seed: int) -> optuna.
     else:
         # A shared storage holds trials other machines are running right now: only those
         # whose heartbeat stopped for the grace period are dead.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)
+        fail_stale_trials(study)
     return study
+
+
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Optuna's heartbeat check: fail the RUNNING trials whose heartbeat stopped for the
+    grace period (their worker is gone). No-op without heartbeats (a journal file)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+@contextmanager
+def storage_errors(cfg: TuningConfig) -> Iterator[None]:
+    """Turn a failure of the study's RDB storage while tuning into a
+    :class:`StudyStorageError` naming ``tuning.storage`` (password masked). Optuna can
+    bury it: when the database goes away during a trial's bookkeeping, its own clean-up
+    fails next and raises ``UnboundLocalError: ... 'updated_state'`` with the real cause
+    only in the exception's context."""
+    try:
+        yield
+    except StudyStorageError:
+        raise
+    except Exception as exc:
+        cause = _database_error(exc) if cfg.storage else None
+        if cause is None:
+            raise
+        reason = str(getattr(cause, "orig", None) or cause).strip().splitlines()
+        raise StudyStorageError(
+            f"tuning.storage: the study storage {masked(cfg.storage or '')} failed while "
+            f"tuning: {reason[0] if reason else type(cause).__name__}"
+        ) from exc
+
+
+def _database_error(exc: BaseException) -> BaseException | None:
+    """The database's own error in ``exc``'s chain (causes and contexts): the first one
+    with the driver's words (``.orig``), else the first SQLAlchemy error; None if none."""
+    import sqlalchemy
+
+    found: list[BaseException] = []
+    seen: set[int] = set()
+    todo: BaseException | None = exc
+    while todo is not None and id(todo) not in seen:
+        seen.add(id(todo))
+        if isinstance(todo, sqlalchemy.exc.SQLAlchemyError):
+            found.append(todo)
+        todo = todo.__cause__ or todo.__context__
+    with_orig = [e for e in found if getattr(e, "orig", None) is not None]
+    return (with_orig or found or [None])[0]
 
 
 def load_study(cfg: TuningConfig, storage: Any, name: str, seed: int) -> optuna.Study:

@@ -19,17 +19,20 @@ from mlfolio.tune.search import Folds, make_objective, tuning_rows
 from mlfolio.tune.storage import (
     FINISHED,
     claimed_before,
+    fail_stale_trials,
     is_shared,
     load_study,
     masked,
     open_study,
     rdb_storage,
     remaining_trials,
+    storage_errors,
     storage_for,
 )
 
 log = logging.getLogger(__name__)
 CLAIMED = (*FINISHED, optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
+WAIT_S = 1.0  # between looks at trials running elsewhere (heartbeats are seconds apart)
 
 
 class OverBudget(Exception):
@@ -116,8 +119,7 @@ def _worker(
     trials); the models' seed is ``seed`` for every worker, so a trial's value does not
     depend on which worker ran it.
     """
-    timeout = None if deadline is None else deadline - time.time()
-    if timeout is not None and timeout <= 0:
+    if _left(deadline) == 0:
         return 0
     sampler_seed = seed + 1 + worker
     study = load_study(cfg, storage, name, sampler_seed)
@@ -135,16 +137,71 @@ def _worker(
         elif cfg.storage and len(study.get_trials(deepcopy=False, states=CLAIMED)) >= cfg.n_trials:
             study.stop()
 
-    objective = make_objective(
-        folds, cfg.model, seed, cfg.pruner != "none", cfg.early_stopping_rounds
+    objective = _budgeted(
+        make_objective(folds, cfg.model, seed, cfg.pruner != "none", cfg.early_stopping_rounds),
+        cfg.n_trials,
+        sampler_seed,
     )
-    study.optimize(
-        _budgeted(objective, cfg.n_trials, sampler_seed),
-        timeout=timeout,
-        callbacks=[next_slot, _progress(progress_path, cfg.n_trials)],
-        catch=(OverBudget,),
-    )
+
+    def run(n_trials: int | None) -> None:
+        study.optimize(
+            objective,
+            n_trials=n_trials,
+            timeout=_left(deadline),
+            callbacks=[next_slot, _progress(progress_path, cfg.n_trials)],
+            catch=(OverBudget,),
+        )
+
+    run(None)
+    if cfg.storage:
+        slots = None  # the slots apportioned this run's first pass; the study's budget rules now
+        _see_budget_through(study, cfg.n_trials, deadline, run)
     return ran
+
+
+def _left(deadline: float | None) -> float | None:
+    """Seconds until ``deadline`` (never below 0), None without one."""
+    return None if deadline is None else max(0.0, deadline - time.time())
+
+
+def _see_budget_through(
+    study: optuna.Study,
+    n_trials: int,
+    deadline: float | None,
+    run_more: Callable[[int], None],
+) -> None:
+    """A shared study is done when it has ``n_trials`` finished trials and none RUNNING,
+    not when this worker finds nothing left to claim: a worker killed mid-trial leaves
+    its trial RUNNING, holding the last slot. So wait while trials run (elsewhere, or
+    dead), failing those whose heartbeat stopped for the grace period (Optuna's
+    ``fail_stale_trials``), and run the trials still missing when none is running.
+    Gives up at ``deadline`` (``tuning.timeout``)."""
+    running = (optuna.trial.TrialState.RUNNING,)
+    fruitless = 0
+    while True:
+        missing = remaining_trials(study, n_trials)
+        if not study.get_trials(deepcopy=False, states=running):
+            if missing == 0:
+                return
+            if fruitless >= 3:  # every new trial is refused as over budget: do not spin
+                log.warning(
+                    "study %s: %d trial(s) short, none could run", study.study_name, missing
+                )
+                return
+            log.info(
+                "study %s: %d trial(s) short of %d with none running: running them here",
+                study.study_name,
+                missing,
+                n_trials,
+            )
+            run_more(missing)
+            fruitless = fruitless + 1 if remaining_trials(study, n_trials) >= missing else 0
+            continue
+        if _left(deadline) == 0:
+            return
+        log.info("study %s: waiting for the trials running on other workers", study.study_name)
+        time.sleep(WAIT_S)
+        fail_stale_trials(study)
 
 
 def _child_worker(*args: Any) -> None:
@@ -263,6 +320,31 @@ def run_study(
     only reads it. ``progress_path``: where each finished trial updates the progress the
     runner shows (trials done / total, best so far).
     """
+    with storage_errors(cfg):
+        return _run_study(
+            cfg,
+            train,
+            schema,
+            seed,
+            run_dir,
+            study_name,
+            progress_path,
+            first_trial,
+            first_trial_note,
+        )
+
+
+def _run_study(
+    cfg: TuningConfig,
+    train: pd.DataFrame,
+    schema: SchemaConfig,
+    seed: int,
+    run_dir: Path,
+    study_name: str,
+    progress_path: Path | None = None,
+    first_trial: dict[str, Any] | None = None,
+    first_trial_note: str | None = None,
+) -> optuna.Study:
     deadline = None if cfg.timeout is None else time.time() + cfg.timeout
     storage = storage_for(cfg, run_dir)
     study = open_study(cfg, storage, study_name, seed)
@@ -278,42 +360,31 @@ def run_study(
     if len(rows) < len(train):
         log.info("tuning on a stratified sample of %d of %d training rows", len(rows), len(train))
     folds = Folds.build(rows, schema, cfg.cv_folds, seed)
-    if cfg.n_workers == 1:
-        objective = make_objective(
-            folds, cfg.model, seed, cfg.pruner != "none", cfg.early_stopping_rounds
-        )
+    objective = _budgeted(
+        make_objective(folds, cfg.model, seed, cfg.pruner != "none", cfg.early_stopping_rounds),
+        cfg.n_trials,
+        seed,
+    )
+
+    def run_here(n_trials: int) -> None:
         study.optimize(
-            _budgeted(objective, cfg.n_trials, seed),
-            n_trials=todo,
-            timeout=cfg.timeout,
+            objective,
+            n_trials=n_trials,
+            timeout=_left(deadline),
             catch=(OverBudget,),
             callbacks=[_stop_over_budget, _progress(progress_path, cfg.n_trials)],
         )
+
+    if cfg.n_workers == 1:
+        run_here(todo)
     else:
         _run_workers(cfg, storage, study_name, seed, folds, todo, progress_path)
     study = load_study(cfg, storage, study_name, seed)
+    if cfg.storage:  # trials of workers elsewhere, or of a dead one, are in the budget
+        _see_budget_through(study, cfg.n_trials, deadline, run_here)
     # The final count once, from the whole study: workers' last writes may cross.
     _progress(progress_path, cfg.n_trials)(study, None)
-    if cfg.storage:
-        _wait_for_other_workers(study, deadline)
     return study
-
-
-def _wait_for_other_workers(study: optuna.Study, deadline: float | None) -> None:
-    """Trials still running on other machines are part of this study's budget: wait until
-    they finish, their worker is found dead (heartbeats), or the timeout has passed."""
-    import warnings
-
-    running = (optuna.trial.TrialState.RUNNING,)
-    if study.get_trials(deepcopy=False, states=running):
-        log.info("study %s: waiting for trials running on other workers", study.study_name)
-    while study.get_trials(deepcopy=False, states=running):
-        if deadline is not None and time.time() >= deadline:
-            return
-        time.sleep(1.0)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)
 
 
 def require_shared(cfg: TuningConfig) -> None:
@@ -351,6 +422,11 @@ def join_study(cfg: Config, train: pd.DataFrame, study_name: str, worker: int) -
     comparable. Give each worker its own ``worker`` number: its sampler seed is
     ``cfg.seed + 1 + worker`` (the tune stage's own workers use 0 .. n_workers - 1).
     """
+    with storage_errors(cfg.tuning):
+        return _join_study(cfg, train, study_name, worker)
+
+
+def _join_study(cfg: Config, train: pd.DataFrame, study_name: str, worker: int) -> int:
     tuning = cfg.tuning
     require_shared(tuning)
     if worker < 0:
