@@ -145,7 +145,7 @@ def team_env(monkeypatch, team_services):
 # idle the other core. (xdist's own xdist_group marks do not reach its scheduler under
 # pytest 9, whose node ids are no longer assignable: this scheduler reads the module from
 # the node id instead.)
-TEAM_MODULES = {"test_team", "test_kfp", "test_tune_rdb"}
+TEAM_MODULES = {"test_team", "test_kfp", "test_tune_rdb", "test_faults_store"}
 LONGEST_FIRST = (
     "team",
     "test_reuse",

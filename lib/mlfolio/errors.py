@@ -69,6 +69,13 @@ class LockTimeoutError(RegistryError):
     http_status = 409
 
 
+class LockUnavailableError(RegistryError):
+    """A registry lock could not be taken at all: its store (``registry.lock_uri``, the
+    registry itself) is unreachable or refused (names where, password masked)."""
+
+    http_status = 503
+
+
 class RunInterrupted(MlfolioError):
     """SIGINT or SIGTERM stopped a run; ``exit_code`` is 128 + the signal's number."""
 

@@ -10,9 +10,10 @@ a lock from the re-read to the write. Which lock depends on where the registry l
   registry's own database, released when the session ends, so a killed holder frees it.
 - ``http(s)://`` (a tracking server): a lease written as a tag of the registered model,
   then read back after a settle delay; the holder renews nothing, the lease expires after
-  ``lease_s``. Tag writes are last-writer-wins, so this is exclusive only while every
-  writer's read-to-write gap stays below the settle delay. For a strict lock, point
-  ``registry.lock_uri`` at the tracking server's PostgreSQL database.
+  ``lease_s``; two first writes of the tag at once (the server's unique key refusing
+  one) count as a lost race. Tag writes are last-writer-wins, so this is exclusive only
+  while every writer's read-to-write gap stays below the settle delay. For a strict
+  lock, point ``registry.lock_uri`` at the tracking server's PostgreSQL database.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import socket
 import time
@@ -29,7 +31,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from mlfolio.errors import LockTimeoutError
+from mlfolio.errors import LockTimeoutError, LockUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,11 @@ LEASE_TAG_PREFIX = "mlfolio.lock."
 def owner() -> str:
     """Who holds a lock: host, process and a random suffix (two holders never match)."""
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def masked(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (for messages and logs)."""
+    return re.sub(r"^([^:/]+://[^:@/]+):[^@/]*@", r"\1:***@", url)
 
 
 def _slug(key: str) -> str:
@@ -117,6 +124,7 @@ def lease_lock(
     model_name: str, key: str, timeout_s: float, lease_s: float = 120.0, settle_s: float = 0.5
 ) -> Iterator[None]:
     """A lease tag on the registered model ``model_name`` (HTTP tracking servers)."""
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
@@ -127,13 +135,22 @@ def lease_lock(
         tags = client.get_registered_model(model_name).tags or {}
         held = json.loads(tags[tag]) if tag in tags else None
         if held is None or held.get("expires", 0) < time.time():
-            client.set_registered_model_tag(
-                model_name, tag, json.dumps({"owner": me, "expires": time.time() + lease_s})
-            )
-            time.sleep(settle_s)  # a writer that read before ours wrote after it: it wins
-            now = (client.get_registered_model(model_name).tags or {}).get(tag)
-            if now and json.loads(now).get("owner") == me:
-                break
+            lease = json.dumps({"owner": me, "expires": time.time() + lease_s})
+            try:
+                client.set_registered_model_tag(model_name, tag, lease)
+                wrote = True
+            except MlflowException as exc:
+                if not _write_conflict(exc):
+                    raise
+                # Another holder's INSERT of the same tag won the race: it holds the
+                # lease (or the settle delay decides), so read again like any loser.
+                log.debug("lease %s: write conflict, reading again: %s", tag, exc)
+                wrote = False
+            if wrote:
+                time.sleep(settle_s)  # a writer that read before ours wrote after it: it wins
+                now = (client.get_registered_model(model_name).tags or {}).get(tag)
+                if now and json.loads(now).get("owner") == me:
+                    break
         if time.monotonic() >= deadline:
             raise LockTimeoutError(
                 f"lease {tag} on {model_name} still held by "
@@ -144,9 +161,23 @@ def lease_lock(
     try:
         yield
     finally:
-        now = (client.get_registered_model(model_name).tags or {}).get(tag)
-        if now and json.loads(now).get("owner") == me:
-            client.delete_registered_model_tag(model_name, tag)
+        try:
+            now = (client.get_registered_model(model_name).tags or {}).get(tag)
+            if now and json.loads(now).get("owner") == me:
+                client.delete_registered_model_tag(model_name, tag)
+        except MlflowException as exc:  # never hide the block's own error; the lease expires
+            log.warning(
+                "lease %s on %s not released (expires in %g s): %s", tag, model_name, lease_s, exc
+            )
+
+
+# What a tracking server answers when two clients INSERT the same tag at once (its
+# store's primary key on (name, key)): PostgreSQL, MySQL, SQLite.
+_CONFLICT_MARKERS = ("UniqueViolation", "duplicate key", "Duplicate entry", "UNIQUE constraint")
+
+
+def _write_conflict(exc: Exception) -> bool:
+    return any(marker in str(exc) for marker in _CONFLICT_MARKERS)
 
 
 def lock_kind(uri: str) -> str:
@@ -166,12 +197,17 @@ def lock_file(store: Path, purpose: str, model_name: str) -> Path:
 
 @contextlib.contextmanager
 def registry_lock(
-    registry_uri: str, model_name: str, purpose: str, timeout_s: float = 60.0
+    registry_uri: str,
+    model_name: str,
+    purpose: str,
+    timeout_s: float = 60.0,
+    source: str = "the registry",
 ) -> Iterator[str]:
     """Hold the lock for ``purpose`` (``promote``, ``retrain``) on ``model_name``.
 
     Yields the kind of lock taken. Raises :class:`LockTimeoutError` naming the holder
-    when it cannot be had within ``timeout_s``.
+    when it cannot be had within ``timeout_s``, and :class:`LockUnavailableError` naming
+    ``source`` (the parameter that chose the store) when its store cannot be reached.
     """
     key = f"mlfolio:{purpose}:{model_name}"
     kind = lock_kind(registry_uri)
@@ -182,6 +218,17 @@ def registry_lock(
         ctx = postgres_lock(registry_uri, key, timeout_s)
     else:
         ctx = lease_lock(model_name, key, timeout_s)
-    with ctx:
+    with contextlib.ExitStack() as held:
+        # Only taking the lock is translated: errors of the caller's block pass unchanged.
+        try:
+            held.enter_context(ctx)
+        except LockTimeoutError:
+            raise
+        except Exception as exc:
+            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+            raise LockUnavailableError(
+                f"{source}: cannot take the {purpose} lock ({kind}) at "
+                f"{masked(registry_uri)}: {reason[0] if reason else type(exc).__name__}"
+            ) from exc
         log.debug("holding %s lock %s", kind, key)
         yield kind

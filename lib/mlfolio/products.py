@@ -271,6 +271,8 @@ REGISTER = Product(
         "why_not_promoted",
         "compared_against",
         "champion",
+        "status",
+        "rolled_back",
     ),
 )
 DEPLOY = Product(

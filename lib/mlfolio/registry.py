@@ -10,6 +10,7 @@ from __future__ import annotations
 import getpass
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,6 +22,8 @@ from mlflow.tracking import MlflowClient
 from mlfolio import locks
 from mlfolio.errors import RegistryError
 
+log = logging.getLogger(__name__)
+
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 EVENT_PREFIX = "mlfolio.alias_event."
@@ -28,6 +31,9 @@ RETRAIN_CLAIM_TAG = "mlfolio.retrain_claim"
 MODEL_HASH_TAG = "mlfolio.model_hash"
 THRESHOLD_TAG = "mlfolio.threshold"  # the decision threshold evaluate chose for the version
 MODEL_CARD_TAG = "mlfolio.model_card"  # where the version's model card is (an artifact URI)
+# A version whose register failed and could not be deleted: never reused, never aliased.
+STATUS_TAG = "mlfolio.status"
+FAILED_REGISTER = "failed-register"
 
 
 @dataclass(frozen=True)
@@ -153,6 +159,7 @@ def version_with_hash(name: str, digest: str) -> ModelRef | None:
         )
     except MlflowException as exc:
         raise RegistryError(f"registry search of {name} by model hash failed: {exc}") from exc
+    found = [v for v in found if (v.tags or {}).get(STATUS_TAG) != FAILED_REGISTER]
     if not found:
         return None
     mv = min(found, key=lambda v: int(v.version))
@@ -201,21 +208,102 @@ def set_alias(
     client = MlflowClient()
     previous = get_alias(ref.name, alias)
     client.set_registered_model_alias(ref.name, alias, ref.version)
-    event = _record_event(
-        client,
-        ref.name,
-        alias,
-        ref.version,
-        previous.version if previous else None,
-        reason,
-        run_dir,
-        **extra,
-    )
-    if alias == CHAMPION:
-        client.set_model_version_tag(ref.name, ref.version, "mlfolio.promoted_at", event["at"])
-        client.set_model_version_tag(ref.name, ref.version, "mlfolio.promoted_by", event["by"])
-        client.set_model_version_tag(ref.name, ref.version, "mlfolio.promotion_reason", reason)
+    try:
+        event = _record_event(
+            client,
+            ref.name,
+            alias,
+            ref.version,
+            previous.version if previous else None,
+            reason,
+            run_dir,
+            **extra,
+        )
+        if alias == CHAMPION:
+            client.set_model_version_tag(ref.name, ref.version, "mlfolio.promoted_at", event["at"])
+            client.set_model_version_tag(ref.name, ref.version, "mlfolio.promoted_by", event["by"])
+            client.set_model_version_tag(ref.name, ref.version, "mlfolio.promotion_reason", reason)
+    except Exception:
+        # An unrecorded move is taken back: the alias never says more than its history.
+        try:
+            _point(client, ref.name, alias, previous.version if previous else None)
+        except MlflowException as exc:
+            log.warning("could not move %s@%s back after a failed move: %s", ref.name, alias, exc)
+        raise
     return event
+
+
+def _point(client: MlflowClient, name: str, alias: str, version: str | None) -> None:
+    """Point ``alias`` at ``version``, or remove it (None)."""
+    if version is not None:
+        client.set_registered_model_alias(name, alias, version)
+    elif get_alias(name, alias) is not None:
+        client.delete_registered_model_alias(name, alias)
+
+
+def undo_register(
+    ref: ModelRef,
+    created: bool,
+    moved: list[tuple[str, str | None]],
+    why: str,
+    run_dir: str = "",
+    lock_uri: str | None = None,
+    timeout_s: float = 60.0,
+) -> dict[str, Any]:
+    """Take back what a register that failed part-way did: delete the version it created
+    (or, when that fails too, tag it ``mlfolio.status=failed-register``) and move each
+    alias in ``moved`` (alias, version it pointed at before) back where it was, unless
+    someone moved it since. Returns what was done, for register.json; never raises."""
+    client = MlflowClient()
+    out: dict[str, Any] = {"version": ref.version, "aliases": {}, "errors": []}
+    out["action"] = "kept (an existing version)"
+    if created:
+        try:
+            client.delete_model_version(ref.name, ref.version)
+            out["action"] = "deleted"
+        except MlflowException as exc:
+            out["errors"].append(f"delete v{ref.version}: {_first_line(exc)}")
+            try:
+                client.set_model_version_tag(ref.name, ref.version, STATUS_TAG, FAILED_REGISTER)
+                out["action"] = f"tagged {STATUS_TAG}={FAILED_REGISTER}"
+            except MlflowException as exc2:
+                out["action"] = "left as is"
+                out["errors"].append(f"tag v{ref.version}: {_first_line(exc2)}")
+    for alias, previous in reversed(moved):
+        try:
+            if alias == CHAMPION:  # other promoters compare-and-set it under this lock
+                with registry_lock(ref.name, "promote", lock_uri, timeout_s):
+                    _restore(client, ref, alias, previous, why, run_dir, out)
+            else:
+                _restore(client, ref, alias, previous, why, run_dir, out)
+        except Exception as exc:  # noqa: BLE001 - reported in register.json and the error
+            out["errors"].append(f"move {alias} back to v{previous}: {_first_line(exc)}")
+    return out
+
+
+def _restore(
+    client: MlflowClient,
+    ref: ModelRef,
+    alias: str,
+    previous: str | None,
+    why: str,
+    run_dir: str,
+    out: dict[str, Any],
+) -> None:
+    now = get_alias(ref.name, alias)
+    if now is not None and now.version != ref.version:
+        out["errors"].append(f"{alias} left at v{now.version}: moved by someone else since")
+        return
+    _point(client, ref.name, alias, previous)
+    _record_event(
+        client, ref.name, alias, previous, ref.version, f"register failed: {why}", run_dir
+    )
+    out["aliases"][alias] = previous
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def registry_lock(name: str, purpose: str, lock_uri: str | None = None, timeout_s: float = 60.0):
@@ -223,7 +311,9 @@ def registry_lock(name: str, purpose: str, lock_uri: str | None = None, timeout_
     ``lock_uri``); see :mod:`mlfolio.locks` for which lock each store gets."""
     import mlflow
 
-    return locks.registry_lock(lock_uri or mlflow.get_registry_uri(), name, purpose, timeout_s)
+    source = "registry.lock_uri" if lock_uri else "the registry (tracking.tracking_uri)"
+    uri = lock_uri or mlflow.get_registry_uri()
+    return locks.registry_lock(uri, name, purpose, timeout_s, source)
 
 
 @dataclass(frozen=True)

@@ -75,14 +75,39 @@ def register_model(ctx: StageContext) -> dict[str, Any]:
             f"registering {candidate.model_uri} as {cfg.model_name} failed: {exc}"
         ) from exc
     compared_against = ev.champion.version if ev.champion else None
+    moved: list[tuple[str, str | None]] = []  # (alias, its version before): undone on failure
+    try:
+        result = _aliases_and_record(ctx, ref, duplicate_of, compared_against, moved)
+    except Exception as exc:
+        raise _failed_register(ctx, ref, duplicate_of, compared_against, moved, exc) from exc
+    ctx.write(products.REGISTER, result)
+    return result
+
+
+def _aliases_and_record(
+    ctx: StageContext,
+    ref: registry.ModelRef,
+    duplicate_of: str | None,
+    compared_against: str | None,
+    moved: list[tuple[str, str | None]],
+) -> dict[str, Any]:
+    """Register's steps after the version exists: challenger, the compare-and-set
+    promotion, the stage run's tags and the model card. Each alias it moves is appended
+    to ``moved`` as it moves, so a failure later can move it back."""
+    cfg = ctx.cfg
+    ev = ctx.read(products.EVALUATE)
+    candidate = ev.candidate
+    passed = ev.gate.passed
     already_champion = duplicate_of is not None and duplicate_of == compared_against
     events = []
     if duplicate_of is None or (passed and cfg.registry.promote and not already_champion):
+        before = registry.get_alias(ref.name, registry.CHALLENGER)
         events.append(
             registry.set_alias(
                 ref, registry.CHALLENGER, "new candidate from pipeline run", str(ctx.run_dir)
             )
         )
+        moved.append((registry.CHALLENGER, before.version if before else None))
     # The gate judged the candidate against the champion of evaluate's moment: champion
     # moves only if it still is that version (compare-and-set under the registry lock).
     why_not = None
@@ -106,6 +131,7 @@ def register_model(ctx: StageContext) -> dict[str, Any]:
         )
         if promotion.event:
             events.append(promotion.event)
+            moved.append((registry.CHAMPION, compared_against))
         why_not = promotion.why_not
     promoted = why_not is None
     if duplicate_of:
@@ -118,6 +144,7 @@ def register_model(ctx: StageContext) -> dict[str, Any]:
         "version": ref.version,
         "model_uri": ref.uri,
         "source": candidate.model_uri,
+        "status": "registered",
         "registered": duplicate_of is None,
         "duplicate_of": duplicate_of,
         "why_not_registered": (
@@ -136,8 +163,63 @@ def register_model(ctx: StageContext) -> dict[str, Any]:
     result["model_card"] = explaining.complete_model_card(
         ctx, ref, result, log_to_version=duplicate_of is None
     )
-    ctx.write(products.REGISTER, result)
     return result
+
+
+def _failed_register(
+    ctx: StageContext,
+    ref: registry.ModelRef,
+    duplicate_of: str | None,
+    compared_against: str | None,
+    moved: list[tuple[str, str | None]],
+    exc: Exception,
+) -> RegistryError:
+    """Undo what register did to the registry, write register.json saying so (status
+    ``failed-register``), and return the error to raise: the record is never more
+    optimistic than the registry."""
+    cfg = ctx.cfg
+    cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    undo = registry.undo_register(
+        ref,
+        duplicate_of is None,
+        moved,
+        cause,
+        str(ctx.run_dir),
+        cfg.registry.lock_uri,
+        cfg.registry.lock_timeout_s,
+    )
+    what = {
+        "deleted": f"v{ref.version} deleted",
+        "kept (an existing version)": f"v{ref.version} (an existing version) kept",
+    }.get(undo["action"], f"v{ref.version} {undo['action']}")
+    aliases = ", ".join(
+        f"{alias} back to {'v' + str(v) if v else 'unset'}" for alias, v in undo["aliases"].items()
+    )
+    summary = "; ".join([what, *([aliases] if aliases else []), *undo["errors"]])
+    try:
+        champion = c.version if (c := registry.get_alias(ref.name, registry.CHAMPION)) else None
+    except Exception:  # noqa: BLE001 - the registry may be the thing that failed
+        champion = None
+    ctx.write(
+        products.REGISTER,
+        {
+            "model_name": ref.name,
+            "version": None if undo["action"] == "deleted" else ref.version,
+            "model_uri": None if undo["action"] == "deleted" else ref.uri,
+            "source": ctx.read(products.EVALUATE).candidate.model_uri,
+            "status": "failed-register",
+            "registered": False,
+            "duplicate_of": duplicate_of,
+            "promoted": False,
+            "why_not_promoted": f"register failed ({cause}); {summary}",
+            "compared_against": compared_against,
+            "alias_events": [],
+            "champion": champion,
+            "error": cause,
+            "rolled_back": undo,
+        },
+    )
+    return RegistryError(f"register failed: {cause} ({summary})")
 
 
 # -- deploy ---------------------------------------------------------------------------
