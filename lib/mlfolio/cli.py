@@ -174,6 +174,14 @@ def _parser() -> argparse.ArgumentParser:
         "body past it gets 503 with Retry-After, unread (default 16 MiB)",
     )
     serve.add_argument(
+        "--body-timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="a request body that sends nothing for this long gets 408 and its "
+        "connection is closed, releasing its share of the in-flight bytes (default 5)",
+    )
+    serve.add_argument(
         "--max-batch-rows",
         type=int,
         default=4096,
@@ -566,6 +574,7 @@ def _serve(args: argparse.Namespace) -> None:
         entity_column=args.entity_column,
         prediction_log=args.prediction_log,
         max_inflight_bytes=args.max_inflight_bytes,
+        body_timeout=args.body_timeout,
     )
     serve.serve(options, echo=_echo)
 

@@ -488,5 +488,7 @@ def create_app(
         max_body_bytes=options.max_body_bytes,
         metrics=state.metrics,
         max_inflight_bytes=options.max_inflight_bytes,
+        max_client_inflight_bytes=options.max_client_inflight_bytes,
+        body_timeout=options.body_timeout,
     )
     return app

@@ -1,13 +1,15 @@
 """The ASGI middleware in front of every route: bearer token, body-size limit and admission
-of in-flight bytes, per-route metrics, and a 500 instead of a dropped connection."""
+of in-flight bytes (with a share per client), the body read timeout, per-route metrics,
+and a 500 instead of a dropped connection."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
@@ -15,7 +17,7 @@ from fastapi import Request
 from mlfolio.errors import RequestError
 from mlfolio.serve.contract import OPEN_ROUTES, error_body
 from mlfolio.serve.metrics import ServerMetrics
-from mlfolio.serve.options import MAX_INFLIGHT_BYTES
+from mlfolio.serve.options import BODY_TIMEOUT, MAX_INFLIGHT_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +31,13 @@ def _header(scope: dict[str, Any], name: bytes) -> bytes | None:
 
 @dataclass(eq=False)
 class _Admission:
-    """Bytes of request bodies in flight: announced or received, until the answer is sent."""
+    """Bytes of request bodies in flight: announced or received, until the answer is sent;
+    in all, and per client (peer address)."""
 
     limit: int
+    client_limit: int
     inflight: int = 0
+    by_client: dict[Any, int] = field(default_factory=dict)
 
 
 @dataclass(eq=False)
@@ -41,27 +46,109 @@ class _Ticket:
 
     admission: _Admission
     declared: bool  # a Content-Length was held up front
+    client: Any  # the peer's address
     held: int = 0
+    task: asyncio.Task | None = None  # the request's task, while it waits for its body
+    waiting_since: float = 0.0
+    stalled: bool = False  # cancelled by the body timeout
+    expects_body: bool = False
+    body_done: bool = False
+    refused: str = ""  # why take() said no
 
     def take(self, n: int) -> bool:
         """Hold ``n`` more bytes; False, holding nothing, when that passes the limit while
-        other requests hold bytes (a request alone always gets in)."""
+        other requests hold bytes (a request alone always gets in), or passes the client's
+        share while that client has other bytes in flight: one client, stalled or slow,
+        cannot hold the whole budget."""
         adm = self.admission
         if adm.inflight > self.held and adm.inflight + n > adm.limit:
+            self.refused = (
+                f"{adm.inflight - self.held} bytes of request bodies are in flight "
+                f"(limit {adm.limit}); retry later"
+            )
             return False
+        if n:
+            mine = adm.by_client.get(self.client, 0)
+            if mine > self.held and mine + n > adm.client_limit:
+                self.refused = (
+                    f"{mine - self.held} bytes of request bodies from this client are in "
+                    f"flight (limit {adm.client_limit} per client); retry later"
+                )
+                return False
+            adm.by_client[self.client] = mine + n
         adm.inflight += n
         self.held += n
         return True
 
     def release(self) -> None:
-        self.admission.inflight -= self.held
-        self.held = 0
+        if self.held:
+            adm = self.admission
+            adm.inflight -= self.held
+            left = adm.by_client[self.client] - self.held
+            if left:
+                adm.by_client[self.client] = left
+            else:
+                del adm.by_client[self.client]
+            self.held = 0
 
-    def refusal(self) -> str:
-        return (
-            f"{self.admission.inflight - self.held} bytes of request bodies are in flight "
-            f"(limit {self.admission.limit}); retry later"
-        )
+
+def client_share(max_inflight_bytes: int) -> int:
+    """One client's share of the in-flight bytes by default: half."""
+    return max(1, max_inflight_bytes // 2)
+
+
+class _BodyClock:
+    """The body read timeout: requests waiting for a piece of their body, and one timer
+    (not one per request: the hot path only notes the time) that cancels the waits older
+    than ``timeout`` seconds; the cancelled read raises a 408."""
+
+    def __init__(self, timeout: float):
+        self.timeout = timeout
+        self.interval = min(1.0, max(0.05, timeout / 4))
+        self.waiting: set[_Ticket] = set()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def timed(self, ticket: _Ticket, receive: Any) -> Any:
+        async def timed_receive() -> dict[str, Any]:
+            if ticket.body_done:  # e.g. waiting for a disconnect: no deadline
+                return await receive()
+            loop = asyncio.get_running_loop()
+            ticket.task = asyncio.current_task()
+            ticket.waiting_since = loop.time()
+            self.waiting.add(ticket)
+            if self._timer is None:
+                self._timer = loop.call_later(self.interval, self._sweep, loop)
+            try:
+                message = await receive()
+            except asyncio.CancelledError:
+                if not ticket.stalled:
+                    raise
+                ticket.task.uncancel()
+                raise RequestError(
+                    f"the request body stalled: nothing of it arrived for "
+                    f"{self.timeout:g} s (the server's --body-timeout); send the body "
+                    "as you announce it",
+                    408,
+                    headers={"connection": "close"},
+                ) from None
+            finally:
+                self.waiting.discard(ticket)
+            if not message.get("more_body", False):
+                ticket.body_done = True
+            return message
+
+        return timed_receive
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        now = loop.time()
+        for ticket in [t for t in self.waiting if now - t.waiting_since >= self.timeout]:
+            self.waiting.discard(ticket)
+            ticket.stalled = True
+            if ticket.task is not None:
+                ticket.task.cancel()
+        if self.waiting:
+            self._timer = loop.call_later(self.interval, self._sweep, loop)
 
 
 _RETRY_AFTER = [(b"retry-after", b"1")]
@@ -73,8 +160,12 @@ class Gate:
 
     Admission bounds memory: a body is refused (413) from its Content-Length when over
     ``max_body_bytes``, and (503, Retry-After) when it would bring the bodies in flight past
-    ``max_inflight_bytes`` — both before any of it is read. A body without a length is
-    counted as it arrives (:func:`read_body`)."""
+    ``max_inflight_bytes``, or one client's (peer address's) past
+    ``max_client_inflight_bytes`` (default half) — before any of it is read. A body
+    without a length is counted as it arrives (:func:`read_body`). A body that stalls
+    (nothing received for ``body_timeout`` seconds) gets 408 and the connection is closed,
+    which releases its bytes: a client that announces a body and never sends it cannot
+    hold the budget."""
 
     def __init__(
         self,
@@ -85,12 +176,18 @@ class Gate:
         max_body_bytes: int,
         metrics: ServerMetrics,
         max_inflight_bytes: int = MAX_INFLIGHT_BYTES,
+        max_client_inflight_bytes: int | None = None,
+        body_timeout: float = BODY_TIMEOUT,
     ):
         self.app = app
         self.route_of = route_of
         self.token = token.encode() if token else None
         self.max_body_bytes = max_body_bytes
-        self.admission = _Admission(max_inflight_bytes)
+        self.admission = _Admission(
+            max_inflight_bytes,
+            max_client_inflight_bytes or client_share(max_inflight_bytes),
+        )
+        self.clock = _BodyClock(body_timeout)
         self.metrics = metrics
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -115,6 +212,8 @@ class Gate:
             problem = self._refuse(scope, route)
             if problem is None:
                 ticket = scope["mlfolio.ticket"]
+                if ticket.expects_body:
+                    receive = self.clock.timed(ticket, receive)
                 await self.app(scope, receive, send_and_record)
             else:
                 code, message, headers = problem
@@ -171,9 +270,13 @@ class Gate:
                     f"{self.max_body_bytes} bytes",
                     [],
                 )
-        ticket = _Ticket(self.admission, declared=length is not None)
+        client = scope.get("client")
+        ticket = _Ticket(self.admission, length is not None, client and client[0])
+        ticket.expects_body = size > 0 or (
+            length is None and _header(scope, b"transfer-encoding") is not None
+        )
         if not ticket.take(size):
-            return 503, ticket.refusal(), _RETRY_AFTER
+            return 503, ticket.refused, _RETRY_AFTER
         scope["mlfolio.ticket"] = ticket
         return None
 
@@ -223,6 +326,6 @@ async def read_body(request: Request, limit: int) -> bytes:
         if size > limit:
             raise RequestError(f"request body exceeds the limit of {limit} bytes", 413)
         if counted and not ticket.take(len(chunk)):
-            raise RequestError(ticket.refusal(), 503, headers={"retry-after": "1"})
+            raise RequestError(ticket.refused, 503, headers={"retry-after": "1"})
         chunks.append(chunk)
     return b"".join(chunks)

@@ -16,6 +16,9 @@ MAX_BATCH_ROWS = 4096
 # ~15x its size in Python objects (16 parallel 10 MB bodies reached 1.6 GB), so this is
 # the server's memory bound for request data.
 MAX_INFLIGHT_BYTES = 16 * 1024 * 1024
+# Seconds a request body may go without a byte arriving (nginx's client_body_timeout
+# measures the same gap): a client that announces a body and stalls gets 408.
+BODY_TIMEOUT = 5.0
 
 
 def routing_mode(
@@ -60,6 +63,8 @@ class ServeOptions:
     max_body_bytes: int = MAX_BODY_BYTES
     max_batch_rows: int = MAX_BATCH_ROWS
     max_inflight_bytes: int = MAX_INFLIGHT_BYTES
+    max_client_inflight_bytes: int | None = None  # default: half of max_inflight_bytes
+    body_timeout: float = BODY_TIMEOUT
     scorer: str = "auto"
     access_log: bool = False
     challenger: str | None = None
@@ -73,6 +78,15 @@ class ServeOptions:
     mode: str | None = field(init=False)
 
     def __post_init__(self) -> None:
+        if not (0 < self.body_timeout < math.inf):
+            raise ServeError(
+                f"--body-timeout {self.body_timeout:g}: expected a positive number of seconds"
+            )
+        if self.max_client_inflight_bytes is not None and self.max_client_inflight_bytes < 1:
+            raise ServeError(
+                f"max_client_inflight_bytes {self.max_client_inflight_bytes}: expected a "
+                "positive number of bytes"
+            )
         object.__setattr__(
             self, "mode", routing_mode(self.challenger, self.challenger_weight, self.shadow)
         )
