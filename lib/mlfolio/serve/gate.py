@@ -40,7 +40,7 @@ class _Admission:
     by_client: dict[Any, int] = field(default_factory=dict)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Ticket:
     """One request's share of the in-flight bytes (event loop only: no lock)."""
 
@@ -51,8 +51,7 @@ class _Ticket:
     task: asyncio.Task | None = None  # the request's task, while it waits for its body
     waiting_since: float = 0.0
     stalled: bool = False  # cancelled by the body timeout
-    expects_body: bool = False
-    body_done: bool = False
+    clock: _BodyClock | None = None  # the body read timeout, when a body is expected
     refused: str = ""  # why take() said no
 
     def take(self, n: int) -> bool:
@@ -98,9 +97,9 @@ def client_share(max_inflight_bytes: int) -> int:
 
 
 class _BodyClock:
-    """The body read timeout: requests waiting for a piece of their body, and one timer
-    (not one per request: the hot path only notes the time) that cancels the waits older
-    than ``timeout`` seconds; the cancelled read raises a 408."""
+    """The body read timeout: requests reading their body (:func:`read_body`), and one
+    timer (not one per request: the hot path only notes the time) that cancels the reads
+    that got nothing for ``timeout`` seconds; the cancelled read raises a 408."""
 
     def __init__(self, timeout: float):
         self.timeout = timeout
@@ -108,47 +107,35 @@ class _BodyClock:
         self.waiting: set[_Ticket] = set()
         self._timer: asyncio.TimerHandle | None = None
 
-    def timed(self, ticket: _Ticket, receive: Any) -> Any:
-        async def timed_receive() -> dict[str, Any]:
-            if ticket.body_done:  # e.g. waiting for a disconnect: no deadline
-                return await receive()
-            loop = asyncio.get_running_loop()
-            ticket.task = asyncio.current_task()
-            ticket.waiting_since = loop.time()
-            self.waiting.add(ticket)
-            if self._timer is None:
-                self._timer = loop.call_later(self.interval, self._sweep, loop)
-            try:
-                message = await receive()
-            except asyncio.CancelledError:
-                if not ticket.stalled:
-                    raise
-                ticket.task.uncancel()
-                raise RequestError(
-                    f"the request body stalled: nothing of it arrived for "
-                    f"{self.timeout:g} s (the server's --body-timeout); send the body "
-                    "as you announce it",
-                    408,
-                    headers={"connection": "close"},
-                ) from None
-            finally:
-                self.waiting.discard(ticket)
-            if not message.get("more_body", False):
-                ticket.body_done = True
-            return message
+    def start(self, ticket: _Ticket) -> None:
+        """``ticket``'s request waits for its body (in this task) from now on."""
+        ticket.task = asyncio.current_task()
+        ticket.waiting_since = time.monotonic()
+        self.waiting.add(ticket)
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.interval, self._sweep)
 
-        return timed_receive
+    def stalled(self, ticket: _Ticket) -> RequestError:
+        """The 408 for a read the sweep cancelled (the task is no longer cancelling)."""
+        if ticket.task is not None:
+            ticket.task.uncancel()
+        return RequestError(
+            f"the request body stalled: nothing of it arrived for {self.timeout:g} s "
+            "(the server's --body-timeout); send the body as you announce it",
+            408,
+            headers={"connection": "close"},
+        )
 
-    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _sweep(self) -> None:
         self._timer = None
-        now = loop.time()
+        now = time.monotonic()
         for ticket in [t for t in self.waiting if now - t.waiting_since >= self.timeout]:
             self.waiting.discard(ticket)
             ticket.stalled = True
             if ticket.task is not None:
                 ticket.task.cancel()
         if self.waiting:
-            self._timer = loop.call_later(self.interval, self._sweep, loop)
+            self._timer = asyncio.get_running_loop().call_later(self.interval, self._sweep)
 
 
 _RETRY_AFTER = [(b"retry-after", b"1")]
@@ -212,8 +199,6 @@ class Gate:
             problem = self._refuse(scope, route)
             if problem is None:
                 ticket = scope["mlfolio.ticket"]
-                if ticket.expects_body:
-                    receive = self.clock.timed(ticket, receive)
                 await self.app(scope, receive, send_and_record)
             else:
                 code, message, headers = problem
@@ -272,9 +257,8 @@ class Gate:
                 )
         client = scope.get("client")
         ticket = _Ticket(self.admission, length is not None, client and client[0])
-        ticket.expects_body = size > 0 or (
-            length is None and _header(scope, b"transfer-encoding") is not None
-        )
+        if size > 0 or (length is None and _header(scope, b"transfer-encoding") is not None):
+            ticket.clock = self.clock
         if not ticket.take(size):
             return 503, ticket.refused, _RETRY_AFTER
         scope["mlfolio.ticket"] = ticket
@@ -317,15 +301,29 @@ async def _send(
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The body, refusing more than ``limit`` bytes even without a Content-Length (413), and
-    a body without one that would pass the admission limit as it arrives (503)."""
+    a body without one that would pass the admission limit as it arrives (503); 408 when
+    nothing of it arrives for the body timeout (the Gate's clock)."""
     ticket: _Ticket | None = request.scope.get("mlfolio.ticket")
     counted = ticket is not None and not ticket.declared
+    clock = None if ticket is None else ticket.clock
+    if clock is not None:
+        clock.start(ticket)
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise RequestError(f"request body exceeds the limit of {limit} bytes", 413)
-        if counted and not ticket.take(len(chunk)):
-            raise RequestError(ticket.refused, 503, headers={"retry-after": "1"})
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise RequestError(f"request body exceeds the limit of {limit} bytes", 413)
+            if counted and not ticket.take(len(chunk)):
+                raise RequestError(ticket.refused, 503, headers={"retry-after": "1"})
+            chunks.append(chunk)
+            if clock is not None:
+                ticket.waiting_since = time.monotonic()  # progress: the clock starts again
+    except asyncio.CancelledError:
+        if clock is None or not ticket.stalled:
+            raise
+        raise clock.stalled(ticket) from None
+    finally:
+        if clock is not None:
+            clock.waiting.discard(ticket)
     return b"".join(chunks)
