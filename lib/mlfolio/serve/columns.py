@@ -288,8 +288,14 @@ def _spec(columns: list[Column]) -> _Spec:
     return spec
 
 
-def validate_columns(data: dict[str, list[Any]], columns: list[Column], where: str) -> Block:
-    """Exactly the signature's columns, of equal length, each value of the column's type."""
+def validate_columns(
+    data: dict[str, list[Any]], columns: list[Column], where: str, *, check_text: bool = False
+) -> Block:
+    """Exactly the signature's columns, of equal length, each value of the column's type.
+
+    ``check_text``: the values may hold text that cannot be encoded as UTF-8 (a lone
+    surrogate from a ``\\ud800`` JSON escape), refused here, before it reaches a batch:
+    the prediction log could not store it. Parsers that decode strictly pass False."""
     spec = _spec(columns)
     expected = spec.expected
     unknown = [name for name in data if name not in expected]
@@ -334,7 +340,24 @@ def validate_columns(data: dict[str, list[Any]], columns: list[Column], where: s
         else:
             values = check_values(col, values, where)
         checked[name] = values
+    if check_text:
+        for name, values in checked.items():
+            _check_text(name, values, where)
     return Block(n, checked)
+
+
+def _check_text(name: str, values: list[Any], where: str) -> None:
+    """A RequestError naming the column and row of the first text UTF-8 cannot encode."""
+    for i, v in enumerate(values):
+        if type(v) is str and not v.isascii():
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise RequestError(
+                    f"column {name!r}: text that cannot be encoded as UTF-8 (a lone "
+                    f"surrogate {v[exc.start]!r} at character {exc.start}) in row {i} "
+                    f"({where}); send valid Unicode text"
+                ) from None
 
 
 # Plain decimals of at most 15 digits: float() and pandas.to_numeric agree on these (an

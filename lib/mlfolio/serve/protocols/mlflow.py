@@ -13,7 +13,7 @@ from mlfolio.serve.columns import (
     expected_columns,
     validate_columns,
 )
-from mlfolio.serve.protocols import load_json
+from mlfolio.serve.protocols import parse_json
 
 MLFLOW_FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 
@@ -68,7 +68,8 @@ def predictions_doc(
 
 def parse_mlflow_json(body: bytes, columns: list[Column]) -> Block:
     """An MLflow scoring-protocol JSON body (any of the four formats) → checked rows."""
-    doc = load_json(body, "JSON body")
+    doc, unicode_ok = parse_json(body, "JSON body")
+    text = not unicode_ok  # lone surrogates may be in it: check the text
     if not isinstance(doc, dict):
         raise RequestError(
             f"the body must be a JSON object with one of the keys "
@@ -112,14 +113,18 @@ def parse_mlflow_json(body: bytes, columns: list[Column]) -> Block:
             }
         else:
             data = {name: [] for name in names}
-        return validate_columns(data, columns, key)
+        return validate_columns(data, columns, key, check_text=text)
     if isinstance(payload, list):
-        return validate_columns(_records_to_columns(payload, columns, key), columns, key)
+        return validate_columns(
+            _records_to_columns(payload, columns, key), columns, key, check_text=text
+        )
     if isinstance(payload, dict):
         if all(isinstance(v, list) for v in payload.values()):
-            return validate_columns(dict(payload), columns, key)
+            return validate_columns(dict(payload), columns, key, check_text=text)
         if not any(isinstance(v, list | dict) for v in payload.values()):
-            return validate_columns({k: [v] for k, v in payload.items()}, columns, key)
+            return validate_columns(
+                {k: [v] for k, v in payload.items()}, columns, key, check_text=text
+            )
         raise RequestError(f"{key}: expected lists of values per column, or one value per column")
     raise RequestError(
         f"{key}: expected a list of records or an object of columns, got {describe(payload)}"

@@ -19,7 +19,7 @@ from mlfolio.serve.columns import (
     expected_columns,
     validate_columns,
 )
-from mlfolio.serve.protocols import load_json
+from mlfolio.serve.protocols import parse_json
 
 if TYPE_CHECKING:
     from mlfolio.serve.model import ServedModel
@@ -131,7 +131,7 @@ def parse_v2(body: bytes, header_length: str | None, columns: list[Column]) -> V
                 f"Inference-Header-Content-Length {size} does not fit the {len(body)}-byte body"
             )
         head, binary = body[:size], body[size:]
-    doc = load_json(head, "JSON inference request")
+    doc, unicode_ok = parse_json(head, "JSON inference request")
     if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) or not doc["inputs"]:
         raise RequestError(
             "the inference request must be a JSON object with a non-empty 'inputs' list"
@@ -221,7 +221,7 @@ def parse_v2(body: bytes, header_length: str | None, columns: list[Column]) -> V
             outputs.append((name, params.get("binary_data", binary_default)))
     request_id = doc.get("id")
     return V2Request(
-        validate_columns(data, columns, "inputs"),
+        validate_columns(data, columns, "inputs", check_text=not unicode_ok),
         str(request_id) if request_id is not None else None,
         outputs,
     )
