@@ -93,6 +93,15 @@ class _Rows:
 
 
 _EAGER_ROWS = 8
+# What one row's values can raise when bound or stored; anything else is the store's.
+_ROW_ERRORS = (
+    ValueError,
+    TypeError,
+    OverflowError,
+    sqlite3.InterfaceError,
+    sqlite3.ProgrammingError,
+    sqlite3.IntegrityError,
+)
 _MAX_CHUNK_ROWS = 500  # rows per INSERT statement (bounded by SQLite's variable limit)
 
 
@@ -344,11 +353,44 @@ class PredictionLog:
                 self._insert_many(records)
             self.rows_written += good
             self.transactions += 1
-        except (sqlite3.Error, ValueError, TypeError, OverflowError) as exc:
+        except _ROW_ERRORS:
+            # A value SQLite cannot bind or store (text that is not valid Unicode, an
+            # integer past 64 bits) fails the whole statement: find its rows and write
+            # the others, instead of dropping every request written with it.
+            self._write_isolating(records)
+        except sqlite3.Error as exc:  # the store itself (locked, full, read-only): all fail
             self._failed(good, exc)
         finally:
             with self._lock:
                 self._queued_rows -= n_rows
+
+    def _write_isolating(self, records: list[tuple[Any, ...]]) -> None:
+        """One transaction again, chunk by chunk; a failing chunk row by row (a failed
+        statement changes nothing), dropping only the rows that fail."""
+        assert self._con is not None
+        bad, cause = 0, None
+        try:
+            with self._con:
+                for start in range(0, len(records), self._chunk_rows):
+                    chunk = records[start : start + self._chunk_rows]
+                    try:
+                        self._insert_many(chunk)
+                        continue
+                    except _ROW_ERRORS:
+                        pass
+                    for record in chunk:
+                        try:
+                            self._con.execute(self._insert, record)
+                        except _ROW_ERRORS as exc:
+                            bad += 1
+                            cause = cause or exc
+        except sqlite3.Error as exc:
+            self._failed(len(records), exc)
+            return
+        self.rows_written += len(records) - bad
+        self.transactions += 1
+        if bad:
+            self._failed(bad, cause, f" (the other {len(records) - bad} rows are written)")
 
     def _insert_many(self, records: list[tuple[Any, ...]]) -> None:
         """Multi-row INSERTs of up to ``_chunk_rows`` rows each. executemany would step
@@ -367,11 +409,11 @@ class PredictionLog:
                 sql = statements[len(chunk)] = f"{head} VALUES {','.join([row] * len(chunk))}"
             self._con.execute(sql, list(itertools.chain.from_iterable(chunk)))
 
-    def _failed(self, n_rows: int, exc: Exception) -> None:
+    def _failed(self, n_rows: int, exc: Exception | None, note: str = "") -> None:
         # The server keeps serving; the rows are counted as dropped, and said so.
         self.write_errors += 1
         self.rows_dropped += n_rows
-        log.error("prediction log %s: could not write %d rows: %s", self.path, n_rows, exc)
+        log.error("prediction log %s: could not write %d rows: %s%s", self.path, n_rows, exc, note)
 
     def _records(self, b: _Batch) -> list[tuple[Any, ...]]:
         n = b.n
