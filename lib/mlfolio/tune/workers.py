@@ -177,31 +177,33 @@ def _see_budget_through(
     ``fail_stale_trials``), and run the trials still missing when none is running.
     Gives up at ``deadline`` (``tuning.timeout``)."""
     running = (optuna.trial.TrialState.RUNNING,)
-    fruitless = 0
+    fruitless, waiting = 0, False
     while True:
         missing = remaining_trials(study, n_trials)
-        if not study.get_trials(deepcopy=False, states=running):
-            if missing == 0:
-                return
-            if fruitless >= 3:  # every new trial is refused as over budget: do not spin
-                log.warning(
-                    "study %s: %d trial(s) short, none could run", study.study_name, missing
-                )
-                return
-            log.info(
-                "study %s: %d trial(s) short of %d with none running: running them here",
-                study.study_name,
-                missing,
-                n_trials,
-            )
-            run_more(missing)
-            fruitless = fruitless + 1 if remaining_trials(study, n_trials) >= missing else 0
-            continue
-        if _left(deadline) == 0:
+        busy = bool(study.get_trials(deepcopy=False, states=running))
+        if not busy and missing == 0:
             return
-        log.info("study %s: waiting for the trials running on other workers", study.study_name)
-        time.sleep(WAIT_S)
-        fail_stale_trials(study)
+        if _left(deadline) == 0:  # tuning.timeout: what is finished is the study
+            return
+        if busy:
+            if not waiting:
+                log.info("study %s: waiting for the trials running elsewhere", study.study_name)
+            waiting = True
+            time.sleep(WAIT_S)
+            fail_stale_trials(study)
+            continue
+        waiting = False
+        if fruitless >= 3:  # every new trial is refused as over budget: do not spin
+            log.warning("study %s: %d trial(s) short, none could run", study.study_name, missing)
+            return
+        log.info(
+            "study %s: %d trial(s) short of %d with none running: running them here",
+            study.study_name,
+            missing,
+            n_trials,
+        )
+        run_more(missing)
+        fruitless = fruitless + 1 if remaining_trials(study, n_trials) >= missing else 0
 
 
 def _child_worker(*args: Any) -> None:
