@@ -12,6 +12,7 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,14 +22,26 @@ import yaml
 from mlfolio import config as config_mod
 from mlfolio.config import Config, project_dir
 from mlfolio.context import read_json
-from mlfolio.errors import StageError
+from mlfolio.errors import RunInterrupted, StageError
 from mlfolio.pipeline.graph import STAGES, new_run_dir
-from mlfolio.pipeline.kfp import spec, steps
+from mlfolio.pipeline.interrupts import _end_open_runs, _running_cell
+from mlfolio.pipeline.kfp import spec, steps, stop
 from mlfolio.pipeline.provenance import Manifest, git_info, package_versions
 
 log = logging.getLogger(__name__)
 
 GATED = ("register", "deploy")  # inside dsl.If(gate passed)
+# A task process -> the stage it belongs to (the tuning workers run the tune stage's trials).
+TASK_STAGE = {"tune_worker": "tune", **{s.name: s.name for s in STAGES}}
+
+
+@dataclass(frozen=True)
+class Stop:
+    """What stopped a pipeline run: the signal, and the tasks that were running."""
+
+    signum: int
+    signal: str
+    tasks: list[str]
 
 
 def run_local(
@@ -39,9 +52,12 @@ def run_local(
 ) -> Manifest:
     """Compile the pipeline and run it with ``kfp.local`` (each task a subprocess working
     in its own folder, artifacts under a temporary pipeline root); then assemble the run
-    folder. Raises StageError (after writing the folder) when a task failed."""
+    folder. Raises StageError (after writing the folder) when a task failed.
+
+    SIGINT/SIGTERM stop every task with what it started (kernels, tuning workers); the
+    run is recorded ``interrupted``, its MLflow runs ended KILLED, and RunInterrupted
+    raised (exit 130/143). A second signal stops at once."""
     from kfp import compiler, components
-    from kfp import local as kfp_local
 
     from mlfolio import data, logs
     from mlfolio.pipeline.runner import _create_sqlite_store
@@ -52,14 +68,57 @@ def run_local(
     (folder / "logs").mkdir(parents=True)
     unroute = logs.route_runner(logs.runner_log(folder))  # MLflow's store lines: not here
     created = datetime.now(UTC).isoformat(timespec="seconds")
-    package = folder / "pipeline.yaml"
-    compiler.Compiler().compile(spec.build(cfg, text), str(package))
-    # Task subprocesses inherit these: the project's notebooks, a calm OpenMP (xgboost).
-    os.environ["MLFOLIO_PROJECT_DIR"] = str(project_dir())
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    _create_sqlite_store(cfg.tracking_uri())
+    sigs, stopper = stop.Signals(), stop.TaskStopper()
+    sigs.track(stopper)  # type: ignore[arg-type]  # stopped as the default engine's kernels
+    sigs.install()
     root = Path(tempfile.mkdtemp(prefix="mlfolio-kfp-"))
-    echo(f"kfp-local: {package.name} in {folder}, task logs in logs/kfp-local.log")
+    try:
+        package = folder / "pipeline.yaml"
+        compiler.Compiler().compile(spec.build(cfg, text), str(package))
+        # Task subprocesses inherit these: the project's notebooks, a calm OpenMP (xgboost).
+        os.environ["MLFOLIO_PROJECT_DIR"] = str(project_dir())
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        _create_sqlite_store(cfg.tracking_uri())
+        echo(f"kfp-local: {package.name} in {folder}, task logs in logs/kfp-local.log")
+        pipeline = components.load_component_from_file(str(package))
+        # (a signal during the record of a finished pipeline changes nothing: it ran)
+        stopped = sigs.signum is not None or _run_pipeline(pipeline, folder, root, sigs)
+        stopper.shutdown()  # a stopped task's processes are all gone before the record
+        why = Stop(sigs.signum, sigs.name, sorted(stopper.tasks)) if stopped else None
+        return assemble(folder, root, cfg, params_file, overrides, created, echo, why)
+    except KeyboardInterrupt:
+        if sigs.signum is None:  # not a signal of ours
+            raise
+        _record_forced_stop(folder, root, cfg, created, sigs.name)
+        raise RunInterrupted(
+            sigs.signum,
+            f"run stopped at once by a second signal; its MLflow runs may still say "
+            f"RUNNING (run folder {folder})",
+        ) from None
+    finally:
+        try:
+            sigs.release_all()
+        finally:
+            sigs.restore()
+            unroute()
+            shutil.rmtree(root, ignore_errors=True)
+
+
+# Environment of the task subprocesses: a killed task cannot clean up, so its temporary
+# files (work folder, kernel sockets and connection file) go under the pipeline root,
+# which is removed with everything in it.
+TASK_ENV = {"TMPDIR": "t", "JUPYTER_RUNTIME_DIR": "rt"}  # short: IPC socket paths
+
+
+def _run_pipeline(pipeline: Any, folder: Path, root: Path, sigs: stop.Signals) -> bool:
+    """Run the compiled pipeline on kfp's local runner, artifacts under ``root``; True
+    when a signal stopped it."""
+    from kfp import local as kfp_local
+
+    saved = {key: os.environ.get(key) for key in TASK_ENV}
+    for key, sub in TASK_ENV.items():
+        (root / sub).mkdir()
+        os.environ[key] = str(root / sub)
     # kfp.local indents its tasks' output by swapping builtins.print per task and back;
     # tasks that overlap (the tune workers' ParallelFor) restore each other's swap, and the
     # process kept printing every line four spaces in (the verdict, a later command's).
@@ -77,14 +136,21 @@ def run_local(
                 pipeline_root=str(root),
                 raise_on_error=False,
             )
+            sigs.unwind = True
             try:
-                components.load_component_from_file(str(package))(run_name=folder.name)
+                pipeline(run_name=folder.name)
             finally:
-                builtins.print = original_print
-        return assemble(folder, root, cfg, params_file, overrides, created, echo)
+                sigs.unwind = False
+    except stop.Stopped:
+        pass
     finally:
-        unroute()
-        shutil.rmtree(root, ignore_errors=True)
+        builtins.print = original_print
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return sigs.signum is not None
 
 
 def _collect_artifacts(root: Path, folder: Path) -> dict[str, dict[str, Any]]:
@@ -135,6 +201,47 @@ def _stage_records(
     return records, failed, cell
 
 
+def _interrupted(
+    records: dict[str, dict[str, Any]], why: Stop, root: Path, folder: Path
+) -> dict[str, Any]:
+    """Mark the stage whose tasks were stopped ``interrupted`` (its partial notebook, when
+    it had begun one, copied into the folder) and every stage without a result ``not
+    run``; return the manifest's ``interrupted`` record."""
+    from mlfolio import products
+
+    order = [s.name for s in STAGES]
+    running = sorted({TASK_STAGE[t] for t in why.tasks if t in TASK_STAGE}, key=order.index)
+    stage = running[0] if running else None
+    evaluated = products.EVALUATE.load(folder)
+    gate_closed = evaluated is not None and not evaluated.gate.passed
+    for name, rec in records.items():
+        if rec["status"] == "not run" or (rec["status"] == "skipped" and not gate_closed):
+            records[name] = {"status": "not run", "notebook": rec["notebook"]}
+    cell = None
+    if stage is not None:
+        notebook = records[stage]["notebook"]
+        # papermill saves the notebook after every cell; the task's work folder is kept
+        # under the pipeline root (TASK_ENV)
+        partial = next(
+            iter(sorted(root.glob(f"{TASK_ENV['TMPDIR']}/mlfolio-{stage}-*/{notebook}"))), None
+        )
+        if partial is not None:
+            shutil.copy2(partial, folder / notebook)
+            cell = _running_cell(folder / notebook)
+        records[stage] = {
+            "status": "interrupted",
+            "notebook": notebook,
+            "interrupted": {"signal": why.signal, "cell_index": cell, "tasks": why.tasks},
+        }
+    return {
+        "signal": why.signal,
+        "stage": stage,
+        "cell_index": cell,
+        "tasks": why.tasks,
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
 def assemble(
     folder: Path,
     root: Path,
@@ -143,9 +250,13 @@ def assemble(
     overrides: dict[str, Any] | None,
     created: str,
     echo: Callable[[str], None] = print,
+    stopped: Stop | None = None,
 ) -> Manifest:
     """The audit folder of a pipeline run from its task artifacts under ``root``:
-    products, notebooks and HTML, ``manifest.json`` and ``index.html``."""
+    products, notebooks and HTML, ``manifest.json`` and ``index.html``. ``stopped``: a
+    signal stopped the tasks; the run is recorded ``interrupted``, its MLflow runs still
+    RUNNING are ended KILLED, and RunInterrupted raised."""
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     from mlfolio import products, report, tracking
@@ -154,10 +265,22 @@ def assemble(
 
     entries = _collect_artifacts(root, folder)
     records, failed, cell = _stage_records(entries)
+    interrupted = None
+    if stopped is not None:
+        interrupted = _interrupted(records, stopped, root, folder)
+        failed, cell = None, None
     frozen = folder / "parameters.yaml"
     config_mod.dump(cfg, frozen)
-    parent = steps.find_parent_run(cfg, steps.RUN_NAME_TAG, folder.name)
-    exp_id = tracking.configure(cfg)
+    try:
+        parent = steps.find_parent_run(cfg, steps.RUN_NAME_TAG, folder.name)
+        exp_id = tracking.configure(cfg)
+    except MlflowException as exc:
+        if stopped is None:
+            raise
+        # the local record first: what the store holds is named in the warning
+        log.warning("the MLflow runs of %s could not be found: %s", folder.name, exc)
+        parent, exp_id = None, None
+    status = "interrupted" if stopped else "failed" if failed else "succeeded"
     manifest = Manifest(
         folder / "manifest.json",
         {
@@ -167,8 +290,8 @@ def assemble(
             "run_dir": str(folder),
             "created": created,
             "stages": records,
-            "status": "failed" if failed else "succeeded",
-            "interrupted": None,
+            "status": status,
+            "interrupted": interrupted,
             "failed_stage": failed,
             "failed_cell": cell,
             "parameters_file": str(params_file),
@@ -205,7 +328,16 @@ def assemble(
         + yaml.safe_dump(nb_params, sort_keys=False)
     )
     report.write_index(folder, manifest.data)
-    if parent:
+    if parent and stopped is not None:
+        try:
+            tracking.log_artifacts(
+                parent, [folder / "manifest.json", frozen, folder / "pipeline.yaml"], "run"
+            )
+            # the stopped stage's run, a trial's, and the parent (its exit task never ran)
+            _end_open_runs(MlflowClient(), parent, "KILLED")
+        except MlflowException as exc:
+            log.warning("the MLflow runs of %s are not all ended KILLED: %s", folder.name, exc)
+    elif parent:
         tracking.log_artifacts(
             parent, [folder / "manifest.json", frozen, folder / "pipeline.yaml"], "run"
         )
@@ -218,6 +350,12 @@ def assemble(
         elif rec["status"] == "failed":
             err = rec["error"]
             line += f"FAILED in cell {err.get('cell_index')}: {err['ename']}: {err['evalue']}"
+        elif rec["status"] == "interrupted":
+            at = rec["interrupted"]["cell_index"]
+            line += f"INTERRUPTED by {stopped.signal if stopped else '?'}" + (
+                f" in cell {at}" if at is not None else ""
+            )
+            line += f" (tasks stopped: {', '.join(rec['interrupted']['tasks'])})"
         else:
             line += rec["status"] + (f" ({rec['reason']})" if rec.get("reason") else "")
         echo(line)
@@ -225,11 +363,63 @@ def assemble(
     for line in terminal.run_verdict(manifest.data, folder, held_aliases(manifest.data)):
         echo(line)
     echo(f"run folder: {folder}\nreport:     {folder / 'index.html'}")
+    if stopped is not None:
+        raise RunInterrupted(stopped.signum, _stop_message(interrupted, folder))
     if failed:
         err = records[failed].get("error") or {}
         why = f"{err.get('ename')}: {err.get('evalue')}" if err else records[failed]["reason"]
         raise StageError(failed, why, cell)
     return manifest
+
+
+def _stop_message(info: dict[str, Any], folder: Path) -> str:
+    stage, cell = info["stage"], info["cell_index"]
+    where = (
+        f"during stage '{stage}'" + (f" (cell {cell})" if cell is not None else "")
+        if stage
+        else "between stages"
+    )
+    return (
+        f"run interrupted by {info['signal']} {where}; its tasks were stopped and its "
+        f"MLflow runs ended KILLED; run the chain again for a new run folder ({folder})"
+    )
+
+
+def _record_forced_stop(folder: Path, root: Path, cfg: Config, created: str, signal: str) -> None:
+    """The second signal: unless the run is recorded already, record it ``interrupted``
+    from the task results at hand (no MLflow calls: it must be quick)."""
+    from mlfolio import report
+
+    path = folder / "manifest.json"
+    if path.exists():
+        return
+    found = [read_json(p) for p in root.rglob(f"{steps.ENTRY_DIR}/*.json")]
+    records, _, _ = _stage_records({entry.pop("stage"): entry for entry in found})
+    for name, rec in records.items():
+        if rec["status"] != "succeeded":
+            records[name] = {"status": "not run", "notebook": rec["notebook"]}
+    manifest = Manifest(
+        path,
+        {
+            "experiment": cfg.experiment,
+            "kind": "training",
+            "engine": "kfp-local",
+            "run_dir": str(folder),
+            "created": created,
+            "stages": records,
+            "status": "interrupted",
+            "interrupted": {
+                "signal": signal,
+                "stage": None,
+                "cell_index": None,
+                "forced": True,
+                "at": datetime.now(UTC).isoformat(timespec="seconds"),
+            },
+            "parameters": cfg.to_dict(),
+        },
+    )
+    manifest.save()
+    report.write_index(folder, manifest.data)
 
 
 def submit(
