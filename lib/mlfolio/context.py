@@ -35,8 +35,12 @@ def write_text(path: Path, text: str) -> None:
     new one, and a hard link shared with another run's folder is never altered."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    except BaseException:  # a full disk: the half-written file would hold what is left
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_json(path: Path, payload: Any) -> None:
@@ -241,5 +245,7 @@ def warm_up(tracking_uri: str) -> None:
     from mlflow.tracking import MlflowClient
 
     import mlfolio.stages  # noqa: F401
+    from mlfolio.tracking import install_busy_timeout
 
+    install_busy_timeout()  # a locked SQLite store: the runner's wait, not MLflow's 20 s
     MlflowClient(tracking_uri).search_experiments(max_results=1)

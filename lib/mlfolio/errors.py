@@ -35,6 +35,7 @@ class StageError(MlfolioError):
     def __init__(self, stage: str, message: str, cell_index: int | None = None):
         self.stage = stage
         self.cell_index = cell_index
+        self.detail = message
         where = f" (cell {cell_index})" if cell_index is not None else ""
         super().__init__(f"stage '{stage}' failed{where}: {message}")
 
@@ -135,3 +136,14 @@ class RunNotFinished(MlfolioError):
     """``mlfolio gate-status``: the run failed or was interrupted (names the stage)."""
 
     exit_code = 3
+
+
+class TrackingError(MlfolioError):
+    """The tracking store did not answer or refused a write (server stopped, SQLite file
+    locked or read-only); names ``tracking.tracking_uri`` (password masked), the call and
+    the cause."""
+
+
+class RecordError(MlfolioError):
+    """The run folder's record (manifest, index, a stage's HTML) could not be written;
+    names the file and the cause (e.g. no space left on device)."""

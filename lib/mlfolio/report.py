@@ -9,6 +9,8 @@ from typing import Any
 
 import yaml
 
+from mlfolio.context import write_text
+
 TEMPLATES = Path(__file__).parent / "templates"
 log = logging.getLogger(__name__)
 
@@ -28,7 +30,7 @@ def notebook_to_html(notebook: Path, target: Path) -> Path:
     exporter.log.setLevel(logging.ERROR)  # not "alternative text is missing" per plot
     # resources name the page: without them every stage's <title> is "Notebook"
     body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": notebook.stem}})
-    target.write_text(body)
+    write_text(target, body)  # never half a page (a full disk), and its space given back
     return target
 
 
@@ -145,13 +147,14 @@ def _why_model_decides(run_dir: Path, top: int = 5) -> dict[str, Any] | None:
 def _champion_diff(run_dir: Path, manifest: dict[str, Any]) -> dict[str, Any] | None:
     """The diff against the champion's run (written beside the index), or where it is."""
     from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError
 
     from mlfolio.errors import MlfolioError
     from mlfolio.pipeline import diff
 
     try:
         return diff.champion_diff(run_dir, manifest)
-    except (MlfolioError, MlflowException, OSError) as exc:  # the index is written anyway
+    except (MlfolioError, MlflowException, SQLAlchemyError, OSError) as exc:  # written anyway
         log.warning("no diff against the champion's run for %s: %s", run_dir, exc)
         return None
 
@@ -230,5 +233,5 @@ def write_index(run_dir: Path, manifest: dict[str, Any]) -> Path:
         params_yaml=yaml.safe_dump(manifest.get("parameters", {}), sort_keys=False),
     )
     target = run_dir / "index.html"
-    target.write_text(page)
+    write_text(target, page)
     return target

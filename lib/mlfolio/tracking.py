@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shlex
 import sys
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from mlfolio.config import Config, SchemaConfig, project_dir
-from mlfolio.errors import MlfolioError
+from mlfolio.errors import MlfolioError, TrackingError
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +37,100 @@ MODEL_REQUIREMENTS = ["mlflow", "scikit-learn", "xgboost", "pandas", "numpy", "c
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
+# -- failing fast and clearly when the store does not answer ---------------------------
+BUSY_TIMEOUT_ENV = "MLFOLIO_SQLITE_BUSY_TIMEOUT_MS"
+_BUSY_PRAGMA = re.compile(r"^\s*PRAGMA busy_timeout\s*=\s*\d+\s*;?\s*$", re.IGNORECASE)
+
+
+def apply_limits(cfg: Config) -> None:
+    """Bound every tracking call of this process and of the kernels and workers it starts
+    (they inherit its environment): ``tracking.request_retries`` and
+    ``tracking.request_timeout_s`` for a server (MLflow's own 7 retries and 120 s keep a
+    call to a stopped server going ~10 min), ``tracking.sqlite_busy_timeout_s`` for a
+    SQLite store another process locked."""
+    t = cfg.tracking
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(t.request_retries)
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(t.request_timeout_s)
+    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"  # 1, 2, 4 s between retries
+    os.environ[BUSY_TIMEOUT_ENV] = str(int(t.sqlite_busy_timeout_s * 1000))
+    install_busy_timeout()
+
+
+_busy_installed = False
+
+
+def install_busy_timeout() -> None:
+    """MLflow sets ``PRAGMA busy_timeout = 20000`` on every SQLite session it opens; this
+    process's engines use $MLFOLIO_SQLITE_BUSY_TIMEOUT_MS instead, when it is set."""
+    global _busy_installed
+    if _busy_installed:
+        return
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    def rewrite(conn, cursor, statement, parameters, context, executemany):  # noqa: ARG001
+        ms = os.environ.get(BUSY_TIMEOUT_ENV)
+        if ms and _BUSY_PRAGMA.match(statement):
+            statement = f"PRAGMA busy_timeout = {int(ms)};"
+        return statement, parameters
+
+    event.listen(Engine, "before_cursor_execute", rewrite, retval=True)
+    _busy_installed = True
+
+
+def masked(uri: str) -> str:
+    """A store URI as it may be printed: its password replaced by ``***``."""
+    parts = urlsplit(uri)
+    if not parts.password:
+        return uri
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+def cause(exc: BaseException) -> str:
+    """One line saying why a tracking call failed: the database's own message (SQLAlchemy
+    adds the SQL and a link), the socket error of a server that does not answer."""
+    orig = getattr(exc, "orig", None)  # SQLAlchemy's DBAPI error: "database is locked"
+    if orig is not None:
+        return str(orig).splitlines()[0] if str(orig) else type(orig).__name__
+    text = str(exc)
+    for context in (exc.__cause__, exc.__context__):
+        if context is not None and getattr(context, "orig", None) is not None:
+            return cause(context)
+    if errno := re.search(r"\[Errno -?\d+\] [^'\")\]]+", text):
+        return f"no answer ({errno.group(0).strip()})"
+    if "Read timed out" in text:
+        return "no answer (read timed out)"
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
+def store_errors() -> tuple[type[BaseException], ...]:
+    """What a tracking call raises when its store fails (MLflow wraps some of them)."""
+    import requests
+    from sqlalchemy.exc import SQLAlchemyError
+
+    return (mlflow.exceptions.MlflowException, SQLAlchemyError, requests.RequestException, OSError)
+
+
+def store_failure(exc: BaseException, uri: str, what: str) -> TrackingError:
+    """The TrackingError naming the store, the call and the cause."""
+    return TrackingError(f"tracking store {masked(uri)} failed while {what}: {cause(exc)}")
+
+
+@contextlib.contextmanager
+def guard(uri: str, what: str) -> Iterator[None]:
+    """Tracking calls inside raise :class:`TrackingError` (one line) when the store fails."""
+    try:
+        yield
+    except store_errors() as exc:
+        raise store_failure(exc, uri, what) from exc
+
+
 def configure(cfg: Config) -> str:
     """Point MLflow at the run's tracking store; return the experiment id (created if new,
     tagged as model development; an existing one missing the tag gets it)."""
+    apply_limits(cfg)
     uri = cfg.tracking_uri()
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)

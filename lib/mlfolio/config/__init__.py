@@ -350,6 +350,16 @@ class TrackingConfig(_Section):
     artifact_location: str | None = Field(None, description="None = <project>/mlartifacts")
     experiment_name: str | None = Field(None, description="None = the experiment key")
     ui_url: str = Field("http://127.0.0.1:5000", description="base URL of `mlflow ui` for links")
+    # MLflow's own defaults (7 retries, 120 s) keep a call to a stopped server going ~10 min.
+    request_retries: int = Field(
+        3, ge=0, le=10, description="retries of a tracking-server request (MLflow's limit: 10)"
+    )
+    request_timeout_s: int = Field(
+        60, ge=1, description="seconds one tracking-server request may take"
+    )
+    sqlite_busy_timeout_s: float = Field(
+        20.0, ge=0, description="seconds a call waits on a SQLite store another process locked"
+    )
 
 
 class Config(_Section):

@@ -225,14 +225,33 @@ def execute_stage(
     if (peak := (kernel or own).peak_rss_mb) is not None:
         entry["peak_rss_mb"] = peak
     if out_nb.exists():
-        cells, setup = _cell_seconds(out_nb)
-        entry["cells_s"] = round(cells, 3)
-        entry["setup_cell_s"] = round(setup, 3)
-        t_html = time.perf_counter()
-        report.notebook_to_html(out_nb, run_dir / entry["html"])
-        entry["html_s"] = round(time.perf_counter() - t_html, 3)
+        try:
+            cells, setup = _cell_seconds(out_nb)
+            entry["cells_s"] = round(cells, 3)
+            entry["setup_cell_s"] = round(setup, 3)
+            t_html = time.perf_counter()
+            report.notebook_to_html(out_nb, run_dir / entry["html"])
+            entry["html_s"] = round(time.perf_counter() - t_html, 3)
+        except (OSError, ValueError) as exc:  # a full disk cut the notebook or its page
+            if isinstance(exc, ValueError):  # not JSON: cut short, of no use to a reader
+                out_nb.unlink(missing_ok=True)
+            _unwritten(entry, exc)
         entry["duration_s"] = round(time.perf_counter() - t0, 3)
     product = run_dir / f"{stage.name}.json"
     if entry["status"] == "succeeded" and product.exists():
         entry["mlflow_run_id"] = read_json(product).get("mlflow_run_id")
     return entry
+
+
+def _unwritten(entry: dict[str, Any], exc: Exception) -> None:
+    """A stage whose notebook or page cannot be written failed, whatever its cells did (a
+    cell's own error stays the one reported)."""
+    what = f"{exc.strerror} ({exc.filename})" if isinstance(exc, OSError) else str(exc)
+    log.warning("stage notebook %s: not recorded: %s", entry["notebook"], what)
+    if entry["status"] == "succeeded" or "error" not in entry:
+        entry["status"] = "failed"
+        entry["error"] = {
+            "cell_index": None,
+            "ename": type(exc).__name__,
+            "evalue": f"cannot write the stage's notebook or its HTML: {what}",
+        }

@@ -116,6 +116,8 @@ def decide(
 def _unfinished(manifest: dict[str, Any]) -> tuple[str, str]:
     """(status, reason) of a run that did not finish, naming the stage."""
     status = manifest.get("status")
+    if status == "failed" and not manifest.get("failed_stage") and manifest.get("failure"):
+        return "failed", f"run failed: {manifest['failure'].get('cause')}"
     if status == "failed":
         stage, cell = manifest.get("failed_stage"), manifest.get("failed_cell")
         where = f" (cell {cell})" if cell is not None else ""

@@ -130,8 +130,11 @@ def _end_open_runs(client: Any, parent_run_id: str, status: str) -> list[str]:
 
 def _close_abandoned(folder: Path, manifest: Manifest) -> None:
     """A runner killed outright (kill -9, power loss) leaves its record at ``running`` and
-    its MLflow runs RUNNING. With the folder's lock held no runner is alive: end them."""
+    its MLflow runs RUNNING. With the folder's lock held no runner is alive: end them,
+    FAILED when the run was recorded failed (e.g. the store stopped answering while it
+    ended), else KILLED."""
     data = manifest.data
+    ended_as = "FAILED" if data.get("status") == "failed" else "KILLED"
     if data.get("status") == "running":
         stages = [
             name for name, s in data.get("stages", {}).items() if s.get("status") == "running"
@@ -158,18 +161,19 @@ def _close_abandoned(folder: Path, manifest: Manifest) -> None:
         manifest.save()
     mlf = data.get("mlflow") or {}
     if mlf.get("parent_run_id") and mlf.get("tracking_uri"):
-        from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
+
+        from mlfolio.tracking import cause, store_errors
 
         try:
             ended = _end_open_runs(
-                MlflowClient(tracking_uri=mlf["tracking_uri"]), mlf["parent_run_id"], "KILLED"
+                MlflowClient(tracking_uri=mlf["tracking_uri"]), mlf["parent_run_id"], ended_as
             )
-        except MlflowException as exc:  # the store moved or was reset: nothing to end there
-            log.warning("%s: could not end its abandoned MLflow runs: %s", folder, exc)
+        except store_errors() as exc:  # moved, reset or still down: the run says so itself
+            log.warning("%s: could not end its abandoned MLflow runs: %s", folder, cause(exc))
             return
         if ended:
-            log.info("%s: ended %d MLflow run(s) left RUNNING as KILLED", folder, len(ended))
+            log.info("%s: ended %d MLflow run(s) left RUNNING as %s", folder, len(ended), ended_as)
 
 
 def _stage_parameters(stage: Stage, params: dict[str, Any]) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import Any
 
 from mlfolio.config import Config, DataConfig, project_dir
 from mlfolio.context import read_json, write_json
-from mlfolio.errors import ConfigError
+from mlfolio.errors import ConfigError, RecordError
 from mlfolio.pipeline.graph import PIPELINES, Stage, notebooks_dir
 
 log = logging.getLogger(__name__)
@@ -211,5 +211,9 @@ class Manifest:
             raise ConfigError(f"{path}: not valid JSON ({exc})") from None
 
     def save(self) -> None:
+        """RecordError naming the file when it cannot be written (the old one stays)."""
         self.data["updated"] = datetime.now(UTC).isoformat(timespec="seconds")
-        write_json(self.path, self.data)
+        try:
+            write_json(self.path, self.data)
+        except OSError as exc:
+            raise RecordError(f"cannot write {self.path}: {exc.strerror or exc}") from exc

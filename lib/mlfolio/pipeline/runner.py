@@ -22,7 +22,7 @@ from mlfolio import config as config_mod
 from mlfolio import logs
 from mlfolio import progress as progress_file
 from mlfolio.config import Config, project_dir
-from mlfolio.errors import ConfigError, RunInterrupted, StageError
+from mlfolio.errors import ConfigError, MlfolioError, RunInterrupted, StageError
 from mlfolio.pipeline import terminal
 from mlfolio.pipeline.engine import KERNEL_LOOKAHEAD, WarmKernel, execute_stage
 from mlfolio.pipeline.graph import REFERENCE_DATA, Stage, new_run_dir, select_stages
@@ -39,6 +39,7 @@ from mlfolio.pipeline.interrupts import (
     _stage_parameters,
 )
 from mlfolio.pipeline.provenance import CHAMPION_READERS, Manifest, git_info
+from mlfolio.pipeline.record import Recorder, end_failed, one_line
 from mlfolio.pipeline.reuse import Reuser, detach, outputs
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,8 @@ def _parent_run(cfg: Config, run_dir: Path, manifest: Manifest) -> tuple[str, st
 
 
 def _fail_stage_run(parent_run_id: str, stage: str) -> None:
-    """Mark the failed stage's MLflow run FAILED (the kernel died before closing it)."""
+    """Mark the failed stage's MLflow run FAILED (the kernel died before closing it). The
+    caller guards it: the store may be what made the stage fail."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
@@ -136,6 +138,9 @@ def run(
         from mlfolio import data
 
         data.check_header(cfg.data, cfg.schema)  # the schema's columns vs the file's header
+    from mlfolio import tracking
+
+    tracking.apply_limits(cfg)  # before any store call, and inherited by the kernels
     changed: list[str] = []
     if run_dir is not None:
         folder = Path(run_dir).resolve()
@@ -169,6 +174,7 @@ def run(
         )
     if trigger:
         manifest.data["trigger"] = trigger
+    recorder = Recorder(manifest, folder, cfg.tracking_uri())
     sigs = _Signals()
     sigs.install()
     unroute = logs.route_runner(logs.runner_log(folder))
@@ -177,7 +183,8 @@ def run(
         os.environ["MLFOLIO_PROJECT_DIR"] = str(project_dir())
         frozen = folder / "parameters.yaml"
         config_mod.dump(cfg, frozen)
-        _create_sqlite_store(cfg.tracking_uri())
+        with tracking.guard(cfg.tracking_uri(), "opening it"):
+            _create_sqlite_store(cfg.tracking_uri())
         reuser = Reuser(
             cfg,
             folder,
@@ -215,6 +222,7 @@ def run(
             sigs,
             run_info,
             reuser,
+            recorder,
             echo,
             progress,
         )
@@ -226,6 +234,13 @@ def run(
             sigs.signum,
             f"run stopped at once by a second signal; resume with --from STAGE --run-dir {folder}",
         ) from None
+    except (StageError, RunInterrupted):
+        raise  # recorded by _run already
+    except Exception as exc:  # the store, the disk, a bug: never a record left "running"
+        error = end_failed(recorder, exc)
+        if error is exc and not isinstance(exc, MlfolioError):
+            raise  # a bug keeps its traceback (recorded failed all the same)
+        raise error from None
     finally:
         try:
             sigs.release_all()
@@ -261,12 +276,11 @@ def _run(
     sigs: _Signals,
     run_info: dict[str, Any],
     reuser: Reuser,
+    recorder: Recorder,
     echo: Callable[[str], None],
     progress: Callable[[str], None] | None = None,
 ) -> Manifest:
-    from mlflow.tracking import MlflowClient
-
-    from mlfolio import report, tracking
+    from mlfolio import tracking
 
     kind = manifest.data.get("kind", "training")
     manifest.data.update(
@@ -285,7 +299,9 @@ def _run(
     manifest.data.setdefault("history", []).append(
         {"at": datetime.now(UTC).isoformat(timespec="seconds"), **run_info}
     )
-    parent_run_id, _ = _parent_run(cfg, folder, manifest)
+    manifest.save()  # the record exists before the store is asked anything
+    with tracking.guard(cfg.tracking_uri(), "starting the pipeline's parent run"):
+        parent_run_id, _ = _parent_run(cfg, folder, manifest)
     nb_params = {"params_file": str(frozen), "run_dir": str(folder), "parent_run_id": parent_run_id}
     (folder / "stage_parameters.yaml").write_text(
         "# papermill notebooks/NN_stage.ipynb out.ipynb -f this file: replays a stage\n"
@@ -299,32 +315,84 @@ def _run(
 
     _collect_results(manifest, folder)
     _mark_stale(manifest, cfg, folder, selected, kind)
+    return _finish(cfg, manifest, folder, frozen, parent_run_id, outcome, recorder, echo)
+
+
+def _finish(
+    cfg: Config,
+    manifest: Manifest,
+    folder: Path,
+    frozen: Path,
+    parent_run_id: str,
+    outcome: StageError | RunInterrupted | None,
+    recorder: Recorder,
+    echo: Callable[[str], None],
+) -> Manifest:
+    """End the run's record: the local files first (with the outcome), then MLflow. A
+    failure while recording makes the run ``failed`` with its cause (in the manifest and
+    the index when the disk allows, and in MLflow when the store answers), and is raised
+    as one line; it never reads ``succeeded`` unless every part of the record was written."""
+    from mlflow.tracking import MlflowClient
+
+    from mlfolio import tracking
+
+    kind = manifest.data.get("kind", "training")
+    if isinstance(outcome, StageError):
+        recorder.store(
+            f"marking stage {outcome.stage}'s run FAILED",
+            _fail_stage_run,
+            parent_run_id,
+            outcome.stage,
+        )
     if outcome is None:
         manifest.data.update({"status": "succeeded", "failed_stage": None, "failed_cell": None})
-    manifest.save()
-    report.write_index(folder, manifest.data)
-    if kind == "training":
-        _log_headline(parent_run_id, manifest, folder)
-    # The data a model was trained on travels with its run: a monitor on another machine
-    # (shared tracking server, S3 artifacts) finds its reference rows there.
-    tracking.log_artifacts(parent_run_id, [folder / name for name in REFERENCE_DATA], "data")
-    tracking.log_artifacts(
-        parent_run_id,
-        sorted(folder.glob("*.ipynb"))
-        + sorted(folder.glob("*.html"))
-        + [folder / "manifest.json", frozen],
-        "run",
-    )
+    if recorder.write() and recorder.failure is None:
+        if kind == "training":
+            recorder.store("logging the headline", _log_headline, parent_run_id, manifest, folder)
+        # The data a model was trained on travels with its run: a monitor on another machine
+        # (shared tracking server, S3 artifacts) finds its reference rows there.
+        recorder.store(
+            "logging the reference data",
+            tracking.log_artifacts,
+            parent_run_id,
+            [folder / name for name in REFERENCE_DATA],
+            "data",
+        )
+        recorder.store(
+            "logging the run's notebooks and manifest",
+            tracking.log_artifacts,
+            parent_run_id,
+            sorted(folder.glob("*.ipynb"))
+            + sorted(folder.glob("*.html"))
+            + [folder / "manifest.json", frozen],
+            "run",
+        )
     interrupted = isinstance(outcome, RunInterrupted)
-    tracking.end_run(
-        parent_run_id, "KILLED" if interrupted else "FAILED" if outcome else "FINISHED"
-    )
+    failed = outcome is not None or recorder.failure is not None
+    status = "KILLED" if interrupted else "FAILED" if failed else "FINISHED"
+    recorder.store("ending the pipeline run", tracking.end_run, parent_run_id, status)
     if interrupted:  # the stopped stage's run (and a trial's) never got to close itself
-        _end_open_runs(MlflowClient(), parent_run_id, "KILLED")
+        recorder.store(
+            "ending the stopped runs",
+            lambda: _end_open_runs(MlflowClient(), parent_run_id, "KILLED"),
+        )
+    if recorder.failure is not None:  # say so where the reader looks, if the disk allows
+        recorder.mark_failed(recorder.failure)
+        recorder.write()
     if kind == "training":
-        for line in terminal.run_verdict(manifest.data, folder, held_aliases(manifest.data)):
+        held = None if recorder.store_failed else held_aliases(manifest.data)
+        for line in terminal.run_verdict(manifest.data, folder, held):
             echo(line)
     echo(f"run folder: {folder}\nreport:     {folder / 'index.html'}")
+    if recorder.failure is not None:
+        also = one_line(recorder.failure) + recorder.suffix()
+        if isinstance(outcome, StageError):
+            raise StageError(
+                outcome.stage, f"{outcome.detail}; recording it failed: {also}", outcome.cell_index
+            )
+        if isinstance(outcome, RunInterrupted):
+            raise RunInterrupted(outcome.signum, f"{outcome}; recording it failed: {also}")
+        raise type(recorder.failure)(also)
     if outcome is not None:
         raise outcome
     return manifest
@@ -354,8 +422,9 @@ def held_aliases(manifest: dict[str, Any]) -> list[str] | None:
     """The aliases the version register recorded holds now (None: none registered, or the
     registry cannot say; the verdict then names the moves register made). Every engine's
     verdict reads them here."""
-    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
+
+    from mlfolio.tracking import store_errors as tracking_errors
 
     model = manifest.get("model") or {}
     name, version = model.get("model_name"), model.get("version")
@@ -363,16 +432,17 @@ def held_aliases(manifest: dict[str, Any]) -> list[str] | None:
         return None
     try:
         return list(MlflowClient().get_model_version(name, version).aliases)
-    except MlflowException as exc:
+    except tracking_errors() as exc:
         log.warning("could not read the aliases of %s v%s: %s", name, version, exc)
         return None
 
 
 def _champion(cfg: Config) -> str | None:
     """The version the champion alias points at now (an input of evaluate and register)."""
-    from mlfolio import registry
+    from mlfolio import registry, tracking
 
-    ref = registry.get_alias(cfg.model_name, registry.CHAMPION)
+    with tracking.guard(cfg.tracking_uri(), "reading the champion alias"):
+        ref = registry.get_alias(cfg.model_name, registry.CHAMPION)
     return ref.version if ref else None
 
 
@@ -402,7 +472,11 @@ def _reused(
 def _tag_parent(manifest: Manifest, key: str, value: str) -> None:
     from mlflow.tracking import MlflowClient
 
-    MlflowClient().set_tag(manifest.data["mlflow"]["parent_run_id"], key, value)
+    from mlfolio import tracking
+
+    mlf = manifest.data["mlflow"]
+    with tracking.guard(mlf["tracking_uri"], f"tagging the pipeline run with {key}"):
+        MlflowClient().set_tag(mlf["parent_run_id"], key, value)
 
 
 def _run_stages(
@@ -420,7 +494,6 @@ def _run_stages(
     """Execute stages in order, each on a kernel warmed during the stages before it (or,
     not ``warm``, on one started for it), unless an earlier run has it with the same
     inputs (then it is reused). Stops at the first failure or signal."""
-    parent_run_id = nb_params["parent_run_id"]
     folder = reuser.folder
     params = cfg.to_dict()
     overrides = manifest.data.get("overrides") or {}
@@ -481,7 +554,9 @@ def _run_stages(
             return stopped
         if entry["status"] != "succeeded":
             err = entry["error"]
-            failed = StageError(stage.name, f"{err['ename']}: {err['evalue']}", err["cell_index"])
+            # one line: a database's or a notebook's message can run to hundreds
+            first = str(err["evalue"]).strip().splitlines()[0] if err["evalue"] else ""
+            failed = StageError(stage.name, f"{err['ename']}: {first}", err["cell_index"])
             manifest.data.update(
                 {"status": "failed", "failed_stage": stage.name, "failed_cell": err["cell_index"]}
             )
@@ -496,7 +571,6 @@ def _run_stages(
                 f"{str(err['evalue']).splitlines()[0] if err['evalue'] else ''}"
             )
             manifest.save()
-            _fail_stage_run(parent_run_id, stage.name)
             return failed
         note = terminal.tune_summary(folder, cfg.tuning.n_trials) if stage.name == "tune" else ""
         echo(f"{label} ok in {entry['duration_s']:.1f}s{note}")
