@@ -31,6 +31,9 @@ from mlflow.tracking import MlflowClient
 from mlfolio import pipeline
 from mlfolio.errors import RecordError, StageError, TrackingError
 from mlfolio.pipeline import gate_status
+from mlfolio.pipeline.interrupts import _close_abandoned
+from mlfolio.pipeline.provenance import Manifest
+from mlfolio.pipeline.record import Recorder
 
 from . import team
 
@@ -234,7 +237,9 @@ def test_sqlite_store_locked_by_another_process_during_a_stage_then_resumed(
     assert gate_status.check(run_dir).exit_code == 3
     parent = m["mlflow"]["parent_run_id"]
     assert statuses(store, [parent]) == ["RUNNING"]  # the store was locked when it ended
-    assert resume_checking_parent(params, run_dir, store, parent) == "FAILED"
+    # what a resume does first (the server test resumes through the runner)
+    _close_abandoned(run_dir, Manifest.load(run_dir))
+    assert statuses(store, [parent]) == ["FAILED"] and still_running(store) == []
 
 
 @pytest.fixture
@@ -352,8 +357,9 @@ def test_disk_full_while_a_stage_writes_fails_the_stage_and_records_it(
 
 def test_disk_full_at_the_end_never_reads_succeeded(write_params, store, small_disk):
     """The disk is filled once ingest succeeded: the index and the manifest cannot be
-    written. Before: an OSError traceback, the parent run left RUNNING (and, where the
-    manifest still fit but the index did not, a manifest reading 'succeeded')."""
+    written. Before: an OSError traceback, the parent run left RUNNING (and, at the end of
+    a whole run, where the manifest still fit but the index did not, a manifest reading
+    'succeeded' and gate-status 'promoted')."""
     params = write_params()
     with pytest.raises(RecordError) as info:
         pipeline.run(
@@ -374,7 +380,20 @@ def test_disk_full_at_the_end_never_reads_succeeded(write_params, store, small_d
     verdict = gate_status.check(run_dir)
     assert verdict.exit_code == 3 and verdict.status == "interrupted"
     assert statuses(store, [m["mlflow"]["parent_run_id"]]) == ["FAILED"]
-    # space again: the folder resumes (what docs/failures.md says to do)
+
+    # The run's last writes: the index first, then the manifest (what gate-status reads)
+    # commits the status. One free page: the index fits, the manifest's new copy does not;
+    # the index that said 'succeeded' is removed, the manifest still says 'running'.
     (small_disk / "filler").unlink()
-    m = pipeline.run(params, stages=["ingest"], run_dir=run_dir, echo=lambda _: None).data
-    assert m["status"] == "succeeded" and (run_dir / "index.html").exists()
+    folder = small_disk / "last-writes"
+    folder.mkdir()
+    last = Manifest(folder / "manifest.json", {"experiment": "churn", "status": "running"})
+    last.data["stages"] = {"ingest": {"status": "succeeded", "notebook": "01_ingest.ipynb"}}
+    last.save()
+    last.data["status"] = "succeeded"
+    fill(small_disk, leave=4096)()
+    recorder = Recorder(last, folder, store)
+    assert recorder.write() is False
+    assert read_manifest(folder)["status"] == "running"
+    assert not (folder / "index.html").exists()
+    assert "still says 'running'" in recorder.suffix()

@@ -144,6 +144,8 @@ def end_failed(recorder: Recorder, exc: BaseException) -> MlfolioError:
     """A run ended by ``exc`` outside a stage's cells (the store, the disk, a bug): record
     it failed (locally first), end its MLflow runs FAILED, and return the one-line error
     to raise (``exc`` itself when it is not an mlfolio error: a bug keeps its traceback)."""
+    if isinstance(exc, TrackingError):
+        recorder.store_failed = True  # asking it again would wait out the retries again
     recorder.mark_failed(exc)
     recorder.write()
     parent = (recorder.manifest.data.get("mlflow") or {}).get("parent_run_id")

@@ -287,6 +287,7 @@ def _run(
         {
             "status": "running",
             "interrupted": None,
+            "failure": None,  # an earlier attempt's, once this one runs
             "parameters_file": str(params_file),
             "overrides": overrides or {},
             "parameters": cfg.to_dict(),
@@ -315,11 +316,10 @@ def _run(
 
     _collect_results(manifest, folder)
     _mark_stale(manifest, cfg, folder, selected, kind)
-    return _finish(cfg, manifest, folder, frozen, parent_run_id, outcome, recorder, echo)
+    return _finish(manifest, folder, frozen, parent_run_id, outcome, recorder, echo)
 
 
 def _finish(
-    cfg: Config,
     manifest: Manifest,
     folder: Path,
     frozen: Path,
