@@ -265,6 +265,13 @@ def _new_parser(sub: argparse._SubParsersAction) -> None:
         metavar="VALUE",
         help="the target's value to predict (needed when it is not Yes/No, 1/0 or True/False)",
     )
+    new.add_argument(
+        "--encoding",
+        default="utf-8",
+        metavar="CODEC",
+        help="the CSV file's text encoding, e.g. latin-1 or cp1252 (default utf-8; written "
+        "as data.encoding)",
+    )
     new.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
 
 
@@ -274,7 +281,9 @@ def _new(args: argparse.Namespace) -> None:
     from mlfolio import scaffold
 
     target = Path(args.params_file)
-    schema, cfg = scaffold.write(target, Path(args.data), args.target, args.positive)
+    schema, cfg = scaffold.write(
+        target, Path(args.data), args.target, args.positive, encoding=args.encoding
+    )
     left_out = [c.name for c in schema.of_role("left out")]
     _echo(
         f"wrote {target}: experiment {cfg.experiment}, {schema.rows} rows; target "

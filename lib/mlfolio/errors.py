@@ -29,6 +29,14 @@ class DataValidationError(MlfolioError):
     http_status = 400
 
 
+class DataFileError(DataValidationError):
+    """A data file cannot be read as a table: empty, or not in its encoding (names the
+    file, and the byte offset and line of the first undecodable byte). Exit 2: the file
+    or ``data.encoding`` needs fixing before anything runs."""
+
+    exit_code = 2
+
+
 class StageError(MlfolioError):
     """A pipeline stage failed; carries the stage name and failing cell."""
 

@@ -80,7 +80,7 @@ def raw_columns_of(features: Any, width: int) -> list[str]:
 
     A transformer with as many outputs as inputs maps one to one (imputer + scaler); a
     one-hot encoder maps ``len(categories_[i])`` outputs to input ``i`` (its
-    ``handle_unknown='ignore'`` adds none).
+    ``handle_unknown='ignore'`` adds none; infrequent levels share one).
     """
     columns = _column_transformer(features)
     if columns is None:
@@ -94,6 +94,9 @@ def raw_columns_of(features: Any, width: int) -> list[str]:
         cols = list(cols)
         encoder = transformer[-1] if hasattr(transformer, "steps") else transformer
         sizes = [len(c) for c in getattr(encoder, "categories_", [])]
+        # levels lumped as infrequent (features.max_categories) share one output
+        lumped = getattr(encoder, "infrequent_categories_", None) or [None] * len(sizes)
+        sizes = [s if i is None else s - len(i) + 1 for s, i in zip(sizes, lumped, strict=True)]
         if getattr(encoder, "drop_idx_", None) is not None:
             sizes = [s - (d is not None) for s, d in zip(sizes, encoder.drop_idx_, strict=True)]
         if n_out == len(cols):

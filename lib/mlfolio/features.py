@@ -6,6 +6,7 @@ The transformer lives inside the fitted pipeline, so a served model takes raw ro
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,8 +19,9 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from mlfolio import rowkeys
-from mlfolio.config import SchemaConfig, SplitConfig
+from mlfolio.config import FeaturesConfig, SchemaConfig, SplitConfig
 from mlfolio.data import target_vector
+from mlfolio.errors import DataValidationError
 
 MISSING_CATEGORY = "__missing__"
 
@@ -88,10 +90,26 @@ def _category_text(values: pd.Series, whole_as_int: bool) -> pd.Series:
     return values.astype(object).where(present, MISSING_CATEGORY).astype(str)
 
 
-def build_preprocessor(schema: SchemaConfig) -> Pipeline:
-    """Coercion, imputation, scaling and one-hot encoding for the schema's columns."""
-    numeric = Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())])
-    categorical = OneHotEncoder(handle_unknown="ignore", sparse_output=False)
+def build_preprocessor(schema: SchemaConfig, encoding: FeaturesConfig | None = None) -> Pipeline:
+    """Coercion, imputation, scaling and one-hot encoding for the schema's columns.
+
+    ``encoding`` (default: the ``features`` defaults) caps the one-hot columns of each
+    categorical column (``max_categories``, ``min_frequency``): the rarer levels share one
+    'infrequent' column, and so do levels first seen in serving. A column missing in every
+    training row stays a (constant) column, so every schema column keeps its output."""
+    encoding = encoding or FeaturesConfig()
+    numeric = Pipeline(
+        [
+            ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
+            ("scale", StandardScaler()),
+        ]
+    )
+    categorical = OneHotEncoder(
+        handle_unknown="infrequent_if_exist",
+        sparse_output=False,
+        max_categories=encoding.max_categories,
+        min_frequency=encoding.min_frequency,
+    )
     columns = ColumnTransformer(
         [("num", numeric, list(schema.numeric)), ("cat", categorical, list(schema.categorical))],
         verbose_feature_names_out=False,
@@ -104,9 +122,98 @@ def build_preprocessor(schema: SchemaConfig) -> Pipeline:
     )
 
 
-def build_model_pipeline(schema: SchemaConfig, estimator: BaseEstimator) -> Pipeline:
+def build_model_pipeline(
+    schema: SchemaConfig, estimator: BaseEstimator, encoding: FeaturesConfig | None = None
+) -> Pipeline:
     """The servable model: raw rows in, class probabilities out."""
-    return Pipeline([("features", build_preprocessor(schema)), ("model", estimator)])
+    return Pipeline([("features", build_preprocessor(schema, encoding)), ("model", estimator)])
+
+
+def one_hot_columns(counts: pd.Series, rows: int, encoding: FeaturesConfig) -> int:
+    """The one-hot columns a categorical column with level ``counts`` becomes: as
+    scikit-learn's OneHotEncoder decides which levels are infrequent (min_frequency, then
+    max_categories counting the shared 'infrequent' column)."""
+    low = encoding.min_frequency
+    threshold = low if isinstance(low, int) else (low or 0) * rows
+    frequent = int((counts >= threshold).sum())
+    cap = encoding.max_categories
+    if cap is not None and cap < frequent + 1:
+        frequent = cap - 1
+    return frequent + (frequent < len(counts))
+
+
+def encoding_plan(train: pd.DataFrame, schema: SchemaConfig, encoding: FeaturesConfig) -> dict:
+    """What one-hot encoding the training rows makes of each categorical column: its
+    ``levels`` and ``columns`` (one-hot outputs), the ``capped`` ones (fewer columns than
+    levels) and the feature matrix's ``width``."""
+    coerced = RawColumnCoercer([], list(schema.categorical)).fit(train).transform(train)
+    levels, outputs = {}, {}
+    for col in schema.categorical:
+        counts = coerced[col].value_counts()
+        levels[col] = int(len(counts))
+        outputs[col] = one_hot_columns(counts, len(train), encoding)
+    return {
+        "levels": levels,
+        "columns": outputs,
+        "capped": [c for c in schema.categorical if outputs[c] < levels[c]],
+        "width": len(schema.numeric) + sum(outputs.values()),
+    }
+
+
+# Feature matrices held at once, measured with a 7,000-level column on this machine: a
+# fit holds ~2 (logreg) to ~3 (xgboost) times the dense float64 matrix; the tune stage's
+# folds hold every fold's transformed rows (cv_folds x) and a trial's copy on top.
+FIT_COPIES = 3
+
+
+def available_memory_mb() -> int | None:
+    """Memory a process may still take: MemAvailable, or less under a cgroup limit."""
+    found = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) // 1024)
+    except OSError:
+        pass
+    try:
+        cgroup = Path("/sys/fs/cgroup")
+        limit = (cgroup / "memory.max").read_text().strip()
+        if limit != "max":
+            used = int((cgroup / "memory.current").read_text())
+            found.append((int(limit) - used) // (1 << 20))
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
+
+
+def check_memory(
+    plan: dict[str, Any], rows: int, encoding: FeaturesConfig, copies: int
+) -> dict[str, Any]:
+    """The feature matrices' estimated peak (``rows`` x ``plan['width']`` float64 values,
+    ``copies`` of them) against ``features.memory_budget_mb`` or the memory available
+    now; raises DataValidationError naming the widest one-hot columns when it is larger
+    (before a kernel is killed for it)."""
+    estimate = -(-rows * plan["width"] * 8 * copies // (1 << 20))
+    budget = encoding.memory_budget_mb or available_memory_mb()
+    out = {"estimate_mb": estimate, "budget_mb": budget, "copies": copies}
+    if budget is None or estimate <= budget:
+        return out
+    widest = sorted(plan["columns"], key=lambda c: -plan["columns"][c])[:3]
+    named = ", ".join(
+        f"{c!r} ({plan['levels'][c]} levels -> {plan['columns'][c]} columns)" for c in widest
+    )
+    of = (
+        "features.memory_budget_mb"
+        if encoding.memory_budget_mb
+        else "available now (features.memory_budget_mb sets a budget)"
+    )
+    raise DataValidationError(
+        f"the feature matrices would take ~{estimate} MB ({rows} training rows x "
+        f"{plan['width']} one-hot/numeric columns x 8 bytes x {copies} copies held at once "
+        f"by train and tune), more than the {budget} MB {of}; widest: {named}; cap them "
+        f"with features.max_categories (now {encoding.max_categories}) or "
+        f"features.min_frequency, or leave such a column out of schema.categorical"
+    )
 
 
 def split(

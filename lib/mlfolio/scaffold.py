@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from mlfolio.data import _blank_text
-from mlfolio.errors import ConfigError
+from mlfolio.errors import ConfigError, DataFileError
 
 # Integer columns with this many distinct values or fewer are flags (seniorcitizen 0/1),
 # not quantities: one-hot encoding them loses nothing.
@@ -67,15 +67,28 @@ class Schema:
         return [c.name for c in self.of_role("categorical")]
 
 
-def read_data(path: Path) -> pd.DataFrame:
-    """The rows of a CSV or Parquet file (as the ingest stage reads them)."""
+def read_data(path: Path, encoding: str = "utf-8") -> pd.DataFrame:
+    """The rows of a CSV or Parquet file, read as the ingest stage reads them (the same
+    DataFileError, exit 2, for an empty file or a byte ``encoding`` cannot decode)."""
+    import codecs
+
+    from mlfolio.data import read_table
+
     if not path.is_file():
         raise ConfigError(f"--data: file not found: {path}")
     if path.suffix.lower() not in (".csv", ".parquet", ".pq"):
         raise ConfigError(f"--data {path}: expected a .csv or .parquet file")
-    if path.suffix.lower() == ".csv":
-        return pd.read_csv(path)
-    return pd.read_parquet(path)
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise ConfigError(
+            f"--encoding {encoding!r}: unknown (e.g. utf-8, latin-1, cp1252)"
+        ) from None
+    where = f"--data {path}"
+    df = read_table(path, path.name, where, encoding, fix="give --encoding {}")
+    if df.empty:
+        raise DataFileError(f"{where}: the file has a header but no rows")
+    return df
 
 
 def _blank(values: pd.Series) -> pd.Series:
@@ -262,7 +275,9 @@ def experiment_name(path: Path) -> str:
     return name[:64] if name[0].isalnum() else f"x{name}"[:64]
 
 
-def render(schema: Schema, experiment: str, data_uri: str, source: str) -> str:
+def render(
+    schema: Schema, experiment: str, data_uri: str, source: str, encoding: str = "utf-8"
+) -> str:
     """The parameter file's text."""
     missing = {c.name: c.missing for c in schema.columns if c.missing}
     left_out = schema.of_role("left out")
@@ -279,6 +294,7 @@ def render(schema: Schema, experiment: str, data_uri: str, source: str) -> str:
         "",
         "data:",
         f"  uri: {_yaml(data_uri)}",
+        *([f"  encoding: {_yaml(encoding)}"] if encoding.lower() not in ("utf-8", "utf8") else []),
         "  # sample_rows: 1000                # quick runs on a seeded sample",
         "",
         "schema:",
@@ -302,6 +318,7 @@ def render(schema: Schema, experiment: str, data_uri: str, source: str) -> str:
     lines += [
         "  missing_target: drop   # rows with no target: dropped and counted (or fail)",
         "  non_finite: fail       # inf in a numeric column: fail naming it (or missing)",
+        "  all_missing: fail      # a feature with no value in any row: fail (or ignore)",
         "",
         "split:                 # hash: a row keeps its split for life (a hash of its id, else",
         "  method: hash         # of its values); seeded: a seeded stratified split",
@@ -349,6 +366,7 @@ def write(
     target: str,
     positive: str | None = None,
     project: Path | None = None,
+    encoding: str = "utf-8",
 ) -> tuple[Schema, Any]:
     """Infer, render, validate and create ``target_file`` (never overwriting one);
     returns the schema and the validated Config."""
@@ -362,10 +380,14 @@ def write(
     if target_file.suffix.lower() not in (".yaml", ".yml"):
         raise ConfigError(f"{target_file}: expected a .yaml parameter file name")
     project = project or config.project_dir()
-    df = read_data(data_file)
+    df = read_data(data_file, encoding)
     schema = infer(df, target, positive)
     text = render(
-        schema, experiment_name(target_file), data_uri(data_file, project), data_file.name
+        schema,
+        experiment_name(target_file),
+        data_uri(data_file, project),
+        data_file.name,
+        encoding,
     )
     cfg = config.from_mapping(yaml.safe_load(text), source=str(target_file), base=project)
     # What ingest will do with these rows: fails here, naming the column, rather than later.

@@ -10,7 +10,7 @@ from sklearn.base import BaseEstimator
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
-from mlfolio.config import SchemaConfig
+from mlfolio.config import FeaturesConfig, SchemaConfig
 from mlfolio.features import build_model_pipeline, xy
 
 MODEL_KINDS = ("logreg", "xgboost")
@@ -30,11 +30,18 @@ def make_estimator(kind: str, params: dict[str, Any], seed: int) -> BaseEstimato
 
 
 def fit(
-    schema: SchemaConfig, kind: str, params: dict[str, Any], train: pd.DataFrame, seed: int
+    schema: SchemaConfig,
+    kind: str,
+    params: dict[str, Any],
+    train: pd.DataFrame,
+    seed: int,
+    encoding: FeaturesConfig | None = None,
 ) -> Pipeline:
-    """Fit the servable pipeline (features + estimator) on raw training rows."""
+    """Fit the servable pipeline (features, encoded as ``encoding`` says, + estimator) on
+    raw training rows."""
     X, y = xy(train, schema)
-    return build_model_pipeline(schema, make_estimator(kind, params, seed)).fit(X, y)
+    model = build_model_pipeline(schema, make_estimator(kind, params, seed), encoding)
+    return model.fit(X, y)
 
 
 def predict_scores(model: Any, df: pd.DataFrame, schema: SchemaConfig) -> np.ndarray:

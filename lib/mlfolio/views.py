@@ -118,6 +118,9 @@ def profile(df: pd.DataFrame, schema: SchemaConfig) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("column")
 
 
+MAX_BARS = 20  # levels plotted per categorical column
+
+
 def plot_features(
     df: pd.DataFrame, schema: SchemaConfig, max_categorical: int | None = None
 ) -> Any:
@@ -148,9 +151,15 @@ def plot_features(
                 )
             ax.legend(fontsize=7)
         else:
-            rate = y.groupby(clean[col]).mean().sort_values()
+            # the most frequent levels only: a bar per level of a 50,000-level column
+            # took minutes to draw (and could not be read)
+            counts = clean[col].value_counts()
+            shown = counts.index[:MAX_BARS]
+            rate = y.groupby(clean[col]).mean()[shown].sort_values()
             ax.barh([str(i)[:18] for i in rate.index], rate.values, color="tab:red")
             ax.set_xlabel("positive rate")
+            if len(counts) > MAX_BARS:
+                ax.set_xlabel(f"positive rate ({MAX_BARS} most frequent of {len(counts)} levels)")
         ax.set_title(col, fontsize=9)
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[len(panels) :]:

@@ -60,6 +60,25 @@ class DataConfig(_Section):
     query: str | None = Field(None, description="SQL query; required when uri is a database URL")
     endpoint_url: str | None = Field(None, description="S3 endpoint (moto, MinIO); None = AWS")
     sample_rows: int | None = Field(None, gt=0, description="seeded sample of rows, for quick runs")
+    encoding: str = Field(
+        "utf-8",
+        description="text encoding of a CSV file or object (latin-1, cp1252, utf-16, ...); "
+        "a byte it cannot decode fails naming the file, byte offset and line",
+    )
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        import codecs
+
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError(
+                "unknown encoding; expected a Python codec name such as utf-8, latin-1, "
+                "cp1252 or utf-16"
+            ) from None
+        return value
 
     @property
     def kind(self) -> Literal["sql", "s3", "file"]:
@@ -98,6 +117,11 @@ class SchemaConfig(_Section):
         "fail",
         description="inf, -inf or numbers too large for a float in numeric columns: "
         "an error, or treated as missing values",
+    )
+    all_missing: Literal["fail", "ignore"] = Field(
+        "fail",
+        description="a feature column with no value in any row: an error naming it, or a "
+        "warning (the model gets it as a constant it cannot use)",
     )
 
     @property
@@ -138,6 +162,38 @@ class SplitConfig(_Section):
     valid_size: float = Field(
         0.2, gt=0, lt=0.5, description="share of the rows for validation (model choice, threshold)"
     )
+
+
+class FeaturesConfig(_Section):
+    """How the feature pipeline encodes the schema's columns, and the memory it may take."""
+
+    max_categories: int | None = Field(
+        100,
+        ge=2,
+        description="one-hot columns per categorical column: a column with more levels "
+        "keeps its max_categories - 1 most frequent, the rest share one 'infrequent' column "
+        "(a warning names the column); None = a column per level",
+    )
+    min_frequency: int | float | None = Field(
+        None,
+        gt=0,
+        description="levels seen in fewer training rows (an int) or a smaller share of them "
+        "(a float below 1) share the 'infrequent' column; None = no minimum",
+    )
+    memory_budget_mb: int | None = Field(
+        None,
+        ge=1,
+        description="memory the feature matrices of train and tune may take; preprocess "
+        "fails, naming the widest columns, when its estimate is larger. None = the memory "
+        "available when preprocess runs",
+    )
+
+    @field_validator("min_frequency")
+    @classmethod
+    def _count_or_share(cls, value: int | float | None) -> int | float | None:
+        if isinstance(value, float) and value >= 1:
+            raise ValueError("a share must be below 1 (or give a whole number of rows)")
+        return value
 
 
 class TrainingConfig(_Section):
@@ -371,6 +427,7 @@ class Config(_Section):
     data: DataConfig
     schema_: SchemaConfig = Field(alias="schema")
     split: SplitConfig = Field(default_factory=SplitConfig)
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     tuning: TuningConfig = Field(default_factory=TuningConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)

@@ -31,9 +31,9 @@ class Stage:
 
 STAGES: tuple[Stage, ...] = (
     Stage("ingest", "01_ingest.ipynb", ("experiment", "seed", "data", "schema", "tracking")),
-    Stage("preprocess", "02_preprocess.ipynb", ("seed", "schema", "split")),
-    Stage("train", "03_train.ipynb", ("seed", "schema", "training")),
-    Stage("tune", "04_tune.ipynb", ("seed", "schema", "tuning")),
+    Stage("preprocess", "02_preprocess.ipynb", ("seed", "schema", "split", "features")),
+    Stage("train", "03_train.ipynb", ("seed", "schema", "features", "training")),
+    Stage("tune", "04_tune.ipynb", ("seed", "schema", "features", "tuning")),
     Stage("evaluate", "05_evaluate.ipynb", ("seed", "schema", "evaluation", "gate", "registry")),
     Stage("register", "06_register.ipynb", ("registry", "tracking")),
     Stage("deploy", "07_deploy.ipynb", ("registry", "tracking", "deploy")),

@@ -112,9 +112,12 @@ class CompiledScorer:
             raise NotCompilable("the coercer reads columns the signature lacks")
         self.columns = columns
         self.width = max(s.stop for s in ct.output_indices_.values())
-        # numeric parts: (columns, output slice, ops); one-hot parts: (columns, maps, ignore)
+        # numeric parts: (columns, output slice, ops); one-hot parts: (columns, maps,
+        # unknown level's output per column (the shared 'infrequent' one, or None), ignore)
         self.numeric_parts: list[tuple[list[Column], slice, list[tuple[str, Any, Any]]]] = []
-        self.onehot_parts: list[tuple[list[Column], list[dict[str, int]], bool]] = []
+        self.onehot_parts: list[
+            tuple[list[Column], list[dict[str, int]], list[int | None], bool]
+        ] = []
         covered = 0
         for name, trans, cols in ct.transformers_:
             out = ct.output_indices_[name]
@@ -160,21 +163,33 @@ class CompiledScorer:
                 enc = sub[0]
                 if (
                     enc.drop is not None
-                    or getattr(enc, "_infrequent_enabled", False)
                     or np.dtype(enc.dtype) != np.float64
                     or enc.handle_unknown not in ("ignore", "infrequent_if_exist", "error")
                 ):
                     raise NotCompilable(f"transformer {name!r}: encoder settings")
-                maps, pos = [], out.start
-                for cats in enc.categories_:
+                # features.max_categories / min_frequency: a column's infrequent levels
+                # (and, with infrequent_if_exist, its unknown ones) share its last output
+                lumped = getattr(enc, "infrequent_categories_", None) or [None] * len(cols)
+                maps, defaults, pos = [], [], out.start
+                for cats, rare in zip(enc.categories_, lumped, strict=True):
                     if not all(type(c) is str for c in cats):
                         raise NotCompilable(f"transformer {name!r}: non-text categories")
-                    maps.append({c: pos + k for k, c in enumerate(cats)})
-                    pos += len(cats)
+                    rare = set(rare) if rare is not None else set()
+                    frequent = [c for c in cats if c not in rare]
+                    mapping = {c: pos + k for k, c in enumerate(frequent)}
+                    pos += len(frequent)
+                    default = None
+                    if rare:
+                        mapping.update(dict.fromkeys(rare, pos))
+                        if enc.handle_unknown == "infrequent_if_exist":
+                            default = pos
+                        pos += 1
+                    maps.append(mapping)
+                    defaults.append(default)
                 if pos != out.stop:
                     raise NotCompilable(f"transformer {name!r}: output width")
                 self.onehot_parts.append(
-                    ([by_name[c] for c in cols], maps, enc.handle_unknown != "error")
+                    ([by_name[c] for c in cols], maps, defaults, enc.handle_unknown != "error")
                 )
             else:
                 raise NotCompilable(f"transformer {name!r}: {type(trans).__name__} on {cols}")
@@ -211,8 +226,8 @@ class CompiledScorer:
         rows: list[int] = []
         hits: list[int] = []
         every_row = range(n)
-        for part_cols, maps, ignore in self.onehot_parts:
-            for col, mapping in zip(part_cols, maps, strict=True):
+        for part_cols, maps, defaults, ignore in self.onehot_parts:
+            for col, mapping, default in zip(part_cols, maps, defaults, strict=True):
                 values = cols[col.name]
                 found = list(map(mapping.get, values))  # text values: a C-speed lookup
                 if None not in found:
@@ -222,7 +237,7 @@ class CompiledScorer:
                 # missing, non-text or unknown values: as RawColumnCoercer makes them
                 for i, (value, k) in enumerate(zip(values, found, strict=True)):
                     if k is None:
-                        k = mapping.get(_category(value))
+                        k = mapping.get(_category(value), default)
                     if k is not None:
                         rows.append(i)
                         hits.append(k)
@@ -301,7 +316,7 @@ def probe_rows(
             base[col.name] = values
     if not base or any(len(v) == 0 for v in base.values()):
         first = {c.name: None for c in columns}
-        for part_cols, maps, _ in scorer.onehot_parts:
+        for part_cols, maps, _, _ in scorer.onehot_parts:
             for col, mapping in zip(part_cols, maps, strict=True):
                 first[col.name] = _typed(col, next(iter(mapping), None))
         for part_cols, _, _ in scorer.numeric_parts:
@@ -314,7 +329,7 @@ def probe_rows(
         for other in rows:
             rows[other].append(value if other == name else base[other][0])
 
-    for part_cols, maps, ignore in scorer.onehot_parts:
+    for part_cols, maps, _, ignore in scorer.onehot_parts:
         for col, mapping in zip(part_cols, maps, strict=True):
             unseen = ["__unseen__"] if ignore and col.kind == "string" else []
             for value in [*mapping, *unseen, None]:

@@ -62,6 +62,7 @@ def ingest(ctx: StageContext) -> tuple[pd.DataFrame, dict[str, Any]]:
         "source_rows": int(len(raw)),
         "dropped_missing_target": checked.dropped_missing_target,
         "non_finite_as_missing": checked.non_finite_as_missing,
+        "all_missing_ignored": checked.all_missing,
         **data.summary(df, cfg.schema),
         "quality": data.quality(raw, cfg.schema, checked, len(df)),
     }
@@ -88,14 +89,41 @@ def preprocess(ctx: StageContext) -> dict[str, pd.DataFrame]:
     cfg = ctx.cfg
     snapshot = ctx.read_parquet(SNAPSHOT)
     parts = features.split(snapshot, cfg.schema, cfg.split, cfg.seed)
+    encoding = _encoding(cfg, parts["train"])
     for name, part in parts.items():
         ctx.write_parquet(SPLITS[name], part)
     lineage.write_keys(ctx.path(products.SEEN_ROWS.path), lineage.seen_keys(parts, cfg.schema))
     table = features.split_summary(parts, cfg.schema)
     mlflow.log_params({f"split.{k}": v for k, v in cfg.split.model_dump().items()})
     mlflow.log_metrics({f"{name}_rows": int(row["rows"]) for name, row in table.iterrows()})
-    ctx.write(products.PREPROCESS, {"splits": table.to_dict(orient="index"), "files": SPLITS})
+    ctx.write(
+        products.PREPROCESS,
+        {"splits": table.to_dict(orient="index"), "files": SPLITS, "encoding": encoding},
+    )
     return parts
+
+
+def _encoding(cfg: Config, train_rows: pd.DataFrame) -> dict[str, Any]:
+    """The one-hot plan of the training rows (``features``): a warning per capped column,
+    and the feature matrices' memory estimate, which fails here, naming the columns,
+    rather than a train or tune kernel killed for memory."""
+    plan = features.encoding_plan(train_rows, cfg.schema, cfg.features)
+    for col in plan["capped"]:
+        log.warning(
+            "column %r: %d levels in the training rows; one-hot encoded as %d columns: the "
+            "%d most frequent and one shared by the rest (features.max_categories %s, "
+            "min_frequency %s)",
+            col,
+            plan["levels"][col],
+            plan["columns"][col],
+            plan["columns"][col] - 1,
+            cfg.features.max_categories,
+            cfg.features.min_frequency,
+        )
+    tuning = cfg.tuning
+    copies = max(features.FIT_COPIES, tuning.cv_folds + 2 if tuning.enabled else 0)
+    memory = features.check_memory(plan, len(train_rows), cfg.features, copies)
+    return {**plan, "memory": memory}
 
 
 def load_splits(ctx: StageContext) -> dict[str, pd.DataFrame]:
@@ -112,7 +140,7 @@ def _fit_and_log(
 ) -> dict[str, Any]:
     """Fit on train, score on valid, log params, metrics and model to the active run."""
     schema = ctx.cfg.schema
-    model = train.fit(schema, kind, params, parts["train"], ctx.cfg.seed)
+    model = train.fit(schema, kind, params, parts["train"], ctx.cfg.seed, ctx.cfg.features)
     y_valid = data.target_vector(parts["valid"], schema)
     metrics = evaluate.classification_metrics(
         y_valid, train.predict_scores(model, parts["valid"], schema)
@@ -200,6 +228,7 @@ def tune_model(ctx: StageContext) -> tuple[Any, dict[str, Any]]:
             if "version" in warm
             else f"baseline {warm.get('baseline')}"
         ),
+        encoding=cfg.features,
     )
     runs = (
         mlflow.search_runs(

@@ -13,7 +13,7 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 
-from mlfolio.config import SchemaConfig
+from mlfolio.config import FeaturesConfig, SchemaConfig
 from mlfolio.features import build_preprocessor, xy
 from mlfolio.train import make_estimator
 
@@ -125,12 +125,19 @@ class Folds:
     )
 
     @classmethod
-    def build(cls, train: pd.DataFrame, schema: SchemaConfig, n_folds: int, seed: int) -> Folds:
+    def build(
+        cls,
+        train: pd.DataFrame,
+        schema: SchemaConfig,
+        n_folds: int,
+        seed: int,
+        encoding: FeaturesConfig | None = None,
+    ) -> Folds:
         X, y = xy(train, schema)
         cv = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
         parts = []
         for fit_idx, val_idx in cv.split(X, y):
-            prep = build_preprocessor(schema).fit(X.iloc[fit_idx], y.iloc[fit_idx])
+            prep = build_preprocessor(schema, encoding).fit(X.iloc[fit_idx], y.iloc[fit_idx])
             parts.append(
                 (
                     prep.transform(X.iloc[fit_idx]),

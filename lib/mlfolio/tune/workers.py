@@ -13,7 +13,7 @@ from typing import Any
 import optuna
 import pandas as pd
 
-from mlfolio.config import Config, SchemaConfig, TuningConfig
+from mlfolio.config import Config, FeaturesConfig, SchemaConfig, TuningConfig
 from mlfolio.errors import ConfigError
 from mlfolio.tune.search import Folds, make_objective, tuning_rows
 from mlfolio.tune.storage import (
@@ -306,12 +306,13 @@ def run_study(
     progress_path: Path | None = None,
     first_trial: dict[str, Any] | None = None,
     first_trial_note: str | None = None,
+    encoding: FeaturesConfig | None = None,
 ) -> optuna.Study:
     """Run (or resume) the study until ``n_trials`` trials have finished or time is up.
 
     ``first_trial``: parameters the study's first trial evaluates (a new study only, e.g.
     the champion's: :func:`~mlfolio.tune.space_values`); ``first_trial_note`` is kept as
-    its user attribute ``enqueued``.
+    its user attribute ``enqueued``; ``encoding``: the run's ``features`` (one-hot caps).
 
     With ``n_workers > 1`` this process and ``n_workers - 1`` child processes work on the
     same storage, each with its own sampler seed (identical seeds would repeat each
@@ -333,6 +334,7 @@ def run_study(
             progress_path,
             first_trial,
             first_trial_note,
+            encoding,
         )
 
 
@@ -346,6 +348,7 @@ def _run_study(
     progress_path: Path | None = None,
     first_trial: dict[str, Any] | None = None,
     first_trial_note: str | None = None,
+    encoding: FeaturesConfig | None = None,
 ) -> optuna.Study:
     deadline = None if cfg.timeout is None else time.time() + cfg.timeout
     storage = storage_for(cfg, run_dir)
@@ -361,7 +364,7 @@ def _run_study(
     rows = tuning_rows(train, schema, cfg.subsample_rows, seed)
     if len(rows) < len(train):
         log.info("tuning on a stratified sample of %d of %d training rows", len(rows), len(train))
-    folds = Folds.build(rows, schema, cfg.cv_folds, seed)
+    folds = Folds.build(rows, schema, cfg.cv_folds, seed, encoding)
     objective = _budgeted(
         make_objective(folds, cfg.model, seed, cfg.pruner != "none", cfg.early_stopping_rounds),
         cfg.n_trials,
@@ -440,5 +443,5 @@ def _join_study(cfg: Config, train: pd.DataFrame, study_name: str, worker: int) 
         log.info("study %s already has %d finished trials", study_name, tuning.n_trials)
         return 0
     rows = tuning_rows(train, cfg.schema, tuning.subsample_rows, cfg.seed)  # as run_study's
-    folds = Folds.build(rows, cfg.schema, tuning.cv_folds, cfg.seed)
+    folds = Folds.build(rows, cfg.schema, tuning.cv_folds, cfg.seed, cfg.features)
     return _worker(tuning, storage, study_name, cfg.seed, worker, folds, None, deadline)
