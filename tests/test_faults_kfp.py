@@ -34,8 +34,6 @@ from .conftest import CHURN_CSV, CHURN_PARAMS, SMALL, deep_update, tracking_sect
 
 pytest.importorskip("kfp", reason="the kfp extra (mlfolio[kfp]) is not installed")
 
-pytestmark = pytest.mark.slow
-
 EXE = Path(sys.executable).parent / "mlfolio"
 PG = "postgresql+psycopg://postgres@127.0.0.1:5432"
 DEADLINE_S = 240  # to the tune workers on two busy cores; the wait ends when they run
@@ -232,6 +230,7 @@ def stopped(tmp_path_factory, databases) -> dict[str, dict[str, Any]]:
 def assert_stopped(snap: dict[str, Any], signame: str, code: int) -> None:
     assert snap["rc"] == code, snap["stderr"][-3000:]
     assert f"interrupted by {signame} during stage 'tune'" in snap["stderr"], snap["stderr"]
+    assert "FAILURE" not in snap["stderr"]  # kfp's view of the tasks it saw killed
     # the tasks and all they started are gone: no orphaned tune_worker, no kernel
     assert snap["leftovers"] == {}, snap["leftovers"]
     assert snap["tmp_left"] == [], "the stopped tasks' temporary files were left"
@@ -246,7 +245,10 @@ def assert_stopped(snap: dict[str, Any], signame: str, code: int) -> None:
     assert ran in (["ingest", "preprocess"], ["ingest", "preprocess", "train"]), statuses
     assert statuses["tune"] == "interrupted"
     assert [statuses[s] for s in ("evaluate", "register", "deploy")] == ["not run"] * 3
-    assert statuses["train"] in ("succeeded", "not run")
+    # the default engine resumes the folder from there (--from, --run-dir)
+    resume = "tune" if "train" in ran else "train"
+    assert m["interrupted"]["resume_from"] == resume
+    assert f"resume with --from {resume} --run-dir {m['run_dir']}" in snap["stderr"]
     verdict = gate_status.decide(m, m["run_dir"])
     assert verdict.exit_code == 3 and f"by {signame} during stage tune" in verdict.reason
     assert snap["index"] is not None and 'id="run-status">interrupted' in snap["index"]
@@ -258,9 +260,38 @@ def assert_stopped(snap: dict[str, Any], signame: str, code: int) -> None:
     assert {runs[s] for s in ran} == {"FINISHED"}
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_the_kfp_local_tasks_and_records_the_run_interrupted(stopped):
     assert_stopped(stopped["SIGINT"], "SIGINT", 130)
 
 
+@pytest.mark.slow
 def test_sigterm_stops_the_kfp_local_tasks_and_records_the_run_interrupted(stopped):
     assert_stopped(stopped["SIGTERM"], "SIGTERM", 143)
+
+
+def test_a_second_signal_records_the_run_from_the_task_results_at_hand(tmp_path, write_params):
+    """The second signal stops at once (no MLflow calls): the record says interrupted,
+    keeps what the finished tasks handed over, and is not rewritten once written."""
+    from mlfolio import config
+    from mlfolio.pipeline.kfp import local, steps
+
+    cfg = config.load(write_params())
+    folder, root = tmp_path / "run", tmp_path / "root"
+    folder.mkdir()
+    results = {"ingest": "succeeded", "preprocess": "failed"}
+    for stage, status in results.items():
+        entry = root / stage / "products" / steps.ENTRY_DIR / f"{stage}.json"
+        entry.parent.mkdir(parents=True)
+        doc = {"stage": stage, "status": status, "notebook": f"{stage}.ipynb", "duration_s": 1}
+        entry.write_text(json.dumps(doc))
+    local._record_forced_stop(folder, root, cfg, "2026-12-06T18:00:00+00:00", "SIGTERM")
+    m = json.loads((folder / "manifest.json").read_text())
+    assert (m["status"], m["engine"]) == ("interrupted", "kfp-local")
+    assert m["interrupted"]["signal"] == "SIGTERM" and m["interrupted"]["forced"] is True
+    statuses = [m["stages"][s]["status"] for s in STAGE_NAMES]
+    assert statuses == ["succeeded", "failed"] + ["not run"] * 5
+    assert 'id="run-status">interrupted' in (folder / "index.html").read_text()
+    before = (folder / "manifest.json").read_bytes()
+    local._record_forced_stop(folder, root, cfg, "2026-12-06T18:00:00+00:00", "SIGINT")
+    assert (folder / "manifest.json").read_bytes() == before  # the full record stays

@@ -123,6 +123,10 @@ def _run_pipeline(pipeline: Any, folder: Path, root: Path, sigs: stop.Signals) -
     # tasks that overlap (the tune workers' ParallelFor) restore each other's swap, and the
     # process kept printing every line four spaces in (the verdict, a later command's).
     original_print = builtins.print
+    # Once stopped, kfp's threads report the killed tasks as FAILURE (on the terminal,
+    # as it swaps the root logger's handlers per task): the record says what happened.
+    root_logger = logging.getLogger()
+    root_logger.addFilter(quiet := lambda record: sigs.signum is None)
     try:
         with (
             (folder / "logs" / "kfp-local.log").open("w") as out,
@@ -145,6 +149,7 @@ def _run_pipeline(pipeline: Any, folder: Path, root: Path, sigs: stop.Signals) -
         pass
     finally:
         builtins.print = original_print
+        root_logger.removeFilter(quiet)
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -206,7 +211,8 @@ def _interrupted(
 ) -> dict[str, Any]:
     """Mark the stage whose tasks were stopped ``interrupted`` (its partial notebook, when
     it had begun one, copied into the folder) and every stage without a result ``not
-    run``; return the manifest's ``interrupted`` record."""
+    run``; return the manifest's ``interrupted`` record (``resume_from``: where the
+    default engine resumes the folder)."""
     from mlfolio import products
 
     order = [s.name for s in STAGES]
@@ -233,11 +239,14 @@ def _interrupted(
             "notebook": notebook,
             "interrupted": {"signal": why.signal, "cell_index": cell, "tasks": why.tasks},
         }
+    # The default engine resumes the folder from its first stage without a result.
+    resume = next((n for n, rec in records.items() if rec["status"] != "succeeded"), None)
     return {
         "signal": why.signal,
         "stage": stage,
         "cell_index": cell,
         "tasks": why.tasks,
+        "resume_from": resume,
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
@@ -379,9 +388,15 @@ def _stop_message(info: dict[str, Any], folder: Path) -> str:
         if stage
         else "between stages"
     )
+    resume = (
+        f"resume with --from {info['resume_from']} --run-dir {folder} (the default engine: "
+        "kfp-local starts a new folder)"
+        if info["resume_from"]
+        else f"run folder {folder}"
+    )
     return (
         f"run interrupted by {info['signal']} {where}; its tasks were stopped and its "
-        f"MLflow runs ended KILLED; run the chain again for a new run folder ({folder})"
+        f"MLflow runs ended KILLED; {resume}"
     )
 
 
@@ -396,7 +411,7 @@ def _record_forced_stop(folder: Path, root: Path, cfg: Config, created: str, sig
     found = [read_json(p) for p in root.rglob(f"{steps.ENTRY_DIR}/*.json")]
     records, _, _ = _stage_records({entry.pop("stage"): entry for entry in found})
     for name, rec in records.items():
-        if rec["status"] != "succeeded":
+        if rec["status"] in ("not run", "skipped"):  # (skipped: the gate may not be why)
             records[name] = {"status": "not run", "notebook": rec["notebook"]}
     manifest = Manifest(
         path,
