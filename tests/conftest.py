@@ -154,6 +154,7 @@ LONGEST_FIRST = (
     "test_pipeline_monitor",
     "test_reproduce",
     "test_interrupt",
+    "test_faults_kfp",
     "test_diff",
 )
 
