@@ -246,12 +246,11 @@ def execute_stage(
 def _unwritten(entry: dict[str, Any], exc: Exception) -> None:
     """A stage whose notebook or page cannot be written failed, whatever its cells did (a
     cell's own error stays the one reported)."""
-    what = f"{exc.strerror} ({exc.filename})" if isinstance(exc, OSError) else str(exc)
-    log.warning("stage notebook %s: not recorded: %s", entry["notebook"], what)
+    if isinstance(exc, OSError):
+        what = f"cannot write {entry['html']}: {exc.strerror or exc}"
+    else:
+        what = f"{entry['notebook']} was cut short and is removed ({exc})"
+    log.info("stage notebook %s: not recorded: %s", entry["notebook"], what)
     if entry["status"] == "succeeded" or "error" not in entry:
         entry["status"] = "failed"
-        entry["error"] = {
-            "cell_index": None,
-            "ename": type(exc).__name__,
-            "evalue": f"cannot write the stage's notebook or its HTML: {what}",
-        }
+        entry["error"] = {"cell_index": None, "ename": type(exc).__name__, "evalue": what}

@@ -49,7 +49,7 @@ class Recorder:
             with tracking.guard(self.uri, what):
                 return call(*args)
         except TrackingError as exc:
-            log.warning("%s", exc)
+            log.info("%s", exc)  # the error line names it: once on the terminal
             self.store_failed = True
             self.failure = self.failure or exc
             return None
@@ -82,7 +82,7 @@ class Recorder:
         return indexed
 
     def _keep(self, exc: MlfolioError) -> None:
-        log.warning("%s", exc)
+        log.info("%s", exc)  # the error line names it: once on the terminal
         self.failure = self.failure or exc
 
     def mark_failed(self, exc: BaseException) -> None:
