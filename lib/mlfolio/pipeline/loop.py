@@ -13,7 +13,7 @@ from typing import Any
 from mlfolio import config as config_mod
 from mlfolio import products
 from mlfolio.config import Config
-from mlfolio.errors import ConfigError, StageError
+from mlfolio.errors import ConfigError, RecordError, StageError, TrackingError
 from mlfolio.pipeline import terminal
 from mlfolio.pipeline.graph import new_run_dir
 from mlfolio.pipeline.provenance import Manifest
@@ -143,7 +143,7 @@ def monitor(
         echo(f"A/B: {action} ({'done' if actions['ab']['done'] else actions['ab']['why']})")
 
     retrain_manifest: Manifest | None = None
-    failure: StageError | None = None
+    failure: StageError | TrackingError | RecordError | None = None
     if decision.retrain and dry_run:
         actions["retrain"] = {"fired": True, "run": False, "why": "--dry-run"}
         echo("retraining not started (--dry-run)")
@@ -197,7 +197,7 @@ def monitor(
                 progress=progress,
             )
             actions["retrain"]["status"] = "succeeded"
-        except StageError as exc:
+        except (StageError, TrackingError, RecordError) as exc:  # recorded in its folder
             failure = exc
             actions["retrain"].update(status="failed", error=str(exc))
             retrain_manifest = Manifest.load(retrain_dir)
@@ -213,12 +213,15 @@ def monitor(
                 f"retraining: gate {gate}; version {model.get('version')} "
                 f"{'promoted to champion' if model.get('promoted') else 'not promoted'}"
             )
-        tracking.configure(cfg)
         from mlflow import MlflowClient
 
-        MlflowClient().set_tag(
-            manifest.data["mlflow"]["parent_run_id"], "mlfolio.retrain_run_dir", str(retrain_dir)
-        )
+        with tracking.guard(cfg.tracking_uri(), "linking the retraining run"):
+            tracking.configure(cfg)
+            MlflowClient().set_tag(
+                manifest.data["mlflow"]["parent_run_id"],
+                "mlfolio.retrain_run_dir",
+                str(retrain_dir),
+            )
     else:
         actions["retrain"] = {"fired": False}
     manifest.save()
