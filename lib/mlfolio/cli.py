@@ -22,7 +22,8 @@ def _parser() -> argparse.ArgumentParser:
         "run",
         help="run the pipeline's stage notebooks into a run folder",
         description="Run the stage notebooks into a new run folder, or re-run some into "
-        "--run-dir. Exit 0: done; 1: a stage failed; 2: bad parameters, or a "
+        "--run-dir. Exit 0: done; 1: a stage failed, or the tracking store or the "
+        "disk did (recorded in the run folder, one line names the cause); 2: bad parameters, or a "
         "re-run refused; 130/143: stopped by SIGINT/SIGTERM (recorded as "
         "interrupted in the run folder; a second signal stops at once).",
     )
