@@ -155,6 +155,7 @@ LONGEST_FIRST = (
     "test_reproduce",
     "test_interrupt",
     "test_faults_kfp",
+    "test_faults_runner",
     "test_diff",
 )
 
