@@ -295,3 +295,15 @@ def test_a_second_signal_records_the_run_from_the_task_results_at_hand(tmp_path,
     before = (folder / "manifest.json").read_bytes()
     local._record_forced_stop(folder, root, cfg, "2026-12-06T18:00:00+00:00", "SIGINT")
     assert (folder / "manifest.json").read_bytes() == before  # the full record stays
+
+
+def test_the_stop_message_never_claims_runs_it_could_not_end(tmp_path):
+    from mlfolio.pipeline.kfp import local
+
+    info = {"signal": "SIGTERM", "stage": "tune", "cell_index": 7, "resume_from": "tune"}
+    ended = local._stop_message(info, tmp_path, None)
+    assert ended.startswith("run interrupted by SIGTERM during stage 'tune' (cell 7)")
+    assert "MLflow runs ended KILLED" in ended and f"--from tune --run-dir {tmp_path}" in ended
+    down = local._stop_message(info, tmp_path, "no answer ([Errno 111] Connection refused)")
+    assert "ended KILLED" not in down
+    assert "may still read RUNNING (tracking store: no answer ([Errno 111]" in down

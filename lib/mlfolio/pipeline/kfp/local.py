@@ -265,7 +265,6 @@ def assemble(
     products, notebooks and HTML, ``manifest.json`` and ``index.html``. ``stopped``: a
     signal stopped the tasks; the run is recorded ``interrupted``, its MLflow runs still
     RUNNING are ended KILLED, and RunInterrupted raised."""
-    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     from mlfolio import products, report, tracking
@@ -280,14 +279,16 @@ def assemble(
         failed, cell = None, None
     frozen = folder / "parameters.yaml"
     config_mod.dump(cfg, frozen)
+    unended = None  # why the MLflow runs of a stopped run could not be ended
     try:
         parent = steps.find_parent_run(cfg, steps.RUN_NAME_TAG, folder.name)
         exp_id = tracking.configure(cfg)
-    except MlflowException as exc:
+    except tracking.store_errors() as exc:
         if stopped is None:
             raise
-        # the local record first: what the store holds is named in the warning
-        log.warning("the MLflow runs of %s could not be found: %s", folder.name, exc)
+        # the local record first; the message says the MLflow runs were not ended
+        unended = tracking.cause(exc)
+        log.warning("the MLflow runs of %s could not be found: %s", folder.name, unended)
         parent, exp_id = None, None
     status = "interrupted" if stopped else "failed" if failed else "succeeded"
     manifest = Manifest(
@@ -344,8 +345,9 @@ def assemble(
             )
             # the stopped stage's run, a trial's, and the parent (its exit task never ran)
             _end_open_runs(MlflowClient(), parent, "KILLED")
-        except MlflowException as exc:
-            log.warning("the MLflow runs of %s are not all ended KILLED: %s", folder.name, exc)
+        except tracking.store_errors() as exc:
+            unended = tracking.cause(exc)
+            log.warning("the MLflow runs of %s are not all ended: %s", folder.name, unended)
     elif parent:
         tracking.log_artifacts(
             parent, [folder / "manifest.json", frozen, folder / "pipeline.yaml"], "run"
@@ -373,7 +375,7 @@ def assemble(
         echo(line)
     echo(f"run folder: {folder}\nreport:     {folder / 'index.html'}")
     if stopped is not None:
-        raise RunInterrupted(stopped.signum, _stop_message(interrupted, folder))
+        raise RunInterrupted(stopped.signum, _stop_message(interrupted, folder, unended))
     if failed:
         err = records[failed].get("error") or {}
         why = f"{err.get('ename')}: {err.get('evalue')}" if err else records[failed]["reason"]
@@ -381,7 +383,7 @@ def assemble(
     return manifest
 
 
-def _stop_message(info: dict[str, Any], folder: Path) -> str:
+def _stop_message(info: dict[str, Any], folder: Path, unended: str | None) -> str:
     stage, cell = info["stage"], info["cell_index"]
     where = (
         f"during stage '{stage}'" + (f" (cell {cell})" if cell is not None else "")
@@ -394,10 +396,12 @@ def _stop_message(info: dict[str, Any], folder: Path) -> str:
         if info["resume_from"]
         else f"run folder {folder}"
     )
-    return (
-        f"run interrupted by {info['signal']} {where}; its tasks were stopped and its "
-        f"MLflow runs ended KILLED; {resume}"
+    runs = (
+        f"its MLflow runs may still read RUNNING (tracking store: {unended})"
+        if unended
+        else "its MLflow runs ended KILLED"
     )
+    return f"run interrupted by {info['signal']} {where}; its tasks were stopped, {runs}; {resume}"
 
 
 def _record_forced_stop(folder: Path, root: Path, cfg: Config, created: str, signal: str) -> None:
