@@ -8,6 +8,15 @@ answers it (``http_status``). The CLI turns any of them into its exit code in on
 
 from __future__ import annotations
 
+import re
+
+_PASSWORD = re.compile(r"^([^:/]+://[^:@/]*):[^@/]*@")
+
+
+def masked(url: str) -> str:
+    """``url`` with its password replaced by ``***``: how a store is named in messages."""
+    return _PASSWORD.sub(r"\1:***@", url)
+
 
 class MlfolioError(Exception):
     """Base of every error mlfolio raises on purpose."""

@@ -23,7 +23,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import secrets
 import socket
 import time
@@ -31,7 +30,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from mlfolio.errors import LockTimeoutError, LockUnavailableError
+from mlfolio.errors import LockTimeoutError, LockUnavailableError, masked
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +41,6 @@ LEASE_TAG_PREFIX = "mlfolio.lock."
 def owner() -> str:
     """Who holds a lock: host, process and a random suffix (two holders never match)."""
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-
-
-def masked(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (for messages and logs)."""
-    return re.sub(r"^([^:/]+://[^:@/]+):[^@/]*@", r"\1:***@", url)
 
 
 def _slug(key: str) -> str:

@@ -24,7 +24,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from mlfolio.config import Config, SchemaConfig, project_dir
-from mlfolio.errors import MlfolioError, TrackingError
+from mlfolio.errors import MlfolioError, TrackingError, masked
 
 log = logging.getLogger(__name__)
 
@@ -76,15 +76,6 @@ def install_busy_timeout() -> None:
 
     event.listen(Engine, "before_cursor_execute", rewrite, retval=True)
     _busy_installed = True
-
-
-def masked(uri: str) -> str:
-    """A store URI as it may be printed: its password replaced by ``***``."""
-    parts = urlsplit(uri)
-    if not parts.password:
-        return uri
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
 
 
 def cause(exc: BaseException) -> str:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,7 +15,7 @@ from typing import Any
 import optuna
 
 from mlfolio.config import TuningConfig
-from mlfolio.errors import StudyStorageError
+from mlfolio.errors import StudyStorageError, masked
 
 log = logging.getLogger(__name__)
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -41,11 +40,6 @@ def dialect(url: str) -> str:
 def is_shared(storage: str | None) -> bool:
     """True for a storage URL that workers on other machines can reach."""
     return storage is not None and dialect(storage) in SHARED_DIALECTS
-
-
-def masked(url: str) -> str:
-    """The URL with its password replaced by ``***`` (for messages and logs)."""
-    return re.sub(r"^([^:/]+://[^:@/]+):[^@/]*@", r"\1:***@", url)
 
 
 def storage_for(cfg: TuningConfig, run_dir: Path) -> optuna.storages.BaseStorage:
