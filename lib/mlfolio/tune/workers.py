@@ -324,72 +324,48 @@ def run_study(
     runner shows (trials done / total, best so far).
     """
     with storage_errors(cfg):
-        return _run_study(
-            cfg,
-            train,
-            schema,
+        deadline = None if cfg.timeout is None else time.time() + cfg.timeout
+        storage = storage_for(cfg, run_dir)
+        study = open_study(cfg, storage, study_name, seed)
+        todo = remaining_trials(study, cfg.n_trials)
+        if todo == 0:
+            log.info("study %s already has %d finished trials", study_name, cfg.n_trials)
+            return study
+        if first_trial and not study.trials:  # a resumed study has run (or queued) it already
+            study.enqueue_trial(first_trial, user_attrs={"enqueued": first_trial_note or "given"})
+        if cfg.n_workers > 1 and todo > 1:
+            _start_process_server()  # it boots while the folds are built
+        rows = tuning_rows(train, schema, cfg.subsample_rows, seed)
+        if len(rows) < len(train):
+            log.info(
+                "tuning on a stratified sample of %d of %d training rows", len(rows), len(train)
+            )
+        folds = Folds.build(rows, schema, cfg.cv_folds, seed, encoding)
+        objective = _budgeted(
+            make_objective(folds, cfg.model, seed, cfg.pruner != "none", cfg.early_stopping_rounds),
+            cfg.n_trials,
             seed,
-            run_dir,
-            study_name,
-            progress_path,
-            first_trial,
-            first_trial_note,
-            encoding,
         )
 
+        def run_here(n_trials: int) -> None:
+            study.optimize(
+                objective,
+                n_trials=n_trials,
+                timeout=_left(deadline),
+                catch=(OverBudget,),
+                callbacks=[_stop_over_budget, _progress(progress_path, cfg.n_trials)],
+            )
 
-def _run_study(
-    cfg: TuningConfig,
-    train: pd.DataFrame,
-    schema: SchemaConfig,
-    seed: int,
-    run_dir: Path,
-    study_name: str,
-    progress_path: Path | None = None,
-    first_trial: dict[str, Any] | None = None,
-    first_trial_note: str | None = None,
-    encoding: FeaturesConfig | None = None,
-) -> optuna.Study:
-    deadline = None if cfg.timeout is None else time.time() + cfg.timeout
-    storage = storage_for(cfg, run_dir)
-    study = open_study(cfg, storage, study_name, seed)
-    todo = remaining_trials(study, cfg.n_trials)
-    if todo == 0:
-        log.info("study %s already has %d finished trials", study_name, cfg.n_trials)
+        if cfg.n_workers == 1:
+            run_here(todo)
+        else:
+            _run_workers(cfg, storage, study_name, seed, folds, todo, progress_path)
+        study = load_study(cfg, storage, study_name, seed)
+        if cfg.storage:  # trials of workers elsewhere, or of a dead one, are in the budget
+            _see_budget_through(study, cfg.n_trials, deadline, run_here)
+        # The final count once, from the whole study: workers' last writes may cross.
+        _progress(progress_path, cfg.n_trials)(study, None)
         return study
-    if first_trial and not study.trials:  # a resumed study has run (or queued) it already
-        study.enqueue_trial(first_trial, user_attrs={"enqueued": first_trial_note or "given"})
-    if cfg.n_workers > 1 and todo > 1:
-        _start_process_server()  # it boots while the folds are built
-    rows = tuning_rows(train, schema, cfg.subsample_rows, seed)
-    if len(rows) < len(train):
-        log.info("tuning on a stratified sample of %d of %d training rows", len(rows), len(train))
-    folds = Folds.build(rows, schema, cfg.cv_folds, seed, encoding)
-    objective = _budgeted(
-        make_objective(folds, cfg.model, seed, cfg.pruner != "none", cfg.early_stopping_rounds),
-        cfg.n_trials,
-        seed,
-    )
-
-    def run_here(n_trials: int) -> None:
-        study.optimize(
-            objective,
-            n_trials=n_trials,
-            timeout=_left(deadline),
-            catch=(OverBudget,),
-            callbacks=[_stop_over_budget, _progress(progress_path, cfg.n_trials)],
-        )
-
-    if cfg.n_workers == 1:
-        run_here(todo)
-    else:
-        _run_workers(cfg, storage, study_name, seed, folds, todo, progress_path)
-    study = load_study(cfg, storage, study_name, seed)
-    if cfg.storage:  # trials of workers elsewhere, or of a dead one, are in the budget
-        _see_budget_through(study, cfg.n_trials, deadline, run_here)
-    # The final count once, from the whole study: workers' last writes may cross.
-    _progress(progress_path, cfg.n_trials)(study, None)
-    return study
 
 
 def require_shared(cfg: TuningConfig) -> None:
