@@ -153,33 +153,25 @@ def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
         )
 
 
-def _mlflow_server(team: TeamServices, database: str, artifacts: list[str], name: str) -> str:
-    port = free_port()
-    log = team.workdir / f"{name}.log"
+def spawn_mlflow_server(
+    database: str, artifacts: list[str], port: int, env: dict[str, str], log: Path
+) -> subprocess.Popen:
+    """``mlflow server`` on 127.0.0.1:``port`` with one worker, its output in ``log``."""
     env = {
-        **os.environ,
-        **team.env,
+        **env,
         # Jobs need huey workers; the tests use none of them.
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
     }
     env.pop("MLFLOW_TRACKING_URI", None)
-    proc = _spawn(
-        [
-            str(BIN / "mlflow"),
-            "server",
-            "--backend-store-uri",
-            database,
-            *artifacts,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        env,
-        log,
-    )
+    args = ["--backend-store-uri", database, *artifacts, "--host", "127.0.0.1"]
+    args += ["--port", str(port), "--workers", "1"]
+    return _spawn([str(BIN / "mlflow"), "server", *args], env, log)
+
+
+def _mlflow_server(team: TeamServices, database: str, artifacts: list[str], name: str) -> str:
+    port = free_port()
+    log = team.workdir / f"{name}.log"
+    proc = spawn_mlflow_server(database, artifacts, port, {**os.environ, **team.env}, log)
     team.procs.append(proc)
     return f"http://127.0.0.1:{port}", proc, log
 

@@ -125,26 +125,8 @@ def resume_checking_parent(params: Path, run_dir: Path, uri: str, parent: str) -
 
 # -- the tracking store -----------------------------------------------------------------
 def _start_server(db: Path, port: int, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    proc = team._spawn(
-        [
-            str(team.BIN / "mlflow"),
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{db}",
-            "--default-artifact-root",
-            (db.parent / "artifacts").as_uri(),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        env,
-        log,
-    )
+    artifacts = ["--default-artifact-root", (db.parent / "artifacts").as_uri()]
+    proc = team.spawn_mlflow_server(f"sqlite:///{db}", artifacts, port, dict(os.environ), log)
     team._wait_http(f"http://127.0.0.1:{port}/health", proc, log)
     return proc
 
