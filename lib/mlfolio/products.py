@@ -344,6 +344,13 @@ def of_stage(stage: str) -> tuple[str, ...]:
     return tuple(p.path for p in ALL if p.stage == stage)
 
 
+def document(stage: str) -> Product | None:
+    """The stage's own JSON document: the product whose model it validates, stamped with
+    the stage's ``mlflow_run_id`` when written (``ab.json`` for ab_report); None when the
+    stage writes none."""
+    return next((p for p in ALL if p.stage == stage and p.model is not None), None)
+
+
 def producer(path: str) -> str | None:
     """The stage that writes ``path`` (None: not a declared product)."""
     product = BY_PATH.get(path)

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from mlfolio import products
 from mlfolio.context import read_json
 from mlfolio.pipeline.graph import Stage, notebooks_dir
 
@@ -237,9 +238,10 @@ def execute_stage(
                 out_nb.unlink(missing_ok=True)
             _unwritten(entry, exc)
         entry["duration_s"] = round(time.perf_counter() - t0, 3)
-    product = run_dir / f"{stage.name}.json"
-    if entry["status"] == "succeeded" and product.exists():
-        entry["mlflow_run_id"] = read_json(product).get("mlflow_run_id")
+    # The run id is in the stage's own document (named by its declaration, not after it).
+    document = products.document(stage.name)
+    if entry["status"] == "succeeded" and document and (run_dir / document.path).exists():
+        entry["mlflow_run_id"] = read_json(run_dir / document.path).get("mlflow_run_id")
     return entry
 
 
