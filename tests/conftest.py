@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 from pathlib import Path
@@ -9,6 +10,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+pytest_plugins = ("pytester",)  # tests/test_require_services.py runs pytest on small files
 
 ROOT = Path(__file__).resolve().parents[1]
 CHURN_CSV = ROOT / "data" / "telco_churn.csv"
@@ -111,10 +114,56 @@ def runs_root(tmp_path) -> Path:
     return folder
 
 
+# -- services a test needs -------------------------------------------------------------
+# A developer's machine may lack PostgreSQL, Chromium or Prometheus: the test then skips,
+# saying why. CI (.ci/run) sets MLFOLIO_REQUIRE_SERVICES=1, and there a missing service
+# fails the test: a green CI run is one where every test ran.
+REQUIRE_SERVICES = "MLFOLIO_REQUIRE_SERVICES"
+
+
+def require_service(name: str, available: bool, why: str) -> None:
+    """Return if ``name`` is ``available``; else skip saying ``why``, or fail under
+    ``MLFOLIO_REQUIRE_SERVICES=1``. Callable in a test, a fixture or at module level."""
+    if available:
+        return
+    message = f"{name} is not usable: {why}"
+    if os.environ.get(REQUIRE_SERVICES) == "1":
+        pytest.fail(f"{message} ({REQUIRE_SERVICES}=1: every service must be there)", pytrace=False)
+    pytest.skip(message, allow_module_level=True)
+
+
+def require_module(module: str, why: str) -> Any:
+    """``import module`` (a test extra such as playwright or kfp), or require_service's
+    skip/failure naming it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        missing = f"{why} ({exc})"
+    require_service(f"the Python package {module!r}", False, missing)
+
+
 def chromium_path() -> str | None:
     return shutil.which("chromium") or (
         "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
     )
+
+
+def require_chromium() -> str:
+    """Chromium's path (the HTML tests open the pages in it), or require_service's verdict."""
+    path = chromium_path()
+    require_service(
+        "Chromium",
+        path is not None,
+        "looked for `chromium` on PATH and /usr/bin/chromium (Debian: apt-get install chromium)",
+    )
+    return path
+
+
+def require_program(program: str, why: str) -> str:
+    """The path of ``program`` on PATH, or require_service's verdict."""
+    path = shutil.which(program)
+    require_service(program, path is not None, f"not on PATH ({why})")
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,10 @@ from typing import Any
 
 import pytest
 
+from .conftest import require_service
+
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+POSTGRES = "PostgreSQL at 127.0.0.1:5432"
 PG_HOST = "postgres@127.0.0.1:5432"
 AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -130,12 +133,13 @@ def _admin(sql: str) -> None:
 
 
 def create_database(prefix: str) -> str:
-    """A new, empty database on the local PostgreSQL (its name), or a skip saying why."""
+    """A new, empty database on the local PostgreSQL (its name), or require_service's
+    skip (failure under MLFOLIO_REQUIRE_SERVICES=1) saying why."""
     name = f"{prefix}_{secrets.token_hex(4)}"
     try:
         _admin(f'CREATE DATABASE "{name}"')
     except Exception as exc:  # noqa: BLE001 - no server, or no right to create databases
-        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 is not usable: {str(exc).splitlines()[0]}")
+        require_service(POSTGRES, False, str(exc).splitlines()[0])
     return name
 
 
@@ -181,7 +185,7 @@ def start(workdir: Path) -> TeamServices:
     try:
         _admin("SELECT 1")
     except Exception as exc:  # noqa: BLE001 - say why the team tests cannot run
-        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 is not usable: {str(exc).splitlines()[0]}")
+        require_service(POSTGRES, False, str(exc).splitlines()[0])
     s3_port = free_port()
     s3_endpoint = f"http://127.0.0.1:{s3_port}"
     team = TeamServices(

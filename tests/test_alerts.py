@@ -4,7 +4,6 @@ and unit tests, thresholds from parameters."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -15,14 +14,10 @@ from mlfolio import config
 from mlfolio.errors import ConfigError
 from mlfolio.monitor import alerts, dashboard
 
-from .conftest import CHURN_PARAMS
+from .conftest import CHURN_PARAMS, require_program
 
 ROOT = Path(__file__).resolve().parents[1]
 MONITORING = ROOT / "deploy/monitoring"
-needs_promtool = pytest.mark.skipif(
-    shutil.which("promtool") is None,
-    reason="promtool is not installed (Debian: apt-get install prometheus)",
-)
 
 
 @pytest.fixture(scope="module")
@@ -107,24 +102,23 @@ def test_dashboard_is_importable_json_with_the_panels_the_issue_names():
         assert panel["targets"] and all(t["expr"] and t["refId"] for t in panel["targets"])
 
 
-@needs_promtool
 def test_promtool_checks_the_rules_and_runs_their_unit_tests():
+    promtool = require_program("promtool", "Debian: apt-get install prometheus")
     check = subprocess.run(
-        ["promtool", "check", "rules", str(MONITORING / "alerts.yml")],
+        [promtool, "check", "rules", str(MONITORING / "alerts.yml")],
         capture_output=True,
         text=True,
     )
     assert check.returncode == 0, check.stdout + check.stderr
     assert "SUCCESS: 13 rules found" in check.stdout + check.stderr
     unit = subprocess.run(
-        ["promtool", "test", "rules", str(MONITORING / "alerts_test.yml")],
+        [promtool, "test", "rules", str(MONITORING / "alerts_test.yml")],
         capture_output=True,
         text=True,
     )
     assert unit.returncode == 0, unit.stdout + unit.stderr
 
 
-@needs_promtool
 def test_every_alert_has_a_firing_case_in_the_unit_tests(mon):
     tests = yaml.safe_load((MONITORING / "alerts_test.yml").read_text())["tests"]
     fired = {

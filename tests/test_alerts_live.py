@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import socket
 import subprocess
 import time
@@ -21,7 +20,7 @@ import yaml
 from mlfolio import abtest, config, data, features, monitor
 from mlfolio.monitor import alerts, dashboard
 
-from .conftest import CHURN_PARAMS
+from .conftest import CHURN_PARAMS, require_program
 from .servers import MODEL, register_models, split_body, start_server, stop_server
 
 
@@ -31,12 +30,6 @@ def metric_names(expr: str) -> set[str]:
     if re.search(r"\bup\{", expr):
         names.add("up")
     return names
-
-
-pytestmark = pytest.mark.skipif(
-    shutil.which("prometheus") is None,
-    reason="prometheus is not installed (Debian: apt-get install prometheus)",
-)
 
 
 def _free_port() -> int:
@@ -101,6 +94,7 @@ def _ab_doc(registered, y: pd.Series, broken: bool) -> dict:
 
 @pytest.mark.slow
 def test_drift_alert_fires_in_a_real_prometheus_and_every_metric_exists(tmp_path):
+    prometheus = require_program("prometheus", "Debian: apt-get install prometheus")
     cfg = config.load(CHURN_PARAMS)
     churn = data.validate(data.load_source(cfg.data), cfg.schema)
     parts = features.split(churn, cfg.schema, cfg.split, cfg.seed)
@@ -166,7 +160,7 @@ def test_drift_alert_fires_in_a_real_prometheus_and_every_metric_exists(tmp_path
         started = time.monotonic()
         prom = subprocess.Popen(
             [
-                "prometheus",
+                prometheus,
                 f"--config.file={tmp_path / 'prometheus.yml'}",
                 f"--storage.tsdb.path={tmp_path / 'tsdb'}",
                 f"--web.listen-address=127.0.0.1:{port}",

@@ -2,7 +2,7 @@
 content hashes and snapshots.
 
 S3 goes through boto3 to a real moto server on 127.0.0.1; PostgreSQL uses the local
-server at 127.0.0.1:5432 (skipped when it does not answer).
+server at 127.0.0.1:5432 (see conftest.require_service when it does not answer).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from mlfolio.config import DataConfig, SchemaConfig, SplitConfig
 from mlfolio.data import content_hash, load_source, sample, validate, write_snapshot
 from mlfolio.errors import ConfigError, DataValidationError
 
-from .conftest import CHURN_CSV, CHURN_PARAMS
+from .conftest import CHURN_CSV, CHURN_PARAMS, require_service
 
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 ORDER_COL = "row_n"  # SQL has no row order: tables keep the CSV position to sort by
@@ -160,7 +160,7 @@ def pg_table(csv_frame) -> Iterator[str]:
             conn.execute(sa.text("SELECT 1"))
     except sa.exc.OperationalError as exc:
         engine.dispose()
-        pytest.skip(f"PostgreSQL at {PG_URL} does not answer: {str(exc.orig).strip()}")
+        require_service(f"PostgreSQL at {PG_URL}", False, str(exc.orig).strip())
     table = f"mlfolio_churn_{uuid.uuid4().hex[:10]}"
     try:
         csv_frame.to_sql(table, engine, index=True, index_label=ORDER_COL)

@@ -22,7 +22,7 @@ import yaml
 from mlfolio.deploy import DeployError
 from mlfolio.deploy import kubernetes as k8s
 
-from .conftest import ROOT
+from .conftest import ROOT, require_module
 
 # Routes of `mlfolio serve` (lib/mlfolio/serve/, its docstring and the endpoints in app.py).
 # Hard-coded on purpose: the probes must name routes the server has; the test below also
@@ -59,7 +59,7 @@ def settings(**changes: Any) -> k8s.KubernetesSettings:
 
 @pytest.fixture
 def kv():
-    return pytest.importorskip("kubernetes_validate", reason="kubernetes-validate is not installed")
+    return require_module("kubernetes_validate", "the manifests are checked against the schemas")
 
 
 @pytest.fixture
@@ -496,11 +496,7 @@ def test_dockerfile_content():
 
 
 def test_dockerfile_parses_in_order_with_the_buildkit_parser():
-    dockerfile = pytest.importorskip(
-        "dockerfile",
-        reason="the `dockerfile` parser (PyPI "
-        "package wrapping BuildKit's Go parser) is not installed",
-    )
+    dockerfile = require_module("dockerfile", "BuildKit's parser (from PyPI) reads the Dockerfile")
     commands = dockerfile.parse_string(k8s.dockerfile(settings()))
     order = [c.cmd for c in commands]
     assert order[0] == "FROM" and order.count("FROM") == 1

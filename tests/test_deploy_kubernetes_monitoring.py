@@ -4,7 +4,6 @@ ConfigMap, validated with the manifests; broken ones fail naming the field."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 
 import pytest
@@ -15,13 +14,13 @@ from mlfolio.deploy import kubernetes as k8s
 from mlfolio.deploy.kubernetes import monitoring as kmon
 from mlfolio.monitor import alerts
 
-from .conftest import CHURN_PARAMS
+from .conftest import CHURN_PARAMS, require_module, require_program
 from .test_deploy_kubernetes import BASE, by_kind, load_docs
 
 
 @pytest.fixture
 def rendered(tmp_path):
-    pytest.importorskip("kubernetes_validate", reason="kubernetes-validate is not installed")
+    require_module("kubernetes_validate", "the manifests are checked against the schemas")
     mon = config.load(CHURN_PARAMS).monitoring
     out = tmp_path / "deploy"
     return k8s.render(out, monitoring=mon, token_secret="serve-token", **BASE), out, mon
@@ -56,18 +55,18 @@ def test_render_writes_the_monitoring_files_beside_the_manifests(rendered):
 
 
 def test_without_monitoring_no_monitoring_files(tmp_path):
-    pytest.importorskip("kubernetes_validate", reason="kubernetes-validate is not installed")
+    require_module("kubernetes_validate", "the manifests are checked against the schemas")
     summary = k8s.render(tmp_path, **BASE)
     assert kmon.SERVICE_MONITOR_FILE not in summary["files"]
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
 def test_the_prometheus_rule_spec_passes_promtool(rendered, tmp_path):
+    promtool = require_program("promtool", "Debian: apt-get install prometheus")
     _, out, _ = rendered
     spec = load_docs(out / kmon.PROMETHEUS_RULE_FILE)[0]["spec"]
     (tmp_path / "rules.yml").write_text(yaml.safe_dump(spec))
     check = subprocess.run(
-        ["promtool", "check", "rules", str(tmp_path / "rules.yml")], capture_output=True, text=True
+        [promtool, "check", "rules", str(tmp_path / "rules.yml")], capture_output=True, text=True
     )
     assert check.returncode == 0, check.stdout + check.stderr
 

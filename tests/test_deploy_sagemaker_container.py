@@ -27,11 +27,10 @@ import pytest
 from mlfolio.deploy import kubernetes as k8s
 from mlfolio.deploy.sagemaker import MODEL_DIR, build_model_archive, deploy_sagemaker
 
+from .conftest import require_module
 from .servers import MODEL, THRESHOLDS, Registered, register_models, typed_value
 
-dockerfile = pytest.importorskip(
-    "dockerfile", reason="the `dockerfile` parser (BuildKit's, from PyPI) is not installed"
-)
+dockerfile = require_module("dockerfile", "BuildKit's parser (from PyPI) reads the Dockerfile")
 
 REGION = "us-east-1"
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/mlfolio-serve:1"

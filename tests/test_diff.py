@@ -13,7 +13,14 @@ from mlfolio import pipeline
 from mlfolio.cli import main
 from mlfolio.pipeline import diff
 
-from .conftest import CHURN_PARAMS, SMALL, chromium_path, deep_update, tracking_section
+from .conftest import (
+    CHURN_PARAMS,
+    SMALL,
+    deep_update,
+    require_chromium,
+    require_module,
+    tracking_section,
+)
 
 QUIET = {"echo": lambda line: None}
 # Small and quick: logreg only, no tuning; A goes up to register (promoted: champion).
@@ -129,15 +136,14 @@ def test_the_index_says_where_the_diff_is_when_the_champions_folder_is_gone(two_
 
 @pytest.mark.slow
 def test_diff_html_shows_the_tables_in_chromium(two_runs, tmp_path):
-    if chromium_path() is None:
-        pytest.skip("no Chromium installed")
-    sync_api = pytest.importorskip("playwright.sync_api")
+    chromium = require_chromium()
+    sync_api = require_module("playwright.sync_api", "the HTML pages are read in Chromium")
     a, b = two_runs
     page_file = tmp_path / "diff.html"
     assert main(["diff", str(a), str(b), "-o", str(page_file)]) == 0
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(
-            executable_path=chromium_path(), headless=True, args=["--no-sandbox", "--disable-gpu"]
+            executable_path=chromium, headless=True, args=["--no-sandbox", "--disable-gpu"]
         )
         try:
             page = browser.new_page()
@@ -231,12 +237,11 @@ def test_diff_says_when_the_test_metrics_come_from_different_test_rows(two_runs,
     )
     assert diff.diff_runs(a, b)["test_rows"]["same"] is True
     page_file = diff.write_html(d, tmp_path / "diff.html")
-    if chromium_path() is None:
-        pytest.skip("no Chromium installed")
-    sync_api = pytest.importorskip("playwright.sync_api")
+    chromium = require_chromium()
+    sync_api = require_module("playwright.sync_api", "the HTML pages are read in Chromium")
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(
-            executable_path=chromium_path(), headless=True, args=["--no-sandbox", "--disable-gpu"]
+            executable_path=chromium, headless=True, args=["--no-sandbox", "--disable-gpu"]
         )
         try:
             page = browser.new_page()

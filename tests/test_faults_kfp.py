@@ -30,9 +30,9 @@ from mlfolio.pipeline import gate_status
 from mlfolio.pipeline.graph import STAGE_NAMES
 
 from . import team
-from .conftest import CHURN_CSV, CHURN_PARAMS, SMALL, deep_update, tracking_section
+from .conftest import CHURN_CSV, CHURN_PARAMS, SMALL, deep_update, require_module, tracking_section
 
-pytest.importorskip("kfp", reason="the kfp extra (mlfolio[kfp]) is not installed")
+require_module("kfp", "the kfp extra (mlfolio[kfp]) runs the pipeline")
 
 EXE = Path(sys.executable).parent / "mlfolio"
 PG = "postgresql+psycopg://postgres@127.0.0.1:5432"

@@ -21,9 +21,9 @@ from mlfolio import cli, config, products
 from mlfolio.errors import ConfigError, StageError
 from mlfolio.pipeline.graph import STAGE_NAMES, STAGES
 
-from .conftest import CHURN_CSV, CHURN_PARAMS, ROOT, SMALL, deep_update
+from .conftest import CHURN_CSV, CHURN_PARAMS, ROOT, SMALL, deep_update, require_module
 
-kfp = pytest.importorskip("kfp", reason="the kfp extra (mlfolio[kfp]) is not installed")
+kfp = require_module("kfp", "the kfp extra (mlfolio[kfp]) compiles and runs the pipeline")
 from kfp import components  # noqa: E402
 
 from mlfolio.pipeline.kfp import local, steps  # noqa: E402
@@ -302,7 +302,7 @@ def test_stage_records_gate_skip_and_failures():
 
 # -- the Dockerfile ---------------------------------------------------------------------
 def test_dockerfile_installs_the_project_and_copies_what_exists():
-    dockerfile = pytest.importorskip("dockerfile", reason="the `dockerfile` parser is missing")
+    dockerfile = require_module("dockerfile", "BuildKit's parser reads the Dockerfile")
     commands = dockerfile.parse_file(str(ROOT / "Dockerfile"))
     order = [c.cmd for c in commands]
     assert order[0] == "FROM" and commands[0].value == ("python:3.11-slim",)

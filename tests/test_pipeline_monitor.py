@@ -24,7 +24,16 @@ from mlfolio import cli, pipeline
 from mlfolio.errors import ConfigError
 from mlfolio.pipeline import terminal
 
-from .conftest import CHURN_CSV, CHURN_PARAMS, ROOT, SMALL, deep_update, tracking_section
+from .conftest import (
+    CHURN_CSV,
+    CHURN_PARAMS,
+    ROOT,
+    SMALL,
+    deep_update,
+    require_chromium,
+    require_module,
+    tracking_section,
+)
 
 pytestmark = pytest.mark.slow
 QUIET = {"echo": lambda line: None}
@@ -360,12 +369,8 @@ def _retrained_monitor_run(env) -> Path:
 
 
 def test_monitor_pages_in_a_browser(env):
-    from .conftest import chromium_path
-
-    chromium = chromium_path()
-    if chromium is None:
-        pytest.skip("no Chromium installed (looked for `chromium` on PATH and /usr/bin/chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
+    chromium = require_chromium()
+    sync_api = require_module("playwright.sync_api", "the HTML pages are read in Chromium")
     folder = _retrained_monitor_run(env)
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(

@@ -28,23 +28,18 @@ from .conftest import (
     CHURN_PARAMS,
     ROOT,
     SMALL,
-    chromium_path,
     deep_update,
+    require_chromium,
+    require_module,
+    require_service,
     tracking_section,
 )
 from .team import _wait_http, free_port, stop
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = chromium_path()
-if CHROMIUM is None:
-    pytest.skip(
-        "no Chromium installed (looked for `chromium` on PATH and /usr/bin/chromium)",
-        allow_module_level=True,
-    )
-sync_api = pytest.importorskip(
-    "playwright.sync_api", reason="the playwright Python package is not installed"
-)
+CHROMIUM = require_chromium()
+sync_api = require_module("playwright.sync_api", "the HTML pages are read in Chromium")
 
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -127,7 +122,7 @@ def browser(good_run, failed_run) -> Iterator[Any]:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
     except Exception as exc:
         pw.stop()
-        pytest.skip(f"Chromium at {CHROMIUM} does not start under Playwright: {exc}")
+        require_service(f"Chromium at {CHROMIUM}", False, f"does not start under Playwright: {exc}")
     try:
         yield browser
     finally:

@@ -26,7 +26,7 @@ from sklearn.pipeline import Pipeline
 
 from mlfolio import cli, config, data, features, registry, serve, tracking
 
-from .conftest import CHURN_CSV, CHURN_PARAMS
+from .conftest import CHURN_CSV, CHURN_PARAMS, require_module
 
 MODEL = "churn-serve-test"
 TOKEN = "s3cret-test-token"
@@ -312,7 +312,7 @@ def triton_inputs(df: pd.DataFrame, binary: bool, columns: list[serve.Column]):
 
 @pytest.fixture(scope="module")
 def triton(server):
-    tritonclient_http = pytest.importorskip("tritonclient.http")
+    tritonclient_http = require_module("tritonclient.http", "Triton's client speaks KServe V2")
     client = tritonclient_http.InferenceServerClient(url=f"127.0.0.1:{server.port}")
     yield client
     client.close()

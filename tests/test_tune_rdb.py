@@ -39,7 +39,7 @@ def churn():
 
 @pytest.fixture
 def pg_url():
-    """A fresh database on the local PostgreSQL (dropped after), or a skip saying why."""
+    """A fresh database on the local PostgreSQL (dropped after); see team.create_database."""
     name = team_services.create_database("mlfolio_tune")
     yield f"{PG}/{name}"
     team_services.drop_database(name)
