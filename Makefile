@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 UV_VERSION := 0.13.9
 
-.PHONY: setup run monitor-demo test test-fast lint format lab notebooks clean-runs
+.PHONY: setup run monitor-demo test test-fast test-slow lint format lab notebooks clean-runs
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,11 +27,14 @@ monitor-demo: setup  ## serve the champion with a prediction log, send drifted t
 
 TEST_WORKERS ?= 2
 
-test: setup  ## the whole test suite, on TEST_WORKERS processes (one module stays on one)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS)
+# `make test` is the two tiers in order: the slow one starts only once the fast one passed.
+test: test-fast test-slow  ## the whole test suite, on TEST_WORKERS processes (one module stays on one)
 
-test-fast: setup  ## unit tests only (no end-to-end runs)
-	$(BIN)/python -m pytest -m "not slow"
+test-fast: setup  ## unit tests (no end-to-end runs, no servers to start)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) -m "not slow"
+
+test-slow: setup  ## the end-to-end runs and the tests against started servers
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) -m slow
 
 lint: setup  ## ruff lint and format check (CI runs it before the tests)
 	$(BIN)/ruff check lib tests benchmarks tools

@@ -161,6 +161,7 @@ def test_stalled_bodies_do_not_lock_out_scoring(server, registered):
             s.close()
 
 
+@pytest.mark.slow  # its server is started for the slow tests beside it
 def test_408_names_the_body_timeout(server):
     sock = _stalled_post(server, "127.0.0.4", 100, b'{"inputs"')
     try:

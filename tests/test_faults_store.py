@@ -160,6 +160,7 @@ def test_unreachable_lock_uri_leaves_no_registered_version_and_aliases_unchanged
 
 
 # -- row 8: the lease lock on a tracking server, 8 promoters at once --------------------------
+@pytest.mark.slow  # the team services start in the slow tier only
 def test_lease_lock_survives_its_own_write_conflicts(team_env):
     """Before: 1-4 of 8 holders crashed with UniqueViolation on registered_model_tag_pk
     (the server's INSERT of the lease tag raced another holder's)."""

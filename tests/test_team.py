@@ -39,6 +39,7 @@ def fitted():
     return cfg, model.fit(X, y), X
 
 
+@pytest.mark.slow  # the team services start in the slow tier only
 @pytest.mark.parametrize("mode", ["proxied", "direct"])
 def test_registry_on_the_tracking_server(team_env, fitted, mode):
     """Log, register, promote (compare-and-set), read the alias history and load the
