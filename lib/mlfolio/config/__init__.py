@@ -104,12 +104,16 @@ class DataConfig(_Section):
 class SchemaConfig(_Section):
     """What the data must look like: the contract the ingest stage enforces."""
 
-    target: str
-    positive_label: str | int | bool
-    negative_label: str | int | bool
-    id_column: str | None = None
-    numeric: list[str] = Field(default_factory=list)
-    categorical: list[str] = Field(default_factory=list)
+    target: str = Field(description="the column to predict (two values)")
+    positive_label: str | int | bool = Field(description="the target value the model scores")
+    negative_label: str | int | bool = Field(description="the target's other value")
+    id_column: str | None = Field(
+        None, description="a unique id per row (never a feature); keys the split and the labels"
+    )
+    numeric: list[str] = Field(default_factory=list, description="numeric feature columns")
+    categorical: list[str] = Field(
+        default_factory=list, description="categorical feature columns (one-hot encoded)"
+    )
     missing_target: Literal["drop", "fail"] = Field(
         "drop", description="rows with no target value: dropped and counted, or an error"
     )
@@ -200,22 +204,27 @@ class TrainingConfig(_Section):
     """Baseline models fitted by the train stage."""
 
     models: list[Literal["logreg", "xgboost"]] = Field(
-        default_factory=lambda: ["logreg", "xgboost"]
+        default_factory=lambda: ["logreg", "xgboost"],
+        description="baseline models fitted; the best on validation becomes the candidate",
     )
-    logreg: dict[str, Any] = Field(default_factory=lambda: {"C": 1.0, "max_iter": 2000})
+    logreg: dict[str, Any] = Field(
+        default_factory=lambda: {"C": 1.0, "max_iter": 2000},
+        description="keyword arguments of scikit-learn's LogisticRegression",
+    )
     xgboost: dict[str, Any] = Field(
-        default_factory=lambda: {"n_estimators": 300, "learning_rate": 0.05, "max_depth": 4}
+        default_factory=lambda: {"n_estimators": 300, "learning_rate": 0.05, "max_depth": 4},
+        description="keyword arguments of XGBClassifier",
     )
 
 
 class TuningConfig(_Section):
     """The Optuna study of the tune stage."""
 
-    enabled: bool = True
-    model: Literal["xgboost", "logreg"] = "xgboost"
-    n_trials: int = Field(30, ge=1)
+    enabled: bool = Field(True, description="false: the tune stage is skipped")
+    model: Literal["xgboost", "logreg"] = Field("xgboost", description="the model kind tuned")
+    n_trials: int = Field(30, ge=1, description="trials of the study (with timeout: first wins)")
     timeout: float | None = Field(None, gt=0, description="seconds; None = no limit")
-    cv_folds: int = Field(3, ge=2, le=20)
+    cv_folds: int = Field(3, ge=2, le=20, description="cross-validation folds of a trial")
     pruner: Literal["median", "hyperband", "none"] = Field(
         "median",
         description="stops hopeless trials: median = below the median of earlier trials at "
@@ -247,7 +256,7 @@ class TuningConfig(_Section):
         description="None = journal file in the run folder; or an RDB URL "
         "(postgresql+psycopg://user@host/db) that workers on other machines can join",
     )
-    study_name: str | None = None
+    study_name: str | None = Field(None, description="None = '<experiment>-<run folder>'")
     heartbeat_interval: int = Field(
         10, ge=1, description="seconds between a running trial's heartbeats (RDB storage)"
     )
@@ -293,10 +302,12 @@ class TuningConfig(_Section):
 
 
 class EvaluationConfig(_Section):
+    """The evaluate stage: threshold, calibration, explanations and the error analysis."""
+
     threshold: float | Literal["max_f1"] = Field(
         0.5, description="decision threshold, or max_f1 to choose it on the validation split"
     )
-    calibration_bins: int = Field(10, ge=2, le=50)
+    calibration_bins: int = Field(10, ge=2, le=50, description="bins of the calibration curve")
     champion_version: int | Literal["none"] | None = Field(
         None,
         description="what the candidate is compared with: None = the version the champion "
@@ -310,13 +321,17 @@ class EvaluationConfig(_Section):
         description="test rows sampled for attributions, permutation importance and the "
         "beeswarm (bounds evaluate's added time)",
     )
-    permutation_repeats: int = Field(5, ge=1, le=50)
+    permutation_repeats: int = Field(
+        5, ge=1, le=50, description="shuffles per column of the permutation importance"
+    )
     segment_columns: list[str] | None = Field(
         None,
         description="categorical columns of the error analysis by segment; None: the "
         "segment_count categorical columns the candidate relies on most",
     )
-    segment_count: int = Field(2, ge=0, le=20)
+    segment_count: int = Field(
+        2, ge=0, le=20, description="categorical columns chosen when segment_columns is None"
+    )
     segment_min_rows: int = Field(
         30, ge=1, description="test rows a segment needs to be in the table"
     )
@@ -356,14 +371,20 @@ class EvaluationConfig(_Section):
 class GateConfig(_Section):
     """When a candidate may become champion."""
 
-    min_roc_auc: float = Field(0.75, ge=0, le=1)
-    min_pr_auc: float | None = Field(None, ge=0, le=1)
-    max_log_loss: float | None = Field(None, gt=0)
+    min_roc_auc: float = Field(0.75, ge=0, le=1, description="the candidate's test ROC AUC floor")
+    min_pr_auc: float | None = Field(
+        None, ge=0, le=1, description="test PR AUC floor; None = not checked"
+    )
+    max_log_loss: float | None = Field(
+        None, gt=0, description="test log loss ceiling; None = not checked"
+    )
     min_improvement: float = Field(
         0.0, description="required ROC AUC gain over the champion (lower CI bound)"
     )
-    confidence: float = Field(0.95, gt=0.5, lt=1)
-    bootstrap_samples: int = Field(1000, ge=100)
+    confidence: float = Field(
+        0.95, gt=0.5, lt=1, description="of the bootstrap interval of the gain"
+    )
+    bootstrap_samples: int = Field(1000, ge=100, description="resamples of the paired bootstrap")
     min_unseen_rows: int = Field(
         200,
         ge=1,
@@ -381,6 +402,8 @@ class GateConfig(_Section):
 
 
 class RegistryConfig(_Section):
+    """The MLflow model registry: the model's name, promotion and its lock."""
+
     model_name: str | None = Field(None, description="None = '<experiment>-classifier'")
     promote: bool = Field(True, description="move 'champion' when the gate passes")
     lock_uri: str | None = Field(
@@ -398,6 +421,8 @@ class RegistryConfig(_Section):
 
 
 class TrackingConfig(_Section):
+    """Where MLflow runs and artifacts go, and how long a call to the store may try."""
+
     tracking_uri: str | None = Field(
         None,
         description="None = $MLFLOW_TRACKING_URI, else sqlite:///<project>/mlflow.db; a "
@@ -421,9 +446,12 @@ class TrackingConfig(_Section):
 class Config(_Section):
     """One run's parameters, validated and frozen."""
 
-    experiment: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-    description: str = ""
-    seed: int = 42
+    experiment: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="the experiment's name: run folders, MLflow experiment, model name",
+    )
+    description: str = Field("", description="one line shown on the run's report")
+    seed: int = Field(42, description="seeds sampling, splits, models and the bootstrap")
     data: DataConfig
     schema_: SchemaConfig = Field(alias="schema")
     split: SplitConfig = Field(default_factory=SplitConfig)

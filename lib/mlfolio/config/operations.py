@@ -14,7 +14,9 @@ from mlfolio.config.base import _Section
 
 
 class LocalTargetConfig(_Section):
-    host: str = "127.0.0.1"
+    """Target local: serve the version on this machine and check its answers."""
+
+    host: str = Field("127.0.0.1", description="address the checked server listens on")
     port: int = Field(0, ge=0, le=65535, description="0 = a free port")
     sample_rows: int = Field(20, ge=1, description="test rows sent to check the answers")
     keep_serving: bool = Field(
@@ -25,43 +27,51 @@ class LocalTargetConfig(_Section):
 
 
 class KubernetesTargetConfig(_Section):
-    image: str = "mlfolio-serve:latest"
-    namespace: str = "default"
-    replicas: int = Field(2, ge=1)
-    min_replicas: int = Field(2, ge=1)
-    max_replicas: int = Field(6, ge=1)
+    """Target kubernetes: manifests written (and validated) for the serving image."""
+
+    image: str = Field("mlfolio-serve:latest", description="the serving image of the pods")
+    namespace: str = Field("default", description="namespace of the manifests")
+    replicas: int = Field(2, ge=1, description="pods of the Deployment without autoscaling")
+    min_replicas: int = Field(2, ge=1, description="the autoscaler's lower bound")
+    max_replicas: int = Field(6, ge=1, description="the autoscaler's upper bound")
     tracking_uri: str | None = Field(None, description="what pods use; None = the run's")
 
 
 class AwsConfig(_Section):
     """Left empty, boto3's standard configuration (env, profile, instance role) applies."""
 
-    region: str | None = None
+    region: str | None = Field(None, description="AWS region; None = boto3's")
     endpoint_url: str | None = Field(None, description="e.g. a moto server or LocalStack")
-    role_arn: str | None = None
-    bucket: str | None = None
+    role_arn: str | None = Field(
+        None, description="IAM role the function or endpoint runs as (lambda, sagemaker)"
+    )
+    bucket: str | None = Field(None, description="S3 bucket for model.tar.gz (sagemaker)")
 
 
 class LambdaTargetConfig(_Section):
+    """Target lambda: an AWS Lambda function that scores with the version."""
+
     function_name: str | None = Field(None, description="None = '<model name>'")
-    memory_mb: int = Field(1024, ge=128, le=10240)
-    timeout_s: int = Field(30, ge=1, le=900)
+    memory_mb: int = Field(1024, ge=128, le=10240, description="the function's memory")
+    timeout_s: int = Field(30, ge=1, le=900, description="the function's timeout, seconds")
 
 
 class SagemakerTargetConfig(_Section):
+    """Target sagemaker: a SageMaker endpoint serving the version with mlfolio's image."""
+
     endpoint_name: str | None = Field(None, description="None = '<model name>'")
     image_uri: str | None = Field(None, description="the serving image (mlfolio serve)")
-    instance_type: str = "ml.m5.large"
-    instance_count: int = Field(1, ge=1)
+    instance_type: str = Field("ml.m5.large", description="the endpoint's instance type")
+    instance_count: int = Field(1, ge=1, description="instances behind the endpoint")
 
 
 class DeployConfig(_Section):
     """Where the deploy stage puts the model version behind ``alias``."""
 
     targets: list[Literal["local", "kubernetes", "lambda", "sagemaker"]] = Field(
-        default_factory=lambda: ["local", "kubernetes"]
+        default_factory=lambda: ["local", "kubernetes"], description="where the version goes"
     )
-    alias: str = "champion"
+    alias: str = Field("champion", description="the registry alias whose version is deployed")
     local: LocalTargetConfig = Field(default_factory=LocalTargetConfig)
     kubernetes: KubernetesTargetConfig = Field(default_factory=KubernetesTargetConfig)
     aws: AwsConfig = Field(default_factory=AwsConfig)
@@ -91,7 +101,7 @@ class RetrainPolicyConfig(_Section):
     min_drift_share: float | None = Field(
         0.3, gt=0, le=1, description="share of drifted columns that fires"
     )
-    on_dataset_drift: bool = True
+    on_dataset_drift: bool = Field(True, description="dataset drift (drift_share) fires")
     max_roc_auc_drop: float | None = Field(
         0.03, gt=0, le=1, description="quality drop that fires (with labels)"
     )
@@ -104,8 +114,10 @@ class ABConfig(_Section):
 
     min_labelled: int = Field(200, ge=10, description="labelled rows needed in each variant")
     min_improvement: float = Field(0.0, ge=0, le=1, description="ROC AUC gain to promote")
-    confidence: float = Field(0.95, gt=0.5, lt=1)
-    bootstrap_samples: int = Field(1000, ge=100)
+    confidence: float = Field(
+        0.95, gt=0.5, lt=1, description="of the bootstrap interval of the gain"
+    )
+    bootstrap_samples: int = Field(1000, ge=100, description="resamples of the paired bootstrap")
     act: bool = Field(False, description="move the registry aliases as recommended")
 
 
@@ -124,8 +136,12 @@ class AlertsConfig(_Section):
     score_mean_shift: float = Field(
         0.1, gt=0, lt=1, description="mean score now vs score_offset ago"
     )
-    score_window: str = Field("1h", pattern=r"^[0-9]+[smhd]$")
-    score_offset: str = Field("1d", pattern=r"^[0-9]+[smhd]$")
+    score_window: str = Field(
+        "1h", pattern=r"^[0-9]+[smhd]$", description="window of the mean score compared"
+    )
+    score_offset: str = Field(
+        "1d", pattern=r"^[0-9]+[smhd]$", description="how long ago the window it is compared with"
+    )
     drift_share: float | None = Field(
         None, gt=0, le=1, description="None: monitoring.retrain.min_drift_share"
     )
@@ -173,8 +189,8 @@ _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?([mkMGTPE]|[KMGTPE]i)?$")
 class KfpResources(_Section):
     """What one pipeline task's pod requests (Kubernetes quantities, e.g. "500m", "4Gi")."""
 
-    cpu: str | None = None
-    memory: str | None = None
+    cpu: str | None = Field(None, description="CPU request; None = the cluster's default")
+    memory: str | None = Field(None, description="memory request; None = the cluster's default")
 
     @field_validator("cpu", "memory")
     @classmethod
