@@ -6,6 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 UV_VERSION := 0.13.9
 
 .PHONY: setup run monitor-demo test test-fast test-slow lint format lab notebooks clean-runs
+.PHONY: docs docs-parameters
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -13,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 	# --compile-bytecode: without .pyc files every kernel recompiles pandas/sklearn/mlflow
 	# on import (10 s per stage where PYTHONDONTWRITEBYTECODE is set).
 	$(BIN)/uv pip install --python $(BIN)/python --compile-bytecode \
-		--constraint constraints.txt --editable '.[test,kfp]'
+		--constraint constraints.txt --editable '.[test,kfp,docs]'
 	touch $(STAMP)
 
 setup: $(STAMP)  ## create .venv with the pinned dependencies
@@ -39,6 +40,15 @@ test-slow: setup  ## the end-to-end runs and the tests against started servers
 lint: setup  ## ruff lint and format check (CI runs it before the tests)
 	$(BIN)/ruff check lib tests benchmarks tools
 	$(BIN)/ruff format --check lib tests benchmarks tools
+
+docs: setup  ## the manual: docs/ built by MkDocs into site/ (fails on any warning)
+	$(BIN)/python tools/gen_parameters_doc.py --check
+	# NO_MKDOCS_2_WARNING: mkdocs-material's banner about its end of life (May 2027) is
+	# not a build warning; --strict still fails on every real one.
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+docs-parameters: setup  ## regenerate docs/parameters-reference.md from the config models
+	$(BIN)/python tools/gen_parameters_doc.py
 
 format: setup
 	$(BIN)/ruff format lib tests benchmarks tools
