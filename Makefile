@@ -41,10 +41,10 @@ lint: setup  ## ruff lint and format check (CI runs it before the tests)
 	$(BIN)/ruff check lib tests benchmarks tools
 	$(BIN)/ruff format --check lib tests benchmarks tools
 
+# NO_MKDOCS_2_WARNING hides mkdocs-material's banner about its end of life (May 2027),
+# which is not a build warning; --strict still fails on every real one.
 docs: setup  ## the manual: docs/ built by MkDocs into site/ (fails on any warning)
 	$(BIN)/python tools/gen_parameters_doc.py --check
-	# NO_MKDOCS_2_WARNING: mkdocs-material's banner about its end of life (May 2027) is
-	# not a build warning; --strict still fails on every real one.
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 docs-parameters: setup  ## regenerate docs/parameters-reference.md from the config models
