@@ -3,7 +3,6 @@ fail naming the document and field, and the Dockerfile's commands really run."""
 
 from __future__ import annotations
 
-import ast
 import copy
 import json
 import os
@@ -11,6 +10,8 @@ import subprocess
 import sys
 import threading
 import tomllib
+import urllib.error
+import urllib.request
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -23,27 +24,7 @@ from mlfolio.deploy import DeployError
 from mlfolio.deploy import kubernetes as k8s
 
 from .conftest import ROOT, require_module
-
-# Routes of `mlfolio serve` (lib/mlfolio/serve/, its docstring and the endpoints in app.py).
-# Hard-coded on purpose: the probes must name routes the server has; the test below also
-# compares this list with the routes the package registers, so a renamed route fails here.
-SERVER_ROUTES = {
-    "/ping",
-    "/health",
-    "/version",
-    "/invocations",
-    "/metrics",
-    "/v2",
-    "/v2/health/live",
-    "/v2/health/ready",
-    "/v2/models/{name}",
-    "/v2/models/{name}/versions/{version}",
-    "/v2/models/{name}/ready",
-    "/v2/models/{name}/versions/{version}/ready",
-    "/v2/models/{name}/infer",
-    "/v2/models/{name}/versions/{version}/infer",
-}
-SERVE_DIR = ROOT / "lib" / "mlfolio" / "serve"
+from .servers import register_models, start_server, stop_server
 
 BASE = {
     "model_name": "churn-classifier",
@@ -612,62 +593,49 @@ def test_healthcheck_command_passes_on_ping_and_fails_otherwise():
 
 
 # -- routes the manifests rely on --------------------------------------------------------------
-def test_probes_and_metrics_use_routes_the_server_has():
-    s = settings()
-    (container,) = k8s.deployment(s)["spec"]["template"]["spec"]["containers"]
-    paths = {
+def _status(url: str, token: str | None = None) -> int:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+@pytest.mark.slow
+def test_a_served_model_answers_the_probes_and_scrapes_the_manifests_name(tmp_path, monkeypatch):
+    """``mlfolio serve`` started as the pod starts it, its token from the variable the
+    Deployment fills from the Secret: each probe path answers 200 without a token (the
+    kubelet sends none), the scrape path refuses a request without the token and answers
+    one with it, and the Dockerfile's HEALTHCHECK passes against it."""
+    s = settings(token_secret="churn-serve-token")
+    pod = k8s.deployment(s)["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    probes = {
         container[p]["httpGet"]["path"] for p in ("startupProbe", "readinessProbe", "livenessProbe")
     }
-    annotations = k8s.deployment(s)["spec"]["template"]["metadata"]["annotations"]
-    paths.add(annotations["prometheus.io/path"])
-    assert paths == {"/ping", "/v2/health/ready", "/metrics"}
-    assert paths <= SERVER_ROUTES
-    assert "/ping" in _healthcheck_argv(k8s.dockerfile(s))[2]
-
-
-def _serve_source() -> ast.Module:
-    if not SERVE_DIR.is_dir():
-        pytest.skip("lib/mlfolio/serve/ is not there")
-    return ast.Module(
-        [
-            node
-            for path in sorted(SERVE_DIR.rglob("*.py"))
-            for node in ast.parse(path.read_text()).body
-        ],
-        [],
-    )
-
-
-def _constants(source: ast.Module) -> dict[str, object]:
-    return {
-        t.id: node.value.value
-        for node in ast.walk(source)
-        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
-        for t in node.targets
-        if isinstance(t, ast.Name)
-    }
-
-
-def test_hard_coded_routes_match_the_server_source():
-    source = _serve_source()
-    constants = _constants(source)  # a route may be a contract constant (LIVENESS_PATH)
-    routes = {
-        constants[arg.id] if isinstance(arg, ast.Name) else arg.value
-        for node in ast.walk(source)
-        if isinstance(node, ast.Call)
-        and isinstance(node.func, ast.Attribute)
-        and isinstance(node.func.value, ast.Name)
-        and node.func.value.id == "app"
-        and node.func.attr in ("get", "post", "put", "delete", "api_route")
-        and node.args
-        and isinstance(arg := node.args[0], ast.Constant | ast.Name)
-    }
-    assert routes == SERVER_ROUTES
+    scrape = pod["metadata"]["annotations"]["prometheus.io/path"]
+    (token_var,) = [e["name"] for e in container["env"] if "secretKeyRef" in e.get("valueFrom", {})]
+    monkeypatch.setenv(token_var, "s3cret-pod-token")
+    server = start_server(register_models(tmp_path))
+    try:
+        assert {path: _status(server.url + path) for path in probes} == dict.fromkeys(probes, 200)
+        assert _status(server.url + scrape) == 401
+        assert _status(server.url + scrape, token="s3cret-pod-token") == 200
+        argv = _healthcheck_argv(k8s.dockerfile(s))
+        port = server.url.rsplit(":", 1)[1]
+        check = subprocess.run(
+            [sys.executable, *argv[1:]],
+            env={**os.environ, "PORT": port},
+            capture_output=True,
+            timeout=10,
+        )
+        assert check.returncode == 0, check.stderr
+    finally:
+        stop_server(server.proc)
 
 
 def test_token_comes_from_a_secret_under_the_servers_variable(tmp_path, kv):
-    constants = _constants(_serve_source())
-    assert constants["TOKEN_ENV"] == k8s.TOKEN_ENV == "MLFOLIO_SERVE_TOKEN"
     summary = k8s.render(tmp_path, token_secret="churn-serve-token", **BASE)
     dep = by_kind(load_docs(tmp_path / "kubernetes.yaml"))["Deployment"]
     (container,) = dep["spec"]["template"]["spec"]["containers"]
