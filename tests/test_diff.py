@@ -116,7 +116,7 @@ def test_the_index_of_b_links_the_diff_against_the_champions_run(two_runs):
 
 @pytest.mark.slow
 def test_the_index_says_where_the_diff_is_when_the_champions_folder_is_gone(two_runs, tmp_path):
-    from mlfolio import report
+    from mlfolio.pipeline import report
 
     a, b = two_runs
     copy = tmp_path / b.name

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mlfolio.graph import MONITOR_STAGES
 from mlfolio.pipeline.engine import execute_stage
-from mlfolio.pipeline.graph import MONITOR_STAGES
 
 
 def _notebook(path: Path, *sources: str) -> None:

@@ -26,8 +26,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from mlfolio.graph import STAGE_NAMES
 from mlfolio.pipeline import gate_status
-from mlfolio.pipeline.graph import STAGE_NAMES
 
 from . import team
 from .conftest import CHURN_CSV, CHURN_PARAMS, SMALL, deep_update, require_module, tracking_section

@@ -18,8 +18,9 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from mlfolio import cli, config, data, features, locks, products, registry, report, tune
+from mlfolio import cli, config, data, features, locks, products, registry, tune
 from mlfolio.errors import RegistryError
+from mlfolio.pipeline import report
 
 from . import team as team_services
 from .test_stages import Stages

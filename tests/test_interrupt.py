@@ -30,9 +30,9 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from mlfolio import pipeline, report
+from mlfolio import pipeline
 from mlfolio.errors import ConfigError, RunInterrupted
-from mlfolio.pipeline import gate_status
+from mlfolio.pipeline import gate_status, report
 
 from .conftest import CHURN_CSV, CHURN_PARAMS, SMALL, deep_update, tracking_section
 

@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 
 from mlfolio import cli, config, products
 from mlfolio.errors import ConfigError, StageError
-from mlfolio.pipeline.graph import STAGE_NAMES, STAGES
+from mlfolio.graph import STAGE_NAMES, STAGES
 
 from .conftest import CHURN_CSV, CHURN_PARAMS, ROOT, SMALL, deep_update, require_module
 

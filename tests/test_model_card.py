@@ -151,7 +151,8 @@ def test_writing_the_index_page_imports_no_scikit_learn(tmp_path):
     # The runner writes index.html after every run: ranking an explain summary (the
     # "why the model decides" section, the card) is plain dicts, no model code.
     code = (
-        "import sys\nfrom pathlib import Path\nfrom mlfolio import model_card, report\n"
+        "import sys\nfrom pathlib import Path\nfrom mlfolio import model_card\n"
+        "from mlfolio.pipeline import report\n"
         f"report.write_index(Path({str(tmp_path)!r}), {{'status': 'succeeded', 'stages': {{}}}})\n"
         "assert model_card.top_features({'mean_abs': {'a': 1.0, 'b': 2.0}}, 1) == ['b']\n"
         "print(sorted(m for m in ('sklearn', 'xgboost', 'matplotlib') if m in sys.modules))"
@@ -185,7 +186,7 @@ def test_ranking_is_by_attribution_else_by_permutation():
 def test_the_card_is_written_through_a_new_file(tmp_path):
     # a reused stage's files are hard links to an earlier run's: rewriting the card (register
     # completes evaluate's) must leave the earlier run's copy as it was
-    from mlfolio.context import write_text
+    from mlfolio.files import write_text
 
     earlier, card = tmp_path / "earlier.md", tmp_path / "run" / "model_card.md"
     earlier.write_text("earlier run's card\n")

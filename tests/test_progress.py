@@ -69,7 +69,7 @@ def test_progress_is_left_out_of_a_file_or_pipe():
 
 
 def test_tune_summary_reads_the_trials_and_best_from_tune_json(tmp_path):
-    from mlfolio.context import write_json
+    from mlfolio.files import write_json
     from mlfolio.pipeline import terminal
 
     assert terminal.tune_summary(tmp_path, 30) == ""  # tune did not run

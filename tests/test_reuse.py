@@ -13,8 +13,8 @@ import pytest
 
 from mlfolio import config as config_mod
 from mlfolio import pipeline, registry
+from mlfolio.graph import STAGES
 from mlfolio.pipeline import provenance, reuse
-from mlfolio.pipeline.graph import STAGES
 
 from .conftest import CHURN_CSV, tracking_section
 

@@ -6,50 +6,22 @@ upstream products by name and writes its own.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlfolio import config as config_mod
+from mlfolio import products
 from mlfolio.config import Config, project_dir
 from mlfolio.errors import StageError
+from mlfolio.files import read_json, write_json
+from mlfolio.graph import PIPELINES
 
 if TYPE_CHECKING:  # pandas is imported where a stage reads Parquet: ~0.3 s otherwise
     import pandas as pd
 
 log = logging.getLogger(__name__)
-
-
-def _to_jsonable(value: Any) -> Any:
-    if hasattr(value, "item") and callable(value.item):  # numpy scalars
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"cannot write {type(value).__name__} to JSON")
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write through a new file, atomically: a crash leaves the old file, never half a
-    new one, and a hard link shared with another run's folder is never altered."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    try:
-        tmp.write_text(text)
-        tmp.replace(path)
-    except BaseException:  # a full disk: the half-written file would hold what is left
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: Path, payload: Any) -> None:
-    """Write JSON atomically (see :func:`write_text`)."""
-    write_text(path, json.dumps(payload, indent=2, default=_to_jsonable) + "\n")
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
 
 
 @dataclass
@@ -73,11 +45,8 @@ class StageContext:
     def _missing(self, name: str) -> StageError:
         """The error for a missing upstream product, naming the stage that writes it; the
         stage's MLflow run ends FAILED (an interactive kernel would leave it RUNNING)."""
-        from mlfolio import pipeline
-
-        writer = next(
-            (s for kind in pipeline.PIPELINES.values() for s in kind if name in s.products), None
-        )
+        stage = products.producer(name)
+        writer = next((s for kind in PIPELINES.values() for s in kind if s.name == stage), None)
         how = (
             f"run the {writer.name} stage ({writer.notebook}) first"
             if writer
@@ -230,22 +199,3 @@ def _end_failed_on_error(ctx: StageContext) -> None:
     shell = get_ipython()
     if shell is not None:
         shell.set_custom_exc((Exception,), ctx._on_error)
-
-
-def warm_up(tracking_uri: str) -> None:
-    """Import the heavy modules and open the tracking store, ahead of a stage.
-
-    The runner calls this in the next stage's kernel while the current stage runs, so a
-    stage's setup cell finds sklearn, pandas and MLflow already imported (~10 s here).
-    It only fills caches: the notebook still imports and configures everything itself.
-    """
-    import matplotlib.pyplot  # noqa: F401
-    import mlflow.sklearn  # noqa: F401
-    import xgboost  # noqa: F401
-    from mlflow.tracking import MlflowClient
-
-    import mlfolio.stages  # noqa: F401
-    from mlfolio.tracking import install_busy_timeout
-
-    install_busy_timeout()  # a locked SQLite store: the runner's wait, not MLflow's 20 s
-    MlflowClient(tracking_uri).search_experiments(max_results=1)

@@ -21,6 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from mlfolio.errors import StageError
+from mlfolio.files import read_json
 
 
 class _Doc(BaseModel):
@@ -213,8 +214,6 @@ class Product:
 
     def load(self, run_dir: Path) -> Any:
         """Read and validate this product from ``run_dir``; None when it is not there."""
-        from mlfolio.context import read_json
-
         path = run_dir / self.path
         if not path.exists():
             return None

@@ -178,7 +178,7 @@ class MonitoringConfig(_Section):
 
 
 # Tasks of the Kubeflow pipeline that take resource requests (tests check it against
-# mlfolio.pipeline.graph.STAGES; config cannot import the graph, which imports config).
+# mlfolio.graph.STAGES; config cannot import the graph, which imports config).
 KFP_TASKS = (
     *("ingest", "preprocess", "train", "tune", "evaluate", "register", "deploy"),
     "tune_worker",

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlfolio import products
+
 if TYPE_CHECKING:
     from mlfolio.context import StageContext
     from mlfolio.registry import ModelRef
@@ -25,10 +27,9 @@ def deploy_local(ctx: StageContext, ref: ModelRef, alias_uri: str, out_dir: Path
     pipeline's own scores; then stop it (``checked``), or leave it ``serving``."""
     from mlfolio import tracking, train
     from mlfolio.deploy.local import deploy_local as serve_and_check
-    from mlfolio.stages import SPLITS
 
     cfg, local = ctx.cfg, ctx.cfg.deploy.local
-    test = ctx.read_parquet(SPLITS["test"]).head(local.sample_rows)
+    test = ctx.read(products.SPLITS["test"]).head(local.sample_rows)
     rows = test[cfg.schema.features]
     expected = train.predict_scores(tracking.load_model(ref.uri), test, cfg.schema)
     return serve_and_check(

@@ -12,6 +12,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from mlfolio.files import write_json
+
 # The file the model server's /metrics reads, in its --prediction-log folder.
 SERVER_DRIFT_FILE = "drift.json"
 SERVER_AB_FILE = "ab.json"
@@ -180,8 +182,6 @@ def publish_for_server(doc: dict[str, Any], folder: str | Path) -> Path:
     prediction-log ``folder``, where its ``/metrics`` reads it (``mlfolio serve
     --prediction-log``: the drift gauges of :func:`drift_gauge_families`). Written
     atomically, so the server never reads half a file; returns the path written."""
-    from mlfolio.context import write_json
-
     path = Path(folder) / SERVER_DRIFT_FILE
     write_json(path, doc)
     return path
@@ -191,8 +191,6 @@ def publish_ab_for_server(report: dict[str, Any], folder: str | Path) -> Path:
     """Write the A/B ``report`` (the stage's ``ab.json``) into the model server's
     prediction-log ``folder``, where its ``/metrics`` shows it (:func:`ab_gauge_families`).
     Atomic like :func:`publish_for_server`; a one-variant report clears the gauges."""
-    from mlfolio.context import write_json
-
     path = Path(folder) / SERVER_AB_FILE
     write_json(path, report)
     return path

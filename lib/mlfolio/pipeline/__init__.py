@@ -1,20 +1,22 @@
-"""Running the stage notebooks: the stage graph, the runner, one stage's execution on a
-(warm) kernel, provenance and the manifest, interrupts and re-runs, the monitoring loop.
+"""Running the stage notebooks: the runner, one stage's execution on a (warm) kernel,
+provenance and the manifest, interrupts and re-runs, the monitoring loop, the report.
 
 ``mlfolio.pipeline.run`` and ``mlfolio.pipeline.monitor`` are what the CLI calls; the
 modules behind them:
 
-- ``graph``: the stages of each pipeline, their notebooks, products and parameter sections
 - ``runner``: ``run`` — validate, execute the selected stages, record, write the index
 - ``engine``: one notebook on a kernel started and warmed ahead of its stage (papermill)
 - ``provenance``: input hashes, git and package versions, ``manifest.json``
 - ``reuse``: taking unchanged stages over from earlier runs of the experiment
 - ``interrupts``: SIGINT/SIGTERM, the run folder's lock, abandoned runs, forced re-runs
 - ``loop``: ``monitor`` — the monitor notebooks, then the A/B action and retraining
+- ``report``: each executed notebook as HTML, and the run's ``index.html``
+
+The stage graph they run (stages, notebooks, parameter sections) is :mod:`mlfolio.graph`,
+below the stages, so a stage's context can name the stage that writes a missing file.
 """
 
-from mlfolio.pipeline.engine import KERNEL_LOOKAHEAD, WarmKernel, execute_stage
-from mlfolio.pipeline.graph import (
+from mlfolio.graph import (
     MONITOR_STAGES,
     PIPELINES,
     REFERENCE_DATA,
@@ -25,6 +27,7 @@ from mlfolio.pipeline.graph import (
     notebooks_dir,
     select_stages,
 )
+from mlfolio.pipeline.engine import KERNEL_LOOKAHEAD, WarmKernel, execute_stage
 from mlfolio.pipeline.loop import monitor
 from mlfolio.pipeline.provenance import (
     KEY_PACKAGES,

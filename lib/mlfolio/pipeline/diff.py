@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mlfolio import products
-from mlfolio.pipeline.graph import PIPELINES
+from mlfolio.graph import PIPELINES
 from mlfolio.pipeline.provenance import Manifest
 
 log = logging.getLogger(__name__)

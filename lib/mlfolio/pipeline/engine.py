@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from mlfolio import products
-from mlfolio.context import read_json
-from mlfolio.pipeline.graph import Stage, notebooks_dir
+from mlfolio.files import read_json
+from mlfolio.graph import Stage, notebooks_dir
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class WarmKernel:
         self.km = AsyncKernelManager(
             kernel_name="python3", transport="ipc", ip=f"{self._sockets}/k"
         )
-        warm = f"import mlfolio.context as _w; _w.warm_up({tracking_uri!r}); del _w"
+        warm = f"import mlfolio.stages.warm as _w; _w.warm_up({tracking_uri!r}); del _w"
         # The kernel's own stdout/stderr (not the notebook's outputs) go to a log file:
         # inheriting the runner's descriptors stalls kernel start when they are captured.
         (run_dir / "logs").mkdir(exist_ok=True)
@@ -178,7 +178,7 @@ def execute_stage(
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
-    from mlfolio import report
+    from mlfolio.pipeline import report
 
     out_nb = run_dir / stage.notebook
     started = datetime.now(UTC)

@@ -14,8 +14,8 @@ from typing import Any
 
 from mlfolio.config import Config
 from mlfolio.errors import ConfigError, RunInterrupted
+from mlfolio.graph import PIPELINES, Stage
 from mlfolio.pipeline.engine import WarmKernel
-from mlfolio.pipeline.graph import PIPELINES, Stage
 from mlfolio.pipeline.provenance import Manifest, _upstream_hashes
 
 log = logging.getLogger(__name__)
@@ -330,7 +330,7 @@ def _interrupted(
 def _record_forced_stop(manifest: Manifest, folder: Path, sigs: _Signals) -> None:
     """The second signal: mark what still says ``running`` interrupted (the next resume
     ends the MLflow runs); no MLflow calls, it must be quick."""
-    from mlfolio import report
+    from mlfolio.pipeline import report
 
     data = manifest.data
     if data.get("status") != "running":

@@ -14,8 +14,8 @@ from mlfolio import config as config_mod
 from mlfolio import products
 from mlfolio.config import Config
 from mlfolio.errors import ConfigError, RecordError, StageError, TrackingError
+from mlfolio.graph import new_run_dir
 from mlfolio.pipeline import terminal
-from mlfolio.pipeline.graph import new_run_dir
 from mlfolio.pipeline.provenance import Manifest
 from mlfolio.pipeline.runner import run
 
@@ -82,7 +82,8 @@ def monitor(
     Prints the drift verdict, then the retraining decision and the A/B recommendation;
     ``progress`` shows the retraining's tuning as it runs (see :func:`run`).
     """
-    from mlfolio import registry, report, tracking
+    from mlfolio import registry, tracking
+    from mlfolio.pipeline import report
 
     cfg = config_mod.load(params_file, overrides)
     if not (cfg.monitoring.current or cfg.monitoring.prediction_log):

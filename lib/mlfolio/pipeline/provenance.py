@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from mlfolio.config import Config, DataConfig, project_dir
-from mlfolio.context import read_json, write_json
 from mlfolio.errors import ConfigError, RecordError
-from mlfolio.pipeline.graph import PIPELINES, Stage, notebooks_dir
+from mlfolio.files import read_json, write_json
+from mlfolio.graph import PIPELINES, Stage, notebooks_dir
 
 log = logging.getLogger(__name__)
 

@@ -59,7 +59,7 @@ class Recorder:
         the status last); False (failure kept) when a file cannot be written. A run whose
         index cannot be written is not ``succeeded``; an index the manifest could not
         follow is removed (it would say more than the record)."""
-        from mlfolio import report
+        from mlfolio.pipeline import report
 
         index = self.folder / "index.html"
         indexed = True

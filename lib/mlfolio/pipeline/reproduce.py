@@ -34,9 +34,9 @@ from typing import Any
 
 from mlfolio import products
 from mlfolio.config import Config
-from mlfolio.context import read_json, write_json
 from mlfolio.errors import ConfigError, DataChangedError
-from mlfolio.pipeline.graph import STAGES
+from mlfolio.files import read_json, write_json
+from mlfolio.graph import STAGES
 from mlfolio.pipeline.provenance import Manifest, git_info, package_versions
 
 log = logging.getLogger(__name__)
@@ -302,7 +302,7 @@ def reproduce(
     import mlflow
 
     from mlfolio import config as config_mod
-    from mlfolio import report
+    from mlfolio.pipeline import report
     from mlfolio.pipeline.runner import run
 
     original = Path(run_dir).resolve()

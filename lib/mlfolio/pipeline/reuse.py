@@ -22,7 +22,7 @@ from typing import Any
 
 from mlfolio.config import Config
 from mlfolio.errors import MlfolioError
-from mlfolio.pipeline.graph import Stage
+from mlfolio.graph import Stage
 from mlfolio.pipeline.provenance import (
     CHAMPION_READERS,
     external_state,

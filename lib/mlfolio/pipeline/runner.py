@@ -23,9 +23,9 @@ from mlfolio import logs
 from mlfolio import progress as progress_file
 from mlfolio.config import Config, project_dir
 from mlfolio.errors import ConfigError, MlfolioError, RunInterrupted, StageError
+from mlfolio.graph import REFERENCE_DATA, Stage, new_run_dir, select_stages
 from mlfolio.pipeline import terminal
 from mlfolio.pipeline.engine import KERNEL_LOOKAHEAD, WarmKernel, execute_stage
-from mlfolio.pipeline.graph import REFERENCE_DATA, Stage, new_run_dir, select_stages
 from mlfolio.pipeline.interrupts import (
     _backfill_parameters,
     _check_parameters,

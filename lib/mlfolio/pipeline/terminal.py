@@ -7,6 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from mlfolio.files import read_json
+
 LABEL = 12  # "champion:   " — the runner's "run folder: " width
 
 
@@ -87,8 +89,6 @@ def run_verdict(
     the caller; else the moves register made), the champion now, what each deploy target
     did.
     Empty when evaluate did not run."""
-    from mlfolio.context import read_json
-
     gate = manifest.get("gate")
     if not gate:
         return []
@@ -148,8 +148,6 @@ def _held_back(manifest: dict[str, Any], run_dir: Path) -> list[str]:
     """The model, champion and deployed lines when the gate held register and deploy back
     (``--engine kfp-local``: they run inside ``dsl.If``): nothing registered, the champion
     evaluate compared with unchanged, nothing deployed."""
-    from mlfolio.context import read_json
-
     stages = manifest["stages"]
     candidate = (manifest.get("candidate") or {}).get("name", "the candidate")
     why = stages["register"].get("reason") or "the gate did not pass"

@@ -19,8 +19,9 @@ import pandas as pd
 
 from mlfolio import data, evaluate, explain, model_card, products, registry, tracking
 from mlfolio.config import Config
-from mlfolio.context import StageContext, write_text
+from mlfolio.context import StageContext
 from mlfolio.errors import MlfolioError
+from mlfolio.files import write_text
 
 log = logging.getLogger(__name__)
 

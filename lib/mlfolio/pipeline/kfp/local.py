@@ -21,9 +21,9 @@ import yaml
 
 from mlfolio import config as config_mod
 from mlfolio.config import Config, project_dir
-from mlfolio.context import read_json
 from mlfolio.errors import RunInterrupted, StageError
-from mlfolio.pipeline.graph import STAGES, new_run_dir
+from mlfolio.files import read_json
+from mlfolio.graph import STAGES, new_run_dir
 from mlfolio.pipeline.interrupts import _end_open_runs, _running_cell
 from mlfolio.pipeline.kfp import spec, steps, stop
 from mlfolio.pipeline.provenance import Manifest, git_info, package_versions
@@ -267,8 +267,8 @@ def assemble(
     RUNNING are ended KILLED, and RunInterrupted raised."""
     from mlflow.tracking import MlflowClient
 
-    from mlfolio import products, report, tracking
-    from mlfolio.pipeline import terminal
+    from mlfolio import products, tracking
+    from mlfolio.pipeline import report, terminal
     from mlfolio.pipeline.runner import held_aliases
 
     entries = _collect_artifacts(root, folder)
@@ -407,7 +407,7 @@ def _stop_message(info: dict[str, Any], folder: Path, unended: str | None) -> st
 def _record_forced_stop(folder: Path, root: Path, cfg: Config, created: str, signal: str) -> None:
     """The second signal: unless the run is recorded already, record it ``interrupted``
     from the task results at hand (no MLflow calls: it must be quick)."""
-    from mlfolio import report
+    from mlfolio.pipeline import report
 
     path = folder / "manifest.json"
     if path.exists():

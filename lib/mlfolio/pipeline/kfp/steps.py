@@ -23,8 +23,8 @@ import yaml
 from mlfolio import config as config_mod
 from mlfolio import products
 from mlfolio.config import Config
-from mlfolio.context import read_json, write_json
 from mlfolio.errors import ConfigError, StageError
+from mlfolio.files import read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -178,8 +178,8 @@ def run_stage(
     MLflow parent run. Returns the manifest entry; raises StageError when it failed
     (after writing everything)."""
     from mlfolio import tracking
+    from mlfolio.graph import REFERENCE_DATA, STAGES
     from mlfolio.pipeline.engine import execute_stage
-    from mlfolio.pipeline.graph import REFERENCE_DATA, STAGES
     from mlfolio.pipeline.interrupts import _stage_parameters
     from mlfolio.pipeline.provenance import package_source_hash, stage_inputs
     from mlfolio.pipeline.runner import _fail_stage_run

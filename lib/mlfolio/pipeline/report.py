@@ -9,9 +9,12 @@ from typing import Any
 
 import yaml
 
-from mlfolio.context import write_text
+from mlfolio import model_card, products
+from mlfolio.errors import MlfolioError
+from mlfolio.files import write_text
+from mlfolio.pipeline import diff
 
-TEMPLATES = Path(__file__).parent / "templates"
+TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
 log = logging.getLogger(__name__)
 
 
@@ -35,7 +38,6 @@ def notebook_to_html(notebook: Path, target: Path) -> Path:
 
 
 def _metric_rows(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    from mlfolio import products
 
     cols = ("roc_auc", "pr_auc", "log_loss", "brier", "f1")
     rows: list[dict[str, Any]] = []
@@ -72,7 +74,6 @@ def _metric_rows(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any] | 
 def _rows_compared(run_dir: Path) -> dict[str, Any] | None:
     """On which rows candidate and champion were compared (evaluate.json's overlap and
     row sets; None without a champion, or for a run evaluated before they were written)."""
-    from mlfolio import products
 
     ev = products.EVALUATE.load(run_dir)
     if ev is None or ev.champion is None or ev.row_sets is None:
@@ -104,7 +105,6 @@ def _rows_compared(run_dir: Path) -> dict[str, Any] | None:
 def _why_model_decides(run_dir: Path, top: int = 5) -> dict[str, Any] | None:
     """The candidate's top features next to the champion's, the flagged segments and the
     model card, from evaluate.json (None when it has no explanation)."""
-    from mlfolio import model_card, products
 
     ev = products.EVALUATE.load(run_dir)
     if ev is None or not ev.explain:
@@ -149,9 +149,6 @@ def _champion_diff(run_dir: Path, manifest: dict[str, Any]) -> dict[str, Any] | 
     from mlflow.exceptions import MlflowException
     from sqlalchemy.exc import SQLAlchemyError
 
-    from mlfolio.errors import MlfolioError
-    from mlfolio.pipeline import diff
-
     try:
         return diff.champion_diff(run_dir, manifest)
     except (MlfolioError, MlflowException, SQLAlchemyError, OSError) as exc:  # written anyway
@@ -192,7 +189,6 @@ def _mlflow_links(manifest: dict[str, Any], ui: str) -> dict[str, Any]:
 def _deployments(manifest: dict[str, Any]) -> list[dict[str, Any]]:
     """Each deploy target: its status, what happened in words, whether something serves
     now, and the facts it recorded."""
-    from mlfolio import products
 
     out = []
     for target, doc in ((manifest.get("deploy") or {}).get("targets") or {}).items():
