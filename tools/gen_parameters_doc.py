@@ -34,8 +34,9 @@ HEADER = """\
 Every key a parameter file (`parameters/*.yaml`) may hold, generated from the models that
 validate it (`lib/mlfolio/config/`). A key not listed here is an error (exit 2, naming it);
 so is a value outside the bounds in the *type* column. Any key can also be set for one
-run with `mlfolio run FILE -p section.key=value`. The [parameters guide](parameters.md)
-explains the ones that need more than a line.
+run with `mlfolio run FILE -p section.key=value`. *None* in a description is YAML's
+`null` (or the key left out). The [parameters guide](parameters.md) explains the keys
+that need more than a line.
 """
 
 
@@ -83,12 +84,14 @@ def _default(field: FieldInfo) -> str:
     else:
         value = field.default
     if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if value == {} or value == []:
+        text = "null"
+    elif isinstance(value, bool):
+        text = str(value).lower()
+    elif value == {} or value == []:
         return "empty"
-    return repr(value) if isinstance(value, str) else str(value)
+    else:
+        text = f'"{value}"' if isinstance(value, str) else str(value)
+    return f"`{text}`"
 
 
 def _cell(text: str) -> str:
