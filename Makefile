@@ -37,9 +37,10 @@ test-fast: setup  ## unit tests (no end-to-end runs, no servers to start)
 test-slow: setup  ## the end-to-end runs and the tests against started servers
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) -m slow
 
-lint: setup  ## ruff lint and format check (CI runs it before the tests)
+lint: setup  ## ruff lint and format check, the import floor plan (CI runs it before the tests)
 	$(BIN)/ruff check lib tests benchmarks tools
 	$(BIN)/ruff format --check lib tests benchmarks tools
+	$(BIN)/lint-imports
 
 # NO_MKDOCS_2_WARNING hides mkdocs-material's banner about its end of life (May 2027),
 # which is not a build warning; --strict still fails on every real one.
