@@ -155,6 +155,12 @@ class RunNotFinished(MlfolioError):
     exit_code = 3
 
 
+class OverBudget(MlfolioError):
+    """A tuning trial created after the study's ``n_trials`` were all claimed (workers on
+    other machines raced for the last ones): Optuna's ``catch=`` ends it FAIL at once,
+    before any fitting; it never leaves the tune workers."""
+
+
 class TrackingError(MlfolioError):
     """The tracking store did not answer or refused a write (server stopped, SQLite file
     locked or read-only); names ``tracking.tracking_uri`` (password masked), the call and

@@ -14,7 +14,7 @@ import optuna
 import pandas as pd
 
 from mlfolio.config import Config, FeaturesConfig, SchemaConfig, TuningConfig
-from mlfolio.errors import ConfigError
+from mlfolio.errors import ConfigError, OverBudget
 from mlfolio.tune.search import Folds, make_objective, tuning_rows
 from mlfolio.tune.storage import (
     FINISHED,
@@ -33,11 +33,6 @@ from mlfolio.tune.storage import (
 log = logging.getLogger(__name__)
 CLAIMED = (*FINISHED, optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
 WAIT_S = 1.0  # between looks at trials running elsewhere (heartbeats are seconds apart)
-
-
-class OverBudget(Exception):
-    """A trial created after the study's ``n_trials`` were all claimed (workers on other
-    machines raced for the last ones): it ends FAIL at once, before any fitting."""
 
 
 def _budgeted(
