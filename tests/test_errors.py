@@ -34,4 +34,3 @@ def test_every_exception_of_the_package_derives_from_the_one_base():
     assert "mlfolio.errors.ConfigError" in found  # the walk reached the package
     outside = {name for name, cls in found.items() if not issubclass(cls, errors.MlfolioError)}
     assert outside - {"mlfolio.errors.MlfolioError"} == OUTSIDE_THE_BASE
-
