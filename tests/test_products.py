@@ -14,12 +14,16 @@ from mlfolio.errors import StageError
 from .conftest import CHURN_PARAMS
 
 
-def test_every_stage_writes_declared_products_and_each_has_one_writer():
-    for stage in (*pipeline.STAGES, *pipeline.MONITOR_STAGES):
-        assert stage.products, stage.name
-        for path in stage.products:
-            assert products.producer(path) == stage.name
-    assert len(products.BY_PATH) == len(products.ALL)
+def test_a_missing_product_names_the_stage_and_notebook_that_write_it(tmp_path):
+    """For every declared product, read by a later stage from an empty run folder."""
+    notebooks = {s.name: s.notebook for s in (*pipeline.STAGES, *pipeline.MONITOR_STAGES)}
+    for product in products.ALL:
+        with pytest.raises(StageError) as caught:
+            _ctx(tmp_path, "ab_report").read(product)
+        writer = f"run the {product.stage} stage ({notebooks[product.stage]}) first"
+        assert f"{tmp_path / product.path} is missing: {writer}" in str(caught.value)
+    with pytest.raises(StageError, match=r"not_a_product.json is missing: run the upstream"):
+        _ctx(tmp_path, "ab_report").read_json("not_a_product.json")
 
 
 def _ctx(tmp_path, stage: str) -> StageContext:

@@ -194,6 +194,8 @@ class Product:
     model: type[_Doc] | None = None  # JSON products: what the content must match
     manifest_key: str | None = None  # the runner copies ``summary(doc)`` there
     summary: Callable[[Any], Any] | None = None
+    # Its numbers, flat (name -> number), for a KFP task's Output[Metrics].
+    metrics: Callable[[Any], dict[str, Any]] | None = None
 
     @property
     def kind(self) -> str:
@@ -226,12 +228,22 @@ def _dump(doc: BaseModel, *keys: str) -> dict[str, Any]:
 
 
 SNAPSHOT = Product("data/snapshot.parquet", "ingest")
+
+
+def _valid_scores(doc: TrainDoc | TuneDoc) -> dict[str, Any]:
+    out = {f"{n}.valid.{k}": v for n, m in (doc.models or {}).items() for k, v in m.valid.items()}
+    if isinstance(best := getattr(doc, "best_cv_roc_auc", None), float):  # tune's study
+        out["best_cv_roc_auc"] = best
+    return out
+
+
 INGEST = Product(
     "ingest.json",
     "ingest",
     IngestDoc,
     "data",
     lambda d: _dump(d, "source", "rows", "positive_rate", "dropped_missing_target", "quality"),
+    metrics=lambda d: {"rows": d.rows, "positive_rate": d.positive_rate},
 )
 SPLITS = {
     name: Product(f"data/{name}.parquet", "preprocess") for name in ("train", "valid", "test")
@@ -240,14 +252,19 @@ SPLITS = {
 # (mlfolio.lineage): a later run's gate leaves them out of its comparison with this one.
 SEEN_ROWS = Product("data/seen_rows.parquet", "preprocess")
 PREPROCESS = Product("preprocess.json", "preprocess", PreprocessDoc)
-TRAIN = Product("train.json", "train", TrainDoc)
-TUNE = Product("tune.json", "tune", TuneDoc)
+TRAIN = Product("train.json", "train", TrainDoc, metrics=_valid_scores)
+TUNE = Product("tune.json", "tune", TuneDoc, metrics=_valid_scores)
 EVALUATE = Product(
     "evaluate.json",
     "evaluate",
     EvaluateDoc,
     "candidate",
     lambda d: {"name": d.candidate.name, "test": d.candidate.test},
+    metrics=lambda d: {
+        **{f"test.{k}": v for k, v in d.candidate.test.items()},
+        "threshold": d.threshold,
+        "gate_passed": float(d.gate.passed),
+    },
 )
 TEST_SCORES = Product("data/test_scores.parquet", "evaluate")
 ATTRIBUTIONS = Product("data/attributions.parquet", "evaluate")
@@ -273,6 +290,10 @@ REGISTER = Product(
         "status",
         "rolled_back",
     ),
+    metrics=lambda d: {
+        "promoted": float(d.promoted),
+        **({"version": float(d.version)} if d.version and str(d.version).isdigit() else {}),
+    },
 )
 DEPLOY = Product(
     "deploy.json",
@@ -306,6 +327,10 @@ MONITOR = Product(
     ),
 )
 DRIFT_REPORT = Product("drift_report.html", "monitor")
+# With labelled rows only: the classification quality report beside the drift one.
+QUALITY_REPORT = Product("quality_report.html", "monitor")
+# drift.json's numbers in the Prometheus text format, for node_exporter's textfile collector.
+DRIFT_PROM = Product("drift.prom", "monitor")
 CURRENT_DATA = Product("data/current.parquet", "monitor")
 # Written when retraining fires: the retraining run's data (the champion's rows plus the
 # newly labelled ones) and the keys of the new rows (its evaluation.recent_rows).
@@ -330,6 +355,8 @@ ALL: tuple[Product, ...] = (
     DRIFT,
     MONITOR,
     DRIFT_REPORT,
+    QUALITY_REPORT,
+    DRIFT_PROM,
     CURRENT_DATA,
     RETRAIN_DATA,
     RETRAIN_NEW_ROWS,
@@ -339,7 +366,9 @@ BY_PATH = {p.path: p for p in ALL}
 
 
 def of_stage(stage: str) -> tuple[str, ...]:
-    """The paths a stage must leave in the run folder, in declaration order."""
+    """The paths a stage writes into the run folder, in declaration order (a training
+    stage leaves every one; the monitor writes the quality report and the retraining data
+    only when it has labelled rows)."""
     return tuple(p.path for p in ALL if p.stage == stage)
 
 

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 # -- monitor --------------------------------------------------------------------------
 # The monitor run (`mlfolio monitor`): current data against the champion's training rows.
 DRIFT_REPORT = products.DRIFT_REPORT.path
-QUALITY_REPORT = "quality_report.html"
+QUALITY_REPORT = products.QUALITY_REPORT.path
 RETRAIN_DATA = products.RETRAIN_DATA.path
 CURRENT_DATA = products.CURRENT_DATA.path
 
@@ -285,7 +285,7 @@ def monitor_model(ctx: StageContext) -> dict[str, Any]:
         "monitor_run_dir": str(ctx.run_dir),
     }
     ctx.write(products.DRIFT, doc)
-    monitor.write_prometheus_textfile(doc, ctx.path("drift.prom"))
+    monitor.write_prometheus_textfile(doc, ctx.path(products.DRIFT_PROM.path))
     if source["kind"] == "prediction_log":  # the server logging it shows the verdict
         monitor.publish_for_server(doc, mon.prediction_log)
     mlflow.log_metrics(

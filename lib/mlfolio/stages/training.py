@@ -438,7 +438,7 @@ def evaluate_candidate(ctx: StageContext) -> dict[str, Any]:
         compared=compared,
     )
     ctx.write_parquet(
-        "data/test_scores.parquet", pd.DataFrame({"y": y_test, **{k: v for k, v in scores.items()}})
+        products.TEST_SCORES.path, pd.DataFrame({"y": y_test, **{k: v for k, v in scores.items()}})
     )
     explanations = explaining.explain_models(ctx, parts, explained)
     mlflow.log_metrics({f"test_{k}": v for k, v in test_metrics.items() if v is not None})
@@ -495,5 +495,5 @@ def evaluate_candidate(ctx: StageContext) -> dict[str, Any]:
 
 
 def test_scores(ctx: StageContext) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    df = ctx.read_parquet("data/test_scores.parquet")
+    df = ctx.read_parquet(products.TEST_SCORES.path)
     return df["y"].to_numpy(), {c: df[c].to_numpy() for c in df.columns if c != "y"}

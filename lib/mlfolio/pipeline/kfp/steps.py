@@ -145,20 +145,10 @@ def _hand_over(work: Path, out: Path, skip: set[Path]) -> None:
 def stage_metrics(stage: str, folder: Path) -> dict[str, float]:
     """The numbers a stage's product holds, flat, for its ``Output[Metrics]``."""
     out: dict[str, float] = {}
-    if stage == "ingest" and (doc := products.INGEST.load(folder)):
-        out = {"rows": doc.rows, "positive_rate": doc.positive_rate}
-    elif stage in ("train", "tune") and (doc := products.BY_PATH[f"{stage}.json"].load(folder)):
-        for name, model in (doc.models or {}).items():
-            out.update({f"{name}.valid.{k}": v for k, v in model.valid.items()})
-        if stage == "tune" and isinstance(getattr(doc, "best_cv_roc_auc", None), float):
-            out["best_cv_roc_auc"] = doc.best_cv_roc_auc
-    elif stage == "evaluate" and (doc := products.EVALUATE.load(folder)):
-        out = {f"test.{k}": v for k, v in doc.candidate.test.items()}
-        out.update({"threshold": doc.threshold, "gate_passed": float(doc.gate.passed)})
-    elif stage == "register" and (doc := products.REGISTER.load(folder)):
-        out = {"promoted": float(doc.promoted)}
-        if doc.version and str(doc.version).isdigit():
-            out["version"] = float(doc.version)
+    for path in products.of_stage(stage):
+        product = products.BY_PATH[path]
+        if product.metrics is not None and (doc := product.load(folder)) is not None:
+            out.update(product.metrics(doc))
     return {k: float(v) for k, v in out.items() if isinstance(v, int | float)}
 
 
