@@ -65,6 +65,17 @@ def dag(component) -> dict:
     return found
 
 
+def producer(tasks: dict, task_name: str, artifact: str) -> str:
+    """The task whose output feeds ``artifact`` of ``task_name``, through the inputs of
+    the nested DAGs (condition, exit handler) it sits in."""
+    comp_name, spec_task = tasks[task_name]
+    source = spec_task.inputs.artifacts[artifact]
+    if source.task_output_artifact.producer_task:
+        return source.task_output_artifact.producer_task
+    outer = next(n for n in tasks if f"comp-{n}" == comp_name)  # the task running that DAG
+    return producer(tasks, outer, source.component_input_artifact)
+
+
 # -- the compiled spec ------------------------------------------------------------------
 def test_compiled_spec_has_a_task_per_stage_the_fan_out_and_the_gate(team_params, tmp_path):
     pipeline = components.load_component_from_file(str(compile_spec(team_params, tmp_path)))
@@ -94,10 +105,17 @@ def test_compiled_spec_has_a_task_per_stage_the_fan_out_and_the_gate(team_params
     # the exit handler: finish runs whatever happened inside
     assert tasks["finish"][1].trigger_policy.strategy == 2  # ALL_UPSTREAM_TASKS_COMPLETED
     assert tasks["start"][0] == tasks["ingest"][0] == "comp-exit-handler-1"
-    # artifacts hand over: evaluate takes ingest..tune products, not a shared disk
+    # artifacts hand over, not a shared disk: each stage's task takes the products folders
+    # of exactly the stages whose products it declares it reads (Stage.reads), and waits
+    # for those it declares it comes after (deploy: register, through the registry)
     ev_inputs = tasks["evaluate"][1].inputs.artifacts
     assert set(ev_inputs) == {"ingest", "preprocess", "train", "tune"}
-    assert ev_inputs["tune"].task_output_artifact.producer_task == "tune"
+    for stage in STAGES:
+        spec_task = tasks[stage.name][1]
+        edges = {n: producer(tasks, stage.name, n) for n in spec_task.inputs.artifacts}
+        assert edges == {name: name for name in stage.upstream}, stage.name
+        assert set(stage.after) <= set(spec_task.dependent_tasks), stage.name
+    assert tasks["deploy"][1].dependent_tasks == ["register"]
     outputs = pipeline.pipeline_spec.components["comp-ingest"].output_definitions.artifacts
     assert outputs["notebook"].artifact_type.schema_title == "system.HTML"
     assert outputs["metrics"].artifact_type.schema_title == "system.Metrics"

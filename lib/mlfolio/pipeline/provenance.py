@@ -17,7 +17,7 @@ from typing import Any
 from mlfolio.config import Config, DataConfig, project_dir
 from mlfolio.errors import ConfigError, RecordError
 from mlfolio.files import read_json, write_json
-from mlfolio.graph import PIPELINES, Stage, notebooks_dir
+from mlfolio.graph import Stage, notebooks_dir
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +33,6 @@ KEY_PACKAGES = (
     "nbconvert",
     "pyarrow",
 )
-# Stages whose result depends on the version the champion alias points at.
-CHAMPION_READERS = ("evaluate", "register")
 
 
 # -- hashes and provenance -------------------------------------------------------------
@@ -99,15 +97,14 @@ def _product_hash(path: Path) -> str:
 def _upstream_hashes(
     stage: Stage, run_dir: Path, located: Mapping[str, Path] | None = None
 ) -> dict[str, str]:
-    """Hashes of the earlier stages' products, as a stage reads them now (``located``:
-    products that are still elsewhere, e.g. in the run a stage is about to be reused from)."""
+    """Hashes of the products the stage declares it reads, as it reads them now
+    (``located``: products that are still elsewhere, e.g. in the run a stage is about to be
+    reused from)."""
     upstream = {}
-    pipeline = next(p for p in PIPELINES.values() if stage in p)
-    for earlier in pipeline[: pipeline.index(stage)]:
-        for product in earlier.products:
-            path = (located or {}).get(product) or run_dir / product
-            if path.exists():
-                upstream[product] = _product_hash(path)
+    for product in stage.reads:
+        path = (located or {}).get(product) or run_dir / product
+        if path.exists():
+            upstream[product] = _product_hash(path)
     return upstream
 
 
@@ -115,12 +112,12 @@ def external_state(
     stage: Stage, cfg: Config, source_hash: str | None = None, champion: str | None = None
 ) -> dict[str, Any]:
     """What a stage reads from outside the run folder, as values that change when it does:
-    the tracking store its runs and models live in, the data source (ingest), the champion
-    version the gate compares against (evaluate, register)."""
+    the tracking store its runs and models live in, the data source (a stage that
+    ``reads_source``), the champion version the gate compares against (``reads_champion``)."""
     state: dict[str, Any] = {"tracking_uri": cfg.tracking_uri()}
-    if stage.name == "ingest":
+    if stage.reads_source:
         state["data"] = source_hash
-    if stage.name in CHAMPION_READERS:
+    if stage.reads_champion:
         pinned = getattr(cfg.evaluation, "champion_version", None)
         # A pinned version is a parameter (hashed with the section); else the alias counts.
         state["champion"] = f"pinned {pinned}" if pinned is not None else champion

@@ -4,7 +4,7 @@ A stage whose input hash (:func:`~mlfolio.pipeline.provenance.stage_inputs`) equ
 one of a succeeded stage in an earlier run folder of the same experiment is not executed:
 that stage's products, executed notebook and HTML are hard-linked (else copied) into the
 new run folder and its manifest entry says ``reused_from``. Side-effecting stages
-(register, deploy) always execute.
+(``reusable=False``: register, deploy) always execute.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from mlfolio.config import Config
 from mlfolio.errors import MlfolioError
 from mlfolio.graph import Stage
 from mlfolio.pipeline.provenance import (
-    CHAMPION_READERS,
     external_state,
     file_hash,
     package_source_hash,
@@ -34,12 +33,6 @@ from mlfolio.pipeline.provenance import (
 )
 
 log = logging.getLogger(__name__)
-
-# Their effect is outside the run folder: register checks for a duplicate version itself,
-# deploy re-checks what it deploys.
-NEVER_REUSED = ("register", "deploy")
-# Written in place (Optuna appends to its journal): copied, never linked, and not required.
-COPIED = {"tune": ("tune/study.journal",)}
 
 
 def stage_files(stage: Stage) -> list[str]:
@@ -56,7 +49,7 @@ def outputs(stage: Stage, folder: Path) -> dict[str, str]:
 def detach(stage: Stage, folder: Path) -> None:
     """Give the stage's files in ``folder`` their own inode before the stage executes
     there: hard links shared with the run they were reused from must not change it."""
-    for rel in [*stage_files(stage), *COPIED.get(stage.name, ())]:
+    for rel in [*stage_files(stage), *stage.in_place]:
         path = folder / rel
         if path.is_file() and path.stat().st_nlink > 1:
             tmp = path.with_name(path.name + ".detach")
@@ -125,9 +118,9 @@ class Reuser:
 
     def find(self, stage: Stage, inputs: dict[str, Any]) -> Source | None:
         """The newest succeeded, intact stage of an earlier run with exactly these inputs."""
-        if not self.enabled or stage.name in NEVER_REUSED:
+        if not self.enabled or not stage.reusable:
             return None
-        if stage.name == "ingest" and self.source_hash is None:
+        if stage.reads_source and self.source_hash is None:
             return None
         found = [
             (entry.get("started") or "", folder.name, folder, entry)
@@ -150,7 +143,7 @@ class Reuser:
         located: dict[str, Path] = {}
         for n, stage in enumerate(selected):
             champions = [None]
-            if stage.name in CHAMPION_READERS:
+            if stage.reads_champion:
                 champions = list(self._recorded_champions(stage))
             source = next(
                 (
@@ -177,7 +170,7 @@ class Reuser:
         t0 = time.perf_counter()
         for rel in stage_files(stage):
             _place(source.run_dir / rel, self.folder / rel, link=True)
-        for rel in COPIED.get(stage.name, ()):
+        for rel in stage.in_place:
             if (source.run_dir / rel).exists():
                 _place(source.run_dir / rel, self.folder / rel, link=False)
         old = source.entry

@@ -38,7 +38,7 @@ from mlfolio.pipeline.interrupts import (
     _Signals,
     _stage_parameters,
 )
-from mlfolio.pipeline.provenance import CHAMPION_READERS, Manifest, git_info
+from mlfolio.pipeline.provenance import Manifest, git_info
 from mlfolio.pipeline.record import Recorder, end_failed, one_line
 from mlfolio.pipeline.reuse import Reuser, detach, outputs
 
@@ -134,7 +134,7 @@ def run(
 
     selected = select_stages(stages, from_stage, kind)
     cfg = config_mod.load(params_file, overrides)  # all validation before any notebook
-    if kind == "training" and any(s.name == "ingest" for s in selected):
+    if kind == "training" and any(s.reads_source for s in selected):
         from mlfolio import data
 
         data.check_header(cfg.data, cfg.schema)  # the schema's columns vs the file's header
@@ -189,7 +189,7 @@ def run(
             cfg,
             folder,
             enabled=reuse and kind == "training",
-            ingest_selected=any(s.name == "ingest" for s in selected),
+            ingest_selected=any(s.reads_source for s in selected),
         )
         to_execute = len(selected) - reuser.plan(selected)
         # Kernels start now, so their imports overlap the tracking store's start-up below;
@@ -502,7 +502,7 @@ def _run_stages(
         if sigs.signum is not None:
             echo(f"{label} not started: {sigs.name}")
             return _interrupted(manifest, folder, selected[i - 1 :], None, sigs)
-        champion = _champion(cfg) if stage.name in CHAMPION_READERS else None
+        champion = _champion(cfg) if stage.reads_champion else None
         inputs = reuser.inputs(stage, champion)
         if line := _reused(stage, label, reuser, inputs, manifest):
             echo(line)
@@ -572,7 +572,7 @@ def _run_stages(
             )
             manifest.save()
             return failed
-        note = terminal.tune_summary(folder, cfg.tuning.n_trials) if stage.name == "tune" else ""
+        note = terminal.tune_summary(folder, cfg.tuning.n_trials) if stage.progress else ""
         echo(f"{label} ok in {entry['duration_s']:.1f}s{note}")
         manifest.save()
     return None
@@ -583,9 +583,9 @@ def _watch_progress(
 ) -> AbstractContextManager[None]:
     """While tune runs, its trials done / total and best so far, from the progress file
     its workers write (a file from an earlier attempt is removed first)."""
-    if stage.name != "tune" or emit is None:
+    if stage.progress is None or emit is None:
         return nullcontext()
-    path = folder / progress_file.TUNE
+    path = folder / stage.progress
     path.unlink(missing_ok=True)
     return progress_file.watch(path, lambda doc: f"{label} {terminal.tune_progress(doc)}", emit)
 
@@ -593,7 +593,7 @@ def _watch_progress(
 def _as_read(stage: Stage, reuser: Reuser, inputs: dict[str, Any], folder: Path) -> dict[str, Any]:
     """Ingest's inputs as it read the source: when the source changed between the runner's
     hash and ingest's read, the record names what ingest really read."""
-    if stage.name != "ingest":
+    if not stage.reads_source:
         return inputs
     from mlfolio import products
 

@@ -2,7 +2,8 @@
 pod, so a body only imports :mod:`mlfolio.pipeline.kfp.steps` (installed in the image)
 and calls one function there; the logic is tested as normal Python.
 
-Each stage takes its upstream stages' ``products`` artifacts (folders) and writes its own
+Each stage takes the ``products`` artifacts (folders) of the stages it declares it reads
+from (``Stage.reads``: tests check the signatures against them) and writes its own
 ``products`` folder, the executed notebook as ``notebook`` (HTML) and its ``metrics``.
 (No ``from __future__ import annotations`` here: kfp reads the annotations as types.)
 """
@@ -68,7 +69,6 @@ def preprocess(
 def train(
     params: str,
     parent_run_id: str,
-    ingest: Input[Artifact],
     preprocess: Input[Artifact],
     products: Output[Artifact],
     notebook: Output[HTML],
@@ -76,7 +76,7 @@ def train(
 ):
     from mlfolio.pipeline.kfp import steps
 
-    upstream = [ingest.path, preprocess.path]
+    upstream = [preprocess.path]
     steps.run_stage(
         "train",
         params,
@@ -101,7 +101,6 @@ def tune(
     parent_run_id: str,
     study_name: str,
     fanned_out: bool,
-    ingest: Input[Artifact],
     preprocess: Input[Artifact],
     products: Output[Artifact],
     notebook: Output[HTML],
@@ -118,7 +117,7 @@ def tune(
         "tune",
         params,
         parent_run_id,
-        [ingest.path, preprocess.path],
+        [preprocess.path],
         products.path,
         notebook.path,
         metrics.log_metric,
@@ -159,8 +158,6 @@ def register(
     parent_run_id: str,
     ingest: Input[Artifact],
     preprocess: Input[Artifact],
-    train: Input[Artifact],
-    tune: Input[Artifact],
     evaluate: Input[Artifact],
     products: Output[Artifact],
     notebook: Output[HTML],
@@ -168,7 +165,7 @@ def register(
 ):
     from mlfolio.pipeline.kfp import steps
 
-    upstream = [ingest.path, preprocess.path, train.path, tune.path, evaluate.path]
+    upstream = [ingest.path, preprocess.path, evaluate.path]
     steps.run_stage(
         "register",
         params,
@@ -183,19 +180,14 @@ def register(
 def deploy(
     params: str,
     parent_run_id: str,
-    ingest: Input[Artifact],
     preprocess: Input[Artifact],
-    train: Input[Artifact],
-    tune: Input[Artifact],
-    evaluate: Input[Artifact],
-    register: Input[Artifact],
     products: Output[Artifact],
     notebook: Output[HTML],
     metrics: Output[Metrics],
 ):
     from mlfolio.pipeline.kfp import steps
 
-    upstream = [ingest.path, preprocess.path, train.path, tune.path, evaluate.path, register.path]
+    upstream = [preprocess.path]
     steps.run_stage(
         "deploy",
         params,

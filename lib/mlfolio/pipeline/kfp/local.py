@@ -30,7 +30,6 @@ from mlfolio.pipeline.provenance import Manifest, git_info, package_versions
 
 log = logging.getLogger(__name__)
 
-GATED = ("register", "deploy")  # inside dsl.If(gate passed)
 # A task process -> the stage it belongs to (the tuning workers run the tune stage's trials).
 TASK_STAGE = {"tune_worker": "tune", **{s.name: s.name for s in STAGES}}
 
@@ -181,8 +180,10 @@ def _stage_records(
     entries: dict[str, dict[str, Any]],
 ) -> tuple[dict[str, dict[str, Any]], str | None, int | None]:
     """Per stage: its entry, or why it has none; and the stage that failed first."""
-    # evaluate ran, register did not: dsl.If held it back
-    evaluated = entries.get("evaluate", {}).get("status") == "succeeded"
+    # the gate stage ran, a gated one did not: dsl.If held it back
+    evaluated = any(
+        entries.get(s.name, {}).get("status") == "succeeded" for s in STAGES if s.decides_gate
+    )
     records: dict[str, dict[str, Any]] = {}
     failed, cell = None, None
     for stage in STAGES:
@@ -191,7 +192,7 @@ def _stage_records(
             records[stage.name] = entry
             if entry["status"] != "succeeded" and failed is None:
                 failed, cell = stage.name, entry.get("error", {}).get("cell_index")
-        elif stage.name in GATED and evaluated and failed is None:
+        elif stage.gated and evaluated and failed is None:
             records[stage.name] = {
                 "status": "skipped",
                 "notebook": stage.notebook,

@@ -6,10 +6,14 @@ Shape: ``start`` (MLflow parent run, study name) → ingest → preprocess → t
 ``dsl.If(gate passed)``: register → deploy; all inside a ``dsl.ExitHandler`` whose exit
 task ends the parent run (FAILED when a task failed). The validated parameters are the
 pipeline parameter ``params`` (JSON text), so a changed parameter changes the spec;
-the structure (workers, resources, image) is fixed when compiling.
+the structure (workers, resources, image) is fixed when compiling. The wiring follows
+the stage declarations (:data:`~mlfolio.graph.STAGES`): a task receives the
+products folders of the stages whose products it ``reads``, waits for those it comes
+``after``, and the ``gated`` stages sit inside the ``dsl.If`` on the gate stage's verdict.
 (No ``from __future__ import annotations``: kfp reads the pipeline's annotations as types.)
 """
 
+import contextlib
 import json
 import logging
 import re
@@ -19,6 +23,7 @@ from typing import Any
 from mlfolio import config as config_mod
 from mlfolio.config import Config, project_dir
 from mlfolio.errors import ConfigError
+from mlfolio.graph import STAGES
 
 log = logging.getLogger(__name__)
 
@@ -134,45 +139,63 @@ def build(cfg: Config, params_text: str) -> Any:
     def pipeline(params: str = params_text, run_name: str = ""):
         job = dsl.PIPELINE_JOB_ID_PLACEHOLDER
         finish = task(c.finish, "finish", params=params, job_id=job)
-        with dsl.ExitHandler(finish, name="mlfolio-run"):
+        with dsl.ExitHandler(finish, name="mlfolio-run"), contextlib.ExitStack() as gated:
             start = task(c.start, "start", params=params, job_id=job, run_name=run_name)
             run = {"params": params, "parent_run_id": start.outputs["parent_run_id"]}
-            ingest = task(c.ingest, "ingest", **run)
-            up = {"ingest": ingest.outputs["products"]}
-            preprocess = task(c.preprocess, "preprocess", **run, **up)
-            up["preprocess"] = preprocess.outputs["products"]
-            train = task(c.train, "train", **run, **up)
-            study = start.outputs["study_name"]
-            worker_tasks = []
-            if workers:
-                # Workers derive the study name from pipeline inputs, as start does: kfp's
-                # local runner replaces a task-output parameter in a ParallelFor by the
-                # loop item (kfp 2.17.3, task_spec_utils).
-                with dsl.ParallelFor(workers, name="tune-workers") as worker:
-                    worker_tasks.append(
-                        task(
-                            c.tune_worker,
-                            "tune_worker",
-                            params=params,
-                            run_name=run_name,
-                            job_id=job,
-                            worker=worker,
-                            preprocess=up["preprocess"],
-                        )
-                    )
-            tune = task(c.tune, "tune", **run, study_name=study, fanned_out=fan_out, **up)
-            for w in worker_tasks:
-                tune.after(w)
-            up["train"], up["tune"] = train.outputs["products"], tune.outputs["products"]
-            evaluate = task(c.evaluate, "evaluate", **run, **up)
-            up["evaluate"] = evaluate.outputs["products"]
-            # evaluate's one return value: whether the gate passed
-            with dsl.If(evaluate.outputs["Output"] == True, name="gate-passed"):  # noqa: E712
-                register = task(c.register, "register", **run, **up)
-                up["register"] = register.outputs["products"]
-                task(c.deploy, "deploy", **run, **up)
+            tasks: dict[str, Any] = {}
+            gate, in_gate = None, False
+            for stage in STAGES:
+                if stage.gated and not in_gate:
+                    # the gate stage's one return value: whether the gate passed
+                    passed = gate.outputs["Output"] == True  # noqa: E712
+                    gated.enter_context(dsl.If(passed, name="gate-passed"))
+                    in_gate = True
+                # its inputs are the products folders of the stages it reads from
+                up = {name: tasks[name].outputs["products"] for name in stage.upstream}
+                extra: dict[str, Any] = {}
+                if stage.fans_out:
+                    extra = {"study_name": start.outputs["study_name"], "fanned_out": fan_out}
+                t = task(c.STAGE_COMPONENTS[stage.name], stage.name, **run, **extra, **up)
+                for name in stage.after:
+                    t.after(tasks[name])
+                if stage.fans_out:
+                    for w in _workers(task, workers, params, run_name, job, up):
+                        t.after(w)
+                if stage.decides_gate:
+                    gate = t
+                tasks[stage.name] = t
 
     return pipeline
+
+
+def _workers(
+    task: Any, workers: list[int], params: Any, run_name: Any, job: Any, up: dict[str, Any]
+) -> list[Any]:
+    """The tuning workers of a stage that fans out (``dsl.ParallelFor``), each given the
+    splits it tunes on; none when tuning runs in the stage itself."""
+    from kfp import dsl
+
+    from mlfolio.pipeline.kfp import components as c
+
+    if not workers:
+        return []
+    tasks = []
+    # Workers derive the study name from pipeline inputs, as start does: kfp's local
+    # runner replaces a task-output parameter in a ParallelFor by the loop item (kfp
+    # 2.17.3, task_spec_utils).
+    with dsl.ParallelFor(workers, name="tune-workers") as worker:
+        tasks.append(
+            task(
+                c.tune_worker,
+                "tune_worker",
+                params=params,
+                run_name=run_name,
+                job_id=job,
+                worker=worker,
+                preprocess=up["preprocess"],
+            )
+        )
+    return tasks
 
 
 def compile_pipeline(
