@@ -8,12 +8,15 @@ import sys
 import typing
 
 from mlfolio import deploy
-from mlfolio.config import DeployConfig
+from mlfolio.config import TARGET_NAMES, DeployConfig
+from mlfolio.deploy import targets
 
 
 def test_every_configurable_target_has_a_function_and_no_other():
     (literal,) = typing.get_args(DeployConfig.model_fields["targets"].annotation)
-    assert set(deploy.TARGETS) == set(typing.get_args(literal))
+    assert typing.get_args(literal) == TARGET_NAMES == tuple(deploy.TARGETS)
+    functions = {n.removeprefix("deploy_") for n in dir(targets) if n.startswith("deploy_")}
+    assert functions == set(TARGET_NAMES)
 
 
 def test_targets_share_one_signature():

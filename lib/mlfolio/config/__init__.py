@@ -18,6 +18,7 @@ from pydantic import ConfigDict, Field, ValidationError, field_validator, model_
 from mlfolio.config.base import SQL_PREFIXES, _Section, project_dir
 from mlfolio.config.operations import (
     KFP_TASKS,
+    TARGET_NAMES,
     ABConfig,
     AlertsConfig,
     AwsConfig,
@@ -42,6 +43,7 @@ __all__ = [
     "AwsConfig",
     "DeployConfig",
     "KFP_TASKS",
+    "TARGET_NAMES",
     "KfpConfig",
     "KfpResources",
     "KubernetesTargetConfig",

@@ -6,11 +6,16 @@ Re-exported by :mod:`mlfolio.config`, which assembles them into :class:`~mlfolio
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from mlfolio.config.base import _Section
+
+# The deploy targets, named here once: deploy.targets is checked against them, and
+# deploy.TARGETS maps each to its function deploy_<name> (lib/mlfolio/deploy/targets.py).
+TargetName = Literal["local", "kubernetes", "lambda", "sagemaker"]
+TARGET_NAMES: tuple[str, ...] = get_args(TargetName)
 
 
 class LocalTargetConfig(_Section):
@@ -68,7 +73,7 @@ class SagemakerTargetConfig(_Section):
 class DeployConfig(_Section):
     """Where the deploy stage puts the model version behind ``alias``."""
 
-    targets: list[Literal["local", "kubernetes", "lambda", "sagemaker"]] = Field(
+    targets: list[TargetName] = Field(
         default_factory=lambda: ["local", "kubernetes"], description="where the version goes"
     )
     alias: str = Field("champion", description="the registry alias whose version is deployed")

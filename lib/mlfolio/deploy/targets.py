@@ -4,9 +4,9 @@ Each target builds and ships the model version ``ref`` (served as ``alias_uri``,
 ``models:/churn-classifier@champion``), writes what it builds under ``out_dir``
 (``<run>/deploy/<name>/``) and returns what it did, with a ``status`` saying how far it
 went (:data:`mlfolio.products.DEPLOY_OUTCOMES`: ``deployed`` when nothing says less); it
-raises DeployError when it cannot. A new target is a function here and its name in
-``TARGETS`` (and in ``DeployConfig.targets``). boto3, sagemaker and the Kubernetes
-validators are imported inside the target that needs them.
+raises DeployError when it cannot. A new target is its name in
+:data:`mlfolio.config.TARGET_NAMES` and a function ``deploy_<name>`` here. boto3, sagemaker
+and the Kubernetes validators are imported inside the target that needs them.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlfolio import products
+from mlfolio.config.operations import TARGET_NAMES
 
 if TYPE_CHECKING:
     from mlfolio.context import StageContext
@@ -117,9 +118,5 @@ def deploy_sagemaker(
 
 Target = Callable[["StageContext", "ModelRef", str, Path], dict[str, Any]]
 
-TARGETS: dict[str, Target] = {
-    "local": deploy_local,
-    "kubernetes": deploy_kubernetes,
-    "lambda": deploy_lambda,
-    "sagemaker": deploy_sagemaker,
-}
+# A name without its function fails here, at import.
+TARGETS: dict[str, Target] = {name: globals()[f"deploy_{name}"] for name in TARGET_NAMES}
