@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlfolio import config as config_mod
-from mlfolio import products
+from mlfolio import logs, products
 from mlfolio.config import Config, project_dir
 from mlfolio.errors import StageError
 from mlfolio.files import read_json, write_json
@@ -166,8 +166,6 @@ def open_stage(
     and warnings to ``logs/<stage>.log`` there (mlfolio's warnings stay on the page) and
     open the MLflow run. Relative paths resolve against the project root, not the working
     directory."""
-    from mlfolio import logs
-
     cfg = config_mod.load(params_file, overrides or None)
     folder = Path(run_dir) if run_dir else project_dir() / "runs" / f"interactive-{cfg.experiment}"
     if not folder.is_absolute():

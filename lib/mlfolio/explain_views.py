@@ -15,6 +15,7 @@ import pandas as pd
 
 from mlfolio import model_card
 from mlfolio.config import SchemaConfig
+from mlfolio.products import MODEL_CARD
 
 METHODS = {
     "tree_shap": "SHAP values from XGBoost's own TreeSHAP (`pred_contribs`)",
@@ -269,8 +270,6 @@ def segments_markdown(result: dict[str, Any]) -> Any:
 def model_card_markdown(result: dict[str, Any]) -> Any:
     """A link to the run's model card."""
     from IPython.display import Markdown
-
-    from mlfolio.products import MODEL_CARD
 
     return Markdown(
         f"The model card: [{MODEL_CARD.path}]({MODEL_CARD.path}) (intended use, data, "

@@ -23,6 +23,7 @@ import pandas as pd
 
 from mlfolio import products, rowkeys
 from mlfolio.config import SchemaConfig
+from mlfolio.errors import DataValidationError
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,6 @@ def write_keys(path: Path, keys: np.ndarray) -> Path:
 
 def read_keys(path: str | Path) -> np.ndarray:
     """The ``row_key`` column of a keys file, as sorted unique uint64."""
-    from mlfolio.errors import DataValidationError
-
     frame = pd.read_parquet(path)
     if KEY_COLUMN not in frame.columns:
         raise DataValidationError(

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from mlfolio.config import SchemaConfig
+from mlfolio.products import deploy_outcome
 
 if TYPE_CHECKING:
     import optuna
@@ -497,8 +498,6 @@ def deploy_table(result: dict[str, Any]) -> pd.DataFrame:
     """One row per target: what happened there (``checked, then stopped``, ``manifests
     written (not applied)``, ``serving at URL``, ``deployed``) and the main facts it
     recorded."""
-    from mlfolio.products import deploy_outcome
-
     rows = {}
     for target, r in result["targets"].items():
         facts = {

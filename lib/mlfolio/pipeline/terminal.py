@@ -7,7 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from mlfolio import products
 from mlfolio.files import read_json
+from mlfolio.products import deploy_outcome
 
 LABEL = 12  # "champion:   " — the runner's "run folder: " width
 
@@ -31,8 +33,6 @@ def tune_progress(doc: dict[str, Any]) -> str:
 
 def tune_summary(run_dir: Path, n_trials: int) -> str:
     """What tune's finished line adds after ``ok in 35.2s``: trials, best CV ROC AUC."""
-    from mlfolio import products
-
     doc = products.TUNE.load(run_dir)
     if doc is None:
         return ""
@@ -168,8 +168,6 @@ def _held_back(manifest: dict[str, Any], run_dir: Path) -> list[str]:
 def deploy_summary(deploy: dict[str, Any]) -> str:
     """``version 1 (@champion): local checked, then stopped; kubernetes manifests written
     (not applied)`` — what each target really did, never "deployed" for a stopped server."""
-    from mlfolio.products import deploy_outcome
-
     targets = deploy.get("targets") or {}
     done = "; ".join(f"{t} {deploy_outcome(t, d)}" for t, d in targets.items()) or "no target"
     return f"version {deploy['version']} (@{deploy['alias']}): {done}"

@@ -13,6 +13,7 @@ from typing import Any
 import optuna
 import pandas as pd
 
+from mlfolio import products, progress
 from mlfolio.config import Config, FeaturesConfig, SchemaConfig, TuningConfig
 from mlfolio.errors import ConfigError, OverBudget
 from mlfolio.tune.search import Folds, make_objective, tuning_rows
@@ -58,7 +59,6 @@ def _stop_over_budget(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> N
 def _progress(path: Path | None, n_trials: int) -> Callable[..., None]:
     """A study callback that writes trials finished / ``n_trials`` and the best value so
     far to ``path`` (:mod:`mlfolio.progress`), which the runner shows while tune runs."""
-    from mlfolio import progress
 
     def report(study: optuna.Study, trial: optuna.trial.FrozenTrial | None) -> None:
         if path is None:
@@ -382,8 +382,6 @@ def study_name(cfg: Config, run_dir: Path) -> str:
 
 def train_path(run_dir: Path) -> Path:
     """The preprocess stage's training rows in a run folder (what workers tune on)."""
-    from mlfolio import products
-
     return run_dir / products.SPLITS["train"].path
 
 
