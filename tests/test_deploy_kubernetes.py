@@ -649,6 +649,32 @@ def test_token_comes_from_a_secret_under_the_servers_variable(tmp_path, kv):
 
 
 # -- names and settings ----------------------------------------------------------------------
+def test_settings_carry_the_parameter_files_section_and_take_its_defaults():
+    """deploy.kubernetes (config.KubernetesTargetConfig) declares its fields once: every one
+    reaches the settings, and the settings' defaults for them are the section's."""
+    from mlfolio.config import KubernetesTargetConfig
+
+    section = KubernetesTargetConfig(
+        image="registry.example.com/ml/serve:2",
+        namespace="ml",
+        replicas=3,
+        min_replicas=3,
+        max_replicas=9,
+        tracking_uri="http://mlflow.ml.svc:5000",
+    )
+    s = k8s.KubernetesSettings.from_config(section, model_name="churn", model_version="4")
+    assert {name: getattr(s, name) for name in KubernetesTargetConfig.model_fields} == (
+        section.model_dump()
+    )
+    assert s.model_uri == "models:/churn/4"
+    defaults = KubernetesTargetConfig()
+    bare = settings()
+    for name in set(KubernetesTargetConfig.model_fields) - set(BASE):
+        assert getattr(bare, name) == getattr(defaults, name), name
+    with pytest.raises(DeployError, match="model_version: expected a registry version"):
+        k8s.KubernetesSettings.from_config(section, model_name="churn", model_version="v4")
+
+
 @pytest.mark.parametrize(
     ("model_name", "expected"),
     [

@@ -53,19 +53,14 @@ def deploy_kubernetes(
     from mlfolio.deploy import kubernetes
 
     k = ctx.cfg.deploy.kubernetes
-    summary = kubernetes.render(
-        out_dir,
+    settings = kubernetes.KubernetesSettings.from_config(
+        k,
         model_name=ref.name,
         model_version=ref.version,
         model_uri=alias_uri,
-        image=k.image,
-        namespace=k.namespace,
-        replicas=k.replicas,
-        min_replicas=k.min_replicas,
-        max_replicas=k.max_replicas,
         tracking_uri=k.tracking_uri or ctx.cfg.tracking_uri(),
-        monitoring=ctx.cfg.monitoring,
     )
+    summary = kubernetes.render(out_dir, settings, monitoring=ctx.cfg.monitoring)
     summary["validated"] = kubernetes.validate_manifests(out_dir / "kubernetes.yaml")
     return {"status": "written", **summary}
 

@@ -10,6 +10,7 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
 
+from mlfolio.config import KubernetesTargetConfig
 from mlfolio.deploy import DeployError
 from mlfolio.deploy.kubernetes.names import (
     _DNS1035_LABEL,
@@ -26,6 +27,11 @@ from mlfolio.deploy.kubernetes.names import (
     label_value,
     parse_quantity,
 )
+
+# The fields a parameter file sets (deploy.kubernetes) are declared once, with their
+# defaults and descriptions, in config.KubernetesTargetConfig: here they take its defaults,
+# and from_config carries a section over whole.
+_SECTION = KubernetesTargetConfig()
 
 
 @dataclass(frozen=True)
@@ -48,13 +54,13 @@ class KubernetesSettings:
     image: str
     model_uri: str | None = None
     name: str | None = None  # resource name; None = dns_name(model_name)
-    namespace: str = "default"
-    tracking_uri: str | None = None
+    namespace: str = _SECTION.namespace
+    tracking_uri: str | None = _SECTION.tracking_uri
     port: int = 8080
     autoscale: bool = True
-    replicas: int = 2
-    min_replicas: int = 2
-    max_replicas: int = 6
+    replicas: int = _SECTION.replicas
+    min_replicas: int = _SECTION.min_replicas
+    max_replicas: int = _SECTION.max_replicas
     target_cpu_utilization: int = 70
     cpu_request: str = "250m"
     cpu_limit: str = "1"
@@ -88,6 +94,12 @@ class KubernetesSettings:
                 f" {', '.join(map(repr, missing))}"
             )
         return cls(**values)
+
+    @classmethod
+    def from_config(cls, section: KubernetesTargetConfig, **fields: Any) -> KubernetesSettings:
+        """Settings from the parameter file's ``deploy.kubernetes`` section, every field of
+        it, with ``fields`` (model name, version, URI...) added or replacing its values."""
+        return cls.from_mapping({**section.model_dump(), **fields})
 
     def __post_init__(self) -> None:
         problems: list[str] = []
