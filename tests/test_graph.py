@@ -69,3 +69,15 @@ def test_upstream_names_the_producers_of_the_reads_in_order():
     )
     assert stage.upstream == ("evaluate", "ingest")
     assert Stage("y", "y.ipynb", (), reads=("nowhere.json",)).upstream == ("?",)
+
+
+def test_a_reproduction_stops_before_the_first_stage_acting_outside_the_run_folder():
+    from mlfolio.pipeline import reproduce
+
+    assert [s.name for s in reproduce._stages()] == [
+        "ingest",
+        "preprocess",
+        "train",
+        "tune",
+        "evaluate",
+    ]

@@ -25,6 +25,7 @@ gate's reasons (which print the numbers) are not compared, only its verdict.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from collections.abc import Callable
@@ -41,7 +42,6 @@ from mlfolio.pipeline.provenance import Manifest, git_info, package_versions
 
 log = logging.getLogger(__name__)
 
-UNTIL = "evaluate"  # the last stage a reproduction runs (see the module docstring)
 TOLERANCE = 0.01
 # Products whose numbers are compared, and which of them depend on tuning.
 COMPARED = (products.INGEST, products.PREPROCESS, products.TRAIN, products.TUNE, products.EVALUATE)
@@ -116,8 +116,9 @@ def _record(original: Path) -> tuple[Manifest, dict[str, Any]]:
 
 
 def _stages() -> list:
-    names = [s.name for s in STAGES]
-    return list(STAGES[: names.index(UNTIL) + 1])
+    """The leading stages whose effect stays in the run folder (``reusable``): a
+    reproduction stops before the first that writes to the registry or a target."""
+    return list(itertools.takewhile(lambda s: s.reusable, STAGES))
 
 
 def _overrides(original: Path, m: dict[str, Any], evaluate_doc: dict[str, Any]) -> dict[str, Any]:

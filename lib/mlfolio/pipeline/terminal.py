@@ -108,7 +108,7 @@ def run_verdict(
     if (stages.get("register") or {}).get("status") == "skipped":
         return lines + _held_back(manifest, run_dir)
     model = manifest.get("model")
-    reg_path = run_dir / "register.json"
+    reg_path = run_dir / products.REGISTER.path
     if not model or not reg_path.exists():
         return lines
     register = read_json(reg_path)
@@ -151,7 +151,7 @@ def _held_back(manifest: dict[str, Any], run_dir: Path) -> list[str]:
     stages = manifest["stages"]
     candidate = (manifest.get("candidate") or {}).get("name", "the candidate")
     why = stages["register"].get("reason") or "the gate did not pass"
-    ev_path = run_dir / "evaluate.json"
+    ev_path = run_dir / products.EVALUATE.path
     compared = (read_json(ev_path).get("champion") or {}) if ev_path.exists() else {}
     champion = compared.get("version")
     deploy = stages.get("deploy") or {}
