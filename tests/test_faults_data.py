@@ -191,9 +191,9 @@ def test_a_50k_level_column_is_capped_named_and_served(many_levels, cfg, caplog)
     assert serve.verify(compiled, reference, serve.probe_rows(columns, compiled, None)) is None
     rows = parts["test"].head(200)[schema.features].copy()
     rows.loc[rows.index[:3], "deviceid"] = ["never-seen", "dev000001", None]
-    cols = {c.name: serve.check_values(c, rows[c.name].tolist()) for c in columns}
-    assert np.array_equal(compiled.transform(cols, len(rows)), model[:-1].transform(rows))
-    assert np.allclose(compiled.predict_proba(cols, len(rows)), model.predict_proba(rows))
+    batch = serve.Batch.of(columns, {c.name: rows[c.name].tolist() for c in columns})
+    assert np.array_equal(compiled.transform(batch), model[:-1].transform(rows))
+    assert np.allclose(compiled.predict_proba(batch), model.predict_proba(rows))
 
 
 def test_uncapped_50k_levels_fail_preprocess_naming_column_estimate_and_parameter(many_levels, cfg):

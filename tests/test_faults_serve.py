@@ -298,7 +298,7 @@ def test_v2_and_records_name_the_column_of_unencodable_text():
     with pytest.raises(RequestError, match=r"'gender'.*UTF-8.*row 0 \(dataframe_records\)"):
         parse_mlflow_json(records, columns)
     pair = b'{"dataframe_records": [{"gender": "\\ud83d\\ude00", "tenure": 1}]}'
-    assert parse_mlflow_json(pair, columns).columns["gender"] == ["\U0001f600"]
+    assert parse_mlflow_json(pair, columns).columns["gender"].tolist() == ["\U0001f600"]
 
 
 @pytest.mark.parametrize("seconds", [0, -1, float("inf"), float("nan")])

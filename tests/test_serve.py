@@ -4,6 +4,7 @@ model registered in a temporary SQLite store, spoken to over HTTP (httpx, triton
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import random
@@ -581,14 +582,12 @@ def test_compiled_scorer_equals_the_pipeline_on_every_row(registered):
     served = serve.load(f"models:/{MODEL}@champion", registered.tracking_uri)
     assert isinstance(served.scorer, serve.CompiledScorer)
     X = registered.X
-    cols = {c.name: serve.check_values(c, X[c.name].tolist()) for c in served.columns}
+    batch = serve.Batch.of(served.columns, {c.name: X[c.name].tolist() for c in served.columns})
     reference = serve.PipelineScorer(registered.model, served.columns)
     features_ = registered.model[:-1].transform(X)
-    assert np.array_equal(served.scorer.transform(cols, len(X)), features_)
-    assert np.array_equal(
-        served.scorer.predict_proba(cols, len(X)), registered.model.predict_proba(X)
-    )
-    assert np.array_equal(reference.predict_proba(cols, len(X)), registered.model.predict_proba(X))
+    assert np.array_equal(served.scorer.transform(batch), features_)
+    assert np.array_equal(served.scorer.predict_proba(batch), registered.model.predict_proba(X))
+    assert np.array_equal(reference.predict_proba(batch), registered.model.predict_proba(X))
     pipeline_only = serve.load(f"models:/{MODEL}/1", registered.tracking_uri, "pipeline")
     assert isinstance(pipeline_only.scorer, serve.PipelineScorer)
 
@@ -616,10 +615,10 @@ def test_a_failing_request_fails_alone_in_its_batch():
     class Scorer:
         name = "fake"
 
-        def predict_proba(self, cols, n):
-            if -1 in cols["x"]:
+        def predict_proba(self, batch):
+            if -1 in batch.columns["x"].tolist():
                 raise ValueError("x must not be negative")
-            p = np.asarray(cols["x"], dtype=float) / 10
+            p = np.asarray(batch.columns["x"], dtype=float) / 10
             return np.column_stack([1 - p, p])
 
     column = serve.Column("x", "long")
@@ -641,7 +640,7 @@ def test_a_failing_request_fails_alone_in_its_batch():
         batcher = serve.MicroBatcher(model, None)
         await batcher.start()
         try:
-            blocks = [serve.Block(1, {"x": [v]}) for v in (1, -1, 3, 5)]
+            blocks = [serve.Batch.of([column], {"x": [v]}) for v in (1, -1, 3, 5)]
             return await asyncio.gather(*(batcher.score(b) for b in blocks), return_exceptions=True)
         finally:
             await batcher.stop()
@@ -649,7 +648,8 @@ def test_a_failing_request_fails_alone_in_its_batch():
     good1, bad, good3, good5 = asyncio.run(main())
     assert isinstance(bad, serve.RequestError) and bad.status == 400
     assert "negative" in str(bad)
-    assert [r[0, 1] for r in (good1, good3, good5)] == [0.1, 0.3, 0.5]
+    assert [r.proba[0, 1] for r in (good1, good3, good5)] == [0.1, 0.3, 0.5]
+    assert [r.labels[0] for r in (good1, good3, good5)] == [0, 0, 1]  # threshold 0.5
 
 
 def _fake_model(scorer) -> serve.ServedModel:
@@ -677,11 +677,11 @@ class _ThreadRecordingScorer:
     def __init__(self):
         self.calls: list[tuple[str, int]] = []
 
-    def predict_proba(self, cols, n):
-        self.calls.append((threading.current_thread().name, n))
-        if any(v < 0 for v in cols["x"]):
+    def predict_proba(self, batch):
+        self.calls.append((threading.current_thread().name, batch.n))
+        if any(v < 0 for v in batch.columns["x"]):
             raise ValueError("x must not be negative")
-        p = np.asarray(cols["x"], dtype=float) / 10
+        p = np.asarray(batch.columns["x"], dtype=float) / 10
         return np.column_stack([1 - p, p])
 
 
@@ -693,10 +693,11 @@ def test_small_batches_are_scored_on_the_event_loop_big_ones_on_the_scoring_thre
         assert batcher.inline_rows == 4  # the scorer's own setting
         await batcher.start()
         try:
-            together = [serve.Block(1, {"x": [v]}) for v in (1, 2, 3)]  # one turn: one batch
+            x = [serve.Column("x", "long")]
+            together = [serve.Batch.of(x, {"x": [v]}) for v in (1, 2, 3)]  # one turn: one batch
             small = await asyncio.gather(*(batcher.score(b) for b in together))
-            big = await batcher.score(serve.Block(5, {"x": [1, 2, 3, 4, 5]}))
-            mixed = [serve.Block(1, {"x": [v]}) for v in (1, -1, 3)]
+            big = await batcher.score(serve.Batch.of(x, {"x": [1, 2, 3, 4, 5]}))
+            mixed = [serve.Batch.of(x, {"x": [v]}) for v in (1, -1, 3)]
             errors = await asyncio.gather(
                 *(batcher.score(b) for b in mixed), return_exceptions=True
             )
@@ -706,14 +707,14 @@ def test_small_batches_are_scored_on_the_event_loop_big_ones_on_the_scoring_thre
 
     loop_thread = threading.current_thread().name
     small, big, errors = asyncio.run(main())
-    assert [r[0, 1] for r in small] == [0.1, 0.2, 0.3]
-    assert big[:, 1].tolist() == [0.1, 0.2, 0.3, 0.4, 0.5]
+    assert [r.proba[0, 1] for r in small] == [0.1, 0.2, 0.3]
+    assert big.proba[:, 1].tolist() == [0.1, 0.2, 0.3, 0.4, 0.5]
     assert scorer.calls[0] == (loop_thread, 3)  # three requests, one call, no hand-off
     assert scorer.calls[1] == ("mlfolio-score", 5)  # past inline_rows: the scoring thread
     # inline too, a batch that raises is re-scored request by request: the bad one fails alone
     assert [t for t, _ in scorer.calls[2:]] == [loop_thread] * 4
     assert isinstance(errors[1], serve.RequestError) and "negative" in str(errors[1])
-    assert errors[0][0, 1] == 0.1 and errors[2][0, 1] == 0.3
+    assert errors[0].proba[0, 1] == 0.1 and errors[2].proba[0, 1] == 0.3
 
 
 def test_the_compiled_scorer_scores_small_batches_inline_the_pipeline_never(registered):
@@ -947,3 +948,79 @@ def test_serve_options_refuse_bad_ab_flags_before_anything_is_loaded():
         serve.ServeOptions("models:/m@champion", challenger_weight=0.2)
     with pytest.raises(serve.ServeError, match="--challenger-weight 1.5: expected a share"):
         serve.ServeOptions("models:/m@champion", challenger="models:/m@c", challenger_weight=1.5)
+
+
+# -- the batch type ------------------------------------------------------------------------
+_BATCH_COLUMNS = [
+    serve.Column("tenure", "long"),
+    serve.Column("monthlycharges", "double"),
+    serve.Column("gender", "string"),
+    serve.Column("paperless", "boolean"),
+    serve.Column("customerid", "entity", optional=True),
+]
+
+
+def test_column_kinds_are_an_enum_and_a_wrong_one_is_refused_naming_the_column():
+    col = serve.Column("tenure", "long")
+    assert col.kind is serve.ColumnKind.LONG and col.kind == "long"  # its text still reads
+    assert json.dumps({col.name: col.kind}) == '{"tenure": "long"}'  # /health's columns
+    with pytest.raises(serve.ServeError, match=r"column 'x': kind 'int' is not one of"):
+        serve.Column("x", "int")
+
+
+def test_a_parsed_request_is_a_batch_with_the_entity_split_off():
+    body = {
+        "dataframe_split": {
+            "columns": ["customerid", "tenure", "monthlycharges", "gender", "paperless"],
+            "data": [["c1", 3, "29.5", "Male", True], [7, None, 10, 1, None]],
+        }
+    }
+    batch = serve.parse_mlflow_json(json.dumps(body).encode(), _BATCH_COLUMNS)
+    assert batch.n == 2
+    assert set(batch.columns) == {"tenure", "monthlycharges", "gender", "paperless"}
+    assert batch.entity.tolist() == ["c1", 7]  # never among the scored columns
+    cols = batch.columns
+    assert cols["monthlycharges"].dtype == np.float64  # numeric text read, 10 a float
+    assert cols["monthlycharges"].tolist() == [29.5, 10.0]
+    assert cols["tenure"].dtype == object and cols["tenure"].tolist() == [3, None]
+    assert cols["gender"].tolist() == ["Male", "1"]  # a 0/1 flag as its text
+    assert cols["paperless"].tolist() == [True, None]
+    # without the entity column, no entity; the same from the other protocols
+    del body["dataframe_split"]["data"][0][0], body["dataframe_split"]["data"][1][0]
+    body["dataframe_split"]["columns"].pop(0)
+    assert serve.parse_mlflow_json(json.dumps(body).encode(), _BATCH_COLUMNS).entity is None
+    csv = b"tenure,monthlycharges,gender,paperless,customerid\n3,29.5,Male,true,c1\n"
+    assert serve.parse_csv(csv, _BATCH_COLUMNS).entity.tolist() == ["c1"]
+
+
+def test_a_batch_is_immutable():
+    batch = serve.Batch.of(_BATCH_COLUMNS, {"tenure": [1, 2], "monthlycharges": [1.5, None]})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        batch.n = 3
+    with pytest.raises(TypeError):
+        batch.columns["tenure"] = np.array([9, 9])  # a read-only mapping
+    for values in batch.columns.values():
+        with pytest.raises(ValueError, match="read-only"):
+            values[0] = 0
+    part = batch.take(np.array([1]))
+    assert part.n == 1 and np.isnan(part.columns["monthlycharges"][0])  # None: NaN
+    with pytest.raises(ValueError, match="read-only"):
+        part.columns["tenure"][0] = 0
+    assert batch.columns["tenure"].tolist() == [1, 2]  # the part is a copy
+
+
+def test_batches_concatenate_and_split_in_row_order():
+    a = serve.Batch.of(
+        _BATCH_COLUMNS, {"tenure": [1], "gender": ["F"], "customerid": ["a"]}, checked=False
+    )
+    b = serve.Batch.of(
+        _BATCH_COLUMNS, {"tenure": [2, 3], "gender": [None, "M"], "customerid": [4, 5]}
+    )
+    both = serve.Batch.concat([a, b], ["tenure", "gender"])
+    assert both.n == 3 and both.columns["gender"].tolist() == ["F", None, "M"]
+    assert both.entity.tolist() == ["a", 4, 5]
+    back = both.take(np.array([2, 0]))
+    assert back.columns["tenure"].tolist() == [3, 1] and back.entity.tolist() == [5, "a"]
+    assert serve.Batch.concat([a], ["tenure"]) is a
+    with pytest.raises(serve.RequestError, match=r"column 'monthlycharges': a number too large"):
+        serve.Batch.of(_BATCH_COLUMNS, {"monthlycharges": [10**400]})

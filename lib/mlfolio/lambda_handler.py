@@ -85,10 +85,10 @@ class LoadedModel:
     @property
     def request_columns(self) -> list[Any]:
         """What a request may carry: the model's columns, then the optional id column."""
-        from mlfolio.serve.columns import Column
+        from mlfolio.serve.columns import Column, ColumnKind
 
         extra = (
-            [Column(self.id_column, "entity", optional=True)]
+            [Column(self.id_column, ColumnKind.ENTITY, optional=True)]
             if self.id_column and self.id_column not in self.names
             else []
         )
@@ -217,11 +217,9 @@ def score(body: bytes, csv: bool, model: LoadedModel) -> tuple[Any, Any]:
     from mlfolio.serve.protocols.sagemaker import parse_csv
 
     parser = parse_csv if csv else parse_mlflow_json
-    block = parser(body, model.request_columns)
-    if model.id_column:
-        block.columns.pop(model.id_column, None)
+    batch = parser(body, model.request_columns)  # the id column is split off: never scored
     try:
-        proba = np.asarray(model.scorer.predict_proba(block.columns, block.n))
+        proba = np.asarray(model.scorer.predict_proba(batch))
     except Exception as exc:  # the server's rule: bad rows are a 400, the rest a 500
         raise scoring_error(exc) from exc
     return proba, (proba[:, 1] >= model.threshold).astype(int)

@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from mlfolio.errors import RequestError, ServeError
 from mlfolio.predlog import PredictionLog
 from mlfolio.serve.batching import MicroBatcher
-from mlfolio.serve.columns import Block, Column
+from mlfolio.serve.columns import Batch, Column, ColumnKind
 from mlfolio.serve.contract import (
     INVOCATIONS_PATH,
     LIVENESS_PATH,
@@ -37,10 +37,15 @@ from mlfolio.serve.protocols import dump_json
 from mlfolio.serve.protocols.mlflow import parse_mlflow_json, predictions_doc
 from mlfolio.serve.protocols.sagemaker import csv_answer, parse_csv
 from mlfolio.serve.protocols.v2 import V2Request, parse_v2, v2_response
-from mlfolio.serve.routing import Plan, Router, Scored
+from mlfolio.serve.routing import Plan, Router, Routing, Scored
 
 _PARSE_IN_THREAD_BYTES = 256 * 1024  # bigger bodies are parsed off the event loop
-_V2_DATATYPES = {"long": "INT64", "double": "FP64", "string": "BYTES", "boolean": "BOOL"}
+_V2_DATATYPES = {
+    ColumnKind.LONG: "INT64",
+    ColumnKind.DOUBLE: "FP64",
+    ColumnKind.STRING: "BYTES",
+    ColumnKind.BOOLEAN: "BOOL",
+}
 
 
 _SCORING_HEADERS = {b"content-type": 0, b"accept": 1, b"x-request-id": 2, b"x-entity-id": 3}
@@ -112,26 +117,42 @@ def _package_version() -> str:
         return "0"
 
 
-@dataclass(eq=False)
+@dataclass(frozen=True, eq=False, kw_only=True)
 class AppState:
-    """What every route reads: the models, the request columns, the router and metrics."""
+    """What every route reads: the request columns, the router (and through it the
+    batchers, the models and the prediction log), the metrics and the body limit."""
 
-    model: ServedModel
-    challenger: ServedModel | None
     model_columns: list[Column]  # the models' inputs
     columns: list[Column]  # what a request may carry: the inputs and the entity id
     router: Router
-    batchers: list[MicroBatcher]
     metrics: ServerMetrics
-    predlog: PredictionLog | None
     max_body_bytes: int
 
     @property
+    def batchers(self) -> list[MicroBatcher]:
+        router = self.router
+        return (
+            [router.champion] if router.challenger is None else [router.champion, router.challenger]
+        )
+
+    @property
     def batcher(self) -> MicroBatcher:
-        return self.batchers[0]
+        return self.router.champion
+
+    @property
+    def model(self) -> ServedModel:
+        return self.router.champion.model
+
+    @property
+    def challenger(self) -> ServedModel | None:
+        return None if self.router.challenger is None else self.router.challenger.model
+
+    @property
+    def predlog(self) -> PredictionLog | None:
+        return self.router.champion.predlog
 
     def plan(
-        self, parser: Callable[..., Block], request_id: str, header_entity: str | None
+        self, parser: Callable[..., Batch], request_id: str, header_entity: str | None
     ) -> Callable[..., Plan]:
         """``parser`` followed by the router's plan: one call, run off the event loop for
         big bodies."""
@@ -384,7 +405,7 @@ def _state(model: ServedModel, options: ServeOptions, challenger: ServedModel | 
             "entity column is taken out of the rows before scoring"
         )
     columns = model_columns + (
-        [Column(entity_column, "entity", optional=True)] if entity_column else []
+        [Column(entity_column, ColumnKind.ENTITY, optional=True)] if entity_column else []
     )
     metrics = ServerMetrics(model)
     predlog = None
@@ -418,26 +439,20 @@ def _state(model: ServedModel, options: ServeOptions, challenger: ServedModel | 
                 predlog=predlog,
             )
         )
-    router = Router(
-        batchers[0],
-        batchers[1] if challenger else None,
-        options.mode,
-        options.challenger_weight,
-        model.name if options.ab_salt is None else options.ab_salt,
-        entity_column,
-        predlog is not None,
-        metrics,
+    routing = Routing(
+        mode=options.mode,
+        weight=options.challenger_weight,
+        salt=model.name if options.ab_salt is None else options.ab_salt,
+        entity_column=entity_column,
+        log_rows=predlog is not None,
     )
+    router = Router(batchers[0], batchers[1] if challenger else None, routing, metrics)
     return AppState(
-        model,
-        challenger,
-        model_columns,
-        columns,
-        router,
-        batchers,
-        metrics,
-        predlog,
-        options.max_body_bytes,
+        model_columns=model_columns,
+        columns=columns,
+        router=router,
+        metrics=metrics,
+        max_body_bytes=options.max_body_bytes,
     )
 
 

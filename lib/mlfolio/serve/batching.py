@@ -5,20 +5,20 @@ else in a worker thread."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from mlfolio.errors import RequestError
 from mlfolio.predlog import PredictionLog
-from mlfolio.serve.columns import Block
+from mlfolio.serve.columns import Batch
 from mlfolio.serve.contract import scoring_error
 from mlfolio.serve.metrics import ServerMetrics
 from mlfolio.serve.model import ServedModel
@@ -35,12 +35,20 @@ class RowMeta:
 
     request_id: str
     rows: np.ndarray | None = None
-    entity: str | list[Any] | None = None
+    entity: str | np.ndarray | None = None
+
+
+class Scores(NamedTuple):
+    """One caller's rows scored: class probabilities (n, 2) and the labels (1 where the
+    positive probability reaches the model's threshold), computed once per batch."""
+
+    proba: np.ndarray
+    labels: np.ndarray
 
 
 @dataclass(eq=False)
 class _Job:
-    block: Block
+    block: Batch
     future: asyncio.Future
     meta: RowMeta | None = None
 
@@ -120,12 +128,12 @@ class MicroBatcher:
             await asyncio.to_thread(self._thread.join, 30)
             self._thread = None
 
-    async def score(self, block: Block, meta: RowMeta | None = None) -> np.ndarray:
-        """Class probabilities of ``block``'s rows, shape (n, 2)."""
+    async def score(self, block: Batch, meta: RowMeta | None = None) -> Scores:
+        """``block``'s rows scored: probabilities (n, 2) and labels."""
         return await self.submit(block, meta)
 
-    def submit(self, block: Block, meta: RowMeta | None = None) -> asyncio.Future:
-        """Queue ``block``; the future gets its probabilities. Call on the event loop."""
+    def submit(self, block: Batch, meta: RowMeta | None = None) -> asyncio.Future:
+        """Queue ``block``; the future gets its :class:`Scores`. Call on the event loop."""
         if not self._running or self._loop is None:
             raise RequestError("the server is not ready", 503)
         if self._pending_rows + block.n > self.max_pending_rows and self._pending_rows:
@@ -173,7 +181,7 @@ class MicroBatcher:
             self._busy = True
             self._inbox.put(jobs)  # while the thread scores, new requests queue up
 
-    def _thread_done(self, jobs: list[_Job], results: list[np.ndarray | BaseException]) -> None:
+    def _thread_done(self, jobs: list[_Job], results: list[Scores | BaseException]) -> None:
         """On the event loop: a threaded batch is scored; the next one may go."""
         _deliver(jobs, results)
         self._busy = False
@@ -194,46 +202,38 @@ class MicroBatcher:
             except RuntimeError:  # the loop closed while we scored
                 return
 
-    def _score_jobs(self, jobs: list[_Job]) -> list[np.ndarray | BaseException]:
+    def _score_jobs(self, jobs: list[_Job]) -> list[Scores | BaseException]:
         """Runs on the worker thread: one predict_proba for all jobs, sliced back."""
         started = time.perf_counter()
-        if len(jobs) == 1:
-            cols, n = jobs[0].block.columns, jobs[0].block.n
-        else:
-            n = sum(job.block.n for job in jobs)
-            cols = {
-                c.name: list(
-                    itertools.chain.from_iterable(job.block.columns[c.name] for job in jobs)
-                )
-                for c in self.model.columns
-            }
+        batch = Batch.concat([job.block for job in jobs], (c.name for c in self.model.columns))
+        n = batch.n
         try:
-            proba = self.scorer.predict_proba(cols, n)
+            proba = self.scorer.predict_proba(batch)
         except Exception as exc:
             if len(jobs) > 1:
                 return [self._score_jobs([job])[0] for job in jobs]
             return [scoring_error(exc)]
+        labels = (proba[:, 1] >= self.model.threshold).astype(int)  # the only place
         if self.metrics is not None:
             if self.primary:
-                self.metrics.batch(
-                    n, len(jobs), time.perf_counter() - started, proba[:, 1], self.model.threshold
-                )
+                self.metrics.batch(n, len(jobs), time.perf_counter() - started, proba[:, 1], labels)
             self._rows_counter.inc(n)
-        out: list[np.ndarray | BaseException] = []
+        out: list[Scores | BaseException] = []
         start = 0
         for job in jobs:
-            out.append(proba[start : start + job.block.n])
-            start += job.block.n
+            stop = start + job.block.n
+            out.append(Scores(proba[start:stop], labels[start:stop]))
+            start = stop
         if self.predlog is not None:
-            self._log_batch(jobs, cols, proba, out)
+            self._log_batch(jobs, batch.columns, proba, out)
         return out
 
     def _log_batch(
         self,
         jobs: list[_Job],
-        cols: dict[str, list[Any]],
+        cols: Mapping[str, np.ndarray],
         proba: np.ndarray,
-        out: list[np.ndarray | BaseException],
+        out: list[Scores | BaseException],
     ) -> None:
         """Hand the whole scored batch to the prediction log as one append (the columns
         are already concatenated): per-request work stays off the log's path."""
@@ -248,7 +248,9 @@ class MicroBatcher:
             assert meta is not None
             request_ids += [meta.request_id] * n
             rows += range(n) if meta.rows is None else meta.rows.tolist()
-            entities += meta.entity if isinstance(meta.entity, list) else [meta.entity] * n
+            entities += (
+                meta.entity.tolist() if isinstance(meta.entity, np.ndarray) else [meta.entity] * n
+            )
         model = self.model
         self.predlog.append(
             cols,
@@ -264,18 +266,18 @@ class MicroBatcher:
             ts=time.time(),
         )
 
-    def _log(self, jobs: list[_Job], results: list[np.ndarray | BaseException]) -> None:
+    def _log(self, jobs: list[_Job], results: list[Scores | BaseException]) -> None:
         """Hand each scored request to the prediction log: one enqueue per request."""
         model, log_ = self.model, self.predlog
         assert log_ is not None
         ts = time.time()
-        for job, proba in zip(jobs, results, strict=True):
+        for job, scores in zip(jobs, results, strict=True):
             meta = job.meta
-            if meta is None or isinstance(proba, BaseException):
+            if meta is None or isinstance(scores, BaseException):
                 continue
             log_.append(
                 job.block.columns,
-                proba[:, 1],
+                scores.proba[:, 1],
                 request_id=meta.request_id,
                 rows=meta.rows,
                 entity_id=meta.entity,
@@ -288,7 +290,7 @@ class MicroBatcher:
             )
 
 
-def _deliver(jobs: list[_Job], results: list[np.ndarray | BaseException]) -> None:
+def _deliver(jobs: list[_Job], results: list[Scores | BaseException]) -> None:
     """On the event loop: each caller gets its slice (or its error)."""
     for job, result in zip(jobs, results, strict=True):
         if job.future.done():

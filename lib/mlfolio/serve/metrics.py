@@ -189,13 +189,13 @@ class ServerMetrics:
         children[1].observe(seconds)
 
     def batch(
-        self, rows: int, requests: int, seconds: float, scores: np.ndarray, threshold: float
+        self, rows: int, requests: int, seconds: float, scores: np.ndarray, labels: np.ndarray
     ) -> None:
         self.batch_rows.observe(rows)
         self.batch_requests.observe(requests)
         self.batch_seconds.observe(seconds)
         self.scores.observe_many(scores)
-        positive = int(np.count_nonzero(scores >= threshold))
+        positive = int(np.count_nonzero(labels))
         if positive:
             self.predictions.labels(*self.base, "1").inc(positive)
         if rows - positive:
@@ -305,8 +305,9 @@ class JsonGaugeCollector:
 
 
 class DriftCollector(JsonGaugeCollector):
-    """The latest monitor verdict (``drift.json`` next to the prediction log) as gauges,
-    via :func:`mlfolio.monitor.drift_gauge_families`."""
+    """The latest monitor verdict (``drift.json`` next to the prediction log, a
+    :class:`mlfolio.monitor.DriftDoc`) as gauges, via
+    :func:`mlfolio.monitor.drift_gauge_families`; a file the model refuses gives none."""
 
     def __init__(self, path: Path):
         super().__init__(path, "drift", _drift_families)

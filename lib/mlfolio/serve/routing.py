@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from mlfolio.errors import RequestError
-from mlfolio.serve.batching import MicroBatcher, RowMeta
-from mlfolio.serve.columns import Block
+from mlfolio.errors import RequestError, ServeError
+from mlfolio.serve.batching import MicroBatcher, RowMeta, Scores
+from mlfolio.serve.columns import Batch
 from mlfolio.serve.metrics import ServerMetrics
 from mlfolio.serve.model import ServedModel
 
@@ -29,10 +29,24 @@ def route_share(salt: str, key: str) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
+@dataclass(frozen=True)
+class Routing:
+    """How a request's rows are routed (from :class:`~mlfolio.serve.options.ServeOptions`):
+    ``mode`` ``"ab"``, ``"shadow"`` or None (one model); the challenger's ``weight`` and
+    the ``salt`` of :func:`route_share` (A/B); the entity column; ``log_rows``: a
+    prediction log records the rows, so each part carries its :class:`RowMeta`."""
+
+    mode: str | None = None
+    weight: float | None = None
+    salt: str = ""
+    entity_column: str | None = None
+    log_rows: bool = False
+
+
 @dataclass(eq=False)
 class Part:
     batcher: MicroBatcher
-    block: Block
+    block: Batch
     meta: RowMeta | None
     index: np.ndarray | None = None  # the part's rows in the request; None: all of them
 
@@ -68,17 +82,14 @@ class Router:
         self,
         champion: MicroBatcher,
         challenger: MicroBatcher | None,
-        mode: str | None,
-        weight: float | None,
-        salt: str,
-        entity_column: str | None,
-        logging_on: bool,
+        routing: Routing,
         metrics: ServerMetrics,
     ):
+        if (challenger is None) != (routing.mode is None):
+            raise ServeError("Router: a challenger goes with a routing mode, and only with it")
         self.champion, self.challenger = champion, challenger
-        self.mode, self.weight, self.salt = mode, weight, salt
-        self.entity_column = entity_column
-        self.logging_on = logging_on
+        self.routing = routing
+        self.mode, self.weight, self.salt = routing.mode, routing.weight, routing.salt
         self.metrics = metrics
         self._shadow_warned = 0.0
 
@@ -87,17 +98,15 @@ class Router:
             "mode": self.mode or "single",
             "weight": self.weight,
             "salt": self.salt if self.mode == "ab" else None,
-            "entity_column": self.entity_column,
+            "entity_column": self.routing.entity_column,
         }
 
-    def prepare(self, block: Block, request_id: str, header_entity: str | None) -> Plan:
-        """Take the entity ids out of the rows and decide where each row goes. Pure CPU,
-        run off the event loop with the parsing for big bodies."""
-        entity = None
-        if self.entity_column is not None:
-            entity = block.columns.pop(self.entity_column, None)
+    def prepare(self, block: Batch, request_id: str, header_entity: str | None) -> Plan:
+        """Decide where each row goes (by its entity id, split off at parse time). Pure
+        CPU, run off the event loop with the parsing for big bodies."""
+        entity = block.entity
         meta = None
-        if self.logging_on:
+        if self.routing.log_rows:
             meta = RowMeta(request_id, None, entity if entity is not None else header_entity)
         if self.mode != "ab":
             return Plan(block.n, [Part(self.champion, block, meta)])
@@ -121,12 +130,9 @@ class Router:
         parts = []
         for flag, batcher in ((False, self.champion), (True, self.challenger)):
             index = np.flatnonzero(mask == flag)
-            rows = index.tolist()
-            cols = {name: [values[i] for i in rows] for name, values in block.columns.items()}
-            sub_meta = (
-                None if meta is None else RowMeta(request_id, index, [entity[i] for i in rows])
-            )
-            parts.append(Part(batcher, Block(len(rows), cols), sub_meta, index))
+            part = block.take(index)
+            sub_meta = None if meta is None else RowMeta(request_id, index, part.entity)
+            parts.append(Part(batcher, part, sub_meta, index))
         return Plan(block.n, parts, mask)
 
     async def score(self, plan: Plan) -> Scored:
@@ -136,12 +142,16 @@ class Router:
             future = part.batcher.submit(part.block, part.meta)
             if self.mode == "shadow":
                 self._shadow(part.block, part.meta)
-            proba = await future
+            scores: Scores = await future
             model = part.batcher.model
-            labels = (proba[:, 1] >= model.threshold).astype(int)
             variant = part.batcher.variant
             return Scored(
-                proba, labels, model.threshold, [variant] * plan.n if ab else None, variant, model
+                scores.proba,
+                scores.labels,
+                model.threshold,
+                [variant] * plan.n if ab else None,
+                variant,
+                model,
             )
         futures: list[asyncio.Future] = []
         try:
@@ -158,15 +168,15 @@ class Router:
         proba = np.empty((plan.n, 2), dtype=np.float64)
         labels = np.empty(plan.n, dtype=int)
         for part, result in zip(plan.parts, results, strict=True):
-            proba[part.index] = result
-            labels[part.index] = result[:, 1] >= part.batcher.model.threshold
+            proba[part.index] = result.proba
+            labels[part.index] = result.labels
         assert plan.mask is not None
         variants = np.where(plan.mask, "challenger", "champion").tolist()
         return Scored(
             proba, labels, self.champion.model.threshold, variants, "mixed", self.champion.model
         )
 
-    def _shadow(self, block: Block, meta: RowMeta | None) -> None:
+    def _shadow(self, block: Batch, meta: RowMeta | None) -> None:
         """Score on the challenger without waiting: nothing here reaches the response."""
         assert self.challenger is not None
         try:

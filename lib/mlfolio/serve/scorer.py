@@ -5,21 +5,33 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 
 from mlfolio.errors import NotCompilable, RequestError
 from mlfolio.features import MISSING_CATEGORY, RawColumnCoercer
-from mlfolio.serve.columns import Column, check_values, describe, text_to_float
+from mlfolio.serve.columns import Batch, Column, ColumnKind, describe, text_to_float
 
 
-def _float_column(col: Column, values: list[Any]) -> np.ndarray:
+class Scorer(Protocol):
+    """What the micro-batcher scores a :class:`~mlfolio.serve.columns.Batch` with: the
+    positive and negative class probabilities, shape (n, 2). ``name`` is what ``/health``
+    reports; ``inline_rows`` (optional) the batch size still scored on the event loop."""
+
+    name: str
+
+    def predict_proba(self, batch: Batch) -> np.ndarray: ...
+
+
+def _float_column(col: Column, values: np.ndarray) -> np.ndarray:
     """A numeric feature as RawColumnCoercer makes it: floats, missing as NaN."""
-    if col.kind == "string":
-        return text_to_float(values)
-    return np.array([math.nan if v is None else v for v in values], dtype=np.float64)
+    if values.dtype == np.float64:
+        return values
+    if col.kind is ColumnKind.STRING:
+        return text_to_float(values.tolist())
+    return np.array(values.tolist(), dtype=np.float64)  # NumPy reads None as NaN
 
 
 def _category(value: Any) -> str:
@@ -39,26 +51,21 @@ class PipelineScorer:
         self.model = model
         self.columns = columns
 
-    def frame(self, cols: dict[str, list[Any]]) -> pd.DataFrame:
+    def frame(self, batch: Batch) -> pd.DataFrame:
         data: dict[str, np.ndarray] = {}
         for col in self.columns:
-            values = cols[col.name]
-            if col.kind == "double":
-                data[col.name] = np.array(
-                    [math.nan if v is None else v for v in values], dtype=np.float64
-                )
-            elif col.kind in ("long", "boolean") and None not in values:
-                data[col.name] = np.array(
-                    values, dtype=np.int64 if col.kind == "long" else np.bool_
-                )
-            else:
-                array = np.empty(len(values), dtype=object)
-                array[:] = values
-                data[col.name] = array
-        return pd.DataFrame(data)
+            values = batch.columns[col.name]
+            if col.kind in (ColumnKind.LONG, ColumnKind.BOOLEAN):
+                listed = values.tolist()
+                if None not in listed:
+                    values = np.array(
+                        listed, dtype=np.int64 if col.kind is ColumnKind.LONG else np.bool_
+                    )
+            data[col.name] = values
+        return pd.DataFrame(data)  # copies: the pipeline never sees the batch's arrays
 
-    def predict_proba(self, cols: dict[str, list[Any]], n: int) -> np.ndarray:
-        return np.asarray(self.model.predict_proba(self.frame(cols)))
+    def predict_proba(self, batch: Batch) -> np.ndarray:
+        return np.asarray(self.model.predict_proba(self.frame(batch)))
 
 
 def pipeline_steps(obj: Any) -> list[Any]:
@@ -203,7 +210,8 @@ class CompiledScorer:
         except NotCompilable:
             self._proba = self.estimator.predict_proba
 
-    def transform(self, cols: dict[str, list[Any]], n: int) -> np.ndarray:
+    def transform(self, batch: Batch) -> np.ndarray:
+        n, cols = batch.n, batch.columns
         Z = np.zeros((n, self.width), dtype=np.float64)
         for part_cols, out, ops in self.numeric_parts:
             X = np.empty((n, len(part_cols)), dtype=np.float64)
@@ -228,7 +236,7 @@ class CompiledScorer:
         every_row = range(n)
         for part_cols, maps, defaults, ignore in self.onehot_parts:
             for col, mapping, default in zip(part_cols, maps, defaults, strict=True):
-                values = cols[col.name]
+                values = cols[col.name].tolist()
                 found = list(map(mapping.get, values))  # text values: a C-speed lookup
                 if None not in found:
                     rows.extend(every_row)
@@ -248,8 +256,8 @@ class CompiledScorer:
         Z[rows, hits] = 1.0
         return Z
 
-    def predict_proba(self, cols: dict[str, list[Any]], n: int) -> np.ndarray:
-        return self._proba(self.transform(cols, n))
+    def predict_proba(self, batch: Batch) -> np.ndarray:
+        return self._proba(self.transform(batch))
 
 
 class _BinaryLogistic:
@@ -285,11 +293,11 @@ def _typed(col: Column, value: Any) -> Any:
     if value is None:
         return None
     try:
-        if col.kind == "long":
+        if col.kind is ColumnKind.LONG:
             return int(value)
-        if col.kind == "double":
+        if col.kind is ColumnKind.DOUBLE:
             return float(value)
-        if col.kind == "boolean":
+        if col.kind is ColumnKind.BOOLEAN:
             return {"True": True, "False": False}.get(str(value), bool(value))
     except (TypeError, ValueError):
         return None
@@ -321,7 +329,7 @@ def probe_rows(
                 first[col.name] = _typed(col, next(iter(mapping), None))
         for part_cols, _, _ in scorer.numeric_parts:
             for col in part_cols:
-                first[col.name] = "1" if col.kind == "string" else _typed(col, 1)
+                first[col.name] = "1" if col.kind is ColumnKind.STRING else _typed(col, 1)
         base = {name: [value] for name, value in first.items()}
     rows = {name: list(values) for name, values in base.items()}
 
@@ -331,18 +339,18 @@ def probe_rows(
 
     for part_cols, maps, _, ignore in scorer.onehot_parts:
         for col, mapping in zip(part_cols, maps, strict=True):
-            unseen = ["__unseen__"] if ignore and col.kind == "string" else []
+            unseen = ["__unseen__"] if ignore and col.kind is ColumnKind.STRING else []
             for value in [*mapping, *unseen, None]:
                 add(col.name, _typed(col, value) if value is not None else None)
     for part_cols, _, _ in scorer.numeric_parts:
         for col in part_cols:
             values = (
                 ["", " ", " 7.25 ", "1234.5", "-0", "0.000123", "-3e2", "902.3209082836559", None]
-                if col.kind == "string"
+                if col.kind is ColumnKind.STRING
                 else [None, 0, -1, 1e6]
             )
             for value in values:
-                add(col.name, _typed(col, value) if col.kind != "string" else value)
+                add(col.name, _typed(col, value) if col.kind is not ColumnKind.STRING else value)
     return rows
 
 
@@ -350,15 +358,14 @@ def verify(
     compiled: CompiledScorer, reference: PipelineScorer, rows: dict[str, list[Any]]
 ) -> str | None:
     """None when the compiled scorer reproduces the pipeline exactly on ``rows``, else why."""
-    n = len(next(iter(rows.values())))
-    cols = {c.name: check_values(c, rows[c.name]) for c in compiled.columns}
-    features = np.asarray(reference.model[:-1].transform(reference.frame(cols)), np.float64)
-    mine = compiled.transform(cols, n)
+    batch = Batch.of(compiled.columns, rows)
+    features = np.asarray(reference.model[:-1].transform(reference.frame(batch)), np.float64)
+    mine = compiled.transform(batch)
     if features.shape != mine.shape or not np.array_equal(features, mine, equal_nan=True):
         diff = np.nanmax(np.abs(features - mine)) if features.shape == mine.shape else "shape"
         return f"compiled features differ from the pipeline's (max difference {diff})"
-    expected = reference.predict_proba(cols, n)
-    got = compiled.predict_proba(cols, n)
+    expected = reference.predict_proba(batch)
+    got = compiled.predict_proba(batch)
     if not np.array_equal(expected, got):
         return f"compiled probabilities differ (max {np.max(np.abs(expected - got))})"
     return None

@@ -1,5 +1,5 @@
 """One module per protocol: request bodies to checked rows (:class:`~mlfolio.serve.columns.
-Block`), scores to answers. What they share: JSON bodies read with a depth limit."""
+Batch`), scores to answers. What they share: JSON bodies read with a depth limit."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from mlfolio.errors import RequestError
 from mlfolio.serve.columns import (
-    Block,
+    Batch,
     Column,
     describe,
     expected_columns,
@@ -66,7 +66,7 @@ def predictions_doc(
     return doc
 
 
-def parse_mlflow_json(body: bytes, columns: list[Column]) -> Block:
+def parse_mlflow_json(body: bytes, columns: list[Column]) -> Batch:
     """An MLflow scoring-protocol JSON body (any of the four formats) → checked rows."""
     doc, unicode_ok = parse_json(body, "JSON body")
     text = not unicode_ok  # lone surrogates may be in it: check the text

@@ -9,8 +9,9 @@ from typing import Any
 
 from mlfolio.errors import RequestError
 from mlfolio.serve.columns import (
-    Block,
+    Batch,
     Column,
+    ColumnKind,
     check_values,
     describe,
     expected_columns,
@@ -25,12 +26,16 @@ def _from_text(col: Column, values: list[str], where: str) -> list[Any]:
         if text == "":
             out.append(None)
             continue
-        if col.kind in ("string", "entity", "double"):  # double: check_values reads it
+        if col.kind in (
+            ColumnKind.STRING,
+            ColumnKind.ENTITY,
+            ColumnKind.DOUBLE,
+        ):  # double: check_values reads it
             out.append(text)
             continue
         stripped = text.strip()
         try:
-            if col.kind == "long":
+            if col.kind is ColumnKind.LONG:
                 try:
                     out.append(int(stripped))
                 except ValueError:
@@ -42,7 +47,7 @@ def _from_text(col: Column, values: list[str], where: str) -> list[Any]:
                 flag = {"true": True, "1": True, "false": False, "0": False}[stripped.lower()]
                 out.append(flag)
         except (ValueError, KeyError, OverflowError):
-            expected = {"long": "an integer", "double": "a number", "boolean": "true or false"}[
+            expected = {ColumnKind.LONG: "an integer", ColumnKind.BOOLEAN: "true or false"}[
                 col.kind
             ]
             raise RequestError(
@@ -52,7 +57,7 @@ def _from_text(col: Column, values: list[str], where: str) -> list[Any]:
     return check_values(col, out, where)
 
 
-def parse_csv(body: bytes, columns: list[Column]) -> Block:
+def parse_csv(body: bytes, columns: list[Column]) -> Batch:
     """A CSV body → checked rows. With a header row naming columns in any order, or, as
     SageMaker's built-in containers send it, without one: values in signature order."""
     try:

@@ -13,8 +13,9 @@ import numpy as np
 
 from mlfolio.errors import RequestError
 from mlfolio.serve.columns import (
-    Block,
+    Batch,
     Column,
+    ColumnKind,
     describe,
     expected_columns,
     validate_columns,
@@ -41,18 +42,18 @@ _V2_INTS = ("INT64", "INT32", "INT16", "INT8", "UINT64", "UINT32", "UINT16", "UI
 # Text in a double column is read as a number (blank: missing), integers and booleans in
 # a string column as their text, as the JSON protocols do.
 _V2_KIND_TYPES = {
-    "long": _V2_INTS,
-    "double": ("FP64", "FP32", "FP16", *_V2_INTS, "BYTES"),
-    "string": ("BYTES", *_V2_INTS, "BOOL"),
-    "boolean": ("BOOL",),
-    "entity": ("BYTES", *_V2_INTS),
+    ColumnKind.LONG: _V2_INTS,
+    ColumnKind.DOUBLE: ("FP64", "FP32", "FP16", *_V2_INTS, "BYTES"),
+    ColumnKind.STRING: ("BYTES", *_V2_INTS, "BOOL"),
+    ColumnKind.BOOLEAN: ("BOOL",),
+    ColumnKind.ENTITY: ("BYTES", *_V2_INTS),
 }
 _V2_OUTPUTS = ("probability", "label")
 
 
 @dataclass
 class V2Request:
-    block: Block
+    block: Batch
     id: str | None
     outputs: list[tuple[str, bool]]  # (name, as binary)
 
