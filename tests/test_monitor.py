@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pydantic
 import pytest
 
 from mlfolio import data, features, monitor
@@ -398,3 +401,48 @@ def test_retraining_rows_from_a_prediction_log_write_to_parquet(cfg, parts, tmp_
     tail = back.tail(30)["totalcharges"]
     assert tail.isna().sum() == 3
     assert float(tail.iloc[5]) == pytest.approx(float(new["totalcharges"].iloc[5]))
+
+
+# -- the drift document ---------------------------------------------------------------------
+DRIFT_BEFORE = Path(__file__).parent / "fixtures" / "drift-written-before-issue22.json"
+
+
+def test_a_drift_document_written_before_the_model_reads_and_writes_back_unchanged(tmp_path):
+    """drift.json from a monitor stage run before DriftDoc existed (the team end-to-end
+    test's): read, its fields typed; written for the server, the same keys and values."""
+    written = json.loads(DRIFT_BEFORE.read_text())
+    doc = monitor.DriftDoc.model_validate(written)
+    assert doc.model.name == "team-e2e-5337-classifier" and doc.model.version == "1"
+    assert doc.share_drifted == written["share_drifted"] and doc.dataset_drift is False
+    assert doc.prediction_drift.score == written["prediction_drift"]["score"]
+    assert doc.quality is None and doc.current["rows"] == 811
+    assert doc.to_json() == written  # "stage" and "mlflow_run_id" (extra keys) kept
+    path = monitor.publish_for_server(doc, tmp_path)
+    assert json.loads(path.read_text()) == written
+    assert monitor.DriftDoc.of(json.loads(path.read_text())) == doc
+    gauges = {f.name: f.samples[0] for f in monitor.drift_gauge_families(doc)}
+    assert gauges["mlfolio_drift_share"].labels == {
+        "model": "team-e2e-5337-classifier",
+        "version": "1",
+    }
+    assert gauges["mlfolio_monitor_current_rows"].value == 811
+    assert "mlfolio_quality_roc_auc" not in gauges  # no labels: no quality gauges
+
+
+def test_the_drift_document_keeps_quality_and_refuses_a_wrong_shape_naming_the_field():
+    written = json.loads(DRIFT_BEFORE.read_text())
+    quality = {
+        "reference": {"roc_auc": 0.84},
+        "current": {"roc_auc": 0.71},
+        "delta": {"roc_auc": -0.13},
+        "labelled_rows": 120,
+        "threshold": 0.3,
+    }
+    doc = monitor.DriftDoc.of({**written, "quality": quality})
+    assert doc.quality.delta == {"roc_auc": -0.13} and doc.to_json()["quality"] == quality
+    gauges = {f.name: f.samples[0].value for f in monitor.drift_gauge_families(doc)}
+    assert gauges["mlfolio_quality_roc_auc_delta"] == -0.13
+    with pytest.raises(pydantic.ValidationError, match=r"model\n.*valid dictionary"):
+        monitor.DriftDoc.of({**written, "model": "churn"})
+    with pytest.raises(ValueError, match="share_drifted"):  # what the server's reader catches
+        monitor.drift_gauge_families({**written, "share_drifted": "a lot"})

@@ -4,6 +4,8 @@
   prediction drift and the coercion both share;
 - :mod:`~mlfolio.monitor.evidently_reports`: Evidently 0.7, imported lazily;
 - :mod:`~mlfolio.monitor.policy`: quality comparison, the retraining decision and rows;
+- :mod:`~mlfolio.monitor.document`: :class:`DriftDoc`, the ``drift.json`` the monitor
+  writes and the model server reads;
 - :mod:`~mlfolio.monitor.prometheus`: the verdict and the A/B report as gauges, for a
   textfile collector and for the model server (:func:`publish_for_server`,
   :func:`publish_ab_for_server`).
@@ -12,6 +14,7 @@ The names below are re-exported so ``from mlfolio import monitor; monitor.drift_
 works as before the split.
 """
 
+from mlfolio.monitor.document import DriftDoc
 from mlfolio.monitor.drift import (
     DEFAULT_DRIFT_SHARE,
     FEW_VALUES,
@@ -47,6 +50,7 @@ from mlfolio.monitor.prometheus import (
 
 __all__ = [
     "DEFAULT_DRIFT_SHARE",
+    "DriftDoc",
     "FEW_VALUES",
     "LARGE_REFERENCE_ROWS",
     "METHODS",

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mlfolio.files import write_json
+from mlfolio.monitor.document import DriftDoc
 
 # The file the model server's /metrics reads, in its --prediction-log folder.
 SERVER_DRIFT_FILE = "drift.json"
@@ -21,17 +22,22 @@ SERVER_AB_FILE = "ab.json"
 ROLL_BACK = "roll back"
 
 
-def drift_gauge_families(doc: dict[str, Any]) -> list[Any]:
+def drift_gauge_families(doc: DriftDoc | dict[str, Any]) -> list[Any]:
     """Gauges for the latest monitor verdict (a ``drift.json`` document), so alerts can fire.
 
     Used by the model server's ``/metrics`` (from ``<prediction log>/drift.json``) and by
     :func:`write_prometheus_textfile` (node_exporter's textfile collector). Labels name the
-    model version that was monitored; quality gauges appear only when labels existed.
+    model version that was monitored; quality gauges appear only when labels existed. A
+    document that is no :class:`DriftDoc` raises pydantic's ValidationError (a ValueError).
     """
     from prometheus_client.core import GaugeMetricFamily
 
-    model = doc.get("model") or {}
-    labels = {"model": str(model.get("name", "")), "version": str(model.get("version", ""))}
+    drift = DriftDoc.of(doc)
+    model = drift.model
+    labels = {
+        "model": "" if model is None else str(model.name),
+        "version": "" if model is None else str(model.version),
+    }
     names, values = list(labels), list(labels.values())
 
     def gauge(name: str, doc_text: str, value: Any) -> GaugeMetricFamily | None:
@@ -41,31 +47,29 @@ def drift_gauge_families(doc: dict[str, Any]) -> list[Any]:
         family.add_metric(values, float(value))
         return family
 
-    quality = doc.get("quality") or {}
-    current_q = quality.get("current") or {}
-    delta_q = quality.get("delta") or {}
-    prediction = doc.get("prediction_drift") or {}
-    created = doc.get("created_at")
+    current_q = {} if drift.quality is None else drift.quality.current
+    delta_q = {} if drift.quality is None else drift.quality.delta
+    created = drift.created_at
     families = [
         gauge(
             "mlfolio_drift_share",
             "Share of feature columns that drifted (latest monitor run)",
-            doc.get("share_drifted"),
+            drift.share_drifted,
         ),
         gauge(
             "mlfolio_drift_columns",
             "Feature columns that drifted (latest monitor run)",
-            doc.get("n_drifted"),
+            drift.n_drifted,
         ),
         gauge(
             "mlfolio_dataset_drift",
             "1 when the latest monitor run found dataset drift",
-            None if doc.get("dataset_drift") is None else int(bool(doc["dataset_drift"])),
+            None if drift.dataset_drift is None else int(drift.dataset_drift),
         ),
         gauge(
             "mlfolio_prediction_drift_score",
             "Drift score of the model's scores (latest monitor run)",
-            prediction.get("score"),
+            None if drift.prediction_drift is None else drift.prediction_drift.score,
         ),
         gauge(
             "mlfolio_quality_roc_auc",
@@ -80,7 +84,7 @@ def drift_gauge_families(doc: dict[str, Any]) -> list[Any]:
         gauge(
             "mlfolio_monitor_current_rows",
             "Rows in the latest monitor run's current data",
-            (doc.get("current") or {}).get("rows"),
+            (drift.current or {}).get("rows"),
         ),
         gauge(
             "mlfolio_monitor_last_run_timestamp_seconds",
@@ -160,7 +164,7 @@ def ab_gauge_families(doc: dict[str, Any]) -> list[Any]:
     return [f for f in families if f is not None]
 
 
-def write_prometheus_textfile(doc: dict[str, Any], path: str | Path) -> Path:
+def write_prometheus_textfile(doc: DriftDoc | dict[str, Any], path: str | Path) -> Path:
     """Write the drift gauges in Prometheus' text format (node_exporter textfile collector),
     atomically: a scrape never sees half a file."""
     from prometheus_client import CollectorRegistry, write_to_textfile
@@ -177,13 +181,13 @@ def write_prometheus_textfile(doc: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
-def publish_for_server(doc: dict[str, Any], folder: str | Path) -> Path:
-    """Write the monitor verdict ``doc`` (the stage's ``drift.json``) into the model server's
-    prediction-log ``folder``, where its ``/metrics`` reads it (``mlfolio serve
-    --prediction-log``: the drift gauges of :func:`drift_gauge_families`). Written
-    atomically, so the server never reads half a file; returns the path written."""
+def publish_for_server(doc: DriftDoc | dict[str, Any], folder: str | Path) -> Path:
+    """Write the monitor verdict ``doc`` (the stage's ``drift.json``, a :class:`DriftDoc`)
+    into the model server's prediction-log ``folder``, where its ``/metrics`` reads it
+    (``mlfolio serve --prediction-log``: the drift gauges of :func:`drift_gauge_families`).
+    Written atomically, so the server never reads half a file; returns the path written."""
     path = Path(folder) / SERVER_DRIFT_FILE
-    write_json(path, doc)
+    write_json(path, DriftDoc.of(doc).to_json())
     return path
 
 

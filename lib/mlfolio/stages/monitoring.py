@@ -284,6 +284,7 @@ def monitor_model(ctx: StageContext) -> dict[str, Any]:
         "decision": decision.to_dict(),
         "monitor_run_dir": str(ctx.run_dir),
     }
+    doc = monitor.DriftDoc.of(doc).to_json()  # the model the server reads it with
     ctx.write(products.DRIFT, doc)
     monitor.write_prometheus_textfile(doc, ctx.path(products.DRIFT_PROM.path))
     if source["kind"] == "prediction_log":  # the server logging it shows the verdict
