@@ -79,7 +79,7 @@ def test_default_run_end_to_end_then_identical_rerun_is_not_promoted(
         entry = m["stages"][stage.name]
         assert entry["status"] == "succeeded", entry
         assert (run_dir / stage.notebook).exists() and (run_dir / entry["html"]).exists()
-        for product in stage.products:
+        for product in stage.writes:
             assert (run_dir / product).exists(), product
         assert len(entry["inputs_hash"]) == 64 and entry["mlflow_run_id"]
         assert entry["duration_s"] > 0

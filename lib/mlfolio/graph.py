@@ -48,8 +48,6 @@ class Stage:
         """What the stage writes, as declared in :mod:`mlfolio.products`."""
         return products.of_stage(self.name)
 
-    products = writes
-
     @property
     def upstream(self) -> tuple[str, ...]:
         """The stages whose products it reads, in the order of its ``reads``."""

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 def stage_files(stage: Stage) -> list[str]:
     """The files a stage leaves in a run folder: its products, executed notebook and HTML."""
-    return [*stage.products, stage.notebook, stage.notebook.replace(".ipynb", ".html")]
+    return [*stage.writes, stage.notebook, stage.notebook.replace(".ipynb", ".html")]
 
 
 def outputs(stage: Stage, folder: Path) -> dict[str, str]:
@@ -77,7 +77,7 @@ class Source:
     entry: dict[str, Any]
 
     def located(self, stage: Stage) -> dict[str, Path]:
-        return {rel: self.run_dir / rel for rel in stage.products}
+        return {rel: self.run_dir / rel for rel in stage.writes}
 
 
 @dataclass

@@ -31,7 +31,10 @@ from mlfolio.pipeline.provenance import Manifest, git_info, package_versions
 log = logging.getLogger(__name__)
 
 # A task process -> the stage it belongs to (the tuning workers run the tune stage's trials).
-TASK_STAGE = {"tune_worker": "tune", **{s.name: s.name for s in STAGES}}
+TASK_STAGE = {
+    "tune_worker": next(s.name for s in STAGES if s.fans_out),
+    **{s.name: s.name for s in STAGES},
+}
 
 
 @dataclass(frozen=True)
