@@ -35,5 +35,5 @@ def test_a_stage_whose_document_is_not_named_after_it_records_its_mlflow_run(tmp
         "pathlib.Path('ab.json').write_text(json.dumps(doc))",
     )
     entry = execute_stage(stage, run_dir, {})
-    assert entry["status"] == "succeeded", entry
-    assert entry["mlflow_run_id"] == "r-ab-1"
+    assert entry.status == "succeeded", entry
+    assert entry.mlflow_run_id == "r-ab-1"

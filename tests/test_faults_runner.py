@@ -31,9 +31,9 @@ from mlflow.tracking import MlflowClient
 from mlfolio import pipeline
 from mlfolio.errors import RecordError, StageError, TrackingError
 from mlfolio.pipeline import gate_status
-from mlfolio.pipeline.interrupts import _close_abandoned
-from mlfolio.pipeline.provenance import Manifest
+from mlfolio.pipeline.manifest import Manifest, StageEntry
 from mlfolio.pipeline.record import Recorder
+from mlfolio.pipeline.runlock import close_abandoned
 
 from . import team
 
@@ -220,7 +220,7 @@ def test_sqlite_store_locked_by_another_process_during_a_stage_then_resumed(
     parent = m["mlflow"]["parent_run_id"]
     assert statuses(store, [parent]) == ["RUNNING"]  # the store was locked when it ended
     # what a resume does first (the server test resumes through the runner)
-    _close_abandoned(run_dir, Manifest.load(run_dir))
+    close_abandoned(run_dir, Manifest.load(run_dir))
     assert statuses(store, [parent]) == ["FAILED"] and still_running(store) == []
 
 
@@ -373,9 +373,9 @@ def test_disk_full_at_the_end_never_reads_succeeded(write_params, store, small_d
     folder = small_disk / "last-writes"
     folder.mkdir()
     last = Manifest(folder / "manifest.json", {"experiment": "churn", "status": "running"})
-    last.data["stages"] = {"ingest": {"status": "succeeded", "notebook": "01_ingest.ipynb"}}
+    last.put("ingest", StageEntry(status="succeeded", notebook="01_ingest.ipynb"))
     last.save()
-    last.data["status"] = "succeeded"
+    last.succeed()
     fill(small_disk, leave=4096)()
     recorder = Recorder(last, folder, store)
     assert recorder.write() is False

@@ -1,6 +1,6 @@
 """``mlfolio gate-status``: the deploy decision read from a run's manifest, and its exit
 codes. The manifests are written as the runner writes them: the gate and model summaries
-through the products' own declarations, the file through provenance.Manifest (real runs
+through the products' own declarations, the file through manifest.Manifest (real runs
 are checked in tests/test_pipeline.py and tests/test_interrupt.py)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 
 from mlfolio import cli, products
 from mlfolio.pipeline import STAGE_NAMES, gate_status
-from mlfolio.pipeline.provenance import Manifest
+from mlfolio.pipeline.manifest import Manifest
 
 PASSED = ["PASS test ROC AUC 0.8412 >= 0.8", "PASS no champion yet: nothing to beat"]
 FAILED = [

@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 from mlfolio import cli, config, products
 from mlfolio.errors import ConfigError, StageError
 from mlfolio.graph import STAGE_NAMES, STAGES
+from mlfolio.pipeline.manifest import StageEntry
 
 from .conftest import CHURN_CSV, CHURN_PARAMS, ROOT, SMALL, deep_update, require_module
 
@@ -304,18 +305,18 @@ def test_gate_verdict_and_metrics_from_the_evaluate_product(tmp_path):
 
 def test_stage_records_gate_skip_and_failures():
     ok = {"status": "succeeded", "notebook": "n", "duration_s": 1.0}
-    entries = {s.name: dict(ok) for s in STAGES[:5]}
+    entries = {s.name: StageEntry(**ok) for s in STAGES[:5]}
     records, failed, _ = local._stage_records(entries)
     assert failed is None
-    assert records["register"]["status"] == records["deploy"]["status"] == "skipped"
-    entries["train"] = {"status": "failed", "error": {"cell_index": 3}, "notebook": "n"}
+    assert records["register"].status == records["deploy"].status == "skipped"
+    entries["train"] = StageEntry(status="failed", error={"cell_index": 3}, notebook="n")
     del entries["evaluate"]
     records, failed, cell = local._stage_records(entries)
     assert (failed, cell) == ("train", 3)
-    assert records["register"]["status"] == "not run"
+    assert records["register"].status == "not run"
     # a task with no notebook (a tuning worker) failed: the first stage that never ran
-    records, failed, _ = local._stage_records({s.name: dict(ok) for s in STAGES[:3]})
-    assert failed == "tune" and "upstream task failed" in records["tune"]["reason"]
+    records, failed, _ = local._stage_records({s.name: StageEntry(**ok) for s in STAGES[:3]})
+    assert failed == "tune" and "upstream task failed" in records["tune"].reason
 
 
 # -- the Dockerfile ---------------------------------------------------------------------

@@ -195,7 +195,7 @@ def test_take_links_the_files_and_detach_keeps_the_source_unchanged(write_params
     here.mkdir()
     r = reuse.Reuser(cfg, here, enabled=True, ingest_selected=False)
     tune = BY_NAME["tune"]
-    entry = r.take(tune, r.find(tune, {"hash": "h1"}))
+    entry = r.take(tune, r.find(tune, {"hash": "h1"})).to_json()
     assert entry["status"] == "succeeded" and entry["mlflow_run_id"] == "mlf-a"
     assert entry["reused_from"] == {
         "run_dir": str(src),

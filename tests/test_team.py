@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 from sklearn.linear_model import LogisticRegression
 
 from mlfolio import config, data, features, registry, tracking
-from mlfolio.pipeline.provenance import Manifest
+from mlfolio.pipeline.manifest import Manifest
 
 from .conftest import CHURN_CSV, CHURN_PARAMS, ROOT, SMALL, deep_update
 from .servers import split_body, start_server, stop_server

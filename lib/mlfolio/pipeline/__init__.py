@@ -1,14 +1,18 @@
 """Running the stage notebooks: the runner, one stage's execution on a (warm) kernel,
-provenance and the manifest, interrupts and re-runs, the monitoring loop, the report.
+provenance and the typed manifest, signals, the run lock and re-runs, the monitoring
+loop, the report.
 
 ``mlfolio.pipeline.run`` and ``mlfolio.pipeline.monitor`` are what the CLI calls; the
 modules behind them:
 
 - ``runner``: ``run`` — validate, execute the selected stages, record, write the index
 - ``engine``: one notebook on a kernel started and warmed ahead of its stage (papermill)
-- ``provenance``: input hashes, git and package versions, ``manifest.json``
+- ``provenance``: input hashes, git and package versions
+- ``manifest``: ``manifest.json`` typed: the run's and each stage's transitions
 - ``reuse``: taking unchanged stages over from earlier runs of the experiment
-- ``interrupts``: SIGINT/SIGTERM, the run folder's lock, abandoned runs, forced re-runs
+- ``signals``: SIGINT/SIGTERM stop what a run started; the ``interrupted`` record
+- ``runlock``: the run folder's lock, and the runs a killed runner abandoned
+- ``parameters``: each stage's parameter sections; re-runs with others refused or marked stale
 - ``loop``: ``monitor`` — the monitor notebooks, then the A/B action and retraining
 - ``report``: each executed notebook as HTML, and the run's ``index.html``
 
@@ -29,9 +33,9 @@ from mlfolio.graph import (
 )
 from mlfolio.pipeline.engine import KERNEL_LOOKAHEAD, WarmKernel, execute_stage
 from mlfolio.pipeline.loop import monitor
+from mlfolio.pipeline.manifest import Manifest, StageEntry
 from mlfolio.pipeline.provenance import (
     KEY_PACKAGES,
-    Manifest,
     file_hash,
     git_info,
     notebook_source_hash,
@@ -51,6 +55,7 @@ __all__ = [
     "STAGE_NAMES",
     "Manifest",
     "Stage",
+    "StageEntry",
     "WarmKernel",
     "execute_stage",
     "file_hash",

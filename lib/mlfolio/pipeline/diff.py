@@ -16,7 +16,7 @@ from typing import Any
 
 from mlfolio import products
 from mlfolio.graph import PIPELINES
-from mlfolio.pipeline.provenance import Manifest
+from mlfolio.pipeline.manifest import Manifest
 
 log = logging.getLogger(__name__)
 

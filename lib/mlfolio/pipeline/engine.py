@@ -10,13 +10,13 @@ import shutil
 import signal
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from mlfolio import products
 from mlfolio.files import read_json
 from mlfolio.graph import Stage, notebooks_dir
+from mlfolio.pipeline.manifest import StageEntry
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ def _register_engine() -> str:
 
 def execute_stage(
     stage: Stage, run_dir: Path, parameters: dict[str, Any], kernel: WarmKernel | None = None
-) -> dict[str, Any]:
+) -> StageEntry:
     """Run one notebook into the run folder (on ``kernel`` when given, else on one started
     for it); return its manifest entry (never raises for a failing cell: the entry says
     which cell failed)."""
@@ -181,14 +181,8 @@ def execute_stage(
     from mlfolio.pipeline import report
 
     out_nb = run_dir / stage.notebook
-    started = datetime.now(UTC)
     t0 = time.perf_counter()
-    entry: dict[str, Any] = {
-        "status": "running",
-        "notebook": stage.notebook,
-        "html": stage.notebook.replace(".ipynb", ".html"),
-        "started": started.isoformat(timespec="seconds"),
-    }
+    entry = StageEntry.executing(stage.notebook)
     # Never papermill's own kernel: its manager listens on TCP, and ipykernel 7 then warns
     # "Kernel is running over TCP without encryption" on the terminal at every start. Ours
     # talks over IPC sockets in a private folder and logs to logs/kernels.log.
@@ -206,53 +200,49 @@ def execute_stage(
             engine_name=_register_engine(),
             on_cells_done=(kernel or own).record_peak,
         )
-        entry["status"] = "succeeded"
+        entry.succeed()
     except PapermillExecutionError as exc:
-        entry["status"] = "failed"
-        entry["error"] = {
-            "cell_index": exc.cell_index,
-            "execution_count": exc.exec_count,
-            "ename": exc.ename,
-            "evalue": exc.evalue,
-            "source": exc.source[:2000],
-        }
+        entry.fail(
+            exc.ename,
+            exc.evalue,
+            exc.cell_index,
+            execution_count=exc.exec_count,
+            source=exc.source[:2000],
+        )
     except Exception as exc:  # kernel died, notebook missing, ... : still record it
-        entry["status"] = "failed"
-        entry["error"] = {"cell_index": None, "ename": type(exc).__name__, "evalue": str(exc)}
+        entry.fail(type(exc).__name__, str(exc))
     finally:
         if own is not None:
             own.shutdown()
-    entry["duration_s"] = round(time.perf_counter() - t0, 3)
+    entry.duration_s = round(time.perf_counter() - t0, 3)
     if (peak := (kernel or own).peak_rss_mb) is not None:
-        entry["peak_rss_mb"] = peak
+        entry.set(peak_rss_mb=peak)
     if out_nb.exists():
         try:
             cells, setup = _cell_seconds(out_nb)
-            entry["cells_s"] = round(cells, 3)
-            entry["setup_cell_s"] = round(setup, 3)
+            entry.set(cells_s=round(cells, 3), setup_cell_s=round(setup, 3))
             t_html = time.perf_counter()
-            report.notebook_to_html(out_nb, run_dir / entry["html"])
-            entry["html_s"] = round(time.perf_counter() - t_html, 3)
+            report.notebook_to_html(out_nb, run_dir / entry.html)
+            entry.set(html_s=round(time.perf_counter() - t_html, 3))
         except (OSError, ValueError) as exc:  # a full disk cut the notebook or its page
             if isinstance(exc, ValueError):  # not JSON: cut short, of no use to a reader
                 out_nb.unlink(missing_ok=True)
             _unwritten(entry, exc)
-        entry["duration_s"] = round(time.perf_counter() - t0, 3)
+        entry.duration_s = round(time.perf_counter() - t0, 3)
     # The run id is in the stage's own document (named by its declaration, not after it).
     document = products.document(stage.name)
-    if entry["status"] == "succeeded" and document and (run_dir / document.path).exists():
-        entry["mlflow_run_id"] = read_json(run_dir / document.path).get("mlflow_run_id")
+    if entry.status == "succeeded" and document and (run_dir / document.path).exists():
+        entry.mlflow_run_id = read_json(run_dir / document.path).get("mlflow_run_id")
     return entry
 
 
-def _unwritten(entry: dict[str, Any], exc: Exception) -> None:
+def _unwritten(entry: StageEntry, exc: Exception) -> None:
     """A stage whose notebook or page cannot be written failed, whatever its cells did (a
     cell's own error stays the one reported)."""
     if isinstance(exc, OSError):
-        what = f"cannot write {entry['html']}: {exc.strerror or exc}"
+        what = f"cannot write {entry.html}: {exc.strerror or exc}"
     else:
-        what = f"{entry['notebook']} was cut short and is removed ({exc})"
-    log.info("stage notebook %s: not recorded: %s", entry["notebook"], what)
-    if entry["status"] == "succeeded" or "error" not in entry:
-        entry["status"] = "failed"
-        entry["error"] = {"cell_index": None, "ename": type(exc).__name__, "evalue": what}
+        what = f"{entry.notebook} was cut short and is removed ({exc})"
+    log.info("stage notebook %s: not recorded: %s", entry.notebook, what)
+    if entry.status == "succeeded" or entry.error is None:
+        entry.fail(type(exc).__name__, what)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mlfolio.errors import ConfigError, GateNotPassed, RunNotFinished
-from mlfolio.pipeline.provenance import Manifest
+from mlfolio.pipeline.manifest import Manifest
 
 Require = Literal["promoted", "passed"]
 # Stages whose stale result would make the gate's verdict or the promotion stale.

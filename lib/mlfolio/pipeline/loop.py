@@ -16,7 +16,7 @@ from mlfolio.config import Config
 from mlfolio.errors import ConfigError, RecordError, StageError, TrackingError
 from mlfolio.graph import new_run_dir
 from mlfolio.pipeline import terminal
-from mlfolio.pipeline.provenance import Manifest
+from mlfolio.pipeline.manifest import Manifest
 from mlfolio.pipeline.runner import run
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def _claim_retraining(cfg: Config, manifest: Manifest, runs_root: Path | None) -
         retrain_run_dir=str(retrain_dir),
     )
     if granted:
-        manifest.data["actions"]["claimed_run_dir"] = str(retrain_dir)
+        manifest.actions["claimed_run_dir"] = str(retrain_dir)  # type: ignore[attr-defined]
         return None
     return f"held: retraining already started by {claim['monitor_run_dir']} at {claim['at']}" + (
         f" (run {claim['retrain_run_dir']})" if claim.get("retrain_run_dir") else ""
@@ -108,7 +108,7 @@ def monitor(
     monitored = products.MONITOR.load(folder)
     decision = monitored.decision
     actions: dict[str, Any] = {"dry_run": dry_run}
-    manifest.data["actions"] = actions
+    manifest.set(actions=actions)  # the same dict: filled in below
     for line in terminal.drift_verdict(products.DRIFT.load(folder)):
         echo(line)
     echo(f"monitor: {'retraining fires' if decision.retrain else 'no retraining'}")
@@ -164,17 +164,9 @@ def monitor(
             # the newly labelled rows: the retraining's out-of-time evaluation rows
             "new_rows": monitored.retrain_new_rows,
         }
-        Manifest(
-            retrain_dir / "manifest.json",
-            {
-                "experiment": cfg.experiment,
-                "kind": "training",
-                "run_dir": str(retrain_dir),
-                "created": datetime.now(UTC).isoformat(timespec="seconds"),
-                "stages": {},
-                "trigger": trigger,
-            },
-        ).save()
+        claimed = Manifest.new(retrain_dir, cfg.experiment, "training")
+        claimed.set(trigger=trigger)
+        claimed.save()
         actions["retrain"] = {
             "fired": True,
             "run": True,

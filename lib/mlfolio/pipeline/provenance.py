@@ -9,14 +9,12 @@ import logging
 import platform
 import subprocess
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from mlfolio.config import Config, DataConfig, project_dir
-from mlfolio.errors import ConfigError, RecordError
-from mlfolio.files import read_json, write_json
+from mlfolio.files import read_json
 from mlfolio.graph import Stage, notebooks_dir
 
 log = logging.getLogger(__name__)
@@ -94,7 +92,7 @@ def _product_hash(path: Path) -> str:
     return file_hash(path)
 
 
-def _upstream_hashes(
+def upstream_hashes(
     stage: Stage, run_dir: Path, located: Mapping[str, Path] | None = None
 ) -> dict[str, str]:
     """Hashes of the products the stage declares it reads, as it reads them now
@@ -145,7 +143,7 @@ def stage_inputs(
         "parameters": _sha256(
             json.dumps({k: params.get(k) for k in stage.sections}, sort_keys=True).encode()
         ),
-        "upstream": _upstream_hashes(stage, run_dir, located),
+        "upstream": upstream_hashes(stage, run_dir, located),
         "packages": _sha256(json.dumps(versions, sort_keys=True).encode()),
         "external": external or {},
     }
@@ -187,30 +185,3 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return versions
-
-
-# -- the run ---------------------------------------------------------------------------
-class Manifest:
-    """manifest.json, rewritten atomically after every change."""
-
-    def __init__(self, path: Path, data: dict[str, Any]):
-        self.path = path
-        self.data = data
-
-    @classmethod
-    def load(cls, run_dir: Path) -> Manifest:
-        path = run_dir / "manifest.json"
-        if not path.exists():
-            raise ConfigError(f"{run_dir}: no manifest.json; is this a run folder?")
-        try:
-            return cls(path, read_json(path))
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}: not valid JSON ({exc})") from None
-
-    def save(self) -> None:
-        """RecordError naming the file when it cannot be written (the old one stays)."""
-        self.data["updated"] = datetime.now(UTC).isoformat(timespec="seconds")
-        try:
-            write_json(self.path, self.data)
-        except OSError as exc:
-            raise RecordError(f"cannot write {self.path}: {exc.strerror or exc}") from exc

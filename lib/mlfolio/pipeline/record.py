@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 from mlfolio.errors import MlfolioError, RecordError, TrackingError
-from mlfolio.pipeline.provenance import Manifest
+from mlfolio.pipeline.manifest import Manifest
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -68,14 +67,14 @@ class Recorder:
         except OSError as exc:
             indexed = False
             self._keep(RecordError(f"cannot write {index}: {os_cause(exc)}"))
-            if self.manifest.data.get("status") == "succeeded":
+            if self.manifest.status == "succeeded":
                 self.mark_failed(self.failure)
         try:
             self.manifest.save()
         except RecordError as exc:
             self.manifest_saved = False
             self._keep(exc)
-            if indexed and self.manifest.data.get("status") == "succeeded":
+            if indexed and self.manifest.status == "succeeded":
                 index.unlink(missing_ok=True)
             return False
         self.manifest_saved = True
@@ -88,25 +87,7 @@ class Recorder:
     def mark_failed(self, exc: BaseException) -> None:
         """The run failed while recording (or outside any stage): ``failed`` with the
         cause, never left ``running`` or ``succeeded``; a stage still running failed."""
-        data = self.manifest.data
-        cause = one_line(exc)
-        if data.get("status") in (None, "running", "succeeded"):
-            running = [n for n, e in data.get("stages", {}).items() if e.get("status") == "running"]
-            for name in running:
-                data["stages"][name].update(
-                    status="failed",
-                    error={"cell_index": None, "ename": type(exc).__name__, "evalue": cause},
-                )
-            data.update(
-                status="failed",
-                failed_stage=running[0] if running else None,
-                failed_cell=None,
-            )
-        data["failure"] = {
-            "error": type(exc).__name__,
-            "cause": cause,
-            "at": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
+        self.manifest.fail(exc, one_line(exc))
 
     def suffix(self) -> str:
         """What the error line adds about the record: where it is, or what it still says."""
@@ -116,7 +97,7 @@ class Recorder:
                 f"; the run's record could not be updated: {self.manifest.path} "
                 f"{'is missing' if on_disk is None else f'still says {on_disk!r}'}"
             )
-        parent = (self.manifest.data.get("mlflow") or {}).get("parent_run_id")
+        parent = self.manifest.mlflow.get("parent_run_id")
         if self.store_failed and parent:
             return (
                 f"; recorded in {self.folder} (its MLflow runs may still read RUNNING: "
@@ -148,15 +129,15 @@ def end_failed(recorder: Recorder, exc: BaseException) -> MlfolioError:
         recorder.store_failed = True  # asking it again would wait out the retries again
     recorder.mark_failed(exc)
     recorder.write()
-    parent = (recorder.manifest.data.get("mlflow") or {}).get("parent_run_id")
+    parent = recorder.manifest.mlflow.get("parent_run_id")
     if parent:
         from mlflow.tracking import MlflowClient
 
-        from mlfolio.pipeline.interrupts import _end_open_runs
+        from mlfolio.pipeline.runlock import end_open_runs
 
         recorder.store(
             "ending the run's MLflow runs FAILED",
-            lambda: _end_open_runs(MlflowClient(tracking_uri=recorder.uri), parent, "FAILED"),
+            lambda: end_open_runs(MlflowClient(tracking_uri=recorder.uri), parent, "FAILED"),
         )
     if isinstance(exc, OSError):
         where = f" {exc.filename}" if exc.filename else ""

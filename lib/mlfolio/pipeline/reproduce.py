@@ -38,7 +38,8 @@ from mlfolio.config import Config
 from mlfolio.errors import ConfigError, DataChangedError
 from mlfolio.files import read_json, write_json
 from mlfolio.graph import STAGES
-from mlfolio.pipeline.provenance import Manifest, git_info, package_versions
+from mlfolio.pipeline.manifest import Manifest
+from mlfolio.pipeline.provenance import git_info, package_versions
 
 log = logging.getLogger(__name__)
 
@@ -348,13 +349,15 @@ def reproduce(
     _compare_verdict(rep, before, after)
     _compare_scores(rep, cfg, before, after)
     write_json(rep.run_dir / "reproduce.json", rep.to_dict())
-    new.data["reproduces"] = str(original)
-    new.data["reproduction"] = {
-        "reproduced": rep.reproduced,
-        "differences": [d["what"] for d in rep.differences],
-        "warnings": warnings,
-        "details": "reproduce.json",
-    }
+    new.set(
+        reproduces=str(original),
+        reproduction={
+            "reproduced": rep.reproduced,
+            "differences": [d["what"] for d in rep.differences],
+            "warnings": warnings,
+            "details": "reproduce.json",
+        },
+    )
     new.save()
     report.write_index(rep.run_dir, new.data)
     return rep

@@ -16,13 +16,13 @@ import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from mlfolio.config import Config
 from mlfolio.errors import MlfolioError
 from mlfolio.graph import Stage
+from mlfolio.pipeline.manifest import StageEntry
 from mlfolio.pipeline.provenance import (
     external_state,
     file_hash,
@@ -165,7 +165,7 @@ class Reuser:
             if (entry := (manifest.get("stages") or {}).get(stage.name))
         }
 
-    def take(self, stage: Stage, source: Source) -> dict[str, Any]:
+    def take(self, stage: Stage, source: Source) -> StageEntry:
         """Link (else copy) the source's files into this run folder; the manifest entry."""
         t0 = time.perf_counter()
         for rel in stage_files(stage):
@@ -173,24 +173,10 @@ class Reuser:
         for rel in stage.in_place:
             if (source.run_dir / rel).exists():
                 _place(source.run_dir / rel, self.folder / rel, link=False)
-        old = source.entry
-        origin = old.get("reused_from") or {}
-        return {
-            "status": "succeeded",
-            "notebook": stage.notebook,
-            "html": old.get("html") or stage.notebook.replace(".ipynb", ".html"),
-            "started": datetime.now(UTC).isoformat(timespec="seconds"),
-            "duration_s": round(time.perf_counter() - t0, 3),
-            "mlflow_run_id": old.get("mlflow_run_id"),
-            "reused_from": {
-                "run_dir": str(source.run_dir),
-                "mlflow_run_id": old.get("mlflow_run_id"),
-                # the run that executed it (a reused stage can be reused again)
-                "executed_in": origin.get("executed_in") or str(source.run_dir),
-                "duration_s": origin.get("duration_s", old.get("duration_s")),
-            },
-            "outputs": dict(old["outputs"]),
-        }
+        old = StageEntry.model_validate(source.entry)
+        return StageEntry.reused(
+            stage.notebook, old, source.run_dir, round(time.perf_counter() - t0, 3)
+        )
 
 
 def _earlier_runs(folder: Path, experiment: str) -> list[tuple[Path, dict[str, Any]]]:

@@ -12,7 +12,7 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,21 +26,18 @@ from mlfolio.errors import ConfigError, MlfolioError, RunInterrupted, StageError
 from mlfolio.graph import REFERENCE_DATA, Stage, new_run_dir, select_stages
 from mlfolio.pipeline import terminal
 from mlfolio.pipeline.engine import KERNEL_LOOKAHEAD, WarmKernel, execute_stage
-from mlfolio.pipeline.interrupts import (
-    _backfill_parameters,
-    _check_parameters,
-    _close_abandoned,
-    _end_open_runs,
-    _interrupted,
-    _lock_run_dir,
-    _mark_stale,
-    _record_forced_stop,
-    _Signals,
-    _stage_parameters,
+from mlfolio.pipeline.manifest import Manifest, StageEntry
+from mlfolio.pipeline.parameters import (
+    backfill_parameters,
+    check_parameters,
+    mark_stale,
+    stage_parameters,
 )
-from mlfolio.pipeline.provenance import Manifest, git_info
+from mlfolio.pipeline.provenance import git_info
 from mlfolio.pipeline.record import Recorder, end_failed, one_line
 from mlfolio.pipeline.reuse import Reuser, detach, outputs
+from mlfolio.pipeline.runlock import close_abandoned, end_open_runs, lock_run_dir
+from mlfolio.pipeline.signals import Signals, record_forced_stop, record_interruption
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +45,8 @@ log = logging.getLogger(__name__)
 def _parent_run(cfg: Config, run_dir: Path, manifest: Manifest) -> tuple[str, str]:
     from mlfolio import tracking
 
-    mlf = manifest.data.setdefault("mlflow", {})
     exp_id = tracking.configure(cfg)
-    if not mlf.get("parent_run_id"):
+    if not manifest.mlflow.get("parent_run_id"):
         tags = {
             "mlfolio.git_commit": str(manifest.data["git"]["commit"]),
             "mlfolio.pipeline": manifest.data.get("kind", "training"),
@@ -62,22 +58,21 @@ def _parent_run(cfg: Config, run_dir: Path, manifest: Manifest) -> tuple[str, st
                     "mlfolio.trigger_run_dir": str(trigger.get("monitor_run_dir", "")),
                 }
             )
-        kind = manifest.data.get("kind", "training")
+        kind = manifest.kind
         label = "monitor" if kind == "monitor" else "retraining" if trigger else "pipeline"
-        created = datetime.fromisoformat(manifest.data["created"])
+        created = datetime.fromisoformat(manifest.created)
         name = tracking.parent_run_name(cfg.experiment, run_dir, created, label)
-        mlf["parent_run_id"] = tracking.start_parent_run(cfg, run_dir, tags, name)
-        mlf["parent_run_name"] = name
-    mlf.update(
-        {
-            "tracking_uri": cfg.tracking_uri(),
-            "experiment_id": exp_id,
-            "experiment_name": cfg.experiment_name,
-            "experiment_url": tracking.experiment_url(cfg, exp_id),
-            "parent_run_url": tracking.run_url(cfg, exp_id, mlf["parent_run_id"]),
-        }
+        parent = tracking.start_parent_run(cfg, run_dir, tags, name)
+        manifest.set_mlflow(parent_run_id=parent, parent_run_name=name)
+    parent = manifest.mlflow["parent_run_id"]
+    manifest.set_mlflow(
+        tracking_uri=cfg.tracking_uri(),
+        experiment_id=exp_id,
+        experiment_name=cfg.experiment_name,
+        experiment_url=tracking.experiment_url(cfg, exp_id),
+        parent_run_url=tracking.run_url(cfg, exp_id, parent),
     )
-    return mlf["parent_run_id"], exp_id
+    return parent, exp_id
 
 
 def _fail_stage_run(parent_run_id: str, stage: str) -> None:
@@ -145,37 +140,27 @@ def run(
     if run_dir is not None:
         folder = Path(run_dir).resolve()
         manifest = Manifest.load(folder)
-        if manifest.data.get("experiment") != cfg.experiment:
+        if manifest.experiment != cfg.experiment:
             raise ConfigError(
-                f"{folder} belongs to experiment "
-                f"{manifest.data.get('experiment')!r}, not {cfg.experiment!r}"
+                f"{folder} belongs to experiment {manifest.experiment!r}, not {cfg.experiment!r}"
             )
-        lock = _lock_run_dir(folder)
+        lock = lock_run_dir(folder)
         try:
-            _backfill_parameters(manifest, kind)
-            _close_abandoned(folder, manifest)
-            changed = _check_parameters(folder, manifest, cfg, selected, kind, force)
+            backfill_parameters(manifest, kind)
+            close_abandoned(folder, manifest)
+            changed = check_parameters(folder, manifest, cfg, selected, kind, force)
         except BaseException:
             lock.close()
             raise
     else:
         folder = new_run_dir(cfg, runs_root, kind)
         folder.mkdir(parents=True)
-        lock = _lock_run_dir(folder)
-        manifest = Manifest(
-            folder / "manifest.json",
-            {
-                "experiment": cfg.experiment,
-                "kind": kind,
-                "run_dir": str(folder),
-                "created": datetime.now(UTC).isoformat(timespec="seconds"),
-                "stages": {},
-            },
-        )
+        lock = lock_run_dir(folder)
+        manifest = Manifest.new(folder, cfg.experiment, kind)
     if trigger:
-        manifest.data["trigger"] = trigger
+        manifest.set(trigger=trigger)
     recorder = Recorder(manifest, folder, cfg.tracking_uri())
-    sigs = _Signals()
+    sigs = Signals()
     sigs.install()
     unroute = logs.route_runner(logs.runner_log(folder))
     try:
@@ -229,7 +214,7 @@ def run(
     except KeyboardInterrupt:
         if sigs.signum is None:  # not a signal of ours (e.g. raised before the install)
             raise
-        _record_forced_stop(manifest, folder, sigs)
+        record_forced_stop(manifest, folder, sigs)
         raise RunInterrupted(
             sigs.signum,
             f"run stopped at once by a second signal; resume with --from STAGE --run-dir {folder}",
@@ -273,7 +258,7 @@ def _run(
     overrides: dict[str, Any] | None,
     kernels: list[WarmKernel],
     warm: bool,
-    sigs: _Signals,
+    sigs: Signals,
     run_info: dict[str, Any],
     reuser: Reuser,
     recorder: Recorder,
@@ -282,23 +267,16 @@ def _run(
 ) -> Manifest:
     from mlfolio import tracking
 
-    kind = manifest.data.get("kind", "training")
-    manifest.data.update(
-        {
-            "status": "running",
-            "interrupted": None,
-            "failure": None,  # an earlier attempt's, once this one runs
-            "parameters_file": str(params_file),
-            "overrides": overrides or {},
-            "parameters": cfg.to_dict(),
-            "seed": cfg.seed,
-            "git": git_info(),
-            "packages": reuser.packages,
-            "reuse": reuser.enabled,
-        }
-    )
-    manifest.data.setdefault("history", []).append(
-        {"at": datetime.now(UTC).isoformat(timespec="seconds"), **run_info}
+    kind = manifest.kind
+    manifest.begin(
+        run_info,
+        parameters_file=str(params_file),
+        overrides=overrides or {},
+        parameters=cfg.to_dict(),
+        seed=cfg.seed,
+        git=git_info(),
+        packages=reuser.packages,
+        reuse=reuser.enabled,
     )
     manifest.save()  # the record exists before the store is asked anything
     with tracking.guard(cfg.tracking_uri(), "starting the pipeline's parent run"):
@@ -315,7 +293,7 @@ def _run(
     )
 
     _collect_results(manifest, folder)
-    _mark_stale(manifest, cfg, folder, selected, kind)
+    mark_stale(manifest, cfg, folder, selected, kind)
     return _finish(manifest, folder, frozen, parent_run_id, outcome, recorder, echo)
 
 
@@ -336,7 +314,7 @@ def _finish(
 
     from mlfolio import tracking
 
-    kind = manifest.data.get("kind", "training")
+    kind = manifest.kind
     if isinstance(outcome, StageError):
         recorder.store(
             f"marking stage {outcome.stage}'s run FAILED",
@@ -345,7 +323,7 @@ def _finish(
             outcome.stage,
         )
     if outcome is None:
-        manifest.data.update({"status": "succeeded", "failed_stage": None, "failed_cell": None})
+        manifest.succeed()
     if recorder.write() and recorder.failure is None:
         if kind == "training":
             recorder.store("logging the headline", _log_headline, parent_run_id, manifest, folder)
@@ -374,7 +352,7 @@ def _finish(
     if interrupted:  # the stopped stage's run (and a trial's) never got to close itself
         recorder.store(
             "ending the stopped runs",
-            lambda: _end_open_runs(MlflowClient(), parent_run_id, "KILLED"),
+            lambda: end_open_runs(MlflowClient(), parent_run_id, "KILLED"),
         )
     if recorder.failure is not None:  # say so where the reader looks, if the disk allows
         recorder.mark_failed(recorder.failure)
@@ -455,15 +433,9 @@ def _reused(
     if source is None:
         return None
     entry = reuser.take(stage, source)
-    entry.update(
-        {
-            "parameters": _stage_parameters(stage, reuser.cfg.to_dict()),
-            "overrides": manifest.data.get("overrides") or {},
-            "inputs": inputs,
-            "inputs_hash": inputs["hash"],
-        }
-    )
-    manifest.data["stages"][stage.name] = entry
+    parameters = stage_parameters(stage, reuser.cfg.to_dict())
+    entry.ran(parameters, manifest.data.get("overrides") or {}, inputs)
+    manifest.put(stage.name, entry)
     manifest.save()
     _tag_parent(manifest, f"mlfolio.reused.{stage.name}", str(source.run_dir))
     return f"{label} reused from {source.run_dir.name}"
@@ -474,7 +446,7 @@ def _tag_parent(manifest: Manifest, key: str, value: str) -> None:
 
     from mlfolio import tracking
 
-    mlf = manifest.data["mlflow"]
+    mlf = manifest.mlflow
     with tracking.guard(mlf["tracking_uri"], f"tagging the pipeline run with {key}"):
         MlflowClient().set_tag(mlf["parent_run_id"], key, value)
 
@@ -487,7 +459,7 @@ def _run_stages(
     reuser: Reuser,
     kernels: list[WarmKernel],
     warm: bool,
-    sigs: _Signals,
+    sigs: Signals,
     echo: Callable[[str], None],
     progress: Callable[[str], None] | None = None,
 ) -> StageError | RunInterrupted | None:
@@ -501,20 +473,15 @@ def _run_stages(
         label = f"[{i}/{len(selected)}] {stage.name:<10}"
         if sigs.signum is not None:
             echo(f"{label} not started: {sigs.name}")
-            return _interrupted(manifest, folder, selected[i - 1 :], None, sigs)
+            return record_interruption(manifest, folder, selected[i - 1 :], None, sigs)
         champion = _champion(cfg) if stage.reads_champion else None
         inputs = reuser.inputs(stage, champion)
         if line := _reused(stage, label, reuser, inputs, manifest):
             echo(line)
             continue
         echo(f"{label} running ...")
-        ran_with = {"parameters": _stage_parameters(stage, params), "overrides": overrides}
-        manifest.data["stages"][stage.name] = {
-            "status": "running",
-            "notebook": stage.notebook,
-            "started": datetime.now(UTC).isoformat(timespec="seconds"),
-            **ran_with,
-        }
+        ran_with = {"parameters": stage_parameters(stage, params), "overrides": overrides}
+        manifest.put(stage.name, StageEntry.running(stage.notebook, **ran_with))
         manifest.save()
         detach(stage, folder)
         if warm:
@@ -536,44 +503,35 @@ def _run_stages(
             sigs.release(kernel)
         if entry is None:  # the signal came while kernels were starting
             echo(f"{label} not started: {sigs.name}")
-            return _interrupted(manifest, folder, selected[i - 1 :], None, sigs)
-        if entry["status"] == "succeeded":
-            entry["outputs"] = outputs(stage, folder)
+            return record_interruption(manifest, folder, selected[i - 1 :], None, sigs)
+        if entry.status == "succeeded":
+            entry.outputs = outputs(stage, folder)
             inputs = _as_read(stage, reuser, inputs, folder)
-        entry.update(ran_with)
-        entry["inputs"] = inputs
-        entry["inputs_hash"] = inputs["hash"]
-        manifest.data["stages"][stage.name] = entry
-        if entry["status"] != "succeeded" and sigs.signum is not None:
-            stopped = _interrupted(manifest, folder, selected[i - 1 :], entry, sigs)
-            cell = entry["interrupted"]["cell_index"]
+        entry.ran(ran_with["parameters"], ran_with["overrides"], inputs)
+        manifest.put(stage.name, entry)
+        if entry.status != "succeeded" and sigs.signum is not None:
+            stopped = record_interruption(manifest, folder, selected[i - 1 :], entry, sigs)
+            cell = entry.interrupted["cell_index"]
             echo(
                 f"{label} INTERRUPTED by {sigs.name} after "
-                f"{entry['duration_s']:.1f}s" + (f" in cell {cell}" if cell is not None else "")
+                f"{entry.duration_s:.1f}s" + (f" in cell {cell}" if cell is not None else "")
             )
             return stopped
-        if entry["status"] != "succeeded":
-            err = entry["error"]
+        if entry.status != "succeeded":
+            err = entry.error
             # one line: a database's or a notebook's message can run to hundreds
             first = str(err["evalue"]).strip().splitlines()[0] if err["evalue"] else ""
             failed = StageError(stage.name, f"{err['ename']}: {first}", err["cell_index"])
-            manifest.data.update(
-                {"status": "failed", "failed_stage": stage.name, "failed_cell": err["cell_index"]}
-            )
-            for later in selected[i:]:
-                manifest.data["stages"][later.name] = {
-                    "status": "not run",
-                    "notebook": later.notebook,
-                }
+            manifest.stage_failed(stage.name, err["cell_index"], selected[i:])
             echo(
                 f"{label} FAILED after "
-                f"{entry['duration_s']:.1f}s in cell {err['cell_index']}: {err['ename']}: "
+                f"{entry.duration_s:.1f}s in cell {err['cell_index']}: {err['ename']}: "
                 f"{str(err['evalue']).splitlines()[0] if err['evalue'] else ''}"
             )
             manifest.save()
             return failed
         note = terminal.tune_summary(folder, cfg.tuning.n_trials) if stage.progress else ""
-        echo(f"{label} ok in {entry['duration_s']:.1f}s{note}")
+        echo(f"{label} ok in {entry.duration_s:.1f}s{note}")
         manifest.save()
     return None
 
@@ -610,4 +568,4 @@ def _collect_results(manifest: Manifest, folder: Path) -> None:
     declares its own summary in :mod:`mlfolio.products`)."""
     from mlfolio import products
 
-    manifest.data.update(products.collect(folder))
+    manifest.set(**products.collect(folder))

@@ -24,9 +24,11 @@ from mlfolio.config import Config, project_dir
 from mlfolio.errors import RunInterrupted, StageError
 from mlfolio.files import read_json
 from mlfolio.graph import STAGES, new_run_dir
-from mlfolio.pipeline.interrupts import _end_open_runs, _running_cell
 from mlfolio.pipeline.kfp import spec, steps, stop
-from mlfolio.pipeline.provenance import Manifest, git_info, package_versions
+from mlfolio.pipeline.manifest import Manifest, StageEntry
+from mlfolio.pipeline.provenance import git_info, package_versions
+from mlfolio.pipeline.runlock import end_open_runs
+from mlfolio.pipeline.signals import running_cell
 
 log = logging.getLogger(__name__)
 
@@ -160,16 +162,15 @@ def _run_pipeline(pipeline: Any, folder: Path, root: Path, sigs: stop.Signals) -
     return sigs.signum is not None
 
 
-def _collect_artifacts(root: Path, folder: Path) -> dict[str, dict[str, Any]]:
+def _collect_artifacts(root: Path, folder: Path) -> dict[str, StageEntry]:
     """Copy every stage's products artifact into the run folder, in stage order (a later
     stage's file wins: register's completed model card over evaluate's first one); return
     their entries."""
     order = {stage.name: i for i, stage in enumerate(STAGES)}
     found = [(read_json(path), path) for path in root.rglob(f"{steps.ENTRY_DIR}/*.json")]
-    entries: dict[str, dict[str, Any]] = {}
-    for entry, path in sorted(found, key=lambda ep: order.get(ep[0]["stage"], len(order))):
-        entries[entry.pop("stage")] = entry
-        entry.pop("parent_run_id", None)
+    entries: dict[str, StageEntry] = {}
+    for doc, path in sorted(found, key=lambda ep: order.get(ep[0]["stage"], len(order))):
+        entries[doc["stage"]] = _entry(doc)
         shutil.copytree(
             path.parent.parent,
             folder,
@@ -179,39 +180,46 @@ def _collect_artifacts(root: Path, folder: Path) -> dict[str, dict[str, Any]]:
     return entries
 
 
+def _entry(doc: dict[str, Any]) -> StageEntry:
+    """A task's entry without what only the task needed (its stage, the parent run)."""
+    return StageEntry.model_validate(
+        {k: v for k, v in doc.items() if k not in ("stage", "parent_run_id")}
+    )
+
+
 def _stage_records(
-    entries: dict[str, dict[str, Any]],
-) -> tuple[dict[str, dict[str, Any]], str | None, int | None]:
+    entries: dict[str, StageEntry],
+) -> tuple[dict[str, StageEntry], str | None, int | None]:
     """Per stage: its entry, or why it has none; and the stage that failed first."""
     # the gate stage ran, a gated one did not: dsl.If held it back
     evaluated = any(
-        entries.get(s.name, {}).get("status") == "succeeded" for s in STAGES if s.decides_gate
+        s.name in entries and entries[s.name].status == "succeeded"
+        for s in STAGES
+        if s.decides_gate
     )
-    records: dict[str, dict[str, Any]] = {}
+    records: dict[str, StageEntry] = {}
     failed, cell = None, None
     for stage in STAGES:
         entry = entries.get(stage.name)
         if entry is not None:
             records[stage.name] = entry
-            if entry["status"] != "succeeded" and failed is None:
-                failed, cell = stage.name, entry.get("error", {}).get("cell_index")
+            if entry.status != "succeeded" and failed is None:
+                failed, cell = stage.name, (entry.error or {}).get("cell_index")
         elif stage.gated and evaluated and failed is None:
-            records[stage.name] = {
-                "status": "skipped",
-                "notebook": stage.notebook,
-                "reason": "the gate did not pass (dsl.If)",
-            }
+            records[stage.name] = StageEntry.skipped(
+                stage.notebook, "the gate did not pass (dsl.If)"
+            )
         else:
-            records[stage.name] = {"status": "not run", "notebook": stage.notebook}
-    if failed is None and any(r["status"] == "not run" for r in records.values()):
+            records[stage.name] = StageEntry.not_run(stage.notebook)
+    if failed is None and any(r.status == "not run" for r in records.values()):
         # A task without a notebook failed (start, a tuning worker): see the task log.
-        failed = next(name for name, r in records.items() if r["status"] == "not run")
-        records[failed]["reason"] = "an upstream task failed: see logs/kfp-local.log"
+        failed = next(name for name, r in records.items() if r.status == "not run")
+        records[failed].reason = "an upstream task failed: see logs/kfp-local.log"
     return records, failed, cell
 
 
 def _interrupted(
-    records: dict[str, dict[str, Any]], why: Stop, root: Path, folder: Path
+    records: dict[str, StageEntry], why: Stop, root: Path, folder: Path
 ) -> dict[str, Any]:
     """Mark the stage whose tasks were stopped ``interrupted`` (its partial notebook, when
     it had begun one, copied into the folder) and every stage without a result ``not
@@ -225,11 +233,11 @@ def _interrupted(
     evaluated = products.EVALUATE.load(folder)
     gate_closed = evaluated is not None and not evaluated.gate.passed
     for name, rec in records.items():
-        if rec["status"] == "not run" or (rec["status"] == "skipped" and not gate_closed):
-            records[name] = {"status": "not run", "notebook": rec["notebook"]}
+        if rec.status == "not run" or (rec.status == "skipped" and not gate_closed):
+            records[name] = StageEntry.not_run(rec.notebook)
     cell = None
     if stage is not None:
-        notebook = records[stage]["notebook"]
+        notebook = records[stage].notebook
         # papermill saves the notebook after every cell; the task's work folder is kept
         # under the pipeline root (TASK_ENV)
         partial = next(
@@ -237,14 +245,10 @@ def _interrupted(
         )
         if partial is not None:
             shutil.copy2(partial, folder / notebook)
-            cell = _running_cell(folder / notebook)
-        records[stage] = {
-            "status": "interrupted",
-            "notebook": notebook,
-            "interrupted": {"signal": why.signal, "cell_index": cell, "tasks": why.tasks},
-        }
+            cell = running_cell(folder / notebook)
+        records[stage] = StageEntry.interrupted_in(notebook, why.signal, cell, tasks=why.tasks)
     # The default engine resumes the folder from its first stage without a result.
-    resume = next((n for n, rec in records.items() if rec["status"] != "succeeded"), None)
+    resume = next((n for n, rec in records.items() if rec.status != "succeeded"), None)
     return {
         "signal": why.signal,
         "stage": stage,
@@ -334,7 +338,7 @@ def assemble(
             },
         },
     )
-    manifest.data.update(products.collect(folder))
+    manifest.set(**products.collect(folder))
     manifest.save()
     nb_params = {"params_file": str(frozen), "run_dir": str(folder), "parent_run_id": parent}
     (folder / "stage_parameters.yaml").write_text(
@@ -348,7 +352,7 @@ def assemble(
                 parent, [folder / "manifest.json", frozen, folder / "pipeline.yaml"], "run"
             )
             # the stopped stage's run, a trial's, and the parent (its exit task never ran)
-            _end_open_runs(MlflowClient(), parent, "KILLED")
+            end_open_runs(MlflowClient(), parent, "KILLED")
         except tracking.store_errors() as exc:
             unended = tracking.cause(exc)
             log.warning("the MLflow runs of %s are not all ended: %s", folder.name, unended)
@@ -360,19 +364,19 @@ def assemble(
             tracking.end_run(parent, "FAILED")
     for i, (name, rec) in enumerate(records.items(), 1):
         line = f"[{i}/{len(records)}] {name:<10} "
-        if rec["status"] == "succeeded":
-            line += f"ok in {rec['duration_s']:.1f}s"
-        elif rec["status"] == "failed":
-            err = rec["error"]
+        if rec.status == "succeeded":
+            line += f"ok in {rec.duration_s:.1f}s"
+        elif rec.status == "failed":
+            err = rec.error or {}
             line += f"FAILED in cell {err.get('cell_index')}: {err['ename']}: {err['evalue']}"
-        elif rec["status"] == "interrupted":
-            at = rec["interrupted"]["cell_index"]
+        elif rec.status == "interrupted":
+            at = rec.interrupted["cell_index"]
             line += f"INTERRUPTED by {stopped.signal if stopped else '?'}" + (
                 f" in cell {at}" if at is not None else ""
             )
-            line += f" (tasks stopped: {', '.join(rec['interrupted']['tasks'])})"
+            line += f" (tasks stopped: {', '.join(rec.interrupted['tasks'])})"
         else:
-            line += rec["status"] + (f" ({rec['reason']})" if rec.get("reason") else "")
+            line += rec.status + (f" ({rec.reason})" if rec.reason else "")
         echo(line)
     # the default engine's verdict: gate, model, champion, deployed
     for line in terminal.run_verdict(manifest.data, folder, held_aliases(manifest.data)):
@@ -381,8 +385,8 @@ def assemble(
     if stopped is not None:
         raise RunInterrupted(stopped.signum, _stop_message(interrupted, folder, unended))
     if failed:
-        err = records[failed].get("error") or {}
-        why = f"{err.get('ename')}: {err.get('evalue')}" if err else records[failed]["reason"]
+        err = records[failed].error or {}
+        why = f"{err.get('ename')}: {err.get('evalue')}" if err else records[failed].reason
         raise StageError(failed, why, cell)
     return manifest
 
@@ -417,10 +421,10 @@ def _record_forced_stop(folder: Path, root: Path, cfg: Config, created: str, sig
     if path.exists():
         return
     found = [read_json(p) for p in root.rglob(f"{steps.ENTRY_DIR}/*.json")]
-    records, _, _ = _stage_records({entry.pop("stage"): entry for entry in found})
+    records, _, _ = _stage_records({doc["stage"]: _entry(doc) for doc in found})
     for name, rec in records.items():
-        if rec["status"] in ("not run", "skipped"):  # (skipped: the gate may not be why)
-            records[name] = {"status": "not run", "notebook": rec["notebook"]}
+        if rec.status in ("not run", "skipped"):  # (skipped: the gate may not be why)
+            records[name] = StageEntry.not_run(rec.notebook)
     manifest = Manifest(
         path,
         {

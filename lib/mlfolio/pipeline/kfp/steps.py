@@ -98,7 +98,7 @@ def finish_run(params: str, job_id: str, state: str) -> str | None:
     from mlflow.tracking import MlflowClient
 
     from mlfolio import tracking
-    from mlfolio.pipeline.interrupts import _end_open_runs
+    from mlfolio.pipeline.runlock import end_open_runs
 
     cfg = load_params(params)
     parent = find_parent_run(cfg, JOB_TAG, job_id)
@@ -108,7 +108,7 @@ def finish_run(params: str, job_id: str, state: str) -> str | None:
     if state == "SUCCEEDED":
         tracking.end_run(parent, "FINISHED")
     else:
-        _end_open_runs(MlflowClient(), parent, "FAILED")
+        end_open_runs(MlflowClient(), parent, "FAILED")
         tracking.end_run(parent, "FAILED")
     return parent
 
@@ -170,7 +170,7 @@ def run_stage(
     from mlfolio import tracking
     from mlfolio.graph import REFERENCE_DATA, STAGES
     from mlfolio.pipeline.engine import execute_stage
-    from mlfolio.pipeline.interrupts import _stage_parameters
+    from mlfolio.pipeline.parameters import stage_parameters
     from mlfolio.pipeline.provenance import package_source_hash, stage_inputs
     from mlfolio.pipeline.runner import _fail_stage_run
 
@@ -194,34 +194,27 @@ def run_stage(
             "parent_run_id": parent_run_id,
         }
         entry = execute_stage(stage, work, nb_params)
-        entry.update(
-            {
-                "stage": stage.name,
-                "parameters": _stage_parameters(stage, cfg.to_dict()),
-                "overrides": overrides or {},
-                "inputs": inputs,
-                "inputs_hash": inputs["hash"],
-                "parent_run_id": parent_run_id,
-            }
-        )
-        tracking.log_artifacts(parent_run_id, [work / stage.notebook, work / entry["html"]], "run")
+        entry.ran(stage_parameters(stage, cfg.to_dict()), overrides or {}, inputs)
+        # what the assembling step needs besides the entry (dropped from the manifest)
+        handed = {"stage": stage.name, **entry.to_json(), "parent_run_id": parent_run_id}
+        tracking.log_artifacts(parent_run_id, [work / stage.notebook, work / entry.html], "run")
         # The data a model was trained on travels with its run (monitoring reads it there).
         mine = [work / p for p in REFERENCE_DATA if Path(p) not in copied]
         tracking.log_artifacts(parent_run_id, mine, "data")
         _hand_over(work, Path(products_dir), copied | {Path("parameters.yaml")})
-        write_json(Path(products_dir) / ENTRY_DIR / f"{stage.name}.json", entry)
-        if (work / entry["html"]).exists():
-            shutil.copy2(work / entry["html"], html_path)
+        write_json(Path(products_dir) / ENTRY_DIR / f"{stage.name}.json", handed)
+        if (work / entry.html).exists():
+            shutil.copy2(work / entry.html, html_path)
         for name, value in stage_metrics(stage.name, work).items():
             if log_metric is not None:
                 log_metric(name, value)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    if entry["status"] != "succeeded":
-        err = entry["error"]
+    if entry.status != "succeeded":
+        err = entry.error or {}
         _fail_stage_run(parent_run_id, stage.name)
         raise StageError(stage.name, f"{err['ename']}: {err['evalue']}", err["cell_index"])
-    return entry
+    return handed
 
 
 def gate_passed(products_dir: str) -> bool:

@@ -15,7 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from mlfolio.pipeline import interrupts
+from mlfolio.pipeline import signals
 
 EXECUTOR = "kfp.dsl.executor_main"  # in the command line of every lightweight task
 REAP_INTERVAL_S = 0.2
@@ -125,7 +125,7 @@ class TaskStopper:
         self._sweep()
 
 
-class Signals(interrupts._Signals):
+class Signals(signals.Signals):
     """The default engine's handler (first signal: record it, stop what is tracked;
     second: KeyboardInterrupt at once), which also unwinds kfp's orchestrator with
     :class:`Stopped` while ``unwind`` is set."""
