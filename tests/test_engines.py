@@ -5,8 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
+from mlfolio import cli
+from mlfolio.errors import ConfigError
 from mlfolio.graph import MONITOR_STAGES
+from mlfolio.pipeline import engines
 from mlfolio.pipeline.engine import execute_stage
+from mlfolio.pipeline.engines import RunRequest
 
 
 def _notebook(path: Path, *sources: str) -> None:
@@ -37,3 +43,78 @@ def test_a_stage_whose_document_is_not_named_after_it_records_its_mlflow_run(tmp
     entry = execute_stage(stage, run_dir, {})
     assert entry.status == "succeeded", entry
     assert entry.mlflow_run_id == "r-ab-1"
+
+
+# -- the engine registry -----------------------------------------------------------------
+class _Recording:
+    """A minimal engine: records what the runner's driver asked of it."""
+
+    name = "recording"
+    summary = "records its requests"
+
+    def __init__(self, refuse: str | None = None):
+        self.calls: list[tuple[str, RunRequest]] = []
+        self.refuse = refuse
+
+    def check(self, request: RunRequest) -> None:
+        self.calls.append(("check", request))
+        if self.refuse:
+            raise ConfigError(self.refuse)
+
+    def run(self, request: RunRequest) -> str:
+        self.calls.append(("run", request))
+        return "done"
+
+
+def test_the_registry_holds_the_engines_and_each_satisfies_the_protocol():
+    assert list(engines.ENGINES) == ["papermill", "kfp-local", "kfp"]
+    for name, engine in engines.ENGINES.items():
+        assert isinstance(engine, engines.Engine) and engines.get(name) is engine
+    assert engines.get(engines.DEFAULT).name == "papermill"
+    with pytest.raises(TypeError, match="not an Engine"):
+        engines.register(object())  # type: ignore[arg-type]
+
+
+def test_an_unknown_engine_names_the_option_and_the_choices():
+    with pytest.raises(ConfigError) as exc:
+        engines.get("sagemaker")
+    assert str(exc.value) == (
+        "unknown engine 'sagemaker': --engine takes one of papermill, kfp-local, kfp"
+    )
+
+
+def test_the_cli_drives_a_registered_engine_checks_first(monkeypatch, tmp_path, capsys):
+    engine = _Recording()
+    monkeypatch.setitem(engines.ENGINES, engine.name, engine)
+    argv = ["run", str(tmp_path / "p.yaml"), "--engine", "recording", "-p", "seed=3"]
+    assert cli.main(argv) == 0
+    assert [what for what, _ in engine.calls] == ["check", "run"]
+    request = engine.calls[1][1]
+    assert request.overrides == {"seed": 3} and request.params_file == str(tmp_path / "p.yaml")
+
+    refusing = _Recording(refuse="no GPUs here")
+    monkeypatch.setitem(engines.ENGINES, refusing.name, refusing)
+    assert cli.main(argv) == 2
+    assert "mlfolio: no GPUs here" in capsys.readouterr().err
+    assert [what for what, _ in refusing.calls] == ["check"]  # never run
+
+
+def test_the_help_lists_every_registered_engine(monkeypatch):
+    monkeypatch.setitem(engines.ENGINES, "recording", _Recording())
+    sub = next(a for a in cli._parser()._actions if a.dest == "command")
+    help_text = " ".join(sub.choices["run"].format_help().split())
+    assert "{papermill,kfp-local,kfp,recording}" in help_text
+    assert "recording: records its requests" in help_text
+    assert "papermill (default): the stages in this process's kernels" in help_text
+
+
+def test_each_engine_refuses_what_it_cannot_do():
+    papermill, local, kfp = (engines.get(n) for n in ("papermill", "kfp-local", "kfp"))
+    with pytest.raises(ConfigError, match="--kfp-host URL goes with --engine kfp"):
+        papermill.check(RunRequest("p.yaml", kfp_host="http://kfp"))
+    with pytest.raises(ConfigError, match="--engine kfp-local runs the whole chain"):
+        local.check(RunRequest("p.yaml", from_stage="train", run_dir="x"))
+    with pytest.raises(ConfigError, match="--kfp-host URL goes with --engine kfp"):
+        kfp.check(RunRequest("p.yaml"))
+    with pytest.raises(ConfigError, match="give its --run-dir too"):
+        engines.run("papermill", RunRequest("p.yaml", stages=["train"]))

@@ -60,13 +60,16 @@ def _parser() -> argparse.ArgumentParser:
         help="execute every stage, even one an earlier run of the experiment has with the "
         "same inputs (by default such a stage is reused from that run)",
     )
+    from mlfolio.pipeline import engines  # the registry only: nothing heavy
+
     run.add_argument(
         "--engine",
-        choices=["papermill", "kfp-local", "kfp"],
-        default="papermill",
-        help="papermill (default): the stages in this process's kernels; kfp-local: the "
-        "compiled Kubeflow pipeline on kfp's local runner, each task in its own folder; "
-        "kfp: submit it to --kfp-host (needs the mlfolio[kfp] extra)",
+        choices=list(engines.ENGINES),
+        default=engines.DEFAULT,
+        help="; ".join(
+            f"{e.name}{' (default)' if e.name == engines.DEFAULT else ''}: {e.summary}"
+            for e in engines.ENGINES.values()
+        ),
     )
     run.add_argument("--kfp-host", metavar="URL", help="the KFP API endpoint (--engine kfp)")
     run.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -436,23 +439,13 @@ def _compile_parser(sub: argparse._SubParsersAction) -> None:
     comp.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
 
 
-def _kfp_engine():
-    """mlfolio.pipeline.kfp's runner, or a ConfigError when kfp is not installed."""
-    try:
-        import kfp  # noqa: F401
-    except ImportError:
-        raise ConfigError(
-            "the Kubeflow Pipelines engine needs kfp: pip install 'mlfolio[kfp]'"
-        ) from None
-    from mlfolio.pipeline.kfp import local, spec
-
-    return local, spec
-
-
 def _compile(args: argparse.Namespace) -> None:
     from mlfolio import config
+    from mlfolio.pipeline import engines
 
-    _, spec = _kfp_engine()
+    engines.needs_kfp()
+    from mlfolio.pipeline.kfp import spec
+
     cfg, out = spec.compile_pipeline(
         args.params_file, config.parse_overrides(args.param), args.output
     )
@@ -618,46 +611,23 @@ def _monitor(args: argparse.Namespace) -> None:
 def _run(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from mlfolio import config, pipeline  # after argparse: `--help` stays instant
+    from mlfolio import config  # after argparse: `--help` stays instant
+    from mlfolio.pipeline import engines
 
-    if (args.stages or args.from_stage) and not args.run_dir:
-        raise ConfigError("--stages/--from re-run part of a run: give its --run-dir too")
-    if (args.engine == "kfp") != bool(args.kfp_host):
-        raise ConfigError("--kfp-host URL goes with --engine kfp (and only with it)")
-    if args.engine != "papermill":
-        _run_kfp(args)
-        return
-    pipeline.run(
+    request = engines.RunRequest(
         args.params_file,
         overrides=config.parse_overrides(args.param),
         stages=args.stages.split(",") if args.stages else None,
         from_stage=args.from_stage,
         run_dir=args.run_dir,
         runs_root=Path(args.runs_root).resolve() if args.runs_root else None,
-        echo=_echo,
         force=args.force,
         reuse=args.reuse,
+        kfp_host=args.kfp_host,
+        echo=_echo,
         progress=_TERMINAL.progress,
     )
-
-
-def _run_kfp(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
-    from mlfolio import config
-
-    if args.stages or args.from_stage or args.run_dir or args.force:
-        raise ConfigError(
-            f"--engine {args.engine} runs the whole chain into a new run folder: "
-            "--stages, --from, --run-dir and --force are for --engine papermill"
-        )
-    local, _ = _kfp_engine()
-    overrides = config.parse_overrides(args.param)
-    if args.engine == "kfp":
-        local.submit(args.params_file, overrides, args.kfp_host, echo=_echo)
-        return
-    runs_root = Path(args.runs_root).resolve() if args.runs_root else None
-    local.run_local(args.params_file, overrides, runs_root, echo=_echo)
+    engines.run(args.engine, request)
 
 
 _TERMINAL = _Terminal()

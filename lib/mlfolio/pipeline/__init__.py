@@ -15,58 +15,52 @@ modules behind them:
 - ``parameters``: each stage's parameter sections; re-runs with others refused or marked stale
 - ``loop``: ``monitor`` — the monitor notebooks, then the A/B action and retraining
 - ``report``: each executed notebook as HTML, and the run's ``index.html``
+- ``engines``: the engines ``mlfolio run --engine`` picks from, behind one interface
 
 The stage graph they run (stages, notebooks, parameter sections) is :mod:`mlfolio.graph`,
 below the stages, so a stage's context can name the stage that writes a missing file.
+
+The names below load their module on first use (PEP 562): ``mlfolio run --help`` reads
+the engine registry without loading the runner.
 """
 
-from mlfolio.graph import (
-    MONITOR_STAGES,
-    PIPELINES,
-    REFERENCE_DATA,
-    STAGE_NAMES,
-    STAGES,
-    Stage,
-    new_run_dir,
-    notebooks_dir,
-    select_stages,
-)
-from mlfolio.pipeline.engine import KERNEL_LOOKAHEAD, WarmKernel, execute_stage
-from mlfolio.pipeline.loop import monitor
-from mlfolio.pipeline.manifest import Manifest, StageEntry
-from mlfolio.pipeline.provenance import (
-    KEY_PACKAGES,
-    file_hash,
-    git_info,
-    notebook_source_hash,
-    package_source_hash,
-    package_versions,
-    stage_inputs,
-)
-from mlfolio.pipeline.runner import run
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "KERNEL_LOOKAHEAD",
-    "KEY_PACKAGES",
-    "MONITOR_STAGES",
-    "PIPELINES",
-    "REFERENCE_DATA",
-    "STAGES",
-    "STAGE_NAMES",
-    "Manifest",
-    "Stage",
-    "StageEntry",
-    "WarmKernel",
-    "execute_stage",
-    "file_hash",
-    "git_info",
-    "monitor",
-    "new_run_dir",
-    "notebook_source_hash",
-    "notebooks_dir",
-    "package_source_hash",
-    "package_versions",
-    "run",
-    "select_stages",
-    "stage_inputs",
-]
+_WHERE = {
+    "mlfolio.pipeline.engine": ("KERNEL_LOOKAHEAD", "WarmKernel", "execute_stage"),
+    "mlfolio.graph": (
+        "MONITOR_STAGES",
+        "PIPELINES",
+        "REFERENCE_DATA",
+        "STAGES",
+        "STAGE_NAMES",
+        "Stage",
+        "new_run_dir",
+        "notebooks_dir",
+        "select_stages",
+    ),
+    "mlfolio.pipeline.loop": ("monitor",),
+    "mlfolio.pipeline.manifest": ("Manifest", "StageEntry"),
+    "mlfolio.pipeline.provenance": (
+        "KEY_PACKAGES",
+        "file_hash",
+        "git_info",
+        "notebook_source_hash",
+        "package_source_hash",
+        "package_versions",
+        "stage_inputs",
+    ),
+    "mlfolio.pipeline.runner": ("run",),
+}
+_MODULE_OF = {name: module for module, names in _WHERE.items() for name in names}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value  # once: later lookups do not come here
+    return value

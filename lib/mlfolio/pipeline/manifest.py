@@ -189,9 +189,13 @@ class Manifest(_Record):
         if not path.exists():
             raise ConfigError(f"{run_dir}: no manifest.json; is this a run folder?")
         try:
-            return cls(path, read_json(path))
+            doc = read_json(path)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+        if not isinstance(doc, dict):
+            raise ConfigError(f"{path}: not an mlfolio run manifest (not a JSON object)")
+        try:
+            return cls(path, doc)
         except ValidationError as exc:
             first = exc.errors()[0]
             field = ".".join(str(p) for p in first["loc"])
