@@ -88,6 +88,7 @@ OLD = {
     "updated": "2026-12-06T19:21:00+00:00",
     "mlflow": {"parent_run_id": "p0", "tracking_uri": "sqlite:///mlflow.db"},
     "actions": {"dry_run": True},
+    "data": {"rows": 7043, "positive_rate": 0.27},  # the data summary, not the property
     "reproduction": {"reproduced": True, "differences": []},
 }
 
@@ -130,7 +131,9 @@ def test_a_run_that_begins_runs_a_stage_and_succeeds(tmp_path):
     manifest.set_mlflow(parent_run_id="p1")
     manifest.set_mlflow(tracking_uri="sqlite:///x.db")
     manifest.succeed()
+    manifest.set(data={"rows": 10}, gate={"passed": True})  # products.collect's summaries
     data = manifest.data
+    assert data["data"] == {"rows": 10} and data["gate"]["passed"]
     assert data["status"] == "succeeded" and data["failed_stage"] is None
     assert data["stages"]["ingest"]["inputs_hash"] == "h"
     assert data["mlflow"] == {"parent_run_id": "p1", "tracking_uri": "sqlite:///x.db"}

@@ -35,9 +35,14 @@ class _Record(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     def set(self, **fields: Any) -> None:
-        """Assign fields (declared or not); each is then written."""
+        """Assign fields (declared or not); each is then written. An undeclared key goes
+        straight to the extras: the manifest's own ``data`` summary is not the property."""
+        declared = type(self).model_fields
         for key, value in fields.items():
-            setattr(self, key, value)
+            if key in declared:
+                setattr(self, key, value)
+            else:
+                self.__pydantic_extra__[key] = value
 
     def to_json(self) -> dict[str, Any]:
         """The record as written: only the keys it was given (no defaults added)."""

@@ -75,7 +75,7 @@ def _parent_run(cfg: Config, run_dir: Path, manifest: Manifest) -> tuple[str, st
     return parent, exp_id
 
 
-def _fail_stage_run(parent_run_id: str, stage: str) -> None:
+def fail_stage_run(parent_run_id: str, stage: str) -> None:
     """Mark the failed stage's MLflow run FAILED (the kernel died before closing it). The
     caller guards it: the store may be what made the stage fail."""
     from mlflow.tracking import MlflowClient
@@ -169,7 +169,7 @@ def run(
         frozen = folder / "parameters.yaml"
         config_mod.dump(cfg, frozen)
         with tracking.guard(cfg.tracking_uri(), "opening it"):
-            _create_sqlite_store(cfg.tracking_uri())
+            create_sqlite_store(cfg.tracking_uri())
         reuser = Reuser(
             cfg,
             folder,
@@ -235,7 +235,7 @@ def run(
             lock.close()
 
 
-def _create_sqlite_store(uri: str) -> None:
+def create_sqlite_store(uri: str) -> None:
     """Create a new SQLite tracking store before any kernel opens it: MLflow's schema
     migration is not safe against a second process migrating the same new file."""
     if not uri.startswith("sqlite:///"):
@@ -318,7 +318,7 @@ def _finish(
     if isinstance(outcome, StageError):
         recorder.store(
             f"marking stage {outcome.stage}'s run FAILED",
-            _fail_stage_run,
+            fail_stage_run,
             parent_run_id,
             outcome.stage,
         )

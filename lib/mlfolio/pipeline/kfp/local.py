@@ -64,7 +64,7 @@ def run_local(
     from kfp import compiler, components
 
     from mlfolio import data, logs
-    from mlfolio.pipeline.runner import _create_sqlite_store
+    from mlfolio.pipeline.runner import create_sqlite_store
 
     cfg, text = spec.prepare(params_file, overrides, cluster=False)
     data.check_header(cfg.data, cfg.schema)  # before the run folder, as the default engine
@@ -82,7 +82,7 @@ def run_local(
         # Task subprocesses inherit these: the project's notebooks, a calm OpenMP (xgboost).
         os.environ["MLFOLIO_PROJECT_DIR"] = str(project_dir())
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        _create_sqlite_store(cfg.tracking_uri())
+        create_sqlite_store(cfg.tracking_uri())
         echo(f"kfp-local: {package.name} in {folder}, task logs in logs/kfp-local.log")
         pipeline = components.load_component_from_file(str(package))
         # (a signal during the record of a finished pipeline changes nothing: it ran)

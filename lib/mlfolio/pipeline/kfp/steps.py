@@ -172,7 +172,7 @@ def run_stage(
     from mlfolio.pipeline.engine import execute_stage
     from mlfolio.pipeline.parameters import stage_parameters
     from mlfolio.pipeline.provenance import package_source_hash, stage_inputs
-    from mlfolio.pipeline.runner import _fail_stage_run
+    from mlfolio.pipeline.runner import fail_stage_run
 
     stage = next((s for s in STAGES if s.name == stage_name), None)
     if stage is None:
@@ -212,7 +212,7 @@ def run_stage(
         shutil.rmtree(work, ignore_errors=True)
     if entry.status != "succeeded":
         err = entry.error or {}
-        _fail_stage_run(parent_run_id, stage.name)
+        fail_stage_run(parent_run_id, stage.name)
         raise StageError(stage.name, f"{err['ename']}: {err['evalue']}", err["cell_index"])
     return handed
 
