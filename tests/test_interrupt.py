@@ -355,15 +355,18 @@ def test_other_parameters_are_refused_then_forced_and_mark_stale(phases):
     assert m["parameters"]["training"]["models"] == ["logreg"]
     assert m["history"][-1]["force"] is True
     assert m["history"][-1]["changed"] == ["training.models"]
-    # stages after train kept results made from the old train.json: stale
+    # evaluate read the old train.json; register and deploy follow it: stale. Tune reads
+    # only preprocess's splits (its declared reads), which did not change: not stale.
     stale = {name for name, s in stages.items() if s.get("stale")}
-    assert stale == {"tune", "evaluate", "register", "deploy"}, stale
+    assert stale == {"evaluate", "register", "deploy"}, stale
     assert any("train.json" in reason for reason in stages["evaluate"]["stale"])
     verdict = gate_status.decide(m, m["run_dir"])  # CI must not deploy a stale verdict
     assert verdict.exit_code == 1 and "stage evaluate is stale" in verdict.reason
-    for name in ("tune", "evaluate", "register", "deploy"):
+    assert any("follows stale stage(s): evaluate" in r for r in stages["register"]["stale"])
+    for name in ("evaluate", "register", "deploy"):
         assert f'id="stale-{name}"' in forced["index"], name
     assert 'id="stale-train"' not in forced["index"]
+    assert 'id="stale-tune"' not in forced["index"]
 
 
 # -- in-process: the signal lands while a kernel starts, or while HTML is rendered -----------

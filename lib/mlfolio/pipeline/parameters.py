@@ -86,11 +86,17 @@ def mark_stale(
     changed since it ran; ``stale`` lists why (the index shows it)."""
     params = cfg.to_dict()
     names = {s.name for s in selected}
+    stale: set[str] = set()
     for stage in PIPELINES[kind]:
         entry = manifest.stages.get(stage.name)
         if not entry or stage.name in names or entry.status != "succeeded":
             continue
         reasons = []
+        # A stage after a stale one used (or deployed) what that one made: stale as well,
+        # though the files it read directly may not have changed yet.
+        behind = [n for n in (*stage.upstream, *stage.after) if n in stale]
+        if behind:
+            reasons.append(f"it follows stale stage(s): {', '.join(behind)}")
         if entry.parameters is not None:
             keys = [d[0] for d in differences(entry.parameters, stage_parameters(stage, params))]
             if keys:
@@ -102,3 +108,5 @@ def mark_stale(
             if changed:
                 reasons.append(f"its inputs changed since it ran: {', '.join(changed)}")
         entry.mark_stale(reasons)
+        if reasons:
+            stale.add(stage.name)
