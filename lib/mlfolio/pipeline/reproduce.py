@@ -217,18 +217,23 @@ def _close(a: float | None, b: float | None, tol: float) -> bool:
     return a == b if tol == 0 else abs(a - b) <= tol
 
 
+# Numbers that describe the machine a run ran on, not what it computed: never compared
+# (the memory budget is the memory available when preprocess ran, unless configured).
+MACHINE_DEPENDENT = frozenset({"preprocess.json.encoding.memory.budget_mb"})
+
+
 def _compare_products(rep: Reproduction) -> None:
     for product in COMPARED:
         tol = 0.0 if rep.stable or product.path not in TUNING_DEPENDENT else rep.tolerance
         before = _numbers(read_json(rep.original / product.path), product.path)
         after = _numbers(read_json(rep.run_dir / product.path), product.path)
         # What the record has is compared; a number only newer code writes is noted.
-        for key in sorted(before):
+        for key in sorted(set(before) - MACHINE_DEPENDENT):
             a, b = before[key], after.get(key)
             rep.checks.append(
                 _check(key, a, b, _close(a, b, tol), **({"tolerance": tol} if tol else {}))
             )
-        rep.not_in_record += sorted(set(after) - set(before))
+        rep.not_in_record += sorted(set(after) - set(before) - MACHINE_DEPENDENT)
 
 
 def _compare_data(rep: Reproduction, m_before: dict, m_after: dict) -> None:
