@@ -30,6 +30,7 @@ from mlfolio.config.operations import (
     LocalTargetConfig,
     MonitoringConfig,
     RetrainPolicyConfig,
+    SagemakerConfig,
     SagemakerTargetConfig,
 )
 from mlfolio.errors import ConfigError
@@ -46,6 +47,7 @@ __all__ = [
     "TARGET_NAMES",
     "KfpConfig",
     "KfpResources",
+    "SagemakerConfig",
     "KubernetesTargetConfig",
     "LambdaTargetConfig",
     "LocalTargetConfig",
@@ -467,6 +469,7 @@ class Config(_Section):
     deploy: DeployConfig = Field(default_factory=DeployConfig)
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     kfp: KfpConfig = Field(default_factory=KfpConfig)
+    sagemaker: SagemakerConfig = Field(default_factory=SagemakerConfig)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

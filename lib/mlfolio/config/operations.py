@@ -224,3 +224,46 @@ class KfpConfig(_Section):
             if task not in KFP_TASKS:
                 raise ValueError(f"unknown task {task!r}; expected one of {', '.join(KFP_TASKS)}")
         return value
+
+
+class SagemakerConfig(_Section):
+    """``mlfolio compile sagemaker`` and SageMaker training jobs (tune/train on managed spot
+    capacity): the image, role and instances the steps run on. Region, endpoint and bucket
+    are ``deploy.aws``'s."""
+
+    pipeline_name: str | None = Field(
+        None, description="the SageMaker pipeline's name; None = 'mlfolio-<experiment name>'"
+    )
+    role_arn: str | None = Field(
+        None, description="execution role of the steps and jobs; None = deploy.aws.role_arn"
+    )
+    image_uri: str | None = Field(
+        None, description="the project image in ECR (the Dockerfile) every step runs"
+    )
+    instance_type: str = Field("ml.m5.xlarge", description="instance type of every step")
+    instance_types: dict[str, str] = Field(
+        default_factory=dict, description="per stage: an instance type other than instance_type"
+    )
+    retries: int = Field(2, ge=0, le=10, description="retries of a step after a failure")
+    step_timeout_s: int = Field(
+        3600, ge=60, le=432000, description="a step's longest run, seconds (MaxRuntimeInSeconds)"
+    )
+    spot: bool = Field(False, description="training jobs on managed spot capacity")
+    max_wait_s: int = Field(
+        7200,
+        ge=60,
+        le=432000,
+        description="spot: longest wait plus run, seconds (>= step_timeout_s)",
+    )
+    checkpoint_s3_uri: str | None = Field(
+        None, description="spot: where a job's checkpoints (the Optuna study) survive a restart"
+    )
+
+    @model_validator(mode="after")
+    def _spot_wait(self) -> SagemakerConfig:
+        if self.spot and self.max_wait_s < self.step_timeout_s:
+            raise ValueError(
+                f"max_wait_s ({self.max_wait_s}) must be at least step_timeout_s "
+                f"({self.step_timeout_s}): SageMaker counts the run inside the wait"
+            )
+        return self
