@@ -32,6 +32,8 @@ from mlfolio.config.operations import (
     RetrainPolicyConfig,
     SagemakerConfig,
     SagemakerTargetConfig,
+    StageRunConfig,
+    StagesConfig,
 )
 from mlfolio.errors import ConfigError
 
@@ -48,6 +50,8 @@ __all__ = [
     "KfpConfig",
     "KfpResources",
     "SagemakerConfig",
+    "StageRunConfig",
+    "StagesConfig",
     "KubernetesTargetConfig",
     "LambdaTargetConfig",
     "LocalTargetConfig",
@@ -470,6 +474,7 @@ class Config(_Section):
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     kfp: KfpConfig = Field(default_factory=KfpConfig)
     sagemaker: SagemakerConfig = Field(default_factory=SagemakerConfig)
+    stages: StagesConfig = Field(default_factory=StagesConfig)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
