@@ -85,13 +85,19 @@ def test_a_reproduction_stops_before_the_first_stage_acting_outside_the_run_fold
 
 def test_stages_section_has_one_field_per_declared_stage():
     # config cannot import the graph (a lower floor); the stages: section names each stage
-    assert list(config.StagesConfig.model_fields) == [s.name for s in STAGES]
+    fields = config.StagesConfig.model_fields
+    assert [f.alias or name for name, f in fields.items()] == [s.name for s in STAGES]
+    stages = config.StagesConfig()
+    assert [stages.of(s.name).retries for s in STAGES] == [0, 0, 0, 0, 0, 0, 2]
 
 
 def test_stages_section_defaults_and_partial_overrides():
     stages = config.StagesConfig.model_validate({"deploy": {"timeout_s": 60}})
     assert stages.deploy.retries == 2 and stages.deploy.timeout_s == 60
     assert stages.tune.timeout_s == 6 * 3600 and stages.train.retries == 0
+    assert (
+        config.StagesConfig.model_validate({"register": {"retries": 1}}).of("register").retries == 1
+    )
     with pytest.raises(ValueError, match="retries"):  # noqa: PT011 (pydantic's error)
         config.StagesConfig.model_validate({"train": {"retries": -1}})
     with pytest.raises(ValueError, match="trian"):  # noqa: PT011

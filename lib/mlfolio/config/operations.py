@@ -293,5 +293,15 @@ class StagesConfig(_Section):
     train: StageRunConfig = Field(default_factory=StageRunConfig)
     tune: TuneRunConfig = Field(default_factory=TuneRunConfig)
     evaluate: StageRunConfig = Field(default_factory=StageRunConfig)
-    register: StageRunConfig = Field(default_factory=StageRunConfig)
+    # 'register' is a method of every pydantic model's metaclass: the field is register_
+    register_: StageRunConfig = Field(default_factory=StageRunConfig, alias="register")
     deploy: DeployRunConfig = Field(default_factory=DeployRunConfig)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def of(self, stage: str) -> StageRunConfig:
+        """The settings of ``stage`` (a name of mlfolio.graph.STAGES)."""
+        for name, field in type(self).model_fields.items():
+            if (field.alias or name) == stage:
+                return getattr(self, name)
+        raise KeyError(stage)
