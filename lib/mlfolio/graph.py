@@ -39,6 +39,8 @@ class Stage:
     # the run folder (deploy serves the version register promoted).
     after: tuple[str, ...] = ()
     fans_out: bool = False  # its trials may run in separate worker tasks (tuning.n_workers)
+    # Reads only the model server's prediction log: runs only when the log holds rows.
+    needs_logged_rows: bool = False
     progress: str | None = None  # a file it rewrites while it runs (the runner shows it)
     # Written in place (Optuna appends to its journal): copied, never linked, not required.
     in_place: tuple[str, ...] = ()
@@ -125,21 +127,20 @@ STAGES: tuple[Stage, ...] = (
     ),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
-# `mlfolio monitor`: its own run folder, linked to the retraining run it may fire. Both
-# read outside their run folder (the champion's run, the prediction log): never reused.
+
+
+def _monitor_stage(name: str, notebook: str, **traits: bool) -> Stage:
+    """A stage of ``mlfolio monitor``: its own run folder, linked to the retraining run it
+    may fire. It reads outside its run folder (the champion's run, the prediction log), so
+    it is never reused."""
+    sections = ("seed", "schema", "registry", "tracking", "monitoring")
+    return Stage(name, notebook, sections, reusable=False, **traits)
+
+
 MONITOR_STAGES: tuple[Stage, ...] = (
-    Stage(
-        "monitor",
-        "08_monitor.ipynb",
-        ("seed", "schema", "registry", "tracking", "monitoring"),
-        reusable=False,
-    ),
-    Stage(
-        "ab_report",
-        "09_ab_report.ipynb",
-        ("seed", "schema", "registry", "tracking", "monitoring"),
-        reusable=False,
-    ),
+    _monitor_stage("monitor", "08_monitor.ipynb"),
+    # compares the variants the model server logged: nothing to compare without rows
+    _monitor_stage("ab_report", "09_ab_report.ipynb", needs_logged_rows=True),
 )
 PIPELINES = {"training": STAGES, "monitor": MONITOR_STAGES}
 # Logged to the pipeline run's artifacts under data/ (log_artifacts skips missing files):

@@ -14,7 +14,7 @@ from mlfolio import config as config_mod
 from mlfolio import products
 from mlfolio.config import Config
 from mlfolio.errors import ConfigError, RecordError, StageError, TrackingError
-from mlfolio.graph import new_run_dir
+from mlfolio.graph import MONITOR_STAGES, new_run_dir
 from mlfolio.pipeline import terminal
 from mlfolio.pipeline.manifest import Manifest
 from mlfolio.pipeline.runner import run
@@ -38,6 +38,13 @@ def _log_has_rows(cfg: Config) -> bool:
         return False
     since = datetime.now(UTC) - timedelta(hours=mon.window_hours) if mon.window_hours else None
     return predlog.count(mon.prediction_log, since=since) > 0
+
+
+def monitor_stages(cfg: Config) -> list[str]:
+    """The monitor pipeline's stages to run: those that read only the prediction log
+    (the A/B report compares the variants it logged) when it holds rows in the window."""
+    logged = _log_has_rows(cfg)
+    return [s.name for s in MONITOR_STAGES if logged or not s.needs_logged_rows]
 
 
 def _claim_retraining(cfg: Config, manifest: Manifest, runs_root: Path | None) -> str | None:
@@ -92,12 +99,10 @@ def monitor(
             "Parquet) or set monitoring.prediction_log to the model server's "
             "--prediction-log folder"
         )
-    # The A/B report reads the prediction log: without rows there is nothing to compare.
-    stages = ["monitor", "ab_report"] if _log_has_rows(cfg) else ["monitor"]
     manifest = run(
         params_file,
         overrides,
-        stages=stages,
+        stages=monitor_stages(cfg),
         runs_root=runs_root,
         echo=echo,
         warm_kernels=warm_kernels,
