@@ -117,14 +117,25 @@ def test_failed_gate_exits_1_naming_the_failed_check(tmp_path, capsys):
     # no gate at all: evaluate did not run
     run = _write(tmp_path / "no-gate", stages={"ingest": {"status": "succeeded"}})
     assert gate_status.check(run).reason == "no gate verdict: evaluate did not run"
-    # a forced re-run left evaluate stale: its verdict is not the current one
+
+
+@pytest.mark.parametrize(
+    ("stale", "exit_code"),
+    [
+        ("evaluate", 1),  # a forced re-run left the gate's verdict from other parameters
+        ("register", 1),  # the promotion was decided on other parameters
+        ("deploy", 0),  # after the verdict: CI deploys what it allows itself
+    ],
+)
+def test_a_stale_verdict_or_promotion_is_not_passed(tmp_path, stale, exit_code):
     stages = {name: {"status": "succeeded"} for name in STAGE_NAMES}
-    stages["evaluate"]["stale"] = ["it ran with other parameters: gate"]
+    stages[stale]["stale"] = [f"it ran with other parameters: {stale}"]
     run = _write(
         tmp_path / "stale", stages=stages, gate=_gate(PASSED), model=_register("2", True, None, "2")
     )
     verdict = gate_status.check(run)
-    assert verdict.exit_code == 1 and "stage evaluate is stale" in verdict.reason
+    assert verdict.exit_code == exit_code
+    assert (f"stage {stale} is stale" in verdict.reason) == (exit_code == 1)
 
 
 SAME = (

@@ -14,12 +14,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from mlfolio import products
 from mlfolio.errors import ConfigError, GateNotPassed, RunNotFinished
 from mlfolio.pipeline.manifest import Manifest
 
 Require = Literal["promoted", "passed"]
-# Stages whose stale result would make the gate's verdict or the promotion stale.
-VERDICT_STAGES = ("evaluate", "register")
+# The stages whose products the verdict is read from (the gate in evaluate.json, the
+# promotion in register.json): a stale one makes the verdict stale. A stage after them
+# (deploy) does not: CI deploys what the verdict allows itself.
+VERDICT_STAGES = (products.EVALUATE.stage, products.REGISTER.stage)
 
 
 @dataclass(frozen=True)
