@@ -27,7 +27,7 @@ from .conftest import CHURN_CSV, CHURN_PARAMS, ROOT, SMALL, deep_update, require
 kfp = require_module("kfp", "the kfp extra (mlfolio[kfp]) compiles and runs the pipeline")
 from kfp import components  # noqa: E402
 
-from mlfolio.pipeline.kfp import local, steps  # noqa: E402
+from mlfolio.pipeline.kfp import local, spec, steps  # noqa: E402
 
 PG_STORAGE = "postgresql+psycopg://postgres@127.0.0.1:5432/optuna"
 TEAM = {
@@ -212,11 +212,35 @@ def test_compile_takes_the_tracking_server_from_the_environment(
     assert json.loads(default.default)["tracking"]["tracking_uri"] == "https://mlflow.example"
 
 
-def test_kfp_config_section_names_the_key():
-    assert set(config.KFP_TASKS) == set(STAGE_NAMES) | {"tune_worker"}
+def test_every_task_takes_resource_requests_and_no_other_name_is_taken(
+    write_params, tmp_path, capsys
+):
+    # the names compile accepts are exactly the pipeline's tasks, each given its request
+    names = spec.tasks()
+    resources = {name: {"cpu": "300m"} for name in names}
+    params = write_params("all.yaml", **deep_update(TEAM, {"kfp": {"resources": resources}}))
+    doc = yaml.safe_load(compile_spec(params, tmp_path).read_text())
+    requested = {
+        name.removeprefix("exec-")
+        for name, e in doc["deploymentSpec"]["executors"].items()
+        if e["container"].get("resources", {}).get("resourceCpuRequest") == "300m"
+    }
+    assert requested == {name.replace("_", "-") for name in names}
+    assert set(doc["deploymentSpec"]["executors"]) - {f"exec-{n}" for n in requested} == {
+        "exec-start",
+        "exec-finish",
+    }
+    # a name that is no task is refused when compiling, naming the key and the tasks
+    typo = write_params("typo.yaml", **deep_update(TEAM, {"kfp": {"resources": {"tunes": {}}}}))
+    assert cli.main(["compile", "kfp", str(typo), "-o", str(tmp_path / "x.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert f"{typo}: kfp.resources.tunes: the pipeline has no such task" in err
+    assert f"expected one of {', '.join(names)}" in err
+    assert not (tmp_path / "x.yaml").exists()
+
+
+def test_kfp_resources_are_kubernetes_quantities_naming_the_key():
     raw = yaml.safe_load((ROOT / "parameters" / "churn.yaml").read_text())
-    with pytest.raises(ConfigError, match=r"kfp\.resources: unknown task 'tunes'"):
-        config.from_mapping(deep_update(raw, {"kfp": {"resources": {"tunes": {"cpu": "1"}}}}))
     with pytest.raises(ConfigError, match=r"kfp\.resources\.tune\.memory: expected a Kub"):
         config.from_mapping(deep_update(raw, {"kfp": {"resources": {"tune": {"memory": "4 GB"}}}}))
 

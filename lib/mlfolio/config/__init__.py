@@ -17,7 +17,6 @@ from pydantic import ConfigDict, Field, ValidationError, field_validator, model_
 
 from mlfolio.config.base import SQL_PREFIXES, _Section, project_dir
 from mlfolio.config.operations import (
-    KFP_TASKS,
     TARGET_NAMES,
     ABConfig,
     AlertsConfig,
@@ -45,7 +44,6 @@ __all__ = [
     "AlertsConfig",
     "AwsConfig",
     "DeployConfig",
-    "KFP_TASKS",
     "TARGET_NAMES",
     "KfpConfig",
     "KfpResources",

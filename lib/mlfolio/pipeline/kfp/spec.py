@@ -28,6 +28,13 @@ from mlfolio.graph import STAGES
 log = logging.getLogger(__name__)
 
 ENGINES = ("papermill", "kfp-local", "kfp")
+WORKERS = "tune_worker"  # the task of the fanned-out stage's workers
+
+
+def tasks() -> tuple[str, ...]:
+    """The pipeline's tasks that take resource requests (``kfp.resources``): one per
+    stage, and the workers of the stage that fans out."""
+    return (*(s.name for s in STAGES), *(WORKERS for s in STAGES if s.fans_out))
 
 
 def _is_rdb(url: str | None) -> bool:
@@ -45,6 +52,12 @@ def _project_relative(value: str) -> str:
 def check(cfg: Config, source: str, cluster: bool) -> list[str]:
     """Refuse what cannot work when the tasks run in separate pods (``cluster``) or with
     fanned-out tuning; return warnings for what may not."""
+    for name in cfg.kfp.resources:
+        if name not in tasks():
+            raise ConfigError(
+                f"{source}: kfp.resources.{name}: the pipeline has no such task; "
+                f"expected one of {', '.join(tasks())}"
+            )
     tuning = cfg.tuning
     if tuning.enabled and tuning.n_workers > 1:
         if not _is_rdb(tuning.storage):
@@ -187,7 +200,7 @@ def _workers(
         tasks.append(
             task(
                 c.tune_worker,
-                "tune_worker",
+                WORKERS,
                 params=params,
                 run_name=run_name,
                 job_id=job,
