@@ -159,3 +159,27 @@ def test_schema_missing_target_and_non_finite_defaults_and_choices(tmp_path, chu
     churn_raw["schema"].update(missing_target="drop", non_finite="zero")
     msg = _error(tmp_path, churn_raw)
     assert "schema.non_finite: Input should be 'fail' or 'missing' (got 'zero')" in msg
+
+
+def test_spot_needs_a_checkpoint_location_and_a_wait_that_covers_the_run(tmp_path, churn_raw):
+    churn_raw["sagemaker"] = {"spot": True}
+    msg = _error(tmp_path, churn_raw)
+    assert "sagemaker: spot: true needs checkpoint_s3_uri" in msg
+    churn_raw["sagemaker"] = {"checkpoint_s3_uri": "/tmp/checkpoints"}
+    assert "checkpoint_s3_uri must be s3://bucket[/prefix] (got '/tmp/checkpoints')" in _error(
+        tmp_path, churn_raw
+    )
+    # the tune stage's run bound (6 h by default) does not fit in the default 2 h wait
+    churn_raw["sagemaker"] = {"spot": True, "checkpoint_s3_uri": "s3://team-bucket/ckpt"}
+    msg = _error(tmp_path, churn_raw)
+    assert "sagemaker.max_wait_s (7200) must be at least stages.tune.timeout_s (21600)" in msg
+    churn_raw["stages"] = {"tune": {"timeout_s": 3600}}
+    path = tmp_path / "ok.yaml"
+    path.write_text(yaml.safe_dump(churn_raw))
+    cfg = config.load(path)
+    assert cfg.sagemaker.spot and cfg.sagemaker.max_wait_s >= cfg.stages.tune.timeout_s
+    # without spot the wait is not SageMaker's: no refusal
+    churn_raw["sagemaker"] = {"spot": False, "max_wait_s": 60}
+    churn_raw["stages"] = {"tune": {"timeout_s": 7200}}
+    path.write_text(yaml.safe_dump(churn_raw))
+    assert config.load(path).sagemaker.max_wait_s == 60

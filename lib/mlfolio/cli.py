@@ -12,6 +12,7 @@ import sys
 import threading
 from typing import Any
 
+from mlfolio import jobs
 from mlfolio.errors import ConfigError, MlfolioError
 
 
@@ -244,6 +245,7 @@ def _parser() -> argparse.ArgumentParser:
     # ENTRYPOINT (`mlfolio serve --model ... "$@"`) then ends with that word.
     serve.add_argument("sagemaker_command", nargs="?", choices=["serve"], help=argparse.SUPPRESS)
     _tune_worker_parser(sub)
+    jobs.add_parser(sub)
     _compile_parser(sub)
     _reproduce_parsers(sub)
     _new_parser(sub)
@@ -637,6 +639,7 @@ COMMANDS = {
     "monitor": _monitor,
     "serve": _serve,
     "tune-worker": _tune_worker,
+    "tune-job": lambda args: jobs.command(args, _echo),
     "compile": _compile,
     "reproduce": _reproduce,
     "diff": _diff,

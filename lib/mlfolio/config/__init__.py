@@ -477,6 +477,11 @@ class Config(_Section):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     @model_validator(mode="after")
+    def _spot_waits_for_the_run(self) -> Config:
+        self.sagemaker.check_run_bound("tune", self.stages.tune.timeout_s)
+        return self
+
+    @model_validator(mode="after")
     def _segments_are_categorical(self) -> Config:
         wrong = [
             c for c in self.evaluation.segment_columns or [] if c not in self.schema_.categorical

@@ -245,6 +245,30 @@ class SagemakerConfig(_Section):
         None, description="spot: where a job's checkpoints (the Optuna study) survive a restart"
     )
 
+    @model_validator(mode="after")
+    def _spot_checkpoints(self) -> SagemakerConfig:
+        uri = self.checkpoint_s3_uri
+        if uri is not None and not re.fullmatch(
+            r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?", uri
+        ):
+            raise ValueError(f"checkpoint_s3_uri must be s3://bucket[/prefix] (got {uri!r})")
+        if self.spot and uri is None:
+            raise ValueError(
+                "spot: true needs checkpoint_s3_uri (s3://bucket/prefix): a job restarted "
+                "after a spot interruption resumes its study from there"
+            )
+        return self
+
+    def check_run_bound(self, stage: str, timeout_s: float | None) -> None:
+        """Refuse ``max_wait_s`` below the stage's run bound (``stages.<stage>.timeout_s``,
+        SageMaker's MaxRuntimeInSeconds): SageMaker counts the run inside the wait."""
+        if self.spot and timeout_s is not None and self.max_wait_s < timeout_s:
+            raise ValueError(
+                f"sagemaker.max_wait_s ({self.max_wait_s}) must be at least "
+                f"stages.{stage}.timeout_s ({timeout_s:g}): SageMaker counts the run "
+                "inside the wait (raise max_wait_s or lower the timeout)"
+            )
+
 
 class StageRunConfig(_Section):
     """How one stage is run by every engine (local runner, Kubeflow, SageMaker)."""
