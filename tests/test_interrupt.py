@@ -514,3 +514,35 @@ def test_a_run_folder_in_use_is_refused(write_params, tmp_path):
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         with pytest.raises(ConfigError, match="another mlfolio run"):
             pipeline.run(write_params(), stages=["train"], run_dir=folder, echo=lambda line: None)
+
+
+def test_the_end_of_a_run_releases_restores_then_cleans_up_whatever_fails():
+    """Both engines end a run through Signals.end: what is tracked is shut down, the
+    handlers restored and every clean-up called, even when one step before it raised."""
+    from mlfolio.pipeline.signals import Signals
+
+    done: list[str] = []
+
+    class Kernel:
+        def kill(self) -> None:
+            done.append("kill")
+
+        def shutdown(self) -> None:
+            done.append("shutdown")
+            raise OSError("socket folder gone")
+
+    previous = signal.getsignal(signal.SIGTERM)
+    sigs = Signals()
+    sigs.install()
+    assert signal.getsignal(signal.SIGTERM) == sigs._handle
+    sigs.track(Kernel())
+
+    def unlock() -> None:
+        done.append("unlock")
+        raise RuntimeError("lock file gone")
+
+    with pytest.raises(RuntimeError, match="lock file gone") as raised:
+        sigs.end(lambda: done.append("unroute"), unlock, lambda: done.append("rmtree"))
+    assert done == ["shutdown", "unroute", "unlock", "rmtree"]
+    assert isinstance(raised.value.__context__, OSError)  # the first error is kept too
+    assert signal.getsignal(signal.SIGTERM) is previous

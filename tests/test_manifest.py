@@ -224,3 +224,41 @@ def test_an_unknown_stage_status_names_the_field(tmp_path):
         Manifest.load(tmp_path)
     with pytest.raises(ConfigError, match="no manifest.json"):
         Manifest.load(tmp_path / "nowhere")
+
+
+def test_an_engine_reports_its_stages_after_the_fact_then_ends_the_run(tmp_path):
+    """kfp-local's record: begun when the pipeline began (not when it is assembled), every
+    stage as its task reported it, then one outcome: interrupted over failed over ok."""
+    began = "2026-12-06T18:00:00+00:00"
+    entries = {
+        "ingest": StageEntry(status="succeeded", notebook="01_ingest.ipynb", duration_s=1.0),
+        "train": StageEntry(status="failed", notebook="03_train.ipynb", error={"cell_index": 2}),
+        "tune": StageEntry.not_run("04_tune.ipynb"),
+    }
+
+    def record() -> Manifest:
+        manifest = Manifest.new(tmp_path, "churn", "training", created=began, engine="kfp-local")
+        manifest.begin({"engine": "kfp-local"}, at=began, parameters={"seed": 1})
+        manifest.reported(dict(entries))
+        return manifest
+
+    failed = record()
+    assert failed.created == began and failed.history == [{"at": began, "engine": "kfp-local"}]
+    assert list(failed.stages) == ["ingest", "train", "tune"] and failed.status == "running"
+    failed.ended("train", 2, None)
+    data = failed.data
+    assert (data["status"], data["failed_stage"], data["failed_cell"]) == ("failed", "train", 2)
+    assert data["engine"] == "kfp-local" and data["stages"]["tune"]["status"] == "not run"
+
+    ok = record()
+    ok.ended(None, None, None)
+    assert (ok.status, ok.failed_stage) == ("succeeded", None)
+
+    stopped = record()
+    stopped.ended("train", 2, {"signal": "SIGINT", "stage": "tune", "resume_from": "train"})
+    assert (stopped.status, stopped.failed_stage) == ("interrupted", None)
+    assert stopped.interrupted["signal"] == "SIGINT" and stopped.interrupted["at"]
+
+    forced = record()
+    assert forced.forced_stop("SIGTERM") is True
+    assert forced.interrupted["forced"] and forced.stages["train"].status == "failed"

@@ -207,14 +207,19 @@ class Manifest(_Record):
             raise ConfigError(f"{path}: field {field}: {first['msg']}") from None
 
     @classmethod
-    def new(cls, folder: Path, experiment: str, kind: str) -> Manifest:
+    def new(
+        cls, folder: Path, experiment: str, kind: str, created: str | None = None, **fields: Any
+    ) -> Manifest:
+        """A new run's record (``created``: when the run began, if not now; ``fields``:
+        what an engine adds, e.g. its name)."""
         return cls(
             folder / "manifest.json",
             experiment=experiment,
             kind=kind,
             run_dir=str(folder),
-            created=now(),
+            created=created or now(),
             stages={},
+            **fields,
         )
 
     def save(self) -> None:
@@ -239,10 +244,28 @@ class Manifest(_Record):
             self.put(stage.name, StageEntry.not_run(stage.notebook))
 
     # -- the run
-    def begin(self, run_info: dict[str, Any], **fields: Any) -> None:
-        """An attempt begins: ``running``, an earlier attempt's outcome cleared."""
+    def begin(self, run_info: dict[str, Any], at: str | None = None, **fields: Any) -> None:
+        """An attempt begins (``at``, if not now): ``running``, an earlier attempt's
+        outcome cleared."""
         self.set(status="running", interrupted=None, failure=None, **fields)
-        self.history = [*self.history, {"at": now(), **run_info}]
+        self.history = [*self.history, {"at": at or now(), **run_info}]
+
+    def reported(self, entries: dict[str, StageEntry]) -> None:
+        """The stages as an engine that ran them all (kfp-local) reports them after the
+        fact: one entry per stage, in the order given."""
+        self.stages = {**self.stages, **entries}
+
+    def ended(
+        self, failed: str | None, cell_index: int | None, interrupted: dict[str, Any] | None
+    ) -> None:
+        """The run's outcome once its stages are recorded: ``interrupted`` (the signal's
+        record) over ``failed`` (the first stage that did not succeed) over succeeded."""
+        if interrupted is not None:
+            self.interrupt(interrupted)
+        elif failed is not None:
+            self.stage_failed(failed, cell_index)
+        else:
+            self.succeed()
 
     def set_mlflow(self, **fields: Any) -> None:
         self.mlflow = {**self.mlflow, **fields}

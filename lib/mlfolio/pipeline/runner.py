@@ -227,12 +227,7 @@ def run(
             raise  # a bug keeps its traceback (recorded failed all the same)
         raise error from None
     finally:
-        try:
-            sigs.release_all()
-        finally:
-            sigs.restore()
-            unroute()
-            lock.close()
+        sigs.end(unroute, lock.close)
 
 
 def create_sqlite_store(uri: str) -> None:

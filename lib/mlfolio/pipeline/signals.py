@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import signal
 import threading
+from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -74,6 +76,16 @@ class Signals:
     def release_all(self) -> None:
         while self.kernels:
             self.release(self.kernels[0])
+
+    def end(self, *then: Callable[[], object]) -> None:
+        """After a run, whatever ended it: shut down what is still tracked, restore the
+        handlers, then call each of ``then`` in order (every step runs even when one
+        before it raised, and the error is raised once all have run)."""
+        with ExitStack() as steps:
+            for call in reversed(then):
+                steps.callback(call)
+            steps.callback(self.restore)
+            self.release_all()
 
 
 def running_cell(notebook: Path) -> int | None:

@@ -13,7 +13,6 @@ import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +24,14 @@ from mlfolio.errors import RunInterrupted, StageError
 from mlfolio.files import read_json
 from mlfolio.graph import STAGES, new_run_dir
 from mlfolio.pipeline.kfp import spec, steps, stop
-from mlfolio.pipeline.manifest import Manifest, StageEntry
+from mlfolio.pipeline.manifest import Manifest, StageEntry, now
 from mlfolio.pipeline.provenance import git_info, package_versions
 from mlfolio.pipeline.runlock import end_open_runs
 from mlfolio.pipeline.signals import running_cell
 
 log = logging.getLogger(__name__)
+
+ENGINE = "kfp-local"  # the manifest's "engine"
 
 # A task process -> the stage it belongs to (the tuning workers run the tune stage's trials).
 TASK_STAGE = {
@@ -71,7 +72,7 @@ def run_local(
     folder = new_run_dir(cfg, runs_root)
     (folder / "logs").mkdir(parents=True)
     unroute = logs.route_runner(logs.runner_log(folder))  # MLflow's store lines: not here
-    created = datetime.now(UTC).isoformat(timespec="seconds")
+    created = now()
     sigs, stopper = stop.Signals(), stop.TaskStopper()
     sigs.track(stopper)  # type: ignore[arg-type]  # stopped as the default engine's kernels
     sigs.install()
@@ -100,12 +101,7 @@ def run_local(
             f"RUNNING (run folder {folder})",
         ) from None
     finally:
-        try:
-            sigs.release_all()
-        finally:
-            sigs.restore()
-            unroute()
-            shutil.rmtree(root, ignore_errors=True)
+        sigs.end(unroute, lambda: shutil.rmtree(root, ignore_errors=True))
 
 
 # Environment of the task subprocesses: a killed task cannot clean up, so its temporary
@@ -255,7 +251,7 @@ def _interrupted(
         "cell_index": cell,
         "tasks": why.tasks,
         "resume_from": resume,
-        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "at": now(),
     }
 
 
@@ -298,46 +294,23 @@ def assemble(
         unended = tracking.cause(exc)
         log.warning("the MLflow runs of %s could not be found: %s", folder.name, unended)
         parent, exp_id = None, None
-    status = "interrupted" if stopped else "failed" if failed else "succeeded"
-    manifest = Manifest(
-        folder / "manifest.json",
-        {
-            "experiment": cfg.experiment,
-            "kind": "training",
-            "engine": "kfp-local",
-            "run_dir": str(folder),
-            "created": created,
-            "stages": records,
-            "status": status,
-            "interrupted": interrupted,
-            "failed_stage": failed,
-            "failed_cell": cell,
-            "parameters_file": str(params_file),
-            "overrides": overrides or {},
-            "parameters": cfg.to_dict(),
-            "seed": cfg.seed,
-            "git": git_info(),
-            "packages": package_versions(),
-            "history": [
-                {
-                    "at": created,
-                    "engine": "kfp-local",
-                    "stages": [s.name for s in STAGES],
-                    "overrides": overrides or {},
-                    "force": False,
-                    "changed": [],
-                }
-            ],
-            "kfp": {"pipeline": "pipeline.yaml", "pipeline_name": spec.pipeline_name(cfg)},
-            "mlflow": {
-                "parent_run_id": parent,
-                "tracking_uri": cfg.tracking_uri(),
-                "experiment_id": exp_id,
-                "experiment_name": cfg.experiment_name,
-                "parent_run_url": tracking.run_url(cfg, exp_id, parent) if parent else None,
-            },
-        },
+    manifest = _record(folder, cfg, created, records, overrides)
+    manifest.set(
+        parameters_file=str(params_file),
+        overrides=overrides or {},
+        seed=cfg.seed,
+        git=git_info(),
+        packages=package_versions(),
+        kfp={"pipeline": "pipeline.yaml", "pipeline_name": spec.pipeline_name(cfg)},
     )
+    manifest.set_mlflow(
+        parent_run_id=parent,
+        tracking_uri=cfg.tracking_uri(),
+        experiment_id=exp_id,
+        experiment_name=cfg.experiment_name,
+        parent_run_url=tracking.run_url(cfg, exp_id, parent) if parent else None,
+    )
+    manifest.ended(failed, cell, interrupted)
     manifest.set(**products.collect(folder))
     manifest.save()
     nb_params = {"params_file": str(frozen), "run_dir": str(folder), "parent_run_id": parent}
@@ -391,6 +364,28 @@ def assemble(
     return manifest
 
 
+def _record(
+    folder: Path,
+    cfg: Config,
+    created: str,
+    records: dict[str, StageEntry],
+    overrides: dict[str, Any] | None,
+) -> Manifest:
+    """The run's record as the default engine begins one (``running``, what it ran with),
+    with every stage's entry as the tasks reported it; the caller ends it."""
+    manifest = Manifest.new(folder, cfg.experiment, "training", created=created, engine=ENGINE)
+    run_info = {
+        "engine": ENGINE,
+        "stages": [s.name for s in STAGES],
+        "overrides": overrides or {},
+        "force": False,
+        "changed": [],
+    }
+    manifest.begin(run_info, at=created, parameters=cfg.to_dict())
+    manifest.reported(records)
+    return manifest
+
+
 def _stop_message(info: dict[str, Any], folder: Path, unended: str | None) -> str:
     stage, cell = info["stage"], info["cell_index"]
     where = (
@@ -425,26 +420,8 @@ def _record_forced_stop(folder: Path, root: Path, cfg: Config, created: str, sig
     for name, rec in records.items():
         if rec.status in ("not run", "skipped"):  # (skipped: the gate may not be why)
             records[name] = StageEntry.not_run(rec.notebook)
-    manifest = Manifest(
-        path,
-        {
-            "experiment": cfg.experiment,
-            "kind": "training",
-            "engine": "kfp-local",
-            "run_dir": str(folder),
-            "created": created,
-            "stages": records,
-            "status": "interrupted",
-            "interrupted": {
-                "signal": signal,
-                "stage": None,
-                "cell_index": None,
-                "forced": True,
-                "at": datetime.now(UTC).isoformat(timespec="seconds"),
-            },
-            "parameters": cfg.to_dict(),
-        },
-    )
+    manifest = _record(folder, cfg, created, records, None)
+    manifest.forced_stop(signal)
     manifest.save()
     report.write_index(folder, manifest.data)
 
