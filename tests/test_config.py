@@ -129,6 +129,40 @@ def test_deploy_targets_are_checked_at_load(tmp_path, churn_raw):
     assert "deploy.lambda.memory_mb" in _error(tmp_path, churn_raw)
 
 
+@pytest.mark.parametrize(
+    ("serverless", "message"),
+    [
+        (
+            {"memory_mb": 1500, "max_concurrency": 5},
+            "deploy.sagemaker.serverless.memory_mb: expected auto or one of 1024, 2048, 3072, "
+            "4096, 5120, 6144 (MB) (got 1500)",
+        ),
+        ({"memory_mb": 7168, "max_concurrency": 5}, "serverless.memory_mb: expected auto or"),
+        ({"memory_mb": "max", "max_concurrency": 5}, "serverless.memory_mb: expected auto or"),
+        ({"memory_mb": 2048}, "deploy.sagemaker.serverless.max_concurrency: required key"),
+        ({"max_concurrency": 201}, "deploy.sagemaker.serverless.max_concurrency: Input should"),
+        (
+            {"max_concurrency": 5, "provisioned_concurrency": 6},
+            "deploy.sagemaker.serverless: provisioned_concurrency 6 is above max_concurrency 5",
+        ),
+        ({"max_concurrency": 5, "memory": 2048}, "deploy.sagemaker.serverless.memory: unknown"),
+    ],
+)
+def test_sagemaker_serverless_is_checked_at_load(tmp_path, churn_raw, serverless, message):
+    churn_raw["deploy"] = {"sagemaker": {"serverless": serverless}}
+    assert message in _error(tmp_path, churn_raw)
+
+
+def test_sagemaker_serverless_defaults_to_auto_and_takes_the_sizes(churn_raw):
+    churn_raw["deploy"] = {"sagemaker": {"serverless": {"max_concurrency": 5}}}
+    sl = config.from_mapping(churn_raw).deploy.sagemaker.serverless
+    assert (sl.memory_mb, sl.max_concurrency, sl.provisioned_concurrency) == ("auto", 5, None)
+    for size in (1024, 2048, 3072, 4096, 5120, 6144):
+        churn_raw["deploy"]["sagemaker"]["serverless"] = {"memory_mb": size, "max_concurrency": 1}
+        assert config.from_mapping(churn_raw).deploy.sagemaker.serverless.memory_mb == size
+    assert config.from_mapping({**churn_raw, "deploy": {}}).deploy.sagemaker.serverless is None
+
+
 def test_monitoring_files_resolve_and_must_exist(tmp_path, churn_raw):
     churn_raw["monitoring"].update(current="data/telco_churn.csv", prediction_log="runs/log")
     cfg = config.from_mapping(churn_raw, "p.yaml", base=ROOT)

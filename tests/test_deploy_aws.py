@@ -17,6 +17,7 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -38,7 +39,12 @@ from sklearn.linear_model import LogisticRegression
 from mlfolio import config, data, features, lambda_handler, registry, tracking
 from mlfolio.deploy import DeployError
 from mlfolio.deploy.aws_lambda import build_package, deploy_lambda
-from mlfolio.deploy.sagemaker import build_model_archive, deploy_sagemaker, wait_for_endpoint
+from mlfolio.deploy.sagemaker import (
+    build_model_archive,
+    deploy_sagemaker,
+    serverless_memory_mb,
+    wait_for_endpoint,
+)
 
 from .conftest import CHURN_CSV, CHURN_PARAMS
 
@@ -983,3 +989,220 @@ def test_deploy_stage_ships_lambda_and_sagemaker(aws, store, tmp_path):
     sm = aws.client("sagemaker")
     assert sm.describe_endpoint(EndpointName="stage-ep")["EndpointStatus"] == "InService"
     assert (tmp_path / "deploy/sagemaker/model.tar.gz").exists()
+
+
+# -- SageMaker Serverless Inference -------------------------------------------------------------
+def sm_kw(aws: SimpleNamespace, endpoint_name: str) -> dict[str, Any]:
+    return {
+        "endpoint_name": endpoint_name,
+        "image_uri": IMAGE,
+        "role_arn": aws.role_arn,
+        "bucket": new_bucket(aws),
+        "endpoint_url": aws.endpoint,
+        "poll_s": 0.1,
+        "wait_timeout_s": 30,
+    }
+
+
+def config_variant(sm: Any, config_name: str) -> dict[str, Any]:
+    (variant,) = sm.describe_endpoint_config(EndpointConfigName=config_name)["ProductionVariants"]
+    return variant
+
+
+def endpoint_configs(sm: Any, endpoint_name: str) -> list[str]:
+    configs = sm.list_endpoint_configs(NameContains=endpoint_name)["EndpointConfigs"]
+    return sorted(c["EndpointConfigName"] for c in configs)
+
+
+@pytest.mark.parametrize("memory_mb", [1500, 7168, 512])
+def test_serverless_sizes_are_refused_before_anything_is_created(aws, archive, memory_mb):
+    """moto (as SageMaker) refuses a memory size that is not one of its six; ours is
+    refused first, naming the key, before an archive is uploaded or a model created."""
+    sm = aws.client("sagemaker")
+    kw = sm_kw(aws, f"churn-bad-{memory_mb}")
+    with pytest.raises(DeployError) as info:
+        deploy_sagemaker(
+            archive,
+            model_version=1,
+            serverless={"memory_mb": memory_mb, "max_concurrency": 5},
+            **kw,
+        )
+    assert str(info.value) == (
+        f"sagemaker serverless: memory_mb {memory_mb}: expected one of 1024, 2048, 3072, "
+        "4096, 5120, 6144 (MB)"
+    )
+    assert aws.client("s3").list_objects_v2(Bucket=kw["bucket"]).get("KeyCount") == 0
+    models = sm.list_models()["Models"]  # moto ignores NameContains here
+    assert [m for m in models if m["ModelName"].startswith(kw["endpoint_name"])] == []
+    assert endpoint_configs(sm, kw["endpoint_name"]) == []
+
+    # what SageMaker's API (here moto's) answers to the same request without our check
+    import botocore.exceptions
+
+    with pytest.raises(
+        (botocore.exceptions.ClientError, botocore.exceptions.ParamValidationError)
+    ) as raw:
+        sm.create_endpoint_config(
+            EndpointConfigName=f"raw-{memory_mb}",
+            ProductionVariants=[
+                {
+                    "VariantName": "AllTraffic",
+                    "ModelName": "any",
+                    "ServerlessConfig": {"MemorySizeInMB": memory_mb, "MaxConcurrency": 5},
+                }
+            ],
+        )
+    if memory_mb < 1024:  # botocore refuses it client-side: below the API's minimum
+        assert isinstance(raw.value, botocore.exceptions.ParamValidationError)
+        assert "MemorySizeInMB" in str(raw.value)
+    else:  # the others reach the API
+        assert raw.value.response["Error"]["Code"] == "ValidationException"
+        assert f"Value '{memory_mb}' at 'MemorySizeInMB' failed to satisfy constraint" in str(
+            raw.value
+        )
+
+
+@pytest.mark.parametrize(
+    ("serverless", "message"),
+    [
+        (
+            {"memory_mb": 2048, "max_concurrency": 0},
+            "max_concurrency 0: expected an integer in 1..200",
+        ),
+        ({"memory_mb": 2048, "max_concurrency": 201}, "max_concurrency 201: expected an integer"),
+        ({"memory_mb": 2048}, "max_concurrency None: expected an integer in 1..200"),
+        (
+            {"memory_mb": 2048, "max_concurrency": 5, "provisioned_concurrency": 6},
+            "provisioned_concurrency 6: expected 1..max_concurrency (5)",
+        ),
+        ({"memory_mb": True, "max_concurrency": 5}, "memory_mb True: expected one of 1024"),
+    ],
+)
+def test_serverless_concurrency_is_checked(aws, archive, serverless, message):
+    with pytest.raises(DeployError, match=re.escape(message)):
+        deploy_sagemaker(archive, model_version=1, serverless=serverless, **sm_kw(aws, "churn-cc"))
+
+
+def test_deploy_serverless_creates_updates_and_rolls_back(aws, archive):
+    sm = aws.client("sagemaker")
+    kw = sm_kw(aws, "churn-sl")
+    first = deploy_sagemaker(
+        archive, model_version=1, serverless={"memory_mb": 2048, "max_concurrency": 5}, **kw
+    )
+    assert first["created"] and first["status"] == "deployed"
+    assert first["variant"] == {
+        "kind": "serverless",
+        "memory_mb": 2048,
+        "max_concurrency": 5,
+        "provisioned_concurrency": None,
+    }
+    assert first["previous_variant"] is None and first["rollback"] is None
+    variant = config_variant(sm, first["endpoint_config_name"])
+    assert variant["ServerlessConfig"] == {"MemorySizeInMB": 2048, "MaxConcurrency": 5}
+    assert "InstanceType" not in variant and "InitialInstanceCount" not in variant
+    desc = sm.describe_endpoint(EndpointName="churn-sl")
+    assert desc["EndpointStatus"] == "InService"
+    assert desc["ProductionVariants"][0]["CurrentServerlessConfig"]["MemorySizeInMB"] == 2048
+
+    # blue/green to a new configuration: more memory, two containers kept warm
+    second = deploy_sagemaker(
+        archive,
+        model_version=2,
+        serverless={"memory_mb": 3072, "max_concurrency": 10, "provisioned_concurrency": 2},
+        **kw,
+    )
+    assert not second["created"]
+    assert second["previous_endpoint_config_name"] == first["endpoint_config_name"]
+    assert second["previous_variant"] == first["variant"]
+    assert config_variant(sm, second["endpoint_config_name"])["ServerlessConfig"] == {
+        "MemorySizeInMB": 3072,
+        "MaxConcurrency": 10,
+        "ProvisionedConcurrency": 2,
+    }
+    assert (
+        sm.describe_endpoint(EndpointName="churn-sl")["EndpointConfigName"]
+        == second["endpoint_config_name"]
+    )
+    assert second["rollback"] == {
+        "endpoint_config_name": first["endpoint_config_name"],
+        "possible": True,
+        "command": "aws sagemaker update-endpoint --endpoint-name churn-sl "
+        f"--endpoint-config-name {first['endpoint_config_name']}",
+    }
+
+    # the rollback deploy.json names: the old configuration and model were kept
+    sm.update_endpoint(EndpointName="churn-sl", EndpointConfigName=first["endpoint_config_name"])
+    back = wait_for_endpoint(
+        sm, "churn-sl", first["endpoint_config_name"], timeout_s=10, poll_s=0.1
+    )
+    assert back["ProductionVariants"][0]["CurrentServerlessConfig"] == {
+        "MemorySizeInMB": 2048,
+        "MaxConcurrency": 5,
+    }
+    # ... and a deploy that SageMaker rolled back is a failure, not a success
+    with pytest.raises(DeployError, match="rolled back to .* instead of "):
+        wait_for_endpoint(sm, "churn-sl", second["endpoint_config_name"], timeout_s=5, poll_s=0.1)
+
+
+def test_switching_between_instances_and_serverless(aws, archive):
+    """Serverless to instances is an ordinary (blue/green) update, whose way back SageMaker
+    does not offer; instances to serverless SageMaker refuses, so it is refused here first,
+    the endpoint untouched; deleting the endpoint lets it be created serverless."""
+    sm = aws.client("sagemaker")
+    kw = sm_kw(aws, "churn-sw")
+    serverless = {"memory_mb": 1024, "max_concurrency": 2}
+    first = deploy_sagemaker(archive, model_version=1, serverless=serverless, **kw)
+    second = deploy_sagemaker(archive, model_version=2, instance_type="ml.m5.large", **kw)
+    assert second["previous_variant"]["kind"] == "serverless"
+    assert second["variant"] == {
+        "kind": "instances",
+        "instance_type": "ml.m5.large",
+        "instance_count": 1,
+    }
+    variant = config_variant(sm, second["endpoint_config_name"])
+    assert "ServerlessConfig" not in variant and variant["InstanceType"] == "ml.m5.large"
+    assert second["rollback"]["possible"] is False
+    assert second["rollback"]["endpoint_config_name"] == first["endpoint_config_name"]
+    assert "deleted and created again" in second["rollback"]["reason"]
+
+    before = endpoint_configs(sm, "churn-sw")
+    with pytest.raises(DeployError) as info:
+        deploy_sagemaker(archive, model_version=3, serverless=serverless, **kw)
+    assert str(info.value).startswith(
+        f"sagemaker endpoint 'churn-sw' runs on instances (config "
+        f"{second['endpoint_config_name']}); SageMaker cannot update an instance endpoint "
+        "to Serverless Inference"
+    )
+    assert "aws sagemaker delete-endpoint --endpoint-name churn-sw" in str(info.value)
+    assert endpoint_configs(sm, "churn-sw") == before
+    assert (
+        sm.describe_endpoint(EndpointName="churn-sw")["EndpointConfigName"]
+        == second["endpoint_config_name"]
+    )
+
+    sm.delete_endpoint(EndpointName="churn-sw")
+    third = deploy_sagemaker(archive, model_version=3, serverless=serverless, **kw)
+    assert third["created"] and third["variant"]["kind"] == "serverless"
+    desc = sm.describe_endpoint(EndpointName="churn-sw")
+    assert desc["ProductionVariants"][0]["CurrentServerlessConfig"]["MemorySizeInMB"] == 1024
+
+
+@pytest.mark.parametrize(
+    ("peak", "chosen"), [(100, 1024), (819.2, 1024), (820, 2048), (2000, 3072), (4915.2, 6144)]
+)
+def test_serverless_memory_is_the_peak_plus_headroom_rounded_up(peak, chosen):
+    sizing = serverless_memory_mb(peak)
+    assert sizing["memory_mb"] == chosen and sizing["headroom"] == 0.25
+    assert sizing["needed_mb"] == pytest.approx(peak * 1.25, abs=0.05)
+    assert sizing["measured_peak_rss_mb"] == pytest.approx(peak, abs=0.05)
+    assert sizing["reason"].endswith(f"rounded up to SageMaker's next size: {chosen} MB")
+
+
+def test_serverless_memory_above_the_largest_size_is_refused():
+    with pytest.raises(DeployError) as info:
+        serverless_memory_mb(5000)
+    assert str(info.value) == (
+        "sagemaker serverless: memory_mb auto measured a peak of 5000 MB; with 25% headroom "
+        "it needs 6250 MB, above Serverless Inference's largest size (6144 MB): serve it "
+        "from instances (remove deploy.sagemaker.serverless) or make the model smaller"
+    )

@@ -6,7 +6,10 @@ import os
 import signal
 import urllib.request
 
-from mlfolio.deploy.local import deploy_local
+import pandas as pd
+import pytest
+
+from mlfolio.deploy.local import deploy_local, measure_serve_memory
 
 from .servers import MODEL, register_models
 
@@ -68,3 +71,22 @@ def test_keep_serving_leaves_the_checked_server_answering_at_its_url(tmp_path):
     finally:
         os.kill(result["pid"], signal.SIGTERM)
         os.waitpid(result["pid"], 0)  # our child: reaped, not left a zombie
+
+
+@pytest.mark.slow
+def test_measure_serve_memory_reads_the_servers_peak_after_the_request(tmp_path):
+    """deploy.sagemaker.serverless.memory_mb: auto sizes from this: the server process's
+    own high-water mark, read after it scored the request, so a bigger request shows."""
+    registered = register_models(tmp_path)
+    uri = f"models:/{MODEL}@champion"
+    small = measure_serve_memory(uri, registered.tracking_uri, registered.X.head(10))
+    big_rows = pd.concat([registered.X] * 4, ignore_index=True)  # 2.8 MB of JSON
+    big = measure_serve_memory(
+        uri, registered.tracking_uri, big_rows, log_path=tmp_path / "logs" / "measure.log"
+    )
+    assert (small["rows_sent"], big["rows_sent"]) == (10, len(big_rows))
+    assert big["request_bytes"] > 100 * small["request_bytes"]
+    # Python with pandas, scikit-learn, MLflow and uvicorn loaded: well over 100 MB
+    assert 100 < small["peak_rss_mb"] < 3000
+    # scoring ~20k rows parsed from JSON into frames raised the peak by tens of MB
+    assert big["peak_rss_mb"] > small["peak_rss_mb"] + 20, (small, big)

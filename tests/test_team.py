@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import boto3
 import mlflow
 import numpy as np
 import pandas as pd
@@ -107,6 +108,29 @@ def team_parameters(team, tmp_path, name: str, **sections) -> tuple[Path, str]:
     return path, optuna_db
 
 
+def sagemaker_role(team) -> str:
+    """An IAM role SageMaker may assume, on the team services' moto server."""
+    import boto3
+
+    iam = boto3.client("iam", endpoint_url=team.s3_endpoint, region_name="us-east-1")
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Action": "sts:AssumeRole",
+                "Principal": {"Service": "sagemaker.amazonaws.com"},
+            }
+        ],
+    }
+    try:
+        return iam.get_role(RoleName="mlfolio-sagemaker")["Role"]["Arn"]
+    except iam.exceptions.NoSuchEntityException:
+        return iam.create_role(
+            RoleName="mlfolio-sagemaker", AssumeRolePolicyDocument=json.dumps(trust)
+        )["Role"]["Arn"]
+
+
 def mlfolio(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
     """The CLI, as a user runs it (the team variables are in this process's environment)."""
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
@@ -125,7 +149,25 @@ def test_pipeline_serve_and_monitor_against_the_team_services(team_env, tmp_path
     """`mlfolio run` promotes into the server's registry (notebooks in S3, trials in
     PostgreSQL), `mlfolio serve` serves the champion through the server, and `mlfolio
     monitor` finds the reference data in the server's artifacts."""
-    params, optuna_db = team_parameters(team_env, tmp_path, f"team-e2e-{os.getpid()}")
+    name = f"team-e2e-{os.getpid()}"
+    # ... and deploys to SageMaker Serverless Inference (the moto server), memory sized
+    # from the served model's measured peak (issue 23's measure)
+    serverless = {"memory_mb": "auto", "max_concurrency": 5}
+    deploy = {
+        "targets": ["local", "kubernetes", "sagemaker"],
+        "aws": {
+            "region": "us-east-1",
+            "endpoint_url": team_env.s3_endpoint,
+            "role_arn": sagemaker_role(team_env),
+            "bucket": team_env.bucket,
+        },
+        "sagemaker": {
+            "endpoint_name": name,
+            "image_uri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/mlfolio-serve:1",
+            "serverless": serverless,
+        },
+    }
+    params, optuna_db = team_parameters(team_env, tmp_path, name, deploy=deploy)
     cfg = config.load(params)
     runs = tmp_path / "runs"
     proc = mlfolio("run", str(params), "--runs-root", str(runs))
@@ -155,6 +197,26 @@ def test_pipeline_serve_and_monitor_against_the_team_services(team_env, tmp_path
     k8s = json.loads((run_dir / "deploy.json").read_text())["targets"]["kubernetes"]
     assert k8s["tracking_uri"] == team_env.tracking_uri
     assert not [w for w in k8s["warnings"] if "local store" in w], k8s["warnings"]
+
+    # A serverless endpoint configuration with a valid size, chosen from the measurement.
+    sm_target = json.loads((run_dir / "deploy.json").read_text())["targets"]["sagemaker"]
+    assert sm_target["status"] == "deployed", sm_target
+    sizing = sm_target["serverless_sizing"]
+    assert 100 < sizing["measured_peak_rss_mb"] < 6144 / 1.25, sizing
+    assert sizing["needed_mb"] == pytest.approx(sizing["measured_peak_rss_mb"] * 1.25, abs=0.1)
+    assert sizing["memory_mb"] in (1024, 2048, 3072, 4096, 5120, 6144)
+    assert sizing["memory_mb"] - 1024 < sizing["needed_mb"] <= sizing["memory_mb"]
+    assert sizing["rows_sent"] == len(pd.read_parquet(run_dir / "data" / "test.parquet"))
+    sm = boto3.client("sagemaker", endpoint_url=team_env.s3_endpoint, region_name="us-east-1")
+    (variant,) = sm.describe_endpoint_config(EndpointConfigName=sm_target["endpoint_config_name"])[
+        "ProductionVariants"
+    ]
+    assert variant["ServerlessConfig"] == {
+        "MemorySizeInMB": sizing["memory_mb"],
+        "MaxConcurrency": 5,
+    }
+    assert "InstanceType" not in variant
+    assert sm.describe_endpoint(EndpointName=name)["EndpointStatus"] == "InService"
 
     # Executed notebooks and their HTML went through the server to S3.
     keys = team_env.s3_keys("proxied/")

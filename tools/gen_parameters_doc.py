@@ -98,9 +98,21 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def _optional_section(annotation: Any) -> bool:
+    """``Section | None``: a section that is off (null) unless given."""
+    args = typing.get_args(annotation)
+    return (
+        typing.get_origin(annotation) in (typing.Union, types.UnionType)
+        and type(None) in args
+        and any(isinstance(a, type) and issubclass(a, BaseModel) for a in args)
+    )
+
+
 def _section_model(annotation: Any) -> type[BaseModel] | None:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
+    if _optional_section(annotation):
+        return next(a for a in typing.get_args(annotation) if a is not type(None))
     if typing.get_origin(annotation) is dict:
         value = typing.get_args(annotation)[1]
         if isinstance(value, type) and issubclass(value, BaseModel):
@@ -119,6 +131,8 @@ def sections(
         if sub is None:
             leaves.append((key, field))
             continue
+        if _optional_section(field.annotation):
+            leaves.append((key, field))  # its row says it is off by default
         if typing.get_origin(field.annotation) is dict:
             leaves.append((key, field))
             key = f"{key}.<task>"

@@ -30,6 +30,7 @@ from mlfolio.config.operations import (
     MonitoringConfig,
     RetrainPolicyConfig,
     SagemakerConfig,
+    SagemakerServerlessConfig,
     SagemakerTargetConfig,
     StageRunConfig,
     StagesConfig,
@@ -55,6 +56,7 @@ __all__ = [
     "LocalTargetConfig",
     "MonitoringConfig",
     "RetrainPolicyConfig",
+    "SagemakerServerlessConfig",
     "SagemakerTargetConfig",
 ]
 

@@ -61,13 +61,76 @@ class LambdaTargetConfig(_Section):
     timeout_s: int = Field(30, ge=1, le=900, description="the function's timeout, seconds")
 
 
+# SageMaker Serverless Inference's memory sizes (ServerlessConfig.MemorySizeInMB), MB.
+SERVERLESS_MEMORY_MB: tuple[int, ...] = (1024, 2048, 3072, 4096, 5120, 6144)
+
+
+class SagemakerServerlessConfig(_Section):
+    """Serverless Inference: the endpoint's variant has a ``ServerlessConfig`` (memory and
+    concurrency) instead of instances."""
+
+    memory_mb: int | Literal["auto"] = Field(
+        "auto",
+        description="memory of each serverless container: one of 1024, 2048, 3072, 4096, "
+        "5120, 6144, or auto (the peak resident memory of `mlfolio serve` measured on the "
+        "model, plus headroom, rounded up to the next size)",
+    )
+    max_concurrency: int = Field(
+        ge=1, le=200, description="concurrent invocations the endpoint serves at most"
+    )
+    provisioned_concurrency: int | None = Field(
+        None,
+        ge=1,
+        le=200,
+        description="containers kept warm (no cold start, billed while idle); None = none, "
+        "at most max_concurrency",
+    )
+    measure_rows: int = Field(
+        1000,
+        ge=1,
+        description="auto: test rows sent in one request while the peak memory is measured",
+    )
+
+    @field_validator("memory_mb", mode="before")
+    @classmethod
+    def _a_serverless_size(cls, value: object) -> object:
+        if value == "auto":
+            return value
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or value not in SERVERLESS_MEMORY_MB
+        ):
+            sizes = ", ".join(map(str, SERVERLESS_MEMORY_MB))
+            raise ValueError(f"expected auto or one of {sizes} (MB)")
+        return value
+
+    @model_validator(mode="after")
+    def _provisioned_within_max(self) -> SagemakerServerlessConfig:
+        p = self.provisioned_concurrency
+        if p is not None and p > self.max_concurrency:
+            raise ValueError(
+                f"provisioned_concurrency {p} is above max_concurrency "
+                f"{self.max_concurrency}; expected at most max_concurrency"
+            )
+        return self
+
+
 class SagemakerTargetConfig(_Section):
     """Target sagemaker: a SageMaker endpoint serving the version with mlfolio's image."""
 
     endpoint_name: str | None = Field(None, description="None = '<model name>'")
     image_uri: str | None = Field(None, description="the serving image (mlfolio serve)")
-    instance_type: str = Field("ml.m5.large", description="the endpoint's instance type")
-    instance_count: int = Field(1, ge=1, description="instances behind the endpoint")
+    instance_type: str = Field(
+        "ml.m5.large", description="the endpoint's instance type (not with serverless)"
+    )
+    instance_count: int = Field(
+        1, ge=1, description="instances behind the endpoint (not with serverless)"
+    )
+    serverless: SagemakerServerlessConfig | None = Field(
+        None,
+        description="Serverless Inference instead of instances; None = an instance endpoint",
+    )
 
 
 class DeployConfig(_Section):

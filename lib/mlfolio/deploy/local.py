@@ -6,6 +6,9 @@ would start it, must answer the test rows with the probabilities the pipeline co
 in process. A checked server is stopped: nothing serves afterwards, and the records say
 so. To keep one running, set ``deploy.local.keep_serving`` (its URL and process id are
 recorded) or run the command recorded in ``deploy.json``.
+
+:func:`measure_serve_memory` starts the same server to read its peak resident memory
+after a request (what ``deploy.sagemaker.serverless.memory_mb: auto`` sizes from).
 """
 
 from __future__ import annotations
@@ -65,6 +68,115 @@ def serve_command(model_uri: str, host: str, port: int, tracking_uri: str) -> li
     ]
 
 
+def _spawn(
+    model_uri: str, tracking_uri: str, host: str, port: int, log: Any, new_session: bool = False
+) -> tuple[subprocess.Popen, str, list[str]]:
+    """Start ``mlfolio serve``: the process, its URL and its command."""
+    port = port or _free_port(host)
+    cmd = serve_command(model_uri, host, port, tracking_uri)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=new_session)
+    return proc, f"http://{host}:{port}", cmd
+
+
+def _wait_ready(
+    proc: subprocess.Popen, url: str, cmd: list[str], log_path: Path | None, timeout: float
+) -> None:
+    """Until /ping answers 200; DeployError if the server exits or the time runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise DeployError(
+                f"local: `{shlex.join(cmd)}` exited with code "
+                f"{proc.returncode} before it was ready (see {log_path})"
+            )
+        try:
+            if _request(f"{url}{LIVENESS_PATH}", timeout=2)[0] == 200:
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise DeployError(f"local: {url}{LIVENESS_PATH} not ready after {timeout:.0f} s")
+        time.sleep(0.25)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=15)
+
+
+def _score(url: str, rows: pd.DataFrame) -> tuple[dict[str, Any], int]:
+    """POST ``rows`` (``dataframe_split``) to the server; its answer and the body's size."""
+    payload = {"dataframe_split": json.loads(rows.to_json(orient="split", index=False))}
+    body = json.dumps(payload).encode()
+    try:
+        status, answer = _request(
+            f"{url}{INVOCATIONS_PATH}", body, timeout=60, token=os.environ.get(TOKEN_ENV)
+        )
+    except OSError as exc:  # reset, refused, timed out: no HTTP answer at all
+        raise DeployError(
+            f"local: POST {url}{INVOCATIONS_PATH} ({len(rows)} rows, {len(body)} bytes) "
+            f"got no answer: {exc}"
+        ) from exc
+    if status != 200:
+        raise DeployError(
+            f"local: POST {url}{INVOCATIONS_PATH} answered {status}: "
+            f"{answer[:500].decode(errors='replace')}"
+        )
+    return json.loads(answer), len(body)
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """A process's peak resident memory so far (``VmHWM`` in ``/proc/<pid>/status``), in
+    MB; None where it cannot be read (no such process, no /proc)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return None
+
+
+def measure_serve_memory(
+    model_uri: str,
+    tracking_uri: str,
+    rows: pd.DataFrame,
+    *,
+    host: str = "127.0.0.1",
+    log_path: Path | None = None,
+    ready_timeout: float = 120.0,
+) -> dict[str, Any]:
+    """Start ``mlfolio serve`` on ``model_uri``, send ``rows`` in one request, and read the
+    server process's peak resident memory (``VmHWM``) before stopping it: what one serving
+    container needs at least, model loaded and a request of that size scored.
+
+    Returns ``peak_rss_mb``, ``rows_sent`` and ``request_bytes``. Raises DeployError when
+    the server does not start or answer, or where ``/proc`` cannot be read (not Linux)."""
+    if log_path:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    proc, url, cmd = _spawn(model_uri, tracking_uri, host, 0, log)
+    try:
+        _wait_ready(proc, url, cmd, log_path, ready_timeout)
+        _, request_bytes = _score(url, rows)
+        peak = peak_rss_mb(proc.pid)
+        if peak is None:
+            raise DeployError(
+                f"local: cannot read the peak memory of the server (pid {proc.pid}) from "
+                f"/proc/{proc.pid}/status (VmHWM); measuring needs Linux"
+            )
+        return {"peak_rss_mb": peak, "rows_sent": int(len(rows)), "request_bytes": request_bytes}
+    finally:
+        _stop(proc)
+        if log_path:
+            log.close()
+
+
 def deploy_local(
     model_uri: str,
     tracking_uri: str,
@@ -85,44 +197,14 @@ def deploy_local(
 
     The server inherits the environment: with ``$MLFOLIO_SERVE_TOKEN`` set it requires that
     token, and the check sends it."""
-    port = port or _free_port(host)
-    url = f"http://{host}:{port}"
-    cmd = serve_command(model_uri, host, port, tracking_uri)
     if log_path:  # the run folder may have no logs/ yet (a stage on a cold kernel)
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
-    proc = subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=keep_serving)
+    proc, url, cmd = _spawn(model_uri, tracking_uri, host, port, log, keep_serving)
     checked = False
     try:
-        deadline = time.monotonic() + ready_timeout
-        while True:
-            if proc.poll() is not None:
-                raise DeployError(
-                    f"local: `{shlex.join(cmd)}` exited with code "
-                    f"{proc.returncode} before it was ready (see {log_path})"
-                )
-            try:
-                if _request(f"{url}{LIVENESS_PATH}", timeout=2)[0] == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise DeployError(
-                    f"local: {url}{LIVENESS_PATH} not ready after {ready_timeout:.0f} s"
-                )
-            time.sleep(0.25)
-        payload = {"dataframe_split": json.loads(rows.to_json(orient="split", index=False))}
-        status, body = _request(
-            f"{url}{INVOCATIONS_PATH}",
-            json.dumps(payload).encode(),
-            token=os.environ.get(TOKEN_ENV),
-        )
-        if status != 200:
-            raise DeployError(
-                f"local: POST {url}{INVOCATIONS_PATH} answered {status}: "
-                f"{body[:500].decode(errors='replace')}"
-            )
-        answer = json.loads(body)
+        _wait_ready(proc, url, cmd, log_path, ready_timeout)
+        answer, _ = _score(url, rows)
         served = np.asarray(answer["predictions"], dtype=float)[:, 1]
         diff = float(np.max(np.abs(served - np.asarray(expected, dtype=float))))
         if not diff <= 1e-9:
@@ -145,10 +227,6 @@ def deploy_local(
         return result
     finally:
         if not (checked and keep_serving):
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            _stop(proc)
         if log_path:
             log.close()

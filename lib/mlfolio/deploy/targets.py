@@ -88,14 +88,22 @@ def deploy_lambda(
 def deploy_sagemaker(
     ctx: StageContext, ref: ModelRef, alias_uri: str, out_dir: Path
 ) -> dict[str, Any]:
-    """Build ``model.tar.gz`` in ``out_dir`` and create or update the endpoint."""
+    """Build ``model.tar.gz`` in ``out_dir`` and create or update the endpoint; with
+    ``serverless.memory_mb: auto``, size its memory from the model server's measured peak
+    (recorded under ``serverless_sizing``)."""
     from mlfolio.deploy import sagemaker
     from mlfolio.deploy.aws_lambda import registry_info
 
     dc = ctx.cfg.deploy
-    archive = sagemaker.build_model_archive(ref.uri, out_dir / "model.tar.gz")
     sm, aws = dc.sagemaker, dc.aws
-    return sagemaker.deploy_sagemaker(
+    serverless, sizing = None, None
+    if sm.serverless is not None:
+        serverless = sm.serverless.model_dump()
+        if serverless["memory_mb"] == "auto":
+            sizing = _measure_serverless_memory(ctx, alias_uri, sm.serverless.measure_rows)
+            serverless["memory_mb"] = sizing["memory_mb"]
+    archive = sagemaker.build_model_archive(ref.uri, out_dir / "model.tar.gz")
+    result = sagemaker.deploy_sagemaker(
         archive,
         endpoint_name=sm.endpoint_name or ref.name,
         image_uri=sm.image_uri,
@@ -106,9 +114,32 @@ def deploy_sagemaker(
         endpoint_url=aws.endpoint_url,
         instance_type=sm.instance_type,
         instance_count=sm.instance_count,
+        serverless=serverless,
         model_name=ref.name,
         threshold=registry_info(ref.uri).get("threshold"),
     )  # the container has no registry
+    if sizing is not None:
+        result["serverless_sizing"] = sizing
+    return result
+
+
+def _measure_serverless_memory(ctx: StageContext, alias_uri: str, rows: int) -> dict[str, Any]:
+    """``memory_mb: auto``: `mlfolio serve` on the alias, ``rows`` test rows sent in one
+    request, its peak resident memory read, and the Serverless Inference size chosen."""
+    from mlfolio.deploy import sagemaker
+    from mlfolio.deploy.local import measure_serve_memory
+
+    cfg = ctx.cfg
+    test = ctx.read(products.SPLITS["test"]).head(rows)
+    measured = measure_serve_memory(
+        alias_uri,
+        cfg.tracking_uri(),
+        test[cfg.schema.features],
+        log_path=ctx.path("logs/serve-measure.log"),
+    )
+    sizing = sagemaker.serverless_memory_mb(measured["peak_rss_mb"])
+    sizing.update(rows_sent=measured["rows_sent"], request_bytes=measured["request_bytes"])
+    return sizing
 
 
 Target = Callable[["StageContext", "ModelRef", str, Path], dict[str, Any]]
