@@ -45,6 +45,35 @@ def test_a_stage_whose_document_is_not_named_after_it_records_its_mlflow_run(tmp
     assert entry.mlflow_run_id == "r-ab-1"
 
 
+def test_a_stage_records_the_cpu_time_its_kernel_and_children_used(tmp_path, monkeypatch):
+    """cpu_s: the kernel's CPU time from the stage's start to its last cell, with a child
+    process's (reaped by the kernel) counted; the kernel's start-up is not the stage's."""
+    project, run_dir = tmp_path / "project", tmp_path / "run"
+    (project / "notebooks").mkdir(parents=True)
+    run_dir.mkdir()
+    monkeypatch.setenv("MLFOLIO_PROJECT_DIR", str(project))
+    stage = next(s for s in MONITOR_STAGES if s.name == "ab_report")
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 1.0: pass"
+    _notebook(
+        project / "notebooks" / stage.notebook,
+        "import subprocess, sys",
+        f"subprocess.run([sys.executable, '-c', {burn!r}], check=True)",
+        burn,
+    )
+    entry = execute_stage(stage, run_dir, {})
+    assert entry.status == "succeeded", entry
+    cpu = entry.model_dump()["cpu_s"]
+    # two seconds burnt (one in the kernel, one in its child), plus the cells' own work;
+    # less than the interpreter start-up the kernel did before the stage began
+    assert 2.0 <= cpu < 2.0 + entry.duration_s, entry
+
+
+def test_tree_cpu_time_of_no_process_is_unknown():
+    from mlfolio.pipeline.engine import tree_cpu_s
+
+    assert tree_cpu_s(None) is None and tree_cpu_s(2**22 + 12345) is None
+
+
 # -- the engine registry -----------------------------------------------------------------
 class _Recording:
     """A minimal engine: records what the runner's driver asked of it."""

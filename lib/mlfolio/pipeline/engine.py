@@ -53,6 +53,34 @@ def peak_rss_mb(pid: int | None) -> float | None:
     return None
 
 
+def _stat_fields(pid: str) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2 :].split()  # after "pid (comm) ": state, ppid, ...
+
+
+def tree_cpu_s(pid: int | None) -> float | None:
+    """CPU seconds (user + system) of a process and its descendants so far: each live one's
+    own and that of the children it reaped (``/proc/<pid>/stat``); None without /proc."""
+    if not pid or _stat_fields(str(pid)) is None:
+        return None
+    children: dict[str, list[str]] = {}
+    stats: dict[str, list[str]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _stat_fields(entry.name)) is not None:
+            stats[entry.name] = fields
+            children.setdefault(fields[1], []).append(entry.name)
+    ticks, todo = 0, [str(pid)]
+    while todo:
+        one = todo.pop()
+        if one in stats:  # utime, stime, cutime, cstime: fields 14-17 of stat(5)
+            ticks += sum(int(v) for v in stats[one][11:15])
+        todo.extend(children.get(one, ()))
+    return round(ticks / os.sysconf("SC_CLK_TCK"), 2)
+
+
 class WarmKernel:
     """A kernel started, and warmed up, while the previous stage still runs.
 
@@ -80,6 +108,8 @@ class WarmKernel:
         (run_dir / "logs").mkdir(exist_ok=True)
         self._log = (run_dir / "logs" / "kernels.log").open("ab")
         self.peak_rss_mb: float | None = None  # read when its notebook's cells are done
+        self._cpu_start: float | None = None  # the kernel's CPU seconds when its stage began
+        self.cpu_s: float | None = None  # ... and those its stage used (its children's too)
         run_sync(self.km.start_kernel)(
             cwd=str(run_dir),
             stdout=self._log,
@@ -87,11 +117,18 @@ class WarmKernel:
             extra_arguments=[f"--IPKernelApp.exec_lines={[warm]!r}"] if warm_up else [],
         )
 
+    def record_start(self) -> None:
+        """Its stage begins: the CPU time so far (start-up, warm-up) is not the stage's."""
+        self._cpu_start = tree_cpu_s(getattr(getattr(self.km, "provisioner", None), "pid", None))
+
     def record_peak(self) -> None:
-        """Read the kernel's peak memory (kernels are shut down right after their cells,
-        and a high-water mark read then covers every cell)."""
+        """Read the kernel's peak memory and the CPU time its stage used (kernels are shut
+        down right after their cells, and a high-water mark read then covers every cell)."""
         provisioner = getattr(self.km, "provisioner", None)
         self.peak_rss_mb = peak_rss_mb(getattr(provisioner, "pid", None))
+        cpu = tree_cpu_s(getattr(provisioner, "pid", None))
+        if cpu is not None and self._cpu_start is not None:
+            self.cpu_s = round(cpu - self._cpu_start, 2)
 
     def kill(self) -> None:
         """SIGKILL the kernel's process group at once (safe inside a signal handler): the
@@ -187,6 +224,7 @@ def execute_stage(
     # "Kernel is running over TCP without encryption" on the terminal at every start. Ours
     # talks over IPC sockets in a private folder and logs to logs/kernels.log.
     own = None if kernel else WarmKernel(run_dir, "", warm_up=False)
+    (kernel or own).record_start()
     try:
         pm.execute_notebook(
             str(notebooks_dir() / stage.notebook),
@@ -217,6 +255,8 @@ def execute_stage(
     entry.duration_s = round(time.perf_counter() - t0, 3)
     if (peak := (kernel or own).peak_rss_mb) is not None:
         entry.set(peak_rss_mb=peak)
+    if (cpu := (kernel or own).cpu_s) is not None:
+        entry.set(cpu_s=cpu)  # from the stage's start to its last cell (children included)
     if out_nb.exists():
         try:
             cells, setup = _cell_seconds(out_nb)
