@@ -75,6 +75,24 @@ def count(
         con.close()
 
 
+def request_times(
+    folder: str | Path, since: datetime | None = None, until: datetime | None = None
+) -> list[float]:
+    """When each answered request arrived (UTC seconds, one per request id, oldest first;
+    shadow rows left out): the traffic the server saw, for :mod:`mlfolio.cost`."""
+    path = _existing(folder)
+    where, params = _window(since, until, False, None)
+    sql = f"SELECT MIN(ts) AS t FROM predictions{where} GROUP BY request_id ORDER BY t"
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=_BUSY_MS / 1000)
+    try:
+        con.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
+        return [float(row[0]) for row in con.execute(sql, params)]
+    except sqlite3.Error as exc:
+        raise DataValidationError(f"prediction log {path}: cannot read it: {exc}") from exc
+    finally:
+        con.close()
+
+
 def read(
     folder: str | Path,
     since: datetime | None = None,
