@@ -560,6 +560,49 @@ def test_index_says_what_each_deployment_really_did(good_run, page):
     )
 
 
+# -- what the run costs (cost.json, the index section, mlfolio cost) -------------------------
+def test_the_run_says_what_it_costs(good_run, page, capsys):
+    """Each stage's measured CPU time and peak memory, priced on the instance that fits it:
+    in cost.json, on the index page, and as mlfolio cost prints it."""
+    from mlfolio import cli, cost
+
+    m = json.loads((good_run / "manifest.json").read_text())
+    doc = json.loads((good_run / "cost.json").read_text())
+    executed = [n for n, s in m["stages"].items() if s["status"] == "succeeded"]
+    assert [r["stage"] for r in doc["stages"]] == executed
+    for row in doc["stages"]:
+        entry = m["stages"][row["stage"]]
+        # the CPU time of the stage's kernel (and its children) between its start and its
+        # last cell: within what its cores could do in its wall time
+        assert 0 <= entry["cpu_s"] <= 2 * entry["duration_s"] + 1, entry
+        assert row["cpu_s"] == entry["cpu_s"] and row["peak_rss_mb"] == entry["peak_rss_mb"]
+        assert row["instance"] in cost.load().training and row["on_demand_usd"] > 0
+    assert sum(m["stages"][n]["cpu_s"] for n in executed) > 1.0  # they did work
+    assert doc["prices"]["region"] == "us-east-1" and doc["prices"]["as_published"]
+    assert doc["serving"]["break_even"]["configured"]["instance"] == "ml.m5.large"
+
+    open_file(page, good_run / "index.html")
+    assert page.inner_text("#cost").startswith("What this run costs")
+    shown = page.eval_on_selector_all("#cost-stages tr[id^='cost-']", "els => els.map(e => e.id)")
+    assert shown == [f"cost-{n}" for n in executed] + ["cost-total"]
+    total = page.inner_text("#cost-total").split("\t")
+    assert total[-2] == f"${doc['total']['on_demand_usd']:.6f}", total
+    assert "Serverless" not in page.inner_text("#cost-serving-options")  # the options as named
+    assert "serverless inference (1024 MB)" in page.inner_text("#cost-serving-options")
+    assert page.locator("#cost-break-even li").count() == 4
+
+    assert cli.main(["cost", str(good_run), "--rps", "1", "--duration-ms", "10"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"what {good_run.name} costs on AWS (us-east-1")
+    assert [line.split()[0] for line in out[2 : 2 + len(executed)]] == executed
+    assert any(line.startswith("break-even vs serverless: ") for line in out)
+    # the default model's request duration and memory, measured by serving it
+    assert cli.main(["cost", str(good_run), "--measure", "--json"]) == 0
+    serving = json.loads(capsys.readouterr().out)["serving"]
+    assert serving["duration_source"].startswith("measured") and serving["duration_ms"] > 0
+    assert 100 < serving["memory_mb"] < 4000, serving  # pandas alone: > 100 MB
+
+
 # -- why the model decides (index and evaluate page) ----------------------------------------
 def test_index_explains_why_the_model_decides(good_run, page):
     open_file(page, good_run / "index.html")

@@ -250,6 +250,9 @@ def _parser() -> argparse.ArgumentParser:
     _reproduce_parsers(sub)
     _new_parser(sub)
     _gate_status_parser(sub)
+    from mlfolio.pipeline import costing  # its arguments are its own (cost.json, the index)
+
+    costing.add_arguments(sub.add_parser("cost", help=costing.HELP, description=costing.ABOUT))
     return parser
 
 
@@ -610,6 +613,12 @@ def _monitor(args: argparse.Namespace) -> None:
     )
 
 
+def _cost(args: argparse.Namespace) -> None:
+    from mlfolio.pipeline import costing
+
+    print("\n".join(costing.command(args)))
+
+
 def _run(args: argparse.Namespace) -> None:
     from pathlib import Path
 
@@ -645,6 +654,7 @@ COMMANDS = {
     "diff": _diff,
     "new": _new,
     "gate-status": _gate_status,
+    "cost": _cost,
 }
 
 

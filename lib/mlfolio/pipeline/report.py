@@ -9,9 +9,9 @@ from typing import Any
 
 import yaml
 
-from mlfolio import model_card, products
+from mlfolio import cost, model_card, products
 from mlfolio.errors import MlfolioError
-from mlfolio.files import write_text
+from mlfolio.files import read_json, write_text
 from mlfolio.pipeline import diff
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
@@ -205,6 +205,16 @@ def _deployments(manifest: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _cost(run_dir: Path) -> dict[str, Any] | None:
+    """``cost.json`` (written by :mod:`mlfolio.pipeline.costing`; None: none, unreadable)."""
+    path = run_dir / cost.COST_FILE
+    try:
+        return read_json(path) if path.is_file() else None
+    except (OSError, ValueError) as exc:
+        log.warning("%s: unreadable: %s", path, exc)
+        return None
+
+
 def write_index(run_dir: Path, manifest: dict[str, Any]) -> Path:
     """The page a reviewer opens first: verdict, metrics, stages, data, parameters."""
     import jinja2
@@ -222,6 +232,8 @@ def write_index(run_dir: Path, manifest: dict[str, Any]) -> Path:
         rows_compared=_rows_compared(run_dir),
         champion_diff=champion_diff,
         deployments=_deployments(manifest),
+        cost=_cost(run_dir),
+        usd=cost.usd,
         why=_why_model_decides(run_dir),
         ui=ui,
         mlflow_ui=_mlflow_ui(manifest, ui),

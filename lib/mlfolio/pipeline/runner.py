@@ -24,7 +24,7 @@ from mlfolio import progress as progress_file
 from mlfolio.config import Config, project_dir
 from mlfolio.errors import ConfigError, MlfolioError, RunInterrupted, StageError
 from mlfolio.graph import REFERENCE_DATA, Stage, new_run_dir, select_stages
-from mlfolio.pipeline import terminal
+from mlfolio.pipeline import costing, terminal
 from mlfolio.pipeline.engine import KERNEL_LOOKAHEAD, WarmKernel, execute_stage
 from mlfolio.pipeline.manifest import Manifest, StageEntry
 from mlfolio.pipeline.parameters import (
@@ -289,6 +289,7 @@ def _run(
 
     _collect_results(manifest, folder)
     mark_stale(manifest, cfg, folder, selected, kind)
+    costing.write(folder, manifest.data)  # cost.json: what the stages used, priced
     return _finish(manifest, folder, frozen, parent_run_id, outcome, recorder, echo)
 
 
