@@ -978,8 +978,9 @@ def test_a_parsed_request_is_a_batch_with_the_entity_split_off():
     batch = serve.parse_mlflow_json(json.dumps(body).encode(), _BATCH_COLUMNS)
     assert batch.n == 2
     assert set(batch.columns) == {"tenure", "monthlycharges", "gender", "paperless"}
-    assert batch.entity.tolist() == ["c1", 7]  # never among the scored columns
-    cols = batch.columns
+    assert batch.entity == ("c1", 7)  # never among the scored columns
+    assert batch.values["monthlycharges"] == (29.5, 10)  # checked values, as sent
+    cols = batch.columns  # the same as arrays, built on first use
     assert cols["monthlycharges"].dtype == np.float64  # numeric text read, 10 a float
     assert cols["monthlycharges"].tolist() == [29.5, 10.0]
     assert cols["tenure"].dtype == object and cols["tenure"].tolist() == [3, None]
@@ -990,7 +991,18 @@ def test_a_parsed_request_is_a_batch_with_the_entity_split_off():
     body["dataframe_split"]["columns"].pop(0)
     assert serve.parse_mlflow_json(json.dumps(body).encode(), _BATCH_COLUMNS).entity is None
     csv = b"tenure,monthlycharges,gender,paperless,customerid\n3,29.5,Male,true,c1\n"
-    assert serve.parse_csv(csv, _BATCH_COLUMNS).entity.tolist() == ["c1"]
+    assert serve.parse_csv(csv, _BATCH_COLUMNS).entity == ("c1",)
+
+
+def test_a_number_too_large_for_a_double_is_refused_when_the_request_is_parsed():
+    # it would overflow only when scored, failing the micro-batch it joined
+    names = ["tenure", "monthlycharges", "gender", "paperless"]
+    body = {"dataframe_split": {"columns": names, "data": [[1, 10**400, "Male", True]]}}
+    with pytest.raises(serve.RequestError, match=r"column 'monthlycharges': a number too large"):
+        serve.parse_mlflow_json(json.dumps(body).encode(), _BATCH_COLUMNS)
+    body["dataframe_split"]["data"] = [[1, 2**1023 + 1, "Male", True]]  # still a double
+    batch = serve.parse_mlflow_json(json.dumps(body).encode(), _BATCH_COLUMNS)
+    assert batch.columns["monthlycharges"][0] == float(2**1023)
 
 
 def test_a_batch_is_immutable():
@@ -999,6 +1011,9 @@ def test_a_batch_is_immutable():
         batch.n = 3
     with pytest.raises(TypeError):
         batch.columns["tenure"] = np.array([9, 9])  # a read-only mapping
+    with pytest.raises(TypeError):
+        batch.values["tenure"] = (9, 9)
+    assert all(type(v) is tuple for v in batch.values.values())  # immutable values
     for values in batch.columns.values():
         with pytest.raises(ValueError, match="read-only"):
             values[0] = 0
@@ -1018,9 +1033,9 @@ def test_batches_concatenate_and_split_in_row_order():
     )
     both = serve.Batch.concat([a, b], ["tenure", "gender"])
     assert both.n == 3 and both.columns["gender"].tolist() == ["F", None, "M"]
-    assert both.entity.tolist() == ["a", 4, 5]
+    assert both.entity == ("a", 4, 5)
     back = both.take(np.array([2, 0]))
-    assert back.columns["tenure"].tolist() == [3, 1] and back.entity.tolist() == [5, "a"]
+    assert back.columns["tenure"].tolist() == [3, 1] and back.entity == (5, "a")
     assert serve.Batch.concat([a], ["tenure"]) is a
     with pytest.raises(serve.RequestError, match=r"column 'monthlycharges': a number too large"):
         serve.Batch.of(_BATCH_COLUMNS, {"monthlycharges": [10**400]})

@@ -35,7 +35,7 @@ class RowMeta:
 
     request_id: str
     rows: np.ndarray | None = None
-    entity: str | np.ndarray | None = None
+    entity: str | tuple[Any, ...] | None = None
 
 
 class Scores(NamedTuple):
@@ -225,13 +225,13 @@ class MicroBatcher:
             out.append(Scores(proba[start:stop], labels[start:stop]))
             start = stop
         if self.predlog is not None:
-            self._log_batch(jobs, batch.columns, proba, out)
+            self._log_batch(jobs, batch.values, proba, out)
         return out
 
     def _log_batch(
         self,
         jobs: list[_Job],
-        cols: Mapping[str, np.ndarray],
+        cols: Mapping[str, tuple[Any, ...]],
         proba: np.ndarray,
         out: list[Scores | BaseException],
     ) -> None:
@@ -248,9 +248,7 @@ class MicroBatcher:
             assert meta is not None
             request_ids += [meta.request_id] * n
             rows += range(n) if meta.rows is None else meta.rows.tolist()
-            entities += (
-                meta.entity.tolist() if isinstance(meta.entity, np.ndarray) else [meta.entity] * n
-            )
+            entities += list(meta.entity) if isinstance(meta.entity, tuple) else [meta.entity] * n
         model = self.model
         self.predlog.append(
             cols,
@@ -276,7 +274,7 @@ class MicroBatcher:
             if meta is None or isinstance(scores, BaseException):
                 continue
             log_.append(
-                job.block.columns,
+                job.block.values,
                 scores.proba[:, 1],
                 request_id=meta.request_id,
                 rows=meta.rows,

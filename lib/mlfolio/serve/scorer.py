@@ -25,13 +25,12 @@ class Scorer(Protocol):
     def predict_proba(self, batch: Batch) -> np.ndarray: ...
 
 
-def _float_column(col: Column, values: np.ndarray) -> np.ndarray:
-    """A numeric feature as RawColumnCoercer makes it: floats, missing as NaN."""
-    if values.dtype == np.float64:
-        return values
+def _float_column(col: Column, values: tuple[Any, ...]) -> np.ndarray | tuple[Any, ...]:
+    """A numeric feature as RawColumnCoercer makes it: floats, missing as NaN (NumPy reads
+    None as NaN when it fills a float64 column)."""
     if col.kind is ColumnKind.STRING:
-        return text_to_float(values.tolist())
-    return np.array(values.tolist(), dtype=np.float64)  # NumPy reads None as NaN
+        return text_to_float(list(values))
+    return values
 
 
 def _category(value: Any) -> str:
@@ -211,7 +210,7 @@ class CompiledScorer:
             self._proba = self.estimator.predict_proba
 
     def transform(self, batch: Batch) -> np.ndarray:
-        n, cols = batch.n, batch.columns
+        n, cols = batch.n, batch.values  # the checked tuples: no array per column
         Z = np.zeros((n, self.width), dtype=np.float64)
         for part_cols, out, ops in self.numeric_parts:
             X = np.empty((n, len(part_cols)), dtype=np.float64)
@@ -236,7 +235,7 @@ class CompiledScorer:
         every_row = range(n)
         for part_cols, maps, defaults, ignore in self.onehot_parts:
             for col, mapping, default in zip(part_cols, maps, defaults, strict=True):
-                values = cols[col.name].tolist()
+                values = cols[col.name]
                 found = list(map(mapping.get, values))  # text values: a C-speed lookup
                 if None not in found:
                     rows.extend(every_row)

@@ -106,13 +106,10 @@ def parse_mlflow_json(body: bytes, columns: list[Column]) -> Batch:
                     f"dataframe_split.data[{i}]: expected a list of "
                     f"{len(names)} values (one per column), got {got}"
                 )
-        if rows:  # zip(*rows) transposes in C: a column's values in one tuple
-            data = {
-                name: list(values)
-                for name, values in zip(names, zip(*rows, strict=True), strict=True)
-            }
+        if rows:  # zip(*rows) transposes in C: a column's values in one tuple, kept
+            data = dict(zip(names, zip(*rows, strict=True), strict=True))
         else:
-            data = {name: [] for name in names}
+            data = {name: () for name in names}
         return validate_columns(data, columns, key, check_text=text)
     if isinstance(payload, list):
         return validate_columns(
