@@ -42,6 +42,7 @@ import argparse
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -137,6 +138,83 @@ def savings(billable_s: float, training_s: float) -> float:
         return (1.0 - billable_s / training_s) * 100.0
 
 
+def trial_seconds(trials: list, states: tuple[str, ...]) -> float:
+    return sum(
+        (t.datetime_complete - t.datetime_start).total_seconds()
+        for t in trials
+        if t.state.name in states and t.datetime_complete and t.datetime_start
+    )
+
+
+FINISHED = ("COMPLETE", "PRUNED")
+
+
+def pair(args: argparse.Namespace, overrides: dict, tmp: Path) -> dict:
+    """One uninterrupted run and one interrupted + restarted run; their measures."""
+    from mlfolio.tune import spot
+
+    clean_root, spot_root = tmp / "clean", tmp / "spot"
+    prepare(clean_root, Path(args.params), overrides)
+    _, checkpoints = prepare(spot_root, Path(args.params), overrides)
+
+    clean_s, rc, err = run(clean_root)
+    if rc != 0:
+        sys.exit(f"uninterrupted run failed ({rc}):\n{err}")
+    clean = study_of(clean_root / "checkpoints").trials
+    done = [t for t in clean if t.state.name in FINISHED]
+    trial_s = trial_seconds(clean, FINISHED) / max(1, len(done))
+
+    kill_after = args.trials // 2 if args.kill_after is None else args.kill_after
+    first_s, rc1, err1 = run(spot_root, kill=(kill_after, trial_s / 2))
+    if rc1 != 128 + signal.SIGTERM:
+        sys.exit(f"the interrupted run ended {rc1}, not 143 (SIGTERM too late?):\n{err1}")
+    second_s, rc2, err2 = run(spot_root)
+    if rc2 != 0:
+        sys.exit(f"the restart failed ({rc2}):\n{err2}")
+    (clean_attempt,) = spot.read_attempts(clean_root / "checkpoints")
+    attempts = spot.read_attempts(checkpoints)
+    resumed = study_of(checkpoints).trials
+    if [a["outcome"] for a in attempts] != ["interrupted", "done"]:
+        sys.exit(f"attempts recorded: {attempts}")
+    first, second = (set(a["finished_here"]) for a in attempts)
+    by_number = {t.number: t for t in resumed}
+    params_first = {json.dumps(by_number[n].params, sort_keys=True) for n in first}
+    rerun = len(first & second) + sum(
+        json.dumps(by_number[n].params, sort_keys=True) in params_first for n in second
+    )
+
+    def work(a: dict) -> float:  # the attempt's own clock: spec, data, folds, study, trials
+        return a["ended"] - a["started"]
+
+    clean_work, works = work(clean_attempt), [work(a) for a in attempts]
+    # Tuning time that is no finished trial's, interrupted minus uninterrupted: what the
+    # interruption cost apart from which trials each run sampled (the stopped trial's lost
+    # seconds, the restart's spec, data, folds and study loading).
+    overhead = (sum(works) - trial_seconds(resumed, FINISHED)) - (
+        clean_work - trial_seconds(clean, FINISHED)
+    )
+    restarted = [t for t in resumed if t.datetime_start.timestamp() >= attempts[1]["started"]]
+    setup = min(t.datetime_start.timestamp() for t in restarted) - attempts[1]["started"]
+    return {
+        "setup": setup,
+        "startup": second_s - works[1],
+        "kill_after": kill_after,
+        "trial_s": trial_s,
+        "clean_trials": len(done),
+        "clean_work": clean_work,
+        "clean_s": clean_s,
+        "first": len(first),
+        "second": len(second),
+        "finished": sum(t.state.name in FINISHED for t in resumed),
+        "failed": sum(t.state.name == "FAIL" for t in resumed),
+        "lost_s": trial_seconds(resumed, ("FAIL",)),
+        "works": works,
+        "procs": [first_s, second_s],
+        "rerun": rerun,
+        "overhead": overhead,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", default=str(ROOT / "parameters" / "churn.yaml"))
@@ -146,10 +224,12 @@ def main() -> None:
     ap.add_argument(
         "--kill-after", type=int, default=None, help="SIGTERM in the trial after this many"
     )
+    ap.add_argument("--repeats", type=int, default=2, help="pairs of runs (medians reported)")
     ap.add_argument("--spot-ratio", type=float, default=None, help="spot / on-demand price")
-    ap.add_argument("--quick", action="store_true", help="3 folds: a smoke run")
+    ap.add_argument("--quick", action="store_true", help="3 folds, one pair: a smoke run")
     args = ap.parse_args()
     folds = 3 if args.quick else args.cv_folds
+    repeats = 1 if args.quick else args.repeats
     overrides = {
         "tuning.n_trials": args.trials,
         "tuning.cv_folds": folds,
@@ -163,90 +243,95 @@ def main() -> None:
     print(f"spot_bench: load average {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f} (start)")
     print(
         f"tune: {args.trials} trials, {folds}-fold CV, pruner {args.pruner}, 1 worker, "
-        f"Telco data ({ROOT / 'data' / 'telco_churn.csv'})"
+        f"Telco data ({ROOT / 'data' / 'telco_churn.csv'}); {repeats} pair(s) of runs"
     )
-    with tempfile.TemporaryDirectory(prefix="spot-bench-") as tmp:
-        clean_root, spot_root = Path(tmp) / "clean", Path(tmp) / "spot"
-        prepare(clean_root, Path(args.params), overrides)
-        _, checkpoints = prepare(spot_root, Path(args.params), overrides)
+    results = []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory(prefix="spot-bench-") as tmp:
+            results.append(pair(args, overrides, Path(tmp)))
 
-        clean_s, rc, err = run(clean_root)
-        if rc != 0:
-            sys.exit(f"uninterrupted run failed ({rc}):\n{err}")
-        clean = study_of(clean_root / "checkpoints")
-        done = [t for t in clean.trials if t.state.is_finished() and t.datetime_complete]
-        trial_s = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in done)
-        trial_s /= max(1, len(done))
-
-        kill_after = args.trials // 2 if args.kill_after is None else args.kill_after
-        first_s, rc1, err1 = run(spot_root, kill=(kill_after, trial_s / 2))
-        if rc1 != 128 + signal.SIGTERM:
-            sys.exit(f"the interrupted run ended {rc1}, not 143 (SIGTERM too late?):\n{err1}")
-        second_s, rc2, err2 = run(spot_root)
-        if rc2 != 0:
-            sys.exit(f"the restart failed ({rc2}):\n{err2}")
-        from mlfolio.tune import spot
-
-        (clean_attempt,) = spot.read_attempts(clean_root / "checkpoints")
-        attempts = spot.read_attempts(checkpoints)
-        resumed = study_of(checkpoints).trials  # read before the folder goes
-
-    if [a["outcome"] for a in attempts] != ["interrupted", "done"]:
-        sys.exit(f"attempts recorded: {attempts}")
-    first, second = (set(a["finished_here"]) for a in attempts)
-    by_number = {t.number: t for t in resumed}
-    params_first = {json.dumps(by_number[n].params, sort_keys=True) for n in first}
-    rerun = len(first & second) + sum(
-        json.dumps(by_number[n].params, sort_keys=True) in params_first for n in second
-    )
-    finished = [t for t in resumed if t.state.is_finished() and t.state.name != "FAIL"]
-    failed = [t.number for t in resumed if t.state.name == "FAIL"]
-
-    def work(a: dict) -> float:  # the attempt's own clock: spec, data, folds, study, trials
-        return a["ended"] - a["started"]
-
-    clean_work = work(clean_attempt)
-    work_s = [work(a) for a in attempts]
-    total_s, total_work = first_s + second_s, sum(work_s)
-    within = total_work - clean_work <= trial_s
-    billable_s = total_s * ratio
-    reported = savings(billable_s, total_s)
-    net = (1.0 - billable_s / clean_s) * 100.0
-
-    rows = [
-        ("uninterrupted", len(done), "-", clean_work, clean_s, len(done)),
-        ("attempt 1 (SIGTERM)", len(first), len(failed), work_s[0], first_s, "-"),
-        ("attempt 2 (restart)", len(second), 0, work_s[1], second_s, len(finished)),
-        ("interrupted total", len(first) + len(second), len(failed), total_work, total_s, ""),
-    ]
-    head = ("run", "trials finished", "failed", "tuning s", "process s", "study has")
-    cells = [head] + [
-        tuple(f"{c:.1f}" if isinstance(c, float) else str(c) for c in r) for r in rows
-    ]
+    head = ("pair", "run", "finished", "failed", "tuning s", "process s")
+    cells = [head]
+    for i, r in enumerate(results, 1):
+        cells += [
+            (
+                str(i),
+                "uninterrupted",
+                str(r["clean_trials"]),
+                "-",
+                f"{r['clean_work']:.1f}",
+                f"{r['clean_s']:.1f}",
+            ),
+            (
+                str(i),
+                "attempt 1, SIGTERM",
+                str(r["first"]),
+                str(r["failed"]),
+                f"{r['works'][0]:.1f}",
+                f"{r['procs'][0]:.1f}",
+            ),
+            (
+                str(i),
+                "attempt 2, restart",
+                str(r["second"]),
+                "0",
+                f"{r['works'][1]:.1f}",
+                f"{r['procs'][1]:.1f}",
+            ),
+        ]
     widths = [max(len(r[i]) for r in cells) for i in range(len(head))]
-    for r in cells:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
+    for row in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+    med = {
+        k: statistics.median(f(r) for r in results)
+        for k, f in {
+            "trial": lambda r: r["trial_s"],
+            "clean_work": lambda r: r["clean_work"],
+            "work": lambda r: sum(r["works"]),
+            "clean_s": lambda r: r["clean_s"],
+            "total_s": lambda r: sum(r["procs"]),
+            "overhead": lambda r: r["overhead"],
+            "lost": lambda r: r["lost_s"],
+            "setup": lambda r: r["setup"],
+            "startup": lambda r: r["startup"],
+        }.items()
+    }
+    rerun = sum(r["rerun"] for r in results)
+    complete = all(r["finished"] == args.trials for r in results)
     print(
-        f"SIGTERM half a mean trial after trial {kill_after} finished; mean trial "
-        f"{trial_s:.2f} s. tuning s: the attempt's clock (spec, data, folds, study, trials); "
-        f"process s: start to exit (adds Python's start-up and imports, paid per restart: "
-        f"{first_s - work_s[0]:.1f} s and {second_s - work_s[1]:.1f} s here)"
+        f"SIGTERM half a mean trial after trial {results[0]['kill_after']} finished. tuning s: "
+        "the attempt's own clock (spec, data, folds, study, trials); process s: start to "
+        "exit (adds Python's start-up and imports, paid again by the restart)."
     )
     print(
-        f"spot/on-demand price {ratio:.2f} from {ratio_source}: billable {billable_s:.1f} s of "
-        f"{total_s:.1f} s training (process s); against the uninterrupted run on demand: "
-        f"{net:.1f}% saved"
+        f"medians: mean trial {med['trial']:.2f} s. Where the extra time goes: the stopped "
+        f"trial's lost seconds {med['lost']:.2f}; the restart's setup before its first trial "
+        f"{med['setup']:.2f} s (spec, data, the folds kept in the checkpoint folder, the "
+        f"study); its Python start-up and imports {med['startup']:.1f} s; its first trial "
+        "builds xgboost's fold matrices again; the resumed study samples other points than "
+        "the uninterrupted one (trials of other lengths). Time outside finished trials, "
+        f"interrupted minus uninterrupted: {med['overhead']:+.2f} s."
+    )
+    within = med["work"] - med["clean_work"] <= med["trial"]
+    within_proc = med["total_s"] - med["clean_s"] <= med["trial"]
+    billable, training = med["total_s"] * ratio, med["total_s"]
+    reported = savings(billable, training)
+    net = (1.0 - billable / med["clean_s"]) * 100.0
+    print(
+        f"spot/on-demand price {ratio:.2f} from {ratio_source}: billable {billable:.1f} s of "
+        f"{training:.1f} s training (process seconds, both attempts); against the "
+        f"uninterrupted run on demand: {net:.1f}% saved"
     )
     load1 = os.getloadavg()
     print(f"load average {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f} (end)")
     print(
-        f"re-run trials: {rerun} (of {len(first)} finished before the SIGTERM); tuning "
-        f"time interrupted+restart {total_work:.1f} s vs uninterrupted {clean_work:.1f} s + "
-        f"one trial {trial_s:.2f} s: {'within' if within else 'over'} (process time "
-        f"{total_s:.1f} s vs {clean_s:.1f} s); SageMaker's savings figure {reported:.1f}% "
-        f"(net of the interruption {net:.1f}%)"
+        f"re-run trials: {rerun}; interrupted+restart {med['work']:.1f} s vs uninterrupted "
+        f"{med['clean_work']:.1f} s + one trial {med['trial']:.2f} s: "
+        f"{'within' if within else 'over'} (tuning clock; process clock {med['total_s']:.1f} s "
+        f"vs {med['clean_s']:.1f} s: {'within' if within_proc else 'over'}); SageMaker's "
+        f"savings figure {reported:.1f}% (net of the interruption {net:.1f}%)"
     )
-    if rerun or len(finished) != args.trials:
+    if rerun or not complete:
         sys.exit(1)
 
 

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 
@@ -141,6 +142,36 @@ def test_a_restarted_job_runs_only_the_missing_trials(tmp_path, parts):
     assert [a["outcome"] for a in attempts] == ["done", "done"]
     assert attempts[0]["finished_here"] == [0, 1, 2] and attempts[1]["finished_here"] == []
     assert json.loads((paths.model / spot.SUMMARY).read_text())["best_trial"] == first["best_trial"]
+
+
+def test_a_restart_loads_the_folds_from_the_checkpoint_folder(tmp_path, parts, monkeypatch):
+    from mlfolio import tune
+
+    paths = job_root(tmp_path, parts, {**SMALL, "tuning.n_trials": 2})
+    spot.run_job(paths)
+    (kept,) = (paths.checkpoints / "tune").glob("folds-*.npz")
+    spec = spot.read_spec(paths.spec)
+    built = tune.Folds.build(parts["train"], spec.schema, 2, spec.seed, spec.features)
+    loaded = tune.Folds.load(kept)
+    assert len(loaded.parts) == 2
+    for got, want in zip(loaded.parts, built.parts, strict=True):
+        assert all(np.array_equal(g, w) for g, w in zip(got, want, strict=True))
+
+    def refit(*args, **kwargs):
+        raise AssertionError("the folds were rebuilt instead of loaded")
+
+    # the job restarted with more trials to run: the folds come from the file
+    raw = json.loads(paths.spec.read_text())
+    raw["tuning"]["n_trials"] = 3
+    paths.spec.write_text(json.dumps(raw))
+    monkeypatch.setattr(tune.Folds, "build", refit)
+    assert spot.run_job(paths)["finished"] == 3
+    # other folds (another cv_folds) are another file, built
+    raw["tuning"].update(n_trials=4, cv_folds=3)
+    paths.spec.write_text(json.dumps(raw))
+    with pytest.raises(AssertionError, match="rebuilt instead of loaded"):
+        spot.run_job(paths)
+    assert spot.read_attempts(paths.checkpoints)[-1]["outcome"] == "failed"
 
 
 def finished_trials(paths: spot.JobPaths) -> list[optuna.trial.FrozenTrial]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -147,6 +148,20 @@ class Folds:
                 )
             )
         return cls(parts)
+
+    def save(self, path: Path) -> None:
+        """The folds' arrays in one ``.npz`` file (numbers only, no pickle), written
+        atomically: a process killed meanwhile leaves no half file."""
+        tmp = path.with_name(path.name + ".tmp.npz")
+        arrays = {f"f{i}_{j}": a for i, part in enumerate(self.parts) for j, a in enumerate(part)}
+        np.savez(tmp, n_folds=len(self.parts), **arrays)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> Folds:
+        with np.load(path, allow_pickle=False) as z:
+            n = int(z["n_folds"])
+            return cls([tuple(z[f"f{i}_{j}"] for j in range(4)) for i in range(n)])  # type: ignore[misc]
 
     # xgboost matrices hold native handles: they are not sent to worker processes.
     def __getstate__(self) -> dict[str, Any]:

@@ -370,6 +370,7 @@ def run_job(paths: JobPaths | None = None) -> dict[str, Any]:
                 first_trial=spec.first_trial,
                 first_trial_note=spec.first_trial_note,
                 encoding=spec.features,
+                folds_dir=paths.checkpoints / "tune",
             )
         entry["outcome"] = "done"
     except RunInterrupted:

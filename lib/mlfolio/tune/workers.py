@@ -302,8 +302,13 @@ def run_study(
     first_trial: dict[str, Any] | None = None,
     first_trial_note: str | None = None,
     encoding: FeaturesConfig | None = None,
+    folds_dir: Path | None = None,
 ) -> optuna.Study:
     """Run (or resume) the study until ``n_trials`` trials have finished or time is up.
+
+    ``folds_dir``: a folder that keeps the CV folds between processes (a tune job's
+    checkpoint folder), so a restarted one loads them instead of refitting the feature
+    transform per fold (:func:`cached_folds`).
 
     ``first_trial``: parameters the study's first trial evaluates (a new study only, e.g.
     the champion's: :func:`~mlfolio.tune.space_values`); ``first_trial_note`` is kept as
@@ -330,12 +335,7 @@ def run_study(
             study.enqueue_trial(first_trial, user_attrs={"enqueued": first_trial_note or "given"})
         if cfg.n_workers > 1 and todo > 1:
             _start_process_server()  # it boots while the folds are built
-        rows = tuning_rows(train, schema, cfg.subsample_rows, seed)
-        if len(rows) < len(train):
-            log.info(
-                "tuning on a stratified sample of %d of %d training rows", len(rows), len(train)
-            )
-        folds = Folds.build(rows, schema, cfg.cv_folds, seed, encoding)
+        folds = cached_folds(cfg, train, schema, seed, encoding, folds_dir)
         objective = _budgeted(
             make_objective(folds, cfg.model, seed, cfg.pruner != "none", cfg.early_stopping_rounds),
             cfg.n_trials,
@@ -361,6 +361,42 @@ def run_study(
         # The final count once, from the whole study: workers' last writes may cross.
         _progress(progress_path, cfg.n_trials)(study, None)
         return study
+
+
+def cached_folds(
+    cfg: TuningConfig,
+    train: pd.DataFrame,
+    schema: SchemaConfig,
+    seed: int,
+    encoding: FeaturesConfig | None,
+    folds_dir: Path | None = None,
+) -> Folds:
+    """The study's CV folds (on :func:`tuning_rows`); with ``folds_dir``, kept there in a
+    file named by a hash of everything they depend on (the rows, the schema, the
+    encoding, the seed, ``cv_folds`` and ``subsample_rows``): loaded when it exists."""
+    path = None
+    if folds_dir is not None:
+        import hashlib
+        import json
+
+        key = hashlib.sha256(pd.util.hash_pandas_object(train, index=False).to_numpy().tobytes())
+        settings = [seed, cfg.cv_folds, cfg.subsample_rows, schema.model_dump(mode="json")]
+        settings.append(encoding.model_dump(mode="json") if encoding else None)
+        key.update(json.dumps(settings, sort_keys=True).encode())
+        path = folds_dir / f"folds-{key.hexdigest()[:16]}.npz"
+        if path.is_file():
+            try:
+                return Folds.load(path)
+            except (OSError, ValueError, KeyError) as exc:  # rebuilt below
+                log.warning("could not read the CV folds kept in %s (%s): rebuilding", path, exc)
+    rows = tuning_rows(train, schema, cfg.subsample_rows, seed)
+    if len(rows) < len(train):
+        log.info("tuning on a stratified sample of %d of %d training rows", len(rows), len(train))
+    folds = Folds.build(rows, schema, cfg.cv_folds, seed, encoding)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        folds.save(path)
+    return folds
 
 
 def require_shared(cfg: TuningConfig) -> None:
