@@ -18,7 +18,7 @@ TABLE = cost.load()
 def test_the_packaged_table_says_where_and_when_its_prices_are_from():
     p = TABLE.provenance()
     assert p["region"] == "us-east-1" and p["currency"] == "USD"
-    assert p["as_published"] and p["read_on"]
+    assert p["published"] and p["read_on"]
     assert set(p["sources"]) >= {"sagemaker", "lambda"}
     assert all(url.startswith("https://") for url in p["sources"].values())
     assert TABLE.hours_per_month == 730
@@ -106,6 +106,7 @@ def test_serverless_and_lambda_memory_sizes():
 
 
 def test_a_month_of_serving_worked_by_hand():
+    # a server peaking at 800 MB (+25%: 1000 MB -> the 1 GB size)
     # 1 req/s of 10 ms on 1 GB: 2,628,000 requests a month (730 h)
     #   serverless: 2.628e6 x 0.01 s x 1 GB x $0.00002 = $0.5256, + data 2 kB x $0.016/GB
     #     per request = 2.628e6 x 3.2e-8 = $0.0841 -> $0.6097
@@ -113,7 +114,7 @@ def test_a_month_of_serving_worked_by_hand():
     #     + $0.0000002) = 2.628e6 x 4.87920e-7 = $1.28225
     #   ml.m5.large endpoint: 730 x $0.115 = $83.95, + the same data $0.0841
     m5 = ("ml.m5.large", TABLE.realtime["ml.m5.large"])
-    options = cost.serving_options(TABLE, 1.0, 1.0, 0.010, 1024, m5, 1000.0)
+    options = cost.serving_options(TABLE, 1.0, 1.0, 0.010, 800, m5, 1000.0)
     got = {o.option: o for o in options}
     assert got["serverless inference"].monthly_usd == pytest.approx(0.5256 + 0.084096)
     assert got["lambda"].monthly_usd == pytest.approx(1.282254, rel=1e-5)
@@ -121,6 +122,9 @@ def test_a_month_of_serving_worked_by_hand():
     assert got["instance endpoint"].monthly_usd == pytest.approx(83.95 + 0.084096)
     assert got["instance endpoint"].detail == "1 x ml.m5.large"
     assert got["serverless inference"].detail == "1024 MB"
+    # 900 MB + 25% needs more than 1 GB: the 2 GB size, twice the compute
+    bigger = cost.serving_options(TABLE, 1.0, 1.0, 0.010, 900, m5, 1000.0)[1]
+    assert bigger.detail == "2048 MB" and bigger.monthly_usd == pytest.approx(2 * 0.5256 + 0.084096)
     # 200 req/s at peak of 10 ms: one process 70% busy carries 70 req/s -> 3 instances
     busy = cost.serving_options(TABLE, 50.0, 200.0, 0.010, 1024, m5)
     assert busy[0].detail == "3 x ml.m5.large"
@@ -139,10 +143,10 @@ def test_the_traffic_one_instance_carries():
 
 
 def test_break_even_traffic_worked_by_hand():
-    # ml.t2.medium: 730 x $0.056 = $40.88 a month; serverless at 1 GB, 10 ms: $0.5256 per
-    # (req/s) a month -> 40.88 / 0.5256 = 77.78 req/s
+    # ml.t2.medium: 730 x $0.056 = $40.88 a month; serverless at 1 GB (an 800 MB server),
+    # 10 ms: $0.5256 per (req/s) a month -> 40.88 / 0.5256 = 77.78 req/s
     t2 = TABLE.realtime["ml.t2.medium"]
-    assert cost.serverless_break_even_rps(TABLE, 0.010, 1024, t2) == pytest.approx(77.777, 1e-4)
+    assert cost.serverless_break_even_rps(TABLE, 0.010, 800, t2) == pytest.approx(77.777, 1e-4)
     # 2 ms requests on 2 GB (a 1.5 GB server): 40.88 / (2.628e6 x 0.002 x 2 x 0.00002)
     assert cost.serverless_break_even_rps(TABLE, 0.002, 1500, t2) == pytest.approx(
         40.88 / (2.628e6 * 0.002 * 2 * 0.00002)

@@ -104,8 +104,22 @@ def test_the_traffic_is_the_prediction_logs(tmp_path):
         costing.default_serving({}, rps=-1)
 
 
+def test_the_servers_memory_the_deploy_stage_measured_is_used():
+    """deploy.sagemaker.serverless memory_mb auto measured mlfolio serve's peak: priced at
+    that (unless --memory-mb says otherwise)."""
+    sizing = {"measured_peak_rss_mb": 2000.0, "memory_mb": 3072}
+    m = {**manifest(), "deploy": {"targets": {"sagemaker": {"serverless_sizing": sizing}}}}
+    serving = costing.default_serving(m["parameters"], manifest=m)
+    assert (serving.memory_mb, serving.memory_source) == (2000.0, serving.memory_source)
+    assert serving.memory_source.startswith("measured by deploy")
+    options = costing.serving_costs(TABLE, m["parameters"], serving)["priced"][0]["options"]
+    assert options[-2]["detail"] == "3072 MB"  # 2000 MB + 25%, as deploy chose
+    assert costing.default_serving({}, memory_mb=700.0, manifest=m).memory_mb == 700.0
+    assert costing.default_serving({}).memory_source == "assumed"
+
+
 def test_break_even_says_when_one_instance_cannot_carry_it():
-    serving = costing.Serving(None, "none", 10.0, "assumed", 1024.0, "assumed")
+    serving = costing.Serving(None, "none", 10.0, "assumed", 800.0, "assumed")
     doc = costing.serving_costs(
         TABLE, {"deploy": {"sagemaker": {"instance_type": "ml.m5.large"}}}, serving
     )
@@ -149,7 +163,7 @@ def test_cost_command_on_a_run_folder_prints_the_table(tmp_path, capsys):
     assert any("break-even vs serverless" in line for line in out)
     assert cli.main(["cost", str(run_dir), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert doc["prices"]["as_published"] == TABLE.as_published
+    assert doc["prices"]["published"] == TABLE.as_published
     assert doc["serving"]["duration_source"] == "assumed"
 
 

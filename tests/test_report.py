@@ -578,7 +578,7 @@ def test_the_run_says_what_it_costs(good_run, page, capsys):
         assert row["cpu_s"] == entry["cpu_s"] and row["peak_rss_mb"] == entry["peak_rss_mb"]
         assert row["instance"] in cost.load().training and row["on_demand_usd"] > 0
     assert sum(m["stages"][n]["cpu_s"] for n in executed) > 1.0  # they did work
-    assert doc["prices"]["region"] == "us-east-1" and doc["prices"]["as_published"]
+    assert doc["prices"]["region"] == "us-east-1" and doc["prices"]["published"]
     assert doc["serving"]["break_even"]["configured"]["instance"] == "ml.m5.large"
 
     open_file(page, good_run / "index.html")

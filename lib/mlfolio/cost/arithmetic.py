@@ -214,15 +214,16 @@ def serving_options(
     payload_bytes: float = 1000.0,
 ) -> list[ServingOption]:
     """Monthly cost of serving ``mean_rps`` (``peak_rps`` at the busiest) of ``duration_s``
-    each by the ``endpoint`` instance, by Serverless Inference and by Lambda."""
+    each by the ``endpoint`` instance, by Serverless Inference and by Lambda, for a server
+    whose peak memory is ``memory_mb`` (the sizes hold it plus ``HEADROOM``)."""
     month = seconds_per_month(table)
     requests = mean_rps * month
     data = data_usd_per_request(payload_bytes, table) * requests
     name, inst = endpoint
     count = endpoint_instances(peak_rps, capacity_rps(inst, duration_s))
-    sl_mb = serverless_memory_mb(memory_mb, table.serverless.memory_mb)
+    sl_mb = serverless_memory_mb(memory_mb * HEADROOM, table.serverless.memory_mb)
     sl = table.serverless
-    lam_mb = lambda_memory_mb(memory_mb, table)
+    lam_mb = lambda_memory_mb(memory_mb * HEADROOM, table)
     lam = table.lambda_
     return [
         ServingOption(
@@ -257,10 +258,10 @@ def serverless_break_even_rps(
     table: PriceTable, duration_s: float, memory_mb: float, endpoint: Instance
 ) -> float:
     """The traffic above which one ``endpoint`` instance costs less than Serverless
-    Inference, for requests of ``duration_s`` on a server of ``memory_mb`` (data processed
+    Inference, for requests of ``duration_s`` on a server peaking at ``memory_mb`` (data processed
     costs both the same, so it cancels)."""
     sl = table.serverless
-    size = serverless_memory_mb(memory_mb, sl.memory_mb)
+    size = serverless_memory_mb(memory_mb * HEADROOM, sl.memory_mb)
     per_request = per_request_usd(duration_s, size, sl.usd_per_gb_second, sl.usd_per_request)
     return break_even_rps(endpoint.usd_per_hour * table.hours_per_month, per_request, table)
 
@@ -272,7 +273,10 @@ def lambda_break_even_rps(
     endpoint's data processing charge counted against it, at 1 kB each way)."""
     lam = table.lambda_
     per_request = per_request_usd(
-        duration_s, lambda_memory_mb(memory_mb, table), lam.usd_per_gb_second, lam.usd_per_request
+        duration_s,
+        lambda_memory_mb(memory_mb * HEADROOM, table),
+        lam.usd_per_gb_second,
+        lam.usd_per_request,
     )
     data = data_usd_per_request(1000.0, table)
     # instance + data x requests = lambda x requests

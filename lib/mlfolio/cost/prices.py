@@ -75,7 +75,7 @@ class PriceTable(_Strict):
             "file": self.path,
             "region": self.region,
             "currency": self.currency,
-            "as_published": self.as_published,
+            "published": self.as_published,  # the month the prices were published
             "read_on": self.read_on,
             "sources": dict(self.sources),
         }

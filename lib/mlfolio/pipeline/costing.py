@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 COST_FILE = cost.COST_FILE
 # Without a measurement: a request's duration and the server's memory, said to be assumed.
 ASSUMED_DURATION_MS = 10.0
-ASSUMED_MEMORY_MB = 1024.0
+ASSUMED_MEMORY_MB = 512.0
 PAYLOAD_BYTES = 1000.0  # a one-row request (and its answer), for the data processed charge
 REFERENCE_RPS = (0.01, 0.1, 1.0, 10.0)  # rates priced when there is no traffic to price
 HELP = "what a run costs on AWS, and what serving it would cost (SageMaker, Lambda)"
@@ -200,7 +200,7 @@ def run_cost(
 
         manifest = Manifest.load(run_dir).data
     params = manifest.get("parameters") or {}
-    serving = serving or default_serving(params)
+    serving = serving or default_serving(params, manifest=manifest)
     return {
         "run_dir": str(run_dir),
         "experiment": manifest.get("experiment"),
@@ -214,14 +214,23 @@ def run_cost(
     }
 
 
+def deployed_peak_mb(manifest: dict[str, Any]) -> float | None:
+    """The server's peak memory the deploy stage measured to size a serverless endpoint
+    (``deploy.json``: targets.sagemaker.serverless_sizing), if it did."""
+    target = ((manifest.get("deploy") or {}).get("targets") or {}).get("sagemaker") or {}
+    return (target.get("serverless_sizing") or {}).get("measured_peak_rss_mb")
+
+
 def default_serving(
     params: dict[str, Any],
     rps: float | None = None,
     duration_ms: float | None = None,
     memory_mb: float | None = None,
+    manifest: dict[str, Any] | None = None,
 ) -> Serving:
     """The traffic given (``rps``), else the prediction log's (``monitoring.prediction_log``
-    when it exists), else none; duration and memory given, else the assumed ones."""
+    when it exists), else none; duration and memory given, else the memory the deploy
+    stage measured (in ``manifest``), else the assumed ones."""
     traffic, source = None, "none: priced at reference rates"
     folder = (params.get("monitoring") or {}).get("prediction_log")
     if rps is not None:
@@ -242,8 +251,13 @@ def default_serving(
         source,
         duration_ms if duration_ms is not None else ASSUMED_DURATION_MS,
         "command line (--duration-ms)" if duration_ms is not None else "assumed",
-        memory_mb if memory_mb is not None else ASSUMED_MEMORY_MB,
-        "command line (--memory-mb)" if memory_mb is not None else "assumed",
+        *(
+            (memory_mb, "command line (--memory-mb)")
+            if memory_mb is not None
+            else (deployed, "measured by deploy: mlfolio serve's peak RSS")
+            if (deployed := deployed_peak_mb(manifest or {})) is not None
+            else (ASSUMED_MEMORY_MB, "assumed")
+        ),
     )
 
 
@@ -357,7 +371,7 @@ def render(doc: dict[str, Any]) -> list[str]:
     p = doc["prices"]
     lines = [
         f"what {Path(doc['run_dir']).name} costs on AWS ({p['region']}, SageMaker {doc['job']} "
-        f"jobs; prices as published {p['as_published']}: {p['file']})",
+        f"jobs; prices as published {p['published']}: {p['file']})",
         f"{'stage':<11}{'wall s':>8}{'CPU s':>8}{'peak MB':>9}  {'needs':<16}"
         f"{'cheapest fit':<16}{'on demand':>11}{'spot':>11}",
     ]
@@ -502,7 +516,7 @@ def command(args: Any) -> list[str]:
         else:
             run_dir = config.project_dir() / "runs" / f"(no run of {cfg.experiment} yet)"
             manifest = {"experiment": cfg.experiment, "parameters": params, "stages": {}}
-    serving = default_serving(params, args.rps, args.duration_ms, args.memory_mb)
+    serving = default_serving(params, args.rps, args.duration_ms, args.memory_mb, manifest)
     if args.measure:
         if not (run_dir / "manifest.json").is_file():
             raise ConfigError("--measure serves a run's model: no run to take it from")
