@@ -84,3 +84,22 @@ def test_collect_summarises_each_product_for_the_manifest(tmp_path):
     assert "gate" not in summary and "model" not in summary
     doc = products.AB.load(tmp_path)
     assert doc.recommendation.action == "keep" and doc.variants == []  # extra fields kept
+
+
+def test_a_serverless_sagemaker_endpoint_says_so_in_its_outcome():
+    variant = {"kind": "serverless", "memory_mb": 1024, "max_concurrency": 5}
+    doc = {"status": "deployed", "variant": variant}
+    assert products.deploy_outcome("sagemaker", doc) == (
+        "deployed (Serverless Inference, 1024 MB, up to 5 at once)"
+    )
+    doc["serverless_sizing"] = {"measured_peak_rss_mb": 301.6, "memory_mb": 1024}
+    assert products.deploy_outcome("sagemaker", doc) == (
+        "deployed (Serverless Inference, 1024 MB, sized from a 302 MB peak, up to 5 at once)"
+    )
+    instances = {"kind": "instances", "instance_type": "ml.m5.large", "instance_count": 1}
+    assert products.deploy_outcome("sagemaker", {"status": "deployed", "variant": instances}) == (
+        "deployed"
+    )
+    assert products.deploy_outcome("sagemaker", {"status": "failed", "variant": variant}) == (
+        "failed"
+    )

@@ -207,6 +207,10 @@ def test_pipeline_serve_and_monitor_against_the_team_services(team_env, tmp_path
     assert sizing["memory_mb"] in (1024, 2048, 3072, 4096, 5120, 6144)
     assert sizing["memory_mb"] - 1024 < sizing["needed_mb"] <= sizing["memory_mb"]
     assert sizing["rows_sent"] == len(pd.read_parquet(run_dir / "data" / "test.parquet"))
+    assert sm_target["outcome"] == (
+        f"deployed (Serverless Inference, {sizing['memory_mb']} MB, sized from a "
+        f"{sizing['measured_peak_rss_mb']:.0f} MB peak, up to 5 at once)"
+    )
     sm = boto3.client("sagemaker", endpoint_url=team_env.s3_endpoint, region_name="us-east-1")
     (variant,) = sm.describe_endpoint_config(EndpointConfigName=sm_target["endpoint_config_name"])[
         "ProductionVariants"

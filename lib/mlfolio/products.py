@@ -149,9 +149,20 @@ def deploy_status(target: str, doc: dict[str, Any]) -> str:
 
 def deploy_outcome(target: str, doc: dict[str, Any]) -> str:
     """What happened at ``target``, in words: ``checked, then stopped``, ``serving at
-    http://127.0.0.1:8080``, ``manifests written (not applied)``, ``deployed``."""
+    http://127.0.0.1:8080``, ``manifests written (not applied)``, ``deployed`` (a
+    SageMaker endpoint on Serverless Inference says so, with its memory)."""
     status = deploy_status(target, doc)
-    return DEPLOY_OUTCOMES.get(status, status).format(url=doc.get("url", "?"))
+    outcome = DEPLOY_OUTCOMES.get(status, status).format(url=doc.get("url", "?"))
+    variant = doc.get("variant")
+    if status == "deployed" and isinstance(variant, dict) and variant.get("kind") == "serverless":
+        sized = doc.get("serverless_sizing") or {}
+        peak = sized.get("measured_peak_rss_mb")
+        how = f", sized from a {peak:.0f} MB peak" if isinstance(peak, int | float) else ""
+        outcome += (
+            f" (Serverless Inference, {variant.get('memory_mb')} MB{how}, "
+            f"up to {variant.get('max_concurrency')} at once)"
+        )
+    return outcome
 
 
 class RetrainDecisionDoc(_Doc):

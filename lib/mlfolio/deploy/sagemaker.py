@@ -216,13 +216,6 @@ def variant_summary(variant: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def endpoint_kind(desc: Mapping[str, Any]) -> str:
-    """``serverless`` or ``instances``: what a described endpoint serves from now."""
-    variants = desc.get("ProductionVariants") or []
-    serverless = any("CurrentServerlessConfig" in v for v in variants)
-    return "serverless" if serverless else "instances"
-
-
 def wait_for_endpoint(
     sm: Any, endpoint_name: str, config_name: str, *, timeout_s: float, poll_s: float
 ) -> dict[str, Any]:

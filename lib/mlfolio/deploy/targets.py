@@ -96,13 +96,13 @@ def deploy_sagemaker(
 
     dc = ctx.cfg.deploy
     sm, aws = dc.sagemaker, dc.aws
+    archive = sagemaker.build_model_archive(ref.uri, out_dir / "model.tar.gz")
     serverless, sizing = None, None
     if sm.serverless is not None:
         serverless = sm.serverless.model_dump()
         if serverless["memory_mb"] == "auto":
-            sizing = _measure_serverless_memory(ctx, alias_uri, sm.serverless.measure_rows)
+            sizing = _measure_serverless_memory(ctx, archive, sm.serverless.measure_rows)
             serverless["memory_mb"] = sizing["memory_mb"]
-    archive = sagemaker.build_model_archive(ref.uri, out_dir / "model.tar.gz")
     result = sagemaker.deploy_sagemaker(
         archive,
         endpoint_name=sm.endpoint_name or ref.name,
@@ -123,20 +123,27 @@ def deploy_sagemaker(
     return result
 
 
-def _measure_serverless_memory(ctx: StageContext, alias_uri: str, rows: int) -> dict[str, Any]:
-    """``memory_mb: auto``: `mlfolio serve` on the alias, ``rows`` test rows sent in one
-    request, its peak resident memory read, and the Serverless Inference size chosen."""
+def _measure_serverless_memory(ctx: StageContext, archive: Path, rows: int) -> dict[str, Any]:
+    """``memory_mb: auto``: `mlfolio serve` on the archive unpacked, as the container
+    serves ``/opt/ml/model``, ``rows`` test rows sent in one request, its peak resident
+    memory read, and the Serverless Inference size chosen."""
+    import tarfile
+    import tempfile
+
     from mlfolio.deploy import sagemaker
     from mlfolio.deploy.local import measure_serve_memory
 
     cfg = ctx.cfg
     test = ctx.read(products.SPLITS["test"]).head(rows)
-    measured = measure_serve_memory(
-        alias_uri,
-        cfg.tracking_uri(),
-        test[cfg.schema.features],
-        log_path=ctx.path("logs/serve-measure.log"),
-    )
+    with tempfile.TemporaryDirectory(prefix="mlfolio-measure-") as tmp:
+        with tarfile.open(archive) as tar:
+            tar.extractall(tmp, filter="data")  # what SageMaker does with ModelDataUrl
+        measured = measure_serve_memory(
+            tmp,
+            cfg.tracking_uri(),
+            test[cfg.schema.features],
+            log_path=ctx.path("logs/serve-measure.log"),
+        )
     sizing = sagemaker.serverless_memory_mb(measured["peak_rss_mb"])
     sizing.update(rows_sent=measured["rows_sent"], request_bytes=measured["request_bytes"])
     return sizing
