@@ -2,9 +2,10 @@
 
 Trains the logistic-regression baseline on data/telco_churn.csv, registers it as
 ``models:/serve-bench@champion`` in a temporary SQLite store (or takes ``--model`` and
-``--tracking-uri``), and puts closed-loop load on servers on 127.0.0.1: N clients, one
-keep-alive connection each, sending ``dataframe_split`` requests back to back, from a
-separate process (benchmarks/loadgen.py, standard-library asyncio: its own CPU is reported).
+``--tracking-uri``), and puts closed-loop load on servers on 127.0.0.1 with wrk (Debian's
+``wrk``: 1 thread, N keep-alive connections, the Telco rows' ``dataframe_split`` bodies in
+turn; ``--load asyncio``: benchmarks/loadgen.py instead, whose clients send in lockstep
+bursts that micro-batching folds together). The load generator's own CPU is reported.
 Before the load it checks that every server gives mlfolio's predictions for the same rows.
 
 1. Headline: 1-row requests, ``--clients`` (10): a no-op FastAPI app (benchmarks/noop_app.py,
@@ -19,6 +20,9 @@ Before the load it checks that every server gives mlfolio's predictions for the 
     .venv/bin/python benchmarks/serve_bench.py --variants mlfolio --batch-rows "" \\
         --concurrency 10 --repeats 5                             # the headline only, ~2 min
     .venv/bin/python benchmarks/serve_bench.py --quick          # smoke run (figures meaningless)
+    git worktree add --detach ../before 51b935d                 # a before/after table:
+    .venv/bin/python benchmarks/serve_bench.py --variants mlfolio --batch-rows "" \\
+        --concurrency 10 --repeats 5 --baseline-src ../before
 
 Variants: ``mlflow`` (``mlflow models serve --env-manager local``, 1 worker, its default),
 ``mlfolio`` (default: compiled features + micro-batching; always run), ``mlfolio-pipeline``
@@ -35,6 +39,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import resource
 import signal
 import statistics
 import subprocess
@@ -48,6 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 LOADGEN = Path(__file__).with_name("loadgen.py")  # the load generator, run as a process
 NOOP = "no-op"  # the no-op FastAPI app (noop_app.py); always run, not one of --variants
+BASE = "mlfolio-base"  # --baseline-src: mlfolio serve from another checkout's lib/
 VARIANTS = {
     "mlflow": None,
     "mlfolio": [],
@@ -148,18 +155,21 @@ def _free_port() -> int:
 
 
 def start_server(
-    variant: str, model_uri: str, tracking_uri: str, logs: Path
+    variant: str, model_uri: str, tracking_uri: str, logs: Path, src: Path | None = None
 ) -> tuple[subprocess.Popen, str]:
-    """Start one variant; ``{log}`` in its arguments becomes ``logs/<variant>-predlog``."""
+    """Start one variant; ``{log}`` in its arguments becomes ``logs/<variant>-predlog``;
+    ``src``: a checkout whose ``lib/`` is imported instead of this one's (same venv)."""
     port = _free_port()
     env = {
         **os.environ,
         "MLFLOW_TRACKING_URI": tracking_uri,
         "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
     }
+    if src is not None:
+        env["PYTHONPATH"] = str(src / "lib")
     if variant == NOOP:
         cmd = [sys.executable, str(Path(__file__).with_name("noop_app.py")), "--port", str(port)]
-    elif VARIANTS[variant] is None:
+    elif VARIANTS.get(variant, []) is None:
         cmd = [
             str(VENV_BIN / "mlflow"),
             "models",
@@ -177,7 +187,7 @@ def start_server(
         challenger = model_uri.rpartition("@")[0] + "@challenger"
         extra = [
             a.format(log=logs / f"{variant}-predlog", challenger=challenger)
-            for a in VARIANTS[variant]
+            for a in VARIANTS.get(variant, [])
         ]
         cmd = [
             sys.executable,
@@ -264,34 +274,107 @@ def busy_seconds() -> float | None:
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def run_load(
-    server: Server, bodies_file: Path, rows: int, clients: int, duration: float, warmup: float
-) -> dict:
-    """One closed-loop load from a fresh load-generator process, with the server's CPU per
-    request and the CPU other processes took meanwhile (the machine is shared)."""
+# wrk sends the bodies of a .jsonl file in turn, one per request, on keep-alive connections.
+WRK_SCRIPT = """
+local bodies, i = {}, 0
+for line in io.lines(os.getenv("BODIES")) do bodies[#bodies + 1] = line end
+local headers = {["Content-Type"] = "application/json"}
+request = function()
+  i = i % #bodies + 1
+  return wrk.format("POST", nil, headers, bodies[i])
+end
+"""
+_WRK_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
+
+
+def _wrk_ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([0-9.]+)(us|ms|s|m)", text).groups()
+    return float(value) * _WRK_UNITS[unit]
+
+
+def wrk_load(url: str, bodies_file: Path, clients: int, duration: float) -> dict:
+    """One wrk run (1 thread, ``clients`` connections, --latency): req/s, p50/p99, errors,
+    requests and the CPU wrk itself used (a share of one core)."""
+    script = bodies_file.with_suffix(".lua")
+    script.write_text(WRK_SCRIPT)
     cmd = [
-        sys.executable,
-        str(LOADGEN),
-        "--url",
-        f"{server.url}/invocations",
-        "--bodies",
-        str(bodies_file),
-        "--clients",
-        str(clients),
-        "--duration",
-        str(duration),
-        "--warmup",
-        str(warmup),
+        "wrk",
+        "-t1",
+        f"-c{clients}",
+        f"-d{max(1, round(duration))}s",
+        "--latency",
+        "-s",
+        str(script),
+        url,
     ]
-    cpu_before, busy_before, wall = group_cpu_seconds(server.pgid), busy_seconds(), time.time()
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
-    cpu_after, busy_after, wall = group_cpu_seconds(server.pgid), busy_seconds(), time.time() - wall
-    res = json.loads(out.stdout.strip().splitlines()[-1])
+    before, wall = resource.getrusage(resource.RUSAGE_CHILDREN), time.time()
+    out = subprocess.run(
+        cmd,
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "BODIES": str(bodies_file)},
+    ).stdout
+    after, wall = resource.getrusage(resource.RUSAGE_CHILDREN), time.time() - wall
+    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    requests = int(re.search(r"^\s*([0-9]+) requests in", out, re.M).group(1))
+    errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) ([0-9]+)", out))
+    non2xx = re.search(r"Non-2xx or 3xx responses: ([0-9]+)", out)
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([0-9.]+)", out).group(1)),
+        "p50_ms": _wrk_ms(latency["50"]),
+        "p99_ms": _wrk_ms(latency["99"]),
+        "errors": errors + (int(non2xx.group(1)) if non2xx else 0),
+        "requests": requests,
+        "client_cpu": (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / wall,
+    }
+
+
+def run_load(
+    server: Server,
+    bodies_file: Path,
+    rows: int,
+    clients: int,
+    duration: float,
+    warmup: float,
+    load: str = "wrk",
+) -> dict:
+    """One closed-loop load from a fresh load-generator process (wrk, or the asyncio
+    client), with the server's CPU per request and the CPU other processes took meanwhile
+    (the machine is shared)."""
+    url = f"{server.url}/invocations"
+    if load == "wrk":
+        wrk_load(url, bodies_file, clients, warmup)  # warm-up, not measured
+        cpu_before, busy_before, wall = group_cpu_seconds(server.pgid), busy_seconds(), time.time()
+        res = wrk_load(url, bodies_file, clients, duration)
+        cpu_after, busy_after = group_cpu_seconds(server.pgid), busy_seconds()
+        wall = time.time() - wall
+        served = res["requests"]
+    else:
+        cmd = [
+            sys.executable,
+            str(LOADGEN),
+            "--url",
+            url,
+            "--bodies",
+            str(bodies_file),
+            "--clients",
+            str(clients),
+            "--duration",
+            str(duration),
+            "--warmup",
+            str(warmup),
+        ]
+        cpu_before, busy_before, wall = group_cpu_seconds(server.pgid), busy_seconds(), time.time()
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        cpu_after, busy_after = group_cpu_seconds(server.pgid), busy_seconds()
+        wall = time.time() - wall
+        res = json.loads(out.stdout.strip().splitlines()[-1])
+        # warm-up included on both sides of the ratio
+        served = res["requests"] * (duration + warmup) / duration
     res["rows"] = rows
     res["rows_per_s"] = res["rps"] * rows
-    # Server CPU per request (warm-up included on both sides of the ratio): steadier than
-    # req/s when other processes share the cores.
-    served = res["requests"] * (duration + warmup) / duration
+    # Server CPU per request: steadier than req/s when other processes share the cores.
     server_cpu = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
     res["cpu_us"] = None if server_cpu is None or not served else server_cpu / served * 1e6
     res["server_cpu"] = None if server_cpu is None else server_cpu / wall
@@ -315,8 +398,10 @@ class Server:
         return self.proc.pid  # started in its own session: the group's leader
 
 
-def start(variant: str, model_uri: str, tracking_uri: str, logs: Path) -> Server:
-    proc, url = start_server(variant, model_uri, tracking_uri, logs)
+def start(
+    variant: str, model_uri: str, tracking_uri: str, logs: Path, src: Path | None = None
+) -> Server:
+    proc, url = start_server(variant, model_uri, tracking_uri, logs, src)
     server = Server(variant, proc, url)
     try:
         ready = wait_ready(proc, url, 180, logs / f"{variant}.log")
@@ -348,11 +433,13 @@ def measure(server: Server, bodies: dict[int, Path], args: argparse.Namespace) -
     """Single-row requests at each concurrency level, then each batch size."""
     out: dict[str, dict] = {"single": {}, "batch": {}}
     for clients in args.levels:
-        r = run_load(server, bodies[1], 1, clients, args.duration, args.warmup)
+        r = run_load(server, bodies[1], 1, clients, args.duration, args.warmup, args.load)
         out["single"][clients] = r
         _progress(server.variant, r, clients)
     for rows in args.rows:
-        r = run_load(server, bodies[rows], rows, args.batch_clients, args.duration, args.warmup)
+        r = run_load(
+            server, bodies[rows], rows, args.batch_clients, args.duration, args.warmup, args.load
+        )
         out["batch"][rows] = r
         _progress(server.variant, r, args.batch_clients)
     return out
@@ -396,6 +483,18 @@ def main() -> None:
         help=f"servers beside the no-op app; mlfolio is always run (choose from {list(VARIANTS)})",
     )
     parser.add_argument(
+        "--load",
+        choices=("wrk", "asyncio"),
+        default="wrk",
+        help="load generator: wrk (default; 1 thread) or benchmarks/loadgen.py",
+    )
+    parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        help="a checkout of an earlier commit (git worktree add --detach DIR REV): its "
+        "mlfolio serve joins the headline, alternated, for a before/after table",
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
         help="a smoke run: 1 repeat, 10 clients only, 1 s loads (figures not meaningful)",
@@ -428,24 +527,33 @@ def main() -> None:
             bodies[rows].write_text("\n".join(request_bodies(n, rows)) + "\n")
 
         # The headline: the no-op app and mlfolio up together, loaded in turn, repeatedly.
-        headline: list[tuple[dict, dict]] = []
+        headline: list[tuple[dict, ...]] = []
         results: dict[str, dict] = {}
         reference = None
         mlfolio = start("mlfolio", model_uri, tracking_uri, tmp_path)
         try:
             reference = check_predictions(mlfolio, check_bodies, None, "mlfolio")
             noop_server = start(NOOP, model_uri, tracking_uri, tmp_path)
+            headliners = [noop_server, mlfolio]
             try:
+                if args.baseline_src:
+                    base = start(BASE, model_uri, tracking_uri, tmp_path, args.baseline_src)
+                    headliners.append(base)
+                    check_predictions(base, check_bodies, reference, "mlfolio")
                 for _ in range(args.repeats):
-                    pair = tuple(
-                        run_load(s, bodies[1], 1, args.clients, args.duration, args.warmup)
-                        for s in (noop_server, mlfolio)
+                    loads = tuple(
+                        run_load(
+                            s, bodies[1], 1, args.clients, args.duration, args.warmup, args.load
+                        )
+                        for s in headliners
                     )
-                    headline.append(pair)
-                    for name, r in zip((NOOP, "mlfolio"), pair, strict=True):
-                        _progress(name, r, args.clients)
+                    headline.append(loads)
+                    for server, r in zip(headliners, loads, strict=True):
+                        _progress(server.variant, r, args.clients)
             finally:
-                stop(noop_server, tmp_path)
+                for server in headliners[::-1]:
+                    if server is not mlfolio:
+                        stop(server, tmp_path)
             results["mlfolio"] = measure(mlfolio, bodies, args)
         finally:
             stop(mlfolio, tmp_path)
@@ -465,6 +573,34 @@ def main() -> None:
     print_tables(args, headline, results, log_rows, load_before, os.getloadavg())
 
 
+def print_before_after(args: argparse.Namespace, headline: list[tuple[dict, ...]]) -> None:
+    """mlfolio serve of this checkout (after) against --baseline-src's (before), loaded in
+    turn within each repeat, with the no-op app's figures as the yardstick."""
+    print(
+        f"\nbefore/after: mlfolio serve from {args.baseline_src} (before) and from this "
+        f"checkout (after), {args.clients} connections, alternated in each repeat\n"
+    )
+    print(
+        "| repeat | before req/s | after req/s | before p99 ms | after p99 ms "
+        "| before CPU µs/req | after CPU µs/req | no-op req/s |"
+    )
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    cpu_changes, rps_changes = [], []
+    for k, (noop, after, before) in enumerate(headline, 1):
+        print(
+            f"| {k} | {before['rps']:.0f} | {after['rps']:.0f} | {before['p99_ms']:.2f} | "
+            f"{after['p99_ms']:.2f} | {_f(before['cpu_us'], '.0f')} | "
+            f"{_f(after['cpu_us'], '.0f')} | {noop['rps']:.0f} |"
+        )
+        rps_changes.append((after["rps"] / before["rps"] - 1) * 100)
+        if before["cpu_us"] and after["cpu_us"]:
+            cpu_changes.append((after["cpu_us"] / before["cpu_us"] - 1) * 100)
+    print(
+        f"\nafter vs before: req/s {_median(rps_changes):+.1f}% (median), server CPU per "
+        f"request {_median(cpu_changes):+.1f}% (median of {len(cpu_changes)})"
+    )
+
+
 def _median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
@@ -475,7 +611,7 @@ def _f(value: float | None, fmt: str) -> str:
 
 def print_tables(
     args: argparse.Namespace,
-    headline: list[tuple[dict, dict]],
+    headline: list[tuple[dict, ...]],
     results: dict[str, dict],
     log_rows: dict[str, int],
     load_before: tuple[float, float, float],
@@ -486,7 +622,8 @@ def print_tables(
 
     print(
         f"\nmachine: {os.cpu_count()} cores, load average {loads(load_before)} before, "
-        f"{loads(load_after)} after; servers and load generator on 127.0.0.1; closed loop, "
+        f"{loads(load_after)} after; servers and load generator ({args.load}) on 127.0.0.1; "
+        "closed loop, "
         f"{args.duration:g} s per load after {args.warmup:g} s warm-up"
     )
     print(
@@ -500,7 +637,7 @@ def print_tables(
     )
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     ratios, p99s, cpu_ratios = [], [], []
-    for k, (noop, mine) in enumerate(headline, 1):
+    for k, (noop, mine, *_) in enumerate(headline, 1):
         ratio = mine["rps"] / noop["rps"] * 100 if noop["rps"] else float("nan")
         ratios.append(ratio)
         if noop["cpu_us"] and mine["cpu_us"]:
@@ -524,6 +661,9 @@ def print_tables(
             f"(range {min(cpu_ratios):.0f}-{max(cpu_ratios):.0f}%): the req/s ratio when each "
             "server is limited by its own CPU"
         )
+
+    if headline and len(headline[0]) == 3:
+        print_before_after(args, headline)
 
     base = "mlflow" if "mlflow" in results else "mlfolio"
     print("\nsingle-row requests by number of clients\n")

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from .conftest import ROOT
+from .conftest import ROOT, require_program
 
 BENCHMARKS = ROOT / "benchmarks"
 
@@ -112,7 +112,9 @@ def test_drift_bench_compares_with_evidently_at_a_tiny_size():
 
 @pytest.mark.slow
 def test_serve_bench_prints_the_headline_and_the_single_row_and_batch_tables():
-    out = run_benchmark("serve_bench.py", "--quick")
+    require_program("wrk", "the load generator of serve_bench.py")
+    # --baseline-src: this checkout again, as the 'before' of a before/after table
+    out = run_benchmark("serve_bench.py", "--quick", "--baseline-src", str(ROOT))
     assert re.search(r"^machine: \d+ cores, load average [\d. ]+ before", out, re.M)
     assert "| repeat | no-op req/s | no-op p99 ms | mlfolio req/s | mlfolio p99 ms |" in out
     assert re.search(r"^\| 1 \| \d+ \| [\d.]+ \| \d+ \| [\d.]+ \| \d+% \|", out, re.M)
@@ -126,3 +128,6 @@ def test_serve_bench_prints_the_headline_and_the_single_row_and_batch_tables():
         for rows in (100, 1000):
             assert re.search(rf"^\| {server} \| {rows} \| [\d.]+ \| \d+ \|", out, re.M), rows
     assert "non-200 answers" not in out
+    assert "| repeat | before req/s | after req/s |" in out
+    assert re.search(r"^\| 1 \| \d+ \| \d+ \| [\d.]+ \| [\d.]+ \| \d+ \| \d+ \| \d+ \|$", out, re.M)
+    assert re.search(r"^after vs before: req/s [+-][\d.]+% \(median\)", out, re.M)
