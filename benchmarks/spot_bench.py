@@ -2,9 +2,9 @@
 
 Usage (from the project root)::
 
-    .venv/bin/python benchmarks/spot_bench.py                      # ~1 min at load ~1
+    .venv/bin/python benchmarks/spot_bench.py                      # ~90 s at load ~8
     .venv/bin/python benchmarks/spot_bench.py --trials 8 --quick   # smoke run, ~20 s
-    .venv/bin/python benchmarks/spot_bench.py --spot-ratio 0.35    # without the price table
+    .venv/bin/python benchmarks/spot_bench.py --spot-ratio 0.35    # another spot price
 
 What runs: the tune job's container entry (``mlfolio tune-job --in-container``, the
 process SageMaker starts) on the real Telco data (``data/telco_churn.csv``, split as the
@@ -29,9 +29,10 @@ either way by a trial's variation.
 
 Savings: SageMaker reports ``(1 - BillableTimeInSeconds / TrainingTimeInSeconds) x 100``
 for a managed spot job. Simulated here: training seconds = both attempts' wall time,
-billable seconds = those at the spot price (x the spot/on-demand ratio: one minus the
-typical discount of the price table in the repo, ``mlfolio.cost``, when it is there; else
-``--spot-ratio``). Also shown: the saving against the uninterrupted run on demand, which
+billable seconds = those at the spot price (x the spot/on-demand ratio: ``--spot-ratio``,
+else one minus the typical spot discount of the dated price table in the repo,
+``lib/mlfolio/cost/aws-us-east-1.yaml``). Also shown: the saving against the uninterrupted
+run on demand, which
 charges the interruption's extra time to spot. The load average is printed at the start
 and the end.
 """
@@ -114,19 +115,21 @@ def study_of(checkpoints: Path) -> optuna.Study:
 
 
 def spot_ratio(given: float | None) -> tuple[float, str]:
-    """Spot/on-demand price ratio: the repo's price table's typical discount, else given."""
+    """Spot/on-demand price ratio: ``--spot-ratio`` when given, else one minus the typical
+    spot discount of the dated price table in the repo (``mlfolio.cost``)."""
+    if given is not None:
+        return given, "--spot-ratio"
     try:
-        from mlfolio import cost  # the dated price table, when it is in the repo
-
-        table = cost.load()
-        prov = table.provenance()
-        where = ", ".join(f"{k} {v}" for k, v in prov.items() if k in ("region", "published"))
-        return 1.0 - table.spot.typical_discount, f"price table ({where or 'mlfolio.cost'})"
+        from mlfolio import cost
     except ImportError:
-        pass
-    if given is None:
         sys.exit("no price table in the repo (mlfolio.cost): give --spot-ratio")
-    return given, "--spot-ratio"
+    table = cost.load()
+    prov = table.provenance()
+    discount = table.spot.typical_discount
+    return 1.0 - discount, (
+        f"{Path(str(prov['file'])).name} ({prov['region']}, as published "
+        f"{prov['as_published']}): typical spot discount {discount:.0%}"
+    )
 
 
 def savings(billable_s: float, training_s: float) -> float:
@@ -243,7 +246,7 @@ def main() -> None:
     print(f"spot_bench: load average {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f} (start)")
     print(
         f"tune: {args.trials} trials, {folds}-fold CV, pruner {args.pruner}, 1 worker, "
-        f"Telco data ({ROOT / 'data' / 'telco_churn.csv'}); {repeats} pair(s) of runs"
+        f"Telco data (data/telco_churn.csv); {repeats} pair(s) of runs"
     )
     results = []
     for _ in range(repeats):

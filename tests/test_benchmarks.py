@@ -131,3 +131,12 @@ def test_serve_bench_prints_the_headline_and_the_single_row_and_batch_tables():
     assert "| repeat | before req/s | after req/s |" in out
     assert re.search(r"^\| 1 \| \d+ \| \d+ \| [\d.]+ \| [\d.]+ \| \d+ \| \d+ \| \d+ \|$", out, re.M)
     assert re.search(r"^after vs before: req/s [+-][\d.]+% \(median\)", out, re.M)
+
+
+@pytest.mark.slow
+def test_spot_bench_quick_prints_its_table_and_both_numbers():
+    out = run_benchmark("spot_bench.py", "--quick", "--trials", "6")
+    assert "attempt 1, SIGTERM" in out and "attempt 2, restart" in out
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("re-run trials: 0;")  # the script exits 1 on any re-run
+    assert "SageMaker's savings figure" in last and "load average" in out
