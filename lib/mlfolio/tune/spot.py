@@ -356,6 +356,7 @@ def run_job(paths: JobPaths | None = None) -> dict[str, Any]:
     try:
         with sigterm_interrupts():
             spec = read_spec(paths.spec)
+            _release_stale_lock(paths)
             if not paths.train.is_file():
                 raise ConfigError(f"{paths.train}: no training rows (the 'train' input channel)")
             before = _already_finished(spec, paths)
@@ -397,6 +398,17 @@ def run_job(paths: JobPaths | None = None) -> dict[str, Any]:
     paths.model.mkdir(parents=True, exist_ok=True)
     (paths.model / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _release_stale_lock(paths: JobPaths) -> None:
+    """Remove the journal's lock file a killed process left (a worker process stopped in
+    a write, or restored with the checkpoint folder): nothing else uses this folder when
+    the job starts (one instance), and Optuna would otherwise wait 30 s before breaking
+    it."""
+    lock = paths.checkpoints / "tune" / "study.journal.lock"
+    if lock.is_symlink() or lock.exists():
+        log.warning("removing %s, left by a stopped process", lock)
+        lock.unlink()
 
 
 def _already_finished(spec: Spec, paths: JobPaths) -> list[int]:
