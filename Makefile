@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 	# --compile-bytecode: without .pyc files every kernel recompiles pandas/sklearn/mlflow
 	# on import (10 s per stage where PYTHONDONTWRITEBYTECODE is set).
 	$(BIN)/uv pip install --python $(BIN)/python --compile-bytecode \
-		--constraint constraints.txt --editable '.[test,kfp,docs]'
+		--constraint constraints.txt --editable '.[test,kfp,aws,docs]'
 	touch $(STAMP)
 
 setup: $(STAMP)  ## create .venv with the pinned dependencies
