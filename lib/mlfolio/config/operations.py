@@ -307,6 +307,34 @@ class SagemakerConfig(_Section):
     checkpoint_s3_uri: str | None = Field(
         None, description="spot: where a job's checkpoints (the Optuna study) survive a restart"
     )
+    s3_uri: str | None = Field(
+        None,
+        description="S3 prefix the pipeline's steps hand their products over in (a pipeline "
+        "parameter); None = s3://<deploy.aws.bucket>/<pipeline name>",
+    )
+    secrets: dict[str, str] = Field(
+        default_factory=dict,
+        description="environment variable -> AWS Secrets Manager secret (name or ARN) a step "
+        "reads it from, e.g. {PGPASSWORD: mlfolio/optuna}: passwords are never written into "
+        "the pipeline definition",
+    )
+    cache_days: int = Field(
+        30,
+        ge=0,
+        le=3650,
+        description="steps of reusable stages are reused (SageMaker step caching) from an "
+        "earlier execution with the same arguments and inputs this many days; 0 = never",
+    )
+
+    @field_validator("secrets")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, secret in value.items():
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ValueError(f"secrets: {name!r} is not an environment variable name")
+            if not secret:
+                raise ValueError(f"secrets.{name}: give the secret's name or ARN")
+        return value
 
     @model_validator(mode="after")
     def _spot_checkpoints(self) -> SagemakerConfig:
