@@ -166,6 +166,21 @@ def require_program(program: str, why: str) -> str:
     return path
 
 
+@pytest.fixture(scope="module")
+def moto_url() -> Any:
+    """A real moto server (all AWS services moto implements) on loopback, a port of its
+    own; give tests dummy credentials and this endpoint."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def team_services(tmp_path_factory):
     """PostgreSQL, moto_server (S3) and two ``mlflow server`` processes, once per session:

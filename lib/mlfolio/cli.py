@@ -423,14 +423,20 @@ def _gate_status(args: argparse.Namespace) -> None:
 def _compile_parser(sub: argparse._SubParsersAction) -> None:
     comp = sub.add_parser(
         "compile",
-        help="write the pipeline as a Kubeflow Pipelines v2 spec",
+        help="write the pipeline as a Kubeflow Pipelines v2 spec or a SageMaker pipeline",
         description="Validate the parameters, then write the stage chain as a KFP v2 "
-        "pipeline spec (one task per stage notebook, tuning workers in a ParallelFor, "
-        "register and deploy behind the gate). Tasks run in pods: the tracking URI "
+        "pipeline spec or a SageMaker pipeline definition (one task per stage notebook, "
+        "tuning workers in parallel, register and deploy behind the gate). Tasks run on "
+        "other machines: the tracking URI "
         "must be a server and tuning.storage (n_workers > 1) a shared database. "
         "Exit 0: written; 2: bad parameters.",
     )
-    comp.add_argument("target", choices=["kfp"], help="the orchestrator (kfp)")
+    comp.add_argument(
+        "target",
+        choices=["kfp", "sagemaker"],
+        help="the orchestrator: kfp (a KFP v2 spec, YAML) or sagemaker (a SageMaker "
+        "pipeline definition, JSON; needs the mlfolio[aws] extra)",
+    )
     comp.add_argument("params_file", help="YAML parameter file, e.g. parameters/team.yaml")
     comp.add_argument(
         "-p",
@@ -440,7 +446,9 @@ def _compile_parser(sub: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="override a parameter (repeatable)",
     )
-    comp.add_argument("-o", "--output", default="pipeline.yaml", help="the spec file to write")
+    comp.add_argument(
+        "-o", "--output", help="the file to write (default pipeline.yaml / pipeline.json)"
+    )
     comp.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
 
 
@@ -448,12 +456,22 @@ def _compile(args: argparse.Namespace) -> None:
     from mlfolio import config
     from mlfolio.pipeline import engines
 
+    overrides = config.parse_overrides(args.param)
+    if args.target == "sagemaker":
+        engines.needs_sagemaker()
+        from mlfolio.pipeline.sagemaker import definition
+
+        output = args.output or "pipeline.json"
+        cfg, plan, out = definition.compile_pipeline(args.params_file, overrides, output)
+        _echo(
+            f"wrote {out}: SageMaker pipeline {plan.name}, {len(plan.steps)} steps, "
+            f"image {plan.image_uri}"
+        )
+        return
     engines.needs_kfp()
     from mlfolio.pipeline.kfp import spec
 
-    cfg, out = spec.compile_pipeline(
-        args.params_file, config.parse_overrides(args.param), args.output
-    )
+    cfg, out = spec.compile_pipeline(args.params_file, overrides, args.output or "pipeline.yaml")
     _echo(f"wrote {out}: pipeline {spec.pipeline_name(cfg)}, image {cfg.kfp.image}")
 
 

@@ -85,6 +85,16 @@ def needs_kfp() -> None:
         ) from None
 
 
+def needs_sagemaker() -> None:
+    """ConfigError when the SageMaker SDK (the ``mlfolio[aws]`` extra) is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("sagemaker.mlops") is None:
+        raise ConfigError(
+            "compile sagemaker needs the SageMaker Python SDK: pip install 'mlfolio[aws]'"
+        )
+
+
 def _kfp() -> Any:
     """mlfolio.pipeline.kfp.local (kfp checked first)."""
     needs_kfp()
