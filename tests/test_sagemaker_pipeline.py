@@ -437,6 +437,7 @@ def iam_policies() -> list[dict[str, Any]]:
 
     text = (ROOT / "docs" / "aws.md").read_text()
     section = text[text.index("## IAM permissions") :]
+    section = section[: section.index("\n## ")] if "\n## " in section else section
     return [json.loads(block) for block in re.findall(r"```json\n(.*?)```", section, re.S)]
 
 
