@@ -5,6 +5,7 @@ the spot settings and the checkpoint location, the inputs in S3)."""
 from __future__ import annotations
 
 import json
+import uuid
 
 import pytest
 
@@ -113,3 +114,40 @@ def test_cli_refuses_before_any_upload(tmp_path, capsys):
     assert "--run-dir: no such file:" in capsys.readouterr().err
     assert cli.main(["tune-job", str(CHURN_PARAMS)]) == 2
     assert "give PARAMS_FILE and --run-dir RUN" in capsys.readouterr().err
+
+
+def spot_iam_policies() -> list[dict]:
+    """The JSON policies of docs/aws.md's managed spot section: the job's, the caller's."""
+    import re
+
+    text = (CHURN_PARAMS.parents[1] / "docs" / "aws.md").read_text()
+    section = text[text.index("## Managed spot training") :]
+    section = section[section.index("### IAM") : section.index("\n## ")]
+    return [json.loads(block) for block in re.findall(r"```json\n(.*?)```", section, re.S)]
+
+
+def test_the_documented_spot_iam_policies_are_valid_and_cover_the_calls(aws):
+    execution, caller = spot_iam_policies()
+    iam = aws.client("iam")
+    for name, policy in (("spot-execution", execution), ("spot-caller", caller)):
+        iam.create_policy(
+            PolicyName=f"mlfolio-{name}-{uuid.uuid4().hex[:6]}", PolicyDocument=json.dumps(policy)
+        )
+
+    def actions(policy: dict) -> set[str]:
+        found = [s["Action"] for s in policy["Statement"]]
+        return {a for f in found for a in ([f] if isinstance(f, str) else f)}
+
+    # the job reads its inputs and writes its output and checkpoints, pulls its image, logs
+    assert {"s3:GetObject", "s3:PutObject", "s3:ListBucket", "ecr:BatchGetImage"} <= actions(
+        execution
+    )
+    assert "logs:PutLogEvents" in actions(execution)
+    # what jobs.submit calls
+    assert {
+        "sagemaker:CreateTrainingJob",
+        "sagemaker:DescribeTrainingJob",
+        "sagemaker:AddTags",
+        "s3:PutObject",
+        "iam:PassRole",
+    } <= actions(caller)
