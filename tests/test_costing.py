@@ -102,6 +102,10 @@ def test_the_traffic_is_the_prediction_logs(tmp_path):
     assert costing.default_serving(params, rps=3.0).traffic.mean_rps == 3.0
     with pytest.raises(ConfigError, match="--rps -1"):
         costing.default_serving({}, rps=-1)
+    with pytest.raises(ConfigError, match="--duration-ms 0"):
+        costing.default_serving({}, duration_ms=0)
+    with pytest.raises(ConfigError, match="--memory-mb -5"):
+        costing.default_serving({}, memory_mb=-5)
 
 
 def test_the_servers_memory_the_deploy_stage_measured_is_used():

@@ -231,6 +231,9 @@ def default_serving(
     """The traffic given (``rps``), else the prediction log's (``monitoring.prediction_log``
     when it exists), else none; duration and memory given, else the memory the deploy
     stage measured (in ``manifest``), else the assumed ones."""
+    for option, value in (("--duration-ms", duration_ms), ("--memory-mb", memory_mb)):
+        if value is not None and not value > 0:
+            raise ConfigError(f"{option} {value}: expected a number above 0")
     traffic, source = None, "none: priced at reference rates"
     folder = (params.get("monitoring") or {}).get("prediction_log")
     if rps is not None:
