@@ -17,7 +17,7 @@ import optuna
 import pytest
 
 from mlfolio import config
-from mlfolio.errors import ConfigError
+from mlfolio.errors import ConfigError, RunInterrupted
 from mlfolio.tune import spot
 
 from .conftest import CHURN_PARAMS
@@ -182,6 +182,49 @@ def test_a_restart_loads_the_folds_from_the_checkpoint_folder(tmp_path, parts, m
     with pytest.raises(AssertionError, match="rebuilt instead of loaded"):
         spot.run_job(paths)
     assert spot.read_attempts(paths.checkpoints)[-1]["outcome"] == "failed"
+
+
+def frame_through(*chain: tuple[str, str]):
+    """A real frame whose callers are functions compiled from the given (file, name)
+    pairs, outermost first: what the SIGTERM handler sees when the signal arrives there."""
+    captured = []
+
+    def call(level: int) -> None:
+        if level == len(chain):
+            captured.append(sys._getframe(1))
+            return
+        filename, name = chain[level]
+        ns: dict = {}
+        exec(compile(f"def {name}(go, level):\n    go(level)\n", filename, "exec"), ns)
+        ns[name](call, level + 1)
+
+    call(0)
+    return captured[0]
+
+
+OBJECTIVE = ("/app/lib/mlfolio/tune/search.py", "objective")
+OPTIMIZE = ("/venv/site-packages/optuna/study/_optimize.py", "_run_trial")
+JOURNAL = ("/venv/site-packages/optuna/storages/journal/_file.py", "append_logs")
+
+
+def test_sigterm_waits_for_a_safe_point():
+    notice = spot._Notice()
+    safe, unsafe = notice._safe, lambda *c: not notice._safe(frame_through(*c))
+    assert safe(frame_through(OPTIMIZE, OBJECTIVE))  # in a trial's own work
+    assert safe(frame_through(("/app/lib/mlfolio/tune/spot.py", "run_job")))  # before the study
+    assert unsafe(OPTIMIZE, OBJECTIVE, JOURNAL)  # a trial reporting to the journal
+    assert unsafe(OPTIMIZE)  # Optuna's bookkeeping between trials
+    assert unsafe(JOURNAL)
+    try:
+        notice.handle(signal.SIGALRM, frame_through(OPTIMIZE, OBJECTIVE))  # no SIGTERM yet
+        notice.handle(signal.SIGTERM, frame_through(OPTIMIZE, JOURNAL))  # deferred...
+        assert signal.getitimer(signal.ITIMER_REAL)[0] > 0  # ...to a look again soon
+        with pytest.raises(RunInterrupted, match="SIGTERM: the tune job was stopped") as info:
+            notice.handle(signal.SIGALRM, frame_through(OPTIMIZE, OBJECTIVE))
+        assert info.value.exit_code == 143
+        assert signal.getitimer(signal.ITIMER_REAL)[0] == 0
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
 
 
 def finished_trials(paths: spot.JobPaths) -> list[optuna.trial.FrozenTrial]:

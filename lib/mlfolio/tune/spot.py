@@ -286,15 +286,14 @@ class _Notice:
         signal.setitimer(signal.ITIMER_REAL, self.RETRY_S)
 
     def _safe(self, frame: Any) -> bool:
+        objective_file, objective_name = self.OBJECTIVE
         in_objective = in_optuna = False
         while frame is not None:
             code = frame.f_code
             where = code.co_filename.replace("\\", "/")
             if "/optuna/storages/" in where:
                 return False
-            in_objective |= (where.endswith(self.OBJECTIVE[0])) and code.co_name == self.OBJECTIVE[
-                1
-            ]
+            in_objective |= where.endswith(objective_file) and code.co_name == objective_name
             in_optuna |= "/optuna/" in where
             frame = frame.f_back
         return in_objective or not in_optuna
