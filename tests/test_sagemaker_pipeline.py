@@ -358,6 +358,99 @@ def test_start_and_finish_steps_open_and_close_the_parent_run(
     assert client.get_run(parent.info.run_id).info.status == "FINISHED"
 
 
+class Execution:
+    """Steps of a compiled definition run here as SageMaker runs them: each in a job folder
+    of its own (``/opt/ml``), its processing inputs downloaded from the S3 folders of the
+    steps named, its arguments resolved (pipeline parameters, step properties), its
+    output folder kept as that step's S3 folder."""
+
+    def __init__(self, doc: dict[str, Any], root: Path, parameters: dict[str, str]):
+        self.steps = all_steps(doc)
+        self.root = root
+        self.folder = "s3://team-bucket/mlfolio-churn/exec-e2e"
+        self.parameters = {p["Name"]: p.get("DefaultValue", "") for p in doc["Parameters"]}
+        self.parameters.update(parameters)
+        self.s3: dict[str, Path] = {}  # S3 folder -> what the step uploaded
+
+    def resolve(self, arg: Any) -> str:
+        if isinstance(arg, str):
+            return arg
+        ref = arg["Get"]
+        if ref.startswith("Parameters."):
+            return self.parameters[ref.removeprefix("Parameters.")]
+        step = ref.removeprefix("Steps.").split(".")[0]
+        assert ref.endswith("ProcessingOutputConfig.Outputs['products'].S3Output.S3Uri"), ref
+        return f"{self.folder}/{step}"
+
+    def run(self, name: str, monkeypatch: Any) -> int:
+        import shutil
+
+        step = self.steps[name]
+        job = self.root / name
+        job_config(job, f"{self.folder}/{name}")
+        for channel in step["Arguments"].get("ProcessingInputs", []):
+            uri = self.resolve(channel["S3Input"]["S3Uri"])
+            local = Path(channel["S3Input"]["LocalPath"]).relative_to("/opt/ml")
+            shutil.copytree(self.s3[uri], job / local)
+        monkeypatch.setenv("MLFOLIO_SAGEMAKER_ROOT", str(job))
+        code = entry.main([self.resolve(a) for a in container_args(step)])
+        self.s3[f"{self.folder}/{name}"] = job / "processing" / "output" / "products"
+        return code
+
+    def output(self, name: str) -> Path:
+        return self.s3[f"{self.folder}/{name}"]
+
+
+@pytest.mark.slow
+def test_stage_steps_run_and_hand_over_as_on_sagemaker(tmp_path, tracking_dir, monkeypatch):
+    """start, ingest, preprocess and a tuning worker of a compiled definition, run by the
+    entry as SageMaker would; then a stage that fails ends the parent run FAILED."""
+    from mlflow.tracking import MlflowClient
+
+    doc = compile_cli(
+        CHURN_PARAMS,
+        tmp_path / "p.json",
+        *ON_AWS,
+        "data.sample_rows=1000",
+        "tuning.n_workers=2",
+        "tuning.storage=postgresql+psycopg://optuna@db.team.example:5432/optuna",
+        "tuning.n_trials=2",
+        "tuning.cv_folds=2",
+    )
+    from . import team
+
+    uri = f"sqlite:///{tracking_dir / 'mlflow.db'}"
+    database = team.create_database("mlfolio_sm")
+    # the pipeline parameters of this execution: the services here
+    optuna_url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}"
+    run = Execution(doc, tmp_path / "jobs", {plan.TRACKING: uri, plan.TUNING: optuna_url})
+    try:
+        for name in ("start", "ingest", "preprocess", "tune-worker-0"):
+            assert run.run(name, monkeypatch) == 0, name
+    finally:
+        team.drop_database(database)
+    for path in products.of_stage("ingest"):
+        assert (run.output("ingest") / path).is_file(), path
+    for split in products.SPLITS.values():
+        assert (run.output("preprocess") / split.path).is_file(), split.path
+    entry_doc = json.loads((run.output("preprocess") / "_kfp" / "preprocess.json").read_text())
+    assert entry_doc["status"] == "succeeded"
+    worker = json.loads((run.output("tune-worker-0") / "worker.json").read_text())
+    assert worker["ran"] == 2 and worker["study"].startswith("churn-sm-")
+    client = MlflowClient(uri)
+    parent = json.loads((run.output("start") / "run.json").read_text())["parent_run_id"]
+    stages = client.search_runs(
+        [client.get_run(parent).info.experiment_id], f"tags.mlflow.parentRunId = '{parent}'"
+    )
+    assert {r.data.tags.get("mlfolio.stage") for r in stages} >= {"ingest", "preprocess"}
+    assert client.get_run(parent).info.status == "RUNNING"
+    # evaluate without train's and tune's products: its notebook fails, and with it the run
+    run.s3[f"{run.folder}/train"] = run.s3[f"{run.folder}/tune"] = tmp_path / "empty"
+    (tmp_path / "empty").mkdir()
+    assert run.run("evaluate", monkeypatch) == 1
+    assert client.get_run(parent).info.status == "FAILED"
+
+
 def test_run_folder_needs_the_job_configuration(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFOLIO_SAGEMAKER_ROOT", str(tmp_path))
     with pytest.raises(ConfigError, match="no processing job configuration"):

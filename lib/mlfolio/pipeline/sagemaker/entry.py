@@ -202,16 +202,35 @@ def stage(args: argparse.Namespace) -> dict[str, Any]:
             overrides["tuning.n_workers"] = 1  # the worker steps ran the trials
     parent = parent_run(cfg, run_folder())
     html = Path(tempfile.mkdtemp(prefix="mlfolio-html-")) / "notebook.html"
-    return steps.run_stage(
-        args.stage,
-        params_text(args),
-        parent,
-        input_dirs(),
-        str(output_dir()),
-        str(html),
-        None,
-        overrides,
-    )
+    try:
+        return steps.run_stage(
+            args.stage,
+            params_text(args),
+            parent,
+            input_dirs(),
+            str(output_dir()),
+            str(html),
+            None,
+            overrides,
+        )
+    except StageError:
+        end_failed(cfg)
+        raise
+
+
+def end_failed(cfg: Config) -> None:
+    """End the parent run, and every run still open under it, FAILED: SageMaker retries a
+    step only on its own faults, never when the stage's code failed, so the execution
+    stops here and no finish step will run (SageMaker Pipelines has no exit handler).
+    Guarded: the tracking store may be what failed; the step's own error is the one told."""
+    from mlflow.tracking import MlflowClient
+
+    from mlfolio.pipeline.runlock import end_open_runs
+
+    try:
+        end_open_runs(MlflowClient(), parent_run(cfg, run_folder()), "FAILED")
+    except Exception as exc:  # noqa: BLE001 - reported, the step's error goes on
+        log.warning("could not end the MLflow parent run FAILED: %s", exc)
 
 
 def tune_worker(args: argparse.Namespace) -> int:
@@ -225,7 +244,11 @@ def tune_worker(args: argparse.Namespace) -> int:
     train = pd.read_parquet(Path(folder) / products.SPLITS["train"].path)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     name = study_name(cfg, args.study_of)
-    ran = tune.join_study(cfg, train, name, args.worker)
+    try:
+        ran = tune.join_study(cfg, train, name, args.worker)
+    except Exception:
+        end_failed(cfg)
+        raise
     write_json(output_dir() / "worker.json", {"worker": args.worker, "study": name, "ran": ran})
     return ran
 
