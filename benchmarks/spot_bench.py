@@ -124,11 +124,10 @@ def spot_ratio(given: float | None) -> tuple[float, str]:
     except ImportError:
         sys.exit("no price table in the repo (mlfolio.cost): give --spot-ratio")
     table = cost.load()
-    prov = table.provenance()
     discount = table.spot.typical_discount
     return 1.0 - discount, (
-        f"{Path(str(prov['file'])).name} ({prov['region']}, as published "
-        f"{prov['as_published']}): typical spot discount {discount:.0%}"
+        f"{Path(str(table.path)).name} ({table.region}, as published {table.as_published}): "
+        f"typical spot discount {discount:.0%}"
     )
 
 
