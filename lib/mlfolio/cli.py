@@ -464,8 +464,8 @@ def _compile(args: argparse.Namespace) -> None:
         output = args.output or "pipeline.json"
         cfg, plan, out = definition.compile_pipeline(args.params_file, overrides, output)
         _echo(
-            f"wrote {out}: SageMaker pipeline {plan.name}, {len(plan.steps)} steps, "
-            f"image {plan.image_uri}"
+            f"wrote {out}: SageMaker pipeline {plan.name}, {len(plan.steps)} processing "
+            f"steps and the gate's condition step, image {plan.image_uri}"
         )
         return
     engines.needs_kfp()

@@ -231,15 +231,18 @@ def _quiet() -> Iterator[None]:
     import logging
     import warnings
 
-    logger = logging.getLogger("sagemaker")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    # sagemaker.config logs at INFO which SDK defaults files it did not find
+    loggers = [logging.getLogger(name) for name in ("sagemaker", "sagemaker.config")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def definition(plan: Plan) -> dict[str, Any]:
