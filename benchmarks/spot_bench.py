@@ -2,7 +2,7 @@
 
 Usage (from the project root)::
 
-    .venv/bin/python benchmarks/spot_bench.py                      # ~90 s at load ~8
+    .venv/bin/python benchmarks/spot_bench.py                      # ~2 min at load ~8
     .venv/bin/python benchmarks/spot_bench.py --trials 8 --quick   # smoke run, ~20 s
     .venv/bin/python benchmarks/spot_bench.py --spot-ratio 0.35    # another spot price
 
@@ -226,7 +226,7 @@ def main() -> None:
     ap.add_argument(
         "--kill-after", type=int, default=None, help="SIGTERM in the trial after this many"
     )
-    ap.add_argument("--repeats", type=int, default=2, help="pairs of runs (medians reported)")
+    ap.add_argument("--repeats", type=int, default=3, help="pairs of runs (medians reported)")
     ap.add_argument("--spot-ratio", type=float, default=None, help="spot / on-demand price")
     ap.add_argument("--quick", action="store_true", help="3 folds, one pair: a smoke run")
     args = ap.parse_args()
