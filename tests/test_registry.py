@@ -199,3 +199,22 @@ def test_one_trigger_claims_one_retraining(store, tmp_path, fitted):
     much_later = datetime.now(UTC) + timedelta(seconds=2)
     ok, holder = registry.claim_retraining("m", "/runs/monitor-d", much_later, cooldown_hours=1)
     assert not ok and holder["monitor_run_dir"] == "/runs/monitor-c"
+
+
+def test_a_pipeline_run_finds_the_version_it_registered_even_one_an_undo_could_only_tag(
+    store, tmp_path, fitted
+):
+    """version_of_run: the version a run registered (hash and run tags); another run, or
+    none, finds nothing. One its undo tagged failed-register is taken back untagged."""
+    (ref,) = _versions(store, tmp_path, fitted, 1)
+    client = mlflow.MlflowClient()
+    for key, value in {registry.MODEL_HASH_TAG: "h1", registry.PIPELINE_RUN_TAG: "p1"}.items():
+        client.set_model_version_tag("m", ref.version, key, value)
+    client.set_model_version_tag("m", ref.version, registry.STATUS_TAG, registry.FAILED_REGISTER)
+    assert registry.version_with_hash("m", "h1") is None  # a failed register is no duplicate
+    assert registry.version_of_run("m", "h1", "p2") is None
+    assert registry.version_of_run("m", "h2", "p1") is None
+    assert registry.version_of_run("m", "h1", "") is None  # a notebook run by hand
+    found = registry.version_of_run("m", "h1", "p1")
+    assert found is not None and found.version == ref.version
+    assert registry.STATUS_TAG not in client.get_model_version("m", ref.version).tags

@@ -226,11 +226,17 @@ class Stages:
         self.params.write_text(yaml.safe_dump(raw, sort_keys=False))
         self.run_dir = root / "run"
 
-    def run(self, stage: str, fn, run_dir: Path | None = None, **overrides):
+    def run(
+        self, stage: str, fn, run_dir: Path | None = None, parent_run_id: str = "", **overrides
+    ):
         from mlfolio.context import open_stage
 
         ctx = open_stage(
-            stage, str(self.params), str(run_dir or self.run_dir), overrides=overrides or None
+            stage,
+            str(self.params),
+            str(run_dir or self.run_dir),
+            parent_run_id,
+            overrides=overrides or None,
         )
         try:
             return ctx, fn(ctx)
@@ -654,3 +660,51 @@ def test_tune_stage_warm_starts_from_the_champion_subsamples_and_refits_early_st
             run_dir=tmp_path / "pinned",
             **{**logreg, "tuning.warm_start": 9},
         )
+
+
+def test_a_retried_register_takes_over_the_version_its_failed_attempt_created(
+    registered_run, tmp_path
+):
+    """A register attempt that died once the version existed (its kernel killed past
+    stages.register.timeout_s, a lost pod) left it without aliases: the retry, in the same
+    pipeline run, takes that version over (one version, then challenger and champion); a
+    further retry changes nothing. Another pipeline run with the same model still gets
+    the existing version as a duplicate, as before."""
+    from mlflow.tracking import MlflowClient
+
+    from mlfolio import registry, stages, tracking
+
+    units, _ = registered_run
+    model = "churn-stage-retry"
+    run_dir = tmp_path / "retry"
+    shutil.copytree(units.run_dir, run_dir)
+    ctx, ev = units.run(
+        "evaluate", stages.evaluate_candidate, run_dir=run_dir, **{"registry.model_name": model}
+    )
+    assert ev["gate"]["passed"] and ev["champion"] is None
+    parent = tracking.start_parent_run(ctx.cfg, run_dir)
+    uri, digest = ev["candidate"]["model_uri"], registry.model_hash(ev["candidate"]["model_uri"])
+    run_tags = {registry.MODEL_HASH_TAG: digest, registry.PIPELINE_RUN_TAG: parent}
+    died = registry.register(model, uri, ev["candidate"]["run_id"], run_tags)  # attempt 1
+
+    def attempt(pipeline_run: str) -> dict:
+        over = {"registry.model_name": model}
+        return units.run("register", stages.register_model, run_dir, pipeline_run, **over)[1]
+
+    def versions() -> list[str]:
+        return sorted(
+            str(v.version) for v in MlflowClient().search_model_versions(f"name = '{model}'")
+        )
+
+    retry = attempt(parent)
+    assert versions() == [died.version] == ["1"]
+    assert (retry["registered"], retry["version"], retry["duplicate_of"]) == (True, "1", None)
+    assert retry["promoted"] and registry.get_alias(model, registry.CHAMPION).version == "1"
+    assert [e["alias"] for e in retry["alias_events"]] == [registry.CHALLENGER, registry.CHAMPION]
+
+    again = attempt(parent)  # the retry's kernel died after all that: a third attempt
+    assert versions() == ["1"] and again["registered"] and again["promoted"]
+    assert again["alias_events"] == [] and again["why_not_promoted"] is None
+
+    other = attempt(tracking.start_parent_run(ctx.cfg, tmp_path / "another-run"))
+    assert versions() == ["1"] and other["duplicate_of"] == "1" and not other["registered"]

@@ -29,6 +29,7 @@ CHALLENGER = "challenger"
 EVENT_PREFIX = "mlfolio.alias_event."
 RETRAIN_CLAIM_TAG = "mlfolio.retrain_claim"
 MODEL_HASH_TAG = "mlfolio.model_hash"
+PIPELINE_RUN_TAG = "mlfolio.pipeline_run_id"  # the pipeline run that registered a version
 THRESHOLD_TAG = "mlfolio.threshold"  # the decision threshold evaluate chose for the version
 MODEL_CARD_TAG = "mlfolio.model_card"  # where the version's model card is (an artifact URI)
 # A version whose register failed and could not be deleted: never reused, never aliased.
@@ -163,6 +164,31 @@ def version_with_hash(name: str, digest: str) -> ModelRef | None:
     if not found:
         return None
     mv = min(found, key=lambda v: int(v.version))
+    return ModelRef(name, str(mv.version), mv.run_id, mv.source)
+
+
+def version_of_run(name: str, digest: str, pipeline_run_id: str) -> ModelRef | None:
+    """The version of ``name`` with content hash ``digest`` that pipeline run
+    ``pipeline_run_id`` registered already (tag ``mlfolio.pipeline_run_id``): an earlier
+    attempt of its register stage that did not finish (a kernel killed past its time
+    limit, a lost pod). A retry takes it over, so one run never registers one model
+    twice; one an undo could only tag ``failed-register`` is taken back (tag removed).
+    None without a run id (a notebook run by hand) or when there is none."""
+    if not pipeline_run_id:
+        return None
+    client = MlflowClient()
+    try:
+        found = client.search_model_versions(
+            f"name = '{name}' and tags.`{MODEL_HASH_TAG}` = '{digest}' "
+            f"and tags.`{PIPELINE_RUN_TAG}` = '{pipeline_run_id}'"
+        )
+        if not found:
+            return None
+        mv = min(found, key=lambda v: int(v.version))
+        if (mv.tags or {}).get(STATUS_TAG) == FAILED_REGISTER:
+            client.delete_model_version_tag(name, mv.version, STATUS_TAG)
+    except MlflowException as exc:
+        raise RegistryError(f"registry search of {name} by pipeline run failed: {exc}") from exc
     return ModelRef(name, str(mv.version), mv.run_id, mv.source)
 
 

@@ -54,7 +54,7 @@ def register_model(ctx: StageContext) -> dict[str, Any]:
     tags = {
         "mlfolio.run_dir": str(ctx.run_dir),
         "mlfolio.data_hash": ingest_info.data_hash,
-        "mlfolio.pipeline_run_id": ctx.parent_run_id,
+        registry.PIPELINE_RUN_TAG: ctx.parent_run_id,
         "mlfolio.candidate": candidate.name,
         "mlfolio.gate_passed": str(passed),
         "mlfolio.test_roc_auc": f"{candidate.test['roc_auc']:.6f}",
@@ -62,12 +62,19 @@ def register_model(ctx: StageContext) -> dict[str, Any]:
     }
     try:
         tags[registry.MODEL_HASH_TAG] = registry.model_hash(candidate.model_uri)
+        # A retry (or a resume) of this run's register takes over the version an earlier
+        # attempt created: one run never registers its model twice.
+        ref = registry.version_of_run(
+            cfg.model_name, tags[registry.MODEL_HASH_TAG], ctx.parent_run_id
+        )
+        taken_over = ref is not None
         # An identical model (e.g. an unchanged re-run that reused train and tune) gets no
         # second version: the existing one stands for it.
-        ref = registry.version_with_hash(cfg.model_name, tags[registry.MODEL_HASH_TAG])
+        if ref is None:
+            ref = registry.version_with_hash(cfg.model_name, tags[registry.MODEL_HASH_TAG])
         if ref is None and ev.gate.same_model_as:  # a champion registered without the tag
             ref = registry.get_version(cfg.model_name, ev.gate.same_model_as)
-        duplicate_of = ref.version if ref else None
+        duplicate_of = ref.version if ref and not taken_over else None
         if ref is None:
             ref = registry.register(cfg.model_name, candidate.model_uri, candidate.run_id, tags)
     except Exception as exc:
@@ -77,9 +84,11 @@ def register_model(ctx: StageContext) -> dict[str, Any]:
     compared_against = ev.champion.version if ev.champion else None
     moved: list[tuple[str, str | None]] = []  # (alias, its version before): undone on failure
     try:
-        result = _aliases_and_record(ctx, ref, duplicate_of, compared_against, moved)
+        result = _aliases_and_record(ctx, ref, duplicate_of, compared_against, moved, taken_over)
     except Exception as exc:
-        raise _failed_register(ctx, ref, duplicate_of, compared_against, moved, exc) from exc
+        raise _failed_register(
+            ctx, ref, duplicate_of, compared_against, moved, exc, taken_over
+        ) from exc
     ctx.write(products.REGISTER, result)
     return result
 
@@ -90,18 +99,23 @@ def _aliases_and_record(
     duplicate_of: str | None,
     compared_against: str | None,
     moved: list[tuple[str, str | None]],
+    taken_over: bool = False,
 ) -> dict[str, Any]:
     """Register's steps after the version exists: challenger, the compare-and-set
     promotion, the stage run's tags and the model card. Each alias it moves is appended
-    to ``moved`` as it moves, so a failure later can move it back."""
+    to ``moved`` as it moves, so a failure later can move it back. ``taken_over``: the
+    version is an earlier attempt's of this run; an alias that attempt moved to it stays."""
     cfg = ctx.cfg
     ev = ctx.read(products.EVALUATE)
     candidate = ev.candidate
     passed = ev.gate.passed
     already_champion = duplicate_of is not None and duplicate_of == compared_against
     events = []
-    if duplicate_of is None or (passed and cfg.registry.promote and not already_champion):
-        before = registry.get_alias(ref.name, registry.CHALLENGER)
+    before = registry.get_alias(ref.name, registry.CHALLENGER)
+    again = taken_over and before is not None and before.version == ref.version
+    if not again and (
+        duplicate_of is None or (passed and cfg.registry.promote and not already_champion)
+    ):
         events.append(
             registry.set_alias(
                 ref, registry.CHALLENGER, "new candidate from pipeline run", str(ctx.run_dir)
@@ -119,6 +133,8 @@ def _aliases_and_record(
         why_not = "registry.promote is false"
     elif already_champion:
         why_not = f"the candidate is version {duplicate_of}, which already is champion"
+    elif taken_over and _champion_version(ref.name) == ref.version:
+        why_not = None  # the earlier attempt promoted it (its move is in the alias history)
     else:
         reason = "gate passed: " + "; ".join(ev.gate.reasons)
         promotion = registry.promote(
@@ -166,6 +182,11 @@ def _aliases_and_record(
     return result
 
 
+def _champion_version(name: str) -> str | None:
+    ref = registry.get_alias(name, registry.CHAMPION)
+    return ref.version if ref else None
+
+
 def _failed_register(
     ctx: StageContext,
     ref: registry.ModelRef,
@@ -173,6 +194,7 @@ def _failed_register(
     compared_against: str | None,
     moved: list[tuple[str, str | None]],
     exc: Exception,
+    taken_over: bool = False,
 ) -> RegistryError:
     """Undo what register did to the registry, write register.json saying so (status
     ``failed-register``), and return the error to raise: the record is never more
@@ -181,7 +203,7 @@ def _failed_register(
     cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     undo = registry.undo_register(
         ref,
-        duplicate_of is None,
+        duplicate_of is None and not taken_over,  # an earlier attempt's version stays
         moved,
         cause,
         str(ctx.run_dir),
