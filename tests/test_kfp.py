@@ -550,3 +550,53 @@ def test_the_run_folder_takes_the_stage_artifacts_in_stage_order(tmp_path):
     entries = local._collect_artifacts(root, folder)
     assert list(entries) == ["evaluate", "register"]
     assert (folder / "model_card.md").read_text() == "completed"
+
+
+def test_each_stage_task_retries_and_is_bounded_as_its_stages_setting(team_params, tmp_path):
+    """stages.<name>.retries is the task's retry policy (kfp re-runs it; its local runner
+    too); the time limit travels in the parameters, and each task bounds its attempt."""
+    text = compile_spec(
+        team_params, tmp_path, "stages.train.retries=1", "stages.train.timeout_s=600"
+    ).read_text()
+    doc = list(yaml.safe_load_all(text))[0]
+    tasks = {}
+    for comp in [doc["root"], *doc["components"].values()]:
+        tasks.update(comp.get("dag", {}).get("tasks", {}))
+    assert tasks["deploy"]["retryPolicy"]["maxRetryCount"] == 2  # deploy's default
+    assert tasks["train"]["retryPolicy"]["maxRetryCount"] == 1
+    for name in ("ingest", "preprocess", "tune", "evaluate", "register", "tune-worker"):
+        assert "retryPolicy" not in tasks[name], name
+    params = json.loads(doc["root"]["inputDefinitions"]["parameters"]["params"]["defaultValue"])
+    assert params["stages"]["train"] == {"retries": 1, "timeout_s": 600.0}
+    assert params["stages"]["tune"]["timeout_s"] == 6 * 3600
+
+
+def test_a_retried_task_keeps_its_failed_attempts_notebook(tmp_path):
+    """kfp's local runner re-runs a task into the same output folder: the failed
+    attempt's notebook and page are kept under its attempt's names, the rest cleared."""
+    out = tmp_path / "products"
+    (out / steps.ENTRY_DIR).mkdir(parents=True)
+    (out / "02_preprocess.ipynb").write_text("partial")
+    (out / "data").mkdir()
+    (out / "data" / "train.parquet").write_text("half written")
+    failed = {
+        "stage": "preprocess",
+        "status": "failed",
+        "notebook": "02_preprocess.ipynb",
+        "html": "02_preprocess.html",  # never rendered
+        "error": {"cell_index": 3, "ename": "MemoryError", "evalue": ""},
+        "parent_run_id": "p1",
+    }
+    (out / steps.ENTRY_DIR / "preprocess.json").write_text(json.dumps(failed))
+    attempts = steps._earlier_attempts(out, "preprocess")
+    assert attempts == [
+        {
+            "attempt": 1,
+            "status": "failed",
+            "notebook": "02_preprocess.attempt1.ipynb",
+            "html": None,
+            "error": {"cell_index": 3, "ename": "MemoryError", "evalue": ""},
+        }
+    ]
+    assert sorted(p.name for p in out.rglob("*")) == ["02_preprocess.attempt1.ipynb"]
+    assert steps._earlier_attempts(tmp_path / "fresh", "preprocess") == []

@@ -262,3 +262,33 @@ def test_an_engine_reports_its_stages_after_the_fact_then_ends_the_run(tmp_path)
     forced = record()
     assert forced.forced_stop("SIGTERM") is True
     assert forced.interrupted["forced"] and forced.stages["train"].status == "failed"
+
+
+def test_a_timed_out_attempt_names_its_setting_and_a_retry_lists_the_attempts(tmp_path):
+    first = StageEntry.executing("04_tune.ipynb")
+    first.fail("DeadKernelError", "Kernel died")  # our kill, not the stage's error
+    first.time_out(5, "stages.tune.timeout_s", 3)
+    first.duration_s = 5.2
+    assert first.status == "failed"
+    assert first.error == {
+        "cell_index": 3,
+        "timeout_s": 5,
+        "ename": "StageTimeout",
+        "evalue": "the attempt ran past stages.tune.timeout_s = 5 s and was stopped in cell 3",
+    }
+    kept = first.as_attempt(1, "04_tune.attempt1.ipynb", None)
+    assert kept["attempt"] == 1 and kept["notebook"] == "04_tune.attempt1.ipynb"
+    assert kept["html"] is None and kept["error"]["ename"] == "StageTimeout"
+    assert kept["duration_s"] == 5.2 and "parameters" not in kept
+
+    second = StageEntry.executing("04_tune.ipynb")
+    second.succeed()
+    second.follows([kept])
+    manifest = Manifest.new(tmp_path, "churn", "training")
+    manifest.put("tune", second)
+    manifest.save()
+    again = Manifest.load(tmp_path).stages["tune"]
+    assert again.status == "succeeded" and again.attempts == [kept]
+    once = StageEntry.executing("05_evaluate.ipynb")
+    once.follows([])
+    assert "attempts" not in once.to_json()  # a stage that ran once says nothing of it

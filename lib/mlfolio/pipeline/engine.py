@@ -1,5 +1,7 @@
 """Executing one stage notebook: warm kernels started ahead of their stage, the papermill
-engine that runs a notebook on one, and the manifest entry of the result."""
+engine that runs a notebook on one, and the manifest entry of the result; the interface
+the runner drives one stage at a time (:class:`StageEngine`) and its papermill
+implementation (:class:`WarmKernels`)."""
 
 from __future__ import annotations
 
@@ -9,14 +11,16 @@ import os
 import shutil
 import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from mlfolio import products
 from mlfolio.files import read_json
 from mlfolio.graph import Stage, notebooks_dir
 from mlfolio.pipeline.manifest import StageEntry
+from mlfolio.pipeline.signals import Signals, running_cell
 
 log = logging.getLogger(__name__)
 
@@ -206,12 +210,46 @@ def _register_engine() -> str:
     return "mlfolio-warm"
 
 
+class _Bound:
+    """The whole-attempt time limit: past ``timeout_s`` the kernel is killed (papermill's
+    ``execution_timeout`` bounds each cell, not a stage that loops over many)."""
+
+    def __init__(self, kernel: WarmKernel, timeout_s: float | None):
+        self.fired = False
+        self._kernel = kernel
+        self._timer = threading.Timer(timeout_s, self._fire) if timeout_s else None
+
+    def _fire(self) -> None:
+        self.fired = True
+        self._kernel.kill()
+
+    def __enter__(self) -> _Bound:
+        if self._timer is not None:
+            self._timer.daemon = True
+            self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+
+def timeout_setting(stage: Stage) -> str:
+    """Where a stage's time limit is set (named by a timed-out attempt's error)."""
+    return f"stages.{stage.name}.timeout_s"
+
+
 def execute_stage(
-    stage: Stage, run_dir: Path, parameters: dict[str, Any], kernel: WarmKernel | None = None
+    stage: Stage,
+    run_dir: Path,
+    parameters: dict[str, Any],
+    kernel: WarmKernel | None = None,
+    timeout_s: float | None = None,
 ) -> StageEntry:
     """Run one notebook into the run folder (on ``kernel`` when given, else on one started
     for it); return its manifest entry (never raises for a failing cell: the entry says
-    which cell failed)."""
+    which cell failed). An attempt still running after ``timeout_s`` seconds has its kernel
+    killed and is recorded failed as ``StageTimeout``, naming ``stages.<stage>.timeout_s``."""
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
@@ -224,20 +262,23 @@ def execute_stage(
     # "Kernel is running over TCP without encryption" on the terminal at every start. Ours
     # talks over IPC sockets in a private folder and logs to logs/kernels.log.
     own = None if kernel else WarmKernel(run_dir, "", warm_up=False)
-    (kernel or own).record_start()
+    running = kernel or own
+    running.record_start()
+    bound = _Bound(running, timeout_s)  # type: ignore[arg-type]
     try:
-        pm.execute_notebook(
-            str(notebooks_dir() / stage.notebook),
-            str(out_nb),
-            parameters=parameters,
-            kernel_name="python3",
-            progress_bar=False,
-            cwd=str(run_dir),
-            start_timeout=180,
-            km=(kernel or own).km,
-            engine_name=_register_engine(),
-            on_cells_done=(kernel or own).record_peak,
-        )
+        with bound:
+            pm.execute_notebook(
+                str(notebooks_dir() / stage.notebook),
+                str(out_nb),
+                parameters=parameters,
+                kernel_name="python3",
+                progress_bar=False,
+                cwd=str(run_dir),
+                start_timeout=180,
+                km=running.km,
+                engine_name=_register_engine(),
+                on_cells_done=running.record_peak,
+            )
         entry.succeed()
     except PapermillExecutionError as exc:
         entry.fail(
@@ -252,10 +293,12 @@ def execute_stage(
     finally:
         if own is not None:
             own.shutdown()
+    if bound.fired and entry.status != "succeeded":
+        entry.time_out(timeout_s, timeout_setting(stage), running_cell(out_nb))  # type: ignore[arg-type]
     entry.duration_s = round(time.perf_counter() - t0, 3)
-    if (peak := (kernel or own).peak_rss_mb) is not None:
+    if (peak := running.peak_rss_mb) is not None:
         entry.set(peak_rss_mb=peak)
-    if (cpu := (kernel or own).cpu_s) is not None:
+    if (cpu := running.cpu_s) is not None:
         entry.set(cpu_s=cpu)  # from the stage's start to its last cell (children included)
     if out_nb.exists():
         try:
@@ -286,3 +329,72 @@ def _unwritten(entry: StageEntry, exc: Exception) -> None:
     log.info("stage notebook %s: not recorded: %s", entry.notebook, what)
     if entry.status == "succeeded" or entry.error is None:
         entry.fail(type(exc).__name__, what)
+
+
+# -- what the runner drives, one stage at a time ------------------------------------------
+class StageEngine(Protocol):
+    """Executes one stage at a time for the runner, which drives it: the order, reuse,
+    retries, signals and the run's record are the runner's; running one attempt of one
+    stage into the run folder, within its time limit, is the engine's."""
+
+    def execute(
+        self, stage: Stage, parameters: dict[str, Any], timeout_s: float | None, later: int
+    ) -> StageEntry | None:
+        """One attempt of ``stage``: its entry (failed, never raised, when the stage
+        fails; ``StageTimeout`` when stopped past ``timeout_s``). ``later``: how many
+        stages execute after it (what to prepare ahead). None: a signal came first."""
+        ...
+
+
+class WarmKernels:
+    """The papermill stage engine: each stage on a kernel started and warmed while the
+    stages before it ran (``warm``; else on one started for it), tracked by the run's
+    signal handler so that a signal kills it at once."""
+
+    def __init__(self, folder: Path, tracking_uri: str, sigs: Signals, warm: bool, to_execute: int):
+        self.folder, self.uri, self.sigs, self.warm = folder, tracking_uri, sigs, warm
+        # Kernels start now, so their imports overlap the tracking store's start-up; none
+        # for the leading stages that will be reused.
+        self.kernels = (
+            [self._start() for _ in range(min(1 + KERNEL_LOOKAHEAD, to_execute))] if warm else []
+        )
+
+    def _start(self, warm_up: bool = True) -> WarmKernel:
+        return self.sigs.track(WarmKernel(self.folder, self.uri, warm_up))  # type: ignore[return-value]
+
+    def execute(
+        self, stage: Stage, parameters: dict[str, Any], timeout_s: float | None, later: int
+    ) -> StageEntry | None:
+        if self.warm:
+            # (none left when the plan foresaw a reuse that did not happen)
+            kernel = self.kernels.pop(0) if self.kernels else self._start()
+            # Keep kernels warming for the stages after this one (reused ones need none).
+            if len(self.kernels) < min(1 + KERNEL_LOOKAHEAD, later):
+                self.kernels.append(self._start())
+        else:
+            kernel = self._start(warm_up=False)
+        try:
+            if self.sigs.signum is not None:  # it came while kernels were starting
+                return None
+            return execute_stage(stage, self.folder, parameters, kernel, timeout_s)
+        finally:
+            self.sigs.release(kernel)
+
+
+def attempt_name(name: str, attempt: int) -> str:
+    """``05_evaluate.ipynb`` -> ``05_evaluate.attempt1.ipynb``."""
+    stem, dot, suffix = name.rpartition(".")
+    return f"{stem}.attempt{attempt}.{suffix}" if dot else f"{name}.attempt{attempt}"
+
+
+def set_aside(run_dir: Path, entry: StageEntry, attempt: int) -> dict[str, Any]:
+    """Keep a failed attempt's notebook and page under its attempt's names (the next
+    attempt writes the stage's own); return the attempt's record for the stage's entry."""
+    kept: dict[str, str | None] = {}
+    for key in ("notebook", "html"):
+        name = getattr(entry, key)
+        kept[key] = None
+        if name and (run_dir / name).exists():
+            kept[key] = attempt_name(name, attempt)
+            (run_dir / name).replace(run_dir / kept[key])
+    return entry.as_attempt(attempt, kept["notebook"], kept["html"])

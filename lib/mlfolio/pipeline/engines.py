@@ -2,14 +2,24 @@
 picks one from :data:`ENGINES` and :func:`run` drives it (its checks before anything
 starts, then the run).
 
-- ``papermill`` (default): the stages in this process's warm kernels
-  (:func:`mlfolio.pipeline.runner.run`): re-runs, resumes and reuse into a run folder
+- ``papermill`` (default): driven by the runner one stage at a time
+  (:func:`mlfolio.pipeline.runner.run`, which calls its :meth:`Papermill.stage_engine`
+  for each stage's attempts): warm kernels, re-runs, resumes, reuse, retries and
+  timeouts into a run folder
 - ``kfp-local``: the compiled Kubeflow pipeline on kfp's local runner, then the same
-  audit folder (:func:`mlfolio.pipeline.kfp.local.run_local`)
+  audit folder (:func:`mlfolio.pipeline.kfp.local.run_local`). A whole-run engine: kfp
+  orchestrates the tasks itself (artifacts between task folders, ``dsl.If``,
+  ``ParallelFor``, ``set_retry``), so the runner cannot drive it stage by stage without
+  becoming a second orchestrator that no cluster runs
 - ``kfp``: one submission to a Kubeflow Pipelines endpoint (``--kfp-host``)
 
-A new engine (e.g. SageMaker Pipelines) is a class with these members, added with
-:func:`register`.
+A new engine is a class with the members of :class:`Engine`, added with
+:func:`register`. One that executes a single stage at a time (a stage notebook in a
+container, a managed job) also gives :meth:`StageByStage.stage_engine`, and its ``run``
+hands it to the runner (as :class:`Papermill` does): ordering, reuse, retries, timeouts,
+signals and the record then come from the runner. One that submits the whole chain to an
+orchestrator of its own (Kubeflow, SageMaker Pipelines) maps those to its orchestrator's
+(``set_retry``, ``RetryPolicy``) and assembles the record after, as kfp-local does.
 """
 
 from __future__ import annotations
@@ -17,9 +27,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from mlfolio.errors import ConfigError
+
+if TYPE_CHECKING:  # the registry loads without the engines' modules (``run --help``)
+    from mlfolio.pipeline.engine import StageEngine
 
 
 @dataclass(frozen=True)
@@ -56,6 +69,19 @@ class Engine(Protocol):
 
     def run(self, request: RunRequest) -> Any:
         """Execute the run: its manifest (or the remote run's id)."""
+        ...
+
+
+@runtime_checkable
+class StageByStage(Engine, Protocol):
+    """An engine the runner drives one stage at a time."""
+
+    def stage_engine(
+        self, folder: Path, tracking_uri: str, sigs: Any, warm: bool, to_execute: int
+    ) -> StageEngine:
+        """What executes the run's stages in ``folder`` (``sigs``: the run's signal
+        handler, which must be able to stop an attempt at once; ``to_execute``: how many
+        stages the run will execute)."""
         ...
 
 
@@ -104,11 +130,20 @@ def _kfp() -> Any:
 
 
 class Papermill:
+    """Each stage notebook on a kernel of this process's, warmed ahead of its stage."""
+
     name = "papermill"
     summary = "the stages in this process's kernels"
 
     def check(self, request: RunRequest) -> None:
         _no_host(request)
+
+    def stage_engine(
+        self, folder: Path, tracking_uri: str, sigs: Any, warm: bool, to_execute: int
+    ) -> StageEngine:
+        from mlfolio.pipeline.engine import WarmKernels
+
+        return WarmKernels(folder, tracking_uri, sigs, warm, to_execute)
 
     def run(self, request: RunRequest) -> Any:
         from mlfolio import pipeline  # (as the package exports it: tests replace it)
@@ -124,6 +159,7 @@ class Papermill:
             force=request.force,
             reuse=request.reuse,
             progress=request.progress,
+            stage_engine=self.stage_engine,
         )
 
 

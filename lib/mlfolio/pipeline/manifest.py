@@ -68,6 +68,7 @@ class StageEntry(_Record):
     mlflow_run_id: str | None = None
     reused_from: dict[str, Any] | None = None
     stale: list[str] | None = None
+    attempts: list[dict[str, Any]] | None = None  # the failed attempts before this one
 
     # -- constructors: how an entry comes to be
     @classmethod
@@ -133,6 +134,32 @@ class StageEntry(_Record):
         """Failed in ``cell_index`` (None: outside the cells: kernel, disk, store)."""
         self.status = "failed"
         self.error = {"cell_index": cell_index, **more, "ename": ename, "evalue": evalue}
+
+    def time_out(self, timeout_s: float, setting: str, cell_index: int | None) -> None:
+        """Stopped for running past its bound (``setting``: where the bound is set, e.g.
+        ``stages.tune.timeout_s``): failed, as ``StageTimeout``; the dead kernel is ours."""
+        where = f" in cell {cell_index}" if cell_index is not None else ""
+        self.fail(
+            "StageTimeout",
+            f"the attempt ran past {setting} = {timeout_s:g} s and was stopped{where}",
+            cell_index,
+            timeout_s=timeout_s,
+        )
+
+    def as_attempt(self, number: int, notebook: str | None, html: str | None) -> dict[str, Any]:
+        """This (failed) attempt as the stage's later entry lists it, with the names its
+        notebook and page were kept under (None: not written)."""
+        record = {"attempt": number, "status": self.status, "notebook": notebook, "html": html}
+        kept = self.to_json()
+        for key in ("started", "duration_s", "error", "interrupted", "mlflow_run_id"):
+            if key in kept:
+                record[key] = kept[key]
+        return record
+
+    def follows(self, attempts: list[dict[str, Any]]) -> None:
+        """The failed attempts before this one (none: the stage ran once)."""
+        if attempts:
+            self.attempts = [*(self.attempts or []), *attempts]
 
     def interrupt(self, signal: str | None, cell_index: int | None, **more: Any) -> None:
         """Stopped by a signal: the dead kernel is our doing, not the stage's error."""

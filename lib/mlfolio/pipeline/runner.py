@@ -21,11 +21,11 @@ import yaml
 from mlfolio import config as config_mod
 from mlfolio import logs
 from mlfolio import progress as progress_file
-from mlfolio.config import Config, project_dir
+from mlfolio.config import Config, StageRunConfig, project_dir
 from mlfolio.errors import ConfigError, MlfolioError, RunInterrupted, StageError
 from mlfolio.graph import REFERENCE_DATA, Stage, new_run_dir, select_stages
 from mlfolio.pipeline import costing, terminal
-from mlfolio.pipeline.engine import KERNEL_LOOKAHEAD, WarmKernel, execute_stage
+from mlfolio.pipeline.engine import StageEngine, WarmKernels, set_aside
 from mlfolio.pipeline.manifest import Manifest, StageEntry
 from mlfolio.pipeline.parameters import (
     backfill_parameters,
@@ -107,6 +107,7 @@ def run(
     force: bool = False,
     reuse: bool = True,
     progress: Callable[[str], None] | None = None,
+    stage_engine: Callable[..., StageEngine] | None = None,
 ) -> Manifest:
     """Validate the parameters, then execute the selected stages into a run folder.
 
@@ -125,6 +126,12 @@ def run(
     ``progress``: called with a transient line while a stage reports progress (tuning:
     trials done / total, best so far); ``echo`` gets the lasting lines, the training
     verdict last.
+
+    ``stage_engine``: what executes each stage (called with the run folder, the tracking
+    URI, the signal handler, ``warm_kernels`` and the number of stages to execute);
+    default :class:`~mlfolio.pipeline.engine.WarmKernels`. Each stage runs up to
+    ``stages.<name>.retries`` more times after a failed attempt (whose notebook is kept as
+    ``NN_stage.attemptN.ipynb``), each attempt within ``stages.<name>.timeout_s``.
     """
 
     selected = select_stages(stages, from_stage, kind)
@@ -177,15 +184,9 @@ def run(
             ingest_selected=any(s.reads_source for s in selected),
         )
         to_execute = len(selected) - reuser.plan(selected)
-        # Kernels start now, so their imports overlap the tracking store's start-up below;
-        # none for the leading stages that will be reused.
-        kernels = (
-            [
-                sigs.track(WarmKernel(folder, cfg.tracking_uri()))
-                for _ in range(min(1 + KERNEL_LOOKAHEAD, to_execute))
-            ]
-            if warm_kernels
-            else []
+        # (the default engine's kernels start now: their imports overlap the store's start-up)
+        engine = (stage_engine or WarmKernels)(
+            folder, cfg.tracking_uri(), sigs, warm_kernels, to_execute
         )
         run_info = {
             "stages": [s.name for s in selected],
@@ -202,8 +203,7 @@ def run(
             manifest,
             params_file,
             overrides,
-            kernels,
-            warm_kernels,
+            engine,
             sigs,
             run_info,
             reuser,
@@ -251,8 +251,7 @@ def _run(
     manifest: Manifest,
     params_file: str | Path,
     overrides: dict[str, Any] | None,
-    kernels: list[WarmKernel],
-    warm: bool,
+    engine: StageEngine,
     sigs: Signals,
     run_info: dict[str, Any],
     reuser: Reuser,
@@ -283,9 +282,7 @@ def _run(
     )
     manifest.save()
 
-    outcome = _run_stages(
-        selected, cfg, nb_params, manifest, reuser, kernels, warm, sigs, echo, progress
-    )
+    outcome = _run_stages(selected, cfg, nb_params, manifest, reuser, engine, sigs, echo, progress)
 
     _collect_results(manifest, folder)
     mark_stale(manifest, cfg, folder, selected, kind)
@@ -453,15 +450,14 @@ def _run_stages(
     nb_params: dict[str, Any],
     manifest: Manifest,
     reuser: Reuser,
-    kernels: list[WarmKernel],
-    warm: bool,
+    engine: StageEngine,
     sigs: Signals,
     echo: Callable[[str], None],
     progress: Callable[[str], None] | None = None,
 ) -> StageError | RunInterrupted | None:
-    """Execute stages in order, each on a kernel warmed during the stages before it (or,
-    not ``warm``, on one started for it), unless an earlier run has it with the same
-    inputs (then it is reused). Stops at the first failure or signal."""
+    """Execute stages in order on ``engine``, unless an earlier run has one with the same
+    inputs (then it is reused); a failed attempt is retried up to the stage's
+    ``stages.<name>.retries``. Stops at the first failure or signal."""
     folder = reuser.folder
     params = cfg.to_dict()
     overrides = manifest.data.get("overrides") or {}
@@ -477,29 +473,30 @@ def _run_stages(
             continue
         echo(f"{label} running ...")
         ran_with = {"parameters": stage_parameters(stage, params), "overrides": overrides}
-        manifest.put(stage.name, StageEntry.running(stage.notebook, **ran_with))
-        manifest.save()
+        policy = _policy(cfg, stage)
+        earlier: list[dict[str, Any]] = []  # the failed attempts, kept
         detach(stage, folder)
-        if warm:
-            # (none left when the plan foresaw a reuse that did not happen)
-            kernel = (
-                kernels.pop(0) if kernels else sigs.track(WarmKernel(folder, cfg.tracking_uri()))
-            )
-            # Keep kernels warming for the stages after this one (reused ones need none).
-            if len(kernels) < min(1 + KERNEL_LOOKAHEAD, len(selected) - i):
-                kernels.append(sigs.track(WarmKernel(folder, cfg.tracking_uri())))
-        else:
-            kernel = sigs.track(WarmKernel(folder, cfg.tracking_uri(), warm_up=False))
-        try:
+        while True:
+            manifest.put(stage.name, StageEntry.running(stage.notebook, **ran_with))
+            manifest.stages[stage.name].follows(earlier)
+            manifest.save()
             with _watch_progress(stage, folder, label, progress):
-                entry = (
-                    execute_stage(stage, folder, nb_params, kernel) if sigs.signum is None else None
-                )
-        finally:
-            sigs.release(kernel)
+                entry = engine.execute(stage, nb_params, policy.timeout_s, len(selected) - i)
+            if entry is None or entry.status == "succeeded" or sigs.signum is not None:
+                break
+            if len(earlier) >= policy.retries:
+                break
+            earlier.append(set_aside(folder, entry, len(earlier) + 1))
+            _end_attempt(manifest, stage)
+            echo(
+                f"{label} attempt {len(earlier)} FAILED after {entry.duration_s:.1f}s: "
+                f"{_why(entry)}; retrying ({len(earlier)} of stages.{stage.name}.retries "
+                f"= {policy.retries})"
+            )
         if entry is None:  # the signal came while kernels were starting
             echo(f"{label} not started: {sigs.name}")
             return record_interruption(manifest, folder, selected[i - 1 :], None, sigs)
+        entry.follows(earlier)
         if entry.status == "succeeded":
             entry.outputs = outputs(stage, folder)
             inputs = _as_read(stage, reuser, inputs, folder)
@@ -513,23 +510,48 @@ def _run_stages(
                 f"{entry.duration_s:.1f}s" + (f" in cell {cell}" if cell is not None else "")
             )
             return stopped
+        tries = f" (attempt {len(earlier) + 1})" if earlier else ""
         if entry.status != "succeeded":
+            tries = f" (after {len(earlier) + 1} attempts)" if earlier else ""
             err = entry.error
-            # one line: a database's or a notebook's message can run to hundreds
-            first = str(err["evalue"]).strip().splitlines()[0] if err["evalue"] else ""
-            failed = StageError(stage.name, f"{err['ename']}: {first}", err["cell_index"])
+            failed = StageError(stage.name, _why(entry) + tries, err["cell_index"])
             manifest.stage_failed(stage.name, err["cell_index"], selected[i:])
             echo(
-                f"{label} FAILED after "
-                f"{entry.duration_s:.1f}s in cell {err['cell_index']}: {err['ename']}: "
-                f"{str(err['evalue']).splitlines()[0] if err['evalue'] else ''}"
+                f"{label} FAILED after {entry.duration_s:.1f}s in cell {err['cell_index']}: "
+                f"{_why(entry)}{tries}"
             )
             manifest.save()
             return failed
         note = terminal.tune_summary(folder, cfg.tuning.n_trials) if stage.progress else ""
-        echo(f"{label} ok in {entry.duration_s:.1f}s{note}")
+        echo(f"{label} ok in {entry.duration_s:.1f}s{note}{tries}")
         manifest.save()
     return None
+
+
+def _policy(cfg: Config, stage: Stage) -> StageRunConfig:
+    """The stage's ``stages:`` settings; a monitor stage (none there) runs once, unbounded."""
+    try:
+        return cfg.stages.of(stage.name)
+    except KeyError:
+        return StageRunConfig()
+
+
+def _why(entry: StageEntry) -> str:
+    """A failed entry's error in one line (a database's or a notebook's message can run to
+    hundreds)."""
+    err = entry.error or {}
+    first = str(err.get("evalue") or "").strip().splitlines()
+    return f"{err.get('ename')}: {first[0] if first else ''}"
+
+
+def _end_attempt(manifest: Manifest, stage: Stage) -> None:
+    """A failed attempt's MLflow run FAILED before the next attempt opens its own (the
+    kernel's exit closed it as FINISHED)."""
+    from mlfolio import tracking
+
+    mlf = manifest.mlflow
+    with tracking.guard(mlf["tracking_uri"], f"marking a failed attempt of {stage.name} FAILED"):
+        fail_stage_run(mlf["parent_run_id"], stage.name)
 
 
 def _watch_progress(

@@ -23,7 +23,7 @@ from typing import Any
 from mlfolio import config as config_mod
 from mlfolio.config import Config, project_dir
 from mlfolio.errors import ConfigError
-from mlfolio.graph import STAGES
+from mlfolio.graph import STAGE_NAMES, STAGES
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +137,10 @@ def build(cfg: Config, params_text: str) -> Any:
         t.set_display_name(name)
         # Stages write to MLflow and the registry: a cached task would skip that.
         t.set_caching_options(False)
+        # stages.<name>.retries: kfp re-runs a failed task (its local runner too); each
+        # attempt is bounded by stages.<name>.timeout_s in the task itself (run_stage)
+        if name in STAGE_NAMES and (retries := cfg.stages.of(name).retries):
+            t.set_retry(num_retries=retries, backoff_duration="0s")
         if request := resources.get(name):
             if request.cpu:
                 t.set_cpu_request(request.cpu)

@@ -193,7 +193,9 @@ def run_stage(
             "run_dir": str(work),
             "parent_run_id": parent_run_id,
         }
-        entry = execute_stage(stage, work, nb_params)
+        earlier = _earlier_attempts(Path(products_dir), stage.name)
+        entry = execute_stage(stage, work, nb_params, timeout_s=cfg.stages.of(stage.name).timeout_s)
+        entry.follows(earlier)
         entry.ran(stage_parameters(stage, cfg.to_dict()), overrides or {}, inputs)
         # what the assembling step needs besides the entry (dropped from the manifest)
         handed = {"stage": stage.name, **entry.to_json(), "parent_run_id": parent_run_id}
@@ -215,6 +217,32 @@ def run_stage(
         fail_stage_run(parent_run_id, stage.name)
         raise StageError(stage.name, f"{err['ename']}: {err['evalue']}", err["cell_index"])
     return handed
+
+
+def _earlier_attempts(out: Path, stage: str) -> list[dict[str, Any]]:
+    """A retried task (``set_retry``) finds its failed attempt's hand-over in its output
+    folder (kfp's local runner keeps the folder; a cluster's pod starts empty): keep that
+    attempt's notebook and page under its attempt's names, clear the rest, and return the
+    attempts so far for this attempt's entry."""
+    from mlfolio.pipeline.engine import set_aside
+    from mlfolio.pipeline.manifest import StageEntry
+
+    doc = read_entry(out, stage)
+    if doc is None:
+        return []
+    entry = StageEntry.model_validate(
+        {k: v for k, v in doc.items() if k not in ("stage", "parent_run_id", "attempts")}
+    )
+    attempts = list(doc.get("attempts") or [])
+    attempts.append(set_aside(out, entry, len(attempts) + 1))
+    kept = {a[key] for a in attempts for key in ("notebook", "html") if a.get(key)}
+    for path in sorted(out.rglob("*"), reverse=True):  # files before their folders
+        rel = path.relative_to(out).as_posix()
+        if path.is_file() and rel not in kept:
+            path.unlink()
+        elif path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+    return attempts
 
 
 def gate_passed(products_dir: str) -> bool:
