@@ -282,6 +282,26 @@ def test_no_password_reaches_the_definition(tmp_path, caplog):
         assert f"{key}: its password is left out" in warned
 
 
+def test_compile_refuses_a_definition_sagemaker_would_not_take(monkeypatch, tmp_path, capsys):
+    """CreatePipeline takes 1 MiB of definition; each step carries the parameters (~8 KB),
+    so ~120 tuning workers are too many (a smaller limit here keeps the test short)."""
+    monkeypatch.setattr(plan, "DEFINITION_MAX", 50_000)
+    out = tmp_path / "p.json"
+    args = ["compile", "sagemaker", str(TEAM_PARAMS), "-o", str(out)]
+    assert cli.main(args) == 2
+    assert "CreatePipeline takes 50000 (each step" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_step_takes_at_most_ten_inputs():
+    step = plan.StepPlan(
+        "evaluate", ("stage", "evaluate"), inputs=tuple(f"s{i}" for i in range(11))
+    )
+    bad = plan.Plan("p", "role", "image", None, {}, (step,), "evaluate", "gate.passed")
+    with pytest.raises(ConfigError, match="reads the products of 11 stages"):
+        plan.check_limits(bad)
+
+
 def test_scrub_refuses_a_password_it_cannot_separate():
     with pytest.raises(ConfigError, match="tuning.storage: the password in this URL"):
         plan.scrub({"tuning": {"storage": "postgresql://u:p/w@h/db"}})

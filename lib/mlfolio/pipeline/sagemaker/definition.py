@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mlfolio.config import Config
+from mlfolio.errors import ConfigError
 from mlfolio.pipeline.kfp import spec
 from mlfolio.pipeline.sagemaker import plan as plan_mod
 from mlfolio.pipeline.sagemaker.plan import Param, Plan, Products, StepPlan
@@ -265,7 +266,15 @@ def compile_pipeline(
     cfg, text = spec.prepare(params_file, overrides, cluster=True)
     plan = plan_mod.build(cfg, json.loads(text), str(params_file))
     doc = definition(plan)
+    # what `aws sagemaker create-pipeline --pipeline-definition file://...` sends, as is
+    text = json.dumps(doc, indent=2) + "\n"
+    if len(text) > plan_mod.DEFINITION_MAX:
+        raise ConfigError(
+            f"{params_file}: the pipeline definition is {len(text)} characters; "
+            f"CreatePipeline takes {plan_mod.DEFINITION_MAX} (each step carries the "
+            f"parameters: fewer tuning.n_workers, {cfg.tuning.n_workers} now)"
+        )
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=2) + "\n")
+    out.write_text(text)
     return cfg, plan, out

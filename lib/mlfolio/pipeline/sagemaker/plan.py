@@ -50,6 +50,8 @@ GATE_FILE = "gate"  # the property file of the gate stage's verdict
 WORKER = "tune-worker"
 ARG_MAX = 256  # CreateProcessingJob: ContainerArguments items (at most 100)
 ARGS_MAX = 100
+INPUTS_MAX = 10  # CreateProcessingJob: ProcessingInputs
+DEFINITION_MAX = 1048576  # CreatePipeline: PipelineDefinition, characters
 MAX_RUNTIME_S = 777600  # CreateProcessingJob: StoppingCondition.MaxRuntimeInSeconds
 # The team services, as pipeline parameters (a start request may name others).
 TRACKING = "TrackingUri"
@@ -346,6 +348,11 @@ def check_limits(plan: Plan) -> None:
         for arg in step.command:
             if isinstance(arg, str) and len(arg) > ARG_MAX:
                 raise ConfigError(f"step {step.name}: an argument over {ARG_MAX} characters")
+        if len(step.inputs) > INPUTS_MAX:
+            raise ConfigError(
+                f"step {step.name}: reads the products of {len(step.inputs)} stages; "
+                f"a SageMaker processing job takes {INPUTS_MAX} inputs"
+            )
         if not re.fullmatch(r"[A-Za-z0-9\-_]{1,64}", step.name):
             raise ConfigError(f"step {step.name}: not a SageMaker step name")
     for name, value in plan.environment.items():
