@@ -103,7 +103,7 @@ def run_child(
 ) -> dict:
     """One whole run on ``data`` in this process (the orchestrator); its measurements."""
     from mlfolio import config, pipeline
-    from mlfolio.pipeline.engine import peak_rss_mb
+    from mlfolio.procstat import peak_rss_mb
 
     overrides = {
         "data.uri": str(data),

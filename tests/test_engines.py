@@ -71,40 +71,6 @@ def test_a_stage_records_the_cpu_time_its_kernel_and_children_used(tmp_path, mon
     assert 2.0 <= cpu < 2.0 + entry.duration_s, entry
 
 
-def test_tree_cpu_time_counts_a_fork_servers_finished_worker(tmp_path):
-    """Tuning workers run in a multiprocessing fork server's children: a worker that ended
-    was reaped by the server (alive under the kernel), so its CPU time still counts."""
-    import subprocess
-    import sys
-
-    from mlfolio.pipeline.engine import tree_cpu_s
-
-    script = tmp_path / "fork_server_worker.py"
-    script.write_text(
-        "import multiprocessing as mp, sys, time\n"
-        "def burn():\n"
-        "    t = time.process_time()\n"
-        "    while time.process_time() - t < 1.0: pass\n"
-        "if __name__ == '__main__':\n"
-        "    p = mp.get_context('forkserver').Process(target=burn); p.start(); p.join()\n"
-        "    print('done', flush=True); sys.stdin.read()\n"
-    )
-    proc = subprocess.Popen(
-        [sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert proc.stdout.readline() == "done\n"
-        assert tree_cpu_s(proc.pid) >= 1.0
-    finally:
-        proc.communicate("")
-
-
-def test_tree_cpu_time_of_no_process_is_unknown():
-    from mlfolio.pipeline.engine import tree_cpu_s
-
-    assert tree_cpu_s(None) is None and tree_cpu_s(2**22 + 12345) is None
-
-
 # -- the engine registry -----------------------------------------------------------------
 class _Recording:
     """A minimal engine: records what the runner's driver asked of it."""

@@ -355,14 +355,3 @@ def test_no_champion_means_a_clear_deploy_failure(write_params, runs_root, use_s
     assert m["failed_stage"] == "deploy" and m["gate"]["passed"] is False
     assert m["model"]["promoted"] is False and not (run_dir / "deploy.json").exists()
     assert registry.get_alias("churn-classifier", registry.CHALLENGER).version == "1"
-
-
-def test_peak_rss_is_the_processs_high_water_mark():
-    import resource
-
-    from mlfolio.pipeline import engine
-
-    mine = engine.peak_rss_mb(os.getpid())
-    assert mine == pytest.approx(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 0.05)
-    assert engine.peak_rss_mb(None) is None
-    assert engine.peak_rss_mb(2**22 + 12345) is None  # above pid_max: no such process

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from mlfolio.deploy import DeployError
+from mlfolio.procstat import peak_rss_mb
 from mlfolio.serve.contract import INVOCATIONS_PATH, LIVENESS_PATH, TOKEN_ENV
 
 
@@ -127,19 +128,6 @@ def _score(url: str, rows: pd.DataFrame) -> tuple[dict[str, Any], int]:
             f"{answer[:500].decode(errors='replace')}"
         )
     return json.loads(answer), len(body)
-
-
-def peak_rss_mb(pid: int) -> float | None:
-    """A process's peak resident memory so far (``VmHWM`` in ``/proc/<pid>/status``), in
-    MB; None where it cannot be read (no such process, no /proc)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    for line in status.splitlines():
-        if line.startswith("VmHWM:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    return None
 
 
 def measure_serve_memory(

@@ -279,7 +279,7 @@ def measure_serving(
     import pandas as pd
 
     from mlfolio.deploy.local import serve_command
-    from mlfolio.pipeline.engine import peak_rss_mb
+    from mlfolio.procstat import peak_rss_mb
     from mlfolio.serve.contract import INVOCATIONS_PATH, LIVENESS_PATH, METRICS_PATH
 
     model = manifest.get("model") or {}
