@@ -218,6 +218,9 @@ def test_a_failed_attempt_is_kept_and_retried_up_to_the_stages_setting(write_par
         for line in lines
     ), lines
     assert any("ok in 0.5s (attempt 3)" in line for line in lines), lines
+    index = (folder / "index.html").read_text()  # the reviewer finds the failed attempts
+    assert 'id="attempts-ingest">after 2 failed attempts: ' in index
+    assert '<a href="01_ingest.attempt1.ipynb">attempt 1</a> (ValueError)' in index
 
 
 def test_a_stage_failing_every_attempt_fails_the_run_naming_them(write_params, runs_root):
@@ -300,6 +303,8 @@ def test_a_stage_that_fails_once_succeeds_on_its_retry(write_params, runs_root, 
     assert (folder / first["html"]).exists()
     assert "ran to the end" in (folder / stage.notebook).read_text()
     assert any("retrying (1 of stages.ingest.retries = 1)" in line for line in lines)
+    index = (folder / "index.html").read_text()
+    assert '<a href="01_ingest.attempt1.html">attempt 1</a> (RuntimeError)' in index
 
 
 def test_a_stuck_stage_fails_the_run_naming_its_time_limit(write_params, runs_root, monkeypatch):
