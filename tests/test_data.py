@@ -184,21 +184,8 @@ def test_postgres_bad_query(pg_table):
 
 
 # -- S3 through a real moto server ------------------------------------------------------------
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-
-
 @pytest.fixture
-def s3_bucket(moto_endpoint, monkeypatch, csv_frame, tmp_path) -> str:
+def s3_bucket(moto_url, monkeypatch, csv_frame, tmp_path) -> str:
     import boto3
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
@@ -209,7 +196,7 @@ def s3_bucket(moto_endpoint, monkeypatch, csv_frame, tmp_path) -> str:
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     monkeypatch.setenv("no_proxy", "127.0.0.1")
     bucket = f"churn-{uuid.uuid4().hex[:8]}"
-    s3 = boto3.client("s3", endpoint_url=moto_endpoint)
+    s3 = boto3.client("s3", endpoint_url=moto_url)
     s3.create_bucket(Bucket=bucket)
     s3.put_object(Bucket=bucket, Key="raw/telco_churn.csv", Body=CHURN_CSV.read_bytes())
     pq = tmp_path / "churn.parquet"
@@ -219,26 +206,26 @@ def s3_bucket(moto_endpoint, monkeypatch, csv_frame, tmp_path) -> str:
 
 
 @pytest.mark.parametrize("key", ["raw/telco_churn.csv", "raw/telco_churn.parquet"])
-def test_s3_source(s3_bucket, moto_endpoint, schema, expected, key):
-    source = DataConfig(uri=f"s3://{s3_bucket}/{key}", endpoint_url=moto_endpoint)
+def test_s3_source(s3_bucket, moto_url, schema, expected, key):
+    source = DataConfig(uri=f"s3://{s3_bucket}/{key}", endpoint_url=moto_url)
     assert source.kind == "s3"
     assert_same_rows(load_source(source), expected, schema)
 
 
-def test_s3_missing_object_names_uri(s3_bucket, moto_endpoint):
+def test_s3_missing_object_names_uri(s3_bucket, moto_url):
     uri = f"s3://{s3_bucket}/raw/missing.csv"
     with pytest.raises(DataValidationError) as info:
-        load_source(DataConfig(uri=uri, endpoint_url=moto_endpoint))
+        load_source(DataConfig(uri=uri, endpoint_url=moto_url))
     msg = str(info.value)
     assert uri in msg
     assert "could not read from S3" in msg
     assert "NoSuchKey" in msg or "does not exist" in msg
 
 
-def test_s3_missing_bucket_names_uri(s3_bucket, moto_endpoint):
+def test_s3_missing_bucket_names_uri(s3_bucket, moto_url):
     uri = f"s3://{s3_bucket}-nope/telco_churn.csv"
     with pytest.raises(DataValidationError, match=re.escape(uri)):
-        load_source(DataConfig(uri=uri, endpoint_url=moto_endpoint))
+        load_source(DataConfig(uri=uri, endpoint_url=moto_url))
 
 
 # -- the config layer -----------------------------------------------------------------------

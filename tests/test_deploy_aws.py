@@ -642,17 +642,10 @@ def moto_update_endpoint() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
+def moto_endpoint(moto_url) -> Iterator[str]:
+    """conftest's moto server (in this process), with UpdateEndpoint added."""
     with moto_update_endpoint():
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        try:
-            host, port = server.get_host_and_port()
-            yield f"http://{host}:{port}"
-        finally:
-            server.stop()
+        yield moto_url
 
 
 @pytest.fixture

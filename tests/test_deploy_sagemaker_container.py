@@ -52,20 +52,7 @@ def archive(registered, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def sagemaker_model(moto_endpoint, archive) -> Iterator[dict[str, Any]]:
+def sagemaker_model(moto_url, archive) -> Iterator[dict[str, Any]]:
     """Deploy the archive to the moto server; the SageMaker model as SageMaker describes it.
     AWS settings stay in the environment while the module's tests run."""
     import boto3
@@ -76,7 +63,7 @@ def sagemaker_model(moto_endpoint, archive) -> Iterator[dict[str, Any]]:
         mp.setenv("AWS_DEFAULT_REGION", REGION)
         for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
             mp.delenv(var, raising=False)
-        iam = boto3.client("iam", endpoint_url=moto_endpoint)
+        iam = boto3.client("iam", endpoint_url=moto_url)
         role = iam.create_role(
             RoleName="sm-container",
             AssumeRolePolicyDocument=json.dumps(
@@ -92,7 +79,7 @@ def sagemaker_model(moto_endpoint, archive) -> Iterator[dict[str, Any]]:
                 }
             ),
         )["Role"]["Arn"]
-        boto3.client("s3", endpoint_url=moto_endpoint).create_bucket(Bucket="sm-container")
+        boto3.client("s3", endpoint_url=moto_url).create_bucket(Bucket="sm-container")
         result = deploy_sagemaker(
             archive,
             endpoint_name="churn-container",
@@ -100,13 +87,13 @@ def sagemaker_model(moto_endpoint, archive) -> Iterator[dict[str, Any]]:
             role_arn=role,
             bucket="sm-container",
             model_version=1,
-            endpoint_url=moto_endpoint,
+            endpoint_url=moto_url,
             poll_s=0.1,
             wait_timeout_s=30,
             model_name=MODEL,
             threshold=THRESHOLDS["champion"],
         )
-        sm = boto3.client("sagemaker", endpoint_url=moto_endpoint)
+        sm = boto3.client("sagemaker", endpoint_url=moto_url)
         yield sm.describe_model(ModelName=result["model_name"])
 
 
@@ -235,7 +222,7 @@ def test_model_directory_errors_name_the_path(tmp_path):
 
 
 def test_deploy_stage_gives_the_container_its_threshold(
-    registered, moto_endpoint, sagemaker_model, tmp_path, monkeypatch
+    registered, moto_url, sagemaker_model, tmp_path, monkeypatch
 ):
     """The deploy stage's sagemaker dispatch puts the version's threshold and name in the
     SageMaker model's environment (the container cannot ask the registry)."""
@@ -256,7 +243,7 @@ def test_deploy_stage_gives_the_container_its_threshold(
         "targets": ["sagemaker"],
         "aws": {
             "region": REGION,
-            "endpoint_url": moto_endpoint,
+            "endpoint_url": moto_url,
             "role_arn": role,
             "bucket": "sm-container",
         },
@@ -270,7 +257,7 @@ def test_deploy_stage_gives_the_container_its_threshold(
         mlflow.set_tracking_uri(None)
     target = result["targets"]["sagemaker"]
     assert target["status"] == "deployed", target
-    sm = boto3.client("sagemaker", endpoint_url=moto_endpoint)
+    sm = boto3.client("sagemaker", endpoint_url=moto_url)
     env = sm.describe_model(ModelName=target["model_name"])["PrimaryContainer"]["Environment"]
     assert env == {
         "MODEL_URI": MODEL_DIR,
