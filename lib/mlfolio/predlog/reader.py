@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,20 @@ def _window(
     return (" WHERE " + " AND ".join(where) if where else ""), params
 
 
+@contextmanager
+def _reading(path: Path) -> Iterator[sqlite3.Connection]:
+    """A read-only connection to the log that waits out a writer; a SQLite error while it
+    is open is a DataValidationError naming the file."""
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=_BUSY_MS / 1000)
+    try:
+        con.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
+        yield con
+    except (sqlite3.Error, pd.errors.DatabaseError) as exc:
+        raise DataValidationError(f"prediction log {path}: cannot read it: {exc}") from exc
+    finally:
+        con.close()
+
+
 def count(
     folder: str | Path,
     since: datetime | None = None,
@@ -65,14 +81,8 @@ def count(
     if not path.is_file():
         return 0
     where, params = _window(since, until, include_shadow, variant)
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=_BUSY_MS / 1000)
-    try:
-        con.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
+    with _reading(path) as con:
         return int(con.execute(f"SELECT COUNT(*) FROM predictions{where}", params).fetchone()[0])
-    except sqlite3.Error as exc:
-        raise DataValidationError(f"prediction log {path}: cannot read it: {exc}") from exc
-    finally:
-        con.close()
 
 
 def request_times(
@@ -83,14 +93,8 @@ def request_times(
     path = _existing(folder)
     where, params = _window(since, until, False, None)
     sql = f"SELECT MIN(ts) AS t FROM predictions{where} GROUP BY request_id ORDER BY t"
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=_BUSY_MS / 1000)
-    try:
-        con.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
+    with _reading(path) as con:
         return [float(row[0]) for row in con.execute(sql, params)]
-    except sqlite3.Error as exc:
-        raise DataValidationError(f"prediction log {path}: cannot read it: {exc}") from exc
-    finally:
-        con.close()
 
 
 def read(
@@ -110,16 +114,9 @@ def read(
     path = _existing(folder)
     where, params = _window(since, until, include_shadow, variant)
     sql = f"SELECT * FROM predictions{where} ORDER BY ts, request_id, row"
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=_BUSY_MS / 1000)
-    try:
-        con.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
-        try:
-            kinds = dict(con.execute("SELECT name, kind FROM predlog_columns").fetchall())
-            df = pd.read_sql_query(sql, con, params=params)
-        except (sqlite3.Error, pd.errors.DatabaseError) as exc:
-            raise DataValidationError(f"prediction log {path}: cannot read it: {exc}") from exc
-    finally:
-        con.close()
+    with _reading(path) as con:
+        kinds = dict(con.execute("SELECT name, kind FROM predlog_columns").fetchall())
+        df = pd.read_sql_query(sql, con, params=params)
     df["ts"] = pd.to_datetime(df["ts"].astype("float64"), unit="s", utc=True)
     df["shadow"] = df["shadow"].astype(bool)
     df["row"] = df["row"].astype("int64")
