@@ -49,6 +49,8 @@ def test_every_issue_alert_is_there_with_a_severity_and_an_action(mon):
         "MlfolioDatasetDrift",
         "MlfolioQualityDrop",
         "MlfolioChallengerWorse",
+        "MlfolioEstimatedQualityDrop",
+        "MlfolioConceptShiftSuspected",
     } <= names
     for rule in rules:
         assert rule["labels"]["severity"] in ("critical", "warning", "info")
@@ -110,7 +112,7 @@ def test_promtool_checks_the_rules_and_runs_their_unit_tests():
         text=True,
     )
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "SUCCESS: 13 rules found" in check.stdout + check.stderr
+    assert "SUCCESS: 15 rules found" in check.stdout + check.stderr
     unit = subprocess.run(
         [promtool, "test", "rules", str(MONITORING / "alerts_test.yml")],
         capture_output=True,

@@ -446,3 +446,94 @@ def test_the_drift_document_keeps_quality_and_refuses_a_wrong_shape_naming_the_f
         monitor.DriftDoc.of({**written, "model": "churn"})
     with pytest.raises(ValueError, match="share_drifted"):  # what the server's reader catches
         monitor.drift_gauge_families({**written, "share_drifted": "a lot"})
+
+
+ESTIMATE = {
+    "method": "cbpe",
+    "rows": 1600,
+    "roc_auc": 0.78,
+    "roc_auc_ci": [0.75, 0.81],
+    "pr_auc": 0.55,
+    "f1": 0.6,
+    "precision": 0.5,
+    "recall": 0.75,
+    "accuracy": 0.77,
+    "intervals": {"roc_auc": [0.75, 0.81], "accuracy": [0.74, 0.8]},
+    "calibration_error": 0.02,
+    "reference_roc_auc": 0.84,
+    "roc_auc_delta": -0.06,
+}
+
+
+def test_retrain_policy_fires_on_an_estimated_drop_before_labels():
+    from mlfolio.config import RetrainPolicyConfig
+
+    calm = _verdict(0.0, False)
+    off = monitor.retrain_decision(RetrainPolicyConfig(), calm, 2000, estimated_roc_auc_drop=0.2)
+    assert not off.retrain and not any("estimated" in r for r in off.reasons)  # opt-in
+    policy = RetrainPolicyConfig(estimated_roc_auc_drop=0.05)
+    fired = monitor.retrain_decision(policy, calm, 2000, estimated_roc_auc_drop=0.06)
+    assert fired.retrain
+    assert fired.reasons[-1] == "FIRE estimated ROC AUC drop +0.0600 (label-free) vs 0.05"
+    small = monitor.retrain_decision(policy, calm, 2000, estimated_roc_auc_drop=0.01)
+    assert not small.retrain and small.reasons[-1].startswith("ok   estimated ROC AUC drop")
+    none = monitor.retrain_decision(policy, calm, 2000)
+    assert not none.retrain and "n/a  estimated quality drop: no label-free estimate" in (
+        none.reasons
+    )
+    # a firing estimate with no labelled row at all still holds: nothing new to learn from
+    held = monitor.retrain_decision(
+        policy, calm, 2000, labelled_rows=0, estimated_roc_auc_drop=0.06
+    )
+    assert not held.retrain and held.reasons[-2].startswith("FIRE estimated")
+
+
+def test_drift_json_with_and_without_a_performance_estimate():
+    old = {"model": {"name": "m", "version": "2"}, "share_drifted": 0.1, "n_drifted": 1}
+    assert monitor.DriftDoc.of(old).performance_estimate is None  # older files still read
+    assert monitor.DriftDoc.of(old).to_json() == old
+    doc = {**old, "performance_estimate": {**ESTIMATE, "draws": 1000}}
+    read = monitor.DriftDoc.of(doc)
+    assert read.performance_estimate.roc_auc_ci == [0.75, 0.81]
+    assert read.to_json() == doc  # unknown keys (draws) kept
+    with pytest.raises(pydantic.ValidationError, match="performance_estimate.roc_auc"):
+        monitor.DriftDoc.of({**old, "performance_estimate": {"roc_auc": "high"}})
+
+
+def test_estimate_gauges_and_the_concept_shift_gauge():
+    doc = {"model": {"name": "churn-classifier", "version": "3"}, "share_drifted": 0.2}
+    names = {f.name for f in monitor.drift_gauge_families(doc)}
+    assert not {n for n in names if "estimate" in n}  # none without an estimate
+    side = {"error": {"roc_auc": -0.12}, "concept_shift_suspected": True}
+    fams = monitor.drift_gauge_families(
+        {**doc, "performance_estimate": {**ESTIMATE, "realised": side}}
+    )
+    values = {f.name: f.samples[0].value for f in fams}
+    assert values["mlfolio_estimated_roc_auc"] == 0.78
+    assert values["mlfolio_estimated_roc_auc_ci_low"] == 0.75
+    assert values["mlfolio_estimated_roc_auc_ci_high"] == 0.81
+    assert values["mlfolio_estimated_roc_auc_delta"] == pytest.approx(-0.06)
+    assert values["mlfolio_estimated_accuracy"] == 0.77
+    assert values["mlfolio_estimate_roc_auc_error"] == pytest.approx(-0.12)
+    assert values["mlfolio_estimate_concept_shift_suspected"] == 1
+    assert fams[0].samples[0].labels == {"model": "churn-classifier", "version": "3"}
+
+
+def test_terminal_shows_the_estimate_and_the_realised_gap():
+    lines = terminal.estimate_lines(ESTIMATE)
+    assert lines == [
+        "estimate:   ROC AUC 0.780 [0.750, 0.810] (-0.060 vs reference), PR AUC 0.550, "
+        "F1 0.600, accuracy 0.770 on 1600 rows without labels"
+    ]
+    side = {
+        "rows": 400,
+        "estimated": {"roc_auc": 0.79},
+        "realised": {"roc_auc": 0.66},
+        "outside_interval": ["roc_auc"],
+        "concept_shift_suspected": True,
+    }
+    assert terminal.estimate_lines({**ESTIMATE, "realised": side})[1] == (
+        "realised:   ROC AUC estimated 0.790, realised 0.660 on 400 labelled rows; "
+        "CONCEPT SHIFT? realised roc_auc outside the interval"
+    )
+    assert terminal.estimate_lines(None) == []

@@ -140,7 +140,9 @@ def test_iid_current_data_is_not_flagged_and_nothing_retrains(env):
     drift = json.loads((folder / "drift.json").read_text())
     verdict = lines.index("monitor: no retraining")
     q = drift["quality"]
-    assert lines[verdict - 4 : verdict] == [
+    est = drift["performance_estimate"]
+    assert lines[verdict - 2 : verdict] == terminal.estimate_lines(est)
+    assert lines[verdict - 6 : verdict - 2] == [
         f"drift:      0/{drift['n_columns']} columns drifted (0%)",
         "dataset:    no drift (threshold: 50% of columns)",
         f"prediction: no drift ({drift['prediction_drift']['method']} "
@@ -172,6 +174,28 @@ def test_iid_current_data_is_not_flagged_and_nothing_retrains(env):
     assert abs(drift["quality"]["delta"]["roc_auc"]) < 0.03
     assert drift["decision"]["retrain"] is False
     assert manifest.data["actions"]["retrain"] == {"fired": False}
+    # the label-free estimate, with the calibration the version shipped, next to the
+    # realised metrics (all rows labelled here): same rows, no concept shift
+    champion = env.client().get_model_version_by_alias("churn-classifier", "champion")
+    assert est["calibration"]["source"] == f"runs:/{champion.run_id}/calibration.json"
+    assert est["rows"] == drift["current"]["rows"] and est["method"] == "cbpe"
+    lo, hi = est["roc_auc_ci"]
+    assert (
+        lo <= q["current"]["roc_auc"] <= hi and abs(est["roc_auc"] - q["current"]["roc_auc"]) < 0.03
+    )
+    assert est["roc_auc_delta"] == pytest.approx(est["roc_auc"] - q["reference"]["roc_auc"])
+    side = est["realised"]
+    assert side["realised"]["roc_auc"] == q["current"]["roc_auc"]
+    assert not side["concept_shift_suspected"]
+    monitor_run = env.client().search_runs(
+        [env.client().get_run(manifest.data["mlflow"]["parent_run_id"]).info.experiment_id],
+        f"tags.mlflow.parentRunId = '{manifest.data['mlflow']['parent_run_id']}'",
+    )[0]
+    logged = monitor_run.data.metrics
+    assert logged["estimated_roc_auc"] == pytest.approx(est["roc_auc"])
+    assert logged["estimate_error_roc_auc"] == pytest.approx(side["error"]["roc_auc"])
+    assert logged["labelled_realised_roc_auc"] == pytest.approx(q["current"]["roc_auc"])
+    assert "mlfolio_estimated_roc_auc" in (folder / "drift.prom").read_text()
     for name in (
         "08_monitor.ipynb",
         "08_monitor.html",
@@ -185,6 +209,7 @@ def test_iid_current_data_is_not_flagged_and_nothing_retrains(env):
     assert "mlfolio_drift_share" in (folder / "drift.prom").read_text()
     index = (folder / "index.html").read_text()
     assert 'href="drift_report.html"' in index and "no dataset drift" in index
+    assert 'id="performance-estimate"' in index and 'id="concept-shift"' not in index
 
 
 def test_dry_run_decides_but_does_not_retrain(env):

@@ -464,3 +464,24 @@ def test_parameter_importance_only_with_enough_complete_trials():
     assert ax.get_title() == "Parameter importance (fANOVA, 20 complete trials)"
     assert [label.get_text() for label in ax.get_yticklabels()] == ["y", "x"]  # x on top
     plt.close(enough)
+
+
+def test_estimate_table_puts_estimated_next_to_realised():
+    from mlfolio import views
+
+    est = {
+        "roc_auc": 0.8,
+        "accuracy": 0.75,
+        "intervals": {"roc_auc": [0.77, 0.83], "accuracy": [0.72, 0.78]},
+    }
+    table = views.estimate_table({"performance_estimate": est})
+    assert list(table.columns) == ["estimated", "interval"]
+    assert table.loc["roc_auc", "interval"] == "0.7700 – 0.8300"
+    side = {
+        "estimated": {"roc_auc": 0.81, "accuracy": 0.74},
+        "realised": {"roc_auc": 0.7, "accuracy": 0.7},
+        "error": {"roc_auc": -0.11, "accuracy": -0.04},
+    }
+    table = views.estimate_table({"performance_estimate": {**est, "realised": side}})
+    assert table.loc["roc_auc", "error (labelled rows)"] == -0.11
+    assert "No performance estimate" in views.estimate_table({"performance_estimate": None})

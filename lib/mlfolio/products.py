@@ -95,6 +95,9 @@ class EvaluateDoc(_Doc):
     explain: dict[str, Any] | None = None
     segments: dict[str, Any] | None = None
     threshold_curve: dict[str, list[float | None]] | None = None  # None: undefined there
+    # Since the label-free estimate (mlfolio.estimate): the score -> probability map shipped
+    # with the candidate's run, why that method, its quality on validation and test rows.
+    performance_calibration: dict[str, Any] | None = None
     intervals: dict[str, Any] | None = None
     # With a champion (since the gate compared on unseen rows only): the test rows it never
     # saw, the overlap its lineage showed (found, excluded, remaining: 0), each row set's
@@ -178,6 +181,7 @@ class MonitorDoc(_Doc):
     dataset_drift: bool
     prediction_drift: bool
     quality: dict[str, Any] | None
+    performance_estimate: dict[str, Any] | None = None  # label-free (mlfolio.estimate)
     decision: RetrainDecisionDoc
     reports: dict[str, str]
     retrain_data: str | None
@@ -328,6 +332,7 @@ MONITOR = Product(
         "dataset_drift",
         "prediction_drift",
         "quality",
+        "performance_estimate",
         "decision",
         "reports",
         "report_drift",

@@ -465,3 +465,40 @@ def log_artifacts(run_id: str, paths: list[Path], artifact_path: str) -> None:
     for path in paths:
         if path.exists():
             client.log_artifact(run_id, str(path), artifact_path=artifact_path)
+
+
+def log_calibration(run_id: str, calibration: Any) -> str:
+    """Ship ``calibration`` (an :class:`mlfolio.estimate.Calibration`) with the model logged
+    in run ``run_id``, as its ``calibration.json`` artifact: every version registered from
+    that run carries it (:func:`load_calibration`). Returns the artifact's URI."""
+    from mlfolio.estimate import CALIBRATION_FILE
+
+    MlflowClient().log_dict(run_id, calibration.to_json(), CALIBRATION_FILE)
+    return f"runs:/{run_id}/{CALIBRATION_FILE}"
+
+
+def load_calibration(run_id: str | None) -> Any:
+    """The :class:`mlfolio.estimate.Calibration` shipped with the model of run ``run_id``
+    (:func:`log_calibration`); None when that run has none (a version evaluated before
+    calibrations were shipped). A file that is not a calibration raises ValueError naming
+    it."""
+    import json
+
+    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
+
+    from mlfolio.estimate import CALIBRATION_FILE, Calibration
+
+    if not run_id:
+        return None
+    uri = f"runs:/{run_id}/{CALIBRATION_FILE}"
+    try:
+        text = mlflow.artifacts.load_text(uri)
+    except (MlflowException, OSError) as exc:
+        log.info("%s: no calibration shipped (%s)", uri, cause(exc))
+        return None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{uri}: not JSON ({exc})") from exc
+    return Calibration.from_json(doc, uri)

@@ -575,6 +575,23 @@ def quality_table(result: dict[str, Any]) -> pd.DataFrame | str:
     ).round(4)
 
 
+def estimate_table(result: dict[str, Any]) -> pd.DataFrame | str:
+    """The label-free estimate (CBPE) per metric with its interval and, once labels came,
+    estimated vs realised on the labelled rows."""
+    est = result.get("performance_estimate")
+    if not est:
+        return "No performance estimate (monitoring.estimate.enabled false, or no calibration)."
+    side = est.get("realised") or {}
+    table = pd.DataFrame(
+        {
+            "estimated": {k: est.get(k) for k in est["intervals"]},
+            "interval": {k: v and f"{v[0]:.4f} – {v[1]:.4f}" for k, v in est["intervals"].items()},
+            **{f"{c} (labelled rows)": side[c] for c in ("estimated", "realised", "error") if side},
+        }
+    )
+    return table.round(4)
+
+
 def decision_markdown(result: dict[str, Any]) -> Any:
     from IPython.display import Markdown
 

@@ -22,6 +22,7 @@ from mlfolio.config.operations import (
     AlertsConfig,
     AwsConfig,
     DeployConfig,
+    EstimateConfig,
     KfpConfig,
     KfpResources,
     KubernetesTargetConfig,
@@ -45,6 +46,7 @@ __all__ = [
     "AlertsConfig",
     "AwsConfig",
     "DeployConfig",
+    "EstimateConfig",
     "TARGET_NAMES",
     "KfpConfig",
     "KfpResources",
@@ -316,6 +318,12 @@ class EvaluationConfig(_Section):
         0.5, description="decision threshold, or max_f1 to choose it on the validation split"
     )
     calibration_bins: int = Field(10, ge=2, le=50, description="bins of the calibration curve")
+    calibration_method: Literal["auto", "platt", "isotonic"] = Field(
+        "auto",
+        description="score -> probability map fitted on the validation rows and shipped with "
+        "the model version, for the monitor's label-free performance estimate (CBPE): "
+        "auto = whichever of Platt and isotonic has the lower cross-validated Brier score",
+    )
     champion_version: int | Literal["none"] | None = Field(
         None,
         description="what the candidate is compared with: None = the version the champion "

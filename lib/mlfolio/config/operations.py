@@ -173,6 +173,13 @@ class RetrainPolicyConfig(_Section):
     max_roc_auc_drop: float | None = Field(
         0.03, gt=0, le=1, description="quality drop that fires (with labels)"
     )
+    estimated_roc_auc_drop: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="drop of the label-free estimate (monitoring.estimate) below the "
+        "reference ROC AUC that fires, before labels exist; None = off",
+    )
     min_rows: int = Field(500, ge=1, description="fewer current rows: no decision")
     cooldown_hours: float = Field(24.0, ge=0, description="since the last retraining")
 
@@ -217,6 +224,23 @@ class AlertsConfig(_Section):
         None, gt=0, le=1, description="None: monitoring.retrain.max_roc_auc_drop"
     )
     monitor_stale_hours: float = Field(48.0, gt=0, description="no monitor run for this long")
+    estimated_roc_auc_drop: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="None: monitoring.retrain.estimated_roc_auc_drop, else its roc_auc_drop",
+    )
+
+
+class EstimateConfig(_Section):
+    """The champion's performance estimated without labels (``mlfolio.estimate``, CBPE):
+    its scores and the calibration shipped with its version give the expected metrics."""
+
+    enabled: bool = Field(True, description="estimate ROC AUC, PR AUC, F1... on current rows")
+    draws: int = Field(
+        1000, ge=100, le=100_000, description="Monte Carlo label draws behind the intervals"
+    )
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="of the estimate's intervals")
 
 
 class MonitoringConfig(_Section):
@@ -240,6 +264,7 @@ class MonitoringConfig(_Section):
     report_sample_rows: int | None = Field(
         5000, ge=100, description="rows per frame in the Evidently HTML"
     )
+    estimate: EstimateConfig = Field(default_factory=EstimateConfig)
     retrain: RetrainPolicyConfig = Field(default_factory=RetrainPolicyConfig)
     ab: ABConfig = Field(default_factory=ABConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)

@@ -14,7 +14,7 @@ The names below are re-exported so ``from mlfolio import monitor; monitor.drift_
 works as before the split.
 """
 
-from mlfolio.monitor.document import DriftDoc
+from mlfolio.monitor.document import DriftDoc, PerformanceEstimate
 from mlfolio.monitor.drift import (
     DEFAULT_DRIFT_SHARE,
     FEW_VALUES,
@@ -55,6 +55,7 @@ __all__ = [
     "LARGE_REFERENCE_ROWS",
     "METHODS",
     "PREDICTION_COLUMN",
+    "PerformanceEstimate",
     "REPORT_SAMPLE_ROWS",
     "SERVER_AB_FILE",
     "SERVER_DRIFT_FILE",

@@ -49,6 +49,16 @@ def roc_auc_threshold(monitoring: MonitoringConfig) -> float:
     return monitoring.alerts.roc_auc_drop or monitoring.retrain.max_roc_auc_drop or 0.03
 
 
+def estimated_roc_auc_threshold(monitoring: MonitoringConfig) -> float:
+    """Estimated (label-free) ROC AUC drop that alerts: ``alerts.estimated_roc_auc_drop``,
+    else the retraining policy's ``estimated_roc_auc_drop``, else the realised drop's."""
+    return (
+        monitoring.alerts.estimated_roc_auc_drop
+        or monitoring.retrain.estimated_roc_auc_drop
+        or roc_auc_threshold(monitoring)
+    )
+
+
 def alert_rules(monitoring: MonitoringConfig, *, job: str | None = None) -> dict[str, Any]:
     """The rule groups (``{"groups": [...]}``) for the thresholds of ``monitoring.alerts``.
 
@@ -61,6 +71,7 @@ def alert_rules(monitoring: MonitoringConfig, *, job: str | None = None) -> dict
     sel = f'job="{job}"'
     w, p = a.rate_window, a.pending
     drift_share, auc_drop = drift_threshold(monitoring), roc_auc_threshold(monitoring)
+    estimated_drop = estimated_roc_auc_threshold(monitoring)
     scoring = f'{sel},route=~"{SCORING_ROUTES}"'
 
     def ratio(status: str) -> str:
@@ -191,6 +202,32 @@ def alert_rules(monitoring: MonitoringConfig, *, job: str | None = None) -> dict
             "vs reference",
             f"On labelled current rows the ROC AUC fell by at least {auc_drop:g}.",
             "Retrain on recent labelled rows; until then consider the previous version.",
+        ),
+        _rule(
+            "MlfolioEstimatedQualityDrop",
+            f"mlfolio_estimated_roc_auc_delta{{{sel}}} <= -{estimated_drop:g}",
+            p,
+            "warning",
+            "{{ $labels.model }} v{{ $labels.version }}: estimated ROC AUC "
+            '{{ $value | printf "%+.3f" }} vs reference (no labels yet)',
+            f"Estimated without labels (CBPE: the scores and the calibration shipped with "
+            f"the version) the ROC AUC fell by at least {estimated_drop:g}. It assumes "
+            "P(y | x) unchanged: covariate shift it sees, concept shift it cannot.",
+            "Open the monitor run's drift report for the shifted columns; label a sample of "
+            "recent rows to confirm, then retrain.",
+        ),
+        _rule(
+            "MlfolioConceptShiftSuspected",
+            f"mlfolio_estimate_concept_shift_suspected{{{sel}}} == 1",
+            p,
+            "warning",
+            "{{ $labels.model }} v{{ $labels.version }}: realised metrics outside the "
+            "label-free estimate's interval",
+            "On the labelled current rows the realised ROC AUC or accuracy fell outside the "
+            "interval estimated from the scores: P(y | x) may have changed (concept shift), "
+            "so the label-free estimate is no longer to be trusted.",
+            "Compare realised and estimated metrics in drift.json (performance_estimate."
+            "realised); retrain on recently labelled rows.",
         ),
         _rule(
             "MlfolioChallengerWorse",

@@ -40,6 +40,29 @@ class Quality(_Part):
     delta: dict[str, float | None] = {}
 
 
+class PerformanceEstimate(_Part):
+    """The champion's metrics on the current rows estimated without labels
+    (:func:`mlfolio.estimate.estimate_performance`, CBPE) and, once labels arrived, next to
+    the realised ones (:func:`mlfolio.estimate.compare_with_realised`)."""
+
+    method: str = "cbpe"
+    rows: int | None = None
+    roc_auc: float | None = None
+    roc_auc_ci: list[float] | None = None
+    pr_auc: float | None = None
+    f1: float | None = None
+    precision: float | None = None
+    recall: float | None = None
+    accuracy: float | None = None
+    intervals: dict[str, list[float] | None] = {}
+    confidence: float | None = None
+    calibration_error: float | None = None  # ECE of the calibration on its reference rows
+    calibration: dict[str, Any] | None = None  # method, where it came from, its quality
+    reference_roc_auc: float | None = None  # the champion's ROC AUC on its test rows
+    roc_auc_delta: float | None = None  # estimated minus reference
+    realised: dict[str, Any] | None = None  # estimated vs realised on the labelled rows
+
+
 class DriftDoc(_Part):
     """A ``drift.json`` document. Every field is optional on reading (a document the
     gauges cannot use simply yields fewer gauges); :meth:`to_json` writes back exactly the
@@ -59,6 +82,7 @@ class DriftDoc(_Part):
     dataset_drift: bool | None = None
     prediction_drift: PredictionDrift | None = None
     quality: Quality | None = None
+    performance_estimate: PerformanceEstimate | None = None  # since mlfolio.estimate
     decision: dict[str, Any] | None = None
     monitor_run_dir: str | None = None
 

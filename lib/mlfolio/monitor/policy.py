@@ -37,11 +37,15 @@ def retrain_decision(
     last_retrain_at: datetime | None = None,
     now: datetime | None = None,
     labelled_rows: int | None = None,
+    estimated_roc_auc_drop: float | None = None,
 ) -> RetrainDecision:
     """Apply the retraining policy to a drift verdict (and a quality drop, when labels
-    exist). Guards first (enough rows, cool-down), then any trigger fires. With
+    exist; and the label-free estimate's drop, :mod:`mlfolio.estimate`, before they do).
+    Guards first (enough rows, cool-down), then any trigger fires. With
     ``labelled_rows=0`` a firing trigger holds: retraining needs newly labelled rows."""
-    decision = _retrain_decision(policy, verdict, current_rows, roc_auc_drop, last_retrain_at, now)
+    decision = _retrain_decision(
+        policy, verdict, current_rows, roc_auc_drop, last_retrain_at, now, estimated_roc_auc_drop
+    )
     if decision.retrain and labelled_rows == 0:
         return RetrainDecision(
             False,
@@ -60,6 +64,7 @@ def _retrain_decision(
     roc_auc_drop: float | None,
     last_retrain_at: datetime | None,
     now: datetime | None,
+    estimated_roc_auc_drop: float | None = None,
 ) -> RetrainDecision:
     now = now or datetime.now(UTC)
     reasons: list[str] = []
@@ -100,6 +105,15 @@ def _retrain_decision(
             check(
                 roc_auc_drop >= policy.max_roc_auc_drop,
                 f"ROC AUC drop {roc_auc_drop:+.4f} vs {policy.max_roc_auc_drop}",
+            )
+    if policy.estimated_roc_auc_drop is not None:
+        if estimated_roc_auc_drop is None:
+            reasons.append("n/a  estimated quality drop: no label-free estimate")
+        else:
+            check(
+                estimated_roc_auc_drop >= policy.estimated_roc_auc_drop,
+                f"estimated ROC AUC drop {estimated_roc_auc_drop:+.4f} (label-free) vs "
+                f"{policy.estimated_roc_auc_drop}",
             )
     return RetrainDecision(fired, reasons)
 

@@ -48,6 +48,9 @@ def drift_gauge_families(doc: DriftDoc | dict[str, Any]) -> list[Any]:
         return family
 
     current_q = {} if drift.quality is None else drift.quality.current
+    est = drift.performance_estimate
+    est_ci = (est.roc_auc_ci if est else None) or [None, None]
+    side = (est.realised if est else None) or {}
     delta_q = {} if drift.quality is None else drift.quality.delta
     created = drift.created_at
     families = [
@@ -80,6 +83,46 @@ def drift_gauge_families(doc: DriftDoc | dict[str, Any]) -> list[Any]:
             "mlfolio_quality_roc_auc_delta",
             "Current minus reference ROC AUC (negative: the model got worse)",
             delta_q.get("roc_auc"),
+        ),
+        *(
+            gauge(
+                f"mlfolio_estimated_{key}",
+                f"{text} estimated without labels (CBPE, latest monitor run)",
+                None if est is None else getattr(est, key),
+            )
+            for key, text in (
+                ("roc_auc", "ROC AUC"),
+                ("pr_auc", "PR AUC (average precision)"),
+                ("f1", "F1 at the model's threshold"),
+                ("precision", "Precision at the model's threshold"),
+                ("recall", "Recall at the model's threshold"),
+                ("accuracy", "Accuracy at the model's threshold"),
+            )
+        ),
+        gauge(
+            "mlfolio_estimated_roc_auc_ci_low",
+            "Lower bound of the estimated ROC AUC's interval",
+            est_ci[0],
+        ),
+        gauge(
+            "mlfolio_estimated_roc_auc_ci_high",
+            "Upper bound of the estimated ROC AUC's interval",
+            est_ci[1],
+        ),
+        gauge(
+            "mlfolio_estimated_roc_auc_delta",
+            "Estimated (label-free) minus reference ROC AUC (negative: estimated worse)",
+            None if est is None else est.roc_auc_delta,
+        ),
+        gauge(
+            "mlfolio_estimate_roc_auc_error",
+            "Realised minus estimated ROC AUC on the labelled current rows",
+            (side.get("error") or {}).get("roc_auc"),
+        ),
+        gauge(
+            "mlfolio_estimate_concept_shift_suspected",
+            "1 when realised metrics fell outside the estimate's interval (P(y|x) changed?)",
+            None if not side else int(bool(side.get("concept_shift_suspected"))),
         ),
         gauge(
             "mlfolio_monitor_current_rows",

@@ -224,6 +224,38 @@ def drift_verdict(drift: dict[str, Any], max_columns: int = 8) -> list[str]:
         )
     else:
         lines.append(_line("quality", "no labelled rows (give --labels FILE): not measured"))
+    lines += estimate_lines(drift.get("performance_estimate"))
+    return lines
+
+
+def estimate_lines(est: dict[str, Any] | None) -> list[str]:
+    """The label-free estimate (CBPE) and, once labels came, how far off it was."""
+    if not est:
+        return []
+    ci = est.get("roc_auc_ci") or [None, None]
+    delta = est.get("roc_auc_delta")
+    text = (
+        f"ROC AUC {_na(est.get('roc_auc'), '.3f')} [{_na(ci[0], '.3f')}, {_na(ci[1], '.3f')}]"
+        + (f" ({delta:+.3f} vs reference)" if delta is not None else "")
+        + f", PR AUC {_na(est.get('pr_auc'), '.3f')}, F1 {_na(est.get('f1'), '.3f')}, "
+        f"accuracy {_na(est.get('accuracy'), '.3f')} on {est.get('rows')} rows without labels"
+    )
+    lines = [_line("estimate", text)]
+    side = est.get("realised")
+    if side:
+        flag = (
+            f"; CONCEPT SHIFT? realised {', '.join(side['outside_interval'])} outside the interval"
+            if side.get("concept_shift_suspected")
+            else "; within the interval"
+        )
+        lines.append(
+            _line(
+                "realised",
+                f"ROC AUC estimated {_na(side['estimated'].get('roc_auc'), '.3f')}, realised "
+                f"{_na(side['realised'].get('roc_auc'), '.3f')} on {side['rows']} labelled rows"
+                + flag,
+            )
+        )
     return lines
 
 

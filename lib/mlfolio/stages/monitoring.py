@@ -11,7 +11,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from mlfolio import data, evaluate, lineage, products, registry, rowkeys, tracking
+from mlfolio import data, estimate, evaluate, lineage, products, registry, rowkeys, tracking
 from mlfolio.context import StageContext
 from mlfolio.errors import DataValidationError, StageError
 from mlfolio.stages.training import SNAPSHOT, SPLITS
@@ -184,6 +184,94 @@ def _last_retraining(experiment_id: str) -> datetime | None:
     return datetime.fromtimestamp(runs[0].info.start_time / 1000, tz=UTC) if runs else None
 
 
+def _calibration(
+    ctx: StageContext, champion: registry.ModelRef, model: Any, source_run: Path
+) -> tuple[estimate.Calibration | None, str]:
+    """The calibration shipped with the champion's version, else one fitted now on its
+    validation rows (a version evaluated before calibrations were shipped); None when
+    neither exists. Also says where it came from."""
+    shipped = tracking.load_calibration(champion.run_id)
+    if shipped is not None:
+        return shipped, f"runs:/{champion.run_id}/{estimate.CALIBRATION_FILE}"
+    valid_path = source_run / SPLITS["valid"]
+    if not valid_path.is_file():
+        log.warning(
+            "%s: no calibration shipped and no %s: no performance estimate",
+            champion.uri,
+            valid_path,
+        )
+        return None, ""
+    valid = pd.read_parquet(valid_path)
+    y = data.target_vector(valid, ctx.cfg.schema).to_numpy()
+    score = model.predict_proba(valid[list(ctx.cfg.schema.features)])[:, 1]
+    cal = estimate.fit_calibration(
+        y, score, ctx.cfg.evaluation.calibration_method, seed=ctx.cfg.seed
+    )
+    return cal, f"fitted by this monitor run on {valid_path} (none shipped with {champion.uri})"
+
+
+def _performance_estimate(
+    ctx: StageContext,
+    cal: estimate.Calibration,
+    source: str,
+    current: pd.DataFrame,
+    threshold: float,
+    reference_quality: dict[str, Any],
+    quality: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The label-free estimate on all current rows and, when labels arrived, estimated vs
+    realised on the labelled ones (the realised outside the interval: concept shift?)."""
+    opts = ctx.cfg.monitoring.estimate
+
+    def run(scores: np.ndarray) -> dict[str, Any]:
+        return estimate.estimate_performance(
+            scores, cal, threshold, draws=opts.draws, confidence=opts.confidence, seed=ctx.cfg.seed
+        )
+
+    est = run(current["score"].to_numpy())
+    reference_auc = reference_quality.get("roc_auc")
+    est["calibration"] = {
+        "method": cal.method,
+        "source": source,
+        "reason": cal.reason,
+        **{k: cal.quality.get(k) for k in ("ece", "brier", "rows")},
+    }
+    est["reference_roc_auc"] = reference_auc
+    est["roc_auc_delta"] = (
+        None if est["roc_auc"] is None or reference_auc is None else est["roc_auc"] - reference_auc
+    )
+    if quality is not None:
+        known = current["actual"].notna().to_numpy()
+        same_rows = est if known.all() else run(current["score"].to_numpy()[known])
+        est["realised"] = estimate.compare_with_realised(
+            same_rows, quality["current"], int(known.sum())
+        )
+    return est
+
+
+def _estimate_metrics(est: dict[str, Any] | None) -> dict[str, float]:
+    """The estimate's MLflow metrics; with labels, estimated vs realised and the error
+    (realised - estimated) on the labelled rows: the estimate's error over time."""
+    if est is None:
+        return {}
+    out = {f"estimated_{k}": est[k] for k in estimate.METRICS if est.get(k) is not None}
+    if est.get("roc_auc_ci"):
+        out["estimated_roc_auc_ci_low"], out["estimated_roc_auc_ci_high"] = est["roc_auc_ci"]
+    if est.get("roc_auc_delta") is not None:
+        out["estimated_roc_auc_delta"] = est["roc_auc_delta"]
+    side = est.get("realised")
+    if side:
+        for k in estimate.METRICS:
+            if side["estimated"].get(k) is not None:
+                out[f"labelled_estimated_{k}"] = side["estimated"][k]
+            if side["realised"].get(k) is not None:
+                out[f"labelled_realised_{k}"] = side["realised"][k]
+            if side["error"].get(k) is not None:
+                out[f"estimate_error_{k}"] = side["error"][k]
+        out["concept_shift_suspected"] = int(side["concept_shift_suspected"])
+    return out
+
+
 def monitor_model(ctx: StageContext) -> dict[str, Any]:
     """Drift (features and prediction) and quality of the champion on current data, the
     Evidently reports, the retraining decision; ``drift.json`` and ``monitor.json``. When
@@ -211,6 +299,13 @@ def monitor_model(ctx: StageContext) -> dict[str, Any]:
         reference_quality, labelled["actual"].to_numpy(), labelled["score"].to_numpy(), threshold
     )
     roc_auc_drop = -quality["delta"]["roc_auc"] if quality else None
+    performance = None
+    if mon.estimate.enabled:
+        cal, cal_source = _calibration(ctx, champion, model, source_run)
+        if cal is not None:
+            performance = _performance_estimate(
+                ctx, cal, cal_source, current, threshold, reference_quality, quality
+            )
     decision = monitor.retrain_decision(
         mon.retrain,
         verdict,
@@ -218,6 +313,11 @@ def monitor_model(ctx: StageContext) -> dict[str, Any]:
         roc_auc_drop,
         _last_retraining(mlflow.active_run().info.experiment_id) if mlflow.active_run() else None,
         labelled_rows=len(labelled),
+        estimated_roc_auc_drop=(
+            -performance["roc_auc_delta"]
+            if performance and performance["roc_auc_delta"] is not None
+            else None
+        ),
     )
 
     shown = monitor.evidently_report(
@@ -281,6 +381,7 @@ def monitor_model(ctx: StageContext) -> dict[str, Any]:
         **verdict,
         "prediction_drift": pred_drift,
         "quality": quality,
+        **({"performance_estimate": performance} if performance else {}),
         "decision": decision.to_dict(),
         "monitor_run_dir": str(ctx.run_dir),
     }
@@ -302,6 +403,7 @@ def monitor_model(ctx: StageContext) -> dict[str, Any]:
                 if quality
                 else {}
             ),
+            **_estimate_metrics(performance),
         }
     )
     mlflow.set_tags(
@@ -316,6 +418,7 @@ def monitor_model(ctx: StageContext) -> dict[str, Any]:
         "dataset_drift": verdict["dataset_drift"],
         "prediction_drift": pred_drift["drifted"],
         "quality": quality,
+        "performance_estimate": performance,
         "decision": decision.to_dict(),
         "reports": reports,
         # What Evidently's drift page counts: the features of its (sampled) rows.

@@ -11,6 +11,7 @@ import pandas as pd
 
 from mlfolio import (
     data,
+    estimate,
     evaluate,
     features,
     lineage,
@@ -441,6 +442,7 @@ def evaluate_candidate(ctx: StageContext) -> dict[str, Any]:
         products.TEST_SCORES.path, pd.DataFrame({"y": y_test, **{k: v for k, v in scores.items()}})
     )
     explanations = explaining.explain_models(ctx, parts, explained)
+    shipped = _ship_calibration(ctx, best["run_id"], y_valid.to_numpy(), valid_score, y_test, score)
     mlflow.log_metrics({f"test_{k}": v for k, v in test_metrics.items() if v is not None})
     mlflow.set_tags({"mlfolio.candidate": best_name, "mlfolio.gate_passed": verdict.passed})
     result = {
@@ -459,6 +461,7 @@ def evaluate_candidate(ctx: StageContext) -> dict[str, Any]:
         # which rows the test metrics are of (mlfolio diff says when two runs' differ)
         "test_rows": {"rows": len(y_test), "digest": data.content_hash(parts["test"])},
         "threshold_curve": evaluate.threshold_curve(y_valid, valid_score),
+        "performance_calibration": shipped,
         "champion": champion_info,
         "comparison": comparison,
         # with a champion: rows_unseen_by_champion, champion_overlap, row_sets, decided_by
@@ -492,6 +495,44 @@ def evaluate_candidate(ctx: StageContext) -> dict[str, Any]:
     ctx.write(products.EVALUATE, result)
     explaining.write_model_card(ctx, result)
     return result
+
+
+def _ship_calibration(
+    ctx: StageContext,
+    run_id: str,
+    y_valid: np.ndarray,
+    valid_score: np.ndarray,
+    y_test: np.ndarray,
+    test_score: np.ndarray,
+) -> dict[str, Any]:
+    """Fit the score -> probability map on the validation rows (the reference of the
+    monitor's label-free estimate, :mod:`mlfolio.estimate`), ship it with the model's run
+    (every version registered from it carries it) and report its quality: on the rows it
+    was fitted on and, honestly, on the test rows."""
+    cal = estimate.fit_calibration(
+        y_valid, valid_score, ctx.cfg.evaluation.calibration_method, seed=ctx.cfg.seed
+    )
+    uri = tracking.log_calibration(run_id, cal)
+    p_test = cal.apply(test_score)
+    test_quality = {
+        "ece": estimate.expected_calibration_error(y_test, p_test),
+        "brier": float(np.mean((p_test - y_test) ** 2)),
+        "rows": int(len(y_test)),
+    }
+    mlflow.log_metrics(
+        {
+            "calibration_valid_ece": cal.quality["ece"],
+            "calibration_test_ece": test_quality["ece"],
+            "calibration_test_brier": test_quality["brier"],
+        }
+    )
+    return {
+        "method": cal.method,
+        "reason": cal.reason,
+        "uri": uri,
+        "reference": cal.quality,
+        "test": test_quality,
+    }
 
 
 def test_scores(ctx: StageContext) -> tuple[np.ndarray, dict[str, np.ndarray]]:
