@@ -254,8 +254,84 @@ def test_too_few_labels_keep_and_say_how_many(scored):
     assert rec["reasons"][0].startswith("keep: too few labels — 60 labelled rows")
     assert "200 needed" in rec["reasons"][0]
     assert report["comparison"]["champion"]["labelled"] == 60
+    seq = report["comparison"]["sequential"]
+    assert seq["rows"] == {"champion": 60, "challenger": 60}
     # the same 60 rows per arm decide once the minimum allows it
-    assert abtest.recommend(report["comparison"], min_labelled=50)["action"] == "promote"
+    delong = abtest.recommend(report["comparison"], min_labelled=50, method="delong")
+    assert delong["action"] == "promote"
+    always_valid = abtest.recommend(report["comparison"], min_labelled=50)
+    assert always_valid["action"] == ("promote" if seq["p_value"] <= 0.05 else "keep")
+
+
+def test_the_sequential_test_decides_and_delong_is_reported_beside_it(scored):
+    report = abtest.ab_report(
+        ab_log(scored, scored.weak, scored.strong), bootstrap_samples=100, mixture_rows=500
+    )
+    json.dumps(report, allow_nan=False)
+    seq, rec = report["comparison"]["sequential"], report["recommendation"]
+    assert report["parameters"]["method"] == rec["method"] == "sequential"
+    assert report["parameters"]["mixture_rows"] == seq["mixture_rows"] == 500
+    assert seq["loss"] == "log_loss" and "mixture SPRT" in seq["method"]
+    labelled = report["comparison"]
+    assert seq["rows"] == {
+        "champion": labelled["champion"]["labelled"],
+        "challenger": labelled["challenger"]["labelled"],
+    }
+    assert seq["decision"] == "challenger better" and seq["p_value"] <= 0.05
+    assert seq["ci_low"] <= seq["difference"] <= seq["ci_high"] < 0
+    assert seq["statistic"] == pytest.approx(-np.log(seq["p_value"]), rel=1e-9)
+    assert rec["action"] == "promote"
+    assert "always-valid p =" in rec["reasons"][0] and "log_loss is lower" in rec["reasons"][0]
+    assert any("fixed-horizon, reported beside" in r for r in rec["reasons"])
+    assert "always-valid mixture SPRT" in rec["summary"]
+
+    # the Brier score instead, and the old decision rule on request
+    brier = abtest.ab_report(
+        ab_log(scored, scored.weak, scored.strong), bootstrap_samples=100, loss="brier"
+    )
+    assert brier["comparison"]["sequential"]["loss"] == "brier"
+    assert brier["recommendation"]["action"] == "promote"
+    delong = abtest.ab_report(
+        ab_log(scored, scored.weak, scored.strong), bootstrap_samples=100, method="delong"
+    )
+    assert delong["recommendation"]["method"] == "delong"
+    assert delong["recommendation"]["reasons"][0].startswith("promote:")
+    assert "CI lower bound" in delong["recommendation"]["reasons"][0]
+    with pytest.raises(ValueError, match="method must be one of"):
+        abtest.recommend(report["comparison"], method="bayes")
+
+
+def test_an_inconclusive_sequential_test_keeps_even_when_delong_read_now_would_act(scored):
+    """A small true gain on 200 rows per arm: DeLong, read at this one moment, may already
+    call it; the always-valid test asks for more rows and says reading again is fine."""
+    rng = np.random.default_rng(3)
+    logit = np.log(scored.strong / (1 - scored.strong))
+    blurred = 1 / (1 + np.exp(-(logit + rng.standard_normal(len(logit)))))
+    log = ab_log(scored, blurred, scored.strong)
+    keep = log.groupby("variant").cumcount() < 200
+    log.loc[~keep, "actual"] = np.nan
+    report = abtest.ab_report(log, bootstrap_samples=100)
+    seq, rec = report["comparison"]["sequential"], report["recommendation"]
+    assert seq["decision"] == "continue" and seq["p_value"] > 0.05
+    assert seq["ci_low"] < 0 < seq["ci_high"]
+    assert rec["action"] == "keep"
+    assert rec["reasons"][0].startswith("keep: inconclusive — the always-valid p")
+    assert "reading this again later is allowed" in rec["reasons"][0]
+    # DeLong read at this moment calls it (p ≈ 0.015): valid only if this were the one read
+    assert report["comparison"]["p_value"] < 0.05
+    assert abtest.recommend(report["comparison"], method="delong")["action"] == "promote"
+
+
+def test_the_sequential_test_runs_on_labels_of_one_class(scored):
+    """ROC AUC needs both classes; the loss comparison does not."""
+    log = shadow_log(scored, scored.weak, scored.strong)
+    log = log[log["request_id"].isin(log.loc[log["actual"] == 0, "request_id"])]
+    report = abtest.ab_report(log, bootstrap_samples=50, min_labelled=10)
+    assert report["comparison"]["difference"] is None
+    seq = report["comparison"]["sequential"]
+    assert seq["rows"]["paired"] == int((scored.actual == 0).sum())
+    assert report["recommendation"]["action"] in ("promote", "keep")
+    assert any("one class only" in r for r in report["recommendation"]["reasons"])
 
 
 def test_min_improvement_holds_back_a_small_gain(scored):
@@ -291,7 +367,17 @@ def test_notebook_views(scored):
     table = views.variant_table(report)
     assert list(table.index) == ["champion v1", "challenger v2 (shadow)"]
     comparison = views.comparison_table(report)
-    assert list(comparison.index) == ["ROC AUC", "ROC AUC (bootstrap)", "accuracy"]
+    assert list(comparison.index) == [
+        "log_loss (always valid)",
+        "ROC AUC",
+        "ROC AUC (bootstrap)",
+        "accuracy",
+    ]
+    seq = report["comparison"]["sequential"]
+    assert comparison.loc["log_loss (always valid)", "p_value"] == round(seq["p_value"], 4)
+    old = {**report, "comparison": {**report["comparison"]}}
+    del old["comparison"]["sequential"]  # an ab.json from before the sequential test
+    assert list(views.comparison_table(old).index)[0] == "ROC AUC"
     assert "**PROMOTE**" in views.recommendation_markdown(report).data
     fig = views.plot_variants(log)
     assert len(fig.axes) == 2 and len(fig.axes[0].lines) == 3  # two ROC curves + diagonal
@@ -381,7 +467,7 @@ def test_act_on_ab(scored, versions):
         "3",
         "1",
     )
-    assert "paired DeLong" in promoted["reason"] and "+0." in promoted["reason"]
+    assert "always-valid mixture SPRT" in promoted["reason"] and "log_loss" in promoted["reason"]
     assert (removed["alias"], removed["previous_version"]) == ("challenger", "3")
     assert (
         client.get_model_version(MODEL, "3").tags["mlfolio.promotion_reason"] == promoted["reason"]
@@ -454,6 +540,8 @@ def test_a_worse_challenger_is_a_gauge_the_alert_reads(scored, kind):
         ("mlfolio_ab_roc_auc_difference_ci_low", c["ci_low"]),
         ("mlfolio_ab_roc_auc_difference_ci_high", c["ci_high"]),
         ("mlfolio_ab_challenger_worse", 1.0),
+        ("mlfolio_ab_sequential_p_value", c["sequential"]["p_value"]),
+        ("mlfolio_ab_loss_difference", c["sequential"]["difference"]),
     ):
         [sample] = got[name]
         assert sample.labels == labels and sample.value == pytest.approx(value)

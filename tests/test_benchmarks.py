@@ -111,6 +111,21 @@ def test_drift_bench_compares_with_evidently_at_a_tiny_size():
 
 
 @pytest.mark.slow
+def test_ab_bench_reads_both_tests_at_every_peek_at_a_tiny_size():
+    out = run_benchmark("ab_bench.py", "--sims", "40", "--max-rows", "400", "--chunk", "20")
+    for design in ("ab", "shadow"):
+        for scenario in ("A/A", "true difference"):
+            assert re.search(rf"^{design} +{re.escape(scenario)} +mSPRT", out, re.M), out
+            assert re.search(rf"^{design} +{re.escape(scenario)} +DeLong", out, re.M), out
+    assert "load average" in out
+    assert re.search(
+        r"sequential test false positive rate under peeking: \d\.\d+ "
+        r"\(fixed-horizon DeLong read the same way: \d\.\d+\)$",
+        out.strip(),
+    )
+
+
+@pytest.mark.slow
 def test_serve_bench_prints_the_headline_and_the_single_row_and_batch_tables():
     require_program("wrk", "the load generator of serve_bench.py")
     # --baseline-src: this checkout again, as the 'before' of a before/after table

@@ -5,15 +5,19 @@ with ``request_id``, ``variant`` (champion/challenger), ``shadow``, ``model_vers
 ``score``, ``label`` and ``actual`` (1.0/0.0, NaN while the outcome is unknown).
 
 - **A/B**: each entity was routed to one variant, so the arms are independent samples;
-  ROC AUC is compared with DeLong's test for two independent ROC curves, accuracy with a
-  two-proportion z-test.
+  mean log loss with the always-valid two-sample test, ROC AUC with DeLong's test for two
+  independent ROC curves, accuracy with a two-proportion z-test.
 - **Shadow**: the challenger scored every request the champion answered, so both are
-  compared on the same rows (paired on ``request_id`` + row): DeLong's paired test for
-  ROC AUC, McNemar's test for accuracy.
+  compared on the same rows (paired on ``request_id`` + row): the always-valid test of the
+  paired log loss differences, DeLong's paired test for ROC AUC, McNemar's for accuracy.
 
 A bootstrap confidence interval of the ROC AUC difference (paired, or each arm resampled
 on its own) is reported next to DeLong's as a cross-check. The recommendation — promote,
-keep or roll back — is what :func:`mlfolio.registry.act_on_ab` acts on.
+keep or roll back — is what :func:`mlfolio.registry.act_on_ab` acts on. It comes from the
+always-valid sequential test of :mod:`mlfolio.sequential` (a mixture SPRT on the per-row
+log loss; ``method="sequential"``, the default), which may be read after every monitor
+run; DeLong's fixed-horizon test is valid only when read once, at a size planned in
+advance, and stays in the report beside it (``method="delong"`` decides by it as before).
 """
 
 from __future__ import annotations
@@ -25,10 +29,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
-from mlfolio import evaluate
+from mlfolio import evaluate, sequential
 from mlfolio.errors import DataValidationError
+from mlfolio.fixed_horizon import (
+    delong_paired,
+    delong_unpaired,
+    mcnemar_test,
+    two_proportion_test,
+)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -170,108 +179,6 @@ def _percentile_ci(values: np.ndarray, confidence: float) -> tuple[float, float]
     return float(np.quantile(values, tail)), float(np.quantile(values, 1 - tail))
 
 
-def _delong_components(y: np.ndarray, score: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    """AUC and DeLong's structural components (per positive, per negative), from midranks."""
-    pos, neg = score[y == 1], score[y == 0]
-    m, n = len(pos), len(neg)
-    ranks_all = stats.rankdata(np.r_[pos, neg])
-    v10 = (ranks_all[:m] - stats.rankdata(pos)) / n  # share of negatives below each positive
-    v01 = 1.0 - (ranks_all[m:] - stats.rankdata(neg)) / m  # share of positives above each negative
-    return float(v10.mean()), v10, v01
-
-
-def _normal_test(difference: float, variance: float, confidence: float) -> dict[str, float]:
-    """Two-sided z-test and normal confidence interval of a difference."""
-    se = math.sqrt(max(variance, 0.0))
-    if se == 0:  # e.g. identical scores in shadow: no difference, no variance
-        z = 0.0 if difference == 0 else math.copysign(math.inf, difference)
-    else:
-        z = difference / se
-    half = float(stats.norm.ppf(0.5 + confidence / 2)) * se
-    return {
-        "difference": difference,
-        "ci_low": difference - half,
-        "ci_high": difference + half,
-        "confidence": confidence,
-        "z": z,
-        "p_value": float(2 * stats.norm.sf(abs(z))),
-    }
-
-
-def delong_paired(
-    y: np.ndarray, score_new: np.ndarray, score_old: np.ndarray, confidence: float = 0.95
-) -> dict[str, float]:
-    """DeLong's test of AUC(new) - AUC(old) for two scores of the same rows."""
-    y = np.asarray(y).astype(int)
-    auc_new, v10_new, v01_new = _delong_components(y, np.asarray(score_new, float))
-    auc_old, v10_old, v01_old = _delong_components(y, np.asarray(score_old, float))
-    variance = np.var(v10_new - v10_old, ddof=1) / len(v10_new) + np.var(
-        v01_new - v01_old, ddof=1
-    ) / len(v01_new)
-    return _normal_test(auc_new - auc_old, float(variance), confidence)
-
-
-def delong_unpaired(
-    y_new: np.ndarray,
-    score_new: np.ndarray,
-    y_old: np.ndarray,
-    score_old: np.ndarray,
-    confidence: float = 0.95,
-) -> dict[str, float]:
-    """DeLong's test of AUC(new) - AUC(old) for two independent samples."""
-    parts = []
-    for y, score in ((y_new, score_new), (y_old, score_old)):
-        auc, v10, v01 = _delong_components(np.asarray(y).astype(int), np.asarray(score, float))
-        parts.append((auc, np.var(v10, ddof=1) / len(v10) + np.var(v01, ddof=1) / len(v01)))
-    return _normal_test(parts[0][0] - parts[1][0], float(parts[0][1] + parts[1][1]), confidence)
-
-
-def two_proportion_test(
-    k_new: int, n_new: int, k_old: int, n_old: int, confidence: float = 0.95
-) -> dict[str, float]:
-    """Difference of two independent proportions: pooled z-test, unpooled (Wald) interval."""
-    p_new, p_old = k_new / n_new, k_old / n_old
-    pooled = (k_new + k_old) / (n_new + n_old)
-    se0 = math.sqrt(pooled * (1 - pooled) * (1 / n_new + 1 / n_old))
-    diff = p_new - p_old
-    z = diff / se0 if se0 > 0 else 0.0
-    half = float(stats.norm.ppf(0.5 + confidence / 2)) * math.sqrt(
-        p_new * (1 - p_new) / n_new + p_old * (1 - p_old) / n_old
-    )
-    return {
-        "difference": diff,
-        "ci_low": diff - half,
-        "ci_high": diff + half,
-        "confidence": confidence,
-        "z": z,
-        "p_value": float(2 * stats.norm.sf(abs(z))),
-    }
-
-
-def mcnemar_test(
-    correct_new: np.ndarray, correct_old: np.ndarray, confidence: float = 0.95
-) -> dict[str, float]:
-    """Difference of two paired proportions (McNemar's z-test, Wald interval)."""
-    correct_new, correct_old = np.asarray(correct_new, bool), np.asarray(correct_old, bool)
-    n = len(correct_new)
-    only_new = int((correct_new & ~correct_old).sum())
-    only_old = int((correct_old & ~correct_new).sum())
-    diff = (only_new - only_old) / n
-    discordant = only_new + only_old
-    z = (only_new - only_old) / math.sqrt(discordant) if discordant else 0.0
-    se = math.sqrt(max(discordant - (only_new - only_old) ** 2 / n, 0.0)) / n
-    half = float(stats.norm.ppf(0.5 + confidence / 2)) * se
-    return {
-        "difference": diff,
-        "ci_low": diff - half,
-        "ci_high": diff + half,
-        "confidence": confidence,
-        "z": z,
-        "p_value": float(2 * stats.norm.sf(abs(z))),
-        "discordant": discordant,
-    }
-
-
 # -- per-variant metrics --------------------------------------------------------------
 def variant_metrics(
     log: pd.DataFrame, confidence: float = 0.95, bootstrap_samples: int = 1000, seed: int = 42
@@ -337,11 +244,20 @@ def _arm_summary(
 
 
 def compare(
-    log: pd.DataFrame, confidence: float = 0.95, bootstrap_samples: int = 1000, seed: int = 42
+    log: pd.DataFrame,
+    confidence: float = 0.95,
+    bootstrap_samples: int = 1000,
+    seed: int = 42,
+    loss: str = "log_loss",
+    alpha: float = 0.05,
+    mixture_rows: int = 1000,
 ) -> dict[str, Any]:
     """Challenger − champion in ROC AUC (DeLong: paired for shadow, independent for A/B,
-    with a bootstrap interval as cross-check) and in accuracy (McNemar / two-proportion z)."""
+    with a bootstrap interval as cross-check), in accuracy (McNemar / two-proportion z)
+    and, under ``sequential``, in mean ``loss`` by the always-valid test of
+    :mod:`mlfolio.sequential` (level ``alpha``, tuned to ``mixture_rows`` rows)."""
     kind = design(log)
+    tuning = {"loss": loss, "alpha": alpha, "mixture_rows": mixture_rows}
     out: dict[str, Any] = {
         "design": kind,
         "metric": "roc_auc",
@@ -357,6 +273,7 @@ def compare(
         "p_value": None,
         "bootstrap": None,
         "accuracy": None,
+        "sequential": None,
         "note": None,
     }
     if kind == "single":
@@ -388,6 +305,8 @@ def compare(
                 *arms[variant],
             )
         out["paired_rows"] = int(len(pairs))
+        s_new, s_old = arms[CHALLENGER][0], arms[CHAMPION][0]
+        out["sequential"] = sequential.paired_test(y, s_new, s_old, **tuning)
         out["test"] = (
             f"paired DeLong test (shadow: both variants on the same {len(y)} labelled rows)"
         )
@@ -418,6 +337,8 @@ def compare(
         data[variant] = (y, lab["score"].to_numpy(float), lab["label"].to_numpy())
         out[variant] = _arm_summary(str(rows["model_version"].iloc[0]), len(rows), *data[variant])
     out["test"] = "DeLong test for two independent ROC curves (A/B: each entity saw one variant)"
+    (y_new, s_new, _), (y_old, s_old, _) = data[CHALLENGER], data[CHAMPION]
+    out["sequential"] = sequential.two_sample_test(y_new, s_new, y_old, s_old, **tuning)
     short = [v for v in VARIANTS if len(np.unique(data[v][0])) < 2]
     if short:
         out["note"] = (
@@ -450,6 +371,9 @@ def compare(
 
 
 # -- the recommendation ---------------------------------------------------------------
+METHODS = ("sequential", "delong")
+
+
 def _effect(c: dict[str, Any]) -> str:
     return (
         f"ROC AUC challenger − champion {c['difference']:+.4f} "
@@ -458,26 +382,69 @@ def _effect(c: dict[str, Any]) -> str:
     )
 
 
+def _seq_effect(q: dict[str, Any]) -> str:
+    return (
+        f"{q['loss']} challenger − champion {q['difference']:+.4f} "
+        f"({1 - q['alpha']:.0%} confidence sequence {q['ci_low']:+.4f} .. {q['ci_high']:+.4f}, "
+        f"always-valid p = {q['p_value']:.3g})"
+    )
+
+
+def _verdict(
+    comparison: dict[str, Any], method: str, min_improvement: float, alpha: float
+) -> tuple[bool, bool, bool, str]:
+    """(better, worse, gain too small, inconclusive reason) by the deciding test."""
+    c, q = comparison, comparison["sequential"]
+    if method == "sequential":
+        gain = c["difference"]
+        small = min_improvement > 0 and (gain is None or gain < min_improvement)
+        why = (
+            f"keep: inconclusive — the always-valid p = {q['p_value']:.3g} ≥ {q['alpha']:g} "
+            f"(the {1 - q['alpha']:.0%} confidence sequence {q['ci_low']:+.4f} .. "
+            f"{q['ci_high']:+.4f} of the {q['loss']} difference includes 0); collect more "
+            "labelled traffic — reading this again later is allowed"
+        )
+        better = q["decision"] == "challenger better"
+        return better and not small, q["decision"] == "challenger worse", better and small, why
+    better = c["ci_low"] > min_improvement and c["p_value"] < alpha
+    why = (
+        f"keep: inconclusive — the {c['confidence']:.0%} CI {c['ci_low']:+.4f} .. "
+        f"{c['ci_high']:+.4f} of the ROC AUC difference includes 0 (p = {c['p_value']:.3g}); "
+        "collect more labelled traffic"
+    )
+    small = not better and c["ci_low"] > 0 and c["p_value"] < alpha
+    return better, c["ci_high"] < 0, small, why
+
+
 def recommend(
     comparison: dict[str, Any],
     min_labelled: int = 200,
     min_improvement: float = 0.0,
     alpha: float | None = None,
+    method: str = "sequential",
 ) -> dict[str, Any]:
-    """promote / keep / roll back, with the reasons (``alpha`` defaults to 1 − confidence).
+    """promote / keep / roll back, with the reasons.
 
-    Promote: the challenger's ROC AUC gain has its CI lower bound above ``min_improvement``
-    and p < alpha. Roll back (stop the experiment, take the challenger out of traffic): its
-    CI upper bound is below 0. Both need ``min_labelled`` labelled rows in each arm;
-    anything else keeps the current setup, saying whether the test was inconclusive or
-    the labels too few.
+    ``method="sequential"`` (default) decides by the always-valid test in
+    ``comparison["sequential"]`` (its own alpha): promote when the challenger's loss is
+    significantly lower (and, with ``min_improvement`` > 0, its ROC AUC gain at least
+    that), roll back when significantly higher. It may be read after every monitor run.
+    ``method="delong"`` decides by DeLong's fixed-horizon test (``alpha`` defaults to
+    1 − confidence), valid only when read once: promote when the ROC AUC gain's CI lower
+    bound is above ``min_improvement`` and p < alpha, roll back (stop the experiment, take
+    the challenger out of traffic) when its CI upper bound is below 0. Both need
+    ``min_labelled`` labelled rows in each arm; anything else keeps the current setup,
+    saying whether the test was inconclusive or the labels too few.
     """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     champ, chall = comparison.get(CHAMPION), comparison.get(CHALLENGER)
     out: dict[str, Any] = {
         "action": "keep",
         "reasons": [],
         "summary": "",
         "design": comparison["design"],
+        "method": method,
         "champion_version": champ["version"] if champ else None,
         "challenger_version": chall["version"] if chall else None,
     }
@@ -502,40 +469,62 @@ def recommend(
     )
     enough = min(n_old, n_new) >= min_labelled
     detail = [f"{counts}; at least {min_labelled} per arm needed"]
-    if comparison["difference"] is None:
+    seq = comparison.get("sequential")
+    if method == "sequential" and seq is None:
+        why = comparison["note"] or "fewer than two labelled rows per arm"
+        out["summary"] = f"{comparison['design']}: no sequential test ({why})"
+        out["reasons"] = [f"keep: too few labels — {why}", *detail]
+        return out
+    if method == "delong" and comparison["difference"] is None:
         out["summary"] = f"{comparison['design']}: no ROC AUC comparison ({comparison['note']})"
         out["reasons"] = [f"keep: too few labels — {comparison['note']}", *detail]
         return out
 
-    better = comparison["ci_low"] > min_improvement and comparison["p_value"] < alpha
-    worse = comparison["ci_high"] < 0
-    detail.append(
-        f"{_effect(comparison)}; {comparison['test']}; ROC AUC champion "
-        f"{champ['roc_auc']:.4f}, challenger {chall['roc_auc']:.4f}"
-    )
-    boot = comparison["bootstrap"]
-    if boot and boot["ci_low"] is not None and not math.isnan(boot["ci_low"]):
-        detail.append(
-            f"cross-check, {boot['test']} ({boot['samples']} resamples): "
-            f"{comparison['confidence']:.0%} CI {boot['ci_low']:+.4f} .. "
-            f"{boot['ci_high']:+.4f}"
+    if seq:
+        decides = "decides" if method == "sequential" else "reported, not decisive"
+        detail.append(f"{_seq_effect(seq)}; {seq['test']}, {seq['method']} ({decides})")
+    if comparison["difference"] is None:
+        detail.append(f"ROC AUC: {comparison['note']}")
+    else:
+        fixed = (
+            "; fixed-horizon, reported beside: valid only when read once"
+            if method == "sequential"
+            else ""
         )
-    acc = comparison["accuracy"]
-    detail.append(
-        f"accuracy challenger − champion {acc['difference']:+.4f} "
-        f"({acc['confidence']:.0%} CI {acc['ci_low']:+.4f} .. {acc['ci_high']:+.4f}, "
-        f"{acc['test']} p = {acc['p_value']:.3g}); informative, not decisive"
-    )
+        detail.append(
+            f"{_effect(comparison)}; {comparison['test']}{fixed}; ROC AUC champion "
+            f"{champ['roc_auc']:.4f}, challenger {chall['roc_auc']:.4f}"
+        )
+        boot = comparison["bootstrap"]
+        if boot and boot["ci_low"] is not None and not math.isnan(boot["ci_low"]):
+            detail.append(
+                f"cross-check, {boot['test']} ({boot['samples']} resamples): "
+                f"{comparison['confidence']:.0%} CI {boot['ci_low']:+.4f} .. "
+                f"{boot['ci_high']:+.4f}"
+            )
+        acc = comparison["accuracy"]
+        detail.append(
+            f"accuracy challenger − champion {acc['difference']:+.4f} "
+            f"({acc['confidence']:.0%} CI {acc['ci_low']:+.4f} .. {acc['ci_high']:+.4f}, "
+            f"{acc['test']} p = {acc['p_value']:.3g}); informative, not decisive"
+        )
+    better, worse, small, inconclusive = _verdict(comparison, method, min_improvement, alpha)
     vs = f"challenger v{chall['version']} vs champion v{champ['version']}"
+    if method == "sequential":
+        effect, test = _seq_effect(seq), "always-valid mixture SPRT"
+        if comparison["difference"] is not None:
+            effect += f"; ROC AUC {comparison['difference']:+.4f} (DeLong p = "
+            effect += f"{comparison['p_value']:.3g})"
+    else:
+        effect, test = _effect(comparison), comparison["test"].split(" (")[0]
     out["summary"] = (
         f"{comparison['design']} test of {vs} on "
-        f"{n_new if paired else n_old + n_new} labelled rows: "
-        f"{_effect(comparison)}, {comparison['test'].split(' (')[0]}"
+        f"{n_new if paired else n_old + n_new} labelled rows: {effect}, {test}"
     )
     if not enough:
         trend = (
             " (the challenger looks better so far)"
-            if better
+            if better or small
             else " (the challenger looks worse so far)"
             if worse
             else ""
@@ -543,6 +532,14 @@ def recommend(
         head = (
             f"keep: too few labels — {min(n_old, n_new)} labelled rows in the smaller "
             f"arm, {min_labelled} needed in each{trend}"
+        )
+    elif better and method == "sequential":
+        out["action"] = "promote"
+        head = (
+            f"promote: {vs} is significantly better — its {seq['loss']} is lower, "
+            f"always-valid p = {seq['p_value']:.3g} ≤ {seq['alpha']:g} (the "
+            f"{1 - seq['alpha']:.0%} confidence sequence {seq['ci_low']:+.4f} .. "
+            f"{seq['ci_high']:+.4f} is below 0)"
         )
     elif better:
         out["action"] = "promote"
@@ -553,23 +550,30 @@ def recommend(
         )
     elif worse:
         out["action"] = "roll back"
+        bound = (
+            f"its {seq['loss']} is higher, always-valid p = {seq['p_value']:.3g} ≤ "
+            f"{seq['alpha']:g} (confidence sequence {seq['ci_low']:+.4f} .. "
+            f"{seq['ci_high']:+.4f} above 0)"
+            if method == "sequential"
+            else f"the {comparison['confidence']:.0%} CI upper bound "
+            f"{comparison['ci_high']:+.4f} is below 0"
+        )
         head = (
-            f"roll back: {vs} is significantly worse — the {comparison['confidence']:.0%} "
-            f"CI upper bound {comparison['ci_high']:+.4f} is below 0; stop the experiment "
+            f"roll back: {vs} is significantly worse — {bound}; stop the experiment "
             "and take the challenger out of traffic"
         )
-    elif comparison["ci_low"] > 0 and comparison["p_value"] < alpha:
+    elif small:
+        gain = comparison["difference"]
         head = (
-            f"keep: the challenger is better, but its gain's CI lower bound "
+            "keep: the challenger is better, but its ROC AUC gain "
+            f"{'n/a' if gain is None else f'{gain:+.4f}'} does not clear min_improvement "
+            f"{min_improvement:+}"
+            if method == "sequential"
+            else f"keep: the challenger is better, but its gain's CI lower bound "
             f"{comparison['ci_low']:+.4f} does not clear min_improvement {min_improvement:+}"
         )
     else:
-        head = (
-            f"keep: inconclusive — the {comparison['confidence']:.0%} CI "
-            f"{comparison['ci_low']:+.4f} .. {comparison['ci_high']:+.4f} of the ROC AUC "
-            f"difference includes 0 (p = {comparison['p_value']:.3g}); collect more "
-            "labelled traffic"
-        )
+        head = inconclusive
     out["reasons"] = [head, *detail]
     return out
 
@@ -598,8 +602,15 @@ def ab_report(
     bootstrap_samples: int = 1000,
     seed: int = 42,
     model_name: str = "",
+    method: str = "sequential",
+    alpha: float = 0.05,
+    loss: str = "log_loss",
+    mixture_rows: int = 1000,
 ) -> dict[str, Any]:
-    """Design, per-variant metrics, comparison and recommendation, as JSON-ready data."""
+    """Design, per-variant metrics, comparison and recommendation, as JSON-ready data.
+
+    ``comparison.sequential`` holds the always-valid test (statistic, p-value, rows,
+    decision); ``method`` says which test the recommendation follows."""
     kind = design(log)
     if not model_name and "model_name" in log.columns and log["model_name"].nunique() == 1:
         model_name = str(log["model_name"].iloc[0])
@@ -612,7 +623,7 @@ def ab_report(
     }
     if "ts" in log.columns and log["ts"].notna().any():
         window.update(start=pd.Timestamp(log["ts"].min()), end=pd.Timestamp(log["ts"].max()))
-    comparison = compare(log, confidence, bootstrap_samples, seed)
+    comparison = compare(log, confidence, bootstrap_samples, seed, loss, alpha, mixture_rows)
     return _jsonable(
         {
             "model_name": model_name,
@@ -625,11 +636,15 @@ def ab_report(
                 "min_improvement": min_improvement,
                 "bootstrap_samples": bootstrap_samples,
                 "seed": seed,
+                "method": method,
+                "alpha": alpha,
+                "loss": loss,
+                "mixture_rows": mixture_rows,
             },
             "variants": variant_metrics(log, confidence, bootstrap_samples, seed).to_dict(
                 orient="records"
             ),
             "comparison": comparison,
-            "recommendation": recommend(comparison, min_labelled, min_improvement),
+            "recommendation": recommend(comparison, min_labelled, min_improvement, method=method),
         }
     )

@@ -197,6 +197,8 @@ class Recommendation(_Doc):
 class AbDoc(_Doc):
     design: str
     recommendation: Recommendation
+    # comparison.sequential (the always-valid test) exists since issue 24; older files lack it
+    comparison: dict[str, Any] | None = None
 
 
 # -- the declarations -------------------------------------------------------------------

@@ -617,16 +617,21 @@ def variant_table(report: dict[str, Any]) -> pd.DataFrame:
 
 
 def comparison_table(report: dict[str, Any]) -> pd.DataFrame:
-    """Challenger − champion for ROC AUC (and its bootstrap cross-check) and accuracy."""
+    """Challenger − champion: the mean loss by the always-valid sequential test (its
+    confidence sequence and always-valid p-value), ROC AUC by DeLong (and its bootstrap
+    cross-check) and accuracy."""
     c = report["comparison"]
-    if c["difference"] is None:
-        return pd.DataFrame({"note": [c["note"]]}, index=["comparison"])
-    rows = {
-        "ROC AUC": {
-            **{k: c[k] for k in ("difference", "ci_low", "ci_high", "p_value")},
-            "test": c["test"],
+    keys = ("difference", "ci_low", "ci_high", "p_value")
+    rows: dict[str, dict[str, Any]] = {}
+    if seq := c.get("sequential"):  # absent from reports before issue 24
+        rows[f"{seq['loss']} (always valid)"] = {
+            **{k: seq[k] for k in keys},
+            "test": f"{seq['test']}, {seq['method']}",
         }
-    }
+    if c["difference"] is None and not rows:
+        return pd.DataFrame({"note": [c["note"]]}, index=["comparison"])
+    if c["difference"] is not None:
+        rows["ROC AUC"] = {**{k: c[k] for k in keys}, "test": c["test"]}
     if c["bootstrap"]:
         rows["ROC AUC (bootstrap)"] = {
             "difference": c["difference"],
@@ -635,9 +640,8 @@ def comparison_table(report: dict[str, Any]) -> pd.DataFrame:
             "p_value": None,
             "test": c["bootstrap"]["test"],
         }
-    rows["accuracy"] = {
-        k: c["accuracy"][k] for k in ("difference", "ci_low", "ci_high", "p_value", "test")
-    }
+    if c["accuracy"]:
+        rows["accuracy"] = {k: c["accuracy"][k] for k in (*keys, "test")}
     table = pd.DataFrame(rows).T
     numeric = ["difference", "ci_low", "ci_high", "p_value"]
     table[numeric] = table[numeric].astype(float).round(4)

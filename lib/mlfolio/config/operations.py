@@ -194,6 +194,27 @@ class ABConfig(_Section):
     )
     bootstrap_samples: int = Field(1000, ge=100, description="resamples of the paired bootstrap")
     act: bool = Field(False, description="move the registry aliases as recommended")
+    method: Literal["sequential", "delong"] = Field(
+        "sequential",
+        description="what decides: the always-valid mixture SPRT on the per-row loss "
+        "(may be read after every run) or DeLong's fixed-horizon ROC AUC test (valid "
+        "read once)",
+    )
+    alpha: float = Field(
+        0.05,
+        gt=0,
+        lt=0.5,
+        description="false positive rate of the sequential test, however often read",
+    )
+    loss: Literal["log_loss", "brier"] = Field(
+        "log_loss", description="per-row loss the sequential test compares"
+    )
+    mixture_rows: int = Field(
+        1000,
+        ge=10,
+        description="labelled rows (per arm, or paired) where the sequential test is "
+        "tuned to be most sensitive",
+    )
 
 
 class AlertsConfig(_Section):

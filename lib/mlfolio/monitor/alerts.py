@@ -237,9 +237,15 @@ def alert_rules(monitoring: MonitoringConfig, *, job: str | None = None) -> dict
             "warning",
             "{{ $labels.model }}: challenger v{{ $labels.challenger_version }} is worse than "
             'champion v{{ $labels.champion_version }} (ROC AUC {{ $value | printf "%+.3f" }})',
-            "The latest A/B report ({{ $labels.design }}) recommends rolling back: the "
-            f"{monitoring.ab.confidence:.0%} interval of challenger - champion ROC AUC lies "
-            f"below 0, with at least {monitoring.ab.min_labelled} labelled rows per arm "
+            "The latest A/B report ({{ $labels.design }}) recommends rolling back: "
+            + (
+                f"the always-valid sequential test finds the challenger's mean "
+                f"{monitoring.ab.loss} higher at alpha {monitoring.ab.alpha:g}"
+                if monitoring.ab.method == "sequential"
+                else f"the {monitoring.ab.confidence:.0%} interval of challenger - champion "
+                "ROC AUC lies below 0"
+            )
+            + f", with at least {monitoring.ab.min_labelled} labelled rows per arm "
             "(monitoring.ab).",
             "Take the challenger out of traffic: `mlfolio monitor` with monitoring.ab.act "
             "true removes its alias, then restart the server without --challenger.",

@@ -144,7 +144,8 @@ def ab_gauge_families(doc: dict[str, Any]) -> list[Any]:
 
     Labels: model, champion_version, challenger_version, design (``ab`` or ``shadow``);
     ``mlfolio_ab_labelled_rows`` adds ``variant``. The ROC AUC difference (challenger −
-    champion) and its CI appear only when both arms had labels of both classes.
+    champion) and its CI appear only when both arms had labels of both classes; the
+    sequential test's p-value and loss difference once each arm has two labelled rows.
     """
     from prometheus_client.core import GaugeMetricFamily
 
@@ -168,6 +169,7 @@ def ab_gauge_families(doc: dict[str, Any]) -> list[Any]:
         return family
 
     action = (doc.get("recommendation") or {}).get("action")
+    seq = comparison.get("sequential") or {}
     rows = GaugeMetricFamily(
         "mlfolio_ab_labelled_rows",
         "Labelled rows per variant in the latest A/B report's window",
@@ -191,6 +193,16 @@ def ab_gauge_families(doc: dict[str, Any]) -> list[Any]:
             "mlfolio_ab_roc_auc_difference_ci_high",
             "Upper bound of the ROC AUC difference's confidence interval",
             comparison.get("ci_high"),
+        ),
+        gauge(
+            "mlfolio_ab_sequential_p_value",
+            "Always-valid p-value of the sequential test (challenger vs champion mean loss)",
+            seq.get("p_value"),
+        ),
+        gauge(
+            "mlfolio_ab_loss_difference",
+            "Challenger minus champion mean per-row loss (sequential test; positive: worse)",
+            seq.get("difference"),
         ),
         gauge(
             "mlfolio_ab_challenger_worse",

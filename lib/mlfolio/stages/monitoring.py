@@ -464,6 +464,10 @@ def ab_report(ctx: StageContext) -> tuple[pd.DataFrame, dict[str, Any]]:
         bootstrap_samples=ab.bootstrap_samples,
         seed=ctx.cfg.seed,
         model_name=ctx.cfg.model_name,
+        method=ab.method,
+        alpha=ab.alpha,
+        loss=ab.loss,
+        mixture_rows=ab.mixture_rows,
     )
     result["source"] = mon.prediction_log
     ctx.write(products.AB, result)
