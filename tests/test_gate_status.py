@@ -244,3 +244,62 @@ def test_gate_status_reads_the_manifest_without_pandas(tmp_path):
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip().endswith("[]")
+
+
+def test_pending_approval_exits_4_until_approve_or_reject_decides(tmp_path, capsys):
+    doc = products.RegisterDoc(
+        model_name="churn-classifier",
+        version="3",
+        model_uri="models:/churn-classifier/3",
+        promoted=False,
+        why_not_promoted="pending approval (registry.require_approval)",
+        pending_approval=True,
+        approval={"status": "pending", "command": "mlfolio approve churn-classifier 3 --by NAME"},
+        compared_against="1",
+        champion="1",
+        alias_events=[],
+    )
+    model = products.REGISTER.summary(doc)
+    run = _write(tmp_path / "run", gate=_gate(PASSED), model=model)
+    code, out, err = _cli(capsys, str(run))
+    assert code == 4 and out == ""
+    assert err == (
+        f"mlfolio: {run}: gate passed; churn-classifier version 3 is pending approval "
+        "(champion stays v1): mlfolio approve churn-classifier 3 --by NAME\n"
+    )
+    assert gate_status.check(run).status == "pending approval"
+    code, out, _ = _cli(capsys, str(run), "--require", "passed")
+    assert code == 0 and out.startswith(f"{run}: gate passed (gate passed; churn-classifier")
+    page = _index(run)
+    assert 'model <b>churn-classifier</b> version 3, <b id="pending-approval">' in page
+    assert "champion stays v1 until someone runs <code>mlfolio approve churn-classifier 3" in page
+    assert "registered as <b>challenger</b> only" not in page and "Not promoted" not in page
+    # `mlfolio approve` wrote its decision into the run folder
+    decision = {
+        "action": "approve",
+        "done": True,
+        "version": "3",
+        "by": "alice",
+        "compared_against": "1",
+    }
+    (run / gate_status.APPROVAL_FILE).write_text(json.dumps({**decision, "at": "T", "note": "ok"}))
+    code, out, err = _cli(capsys, str(run), "--json")
+    doc = json.loads(out)
+    assert code == 0 and doc["status"] == "approved" and doc["champion"] == "3"
+    assert doc["reason"] == (
+        "gate passed; churn-classifier version 3 approved by alice at T: ok: now champion"
+    )
+    assert "approved</span> by <b>alice</b> at T: ok; version 3 is champion (was v1)" in _index(run)
+    # a decision about another version does not count; a rejection is a no
+    (run / gate_status.APPROVAL_FILE).write_text(json.dumps({**decision, "version": "2"}))
+    assert gate_status.check(run).exit_code == 4
+    (run / gate_status.APPROVAL_FILE).write_text(json.dumps({**decision, "action": "reject"}))
+    verdict = gate_status.check(run)
+    assert (verdict.status, verdict.exit_code) == ("rejected", 1)
+    assert "was rejected by alice" in verdict.reason
+
+
+def _index(run: Path) -> str:
+    from mlfolio.pipeline import report
+
+    return report.write_index(run, Manifest.load(run).data).read_text()

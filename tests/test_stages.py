@@ -471,6 +471,58 @@ def test_register_completes_the_model_card_and_links_it_from_the_version(registe
     assert Path(logged).read_text() == card
 
 
+def test_register_with_require_approval_leaves_the_version_pending(registered_run, tmp_path):
+    """registry.require_approval: the gate passed, but the version gets @pending-approval
+    and register.json, the card and the deploy stage say so; `mlfolio approve` then moves
+    champion and writes the decision into the run folder."""
+    import mlflow
+
+    from mlfolio import approval, cli, deploy, stages
+    from mlfolio.pipeline import gate_status
+
+    units, _ = registered_run
+    run_dir = tmp_path / "approval"
+    shutil.copytree(units.run_dir, run_dir)
+    model = "churn-approval-units"  # no champion yet: the copied gate passed against none
+    knobs = {"registry.model_name": model, "registry.require_approval": True}
+    _, reg = units.run("register", stages.register_model, run_dir=run_dir, **knobs)
+    assert reg["version"] == "1" and not reg["promoted"] and reg["pending_approval"]
+    assert reg["why_not_promoted"].startswith(
+        f"pending approval (registry.require_approval): `mlfolio approve {model} 1 --by NAME`"
+    )
+    assert reg["champion"] is None and reg["approval"]["status"] == "pending"
+    written = json.loads((run_dir / "register.json").read_text())
+    assert written["pending_approval"] and written["promoted"] is False
+    assert registry.get_alias(model, registry.CHAMPION) is None
+    assert registry.get_alias(model, approval.PENDING).version == "1"
+    card = (run_dir / "model_card.md").read_text()
+    assert "**pending approval**" in card and "\n## Approval\n" in card
+    # deploy ships the champion: there is none, and a pending version is never deployed
+    with pytest.raises(deploy.DeployError, match=f"registry has no {model}@champion"):
+        units.run("deploy", stages.deploy_model, run_dir=run_dir, **knobs)
+    with pytest.raises(deploy.DeployError, match="deploy.alias: 'pending-approval' is a version"):
+        units.run(
+            "deploy",
+            stages.deploy_model,
+            run_dir=run_dir,
+            **knobs,
+            **{"deploy.alias": approval.PENDING},
+        )
+
+    argv = ["approve", model, "1", "--by", "carol", "--note", "segments fine"]
+    assert cli.main([*argv, "--params", str(units.params)]) == 0
+    assert registry.get_alias(model, registry.CHAMPION).version == "1"
+    decision = gate_status.read_decision(run_dir)
+    assert decision["action"] == "approve" and decision["by"] == "carol"
+    local = (run_dir / "model_card.md").read_text()
+    assert "- **Approved** by carol at " in local and ": segments fine" in local
+    assert "**Pending approval**" not in local
+    logged = mlflow.artifacts.download_artifacts(reg["model_card"], dst_path=str(tmp_path))
+    assert Path(logged).read_text() == local  # the card in MLflow says the same
+    tags = MlflowClient().get_model_version(model, "1").tags
+    assert tags[approval.STATUS_TAG] == "approved"
+
+
 def test_deploy_stage_ships_each_target_through_deploy_targets(registered_run):
     from mlfolio import stages, views
 

@@ -250,8 +250,9 @@ def _parser() -> argparse.ArgumentParser:
     _reproduce_parsers(sub)
     _new_parser(sub)
     _gate_status_parser(sub)
-    from mlfolio.pipeline import costing  # its arguments are its own (cost.json, the index)
+    from mlfolio.pipeline import approvals, costing  # their arguments are their own
 
+    approvals.add_parsers(sub)
     costing.add_arguments(sub.add_parser("cost", help=costing.HELP, description=costing.ABOUT))
     return parser
 
@@ -389,8 +390,10 @@ def _gate_status_parser(sub: argparse._SubParsersAction) -> None:
         "model may be deployed. Exit 0: the run succeeded, the gate passed and the "
         "version was promoted (or only passed, with --require passed), or the candidate "
         "is the champion's own model (same model); 1: the run "
-        "finished but the gate did not pass or the version was not promoted; 2: not a "
-        "run folder, or no readable manifest; 3: the run failed or was interrupted.",
+        "finished but the gate did not pass or the version was not promoted (or its "
+        "approval was rejected); 2: not a run folder, or no readable manifest; 3: the run "
+        "failed or was interrupted; 4: the gate passed and the version is pending "
+        "approval (registry.require_approval; 0 once `mlfolio approve` approved it).",
     )
     gate.add_argument("run_dir", metavar="RUN_DIR", help="a training run's folder")
     gate.add_argument(
@@ -673,7 +676,14 @@ COMMANDS = {
     "new": _new,
     "gate-status": _gate_status,
     "cost": _cost,
+    **dict.fromkeys(("approve", "reject", "approvals"), lambda args: _approvals(args)),
 }
+
+
+def _approvals(args: argparse.Namespace) -> None:
+    from mlfolio.pipeline import approvals
+
+    (approvals.show if args.command == "approvals" else approvals.decide)(args, _echo)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -155,6 +155,18 @@ class RunNotFinished(MlfolioError):
     exit_code = 3
 
 
+class ApprovalPending(MlfolioError):
+    """``mlfolio gate-status``: the gate passed and the version waits for ``mlfolio
+    approve`` (registry.require_approval): not yet, rather than no."""
+
+    exit_code = 4
+
+
+class ApprovalRefused(MlfolioError):
+    """``mlfolio approve``/``reject`` changed nothing: the version is not pending approval,
+    or the champion moved since its gate (names the version, the champion and who moved it)."""
+
+
 class OverBudget(MlfolioError):
     """A tuning trial created after the study's ``n_trials`` were all claimed (workers on
     other machines raced for the last ones): Optuna's ``catch=`` ends it FAIL at once,

@@ -272,6 +272,9 @@ def render(ev: dict[str, Any], facts: dict[str, Any]) -> str:
             + (
                 "promoted to `champion`"
                 if version.get("promoted")
+                else "**pending approval** (`pending-approval`; champion stays "
+                f"{_v(version.get('champion'))} until someone approves it)"
+                if version.get("approval")
                 else f"not promoted (champion: {version.get('champion') or 'none'})"
             )
         )
@@ -301,6 +304,8 @@ def render(ev: dict[str, Any], facts: dict[str, Any]) -> str:
     lines += ["", "## What the model relies on", "", *_features(ev)]
     lines += ["", "## Segments", "", *_segments(ev)]
     lines += ["", "## Limitations", "", *_limitations(ev, data, rule)]
+    if version and version.get("approval"):
+        lines += ["", *approval_section(version["approval"])]
     lines += [
         "",
         "## Lineage",
@@ -316,3 +321,49 @@ def render(ev: dict[str, Any], facts: dict[str, Any]) -> str:
         if version.get("card_uri"):
             lines.append(f"- This card in MLflow: `{version['card_uri']}`")
     return "\n".join(lines) + "\n"
+
+
+def _v(version: str | None) -> str:
+    return f"v{version}" if version else "none"
+
+
+APPROVAL_HEADING = "## Approval"
+
+
+def approval_section(a: dict[str, Any]) -> list[str]:
+    """The card's Approval section: pending (who asked, when, the approve command) or the
+    decision (``action`` approve/reject, ``by``, ``at``, ``note``, ``compared_against``)."""
+    lines = [APPROVAL_HEADING, ""]
+    if a.get("action") in ("approve", "reject"):
+        word = "Approved" if a["action"] == "approve" else "Rejected"
+        note = f": {a['note']}" if a.get("note") else " (no note)"
+        lines.append(f"- **{word}** by {a.get('by')} at {a.get('at')}{note}")
+        if a["action"] == "approve":
+            lines.append(
+                f"- `champion` moved from {_v(a.get('compared_against'))} (the version the "
+                f"gate compared against) to v{a.get('version')}"
+            )
+        else:
+            lines.append(f"- Not promoted; champion stays {_v(a.get('champion'))}")
+    else:
+        lines.append(
+            f"- **Pending approval** since {a.get('requested_at') or a.get('at')}: the gate "
+            f"passed against champion {_v(a.get('compared_against'))}; "
+            "`registry.require_approval` keeps it from `champion` until someone runs "
+            f"`{a.get('command')}` (or `mlfolio reject`)"
+        )
+    return lines
+
+
+def with_approval(card: str, decision: dict[str, Any]) -> str:
+    """``card`` (Markdown) with its Approval section replaced by ``decision``'s (added
+    before Lineage when it has none)."""
+    section = "\n".join(approval_section(decision)) + "\n"
+    start = card.find(f"\n{APPROVAL_HEADING}\n")
+    if start >= 0:
+        end = card.find("\n## ", start + 1)
+        return card[: start + 1] + section + (card[end:] if end >= 0 else "")
+    at = card.find("\n## Lineage\n")
+    if at < 0:
+        return card.rstrip("\n") + "\n\n" + section
+    return card[: at + 1] + section + card[at:]

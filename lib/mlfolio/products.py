@@ -116,6 +116,8 @@ class RegisterDoc(_Doc):
     registered: bool = True
     promoted: bool
     why_not_promoted: str | None
+    pending_approval: bool = False  # registry.require_approval: @pending-approval, not champion
+    approval: dict[str, Any] | None = None
     compared_against: str | None = None
     champion: str | None
     alias_events: list[dict[str, Any]]
@@ -302,6 +304,8 @@ REGISTER = Product(
         "duplicate_of",
         "promoted",
         "why_not_promoted",
+        "pending_approval",
+        "approval",
         "compared_against",
         "champion",
         "status",

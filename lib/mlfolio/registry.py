@@ -342,6 +342,45 @@ def registry_lock(name: str, purpose: str, lock_uri: str | None = None, timeout_
     return locks.registry_lock(uri, name, purpose, timeout_s, source)
 
 
+def champion_moved(name: str, expected: str | None, now: str | None) -> str:
+    """ "champion moved: the gate compared against vX, but NAME@champion is now vY (moved
+    by WHO at WHEN, run DIR)": why a compare-and-set on champion refuses."""
+    moved = next(
+        (
+            e
+            for e in reversed(alias_history(name))
+            if e.get("alias") == CHAMPION and e.get("version") == now
+        ),
+        None,
+    )
+    by = (
+        f" (moved by {moved['by']} at {moved['at']}"
+        f"{', run ' + moved['run_dir'] if moved.get('run_dir') else ''})"
+        if moved
+        else ""
+    )
+    was = f"v{expected}" if expected else "no champion"
+    return (
+        f"champion moved: the gate compared against {was}, but "
+        f"{name}@{CHAMPION} is now {'v' + now if now else 'unset'}{by}"
+    )
+
+
+def record_event(
+    name: str,
+    alias: str,
+    version: str | None,
+    previous_version: str | None,
+    reason: str,
+    run_dir: str = "",
+    **extra: Any,
+) -> dict[str, Any]:
+    """Write one alias move (``version`` None: the alias was removed) to the history."""
+    return _record_event(
+        MlflowClient(), name, alias, version, previous_version, reason, run_dir, **extra
+    )
+
+
 @dataclass(frozen=True)
 class Promotion:
     """What :func:`promote` did: ``promoted``, or why not and who is champion now."""
@@ -373,26 +412,10 @@ def promote(
         current = get_alias(ref.name, CHAMPION)
         now = current.version if current else None
         if now != expected_champion:
-            moved = next(
-                (
-                    e
-                    for e in reversed(alias_history(ref.name))
-                    if e.get("alias") == CHAMPION and e.get("version") == now
-                ),
-                None,
-            )
-            by = (
-                f" (moved by {moved['by']} at {moved['at']}"
-                f"{', run ' + moved['run_dir'] if moved.get('run_dir') else ''})"
-                if moved
-                else ""
-            )
-            was = f"v{expected_champion}" if expected_champion else "no champion"
             why = (
-                f"champion moved: the gate compared against {was}, but "
-                f"{ref.name}@{CHAMPION} is now {'v' + now if now else 'unset'}{by}; "
-                f"v{ref.version} stays {CHALLENGER} (re-run evaluate and register to "
-                "compare it with the new champion)"
+                f"{champion_moved(ref.name, expected_champion, now)}; v{ref.version} stays "
+                f"{CHALLENGER} (re-run evaluate and register to compare it with the new "
+                "champion)"
             )
             return Promotion(False, expected_champion, now, why_not=why, lock=kind)
         event = set_alias(ref, CHAMPION, reason, run_dir, compared_against=expected_champion)

@@ -434,6 +434,23 @@ class RegistryConfig(_Section):
         description="let a notebook run without a run folder (JupyterLab) register a "
         "version and move aliases",
     )
+    require_approval: bool = Field(
+        False,
+        description="a candidate that passed the gate becomes 'pending-approval' (alias "
+        "and version tag) instead of champion; `mlfolio approve` moves champion",
+    )
+    approval_sla: str = Field(
+        "48h",
+        pattern=r"^[0-9]+[smhdw]$",
+        description="how long an approval may stay pending before the "
+        "MlfolioApprovalOverdue alert fires (e.g. 30m, 48h, 7d)",
+    )
+
+    @property
+    def approval_sla_s(self) -> float:
+        """``approval_sla`` in seconds."""
+        unit = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[self.approval_sla[-1]]
+        return float(self.approval_sla[:-1]) * unit
 
 
 class TrackingConfig(_Section):

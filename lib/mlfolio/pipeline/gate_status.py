@@ -3,8 +3,10 @@
 Read from the run's ``manifest.json`` alone (no tracking server needed): the run's status,
 the gate verdict evaluate recorded and register's promotion. :func:`decide` is pure; the
 exit codes are CI's contract: 0 deploy (or: the candidate is the champion's own model,
-which already serves), 1 do not (the run finished, the gate or the promotion said no),
-3 the run did not finish (failed or interrupted), 2 no readable run.
+which already serves; or: the version pending approval was approved), 1 do not (the run
+finished, the gate or the promotion said no, or the approval was rejected), 3 the run did
+not finish (failed or interrupted), 4 the gate passed and the version waits for ``mlfolio
+approve`` (registry.require_approval: not yet, rather than no), 2 no readable run.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mlfolio import products
-from mlfolio.errors import ConfigError, GateNotPassed, RunNotFinished
+from mlfolio.errors import ApprovalPending, ConfigError, GateNotPassed, RunNotFinished
 from mlfolio.pipeline.manifest import Manifest
 
 Require = Literal["promoted", "passed"]
@@ -23,12 +25,15 @@ Require = Literal["promoted", "passed"]
 # promotion in register.json): a stale one makes the verdict stale. A stage after them
 # (deploy) does not: CI deploys what the verdict allows itself.
 VERDICT_STAGES = (products.EVALUATE.stage, products.REGISTER.stage)
+# Written into the run folder by `mlfolio approve`/`reject` (the version's decision).
+APPROVAL_FILE = "approval.json"
 
 
 @dataclass(frozen=True)
 class GateStatus:
-    """One run's answer: ``status`` is promoted, passed, same model, not promoted, not
-    passed, failed or interrupted; ``reason`` the line that says why."""
+    """One run's answer: ``status`` is promoted, passed, same model, pending approval,
+    approved, rejected, not promoted, not passed, failed or interrupted; ``reason`` the
+    line that says why."""
 
     status: str
     exit_code: int
@@ -96,6 +101,11 @@ def decide(
     if not gate.get("passed"):
         why = failed[0] if failed else "; ".join(gate.get("reasons", []))
         return GateStatus("not passed", 1, f"gate not passed: {why}", **facts)
+    if model.get("pending_approval"):
+        verdict = _approval(Path(run_dir), model, facts)
+        if require == "passed" and verdict.exit_code == 4:
+            return GateStatus("passed", 0, f"gate passed ({verdict.reason})", **facts)
+        return verdict
     if model.get("promoted"):
         return GateStatus(
             "promoted",
@@ -114,6 +124,41 @@ def decide(
     if require == "passed":
         return GateStatus("passed", 0, f"gate passed ({why})", **facts)
     return GateStatus("not promoted", 1, f"gate passed but {why}", **facts)
+
+
+def _approval(run_dir: Path, model: dict[str, Any], facts: dict[str, Any]) -> GateStatus:
+    """A version register left pending approval: 4 while it waits; once ``mlfolio
+    approve``/``reject`` wrote its decision into the run folder (approval.json), 0 when
+    approved (it is champion), 1 when rejected."""
+    name, version = model.get("model_name"), model.get("version")
+    decision = read_decision(run_dir)
+    if decision and str(decision.get("version")) == str(version) and decision.get("done"):
+        who = f"by {decision.get('by')} at {decision.get('at')}"
+        note = f": {decision['note']}" if decision.get("note") else ""
+        if decision.get("action") == "approve":
+            why = f"gate passed; {name} version {version} approved {who}{note}: now champion"
+            return GateStatus("approved", 0, why, **{**facts, "champion": str(version)})
+        why = f"gate passed but {name} version {version} was rejected {who}{note}"
+        return GateStatus("rejected", 1, why, **facts)
+    command = (model.get("approval") or {}).get("command") or (
+        f"mlfolio approve {name} {version} --by NAME"
+    )
+    why = (
+        f"gate passed; {name} version {version} is pending approval (champion stays "
+        f"{'v' + str(model['champion']) if model.get('champion') else 'unset'}): {command}"
+    )
+    return GateStatus("pending approval", 4, why, **facts)
+
+
+def read_decision(run_dir: Path) -> dict[str, Any] | None:
+    """The approval decision ``mlfolio approve``/``reject`` wrote into the run folder
+    (:data:`APPROVAL_FILE`), or None."""
+    path = run_dir / APPROVAL_FILE
+    try:
+        doc = json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 def _unfinished(manifest: dict[str, Any]) -> tuple[str, str]:
@@ -146,3 +191,5 @@ def raise_for(verdict: GateStatus) -> None:
         raise GateNotPassed(f"{verdict.run_dir}: {verdict.reason}")
     if verdict.exit_code == 3:
         raise RunNotFinished(f"{verdict.run_dir}: {verdict.reason}")
+    if verdict.exit_code == 4:
+        raise ApprovalPending(f"{verdict.run_dir}: {verdict.reason}")

@@ -12,7 +12,7 @@ import yaml
 from mlfolio import cost, model_card, products
 from mlfolio.errors import MlfolioError
 from mlfolio.files import read_json, write_text
-from mlfolio.pipeline import diff
+from mlfolio.pipeline import diff, gate_status
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
 log = logging.getLogger(__name__)
@@ -235,6 +235,7 @@ def write_index(run_dir: Path, manifest: dict[str, Any]) -> Path:
         cost=_cost(run_dir),
         usd=cost.usd,
         why=_why_model_decides(run_dir),
+        approval=gate_status.read_decision(run_dir),
         ui=ui,
         mlflow_ui=_mlflow_ui(manifest, ui),
         links=_mlflow_links(manifest, ui),

@@ -260,6 +260,7 @@ def complete_model_card(
         "uri": ref.uri,
         "promoted": registration["promoted"],
         "champion": registration["champion"],
+        "approval": registration.get("approval"),
         "card_uri": card_uri,
     }
     path = write_model_card(ctx, ev, version)

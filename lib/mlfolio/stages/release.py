@@ -7,7 +7,7 @@ from typing import Any
 
 import mlflow
 
-from mlfolio import products, registry
+from mlfolio import approval, products, registry
 from mlfolio.context import StageContext
 from mlfolio.errors import RegistryError
 from mlfolio.stages import explaining
@@ -125,6 +125,7 @@ def _aliases_and_record(
     # The gate judged the candidate against the champion of evaluate's moment: champion
     # moves only if it still is that version (compare-and-set under the registry lock).
     why_not = None
+    pending: dict[str, Any] | None = None
     if already_champion and ev.gate.same_model_as:
         why_not = f"same model as champion v{duplicate_of}, which it already is"
     elif not passed:
@@ -135,6 +136,32 @@ def _aliases_and_record(
         why_not = f"the candidate is version {duplicate_of}, which already is champion"
     elif taken_over and _champion_version(ref.name) == ref.version:
         why_not = None  # the earlier attempt promoted it (its move is in the alias history)
+    elif cfg.registry.require_approval:
+        reason = "gate passed: " + "; ".join(ev.gate.reasons)
+        waiting = registry.get_alias(ref.name, approval.PENDING)
+        asked = approval.request(
+            ref,
+            compared_against,
+            reason,
+            str(ctx.run_dir),
+            cfg.registry.lock_uri,
+            cfg.registry.lock_timeout_s,
+        )
+        why_not = asked.why_not
+        if asked.done:
+            events += asked.events
+            moved.append((approval.PENDING, waiting.version if waiting else None))
+            pending = {
+                "status": approval.PENDING_STATUS,
+                "requested_at": asked.at,
+                "compared_against": compared_against,
+                "command": approval.command(ref.name, ref.version),
+            }
+            why_not = (
+                f"pending approval (registry.require_approval): `{pending['command']}` makes "
+                f"it champion while champion is still "
+                f"{'v' + compared_against if compared_against else 'unset'}"
+            )
     else:
         reason = "gate passed: " + "; ".join(ev.gate.reasons)
         promotion = registry.promote(
@@ -171,6 +198,8 @@ def _aliases_and_record(
         ),
         "promoted": promoted,
         "why_not_promoted": why_not,
+        "pending_approval": pending is not None,
+        "approval": pending,
         "compared_against": compared_against,
         "alias_events": events,
         "champion": (c.version if (c := registry.get_alias(ref.name, registry.CHAMPION)) else None),
@@ -254,6 +283,11 @@ def deploy_model(ctx: StageContext) -> dict[str, Any]:
 
     cfg = ctx.cfg
     alias = cfg.deploy.alias
+    if alias == approval.PENDING:
+        raise DeployError(
+            f"deploy.alias: {alias!r} is a version nobody approved yet; deploy 'champion' "
+            "(`mlfolio approve` makes the pending version champion)"
+        )
     ref = registry.get_alias(cfg.model_name, alias)
     if ref is None:
         raise DeployError(
