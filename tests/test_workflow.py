@@ -37,7 +37,7 @@ def _commands(program: str) -> list[list[str]]:
         for line in script.splitlines():
             if not re.search(rf"(^|[\s/]){program}\s", line):
                 continue  # e.g. a line of an inline python3 -c script
-            words = shlex.split(line.split("|")[0])
+            words = shlex.split(re.split(r"\|| > |;|&&", line)[0])  # the command alone
             for i, word in enumerate(words):
                 if word == program or word.endswith(f"/{program}"):
                     found.append(words[i + 1 :])
@@ -83,25 +83,40 @@ def test_least_privilege_pinned_actions_and_no_persisted_credentials():
     )
 
 
-def test_deploy_runs_only_after_gate_status_said_yes():
+def test_deploy_runs_only_after_gate_status_or_an_approval_said_yes():
     jobs = _workflow()["jobs"]
-    assert jobs["deploy"]["needs"] == "pipeline"
-    assert jobs["deploy"]["if"] == "needs.pipeline.outputs.deploy == 'true'"
+    assert jobs["deploy"]["needs"] == ["pipeline", "approval"]
+    assert jobs["deploy"]["if"] == (
+        "${{ !cancelled() && (needs.pipeline.outputs.deploy == 'true' || "
+        "needs.approval.outputs.deploy == 'true') }}"
+    )
     gate = next(s for s in jobs["pipeline"]["steps"] if s.get("id") == "gate")
-    assert 'if .venv/bin/mlfolio gate-status "$run_dir"' in gate["run"]
+    assert (
+        '.venv/bin/mlfolio gate-status "$run_dir" --json > gate.json || status=$?' in (gate["run"])
+    )
+    assert 'if [ "$status" -eq 0 ]; then\n  echo "deploy=true"' in gate["run"]
     assert jobs["pipeline"]["outputs"]["deploy"] == "${{ steps.gate.outputs.deploy }}"
+    # an approval deploys only what its own deploy step re-ran for the approved champion
+    approval = jobs["approval"]
+    assert approval["outputs"]["deploy"] == "${{ steps.deploy.outputs.deploy }}"
+    decide = next(s for s in approval["steps"] if s.get("name", "").startswith("Decide"))
+    assert '"$DECISION" churn-classifier "$VERSION" --by "$GITHUB_ACTOR"' in decide["run"]
+    assert approval["env"]["VERSION"] == "${{ inputs.approve_version }}"  # no injection
+    assert "inputs.approve_version == ''" in jobs["pipeline"]["if"]
 
 
 def test_every_mlfolio_command_parses_and_its_overrides_validate():
     calls = _commands("mlfolio")
-    assert {c[0] for c in calls} == {"run", "monitor", "gate-status"}
+    assert {c[0] for c in calls} == {"run", "monitor", "gate-status", "$DECISION"}
+    calls = [["approve", *c[1:]] if c[0] == "$DECISION" else c for c in calls]
     parser = cli._parser()
     for argv in calls:
         # placeholders for the values CI fills in from its variables
         argv = [re.sub(r"\$\w+", "/tmp/example", a) for a in argv]
         args = parser.parse_args(argv)  # an unknown subcommand or flag exits 2
         if hasattr(args, "param"):
-            config.load(ROOT / args.params_file, config.parse_overrides(args.param))
+            params = getattr(args, "params_file", None) or args.params  # approve: --params
+            config.load(ROOT / params, config.parse_overrides(args.param))
 
 
 def test_every_make_target_exists():

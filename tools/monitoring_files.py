@@ -18,9 +18,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main(argv: list[str]) -> None:
     params = argv[0] if argv else str(ROOT / "parameters/churn.yaml")
-    mon = config.load(params).monitoring
+    cfg = config.load(params)
+    mon = cfg.monitoring
     files = {
-        alerts.DEFAULT_FILE: alerts.rules_yaml(alerts.alert_rules(mon)),
+        alerts.DEFAULT_FILE: alerts.rules_yaml(alerts.alert_rules(mon, registry=cfg.registry)),
         dashboard.DEFAULT_FILE: dashboard.dashboard_json(dashboard.for_monitoring(mon)),
     }
     for name, text in files.items():

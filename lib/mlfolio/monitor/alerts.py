@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from mlfolio.config import AlertsConfig, MonitoringConfig
+from mlfolio.config import AlertsConfig, MonitoringConfig, RegistryConfig
 
 # Routes that score rows: health checks and /metrics would dilute latency and error ratios.
 SCORING_ROUTES = "/invocations|/v2/models/[^/]+(/versions/[^/]+)?/infer"
@@ -59,12 +59,20 @@ def estimated_roc_auc_threshold(monitoring: MonitoringConfig) -> float:
     )
 
 
-def alert_rules(monitoring: MonitoringConfig, *, job: str | None = None) -> dict[str, Any]:
+def alert_rules(
+    monitoring: MonitoringConfig,
+    *,
+    job: str | None = None,
+    registry: RegistryConfig | None = None,
+) -> dict[str, Any]:
     """The rule groups (``{"groups": [...]}``) for the thresholds of ``monitoring.alerts``.
 
     ``job`` overrides ``alerts.job`` (the Kubernetes target passes its Service name, the
     job a ServiceMonitor's targets get). Drift and quality thresholds left at None take the
-    retraining policy's ``min_drift_share`` and ``max_roc_auc_drop``.
+    retraining policy's ``min_drift_share`` and ``max_roc_auc_drop``. With
+    ``registry`` (the registry section), a third group alerts on an approval pending
+    longer than ``registry.approval_sla`` (gauges of ``mlfolio approvals --prometheus``,
+    any job: node_exporter's textfile collector exports them).
     """
     a: AlertsConfig = monitoring.alerts
     job = job or a.job
@@ -262,12 +270,30 @@ def alert_rules(monitoring: MonitoringConfig, *, job: str | None = None) -> dict
             "Check the scheduler (cron, CI schedule) that runs `mlfolio monitor`.",
         ),
     ]
-    return {
-        "groups": [
-            {"name": "mlfolio-serving", "rules": serving},
-            {"name": "mlfolio-model", "rules": model},
-        ]
-    }
+    groups = [
+        {"name": "mlfolio-serving", "rules": serving},
+        {"name": "mlfolio-model", "rules": model},
+    ]
+    if registry is not None:
+        groups.append({"name": "mlfolio-registry", "rules": [_approval_rule(registry, p)]})
+    return {"groups": groups}
+
+
+def _approval_rule(registry: RegistryConfig, pending: str) -> dict[str, Any]:
+    sla = registry.approval_sla
+    return _rule(
+        "MlfolioApprovalOverdue",
+        f"time() - mlfolio_approval_oldest_pending_timestamp_seconds > {registry.approval_sla_s:g}",
+        pending,
+        "warning",
+        "{{ $labels.model }} v{{ $labels.version }} waits for approval for "
+        "{{ $value | humanizeDuration }}",
+        f"A version that passed the gate has waited longer than registry.approval_sla "
+        f"({sla}) for `mlfolio approve` (registry.require_approval); champion stays "
+        "v{{ $labels.compared_against }} meanwhile.",
+        "Review its run's index page and model card, then `mlfolio approve MODEL VERSION "
+        "--by NAME` or `mlfolio reject MODEL VERSION --by NAME`.",
+    )
 
 
 def rules_yaml(rules: dict[str, Any]) -> str:

@@ -253,3 +253,55 @@ def publish_ab_for_server(report: dict[str, Any], folder: str | Path) -> Path:
     path = Path(folder) / SERVER_AB_FILE
     write_json(path, report)
     return path
+
+
+def approval_gauge_families(model: str, pending: dict[str, Any] | None) -> list[Any]:
+    """Gauges for approvals (``registry.require_approval``): ``mlfolio_approvals_pending``
+    (versions of ``model`` waiting, 0 or 1: one alias), and, while one waits,
+    ``mlfolio_approval_oldest_pending_timestamp_seconds`` (when it was asked for: the
+    alert takes ``time() -`` it, so a file written once keeps ageing) and
+    ``mlfolio_approval_pending_age_seconds`` (its age when written). ``pending`` is
+    :func:`mlfolio.approval.pending`'s answer."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    count = GaugeMetricFamily(
+        "mlfolio_approvals_pending",
+        "Model versions that passed the gate and wait for mlfolio approve",
+        labels=["model"],
+    )
+    count.add_metric([model], 0.0 if pending is None else 1.0)
+    families = [count]
+    if pending is not None and pending.get("requested_at"):
+        labels = ["model", "version", "compared_against"]
+        values = [model, str(pending["version"]), str(pending.get("compared_against") or "")]
+        since = GaugeMetricFamily(
+            "mlfolio_approval_oldest_pending_timestamp_seconds",
+            "When the oldest pending approval was asked for (unix time)",
+            labels=labels,
+        )
+        since.add_metric(values, datetime.fromisoformat(pending["requested_at"]).timestamp())
+        age = GaugeMetricFamily(
+            "mlfolio_approval_pending_age_seconds",
+            "Age of the oldest pending approval when this was written",
+            labels=labels,
+        )
+        age.add_metric(values, float(pending.get("age_s") or 0.0))
+        families += [since, age]
+    return families
+
+
+def write_approvals_textfile(model: str, pending: dict[str, Any] | None, path: str | Path) -> Path:
+    """Write :func:`approval_gauge_families` for node_exporter's textfile collector,
+    atomically like :func:`write_prometheus_textfile`."""
+    from prometheus_client import CollectorRegistry, write_to_textfile
+
+    class _Collector:
+        def collect(self) -> list[Any]:
+            return approval_gauge_families(model, pending)
+
+    registry = CollectorRegistry()
+    registry.register(_Collector())
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_to_textfile(str(path), registry)
+    return path
