@@ -260,7 +260,9 @@ def test_pending_approval_exits_4_until_approve_or_reject_decides(tmp_path, caps
         alias_events=[],
     )
     model = products.REGISTER.summary(doc)
-    run = _write(tmp_path / "run", gate=_gate(PASSED), model=model)
+    nothing = "no churn-classifier@champion yet: version 3 is pending approval"
+    deploy = {"version": None, "alias": "champion", "targets": {}, "why_not_deployed": nothing}
+    run = _write(tmp_path / "run", gate=_gate(PASSED), model=model, deploy=deploy)
     code, out, err = _cli(capsys, str(run))
     assert code == 4 and out == ""
     assert err == (
@@ -274,6 +276,7 @@ def test_pending_approval_exits_4_until_approve_or_reject_decides(tmp_path, caps
     assert 'model <b>churn-classifier</b> version 3, <b id="pending-approval">' in page
     assert "champion stays v1 until someone runs <code>mlfolio approve churn-classifier 3" in page
     assert "registered as <b>challenger</b> only" not in page and "Not promoted" not in page
+    assert f'<p id="deploy-none"><b>Nothing deployed:</b> {nothing}.</p>' in page
     # `mlfolio approve` wrote its decision into the run folder
     decision = {
         "action": "approve",

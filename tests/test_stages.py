@@ -498,8 +498,11 @@ def test_register_with_require_approval_leaves_the_version_pending(registered_ru
     card = (run_dir / "model_card.md").read_text()
     assert "**pending approval**" in card and "\n## Approval\n" in card
     # deploy ships the champion: there is none, and a pending version is never deployed
-    with pytest.raises(deploy.DeployError, match=f"registry has no {model}@champion"):
-        units.run("deploy", stages.deploy_model, run_dir=run_dir, **knobs)
+    _, shipped = units.run("deploy", stages.deploy_model, run_dir=run_dir, **knobs)
+    why = f"no {model}@champion yet: version 1 is pending approval (`mlfolio approve {model} 1"
+    assert shipped["model"].startswith(f"nothing deployed: {why}") and not shipped["targets"]
+    written = json.loads((run_dir / "deploy.json").read_text())
+    assert written["version"] is None and written["why_not_deployed"].startswith(why)
     with pytest.raises(deploy.DeployError, match="deploy.alias: 'pending-approval' is a version"):
         units.run(
             "deploy",

@@ -99,3 +99,39 @@ def test_a_gate_that_held_back_register_and_deploy_says_so(tmp_path):
         "champion:   version 3 (unchanged)",
         "deployed:   nothing: deploy skipped (the gate did not pass (dsl.If))",
     ]
+
+
+def test_a_version_pending_approval_holds_its_alias_and_nothing_is_deployed(tmp_path):
+    import json
+
+    events = [
+        {"alias": "challenger", "version": "1"},
+        {"alias": "pending-approval", "version": "1"},
+    ]
+    (tmp_path / "register.json").write_text(json.dumps({"alias_events": events}))
+    why = "pending approval (registry.require_approval): `mlfolio approve churn 1 --by NAME`"
+    nothing = "no churn@champion yet: version 1 is pending approval (`mlfolio approve churn 1`)"
+    manifest = {
+        "gate": {"passed": True, "reasons": ["PASS no champion yet: nothing to beat"]},
+        "model": {
+            "model_name": "churn",
+            "version": "1",
+            "promoted": False,
+            "why_not_promoted": why,
+            "pending_approval": True,
+            "champion": None,
+        },
+        "stages": {"deploy": {"status": "succeeded"}},
+        "deploy": {
+            "version": None,
+            "alias": "champion",
+            "targets": {},
+            "why_not_deployed": nothing,
+        },
+    }
+    assert terminal.run_verdict(manifest, tmp_path)[1:] == [
+        f"model:      churn version 1 (registered), holds @challenger, @pending-approval; "
+        f"not promoted: {why}",
+        "champion:   none: churn has no @champion",
+        f"deployed:   nothing: {nothing}",
+    ]

@@ -283,6 +283,13 @@ def test_registration_markdown_for_each_outcome():
         "Registered **churn v4** as `challenger`. **Not promoted**: gate failed.\n\n"
         "Champion now: v3."
     )
+    pending = {"command": "mlfolio approve churn 4 --by NAME"}
+    assert views.registration_markdown(
+        {**base, "promoted": False, "pending_approval": True, "approval": pending, "champion": "3"}
+    ).data == (
+        "Registered **churn v4** as `challenger`. **Pending approval**: "
+        "`mlfolio approve churn 4 --by NAME` makes it champion.\n\nChampion now: v3."
+    )
 
 
 # -- deploy -------------------------------------------------------------------------------

@@ -125,10 +125,11 @@ class RegisterDoc(_Doc):
 
 class DeployDoc(_Doc):
     model_name: str
-    version: str
+    version: str | None  # None: nothing deployed (why_not_deployed says why)
     alias: str
-    model_uri: str
+    model_uri: str | None
     targets: dict[str, Any]
+    why_not_deployed: str | None = None
 
 
 # What a deploy target's ``status`` says happened, in the words the index page and the
@@ -321,7 +322,9 @@ DEPLOY = Product(
     "deploy",
     DeployDoc,
     "deploy",
-    lambda d: _dump(d, "model_name", "version", "alias", "model_uri", "targets"),
+    lambda d: _dump(
+        d, "model_name", "version", "alias", "model_uri", "targets", "why_not_deployed"
+    ),
 )
 DRIFT = Product("drift.json", "monitor")
 MONITOR = Product(

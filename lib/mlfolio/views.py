@@ -481,9 +481,10 @@ def registration_markdown(result: dict[str, Any]) -> Any:
             "compared against)."
         )
     champion = f"v{result['champion']}" if result.get("champion") else "none"
-    return Markdown(
-        f"{head} **Not promoted**: {result['why_not_promoted']}.\n\nChampion now: {champion}."
-    )
+    why = f"**Not promoted**: {result.get('why_not_promoted')}"
+    if result.get("pending_approval"):  # registry.require_approval
+        why = f"**Pending approval**: `{result['approval']['command']}` makes it champion"
+    return Markdown(f"{head} {why}.\n\nChampion now: {champion}.")
 
 
 def alias_history_table(ctx: StageContext) -> pd.DataFrame:

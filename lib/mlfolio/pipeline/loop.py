@@ -204,13 +204,18 @@ def monitor(
             gate_passed=(retrain_manifest.data.get("gate") or {}).get("passed"),
             version=model.get("version"),
             promoted=model.get("promoted"),
+            pending_approval=bool(model.get("pending_approval")),
         )
         if model:
             gate = "passed" if actions["retrain"]["gate_passed"] else "not passed"
-            echo(
-                f"retraining: gate {gate}; version {model.get('version')} "
-                f"{'promoted to champion' if model.get('promoted') else 'not promoted'}"
+            verdict = (
+                "promoted to champion"
+                if model.get("promoted")
+                else "pending approval (mlfolio approve)"
+                if model.get("pending_approval")
+                else "not promoted"
             )
+            echo(f"retraining: gate {gate}; version {model.get('version')} {verdict}")
         from mlflow import MlflowClient
 
         with tracking.guard(cfg.tracking_uri(), "linking the retraining run"):

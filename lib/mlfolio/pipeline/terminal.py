@@ -168,6 +168,8 @@ def _held_back(manifest: dict[str, Any], run_dir: Path) -> list[str]:
 def deploy_summary(deploy: dict[str, Any]) -> str:
     """``version 1 (@champion): local checked, then stopped; kubernetes manifests written
     (not applied)`` — what each target really did, never "deployed" for a stopped server."""
+    if deploy.get("why_not_deployed"):
+        return f"nothing: {deploy['why_not_deployed']}"
     targets = deploy.get("targets") or {}
     done = "; ".join(f"{t} {deploy_outcome(t, d)}" for t, d in targets.items()) or "no target"
     return f"version {deploy['version']} (@{deploy['alias']}): {done}"

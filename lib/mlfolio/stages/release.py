@@ -274,6 +274,14 @@ def _failed_register(
 
 
 # -- deploy ---------------------------------------------------------------------------
+def _pending_here(ctx: StageContext) -> dict[str, Any] | None:
+    """This run's register.json when it left its version pending approval, else None."""
+    reg = products.REGISTER.load(ctx.run_dir)
+    if reg is None or not reg.pending_approval:
+        return None
+    return reg.model_dump(mode="json")
+
+
 def deploy_model(ctx: StageContext) -> dict[str, Any]:
     """Deploy the version behind ``deploy.alias`` to every target; each target's outcome is
     recorded as it happened (``status`` and ``outcome``: a checked local server that was
@@ -290,9 +298,29 @@ def deploy_model(ctx: StageContext) -> dict[str, Any]:
         )
     ref = registry.get_alias(cfg.model_name, alias)
     if ref is None:
-        raise DeployError(
-            f"registry has no {cfg.model_name}@{alias}: nothing to deploy (did the gate ever pass?)"
+        waiting = _pending_here(ctx)
+        if waiting is None:
+            raise DeployError(
+                f"registry has no {cfg.model_name}@{alias}: nothing to deploy (did the gate "
+                "ever pass?)"
+            )
+        # The first version of a model waits for approval: nothing approved to ship yet,
+        # which is not a failure of this run.
+        why = (
+            f"no {cfg.model_name}@{alias} yet: version {waiting['version']} is pending "
+            f"approval (`{(waiting.get('approval') or {}).get('command', 'mlfolio approve')}`)"
         )
+        mlflow.set_tag("mlfolio.why_not_deployed", why)
+        doc = {
+            "model_name": cfg.model_name,
+            "version": None,
+            "alias": alias,
+            "model_uri": None,
+            "targets": {},
+            "why_not_deployed": why,
+        }
+        ctx.write(products.DEPLOY, doc)
+        return {"model": f"nothing deployed: {why}", "targets": {}}
     alias_uri = f"models:/{ref.name}@{alias}"
     results: dict[str, Any] = {}
     for target in cfg.deploy.targets:
