@@ -204,3 +204,35 @@ def test_cli_approve_reject_and_approvals_say_what_happened(tmp_path, fitted, ca
     assert capsys.readouterr().out == "m: no version pending approval\n"
     assert 'mlfolio_approvals_pending{model="m"} 0.0' in prom.read_text()
     assert "oldest_pending" not in prom.read_text()
+
+
+def test_two_approve_commands_in_separate_processes_one_wins(tmp_path, fitted):  # noqa: F811
+    """Two people run `mlfolio approve` at the same moment (two processes, the SQLite
+    store's file lock between them): one approves, the other is told who did."""
+    import os
+    import subprocess
+    import sys
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    _pending(uri, tmp_path, fitted)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "mlfolio.cli", "approve", "m", "2", "--by", who],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for who in ("alice", "bob")
+    ]
+    outcomes = [(p.wait(120), *p.communicate()) for p in procs]
+    assert sorted(code for code, _, _ in outcomes) == [0, 1], outcomes
+    (_, won, _), (_, _, lost) = sorted(outcomes)
+    winner = won.split(" approved by ")[1].split(":")[0]
+    assert winner in ("alice", "bob")
+    assert f"m v2 is not pending approval: approved by {winner} at " in lost
+    champion_moves = [e for e in registry.alias_history("m") if e["alias"] == "champion"]
+    assert [(e["previous_version"], e["version"], e["by"]) for e in champion_moves][1:] == [
+        ("1", "2", winner)
+    ]
