@@ -107,7 +107,7 @@ def test_deploy_runs_only_after_gate_status_or_an_approval_said_yes():
 
 def test_every_mlfolio_command_parses_and_its_overrides_validate():
     calls = _commands("mlfolio")
-    assert {c[0] for c in calls} == {"run", "monitor", "gate-status", "$DECISION"}
+    assert {c[0] for c in calls} == {"run", "monitor", "gate-status", "$DECISION", "approvals"}
     calls = [["approve", *c[1:]] if c[0] == "$DECISION" else c for c in calls]
     parser = cli._parser()
     for argv in calls:
