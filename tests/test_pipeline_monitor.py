@@ -241,10 +241,14 @@ def test_drift_retrains_and_only_a_better_model_is_promoted(env):
     drifted = ", ".join(monitor_m.data["monitor"]["drifted_columns"])
     fires = lines.index("monitor: retraining fires")
     assert re.fullmatch(
-        r"drift:      \d+/\d+ columns drifted \(\d+%\): " + re.escape(drifted), lines[fires - 4]
-    ), lines[fires - 4]
+        r"drift:      \d+/\d+ columns drifted \(\d+%\): " + re.escape(drifted), lines[fires - 6]
+    ), lines[fires - 6]
     dataset = "DRIFT" if monitor_m.data["monitor"]["dataset_drift"] else "no drift"
-    assert lines[fires - 3] == f"dataset:    {dataset} (threshold: 50% of columns)"
+    assert lines[fires - 5] == f"dataset:    {dataset} (threshold: 50% of columns)"
+    # then the label-free estimate and, the drifted rows being labelled, how far off it was
+    est = monitor_m.data["monitor"]["performance_estimate"]
+    assert lines[fires - 2 : fires] == terminal.estimate_lines(est)
+    assert abs(est["realised"]["error"]["roc_auc"]) < 0.05
     # the retraining run's own verdict: the new champion replaced the old one
     assert f"champion:   version {act['version']} (was version {old})" in lines
     # the retraining run knows why it ran, and the two index pages link to each other
@@ -527,7 +531,11 @@ def test_the_loop_through_a_served_prediction_log(env, tmp_path):
             # the terminal: drift verdict, the decision, then the A/B recommendation
             fires = lines.index("monitor: retraining fires")
             assert fires < lines.index(terminal.ab_line(ab))
-            assert lines[fires - 4].startswith("drift:      ")
+            assert lines[fires - 6].startswith("drift:      ")
+            # the logged rows' estimate, on the server's own log (all labelled here)
+            est = drift["performance_estimate"]
+            assert est["rows"] == len(traffic) and est["realised"]["rows"] == len(traffic)
+            assert lines[fires - 2].startswith("estimate:   ROC AUC ")
             # the server now exposes the verdict for alerting
             assert (
                 json.loads((log_dir / "drift.json").read_text())["share_drifted"]
@@ -675,3 +683,26 @@ def test_lineage_falls_back_to_the_run_folder_for_a_version_without_it(env):
     )
     assert older.source == f"run folder {run_dir / 'data'}/{{train,valid}}.parquet"
     assert np.array_equal(older.keys, recorded.keys)
+
+
+def test_a_version_without_a_shipped_calibration_is_calibrated_by_the_monitor(env):
+    """A version evaluated before calibrations were shipped: the monitor fits one on the
+    version's validation rows (its run folder) and says where it came from."""
+    ref = env.client().get_model_version_by_alias("churn-classifier", "champion")
+    store = Path(env.client().get_run(ref.run_id).info.artifact_uri.removeprefix("file://"))
+    shipped = store / "calibration.json"
+    assert shipped.is_file()
+    moved = shipped.with_name("moved.json")
+    shipped.rename(moved)
+    try:
+        manifest, _ = env.monitor(env.iid, dry_run=True)
+    finally:
+        moved.rename(shipped)
+    drift = json.loads((Path(manifest.data["run_dir"]) / "drift.json").read_text())
+    source = drift["performance_estimate"]["calibration"]["source"]
+    run_dir = env.client().get_model_version("churn-classifier", ref.version).tags
+    assert source == (
+        f"fitted by this monitor run on {run_dir['mlfolio.run_dir']}/data/valid.parquet "
+        f"(none shipped with models:/churn-classifier/{ref.version})"
+    )
+    assert drift["performance_estimate"]["roc_auc_ci"][0] < drift["quality"]["current"]["roc_auc"]

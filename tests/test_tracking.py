@@ -348,3 +348,22 @@ def test_dataset_schema_skips_mlflows_walk_over_string_columns(monkeypatch):
     schema = tracking.pandas_dataset(frame, source="data/x.csv", name="x", digest="abc").schema
     assert schema is not None
     assert walked == [frame["lists"].to_list(), frame["empty"].to_list()]
+
+
+def test_calibration_ships_with_the_models_run_and_reads_back(store):
+    from mlfolio import estimate
+
+    rng = np.random.default_rng(0)
+    score = rng.random(400)
+    cal = estimate.fit_calibration((rng.random(400) < score).astype(int), score, bootstraps=3)
+    with mlflow.start_run(experiment_id=store) as run:
+        pass
+    assert tracking.load_calibration(run.info.run_id) is None  # a version from before
+    assert tracking.load_calibration(None) is None
+    uri = tracking.log_calibration(run.info.run_id, cal)
+    assert uri == f"runs:/{run.info.run_id}/calibration.json"
+    again = tracking.load_calibration(run.info.run_id)
+    assert again == cal
+    mlflow.MlflowClient().log_text(run.info.run_id, '{"method": "spline"}', "calibration.json")
+    with pytest.raises(ValueError, match=f"runs:/{run.info.run_id}/calibration.json: key"):
+        tracking.load_calibration(run.info.run_id)

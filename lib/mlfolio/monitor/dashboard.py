@@ -311,6 +311,25 @@ def grafana_dashboard(
             description="1: the latest A/B report recommends rolling the challenger back "
             "(the MlfolioChallengerWorse alert).",
         ),
+        _panel(
+            16,
+            "ROC AUC estimated without labels (CBPE), its interval, and realised",
+            [
+                *(
+                    (f"max by (version) (mlfolio_estimated_roc_auc{suffix}{{{s}}})", legend)
+                    for suffix, legend in (
+                        ("", "estimated v{{version}}"),
+                        ("_ci_low", "interval low v{{version}}"),
+                        ("_ci_high", "interval high v{{version}}"),
+                    )
+                ),
+                (f"max by (version) (mlfolio_quality_roc_auc{{{s}}})", "realised v{{version}}"),
+            ],
+            (12, 46, 12, 8),
+            description="From the latest monitor run: the champion's ROC AUC estimated from "
+            "its calibrated scores before labels arrive; realised once they do. Realised "
+            "outside the interval: concept shift? (MlfolioConceptShiftSuspected).",
+        ),
     ]
     return {
         "uid": UID,
