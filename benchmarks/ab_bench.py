@@ -87,18 +87,42 @@ def fit_pool(seed: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
 
 
 # -- DeLong, vectorised over simulations (rows of the arrays) ------------------------------
-def _components(s: np.ndarray, y: np.ndarray, mask: np.ndarray):
-    """Per-row DeLong components of the rows in ``mask``: v10 on positives, v01 on
-    negatives (0 elsewhere), and the counts of positives and negatives."""
-    pos, neg = mask & (y == 1), mask & (y == 0)
-    rank = stats.rankdata(np.where(mask, s, np.inf), axis=1)
-    rank_pos = stats.rankdata(np.where(pos, s, np.inf), axis=1)
-    rank_neg = stats.rankdata(np.where(neg, s, np.inf), axis=1)
+def _ties(s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One sort per simulation: the order, and for each sorted position the first and
+    last position of its group of tied scores."""
+    k = s.shape[1]
+    order = np.argsort(s, axis=1)
+    ordered = np.take_along_axis(s, order, 1)
+    new = np.ones_like(ordered, bool)
+    new[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    idx = np.arange(k)
+    first = np.maximum.accumulate(np.where(new, idx, 0), axis=1)
+    last_of = np.ones_like(new)
+    last_of[:, :-1] = new[:, 1:]
+    last = np.minimum.accumulate(np.where(last_of, idx, k - 1)[:, ::-1], axis=1)[:, ::-1]
+    return order, first, last
+
+
+def _components(s: np.ndarray, y: np.ndarray, mask: np.ndarray, ties=None):
+    """Per-row DeLong components of the rows in ``mask`` (original order): v10 on
+    positives (share of negatives below, ties half), v01 on negatives (share of
+    positives above), 0 elsewhere; and the counts of positives and negatives."""
+    order, first, last = _ties(s) if ties is None else ties
+    ys, ms = np.take_along_axis(y, order, 1), np.take_along_axis(mask, order, 1)
+    pos, neg = ms & (ys == 1), ms & (ys == 0)
     m, n = pos.sum(1, keepdims=True), neg.sum(1, keepdims=True)
+    cum_pos, cum_neg = np.cumsum(pos, 1), np.cumsum(neg, 1)
+    neg_below = np.take_along_axis(cum_neg - neg, first, 1)
+    neg_tied = np.take_along_axis(cum_neg, last, 1) - neg_below
+    pos_upto = np.take_along_axis(cum_pos, last, 1)
+    pos_tied = pos_upto - np.take_along_axis(cum_pos - pos, first, 1)
     with np.errstate(divide="ignore", invalid="ignore"):
-        v10 = np.where(pos, (rank - rank_pos) / n, 0.0)
-        v01 = np.where(neg, 1.0 - (rank - rank_neg) / m, 0.0)
-    return v10, v01, pos, neg, m[:, 0], n[:, 0]
+        v10 = np.where(pos, (neg_below + 0.5 * neg_tied) / n, 0.0)
+        v01 = np.where(neg, (m - pos_upto + 0.5 * pos_tied) / m, 0.0)
+    back = np.empty_like(order)
+    np.put_along_axis(back, order, np.arange(s.shape[1])[None, :], 1)
+    take = lambda a: np.take_along_axis(a, back, 1)  # noqa: E731 - sorted -> original
+    return take(v10), take(v01), take(pos), take(neg), m[:, 0], n[:, 0]
 
 
 def _masked_var(v: np.ndarray, mask: np.ndarray, k: np.ndarray) -> np.ndarray:
@@ -107,29 +131,41 @@ def _masked_var(v: np.ndarray, mask: np.ndarray, k: np.ndarray) -> np.ndarray:
         return ((v - mean[:, None]) ** 2 * mask).sum(1) / (k - 1)
 
 
-def delong_unpaired_p(s, y, arm) -> np.ndarray:
-    """p-values of DeLong's test for two independent ROC curves (arm True: challenger)."""
-    aucs, variances = [], []
+def delong_unpaired(s, y, arm):
+    """DeLong for two independent ROC curves (arm True: challenger): AUC difference, its
+    variance, and the per-row variance (each arm's variance times its rows, summed)."""
+    parts = []
+    ties = _ties(s)  # one sort serves both arms
     for mask in (arm, ~arm):
-        v10, v01, pos, neg, m, n = _components(s, y, mask)
+        v10, v01, pos, neg, m, n = _components(s, y, mask, ties)
         with np.errstate(divide="ignore", invalid="ignore"):
-            aucs.append(v10.sum(1) / m)
-            variances.append(_masked_var(v10, pos, m) / m + _masked_var(v01, neg, n) / n)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        z = (aucs[0] - aucs[1]) / np.sqrt(variances[0] + variances[1])
-    return np.where(np.isfinite(z), 2 * stats.norm.sf(np.abs(z)), 1.0)
+            var = _masked_var(v10, pos, m) / m + _masked_var(v01, neg, n) / n
+            parts.append((v10.sum(1) / m, var, var * mask.sum(1)))
+    (auc_new, var_new, unit_new), (auc_old, var_old, unit_old) = parts
+    return auc_new - auc_old, var_new + var_old, unit_new + unit_old
 
 
-def delong_paired_p(s_new, s_old, y) -> np.ndarray:
-    """p-values of DeLong's paired test of two scores of the same rows."""
+def delong_paired(s_new, s_old, y):
+    """DeLong's paired test of two scores of the same rows: difference, variances."""
     everything = np.ones_like(y, bool)
     v10n, v01n, pos, neg, m, n = _components(s_new, y, everything)
     v10o, v01o, *_ = _components(s_old, y, everything)
     with np.errstate(divide="ignore", invalid="ignore"):
         diff = (v10n - v10o).sum(1) / m
         var = _masked_var(v10n - v10o, pos, m) / m + _masked_var(v01n - v01o, neg, n) / n
+    return diff, var, var * y.shape[1]
+
+
+def delong_p(diff, var) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
         z = diff / np.sqrt(var)
     return np.where(np.isfinite(z), 2 * stats.norm.sf(np.abs(z)), 1.0)
+
+
+def sequential_auc_p(diff, var, unit, alpha, mixture_rows) -> np.ndarray:
+    """The always-valid p of the ROC AUC difference (sequential.py, metric roc_auc)."""
+    llr = sequential.log_likelihood_ratio(diff, var, unit, alpha, mixture_rows)
+    return np.where(np.isfinite(var) & (var > 0), sequential.p_value(llr), 1.0)
 
 
 # -- the sequential test at every peek (cumulative sums) -----------------------------------
@@ -142,8 +178,9 @@ def _var(total, squares, k):
         return (squares - total**2 / k) / (k - 1)
 
 
-def sequential_two_sample_p(loss, arm, peeks, alpha, mixture_rows) -> np.ndarray:
-    """Always-valid p at each peek (sims x peeks), challenger arm vs champion arm."""
+def sequential_two_sample_p(loss, arm, peeks, alpha, mixture_rows):
+    """Always-valid p at each peek (sims x peeks), challenger arm vs champion arm, and
+    the challenger's gain (champion − challenger mean loss)."""
     parts = []
     for mask in (arm, ~arm):
         total, squares = _cum(loss * mask, peeks)
@@ -155,7 +192,8 @@ def sequential_two_sample_p(loss, arm, peeks, alpha, mixture_rows) -> np.ndarray
     llr = sequential.log_likelihood_ratio(
         mean_new - mean_old, v, var_new + var_old, alpha, mixture_rows
     )
-    return np.where(np.minimum(k_new, k_old) >= 2, sequential.p_value(llr), 1.0)
+    p = np.where(np.minimum(k_new, k_old) >= 2, sequential.p_value(llr), 1.0)
+    return p, mean_old - mean_new
 
 
 def sequential_paired_p(d, peeks, alpha, mixture_rows) -> np.ndarray:
@@ -166,15 +204,18 @@ def sequential_paired_p(d, peeks, alpha, mixture_rows) -> np.ndarray:
 
 
 # -- simulations ---------------------------------------------------------------------------
+TESTS = ("mSPRT loss", "mSPRT ROC AUC", "DeLong")
+
+
 def simulate(design, scenario, y_pool, pool, args, seed):
-    """Per simulation: the first peek at which each test decided (index, or -1) and the
-    sign of its estimate there; DeLong's p at the last peek (read once)."""
+    """Per test and simulation: the first peek at which it decided (index, or -1) and
+    whether its estimate there favoured the champion (a wrong-way decision when the
+    challenger is truly better); DeLong's p at the last peek (read once)."""
     rng = np.random.default_rng(seed)
     peeks = np.arange(args.peek_every, args.max_rows + 1, args.peek_every)
-    out = {t: [] for t in ("sequential", "delong")}
-    signs = {t: [] for t in ("sequential", "delong")}
+    first = {t: [] for t in TESTS}
+    wrong = {t: [] for t in TESTS}
     last_delong = []
-    checked = False
     for start in range(0, args.sims, args.chunk):
         sims = min(args.chunk, args.sims - start)
         rows = rng.integers(0, len(y_pool), size=(sims, args.max_rows))
@@ -184,53 +225,49 @@ def simulate(design, scenario, y_pool, pool, args, seed):
             old, new = ("full", "full") if scenario == "A/A" else ("reduced", "full")
             s = np.where(arm, pool[new][rows], pool[old][rows])
             loss = sequential.row_loss(y, s, args.loss)
-            p_seq = sequential_two_sample_p(loss, arm, peeks, args.alpha, args.mixture_rows)
-            p_del = np.column_stack(
-                [delong_unpaired_p(s[:, :k], y[:, :k], arm[:, :k]) for k in peeks]
+            p_loss, gain_loss = sequential_two_sample_p(
+                loss, arm, peeks, args.alpha, args.mixture_rows
             )
-            sign_seq = np.sign(
-                np.column_stack(
-                    [
-                        (loss[:, :k] * arm[:, :k]).sum(1) / arm[:, :k].sum(1)
-                        - (loss[:, :k] * ~arm[:, :k]).sum(1) / (~arm[:, :k]).sum(1)
-                        for k in peeks
-                    ]
-                )
-            )
-            if not checked:  # the vectorised DeLong agrees with mlfolio's
+            auc = [delong_unpaired(s[:, :k], y[:, :k], arm[:, :k]) for k in peeks]
+            if start == 0:  # the vectorised DeLong agrees with mlfolio's
                 k, a = peeks[-1], arm[0]
                 ref = fixed_horizon.delong_unpaired(
                     y[0, :k][a], s[0, :k][a], y[0, :k][~a], s[0, :k][~a]
                 )
-                assert abs(ref["p_value"] - p_del[0, -1]) < 1e-9, (ref, p_del[0, -1])
+                got = delong_p(auc[-1][0][:1], auc[-1][1][:1])[0]
+                assert abs(ref["p_value"] - got) < 1e-9, (ref, got)
         else:
-            if scenario == "A/A":
+            if scenario == "A/A":  # two equally good models, which is "champion" at random
                 swap = rng.random((sims, args.max_rows)) < 0.5
                 a, b = pool["half_a"][rows], pool["half_b"][rows]
                 s_old, s_new = np.where(swap, a, b), np.where(swap, b, a)
             else:
                 s_old, s_new = pool["reduced"][rows], pool["full"][rows]
             d = sequential.row_loss(y, s_new, args.loss) - sequential.row_loss(y, s_old, args.loss)
-            p_seq = sequential_paired_p(d, peeks, args.alpha, args.mixture_rows)
-            p_del = np.column_stack(
-                [delong_paired_p(s_new[:, :k], s_old[:, :k], y[:, :k]) for k in peeks]
-            )
-            sign_seq = np.sign(np.cumsum(d, 1)[:, peeks - 1])
-            if not checked:
+            p_loss = sequential_paired_p(d, peeks, args.alpha, args.mixture_rows)
+            gain_loss = -np.cumsum(d, 1)[:, peeks - 1]
+            auc = [delong_paired(s_new[:, :k], s_old[:, :k], y[:, :k]) for k in peeks]
+            if start == 0:
                 k = peeks[-1]
                 ref = fixed_horizon.delong_paired(y[0, :k], s_new[0, :k], s_old[0, :k])
-                assert abs(ref["p_value"] - p_del[0, -1]) < 1e-9, (ref, p_del[0, -1])
-        checked = True
-        for test, p in (("sequential", p_seq <= args.alpha), ("delong", p_del < args.alpha)):
-            first = np.where(p.any(1), p.argmax(1), -1)
-            out[test].append(first)
-            if test == "sequential":
-                signs[test].append(np.where(first >= 0, sign_seq[np.arange(sims), first], 0))
+                got = delong_p(auc[-1][0][:1], auc[-1][1][:1])[0]
+                assert abs(ref["p_value"] - got) < 1e-9, (ref, got)
+        diff, var, unit = (np.column_stack(part) for part in zip(*auc, strict=True))
+        p_del = delong_p(diff, var)
+        p_auc = sequential_auc_p(diff, var, unit, args.alpha, args.mixture_rows)
+        for test, hit, gain in (
+            ("mSPRT loss", p_loss <= args.alpha, gain_loss),
+            ("mSPRT ROC AUC", p_auc <= args.alpha, diff),
+            ("DeLong", p_del < args.alpha, diff),
+        ):
+            at = np.where(hit.any(1), hit.argmax(1), -1)
+            first[test].append(at)
+            wrong[test].append((at >= 0) & (gain[np.arange(sims), np.maximum(at, 0)] < 0))
         last_delong.append(p_del[:, -1])
     return (
         peeks,
-        {t: np.concatenate(v) for t, v in out.items()},
-        np.concatenate(signs["sequential"]),
+        {t: np.concatenate(v) for t, v in first.items()},
+        {t: np.concatenate(v) for t, v in wrong.items()},
         np.concatenate(last_delong),
     )
 
@@ -263,36 +300,36 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.loss}, tuned to {args.mixture_rows} rows"
     )
     header = (
-        f"{'design':7s} {'scenario':16s} {'test':22s} {'decided (rate)':>14s} "
-        f"{'wrong way':>9s} {'median rows':>11s} {'read once':>9s}"
+        f"{'design':7s} {'scenario':16s} {'test':24s} {'decided':>8s} {'wrong way':>9s} "
+        f"{'median rows':>11s} {'read once':>9s}"
     )
     print(header)
     print("-" * len(header))
     fpr: dict[str, dict[str, float]] = {}
+    labels = {
+        "mSPRT loss": f"mSPRT {args.loss}",
+        "mSPRT ROC AUC": "mSPRT ROC AUC",
+        "DeLong": "DeLong (fixed horizon)",
+    }
     for d_i, design in enumerate(("ab", "shadow")):
         for s_i, scenario in enumerate(("A/A", "true difference")):
-            peeks, first, signs, last = simulate(
+            peeks, first, wrong, last = simulate(
                 design, scenario, y_pool, pool, args, args.seed + 1 + 10 * d_i + s_i
             )
-            for test in ("sequential", "delong"):
+            for test in TESTS:
                 decided = first[test] >= 0
-                rate = decided.mean()
-                rows = np.where(decided, peeks[first[test]], np.inf)
+                rows = np.where(decided, peeks[np.maximum(first[test], 0)], np.inf)
                 median = np.median(rows)
                 med = f"{median:.0f}" if np.isfinite(median) else f">{args.max_rows}"
-                wrong = (
-                    f"{(signs > 0).mean():.3f}"
-                    if test == "sequential" and scenario != "A/A"
-                    else ""
-                )
-                once = f"{(last < args.alpha).mean():.3f}" if test == "delong" else ""
-                label = "mSPRT (always valid)" if test == "sequential" else "DeLong (fixed horizon)"
+                truth = scenario != "A/A"
+                bad = f"{wrong[test].mean():.3f}" if truth else ""
+                once = f"{(last < args.alpha).mean():.3f}" if test == "DeLong" else ""
                 print(
-                    f"{design:7s} {scenario:16s} {label:22s} {rate:14.3f} {wrong:>9s} "
-                    f"{med if scenario != 'A/A' else '':>11s} {once:>9s}"
+                    f"{design:7s} {scenario:16s} {labels[test]:24s} {decided.mean():8.3f} "
+                    f"{bad:>9s} {med if truth else '':>11s} {once:>9s}"
                 )
-                if scenario == "A/A":
-                    fpr.setdefault(test, {})[design] = float(rate)
+                if not truth:
+                    fpr.setdefault(test, {})[design] = float(decided.mean())
     load_end = os.getloadavg()
     print(
         f"wall {time.perf_counter() - started:.0f} s; load average (1, 5, 15 min) "
@@ -302,8 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         "sequential test false positive rate under peeking: "
-        f"{max(fpr['sequential'].values()):.3f} (fixed-horizon DeLong read the same way: "
-        f"{min(fpr['delong'].values()):.3f})"
+        f"{max(max(fpr[t].values()) for t in TESTS[:2]):.3f} (fixed-horizon DeLong read "
+        f"the same way: {min(fpr['DeLong'].values()):.3f})"
     )
     return 0
 

@@ -271,7 +271,7 @@ def test_the_sequential_test_decides_and_delong_is_reported_beside_it(scored):
     seq, rec = report["comparison"]["sequential"], report["recommendation"]
     assert report["parameters"]["method"] == rec["method"] == "sequential"
     assert report["parameters"]["mixture_rows"] == seq["mixture_rows"] == 500
-    assert seq["loss"] == "log_loss" and "mixture SPRT" in seq["method"]
+    assert seq["metric"] == "log_loss" and "mixture SPRT" in seq["method"]
     labelled = report["comparison"]
     assert seq["rows"] == {
         "champion": labelled["champion"]["labelled"],
@@ -287,10 +287,23 @@ def test_the_sequential_test_decides_and_delong_is_reported_beside_it(scored):
 
     # the Brier score instead, and the old decision rule on request
     brier = abtest.ab_report(
-        ab_log(scored, scored.weak, scored.strong), bootstrap_samples=100, loss="brier"
+        ab_log(scored, scored.weak, scored.strong), bootstrap_samples=100, metric="brier"
     )
-    assert brier["comparison"]["sequential"]["loss"] == "brier"
+    assert brier["comparison"]["sequential"]["metric"] == "brier"
     assert brier["recommendation"]["action"] == "promote"
+    auc = abtest.ab_report(
+        ab_log(scored, scored.weak, scored.strong), bootstrap_samples=100, metric="roc_auc"
+    )
+    q = auc["comparison"]["sequential"]
+    assert q["metric"] == "roc_auc"
+    assert q["difference"] == pytest.approx(auc["comparison"]["difference"])
+    assert q["ci_low"] > 0 and auc["recommendation"]["action"] == "promote"
+    assert "its roc_auc is higher" in auc["recommendation"]["reasons"][0]
+    worse = abtest.ab_report(
+        shadow_log(scored, scored.strong, scored.weak), bootstrap_samples=100, metric="roc_auc"
+    )
+    assert worse["recommendation"]["action"] == "roll back"
+    assert "its roc_auc is lower" in worse["recommendation"]["reasons"][0]
     delong = abtest.ab_report(
         ab_log(scored, scored.weak, scored.strong), bootstrap_samples=100, method="delong"
     )
@@ -541,7 +554,7 @@ def test_a_worse_challenger_is_a_gauge_the_alert_reads(scored, kind):
         ("mlfolio_ab_roc_auc_difference_ci_high", c["ci_high"]),
         ("mlfolio_ab_challenger_worse", 1.0),
         ("mlfolio_ab_sequential_p_value", c["sequential"]["p_value"]),
-        ("mlfolio_ab_loss_difference", c["sequential"]["difference"]),
+        ("mlfolio_ab_sequential_difference", c["sequential"]["difference"]),
     ):
         [sample] = got[name]
         assert sample.labels == labels and sample.value == pytest.approx(value)

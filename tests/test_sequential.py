@@ -65,6 +65,28 @@ def test_the_statistic_is_the_normal_mixture_ratio_and_the_sequence_matches_the_
     )
 
 
+def test_the_roc_auc_variant_uses_delongs_difference_and_variance():
+    rng = np.random.default_rng(4)
+    p, y = _rows(rng, 600)
+    new, old = _noisy(rng, p, 0.2), _noisy(rng, p, 2.0)
+    paired = sequential.paired_test(y, new, old, metric="roc_auc", alpha=ALPHA)
+    ref = fixed_horizon.delong_paired(y, new, old)
+    assert paired["difference"] == pytest.approx(ref["difference"])
+    assert paired["z"] == pytest.approx(ref["z"])
+    assert paired["means"]["challenger"] == pytest.approx(skm.roc_auc_score(y, new))
+    assert paired["decision"] == "challenger better" and paired["ci_low"] > 0  # higher AUC
+    # the other way round it is worse
+    assert sequential.paired_test(y, old, new, metric="roc_auc")["decision"] == ("challenger worse")
+    two = sequential.two_sample_test(y[:300], new[:300], y[300:], old[300:], metric="roc_auc")
+    ref = fixed_horizon.delong_unpaired(y[:300], new[:300], y[300:], old[300:])
+    assert two["difference"] == pytest.approx(ref["difference"])
+    assert two["z"] == pytest.approx(ref["z"])
+    # one class: no ROC AUC, no test (the losses still compare)
+    zeros = np.zeros(50, int)
+    assert sequential.paired_test(zeros, new[:50], old[:50], metric="roc_auc") is None
+    assert sequential.paired_test(zeros, new[:50], old[:50]) is not None
+
+
 def test_no_evidence_without_a_difference_and_none_without_rows():
     rng = np.random.default_rng(2)
     p, y = _rows(rng, 300)
@@ -86,19 +108,21 @@ def _first_reads(rng: np.random.Generator, shadow: bool, worse_sd: float | None)
         new = old = _noisy(rng, p, 0.7)
         if worse_sd is not None:
             old = _noisy(rng, p, worse_sd)
-    seq = fixed = None
+    seq, fixed = {"log_loss": None, "roc_auc": None}, None
     for k in PEEKS:
+        for metric in seq:
+            kw = {"metric": metric, "alpha": ALPHA, "mixture_rows": 500}
+            if shadow:
+                q = sequential.paired_test(y[:k], new[:k], old[:k], **kw)
+            else:
+                c = arm[:k]
+                q = sequential.two_sample_test(y[:k][c], new[:k][c], y[:k][~c], old[:k][~c], **kw)
+            if seq[metric] is None and q["decision"] != "continue":
+                seq[metric] = (k, q["decision"])
         if shadow:
-            q = sequential.paired_test(y[:k], new[:k], old[:k], alpha=ALPHA, mixture_rows=500)
             z = fixed_horizon.delong_paired(y[:k], new[:k], old[:k])
         else:
-            c = arm[:k]
-            q = sequential.two_sample_test(
-                y[:k][c], new[:k][c], y[:k][~c], old[:k][~c], alpha=ALPHA, mixture_rows=500
-            )
             z = fixed_horizon.delong_unpaired(y[:k][c], new[:k][c], y[:k][~c], old[:k][~c])
-        if seq is None and q["decision"] != "continue":
-            seq = (k, q["decision"])
         if fixed is None and z["p_value"] < ALPHA:
             fixed = k
     return seq, fixed
@@ -110,16 +134,18 @@ def test_reading_at_every_peek_keeps_the_false_positive_rate_and_delongs_does_no
     rejects in at most alpha of them; DeLong's, read the same way, in far more."""
     rng = np.random.default_rng(24 + shadow)
     reads = [_first_reads(rng, shadow, None) for _ in range(150)]
-    seq_rate = np.mean([s is not None for s, _ in reads])
+    for metric in ("log_loss", "roc_auc"):
+        seq_rate = np.mean([s[metric] is not None for s, _ in reads])
+        assert seq_rate <= ALPHA, (metric, seq_rate)
     delong_rate = np.mean([f is not None for _, f in reads])
-    assert seq_rate <= ALPHA, seq_rate
     assert delong_rate >= 2 * ALPHA, delong_rate  # ~0.2 with 20 reads
 
 
 def test_a_better_challenger_is_found_and_never_called_worse():
     rng = np.random.default_rng(7)
     reads = [_first_reads(rng, True, 1.5) for _ in range(60)]
-    decided = [s for s, _ in reads if s is not None]
-    assert len(decided) >= 54  # power >= 90% by 1000 paired rows
-    assert {d for _, d in decided} == {"challenger better"}
-    assert np.median([k for k, _ in decided]) <= 500
+    for metric in ("log_loss", "roc_auc"):
+        decided = [s[metric] for s, _ in reads if s[metric] is not None]
+        assert len(decided) >= 54, metric  # power >= 90% by 1000 paired rows
+        assert {d for _, d in decided} == {"challenger better"}
+        assert np.median([k for k, _ in decided]) <= 500

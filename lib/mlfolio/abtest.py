@@ -248,16 +248,17 @@ def compare(
     confidence: float = 0.95,
     bootstrap_samples: int = 1000,
     seed: int = 42,
-    loss: str = "log_loss",
+    metric: str = "log_loss",
     alpha: float = 0.05,
     mixture_rows: int = 1000,
 ) -> dict[str, Any]:
     """Challenger − champion in ROC AUC (DeLong: paired for shadow, independent for A/B,
     with a bootstrap interval as cross-check), in accuracy (McNemar / two-proportion z)
-    and, under ``sequential``, in mean ``loss`` by the always-valid test of
-    :mod:`mlfolio.sequential` (level ``alpha``, tuned to ``mixture_rows`` rows)."""
+    and, under ``sequential``, in ``metric`` (mean log loss, Brier score or ROC AUC) by
+    the always-valid test of :mod:`mlfolio.sequential` (level ``alpha``, tuned to
+    ``mixture_rows`` rows)."""
     kind = design(log)
-    tuning = {"loss": loss, "alpha": alpha, "mixture_rows": mixture_rows}
+    tuning = {"metric": metric, "alpha": alpha, "mixture_rows": mixture_rows}
     out: dict[str, Any] = {
         "design": kind,
         "metric": "roc_auc",
@@ -384,7 +385,7 @@ def _effect(c: dict[str, Any]) -> str:
 
 def _seq_effect(q: dict[str, Any]) -> str:
     return (
-        f"{q['loss']} challenger − champion {q['difference']:+.4f} "
+        f"{q['metric']} challenger − champion {q['difference']:+.4f} "
         f"({1 - q['alpha']:.0%} confidence sequence {q['ci_low']:+.4f} .. {q['ci_high']:+.4f}, "
         f"always-valid p = {q['p_value']:.3g})"
     )
@@ -401,7 +402,7 @@ def _verdict(
         why = (
             f"keep: inconclusive — the always-valid p = {q['p_value']:.3g} ≥ {q['alpha']:g} "
             f"(the {1 - q['alpha']:.0%} confidence sequence {q['ci_low']:+.4f} .. "
-            f"{q['ci_high']:+.4f} of the {q['loss']} difference includes 0); collect more "
+            f"{q['ci_high']:+.4f} of the {q['metric']} difference includes 0); collect more "
             "labelled traffic — reading this again later is allowed"
         )
         better = q["decision"] == "challenger better"
@@ -510,6 +511,7 @@ def recommend(
         )
     better, worse, small, inconclusive = _verdict(comparison, method, min_improvement, alpha)
     vs = f"challenger v{chall['version']} vs champion v{champ['version']}"
+    auc = bool(seq) and seq["metric"] == "roc_auc"
     if method == "sequential":
         effect, test = _seq_effect(seq), "always-valid mixture SPRT"
         if comparison["difference"] is not None:
@@ -536,10 +538,10 @@ def recommend(
     elif better and method == "sequential":
         out["action"] = "promote"
         head = (
-            f"promote: {vs} is significantly better — its {seq['loss']} is lower, "
-            f"always-valid p = {seq['p_value']:.3g} ≤ {seq['alpha']:g} (the "
-            f"{1 - seq['alpha']:.0%} confidence sequence {seq['ci_low']:+.4f} .. "
-            f"{seq['ci_high']:+.4f} is below 0)"
+            f"promote: {vs} is significantly better — its {seq['metric']} is "
+            f"{'higher' if auc else 'lower'}, always-valid p = {seq['p_value']:.3g} ≤ "
+            f"{seq['alpha']:g} (the {1 - seq['alpha']:.0%} confidence sequence "
+            f"{seq['ci_low']:+.4f} .. {seq['ci_high']:+.4f} is {'above' if auc else 'below'} 0)"
         )
     elif better:
         out["action"] = "promote"
@@ -551,9 +553,9 @@ def recommend(
     elif worse:
         out["action"] = "roll back"
         bound = (
-            f"its {seq['loss']} is higher, always-valid p = {seq['p_value']:.3g} ≤ "
-            f"{seq['alpha']:g} (confidence sequence {seq['ci_low']:+.4f} .. "
-            f"{seq['ci_high']:+.4f} above 0)"
+            f"its {seq['metric']} is {'lower' if auc else 'higher'}, always-valid p = "
+            f"{seq['p_value']:.3g} ≤ {seq['alpha']:g} (confidence sequence "
+            f"{seq['ci_low']:+.4f} .. {seq['ci_high']:+.4f} {'below' if auc else 'above'} 0)"
             if method == "sequential"
             else f"the {comparison['confidence']:.0%} CI upper bound "
             f"{comparison['ci_high']:+.4f} is below 0"
@@ -604,7 +606,7 @@ def ab_report(
     model_name: str = "",
     method: str = "sequential",
     alpha: float = 0.05,
-    loss: str = "log_loss",
+    metric: str = "log_loss",
     mixture_rows: int = 1000,
 ) -> dict[str, Any]:
     """Design, per-variant metrics, comparison and recommendation, as JSON-ready data.
@@ -623,7 +625,7 @@ def ab_report(
     }
     if "ts" in log.columns and log["ts"].notna().any():
         window.update(start=pd.Timestamp(log["ts"].min()), end=pd.Timestamp(log["ts"].max()))
-    comparison = compare(log, confidence, bootstrap_samples, seed, loss, alpha, mixture_rows)
+    comparison = compare(log, confidence, bootstrap_samples, seed, metric, alpha, mixture_rows)
     return _jsonable(
         {
             "model_name": model_name,
@@ -638,7 +640,7 @@ def ab_report(
                 "seed": seed,
                 "method": method,
                 "alpha": alpha,
-                "loss": loss,
+                "metric": metric,
                 "mixture_rows": mixture_rows,
             },
             "variants": variant_metrics(log, confidence, bootstrap_samples, seed).to_dict(

@@ -44,17 +44,30 @@ def _normal_test(difference: float, variance: float, confidence: float) -> dict[
     }
 
 
-def delong_paired(
-    y: np.ndarray, score_new: np.ndarray, score_old: np.ndarray, confidence: float = 0.95
-) -> dict[str, float]:
-    """DeLong's test of AUC(new) - AUC(old) for two scores of the same rows."""
+def delong_auc(y: np.ndarray, score: np.ndarray) -> tuple[float, float]:
+    """ROC AUC of one score and DeLong's variance of it."""
+    auc, v10, v01 = _delong_components(np.asarray(y).astype(int), np.asarray(score, float))
+    return auc, float(np.var(v10, ddof=1) / len(v10) + np.var(v01, ddof=1) / len(v01))
+
+
+def delong_paired_difference(
+    y: np.ndarray, score_new: np.ndarray, score_old: np.ndarray
+) -> tuple[float, float]:
+    """AUC(new) − AUC(old) on the same rows and DeLong's variance of it."""
     y = np.asarray(y).astype(int)
     auc_new, v10_new, v01_new = _delong_components(y, np.asarray(score_new, float))
     auc_old, v10_old, v01_old = _delong_components(y, np.asarray(score_old, float))
     variance = np.var(v10_new - v10_old, ddof=1) / len(v10_new) + np.var(
         v01_new - v01_old, ddof=1
     ) / len(v01_new)
-    return _normal_test(auc_new - auc_old, float(variance), confidence)
+    return auc_new - auc_old, float(variance)
+
+
+def delong_paired(
+    y: np.ndarray, score_new: np.ndarray, score_old: np.ndarray, confidence: float = 0.95
+) -> dict[str, float]:
+    """DeLong's test of AUC(new) - AUC(old) for two scores of the same rows."""
+    return _normal_test(*delong_paired_difference(y, score_new, score_old), confidence)
 
 
 def delong_unpaired(
@@ -65,11 +78,11 @@ def delong_unpaired(
     confidence: float = 0.95,
 ) -> dict[str, float]:
     """DeLong's test of AUC(new) - AUC(old) for two independent samples."""
-    parts = []
-    for y, score in ((y_new, score_new), (y_old, score_old)):
-        auc, v10, v01 = _delong_components(np.asarray(y).astype(int), np.asarray(score, float))
-        parts.append((auc, np.var(v10, ddof=1) / len(v10) + np.var(v01, ddof=1) / len(v01)))
-    return _normal_test(parts[0][0] - parts[1][0], float(parts[0][1] + parts[1][1]), confidence)
+    (auc_new, var_new), (auc_old, var_old) = (
+        delong_auc(y_new, score_new),
+        delong_auc(y_old, score_old),
+    )
+    return _normal_test(auc_new - auc_old, var_new + var_old, confidence)
 
 
 def two_proportion_test(

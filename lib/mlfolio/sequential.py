@@ -1,4 +1,5 @@
-"""An always-valid test of challenger against champion: a mixture SPRT on per-row losses.
+"""An always-valid test of challenger against champion: a mixture SPRT on per-row losses
+(or on the ROC AUC difference).
 
 A fixed-horizon test (DeLong's, a t-test) keeps its 5% error only if it is read once, at a
 sample size fixed in advance. The monitor reads the A/B report after every run; stopping
@@ -14,7 +15,12 @@ normal-mixture boundary of Howard, Ramdas, McAuliffe and Sekhon, "Time-uniform,
 nonparametric, nonasymptotic confidence sequences", Annals of Statistics 49(2), 2021).
 The data is the per-row loss of each model's score against the outcome: log loss
 (default) or Brier score, both proper scoring rules, so the lower expected loss is the
-better forecaster.
+better forecaster. Or (``metric="roc_auc"``) the ROC AUC difference with DeLong's
+variance: the AUC is a U-statistic, asymptotically a mean of per-row terms (its Hájek
+projection), so the same normal-mixture boundary applies asymptotically (Waudby-Smith,
+Arbour, Sinha, Kennedy & Ramdas, "Time-uniform central limit theory and asymptotic
+confidence sequences", Annals of Statistics 2024); in A/B mode, where per-row losses of
+different rows do not cancel, it needs fewer rows (the benchmark).
 
 - **Shadow** (both models scored the same rows): the paired differences
   ``d = loss(challenger) - loss(champion)``; the estimate is their mean and its variance
@@ -35,7 +41,8 @@ whatever rows it is read. The rows {Δ': Λ(Δ - Δ') < 1/alpha} are the matchin
 sequence (an interval that covers the true difference at every reading at once). ``τ²`` is
 set, in units of the per-row variance, so that the boundary is tightest at
 ``mixture_rows`` labelled rows (per arm or paired). Λ is a function of sums only, so the
-order in which outcomes arrive does not matter. The variance is estimated from the rows
+order in which outcomes arrive does not matter (for ROC AUC: a function of the set of
+rows). The variance is estimated from the rows
 (plug-in, as in Johari et al.); the guarantee is asymptotic in the number of rows, which
 the benchmark checks from 100 rows on.
 """
@@ -47,7 +54,10 @@ from typing import Any
 
 import numpy as np
 
+from mlfolio import fixed_horizon
+
 LOSSES = ("log_loss", "brier")
+METRICS = (*LOSSES, "roc_auc")
 _EPS = 1e-15  # probabilities are clipped to [eps, 1 - eps] for the log loss
 
 
@@ -107,7 +117,7 @@ def p_value(log_ratio: Any) -> np.ndarray:
 
 def _result(
     test: str,
-    loss: str,
+    metric: str,
     difference: float,
     variance: float,
     unit_variance: float,
@@ -119,19 +129,21 @@ def _result(
     llr = float(log_likelihood_ratio(difference, variance, unit_variance, alpha, mixture_rows))
     p = float(p_value(llr))
     half = float(half_width(variance, unit_variance, alpha, mixture_rows))
+    better = difference > 0 if metric == "roc_auc" else difference < 0
     if p <= alpha:
-        decision = "challenger better" if difference < 0 else "challenger worse"
+        decision = "challenger better" if better else "challenger worse"
     else:
         decision = "continue"
     return {
         "test": test,
         "method": "mixture SPRT (Johari, Pekelis & Walsh 2017)",
-        "loss": loss,
+        "metric": metric,
         "alpha": alpha,
         "mixture_rows": int(mixture_rows),
         "rows": rows,
-        "mean_loss": means,
-        "difference": difference,  # challenger − champion mean loss: negative is better
+        "means": means,
+        # challenger − champion: a loss lower is better, ROC AUC higher
+        "difference": difference,
         "ci_low": difference - half,  # the (1 − alpha) confidence sequence at this reading
         "ci_high": difference + half,
         "statistic": llr,  # log of the mixture likelihood ratio Λ
@@ -141,24 +153,39 @@ def _result(
     }
 
 
+def _both_classes(y: np.ndarray) -> bool:
+    return min(int((y == 1).sum()), int((y == 0).sum())) >= 2
+
+
 def paired_test(
     y: np.ndarray,
     score_new: np.ndarray,
     score_old: np.ndarray,
-    loss: str = "log_loss",
+    metric: str = "log_loss",
     alpha: float = 0.05,
     mixture_rows: int = 1000,
 ) -> dict[str, Any] | None:
-    """Shadow: both scores of the same labelled rows. None with fewer than two rows."""
-    new, old = row_loss(y, score_new, loss), row_loss(y, score_old, loss)
-    n = len(new)
+    """Shadow: both scores of the same labelled rows. None with fewer than two rows (for
+    ``roc_auc``: fewer than two of either class)."""
+    y = np.asarray(y).astype(int)
+    n = len(y)
+    if metric == "roc_auc":
+        if not _both_classes(y):
+            return None
+        diff, var = fixed_horizon.delong_paired_difference(y, score_new, score_old)
+        auc_new = fixed_horizon.delong_auc(y, score_new)[0]
+        auc_old = auc_new - diff
+        test = "always-valid paired test of ROC AUC (DeLong's variance; shadow: same rows)"
+        means = {"champion": auc_old, "challenger": auc_new}
+        return _result(test, metric, diff, var, var * n, alpha, mixture_rows, {"paired": n}, means)
+    new, old = row_loss(y, score_new, metric), row_loss(y, score_old, metric)
     if n < 2:
         return None
     d = new - old
     unit = float(np.var(d, ddof=1))
     return _result(
-        f"always-valid paired test of the per-row {loss} (shadow: same {n} rows)",
-        loss,
+        f"always-valid paired test of the per-row {metric} (shadow: same {n} rows)",
+        metric,
         float(d.mean()),
         unit / n,
         unit,
@@ -174,23 +201,38 @@ def two_sample_test(
     score_new: np.ndarray,
     y_old: np.ndarray,
     score_old: np.ndarray,
-    loss: str = "log_loss",
+    metric: str = "log_loss",
     alpha: float = 0.05,
     mixture_rows: int = 1000,
 ) -> dict[str, Any] | None:
-    """A/B: each arm's labelled rows on their own. None when an arm has fewer than two."""
-    new, old = row_loss(y_new, score_new, loss), row_loss(y_old, score_old, loss)
-    if min(len(new), len(old)) < 2:
-        return None
-    var_new, var_old = float(np.var(new, ddof=1)), float(np.var(old, ddof=1))
+    """A/B: each arm's labelled rows on their own. None when an arm has fewer than two
+    (for ``roc_auc``: fewer than two of either class)."""
+    y_new, y_old = np.asarray(y_new).astype(int), np.asarray(y_old).astype(int)
+    rows = {"champion": len(y_old), "challenger": len(y_new)}
+    if metric == "roc_auc":
+        if not (_both_classes(y_new) and _both_classes(y_old)):
+            return None
+        (auc_new, var_new), (auc_old, var_old) = (
+            fixed_horizon.delong_auc(y_new, score_new),
+            fixed_horizon.delong_auc(y_old, score_old),
+        )
+        stat = (auc_new, var_new * len(y_new), auc_old, var_old * len(y_old))
+        test = "always-valid two-sample test of ROC AUC (DeLong's variance; A/B)"
+    else:
+        new, old = row_loss(y_new, score_new, metric), row_loss(y_old, score_old, metric)
+        if min(len(new), len(old)) < 2:
+            return None
+        stat = (new.mean(), np.var(new, ddof=1), old.mean(), np.var(old, ddof=1))
+        test = f"always-valid two-sample test of the mean {metric} (A/B: each row saw one variant)"
+    mean_new, unit_new, mean_old, unit_old = (float(v) for v in stat)
     return _result(
-        f"always-valid two-sample test of the mean {loss} (A/B: each row saw one variant)",
-        loss,
-        float(new.mean() - old.mean()),
-        var_new / len(new) + var_old / len(old),
-        var_new + var_old,
+        test,
+        metric,
+        mean_new - mean_old,
+        unit_new / len(y_new) + unit_old / len(y_old),
+        unit_new + unit_old,
         alpha,
         mixture_rows,
-        {"champion": len(old), "challenger": len(new)},
-        {"champion": float(old.mean()), "challenger": float(new.mean())},
+        rows,
+        {"champion": mean_old, "challenger": mean_new},
     )

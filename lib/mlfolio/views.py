@@ -625,7 +625,7 @@ def comparison_table(report: dict[str, Any]) -> pd.DataFrame:
     keys = ("difference", "ci_low", "ci_high", "p_value")
     rows: dict[str, dict[str, Any]] = {}
     if seq := c.get("sequential"):  # absent from reports before issue 24
-        rows[f"{seq['loss']} (always valid)"] = {
+        rows[f"{seq['metric']} (always valid)"] = {
             **{k: seq[k] for k in keys},
             "test": f"{seq['test']}, {seq['method']}",
         }

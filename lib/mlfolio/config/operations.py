@@ -196,7 +196,7 @@ class ABConfig(_Section):
     act: bool = Field(False, description="move the registry aliases as recommended")
     method: Literal["sequential", "delong"] = Field(
         "sequential",
-        description="what decides: the always-valid mixture SPRT on the per-row loss "
+        description="what decides: the always-valid mixture SPRT (monitoring.ab.metric) "
         "(may be read after every run) or DeLong's fixed-horizon ROC AUC test (valid "
         "read once)",
     )
@@ -206,8 +206,10 @@ class ABConfig(_Section):
         lt=0.5,
         description="false positive rate of the sequential test, however often read",
     )
-    loss: Literal["log_loss", "brier"] = Field(
-        "log_loss", description="per-row loss the sequential test compares"
+    metric: Literal["log_loss", "brier", "roc_auc"] = Field(
+        "log_loss",
+        description="what the sequential test compares: the mean per-row log loss or "
+        "Brier score, or ROC AUC (DeLong's variance; fewer rows in A/B mode)",
     )
     mixture_rows: int = Field(
         1000,

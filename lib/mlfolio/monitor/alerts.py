@@ -247,8 +247,13 @@ def alert_rules(
             'champion v{{ $labels.champion_version }} (ROC AUC {{ $value | printf "%+.3f" }})',
             "The latest A/B report ({{ $labels.design }}) recommends rolling back: "
             + (
-                f"the always-valid sequential test finds the challenger's mean "
-                f"{monitoring.ab.loss} higher at alpha {monitoring.ab.alpha:g}"
+                "the always-valid sequential test finds the challenger's "
+                + (
+                    "ROC AUC lower"
+                    if monitoring.ab.metric == "roc_auc"
+                    else f"mean {monitoring.ab.metric} higher"
+                )
+                + f" at alpha {monitoring.ab.alpha:g}"
                 if monitoring.ab.method == "sequential"
                 else f"the {monitoring.ab.confidence:.0%} interval of challenger - champion "
                 "ROC AUC lies below 0"

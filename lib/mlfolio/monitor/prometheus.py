@@ -145,7 +145,7 @@ def ab_gauge_families(doc: dict[str, Any]) -> list[Any]:
     Labels: model, champion_version, challenger_version, design (``ab`` or ``shadow``);
     ``mlfolio_ab_labelled_rows`` adds ``variant``. The ROC AUC difference (challenger −
     champion) and its CI appear only when both arms had labels of both classes; the
-    sequential test's p-value and loss difference once each arm has two labelled rows.
+    sequential test's p-value and difference once it has the rows it needs.
     """
     from prometheus_client.core import GaugeMetricFamily
 
@@ -196,12 +196,12 @@ def ab_gauge_families(doc: dict[str, Any]) -> list[Any]:
         ),
         gauge(
             "mlfolio_ab_sequential_p_value",
-            "Always-valid p-value of the sequential test (challenger vs champion mean loss)",
+            "Always-valid p-value of the sequential test of challenger against champion",
             seq.get("p_value"),
         ),
         gauge(
-            "mlfolio_ab_loss_difference",
-            "Challenger minus champion mean per-row loss (sequential test; positive: worse)",
+            "mlfolio_ab_sequential_difference",
+            "Challenger minus champion in the sequential test's metric (monitoring.ab.metric)",
             seq.get("difference"),
         ),
         gauge(

@@ -466,7 +466,7 @@ def ab_report(ctx: StageContext) -> tuple[pd.DataFrame, dict[str, Any]]:
         model_name=ctx.cfg.model_name,
         method=ab.method,
         alpha=ab.alpha,
-        loss=ab.loss,
+        metric=ab.metric,
         mixture_rows=ab.mixture_rows,
     )
     result["source"] = mon.prediction_log
