@@ -9,7 +9,8 @@ import uuid
 
 import pytest
 
-from mlfolio import cli, config, jobs
+from mlfolio import cli, config
+from mlfolio.cli import jobs
 
 from . import test_deploy_aws
 from .conftest import CHURN_PARAMS

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mlfolio.cli.common import add_param_option
 from mlfolio.errors import ConfigError
 
 
@@ -42,14 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--in-container", action="store_true", help="run the study (the training job's entry)"
     )
     job.add_argument("--opt-ml", default="/opt/ml", help=argparse.SUPPRESS)  # tests, benchmarks
-    job.add_argument(
-        "-p",
-        "--param",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a parameter (repeatable)",
-    )
+    add_param_option(job)
     job.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
 
 
