@@ -32,10 +32,10 @@ TEST_WORKERS ?= 2
 test: test-fast test-slow  ## the whole test suite, on TEST_WORKERS processes (one module stays on one)
 
 test-fast: setup  ## unit tests (no end-to-end runs, no servers to start)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) -m "not slow"
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) -m "not slow" --durations=15
 
 test-slow: setup  ## the end-to-end runs and the tests against started servers
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) -m slow
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) -m slow --durations=15
 
 lint: setup  ## ruff lint and format check, the import floor plan (CI runs it before the tests)
 	$(BIN)/ruff check lib tests benchmarks tools
