@@ -1,9 +1,10 @@
 """Label-free performance estimation (mlfolio.estimate, CBPE) against realised metrics.
 
-The Telco churn file is split as the pipeline splits it (train / valid / test); a model
-is fitted on train and calibrated on valid (:func:`mlfolio.estimate.fit_calibration`,
-as the evaluate stage does). Each covariate-shift scenario draws ``--rows`` of the
-held-out test rows without replacement, with probabilities reweighted by tenure, monthly
+The Telco churn file is split ``--splits`` times (seeded; train / valid / held-out, the
+held-out share ``--test-size``); per split a model is fitted on train and calibrated on
+valid (:func:`mlfolio.estimate.fit_calibration`, as the evaluate stage does), so the
+calibration sample's luck averages out. Each covariate-shift scenario draws ``--rows`` of
+a split's held-out rows without replacement, with probabilities reweighted by tenure, monthly
 charges, contract, internet service and payment method at random strengths (outcomes
 kept, so P(y | x) is unchanged and the realised metrics are known). Per scenario: the
 realised ROC AUC, the CBPE estimate and its interval, and the obvious alternative, the
@@ -11,7 +12,7 @@ reference ROC AUC carried forward ("no estimate": what a monitor without labels 
 A concept-shift scenario (the outcomes of one segment flipped: P(y | x) changes) is
 reported apart: the estimate cannot see it; the realised-vs-estimated check flags it.
 
-    .venv/bin/python benchmarks/estimate_bench.py                 # 200 scenarios, xgboost
+    .venv/bin/python benchmarks/estimate_bench.py                 # 100 scenarios, xgboost
     .venv/bin/python benchmarks/estimate_bench.py --scenarios 50 --model logreg
 
 The last line reads "label-free ROC AUC: median abs error X over N scenarios, interval

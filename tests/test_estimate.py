@@ -143,3 +143,15 @@ def test_a_large_log_is_estimated_in_blocks_quickly():
     assert time.perf_counter() - start < 20  # ~0.5 s on an idle core
     # p uniform on (0, 1), score = p: AUC = (integral of a (a - a^2 / 2)) / (1/2 * 1/2) = 5/6
     assert est["roc_auc"] == pytest.approx(5 / 6, abs=0.005)
+
+
+def test_auto_takes_isotonic_only_for_a_shape_platt_cannot_follow():
+    rng = np.random.default_rng(2)
+    score = rng.random(3000)
+    logistic = 1 / (1 + np.exp(-(3 * np.log(score / (1 - score)) - 1)))
+    y = (rng.random(3000) < logistic).astype(int)
+    assert estimate.fit_calibration(y, score, bootstraps=0).method == "platt"
+    step = np.where(score < 0.5, 0.1, 0.8)  # a cliff: no logistic curve in logit(s) fits
+    y = (rng.random(3000) < step).astype(int)
+    cal = estimate.fit_calibration(y, score, bootstraps=0)
+    assert cal.method == "isotonic" and "more than 1% lower" in cal.reason

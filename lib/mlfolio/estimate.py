@@ -4,7 +4,10 @@ estimation (CBPE, as NannyML describes it), pure NumPy.
 1. :func:`fit_calibration`, at evaluate time on the reference (validation) rows: a map
    from the model's score to a calibrated probability of the positive class, Platt
    (a logistic curve in the score's logit, 2 parameters) or isotonic (a monotone step
-   function), whichever has the lower 5-fold cross-validated Brier score on those rows.
+   function): isotonic only when its 5-fold cross-validated Brier score on those rows is
+   more than ``ISOTONIC_MARGIN`` lower (a shape the logistic curve cannot follow), as its
+   steps, fitted on a few hundred rows, are sharper than the truth and overstate ROC AUC
+   (``benchmarks/estimate_bench.py --calibration isotonic``).
    The reason is written down with the map; so are ``bootstraps`` maps fitted on
    bootstrap resamples of the same rows (the uncertainty of the calibration itself) and
    the map's quality on the reference rows (ECE, Brier). :class:`Calibration` is JSON,
@@ -39,6 +42,7 @@ import numpy as np
 METHOD = "cbpe"
 CALIBRATION_FILE = "calibration.json"
 CALIBRATION_METHODS = ("auto", "platt", "isotonic")
+ISOTONIC_MARGIN = 0.01  # auto: isotonic's CV Brier must be this much (relative) lower
 METRICS = ("roc_auc", "pr_auc", "f1", "precision", "recall", "accuracy")
 CHECKED = ("roc_auc", "accuracy")  # realised outside their alarm intervals: concept shift?
 ALARM_CONFIDENCE = 0.99  # of the concept-shift check, over both metrics (Bonferroni)
@@ -187,10 +191,10 @@ def fit_calibration(
 ) -> Calibration:
     """Calibrate ``score`` against outcomes ``y`` (0/1) on the reference rows.
 
-    ``method="auto"`` picks Platt or isotonic by ``folds``-fold cross-validated Brier score
-    (Platt on a tie: two parameters overfit less). ``quality`` holds ECE and Brier of the
-    calibrated and of the raw scores on these rows (in-sample) and the cross-validated
-    Brier. ValueError when ``y`` is not 0/1 of both classes or lengths differ.
+    ``method="auto"`` picks Platt unless isotonic's ``folds``-fold cross-validated Brier
+    score is more than ``ISOTONIC_MARGIN`` lower (see the module doc). ``quality`` holds
+    ECE and Brier of the calibrated and of the raw scores on these rows (in-sample) and the
+    cross-validated Brier. ValueError when ``y`` is not 0/1 of both classes or lengths differ.
     """
     y = np.asarray(y, dtype=float)
     score = np.asarray(score, dtype=float)
@@ -207,10 +211,16 @@ def fit_calibration(
     folds = max(2, min(folds, int(min(y.sum(), len(y) - y.sum()))))
     cv = {m: _cv_brier(m, score, y, folds, seed) for m in ("platt", "isotonic")}
     if method == "auto":
-        chosen = "isotonic" if cv["isotonic"] < cv["platt"] else "platt"
+        better = cv["isotonic"] < (1 - ISOTONIC_MARGIN) * cv["platt"]
+        chosen = "isotonic" if better else "platt"
         reason = (
-            f"{chosen}: lower {folds}-fold cross-validated Brier on the {len(y)} reference "
-            f"rows (platt {cv['platt']:.5f}, isotonic {cv['isotonic']:.5f})"
+            f"{chosen}: {folds}-fold cross-validated Brier on the {len(y)} reference rows "
+            f"platt {cv['platt']:.5f}, isotonic {cv['isotonic']:.5f} "
+            + (
+                f"(isotonic more than {ISOTONIC_MARGIN:.0%} lower)"
+                if better
+                else f"(isotonic not {ISOTONIC_MARGIN:.0%} lower: Platt's 2 parameters)"
+            )
         )
     else:
         chosen, reason = method, f"{method}: set by evaluation.calibration_method"

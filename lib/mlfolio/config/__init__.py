@@ -322,7 +322,7 @@ class EvaluationConfig(_Section):
         "auto",
         description="score -> probability map fitted on the validation rows and shipped with "
         "the model version, for the monitor's label-free performance estimate (CBPE): "
-        "auto = whichever of Platt and isotonic has the lower cross-validated Brier score",
+        "auto = Platt unless isotonic's cross-validated Brier score is over 1% lower",
     )
     champion_version: int | Literal["none"] | None = Field(
         None,
