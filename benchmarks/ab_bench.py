@@ -20,15 +20,16 @@ tenure, internetservice, totalcharges, paymentmethod).
 
 * A/B design (each row scored by one variant): every row goes to the challenger or the
   champion with probability 1/2. A/A: ``full`` on both arms. True difference: champion
-  ``reduced``, challenger ``full``. Tests: the two-sample sequential test of the mean log
-  loss; DeLong for two independent ROC curves.
+  ``reduced``, challenger ``full``. Tests: the two-sample sequential tests of the mean
+  ``--loss`` (log loss) and of ROC AUC (``monitoring.ab.metric``'s default); DeLong for
+  two independent ROC curves.
 * Shadow design (both variants score every row): A/A: ``half_a`` and ``half_b``, which of
   them is "champion" drawn per row at random (an exact null: the two scores are
   exchangeable); the same model on both sides would never differ at all. True difference:
-  champion ``reduced``, challenger ``full``. Tests: the paired sequential test of the
-  per-row log loss difference; DeLong's paired test.
+  champion ``reduced``, challenger ``full``. Tests: the paired sequential tests of the
+  per-row ``--loss`` difference and of the ROC AUC difference; DeLong's paired test.
 
-Both tests are vectorised across simulations; DeLong from midranks (O(n log n) per read,
+All tests are vectorised across simulations; DeLong from midranks (O(n log n) per read,
 Sun & Xu 2014), checked against ``mlfolio.fixed_horizon`` on the first simulations. The
 last line gives the worst of the two designs for the sequential test and the smaller of
 DeLong's two rates.
@@ -296,8 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  model {name:8s} mean {args.loss} {ll:.4f}, ROC AUC − full's {auc:+.4f}")
     print(
         f"{args.sims} simulations per row below; read every {args.peek_every} labelled rows "
-        f"up to {args.max_rows}; alpha {args.alpha}; sequential test: mixture SPRT on "
-        f"{args.loss}, tuned to {args.mixture_rows} rows"
+        f"up to {args.max_rows}; alpha {args.alpha}; sequential tests: mixture SPRT on "
+        f"{args.loss} and on ROC AUC, tuned to {args.mixture_rows} rows"
     )
     header = (
         f"{'design':7s} {'scenario':16s} {'test':24s} {'decided':>8s} {'wrong way':>9s} "

@@ -271,17 +271,18 @@ def test_the_sequential_test_decides_and_delong_is_reported_beside_it(scored):
     seq, rec = report["comparison"]["sequential"], report["recommendation"]
     assert report["parameters"]["method"] == rec["method"] == "sequential"
     assert report["parameters"]["mixture_rows"] == seq["mixture_rows"] == 500
-    assert seq["metric"] == "log_loss" and "mixture SPRT" in seq["method"]
+    assert seq["metric"] == "roc_auc" and "mixture SPRT" in seq["method"]
     labelled = report["comparison"]
     assert seq["rows"] == {
         "champion": labelled["champion"]["labelled"],
         "challenger": labelled["challenger"]["labelled"],
     }
     assert seq["decision"] == "challenger better" and seq["p_value"] <= 0.05
-    assert seq["ci_low"] <= seq["difference"] <= seq["ci_high"] < 0
+    assert 0 < seq["ci_low"] <= seq["difference"] <= seq["ci_high"]
+    assert seq["difference"] == pytest.approx(report["comparison"]["difference"])  # DeLong's
     assert seq["statistic"] == pytest.approx(-np.log(seq["p_value"]), rel=1e-9)
     assert rec["action"] == "promote"
-    assert "always-valid p =" in rec["reasons"][0] and "log_loss is lower" in rec["reasons"][0]
+    assert "always-valid p =" in rec["reasons"][0] and "roc_auc is higher" in rec["reasons"][0]
     assert any("fixed-horizon, reported beside" in r for r in rec["reasons"])
     assert "always-valid mixture SPRT" in rec["summary"]
 
@@ -291,19 +292,21 @@ def test_the_sequential_test_decides_and_delong_is_reported_beside_it(scored):
     )
     assert brier["comparison"]["sequential"]["metric"] == "brier"
     assert brier["recommendation"]["action"] == "promote"
-    auc = abtest.ab_report(
-        ab_log(scored, scored.weak, scored.strong), bootstrap_samples=100, metric="roc_auc"
+    loss = abtest.ab_report(
+        ab_log(scored, scored.weak, scored.strong), bootstrap_samples=100, metric="log_loss"
     )
-    q = auc["comparison"]["sequential"]
-    assert q["metric"] == "roc_auc"
-    assert q["difference"] == pytest.approx(auc["comparison"]["difference"])
-    assert q["ci_low"] > 0 and auc["recommendation"]["action"] == "promote"
-    assert "its roc_auc is higher" in auc["recommendation"]["reasons"][0]
+    q = loss["comparison"]["sequential"]
+    assert q["metric"] == "log_loss" and q["ci_high"] < 0  # a lower loss is better
+    assert q["means"]["challenger"] == pytest.approx(
+        skm.log_loss(*_labelled(ab_log(scored, scored.weak, scored.strong), "challenger"))
+    )
+    assert loss["recommendation"]["action"] == "promote"
+    assert "its log_loss is lower" in loss["recommendation"]["reasons"][0]
     worse = abtest.ab_report(
-        shadow_log(scored, scored.strong, scored.weak), bootstrap_samples=100, metric="roc_auc"
+        shadow_log(scored, scored.strong, scored.weak), bootstrap_samples=100, metric="log_loss"
     )
     assert worse["recommendation"]["action"] == "roll back"
-    assert "its roc_auc is lower" in worse["recommendation"]["reasons"][0]
+    assert "its log_loss is higher" in worse["recommendation"]["reasons"][0]
     delong = abtest.ab_report(
         ab_log(scored, scored.weak, scored.strong), bootstrap_samples=100, method="delong"
     )
@@ -336,15 +339,25 @@ def test_an_inconclusive_sequential_test_keeps_even_when_delong_read_now_would_a
 
 
 def test_the_sequential_test_runs_on_labels_of_one_class(scored):
-    """ROC AUC needs both classes; the loss comparison does not."""
+    """ROC AUC needs both classes; the loss comparison does not (and without it, the
+    default roc_auc test keeps for too few labels)."""
     log = shadow_log(scored, scored.weak, scored.strong)
     log = log[log["request_id"].isin(log.loc[log["actual"] == 0, "request_id"])]
-    report = abtest.ab_report(log, bootstrap_samples=50, min_labelled=10)
+    report = abtest.ab_report(log, bootstrap_samples=50, min_labelled=10, metric="log_loss")
     assert report["comparison"]["difference"] is None
     seq = report["comparison"]["sequential"]
     assert seq["rows"]["paired"] == int((scored.actual == 0).sum())
     assert report["recommendation"]["action"] in ("promote", "keep")
     assert any("one class only" in r for r in report["recommendation"]["reasons"])
+    default = abtest.ab_report(log, bootstrap_samples=50, min_labelled=10)
+    assert default["comparison"]["sequential"] is None
+    assert default["recommendation"]["action"] == "keep"
+    assert default["recommendation"]["reasons"][0].startswith("keep: too few labels")
+
+
+def _labelled(log: pd.DataFrame, variant: str) -> tuple[np.ndarray, np.ndarray]:
+    rows = log[(log["variant"] == variant) & log["actual"].notna()]
+    return rows["actual"].to_numpy().astype(int), rows["score"].to_numpy()
 
 
 def test_min_improvement_holds_back_a_small_gain(scored):
@@ -381,13 +394,13 @@ def test_notebook_views(scored):
     assert list(table.index) == ["champion v1", "challenger v2 (shadow)"]
     comparison = views.comparison_table(report)
     assert list(comparison.index) == [
-        "log_loss (always valid)",
+        "roc_auc (always valid)",
         "ROC AUC",
         "ROC AUC (bootstrap)",
         "accuracy",
     ]
     seq = report["comparison"]["sequential"]
-    assert comparison.loc["log_loss (always valid)", "p_value"] == round(seq["p_value"], 4)
+    assert comparison.loc["roc_auc (always valid)", "p_value"] == round(seq["p_value"], 4)
     old = {**report, "comparison": {**report["comparison"]}}
     del old["comparison"]["sequential"]  # an ab.json from before the sequential test
     assert list(views.comparison_table(old).index)[0] == "ROC AUC"
@@ -480,7 +493,7 @@ def test_act_on_ab(scored, versions):
         "3",
         "1",
     )
-    assert "always-valid mixture SPRT" in promoted["reason"] and "log_loss" in promoted["reason"]
+    assert "always-valid mixture SPRT" in promoted["reason"] and "roc_auc" in promoted["reason"]
     assert (removed["alias"], removed["previous_version"]) == ("challenger", "3")
     assert (
         client.get_model_version(MODEL, "3").tags["mlfolio.promotion_reason"] == promoted["reason"]

@@ -5,17 +5,18 @@ with ``request_id``, ``variant`` (champion/challenger), ``shadow``, ``model_vers
 ``score``, ``label`` and ``actual`` (1.0/0.0, NaN while the outcome is unknown).
 
 - **A/B**: each entity was routed to one variant, so the arms are independent samples;
-  mean log loss with the always-valid two-sample test, ROC AUC with DeLong's test for two
-  independent ROC curves, accuracy with a two-proportion z-test.
+  ROC AUC with the always-valid two-sample test and DeLong's test for two independent
+  ROC curves, accuracy with a two-proportion z-test.
 - **Shadow**: the challenger scored every request the champion answered, so both are
-  compared on the same rows (paired on ``request_id`` + row): the always-valid test of the
-  paired log loss differences, DeLong's paired test for ROC AUC, McNemar's for accuracy.
+  compared on the same rows (paired on ``request_id`` + row): the always-valid paired test
+  and DeLong's paired test for ROC AUC, McNemar's for accuracy.
 
 A bootstrap confidence interval of the ROC AUC difference (paired, or each arm resampled
 on its own) is reported next to DeLong's as a cross-check. The recommendation — promote,
 keep or roll back — is what :func:`mlfolio.registry.act_on_ab` acts on. It comes from the
-always-valid sequential test of :mod:`mlfolio.sequential` (a mixture SPRT on the per-row
-log loss; ``method="sequential"``, the default), which may be read after every monitor
+always-valid sequential test of :mod:`mlfolio.sequential` (a mixture SPRT on the ROC
+AUC difference, or the per-row log loss or Brier score; ``method="sequential"``, the
+default), which may be read after every monitor
 run; DeLong's fixed-horizon test is valid only when read once, at a size planned in
 advance, and stays in the report beside it (``method="delong"`` decides by it as before).
 """
@@ -248,7 +249,7 @@ def compare(
     confidence: float = 0.95,
     bootstrap_samples: int = 1000,
     seed: int = 42,
-    metric: str = "log_loss",
+    metric: str = "roc_auc",
     alpha: float = 0.05,
     mixture_rows: int = 1000,
 ) -> dict[str, Any]:
@@ -606,7 +607,7 @@ def ab_report(
     model_name: str = "",
     method: str = "sequential",
     alpha: float = 0.05,
-    metric: str = "log_loss",
+    metric: str = "roc_auc",
     mixture_rows: int = 1000,
 ) -> dict[str, Any]:
     """Design, per-variant metrics, comparison and recommendation, as JSON-ready data.

@@ -206,10 +206,10 @@ class ABConfig(_Section):
         lt=0.5,
         description="false positive rate of the sequential test, however often read",
     )
-    metric: Literal["log_loss", "brier", "roc_auc"] = Field(
-        "log_loss",
-        description="what the sequential test compares: the mean per-row log loss or "
-        "Brier score, or ROC AUC (DeLong's variance; fewer rows in A/B mode)",
+    metric: Literal["roc_auc", "log_loss", "brier"] = Field(
+        "roc_auc",
+        description="what the sequential test compares: ROC AUC (DeLong's variance), or "
+        "the mean per-row log loss or Brier score (calibration counts too)",
     )
     mixture_rows: int = Field(
         1000,
