@@ -259,10 +259,13 @@ samples: ROC AUC is compared with DeLong's test for two independent ROC curves, 
 with a two-proportion z-test. In **shadow** mode the challenger scored every request
 without answering it, so both variants are compared on the same rows: DeLong's paired
 test and McNemar's test. A bootstrap interval of the ROC AUC difference is shown beside
-DeLong's as a cross-check. The recommendation — **promote** (the gain's CI lower bound
-clears `min_improvement`), **roll back** (the challenger is significantly worse: stop the
-experiment) or **keep** (inconclusive, or too few labelled rows) — is written to
-`ab.json` for the registry to act on.""",
+DeLong's as a cross-check. The recommendation — **promote** (significantly better),
+**roll back** (significantly worse: stop the experiment) or **keep** (inconclusive, or
+too few labelled rows) — follows an always-valid sequential test (`mlfolio.sequential`,
+a mixture SPRT on the ROC AUC difference by default, `monitoring.ab.metric`): its
+p-value may be read after every monitor run without inflating its error, which DeLong's
+fixed-horizon test, shown beside it, does not allow. It is written to `ab.json` for the
+registry to act on.""",
         [
             ("code", "log, report = stages.ab_report(ctx)\nviews.variant_table(report)"),
             ("md", "### Challenger − champion"),
