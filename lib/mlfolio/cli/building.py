@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from mlfolio.cli.common import add_param_option, echo
+from mlfolio import config
+from mlfolio.cli.common import echo
 from mlfolio.errors import ConfigError
 
 
@@ -32,7 +33,7 @@ def _compile_parser(sub: argparse._SubParsersAction) -> None:
         "pipeline definition, JSON; needs the mlfolio[aws] extra)",
     )
     comp.add_argument("params_file", help="YAML parameter file, e.g. parameters/team.yaml")
-    add_param_option(comp)
+    config.add_override_option(comp)
     comp.add_argument(
         "-o", "--output", help="the file to write (default pipeline.yaml / pipeline.json)"
     )
@@ -91,7 +92,7 @@ def _tune_worker_parser(sub: argparse._SubParsersAction) -> None:
         help="this worker's number: sampler seed = seed + 1 + K; give each worker its "
         "own (the tune stage's own workers use 0 .. tuning.n_workers - 1)",
     )
-    add_param_option(worker)
+    config.add_override_option(worker)
     worker.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
 
 

@@ -1,22 +1,11 @@
-"""What every command shares: the terminal's lasting and progress lines, and the
-``-p KEY=VALUE`` option."""
+"""What every command shares: the terminal's lasting and progress lines."""
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 import threading
 from typing import Any
-
-
-def add_param_option(
-    parser: argparse.ArgumentParser, help: str = "override a parameter (repeatable)"
-) -> None:
-    """``-p/--param KEY=VALUE``, repeatable: parameter overrides (config.parse_overrides)."""
-    parser.add_argument(
-        "-p", "--param", action="append", default=[], metavar="KEY=VALUE", help=help
-    )
 
 
 class _Terminal:

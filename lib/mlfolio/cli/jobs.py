@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mlfolio.cli.common import add_param_option
+from mlfolio import config
 from mlfolio.errors import ConfigError
 
 
@@ -43,7 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--in-container", action="store_true", help="run the study (the training job's entry)"
     )
     job.add_argument("--opt-ml", default="/opt/ml", help=argparse.SUPPRESS)  # tests, benchmarks
-    add_param_option(job)
+    config.add_override_option(job)
     job.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from mlfolio.cli.common import TERMINAL, add_param_option, echo
+from mlfolio import config
+from mlfolio.cli.common import TERMINAL, echo
 from mlfolio.errors import ConfigError
 
 
@@ -20,7 +21,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "interrupted in the run folder; a second signal stops at once).",
     )
     run.add_argument("params_file", help="YAML parameter file, e.g. parameters/churn.yaml")
-    add_param_option(run, "override a parameter, e.g. -p tuning.n_trials=5 (repeatable)")
+    config.add_override_option(run, "override a parameter, e.g. -p tuning.n_trials=5 (repeatable)")
     run.add_argument("--stages", help="comma-separated stages to run (into --run-dir)")
     run.add_argument(
         "--from",

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from mlfolio.cli.common import TERMINAL, add_param_option, echo
+from mlfolio import config
+from mlfolio.cli.common import TERMINAL, echo
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -49,7 +50,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="decide and report, but do not retrain or move registry aliases",
     )
-    add_param_option(mon)
+    config.add_override_option(mon)
     mon.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
 
     serve = sub.add_parser(

@@ -618,6 +618,17 @@ def from_mapping(raw: Any, source: str = "<parameters>", base: Path | None = Non
     return cfg.model_copy(update={"data": data})
 
 
+def add_override_option(
+    parser: Any,
+    help: str = "override a parameter (repeatable)",  # noqa: A002 (argparse's name)
+) -> None:
+    """``-p/--param KEY=VALUE`` on an argparse parser, repeatable: what
+    :func:`parse_overrides` reads. Every command taking parameters spells it this way."""
+    parser.add_argument(
+        "-p", "--param", action="append", default=[], metavar="KEY=VALUE", help=help
+    )
+
+
 def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
     """``["tuning.n_trials=5"]`` → ``{"tuning.n_trials": 5}`` (values parsed as YAML)."""
     parsed: dict[str, Any] = {}

@@ -8,6 +8,7 @@ its prediction-log folder.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -219,14 +220,15 @@ def ab_gauge_families(doc: dict[str, Any]) -> list[Any]:
     return [f for f in families if f is not None]
 
 
-def write_prometheus_textfile(doc: DriftDoc | dict[str, Any], path: str | Path) -> Path:
-    """Write the drift gauges in Prometheus' text format (node_exporter textfile collector),
-    atomically: a scrape never sees half a file."""
+def _write_textfile(families: Callable[[], list[Any]], path: str | Path) -> Path:
+    """``families()`` in Prometheus' text format for node_exporter's textfile collector,
+    written atomically (prometheus_client writes a temporary file and renames it): a
+    scrape never sees half a file."""
     from prometheus_client import CollectorRegistry, write_to_textfile
 
     class _Collector:
         def collect(self) -> list[Any]:
-            return drift_gauge_families(doc)
+            return families()
 
     registry = CollectorRegistry()
     registry.register(_Collector())
@@ -234,6 +236,11 @@ def write_prometheus_textfile(doc: DriftDoc | dict[str, Any], path: str | Path) 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_to_textfile(str(path), registry)
     return path
+
+
+def write_prometheus_textfile(doc: DriftDoc | dict[str, Any], path: str | Path) -> Path:
+    """Write the drift gauges for node_exporter's textfile collector, atomically."""
+    return _write_textfile(lambda: drift_gauge_families(doc), path)
 
 
 def publish_for_server(doc: DriftDoc | dict[str, Any], folder: str | Path) -> Path:
@@ -293,15 +300,4 @@ def approval_gauge_families(model: str, pending: dict[str, Any] | None) -> list[
 def write_approvals_textfile(model: str, pending: dict[str, Any] | None, path: str | Path) -> Path:
     """Write :func:`approval_gauge_families` for node_exporter's textfile collector,
     atomically like :func:`write_prometheus_textfile`."""
-    from prometheus_client import CollectorRegistry, write_to_textfile
-
-    class _Collector:
-        def collect(self) -> list[Any]:
-            return approval_gauge_families(model, pending)
-
-    registry = CollectorRegistry()
-    registry.register(_Collector())
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_to_textfile(str(path), registry)
-    return path
+    return _write_textfile(lambda: approval_gauge_families(model, pending), path)

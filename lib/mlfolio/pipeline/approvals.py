@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlfolio import config
 from mlfolio.errors import ConfigError
 from mlfolio.files import write_json, write_text
 from mlfolio.pipeline import gate_status
@@ -37,14 +38,7 @@ def _connection(parser: argparse.ArgumentParser) -> None:
         "registry.lock_timeout_s (give it when the project sets registry.lock_uri: "
         "approvals must take the lock promotions take)",
     )
-    parser.add_argument(
-        "-p",
-        "--param",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a parameter of --params (repeatable)",
-    )
+    config.add_override_option(parser, "override a parameter of --params (repeatable)")
     parser.add_argument(
         "--tracking-uri",
         help="without --params: the MLflow registry (default: $MLFLOW_TRACKING_URI, else "

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from mlfolio import cost
+from mlfolio import config, cost
 from mlfolio.cost import usd
 from mlfolio.errors import ConfigError, MlfolioError
 from mlfolio.files import read_json, write_json
@@ -451,14 +451,7 @@ def _render_serving(s: dict[str, Any]) -> list[str]:
 def add_arguments(parser: Any) -> None:
     """``mlfolio cost``'s arguments (the CLI builds the parser, this module owns them)."""
     parser.add_argument("target", metavar="PARAMS|RUN_DIR", help="a parameter file or run folder")
-    parser.add_argument(
-        "-p",
-        "--param",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a parameter of PARAMS (repeatable)",
-    )
+    config.add_override_option(parser, "override a parameter of PARAMS (repeatable)")
     parser.add_argument("--rps", type=float, help="price this traffic (requests/s), not the log's")
     parser.add_argument("--duration-ms", type=float, help="one request's duration (ms)")
     parser.add_argument("--memory-mb", type=float, help="the model server's memory (MB)")
