@@ -515,9 +515,11 @@ def recommend(
     auc = bool(seq) and seq["metric"] == "roc_auc"
     if method == "sequential":
         effect, test = _seq_effect(seq), "always-valid mixture SPRT"
-        if comparison["difference"] is not None:
-            effect += f"; ROC AUC {comparison['difference']:+.4f} (DeLong p = "
-            effect += f"{comparison['p_value']:.3g})"
+        if comparison["difference"] is not None:  # DeLong's fixed-horizon reading
+            delong = f"DeLong p = {comparison['p_value']:.3g}"
+            effect += (
+                f"; {delong}" if auc else (f"; ROC AUC {comparison['difference']:+.4f} ({delong})")
+            )
     else:
         effect, test = _effect(comparison), comparison["test"].split(" (")[0]
     out["summary"] = (
