@@ -244,6 +244,15 @@ acts on it after this notebook. Evidently's HTML reports use a seeded sample of
             ("code", 'views.plot_drift(result["verdict"]);'),
             ("md", "### Quality on labelled current rows"),
             ("code", "views.quality_table(result)"),
+            (
+                "md",
+                "### Performance estimated without labels\n\n"
+                "CBPE: the champion's scores, calibrated by the map shipped with its version, "
+                "give the\nexpected metrics and their intervals. It assumes P(y | x) unchanged "
+                "(covariate shift\nonly); once labels arrive, realised outside the interval "
+                "flags a concept shift.",
+            ),
+            ("code", "views.estimate_table(result)"),
             ("md", "### Retraining decision"),
             ("code", "views.decision_markdown(result)"),
         ],
