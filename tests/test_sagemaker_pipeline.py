@@ -243,12 +243,12 @@ def test_each_step_runs_the_committed_notebook(team, tmp_path):
 def test_the_step_refuses_an_image_with_another_notebook(team, tmp_path):
     step = all_steps(team)["train"]
     args = [a if isinstance(a, str) else "" for a in container_args(step)]
-    parsed = entry._parser().parse_args(args)
+    parsed = entry.parse_args(args)
     cfg = entry.load(parsed)
     entry.check_sources(parsed, cfg)  # this checkout is what was compiled
     args[args.index("--notebook-sha") + 1] = "0" * 64
     with pytest.raises(ConfigError, match=r"03_train.ipynb in this image hashes to"):
-        entry.check_sources(entry._parser().parse_args(args), cfg)
+        entry.check_sources(entry.parse_args(args), cfg)
 
 
 def test_default_parameters_compile_with_a_tracking_server(tmp_path):
@@ -372,7 +372,7 @@ def test_start_and_finish_steps_open_and_close_the_parent_run(
     # a step of the same execution finds it by the folder its output goes to
     args = [a if isinstance(a, str) else "" for a in container_args(steps["train"])]
     args[args.index("--tracking-uri") + 1] = uri
-    cfg = entry.load(entry._parser().parse_args(args))
+    cfg = entry.load(entry.parse_args(args))
     assert entry.parent_run(cfg, folder) == parent.info.run_id
     assert run("finish")["finished.json"] == {"parent_run_id": parent.info.run_id}
     assert client.get_run(parent.info.run_id).info.status == "FINISHED"
@@ -604,3 +604,14 @@ def test_definition_module_is_imported_lazily():
         check=True,
     )
     assert out.stdout.strip() == "False"
+
+
+def test_a_parameters_piece_starting_with_a_dash_is_read_as_the_value():
+    # the JSON is cut every 256 characters: a piece may start with '-' (a negative number,
+    # a '-' in text), which argparse took for an option ('--params: expected one argument')
+    pieces = ['{"a":', "-1,", '"b":"--x"}']
+    args = entry.parse_args(
+        ["stage", "train", *[a for p in pieces for a in ("--params", p)], "--tracking-uri", ""]
+    )
+    assert args.stage == "train" and "".join(args.params) == '{"a":-1,"b":"--x"}'
+    assert args.tracking_uri == ""

@@ -35,10 +35,21 @@ def fitted():
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def _store(tmp_path_factory) -> tuple[str, str]:
     folder = tmp_path_factory.mktemp("tracking")
-    mlflow.set_tracking_uri(f"sqlite:///{folder / 'mlflow.db'}")
-    exp = mlflow.create_experiment("tracking", artifact_location=(folder / "a").as_uri())
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    exp = mlflow.MlflowClient(uri).create_experiment(
+        "tracking", artifact_location=(folder / "a").as_uri()
+    )
+    return uri, exp
+
+
+@pytest.fixture
+def store(_store):
+    """The module's store, set as the tracking URI for this test (others in the module
+    set their own and reset it: the order tests run in must not matter)."""
+    uri, exp = _store
+    mlflow.set_tracking_uri(uri)
     try:
         yield exp
     finally:

@@ -106,6 +106,35 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Options whose value follows them as the next argument in the definition.
+_VALUED = (
+    "--params",
+    "--tracking-uri",
+    "--tuning-storage",
+    "--notebook-sha",
+    "--mlfolio-sha",
+    "--source-sha",
+    "--study-of",
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The step's arguments, each option's value glued to it (``--params=PIECE``) before
+    argparse reads them: a piece of the parameters' JSON may start with ``-``, which
+    argparse takes for an option (the definition holds them as separate arguments)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    glued: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] in _VALUED and i + 1 < len(argv):
+            glued.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            glued.append(argv[i])
+            i += 1
+    return _parser().parse_args(glued)
+
+
 def services(args: argparse.Namespace) -> dict[str, Any]:
     """The pipeline parameters' services as parameter overrides (empty: keep the file's)."""
     out: dict[str, Any] = {}
@@ -267,7 +296,7 @@ COMMANDS = {"start": start, "stage": stage, "tune-worker": tune_worker, "finish"
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         names = load_secrets()
