@@ -94,17 +94,8 @@ def two_proportion_test(
     se0 = math.sqrt(pooled * (1 - pooled) * (1 / n_new + 1 / n_old))
     diff = p_new - p_old
     z = diff / se0 if se0 > 0 else 0.0
-    half = float(stats.norm.ppf(0.5 + confidence / 2)) * math.sqrt(
-        p_new * (1 - p_new) / n_new + p_old * (1 - p_old) / n_old
-    )
-    return {
-        "difference": diff,
-        "ci_low": diff - half,
-        "ci_high": diff + half,
-        "confidence": confidence,
-        "z": z,
-        "p_value": float(2 * stats.norm.sf(abs(z))),
-    }
+    se = math.sqrt(p_new * (1 - p_new) / n_new + p_old * (1 - p_old) / n_old)
+    return _z_result(diff, se, z, confidence)
 
 
 def mcnemar_test(
@@ -119,6 +110,12 @@ def mcnemar_test(
     discordant = only_new + only_old
     z = (only_new - only_old) / math.sqrt(discordant) if discordant else 0.0
     se = math.sqrt(max(discordant - (only_new - only_old) ** 2 / n, 0.0)) / n
+    return {**_z_result(diff, se, z, confidence), "discordant": discordant}
+
+
+def _z_result(diff: float, se: float, z: float, confidence: float) -> dict[str, float]:
+    """A difference with its Wald interval (standard error ``se``) and the two-sided
+    p-value of its z statistic."""
     half = float(stats.norm.ppf(0.5 + confidence / 2)) * se
     return {
         "difference": diff,
@@ -127,5 +124,4 @@ def mcnemar_test(
         "confidence": confidence,
         "z": z,
         "p_value": float(2 * stats.norm.sf(abs(z))),
-        "discordant": discordant,
     }
