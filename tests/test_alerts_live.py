@@ -17,11 +17,18 @@ import pandas as pd
 import pytest
 import yaml
 
-from mlfolio import abtest, config, data, features, monitor
+from mlfolio import abtest, config, data, estimate, features, monitor
 from mlfolio.monitor import alerts, dashboard
 
 from .conftest import CHURN_PARAMS, require_program
-from .servers import MODEL, register_models, split_body, start_server, stop_server
+from .servers import (
+    MODEL,
+    THRESHOLDS,
+    register_models,
+    split_body,
+    start_server,
+    stop_server,
+)
 
 
 def metric_names(expr: str) -> set[str]:
@@ -59,6 +66,29 @@ def _verdict_doc(cfg, reference, current, version: str) -> dict:
         "prediction_drift": {"score": 0.01},
         "quality": {"current": {"roc_auc": 0.81}, "delta": {"roc_auc": -0.04}},
     }
+
+
+def _estimate(registered, y: pd.Series, rows: slice) -> dict:
+    """The champion's label-free estimate on ``rows`` (calibrated on rows 1000-2000, which
+    it was not fitted on), with the realised metrics beside it, as the monitor stage
+    writes ``drift.json.performance_estimate``."""
+    from sklearn.metrics import accuracy_score, roc_auc_score
+
+    model, X, threshold = registered.models["champion"], registered.X, THRESHOLDS["champion"]
+    reference = slice(1000, 2000)
+    cal = estimate.fit_calibration(
+        y.iloc[reference].to_numpy(), model.predict_proba(X.iloc[reference])[:, 1], bootstraps=5
+    )
+    score = model.predict_proba(X.iloc[rows])[:, 1]
+    est = estimate.estimate_performance(score, cal, threshold, draws=200)
+    actual = y.iloc[rows].to_numpy()
+    realised = {
+        "roc_auc": roc_auc_score(actual, score),
+        "accuracy": accuracy_score(actual, (score >= threshold).astype(int)),
+    }
+    est["realised"] = estimate.compare_with_realised(est, realised, len(actual))
+    est["roc_auc_delta"] = est["roc_auc"] - 0.84
+    return est
 
 
 def _ab_doc(registered, y: pd.Series, broken: bool) -> dict:
@@ -113,6 +143,8 @@ def test_drift_alert_fires_in_a_real_prometheus_and_every_metric_exists(tmp_path
     assert clean["share_drifted"] < alerts.drift_threshold(cfg.monitoring)
     monitor.publish_for_server(clean, clean_log)
     _, y = features.xy(churn.reset_index(drop=True), cfg.schema)
+    doc["performance_estimate"] = _estimate(registered, y, slice(2000, 3000))
+    monitor.publish_for_server(doc, drifted_log)  # again, with the label-free estimate
     worse, kept = _ab_doc(registered, y, broken=True), _ab_doc(registered, y, broken=False)
     assert worse["recommendation"]["action"] == "roll back"
     assert kept["recommendation"]["action"] == "keep"
@@ -130,7 +162,9 @@ def test_drift_alert_fires_in_a_real_prometheus_and_every_metric_exists(tmp_path
         # Every metric a rule or a panel reads is exported by the live server.
         names = set(re.findall(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)", exposed, re.M)) | {"up"}
         ab_gauges = {f.name for f in monitor.ab_gauge_families(worse)}
-        assert len(ab_gauges) == 6 and ab_gauges <= names  # ab.json reached /metrics
+        # ab.json reached /metrics, the sequential test's two gauges with it
+        assert {"mlfolio_ab_sequential_p_value", "mlfolio_ab_sequential_difference"} <= ab_gauges
+        assert len(ab_gauges) == 8 and ab_gauges <= names
         mon = cfg.monitoring
         read = set()
         for group in alerts.alert_rules(mon)["groups"]:
