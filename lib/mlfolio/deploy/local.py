@@ -22,6 +22,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +132,37 @@ def _score(url: str, rows: pd.DataFrame) -> tuple[dict[str, Any], int]:
     return json.loads(answer), len(body)
 
 
+@contextmanager
+def running_server(
+    model_uri: str,
+    tracking_uri: str,
+    *,
+    host: str = "127.0.0.1",
+    log_path: Path | None = None,
+    ready_timeout: float = 120.0,
+) -> Iterator[tuple[subprocess.Popen, str]]:
+    """``mlfolio serve`` on ``model_uri`` on a free port of ``host``, once its /ping
+    answers: (the process, its URL); stopped on leaving. DeployError when it exits or is
+    not ready within ``ready_timeout`` seconds."""
+    if log_path:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    proc, url, cmd = _spawn(model_uri, tracking_uri, host, 0, log)
+    try:
+        _wait_ready(proc, url, cmd, log_path, ready_timeout)
+        yield proc, url
+    finally:
+        _stop(proc)
+        if log_path:
+            log.close()
+
+
+def score_rows(url: str, rows: pd.DataFrame) -> tuple[dict[str, Any], int]:
+    """POST ``rows`` (``dataframe_split``) to the server at ``url``: its answer and the
+    body's size. DeployError without an answer or on a status other than 200."""
+    return _score(url, rows)
+
+
 def measure_serve_memory(
     model_uri: str,
     tracking_uri: str,
@@ -145,12 +178,9 @@ def measure_serve_memory(
 
     Returns ``peak_rss_mb``, ``rows_sent`` and ``request_bytes``. Raises DeployError when
     the server does not start or answer, or where ``/proc`` cannot be read (not Linux)."""
-    if log_path:
-        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-    log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
-    proc, url, cmd = _spawn(model_uri, tracking_uri, host, 0, log)
-    try:
-        _wait_ready(proc, url, cmd, log_path, ready_timeout)
+    with running_server(
+        model_uri, tracking_uri, host=host, log_path=log_path, ready_timeout=ready_timeout
+    ) as (proc, url):
         _, request_bytes = _score(url, rows)
         peak = peak_rss_mb(proc.pid)
         if peak is None:
@@ -159,10 +189,6 @@ def measure_serve_memory(
                 f"/proc/{proc.pid}/status (VmHWM); measuring needs Linux"
             )
         return {"peak_rss_mb": peak, "rows_sent": int(len(rows)), "request_bytes": request_bytes}
-    finally:
-        _stop(proc)
-        if log_path:
-            log.close()
 
 
 def deploy_local(

@@ -271,16 +271,13 @@ def measure_serving(
     ``requests`` one-row requests (rows of the run's test split, one after another), and
     return (the server's own mean request duration in ms, from its
     ``mlfolio_request_duration_seconds`` on /metrics; its peak resident memory in MB)."""
-    import json
-    import subprocess
-    import time
     import urllib.request
 
     import pandas as pd
 
-    from mlfolio.deploy.local import serve_command
+    from mlfolio.deploy.local import running_server, score_rows
     from mlfolio.procstat import peak_rss_mb
-    from mlfolio.serve.contract import INVOCATIONS_PATH, LIVENESS_PATH, METRICS_PATH
+    from mlfolio.serve.contract import INVOCATIONS_PATH, METRICS_PATH
 
     model = manifest.get("model") or {}
     name, version = model.get("model_name"), model.get("version")
@@ -290,58 +287,20 @@ def measure_serving(
     schema = (manifest.get("parameters") or {}).get("schema") or {}
     features = [*schema.get("numeric", []), *schema.get("categorical", [])]
     rows = pd.read_parquet(run_dir / "data" / "test.parquet", columns=features)
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    cmd = serve_command(f"models:/{name}/{version}", "127.0.0.1", port, tracking_uri)
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + timeout_s
-        while not _answers(url + LIVENESS_PATH):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise ConfigError(f"`{' '.join(cmd)}` did not answer {LIVENESS_PATH}")
-            time.sleep(0.25)
+    with running_server(f"models:/{name}/{version}", tracking_uri, ready_timeout=timeout_s) as (
+        proc,
+        url,
+    ):
         for i in range(requests):
-            one = rows.iloc[[i % len(rows)]]
-            body = {"dataframe_split": json.loads(one.to_json(orient="split", index=False))}
-            req = urllib.request.Request(
-                url + INVOCATIONS_PATH,
-                json.dumps(body).encode(),
-                {"Content-Type": "application/json"},
-            )
-            with urllib.request.urlopen(req, timeout=30) as resp:
-                resp.read()
+            score_rows(url, rows.iloc[[i % len(rows)]])
         with urllib.request.urlopen(url + METRICS_PATH, timeout=30) as resp:
             metrics = resp.read().decode()
         peak = peak_rss_mb(proc.pid)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
     total = _metric(metrics, "mlfolio_request_duration_seconds_sum", INVOCATIONS_PATH)
     count = _metric(metrics, "mlfolio_request_duration_seconds_count", INVOCATIONS_PATH)
     if not count or peak is None:
         raise ConfigError(f"{url}{METRICS_PATH}: no request duration of {INVOCATIONS_PATH}")
     return round(1000.0 * total / count, 3), peak
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _answers(url: str) -> bool:
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return resp.status == 200
-    except OSError:
-        return False
 
 
 def _metric(text: str, name: str, route: str) -> float:
