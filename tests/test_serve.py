@@ -1039,3 +1039,126 @@ def test_batches_concatenate_and_split_in_row_order():
     assert serve.Batch.concat([a], ["tenure"]) is a
     with pytest.raises(serve.RequestError, match=r"column 'monthlycharges': a number too large"):
         serve.Batch.of(_BATCH_COLUMNS, {"monthlycharges": [10**400]})
+
+
+class _XScorer:
+    """Scores x / 10; x = 13 raises an unexpected error (a scorer bug), x = -1 a bad value."""
+
+    name = "fake"
+    inline_rows = 4
+
+    def predict_proba(self, batch):
+        x = np.asarray(batch.columns["x"], dtype=float)
+        if 13 in x:
+            raise RuntimeError("a scorer bug")
+        if (x < 0).any():
+            raise ValueError("x must not be negative")
+        return np.column_stack([1 - x / 10, x / 10])
+
+
+def _invocations_cases() -> list[tuple[str, str, dict[str, str], Any]]:
+    """(method, path, headers, body) of /invocations requests, good and bad, as sent."""
+    ok = {"Authorization": f"Bearer {TOKEN}", "X-Request-ID": "req-1"}
+    js = {**ok, "Content-Type": "application/json"}
+
+    def split(*xs: Any) -> bytes:
+        return json.dumps(
+            {"dataframe_split": {"columns": ["x"], "data": [[x] for x in xs]}}
+        ).encode()
+
+    def chunks():
+        for _ in range(40):
+            yield b" " * 1024
+
+    return [
+        ("POST", "/invocations", js, split(1, 2)),
+        ("POST", "/invocations", {**js, "Accept": "text/csv"}, split(3)),
+        ("POST", "/invocations", {**ok, "Content-Type": "text/csv"}, b"x\n4\n5\n"),
+        ("POST", "/invocations", {k: v for k, v in js.items() if k != "X-Request-ID"}, split(1)),
+        ("POST", "/invocations", {**js, "Content-Type": "text/plain"}, split(1)),
+        (
+            "POST",
+            "/invocations",
+            {**js, "Content-Type": "application/json; charset=latin-1"},
+            b"{}",
+        ),
+        ("POST", "/invocations", js, b'{"dataframe_split": '),
+        ("POST", "/invocations", js, json.dumps({"dataframe_records": [{"y": 1}]}).encode()),
+        ("POST", "/invocations", js, split(-1)),
+        ("POST", "/invocations", js, split(13)),
+        ("POST", "/invocations", {**js, "X-Request-ID": "x" * 200}, split(1)),
+        ("POST", "/invocations", {**js, "Authorization": "Bearer wrong"}, split(1)),
+        ("POST", "/invocations", {"Content-Type": "application/json"}, split(1)),
+        ("POST", "/invocations", {**js, "Content-Length": "nine"}, split(1)),
+        ("POST", "/invocations", js, b"[" + b"1," * 20_000 + b"1]"),  # over the 32 KiB limit
+        ("POST", "/invocations", js, chunks()),  # no Content-Length, over the limit as it comes
+        ("GET", "/invocations", ok, None),
+        ("PUT", "/invocations", js, split(1)),
+    ]
+
+
+def test_invocations_skip_the_framework_layers_and_answer_as_through_them():
+    """POST /invocations is taken from the server to the gate and the handler directly
+    (ServingApp): every answer — status, body, headers — and every count on /metrics is
+    the one the same app gives through FastAPI's stack."""
+    from starlette.testclient import TestClient
+
+    options = serve.ServeOptions(model="models:/m/1", token=TOKEN, max_body_bytes=32 * 1024)
+
+    def answers(direct: bool) -> tuple[list[tuple[int, bytes, dict[str, str]]], str, int]:
+        app = serve.create_app(_fake_model(_XScorer()), options)
+        if not direct:
+            app.invocations = None  # every request through FastAPI's middleware and router
+        out = []
+        with TestClient(app, raise_server_exceptions=False) as client:
+            stack, through_stack = app.middleware_stack, []
+
+            async def counting(scope, receive, send):
+                through_stack.append(scope["path"])
+                await stack(scope, receive, send)
+
+            app.middleware_stack = counting
+            for method, path, headers, body in _invocations_cases():
+                resp = client.request(method, path, headers=headers, content=body)
+                got = dict(resp.headers)
+                if "x-request-id" in got and "X-Request-ID" not in headers:
+                    assert re.fullmatch(r"[0-9a-f]{32}", got.pop("x-request-id"))
+                    body_doc = resp.json()
+                    body_doc.pop("request_id", None)
+                    content = json.dumps(body_doc).encode()
+                else:
+                    content = resp.content
+                out.append((resp.status_code, content, got))
+            metrics = client.get("/metrics", headers=AUTH).text
+        counted = ("mlfolio_requests_total", "mlfolio_request_duration_seconds_count")
+        requests = "\n".join(line for line in metrics.splitlines() if line.startswith(counted))
+        return out, requests, len([p for p in through_stack if p == "/invocations"])
+
+    direct, direct_counts, direct_stacked = answers(direct=True)
+    stacked, stacked_counts, all_stacked = answers(direct=False)
+    for case, a, b in zip(_invocations_cases(), direct, stacked, strict=True):
+        assert a == b, (case[:2], case[2], a, b)
+    assert direct_counts == stacked_counts and 'status="413"' in direct_counts
+    statuses = [status for status, _, _ in direct]
+    assert statuses == [
+        200,
+        200,
+        200,
+        200,
+        415,
+        415,
+        400,
+        400,
+        400,
+        500,
+        400,
+        401,
+        401,
+        400,
+        413,
+        413,
+        405,
+        405,
+    ]
+    assert all_stacked == len(statuses)  # the slow app: every request through the stack
+    assert direct_stacked == 2  # the fast app: only GET and PUT

@@ -177,10 +177,22 @@ class Gate:
         self.clock = _BodyClock(body_timeout)
         self.metrics = metrics
 
+    def around(self, app: Any) -> Gate:
+        """This gate in front of ``app``: the factory Starlette's ``add_middleware`` calls
+        when it builds the stack, so the app keeps the instance (and its one admission
+        budget) for the routes it answers without the stack (:meth:`handle`)."""
+        self.app = app
+        return self
+
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        await self.handle(scope, receive, send, self.app)
+
+    async def handle(self, scope: dict[str, Any], receive: Any, send: Any, app: Any) -> None:
+        """One HTTP request through the gate to ``app``: refused here, or passed on with its
+        ticket, measured, and a 500 sent when ``app`` raises before answering."""
         started = time.perf_counter()
         path = scope["path"]
         route = self.route_of(path)
@@ -199,7 +211,7 @@ class Gate:
             problem = self._refuse(scope, route)
             if problem is None:
                 ticket = scope["mlfolio.ticket"]
-                await self.app(scope, receive, send_and_record)
+                await app(scope, receive, send_and_record)
             else:
                 code, message, headers = problem
                 await _send(send_and_record, code, error_body(path, code, message), headers)
