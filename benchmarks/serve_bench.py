@@ -13,6 +13,9 @@ Before the load it checks that every server gives mlfolio's predictions for the 
    settings) and ``mlfolio serve``, both up, loaded in turn ``--repeats`` times. Reported:
    mlfolio's req/s as a % of the no-op's, its p99, and each server's CPU per request (the
    steadier figure when other processes share the cores: their CPU is shown too).
+   ``--asgi-noop``: a bare ASGI no-op app (uvicorn alone, no framework) joins them, for a
+   second ratio: mlfolio's ``POST /invocations`` skips FastAPI's layers, which the no-op
+   FastAPI app pays (``mlfolio.serve.app.ServingApp``).
 2. 1-row requests at each ``--concurrency`` level, then ``--batch-rows`` rows per request
    (rows/s), for mlfolio and each of ``--variants`` (default ``mlflow``).
 
@@ -54,6 +57,7 @@ ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 LOADGEN = Path(__file__).with_name("loadgen.py")  # the load generator, run as a process
 NOOP = "no-op"  # the no-op FastAPI app (noop_app.py); always run, not one of --variants
+NOOP_ASGI = "no-op-asgi"  # --asgi-noop: noop_app.py --asgi, uvicorn with no framework
 BASE = "mlfolio-base"  # --baseline-src: mlfolio serve from another checkout's lib/
 VARIANTS = {
     "mlflow": None,
@@ -167,8 +171,9 @@ def start_server(
     }
     if src is not None:
         env["PYTHONPATH"] = str(src / "lib")
-    if variant == NOOP:
+    if variant in (NOOP, NOOP_ASGI):
         cmd = [sys.executable, str(Path(__file__).with_name("noop_app.py")), "--port", str(port)]
+        cmd += ["--asgi"] if variant == NOOP_ASGI else []
     elif VARIANTS.get(variant, []) is None:
         cmd = [
             str(VENV_BIN / "mlflow"),
@@ -495,6 +500,12 @@ def main() -> None:
         "mlfolio serve joins the headline, alternated, for a before/after table",
     )
     parser.add_argument(
+        "--asgi-noop",
+        action="store_true",
+        help="a bare ASGI no-op app (uvicorn alone, no framework) joins the headline, "
+        "alternated: the ceiling of a route that skips FastAPI",
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
         help="a smoke run: 1 repeat, 10 clients only, 1 s loads (figures not meaningful)",
@@ -527,7 +538,7 @@ def main() -> None:
             bodies[rows].write_text("\n".join(request_bodies(n, rows)) + "\n")
 
         # The headline: the no-op app and mlfolio up together, loaded in turn, repeatedly.
-        headline: list[tuple[dict, ...]] = []
+        headline: list[dict[str, dict]] = []  # per repeat: server name -> its load
         results: dict[str, dict] = {}
         reference = None
         mlfolio = start("mlfolio", model_uri, tracking_uri, tmp_path)
@@ -540,16 +551,18 @@ def main() -> None:
                     base = start(BASE, model_uri, tracking_uri, tmp_path, args.baseline_src)
                     headliners.append(base)
                     check_predictions(base, check_bodies, reference, "mlfolio")
+                if args.asgi_noop:
+                    headliners.append(start(NOOP_ASGI, model_uri, tracking_uri, tmp_path))
                 for _ in range(args.repeats):
-                    loads = tuple(
-                        run_load(
+                    loads = {
+                        s.variant: run_load(
                             s, bodies[1], 1, args.clients, args.duration, args.warmup, args.load
                         )
                         for s in headliners
-                    )
+                    }
                     headline.append(loads)
-                    for server, r in zip(headliners, loads, strict=True):
-                        _progress(server.variant, r, args.clients)
+                    for variant, r in loads.items():
+                        _progress(variant, r, args.clients)
             finally:
                 for server in headliners[::-1]:
                     if server is not mlfolio:
@@ -573,7 +586,7 @@ def main() -> None:
     print_tables(args, headline, results, log_rows, load_before, os.getloadavg())
 
 
-def print_before_after(args: argparse.Namespace, headline: list[tuple[dict, ...]]) -> None:
+def print_before_after(args: argparse.Namespace, headline: list[dict[str, dict]]) -> None:
     """mlfolio serve of this checkout (after) against --baseline-src's (before), loaded in
     turn within each repeat, with the no-op app's figures as the yardstick."""
     print(
@@ -586,7 +599,8 @@ def print_before_after(args: argparse.Namespace, headline: list[tuple[dict, ...]
     )
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     cpu_changes, rps_changes = [], []
-    for k, (noop, after, before) in enumerate(headline, 1):
+    for k, loads in enumerate(headline, 1):
+        noop, after, before = loads[NOOP], loads["mlfolio"], loads[BASE]
         print(
             f"| {k} | {before['rps']:.0f} | {after['rps']:.0f} | {before['p99_ms']:.2f} | "
             f"{after['p99_ms']:.2f} | {_f(before['cpu_us'], '.0f')} | "
@@ -601,6 +615,34 @@ def print_before_after(args: argparse.Namespace, headline: list[tuple[dict, ...]
     )
 
 
+def print_asgi_ceiling(args: argparse.Namespace, headline: list[dict[str, dict]]) -> None:
+    """mlfolio serve against uvicorn alone (a bare ASGI no-op, no framework), loaded in
+    turn within each repeat: what is left above the server itself."""
+    print(
+        f"\nuvicorn alone: mlfolio serve against a bare ASGI no-op app (no FastAPI), "
+        f"{args.clients} connections, alternated in each repeat\n"
+    )
+    print(
+        "| repeat | ASGI no-op req/s | ASGI no-op p99 ms | mlfolio req/s | % of ASGI no-op "
+        "| server CPU µs/req ASGI no-op / FastAPI no-op / mlfolio |"
+    )
+    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+    ratios = []
+    for k, loads in enumerate(headline, 1):
+        bare, noop, mine = loads[NOOP_ASGI], loads[NOOP], loads["mlfolio"]
+        ratio = mine["rps"] / bare["rps"] * 100 if bare["rps"] else float("nan")
+        ratios.append(ratio)
+        print(
+            f"| {k} | {bare['rps']:.0f} | {bare['p99_ms']:.2f} | {mine['rps']:.0f} | "
+            f"{ratio:.0f}% | {_f(bare['cpu_us'], '.0f')} / {_f(noop['cpu_us'], '.0f')} / "
+            f"{_f(mine['cpu_us'], '.0f')} |"
+        )
+    print(
+        f"\nmlfolio serve at {_median(ratios):.0f}% of the bare ASGI no-op's req/s "
+        f"(median of {len(ratios)})"
+    )
+
+
 def _median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
@@ -611,7 +653,7 @@ def _f(value: float | None, fmt: str) -> str:
 
 def print_tables(
     args: argparse.Namespace,
-    headline: list[tuple[dict, ...]],
+    headline: list[dict[str, dict]],
     results: dict[str, dict],
     log_rows: dict[str, int],
     load_before: tuple[float, float, float],
@@ -637,7 +679,8 @@ def print_tables(
     )
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     ratios, p99s, cpu_ratios = [], [], []
-    for k, (noop, mine, *_) in enumerate(headline, 1):
+    for k, loads in enumerate(headline, 1):
+        noop, mine = loads[NOOP], loads["mlfolio"]
         ratio = mine["rps"] / noop["rps"] * 100 if noop["rps"] else float("nan")
         ratios.append(ratio)
         if noop["cpu_us"] and mine["cpu_us"]:
@@ -662,8 +705,10 @@ def print_tables(
             "server is limited by its own CPU"
         )
 
-    if headline and len(headline[0]) == 3:
+    if headline and BASE in headline[0]:
         print_before_after(args, headline)
+    if headline and NOOP_ASGI in headline[0]:
+        print_asgi_ceiling(args, headline)
 
     base = "mlflow" if "mlflow" in results else "mlfolio"
     print("\nsingle-row requests by number of clients\n")
@@ -713,8 +758,8 @@ def print_tables(
     bad.update(
         {
             f"headline {k}": r["statuses"]
-            for k, pair in enumerate(headline, 1)
-            for r in pair
+            for k, loads in enumerate(headline, 1)
+            for r in loads.values()
             if r["errors"]
         }
     )
