@@ -175,6 +175,7 @@ class ServerMetrics:
             registry=reg,
         ).labels(*self.base)
         self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
+        self._by_label: dict[str, Any] = {}
 
     def request(self, route: str, status: int, seconds: float) -> None:
         key = (route, status)
@@ -197,9 +198,17 @@ class ServerMetrics:
         self.scores.observe_many(scores)
         positive = int(np.count_nonzero(labels))
         if positive:
-            self.predictions.labels(*self.base, "1").inc(positive)
+            self._predicted("1").inc(positive)
         if rows - positive:
-            self.predictions.labels(*self.base, "0").inc(rows - positive)
+            self._predicted("0").inc(rows - positive)
+
+    def _predicted(self, label: str) -> Any:
+        """The predictions counter of ``label``, looked up once (``labels()`` takes a lock
+        and builds a key: a few µs of every batch), created on first use as before."""
+        child = self._by_label.get(label)
+        if child is None:
+            child = self._by_label[label] = self.predictions.labels(*self.base, label)
+        return child
 
     def exposition(self) -> bytes:
         from prometheus_client import generate_latest

@@ -283,8 +283,10 @@ class _BinaryLogistic:
 
     def __call__(self, Z: np.ndarray) -> np.ndarray:
         prob = (Z @ self.coef_t + self.intercept).reshape(-1)
-        prob = self.expit(prob, out=prob)
-        return np.stack([1 - prob, prob], axis=1)
+        out = np.empty((len(prob), 2), dtype=np.float64)  # np.stack costs ~5 µs a call
+        self.expit(prob, out=out[:, 1])
+        np.subtract(1.0, out[:, 1], out=out[:, 0])
+        return out
 
 
 def _typed(col: Column, value: Any) -> Any:
