@@ -13,6 +13,7 @@ import pandas as pd
 from mlfolio.errors import NotCompilable, RequestError
 from mlfolio.features import MISSING_CATEGORY, RawColumnCoercer
 from mlfolio.serve.columns import Batch, Column, ColumnKind, describe, text_to_float
+from mlfolio.serve.trees import XGBoostTrees
 
 
 class Scorer(Protocol):
@@ -202,12 +203,17 @@ class CompiledScorer:
             covered += out.stop - out.start
         if covered != self.width:
             raise NotCompilable("the transformers' outputs do not tile the feature matrix")
+        self._trees: XGBoostTrees | None = None
         try:
             self._proba: Callable[[np.ndarray], np.ndarray] = _BinaryLogistic(
                 self.estimator, self.width
             )
         except NotCompilable:
             self._proba = self.estimator.predict_proba
+            try:  # a few rows through XGBoost's trees as arrays, more through XGBoost
+                self._trees = XGBoostTrees(self.estimator, self.width)
+            except NotCompilable:
+                pass
 
     def transform(self, batch: Batch) -> np.ndarray:
         n, cols = batch.n, batch.values  # the checked tuples: no array per column
@@ -256,6 +262,9 @@ class CompiledScorer:
         return Z
 
     def predict_proba(self, batch: Batch) -> np.ndarray:
+        trees = self._trees
+        if trees is not None and batch.n <= trees.max_rows:
+            return trees(self.transform(batch))
         return self._proba(self.transform(batch))
 
 
@@ -369,4 +378,11 @@ def verify(
     got = compiled.predict_proba(batch)
     if not np.array_equal(expected, got):
         return f"compiled probabilities differ (max {np.max(np.abs(expected - got))})"
+    if compiled._trees is not None:  # the few-row path too: row by row
+        single = np.concatenate([compiled.predict_proba(batch.take([i])) for i in range(batch.n)])
+        if single.dtype != expected.dtype or not np.array_equal(expected, single):
+            return (
+                "the XGBoost trees as arrays differ from XGBoost "
+                f"(max {np.max(np.abs(expected - single))})"
+            )
     return None
