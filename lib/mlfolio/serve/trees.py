@@ -55,7 +55,7 @@ class XGBoostTrees:
     rows x trees and XGBoost's own predictor is faster.
     """
 
-    max_rows = 8
+    max_rows = 16  # measured: trees 0.07 ms at 1 row, 0.29 at 16; XGBoost 0.5-0.55 ms
 
     def __init__(self, estimator: Any, width: int):
         try:
