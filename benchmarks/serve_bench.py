@@ -23,6 +23,7 @@ Before the load it checks that every server gives mlfolio's predictions for the 
     .venv/bin/python benchmarks/serve_bench.py --variants mlfolio --batch-rows "" \\
         --concurrency 10 --repeats 5                             # the headline only, ~2 min
     .venv/bin/python benchmarks/serve_bench.py --quick          # smoke run (figures meaningless)
+    .venv/bin/python benchmarks/serve_bench.py --estimator xgboost  # the default experiment's model
     git worktree add --detach ../before 51b935d                 # a before/after table:
     .venv/bin/python benchmarks/serve_bench.py --variants mlfolio --batch-rows "" \\
         --concurrency 10 --repeats 5 --baseline-src ../before
@@ -77,12 +78,14 @@ VARIANTS = {
 
 
 # -- setup -----------------------------------------------------------------------------
-def register_model(tracking_uri: str, artifacts: Path) -> str:
-    """Fit the logreg baseline on the Telco file and register it as serve-bench@champion."""
+def register_model(tracking_uri: str, artifacts: Path, estimator: str = "logreg") -> str:
+    """Fit ``estimator`` on the Telco file and register it as serve-bench@champion: the
+    logreg baseline, or ``xgboost`` with parameters/churn.yaml's settings (the model the
+    default experiment tunes and promotes)."""
     import mlflow
     from sklearn.linear_model import LogisticRegression
 
-    from mlfolio import config, data, features, registry, tracking
+    from mlfolio import config, data, features, registry, tracking, train
 
     cfg = config.load(ROOT / "parameters" / "churn.yaml")
     cfg = cfg.model_copy(
@@ -94,7 +97,12 @@ def register_model(tracking_uri: str, artifacts: Path) -> str:
     )
     df = data.validate(data.load_source(cfg.data), cfg.schema)
     X, y = features.xy(df, cfg.schema)
-    model = features.build_model_pipeline(cfg.schema, LogisticRegression(C=1.0, max_iter=2000))
+    first = (
+        train.make_estimator("xgboost", cfg.training.xgboost, cfg.seed)
+        if estimator == "xgboost"
+        else LogisticRegression(C=1.0, max_iter=2000)
+    )
+    model = features.build_model_pipeline(cfg.schema, first)
     model.fit(X, y)
     tracking.configure(cfg)
     with mlflow.start_run(run_name="serve-bench") as run:
@@ -475,6 +483,13 @@ def main() -> None:
     )
     parser.add_argument("--model", help="models:/name@alias (default: register serve-bench)")
     parser.add_argument("--tracking-uri", help="with --model")
+    parser.add_argument(
+        "--estimator",
+        choices=("logreg", "xgboost"),
+        default="logreg",
+        help="the champion registered without --model: the logreg baseline (default) or "
+        "XGBoost as parameters/churn.yaml sets it (the default experiment's model)",
+    )
     parser.add_argument("--clients", type=int, default=10, help="of the headline (default 10)")
     parser.add_argument("--repeats", type=int, default=3, help="headline pairs (default 3)")
     parser.add_argument("--concurrency", default="1,10,50", help="single-row levels")
@@ -529,7 +544,7 @@ def main() -> None:
         else:
             tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
             print("registering the benchmark model ...", file=sys.stderr, flush=True)
-            model_uri = register_model(tracking_uri, tmp_path / "artifacts")
+            model_uri = register_model(tracking_uri, tmp_path / "artifacts", args.estimator)
         counts = {1: 500, **{r: max(2, 4000 // r) for r in args.rows}}
         check_bodies = request_bodies(50)
         bodies: dict[int, Path] = {}

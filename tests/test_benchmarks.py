@@ -129,7 +129,16 @@ def test_ab_bench_reads_both_tests_at_every_peek_at_a_tiny_size():
 def test_serve_bench_prints_the_headline_and_the_single_row_and_batch_tables():
     require_program("wrk", "the load generator of serve_bench.py")
     # --baseline-src: this checkout again, as the 'before' of a before/after table
-    out = run_benchmark("serve_bench.py", "--quick", "--baseline-src", str(ROOT), "--asgi-noop")
+    # --estimator xgboost: the default experiment's model, scored through its trees as arrays
+    out = run_benchmark(
+        "serve_bench.py",
+        "--quick",
+        "--baseline-src",
+        str(ROOT),
+        "--asgi-noop",
+        "--estimator",
+        "xgboost",
+    )
     assert re.search(r"^machine: \d+ cores, load average [\d. ]+ before", out, re.M)
     assert "| repeat | no-op req/s | no-op p99 ms | mlfolio req/s | mlfolio p99 ms |" in out
     assert re.search(r"^\| 1 \| \d+ \| [\d.]+ \| \d+ \| [\d.]+ \| \d+% \|", out, re.M)
