@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -239,3 +241,73 @@ def test_category_reading_converts_once_per_distinct_value_not_per_row(monkeypat
     }
     assert features._category_text(text, True).eq("Yes").sum() == 33_334
     assert len(calls) == 2  # the two distinct floats
+
+
+def _text_frame(rows: int, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    levels = np.array([f"level {i}" for i in range(40)] + ["Zed", "alpha", "é", ""], dtype=object)
+    p = rng.dirichlet(np.ones(len(levels)))
+    return pd.DataFrame(
+        {
+            "wide": rng.choice(levels, size=rows, p=p),
+            "flag": rng.choice(np.array(["Yes", "No"], dtype=object), size=rows),
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{}, {"max_categories": 100}, {"max_categories": 5}, {"min_frequency": 0.03}],
+)
+def test_text_one_hot_encoder_equals_scikit_learns(settings):
+    """Levels, counts (which levels are infrequent), outputs and unknown levels in serving
+    as scikit-learn's OneHotEncoder has them, on inputs large enough to be hashed."""
+    from sklearn.preprocessing import OneHotEncoder
+
+    train, later = _text_frame(5000), _text_frame(3000, seed=1)
+    later.loc[:9, "wide"] = "never seen"
+    later.loc[10:19, "flag"] = None
+    for handle_unknown in ("infrequent_if_exist", "ignore"):
+        kw = {"handle_unknown": handle_unknown, "sparse_output": False, **settings}
+        ours = features.TextOneHotEncoder(**kw).fit(train)
+        theirs = OneHotEncoder(**kw).fit(train)
+        for a, b in zip(ours.categories_, theirs.categories_, strict=True):
+            assert a.dtype == b.dtype and a.tolist() == b.tolist()
+        assert ours.get_feature_names_out().tolist() == theirs.get_feature_names_out().tolist()
+        for rows in (train, later, later.head(5)):
+            with warnings.catch_warnings(record=True) as ours_said:
+                warnings.simplefilter("always")
+                got = ours.transform(rows)
+            with warnings.catch_warnings(record=True) as theirs_said:
+                warnings.simplefilter("always")
+                want = theirs.transform(rows)
+            np.testing.assert_array_equal(got, want)
+            assert [str(w.message) for w in ours_said] == [str(w.message) for w in theirs_said]
+
+
+def test_text_one_hot_encoder_falls_back_for_missing_or_mixed_levels():
+    from sklearn.preprocessing import OneHotEncoder
+
+    for column in (
+        pd.Series(["a", None, "b"] * 500, dtype=object),
+        pd.Series([1, 2, 2] * 500),
+        pd.Series(["a", 1, "b"] * 500, dtype=object),
+    ):
+        frame = pd.DataFrame({"c": column})
+        try:
+            want = OneHotEncoder(sparse_output=False).fit_transform(frame)
+        except TypeError as exc:
+            with pytest.raises(TypeError, match=str(exc)[:40]):
+                features.TextOneHotEncoder(sparse_output=False).fit(frame)
+            continue
+        got = features.TextOneHotEncoder(sparse_output=False).fit_transform(frame)
+        np.testing.assert_array_equal(got, want)
+
+
+def test_text_one_hot_encoder_unknown_level_fails_as_scikit_learns():
+    train = _text_frame(2000)
+    later = train.copy()
+    later.loc[3, "flag"] = "Maybe"
+    enc = features.TextOneHotEncoder(handle_unknown="error").fit(train)
+    with pytest.raises(ValueError, match=r"Found unknown categories \['Maybe'\] in column 1"):
+        enc.transform(later)
