@@ -32,6 +32,25 @@ def test_row_keys_follow_the_id_whatever_its_type_or_the_other_values(cfg, parts
     assert np.array_equal(blank_keys, rowkeys.row_keys(test.head(3), no_id))
 
 
+def test_row_keys_are_pandas_default_hashes_of_the_id_text(cfg, parts):
+    """Keys recorded before ids were hashed without factorizing them first: unchanged."""
+    test = parts["test"]
+    text = pd.Series(test["customerid"].astype(str).to_numpy(dtype=object))
+    want = pd.util.hash_pandas_object(text, index=False).to_numpy(dtype=np.uint64)
+    assert np.array_equal(rowkeys.row_keys(test, cfg.schema), want)
+    no_id = cfg.schema.model_copy(update={"id_column": None})
+    values = pd.DataFrame(
+        {
+            col: test[col].to_numpy(dtype="float64")
+            if pd.api.types.is_numeric_dtype(test[col])
+            else test[col].astype("string").to_numpy(dtype=object, na_value="")
+            for col in [*cfg.schema.features, cfg.schema.target]
+        }
+    )
+    want = pd.util.hash_pandas_object(values, index=False).to_numpy(dtype=np.uint64)
+    assert np.array_equal(rowkeys.row_keys(test, no_id), want)
+
+
 def test_seen_keys_are_train_and_valid_and_round_trip_through_parquet(cfg, parts, tmp_path):
     seen = lineage.seen_keys(parts, cfg.schema)
     assert len(seen) == len(parts["train"]) + len(parts["valid"])
