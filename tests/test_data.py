@@ -916,3 +916,66 @@ def test_duplicate_rows_are_counted_whenever_ids_cannot_rule_them_out(csv_frame,
     no_ids = pd.concat([csv_frame, no_ids], ignore_index=True)
     q = data_mod.quality(no_ids, schema, checked, len(checked.frame))
     assert (q["duplicate_ids"], q["duplicate_rows"]) == (0, 1)
+
+
+LABEL_COLUMNS = {
+    "text": pd.Series(["Yes", "No", None, "Yes", " ", "nan"], dtype=object),
+    "ints": pd.Series([1, 0, 0, 1]),
+    "floats": pd.Series([1.0, 0.0, np.nan, 1.0]),
+    "bools": pd.Series([True, False, True]),
+    "mixed": pd.Series([1, 1.0, True, "1", None, "Yes"], dtype=object),
+    "category": pd.Series(pd.Categorical(["Yes", "No", None, "Yes"])),
+    "pandas strings": pd.Series(["Yes", None, "No"], dtype="string"),
+}
+
+
+@pytest.mark.parametrize("label", ["Yes", "1", 1, "1.0", 1.0, True, "True", "nan", "None"])
+@pytest.mark.parametrize("name", list(LABEL_COLUMNS))
+def test_label_matches_equal_the_per_row_comparison(name, label):
+    values = LABEL_COLUMNS[name]
+    got = data_mod._label_matches(values, label)
+    want = data_mod._label_matches_per_row(values, label)
+    assert got.tolist() == want.tolist()
+    assert got.index.equals(values.index)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        pd.Series([f"id-{i % 700}" for i in range(1000)], dtype=object),
+        pd.Series(["a", None, "b", np.nan, "a", None, "c"], dtype=object),
+        pd.Series([1, 1.0, True, "1", None, "1"], dtype=object),
+        pd.Series([3, 1, 3, 2]),
+        pd.Series([], dtype=object),
+    ],
+)
+def test_duplicated_equals_pandas(values):
+    got = data_mod.duplicated(values)
+    assert got.tolist() == values.duplicated().tolist()
+    assert got.index.equals(values.index)
+
+
+def test_no_value_looks_past_the_first_rows():
+    blank = pd.Series([" ", None, ""] * 1000, dtype=object)
+    assert data_mod._no_value(blank)
+    assert not data_mod._no_value(pd.concat([blank, pd.Series(["x"])], ignore_index=True))
+    assert not data_mod._no_value(pd.Series(["x", None]))
+
+
+def test_duplicated_rows_equals_pandas():
+    rng = np.random.default_rng(0)
+    n = 3000
+    frame = pd.DataFrame(
+        {
+            "text": rng.choice(np.array(["a", "b", None, np.nan], dtype=object), n),
+            "number": rng.choice([0.0, -0.0, 1.5, np.nan], n),
+            "count": rng.integers(0, 3, n),
+            "flag": rng.choice([True, False], n),
+        }
+    )
+    assert data_mod.duplicated_rows(frame).tolist() == frame.duplicated().tolist()
+    unique = frame.assign(count=np.arange(n))
+    assert not data_mod.duplicated_rows(unique).any()
+    mixed = frame.assign(text=rng.choice(np.array([1, 1.0, "1"], dtype=object), n))
+    assert data_mod.duplicated_rows(mixed).tolist() == mixed.duplicated().tolist()
+    assert data_mod.duplicated_rows(frame.head(0)).tolist() == []

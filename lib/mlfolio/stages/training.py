@@ -90,6 +90,7 @@ def preprocess(ctx: StageContext) -> dict[str, pd.DataFrame]:
     cfg = ctx.cfg
     snapshot = ctx.read_parquet(SNAPSHOT)
     parts = features.split(snapshot, cfg.schema, cfg.split, cfg.seed)
+    del snapshot  # the parts hold every row again: one copy in memory, not two
     encoding = _encoding(cfg, parts["train"])
     for name, part in parts.items():
         ctx.write_parquet(SPLITS[name], part)
@@ -127,8 +128,11 @@ def _encoding(cfg: Config, train_rows: pd.DataFrame) -> dict[str, Any]:
     return {**plan, "memory": memory}
 
 
-def load_splits(ctx: StageContext) -> dict[str, pd.DataFrame]:
-    return {name: ctx.read_parquet(path) for name, path in SPLITS.items()}
+def load_splits(
+    ctx: StageContext, names: tuple[str, ...] = tuple(SPLITS)
+) -> dict[str, pd.DataFrame]:
+    """The split parts ``names`` (default: all three) as written by preprocess."""
+    return {name: ctx.read_parquet(SPLITS[name]) for name in names}
 
 
 # -- train ----------------------------------------------------------------------------
@@ -167,7 +171,7 @@ def _fit_and_log(
 
 def train_baselines(ctx: StageContext) -> pd.DataFrame:
     """Fit each baseline model in its own child run; return their validation metrics."""
-    parts = load_splits(ctx)
+    parts = load_splits(ctx, ("train", "valid"))  # the test rows wait for evaluate
     results = {}
     for kind in ctx.cfg.training.models:
         params = dict(getattr(ctx.cfg.training, kind))
@@ -209,7 +213,7 @@ def _log_trials(study, already_logged: set[int]) -> int:
 def tune_model(ctx: StageContext) -> tuple[Any, dict[str, Any]]:
     """Run (or resume) the Optuna study, log its trials, refit and log the best model."""
     cfg = ctx.cfg
-    parts = load_splits(ctx)
+    parts = load_splits(ctx, ("train", "valid"))
     study_name = tune.study_name(cfg, ctx.run_dir)  # the one tune-worker joins
     if not cfg.tuning.enabled:
         ctx.write(products.TUNE, {"enabled": False})
