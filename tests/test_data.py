@@ -960,22 +960,3 @@ def test_no_value_looks_past_the_first_rows():
     assert data_mod._no_value(blank)
     assert not data_mod._no_value(pd.concat([blank, pd.Series(["x"])], ignore_index=True))
     assert not data_mod._no_value(pd.Series(["x", None]))
-
-
-def test_duplicated_rows_equals_pandas():
-    rng = np.random.default_rng(0)
-    n = 3000
-    frame = pd.DataFrame(
-        {
-            "text": rng.choice(np.array(["a", "b", None, np.nan], dtype=object), n),
-            "number": rng.choice([0.0, -0.0, 1.5, np.nan], n),
-            "count": rng.integers(0, 3, n),
-            "flag": rng.choice([True, False], n),
-        }
-    )
-    assert data_mod.duplicated_rows(frame).tolist() == frame.duplicated().tolist()
-    unique = frame.assign(count=np.arange(n))
-    assert not data_mod.duplicated_rows(unique).any()
-    mixed = frame.assign(text=rng.choice(np.array([1, 1.0, "1"], dtype=object), n))
-    assert data_mod.duplicated_rows(mixed).tolist() == mixed.duplicated().tolist()
-    assert data_mod.duplicated_rows(frame.head(0)).tolist() == []

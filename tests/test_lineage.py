@@ -62,3 +62,26 @@ def test_seen_keys_are_train_and_valid_and_round_trip_through_parquet(cfg, parts
     pd.DataFrame({"id": [1]}).to_parquet(tmp_path / "wrong.parquet")
     with pytest.raises(DataValidationError, match="wrong.parquet: no 'row_key' column"):
         lineage.read_keys(tmp_path / "wrong.parquet")
+
+
+def test_row_hashes_are_pandas_row_hashes():
+    rng = np.random.default_rng(0)
+    n = 5000
+    frame = pd.DataFrame(
+        {
+            "id": [f"row-{i}" for i in range(n)],
+            "few": rng.choice(np.array(["a", "b", "c"], dtype=object), n),
+            "few with missing": rng.choice(np.array(["a", None, np.nan], dtype=object), n),
+            "unique with missing": [None if i % 7 == 0 else f"x{i}" for i in range(n)],
+            "number": rng.normal(size=n),
+            "count": rng.integers(0, 5, n),
+            "category": pd.Categorical(rng.choice(["p", "q"], n)),
+            "pandas text": pd.array(rng.choice(["u", "v"], n), dtype="string"),
+        }
+    )
+    want = pd.util.hash_pandas_object(frame, index=False).to_numpy(dtype=np.uint64)
+    assert np.array_equal(rowkeys.row_hashes(frame), want)
+    for column in frame:
+        want = pd.util.hash_pandas_object(frame[column], index=False).to_numpy(dtype=np.uint64)
+        assert np.array_equal(rowkeys.row_hashes(frame[column]), want), column
+    assert len(rowkeys.row_hashes(frame.head(0))) == 0
