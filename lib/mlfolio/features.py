@@ -158,6 +158,34 @@ class TextOneHotEncoder(OneHotEncoder):
             self._fit_infrequent_category_mapping(n_samples, counts, {})
         return output
 
+    def transform(self, X: Any) -> Any:
+        """scikit-learn's one-hot matrix; a dense one of many rows is written directly
+        (scikit-learn builds a sparse matrix first, then densifies it: its index, data
+        and code arrays took more memory than the dense result at 6M rows)."""
+        from sklearn.utils.validation import check_is_fitted
+
+        if (
+            self.sparse_output
+            or self.drop is not None
+            or self.handle_unknown == "warn"
+            or len(X) < HASHED_ROWS
+        ):
+            return super().transform(X)
+        check_is_fitted(self)
+        codes, known = self._transform(
+            X,
+            handle_unknown=self.handle_unknown,
+            ensure_all_finite="allow-nan",
+            warn_on_unknown=False,
+        )
+        starts = np.cumsum([0, *self._n_features_outs])
+        out = np.zeros((codes.shape[0], starts[-1]), dtype=self.dtype)
+        rows = np.arange(codes.shape[0])
+        for i in range(codes.shape[1]):
+            keep = known[:, i]
+            out[rows[keep], starts[i] + codes[keep, i]] = 1
+        return out
+
     def _transform(
         self,
         X: Any,
