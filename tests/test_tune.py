@@ -11,6 +11,7 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 import optuna
+import pandas as pd
 import pytest
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 
@@ -337,6 +338,20 @@ def test_tuning_rows_is_a_seeded_stratified_sample_above_the_threshold(churn):
     assert again["customerid"].tolist() == sample["customerid"].tolist()
     other = tune.tuning_rows(train_df, schema, 1000, SEED + 1)
     assert other["customerid"].tolist() != sample["customerid"].tolist()
+
+
+def test_tuning_rows_are_the_rows_train_test_split_keeps(churn):
+    """The sample is the one tuning drew before it stopped calling train_test_split (the
+    same studies on the same rows)."""
+    from sklearn.model_selection import train_test_split
+
+    schema, train_df = churn
+    for rows, seed in ((1000, SEED), (1777, SEED + 5)):
+        want, _ = train_test_split(
+            train_df, train_size=rows, stratify=train_df[schema.target], random_state=seed
+        )
+        got = tune.tuning_rows(train_df, schema, rows, seed)
+        pd.testing.assert_frame_equal(got, want.reset_index(drop=True))
 
 
 def test_study_above_subsample_rows_tunes_on_the_sample(churn, tmp_path):

@@ -32,12 +32,16 @@ def tuning_rows(
     target (each class keeps its share)."""
     if tuning_row_count(len(train), rows) == len(train):
         return train
-    from sklearn.model_selection import train_test_split
+    from sklearn.model_selection import StratifiedShuffleSplit
 
-    picked, _ = train_test_split(
-        train, train_size=rows, stratify=train[schema.target], random_state=seed
-    )
-    return picked.reset_index(drop=True)
+    # The rows train_test_split(train, train_size=rows, stratify=target, random_state=seed)
+    # keeps, without its copy of the rows it leaves out (6M rows: 1 GB of pointers) and
+    # with the classes as sorted codes (the same classes in the same order as its
+    # np.unique, without sorting millions of texts).
+    classes = pd.factorize(train[schema.target], sort=True)[0]
+    cv = StratifiedShuffleSplit(train_size=rows, test_size=len(train) - rows, random_state=seed)
+    picked, _ = next(cv.split(np.zeros(len(train)), classes))
+    return train.take(picked).reset_index(drop=True)
 
 
 def suggest_params(trial: optuna.Trial, kind: str) -> dict[str, Any]:
