@@ -155,3 +155,24 @@ def test_auto_takes_isotonic_only_for_a_shape_platt_cannot_follow():
     y = (rng.random(3000) < step).astype(int)
     cal = estimate.fit_calibration(y, score, bootstraps=0)
     assert cal.method == "isotonic" and "more than 1% lower" in cal.reason
+
+
+def test_bootstrap_fits_are_drawn_a_block_at_a_time_as_all_at_once():
+    """Blocks of bootstrap multiplicities (bounded memory) are the draws of one call."""
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 3000).astype(float)
+    score = np.clip(rng.normal(0.3 + 0.3 * y, 0.2), 0.001, 0.999)
+    bootstraps = 2 * estimate.BOOTSTRAP_BLOCK + 1
+    counts = (
+        np.random.default_rng(7)
+        .multinomial(len(y), np.full(len(y), 1 / len(y)), size=bootstraps)
+        .astype(float)
+    )
+    iso = estimate.fit_calibration(y, score, "isotonic", bootstraps=bootstraps, seed=7)
+    assert iso.bootstrap == [
+        dict(zip(("x", "y"), estimate._isotonic_fit(score, y, w), strict=True)) for w in counts
+    ]
+    platt = estimate.fit_calibration(y, score, "platt", bootstraps=bootstraps, seed=7)
+    want = estimate._platt_fit(score, y, counts)
+    got = np.array([[b["a"], b["b"]] for b in platt.bootstrap])
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
