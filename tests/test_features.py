@@ -211,6 +211,8 @@ CATEGORY_COLUMNS = {
     "bools": pd.Series([True, False, True, True, False]),
     "mixed objects": pd.Series([1.0, "1", True, 1, None], dtype=object),
     "pandas strings": pd.Series(["a", None, "b", "a", "c"], dtype="string"),
+    "categories": pd.Series(pd.Categorical(["b", None, "a", "b", "c"], categories=["c", "b", "a"])),
+    "number categories": pd.Series(pd.Categorical([1.0, None, 2.0, 1.0, 0.0])),
     "all missing": pd.Series([None] * 5, dtype=object),
 }
 

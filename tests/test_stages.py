@@ -293,6 +293,30 @@ def test_ingest_and_preprocess_write_the_snapshot_and_stratified_splits(split_ru
     reread = stages.load_splits(ctx)
     for name, part in parts.items():
         pd.testing.assert_frame_equal(reread[name], part)
+    # read as categories (train, tune): the same text, and the same fitted model
+    from mlfolio import train
+    from mlfolio.stages.training import _as_read
+
+    schema = ctx.cfg.schema
+    as_cats = stages.load_splits(ctx, ("train", "valid"), categories=True)
+    assert all(
+        isinstance(as_cats["train"][c].dtype, pd.CategoricalDtype)
+        for c in schema.categorical
+        if parts["train"][c].dtype == object
+    )
+    for name in ("train", "valid"):
+        pd.testing.assert_frame_equal(_as_read(as_cats[name]), part := parts[name])
+        assert data.target_vector(as_cats[name], schema).equals(data.target_vector(part, schema))
+    params = {"n_estimators": 20, "max_depth": 3}
+    scores = [
+        train.predict_scores(
+            train.fit(schema, "xgboost", params, rows["train"], 0, ctx.cfg.features),
+            rows["valid"],
+            schema,
+        )
+        for rows in (parts, as_cats)
+    ]
+    assert (scores[0] == scores[1]).all()
     written = json.loads((units.run_dir / "preprocess.json").read_text())
     assert written["splits"] == features.split_summary(parts, ctx.cfg.schema).to_dict(
         orient="index"

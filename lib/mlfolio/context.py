@@ -72,13 +72,30 @@ class StageContext:
         write_json(path, {"stage": self.stage, "mlflow_run_id": self.mlflow_run_id, **payload})
         return path
 
-    def read_parquet(self, name: str) -> pd.DataFrame:
+    def read_parquet(self, name: str, categories: list[str] | None = None) -> pd.DataFrame:
+        """An upstream Parquet product; ``categories``: those of its text columns read as
+        pandas categories (one code a row, not a Python string)."""
         path = self.path(name)
         if not path.exists():
             raise self._missing(name)
         import pandas as pd
 
-        return pd.read_parquet(path)
+        if not categories:
+            return pd.read_parquet(path)
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        schema = pq.read_schema(path)
+        text = [
+            c
+            for c in categories
+            if c in schema.names
+            and (
+                pa.types.is_string(schema.field(c).type)
+                or pa.types.is_large_string(schema.field(c).type)
+            )
+        ]
+        return pd.read_parquet(path, read_dictionary=text or None)
 
     def write_parquet(self, name: str, df: pd.DataFrame) -> Path:
         from mlfolio.data import write_parquet

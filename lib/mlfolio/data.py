@@ -275,7 +275,10 @@ def _label_matches(values: pd.Series, label: Any) -> pd.Series:
     the missing ones and for object columns mixing kinds (where 1, 1.0 and True are one
     distinct value but three texts)."""
     numbers = values.dtype.kind in "biuf"
-    if not (numbers or _all_text(values)):
+    text_levels = isinstance(values.dtype, pd.CategoricalDtype) and all(
+        type(level) is str for level in values.cat.categories
+    )
+    if not (numbers or text_levels or _all_text(values)):
         return _label_matches_per_row(values, label)
     codes, distinct = pd.factorize(values)  # missing: code -1
     match = _label_matches_per_row(pd.Series(distinct, dtype=values.dtype), label)

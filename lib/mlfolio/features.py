@@ -82,6 +82,11 @@ def _category_text(values: pd.Series, whole_as_int: bool) -> pd.Series:
                 [_whole_float_as_int(v) for v in values], index=values.index, dtype=object
             )
         return values.where(present, MISSING_CATEGORY).astype(str)
+    if isinstance(values.dtype, pd.CategoricalDtype) and all(
+        type(level) is str for level in values.cat.categories
+    ):  # text read as categories (a Parquet dictionary): each level's text once
+        levels = np.append(values.cat.categories.to_numpy(dtype=object), MISSING_CATEGORY)
+        return pd.Series(levels[values.cat.codes.to_numpy()], index=values.index, dtype=object)
     if whole_as_int and values.dtype.kind == "f":
         codes, distinct = pd.factorize(values)  # NaN: code -1, i.e. missing
         as_python = pd.Series(distinct).astype(object)  # the floats a per-row pass sees

@@ -37,8 +37,9 @@ def tuning_rows(
     # The rows train_test_split(train, train_size=rows, stratify=target, random_state=seed)
     # keeps, without its copy of the rows it leaves out (6M rows: 1 GB of pointers) and
     # with the classes as sorted codes (the same classes in the same order as its
-    # np.unique, without sorting millions of texts).
-    classes = pd.factorize(train[schema.target], sort=True)[0]
+    # np.unique, without sorting millions of texts; a target read as categories sorts
+    # by its text, not by its categories' order).
+    classes = pd.factorize(np.asarray(train[schema.target], dtype=object), sort=True)[0]
     cv = StratifiedShuffleSplit(train_size=rows, test_size=len(train) - rows, random_state=seed)
     picked, _ = next(cv.split(np.zeros(len(train)), classes))
     return train.take(picked).reset_index(drop=True)
