@@ -262,10 +262,8 @@ class CompiledScorer:
         return Z
 
     def predict_proba(self, batch: Batch) -> np.ndarray:
-        trees = self._trees
-        if trees is not None and batch.n <= trees.max_rows:
-            return trees(self.transform(batch))
-        return self._proba(self.transform(batch))
+        Z, trees = self.transform(batch), self._trees
+        return trees(Z) if trees is not None and batch.n <= trees.max_rows else self._proba(Z)
 
 
 class _BinaryLogistic:
