@@ -167,3 +167,14 @@ def test_spot_bench_quick_prints_its_table_and_both_numbers():
     last = out.strip().splitlines()[-1]
     assert last.startswith("re-run trials: 0;")  # the script exits 1 on any re-run
     assert "SageMaker's savings figure" in last and "load average" in out
+
+
+@pytest.mark.slow
+def test_xgboost_threads_prints_every_setup_and_finds_the_same_trees(tmp_path):
+    out = run_benchmark(
+        "xgboost_threads.py", "--rows", "3000", "--rounds", "5", "--data-dir", str(tmp_path)
+    )
+    rows = [line for line in out.splitlines() if line.startswith("|     3,000 |")]
+    assert len(rows) == 6  # 3 setups, idle and beside a busy process
+    assert sum("all cores, sleeping" in r for r in rows) == 2
+    assert "trees equal to the 1-thread fit's in every setup: yes" in out

@@ -71,6 +71,32 @@ def test_a_stage_records_the_cpu_time_its_kernel_and_children_used(tmp_path, mon
     assert 2.0 <= cpu < 2.0 + entry.duration_s, entry
 
 
+@pytest.mark.parametrize("user_value", [None, "ACTIVE"])
+def test_a_stage_kernel_lets_openmp_threads_sleep_unless_the_user_said(
+    tmp_path, monkeypatch, user_value
+):
+    """OMP_WAIT_POLICY=PASSIVE in a stage kernel (a threaded XGBoost fit beside another
+    busy process: spinning threads cost 35%); a value the user exported is kept."""
+    project, run_dir = tmp_path / "project", tmp_path / "run"
+    (project / "notebooks").mkdir(parents=True)
+    run_dir.mkdir()
+    monkeypatch.setenv("MLFOLIO_PROJECT_DIR", str(project))
+    if user_value is None:
+        monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    else:
+        monkeypatch.setenv("OMP_WAIT_POLICY", user_value)
+    stage = next(s for s in MONITOR_STAGES if s.name == "ab_report")
+    _notebook(
+        project / "notebooks" / stage.notebook,
+        "import json, os, pathlib\n"
+        "doc = {'stage': 'ab_report', 'omp': os.environ.get('OMP_WAIT_POLICY')}\n"
+        "pathlib.Path('ab.json').write_text(json.dumps(doc))",
+    )
+    entry = execute_stage(stage, run_dir, {})
+    assert entry.status == "succeeded", entry
+    assert json.loads((run_dir / "ab.json").read_text())["omp"] == (user_value or "PASSIVE")
+
+
 # -- the engine registry -----------------------------------------------------------------
 class _Recording:
     """A minimal engine: records what the runner's driver asked of it."""

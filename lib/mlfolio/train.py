@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -24,10 +25,30 @@ def make_estimator(kind: str, params: dict[str, Any], seed: int) -> BaseEstimato
     if kind == "xgboost":
         from xgboost import XGBClassifier
 
-        # n_jobs=1: with 2 cores OpenMP's busy-wait stalls xgboost for seconds at a time.
+        # n_jobs=1: what the model predicts with once fitted (a served batch of a few rows
+        # is slower on more threads); :func:`fit` uses more where the rows pay for them.
         base = {"n_jobs": 1, "tree_method": "hist", "eval_metric": "logloss"}
         return XGBClassifier(random_state=seed, **{**base, **params})
     raise ValueError(f"unknown model kind {kind!r}; expected one of {MODEL_KINDS}")
+
+
+# From this many training rows an XGBoost fit uses every core the process may use: 1.6x
+# faster at 1M rows on 2 idle cores; at 200k rows even, at 16k rows 2.5x slower (threads
+# wake and wait per tree node). Measured in benchmarks/results/xgboost-threads.md.
+THREADED_FIT_ROWS = 500_000
+
+
+def fit_threads(kind: str, params: dict[str, Any], rows: int, cores: int | None = None) -> int:
+    """The threads a fit of ``kind`` on ``rows`` rows uses: the model's own ``n_jobs``
+    when ``params`` set it; for XGBoost from :data:`THREADED_FIT_ROWS` rows, ``cores``
+    (default: the CPUs this process may run on); else 1."""
+    if kind != "xgboost":
+        return 1
+    if "n_jobs" in params:
+        return int(params["n_jobs"])
+    if rows < THREADED_FIT_ROWS:
+        return 1
+    return cores or len(os.sched_getaffinity(0))
 
 
 def fit(
@@ -40,9 +61,22 @@ def fit(
 ) -> Pipeline:
     """Fit the servable pipeline (features, encoded as ``encoding`` says, + estimator) on
     raw training rows. The rows go in whole: the pipeline's first step reads the schema's
-    feature columns by name (a copy of them first was 0.9 GB of pointers at 6M rows)."""
-    model = build_model_pipeline(schema, make_estimator(kind, params, seed), encoding)
-    return model.fit(train, target_vector(train, schema))
+    feature columns by name (a copy of them first was 0.9 GB of pointers at 6M rows).
+
+    An XGBoost model fits on :func:`fit_threads` threads and is returned set to predict
+    as :func:`make_estimator` made it: threads change the time, not the trees (tested)."""
+    estimator = make_estimator(kind, params, seed)
+    predict_threads = estimator.get_params().get("n_jobs")
+    threads = fit_threads(kind, params, len(train))
+    threaded = kind == "xgboost" and threads != predict_threads
+    if threaded:
+        estimator.set_params(n_jobs=threads)
+    model = build_model_pipeline(schema, estimator, encoding).fit(
+        train, target_vector(train, schema)
+    )
+    if threaded:
+        model[-1].set_params(n_jobs=predict_threads)  # the fitted booster's nthread too
+    return model
 
 
 def predict_scores(model: Any, df: pd.DataFrame, schema: SchemaConfig) -> np.ndarray:

@@ -13,6 +13,7 @@ import signal
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -41,6 +42,15 @@ def _cell_seconds(nb_path: Path) -> tuple[float, float]:
         if "setup" in cell.get("metadata", {}).get("tags", []):
             setup += dur
     return total, setup
+
+
+def kernel_env(env: Mapping[str, str]) -> dict[str, str]:
+    """A stage kernel's environment: ``env``, with OpenMP's idle threads sleeping unless
+    ``env`` says otherwise (``OMP_WAIT_POLICY``). A multi-threaded XGBoost fit
+    (:func:`mlfolio.train.fit_threads`) whose threads spin while they wait runs 35% slower
+    than one thread beside another busy process on 2 cores; sleeping, 9% (a 1M-row fit,
+    benchmarks/results/xgboost-threads.md). OpenMP reads it once, as it loads."""
+    return {"OMP_WAIT_POLICY": "PASSIVE", **env}
 
 
 class WarmKernel:
@@ -74,6 +84,7 @@ class WarmKernel:
         self.cpu_s: float | None = None  # ... and those its stage used (its children's too)
         run_sync(self.km.start_kernel)(
             cwd=str(run_dir),
+            env=kernel_env(os.environ),
             stdout=self._log,
             stderr=self._log,
             extra_arguments=[f"--IPKernelApp.exec_lines={[warm]!r}"] if warm_up else [],
