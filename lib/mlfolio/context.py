@@ -97,6 +97,28 @@ class StageContext:
         ]
         return pd.read_parquet(path, read_dictionary=text or None)
 
+    def read_parquet_sample(self, name: str, n: int, seed: int) -> pd.DataFrame:
+        """The rows ``df.sample(n, random_state=seed).sort_index()`` picks of the upstream
+        Parquet product ``name`` (all of them when it has ``n`` or fewer), read without
+        the rest: only the picked rows become Python objects (6M training rows read
+        whole for a 2,000-row sample: ~40 s and 4 GB at 10M rows)."""
+        path = self.path(name)
+        if not path.exists():
+            raise self._missing(name)
+        import numpy as np
+        import pandas as pd
+        import pyarrow.parquet as pq
+
+        rows = pq.read_metadata(path).num_rows
+        if rows <= n:
+            return pd.read_parquet(path)
+        # the positions DataFrame.sample draws for a frame of ``rows`` rows; products are
+        # written without an index (write_parquet), so a row's label is its position
+        picked = np.sort(pd.RangeIndex(rows).to_series().sample(n=n, random_state=seed).values)
+        frame = pq.read_table(path).take(picked).to_pandas()
+        frame.index = pd.Index(picked)
+        return frame
+
     def write_parquet(self, name: str, df: pd.DataFrame) -> Path:
         from mlfolio.data import write_parquet
 

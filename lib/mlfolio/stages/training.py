@@ -389,7 +389,7 @@ def evaluate_candidate(ctx: StageContext) -> dict[str, Any]:
 
     cfg = ctx.cfg
     schema = cfg.schema
-    parts = load_splits(ctx)
+    parts = load_splits(ctx, ("valid", "test"))  # train: a sample of it, in explain_models
     models = candidates(ctx)
     best_name = max(models, key=lambda n: models[n]["valid"]["roc_auc"])
     best = models[best_name]
