@@ -196,7 +196,7 @@ def test_failed_interactive_stage_names_the_missing_stage_and_ends_failed(
             progress_bar=False,
         )
     assert (
-        "data/train.parquet is missing: run the preprocess stage (02_preprocess.ipynb) "
+        "data/valid.parquet is missing: run the preprocess stage (02_preprocess.ipynb) "
         "first" in failed.value.evalue
     )
     (run,) = _stage_runs(env, "churn-lab-empty", "evaluate")

@@ -66,3 +66,31 @@ def test_a_threaded_xgboost_fit_grows_the_same_trees_and_predicts_on_one_thread(
     scores = [train.predict_scores(m, parts["test"], cfg.schema) for m in (one, two)]
     np.testing.assert_array_equal(scores[0], scores[1])
     assert two[-1].n_jobs == 1 and _nthread(two) == 1
+
+
+def test_models_fitted_together_are_those_pipeline_fit_fits_one_by_one(churn):
+    """fit_models fits the feature step once for all models: each pipeline is what
+    ``Pipeline.fit`` gives for its model alone (same features, coefficients, trees and
+    scores), and holds its own copy of the feature step."""
+    cfg, parts = churn
+    specs = [("logreg", dict(cfg.training.logreg)), ("xgboost", dict(cfg.training.xgboost))]
+    together = train.fit_models(cfg.schema, specs, parts["train"], 42, cfg.features)
+    y = data.target_vector(parts["train"], cfg.schema)
+    for (kind, params), model in zip(specs, together, strict=True):
+        alone = features.build_model_pipeline(
+            cfg.schema, train.make_estimator(kind, params, 42), cfg.features
+        ).fit(parts["train"], y)
+        assert [name for name, _ in model.steps] == [name for name, _ in alone.steps]
+        assert list(model[:-1].get_feature_names_out()) == list(alone[:-1].get_feature_names_out())
+        np.testing.assert_array_equal(
+            model[:-1].transform(parts["valid"]), alone[:-1].transform(parts["valid"])
+        )
+        if kind == "logreg":
+            np.testing.assert_array_equal(model[-1].coef_, alone[-1].coef_)
+        else:
+            assert model[-1].get_booster().get_dump() == alone[-1].get_booster().get_dump()
+        np.testing.assert_array_equal(
+            train.predict_scores(model, parts["test"], cfg.schema),
+            train.predict_scores(alone, parts["test"], cfg.schema),
+        )
+    assert together[0][0] is not together[1][0]

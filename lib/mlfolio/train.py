@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from typing import Any
 
@@ -13,7 +14,7 @@ from sklearn.pipeline import Pipeline
 
 from mlfolio.config import FeaturesConfig, SchemaConfig
 from mlfolio.data import target_vector
-from mlfolio.features import build_model_pipeline
+from mlfolio.features import build_preprocessor
 
 MODEL_KINDS = ("logreg", "xgboost")
 
@@ -51,6 +52,46 @@ def fit_threads(kind: str, params: dict[str, Any], rows: int, cores: int | None 
     return cores or len(os.sched_getaffinity(0))
 
 
+def _fit_estimator(kind: str, params: dict[str, Any], seed: int, X: Any, y: Any) -> Any:
+    """``make_estimator(kind, params, seed)`` fitted on the features ``X``: an XGBoost
+    model on :func:`fit_threads` threads, returned set to predict as it was made (threads
+    change the time, not the trees: tested)."""
+    estimator = make_estimator(kind, params, seed)
+    predict_threads = estimator.get_params().get("n_jobs")
+    threads = fit_threads(kind, params, X.shape[0])
+    threaded = kind == "xgboost" and threads != predict_threads
+    if threaded:
+        estimator.set_params(n_jobs=threads)
+    estimator.fit(X, y)
+    if threaded:
+        estimator.set_params(n_jobs=predict_threads)  # the fitted booster's nthread too
+    return estimator
+
+
+def fit_models(
+    schema: SchemaConfig,
+    models: list[tuple[str, dict[str, Any]]],
+    train: pd.DataFrame,
+    seed: int,
+    encoding: FeaturesConfig | None = None,
+) -> list[Pipeline]:
+    """The servable pipeline (features, encoded as ``encoding`` says, + estimator) of
+    each ``(kind, params)`` in ``models``, fitted on raw training rows: what
+    ``Pipeline.fit`` fits for each (tested equal), with the feature step fitted and
+    applied once for all of them (each pipeline holds its own copy). The rows go in
+    whole: the first step reads the schema's feature columns by name (a copy of them
+    first was 0.9 GB of pointers at 6M rows)."""
+    y = target_vector(train, schema)
+    features = build_preprocessor(schema, encoding)
+    X = features.fit_transform(train, y)
+    fitted = []
+    for kind, params in models:
+        estimator = _fit_estimator(kind, params, seed, X, y)
+        step = features if len(models) == 1 else copy.deepcopy(features)
+        fitted.append(Pipeline([("features", step), ("model", estimator)]))
+    return fitted
+
+
 def fit(
     schema: SchemaConfig,
     kind: str,
@@ -59,24 +100,8 @@ def fit(
     seed: int,
     encoding: FeaturesConfig | None = None,
 ) -> Pipeline:
-    """Fit the servable pipeline (features, encoded as ``encoding`` says, + estimator) on
-    raw training rows. The rows go in whole: the pipeline's first step reads the schema's
-    feature columns by name (a copy of them first was 0.9 GB of pointers at 6M rows).
-
-    An XGBoost model fits on :func:`fit_threads` threads and is returned set to predict
-    as :func:`make_estimator` made it: threads change the time, not the trees (tested)."""
-    estimator = make_estimator(kind, params, seed)
-    predict_threads = estimator.get_params().get("n_jobs")
-    threads = fit_threads(kind, params, len(train))
-    threaded = kind == "xgboost" and threads != predict_threads
-    if threaded:
-        estimator.set_params(n_jobs=threads)
-    model = build_model_pipeline(schema, estimator, encoding).fit(
-        train, target_vector(train, schema)
-    )
-    if threaded:
-        model[-1].set_params(n_jobs=predict_threads)  # the fitted booster's nthread too
-    return model
+    """:func:`fit_models` of one model."""
+    return fit_models(schema, [(kind, params)], train, seed, encoding)[0]
 
 
 def predict_scores(model: Any, df: pd.DataFrame, schema: SchemaConfig) -> np.ndarray:

@@ -159,6 +159,20 @@ def _fit_and_log(
     """Fit on train, score on valid, log params, metrics and model to the active run."""
     schema = ctx.cfg.schema
     model = train.fit(schema, kind, params, parts["train"], ctx.cfg.seed, ctx.cfg.features)
+    return _score_and_log(ctx, kind, params, model, parts, run_name)
+
+
+def _score_and_log(
+    ctx: StageContext,
+    kind: str,
+    params: dict[str, Any],
+    model: Any,
+    parts: dict[str, pd.DataFrame],
+    run_name: str,
+) -> dict[str, Any]:
+    """Score the fitted ``model`` on valid, log params, metrics and model to the active
+    run."""
+    schema = ctx.cfg.schema
     y_valid = data.target_vector(parts["valid"], schema)
     metrics = evaluate.classification_metrics(
         y_valid, train.predict_scores(model, parts["valid"], schema)
@@ -184,12 +198,15 @@ def _fit_and_log(
 
 def train_baselines(ctx: StageContext) -> pd.DataFrame:
     """Fit each baseline model in its own child run; return their validation metrics."""
+    cfg = ctx.cfg
     parts = load_splits(ctx, ("train", "valid"), categories=True)  # test: for evaluate
+    specs = [(kind, dict(getattr(cfg.training, kind))) for kind in cfg.training.models]
+    # one feature transform of the training rows for every model (each its own copy)
+    fitted = train.fit_models(cfg.schema, specs, parts["train"], cfg.seed, cfg.features)
     results = {}
-    for kind in ctx.cfg.training.models:
-        params = dict(getattr(ctx.cfg.training, kind))
+    for (kind, params), model in zip(specs, fitted, strict=True):
         with tracking.child_run(kind, tags={"mlfolio.stage": "train"}):
-            results[kind] = _fit_and_log(ctx, kind, params, parts, kind)
+            results[kind] = _score_and_log(ctx, kind, params, model, parts, kind)
     ctx.write(products.TRAIN, {"models": results})
     return metrics_table(results)
 
