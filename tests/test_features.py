@@ -39,6 +39,23 @@ def test_seeded_split_is_stratified_disjoint_and_seeded(cfg, churn):
     assert set(other["test"]["customerid"]) != set(parts["test"]["customerid"])
 
 
+def test_seeded_split_draws_the_rows_train_test_split_draws_of_the_frame(cfg, churn):
+    """split (positions drawn, then taken) gives the parts train_test_split gives when
+    handed the rows themselves: test, then valid out of the rest, stratified."""
+    from sklearn.model_selection import train_test_split
+
+    seeded = cfg.split.model_copy(update={"method": "seeded"})
+    frame = churn.sample(frac=1, random_state=5)  # labels out of order: positions != labels
+    y = data.target_vector(frame, cfg.schema)
+    rest, test = train_test_split(frame, test_size=0.2, stratify=y, random_state=7)
+    train, valid = train_test_split(
+        rest, test_size=0.25, stratify=y.loc[rest.index], random_state=7
+    )
+    parts = features.split(frame, cfg.schema, seeded, seed=7)
+    for name, part in (("train", train), ("valid", valid), ("test", test)):
+        pd.testing.assert_frame_equal(parts[name], part.reset_index(drop=True))
+
+
 def _split_of(parts: dict[str, pd.DataFrame], column: str = "customerid") -> dict[str, str]:
     return {key: name for name, part in parts.items() for key in part[column]}
 

@@ -290,6 +290,13 @@ def test_ingest_and_preprocess_write_the_snapshot_and_stratified_splits(split_ru
     for part in parts.values():
         noise = 3 * (rate * (1 - rate) / len(part)) ** 0.5
         assert data.target_vector(part, ctx.cfg.schema).mean() == pytest.approx(rate, abs=noise)
+    # the seen rows' keys, kept from the split's own: those of the train and valid rows
+    import numpy as np
+
+    from mlfolio import lineage, products
+
+    written = lineage.read_keys(units.run_dir / products.SEEN_ROWS.path)
+    np.testing.assert_array_equal(written, lineage.seen_keys(parts, ctx.cfg.schema))
     reread = stages.load_splits(ctx)
     for name, part in parts.items():
         pd.testing.assert_frame_equal(reread[name], part)

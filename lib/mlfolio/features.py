@@ -371,30 +371,50 @@ def check_memory(
     )
 
 
+def split_positions(
+    df: pd.DataFrame,
+    schema: SchemaConfig,
+    cfg: SplitConfig,
+    seed: int,
+    keys: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """The positions of ``df``'s rows in each part of :func:`split`, in the part's order.
+    ``keys``: ``rowkeys.row_keys(df, schema)`` when the caller already has them (the hash
+    split needs them; preprocess also keeps those of the rows its models see)."""
+    if cfg.method == "hash":
+        keys = rowkeys.row_keys(df, schema) if keys is None else keys
+        where = rowkeys.hash_assignment(keys, cfg)
+        order = np.argsort(keys, kind="stable")
+        return {name: order[where[order] == name] for name in ("train", "valid", "test")}
+    y = target_vector(df, schema)
+    # train_test_split of the positions draws what it draws of the rows themselves
+    rest, test = train_test_split(
+        np.arange(len(df)), test_size=cfg.test_size, stratify=y, random_state=seed
+    )
+    valid_share = cfg.valid_size / (1 - cfg.test_size)
+    train, valid = train_test_split(
+        rest, test_size=valid_share, stratify=y.iloc[rest], random_state=seed
+    )
+    return {"train": train, "valid": valid, "test": test}
+
+
 def split(
-    df: pd.DataFrame, schema: SchemaConfig, cfg: SplitConfig, seed: int
+    df: pd.DataFrame,
+    schema: SchemaConfig,
+    cfg: SplitConfig,
+    seed: int,
+    keys: np.ndarray | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Stratified train/valid/test split (sizes are fractions of all rows): by each row's
     stable hash (``split.method: hash``, see :func:`mlfolio.rowkeys.hash_assignment`;
-    each part in key order, so it does not depend on the rows' order either) or seeded."""
-    if cfg.method == "hash":
-        keys = rowkeys.row_keys(df, schema)
-        where = rowkeys.hash_assignment(keys, cfg)
-        order = np.argsort(keys, kind="stable")
-        return {
-            name: df.iloc[order[where[order] == name]].reset_index(drop=True)
-            for name in ("train", "valid", "test")
-        }
-    y = target_vector(df, schema)
-    rest, test = train_test_split(df, test_size=cfg.test_size, stratify=y, random_state=seed)
-    valid_share = cfg.valid_size / (1 - cfg.test_size)
-    train, valid = train_test_split(
-        rest, test_size=valid_share, stratify=y.loc[rest.index], random_state=seed
-    )
-    return {
-        name: part.reset_index(drop=True)
-        for name, part in (("train", train), ("valid", valid), ("test", test))
-    }
+    each part in key order, so it does not depend on the rows' order either) or seeded.
+    ``keys``: as in :func:`split_positions`."""
+    return parts_at(df, split_positions(df, schema, cfg, seed, keys))
+
+
+def parts_at(df: pd.DataFrame, positions: dict[str, np.ndarray]) -> dict[str, pd.DataFrame]:
+    """Each part's rows of ``df`` (its ``positions``), indexed from 0."""
+    return {name: df.iloc[rows].reset_index(drop=True) for name, rows in positions.items()}
 
 
 def xy(df: pd.DataFrame, schema: SchemaConfig) -> tuple[pd.DataFrame, pd.Series]:
