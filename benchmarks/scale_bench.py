@@ -133,6 +133,10 @@ def run_child(
         "subsample_rows": getattr(cfg.tuning, "subsample_rows", None),
         "tuning_timeout": cfg.tuning.timeout,
         "trial_states": tune_doc.get("trial_states"),
+        # the refit's boosting rounds: the best trial's early-stopped rounds, which differ
+        # with the tuning sample, so the tune stage's work per row differs between sizes
+        "refit_rounds": tune_doc.get("early_stopped_n_estimators"),
+        "cpu_s": {name: s.get("cpu_s") for name, s in m["stages"].items()},
         "total_s": total,
         "stages": {
             name: {"s": s["duration_s"], "peak_mb": s.get("peak_rss_mb")}
@@ -311,6 +315,15 @@ def main() -> None:
         + "; ".join(
             f"{r['rows']:,}: "
             + ", ".join(f"{k.lower()} {v}" for k, v in (r["trial_states"] or {}).items())
+            for r in results
+        )
+        + "; the best refit's boosting rounds: "
+        + ", ".join(f"{r['rows']:,}: {r.get('refit_rounds') or 'as set'}" for r in results)
+        + ".",
+        "CPU seconds per stage (the kernel and its children; above the wall time: threads): "
+        + "; ".join(
+            f"{r['rows']:,}: "
+            + ", ".join(f"{name} {cpu:.0f}" for name, cpu in (r.get("cpu_s") or {}).items() if cpu)
             for r in results
         )
         + ".",

@@ -55,6 +55,8 @@ def test_scale_bench_writes_its_table_and_plot(tmp_path):
         assert f"| {stage:<22}|" in table, stage
     assert "| whole run" in table and "| all processes (peak)" in table
     assert "2 trials at 1,000" in table and "load average" in table
+    assert "the best refit's boosting rounds: 1,000: " in table
+    assert re.search(r"CPU seconds per stage .*: 1,000: ingest \d+", table)
     png = tmp_path / "results" / "scale.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
