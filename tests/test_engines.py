@@ -76,7 +76,7 @@ def test_a_stage_kernel_lets_openmp_threads_sleep_unless_the_user_said(
     tmp_path, monkeypatch, user_value
 ):
     """OMP_WAIT_POLICY=PASSIVE in a stage kernel (a threaded XGBoost fit beside another
-    busy process: spinning threads cost 35%); a value the user exported is kept."""
+    busy process, spinning threads took 1.47x one thread's time); a user's value is kept."""
     project, run_dir = tmp_path / "project", tmp_path / "run"
     (project / "notebooks").mkdir(parents=True)
     run_dir.mkdir()

@@ -100,8 +100,8 @@ class StageContext:
     def read_parquet_sample(self, name: str, n: int, seed: int) -> pd.DataFrame:
         """The rows ``df.sample(n, random_state=seed).sort_index()`` picks of the upstream
         Parquet product ``name`` (all of them when it has ``n`` or fewer), read without
-        the rest: only the picked rows become Python objects (6M training rows read
-        whole for a 2,000-row sample: ~40 s and 4 GB at 10M rows)."""
+        the rest: only the picked rows become Python objects (2,000 of 6M training rows:
+        3.1 s, against 13.5 s and over 1 GB more to read them all first)."""
         path = self.path(name)
         if not path.exists():
             raise self._missing(name)

@@ -33,9 +33,10 @@ def make_estimator(kind: str, params: dict[str, Any], seed: int) -> BaseEstimato
     raise ValueError(f"unknown model kind {kind!r}; expected one of {MODEL_KINDS}")
 
 
-# From this many training rows an XGBoost fit uses every core the process may use: 1.6x
-# faster at 1M rows on 2 idle cores; at 200k rows even, at 16k rows 2.5x slower (threads
-# wake and wait per tree node). Measured in benchmarks/results/xgboost-threads.md.
+# From this many training rows an XGBoost fit uses every core the process may use: on 2
+# cores 1.7x faster at 1M rows when idle, as fast beside a busy process (with the stage
+# kernels' sleeping OpenMP threads); at 16k rows, a tuning trial's, 0.6x (threads wake
+# and wait per tree node). benchmarks/results/xgboost-threads.md.
 THREADED_FIT_ROWS = 500_000
 
 

@@ -46,10 +46,10 @@ def _cell_seconds(nb_path: Path) -> tuple[float, float]:
 
 def kernel_env(env: Mapping[str, str]) -> dict[str, str]:
     """A stage kernel's environment: ``env``, with OpenMP's idle threads sleeping unless
-    ``env`` says otherwise (``OMP_WAIT_POLICY``). A multi-threaded XGBoost fit
-    (:func:`mlfolio.train.fit_threads`) whose threads spin while they wait runs 35% slower
-    than one thread beside another busy process on 2 cores; sleeping, 9% (a 1M-row fit,
-    benchmarks/results/xgboost-threads.md). OpenMP reads it once, as it loads."""
+    ``env`` says otherwise (``OMP_WAIT_POLICY``). Beside another busy process on 2 cores, a
+    2-thread XGBoost fit (:func:`mlfolio.train.fit_threads`) of 1M rows whose threads spin
+    while they wait takes 1.47x one thread's time; sleeping, 1.01x
+    (benchmarks/results/xgboost-threads.md). OpenMP reads it once, as it loads."""
     return {"OMP_WAIT_POLICY": "PASSIVE", **env}
 
 
