@@ -29,16 +29,24 @@ def _notebook(path: Path, *sources: str) -> None:
     )
 
 
-def test_a_stage_whose_document_is_not_named_after_it_records_its_mlflow_run(tmp_path, monkeypatch):
-    """ab_report writes ab.json (not ab_report.json): its entry names its MLflow run all
-    the same (the run id is read from the document the stage declares, not a guessed name)."""
+def _ab_report(tmp_path: Path, monkeypatch, *sources: str) -> tuple[Stage, Path]:
+    """The ab_report stage of a project in ``tmp_path`` whose notebook runs ``sources``,
+    and a run folder for it."""
     project, run_dir = tmp_path / "project", tmp_path / "run"
     (project / "notebooks").mkdir(parents=True)
     run_dir.mkdir()
     monkeypatch.setenv("MLFOLIO_PROJECT_DIR", str(project))
     stage = next(s for s in MONITOR_STAGES if s.name == "ab_report")
-    _notebook(
-        project / "notebooks" / stage.notebook,
+    _notebook(project / "notebooks" / stage.notebook, *sources)
+    return stage, run_dir
+
+
+def test_a_stage_whose_document_is_not_named_after_it_records_its_mlflow_run(tmp_path, monkeypatch):
+    """ab_report writes ab.json (not ab_report.json): its entry names its MLflow run all
+    the same (the run id is read from the document the stage declares, not a guessed name)."""
+    stage, run_dir = _ab_report(
+        tmp_path,
+        monkeypatch,
         "import json, pathlib\n"
         "doc = {'stage': 'ab_report', 'mlflow_run_id': 'r-ab-1', 'design': 'ab'}\n"
         "pathlib.Path('ab.json').write_text(json.dumps(doc))",
@@ -51,14 +59,10 @@ def test_a_stage_whose_document_is_not_named_after_it_records_its_mlflow_run(tmp
 def test_a_stage_records_the_cpu_time_its_kernel_and_children_used(tmp_path, monkeypatch):
     """cpu_s: the kernel's CPU time from the stage's start to its last cell, with a child
     process's (reaped by the kernel) counted; the kernel's start-up is not the stage's."""
-    project, run_dir = tmp_path / "project", tmp_path / "run"
-    (project / "notebooks").mkdir(parents=True)
-    run_dir.mkdir()
-    monkeypatch.setenv("MLFOLIO_PROJECT_DIR", str(project))
-    stage = next(s for s in MONITOR_STAGES if s.name == "ab_report")
     burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 1.0: pass"
-    _notebook(
-        project / "notebooks" / stage.notebook,
+    stage, run_dir = _ab_report(
+        tmp_path,
+        monkeypatch,
         "import subprocess, sys",
         f"subprocess.run([sys.executable, '-c', {burn!r}], check=True)",
         burn,
@@ -77,17 +81,13 @@ def test_a_stage_kernel_lets_openmp_threads_sleep_unless_the_user_said(
 ):
     """OMP_WAIT_POLICY=PASSIVE in a stage kernel (a threaded XGBoost fit beside another
     busy process, spinning threads took 1.47x one thread's time); a user's value is kept."""
-    project, run_dir = tmp_path / "project", tmp_path / "run"
-    (project / "notebooks").mkdir(parents=True)
-    run_dir.mkdir()
-    monkeypatch.setenv("MLFOLIO_PROJECT_DIR", str(project))
     if user_value is None:
         monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     else:
         monkeypatch.setenv("OMP_WAIT_POLICY", user_value)
-    stage = next(s for s in MONITOR_STAGES if s.name == "ab_report")
-    _notebook(
-        project / "notebooks" / stage.notebook,
+    stage, run_dir = _ab_report(
+        tmp_path,
+        monkeypatch,
         "import json, os, pathlib\n"
         "doc = {'stage': 'ab_report', 'omp': os.environ.get('OMP_WAIT_POLICY')}\n"
         "pathlib.Path('ab.json').write_text(json.dumps(doc))",
