@@ -32,6 +32,16 @@ def test_fit_threads_follow_the_rows_and_the_models_own_setting():
     assert train.fit_threads("logreg", {}, 10 * big, cores=2) == 1
 
 
+def test_available_cores_are_the_affinity_or_else_the_cpu_count(monkeypatch):
+    monkeypatch.setattr(train.os, "sched_getaffinity", lambda pid: {0, 3, 5}, raising=False)
+    assert train.available_cores() == 3
+    monkeypatch.delattr(train.os, "sched_getaffinity", raising=False)  # as on macOS
+    monkeypatch.setattr(train.os, "cpu_count", lambda: 6)
+    assert train.available_cores() == 6
+    monkeypatch.setattr(train.os, "cpu_count", lambda: None)
+    assert train.available_cores() == 1
+
+
 class _Threads(xgboost.callback.TrainingCallback):
     """Records the booster's nthread as each round trains."""
 

@@ -50,7 +50,15 @@ def fit_threads(kind: str, params: dict[str, Any], rows: int, cores: int | None 
         return int(params["n_jobs"])
     if rows < THREADED_FIT_ROWS:
         return 1
-    return cores or len(os.sched_getaffinity(0))
+    return cores or available_cores()
+
+
+def available_cores() -> int:
+    """The CPUs this process may run on (its affinity where the OS has one: a container's
+    or ``taskset``'s limit, not the machine's count)."""
+    if hasattr(os, "sched_getaffinity"):  # Linux; not macOS or Windows
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _fit_estimator(kind: str, params: dict[str, Any], seed: int, X: Any, y: Any) -> Any:
