@@ -111,7 +111,7 @@ class StageContext:
 
         rows = pq.read_metadata(path).num_rows
         if rows <= n:
-            return pd.read_parquet(path)
+            return self.read_parquet(name)
         # the positions DataFrame.sample draws for a frame of ``rows`` rows; products are
         # written without an index (write_parquet), so a row's label is its position
         picked = np.sort(pd.RangeIndex(rows).to_series().sample(n=n, random_state=seed).values)

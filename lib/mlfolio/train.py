@@ -93,12 +93,16 @@ def fit_models(
     y = target_vector(train, schema)
     features = build_preprocessor(schema, encoding)
     X = features.fit_transform(train, y)
-    fitted = []
-    for kind, params in models:
-        estimator = _fit_estimator(kind, params, seed, X, y)
-        step = features if len(models) == 1 else copy.deepcopy(features)
-        fitted.append(Pipeline([("features", step), ("model", estimator)]))
-    return fitted
+    last = len(models) - 1
+    return [
+        Pipeline(
+            [
+                ("features", features if i == last else copy.deepcopy(features)),
+                ("model", _fit_estimator(kind, params, seed, X, y)),
+            ]
+        )
+        for i, (kind, params) in enumerate(models)
+    ]
 
 
 def fit(
