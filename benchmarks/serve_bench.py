@@ -288,6 +288,8 @@ def busy_seconds() -> float | None:
 
 
 # wrk sends the bodies of a .jsonl file in turn, one per request, on keep-alive connections.
+# Its done() hook prints the figures as numbers (latencies in µs): wrk's own text pads and
+# truncates them ("1.23s " for a second and more), so it is not parsed.
 WRK_SCRIPT = """
 local bodies, i = {}, 0
 for line in io.lines(os.getenv("BODIES")) do bodies[#bodies + 1] = line end
@@ -296,30 +298,40 @@ request = function()
   i = i % #bodies + 1
   return wrk.format("POST", nil, headers, bodies[i])
 end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("%s %.0f %.0f %.0f %.0f %.1f %.1f\\n", WRK_TAG, summary.requests,
+    summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
+    latency:percentile(50), latency:percentile(99)))
+end
 """
-_WRK_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
+WRK_TAG = "mlfolio-wrk-summary"
 
 
-def _wrk_ms(text: str) -> float:
-    value, unit = re.fullmatch(r"([0-9.]+)(us|ms|s|m)", text).groups()
-    return float(value) * _WRK_UNITS[unit]
+def read_wrk_summary(out: str) -> dict:
+    """req/s, p50/p99 (ms), errors (socket errors, timeouts and non-2xx/3xx answers) and
+    requests from the line WRK_SCRIPT's done() hook printed."""
+    match = re.search(rf"^{WRK_TAG} (.+)$", out, re.M)
+    if match is None:
+        raise RuntimeError(f"wrk printed no {WRK_TAG!r} line:\n{out}")
+    requests, duration_us, socket_errors, non2xx, p50_us, p99_us = map(
+        float, match.group(1).split()
+    )
+    return {
+        "rps": requests / (duration_us / 1e6),
+        "p50_ms": p50_us / 1e3,
+        "p99_ms": p99_us / 1e3,
+        "errors": int(socket_errors + non2xx),
+        "requests": int(requests),
+    }
 
 
 def wrk_load(url: str, bodies_file: Path, clients: int, duration: float) -> dict:
-    """One wrk run (1 thread, ``clients`` connections, --latency): req/s, p50/p99, errors,
+    """One wrk run (1 thread, ``clients`` connections): req/s, p50/p99, errors,
     requests and the CPU wrk itself used (a share of one core)."""
     script = bodies_file.with_suffix(".lua")
-    script.write_text(WRK_SCRIPT)
-    cmd = [
-        "wrk",
-        "-t1",
-        f"-c{clients}",
-        f"-d{max(1, round(duration))}s",
-        "--latency",
-        "-s",
-        str(script),
-        url,
-    ]
+    script.write_text(WRK_SCRIPT.replace("WRK_TAG", json.dumps(WRK_TAG)))
+    cmd = ["wrk", "-t1", f"-c{clients}", f"-d{max(1, round(duration))}s", "-s", str(script), url]
     before, wall = resource.getrusage(resource.RUSAGE_CHILDREN), time.time()
     out = subprocess.run(
         cmd,
@@ -329,18 +341,8 @@ def wrk_load(url: str, bodies_file: Path, clients: int, duration: float) -> dict
         env={**os.environ, "BODIES": str(bodies_file)},
     ).stdout
     after, wall = resource.getrusage(resource.RUSAGE_CHILDREN), time.time() - wall
-    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
-    requests = int(re.search(r"^\s*([0-9]+) requests in", out, re.M).group(1))
-    errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) ([0-9]+)", out))
-    non2xx = re.search(r"Non-2xx or 3xx responses: ([0-9]+)", out)
-    return {
-        "rps": float(re.search(r"Requests/sec:\s+([0-9.]+)", out).group(1)),
-        "p50_ms": _wrk_ms(latency["50"]),
-        "p99_ms": _wrk_ms(latency["99"]),
-        "errors": errors + (int(non2xx.group(1)) if non2xx else 0),
-        "requests": requests,
-        "client_cpu": (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / wall,
-    }
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return {**read_wrk_summary(out), "client_cpu": cpu / wall}
 
 
 def run_load(
