@@ -391,28 +391,113 @@ BAD = {  # learns slowly: behind GOOD at the early rounds (not at the end, on th
 }
 
 
-def test_pruner_stops_a_trial_inside_its_first_folds_boosting(folds):
-    from mlfolio.tune.search import CHECK_EVERY, ROUND_STEPS
+def test_pruner_sees_the_folds_mean_auc_and_stops_a_trial_inside_boosting(folds):
+    from sklearn.metrics import roc_auc_score
+
+    from mlfolio.tune.search import CHECK_EVERY
 
     study = optuna.create_study(
         direction="maximize", pruner=optuna.pruners.MedianPruner(n_startup_trials=1)
     )
     study.enqueue_trial(GOOD)
     study.enqueue_trial(BAD)
-    study.optimize(tune.make_objective(folds, "xgboost", SEED, prune=True), n_trials=2)
+    study.optimize(tune.make_objective(folds, "xgboost", SEED, prune=True, threads=2), n_trials=2)
     good, bad = study.trials
     assert good.state == optuna.trial.TrialState.COMPLETE
-    # every fold's boosting reported each check, at the fold's own steps
-    assert sorted(good.intermediate_values) == [
-        fold * ROUND_STEPS + r - 1
-        for fold in range(2)
-        for r in range(CHECK_EVERY, 201, CHECK_EVERY)
-    ]
+    # each check reported once, at step round - 1: the folds' mean validation AUC
+    assert sorted(good.intermediate_values) == [r - 1 for r in range(CHECK_EVERY, 201, CHECK_EVERY)]
+    for rounds in (CHECK_EVERY, 200):
+        aucs = []
+        for X_fit, y_fit, X_val, y_val in folds.parts:
+            model = train.make_estimator("xgboost", {**GOOD, "n_estimators": rounds}, SEED)
+            aucs.append(roc_auc_score(y_val, model.fit(X_fit, y_fit).predict_proba(X_val)[:, 1]))
+        assert good.intermediate_values[rounds - 1] == pytest.approx(np.mean(aucs), abs=1e-12)
     assert bad.state == optuna.trial.TrialState.PRUNED
-    # stopped early inside fold 1's 500 rounds, behind the good trial at that round
+    # stopped early inside its 500 rounds, behind the good trial at that round
     last = max(bad.intermediate_values)
     assert last < 100 and len(bad.intermediate_values) == (last + 1) // CHECK_EVERY
     assert bad.intermediate_values[last] < good.intermediate_values[last]
+
+
+@pytest.fixture(scope="module")
+def three_folds(churn):
+    schema, train_df = churn
+    return tune.Folds.build(train_df.iloc[:2400], schema, 3, SEED)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_folds_boost_side_by_side_at_most_threads_at_once(three_folds, monkeypatch, threads):
+    from mlfolio.tune import search
+
+    running, most, lock = 0, 0, threading.Lock()
+    fold_scores = search.fold_scores
+
+    def counted(*args, **kwargs):
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        try:
+            return fold_scores(*args, **kwargs)
+        finally:
+            with lock:
+                running -= 1
+
+    monkeypatch.setattr(search, "fold_scores", counted)
+    scored = search.boost_folds(three_folds, GOOD, SEED, early_stopping_rounds=20, threads=threads)
+    assert most == threads
+    monkeypatch.undo()
+    for step, (scores, rounds) in enumerate(scored):  # each fold as if boosted alone
+        alone = search.fold_scores(three_folds, step, "xgboost", GOOD, SEED, 20)
+        np.testing.assert_array_equal(scores, alone[0])
+        assert rounds == alone[1]
+
+
+def test_the_study_is_the_same_on_one_thread_or_several(churn, tmp_path):
+    """The folds meet at every check: what the pruner sees, and so the trials, do not
+    depend on how many folds boost at once."""
+    schema, train_df = churn
+    runs = []
+    for threads in (1, 2, 3):
+        cfg = tuning(n_trials=10, cv_folds=3, fold_threads=threads)
+        study = tune.run_study(cfg, train_df, schema, SEED, tmp_path / str(threads), "threads")
+        runs.append(
+            [
+                (t.params, t.state, t.value, t.intermediate_values, t.user_attrs)
+                for t in study.trials
+            ]
+        )
+    assert runs[0] == runs[1] == runs[2]
+    assert any(state == optuna.trial.TrialState.PRUNED for _, state, *_ in runs[0])
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("threads", [1, 3])
+def test_a_fold_that_fails_stops_the_others_and_its_error_is_raised(
+    three_folds, monkeypatch, threads
+):
+    from mlfolio.tune import search
+
+    build = tune.Folds.xgboost_matrix
+
+    def broken(self, step, model):
+        if step == 1:
+            raise MemoryError("fold 1's matrix")
+        return build(self, step, model)
+
+    monkeypatch.setattr(tune.Folds, "xgboost_matrix", broken)
+    study = optuna.create_study(direction="maximize")
+    rounds = []
+    check = search.RoundCheck.check
+
+    def recorded(self, model, at):
+        rounds.append(at)
+        return check(self, model, at)
+
+    monkeypatch.setattr(search.RoundCheck, "check", recorded)
+    with pytest.raises(MemoryError, match="fold 1's matrix"):
+        search.boost_folds(three_folds, BAD, SEED, trial=study.ask(), threads=threads)
+    assert max(rounds) < BAD["n_estimators"]  # the other folds stopped at a check
 
 
 def test_early_stopping_records_the_rounds_each_fold_used(folds):
@@ -456,7 +541,7 @@ def test_round_auc_is_sklearns(folds):
 
 
 def test_hyperband_pruner_runs_and_prunes_inside_boosting(churn, tmp_path):
-    from mlfolio.tune.search import CHECK_EVERY, ROUND_STEPS
+    from mlfolio.tune.search import CHECK_EVERY
 
     schema, train_df = churn
     cfg = tuning(n_trials=12, pruner="hyperband")
@@ -467,7 +552,7 @@ def test_hyperband_pruner_runs_and_prunes_inside_boosting(churn, tmp_path):
     # stopped at a round check, before the fold's last round
     for t in pruned:
         last = max(t.intermediate_values)
-        assert (last + 1) % CHECK_EVERY == 0 and last % ROUND_STEPS + 1 < t.params["n_estimators"]
+        assert (last + 1) % CHECK_EVERY == 0 and last + 1 < t.params["n_estimators"]
     assert pruned
 
 

@@ -139,10 +139,10 @@ def test_pruned_trials_are_counted_and_shown_apart():
     assert views.trials_summary(None).data.startswith("`tuning.enabled` is false")
 
 
-def test_a_trial_pruned_inside_boosting_says_the_fold_and_round():
+def test_a_trial_pruned_inside_boosting_says_the_round():
     import optuna
 
-    from mlfolio.tune.search import ROUND_STEPS
+    from mlfolio.tune.search import STEPS_ROUNDS
 
     study = optuna.create_study(direction="maximize")
     study.add_trial(
@@ -151,12 +151,12 @@ def test_a_trial_pruned_inside_boosting_says_the_fold_and_round():
             value=0.8,
             params={"learning_rate": 0.1},
             distributions={"learning_rate": optuna.distributions.FloatDistribution(0.01, 0.3)},
-            # checks every 10 rounds: fold 1's rounds 10..500, then fold 2's rounds 10, 20
-            intermediate_values={ROUND_STEPS + 19: 0.8, ROUND_STEPS + 9: 0.81, 499: 0.82},
-            user_attrs={"steps": "rounds"},
+            # the folds' mean AUC after rounds 10, 20 and 30 (checks every 10 rounds)
+            intermediate_values={29: 0.8, 9: 0.81, 19: 0.82},
+            user_attrs={"steps": STEPS_ROUNDS},
         )
     )
-    assert views.pruned_table(study)["stopped at"].tolist() == ["fold 2, round 20"]
+    assert views.pruned_table(study)["stopped at"].tolist() == ["round 30 (every fold)"]
 
 
 def test_tune_markdown_says_warm_start_rows_and_early_stopping():

@@ -263,15 +263,15 @@ def pruned_table(study: optuna.Study | None) -> Any:
 
 
 def _stopped_at(trial: optuna.trial.FrozenTrial) -> str:
-    """Where a pruned trial stopped: a fold's boosting round (xgboost reports rounds at
-    step ``fold * ROUND_STEPS + round - 1``) or the folds it finished."""
-    from mlfolio.tune.search import ROUND_STEPS
+    """Where a pruned trial stopped: a boosting round (xgboost reports the folds' mean
+    AUC after round r at step r - 1) or the folds it finished."""
+    from mlfolio.tune.search import STEPS_ROUNDS
 
     if not trial.intermediate_values:
         return "before its first check"
     last = max(trial.intermediate_values)
-    if trial.user_attrs.get("steps") == "rounds":
-        return f"fold {last // ROUND_STEPS + 1}, round {last % ROUND_STEPS + 1}"
+    if trial.user_attrs.get("steps") == STEPS_ROUNDS:
+        return f"round {last + 1} (every fold)"
     return f"after {len(trial.intermediate_values)} fold(s)"
 
 

@@ -238,7 +238,8 @@ class TuningConfig(_Section):
     pruner: Literal["median", "hyperband", "none"] = Field(
         "median",
         description="stops hopeless trials: median = below the median of earlier trials at "
-        "the same boosting round / fold; hyperband = successive halving in brackets; none",
+        "the same boosting round (xgboost: the folds' mean AUC) / fold; hyperband = "
+        "successive halving in brackets; none",
     )
     early_stopping_rounds: int | None = Field(
         20,
@@ -261,6 +262,13 @@ class TuningConfig(_Section):
         "there are more; the best parameters are refitted on all of them. None = never",
     )
     n_workers: int = Field(1, ge=1, description="parallel worker processes on one study")
+    fold_threads: int | None = Field(
+        None,
+        ge=1,
+        description="xgboost: threads boosting a trial's CV folds side by side (the study's "
+        "trials are the same for any number). None = the cores this process may use, "
+        "shared among n_workers, at most cv_folds",
+    )
     storage: str | None = Field(
         None,
         description="None = journal file in the run folder; or an RDB URL "

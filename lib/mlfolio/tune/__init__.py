@@ -1,8 +1,9 @@
 """Hyperparameter search with Optuna: seeded TPE, pruning over CV folds, resumable and
 shareable storage.
 
-``search`` (the space, folds and objective) · ``storage`` (where a study lives, opening it)
-· ``workers`` (running it: here, with local worker processes, or joining from elsewhere).
+``search`` (the space, folds and objective) · ``lockstep`` (a trial's folds in threads) ·
+``storage`` (where a study lives, opening it) · ``workers`` (running it: here, with local
+worker processes, or joining from elsewhere).
 
 The study lives in storage outside the process: a journal file in the run folder by
 default, or an RDB URL (``tuning.storage: postgresql+psycopg://…``). A killed tuning
@@ -20,13 +21,16 @@ Where the time goes, and what saves it (``benchmarks/tune_bench.py`` measures it
   trees added since the last check are predicted): with ``early_stopping_rounds`` boosting
   stops when the AUC has not improved for that many rounds, and the trial's
   ``n_estimators`` becomes the rounds used (the refit uses it);
-* with ``pruner: median`` a trial whose validation AUC at a check is below the median of
-  earlier trials at the same round of the same fold stops there, inside the model's
-  training (optuna-integration's ``XGBoostPruningCallback``); ``hyperband`` does successive
-  halving on the same steps. Other model kinds report the running mean AUC after each fold
-  and are pruned between folds (never after the last: a fully evaluated trial keeps its
-  value). The median is over every trial in the storage, whichever worker or machine ran
-  it;
+* a trial's xgboost folds boost side by side, each in a thread, ``tuning.fold_threads``
+  at once (default: the cores, shared among the workers); they meet at every check
+  (``lockstep``), where the pruner sees their mean validation AUC at that round, so the
+  study does not depend on the number of threads;
+* with ``pruner: median`` a trial whose mean validation AUC at a check is below the
+  median of earlier trials at the same round stops there, inside the models' training;
+  ``hyperband`` does successive halving on the same steps. Other model kinds report the
+  running mean AUC after each fold and are pruned between folds (never after the last:
+  a fully evaluated trial keeps its value). The median is over every trial in the
+  storage, whichever worker or machine ran it;
 * ``subsample_rows``: above that many training rows the study tunes on a seeded stratified
   sample of them (the tune stage refits the best parameters on all rows); ``warm_start``:
   the tune stage enqueues the registry champion's parameters as the first trial, or the

@@ -17,6 +17,7 @@ from sklearn.model_selection import StratifiedKFold
 from mlfolio.config import FeaturesConfig, SchemaConfig
 from mlfolio.features import build_preprocessor, xy
 from mlfolio.train import make_estimator
+from mlfolio.tune.lockstep import Lockstep
 
 
 def tuning_row_count(n_train: int, rows: int | None) -> int:
@@ -208,10 +209,10 @@ def _reuses_matrix(model: Any) -> bool:
     )
 
 
-# Boosting rounds are reported to the pruner at step ``fold * ROUND_STEPS + round``: every
-# fold has its own range of steps (the space's n_estimators is at most 500), so a trial is
-# compared with the others at the same round of the same fold.
-ROUND_STEPS = 1000
+# A trial's user attribute "steps": its reported steps are boosting rounds (step = round - 1,
+# the folds' mean AUC). Studies of mlfolio before the folds met at each check said
+# "rounds" and reported fold f's round r at step f * 1000 + r - 1.
+STEPS_ROUNDS = "mean-of-folds rounds"
 # Rounds between validation checks (early stopping, pruning). xgboost's own ``evals``
 # predicts the validation rows with every tree at every round here (the per-round cost
 # grows with the model: it doubled a 300-round fit); a check instead adds only the trees
@@ -240,9 +241,9 @@ def _round_check_class() -> type:
 
 class RoundCheck:
     """An xgboost training callback: every :data:`CHECK_EVERY` rounds, the validation AUC
-    of the model so far; boosting stops after ``early_stopping_rounds`` rounds without a
-    better one, and ``trial``'s pruner sees each check through optuna-integration's
-    :class:`XGBoostPruningCallback` (step ``fold * ROUND_STEPS + round``).
+    of fold ``fold``'s model so far; boosting stops after ``early_stopping_rounds`` rounds
+    without a better one, or when ``lockstep`` (the trial's folds meeting at each check,
+    where the pruner sees their mean AUC) says the trial is stopped.
     :meth:`make` builds one (an instance of xgboost's ``TrainingCallback`` too)."""
 
     @classmethod
@@ -256,18 +257,13 @@ class RoundCheck:
         missing: float,
         fold: int,
         early_stopping_rounds: int | None,
-        trial: optuna.Trial | None,
+        lockstep: Lockstep | None = None,
     ) -> None:
         self.X_val, self.y_val, self.missing = X_val, y_val, missing
-        self.fold, self.patience = fold, early_stopping_rounds
+        self.fold, self.patience, self.lockstep = fold, early_stopping_rounds, lockstep
         self.margin = np.zeros(len(y_val))
         self.done = 0  # trees already in self.margin
         self.best_auc, self.best_rounds, self.best_margin = -np.inf, 0, self.margin
-        self.pruning = None
-        if trial is not None:
-            from optuna_integration import XGBoostPruningCallback
-
-            self.pruning = XGBoostPruningCallback(trial, "valid-auc")
 
     def check(self, model: Any, rounds: int) -> bool:
         """Validation AUC after ``rounds`` rounds; True when boosting should stop."""
@@ -284,16 +280,19 @@ class RoundCheck:
         value = auc(self.y_val, self.margin)
         if value > self.best_auc:
             self.best_auc, self.best_rounds, self.best_margin = value, rounds, self.margin
-        if self.pruning is not None:
-            log = {"valid": {"auc": [value]}}
-            self.pruning.after_iteration(model, self.fold * ROUND_STEPS + rounds - 1, log)
-        return self.patience is not None and rounds - self.best_rounds >= self.patience
+        patient = self.patience is None or rounds - self.best_rounds < self.patience
+        if self.lockstep is not None:
+            final = value if self.patience is None else self.best_auc
+            if self.lockstep.meet(self.fold, rounds, value, final):
+                return True
+        return not patient
 
     def after_iteration(self, model: Any, epoch: int, evals_log: dict) -> bool:
         return (epoch + 1) % CHECK_EVERY == 0 and self.check(model, epoch + 1)
 
     def after_training(self, model: Any) -> Any:
-        if model.num_boosted_rounds() != self.done:
+        stopped = self.lockstep is not None and self.lockstep.stopped
+        if model.num_boosted_rounds() != self.done and not stopped:
             self.check(model, model.num_boosted_rounds())  # the last rounds
         return model
 
@@ -305,7 +304,7 @@ def fold_scores(
     params: dict[str, Any],
     seed: int,
     early_stopping_rounds: int | None = None,
-    trial: optuna.Trial | None = None,
+    lockstep: Lockstep | None = None,
 ) -> tuple[np.ndarray, int] | np.ndarray:
     """Positive-class probabilities on fold ``step``'s validation rows of the model
     ``make_estimator(kind, params, seed)`` fitted on its training rows.
@@ -315,20 +314,20 @@ def fold_scores(
     ``xgboost.train`` on the fold's cached matrix: building that matrix costs as much as
     fitting the small models the search ends up in.
 
-    With ``early_stopping_rounds`` or a ``trial`` (xgboost only), the model is checked on
-    the fold's validation rows during boosting (:class:`RoundCheck`): boosting stops after
-    ``early_stopping_rounds`` rounds without a better AUC, and the trial's pruner may stop
-    it (:class:`optuna.TrialPruned`). Then the result is ``(validation margins, rounds)``:
-    of the best round checked with early stopping, else of all ``n_estimators`` rounds
-    (margins rank as the probabilities do, so their AUC is the same).
+    With ``early_stopping_rounds`` or a ``lockstep`` (xgboost only), the model is checked
+    on the fold's validation rows during boosting (:class:`RoundCheck`): boosting stops
+    after ``early_stopping_rounds`` rounds without a better AUC, or when the lockstep's
+    trial is pruned. Then the result is ``(validation margins, rounds)``: of the best
+    round checked with early stopping, else of all rounds boosted (margins rank as the
+    probabilities do, so their AUC is the same).
     """
     X_fit, y_fit, X_val, y_val = folds.parts[step]
     model = make_estimator(kind, params, seed)
-    per_round = early_stopping_rounds is not None or trial is not None
+    per_round = early_stopping_rounds is not None or lockstep is not None
     if kind == "xgboost" and _reuses_matrix(model):
         import xgboost as xgb
 
-        check = RoundCheck.make(X_val, y_val, model.missing, step, early_stopping_rounds, trial)
+        check = RoundCheck.make(X_val, y_val, model.missing, step, early_stopping_rounds, lockstep)
         booster = xgb.train(
             {**model.get_xgb_params(), "eval_metric": model.eval_metric},
             folds.xgboost_matrix(step, model),
@@ -345,42 +344,89 @@ def fold_scores(
     return model.fit(X_fit, y_fit).predict_proba(X_val)[:, 1]
 
 
+def boost_folds(
+    folds: Folds,
+    params: dict[str, Any],
+    seed: int,
+    early_stopping_rounds: int | None = None,
+    trial: optuna.Trial | None = None,
+    threads: int = 1,
+) -> list[tuple[np.ndarray, int]]:
+    """Every fold's :func:`fold_scores` (xgboost, checked per round), the folds boosting
+    side by side in threads, at most ``threads`` at once (:class:`Lockstep`). With a
+    ``trial`` the folds meet at every check, where the pruner sees their mean validation
+    AUC at that round (step ``round - 1``) and may stop them all
+    (:class:`optuna.TrialPruned`). The result does not depend on ``threads``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    n = len(folds.parts)
+    lockstep = Lockstep(n, threads, trial)
+
+    def boost(step: int) -> tuple[np.ndarray, int]:
+        lockstep.start()
+        failed = True
+        try:
+            scores = fold_scores(
+                folds, step, "xgboost", params, seed, early_stopping_rounds, lockstep
+            )
+            failed = False
+            return scores
+        finally:
+            lockstep.leave(step, failed)
+
+    # Every fold has a thread (the lockstep waits for each), `threads` of them boosting.
+    with ThreadPoolExecutor(n, thread_name_prefix="fold") as pool:
+        futures = [pool.submit(boost, step) for step in range(n)]
+    results = [f.result() for f in futures]  # the first fold's error, if any, is raised
+    if lockstep.pruned_at is not None:
+        raise optuna.TrialPruned(f"trial was pruned at round {lockstep.pruned_at + 1}")
+    return results
+
+
 def make_objective(
-    folds: Folds, kind: str, seed: int, prune: bool, early_stopping_rounds: int | None = None
+    folds: Folds,
+    kind: str,
+    seed: int,
+    prune: bool,
+    early_stopping_rounds: int | None = None,
+    threads: int = 1,
 ):
     """Mean validation ROC AUC over folds.
 
-    xgboost with ``prune`` or ``early_stopping_rounds``: each fold's boosting is evaluated
-    round by round (:func:`fold_scores`); the pruner sees the rounds' validation AUC and may
-    stop the trial inside a fold's training. With early stopping the trial's
-    ``n_estimators`` becomes the mean over folds of the rounds each used (user attribute
-    ``n_estimators``, which the refit uses). Other kinds: the running mean AUC is reported
-    after each fold, and a pruner may stop the trial between folds (never after its last).
+    xgboost with ``prune`` or ``early_stopping_rounds``: the folds boost side by side in
+    up to ``threads`` threads, evaluated round by round (:func:`boost_folds`); the pruner
+    sees the folds' mean validation AUC at each checked round and may stop the trial
+    inside their training. With early stopping the trial's ``n_estimators`` becomes the
+    mean over folds of the rounds each used (user attribute ``n_estimators``, which the
+    refit uses). Other kinds: the running mean AUC is reported after each fold, and a
+    pruner may stop the trial between folds (never after its last).
     """
     in_training = kind == "xgboost" and (prune or early_stopping_rounds is not None)
 
     def objective(trial: optuna.Trial) -> float:
         params = suggest_params(trial, kind)
         if in_training:
-            trial.set_user_attr("steps", "rounds")  # what the reported steps count
-        aucs, rounds = [], []
+            trial.set_user_attr("steps", STEPS_ROUNDS)  # what the reported steps count
+            scored = boost_folds(
+                folds, params, seed, early_stopping_rounds, trial if prune else None, threads
+            )
+            aucs = [
+                roc_auc_score(y_val, scores)
+                for (_, _, _, y_val), (scores, _) in zip(folds.parts, scored, strict=True)
+            ]
+            if early_stopping_rounds is not None:
+                rounds = [used for _, used in scored]
+                trial.set_user_attr("n_estimators", int(round(np.mean(rounds))))
+                trial.set_user_attr("fold_rounds", [int(r) for r in rounds])
+            return float(np.mean(aucs))
+        aucs = []
         last = len(folds.parts) - 1
         for step, (_, _, _, y_val) in enumerate(folds.parts):
-            if in_training:
-                scores, used = fold_scores(
-                    folds, step, kind, params, seed, early_stopping_rounds, trial if prune else None
-                )
-                rounds.append(used)
-                aucs.append(roc_auc_score(y_val, scores))
-                continue
             aucs.append(roc_auc_score(y_val, fold_scores(folds, step, kind, params, seed)))
             trial.report(float(np.mean(aucs)), step)
             # After the last fold the work is done: keep the value instead of pruning it.
             if prune and step < last and trial.should_prune():
                 raise optuna.TrialPruned()
-        if rounds and early_stopping_rounds is not None:
-            trial.set_user_attr("n_estimators", int(round(np.mean(rounds))))
-            trial.set_user_attr("fold_rounds", [int(r) for r in rounds])
         return float(np.mean(aucs))
 
     return objective

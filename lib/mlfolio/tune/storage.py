@@ -16,6 +16,7 @@ import optuna
 
 from mlfolio.config import TuningConfig
 from mlfolio.errors import StudyStorageError, masked
+from mlfolio.tune.search import CHECK_EVERY, search_space
 
 log = logging.getLogger(__name__)
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -128,14 +129,20 @@ def resume_sampler(study: optuna.Study, seed: int) -> None:
 
 
 def pruner(cfg: TuningConfig) -> optuna.pruners.BasePruner:
-    """``tuning.pruner``. Steps are boosting rounds (xgboost: fold ``f``'s round ``r`` is
-    step ``f * ROUND_STEPS + r``) or folds (other kinds)."""
+    """``tuning.pruner``. Steps are boosting rounds (xgboost: the folds' mean validation
+    AUC after round ``r`` is step ``r - 1``) or folds (other kinds)."""
     if cfg.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
     if cfg.pruner == "hyperband":
-        # Rungs at 50, 150, 450 rounds of the first fold (then the later folds' steps).
+        # Rungs from one check (10 rounds) up to the space's most rounds, fixed rather than
+        # "auto" (the first finished trial's rounds, often under 50 with early stopping,
+        # which left a single bracket that never pruned).
         if cfg.model == "xgboost":
-            return optuna.pruners.HyperbandPruner(min_resource=50, reduction_factor=3)
+            return optuna.pruners.HyperbandPruner(
+                min_resource=CHECK_EVERY,
+                max_resource=int(search_space("xgboost")["n_estimators"].high),
+                reduction_factor=3,
+            )
         return optuna.pruners.HyperbandPruner(
             min_resource=1, max_resource=cfg.cv_folds, reduction_factor=2
         )

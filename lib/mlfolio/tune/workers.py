@@ -16,6 +16,7 @@ import pandas as pd
 from mlfolio import products, progress
 from mlfolio.config import Config, FeaturesConfig, SchemaConfig, TuningConfig
 from mlfolio.errors import ConfigError, OverBudget
+from mlfolio.train import available_cores
 from mlfolio.tune.search import Folds, make_objective, tuning_rows
 from mlfolio.tune.storage import (
     FINISHED,
@@ -34,6 +35,21 @@ from mlfolio.tune.storage import (
 log = logging.getLogger(__name__)
 CLAIMED = (*FINISHED, optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
 WAIT_S = 1.0  # between looks at trials running elsewhere (heartbeats are seconds apart)
+
+
+def fold_threads(cfg: TuningConfig, workers: int) -> int:
+    """Threads boosting one trial's folds side by side: ``tuning.fold_threads``, else this
+    process's cores shared among ``workers`` worker processes, at most ``cv_folds``."""
+    if cfg.fold_threads is not None:
+        return cfg.fold_threads
+    return max(1, min(cfg.cv_folds, available_cores() // workers))
+
+
+def study_objective(cfg: TuningConfig, folds: Folds, seed: int, workers: int) -> Any:
+    """The study's objective as ``cfg`` sets it, for one of ``workers`` worker processes."""
+    prune = cfg.pruner != "none"
+    threads = fold_threads(cfg, workers)
+    return make_objective(folds, cfg.model, seed, prune, cfg.early_stopping_rounds, threads)
 
 
 def _budgeted(
@@ -105,6 +121,7 @@ def _worker(
     slots: Any = None,
     deadline: float | None = None,
     progress_path: Path | None = None,
+    workers: int = 1,
 ) -> int:
     """Run trials on the shared study until ``cfg.n_trials`` are finished or claimed (and,
     with ``slots``, while this run's shared counter has some left); no new trial starts
@@ -132,11 +149,7 @@ def _worker(
         elif cfg.storage and len(study.get_trials(deepcopy=False, states=CLAIMED)) >= cfg.n_trials:
             study.stop()
 
-    objective = _budgeted(
-        make_objective(folds, cfg.model, seed, cfg.pruner != "none", cfg.early_stopping_rounds),
-        cfg.n_trials,
-        sampler_seed,
-    )
+    objective = _budgeted(study_objective(cfg, folds, seed, workers), cfg.n_trials, sampler_seed)
 
     def run(n_trials: int | None) -> None:
         study.optimize(
@@ -249,7 +262,9 @@ def _run_workers(
     n = min(cfg.n_workers, todo)
     # One deadline for all: children that start seconds later do not get extra time.
     deadline = None if cfg.timeout is None else time.time() + cfg.timeout
-    args = [(cfg, storage, name, seed, i, folds, slots, deadline, progress_path) for i in range(n)]
+    args = [
+        (cfg, storage, name, seed, i, folds, slots, deadline, progress_path, n) for i in range(n)
+    ]
     children = [
         ctx.Process(target=_child_worker, name=f"tune-worker-{i}", args=args[i])
         for i in range(1, n)
@@ -336,11 +351,8 @@ def run_study(
         if cfg.n_workers > 1 and todo > 1:
             _start_process_server()  # it boots while the folds are built
         folds = cached_folds(cfg, train, schema, seed, encoding, folds_dir)
-        objective = _budgeted(
-            make_objective(folds, cfg.model, seed, cfg.pruner != "none", cfg.early_stopping_rounds),
-            cfg.n_trials,
-            seed,
-        )
+        workers = min(cfg.n_workers, todo)
+        objective = _budgeted(study_objective(cfg, folds, seed, workers), cfg.n_trials, seed)
 
         def run_here(n_trials: int) -> None:
             study.optimize(
