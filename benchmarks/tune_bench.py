@@ -24,8 +24,9 @@ What runs, per repeat (seed = ``--seed`` + repeat, default the parameter file's)
   favour to the rival: the first call in a session pays a few seconds more).
 * mlfolio: ``mlfolio.tune.run_study``, the function the tune stage calls, with the
   parameter file's ``tuning`` section as the stage runs it (median pruner on boosting
-  rounds, early stopping, ``tuning.subsample_rows`` and ``n_workers`` as set there; the
-  table header prints them) except ``n_trials`` (``--trials``, the same budget as the
+  rounds, early stopping, ``tuning.subsample_rows``, ``n_workers`` and ``fold_threads`` (a
+  trial's folds boosting side by side in threads) as set there; the table header prints
+  them) except ``n_trials`` (``--trials``, the same budget as the
   rival's) and ``timeout`` (none, so the budgets stay equal). Its clock starts before
   ``run_study`` (building the folds and opening the study are included) and a trial has
   finished at its ``datetime_complete``. There is no registry, so no champion: with
@@ -77,6 +78,7 @@ from resample import resample  # noqa: E402
 from mlfolio import config, data, features, train, tune  # noqa: E402
 from mlfolio.config import TuningConfig  # noqa: E402
 from mlfolio.stages.training import baseline_start  # noqa: E402
+from mlfolio.tune.workers import fold_threads  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 0.001
@@ -285,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
                 "warm_start",
             )
         )
+        + f", fold_threads={tuning.fold_threads} ({fold_threads(tuning, tuning.n_workers)} used)"
     )
     header = (
         f"{'seed':>4} {'method':<28} {'trials':>11} {'rows':>6} {'wall s':>7} "

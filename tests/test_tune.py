@@ -453,6 +453,15 @@ def test_folds_boost_side_by_side_at_most_threads_at_once(three_folds, monkeypat
         assert rounds == alone[1]
 
 
+def test_fold_threads_are_all_folds_given_two_cores_per_worker(monkeypatch):
+    from mlfolio.tune import workers
+
+    for cores, n_workers, want in ((1, 1, 1), (2, 1, 5), (2, 2, 1), (3, 2, 1), (4, 2, 5)):
+        monkeypatch.setattr(workers, "available_cores", lambda cores=cores: cores)
+        assert workers.fold_threads(tuning(cv_folds=5), n_workers) == want, (cores, n_workers)
+        assert workers.fold_threads(tuning(cv_folds=5, fold_threads=2), n_workers) == 2
+
+
 def test_the_study_is_the_same_on_one_thread_or_several(churn, tmp_path):
     """The folds meet at every check: what the pruner sees, and so the trials, do not
     depend on how many folds boost at once."""

@@ -266,8 +266,8 @@ class TuningConfig(_Section):
         None,
         ge=1,
         description="xgboost: threads boosting a trial's CV folds side by side (the study's "
-        "trials are the same for any number). None = the cores this process may use, "
-        "shared among n_workers, at most cv_folds",
+        "trials are the same for any number). None = all cv_folds when each of n_workers "
+        "has two cores or more, else 1",
     )
     storage: str | None = Field(
         None,

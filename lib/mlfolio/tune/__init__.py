@@ -22,7 +22,7 @@ Where the time goes, and what saves it (``benchmarks/tune_bench.py`` measures it
   stops when the AUC has not improved for that many rounds, and the trial's
   ``n_estimators`` becomes the rounds used (the refit uses it);
 * a trial's xgboost folds boost side by side, each in a thread, ``tuning.fold_threads``
-  at once (default: the cores, shared among the workers); they meet at every check
+  at once (default: all of them, given two cores per worker); they meet at every check
   (``lockstep``), where the pruner sees their mean validation AUC at that round, so the
   study does not depend on the number of threads;
 * with ``pruner: median`` a trial whose mean validation AUC at a check is below the

@@ -38,11 +38,16 @@ WAIT_S = 1.0  # between looks at trials running elsewhere (heartbeats are second
 
 
 def fold_threads(cfg: TuningConfig, workers: int) -> int:
-    """Threads boosting one trial's folds side by side: ``tuning.fold_threads``, else this
-    process's cores shared among ``workers`` worker processes, at most ``cv_folds``."""
+    """Threads boosting one trial's folds side by side: ``tuning.fold_threads``, else all
+    ``cv_folds`` when each of ``workers`` worker processes has two cores or more, else 1.
+
+    All folds rather than one per core: they meet at every check, and with fewer threads
+    than folds the last fold of each round of checks boosts alone while a core idles (3
+    folds on 2 cores, 20 trials at 24k rows: 1.40x one thread's speed with 2 threads,
+    1.70x with 3)."""
     if cfg.fold_threads is not None:
         return cfg.fold_threads
-    return max(1, min(cfg.cv_folds, available_cores() // workers))
+    return cfg.cv_folds if available_cores() // workers >= 2 else 1
 
 
 def study_objective(cfg: TuningConfig, folds: Folds, seed: int, workers: int) -> Any:
