@@ -453,6 +453,33 @@ def test_folds_boost_side_by_side_at_most_threads_at_once(three_folds, monkeypat
         assert rounds == alone[1]
 
 
+@pytest.mark.timeout(120)
+def test_ctrl_c_while_folds_boost_stops_them_at_their_next_check(three_folds, monkeypatch):
+    import signal
+
+    from mlfolio.tune import search
+
+    rounds = []
+    check = search.RoundCheck.check
+
+    def interrupted(self, model, at):
+        rounds.append(at)
+        if at == 20 and self.fold == 0:  # a real SIGINT to the main thread, as Ctrl-C is
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+        return check(self, model, at)
+
+    monkeypatch.setattr(search.RoundCheck, "check", interrupted)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        study = optuna.create_study(direction="maximize")
+        with pytest.raises(KeyboardInterrupt):
+            search.boost_folds(three_folds, BAD, SEED, trial=study.ask(), threads=3)
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert max(rounds) < BAD["n_estimators"]  # every fold stopped at a check
+    assert not [t for t in threading.enumerate() if t.name.startswith("fold")]
+
+
 def test_fold_threads_are_all_folds_given_two_cores_per_worker(monkeypatch):
     from mlfolio.tune import workers
 

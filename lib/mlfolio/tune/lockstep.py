@@ -34,7 +34,7 @@ class Lockstep:
         self._final: dict[int, float] = {}  # a fold that left: the AUC it ended with
         self._meeting = 0  # meetings held so far
         self.pruned_at: int | None = None  # the step at which the pruner stopped the trial
-        self.failed = False  # a fold raised: the others stop at their next check
+        self.failed = False  # a fold raised, or the caller stopped: all stop at a check
 
     @property
     def stopped(self) -> bool:
@@ -64,14 +64,23 @@ class Lockstep:
         """Fold ``fold`` boosts no more; the others no longer wait for it."""
         self.slots.release()
         with self._cond:
-            self.failed |= failed
             self._active.discard(fold)
             self._waiting.pop(fold, None)
-            if self.failed:  # wake the waiting folds: they stop
-                self._meeting += 1
-                self._cond.notify_all()
+            if failed:
+                self._stop_all()
             else:
                 self._hold_meeting_if_all_came()
+
+    def abort(self) -> None:
+        """Stop every fold at its next check (the caller was interrupted)."""
+        with self._cond:
+            self._stop_all()
+
+    def _stop_all(self) -> None:
+        # Called with the condition held: wakes the waiting folds, which then stop.
+        self.failed = True
+        self._meeting += 1
+        self._cond.notify_all()
 
     def _hold_meeting_if_all_came(self) -> None:
         # Called with the condition held. Every fold still boosting reaches the same

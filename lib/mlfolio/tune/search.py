@@ -375,9 +375,15 @@ def boost_folds(
             lockstep.leave(step, failed)
 
     # Every fold has a thread (the lockstep waits for each), `threads` of them boosting.
-    with ThreadPoolExecutor(n, thread_name_prefix="fold") as pool:
+    pool = ThreadPoolExecutor(n, thread_name_prefix="fold")
+    try:
         futures = [pool.submit(boost, step) for step in range(n)]
-    results = [f.result() for f in futures]  # the first fold's error, if any, is raised
+        results = [f.result() for f in futures]  # the first fold's error, if any, is raised
+    except BaseException:
+        lockstep.abort()  # Ctrl-C here, or a fold failed: the others stop at their next check
+        raise
+    finally:
+        pool.shutdown(wait=True)
     if lockstep.pruned_at is not None:
         raise optuna.TrialPruned(f"trial was pruned at round {lockstep.pruned_at + 1}")
     return results
