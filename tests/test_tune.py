@@ -454,6 +454,53 @@ def test_folds_boost_side_by_side_at_most_threads_at_once(three_folds, monkeypat
 
 
 @pytest.mark.timeout(120)
+def test_a_storage_that_fails_at_a_meeting_stops_every_fold(three_folds):
+    from mlfolio.tune import search
+
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    reports = []
+
+    def report(value, step):
+        reports.append(step)
+        if step >= 19:
+            raise OSError("the study's storage went away")
+
+    trial.report = report
+    with pytest.raises(OSError, match="storage went away"):
+        search.boost_folds(three_folds, BAD, SEED, trial=trial, threads=3)
+    assert reports == [9, 19]  # no meeting after the failed one
+    assert not [t for t in threading.enumerate() if t.name.startswith("fold")]
+
+
+@pytest.mark.timeout(60)
+def test_a_storage_that_fails_when_a_leaving_fold_holds_the_meeting_wakes_the_others():
+    from mlfolio.tune.lockstep import Lockstep
+
+    class FailingTrial:
+        def report(self, value, step):
+            raise OSError("the study's storage went away")
+
+    lockstep = Lockstep(2, threads=2, trial=FailingTrial())
+    stopped = []
+
+    def fold_0():
+        lockstep.start()
+        stopped.append(lockstep.meet(0, 10, 0.8, 0.8))  # waits for fold 1
+        lockstep.leave(0)
+
+    waiting = threading.Thread(target=fold_0)
+    waiting.start()
+    while not lockstep._waiting:  # fold 0 is at the meeting
+        waiting.join(0.01)
+    lockstep.start()
+    with pytest.raises(OSError, match="storage went away"):
+        lockstep.leave(1)  # fold 1 stopped early at round 10: the meeting is held now
+    waiting.join(10)
+    assert not waiting.is_alive() and stopped == [True]
+
+
+@pytest.mark.timeout(120)
 def test_ctrl_c_while_folds_boost_stops_them_at_their_next_check(three_folds, monkeypatch):
     import signal
 

@@ -88,16 +88,20 @@ class Lockstep:
         # ones are all at one round.
         if not self._waiting or set(self._waiting) != self._active:
             return
-        rounds = {r for r, _ in self._waiting.values()}
-        if len(rounds) != 1:
-            raise RuntimeError(f"folds met at different rounds: {sorted(rounds)}")
-        (at,) = rounds
-        values = {**self._final, **{f: v for f, (_, v) in self._waiting.items()}}
-        if not self.stopped:
-            # in fold order: a sum's last bit depends on it, and the arrivals' order varies
-            self.trial.report(float(np.mean([values[f] for f in sorted(values)])), at - 1)
-            if self.trial.should_prune():
-                self.pruned_at = at - 1
+        try:
+            rounds = {r for r, _ in self._waiting.values()}
+            if len(rounds) != 1:
+                raise RuntimeError(f"folds met at different rounds: {sorted(rounds)}")
+            (at,) = rounds
+            values = {**self._final, **{f: v for f, (_, v) in self._waiting.items()}}
+            if not self.stopped:
+                # in fold order: a sum's last bit depends on it, and arrivals' order varies
+                self.trial.report(float(np.mean([values[f] for f in sorted(values)])), at - 1)
+                if self.trial.should_prune():
+                    self.pruned_at = at - 1
+        except BaseException:
+            self._stop_all()  # the storage failed, say: no fold is left waiting
+            raise
         self._waiting.clear()
         self._meeting += 1
         self._cond.notify_all()
