@@ -156,7 +156,7 @@ def test_a_trial_pruned_inside_boosting_says_the_round():
             user_attrs={"steps": STEPS_ROUNDS},
         )
     )
-    assert views.pruned_table(study)["stopped at"].tolist() == ["round 30 (every fold)"]
+    assert views.pruned_table(study)["stopped at"].tolist() == ["round 30"]
 
 
 def test_tune_markdown_says_warm_start_rows_and_early_stopping():

@@ -204,9 +204,9 @@ def trials_summary(study: optuna.Study | None) -> Any:
     complete, pruned, failed = (int(states.get(s, 0)) for s in ("COMPLETE", "PRUNED", "FAIL"))
     text = f"**{len(study.trials)} trials**: {complete} complete (ranked above)"
     text += f", {pruned} pruned" + (
-        " (stopped by the pruner, inside a fold's boosting or after a fold, when their "
-        "validation ROC AUC was behind the earlier trials' at the same point: their score "
-        "is partial, so they are not ranked)"
+        " (stopped by the pruner, at a boosting round of every fold or after a fold, when "
+        "their validation ROC AUC was behind the earlier trials' at the same point: their "
+        "score is partial, so they are not ranked)"
         if pruned
         else ""
     )
@@ -271,7 +271,7 @@ def _stopped_at(trial: optuna.trial.FrozenTrial) -> str:
         return "before its first check"
     last = max(trial.intermediate_values)
     if trial.user_attrs.get("steps") == STEPS_ROUNDS:
-        return f"round {last + 1} (every fold)"
+        return f"round {last + 1}"
     return f"after {len(trial.intermediate_values)} fold(s)"
 
 
