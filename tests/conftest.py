@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +142,17 @@ def require_module(module: str, why: str) -> Any:
     except ImportError as exc:
         missing = f"{why} ({exc})"
     require_service(f"the Python package {module!r}", False, missing)
+
+
+def load_script(path: Path) -> Any:
+    """A script that is not in a package (``tools/``, ``benchmarks/``) as a module named
+    by its file. It is registered in ``sys.modules``: its dataclasses look it up there."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def chromium_path() -> str | None:

@@ -3,7 +3,6 @@ timings belong to the benchmarks, never to tests)."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import subprocess
@@ -14,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from .conftest import ROOT, require_program
+from .conftest import ROOT, load_script, require_program
 
 BENCHMARKS = ROOT / "benchmarks"
 
@@ -166,14 +165,6 @@ def test_serve_bench_prints_the_headline_and_the_single_row_and_batch_tables():
     assert re.search(r"^mlfolio serve at \d+% of the bare ASGI no-op's req/s", out, re.M)
 
 
-def _serve_bench_module():
-    spec = importlib.util.spec_from_file_location("serve_bench", BENCHMARKS / "serve_bench.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 class _SlowHandler(BaseHTTPRequestHandler):
     """Answers every POST after 1.2 s: wrk then prints its latencies in seconds."""
 
@@ -206,7 +197,8 @@ def test_serve_bench_reads_wrk_latencies_of_a_second_and_more(tmp_path):
         bodies = tmp_path / "bodies.jsonl"
         bodies.write_text('{"a": 1}\n')
         url = f"http://127.0.0.1:{server.server_address[1]}/invocations"
-        res = _serve_bench_module().wrk_load(url, bodies, clients=2, duration=3)
+        serve_bench = load_script(BENCHMARKS / "serve_bench.py")
+        res = serve_bench.wrk_load(url, bodies, clients=2, duration=3)
     finally:
         server.shutdown()
         server.server_close()

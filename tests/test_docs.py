@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import subprocess
@@ -12,16 +11,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from .conftest import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _generator():
-    spec = importlib.util.spec_from_file_location(
-        "gen_parameters_doc", ROOT / "tools" / "gen_parameters_doc.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "tools" / "gen_parameters_doc.py")
 
 
 def test_parameter_reference_is_generated_from_the_models():

@@ -4,23 +4,18 @@ suite, not only `make lint`."""
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from .conftest import ROOT
+from .conftest import ROOT, load_script
 
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 
 
 def _graph_tool():
-    spec = importlib.util.spec_from_file_location("import_graph", ROOT / "tools/import_graph.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "tools" / "import_graph.py")
 
 
 def _lint(root: Path, config: Path) -> subprocess.CompletedProcess:

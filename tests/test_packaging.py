@@ -13,7 +13,7 @@ import yaml
 
 from mlfolio import pipeline
 
-from .conftest import ROOT
+from .conftest import ROOT, load_script
 
 
 def _names(requirements: list[str]) -> set[str]:
@@ -66,15 +66,9 @@ def test_gitignore_keeps_outputs_out_and_lib_in():
 def test_committed_notebooks_are_what_build_notebooks_writes():
     """Notebooks are edited through tools/build_notebooks.py (`make notebooks`): a hand
     edit of a committed notebook would be lost at the next regeneration."""
-    import importlib.util
-
     import nbformat
 
-    spec = importlib.util.spec_from_file_location(
-        "build_notebooks", ROOT / "tools" / "build_notebooks.py"
-    )
-    build = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(build)
+    build = load_script(ROOT / "tools" / "build_notebooks.py")
     for name in build.OUTLINES:
         committed = (ROOT / "notebooks" / f"{name}.ipynb").read_text()
         assert committed == nbformat.writes(build.build(name)) + "\n", (

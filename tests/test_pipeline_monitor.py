@@ -8,7 +8,6 @@ their real outcomes as labels.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from .conftest import (
     ROOT,
     SMALL,
     deep_update,
+    load_script,
     require_chromium,
     require_module,
     tracking_section,
@@ -49,13 +49,7 @@ STRONG = {"training.models": ["logreg"], "tuning.enabled": False}
 
 def monitor_demo():
     """``tools/monitor_demo.py`` as a module (tools/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(
-        "monitor_demo", ROOT / "tools" / "monitor_demo.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "tools" / "monitor_demo.py")
 
 
 class Env:
