@@ -1,9 +1,11 @@
 """The search: each model kind's space, the CV folds (feature transform fitted once per
-fold) and the objective (mean validation ROC AUC, reported per fold for the pruner)."""
+fold) and the objective (mean validation ROC AUC, reported to the pruner per checked
+boosting round, the folds' mean, or per fold for other model kinds)."""
 
 from __future__ import annotations
 
 import functools
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -357,22 +359,20 @@ def boost_folds(
     ``trial`` the folds meet at every check, where the pruner sees their mean validation
     AUC at that round (step ``round - 1``) and may stop them all
     (:class:`optuna.TrialPruned`). The result does not depend on ``threads``."""
-    from concurrent.futures import ThreadPoolExecutor
-
     n = len(folds.parts)
     lockstep = Lockstep(n, threads, trial)
 
     def boost(step: int) -> tuple[np.ndarray, int]:
         lockstep.start()
-        failed = True
         try:
             scores = fold_scores(
                 folds, step, "xgboost", params, seed, early_stopping_rounds, lockstep
             )
-            failed = False
-            return scores
-        finally:
-            lockstep.leave(step, failed)
+        except BaseException:
+            lockstep.leave(step, failed=True)
+            raise
+        lockstep.leave(step)
+        return scores
 
     # Every fold has a thread (the lockstep waits for each), `threads` of them boosting.
     pool = ThreadPoolExecutor(n, thread_name_prefix="fold")
